@@ -1,0 +1,148 @@
+//! The simulated machine and kernel configuration that an instance runs
+//! under: how many CPUs, which preemption model, and the validator.
+//!
+//! Every lock belongs to a domain; a krcu instance builds one and builds all
+//! of its locks in it, so that instances with different settings can run
+//! side by side in one process (tests, and the CLI's comparisons). Locks
+//! built without one belong to the process-wide [`Domain::global`].
+
+use crate::context::{self, PreemptModel};
+use crate::lockdep::{self, ReportHandler, Validator};
+use crate::percpu;
+use core::panic::Location;
+use std::sync::{Arc, OnceLock};
+
+/// CPUs, preemption model and validator, shared by everything an instance
+/// builds. Cheap to clone (an `Arc`).
+#[derive(Clone, Debug)]
+pub struct Domain(Arc<DomainInner>);
+
+#[derive(Debug)]
+struct DomainInner {
+    model: PreemptModel,
+    cpus: usize,
+    validator: Validator,
+}
+
+/// Builds a [`Domain`].
+#[derive(Debug, Clone)]
+pub struct DomainBuilder {
+    model: PreemptModel,
+    cpus: usize,
+    lockdep: bool,
+    prove_raw_lock_nesting: bool,
+    handler: ReportHandler,
+}
+
+impl Default for DomainBuilder {
+    fn default() -> Self {
+        DomainBuilder {
+            model: PreemptModel::default(),
+            cpus: percpu::num_cpus(),
+            lockdep: lockdep::COMPILED,
+            prove_raw_lock_nesting: true,
+            handler: ReportHandler::PrintOnce,
+        }
+    }
+}
+
+impl DomainBuilder {
+    /// The preemption model (default [`PreemptModel::Full`]).
+    pub fn preempt_model(mut self, model: PreemptModel) -> Self {
+        self.model = model;
+        self
+    }
+
+    /// How many CPUs per-CPU state is kept for (default: the machine's).
+    /// Threads on higher-numbered CPUs fold onto these.
+    pub fn cpus(mut self, cpus: usize) -> Self {
+        self.cpus = cpus.max(1);
+        self
+    }
+
+    /// Whether the validator checks this domain's locks (default: on where
+    /// it is compiled in, that is in debug builds or with the `lockdep`
+    /// feature; asking for it where it is not compiled in has no effect).
+    pub fn lockdep(mut self, on: bool) -> Self {
+        self.lockdep = on;
+        self
+    }
+
+    /// `CONFIG_PROVE_RAW_LOCK_NESTING` (default on, as in current kernels).
+    pub fn prove_raw_lock_nesting(mut self, on: bool) -> Self {
+        self.prove_raw_lock_nesting = on;
+        self
+    }
+
+    /// Where the validator's reports go (default: print each once).
+    pub fn report_handler(mut self, handler: ReportHandler) -> Self {
+        self.handler = handler;
+        self
+    }
+
+    /// Builds the domain.
+    pub fn build(self) -> Domain {
+        Domain(Arc::new(DomainInner {
+            model: self.model,
+            cpus: self.cpus,
+            validator: Validator::new(self.lockdep, self.prove_raw_lock_nesting, self.handler),
+        }))
+    }
+}
+
+impl Domain {
+    /// A builder with the defaults.
+    pub fn builder() -> DomainBuilder {
+        DomainBuilder::default()
+    }
+
+    /// The process-wide default domain: the machine's CPUs, PreemptModel::Full,
+    /// the validator on where compiled in, nesting proof on, reports printed
+    /// once.
+    pub fn global() -> &'static Domain {
+        static GLOBAL: OnceLock<Domain> = OnceLock::new();
+        GLOBAL.get_or_init(|| Domain::builder().build())
+    }
+
+    /// The preemption model.
+    #[inline]
+    pub fn preempt_model(&self) -> PreemptModel {
+        self.0.model
+    }
+
+    /// How many CPUs per-CPU state is kept for.
+    #[inline]
+    pub fn cpus(&self) -> usize {
+        self.0.cpus
+    }
+
+    /// The validator.
+    #[inline]
+    pub fn validator(&self) -> &Validator {
+        &self.0.validator
+    }
+
+    /// `preemptible()` under this domain's model.
+    #[inline]
+    pub fn preemptible(&self) -> bool {
+        context::preemptible(self.0.model)
+    }
+
+    /// Declares that the caller may sleep here: a report to this domain's
+    /// handler if it is atomic, has irqs off, or is in an RCU reader.
+    #[track_caller]
+    #[inline]
+    pub fn might_sleep(&self) {
+        self.might_sleep_at(Location::caller());
+    }
+
+    #[inline]
+    pub(crate) fn might_sleep_at(&self, at: &'static Location<'static>) {
+        lockdep::might_sleep_in(self, at);
+    }
+
+    /// Whether two handles name the same domain.
+    pub fn same(&self, other: &Domain) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}

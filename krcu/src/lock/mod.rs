@@ -1,0 +1,49 @@
+//! The kernel's lock family, with guards that release on drop.
+//!
+//! | krcu | kernel | waits by | holder | wait type |
+//! |---|---|---|---|---|
+//! | [`RawSpinLock`] | `raw_spinlock_t` | spinning | atomic | SPIN |
+//! | [`SpinLock`] | `spinlock_t` | spinning; **sleeping under [`PreemptModel::Rt`](crate::context::PreemptModel::Rt)** | atomic; preemptible under Rt | CONFIG |
+//! | [`Mutex`] | `struct mutex` | sleeping | preemptible | SLEEP |
+//! | [`LocalLock`] | `local_lock_t` | as `SpinLock`, per CPU | as `SpinLock` | CONFIG |
+//!
+//! All are built on one raw lock ([`RawLock`]) that implements `lock_api`'s
+//! `RawMutex`, so `lock()` returns `lock_api`'s familiar `MutexGuard`.
+//! Sleeping waits park the thread with `parking_lot_core`. Every
+//! acquisition goes through the validator ([`crate::lockdep`]) where it is
+//! compiled in, and is counted in the thread's [`thread_counters`].
+//!
+//! "Atomic holder" means the thread's atomic depth (its preempt count) is
+//! raised while it holds the lock: sleeping then is a bug the validator
+//! reports.
+
+mod kind;
+mod local;
+mod raw;
+mod stats;
+mod typed;
+mod word;
+
+pub use kind::{IrqSaveKind, Local, LockKind, RawSpin, Sleep, Spin};
+pub use local::{LocalLock, LocalLockGuard, LocalLockIrqGuard};
+pub use raw::RawLock;
+pub use stats::{LockStats, ThreadLockCounters, thread_counters};
+pub use typed::{IrqSaveGuard, Lock, LockGuard};
+
+/// `raw_spinlock_t`: always spins, and its holder is atomic.
+#[doc(alias = "raw_spinlock_t")]
+pub type RawSpinLock<T> = Lock<RawSpin, T>;
+/// The guard of a [`RawSpinLock`].
+pub type RawSpinLockGuard<'a, T> = LockGuard<'a, RawSpin, T>;
+
+/// `spinlock_t`: spins, except under PREEMPT_RT where it sleeps.
+#[doc(alias = "spinlock_t")]
+pub type SpinLock<T> = Lock<Spin, T>;
+/// The guard of a [`SpinLock`].
+pub type SpinLockGuard<'a, T> = LockGuard<'a, Spin, T>;
+
+/// `struct mutex`: a sleeping lock.
+#[doc(alias = "struct mutex")]
+pub type Mutex<T> = Lock<Sleep, T>;
+/// The guard of a [`Mutex`].
+pub type MutexGuard<'a, T> = LockGuard<'a, Sleep, T>;
