@@ -44,7 +44,7 @@ fn spinlock_under_raw_spinlock_needs_nesting_proof() {
             assert!(r.text.contains("[ BUG: Invalid wait context ]"));
             assert_eq!(r.class, Some("zone->lock"));
             assert!(r.text.contains("(zone->lock){....}-{3:3}"), "{}", r.text);
-            assert!(r.text.contains("context-{2:2}"), "{}", r.text);
+            assert!(r.text.contains("context-{5:5}"), "task context: {}", r.text);
             // The held-lock stack: the raw lock, where it was taken.
             assert_eq!(r.held.len(), 1);
             assert_eq!(r.held[0].name, "krcp->lock");

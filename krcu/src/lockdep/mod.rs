@@ -296,10 +296,12 @@ impl LockDep {
             }
             if self.outer.effective(np) > level {
                 let held = held_infos(np);
+                // Like the kernel, the report names the context's own level
+                // (task_wait_context), not the one the held locks lowered.
                 v.deliver(report::invalid_wait_context(
                     report::thread_label(),
                     &taking(),
-                    level,
+                    WaitType::context_level(ctx),
                     held,
                     np,
                 ));

@@ -1,0 +1,141 @@
+//! `krcu demo`: seeds 000 and 002 reproduced.
+//!
+//! `kfree_rcu()` holds a raw spinlock (`krcp->lock`) when it needs a page for
+//! its pointer array; the page allocator's slow path takes `zone->lock`, a
+//! `spinlock_t`. For every preempt model and with raw-lock nesting proof on
+//! and off, the demo takes `zone->lock` under `krcp->lock` (and, beside it,
+//! only trylocks it) and shows what the validator says and whether the lock
+//! would sleep.
+
+use crate::table::Table;
+use krcu::Domain;
+use krcu::context::PreemptModel;
+use krcu::lock::{RawSpinLock, SpinLock};
+use krcu::lockdep::{Report, ReportHandler, ReportKind, ReportLog};
+
+/// Options of `krcu demo`.
+#[derive(Debug, Default, clap::Args)]
+pub struct Args {
+    /// Print the full report of every flagged combination, not only one.
+    #[arg(long)]
+    all_reports: bool,
+}
+
+/// What one combination produced.
+struct Outcome {
+    model: PreemptModel,
+    nesting_proof: bool,
+    lock_reports: Vec<Report>,
+    trylock_reports: Vec<Report>,
+    sleeps: bool,
+}
+
+fn run_one(model: PreemptModel, nesting_proof: bool) -> Outcome {
+    let log = ReportLog::new();
+    let domain = Domain::builder()
+        .preempt_model(model)
+        .prove_raw_lock_nesting(nesting_proof)
+        .lockdep(true)
+        .report_handler(ReportHandler::Collect(log.clone()))
+        .build();
+    let krcp_lock = RawSpinLock::named(&domain, "&krcp->lock", ());
+    let zone_lock = SpinLock::named(&domain, "&zone->lock", ());
+    {
+        // kvfree_call_rcu() -> __get_free_page(GFP_NOWAIT) -> rmqueue_bulk()
+        let _krcp = krcp_lock.lock();
+        let _zone = zone_lock.lock();
+    }
+    let lock_reports = log.take();
+    {
+        // The same with only a trylock of the zone lock.
+        let _krcp = krcp_lock.lock();
+        let _zone = zone_lock.try_lock();
+    }
+    let trylock_reports = log.take();
+    Outcome {
+        model,
+        nesting_proof,
+        lock_reports,
+        trylock_reports,
+        sleeps: zone_lock.sleeps(),
+    }
+}
+
+fn flag(reports: &[Report], kind: ReportKind) -> &'static str {
+    if reports.iter().any(|r| r.kind == kind) {
+        "FLAGGED"
+    } else {
+        "-"
+    }
+}
+
+pub fn run(args: &Args) -> Result<(), String> {
+    if !krcu::lockdep::COMPILED {
+        return Err("this build has no validator (build with the `lockdep` feature)".into());
+    }
+    let outcomes: Vec<Outcome> = PreemptModel::ALL
+        .into_iter()
+        .flat_map(|m| [true, false].map(|np| run_one(m, np)))
+        .collect();
+
+    println!("krcu demo: zone->lock (spinlock_t) taken under krcp->lock (raw_spinlock_t)");
+    println!("(seeds 000 and 002: why kfree_rcu() may not call the page allocator's slow path)\n");
+    let mut t = Table::new([
+        "preempt model",
+        "nesting proof",
+        "spin_lock: wait context",
+        "spin_lock: might sleep",
+        "zone->lock sleeps",
+        "spin_trylock",
+    ]);
+    for o in &outcomes {
+        t.row([
+            o.model.name().to_string(),
+            if o.nesting_proof { "on" } else { "off" }.to_string(),
+            flag(&o.lock_reports, ReportKind::InvalidWaitContext).to_string(),
+            flag(&o.lock_reports, ReportKind::SleepInInvalidContext).to_string(),
+            if o.sleeps {
+                "yes: scheduling while atomic"
+            } else {
+                "no"
+            }
+            .to_string(),
+            if o.trylock_reports.is_empty() {
+                "ok"
+            } else {
+                "FLAGGED"
+            }
+            .to_string(),
+        ]);
+    }
+    print!("{}", t.render());
+    println!();
+    println!(
+        "wait context: lockdep's CONFIG_PROVE_RAW_LOCK_NESTING check (spinlock_t is CONFIG, the"
+    );
+    println!(
+        "raw lock allows SPIN). might sleep: on PREEMPT_RT spinlock_t is a sleeping lock, so taking"
+    );
+    println!(
+        "it with a raw spinlock held sleeps in atomic context. A trylock cannot wait: never flagged."
+    );
+
+    let shown: Vec<&Report> = if args.all_reports {
+        outcomes.iter().flat_map(|o| &o.lock_reports).collect()
+    } else {
+        outcomes
+            .iter()
+            .find(|o| o.model == PreemptModel::Rt && o.nesting_proof)
+            .and_then(|o| {
+                o.lock_reports
+                    .iter()
+                    .find(|r| r.kind == ReportKind::InvalidWaitContext)
+            })
+            .into_iter()
+            .collect()
+    };
+    for r in shown {
+        println!("{}", r.text);
+    }
+    Ok(())
+}
