@@ -409,7 +409,11 @@ mod tests {
             seg.accelerate(l.take(), GpCookie(4 * (i as u64 + 1)));
         }
         seg.advance(8);
-        assert_eq!(seg.done.len(), 1, "only the first segment's grace period ended");
+        assert_eq!(
+            seg.done.len(),
+            1,
+            "only the first segment's grace period ended"
+        );
         seg.advance(12);
         assert_eq!(seg.done.len(), 3);
     }

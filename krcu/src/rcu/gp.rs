@@ -78,7 +78,11 @@ pub(crate) struct GpEngine {
 }
 
 impl GpEngine {
-    pub(crate) fn new(readers: Arc<Readers>, use_membarrier: bool, stall_timeout: Duration) -> Self {
+    pub(crate) fn new(
+        readers: Arc<Readers>,
+        use_membarrier: bool,
+        stall_timeout: Duration,
+    ) -> Self {
         GpEngine {
             readers,
             gp_seq: CachePadded::new(AtomicU64::new(seq::SEQ_INITIAL)),
@@ -188,7 +192,9 @@ impl GpEngine {
         holding_up.clear();
         let n = self.readers.len();
         holding_up.extend(
-            (0..n).filter(|&i| handshake::holds_up(self.readers.slot(i).ctr.load(Ordering::Relaxed), v)),
+            (0..n).filter(|&i| {
+                handshake::holds_up(self.readers.slot(i).ctr.load(Ordering::Relaxed), v)
+            }),
         );
         let (spins, yields) = mode.budget();
         let mut round = 0u32;
@@ -207,15 +213,24 @@ impl GpEngine {
                 }
             }
             round = round.saturating_add(1);
-            holding_up.retain(|&i| handshake::holds_up(self.readers.slot(i).ctr.load(Ordering::Relaxed), v));
+            holding_up.retain(|&i| {
+                handshake::holds_up(self.readers.slot(i).ctr.load(Ordering::Relaxed), v)
+            });
         }
     }
 
     #[cold]
     fn report_stalls(&self, holding_up: &[usize], gp_seq: u64, waited: Duration) {
         for &i in holding_up {
-            let owner = self.readers.slot(i).owner.lock().unwrap_or_else(|e| e.into_inner()).clone();
-            let (thread, tid) = owner.map_or_else(|| ("<unregistered>".to_owned(), 0), |o| (o.name, o.tid));
+            let owner = self
+                .readers
+                .slot(i)
+                .owner
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            let (thread, tid) =
+                owner.map_or_else(|| ("<unregistered>".to_owned(), 0), |o| (o.name, o.tid));
             self.stalls.warn(StallReport {
                 thread,
                 tid,

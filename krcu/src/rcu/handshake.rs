@@ -121,6 +121,7 @@ pub(crate) fn holds_up(slot_value: usize, gp_value: usize) -> bool {
 }
 
 /// Whether a slot word shows an active reader.
+#[cfg_attr(loom, allow(dead_code))]
 #[inline]
 pub(crate) fn active(slot_value: usize) -> bool {
     slot_value & NEST_MASK != 0

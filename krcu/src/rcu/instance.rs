@@ -88,6 +88,8 @@ pub struct RcuStats {
     pub stalls: u64,
     /// Whether readers rely on membarrier (false: full fences).
     pub membarrier: bool,
+    /// Threads registered as readers now.
+    pub readers: usize,
 }
 
 #[derive(Default)]
@@ -411,7 +413,8 @@ impl Rcu {
             g = b.cv.wait(g).unwrap_or_else(|e| e.into_inner());
         }
         drop(g);
-        b.seq.store(seq::seq_end(seq::seq_start(s)), Ordering::Release);
+        b.seq
+            .store(seq::seq_end(seq::seq_start(s)), Ordering::Release);
         self.shared.stats.barriers.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -429,6 +432,7 @@ impl Rcu {
             barriers: s.stats.barriers.load(Ordering::Relaxed),
             stalls: s.gp.stalls.count(),
             membarrier: !s.gp.readers.full_fence,
+            readers: s.gp.readers.registered(),
         }
     }
 

@@ -67,7 +67,10 @@ pub(crate) fn heavy(use_membarrier: bool) {
         let r = membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED);
         // Registered and probed: the call cannot fail. If it ever did, a
         // silent fence would let readers be missed; refuse to go on.
-        assert!(r == 0, "membarrier(PRIVATE_EXPEDITED) failed after registration: {r}");
+        assert!(
+            r == 0,
+            "membarrier(PRIVATE_EXPEDITED) failed after registration: {r}"
+        );
     }
     // Orders the writer's own accesses around the call in the language's
     // model (membarrier is opaque to the compiler), and is the whole

@@ -51,7 +51,9 @@ impl ThreadInfo {
     fn current() -> Self {
         let t = std::thread::current();
         ThreadInfo {
-            name: t.name().map_or_else(|| format!("{:?}", t.id()), str::to_owned),
+            name: t
+                .name()
+                .map_or_else(|| format!("{:?}", t.id()), str::to_owned),
             // SAFETY: gettid has no preconditions.
             tid: unsafe { libc::gettid() },
         }
@@ -81,6 +83,8 @@ pub(crate) struct Readers {
     len: AtomicUsize,
     /// Free slot indices; also serialises growth.
     free: Mutex<Vec<usize>>,
+    /// Slots taken by threads.
+    in_use: AtomicUsize,
 }
 
 impl Readers {
@@ -95,6 +99,7 @@ impl Readers {
                 .collect(),
             len: AtomicUsize::new(0),
             free: Mutex::new(Vec::new()),
+            in_use: AtomicUsize::new(0),
         })
     }
 
@@ -102,6 +107,11 @@ impl Readers {
     #[inline]
     pub(crate) fn len(&self) -> usize {
         self.len.load(Ordering::Acquire)
+    }
+
+    /// How many threads are registered.
+    pub(crate) fn registered(&self) -> usize {
+        self.in_use.load(Ordering::Relaxed)
     }
 
     /// Slot `i`, for `i < self.len()`.
@@ -143,6 +153,7 @@ impl Readers {
             }
         };
         *self.slot(i).owner.lock().unwrap_or_else(|e| e.into_inner()) = Some(ThreadInfo::current());
+        self.in_use.fetch_add(1, Ordering::Relaxed);
         i
     }
 
@@ -156,10 +167,8 @@ impl Readers {
             slot.ctr.store(0, Ordering::Release);
         }
         *slot.owner.lock().unwrap_or_else(|e| e.into_inner()) = None;
-        self.free
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(i);
+        self.in_use.fetch_sub(1, Ordering::Relaxed);
+        self.free.lock().unwrap_or_else(|e| e.into_inner()).push(i);
     }
 
     /// The calling thread's slot, registering it on first use.
@@ -354,7 +363,10 @@ impl Drop for ReadGuard<'_> {
 impl core::fmt::Debug for ReadGuard<'_> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("ReadGuard")
-            .field("nesting", &(self.slot.ctr.load(Ordering::Relaxed) & handshake::NEST_MASK))
+            .field(
+                "nesting",
+                &(self.slot.ctr.load(Ordering::Relaxed) & handshake::NEST_MASK),
+            )
             .finish()
     }
 }

@@ -138,6 +138,7 @@ impl GpCookie {
     }
 
     /// Whether this cookie asks for a grace period at or after `other`'s.
+    #[cfg_attr(loom, allow(dead_code))]
     #[inline]
     pub(crate) fn at_or_after(self, other: GpCookie) -> bool {
         cmp_ge(self.0, other.0)
@@ -189,13 +190,19 @@ mod tests {
             let during = GpCookie(seq_snap(started));
             assert!(!idle.done_at(started) && !during.done_at(started));
             let next = seq_end(started);
-            assert!(idle.done_at(next), "one grace period satisfies an idle snapshot");
+            assert!(
+                idle.done_at(next),
+                "one grace period satisfies an idle snapshot"
+            );
             assert!(!during.done_at(next), "but not one taken mid-way");
             assert!(during.done_at(run_gp(next)));
             crossed |= next < cur;
             cur = next;
         }
-        assert!(crossed, "the counter starts 300 grace periods before the wrap");
+        assert!(
+            crossed,
+            "the counter starts 300 grace periods before the wrap"
+        );
     }
 
     #[test]

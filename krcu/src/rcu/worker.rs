@@ -20,9 +20,9 @@
 //! the kicker sees "asleep" and wakes it. `FUTEX_WAIT` itself rechecks the
 //! word, so a wake between the check and the wait is not lost.
 
-use super::instance::Shared;
 use super::callback::{CbList, SegCbList};
 use super::gp::WaitMode;
+use super::instance::Shared;
 use super::seq::GpCookie;
 use crate::context;
 use crate::sync::atomic::{AtomicU32, Ordering};
@@ -96,7 +96,9 @@ impl Wake {
 /// The worker's main loop; returns once the instance is stopping and every
 /// callback has run.
 pub(crate) fn run(shared: Arc<Shared>) {
-    let mut segs: Vec<SegCbList> = (0..shared.pending.cpus()).map(|_| SegCbList::new()).collect();
+    let mut segs: Vec<SegCbList> = (0..shared.pending.cpus())
+        .map(|_| SegCbList::new())
+        .collect();
     let mut taken = Vec::with_capacity(segs.len());
     loop {
         take_pending(&shared, &mut segs, &mut taken);
@@ -161,6 +163,9 @@ fn invoke_batch(shared: &Shared, segs: &mut [SegCbList]) -> u64 {
             let Some((head, func)) = s.done.pop() else {
                 break;
             };
+            // Counted before the call, so that whoever sees a callback's
+            // effect (rcu_barrier) sees it counted.
+            shared.stats.invoked.fetch_add(1, Ordering::Relaxed);
             // SAFETY: the head was queued with `func` through `call_rcu`,
             // whose contract keeps it valid until now; a full grace period
             // has passed since (its segment's cookie is done); it is
@@ -173,6 +178,5 @@ fn invoke_batch(shared: &Shared, segs: &mut [SegCbList]) -> u64 {
             ran += 1;
         }
     }
-    shared.stats.invoked.fetch_add(ran, Ordering::Relaxed);
     ran
 }
