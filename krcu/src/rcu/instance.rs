@@ -21,6 +21,7 @@ use std::time::Duration;
 pub struct RcuConfig {
     stall_timeout: Duration,
     pub(super) batch_limit: usize,
+    pub(super) gp_interval: Duration,
     force_fallback_fences: bool,
     worker_name: String,
 }
@@ -30,6 +31,7 @@ impl Default for RcuConfig {
         RcuConfig {
             stall_timeout: Duration::from_secs(21),
             batch_limit: 1000,
+            gp_interval: Duration::from_millis(1),
             force_fallback_fences: false,
             worker_name: "krcu-rcu-gp".to_owned(),
         }
@@ -49,6 +51,15 @@ impl RcuConfig {
     /// `blimit`).
     pub fn batch_limit(mut self, limit: usize) -> Self {
         self.batch_limit = limit.max(1);
+        self
+    }
+
+    /// The least time between the end of one grace period the worker runs
+    /// (for callbacks and pollers) and the start of its next, so that a
+    /// stream of callbacks is batched (default 1 ms; zero runs them back to
+    /// back). `synchronize` is not affected.
+    pub fn gp_interval(mut self, interval: Duration) -> Self {
+        self.gp_interval = interval;
         self
     }
 

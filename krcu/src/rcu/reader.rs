@@ -64,6 +64,10 @@ impl ThreadInfo {
 pub(crate) struct Slot {
     /// The reader's word ([`handshake`]): zero outside read-side sections.
     pub(crate) ctr: AtomicUsize,
+    /// The instance's fence mode, copied here so that `read_unlock` finds
+    /// it on the cache line it touches anyway (and the guard stays one
+    /// pointer wide).
+    full_fence: bool,
     /// The owning thread; `None` while the slot is free.
     pub(crate) owner: Mutex<Option<ThreadInfo>>,
 }
@@ -143,6 +147,7 @@ impl Readers {
                     let chunk: Box<Chunk> = Box::new(core::array::from_fn(|_| {
                         CachePadded::new(Slot {
                             ctr: AtomicUsize::new(0),
+                            full_fence: self.full_fence,
                             owner: Mutex::new(None),
                         })
                     }));
@@ -324,13 +329,12 @@ fn forget_cached(id: u64) {
 /// Enters a read-side section on `slot` (the shared fast path).
 #[inline(always)]
 pub(crate) fn lock<'a>(readers: &Readers, slot: &'a Slot) -> ReadGuard<'a> {
-    handshake::read_lock(&slot.ctr, &readers.gp_ctr, readers.full_fence);
+    handshake::read_lock(&slot.ctr, &readers.gp_ctr, slot.full_fence);
     if lockdep::COMPILED {
         context::rcu_read_enter();
     }
     ReadGuard {
         slot,
-        full_fence: readers.full_fence,
         _not_send: PhantomData,
     }
 }
@@ -346,7 +350,6 @@ pub(crate) fn lock<'a>(readers: &Readers, slot: &'a Slot) -> ReadGuard<'a> {
 #[doc(alias = "rcu_read_lock")]
 pub struct ReadGuard<'a> {
     slot: &'a Slot,
-    full_fence: bool,
     _not_send: PhantomData<*const ()>,
 }
 
@@ -356,7 +359,7 @@ impl Drop for ReadGuard<'_> {
         if lockdep::COMPILED {
             context::rcu_read_exit();
         }
-        handshake::read_unlock(&self.slot.ctr, self.full_fence);
+        handshake::read_unlock(&self.slot.ctr, self.slot.full_fence);
     }
 }
 

@@ -3,6 +3,16 @@
 //! callbacks, runs grace periods while callbacks or pollers wait for one,
 //! and invokes the ready callbacks in batches in softirq context.
 //!
+//! # Batching
+//! Under a stream of callbacks the worker does not run grace periods back
+//! to back: it leaves [`RcuConfig::gp_interval`](super::RcuConfig::gp_interval)
+//! (default 1 ms) between the start of one and the end of the previous, so
+//! that each grace period (two membarrier IPI rounds) covers a batch, and the
+//! pending lists' cache lines are not pulled away from the CPUs that push
+//! onto them at every turn. The kernel's grace periods take milliseconds
+//! for the same effect. `synchronize` callers run their own grace periods
+//! and are not delayed.
+//!
 //! # Sleeping and waking
 //! The worker sleeps on a futex word when there is nothing to do; no timer,
 //! no polling. `call_rcu` and `start_poll` wake it with [`Wake::kick`]: one
@@ -29,6 +39,7 @@ use crate::sync::atomic::{AtomicU32, Ordering};
 use crossbeam_utils::CachePadded;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::time::Instant;
 
 const AWAKE: u32 = 0;
 const ASLEEP: u32 = 1;
@@ -100,6 +111,8 @@ pub(crate) fn run(shared: Arc<Shared>) {
         .map(|_| SegCbList::new())
         .collect();
     let mut taken = Vec::with_capacity(segs.len());
+    let interval = shared.config.gp_interval;
+    let mut last_gp = Instant::now();
     loop {
         take_pending(&shared, &mut segs, &mut taken);
         let cur = shared.gp.seq();
@@ -116,7 +129,17 @@ pub(crate) fn run(shared: Arc<Shared>) {
             .filter_map(SegCbList::oldest_wait)
             .reduce(|a, b| if b.at_or_after(a) { a } else { b });
         if let Some(c) = oldest.or_else(|| shared.gp.needed()) {
+            // Batch: let callbacks gather for the configured interval since
+            // the last grace period this worker ran, instead of running
+            // them back to back (each one IPIs every CPU running a thread
+            // of the process). Stopping drains without delay.
+            let since = last_gp.elapsed();
+            if since < interval && !shared.stop.load(Ordering::Relaxed) {
+                std::thread::sleep(interval - since);
+                continue;
+            }
             shared.gp.drive_to(c, WaitMode::Normal);
+            last_gp = Instant::now();
             continue;
         }
         let pending = || shared.pending.iter().any(|(_, l)| !l.is_empty());
