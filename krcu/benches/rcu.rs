@@ -99,8 +99,38 @@ unsafe fn noop(_: NonNull<RcuHead>) {}
 
 fn enqueue(c: &mut Criterion) {
     let mut g = c.benchmark_group("call_rcu");
-    let rcu = instance(false);
+    // Back-to-back grace periods, so that the untimed rcu_barrier between
+    // rounds is short.
+    let rcu = Rcu::new(
+        Domain::global(),
+        RcuConfig::default().gp_interval(Duration::ZERO),
+    );
+    // Warm heads: a pool that stays in cache, reused after each barrier (an
+    // object being retired has usually just been touched).
+    const ROUND: usize = 8192;
+    let pool: Vec<RcuHead> = (0..ROUND).map(|_| RcuHead::new()).collect();
     g.bench_function("enqueue", |b| {
+        b.iter_custom(|iters| {
+            let mut left = iters as usize;
+            let mut timed = Duration::ZERO;
+            while left > 0 {
+                let n = left.min(ROUND);
+                let start = Instant::now();
+                for h in &pool[..n] {
+                    // SAFETY: the heads live until after rcu_barrier below,
+                    // which runs every callback before they are reused.
+                    unsafe { rcu.call_rcu(NonNull::from(h), noop) };
+                }
+                timed += start.elapsed();
+                rcu.rcu_barrier();
+                left -= n;
+            }
+            timed
+        })
+    });
+    // Cold heads: fresh memory for every call (each push also misses in
+    // cache on the head it writes).
+    g.bench_function("enqueue_cold_heads", |b| {
         b.iter_custom(|iters| {
             let heads: Vec<RcuHead> = (0..iters).map(|_| RcuHead::new()).collect();
             let start = Instant::now();

@@ -255,8 +255,15 @@ impl Rcu {
     /// Enters a read-side critical section (`rcu_read_lock`), ended by
     /// dropping the guard. Wait-free and nestable; registers the thread on
     /// first use (which allocates: register ahead with
-    /// [`register_thread`](Self::register_thread) where that matters, and
-    /// before reading from a signal handler).
+    /// [`register_thread`](Self::register_thread) where that matters).
+    ///
+    /// The slot is found through a one-entry thread-local cache of the last
+    /// instance the thread read under; a miss (the thread alternates
+    /// instances) searches the thread's registrations. A signal handler may
+    /// read only on a thread registered with the instance, and should not
+    /// rely on the miss path, which borrows the thread's registration list
+    /// (use a thread that reads under one instance, or hold a
+    /// [`ReaderHandle`] and read through it in the thread's own code).
     #[inline]
     #[doc(alias = "rcu_read_lock")]
     #[doc(alias = "rcu_read_unlock")]

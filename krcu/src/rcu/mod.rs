@@ -36,7 +36,7 @@
 //! | `rcu_barrier()` | [`Rcu::rcu_barrier`] |
 //! | `rcu_state.gp_seq`, `rcu_seq_*` | [`seq`] |
 //! | `rcu_segcblist` (done / wait / next-ready / next) | `callback.rs` |
-//! | `rcu_gp_kthread`, `rcu_core` softirq, `rcu_do_batch`, `blimit` | `worker.rs`, [`RcuConfig::batch_limit`] |
+//! | `rcu_gp_kthread`, `rcu_core` softirq, `rcu_do_batch`, `blimit` | `worker.rs`, [`RcuConfig::batch_limit`], [`RcuConfig::gp_interval`] |
 //! | RCU CPU stall warnings | `stall.rs`, [`RcuConfig::stall_timeout`] |
 //! | liburcu `rcu_register_thread()` | [`Rcu::register_thread`] |
 //!
@@ -44,7 +44,7 @@
 //! Readers raise the thread's RCU read-side depth (where the validator is
 //! compiled in), so the validator caps the locks a reader may take at
 //! CONFIG and reports sleeping inside a reader. `synchronize*` and
-//! `rcu_barrier` declare that they sleep ([`Domain::might_sleep`]): called
+//! `rcu_barrier` declare that they sleep ([`Domain::might_sleep`](crate::Domain::might_sleep)): called
 //! while atomic, with irqs off or inside a reader, they are reported.
 //! Called inside a read-side section *of the same instance* they would wait
 //! for themselves forever, as in the kernel; krcu reports it (when the
@@ -54,15 +54,25 @@
 //!
 //! `call_rcu` takes no lock, allocates nothing and makes no system call but
 //! a rare futex wake-up: it is callable with a [`RawSpinLock`](crate::lock::RawSpinLock)
-//! held and from a signal handler (enter [`context::enter_hardirq`] first),
+//! held and from a signal handler (enter [`enter_hardirq`](crate::context::enter_hardirq) first),
 //! even one that interrupted a `call_rcu` on the same thread.
 //!
 //! # Instances
-//! [`Rcu::new`] builds an instance in a [`Domain`]; it owns its worker
+//! [`Rcu::new`] builds an instance in a [`Domain`](crate::Domain); it owns its worker
 //! thread, which it stops and joins on drop after running every queued
 //! callback. Instances are independent: a thread has one slot per instance
 //! it reads under. [`global`] is a lazily built process-wide instance, which
 //! the free functions of this module use.
+//!
+//! # For deferred freeing (kvfree_rcu)
+//! A batch of retired objects takes a cookie with [`Rcu::get_state`] when it
+//! is closed (or [`Rcu::start_poll`] to make sure a grace period comes), is
+//! freed as soon as [`Rcu::poll_state`] says so, and can be waited for with
+//! [`Rcu::cond_synchronize`]. To be *called* after a grace period instead,
+//! embed an [`RcuHead`] in the batch and hand it to [`Rcu::call_rcu`]: the
+//! callback runs on the instance's worker in softirq context (the kernel's
+//! `queue_rcu_work` does the same with a workqueue); from there it can free
+//! in place or wake a worker of its own.
 
 mod handshake;
 pub mod seq;
