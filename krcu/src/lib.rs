@@ -20,6 +20,7 @@ pub mod domain;
 pub mod lock;
 pub mod lockdep;
 pub mod percpu;
+pub mod rcu;
 pub(crate) mod sync;
 
 pub use context::{ContextKind, PreemptModel};

@@ -1,0 +1,557 @@
+//! The instance: [`Rcu`], its settings and counters, `rcu_barrier`, and
+//! the process-wide default with its free functions.
+
+use super::callback::{self, HasRcuHead, PendingList, RcuCallbackFn, RcuHead};
+use super::gp::{GpEngine, WaitMode};
+use super::membarrier;
+use super::reader::{self, ReadGuard, ReaderHandle, Readers};
+use super::seq::{self, GpCookie};
+use super::stall::StallReport;
+use super::worker::{self, Wake};
+use crate::domain::Domain;
+use crate::percpu::PerCpu;
+use core::ptr::NonNull;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::thread::{JoinHandle, ThreadId};
+use std::time::Duration;
+
+/// Settings of an [`Rcu`] instance.
+#[derive(Debug, Clone)]
+pub struct RcuConfig {
+    stall_timeout: Duration,
+    pub(super) batch_limit: usize,
+    pub(super) gp_interval: Duration,
+    force_fallback_fences: bool,
+    worker_name: String,
+}
+
+impl Default for RcuConfig {
+    fn default() -> Self {
+        RcuConfig {
+            stall_timeout: Duration::from_secs(21),
+            batch_limit: 1000,
+            gp_interval: Duration::from_millis(1),
+            force_fallback_fences: false,
+            worker_name: "krcu-rcu-gp".to_owned(),
+        }
+    }
+}
+
+impl RcuConfig {
+    /// How long a grace period may wait for a reader before a stall warning
+    /// names it (default 21 s, the kernel's `CONFIG_RCU_CPU_STALL_TIMEOUT`).
+    pub fn stall_timeout(mut self, timeout: Duration) -> Self {
+        self.stall_timeout = timeout;
+        self
+    }
+
+    /// How many ready callbacks per CPU the worker invokes in one softirq
+    /// batch before it looks for new work (default 1000; the kernel's
+    /// `blimit`).
+    pub fn batch_limit(mut self, limit: usize) -> Self {
+        self.batch_limit = limit.max(1);
+        self
+    }
+
+    /// The least time between the end of one grace period the worker runs
+    /// (for callbacks and pollers) and the start of its next, so that a
+    /// stream of callbacks is batched (default 1 ms; zero runs them back to
+    /// back). `synchronize` is not affected.
+    pub fn gp_interval(mut self, interval: Duration) -> Self {
+        self.gp_interval = interval;
+        self
+    }
+
+    /// Use full fences in readers and writer even where membarrier works
+    /// (default off; for tests and comparisons).
+    pub fn force_fallback_fences(mut self, on: bool) -> Self {
+        self.force_fallback_fences = on;
+        self
+    }
+
+    /// The worker thread's name (default `krcu-rcu-gp`).
+    pub fn worker_name(mut self, name: impl Into<String>) -> Self {
+        self.worker_name = name.into();
+        self
+    }
+}
+
+/// Counters of an instance ([`Rcu::stats`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct RcuStats {
+    /// The grace-period sequence number now (`rcu_state.gp_seq`).
+    pub gp_seq: u64,
+    /// Grace periods run by the worker and by `synchronize`.
+    pub grace_periods: u64,
+    /// Grace periods run by `synchronize_expedited`.
+    pub expedited_grace_periods: u64,
+    /// Callbacks the worker has taken from the pending lists.
+    pub callbacks_taken: u64,
+    /// Callbacks invoked.
+    pub callbacks_invoked: u64,
+    /// Callbacks that panicked (caught; the worker goes on).
+    pub callback_panics: u64,
+    /// `rcu_barrier` calls that ran a barrier (not counting shared ones).
+    pub barriers: u64,
+    /// Stall warnings issued.
+    pub stalls: u64,
+    /// Whether readers rely on membarrier (false: full fences).
+    pub membarrier: bool,
+    /// Threads registered as readers now.
+    pub readers: usize,
+}
+
+#[derive(Default)]
+pub(super) struct Counters {
+    pub(super) taken: AtomicU64,
+    pub(super) invoked: AtomicU64,
+    pub(super) panics: AtomicU64,
+    pub(super) barriers: AtomicU64,
+}
+
+/// The barrier's callback head, one per CPU.
+#[repr(C)]
+struct BarrierHead {
+    head: RcuHead,
+    barrier: *const Barrier,
+}
+
+// SAFETY: `barrier` points into the Arc that owns the head; it is only read
+// (to reach the Barrier's atomics and lock), from any thread.
+unsafe impl Send for BarrierHead {}
+// SAFETY: as for Send; `head` is Sync.
+unsafe impl Sync for BarrierHead {}
+
+/// `rcu_barrier`'s state (`rcu_state.barrier_*`).
+struct Barrier {
+    /// `barrier_mutex`.
+    mutex: Mutex<()>,
+    /// `barrier_sequence`, an rcu_seq.
+    seq: AtomicU64,
+    /// `barrier_cpu_count`.
+    remaining: AtomicUsize,
+    done: Mutex<()>,
+    cv: Condvar,
+    heads: PerCpu<BarrierHead>,
+}
+
+/// The barrier callback (`rcu_barrier_callback`).
+///
+/// # Safety
+/// `head` must be the head of a `BarrierHead` of a live `Barrier`.
+unsafe fn barrier_callback(head: NonNull<RcuHead>) {
+    // SAFETY: BarrierHead is repr(C) with the head first, and the caller
+    // guarantees it is one; its Barrier lives in the same Arc.
+    let barrier = unsafe { &*(*head.as_ptr().cast::<BarrierHead>()).barrier };
+    if barrier.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+        let _g = barrier.done.lock().unwrap_or_else(|e| e.into_inner());
+        barrier.cv.notify_all();
+    }
+}
+
+/// State shared by an instance's handle and its worker.
+pub(super) struct Shared {
+    pub(super) domain: Domain,
+    pub(super) config: RcuConfig,
+    pub(super) gp: GpEngine,
+    pub(super) pending: PerCpu<PendingList>,
+    pub(super) wake: Wake,
+    pub(super) stop: AtomicBool,
+    barrier: Arc<Barrier>,
+    pub(super) stats: Counters,
+    pub(super) worker: OnceLock<ThreadId>,
+}
+
+impl Shared {
+    fn on_worker(&self) -> bool {
+        self.worker.get() == Some(&std::thread::current().id())
+    }
+}
+
+/// An RCU instance: its readers' slots, its grace-period engine, its
+/// callback lists and the worker thread that runs them.
+///
+/// `Send + Sync`; share it by reference or in an `Arc`. Dropping it stops
+/// the worker after every queued callback has run.
+pub struct Rcu {
+    shared: Arc<Shared>,
+    worker: Option<JoinHandle<()>>,
+}
+
+impl core::fmt::Debug for Rcu {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Rcu")
+            .field("id", &self.shared.gp.readers.id)
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+impl Rcu {
+    /// Builds an instance in `domain` and starts its worker thread.
+    ///
+    /// # Panics
+    /// If the worker thread cannot be spawned.
+    pub fn new(domain: &Domain, config: RcuConfig) -> Rcu {
+        let use_membarrier = !config.force_fallback_fences && membarrier::available();
+        let readers = Readers::new(!use_membarrier);
+        let cpus = domain.cpus();
+        let barrier = Arc::new_cyclic(|me: &std::sync::Weak<Barrier>| Barrier {
+            mutex: Mutex::new(()),
+            seq: AtomicU64::new(0),
+            remaining: AtomicUsize::new(0),
+            done: Mutex::new(()),
+            cv: Condvar::new(),
+            heads: PerCpu::new(cpus, |_| BarrierHead {
+                head: RcuHead::new(),
+                barrier: me.as_ptr(),
+            }),
+        });
+        let shared = Arc::new(Shared {
+            domain: domain.clone(),
+            gp: GpEngine::new(readers, use_membarrier, config.stall_timeout),
+            pending: PerCpu::new(cpus, |_| PendingList::new()),
+            wake: Wake::new(),
+            stop: AtomicBool::new(false),
+            barrier,
+            stats: Counters::default(),
+            worker: OnceLock::new(),
+            config,
+        });
+        let s = shared.clone();
+        let worker = std::thread::Builder::new()
+            .name(shared.config.worker_name.clone())
+            .spawn(move || {
+                let _ = s.worker.set(std::thread::current().id());
+                worker::run(s)
+            })
+            .expect("krcu: cannot spawn the RCU grace-period worker");
+        Rcu {
+            shared,
+            worker: Some(worker),
+        }
+    }
+
+    /// The domain the instance runs in.
+    pub fn domain(&self) -> &Domain {
+        &self.shared.domain
+    }
+
+    /// The instance's settings.
+    pub fn config(&self) -> &RcuConfig {
+        &self.shared.config
+    }
+
+    /// Registers the calling thread ahead of time (liburcu's
+    /// `rcu_register_thread`): after this, neither [`ReaderHandle::read_lock`]
+    /// nor [`Rcu::read_lock`] on this thread allocates. Dropping the handle
+    /// (the last one, if several) unregisters the thread; so does its exit.
+    pub fn register_thread(&self) -> ReaderHandle {
+        ReaderHandle::new(&self.shared.gp.readers)
+    }
+
+    /// Enters a read-side critical section (`rcu_read_lock`), ended by
+    /// dropping the guard. Wait-free and nestable; registers the thread on
+    /// first use (which allocates: register ahead with
+    /// [`register_thread`](Self::register_thread) where that matters).
+    ///
+    /// The slot is found through a one-entry thread-local cache of the last
+    /// instance the thread read under; a miss (the thread alternates
+    /// instances) searches the thread's registrations. A signal handler may
+    /// read only on a thread registered with the instance, and should not
+    /// rely on the miss path, which borrows the thread's registration list
+    /// (use a thread that reads under one instance, or hold a
+    /// [`ReaderHandle`] and read through it in the thread's own code).
+    #[inline]
+    #[doc(alias = "rcu_read_lock")]
+    #[doc(alias = "rcu_read_unlock")]
+    pub fn read_lock(&self) -> ReadGuard<'_> {
+        let readers = &self.shared.gp.readers;
+        reader::lock(readers, readers.current_slot())
+    }
+
+    /// Whether the calling thread is inside a read-side section of this
+    /// instance (`rcu_read_lock_held`).
+    #[doc(alias = "rcu_read_lock_held")]
+    pub fn is_reading(&self) -> bool {
+        self.shared.gp.readers.current_thread_reading()
+    }
+
+    /// Declares a wait for a grace period: the validator's might-sleep
+    /// check, then the self-deadlock check.
+    #[track_caller]
+    fn may_wait(&self, what: &str) {
+        self.shared.domain.might_sleep();
+        if self.is_reading() {
+            panic!(
+                "krcu: {what} called inside an RCU read-side critical section of the same \
+                 instance: it would wait for itself forever"
+            );
+        }
+    }
+
+    /// Waits for a full grace period (`synchronize_rcu`): every read-side
+    /// section that began before the call has ended when it returns.
+    /// Concurrent callers share grace periods. Sleeps: see the module doc
+    /// for what is reported, and when it panics.
+    #[track_caller]
+    #[doc(alias = "synchronize_rcu")]
+    pub fn synchronize(&self) {
+        self.may_wait("synchronize_rcu()");
+        self.shared.gp.synchronize(WaitMode::Normal);
+    }
+
+    /// [`synchronize`](Self::synchronize), waiting for lingering readers
+    /// by spinning before sleeping (`synchronize_rcu_expedited`). The memb
+    /// flavour's grace periods are expedited anyway; this trades CPU time
+    /// for latency while a reader is still inside its section.
+    #[track_caller]
+    #[doc(alias = "synchronize_rcu_expedited")]
+    pub fn synchronize_expedited(&self) {
+        self.may_wait("synchronize_rcu_expedited()");
+        self.shared.gp.synchronize(WaitMode::Expedited);
+    }
+
+    /// A cookie for the first grace period that starts after this call
+    /// (`get_state_synchronize_rcu`); does not start one.
+    #[inline]
+    #[doc(alias = "get_state_synchronize_rcu")]
+    pub fn get_state(&self) -> GpCookie {
+        self.shared.gp.snapshot()
+    }
+
+    /// [`get_state`](Self::get_state), and makes sure that grace period
+    /// will run (the worker starts it) (`start_poll_synchronize_rcu`).
+    /// Never blocks; a system call only when the worker sleeps.
+    #[doc(alias = "start_poll_synchronize_rcu")]
+    pub fn start_poll(&self) -> GpCookie {
+        let c = self.get_state();
+        if self.shared.gp.request(c) {
+            self.shared.wake.kick();
+        }
+        c
+    }
+
+    /// Whether a full grace period has elapsed since `cookie` was taken
+    /// (`poll_state_synchronize_rcu`). Never blocks. A cookie from another
+    /// instance means nothing here.
+    #[inline]
+    #[doc(alias = "poll_state_synchronize_rcu")]
+    pub fn poll_state(&self, cookie: GpCookie) -> bool {
+        self.shared.gp.poll(cookie)
+    }
+
+    /// Waits for a full grace period since `cookie` was taken, at once if
+    /// one has elapsed (`cond_synchronize_rcu`). Sleeps, as
+    /// [`synchronize`](Self::synchronize).
+    #[track_caller]
+    #[doc(alias = "cond_synchronize_rcu")]
+    pub fn cond_synchronize(&self, cookie: GpCookie) {
+        self.may_wait("cond_synchronize_rcu()");
+        self.shared.gp.drive_to(cookie, WaitMode::Normal);
+    }
+
+    /// Queues `func` to be called with `head` after a full grace period
+    /// (`call_rcu`), in the worker's softirq context.
+    ///
+    /// Never blocks, never allocates; callable with a raw spinlock held and
+    /// from a signal handler. The only system call it can make is the
+    /// futex wake-up of a sleeping worker.
+    ///
+    /// # Safety
+    /// `head` must point to an [`RcuHead`] that is not queued, and it must
+    /// stay valid and unmoved until `func` has been called with it. `func`
+    /// must be safe to call with `head` in the worker thread after the grace
+    /// period (typically it frees the object embedding the head).
+    #[inline]
+    pub unsafe fn call_rcu(&self, head: NonNull<RcuHead>, func: RcuCallbackFn) {
+        let (_, list) = self.shared.pending.current();
+        // SAFETY: forwarded from the caller.
+        unsafe { list.push(head, func) };
+        self.shared.wake.kick();
+    }
+
+    /// Hands `obj` to RCU: after a full grace period the worker calls
+    /// [`HasRcuHead::rcu_callback`] with it (by default: drops it). The
+    /// safe form of [`call_rcu`](Self::call_rcu); the same guarantees
+    /// (no allocation, no lock, signal-safe).
+    #[inline]
+    #[doc(alias = "call_rcu")]
+    pub fn call_rcu_box<T: HasRcuHead>(&self, obj: Box<T>) {
+        let raw = Box::into_raw(obj);
+        // SAFETY: by HasRcuHead's contract the head lies RCU_HEAD_OFFSET
+        // bytes into the object, inside the allocation.
+        let head = unsafe { raw.byte_add(T::RCU_HEAD_OFFSET) }.cast::<RcuHead>();
+        // SAFETY: the head belongs to a leaked Box (so it is valid, unmoved
+        // and not queued: the Box was owned by the caller), and
+        // box_callback::<T> reclaims exactly that Box.
+        unsafe {
+            self.call_rcu(NonNull::new_unchecked(head), callback::box_callback::<T>);
+        }
+    }
+
+    /// Waits until every callback queued (on any thread) before this call
+    /// has run (`rcu_barrier`). Concurrent callers share barriers. Sleeps;
+    /// panics inside a read-side section of this instance or on its worker
+    /// thread (both would wait forever).
+    #[track_caller]
+    pub fn rcu_barrier(&self) {
+        self.may_wait("rcu_barrier()");
+        assert!(
+            !self.shared.on_worker(),
+            "krcu: rcu_barrier() called from an RCU callback: it would wait for itself forever"
+        );
+        let b = &*self.shared.barrier;
+        let snap = seq::seq_snap(b.seq.load(Ordering::Acquire));
+        let _serial = b.mutex.lock().unwrap_or_else(|e| e.into_inner());
+        if seq::seq_done(b.seq.load(Ordering::Acquire), snap) {
+            return; // a barrier that began after our call has finished
+        }
+        let s = b.seq.load(Ordering::Relaxed);
+        b.seq.store(seq::seq_start(s), Ordering::Relaxed);
+        b.remaining.store(b.heads.cpus(), Ordering::Relaxed);
+        for (cpu, h) in b.heads.iter() {
+            // SAFETY: the barrier heads are queued only here, under the
+            // barrier mutex, after the previous barrier saw every one run
+            // (remaining reached zero); they live as long as the Arc<Barrier>
+            // the worker's Shared holds; barrier_callback expects exactly
+            // such a head.
+            unsafe {
+                self.shared
+                    .pending
+                    .get(cpu)
+                    .push(NonNull::from(&h.head), barrier_callback);
+            }
+        }
+        self.shared.wake.kick();
+        let mut g = b.done.lock().unwrap_or_else(|e| e.into_inner());
+        while b.remaining.load(Ordering::Acquire) != 0 {
+            g = b.cv.wait(g).unwrap_or_else(|e| e.into_inner());
+        }
+        drop(g);
+        b.seq
+            .store(seq::seq_end(seq::seq_start(s)), Ordering::Release);
+        self.shared.stats.barriers.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The instance's counters.
+    pub fn stats(&self) -> RcuStats {
+        let s = &self.shared;
+        let (normal, expedited) = s.gp.completed();
+        RcuStats {
+            gp_seq: s.gp.seq(),
+            grace_periods: normal,
+            expedited_grace_periods: expedited,
+            callbacks_taken: s.stats.taken.load(Ordering::Relaxed),
+            callbacks_invoked: s.stats.invoked.load(Ordering::Relaxed),
+            callback_panics: s.stats.panics.load(Ordering::Relaxed),
+            barriers: s.stats.barriers.load(Ordering::Relaxed),
+            stalls: s.gp.stalls.count(),
+            membarrier: !s.gp.readers.full_fence,
+            readers: s.gp.readers.registered(),
+        }
+    }
+
+    /// The most recent stall warnings (up to 32), oldest first.
+    pub fn stall_reports(&self) -> Vec<StallReport> {
+        self.shared.gp.stalls.recent()
+    }
+}
+
+impl Drop for Rcu {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        self.shared.wake.kick();
+        if let Some(w) = self.worker.take() {
+            if self.shared.on_worker() {
+                // Dropped by one of its own callbacks: the worker finishes
+                // the queue and exits by itself.
+                return;
+            }
+            if w.join().is_err() {
+                tracing::error!("krcu: the RCU worker thread panicked");
+            }
+        }
+    }
+}
+
+/// The process-wide instance: the global domain, default settings, built
+/// on first use.
+pub fn global() -> &'static Rcu {
+    static GLOBAL: OnceLock<Rcu> = OnceLock::new();
+    GLOBAL.get_or_init(|| Rcu::new(Domain::global(), RcuConfig::default()))
+}
+
+/// [`Rcu::read_lock`] on the [`global`] instance.
+#[inline]
+#[doc(alias = "rcu_read_lock")]
+pub fn read_lock() -> ReadGuard<'static> {
+    global().read_lock()
+}
+
+/// [`Rcu::register_thread`] on the [`global`] instance.
+pub fn register_thread() -> ReaderHandle {
+    global().register_thread()
+}
+
+/// [`Rcu::synchronize`] on the [`global`] instance.
+#[track_caller]
+#[doc(alias = "synchronize_rcu")]
+pub fn synchronize() {
+    global().synchronize();
+}
+
+/// [`Rcu::synchronize_expedited`] on the [`global`] instance.
+#[track_caller]
+#[doc(alias = "synchronize_rcu_expedited")]
+pub fn synchronize_expedited() {
+    global().synchronize_expedited();
+}
+
+/// [`Rcu::get_state`] on the [`global`] instance.
+#[doc(alias = "get_state_synchronize_rcu")]
+pub fn get_state() -> GpCookie {
+    global().get_state()
+}
+
+/// [`Rcu::start_poll`] on the [`global`] instance.
+#[doc(alias = "start_poll_synchronize_rcu")]
+pub fn start_poll() -> GpCookie {
+    global().start_poll()
+}
+
+/// [`Rcu::poll_state`] on the [`global`] instance.
+#[doc(alias = "poll_state_synchronize_rcu")]
+pub fn poll_state(cookie: GpCookie) -> bool {
+    global().poll_state(cookie)
+}
+
+/// [`Rcu::cond_synchronize`] on the [`global`] instance.
+#[track_caller]
+#[doc(alias = "cond_synchronize_rcu")]
+pub fn cond_synchronize(cookie: GpCookie) {
+    global().cond_synchronize(cookie);
+}
+
+/// [`Rcu::call_rcu`] on the [`global`] instance.
+///
+/// # Safety
+/// As for [`Rcu::call_rcu`].
+pub unsafe fn call_rcu(head: NonNull<RcuHead>, func: RcuCallbackFn) {
+    // SAFETY: forwarded from the caller.
+    unsafe { global().call_rcu(head, func) }
+}
+
+/// [`Rcu::call_rcu_box`] on the [`global`] instance.
+#[doc(alias = "call_rcu")]
+pub fn call_rcu_box<T: HasRcuHead>(obj: Box<T>) {
+    global().call_rcu_box(obj);
+}
+
+/// [`Rcu::rcu_barrier`] on the [`global`] instance.
+#[track_caller]
+pub fn rcu_barrier() {
+    global().rcu_barrier();
+}

@@ -1,0 +1,103 @@
+//! RCU in userspace: readers, grace periods, the polled grace-period API,
+//! `call_rcu`, `rcu_barrier`, and stall warnings.
+//!
+//! # The design
+//! Grace periods follow liburcu's **memb** flavour (`handshake.rs` has the
+//! protocol and its memory-ordering argument). A reader's outermost
+//! [`read_lock`](Rcu::read_lock) copies the instance's counter (with its
+//! phase bit) into the thread's slot and issues a compiler fence; the
+//! writer pays with `membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED)` before
+//! and after flipping the phase twice and waiting, after each flip, for the
+//! slots still in the other phase. Where membarrier is missing (or
+//! [`RcuConfig::force_fallback_fences`] says so) readers and writer use full
+//! fences instead ([`membarrier`]).
+//!
+//! Grace periods are numbered with the kernel's `rcu_seq` scheme ([`seq`]):
+//! [`Rcu::get_state`] returns a [`GpCookie`] that [`Rcu::poll_state`] can
+//! check without waiting, correct across the counter's wrap-around.
+//!
+//! [`call_rcu`](Rcu::call_rcu) pushes an embedded [`RcuHead`] onto a per-CPU
+//! lock-free list (`callback.rs`); the instance's worker thread (`worker.rs`)
+//! takes the lists, files them by grace-period cookie in per-CPU segmented
+//! lists, runs grace periods while callbacks wait, and invokes the ready
+//! ones in batches in softirq context. [`rcu_barrier`](Rcu::rcu_barrier)
+//! queues a callback on every CPU's list and waits for all of them.
+//!
+//! # Kernel map
+//! | kernel | krcu |
+//! |---|---|
+//! | `rcu_read_lock()` / `rcu_read_unlock()` | [`Rcu::read_lock`], [`ReaderHandle::read_lock`], dropping the [`ReadGuard`] |
+//! | `rcu_read_lock_held()` | [`Rcu::is_reading`] |
+//! | `synchronize_rcu()`, `synchronize_rcu_expedited()` | [`Rcu::synchronize`], [`Rcu::synchronize_expedited`] |
+//! | `get_state_synchronize_rcu()`, `start_poll_synchronize_rcu()` | [`Rcu::get_state`], [`Rcu::start_poll`] |
+//! | `poll_state_synchronize_rcu()`, `cond_synchronize_rcu()` | [`Rcu::poll_state`], [`Rcu::cond_synchronize`] |
+//! | `get_completed_synchronize_rcu()` | [`GpCookie::COMPLETED`] |
+//! | `struct rcu_head`, `call_rcu()` | [`RcuHead`], [`Rcu::call_rcu`], [`Rcu::call_rcu_box`] |
+//! | `rcu_barrier()` | [`Rcu::rcu_barrier`] |
+//! | `rcu_state.gp_seq`, `rcu_seq_*` | [`seq`] |
+//! | `rcu_segcblist` (done / wait / next-ready / next) | `callback.rs` |
+//! | `rcu_gp_kthread`, `rcu_core` softirq, `rcu_do_batch`, `blimit` | `worker.rs`, [`RcuConfig::batch_limit`], [`RcuConfig::gp_interval`] |
+//! | RCU CPU stall warnings | `stall.rs`, [`RcuConfig::stall_timeout`] |
+//! | liburcu `rcu_register_thread()` | [`Rcu::register_thread`] |
+//!
+//! # Contexts and the validator
+//! Readers raise the thread's RCU read-side depth (where the validator is
+//! compiled in), so the validator caps the locks a reader may take at
+//! CONFIG and reports sleeping inside a reader. `synchronize*` and
+//! `rcu_barrier` declare that they sleep ([`Domain::might_sleep`](crate::Domain::might_sleep)): called
+//! while atomic, with irqs off or inside a reader, they are reported.
+//! Called inside a read-side section *of the same instance* they would wait
+//! for themselves forever, as in the kernel; krcu reports it (when the
+//! validator runs) and then **panics** with a message saying so, in every
+//! build, rather than hang. `rcu_barrier` on the instance's own worker
+//! thread (from a callback) panics for the same reason.
+//!
+//! `call_rcu` takes no lock, allocates nothing and makes no system call but
+//! a rare futex wake-up: it is callable with a [`RawSpinLock`](crate::lock::RawSpinLock)
+//! held and from a signal handler (enter [`enter_hardirq`](crate::context::enter_hardirq) first),
+//! even one that interrupted a `call_rcu` on the same thread.
+//!
+//! # Instances
+//! [`Rcu::new`] builds an instance in a [`Domain`](crate::Domain); it owns its worker
+//! thread, which it stops and joins on drop after running every queued
+//! callback. Instances are independent: a thread has one slot per instance
+//! it reads under. [`global`] is a lazily built process-wide instance, which
+//! the free functions of this module use.
+//!
+//! # For deferred freeing (kvfree_rcu)
+//! A batch of retired objects takes a cookie with [`Rcu::get_state`] when it
+//! is closed (or [`Rcu::start_poll`] to make sure a grace period comes), is
+//! freed as soon as [`Rcu::poll_state`] says so, and can be waited for with
+//! [`Rcu::cond_synchronize`]. To be *called* after a grace period instead,
+//! embed an [`RcuHead`] in the batch and hand it to [`Rcu::call_rcu`]: the
+//! callback runs on the instance's worker in softirq context (the kernel's
+//! `queue_rcu_work` does the same with a workqueue); from there it can free
+//! in place or wake a worker of its own.
+
+mod handshake;
+pub mod seq;
+
+#[cfg(not(loom))]
+mod callback;
+#[cfg(not(loom))]
+mod gp;
+#[cfg(not(loom))]
+mod instance;
+#[cfg(not(loom))]
+pub mod membarrier;
+#[cfg(not(loom))]
+mod reader;
+#[cfg(not(loom))]
+mod stall;
+#[cfg(not(loom))]
+mod worker;
+
+#[cfg(not(loom))]
+pub use callback::{HasRcuHead, RcuCallbackFn, RcuHead};
+#[cfg(not(loom))]
+pub use instance::*;
+#[cfg(not(loom))]
+pub use reader::{ReadGuard, ReaderHandle};
+pub use seq::GpCookie;
+#[cfg(not(loom))]
+pub use stall::StallReport;

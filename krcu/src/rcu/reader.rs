@@ -1,0 +1,425 @@
+//! Readers: per-(thread, instance) slots, their registry, and the read-side
+//! guard.
+//!
+//! # Slots
+//! Each instance keeps a registry of cache-line-padded slots in chunks that
+//! are never freed while the instance lives: the grace-period scan walks
+//! them without a lock (it reads the published length with Acquire, then
+//! the slots), and a thread that unregisters only returns its slot to a free
+//! list for the next thread to take. A free slot reads zero, so a scan that
+//! meets it skips it.
+//!
+//! # Registration
+//! A thread gets its slot on first use ([`Rcu::read_lock`](super::Rcu::read_lock)
+//! registers it, which allocates) or ahead of time with
+//! [`Rcu::register_thread`](super::Rcu::register_thread), after which
+//! neither `read_lock` allocates. The thread's registrations sit in a
+//! thread-local list whose destructor unregisters them when the thread
+//! exits; a one-entry thread-local cache (instance id, slot) makes
+//! `Rcu::read_lock` one compare away from the slot. A [`ReaderHandle`] holds
+//! the slot directly: [`ReaderHandle::read_lock`] is the fastest path.
+//! Dropping the last handle unregisters the thread from that instance
+//! (unless it is inside a read-side section of it; then the thread's exit
+//! does).
+//!
+//! Instance ids are never reused, so a stale cache entry can never match a
+//! later instance built at the same address.
+
+use super::handshake;
+use crate::context;
+use crate::lockdep;
+use crate::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
+use core::cell::{Cell, RefCell};
+use core::marker::PhantomData;
+use crossbeam_utils::CachePadded;
+use std::sync::{Arc, Mutex, Weak};
+
+/// Slots per chunk.
+const CHUNK: usize = 64;
+/// Chunks per registry: at most `CHUNK * MAX_CHUNKS` threads registered at
+/// once with one instance.
+const MAX_CHUNKS: usize = 1024;
+
+/// Who holds a slot, for stall warnings.
+#[derive(Debug, Clone)]
+pub(crate) struct ThreadInfo {
+    pub(crate) name: String,
+    pub(crate) tid: i32,
+}
+
+impl ThreadInfo {
+    fn current() -> Self {
+        let t = std::thread::current();
+        ThreadInfo {
+            name: t
+                .name()
+                .map_or_else(|| format!("{:?}", t.id()), str::to_owned),
+            // SAFETY: gettid has no preconditions.
+            tid: unsafe { libc::gettid() },
+        }
+    }
+}
+
+/// One reader slot: the handshake word and who owns it.
+pub(crate) struct Slot {
+    /// The reader's word ([`handshake`]): zero outside read-side sections.
+    pub(crate) ctr: AtomicUsize,
+    /// The instance's fence mode, copied here so that `read_unlock` finds
+    /// it on the cache line it touches anyway (and the guard stays one
+    /// pointer wide).
+    full_fence: bool,
+    /// The owning thread; `None` while the slot is free.
+    pub(crate) owner: Mutex<Option<ThreadInfo>>,
+}
+
+type Chunk = [CachePadded<Slot>; CHUNK];
+
+/// The reader-facing state of an instance: the grace-period counter, the
+/// fence mode, and the slots.
+pub(crate) struct Readers {
+    /// The instance's unique id (never reused).
+    pub(crate) id: u64,
+    /// The grace-period counter and phase ([`handshake`]).
+    pub(crate) gp_ctr: CachePadded<AtomicUsize>,
+    /// True when readers use full fences (no membarrier, or forced).
+    pub(crate) full_fence: bool,
+    chunks: Box<[AtomicPtr<Chunk>]>,
+    len: AtomicUsize,
+    /// Free slot indices; also serialises growth.
+    free: Mutex<Vec<usize>>,
+    /// Slots taken by threads.
+    in_use: AtomicUsize,
+}
+
+impl Readers {
+    pub(crate) fn new(full_fence: bool) -> Arc<Self> {
+        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        Arc::new(Readers {
+            id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            gp_ctr: CachePadded::new(AtomicUsize::new(handshake::GP_CTR_INIT)),
+            full_fence,
+            chunks: (0..MAX_CHUNKS)
+                .map(|_| AtomicPtr::new(core::ptr::null_mut()))
+                .collect(),
+            len: AtomicUsize::new(0),
+            free: Mutex::new(Vec::new()),
+            in_use: AtomicUsize::new(0),
+        })
+    }
+
+    /// How many slots have been published (free or not).
+    #[inline]
+    pub(crate) fn len(&self) -> usize {
+        self.len.load(Ordering::Acquire)
+    }
+
+    /// How many threads are registered.
+    pub(crate) fn registered(&self) -> usize {
+        self.in_use.load(Ordering::Relaxed)
+    }
+
+    /// Slot `i`, for `i < self.len()`.
+    #[inline]
+    pub(crate) fn slot(&self, i: usize) -> &Slot {
+        let chunk = self.chunks[i / CHUNK].load(Ordering::Acquire);
+        debug_assert!(!chunk.is_null());
+        // SAFETY: `i < len`, and a chunk is published (Release) before any
+        // of its slots is counted in `len` (Release, read with Acquire by
+        // the caller), and freed only when the registry drops, which needs
+        // `&mut self`.
+        unsafe { &(*chunk)[i % CHUNK] }
+    }
+
+    /// Takes a slot for the calling thread.
+    fn acquire_slot(&self) -> usize {
+        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        let i = match free.pop() {
+            Some(i) => i,
+            None => {
+                let i = self.len.load(Ordering::Relaxed);
+                assert!(
+                    i < CHUNK * MAX_CHUNKS,
+                    "krcu: more than {} threads registered with one RCU instance",
+                    CHUNK * MAX_CHUNKS
+                );
+                let c = &self.chunks[i / CHUNK];
+                if c.load(Ordering::Relaxed).is_null() {
+                    let chunk: Box<Chunk> = Box::new(core::array::from_fn(|_| {
+                        CachePadded::new(Slot {
+                            ctr: AtomicUsize::new(0),
+                            full_fence: self.full_fence,
+                            owner: Mutex::new(None),
+                        })
+                    }));
+                    c.store(Box::into_raw(chunk), Ordering::Release);
+                }
+                self.len.store(i + 1, Ordering::Release);
+                i
+            }
+        };
+        *self.slot(i).owner.lock().unwrap_or_else(|e| e.into_inner()) = Some(ThreadInfo::current());
+        self.in_use.fetch_add(1, Ordering::Relaxed);
+        i
+    }
+
+    /// Returns slot `i` to the free list. A thread that leaves with its
+    /// section open (a leaked guard) can no longer touch anything, so its
+    /// section is closed for it.
+    fn release_slot(&self, i: usize) {
+        let slot = self.slot(i);
+        if handshake::active(slot.ctr.load(Ordering::Relaxed)) {
+            tracing::warn!("krcu: a thread left an RCU read-side section open; closing it");
+            slot.ctr.store(0, Ordering::Release);
+        }
+        *slot.owner.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        self.in_use.fetch_sub(1, Ordering::Relaxed);
+        self.free.lock().unwrap_or_else(|e| e.into_inner()).push(i);
+    }
+
+    /// The calling thread's slot, registering it on first use.
+    #[inline]
+    pub(crate) fn current_slot(self: &Arc<Self>) -> &Slot {
+        let (id, slot) = CACHE.with(Cell::get);
+        if id == self.id {
+            // SAFETY: the cache holds a slot of the live instance with this
+            // id (ids are never reused, and `self` keeps the slots alive);
+            // it is cleared when the thread unregisters from it.
+            return unsafe { &*slot };
+        }
+        self.current_slot_slow()
+    }
+
+    #[cold]
+    fn current_slot_slow(self: &Arc<Self>) -> &Slot {
+        let i = self.register_current(0);
+        let slot: *const Slot = self.slot(i);
+        let _ = CACHE.try_with(|c| c.set((self.id, slot)));
+        self.slot(i)
+    }
+
+    /// Finds or makes the calling thread's registration; adds `handles`
+    /// to its handle count. Returns the slot index.
+    fn register_current(self: &Arc<Self>, handles: u32) -> usize {
+        let found = REGISTRATIONS.try_with(|regs| {
+            let mut regs = regs.borrow_mut();
+            if let Some(r) = regs.iter_mut().find(|r| r.id == self.id) {
+                r.handles += handles;
+                return r.index;
+            }
+            let index = self.acquire_slot();
+            regs.push(Registration {
+                id: self.id,
+                readers: Arc::downgrade(self),
+                index,
+                handles,
+            });
+            index
+        });
+        found.unwrap_or_else(|_| {
+            // The thread is exiting and its registrations are gone: a slot
+            // that stays registered (and inactive) for good.
+            tracing::debug!("krcu: RCU reader registered during thread teardown");
+            self.acquire_slot()
+        })
+    }
+
+    /// Whether the calling thread is inside a read-side section of this
+    /// instance (never registers, never allocates).
+    pub(crate) fn current_thread_reading(&self) -> bool {
+        let (id, slot) = CACHE.try_with(Cell::get).unwrap_or((0, core::ptr::null()));
+        if id == self.id {
+            // SAFETY: as in `current_slot`.
+            return handshake::active(unsafe { &*slot }.ctr.load(Ordering::Relaxed));
+        }
+        REGISTRATIONS
+            .try_with(|regs| {
+                regs.try_borrow().is_ok_and(|regs| {
+                    regs.iter().any(|r| {
+                        r.id == self.id
+                            && handshake::active(self.slot(r.index).ctr.load(Ordering::Relaxed))
+                    })
+                })
+            })
+            .unwrap_or(false)
+    }
+
+    fn drop_handle(self: &Arc<Self>, index: usize) {
+        let gone = REGISTRATIONS.try_with(|regs| {
+            let mut regs = regs.borrow_mut();
+            let Some(pos) = regs.iter().position(|r| r.id == self.id) else {
+                return;
+            };
+            let r = &mut regs[pos];
+            r.handles = r.handles.saturating_sub(1);
+            if r.handles == 0 && !handshake::active(self.slot(index).ctr.load(Ordering::Relaxed)) {
+                regs.swap_remove(pos);
+                forget_cached(self.id);
+                self.release_slot(index);
+            }
+        });
+        if gone.is_err() {
+            // The thread-exit destructor ran and left this slot to its
+            // handle (it had handles > 0).
+            self.release_slot(index);
+        }
+    }
+}
+
+impl Drop for Readers {
+    fn drop(&mut self) {
+        for c in self.chunks.iter() {
+            let p = c.load(Ordering::Relaxed);
+            if !p.is_null() {
+                // SAFETY: chunks come from Box::into_raw and are freed only
+                // here, once, with no reader left (we have `&mut self`).
+                drop(unsafe { Box::from_raw(p) });
+            }
+        }
+    }
+}
+
+/// One registration of this thread with one instance.
+struct Registration {
+    id: u64,
+    readers: Weak<Readers>,
+    index: usize,
+    /// Live [`ReaderHandle`]s of this thread for this instance.
+    handles: u32,
+}
+
+/// The thread's registrations; unregistered when the thread exits.
+struct Registrations(RefCell<Vec<Registration>>);
+
+impl Drop for Registrations {
+    fn drop(&mut self) {
+        let _ = CACHE.try_with(|c| c.set((0, core::ptr::null())));
+        for r in self.0.get_mut().drain(..) {
+            // A registration with live handles is released by the last
+            // handle's drop (see `Readers::drop_handle`).
+            if r.handles == 0
+                && let Some(readers) = r.readers.upgrade()
+            {
+                readers.release_slot(r.index);
+            }
+        }
+    }
+}
+
+impl core::ops::Deref for Registrations {
+    type Target = RefCell<Vec<Registration>>;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+thread_local! {
+    /// The last instance this thread read under, and its slot there.
+    static CACHE: Cell<(u64, *const Slot)> = const { Cell::new((0, core::ptr::null())) };
+    static REGISTRATIONS: Registrations = const { Registrations(RefCell::new(Vec::new())) };
+}
+
+fn forget_cached(id: u64) {
+    let _ = CACHE.try_with(|c| {
+        if c.get().0 == id {
+            c.set((0, core::ptr::null()));
+        }
+    });
+}
+
+/// Enters a read-side section on `slot` (the shared fast path).
+#[inline(always)]
+pub(crate) fn lock<'a>(readers: &Readers, slot: &'a Slot) -> ReadGuard<'a> {
+    handshake::read_lock(&slot.ctr, &readers.gp_ctr, slot.full_fence);
+    if lockdep::COMPILED {
+        context::rcu_read_enter();
+    }
+    ReadGuard {
+        slot,
+        _not_send: PhantomData,
+    }
+}
+
+/// An RCU read-side critical section, ended when dropped
+/// (`rcu_read_unlock`).
+///
+/// Sections nest. While one is open, a grace period of its instance that
+/// began before it cannot end, so whatever the section could reach stays
+/// allocated. Do not sleep inside it (the validator reports it); the guard
+/// is tied to its thread.
+#[must_use = "the read-side section ends when the guard is dropped"]
+#[doc(alias = "rcu_read_lock")]
+pub struct ReadGuard<'a> {
+    slot: &'a Slot,
+    _not_send: PhantomData<*const ()>,
+}
+
+impl Drop for ReadGuard<'_> {
+    #[inline(always)]
+    fn drop(&mut self) {
+        if lockdep::COMPILED {
+            context::rcu_read_exit();
+        }
+        handshake::read_unlock(&self.slot.ctr, self.slot.full_fence);
+    }
+}
+
+impl core::fmt::Debug for ReadGuard<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("ReadGuard")
+            .field(
+                "nesting",
+                &(self.slot.ctr.load(Ordering::Relaxed) & handshake::NEST_MASK),
+            )
+            .finish()
+    }
+}
+
+/// The calling thread's registration with one instance
+/// ([`Rcu::register_thread`](super::Rcu::register_thread)): its
+/// [`read_lock`](Self::read_lock) goes straight to the thread's slot, and
+/// neither it nor the instance's `read_lock` allocates while the handle
+/// lives. Tied to its thread.
+pub struct ReaderHandle {
+    readers: Arc<Readers>,
+    index: usize,
+    slot: *const Slot,
+}
+
+impl ReaderHandle {
+    pub(crate) fn new(readers: &Arc<Readers>) -> Self {
+        let index = readers.register_current(1);
+        let slot: *const Slot = readers.slot(index);
+        let _ = CACHE.try_with(|c| c.set((readers.id, slot)));
+        ReaderHandle {
+            readers: readers.clone(),
+            index,
+            slot,
+        }
+    }
+
+    /// Enters a read-side section (`rcu_read_lock`): wait-free, no
+    /// allocation, no system call.
+    #[inline(always)]
+    #[doc(alias = "rcu_read_lock")]
+    pub fn read_lock(&self) -> ReadGuard<'_> {
+        // SAFETY: the slot stays registered to this thread while the handle
+        // lives (the handle keeps the registry alive and holds a handle
+        // count that keeps the slot from being released).
+        lock(&self.readers, unsafe { &*self.slot })
+    }
+}
+
+impl Drop for ReaderHandle {
+    fn drop(&mut self) {
+        self.readers.drop_handle(self.index);
+    }
+}
+
+impl core::fmt::Debug for ReaderHandle {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("ReaderHandle")
+            .field("instance", &self.readers.id)
+            .field("slot", &self.index)
+            .finish()
+    }
+}

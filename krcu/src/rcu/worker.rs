@@ -1,0 +1,205 @@
+//! The grace-period worker: one thread per instance (the kernel's
+//! `rcu_gp_kthread` and `rcu_core` softirq in one) that takes queued
+//! callbacks, runs grace periods while callbacks or pollers wait for one,
+//! and invokes the ready callbacks in batches in softirq context.
+//!
+//! # Batching
+//! Under a stream of callbacks the worker does not run grace periods back
+//! to back: it leaves [`RcuConfig::gp_interval`](super::RcuConfig::gp_interval)
+//! (default 1 ms) between the start of one and the end of the previous, so
+//! that each grace period (two membarrier IPI rounds) covers a batch, and the
+//! pending lists' cache lines are not pulled away from the CPUs that push
+//! onto them at every turn. The kernel's grace periods take milliseconds
+//! for the same effect. `synchronize` callers run their own grace periods
+//! and are not delayed.
+//!
+//! # Sleeping and waking
+//! The worker sleeps on a futex word when there is nothing to do; no timer,
+//! no polling. `call_rcu` and `start_poll` wake it with [`Wake::kick`]: one
+//! SeqCst load that finds the worker awake almost always; only when it is
+//! asleep does the kicker swap the word and issue `FUTEX_WAKE`, a system
+//! call, once per sleep (the first kicker to swap it does). A raw futex
+//! wake is async-signal-safe, unlike `Thread::unpark`, so `call_rcu` may
+//! kick from a signal handler.
+//!
+//! The store-load handshake: the kicker's push (a SeqCst compare-exchange)
+//! precedes its SeqCst load of the word; the worker's SeqCst store of
+//! "asleep" precedes its SeqCst loads of the pending lists. In the single
+//! total order of SeqCst operations one of the two loads sees the other
+//! side's store: either the worker sees the callback and does not sleep, or
+//! the kicker sees "asleep" and wakes it. `FUTEX_WAIT` itself rechecks the
+//! word, so a wake between the check and the wait is not lost.
+
+use super::callback::{CbList, SegCbList};
+use super::gp::WaitMode;
+use super::instance::Shared;
+use super::seq::GpCookie;
+use crate::context;
+use crate::sync::atomic::{AtomicU32, Ordering};
+use crossbeam_utils::CachePadded;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Instant;
+
+const AWAKE: u32 = 0;
+const ASLEEP: u32 = 1;
+
+/// The worker's sleep word.
+pub(crate) struct Wake {
+    state: CachePadded<AtomicU32>,
+}
+
+impl Wake {
+    pub(crate) fn new() -> Self {
+        Wake {
+            state: CachePadded::new(AtomicU32::new(AWAKE)),
+        }
+    }
+
+    /// Wakes the worker if it sleeps. Async-signal-safe; a system call only
+    /// when the worker is asleep.
+    #[inline]
+    pub(crate) fn kick(&self) {
+        if self.state.load(Ordering::SeqCst) == ASLEEP {
+            self.kick_slow();
+        }
+    }
+
+    #[cold]
+    fn kick_slow(&self) {
+        if self.state.swap(AWAKE, Ordering::SeqCst) == ASLEEP {
+            // SAFETY: FUTEX_WAKE on a live, aligned u32 (the word lives as
+            // long as the instance's shared state, which the caller holds);
+            // it reads no other memory.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_futex,
+                    self.state.as_ptr(),
+                    libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
+                    1 as libc::c_int,
+                );
+            }
+        }
+    }
+
+    /// Sleeps unless `has_work` (checked after announcing the sleep) says
+    /// there is something to do. May return spuriously.
+    fn sleep(&self, has_work: impl FnOnce() -> bool) {
+        self.state.store(ASLEEP, Ordering::SeqCst);
+        if !has_work() {
+            // SAFETY: FUTEX_WAIT on a live, aligned u32 that we own a
+            // reference to, with no timeout: returns when woken, when the
+            // word no longer reads ASLEEP, or on a signal.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_futex,
+                    self.state.as_ptr(),
+                    libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
+                    ASLEEP as libc::c_int,
+                    core::ptr::null::<libc::timespec>(),
+                );
+            }
+        }
+        self.state.store(AWAKE, Ordering::SeqCst);
+    }
+}
+
+/// The worker's main loop; returns once the instance is stopping and every
+/// callback has run.
+pub(crate) fn run(shared: Arc<Shared>) {
+    let mut segs: Vec<SegCbList> = (0..shared.pending.cpus())
+        .map(|_| SegCbList::new())
+        .collect();
+    let mut taken = Vec::with_capacity(segs.len());
+    let interval = shared.config.gp_interval;
+    let mut last_gp = Instant::now();
+    loop {
+        take_pending(&shared, &mut segs, &mut taken);
+        let cur = shared.gp.seq();
+        for s in &mut segs {
+            s.advance(cur);
+        }
+        if invoke_batch(&shared, &mut segs) > 0 {
+            continue;
+        }
+        // Nothing ready. A grace period for the oldest waiting callbacks,
+        // or for a poller?
+        let oldest = segs
+            .iter()
+            .filter_map(SegCbList::oldest_wait)
+            .reduce(|a, b| if b.at_or_after(a) { a } else { b });
+        if let Some(c) = oldest.or_else(|| shared.gp.needed()) {
+            // Batch: let callbacks gather for the configured interval since
+            // the last grace period this worker ran, instead of running
+            // them back to back (each one IPIs every CPU running a thread
+            // of the process). Stopping drains without delay.
+            let since = last_gp.elapsed();
+            if since < interval && !shared.stop.load(Ordering::Relaxed) {
+                std::thread::sleep(interval - since);
+                continue;
+            }
+            shared.gp.drive_to(c, WaitMode::Normal);
+            last_gp = Instant::now();
+            continue;
+        }
+        let pending = || shared.pending.iter().any(|(_, l)| !l.is_empty());
+        if shared.stop.load(Ordering::SeqCst) && !pending() {
+            break;
+        }
+        shared.wake.sleep(|| {
+            pending() || shared.gp.needed().is_some() || shared.stop.load(Ordering::SeqCst)
+        });
+    }
+}
+
+/// Takes every CPU's pending list and files it under one cookie snapped
+/// after the takes.
+fn take_pending(shared: &Shared, segs: &mut [SegCbList], taken: &mut Vec<(usize, CbList)>) {
+    for (cpu, list) in shared.pending.iter() {
+        if !list.is_empty() {
+            taken.push((cpu, list.take()));
+        }
+    }
+    if taken.is_empty() {
+        return;
+    }
+    let cookie: GpCookie = shared.gp.snapshot();
+    let mut n = 0;
+    for (cpu, list) in taken.drain(..) {
+        n += list.len() as u64;
+        segs[cpu].accelerate(list, cookie);
+    }
+    shared.stats.taken.fetch_add(n, Ordering::Relaxed);
+}
+
+/// Invokes up to the batch limit of ready callbacks per CPU, in softirq
+/// context (`rcu_do_batch`). Returns how many ran.
+fn invoke_batch(shared: &Shared, segs: &mut [SegCbList]) -> u64 {
+    if segs.iter().all(|s| s.done.is_empty()) {
+        return 0;
+    }
+    let _softirq = context::enter_softirq();
+    let limit = shared.config.batch_limit;
+    let mut ran = 0;
+    for s in segs.iter_mut() {
+        for _ in 0..limit {
+            let Some((head, func)) = s.done.pop() else {
+                break;
+            };
+            // Counted before the call, so that whoever sees a callback's
+            // effect (rcu_barrier) sees it counted.
+            shared.stats.invoked.fetch_add(1, Ordering::Relaxed);
+            // SAFETY: the head was queued with `func` through `call_rcu`,
+            // whose contract keeps it valid until now; a full grace period
+            // has passed since (its segment's cookie is done); it is
+            // invoked once, having been popped.
+            let r = std::panic::catch_unwind(AssertUnwindSafe(|| unsafe { func(head) }));
+            if r.is_err() {
+                shared.stats.panics.fetch_add(1, Ordering::Relaxed);
+                tracing::error!("krcu: an RCU callback panicked; the worker goes on");
+            }
+            ran += 1;
+        }
+    }
+    ran
+}
