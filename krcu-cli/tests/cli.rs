@@ -26,7 +26,11 @@ fn help_lists_the_commands() {
 
 #[test]
 fn bad_flags_are_one_line_and_status_2() {
-    for args in [&["--no-such-flag"][..], &["no-such-command"], &["demo", "--bogus"]] {
+    for args in [
+        &["--no-such-flag"][..],
+        &["no-such-command"],
+        &["demo", "--bogus"],
+    ] {
         let o = krcu(args);
         assert_eq!(o.status.code(), Some(2), "{args:?}");
         let err = stderr(&o);
@@ -45,7 +49,9 @@ fn no_arguments_runs_the_demo() {
     // Every preempt model, nesting proof on and off.
     for model in ["none", "voluntary", "full", "rt"] {
         assert_eq!(
-            out.lines().filter(|l| l.starts_with(&format!("{model} "))).count(),
+            out.lines()
+                .filter(|l| l.starts_with(&format!("{model} ")))
+                .count(),
             2,
             "{out}"
         );
@@ -63,7 +69,10 @@ fn no_arguments_runs_the_demo() {
     assert!(!row("full", "off").contains("FLAGGED"));
     assert!(row("rt", "off").contains("FLAGGED"), "rt spinlock_t sleeps");
     assert!(row("rt", "on").contains("scheduling while atomic"));
-    assert!(out.lines().filter(|l| l.ends_with(" ok")).count() == 8, "trylocks: {out}");
+    assert!(
+        out.lines().filter(|l| l.ends_with(" ok")).count() == 8,
+        "trylocks: {out}"
+    );
     assert!(out.contains("[ BUG: Invalid wait context ]"));
     assert!(out.contains("(&zone->lock){....}-{3:3}"));
     assert!(out.contains(" #0: ") && out.contains("(&krcp->lock)"));

@@ -264,14 +264,12 @@ pub(crate) fn irqs_off_exit() {
 }
 
 /// Raises the RCU read-side depth; for the RCU reader implementation.
-#[allow(dead_code)] // used by the rcu module
 #[inline]
 pub(crate) fn rcu_read_enter() {
     with(|c| c.rcu_depth.set(c.rcu_depth.get() + 1));
 }
 
 /// Lowers the RCU read-side depth; for the RCU reader implementation.
-#[allow(dead_code)] // used by the rcu module
 #[inline]
 pub(crate) fn rcu_read_exit() {
     with(|c| {

@@ -43,17 +43,26 @@
 //! Steady-state checks neither allocate nor lock (tables are fixed and
 //! lock-free); only producing a report allocates.
 
+// Without the validator compiled in, most of these are only the public
+// types; the machinery behind them is unused by design.
+#[cfg_attr(not(krcu_lockdep), allow(dead_code, unused_imports))]
 mod class;
+#[cfg_attr(not(krcu_lockdep), allow(dead_code, unused_imports))]
 mod graph;
+#[cfg_attr(not(krcu_lockdep), allow(dead_code, unused_imports))]
 mod held;
+#[cfg_attr(not(krcu_lockdep), allow(dead_code, unused_imports))]
 mod report;
+#[cfg_attr(not(krcu_lockdep), allow(dead_code, unused_imports))]
 mod table;
 
 pub use class::{ClassId, ClassInfo, info as class_info};
 pub use held::MAX_LOCK_DEPTH;
 pub use report::{HeldLockInfo, Report, ReportHandler, ReportKind, ReportLog};
 
-use crate::context::{self, ContextKind};
+#[cfg(krcu_lockdep)]
+use crate::context;
+use crate::context::ContextKind;
 use crate::domain::Domain;
 use core::panic::Location;
 use core::sync::atomic::{AtomicBool, Ordering};
@@ -113,6 +122,7 @@ pub struct Validator {
     enabled: AtomicBool,
     prove_raw_lock_nesting: AtomicBool,
     handler: ReportHandler,
+    #[cfg_attr(not(krcu_lockdep), allow(dead_code))]
     printed: KeySet<1024>,
 }
 
@@ -165,6 +175,7 @@ impl Validator {
         &self.handler
     }
 
+    #[cfg_attr(not(krcu_lockdep), allow(dead_code))]
     fn deliver(&self, report: Report) {
         match &self.handler {
             ReportHandler::PrintOnce => {
