@@ -245,6 +245,13 @@ impl PageAllocator {
         self.zone.pfn_of(addr as usize).is_some()
     }
 
+    /// The page frame number of `addr` (its page's index in the arena), if
+    /// it lies inside the arena.
+    #[doc(alias = "virt_to_pfn")]
+    pub fn pfn_of(&self, addr: *const u8) -> Option<usize> {
+        self.zone.pfn_of(addr as usize).map(|pfn| pfn as usize)
+    }
+
     /// The fault injector.
     pub fn faults(&self) -> &FaultInjector {
         &self.faults
