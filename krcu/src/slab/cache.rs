@@ -103,7 +103,8 @@ impl<T> SlabCache<T> {
     /// A cache of `T` over `pages` (`kmem_cache_create`).
     #[doc(alias = "kmem_cache_create")]
     pub fn new(pages: &Arc<PageAllocator>, name: &'static str) -> Result<Self, SlabError> {
-        static NEXT: AtomicU64 = AtomicU64::new(1);
+        // A process-wide id source, not shared state of the model: std.
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         let layout = Layout::new(core::mem::size_of::<T>(), core::mem::align_of::<T>())
             .ok_or(SlabError::TooLarge {
                 size: core::mem::size_of::<T>(),
