@@ -22,6 +22,7 @@ fn allocator() -> std::sync::Arc<PageAllocator> {
             pcp_high: 4,
             watermarks: Some(Watermarks::NONE),
             kswapd: false,
+            ..PageConfig::default()
         },
     )
     .unwrap()

@@ -4,8 +4,8 @@
 use krcu::Domain;
 use krcu::lock::thread_counters;
 use krcu::page::{
-    AllocError, BuildError, FaultSites, Gfp, MAX_ORDER, PAGE_SIZE, Page, PageAllocator,
-    PageConfig, PageError, Watermarks,
+    AllocError, BuildError, FaultSites, Gfp, MAX_ORDER, PAGE_SIZE, Page, PageAllocator, PageConfig,
+    PageError, Watermarks,
 };
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -98,30 +98,53 @@ fn bad_frees_name_the_address_and_change_nothing() {
     let at = |off: usize| std::ptr::NonNull::new((a + off) as *mut u8).unwrap();
     assert_eq!(
         pa.try_free_pages(p.addr(), 1),
-        Err(PageError::WrongOrder { addr: a, given: 1, allocated: 2 })
+        Err(PageError::WrongOrder {
+            addr: a,
+            given: 1,
+            allocated: 2
+        })
     );
     assert_eq!(
         pa.try_free_pages(at(PAGE_SIZE), 0),
-        Err(PageError::NotAllocated { addr: a + PAGE_SIZE })
+        Err(PageError::NotAllocated {
+            addr: a + PAGE_SIZE
+        })
     );
     assert_eq!(
         pa.try_free_pages(at(PAGE_SIZE), 2),
-        Err(PageError::Misaligned { addr: a + PAGE_SIZE, order: 2 })
+        Err(PageError::Misaligned {
+            addr: a + PAGE_SIZE,
+            order: 2
+        })
     );
     assert_eq!(
         pa.try_free_pages(at(8), 0),
-        Err(PageError::Misaligned { addr: a + 8, order: 0 })
+        Err(PageError::Misaligned {
+            addr: a + 8,
+            order: 0
+        })
     );
     let outside = Box::new(0u64);
     let outside = std::ptr::NonNull::from(&*outside).cast::<u8>();
     let e = pa.try_free_pages(outside, 0).unwrap_err();
-    assert_eq!(e, PageError::OutsideArena { addr: outside.as_ptr() as usize });
-    assert!(e.to_string().contains(&format!("{:#x}", outside.as_ptr() as usize)));
+    assert_eq!(
+        e,
+        PageError::OutsideArena {
+            addr: outside.as_ptr() as usize
+        }
+    );
+    assert!(
+        e.to_string()
+            .contains(&format!("{:#x}", outside.as_ptr() as usize))
+    );
     assert_eq!(pa.stats(), before, "refused frees change nothing");
     pa.try_free_pages(p.addr(), 2).unwrap();
     let e = pa.try_free_pages(p.addr(), 2).unwrap_err();
     assert_eq!(e, PageError::DoubleFree { addr: a });
-    assert_eq!(e.to_string(), format!("free of {a:#x}: double free (the page is already free)"));
+    assert_eq!(
+        e.to_string(),
+        format!("free of {a:#x}: double free (the page is already free)")
+    );
     assert_all_merged(&pa);
 }
 
@@ -153,27 +176,49 @@ fn bad_free_is_counted_in_release_builds() {
 fn builder_refuses_bad_configurations() {
     let d = one_cpu();
     let build = |c: PageConfig| PageAllocator::new(&d, c).map(|_| ());
-    let base = PageConfig { kswapd: false, ..PageConfig::default() };
+    let base = PageConfig {
+        kswapd: false,
+        ..PageConfig::default()
+    };
     assert_eq!(
-        build(PageConfig { arena_size: 0, ..base.clone() }),
+        build(PageConfig {
+            arena_size: 0,
+            ..base.clone()
+        }),
         Err(BuildError::ArenaSize(0))
     );
     assert_eq!(
-        build(PageConfig { arena_size: 4097, ..base.clone() }),
+        build(PageConfig {
+            arena_size: 4097,
+            ..base.clone()
+        }),
         Err(BuildError::ArenaSize(4097))
     );
     // 128 KiB = 32 pages; the formula's high mark is 48 pages.
     assert_eq!(
-        build(PageConfig { arena_size: 128 << 10, ..base.clone() }),
-        Err(BuildError::ArenaTooSmall { pages: 32, high: 48 })
+        build(PageConfig {
+            arena_size: 128 << 10,
+            ..base.clone()
+        }),
+        Err(BuildError::ArenaTooSmall {
+            pages: 32,
+            high: 48
+        })
     );
     assert!(matches!(
-        build(PageConfig { pcp_batch: 0, ..base.clone() }),
+        build(PageConfig {
+            pcp_batch: 0,
+            ..base.clone()
+        }),
         Err(BuildError::PcpSizes { .. })
     ));
     assert!(matches!(
         build(PageConfig {
-            watermarks: Some(Watermarks { min: 10, low: 5, high: 20 }),
+            watermarks: Some(Watermarks {
+                min: 10,
+                low: 5,
+                high: 20
+            }),
             ..base.clone()
         }),
         Err(BuildError::Watermarks(_))
@@ -181,7 +226,14 @@ fn builder_refuses_bad_configurations() {
     // The default: 256 MiB, kernel watermarks, costs nothing untouched.
     let pa = PageAllocator::new(&d, PageConfig::default()).unwrap();
     assert_eq!(pa.total_pages(), (256 << 20) / PAGE_SIZE);
-    assert_eq!(pa.watermarks(), Watermarks { min: 512, low: 640, high: 768 });
+    assert_eq!(
+        pa.watermarks(),
+        Watermarks {
+            min: 512,
+            low: 640,
+            high: 768
+        }
+    );
 }
 
 #[test]
@@ -228,7 +280,10 @@ fn no_locks_serves_this_cpus_lists_only_and_never_refills() {
     // Empty again: fails, and still refilled nothing.
     assert_eq!(pa.alloc_pages(Gfp::NO_LOCKS, 0), Err(AllocError::PcpEmpty));
     let s = pa.stats();
-    assert_eq!(s.free_pages, free_before, "NO_LOCKS never touched the buddy");
+    assert_eq!(
+        s.free_pages, free_before,
+        "NO_LOCKS never touched the buddy"
+    );
     assert_eq!(s.paths.no_locks_hits, 2);
     pa.free(a);
     pa.free(b);
@@ -238,7 +293,15 @@ fn no_locks_serves_this_cpus_lists_only_and_never_refills() {
 #[test]
 fn nolock_only_trylocks_and_never_wakes_kswapd() {
     let d = one_cpu();
-    let pa = small(&d, 4, Watermarks { min: 8, low: 460, high: 500 });
+    let pa = small(
+        &d,
+        4,
+        Watermarks {
+            min: 8,
+            low: 460,
+            high: 500,
+        },
+    );
     let c0 = thread_counters();
     let big = pa.alloc_pages_nolock(9).unwrap();
     let p = pa.alloc_pages_nolock(0).unwrap();
@@ -254,7 +317,10 @@ fn nolock_only_trylocks_and_never_wakes_kswapd() {
     let s = pa.stats();
     assert_eq!(s.paths.nolock_allocs, 3);
     assert_eq!(s.global.kswapd_wakeups, 0, "free < low, yet no wake-up");
-    assert_eq!(pa.alloc_pages_nolock(MAX_ORDER + 1), Err(AllocError::BadOrder));
+    assert_eq!(
+        pa.alloc_pages_nolock(MAX_ORDER + 1),
+        Err(AllocError::BadOrder)
+    );
     assert_all_merged(&pa);
 }
 
@@ -304,6 +370,7 @@ fn per_cpu_lists_refill_in_batches_and_return_batches_over_high() {
             pcp_high: 24,
             watermarks: Some(Watermarks::NONE),
             kswapd: false,
+            ..PageConfig::default()
         },
     )
     .unwrap();
@@ -369,7 +436,11 @@ fn kswapd_wakes_below_low_and_shrinks_to_high() {
         &d,
         PageConfig {
             arena_size: 4 << 20,
-            watermarks: Some(Watermarks { min: 64, low: 128, high: 256 }),
+            watermarks: Some(Watermarks {
+                min: 64,
+                low: 128,
+                high: 256,
+            }),
             ..PageConfig::default()
         },
     )
@@ -398,7 +469,15 @@ fn kswapd_wakes_below_low_and_shrinks_to_high() {
 #[test]
 fn below_min_atomic_dips_nowait_fails_kernel_reclaims() {
     let d = one_cpu();
-    let pa = small(&d, 4, Watermarks { min: 64, low: 96, high: 128 });
+    let pa = small(
+        &d,
+        4,
+        Watermarks {
+            min: 64,
+            low: 96,
+            high: 128,
+        },
+    );
     let (stash, _h) = Stash::register(&pa);
     // Take everything NOWAIT can get.
     while let Ok(p) = pa.alloc_pages(Gfp::NOWAIT | Gfp::NOWARN, 0) {
@@ -440,7 +519,15 @@ fn below_min_atomic_dips_nowait_fails_kernel_reclaims() {
 #[test]
 fn noretry_gives_up_after_one_round() {
     let d = one_cpu();
-    let pa = small(&d, 4, Watermarks { min: 64, low: 96, high: 128 });
+    let pa = small(
+        &d,
+        4,
+        Watermarks {
+            min: 64,
+            low: 96,
+            high: 128,
+        },
+    );
     let mut held = Vec::new();
     while let Ok(p) = pa.alloc_pages(Gfp::NOWAIT | Gfp::NOWARN, 0) {
         held.push(p);
@@ -448,10 +535,14 @@ fn noretry_gives_up_after_one_round() {
     // A shrinker that never frees anything.
     let calls = Arc::new(AtomicU64::new(0));
     let c = Arc::clone(&calls);
-    let _h = pa.register_shrinker("empty", || 1, move |_| {
-        c.fetch_add(1, Ordering::Relaxed);
-        0
-    });
+    let _h = pa.register_shrinker(
+        "empty",
+        || 1,
+        move |_| {
+            c.fetch_add(1, Ordering::Relaxed);
+            0
+        },
+    );
     let before = pa.stats().global.direct_reclaims;
     assert_eq!(
         pa.alloc_pages(Gfp::KERNEL | Gfp::NORETRY | Gfp::NOWARN, 4),
@@ -475,7 +566,10 @@ fn fault_injection_fails_the_chosen_sites() {
     let d = one_cpu();
     let pa = small(&d, 4, Watermarks::NONE);
     pa.faults().fail_next(2, FaultSites::ALL);
-    assert_eq!(pa.alloc_page(Gfp::KERNEL | Gfp::NOWARN), Err(AllocError::Injected));
+    assert_eq!(
+        pa.alloc_page(Gfp::KERNEL | Gfp::NOWARN),
+        Err(AllocError::Injected)
+    );
     assert_eq!(pa.alloc_pages_nolock(0), Err(AllocError::Injected));
     let p = pa.alloc_page(Gfp::KERNEL).unwrap();
     pa.free(p);
@@ -510,7 +604,8 @@ fn threads_with_remote_drains_never_share_a_page() {
     let d = Domain::builder().cpus(2).build();
     let pa = small(&d, 16, Watermarks::NONE);
     let pages = pa.total_pages();
-    let owned: Arc<Vec<AtomicU64>> = Arc::new((0..pages.div_ceil(64)).map(|_| AtomicU64::new(0)).collect());
+    let owned: Arc<Vec<AtomicU64>> =
+        Arc::new((0..pages.div_ceil(64)).map(|_| AtomicU64::new(0)).collect());
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let drainer = {
         let (pa, stop) = (Arc::clone(&pa), Arc::clone(&stop));
@@ -594,5 +689,32 @@ fn threads_with_remote_drains_never_share_a_page() {
     }
     stop.store(true, Ordering::Relaxed);
     drainer.join().unwrap();
+    assert_all_merged(&pa);
+}
+
+#[test]
+fn disabled_per_cpu_lists_send_everything_to_the_buddy() {
+    let d = one_cpu();
+    let pa = PageAllocator::new(
+        &d,
+        PageConfig {
+            arena_size: 4 << 20,
+            watermarks: Some(Watermarks::NONE),
+            kswapd: false,
+            pcp_lists: false,
+            ..PageConfig::default()
+        },
+    )
+    .unwrap();
+    let p = pa.alloc_page(Gfp::NOWAIT).unwrap();
+    let q = pa.alloc_pages_nolock(0).unwrap();
+    pa.free(p);
+    pa.free_pages_nolock(q.addr(), 0);
+    assert_eq!(pa.alloc_page(Gfp::NO_LOCKS), Err(AllocError::BadOrder));
+    let s = pa.stats();
+    assert_eq!(s.paths.buddy_allocs, 2);
+    assert_eq!(s.paths.buddy_frees, 2);
+    assert_eq!(s.paths.pcp_hits + s.paths.refills + s.paths.pcp_frees, 0);
+    assert_eq!(s.pcp_pages, 0);
     assert_all_merged(&pa);
 }

@@ -53,15 +53,27 @@ fn nowait_under_a_raw_spinlock_is_the_seeds_bug() {
             assert_eq!(wait, usize::from(np), "{model}: {reports:#?}");
             // The RT half: there zone->lock sleeps, and sleeping while
             // atomic is reported whatever the nesting proof says.
-            assert_eq!(sleep, usize::from(model == PreemptModel::Rt), "{model}: {reports:#?}");
+            assert_eq!(
+                sleep,
+                usize::from(model == PreemptModel::Rt),
+                "{model}: {reports:#?}"
+            );
             assert_eq!(reports.len(), wait + sleep, "{model}: {reports:#?}");
-            if let Some(r) = reports.iter().find(|r| r.kind == ReportKind::InvalidWaitContext) {
+            if let Some(r) = reports
+                .iter()
+                .find(|r| r.kind == ReportKind::InvalidWaitContext)
+            {
                 assert_eq!(r.headline(), "BUG: Invalid wait context");
                 assert_eq!(r.class, Some("zone->lock"));
                 // Held: the caller's raw lock, and this CPU's pcp lock,
                 // trylocked, under which rmqueue_bulk refills.
                 let held: Vec<_> = r.held.iter().map(|h| (h.name, h.trylock)).collect();
-                assert_eq!(held, [("krcp->lock", false), ("pcp->lock", true)], "{}", r.text);
+                assert_eq!(
+                    held,
+                    [("krcp->lock", false), ("pcp->lock", true)],
+                    "{}",
+                    r.text
+                );
                 assert!(r.text.contains("(zone->lock){....}-{3:3}"), "{}", r.text);
             }
         }

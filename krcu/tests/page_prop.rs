@@ -50,6 +50,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
             pcp_high: 21,
             watermarks: Some(Watermarks::NONE),
             kswapd: false,
+            ..PageConfig::default()
         },
     )
     .unwrap();
@@ -83,7 +84,11 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     // per-CPU list: then no aligned free block may exist.
                     Err(e) if mode == 0 => {
                         prop_assert_eq!(e, AllocError::NoMemory);
-                        prop_assert!(!m.has_free_block(order), "KERNEL failed with a free order-{} block", order);
+                        prop_assert!(
+                            !m.has_free_block(order),
+                            "KERNEL failed with a free order-{} block",
+                            order
+                        );
                     }
                     Err(_) => {}
                 }
@@ -99,7 +104,10 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                         pa.free_pages_nolock(p.addr(), p.order());
                     } else {
                         prop_assert_eq!(pa.try_free_pages(p.addr(), p.order()), Ok(()));
-                        prop_assert!(pa.try_free_pages(p.addr(), p.order()).is_err(), "double free refused");
+                        prop_assert!(
+                            pa.try_free_pages(p.addr(), p.order()).is_err(),
+                            "double free refused"
+                        );
                     }
                 }
             }
@@ -121,7 +129,12 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
     pa.drain_all();
     let s = pa.stats();
     prop_assert_eq!(s.free_pages, total);
-    prop_assert_eq!(s.free_blocks[MAX_ORDER as usize] << MAX_ORDER, total, "all merged: {:#?}", s);
+    prop_assert_eq!(
+        s.free_blocks[MAX_ORDER as usize] << MAX_ORDER,
+        total,
+        "all merged: {:#?}",
+        s
+    );
     Ok(())
 }
 

@@ -76,7 +76,9 @@ fn drops_run_on_free_and_free_bulk() {
     // SAFETY: live, freed once.
     unsafe { cache.free(a) };
     assert_eq!(DROPS.load(Ordering::Relaxed), 1);
-    let mut many: Vec<_> = (0..500).map(|i| cache.alloc(Gfp::NOWAIT, Counted(i)).unwrap()).collect();
+    let mut many: Vec<_> = (0..500)
+        .map(|i| cache.alloc(Gfp::NOWAIT, Counted(i)).unwrap())
+        .collect();
     // SAFETY: live, freed once.
     unsafe { cache.free_bulk(&mut many) };
     assert_eq!(DROPS.load(Ordering::Relaxed), 501);
@@ -113,7 +115,10 @@ fn free_bulk_never_touches_objects_without_drop_glue() {
     unsafe {
         assert_eq!(libc::mprotect(lo as *mut _, hi - lo, libc::PROT_NONE), 0);
         cache.free_bulk(&mut beyond);
-        assert_eq!(libc::mprotect(lo as *mut _, hi - lo, libc::PROT_READ | libc::PROT_WRITE), 0);
+        assert_eq!(
+            libc::mprotect(lo as *mut _, hi - lo, libc::PROT_READ | libc::PROT_WRITE),
+            0
+        );
     }
     let rest: Vec<_> = objs
         .iter()
@@ -132,8 +137,8 @@ fn free_bulk_never_touches_objects_without_drop_glue() {
 #[test]
 fn bad_frees_are_refused_with_the_address() {
     let pa = pages(1);
-    let a = SlabCache::<u64>::new(&pa, "a").unwrap();
-    let b = SlabCache::<u64>::new(&pa, "b").unwrap();
+    let a = SlabCache::<u64>::with_checks(&pa, "a", true).unwrap();
+    let b = SlabCache::<u64>::with_checks(&pa, "b", false).unwrap();
     let p = a.alloc(Gfp::KERNEL, 5).unwrap();
     let addr = p.as_ptr() as usize;
     // SAFETY (all below): the pointers are into the arena; the cache
@@ -141,7 +146,10 @@ fn bad_frees_are_refused_with_the_address() {
     unsafe {
         assert_eq!(b.try_free(p), Err(SlabError::NotFromCache { addr }));
         let inside = NonNull::new((addr + 1) as *mut u64).unwrap();
-        assert_eq!(a.try_free(inside), Err(SlabError::NotAnObject { addr: addr + 1 }));
+        assert_eq!(
+            a.try_free(inside),
+            Err(SlabError::NotAnObject { addr: addr + 1 })
+        );
         assert_eq!(a.try_free(p), Ok(()));
         let e = a.try_free(p).unwrap_err();
         assert_eq!(e, SlabError::DoubleFree { addr });
@@ -149,7 +157,9 @@ fn bad_frees_are_refused_with_the_address() {
         let heap = Box::into_raw(Box::new(1u64));
         assert_eq!(
             a.try_free(NonNull::new(heap).unwrap()),
-            Err(SlabError::NotFromCache { addr: heap as usize })
+            Err(SlabError::NotFromCache {
+                addr: heap as usize
+            })
         );
         drop(Box::from_raw(heap));
     }

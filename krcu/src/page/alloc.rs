@@ -3,7 +3,7 @@
 use super::error::{AllocError, PageError};
 use super::fault::FaultSites;
 use super::gfp::{Gfp, Migratetype};
-use super::pcp::{PCP_MAX_ORDER, PcpLists, PcpSlot};
+use super::pcp::{PcpLists, PcpSlot};
 use super::stats::{bump, bump_locked};
 use super::zone::{Kind, LockMode, MAX_ORDER, PAGE_SIZE, State};
 use super::{Page, PageAllocator};
@@ -104,7 +104,7 @@ impl PageAllocator {
     #[doc(alias = "__GFP_FAST_TRY")]
     fn alloc_no_locks(&self, gfp: Gfp, order: u32) -> Result<Page, AllocError> {
         let (_, slot) = self.pcp.current();
-        let result = if order > PCP_MAX_ORDER {
+        let result = if order >= self.pcp_orders {
             Err(AllocError::BadOrder)
         } else if self.faults.should_fail(FaultSites::NO_LOCKS) {
             bump(&self.shared.stats.injected_failures);
@@ -202,7 +202,7 @@ impl PageAllocator {
     ) -> Result<u32, AllocError> {
         let meta = &self.zone.meta;
         let allocated = State::new(Kind::Allocated, order, mt);
-        if order <= PCP_MAX_ORDER {
+        if order < self.pcp_orders {
             let (_, slot) = self.pcp.current();
             if let Some(mut lists) = slot.lists.try_lock() {
                 let result = match lists.pop(meta, order, mt) {
@@ -394,7 +394,7 @@ impl PageAllocator {
     fn free_claimed(&self, pfn: u32, order: u32, mt: Migratetype, mode: LockMode) {
         let meta = &self.zone.meta;
         let (_, slot) = self.pcp.current();
-        if order <= PCP_MAX_ORDER {
+        if order < self.pcp_orders {
             if let Some(mut lists) = slot.lists.try_lock() {
                 lists.push(meta, pfn, order, mt);
                 bump_locked(&slot.stats.pcp_frees);

@@ -99,6 +99,12 @@ pub struct PageConfig {
     /// Whether to start the kswapd thread (default true). Without it,
     /// wake-ups are counted but nothing reclaims in the background.
     pub kswapd: bool,
+    /// Whether the per-CPU lists are used (default true). Off, every
+    /// allocation and free goes to the buddy under the zone lock and
+    /// `NO_LOCKS` always fails: the kernel's `zone_pcp_disable`, and the
+    /// baseline the per-CPU lists are measured against.
+    #[doc(alias = "zone_pcp_disable")]
+    pub pcp_lists: bool,
 }
 
 impl Default for PageConfig {
@@ -109,6 +115,7 @@ impl Default for PageConfig {
             pcp_high: 6 * 31,
             watermarks: None,
             kswapd: true,
+            pcp_lists: true,
         }
     }
 }
@@ -161,6 +168,9 @@ pub struct PageAllocator {
     config: PageConfig,
     zone: Arc<Zone>,
     pcp: PerCpu<PcpSlot>,
+    /// Orders below this use the per-CPU lists: `PCP_MAX_ORDER + 1`, or 0
+    /// when they are disabled.
+    pcp_orders: u32,
     shared: Arc<Shared>,
     faults: FaultInjector,
     kswapd: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -211,6 +221,11 @@ impl PageAllocator {
         };
         Ok(Arc::new(PageAllocator {
             domain: domain.clone(),
+            pcp_orders: if config.pcp_lists {
+                PCP_MAX_ORDER + 1
+            } else {
+                0
+            },
             config,
             zone,
             pcp,
@@ -283,9 +298,7 @@ impl PageAllocator {
         };
         for (_, slot) in self.pcp.iter() {
             slot.stats.add_to(&mut s.paths);
-            s.pcp_pages += slot
-                .pages
-                .load(crate::sync::atomic::Ordering::Relaxed);
+            s.pcp_pages += slot.pages.load(crate::sync::atomic::Ordering::Relaxed);
         }
         self.shared.stats.add_to(&mut s.global);
         s

@@ -142,9 +142,7 @@ impl Shared {
                 freed += got;
             }
         }
-        self.stats
-            .shrinker_freed
-            .fetch_add(freed as u64, Relaxed);
+        self.stats.shrinker_freed.fetch_add(freed as u64, Relaxed);
         freed
     }
 

@@ -85,16 +85,31 @@ mod tests {
     fn kernel_formula() {
         // 256 MiB: sqrt(262144 * 16) = 2048 KiB = 512 pages.
         let w = Watermarks::for_arena(256 << 20);
-        assert_eq!(w, Watermarks { min: 512, low: 640, high: 768 });
+        assert_eq!(
+            w,
+            Watermarks {
+                min: 512,
+                low: 640,
+                high: 768
+            }
+        );
         // Small arenas clamp at 128 KiB.
         assert_eq!(Watermarks::for_arena(1 << 20).min, 32);
         assert!(w.validate(65536).is_ok());
         assert!(matches!(
             Watermarks::for_arena(1 << 20).validate(64),
-            Err(BuildError::ArenaTooSmall { pages: 64, high: 48 })
+            Err(BuildError::ArenaTooSmall {
+                pages: 64,
+                high: 48
+            })
         ));
         assert!(matches!(
-            Watermarks { min: 3, low: 2, high: 4 }.validate(100),
+            Watermarks {
+                min: 3,
+                low: 2,
+                high: 4
+            }
+            .validate(100),
             Err(BuildError::Watermarks(_))
         ));
     }

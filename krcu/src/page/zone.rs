@@ -29,8 +29,8 @@ use super::gfp::Migratetype;
 use super::watermark::Watermarks;
 use crate::domain::Domain;
 use crate::lock::{SpinLock, SpinLockGuard};
-use core::ptr::NonNull;
 use crate::sync::atomic::{AtomicU32, AtomicUsize, Ordering::*};
+use core::ptr::NonNull;
 
 /// log2 of the page size.
 pub const PAGE_SHIFT: usize = 12;
@@ -313,7 +313,6 @@ impl Buddy<'_> {
     pub(crate) fn watermark_ok(&self, order: u32, mark: usize) -> bool {
         self.area.free_pages >= mark + (1 << order)
     }
-
 }
 
 /// How a path takes a lock.

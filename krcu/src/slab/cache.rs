@@ -74,6 +74,9 @@ pub struct SlabCache<T> {
     name: &'static str,
     pages: Arc<PageAllocator>,
     magic: u64,
+    /// Per-object free bits checked on every allocation and free (double
+    /// frees caught): `SLAB_CONSISTENCY_CHECKS`.
+    checks: bool,
     layout: Layout,
     cpu: PerCpu<SpinLock<CpuCache>>,
     node: SpinLock<Node>,
@@ -100,21 +103,42 @@ impl<T> core::fmt::Debug for SlabCache<T> {
 }
 
 impl<T> SlabCache<T> {
-    /// A cache of `T` over `pages` (`kmem_cache_create`).
+    /// A cache of `T` over `pages` (`kmem_cache_create`), with consistency
+    /// checks in debug builds only (see [`with_checks`](Self::with_checks)).
     #[doc(alias = "kmem_cache_create")]
     pub fn new(pages: &Arc<PageAllocator>, name: &'static str) -> Result<Self, SlabError> {
+        Self::with_checks(pages, name, cfg!(debug_assertions))
+    }
+
+    /// A cache of `T` over `pages`, choosing whether per-object consistency
+    /// checks run (`SLAB_CONSISTENCY_CHECKS`, slub_debug's `F`). With them,
+    /// every allocation and free flips the object's free bit in its slab
+    /// header with an atomic instruction, so a double free is refused with
+    /// its address. Without them, a free still checks that the pointer is a
+    /// slot of one of this cache's slabs (no atomic instruction), but a
+    /// double free of a valid object goes unnoticed, as in the kernel with
+    /// slub_debug off: the atomic costs about as much as the rest of the
+    /// fast path.
+    #[doc(alias = "SLAB_CONSISTENCY_CHECKS")]
+    pub fn with_checks(
+        pages: &Arc<PageAllocator>,
+        name: &'static str,
+        checks: bool,
+    ) -> Result<Self, SlabError> {
         // A process-wide id source, not shared state of the model: std.
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-        let layout = Layout::new(core::mem::size_of::<T>(), core::mem::align_of::<T>())
-            .ok_or(SlabError::TooLarge {
+        let layout = Layout::new(core::mem::size_of::<T>(), core::mem::align_of::<T>()).ok_or(
+            SlabError::TooLarge {
                 size: core::mem::size_of::<T>(),
                 align: core::mem::align_of::<T>(),
-            })?;
+            },
+        )?;
         let domain = pages.domain();
         Ok(SlabCache {
             name,
             pages: Arc::clone(pages),
             magic: 0x51ab_0000_0000_0000 | NEXT.fetch_add(1, Relaxed),
+            checks,
             layout,
             cpu: PerCpu::new(domain.cpus(), |_| {
                 SpinLock::named(
@@ -205,12 +229,14 @@ impl<T> SlabCache<T> {
             Some(obj) => obj,
             None => self.alloc_slow(gfp)?,
         };
-        let (hdr, i) = self.slab_of_trusted(obj);
-        // SAFETY: `hdr` is the header of a live slab of this cache: the
-        // object came from one of its slabs and the slab cannot be freed
-        // while one of its objects is outside it (inuse > 0).
-        let ok = layout::mark_allocated(unsafe { &*hdr }, i);
-        debug_assert!(ok, "slab {}: object {obj:p} handed out twice", self.name);
+        if self.checks {
+            let (hdr, i) = self.slab_of_trusted(obj);
+            // SAFETY: `hdr` is the header of a live slab of this cache: the
+            // object came from one of its slabs and the slab cannot be
+            // freed while one of its objects is outside it (inuse > 0).
+            let ok = layout::mark_allocated(unsafe { &*hdr }, i);
+            assert!(ok, "slab {}: object {obj:p} handed out twice", self.name);
+        }
         // SAFETY: slots are non-null addresses inside the arena.
         Ok(unsafe { NonNull::new_unchecked(obj.cast()) })
     }
@@ -239,13 +265,7 @@ impl<T> SlabCache<T> {
     /// hand out, or already freed, is detected and refused rather than
     /// undefined behaviour provided it points into the page arena.
     pub unsafe fn try_free(&self, obj: NonNull<T>) -> Result<(), SlabError> {
-        let (hdr, i) = self.check(obj.as_ptr().cast())?;
-        // SAFETY: checked: a slot of a live slab of this cache.
-        if !layout::mark_free(unsafe { &*hdr }, i) {
-            return Err(SlabError::DoubleFree {
-                addr: obj.as_ptr() as usize,
-            });
-        }
+        self.check_and_mark_free(obj)?;
         // SAFETY: the caller guarantees an initialised, unaliased `T`; we
         // won the free bit, so no other free of it runs.
         unsafe { ptr::drop_in_place(obj.as_ptr()) };
@@ -283,17 +303,7 @@ impl<T> SlabCache<T> {
         let mut kept = 0;
         for i in 0..objs.len() {
             let obj = objs[i];
-            let checked = self.check(obj.as_ptr().cast()).and_then(|(hdr, slot)| {
-                // SAFETY: checked: a slot of a live slab of this cache.
-                if layout::mark_free(unsafe { &*hdr }, slot) {
-                    Ok(())
-                } else {
-                    Err(SlabError::DoubleFree {
-                        addr: obj.as_ptr() as usize,
-                    })
-                }
-            });
-            match checked {
+            match self.check_and_mark_free(obj) {
                 Ok(()) => {
                     if core::mem::needs_drop::<T>() {
                         // SAFETY: as in `try_free`.
@@ -382,6 +392,20 @@ impl<T> SlabCache<T> {
         Ok((hdr, i))
     }
 
+    /// Checks a free (see [`check`](Self::check)) and, with consistency
+    /// checks on, wins the object's free bit or reports a double free.
+    #[inline]
+    fn check_and_mark_free(&self, obj: NonNull<T>) -> Result<(), SlabError> {
+        let (hdr, i) = self.check(obj.as_ptr().cast())?;
+        // SAFETY: checked: a slot of a live slab of this cache.
+        if self.checks && !layout::mark_free(unsafe { &*hdr }, i) {
+            return Err(SlabError::DoubleFree {
+                addr: obj.as_ptr() as usize,
+            });
+        }
+        Ok(())
+    }
+
     #[cold]
     #[track_caller]
     fn bad_free(&self, e: SlabError) {
@@ -445,9 +469,7 @@ impl<T> SlabCache<T> {
     }
 
     fn new_slab(&self, gfp: Gfp) -> Result<*mut SlabHeader, AllocError> {
-        let page = self
-            .pages
-            .alloc_pages(gfp - Gfp::ZERO, self.layout.order)?;
+        let page = self.pages.alloc_pages(gfp - Gfp::ZERO, self.layout.order)?;
         self.counters.slabs_allocated.fetch_add(1, Relaxed);
         // SAFETY: a block of the slab order just allocated for us; pages are
         // page-aligned, more than a header needs.

@@ -86,7 +86,9 @@ impl Layout {
     /// start.
     #[inline]
     pub(crate) fn index_of(&self, base: NonNull<u8>, addr: usize) -> Option<usize> {
-        let off = addr.checked_sub(base.as_ptr() as usize)?.checked_sub(self.first)?;
+        let off = addr
+            .checked_sub(base.as_ptr() as usize)?
+            .checked_sub(self.first)?;
         let i = off / self.stride;
         (off % self.stride == 0 && i < self.objects).then_some(i)
     }
@@ -106,7 +108,11 @@ impl Layout {
 /// # Safety
 /// `base` must be the start of an allocated block of order `layout.order`
 /// owned by the caller, aligned at least to `SlabHeader`'s alignment.
-pub(crate) unsafe fn init_header(base: NonNull<u8>, layout: &Layout, magic: u64) -> *mut SlabHeader {
+pub(crate) unsafe fn init_header(
+    base: NonNull<u8>,
+    layout: &Layout,
+    magic: u64,
+) -> *mut SlabHeader {
     let hdr = base.as_ptr().cast::<SlabHeader>();
     let mut bits = [0u64; WORDS];
     for (w, word) in bits.iter_mut().enumerate() {
