@@ -399,6 +399,13 @@ fn per_cpu_lists_refill_in_batches_and_return_batches_over_high() {
     assert_all_merged(&pa);
 }
 
+/// Watermarks high enough in a 4 MiB arena to reach quickly.
+const TIGHT: Watermarks = Watermarks {
+    min: 64,
+    low: 96,
+    high: 128,
+};
+
 /// Pages held by a test "cache" that a shrinker can give back.
 struct Stash {
     pa: std::sync::Weak<PageAllocator>,
@@ -426,6 +433,12 @@ impl Stash {
             },
         );
         (stash, h)
+    }
+
+    fn free_all(&self, pa: &PageAllocator) {
+        for p in self.pages.lock().unwrap().drain(..) {
+            pa.free(p);
+        }
     }
 }
 
@@ -460,24 +473,14 @@ fn kswapd_wakes_below_low_and_shrinks_to_high() {
     assert!(s.global.reclaim_runs >= 1, "{s:#?}");
     assert!(s.free_pages >= 256, "kswapd reclaimed to high: {s:#?}");
     assert!(s.global.shrinker_freed > 0);
-    for p in stash.pages.lock().unwrap().drain(..) {
-        pa.free(p);
-    }
+    stash.free_all(&pa);
     assert_all_merged(&pa);
 }
 
 #[test]
 fn below_min_atomic_dips_nowait_fails_kernel_reclaims() {
     let d = one_cpu();
-    let pa = small(
-        &d,
-        4,
-        Watermarks {
-            min: 64,
-            low: 96,
-            high: 128,
-        },
-    );
+    let pa = small(&d, 4, TIGHT);
     let (stash, _h) = Stash::register(&pa);
     // Take everything NOWAIT can get.
     while let Ok(p) = pa.alloc_pages(Gfp::NOWAIT | Gfp::NOWARN, 0) {
@@ -510,24 +513,14 @@ fn below_min_atomic_dips_nowait_fails_kernel_reclaims() {
     assert!(after.shrinker_freed > before.shrinker_freed);
     pa.free(k);
     pa.free(atomic);
-    for p in stash.pages.lock().unwrap().drain(..) {
-        pa.free(p);
-    }
+    stash.free_all(&pa);
     assert_all_merged(&pa);
 }
 
 #[test]
 fn noretry_gives_up_after_one_round() {
     let d = one_cpu();
-    let pa = small(
-        &d,
-        4,
-        Watermarks {
-            min: 64,
-            low: 96,
-            high: 128,
-        },
-    );
+    let pa = small(&d, 4, TIGHT);
     let mut held = Vec::new();
     while let Ok(p) = pa.alloc_pages(Gfp::NOWAIT | Gfp::NOWARN, 0) {
         held.push(p);
@@ -634,10 +627,10 @@ fn threads_with_remote_drains_never_share_a_page() {
                     rng ^= rng << 13;
                     rng ^= rng >> 7;
                     rng ^= rng << 17;
-                    if held.len() < 64 && rng % 3 != 0 {
+                    if held.len() < 64 && !rng.is_multiple_of(3) {
                         let order = [0, 0, 0, 1, 2, 3, 5][(rng >> 8) as usize % 7];
                         let gfp = [Gfp::KERNEL, Gfp::NOWAIT, Gfp::ATOMIC][(rng >> 16) as usize % 3];
-                        let got = if rng % 11 == 0 {
+                        let got = if rng.is_multiple_of(11) {
                             pa.alloc_pages_nolock(order)
                         } else {
                             pa.alloc_pages(gfp | Gfp::NOWARN, order)
@@ -667,7 +660,7 @@ fn threads_with_remote_drains_never_share_a_page() {
                         for q in pfn..pfn + (1 << p.order()) {
                             owned[q / 64].fetch_and(!(1 << (q % 64)), Ordering::Relaxed);
                         }
-                        if rng % 7 == 0 {
+                        if rng.is_multiple_of(7) {
                             pa.free_pages_nolock(p.addr(), p.order());
                         } else {
                             pa.free(p);

@@ -141,8 +141,8 @@ fn bad_frees_are_refused_with_the_address() {
     let b = SlabCache::<u64>::with_checks(&pa, "b", false).unwrap();
     let p = a.alloc(Gfp::KERNEL, 5).unwrap();
     let addr = p.as_ptr() as usize;
-    // SAFETY (all below): the pointers are into the arena; the cache
-    // checks them before dropping or freeing anything.
+    // SAFETY: the pointers are into the arena or a live heap box; the
+    // cache checks them before dropping or freeing anything.
     unsafe {
         assert_eq!(b.try_free(p), Err(SlabError::NotFromCache { addr }));
         let inside = NonNull::new((addr + 1) as *mut u64).unwrap();

@@ -14,6 +14,17 @@ use core::ptr::NonNull;
 /// progress) before it fails; `NORETRY` runs one.
 const MAX_RECLAIM_ROUNDS: usize = 16;
 
+/// What a zone-locked step came to: the zone trylock failed (`None`), the
+/// buddy had nothing above the watermark (`Some(None)`), or a block.
+#[inline]
+fn zone_outcome<T>(r: Option<Option<T>>) -> Result<T, AllocError> {
+    match r {
+        None => Err(AllocError::Contended),
+        Some(None) => Err(AllocError::NoMemory),
+        Some(Some(t)) => Ok(t),
+    }
+}
+
 impl PageAllocator {
     /// Allocates `2^order` contiguous pages (`alloc_pages`).
     ///
@@ -221,7 +232,6 @@ impl PageAllocator {
             bump(&slot.stats.pcp_trylock_failures);
         }
         let pfn = self.rmqueue_buddy(order, mt, mode, mark)?;
-        meta[pfn as usize].set_state(allocated);
         bump(&self.pcp.current().1.stats.buddy_allocs);
         Ok(pfn)
     }
@@ -237,22 +247,17 @@ impl PageAllocator {
         mark: usize,
     ) -> Result<u32, AllocError> {
         let meta = &self.zone.meta;
-        match self
-            .zone
-            .with_lock(mode, |buddy| lists.refill(buddy, meta, order, mt, mark))
-        {
-            None => Err(AllocError::Contended),
-            Some(None) => Err(AllocError::NoMemory),
-            Some(Some((pfn, moved))) => {
-                bump_locked(&slot.stats.refills);
-                let pages = &slot.stats.refill_pages;
-                pages.store(
-                    pages.load(crate::sync::atomic::Ordering::Relaxed) + moved as u64,
-                    crate::sync::atomic::Ordering::Relaxed,
-                );
-                Ok(pfn)
-            }
-        }
+        let (pfn, moved) = zone_outcome(
+            self.zone
+                .with_lock(mode, |buddy| lists.refill(buddy, meta, order, mt, mark)),
+        )?;
+        bump_locked(&slot.stats.refills);
+        let pages = &slot.stats.refill_pages;
+        pages.store(
+            pages.load(crate::sync::atomic::Ordering::Relaxed) + moved as u64,
+            crate::sync::atomic::Ordering::Relaxed,
+        );
+        Ok(pfn)
     }
 
     fn rmqueue_buddy(
@@ -262,17 +267,12 @@ impl PageAllocator {
         mode: LockMode,
         mark: usize,
     ) -> Result<u32, AllocError> {
-        match self.zone.with_lock(mode, |buddy| {
-            if buddy.watermark_ok(order, mark) {
-                buddy.rmqueue(order, mt)
-            } else {
-                None
-            }
-        }) {
-            None => Err(AllocError::Contended),
-            Some(None) => Err(AllocError::NoMemory),
-            Some(Some(pfn)) => Ok(pfn),
-        }
+        zone_outcome(self.zone.with_lock(mode, |buddy| {
+            buddy
+                .watermark_ok(order, mark)
+                .then(|| buddy.rmqueue(order, mt))
+                .flatten()
+        }))
     }
 
     #[inline]
@@ -355,7 +355,7 @@ impl PageAllocator {
             .zone
             .pfn_of(a)
             .ok_or(PageError::OutsideArena { addr: a })?;
-        if a % PAGE_SIZE != 0 || pfn % (1 << order) != 0 {
+        if !a.is_multiple_of(PAGE_SIZE) || !pfn.is_multiple_of(1 << order) {
             return Err(PageError::Misaligned { addr: a, order });
         }
         let m = &self.zone.meta[pfn as usize];

@@ -95,6 +95,6 @@ impl FaultInjector {
         let every = self.every.load(Relaxed);
         every > 0
             && FaultSites::from_bits_truncate(self.every_sites.load(Relaxed)).intersects(site)
-            && (self.seq.fetch_add(1, Relaxed) + 1) % every == 0
+            && (self.seq.fetch_add(1, Relaxed) + 1).is_multiple_of(every)
     }
 }

@@ -255,10 +255,18 @@ impl Buddy<'_> {
 
     /// Takes an order-`order` block off the lists: the smallest that fits
     /// on `mt`'s lists, else (stealing) the largest of another migratetype
-    /// (`__rmqueue_smallest`, `__rmqueue_fallback`). The caller sets the
-    /// head's new state.
+    /// (`__rmqueue_smallest`, `__rmqueue_fallback`). The head leaves marked
+    /// allocated, before the zone lock is dropped: a head still marked
+    /// `Buddy` off the lists would be "merged" by a concurrent free of its
+    /// buddy.
     #[doc(alias = "__rmqueue")]
     pub(crate) fn rmqueue(&mut self, order: u32, mt: Migratetype) -> Option<u32> {
+        let pfn = self.take_block(order, mt)?;
+        self.meta[pfn as usize].set_state(State::new(Kind::Allocated, order, mt));
+        Some(pfn)
+    }
+
+    fn take_block(&mut self, order: u32, mt: Migratetype) -> Option<u32> {
         for o in order..=MAX_ORDER {
             let pfn = self.area.heads[o as usize][mt.index()];
             if pfn != NONE {
@@ -359,7 +367,7 @@ impl Zone {
         let mut pfn = 0usize;
         while pfn < pages {
             let mut order = MAX_ORDER;
-            while pfn % (1 << order) != 0 || pfn + (1 << order) > pages {
+            while !pfn.is_multiple_of(1 << order) || pfn + (1 << order) > pages {
                 order -= 1;
             }
             buddy.list_add(pfn as u32, order, Migratetype::Movable);
