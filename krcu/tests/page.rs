@@ -623,7 +623,7 @@ fn threads_with_remote_drains_never_share_a_page() {
             std::thread::spawn(move || {
                 let mut held: Vec<(Page, u64)> = Vec::new();
                 let mut rng = 0x9e37_79b9_7f4a_7c15u64 ^ t;
-                for i in 0..20_000u64 {
+                for i in 0..100_000u64 {
                     rng ^= rng << 13;
                     rng ^= rng >> 7;
                     rng ^= rng << 17;
