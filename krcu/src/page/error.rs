@@ -10,7 +10,7 @@
 //! - [`PageAllocator::free_pages`](super::PageAllocator::free_pages) (and the
 //!   other non-`try` frees) **panic in debug builds** with that message; in
 //!   release builds they **count** the error
-//!   ([`PageStats::bad_frees`](super::PageStats::bad_frees)), **report** it
+//!   ([`GlobalStats::bad_frees`](super::GlobalStats::bad_frees)), **report** it
 //!   with `tracing::error!`, and leave the page alone (a leak, never a
 //!   corruption).
 

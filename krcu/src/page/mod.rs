@@ -21,7 +21,7 @@
 //! lists are intrusive lists of indices: no heap allocation on any
 //! allocation or free path.
 //!
-//! The validator sees every lock: the zone lock is a [`SpinLock`]
+//! The validator sees every lock: the zone lock is a [`SpinLock`](crate::lock::SpinLock)
 //! (`spinlock_t`, wait type CONFIG), so a `NOWAIT` allocation that refills
 //! under a [`RawSpinLock`](crate::lock::RawSpinLock) with
 //! `prove_raw_lock_nesting` gives the seeds' `BUG: Invalid wait context`;
