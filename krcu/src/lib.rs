@@ -19,8 +19,10 @@ pub mod context;
 pub mod domain;
 pub mod lock;
 pub mod lockdep;
+pub mod page;
 pub mod percpu;
 pub mod rcu;
+pub mod slab;
 pub(crate) mod sync;
 
 pub use context::{ContextKind, PreemptModel};

@@ -1,0 +1,489 @@
+//! The allocation and free paths of [`PageAllocator`].
+
+use super::error::{AllocError, PageError};
+use super::fault::FaultSites;
+use super::gfp::{Gfp, Migratetype};
+use super::pcp::{PcpLists, PcpSlot};
+use super::stats::{bump, bump_locked};
+use super::zone::{Kind, LockMode, MAX_ORDER, PAGE_SIZE, State};
+use super::{Page, PageAllocator};
+use crate::context::{self, PreemptModel};
+use core::ptr::NonNull;
+
+/// Rounds of direct reclaim a sleeping allocation runs (while they make
+/// progress) before it fails; `NORETRY` runs one.
+const MAX_RECLAIM_ROUNDS: usize = 16;
+
+/// What a zone-locked step came to: the zone trylock failed (`None`), the
+/// buddy had nothing above the watermark (`Some(None)`), or a block.
+#[inline]
+fn zone_outcome<T>(r: Option<Option<T>>) -> Result<T, AllocError> {
+    match r {
+        None => Err(AllocError::Contended),
+        Some(None) => Err(AllocError::NoMemory),
+        Some(Some(t)) => Ok(t),
+    }
+}
+
+impl PageAllocator {
+    /// Allocates `2^order` contiguous pages (`alloc_pages`).
+    ///
+    /// What it may do depends on `gfp` (see [`Gfp`]): `NO_LOCKS` serves from
+    /// this CPU's lists only; `NOWAIT`/`ATOMIC` may take the zone lock and
+    /// wake kswapd but never sleep; `KERNEL` may sleep in direct reclaim
+    /// (and tells the validator so first, with `might_sleep`).
+    #[track_caller]
+    #[inline]
+    #[doc(alias = "__alloc_pages")]
+    pub fn alloc_pages(&self, gfp: Gfp, order: u32) -> Result<Page, AllocError> {
+        if gfp.contains(Gfp::NO_LOCKS) {
+            return self.alloc_no_locks(gfp, order);
+        }
+        if gfp.may_sleep() {
+            self.domain.might_sleep();
+        }
+        let site = if gfp.may_sleep() {
+            FaultSites::SLEEPING
+        } else {
+            FaultSites::NON_SLEEPING
+        };
+        let result = if order > MAX_ORDER {
+            Err(AllocError::BadOrder)
+        } else if self.faults.should_fail(site) {
+            bump(&self.shared.stats.injected_failures);
+            Err(AllocError::Injected)
+        } else {
+            self.alloc_normal(gfp, order)
+        };
+        match result {
+            Ok(page) => Ok(self.finish(gfp, page)),
+            Err(e) => {
+                bump(&self.pcp.current().1.stats.alloc_failures);
+                if !gfp.contains(Gfp::NOWARN) {
+                    tracing::warn!(order, ?gfp, error = %e, "page allocation failure");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Allocates one page (`__get_free_page`).
+    #[track_caller]
+    #[inline]
+    #[doc(alias = "__get_free_page")]
+    pub fn alloc_page(&self, gfp: Gfp) -> Result<Page, AllocError> {
+        self.alloc_pages(gfp, 0)
+    }
+
+    /// Allocates without ever waiting on a lock or sleeping
+    /// (`alloc_pages_nolock`): trylock this CPU's pcp lock (refilling an
+    /// empty list only if the zone lock trylocks too), else trylock the zone
+    /// lock; never wakes kswapd; uses the min watermark. Callable from any
+    /// context, including under a raw spinlock and from a signal handler;
+    /// under PREEMPT_RT it refuses hardirq and NMI context, as the kernel
+    /// does, because a sleeping lock's trylock is not safe there. Unlike the
+    /// kernel's, it does not zero the pages.
+    #[inline]
+    #[doc(alias = "try_alloc_pages")]
+    pub fn alloc_pages_nolock(&self, order: u32) -> Result<Page, AllocError> {
+        let stats = &self.pcp.current().1.stats;
+        let result = if order > MAX_ORDER {
+            Err(AllocError::BadOrder)
+        } else if self.domain.preempt_model() == PreemptModel::Rt
+            && (context::in_hardirq() || context::in_nmi())
+        {
+            Err(AllocError::Context)
+        } else if self.faults.should_fail(FaultSites::NOLOCK) {
+            bump(&self.shared.stats.injected_failures);
+            Err(AllocError::Injected)
+        } else {
+            let min = self.zone.wmark.min;
+            self.rmqueue(order, Migratetype::Unmovable, LockMode::Try, min)
+                .map(|pfn| self.page(pfn, order))
+        };
+        match result {
+            Ok(_) => bump(&stats.nolock_allocs),
+            Err(_) => bump(&stats.nolock_failures),
+        }
+        result
+    }
+
+    /// `NO_LOCKS` (seed 003's `__GFP_FAST_TRY`): this CPU's lists only, the
+    /// requested migratetype first and then every other; never refills,
+    /// never takes the zone lock, never wakes kswapd.
+    #[inline]
+    #[doc(alias = "__GFP_FAST_TRY")]
+    fn alloc_no_locks(&self, gfp: Gfp, order: u32) -> Result<Page, AllocError> {
+        let (_, slot) = self.pcp.current();
+        let result = if order >= self.pcp_orders {
+            Err(AllocError::BadOrder)
+        } else if self.faults.should_fail(FaultSites::NO_LOCKS) {
+            bump(&self.shared.stats.injected_failures);
+            Err(AllocError::Injected)
+        } else if let Some(mut lists) = slot.lists.try_lock() {
+            let meta = &self.zone.meta;
+            match lists.pop_any_type(meta, order, gfp.migratetype()) {
+                Some(pfn) => {
+                    let mt = meta[pfn as usize].state().mt();
+                    meta[pfn as usize].set_state(State::new(Kind::Allocated, order, mt));
+                    bump_locked(&slot.stats.no_locks_hits);
+                    slot.publish(&lists);
+                    Ok(self.page(pfn, order))
+                }
+                None => Err(AllocError::PcpEmpty),
+            }
+        } else {
+            bump(&slot.stats.pcp_trylock_failures);
+            Err(AllocError::Contended)
+        };
+        match result {
+            Ok(page) => Ok(self.zero_if(gfp, page)),
+            Err(e) => {
+                bump(&slot.stats.no_locks_failures);
+                Err(e)
+            }
+        }
+    }
+
+    /// The normal modes: low watermark, then wake kswapd and retry at min
+    /// (half of min for ATOMIC), then direct reclaim if the flags allow.
+    #[inline]
+    fn alloc_normal(&self, gfp: Gfp, order: u32) -> Result<Page, AllocError> {
+        let mt = gfp.migratetype();
+        let wmark = self.zone.wmark;
+        let kswapd = gfp.contains(Gfp::KSWAPD_RECLAIM);
+        if let Ok(pfn) = self.rmqueue(order, mt, LockMode::Block, wmark.low) {
+            if kswapd && self.zone.free_pages() < wmark.low {
+                self.shared.wake_kswapd();
+            }
+            return Ok(self.page(pfn, order));
+        }
+        self.alloc_slow(gfp, order, mt)
+    }
+
+    #[cold]
+    #[doc(alias = "__alloc_pages_slowpath")]
+    fn alloc_slow(&self, gfp: Gfp, order: u32, mt: Migratetype) -> Result<Page, AllocError> {
+        if gfp.contains(Gfp::KSWAPD_RECLAIM) {
+            self.shared.wake_kswapd();
+        }
+        let min = self.zone.wmark.min_for(gfp.may_use_reserve());
+        if let Ok(pfn) = self.rmqueue(order, mt, LockMode::Block, min) {
+            return Ok(self.page(pfn, order));
+        }
+        if !gfp.may_sleep() {
+            return Err(AllocError::NoMemory);
+        }
+        for round in 1..=MAX_RECLAIM_ROUNDS {
+            let progress = self.direct_reclaim();
+            if let Ok(pfn) = self.rmqueue(order, mt, LockMode::Block, min) {
+                return Ok(self.page(pfn, order));
+            }
+            if gfp.contains(Gfp::NORETRY) || !progress || round == MAX_RECLAIM_ROUNDS {
+                break;
+            }
+            std::thread::yield_now();
+        }
+        Err(AllocError::NoMemory)
+    }
+
+    /// One round of direct reclaim: the shrinkers, then every CPU's lists
+    /// back to the buddy. Whether anything came free.
+    #[doc(alias = "__alloc_pages_direct_reclaim")]
+    fn direct_reclaim(&self) -> bool {
+        bump(&self.shared.stats.direct_reclaims);
+        let freed = self.shared.shrink_round();
+        let drained = self.drain_all();
+        freed > 0 || drained > 0
+    }
+
+    /// Takes an order-`order` block: from this CPU's lists when the order is
+    /// kept there and the pcp trylock succeeds (refilling an empty list from
+    /// the buddy), else from the buddy (`rmqueue`). The zone lock is taken
+    /// as `mode` says; the buddy must stay above `mark`. Sets the head's
+    /// state to allocated.
+    #[inline]
+    #[doc(alias = "__rmqueue_pcplist")]
+    fn rmqueue(
+        &self,
+        order: u32,
+        mt: Migratetype,
+        mode: LockMode,
+        mark: usize,
+    ) -> Result<u32, AllocError> {
+        let meta = &self.zone.meta;
+        let allocated = State::new(Kind::Allocated, order, mt);
+        if order < self.pcp_orders {
+            let (_, slot) = self.pcp.current();
+            if let Some(mut lists) = slot.lists.try_lock() {
+                let result = match lists.pop(meta, order, mt) {
+                    Some(pfn) => {
+                        bump_locked(&slot.stats.pcp_hits);
+                        Ok(pfn)
+                    }
+                    None => self.refill(slot, &mut lists, order, mt, mode, mark),
+                };
+                if let Ok(pfn) = result {
+                    meta[pfn as usize].set_state(allocated);
+                    slot.publish(&lists);
+                }
+                return result;
+            }
+            bump(&slot.stats.pcp_trylock_failures);
+        }
+        let pfn = self.rmqueue_buddy(order, mt, mode, mark)?;
+        bump(&self.pcp.current().1.stats.buddy_allocs);
+        Ok(pfn)
+    }
+
+    #[doc(alias = "rmqueue_bulk")]
+    fn refill(
+        &self,
+        slot: &PcpSlot,
+        lists: &mut PcpLists,
+        order: u32,
+        mt: Migratetype,
+        mode: LockMode,
+        mark: usize,
+    ) -> Result<u32, AllocError> {
+        let meta = &self.zone.meta;
+        let (pfn, moved) = zone_outcome(
+            self.zone
+                .with_lock(mode, |buddy| lists.refill(buddy, meta, order, mt, mark)),
+        )?;
+        bump_locked(&slot.stats.refills);
+        let pages = &slot.stats.refill_pages;
+        pages.store(
+            pages.load(crate::sync::atomic::Ordering::Relaxed) + moved as u64,
+            crate::sync::atomic::Ordering::Relaxed,
+        );
+        Ok(pfn)
+    }
+
+    fn rmqueue_buddy(
+        &self,
+        order: u32,
+        mt: Migratetype,
+        mode: LockMode,
+        mark: usize,
+    ) -> Result<u32, AllocError> {
+        zone_outcome(self.zone.with_lock(mode, |buddy| {
+            buddy
+                .watermark_ok(order, mark)
+                .then(|| buddy.rmqueue(order, mt))
+                .flatten()
+        }))
+    }
+
+    #[inline]
+    fn page(&self, pfn: u32, order: u32) -> Page {
+        Page {
+            addr: self.zone.addr_of(pfn),
+            order,
+        }
+    }
+
+    #[inline]
+    fn finish(&self, gfp: Gfp, page: Page) -> Page {
+        self.zero_if(gfp, page)
+    }
+
+    #[inline]
+    fn zero_if(&self, gfp: Gfp, page: Page) -> Page {
+        if gfp.contains(Gfp::ZERO) {
+            // SAFETY: the block was just taken off the free lists and its
+            // head marked allocated: no one else owns these `page.len()`
+            // bytes, which lie inside the arena's writable mapping.
+            unsafe { core::ptr::write_bytes(page.as_ptr(), 0, page.len()) };
+        }
+        page
+    }
+
+    // ------------------------------------------------------------------
+    // Free paths.
+
+    /// Frees a block (`__free_pages`). Bad input (see
+    /// [`error`](super::error)) panics in debug builds and is counted and
+    /// reported in release builds.
+    #[inline]
+    #[track_caller]
+    #[doc(alias = "__free_pages")]
+    pub fn free_pages(&self, addr: NonNull<u8>, order: u32) {
+        if let Err(e) = self.try_free_pages(addr, order) {
+            self.bad_free(e);
+        }
+    }
+
+    /// Frees a block handed out as `page`.
+    #[inline]
+    #[track_caller]
+    pub fn free(&self, page: Page) {
+        self.free_pages(page.addr, page.order);
+    }
+
+    /// Frees a block, or says why not (changing nothing). May take the zone
+    /// lock (to merge, or to return a batch when this CPU's lists are over
+    /// `high`).
+    #[inline]
+    pub fn try_free_pages(&self, addr: NonNull<u8>, order: u32) -> Result<(), PageError> {
+        let (pfn, mt) = self.claim(addr, order)?;
+        self.free_claimed(pfn, order, mt, LockMode::Block);
+        Ok(())
+    }
+
+    /// Frees without waiting on any lock (`free_pages_nolock`): trylock the
+    /// pcp lock, else trylock the zone lock, else push the block on a
+    /// lock-free deferred list that the next zone-lock holder merges. Bad
+    /// input as [`free_pages`](Self::free_pages).
+    #[inline]
+    #[track_caller]
+    pub fn free_pages_nolock(&self, addr: NonNull<u8>, order: u32) {
+        match self.claim(addr, order) {
+            Ok((pfn, mt)) => self.free_claimed(pfn, order, mt, LockMode::Try),
+            Err(e) => self.bad_free(e),
+        }
+    }
+
+    /// Checks a free against the side array and wins the block for this
+    /// free (allocated → freeing), or names what is wrong.
+    fn claim(&self, addr: NonNull<u8>, order: u32) -> Result<(u32, Migratetype), PageError> {
+        let a = addr.as_ptr() as usize;
+        if order > MAX_ORDER {
+            return Err(PageError::BadOrder { addr: a, order });
+        }
+        let pfn = self
+            .zone
+            .pfn_of(a)
+            .ok_or(PageError::OutsideArena { addr: a })?;
+        if !a.is_multiple_of(PAGE_SIZE) || !pfn.is_multiple_of(1 << order) {
+            return Err(PageError::Misaligned { addr: a, order });
+        }
+        let m = &self.zone.meta[pfn as usize];
+        loop {
+            let s = m.state();
+            match s.kind() {
+                Kind::Allocated if s.order() != order => {
+                    return Err(PageError::WrongOrder {
+                        addr: a,
+                        given: order,
+                        allocated: s.order(),
+                    });
+                }
+                Kind::Allocated => {
+                    if m.transition(s, State::new(Kind::Freeing, order, s.mt())) {
+                        return Ok((pfn, s.mt()));
+                    }
+                    // Lost a race with another free of this block: look
+                    // again, and report the double free.
+                }
+                Kind::Tail => return Err(PageError::NotAllocated { addr: a }),
+                Kind::Buddy | Kind::Pcp | Kind::Freeing | Kind::Deferred => {
+                    return Err(PageError::DoubleFree { addr: a });
+                }
+            }
+        }
+    }
+
+    /// Puts a claimed block back: onto this CPU's lists if its order is kept
+    /// there and the trylock succeeds (returning a batch if that brings the
+    /// count to `high`), else to the buddy (`free_one_page`), else (trylock
+    /// mode, zone lock taken) onto the deferred list.
+    #[inline]
+    #[doc(alias = "free_unref_page")]
+    #[doc(alias = "free_frozen_pages")]
+    fn free_claimed(&self, pfn: u32, order: u32, mt: Migratetype, mode: LockMode) {
+        let meta = &self.zone.meta;
+        let (_, slot) = self.pcp.current();
+        if order < self.pcp_orders {
+            if let Some(mut lists) = slot.lists.try_lock() {
+                lists.push(meta, pfn, order, mt);
+                bump_locked(&slot.stats.pcp_frees);
+                if lists.count >= lists.high {
+                    let batch = lists.batch;
+                    let drained = self
+                        .zone
+                        .with_lock(mode, |buddy| lists.free_bulk(buddy, meta, batch));
+                    if drained.is_some() {
+                        bump_locked(&slot.stats.high_drains);
+                    }
+                }
+                slot.publish(&lists);
+                return;
+            }
+            bump(&slot.stats.pcp_trylock_failures);
+        }
+        match self
+            .zone
+            .with_lock(mode, |buddy| buddy.free_one(pfn, order, mt))
+        {
+            Some(()) => bump(&slot.stats.buddy_frees),
+            None => {
+                self.zone.defer_free(pfn, order, mt);
+                bump(&slot.stats.deferred_frees);
+            }
+        }
+    }
+
+    #[cold]
+    #[track_caller]
+    fn bad_free(&self, e: PageError) {
+        bump(&self.shared.stats.bad_frees);
+        if cfg!(debug_assertions) {
+            panic!("krcu page allocator: {e}");
+        }
+        tracing::error!(addr = e.addr(), "krcu page allocator: {e}");
+    }
+
+    // ------------------------------------------------------------------
+    // Drains.
+
+    /// Returns every page on `cpu`'s lists to the buddy
+    /// (`drain_pages_zone`): for a remote CPU too, so it takes that CPU's
+    /// pcp lock for real (`lock_irqsave`, as seed 001 settles on). Returns
+    /// the pages moved.
+    #[doc(alias = "drain_pages_zone")]
+    #[doc(alias = "drain_pages")]
+    #[doc(alias = "drain_local_pages")]
+    pub fn drain_cpu(&self, cpu: usize) -> usize {
+        let slot = self.pcp.get(cpu);
+        let mut lists = slot.lists.lock_irqsave();
+        if lists.count == 0 {
+            return 0;
+        }
+        let meta = &self.zone.meta;
+        let moved = self
+            .zone
+            .with_lock(LockMode::Block, |buddy| {
+                lists.free_bulk(buddy, meta, u32::MAX)
+            })
+            .unwrap_or(0);
+        slot.publish(&lists);
+        bump(&self.shared.stats.cpu_drains);
+        moved as usize
+    }
+
+    /// Drains every CPU's lists and merges deferred frees
+    /// (`drain_all_pages`). Returns the pages moved.
+    #[doc(alias = "drain_all_pages")]
+    pub fn drain_all(&self) -> usize {
+        let moved = (0..self.pcp.cpus()).map(|cpu| self.drain_cpu(cpu)).sum();
+        self.zone.flush_deferred();
+        moved
+    }
+
+    /// The block of order `order` containing `addr`, if that block is
+    /// allocated with exactly that order (for the slab allocator's checks).
+    pub(crate) fn allocated_block(&self, addr: usize, order: u32) -> Option<NonNull<u8>> {
+        let pfn = self.zone.pfn_of(addr)? & !((1u32 << order) - 1);
+        let s = self.zone.meta[pfn as usize].state();
+        (s.kind() == Kind::Allocated && s.order() == order).then(|| self.zone.addr_of(pfn))
+    }
+
+    /// The start of the order-`order` block containing `addr`, an address
+    /// inside the arena (for the slab allocator's own objects).
+    #[inline]
+    pub(crate) fn block_base(&self, addr: usize, order: u32) -> NonNull<u8> {
+        let pfn = self.zone.pfn_of(addr).expect("address inside the arena");
+        self.zone.addr_of(pfn & !((1u32 << order) - 1))
+    }
+}

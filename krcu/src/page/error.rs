@@ -1,0 +1,168 @@
+//! What can go wrong: bad frees ([`PageError`]), failed allocations
+//! ([`AllocError`]) and bad configurations ([`BuildError`]).
+//!
+//! # Error policy for bad frees
+//! Freeing a page that is not allocated, with the wrong order, twice, or
+//! outside the arena is never silent corruption: the page allocator checks
+//! every free against its side array before touching any list.
+//! - [`PageAllocator::try_free_pages`](super::PageAllocator::try_free_pages)
+//!   returns the [`PageError`], naming the address, and changes nothing.
+//! - [`PageAllocator::free_pages`](super::PageAllocator::free_pages) (and the
+//!   other non-`try` frees) **panic in debug builds** with that message; in
+//!   release builds they **count** the error
+//!   ([`GlobalStats::bad_frees`](super::GlobalStats::bad_frees)), **report** it
+//!   with `tracing::error!`, and leave the page alone (a leak, never a
+//!   corruption).
+
+use core::fmt;
+
+/// A free that the allocator refused. Every variant names the address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PageError {
+    /// The address is not inside the arena.
+    #[error("free of {addr:#x}: outside the page arena")]
+    OutsideArena {
+        /// The address passed.
+        addr: usize,
+    },
+    /// The address is not aligned to a block of the given order.
+    #[error("free of {addr:#x}: not aligned to an order-{order} block")]
+    Misaligned {
+        /// The address passed.
+        addr: usize,
+        /// The order passed.
+        order: u32,
+    },
+    /// The order is above the maximum.
+    #[error("free of {addr:#x}: order {order} is above the maximum order")]
+    BadOrder {
+        /// The address passed.
+        addr: usize,
+        /// The order passed.
+        order: u32,
+    },
+    /// The page is free already (on a free list or a per-CPU list).
+    #[error("free of {addr:#x}: double free (the page is already free)")]
+    DoubleFree {
+        /// The address passed.
+        addr: usize,
+    },
+    /// The address is inside a block but not at its start: not something
+    /// the allocator handed out.
+    #[error("free of {addr:#x}: not the start of an allocated block")]
+    NotAllocated {
+        /// The address passed.
+        addr: usize,
+    },
+    /// The block was allocated with another order.
+    #[error("free of {addr:#x}: freed as order {given}, allocated as order {allocated}")]
+    WrongOrder {
+        /// The address passed.
+        addr: usize,
+        /// The order passed to the free.
+        given: u32,
+        /// The order it was allocated with.
+        allocated: u32,
+    },
+}
+
+impl PageError {
+    /// The address the bad free named.
+    pub fn addr(&self) -> usize {
+        match *self {
+            PageError::OutsideArena { addr }
+            | PageError::Misaligned { addr, .. }
+            | PageError::BadOrder { addr, .. }
+            | PageError::DoubleFree { addr }
+            | PageError::NotAllocated { addr }
+            | PageError::WrongOrder { addr, .. } => addr,
+        }
+    }
+}
+
+/// Why an allocation failed. Allocation failure is normal (the kernel
+/// returns NULL); the reason is for tests and statistics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
+pub enum AllocError {
+    /// The order is above the maximum (or above the per-CPU orders for
+    /// [`Gfp::NO_LOCKS`](super::Gfp::NO_LOCKS)).
+    #[error("order not served on this path")]
+    BadOrder,
+    /// [`Gfp::NO_LOCKS`](super::Gfp::NO_LOCKS): this CPU's lists hold no
+    /// page of the order.
+    #[error("the per-CPU lists are empty")]
+    PcpEmpty,
+    /// A lock-free mode found a lock taken (the per-CPU lock for
+    /// `NO_LOCKS`, the zone lock for `alloc_pages_nolock`).
+    #[error("a lock was taken and this mode only trylocks")]
+    Contended,
+    /// Not enough free memory above the watermark this allocation may use,
+    /// after whatever reclaim its flags allow.
+    #[error("out of memory")]
+    NoMemory,
+    /// The fault injector failed it.
+    #[error("failed by fault injection")]
+    Injected,
+    /// A mode that the context forbids (`alloc_pages_nolock` in hardirq or
+    /// NMI context under PREEMPT_RT, where even a trylock of a sleeping
+    /// spinlock is unsafe).
+    #[error("not allowed in this context")]
+    Context,
+}
+
+/// A configuration the page allocator cannot be built with.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BuildError {
+    /// The arena is not a positive multiple of the page size, or too large
+    /// for 32-bit page numbers.
+    #[error("arena size {0} bytes is not a positive multiple of 4096 below 16 TiB")]
+    ArenaSize(usize),
+    /// The watermarks leave too little of the arena usable.
+    #[error(
+        "arena of {pages} pages is too small for its watermarks (high {high} pages; at most half the arena)"
+    )]
+    ArenaTooSmall {
+        /// Pages in the arena.
+        pages: usize,
+        /// The high watermark.
+        high: usize,
+    },
+    /// Watermarks out of order (min ≤ low ≤ high is required).
+    #[error("watermarks out of order: {0}")]
+    Watermarks(String),
+    /// `batch` is zero or `high` is below `batch`.
+    #[error("per-CPU list sizes: batch {batch} must be at least 1 and high {high} at least batch")]
+    PcpSizes {
+        /// The configured batch.
+        batch: u32,
+        /// The configured high mark.
+        high: u32,
+    },
+    /// `mmap` of the arena failed.
+    #[error("mmap of a {size}-byte arena failed: {err}")]
+    Mmap {
+        /// The arena size.
+        size: usize,
+        /// The OS error.
+        err: IoErrorText,
+    },
+    /// The reclaim worker thread could not be started.
+    #[error("could not start the reclaim worker: {0}")]
+    Thread(IoErrorText),
+}
+
+/// An OS error as text (so that [`BuildError`] stays `Clone + Eq`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IoErrorText(pub String);
+
+impl fmt::Display for IoErrorText {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<std::io::Error> for IoErrorText {
+    fn from(e: std::io::Error) -> Self {
+        IoErrorText(e.to_string())
+    }
+}

@@ -1,0 +1,333 @@
+//! The page allocator: a zone of 4 KiB pages over one mmap'd arena, a buddy
+//! allocator behind the zone lock, per-CPU page lists taken with trylock in
+//! front of it, GFP modes (among them the lock-free ones the seeds argue
+//! about), watermarks, a reclaim worker and shrinkers.
+//!
+//! # Design
+//! ```text
+//!  alloc_pages(gfp, order) ──► per-CPU lists (trylock pcp->lock) ──hit──► page
+//!        │                          │ empty: rmqueue_bulk (zone->lock)
+//!        │                          │ trylock failed / order > 3
+//!        ▼                          ▼
+//!   watermark low ─fail─► wake kswapd ─► watermark min (ATOMIC: min/2)
+//!        ─fail─► KERNEL: direct reclaim (shrinkers, drain_all_pages), retry
+//!
+//!  NO_LOCKS  : trylock pcp->lock, pop from any migratetype list, else fail.
+//!  nolock    : trylock pcp->lock, refill with trylock zone->lock; else
+//!              trylock zone->lock; else fail. Never waits on a lock.
+//! ```
+//! Pages are identified by address and order ([`Page`]); their metadata
+//! lives in a side array indexed by page number (see `zone.rs`), so free
+//! lists are intrusive lists of indices: no heap allocation on any
+//! allocation or free path.
+//!
+//! The validator sees every lock: the zone lock is a [`SpinLock`](crate::lock::SpinLock)
+//! (`spinlock_t`, wait type CONFIG), so a `NOWAIT` allocation that refills
+//! under a [`RawSpinLock`](crate::lock::RawSpinLock) with
+//! `prove_raw_lock_nesting` gives the seeds' `BUG: Invalid wait context`;
+//! `NO_LOCKS` and `alloc_pages_nolock` take locks only with trylock, which
+//! the validator exempts, and never sleep. A `KERNEL` allocation calls
+//! [`Domain::might_sleep`] first.
+//!
+//! # Kernel map
+//! | kernel (`mm/page_alloc.c`) | here |
+//! |---|---|
+//! | `struct zone`, `zone->lock`, `free_area[order].free_list[mt]` | `zone.rs`: `Zone`, `FreeArea` |
+//! | `struct page` (flags, `private` = order, `lru`) | `zone.rs`: `PageMeta` in a side array |
+//! | `__rmqueue_smallest`, `__rmqueue_fallback`, `expand`, `__free_one_page` | `Buddy::rmqueue`, `Buddy::free_one` |
+//! | `struct per_cpu_pages`, `pcp->lock`, `count/high/batch` | `pcp.rs`: `PcpLists` |
+//! | `__rmqueue_pcplist`, `rmqueue_bulk`, `rmqueue_buddy` | [`PageAllocator::alloc_pages`] paths |
+//! | `free_unref_page`, `free_pcppages_bulk`, `free_one_page` | [`PageAllocator::free_pages`] paths |
+//! | `drain_pages_zone`, `drain_all_pages` | [`PageAllocator::drain_cpu`], [`PageAllocator::drain_all`] |
+//! | `gfp_t`, `__GFP_*`, `GFP_*` | [`Gfp`] |
+//! | `__GFP_FAST_TRY` / `__GFP_NO_LOCKS` (seed 003) | [`Gfp::NO_LOCKS`] |
+//! | `alloc_pages_nolock`, `free_pages_nolock` | [`PageAllocator::alloc_pages_nolock`], [`PageAllocator::free_pages_nolock`] |
+//! | `_watermark[WMARK_MIN/LOW/HIGH]` | [`Watermarks`] |
+//! | `kswapd`, `wakeup_kswapd`, `shrink_slab`, `register_shrinker` | `reclaim.rs` |
+//! | `fail_page_alloc` | [`FaultInjector`] |
+//!
+//! # Defaults
+//! Arena 256 MiB (`MAP_NORESERVE`: untouched pages cost nothing); per-CPU
+//! `batch` 31 pages and `high` 6 × batch = 186 (the kernel computes
+//! `batch` from zone size, about a quarter of a megabyte, and caps it at
+//! 63; `high` is 6 × batch for the default `percpu_pagelist_high_fraction`);
+//! watermarks from the kernel's `min_free_kbytes` formula ([`Watermarks`]).
+//!
+//! # Bad input
+//! See [`error`] for the policy: `try_*` frees return a [`PageError`]; the
+//! others panic in debug builds and count and report in release builds.
+
+mod alloc;
+pub mod error;
+mod fault;
+mod gfp;
+mod pcp;
+mod reclaim;
+mod stats;
+mod watermark;
+mod zone;
+
+pub use error::{AllocError, BuildError, PageError};
+pub use fault::{FaultInjector, FaultSites};
+pub use gfp::{Gfp, Migratetype};
+pub use pcp::PCP_MAX_ORDER;
+pub use reclaim::{SHRINK_BATCH, ShrinkerHandle};
+pub use stats::{GlobalStats, PageStats, PathStats};
+pub use watermark::Watermarks;
+pub use zone::{MAX_ORDER, NR_ORDERS, PAGE_SHIFT, PAGE_SIZE};
+
+use crate::domain::Domain;
+use crate::percpu::PerCpu;
+use core::ptr::NonNull;
+use pcp::PcpSlot;
+use reclaim::Shared;
+use std::sync::Arc;
+use zone::Zone;
+
+/// The allocator's configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PageConfig {
+    /// Bytes in the arena: a multiple of [`PAGE_SIZE`] (default 256 MiB).
+    pub arena_size: usize,
+    /// Pages moved per per-CPU refill or bulk free (default 31).
+    pub pcp_batch: u32,
+    /// Pages on a CPU's lists at which a free returns `batch` to the buddy
+    /// (default 6 × 31 = 186).
+    pub pcp_high: u32,
+    /// The watermarks; `None` computes them from the arena size.
+    pub watermarks: Option<Watermarks>,
+    /// Whether to start the kswapd thread (default true). Without it,
+    /// wake-ups are counted but nothing reclaims in the background.
+    pub kswapd: bool,
+    /// Whether the per-CPU lists are used (default true). Off, every
+    /// allocation and free goes to the buddy under the zone lock and
+    /// `NO_LOCKS` always fails: the kernel's `zone_pcp_disable`, and the
+    /// baseline the per-CPU lists are measured against.
+    #[doc(alias = "zone_pcp_disable")]
+    pub pcp_lists: bool,
+}
+
+impl Default for PageConfig {
+    fn default() -> Self {
+        PageConfig {
+            arena_size: 256 << 20,
+            pcp_batch: 31,
+            pcp_high: 6 * 31,
+            watermarks: None,
+            kswapd: true,
+            pcp_lists: true,
+        }
+    }
+}
+
+/// An allocated block of `2^order` pages: its address and order. A plain
+/// handle (`Copy`): ownership of the memory is the caller's to track, and
+/// the allocator checks every free against its own records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Page {
+    addr: NonNull<u8>,
+    order: u32,
+}
+
+// SAFETY: a `Page` is an address and an order; it grants no access by
+// itself (reading or writing through it is `unsafe` and the caller's
+// responsibility), so it may move between threads.
+unsafe impl Send for Page {}
+// SAFETY: as for Send: shared `&Page` exposes only the address and order.
+unsafe impl Sync for Page {}
+
+impl Page {
+    /// The first byte of the block, page-aligned.
+    #[inline]
+    pub fn addr(&self) -> NonNull<u8> {
+        self.addr
+    }
+    /// The first byte of the block as a raw pointer.
+    #[inline]
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.addr.as_ptr()
+    }
+    /// The order: the block has `2^order` pages.
+    #[inline]
+    pub fn order(&self) -> u32 {
+        self.order
+    }
+    /// The block's size in bytes.
+    #[inline]
+    #[allow(clippy::len_without_is_empty)] // a block is never empty
+    pub fn len(&self) -> usize {
+        PAGE_SIZE << self.order
+    }
+}
+
+/// The page allocator instance: zone, per-CPU lists, kswapd, shrinkers,
+/// statistics and fault injector. Build it with [`PageAllocator::new`];
+/// dropping it stops and joins kswapd and unmaps the arena.
+pub struct PageAllocator {
+    domain: Domain,
+    config: PageConfig,
+    zone: Arc<Zone>,
+    pcp: PerCpu<PcpSlot>,
+    /// Orders below this use the per-CPU lists: `PCP_MAX_ORDER + 1`, or 0
+    /// when they are disabled.
+    pcp_orders: u32,
+    shared: Arc<Shared>,
+    faults: FaultInjector,
+    kswapd: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl core::fmt::Debug for PageAllocator {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("PageAllocator")
+            .field("config", &self.config)
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PageAllocator {
+    /// Builds an allocator in `domain` (its locks are that domain's, so its
+    /// validator and preemption model apply).
+    pub fn new(domain: &Domain, config: PageConfig) -> Result<Arc<PageAllocator>, BuildError> {
+        let size = config.arena_size;
+        if size == 0 || !size.is_multiple_of(PAGE_SIZE) || size / PAGE_SIZE >= u32::MAX as usize {
+            return Err(BuildError::ArenaSize(size));
+        }
+        if config.pcp_batch == 0 || config.pcp_high < config.pcp_batch {
+            return Err(BuildError::PcpSizes {
+                batch: config.pcp_batch,
+                high: config.pcp_high,
+            });
+        }
+        let wmark = config
+            .watermarks
+            .unwrap_or_else(|| Watermarks::for_arena(size));
+        wmark.validate(size / PAGE_SIZE)?;
+        let zone = Arc::new(Zone::new(domain, size, wmark)?);
+        let shared = Arc::new(Shared::new(domain));
+        let pcp = PerCpu::new(domain.cpus(), |_| {
+            PcpSlot::new(domain, config.pcp_high, config.pcp_batch)
+        });
+        let worker = if config.kswapd {
+            let (z, s) = (Arc::clone(&zone), Arc::clone(&shared));
+            let handle = std::thread::Builder::new()
+                .name("kswapd".into())
+                .spawn(move || reclaim::kswapd(z, s))
+                .map_err(|e| BuildError::Thread(e.into()))?;
+            shared.set_thread(handle.thread().clone());
+            Some(handle)
+        } else {
+            None
+        };
+        Ok(Arc::new(PageAllocator {
+            domain: domain.clone(),
+            pcp_orders: if config.pcp_lists {
+                PCP_MAX_ORDER + 1
+            } else {
+                0
+            },
+            config,
+            zone,
+            pcp,
+            shared,
+            faults: FaultInjector::default(),
+            kswapd: std::sync::Mutex::new(worker),
+        }))
+    }
+
+    /// The domain the allocator's locks belong to.
+    pub fn domain(&self) -> &Domain {
+        &self.domain
+    }
+
+    /// The configuration it was built with.
+    pub fn config(&self) -> &PageConfig {
+        &self.config
+    }
+
+    /// The watermarks in force.
+    pub fn watermarks(&self) -> Watermarks {
+        self.zone.wmark
+    }
+
+    /// Pages in the arena.
+    pub fn total_pages(&self) -> usize {
+        self.zone.pages()
+    }
+
+    /// Whether `addr` lies inside the arena.
+    pub fn contains(&self, addr: *const u8) -> bool {
+        self.zone.pfn_of(addr as usize).is_some()
+    }
+
+    /// The page frame number of `addr` (its page's index in the arena), if
+    /// it lies inside the arena.
+    #[doc(alias = "virt_to_pfn")]
+    pub fn pfn_of(&self, addr: *const u8) -> Option<usize> {
+        self.zone.pfn_of(addr as usize).map(|pfn| pfn as usize)
+    }
+
+    /// The fault injector.
+    pub fn faults(&self) -> &FaultInjector {
+        &self.faults
+    }
+
+    /// Registers a shrinker (`register_shrinker`): `count()` says how many
+    /// objects it could free, `scan(n)` frees up to `n` and returns how
+    /// many it freed. kswapd and direct reclaim call them under the
+    /// shrinker mutex; they must not register or unregister shrinkers.
+    /// Unregistered when the handle drops. A shrinker that needs the
+    /// allocator should hold a `Weak` of it, or the allocator never drops.
+    #[doc(alias = "shrinker_register")]
+    pub fn register_shrinker(
+        &self,
+        name: &'static str,
+        count: impl Fn() -> usize + Send + Sync + 'static,
+        scan: impl Fn(usize) -> usize + Send + Sync + 'static,
+    ) -> ShrinkerHandle {
+        self.shared.register(name, Box::new(count), Box::new(scan))
+    }
+
+    /// A snapshot of the statistics; lock-free, callable at any time.
+    pub fn stats(&self) -> PageStats {
+        let mut s = PageStats {
+            total_pages: self.zone.pages(),
+            free_pages: self.zone.free_pages(),
+            free_blocks: self.zone.nr_free(),
+            ..PageStats::default()
+        };
+        for (_, slot) in self.pcp.iter() {
+            slot.stats.add_to(&mut s.paths);
+            s.pcp_pages += slot.pages.load(crate::sync::atomic::Ordering::Relaxed);
+        }
+        self.shared.stats.add_to(&mut s.global);
+        s
+    }
+
+    /// Pages on `cpu`'s per-CPU lists (a snapshot).
+    pub fn pcp_pages(&self, cpu: usize) -> usize {
+        self.pcp
+            .get(cpu)
+            .pages
+            .load(crate::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// How many CPUs have per-CPU lists.
+    pub fn cpus(&self) -> usize {
+        self.pcp.cpus()
+    }
+}
+
+impl Drop for PageAllocator {
+    fn drop(&mut self) {
+        self.shared.stop();
+        let worker = self
+            .kswapd
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(handle) = worker {
+            let _ = handle.join();
+        }
+    }
+}

@@ -1,0 +1,488 @@
+//! The zone: one mmap'd arena of 4 KiB pages, the side array of page
+//! metadata, and the buddy allocator's free lists behind the zone lock.
+//!
+//! # Page metadata
+//! Each page frame (pfn = page index in the arena) has a [`PageMeta`] in a
+//! side array, never inside the page: a state word (what the block headed
+//! by this page is: free in the buddy, on a per-CPU list, allocated, ...,
+//! with its order and migratetype) and two links (`next`, `prev`, pfn
+//! indices) for the intrusive lists. Only the first page of a block (its
+//! head) carries a state other than [`Kind::Tail`]; merging clears the
+//! absorbed buddy's head, splitting sets the new halves'. So no allocation
+//! or free ever walks the pages of a block.
+//!
+//! # Ownership and memory ordering
+//! A page's links belong to whoever owns the page: the zone lock while it
+//! is in the buddy, its CPU's pcp lock while on a per-CPU list, nobody while
+//! allocated. The links are atomics accessed `Relaxed`: the lock that hands
+//! the page over (an `Acquire` take after a `Release` drop) orders them.
+//! The state word is also read without a lock by the free path's checks and
+//! changed from `Allocated` to `Freeing` with a compare-exchange, so that of
+//! two racing frees of one block exactly one wins and the other reports a
+//! double free. The deferred-free list (frees by `free_pages_nolock` that
+//! found every lock taken) is a Treiber stack pushed with `Release` CAS and
+//! emptied whole with an `Acquire` swap, so the pushed links are visible to
+//! the thread that drains it; popping the whole list at once has no ABA.
+
+use super::error::{BuildError, IoErrorText};
+use super::gfp::Migratetype;
+use super::watermark::Watermarks;
+use crate::domain::Domain;
+use crate::lock::{SpinLock, SpinLockGuard};
+use crate::sync::atomic::{AtomicU32, AtomicUsize, Ordering::*};
+use core::ptr::NonNull;
+
+/// log2 of the page size.
+pub const PAGE_SHIFT: usize = 12;
+/// The page size: 4 KiB.
+pub const PAGE_SIZE: usize = 1 << PAGE_SHIFT;
+/// The highest order the buddy allocator serves: blocks of 2^10 pages
+/// (4 MiB), the kernel's `MAX_PAGE_ORDER`.
+#[doc(alias = "MAX_PAGE_ORDER")]
+pub const MAX_ORDER: u32 = 10;
+/// The number of orders (0..=MAX_ORDER), `NR_PAGE_ORDERS`.
+pub const NR_ORDERS: usize = MAX_ORDER as usize + 1;
+
+/// "No page" in a pfn link.
+pub(crate) const NONE: u32 = u32::MAX;
+
+/// What the block headed by a page is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub(crate) enum Kind {
+    /// Not the head of any block.
+    Tail = 0,
+    /// Head of a free block on a buddy free list (`PageBuddy`).
+    Buddy = 1,
+    /// Head of a free block on a per-CPU list.
+    Pcp = 2,
+    /// Head of an allocated block.
+    Allocated = 3,
+    /// Being freed: won the race against any other free of this block.
+    Freeing = 4,
+    /// On the deferred-free list, waiting for the zone lock.
+    Deferred = 5,
+}
+
+/// A page state word: kind, order and migratetype packed in a `u32`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct State(u32);
+
+impl State {
+    pub(crate) const TAIL: State = State(0);
+
+    #[inline]
+    pub(crate) fn new(kind: Kind, order: u32, mt: Migratetype) -> State {
+        State((kind as u32) << 8 | (mt as u32) << 4 | order)
+    }
+    #[inline]
+    pub(crate) fn kind(self) -> Kind {
+        match self.0 >> 8 {
+            1 => Kind::Buddy,
+            2 => Kind::Pcp,
+            3 => Kind::Allocated,
+            4 => Kind::Freeing,
+            5 => Kind::Deferred,
+            _ => Kind::Tail,
+        }
+    }
+    #[inline]
+    pub(crate) fn order(self) -> u32 {
+        self.0 & 0xf
+    }
+    #[inline]
+    pub(crate) fn mt(self) -> Migratetype {
+        Migratetype::from_index(((self.0 >> 4) & 0xf) as usize)
+    }
+}
+
+/// The metadata of one page frame (the kernel's `struct page`, reduced).
+#[derive(Debug)]
+pub(crate) struct PageMeta {
+    state: AtomicU32,
+    next: AtomicU32,
+    prev: AtomicU32,
+}
+
+impl PageMeta {
+    fn new() -> Self {
+        PageMeta {
+            state: AtomicU32::new(0),
+            next: AtomicU32::new(NONE),
+            prev: AtomicU32::new(NONE),
+        }
+    }
+    #[inline]
+    pub(crate) fn state(&self) -> State {
+        State(self.state.load(Acquire))
+    }
+    #[inline]
+    pub(crate) fn set_state(&self, s: State) {
+        self.state.store(s.0, Release);
+    }
+    /// Moves the state from `from` to `to` if it still is `from`.
+    #[inline]
+    pub(crate) fn transition(&self, from: State, to: State) -> bool {
+        self.state
+            .compare_exchange(from.0, to.0, AcqRel, Acquire)
+            .is_ok()
+    }
+    #[inline]
+    pub(crate) fn next(&self) -> u32 {
+        self.next.load(Relaxed)
+    }
+    #[inline]
+    pub(crate) fn set_next(&self, pfn: u32) {
+        self.next.store(pfn, Relaxed);
+    }
+    #[inline]
+    fn prev(&self) -> u32 {
+        self.prev.load(Relaxed)
+    }
+    #[inline]
+    fn set_prev(&self, pfn: u32) {
+        self.prev.store(pfn, Relaxed);
+    }
+}
+
+/// The arena: one private anonymous mapping, reserved but not committed
+/// (`MAP_NORESERVE`), unmapped on drop.
+#[derive(Debug)]
+pub(crate) struct Arena {
+    base: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the arena is plain memory owned by the allocator; which thread may
+// touch which page is decided by the allocator's own protocol (a page is
+// owned by exactly one of: the buddy, a per-CPU list, its allocator's
+// caller), not by the thread that mapped it.
+unsafe impl Send for Arena {}
+// SAFETY: as for Send; `Arena` itself only exposes its base and length.
+unsafe impl Sync for Arena {}
+
+impl Arena {
+    fn map(len: usize) -> Result<Arena, BuildError> {
+        // SAFETY: a fresh anonymous private mapping at an address the kernel
+        // chooses; no existing memory is affected.
+        let p = unsafe {
+            libc::mmap(
+                core::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(BuildError::Mmap {
+                size: len,
+                err: IoErrorText::from(std::io::Error::last_os_error()),
+            });
+        }
+        Ok(Arena {
+            base: NonNull::new(p.cast()).expect("mmap returned null"),
+            len,
+        })
+    }
+}
+
+impl Drop for Arena {
+    fn drop(&mut self) {
+        // SAFETY: `base..base+len` is exactly the mapping made in `map`, and
+        // nothing uses it after the allocator that owns it is dropped.
+        unsafe {
+            libc::munmap(self.base.as_ptr().cast(), self.len);
+        }
+    }
+}
+
+/// The buddy free lists (`struct free_area` per order and migratetype),
+/// protected by the zone lock.
+#[derive(Debug)]
+pub(crate) struct FreeArea {
+    heads: [[u32; Migratetype::COUNT]; NR_ORDERS],
+    nr_free: [usize; NR_ORDERS],
+    free_pages: usize,
+}
+
+/// The free lists together with the side array: what code under the zone
+/// lock works on.
+pub(crate) struct Buddy<'a> {
+    area: &'a mut FreeArea,
+    meta: &'a [PageMeta],
+}
+
+impl Buddy<'_> {
+    fn list_add(&mut self, pfn: u32, order: u32, mt: Migratetype) {
+        let head = &mut self.area.heads[order as usize][mt.index()];
+        let m = &self.meta[pfn as usize];
+        m.set_next(*head);
+        m.set_prev(NONE);
+        if *head != NONE {
+            self.meta[*head as usize].set_prev(pfn);
+        }
+        *head = pfn;
+        m.set_state(State::new(Kind::Buddy, order, mt));
+        self.area.nr_free[order as usize] += 1;
+        self.area.free_pages += 1 << order;
+    }
+
+    fn list_del(&mut self, pfn: u32, order: u32, mt: Migratetype) {
+        let m = &self.meta[pfn as usize];
+        let (next, prev) = (m.next(), m.prev());
+        if prev == NONE {
+            self.area.heads[order as usize][mt.index()] = next;
+        } else {
+            self.meta[prev as usize].set_next(next);
+        }
+        if next != NONE {
+            self.meta[next as usize].set_prev(prev);
+        }
+        self.area.nr_free[order as usize] -= 1;
+        self.area.free_pages -= 1 << order;
+    }
+
+    /// Splits the order-`high` block at `pfn` down to order `low`, putting
+    /// the upper halves on the `mt` lists (`expand`).
+    fn expand(&mut self, pfn: u32, low: u32, mut high: u32, mt: Migratetype) {
+        while high > low {
+            high -= 1;
+            self.list_add(pfn + (1 << high), high, mt);
+        }
+    }
+
+    /// Takes an order-`order` block off the lists: the smallest that fits
+    /// on `mt`'s lists, else (stealing) the largest of another migratetype
+    /// (`__rmqueue_smallest`, `__rmqueue_fallback`). The head leaves marked
+    /// allocated, before the zone lock is dropped: a head still marked
+    /// `Buddy` off the lists would be "merged" by a concurrent free of its
+    /// buddy.
+    #[doc(alias = "__rmqueue")]
+    pub(crate) fn rmqueue(&mut self, order: u32, mt: Migratetype) -> Option<u32> {
+        let pfn = self.take_block(order, mt)?;
+        self.meta[pfn as usize].set_state(State::new(Kind::Allocated, order, mt));
+        Some(pfn)
+    }
+
+    fn take_block(&mut self, order: u32, mt: Migratetype) -> Option<u32> {
+        for o in order..=MAX_ORDER {
+            let pfn = self.area.heads[o as usize][mt.index()];
+            if pfn != NONE {
+                self.list_del(pfn, o, mt);
+                self.expand(pfn, order, o, mt);
+                return Some(pfn);
+            }
+        }
+        // Steal the largest block of another type, as the kernel does to
+        // keep the types apart: the remainder joins the requester's lists.
+        for o in (order..=MAX_ORDER).rev() {
+            for other in Migratetype::ALL {
+                let pfn = self.area.heads[o as usize][other.index()];
+                if other != mt && pfn != NONE {
+                    self.list_del(pfn, o, other);
+                    self.expand(pfn, order, o, mt);
+                    return Some(pfn);
+                }
+            }
+        }
+        None
+    }
+
+    /// Frees an order-`order` block whose head is not on any list, merging
+    /// it with its free buddies as far as they go (`__free_one_page`).
+    #[doc(alias = "__free_one_page")]
+    pub(crate) fn free_one(&mut self, mut pfn: u32, mut order: u32, mt: Migratetype) {
+        let pages = self.meta.len() as u64;
+        while order < MAX_ORDER {
+            let buddy = pfn ^ (1 << order);
+            if buddy as u64 + (1u64 << order) > pages {
+                break;
+            }
+            let bs = self.meta[buddy as usize].state();
+            if bs.kind() != Kind::Buddy || bs.order() != order {
+                break;
+            }
+            self.list_del(buddy, order, bs.mt());
+            let merged = pfn & buddy;
+            // The head that is absorbed becomes a tail.
+            let absorbed = if merged == pfn { buddy } else { pfn };
+            self.meta[absorbed as usize].set_state(State::TAIL);
+            pfn = merged;
+            order += 1;
+        }
+        self.list_add(pfn, order, mt);
+    }
+
+    /// Whether an order-`order` allocation leaves at least `mark` free pages
+    /// (`zone_watermark_ok`, without the per-order refinements).
+    #[doc(alias = "zone_watermark_ok")]
+    pub(crate) fn watermark_ok(&self, order: u32, mark: usize) -> bool {
+        self.area.free_pages >= mark + (1 << order)
+    }
+}
+
+/// How a path takes a lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LockMode {
+    /// `lock()`: may spin, or sleep under PREEMPT_RT.
+    Block,
+    /// `try_lock()`: never waits; the operation fails instead.
+    Try,
+}
+
+/// The zone: arena, side array, buddy lists and watermarks.
+#[derive(Debug)]
+pub(crate) struct Zone {
+    arena: Arena,
+    pub(crate) meta: Box<[PageMeta]>,
+    lock: SpinLock<FreeArea>,
+    /// Mirrors of the locked counts, for lock-free readers (statistics,
+    /// the kswapd wake check). Written under the zone lock.
+    free_pages: AtomicUsize,
+    nr_free: [AtomicUsize; NR_ORDERS],
+    /// Frees that found both the per-CPU lock and the zone lock taken
+    /// (`free_pages_nolock`); merged by the next holder of the zone lock.
+    deferred: AtomicU32,
+    pub(crate) wmark: Watermarks,
+}
+
+impl Zone {
+    pub(crate) fn new(domain: &Domain, size: usize, wmark: Watermarks) -> Result<Zone, BuildError> {
+        let pages = size / PAGE_SIZE;
+        let arena = Arena::map(size)?;
+        let meta: Box<[PageMeta]> = (0..pages).map(|_| PageMeta::new()).collect();
+        let mut area = FreeArea {
+            heads: [[NONE; Migratetype::COUNT]; NR_ORDERS],
+            nr_free: [0; NR_ORDERS],
+            free_pages: 0,
+        };
+        // Carve the arena into the largest aligned blocks (the kernel's
+        // memblock_free_all, in small).
+        let mut buddy = Buddy {
+            area: &mut area,
+            meta: &meta,
+        };
+        let mut pfn = 0usize;
+        while pfn < pages {
+            let mut order = MAX_ORDER;
+            while !pfn.is_multiple_of(1 << order) || pfn + (1 << order) > pages {
+                order -= 1;
+            }
+            buddy.list_add(pfn as u32, order, Migratetype::Movable);
+            pfn += 1 << order;
+        }
+        let zone = Zone {
+            arena,
+            meta,
+            lock: SpinLock::named(domain, "zone->lock", area),
+            free_pages: AtomicUsize::new(0),
+            nr_free: core::array::from_fn(|_| AtomicUsize::new(0)),
+            deferred: AtomicU32::new(NONE),
+            wmark,
+        };
+        zone.publish(&zone.lock.lock());
+        Ok(zone)
+    }
+
+    /// Pages in the arena.
+    #[inline]
+    pub(crate) fn pages(&self) -> usize {
+        self.meta.len()
+    }
+
+    /// The pfn of an address inside the arena.
+    #[inline]
+    pub(crate) fn pfn_of(&self, addr: usize) -> Option<u32> {
+        let off = addr.checked_sub(self.arena.base.as_ptr() as usize)?;
+        (off < self.arena.len).then_some((off >> PAGE_SHIFT) as u32)
+    }
+
+    /// The address of a pfn.
+    #[inline]
+    pub(crate) fn addr_of(&self, pfn: u32) -> NonNull<u8> {
+        // SAFETY: pfn < pages (every pfn the allocator produces is), so the
+        // offset stays inside the mapping, which is not null.
+        unsafe { self.arena.base.add((pfn as usize) << PAGE_SHIFT) }
+    }
+
+    /// Free pages in the buddy (a relaxed snapshot).
+    #[inline]
+    pub(crate) fn free_pages(&self) -> usize {
+        self.free_pages.load(Relaxed)
+    }
+
+    /// Free blocks per order in the buddy (a relaxed snapshot).
+    pub(crate) fn nr_free(&self) -> [usize; NR_ORDERS] {
+        core::array::from_fn(|o| self.nr_free[o].load(Relaxed))
+    }
+
+    /// Runs `f` on the buddy under the zone lock, taken as `mode` says;
+    /// `None` if a trylock failed. Merges deferred frees first.
+    #[inline]
+    pub(crate) fn with_lock<R>(
+        &self,
+        mode: LockMode,
+        f: impl FnOnce(&mut Buddy<'_>) -> R,
+    ) -> Option<R> {
+        let mut guard = match mode {
+            LockMode::Block => self.lock.lock(),
+            LockMode::Try => self.lock.try_lock()?,
+        };
+        let mut buddy = Buddy {
+            area: &mut guard,
+            meta: &self.meta,
+        };
+        self.merge_deferred(&mut buddy);
+        let r = f(&mut buddy);
+        self.publish(&guard);
+        Some(r)
+    }
+
+    fn publish(&self, area: &SpinLockGuard<'_, FreeArea>) {
+        self.free_pages.store(area.free_pages, Relaxed);
+        for (mirror, n) in self.nr_free.iter().zip(area.nr_free) {
+            mirror.store(n, Relaxed);
+        }
+    }
+
+    /// Pushes a block whose head is in state `Freeing` onto the deferred
+    /// list (no lock taken).
+    pub(crate) fn defer_free(&self, pfn: u32, order: u32, mt: Migratetype) {
+        let m = &self.meta[pfn as usize];
+        m.set_state(State::new(Kind::Deferred, order, mt));
+        let mut head = self.deferred.load(Relaxed);
+        loop {
+            m.set_next(head);
+            match self
+                .deferred
+                .compare_exchange_weak(head, pfn, Release, Relaxed)
+            {
+                Ok(_) => return,
+                Err(h) => head = h,
+            }
+        }
+    }
+
+    fn merge_deferred(&self, buddy: &mut Buddy<'_>) {
+        if self.deferred.load(Relaxed) == NONE {
+            return;
+        }
+        let mut pfn = self.deferred.swap(NONE, Acquire);
+        while pfn != NONE {
+            let m = &self.meta[pfn as usize];
+            let next = m.next();
+            let s = m.state();
+            buddy.free_one(pfn, s.order(), s.mt());
+            pfn = next;
+        }
+    }
+
+    /// Frees deferred blocks now (for `drain_all`, so counts add up).
+    pub(crate) fn flush_deferred(&self) {
+        if self.deferred.load(Relaxed) != NONE {
+            self.with_lock(LockMode::Block, |_| ());
+        }
+    }
+}

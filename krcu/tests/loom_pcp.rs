@@ -1,0 +1,85 @@
+//! Loom model of the per-CPU trylock and its fallback: two threads on one
+//! modelled CPU race for its pcp lock; the loser falls back to the buddy
+//! under the zone lock (normal modes), trylocks the zone lock (nolock), or
+//! fails (NO_LOCKS). In every interleaving no page is handed out twice and
+//! every page comes back.
+//!
+//! Run with:
+//! `RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test -p krcu --release --test loom_pcp`
+#![cfg(loom)]
+
+use krcu::Domain;
+use krcu::page::{Gfp, PageAllocator, PageConfig, Watermarks};
+use loom::thread;
+
+fn allocator() -> std::sync::Arc<PageAllocator> {
+    let d = Domain::builder().cpus(1).lockdep(false).build();
+    PageAllocator::new(
+        &d,
+        PageConfig {
+            arena_size: 8 * 4096,
+            pcp_batch: 2,
+            pcp_high: 4,
+            watermarks: Some(Watermarks::NONE),
+            kswapd: false,
+            ..PageConfig::default()
+        },
+    )
+    .unwrap()
+}
+
+fn check_all_back(pa: &PageAllocator) {
+    pa.drain_all();
+    let s = pa.stats();
+    assert_eq!(s.free_pages, s.total_pages, "{s:#?}");
+    assert_eq!(s.free_blocks[3], 1, "merged back to one order-3 block");
+}
+
+#[test]
+fn pcp_trylock_falls_back_to_the_buddy() {
+    loom::model(|| {
+        let pa = allocator();
+        let t = {
+            let pa = pa.clone();
+            thread::spawn(move || {
+                let p = pa.alloc_page(Gfp::NOWAIT).unwrap();
+                pa.free(p);
+                pa.alloc_page(Gfp::NOWAIT).unwrap()
+            })
+        };
+        let mine = pa.alloc_page(Gfp::NOWAIT).unwrap();
+        let theirs = t.join().unwrap();
+        assert_ne!(mine, theirs, "a page handed out twice");
+        pa.free(mine);
+        pa.free(theirs);
+        check_all_back(&pa);
+    });
+}
+
+#[test]
+fn nolock_and_no_locks_never_wait() {
+    loom::model(|| {
+        let pa = allocator();
+        // Seed this CPU's lists with the pages NO_LOCKS will look for.
+        let seed = pa.alloc_page(Gfp::NOWAIT).unwrap();
+        pa.free(seed);
+        let t = {
+            let pa = pa.clone();
+            thread::spawn(move || {
+                let p = pa.alloc_pages_nolock(0).ok();
+                if let Some(p) = p {
+                    pa.free_pages_nolock(p.addr(), 0);
+                }
+                p.is_some()
+            })
+        };
+        // NO_LOCKS either finds a page on the list or fails (the other
+        // thread holds the pcp lock, or emptied the list); it never waits.
+        let mine = pa.alloc_page(Gfp::NO_LOCKS).ok();
+        let _ = t.join().unwrap();
+        if let Some(p) = mine {
+            pa.free_pages_nolock(p.addr(), 0);
+        }
+        check_all_back(&pa);
+    });
+}

@@ -1,0 +1,228 @@
+//! Slab caches: allocation, free, bulk free without touching the objects,
+//! empty slabs back to the page allocator, bad frees, threads.
+
+use krcu::Domain;
+use krcu::page::{Gfp, PAGE_SIZE, PageAllocator, PageConfig, Watermarks};
+use krcu::slab::{SlabCache, SlabError};
+use std::ptr::NonNull;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+fn pages(cpus: usize) -> Arc<PageAllocator> {
+    let d = Domain::builder().cpus(cpus).build();
+    PageAllocator::new(
+        &d,
+        PageConfig {
+            arena_size: 16 << 20,
+            watermarks: Some(Watermarks::NONE),
+            kswapd: false,
+            ..PageConfig::default()
+        },
+    )
+    .unwrap()
+}
+
+fn all_pages_back(pa: &PageAllocator) {
+    pa.drain_all();
+    let s = pa.stats();
+    assert_eq!(s.free_pages, s.total_pages, "{s:#?}");
+}
+
+#[test]
+fn alloc_free_and_empty_slabs_go_back() {
+    let pa = pages(1);
+    let cache = SlabCache::<[u64; 3]>::new(&pa, "triples").unwrap();
+    assert_eq!(cache.slab_order(), 0);
+    assert!(cache.objects_per_slab() >= 100);
+    let mut objs = Vec::new();
+    for i in 0..1000u64 {
+        let p = cache.alloc(Gfp::KERNEL, [i, i + 1, i + 2]).unwrap();
+        assert_eq!(p.as_ptr() as usize % align_of::<[u64; 3]>(), 0);
+        objs.push(p);
+    }
+    for (i, p) in objs.iter().enumerate() {
+        // SAFETY: live objects of the cache.
+        assert_eq!(unsafe { p.as_ptr().read() }[0], i as u64);
+    }
+    let mut sorted: Vec<usize> = objs.iter().map(|p| p.as_ptr() as usize).collect();
+    sorted.sort_unstable();
+    assert!(sorted.windows(2).all(|w| w[1] - w[0] >= 24), "no overlap");
+    let s = cache.stats();
+    assert!(s.slabs >= 1000 / cache.objects_per_slab());
+    for p in objs {
+        // SAFETY: allocated above, freed once.
+        unsafe { cache.free(p) };
+    }
+    cache.shrink();
+    let s = cache.stats();
+    assert_eq!(s.slabs, 0, "{s:#?}");
+    assert_eq!(s.slabs_freed, s.slabs_allocated);
+    all_pages_back(&pa);
+}
+
+#[test]
+fn drops_run_on_free_and_free_bulk() {
+    static DROPS: AtomicUsize = AtomicUsize::new(0);
+    #[derive(Debug)]
+    struct Counted(#[allow(dead_code)] u32);
+    impl Drop for Counted {
+        fn drop(&mut self) {
+            DROPS.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    let pa = pages(1);
+    let cache = SlabCache::<Counted>::new(&pa, "counted").unwrap();
+    let a = cache.alloc(Gfp::KERNEL, Counted(1)).unwrap();
+    // SAFETY: live, freed once.
+    unsafe { cache.free(a) };
+    assert_eq!(DROPS.load(Ordering::Relaxed), 1);
+    let mut many: Vec<_> = (0..500)
+        .map(|i| cache.alloc(Gfp::NOWAIT, Counted(i)).unwrap())
+        .collect();
+    // SAFETY: live, freed once.
+    unsafe { cache.free_bulk(&mut many) };
+    assert_eq!(DROPS.load(Ordering::Relaxed), 501);
+    drop(cache);
+    all_pages_back(&pa);
+}
+
+/// `free_bulk` of a type without drop glue touches only slab headers: the
+/// objects' pages are made inaccessible first, and any read or write of
+/// them would fault.
+#[test]
+fn free_bulk_never_touches_objects_without_drop_glue() {
+    type Obj = [u8; 1024];
+    let pa = pages(1);
+    let cache = SlabCache::<Obj>::new(&pa, "kib").unwrap();
+    let order = cache.slab_order();
+    assert!(order >= 1, "objects beyond the header's page");
+    let objs: Vec<NonNull<Obj>> = (0..cache.objects_per_slab())
+        .map(|_| cache.alloc(Gfp::KERNEL, [7; 1024]).unwrap())
+        .collect();
+    // All from one fresh slab: its first page holds the header.
+    let slab = objs[0].as_ptr() as usize & !((PAGE_SIZE << order) - 1);
+    let base = objs.iter().map(|p| p.as_ptr() as usize).min().unwrap() & !(PAGE_SIZE - 1);
+    let header_page = base.min(slab);
+    let (lo, hi) = (header_page + PAGE_SIZE, header_page + (PAGE_SIZE << order));
+    let mut beyond: Vec<NonNull<Obj>> = objs
+        .iter()
+        .copied()
+        .filter(|p| (p.as_ptr() as usize) >= lo && (p.as_ptr() as usize) + 1024 <= hi)
+        .collect();
+    assert!(beyond.len() >= 4, "{} objects beyond page 0", beyond.len());
+    // SAFETY: [lo, hi) lies inside the slab's block in the arena mapping;
+    // protection is restored below before anything else touches it.
+    unsafe {
+        assert_eq!(libc::mprotect(lo as *mut _, hi - lo, libc::PROT_NONE), 0);
+        cache.free_bulk(&mut beyond);
+        assert_eq!(
+            libc::mprotect(lo as *mut _, hi - lo, libc::PROT_READ | libc::PROT_WRITE),
+            0
+        );
+    }
+    let rest: Vec<_> = objs
+        .iter()
+        .copied()
+        .filter(|p| !((p.as_ptr() as usize) >= lo && (p.as_ptr() as usize) + 1024 <= hi))
+        .collect();
+    for p in rest {
+        // SAFETY: live, freed once.
+        unsafe { cache.free(p) };
+    }
+    cache.shrink();
+    assert_eq!(cache.stats().slabs, 0);
+    all_pages_back(&pa);
+}
+
+#[test]
+fn bad_frees_are_refused_with_the_address() {
+    let pa = pages(1);
+    let a = SlabCache::<u64>::with_checks(&pa, "a", true).unwrap();
+    let b = SlabCache::<u64>::with_checks(&pa, "b", false).unwrap();
+    let p = a.alloc(Gfp::KERNEL, 5).unwrap();
+    let addr = p.as_ptr() as usize;
+    // SAFETY: the pointers are into the arena or a live heap box; the
+    // cache checks them before dropping or freeing anything.
+    unsafe {
+        assert_eq!(b.try_free(p), Err(SlabError::NotFromCache { addr }));
+        let inside = NonNull::new((addr + 1) as *mut u64).unwrap();
+        assert_eq!(
+            a.try_free(inside),
+            Err(SlabError::NotAnObject { addr: addr + 1 })
+        );
+        assert_eq!(a.try_free(p), Ok(()));
+        let e = a.try_free(p).unwrap_err();
+        assert_eq!(e, SlabError::DoubleFree { addr });
+        assert!(e.to_string().contains(&format!("{addr:#x}")));
+        let heap = Box::into_raw(Box::new(1u64));
+        assert_eq!(
+            a.try_free(NonNull::new(heap).unwrap()),
+            Err(SlabError::NotFromCache {
+                addr: heap as usize
+            })
+        );
+        drop(Box::from_raw(heap));
+    }
+    assert!(matches!(
+        SlabCache::<[u8; 64 << 10]>::new(&pa, "huge"),
+        Err(SlabError::TooLarge { .. })
+    ));
+}
+
+#[cfg(debug_assertions)]
+#[test]
+#[should_panic(expected = "double free")]
+fn slab_double_free_panics_in_debug_builds() {
+    let pa = pages(1);
+    let a = SlabCache::<u64>::new(&pa, "a").unwrap();
+    let p = a.alloc(Gfp::KERNEL, 5).unwrap();
+    // SAFETY: the second free is the bad input under test; it is refused
+    // before anything is dropped.
+    unsafe {
+        a.free(p);
+        a.free(p);
+    }
+}
+
+#[test]
+fn threads_share_a_cache() {
+    let pa = pages(2);
+    let cache = Arc::new(SlabCache::<(u64, u64)>::new(&pa, "pairs").unwrap());
+    let workers: Vec<_> = (0..3u64)
+        .map(|t| {
+            let cache = Arc::clone(&cache);
+            std::thread::spawn(move || {
+                let mut held: Vec<NonNull<(u64, u64)>> = Vec::new();
+                for i in 0..20_000u64 {
+                    if i % 3 != 2 {
+                        held.push(cache.alloc(Gfp::NOWAIT, (t, i)).unwrap());
+                    } else if let Some(p) = held.pop() {
+                        // SAFETY: ours: read, then freed once.
+                        unsafe {
+                            assert_eq!(p.as_ptr().read().0, t, "object shared between threads");
+                            cache.free(p);
+                        }
+                    }
+                    if held.len() >= 256 {
+                        for p in &held {
+                            // SAFETY: ours.
+                            assert_eq!(unsafe { p.as_ptr().read() }.0, t);
+                        }
+                        // SAFETY: ours, freed once.
+                        unsafe { cache.free_bulk(&mut held) };
+                        held.clear();
+                    }
+                }
+                // SAFETY: ours, freed once.
+                unsafe { cache.free_bulk(&mut held) };
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().unwrap();
+    }
+    cache.shrink();
+    assert_eq!(cache.stats().slabs, 0, "{:#?}", cache.stats());
+    drop(cache);
+    all_pages_back(&pa);
+}
