@@ -1,0 +1,334 @@
+//! `Krcu`: one instance of everything (domain, page allocator, RCU,
+//! `kfree_rcu`), built with [`KrcuBuilder`], owning its worker threads and
+//! stopping them on drop. A lazily built process-wide instance serves the
+//! free functions ([`kfree_rcu`](crate::kfree_rcu) and friends).
+
+use crate::context::{self, PreemptModel};
+use crate::domain::{Domain, DomainBuilder};
+use crate::kvfree::block::{box_channel, drop_box_by_head};
+use crate::kvfree::engine::Engine;
+use crate::kvfree::{KvfreeConfig, KvfreeStats, Policy, worker};
+use crate::lockdep::ReportHandler;
+use crate::page::{PageAllocator, PageConfig, ShrinkerHandle};
+use crate::rcu::{HasRcuHead, Rcu, RcuConfig, RcuHead};
+use core::ptr::NonNull;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// Why an instance could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The page allocator refused its settings.
+    #[error(transparent)]
+    Page(#[from] crate::page::BuildError),
+    /// A `kfree_rcu` setting is impossible.
+    #[error("invalid kfree_rcu setting: {0}")]
+    Kvfree(String),
+    /// A worker thread could not be started.
+    #[error("cannot start the kvfree worker: {0}")]
+    Worker(String),
+}
+
+/// `kfree_rcu` was called from NMI context, which it refuses (as the
+/// kernel does): the object is handed back and nothing was freed.
+#[derive(thiserror::Error)]
+#[error("kfree_rcu() called from NMI context: refused, the object is handed back")]
+pub struct InNmi<T>(pub Box<T>);
+
+impl<T> core::fmt::Debug for InNmi<T> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("InNmi(..)")
+    }
+}
+
+/// Builds a [`Krcu`].
+#[derive(Debug, Clone, Default)]
+pub struct KrcuBuilder {
+    domain: DomainBuilder,
+    page: PageConfig,
+    rcu: RcuConfig,
+    kvfree: KvfreeConfig,
+}
+
+impl KrcuBuilder {
+    /// The page allocator's arena size in bytes (default 256 MiB, reserved
+    /// but not touched until used).
+    pub fn arena_size(mut self, bytes: usize) -> Self {
+        self.page.arena_size = bytes;
+        self
+    }
+    /// CPUs to keep per-CPU state for (default: the machine's).
+    pub fn cpus(mut self, cpus: usize) -> Self {
+        self.domain = self.domain.cpus(cpus);
+        self
+    }
+    /// The preemption model (default `Full`).
+    pub fn preempt_model(mut self, model: PreemptModel) -> Self {
+        self.domain = self.domain.preempt_model(model);
+        self
+    }
+    /// Whether the validator checks this instance (where compiled in).
+    pub fn lockdep(mut self, on: bool) -> Self {
+        self.domain = self.domain.lockdep(on);
+        self
+    }
+    /// `CONFIG_PROVE_RAW_LOCK_NESTING` (default on).
+    pub fn prove_raw_lock_nesting(mut self, on: bool) -> Self {
+        self.domain = self.domain.prove_raw_lock_nesting(on);
+        self
+    }
+    /// Where the validator's reports go.
+    pub fn report_handler(mut self, handler: ReportHandler) -> Self {
+        self.domain = self.domain.report_handler(handler);
+        self
+    }
+    /// How `kfree_rcu` gets block pages under its raw lock.
+    pub fn policy(mut self, policy: Policy) -> Self {
+        self.kvfree.policy = policy;
+        self
+    }
+    /// How long objects may wait in a partly filled block.
+    pub fn drain_delay(mut self, delay: Duration) -> Self {
+        self.kvfree.drain_delay = delay;
+        self
+    }
+    /// Spare blocks per CPU for the refill policies (default 5).
+    pub fn cache_blocks(mut self, n: usize) -> Self {
+        self.kvfree.cache_blocks = n;
+        self
+    }
+    /// All `kfree_rcu` settings at once.
+    pub fn kvfree_config(mut self, config: KvfreeConfig) -> Self {
+        self.kvfree = config;
+        self
+    }
+    /// All page allocator settings at once.
+    pub fn page_config(mut self, config: PageConfig) -> Self {
+        self.page = config;
+        self
+    }
+    /// All RCU settings at once.
+    pub fn rcu_config(mut self, config: RcuConfig) -> Self {
+        self.rcu = config;
+        self
+    }
+
+    /// Builds the instance and starts its workers.
+    pub fn build(self) -> Result<Krcu, BuildError> {
+        let k = &self.kvfree;
+        if k.cache_blocks > k.max_cache_blocks {
+            return Err(BuildError::Kvfree(format!(
+                "cache_blocks ({}) is above max_cache_blocks ({})",
+                k.cache_blocks, k.max_cache_blocks
+            )));
+        }
+        if k.refill_mark > k.cache_blocks {
+            return Err(BuildError::Kvfree(format!(
+                "refill_mark ({}) is above cache_blocks ({})",
+                k.refill_mark, k.cache_blocks
+            )));
+        }
+        if k.drain_delay.is_zero() || k.active_poll.is_zero() {
+            return Err(BuildError::Kvfree(
+                "drain_delay and active_poll must be above zero".into(),
+            ));
+        }
+        let domain = self.domain.build();
+        let pages = PageAllocator::new(&domain, self.page)?;
+        let rcu = Arc::new(Rcu::new(&domain, self.rcu));
+        let engine = Engine::new(&domain, pages.clone(), rcu, self.kvfree);
+        let weak = Arc::downgrade(&engine);
+        let weak2 = weak.clone();
+        let shrinker = pages.register_shrinker(
+            "kfree_rcu",
+            move || weak.upgrade().map_or(0, |e| e.shrink_count()),
+            move |n| weak2.upgrade().map_or(0, |e| e.shrink_scan(n)),
+        );
+        // Spare blocks are there before the first call: a real-time thread
+        // does not depend on the worker having run.
+        engine.refill_pass();
+        let e = engine.clone();
+        let worker = std::thread::Builder::new()
+            .name("krcu-kvfree".into())
+            .spawn(move || worker::run(e))
+            .map_err(|e| BuildError::Worker(e.to_string()))?;
+        Ok(Krcu {
+            engine,
+            worker: Some(worker),
+            shrinker: Some(shrinker),
+        })
+    }
+}
+
+/// An instance of krcu: a domain (CPUs, preempt model, validator), a page
+/// allocator, RCU, and the `kfree_rcu` machinery on top.
+pub struct Krcu {
+    engine: Arc<Engine>,
+    worker: Option<JoinHandle<()>>,
+    shrinker: Option<ShrinkerHandle>,
+}
+
+impl core::fmt::Debug for Krcu {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Krcu")
+            .field("policy", &self.engine.config.policy)
+            .field("preempt_model", &self.domain().preempt_model())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Krcu {
+    /// A builder with the defaults.
+    pub fn builder() -> KrcuBuilder {
+        KrcuBuilder::default()
+    }
+
+    /// The process-wide instance behind the free functions, built on first
+    /// use with the defaults.
+    ///
+    /// # Panics
+    /// If it cannot be built (no memory for the arena's metadata, no
+    /// thread).
+    pub fn global() -> &'static Krcu {
+        static GLOBAL: OnceLock<Krcu> = OnceLock::new();
+        GLOBAL.get_or_init(|| {
+            Krcu::builder()
+                .build()
+                .expect("krcu: cannot build the default instance")
+        })
+    }
+
+    /// The instance's domain.
+    pub fn domain(&self) -> &Domain {
+        self.engine.domain()
+    }
+
+    /// The instance's RCU.
+    pub fn rcu(&self) -> &Rcu {
+        self.engine.rcu()
+    }
+
+    /// The instance's page allocator.
+    pub fn pages(&self) -> &PageAllocator {
+        self.engine.pages()
+    }
+
+    /// The `kfree_rcu` settings.
+    pub fn kvfree_config(&self) -> &KvfreeConfig {
+        &self.engine.config
+    }
+
+    /// Frees `obj` after a grace period (the two-argument form: `T` embeds
+    /// an [`RcuHead`] for the fallback).
+    ///
+    /// Never sleeps and never fails: from task context, from the worker's
+    /// softirq context, from a signal handler (hardirq context), with a raw
+    /// spinlock held. With a block available it makes no system call and no
+    /// heap allocation and takes no lock but a trylock. From NMI context it
+    /// refuses and hands the object back.
+    #[doc(alias = "kvfree_call_rcu")]
+    #[inline]
+    pub fn kfree_rcu<T: HasRcuHead>(&self, obj: Box<T>) -> Result<(), InNmi<T>> {
+        if self.engine.refuse_nmi() {
+            return Err(InNmi(obj));
+        }
+        let ctx = context::kind();
+        let raw = Box::into_raw(obj);
+        // SAFETY: HasRcuHead's contract puts the head RCU_HEAD_OFFSET bytes
+        // into the object, inside the allocation.
+        let head =
+            unsafe { NonNull::new_unchecked(raw.byte_add(T::RCU_HEAD_OFFSET).cast::<RcuHead>()) };
+        // SAFETY: the object is a leaked Box<T> handed over here; its head
+        // is not queued (the Box was the caller's); drop_box_by_head::<T>
+        // frees exactly it; box_channel::<T> frees Box<T> pointers.
+        unsafe {
+            self.engine.queue(
+                raw.cast(),
+                &box_channel::<T>(),
+                head,
+                drop_box_by_head::<T>,
+                ctx,
+            );
+        }
+        Ok(())
+    }
+
+    /// Frees `obj` after a grace period (the single-argument form: no
+    /// `RcuHead` needed). May sleep: when no block can be had it allocates
+    /// one with a sleeping allocation, or waits for a grace period and frees
+    /// the object inline. The validator reports a call where sleeping is not
+    /// allowed. From NMI context it refuses and hands the object back.
+    #[doc(alias = "kfree_rcu_mightsleep")]
+    #[track_caller]
+    pub fn kvfree_rcu_mightsleep<T: Send + 'static>(&self, obj: Box<T>) -> Result<(), InNmi<T>> {
+        if self.engine.refuse_nmi() {
+            return Err(InNmi(obj));
+        }
+        self.domain().might_sleep();
+        let ctx = context::kind();
+        let raw = Box::into_raw(obj);
+        // SAFETY: a leaked Box<T> handed over here, on the channel of Box<T>.
+        let queued = unsafe {
+            self.engine
+                .queue_mightsleep(raw.cast(), &box_channel::<T>(), ctx)
+        };
+        if !queued {
+            self.engine
+                .counters
+                .inline_synchronize
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::debug!("kvfree_rcu_mightsleep: no block, freeing inline after a grace period");
+            self.rcu().synchronize();
+            // SAFETY: not queued, so still ours; a grace period has passed.
+            drop(unsafe { Box::from_raw(raw) });
+        }
+        Ok(())
+    }
+
+    /// Waits until every object queued (on any thread) before this call
+    /// has been freed (`kvfree_rcu_barrier`). Sleeps.
+    #[track_caller]
+    pub fn kvfree_rcu_barrier(&self) {
+        self.domain().might_sleep();
+        self.engine.barrier();
+    }
+
+    /// A snapshot of the `kfree_rcu` statistics.
+    pub fn stats(&self) -> KvfreeStats {
+        self.engine.stats()
+    }
+}
+
+impl Drop for Krcu {
+    fn drop(&mut self) {
+        self.engine.stop.store(true, Ordering::Release);
+        self.engine.kick();
+        if let Some(w) = self.worker.take() {
+            let _ = w.join();
+        }
+        // Nothing is lost: everything queued is freed before the instance
+        // goes, and every spare block goes back to the page allocator.
+        self.engine.barrier();
+        self.engine.release_caches();
+        self.shrinker.take();
+    }
+}
+
+/// [`Krcu::kfree_rcu`] on the process-wide instance.
+pub fn kfree_rcu<T: HasRcuHead>(obj: Box<T>) -> Result<(), InNmi<T>> {
+    Krcu::global().kfree_rcu(obj)
+}
+
+/// [`Krcu::kvfree_rcu_mightsleep`] on the process-wide instance.
+#[track_caller]
+pub fn kvfree_rcu_mightsleep<T: Send + 'static>(obj: Box<T>) -> Result<(), InNmi<T>> {
+    Krcu::global().kvfree_rcu_mightsleep(obj)
+}
+
+/// [`Krcu::kvfree_rcu_barrier`] on the process-wide instance.
+#[track_caller]
+pub fn kvfree_rcu_barrier() {
+    Krcu::global().kvfree_rcu_barrier()
+}

@@ -1,0 +1,752 @@
+//! The `kfree_rcu` engine: the call paths, the monitor that hands batches
+//! to RCU, reclaim, the refill of spare blocks, and the shrinker's work.
+//!
+//! # The call path (two-argument form)
+//! 1. Take a grace-period snapshot (one load of the instance's counter).
+//! 2. Trylock this CPU's `krc` lock; failing that, every other CPU's; failing
+//!    all, push the object's `rcu_head` on this CPU's lock-free list.
+//! 3. Put the pointer in the channel's current block; if it is full, get a
+//!    block from the cache, then by the policy; with none, push the
+//!    `rcu_head` on the list.
+//!
+//! Nothing on it allocates from the heap, makes a system call, or waits on a
+//! lock: the only lock is trylocked, and asking the worker for spare blocks
+//! is a flag it polls.
+//!
+//! # Why a snapshot per object is enough
+//! Each block carries the snapshot taken when its last object was added.
+//! A snapshot names the first grace period that *starts* after it was
+//! taken; the grace-period engine starts every grace period with a
+//! `membarrier` that orders the caller's earlier stores (the unlink that
+//! made the object unreachable) before it, so a reader that could still see
+//! the object is one that grace period waits for.
+
+use super::KvfreeConfig;
+use super::batch::BatchWork;
+use super::block::{Block, BlockList, Channel};
+use super::krc::{Krc, KrcCpu};
+use super::policy::Policy;
+use super::stats::{EngineCounters, KvfreeStats};
+use crate::context::{self, ContextKind};
+use crate::domain::Domain;
+use crate::lock::RawSpinLockGuard;
+use crate::page::{Gfp, PageAllocator};
+use crate::percpu::PerCpu;
+use crate::rcu::{CbList, Rcu, RcuCallbackFn, RcuHead};
+use core::ptr::NonNull;
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering::*};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// The flags of the refill worker's allocation: it may sleep, but gives up
+/// after one round and leaves the reserves alone (mainline's
+/// `fill_page_cache_func`).
+const REFILL_GFP: Gfp = Gfp::KERNEL
+    .union(Gfp::NORETRY)
+    .union(Gfp::NOMEMALLOC)
+    .union(Gfp::NOWARN);
+
+/// Monitor passes without a call after which a CPU's cache goes back to the
+/// page allocator (with the default drain delay, about a second).
+const IDLE_PASSES_BEFORE_TRIM: u32 = 100;
+
+pub(crate) struct Engine {
+    domain: Domain,
+    pages: Arc<PageAllocator>,
+    rcu: Arc<Rcu>,
+    pub(crate) config: KvfreeConfig,
+    pub(crate) cpus: PerCpu<KrcCpu>,
+    /// Serialises monitor passes with barriers and shrinker drains, so that
+    /// a barrier sees every detached batch already handed to RCU.
+    pass_lock: Mutex<()>,
+    wake: Mutex<bool>,
+    wake_cv: Condvar,
+    pub(crate) stop: AtomicBool,
+    flush_wanted: AtomicBool,
+    /// Nanoseconds since `epoch` before which the refill worker holds off
+    /// (set by the shrinker).
+    refill_backoff_until: AtomicU64,
+    epoch: Instant,
+    pub(crate) counters: EngineCounters,
+}
+
+/// A `krc` lock held, and the CPU it belongs to.
+struct Locked<'a> {
+    cpu: &'a KrcCpu,
+    krc: RawSpinLockGuard<'a, Krc>,
+}
+
+impl Engine {
+    pub(crate) fn new(
+        domain: &Domain,
+        pages: Arc<PageAllocator>,
+        rcu: Arc<Rcu>,
+        config: KvfreeConfig,
+    ) -> Arc<Engine> {
+        let base = if config.policy.refills() {
+            config.cache_blocks
+        } else {
+            0
+        };
+        let e = Arc::new(Engine {
+            domain: domain.clone(),
+            pages,
+            rcu,
+            cpus: PerCpu::new(domain.cpus(), |cpu| KrcCpu::new(domain, cpu, base)),
+            config,
+            pass_lock: Mutex::new(()),
+            wake: Mutex::new(false),
+            wake_cv: Condvar::new(),
+            stop: AtomicBool::new(false),
+            flush_wanted: AtomicBool::new(false),
+            refill_backoff_until: AtomicU64::new(0),
+            epoch: Instant::now(),
+            counters: EngineCounters::default(),
+        });
+        for (_, cpu) in e.cpus.iter() {
+            for b in &cpu.batches {
+                b.set_engine(Arc::as_ptr(&e));
+            }
+            if e.config.policy.refills() {
+                cpu.want_refill();
+            }
+        }
+        e
+    }
+
+    pub(crate) fn rcu(&self) -> &Rcu {
+        &self.rcu
+    }
+
+    pub(crate) fn pages(&self) -> &PageAllocator {
+        &self.pages
+    }
+
+    pub(crate) fn domain(&self) -> &Domain {
+        &self.domain
+    }
+
+    fn base_cache(&self) -> usize {
+        if self.config.policy.refills() {
+            self.config.cache_blocks
+        } else {
+            0
+        }
+    }
+
+    // ----------------------------------------------------------------
+    // The call paths
+    // ----------------------------------------------------------------
+
+    /// Trylocks this CPU's state, then every other CPU's.
+    #[inline]
+    fn try_lock_any(&self) -> Result<Locked<'_>, &KrcCpu> {
+        let (me, cpu) = self.cpus.current();
+        if let Some(krc) = cpu.krc.try_lock() {
+            return Ok(Locked { cpu, krc });
+        }
+        self.try_lock_others(me).ok_or(cpu)
+    }
+
+    #[cold]
+    fn try_lock_others(&self, me: usize) -> Option<Locked<'_>> {
+        let n = self.cpus.cpus();
+        (1..n).find_map(|d| {
+            let cpu = self.cpus.get((me + d) % n);
+            cpu.krc.try_lock().map(|krc| Locked { cpu, krc })
+        })
+    }
+
+    /// Queues `obj` for freeing after a grace period: the two-argument
+    /// form. `head` is the object's embedded `rcu_head` and `func` frees it
+    /// from there (the list fallback).
+    ///
+    /// # Safety
+    /// `obj` must be an object of `chan`, owned by the caller and handed
+    /// over here; `head` must be its embedded head, not queued, and `func`
+    /// must free the object given `head`.
+    #[inline]
+    pub(crate) unsafe fn queue(
+        &self,
+        obj: *mut u8,
+        chan: &Channel,
+        head: NonNull<RcuHead>,
+        func: RcuCallbackFn,
+        ctx: ContextKind,
+    ) {
+        // Whether the caller could allocate: asked before the raw lock makes
+        // the answer "no" (only the Preemptible policy asks).
+        let may_alloc = self.config.policy == Policy::Preemptible && self.domain.preemptible();
+        let snap = self.rcu.get_state();
+        let mut locked = match self.try_lock_any() {
+            Ok(l) => l,
+            Err(cpu) => {
+                cpu.lock_busy.fetch_add(1, Relaxed);
+                // SAFETY: forwarded from the caller.
+                unsafe { self.push_list(cpu, head, func, chan.obj_size) };
+                return;
+            }
+        };
+        locked.krc.count_call(ctx);
+        if locked.krc.add(chan, obj, snap) {
+            return;
+        }
+        if let Some(page) = self.block_for(&mut locked) {
+            // SAFETY: the page is a fresh 4 KiB page of our arena.
+            unsafe { locked.krc.install(chan, page) };
+            let added = locked.krc.add(chan, obj, snap);
+            debug_assert!(added);
+            return;
+        }
+        if may_alloc {
+            // Seed 002's option 4: drop the lock, allocate as the
+            // preemptible caller, take a lock again.
+            drop(locked);
+            if let Some(l) = self.alloc_unlocked(Gfp::NOWAIT | Gfp::NOWARN) {
+                locked = l.0;
+                // SAFETY: a fresh page from our arena.
+                unsafe { locked.krc.install(chan, l.1) };
+                let added = locked.krc.add(chan, obj, snap);
+                debug_assert!(added);
+                return;
+            }
+            let (_, cpu) = self.cpus.current();
+            // SAFETY: forwarded from the caller.
+            unsafe { self.push_list(cpu, head, func, chan.obj_size) };
+            return;
+        }
+        locked.krc.counters.list_fallback += 1;
+        let cpu = locked.cpu;
+        drop(locked);
+        // SAFETY: forwarded from the caller.
+        unsafe { self.push_list(cpu, head, func, chan.obj_size) };
+    }
+
+    /// Allocates a page with `gfp` holding no lock, then trylocks a `krc`
+    /// to put it in. Frees the page if no lock can be had.
+    fn alloc_unlocked(&self, gfp: Gfp) -> Option<(Locked<'_>, NonNull<u8>)> {
+        let page = match self.pages.alloc_page(gfp) {
+            Ok(p) => p.addr(),
+            Err(_) => return None,
+        };
+        match self.try_lock_any() {
+            Ok(mut l) => {
+                l.krc.counters.inline_alloc += 1;
+                Some((l, page))
+            }
+            Err(_) => {
+                self.pages.free_pages(page, 0);
+                None
+            }
+        }
+    }
+
+    /// # Safety
+    /// As for [`queue`](Self::queue).
+    #[inline]
+    unsafe fn push_list(
+        &self,
+        cpu: &KrcCpu,
+        head: NonNull<RcuHead>,
+        func: RcuCallbackFn,
+        size: usize,
+    ) {
+        cpu.list_objs.fetch_add(1, Relaxed);
+        cpu.list_bytes.fetch_add(size, Relaxed);
+        // SAFETY: forwarded from the caller: the head is not queued and
+        // `func` frees its object.
+        unsafe { cpu.list.push(head, func) };
+    }
+
+    /// A page for a new block, with this CPU's lock held: the cache, then
+    /// what the policy allows.
+    #[inline]
+    fn block_for(&self, l: &mut Locked<'_>) -> Option<NonNull<u8>> {
+        let policy = self.config.policy;
+        if let Some(p) = l.krc.take_cached() {
+            if policy.refills() && l.krc.cache.len < self.config.refill_mark {
+                l.cpu.want_refill();
+            }
+            return Some(p);
+        }
+        if policy.refills() {
+            // The cache ran dry: calls come faster than the refills. Keep
+            // more spare blocks here from now on.
+            if !l.cpu.refill_wanted.load(Relaxed) {
+                l.krc.cache_target = (l.krc.cache_target * 2).min(self.config.max_cache_blocks);
+            }
+            l.cpu.want_refill();
+        }
+        let page = match policy {
+            Policy::Prohibit | Policy::Preemptible | Policy::CacheRefill => return None,
+            // The seeds' bug: takes zone->lock under the raw krc lock when
+            // the per-CPU lists are empty.
+            Policy::Nowait => self
+                .pages
+                .alloc_page(Gfp::NOWAIT | Gfp::NOWARN)
+                .map(|p| p.addr()),
+            Policy::NoLocks => self
+                .pages
+                .alloc_page(Gfp::NO_LOCKS | Gfp::NOWARN)
+                .map(|p| p.addr()),
+            Policy::Nolock | Policy::CacheRefillNolock => {
+                self.pages.alloc_pages_nolock(0).map(|p| p.addr())
+            }
+        };
+        match page {
+            Ok(p) => {
+                l.krc.counters.inline_alloc += 1;
+                Some(p)
+            }
+            Err(_) => {
+                l.krc.counters.inline_alloc_failed += 1;
+                None
+            }
+        }
+    }
+
+    /// The single-argument form: may sleep. Returns false if the object
+    /// could not be queued (no block could be had even with a sleeping
+    /// allocation); the caller then waits for a grace period and frees it.
+    ///
+    /// # Safety
+    /// `obj` must be an object of `chan`, owned by the caller and handed
+    /// over here.
+    pub(crate) unsafe fn queue_mightsleep(
+        &self,
+        obj: *mut u8,
+        chan: &Channel,
+        ctx: ContextKind,
+    ) -> bool {
+        let snap = self.rcu.get_state();
+        {
+            let (_, cpu) = self.cpus.current();
+            let mut l = Locked {
+                cpu,
+                krc: cpu.krc.lock(),
+            };
+            l.krc.count_call(ctx);
+            if l.krc.add(chan, obj, snap) {
+                return true;
+            }
+            if let Some(page) = self.block_for(&mut l) {
+                // SAFETY: a fresh page from our arena.
+                unsafe { l.krc.install(chan, page) };
+                l.krc.add(chan, obj, snap);
+                return true;
+            }
+        }
+        // No block: allocate one outside the lock, sleeping if need be.
+        let page = match self.pages.alloc_page(REFILL_GFP) {
+            Ok(p) => p.addr(),
+            Err(_) => return false,
+        };
+        let (_, cpu) = self.cpus.current();
+        let mut krc = cpu.krc.lock();
+        krc.counters.sleeping_alloc += 1;
+        if krc.add(chan, obj, snap) {
+            // Another call installed a block meanwhile: keep ours spare.
+            // SAFETY: a fresh page of our arena, owned by us.
+            unsafe { krc.cache.push(page.cast::<Block>()) };
+        } else {
+            // SAFETY: a fresh page from our arena.
+            unsafe { krc.install(chan, page) };
+            krc.add(chan, obj, snap);
+        }
+        true
+    }
+
+    // ----------------------------------------------------------------
+    // The worker: monitor, refill, reclaim
+    // ----------------------------------------------------------------
+
+    /// Wakes the worker (from contexts that may make a system call).
+    pub(crate) fn kick(&self) {
+        *self.wake.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        self.wake_cv.notify_one();
+    }
+
+    /// Sleeps until kicked or `timeout`.
+    pub(crate) fn sleep(&self, timeout: Duration) {
+        let g = self.wake.lock().unwrap_or_else(|e| e.into_inner());
+        let (mut g, _) = self
+            .wake_cv
+            .wait_timeout_while(g, timeout, |kicked| !*kicked)
+            .unwrap_or_else(|e| e.into_inner());
+        *g = false;
+    }
+
+    pub(crate) fn take_flush_request(&self) -> bool {
+        self.flush_wanted.swap(false, AcqRel)
+    }
+
+    pub(crate) fn request_flush(&self) {
+        self.flush_wanted.store(true, Release);
+        self.kick();
+    }
+
+    pub(crate) fn note_in_flight(&self, objs: usize, bytes: usize, blocks: usize) {
+        let c = &self.counters;
+        c.in_flight_objs.fetch_add(objs, Relaxed);
+        c.in_flight_bytes.fetch_add(bytes, Relaxed);
+        c.in_flight_blocks.fetch_add(blocks, Relaxed);
+        EngineCounters::add(&c.batches, 1);
+        EngineCounters::add(&c.batched_objects, objs as u64);
+    }
+
+    /// One pass of the monitor over every CPU (the kernel's
+    /// `kfree_rcu_monitor`). With `flush`, everything queued is handed over,
+    /// not only full or aged blocks. Returns whether every CPU could hand
+    /// over what it needed to (false when both its batches were in flight)
+    /// and whether anything is still pending.
+    pub(crate) fn monitor_pass(&self, flush: bool) -> (bool, bool) {
+        let _pass = self.pass_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        let mut complete = true;
+        let mut busy = false;
+        let (mut pending_objs, mut pending_bytes) = (0usize, 0usize);
+        for (_, cpu) in self.cpus.iter() {
+            let r = self.monitor_cpu(cpu, flush, now);
+            complete &= r.complete;
+            busy |= r.busy;
+            pending_objs += r.pending_objs;
+            pending_bytes += r.pending_bytes;
+        }
+        let c = &self.counters;
+        let in_flight = c.in_flight_objs.load(Relaxed);
+        busy |= in_flight > 0;
+        pending_objs += in_flight;
+        pending_bytes += c.in_flight_bytes.load(Relaxed);
+        c.peak_pending_objs.fetch_max(pending_objs as u64, Relaxed);
+        c.peak_pending_bytes
+            .fetch_max(pending_bytes as u64, Relaxed);
+        (complete, busy)
+    }
+
+    fn monitor_cpu(&self, cpu: &KrcCpu, flush: bool, now: Instant) -> PassResult {
+        let list_waiting = cpu.list_objs.load(Relaxed) > 0;
+        let mut krc = cpu.krc.lock();
+        let calls = krc.calls();
+        if calls == krc.calls_seen {
+            krc.idle_passes = krc.idle_passes.saturating_add(1);
+        } else {
+            krc.calls_seen = calls;
+            krc.idle_passes = 0;
+        }
+        if krc.pending_objs > 0 || list_waiting {
+            krc.pending_since.get_or_insert(now);
+        }
+        let aged = krc
+            .pending_since
+            .is_some_and(|t| now.duration_since(t) >= self.config.drain_delay);
+        let block_bytes = krc.blocks_in_use * super::block::BLOCK_BYTES;
+        let mut result = PassResult {
+            complete: true,
+            busy: krc.pending_objs > 0 || list_waiting || cpu.refill_wanted.load(Relaxed),
+            pending_objs: krc.pending_objs + cpu.list_objs.load(Relaxed),
+            pending_bytes: krc.pending_bytes + block_bytes + cpu.list_bytes.load(Relaxed),
+        };
+        // An idle CPU gives its spare blocks back: no thread runs there any
+        // more, or none calls kfree_rcu.
+        let mut trimmed = BlockList::new();
+        if krc.idle_passes >= IDLE_PASSES_BEFORE_TRIM {
+            krc.cache_target = self.base_cache();
+            if krc.idle_passes == IDLE_PASSES_BEFORE_TRIM {
+                trimmed.append(&mut krc.cache);
+            }
+        }
+        let want = flush || aged || krc.has_full_blocks();
+        if !want {
+            drop(krc);
+            self.free_blocks(&mut trimmed);
+            return result;
+        }
+        let Some(mut claim) = cpu.batches.iter().find_map(|b| b.try_claim()) else {
+            // Both batches are in flight: the next pass hands this over.
+            result.complete = false;
+            drop(krc);
+            self.free_blocks(&mut trimmed);
+            return result;
+        };
+        let (blocks, _, _) = krc.detach_blocks(flush || aged);
+        krc.pending_since = if krc.pending_objs > 0 {
+            Some(now)
+        } else {
+            None
+        };
+        drop(krc);
+        self.free_blocks(&mut trimmed);
+
+        let list = cpu.list.take();
+        let n = list.len();
+        cpu.list_objs.fetch_sub(n, Relaxed);
+        // The list's bytes: each object's size was added on push; take back
+        // the mean, exact when all objects are of one size.
+        let lb = cpu.list_bytes.load(Relaxed);
+        let listed = cpu.list_objs.load(Relaxed) + n;
+        let bytes = (lb * n).checked_div(listed).unwrap_or(lb);
+        cpu.list_bytes.fetch_sub(bytes, Relaxed);
+
+        // Drain-ready: a block whose snapshot has already elapsed is freed
+        // now, without waiting for another grace period.
+        let mut blocks = blocks;
+        let mut ready = BlockList::new();
+        let w: &mut BatchWork = claim.work();
+        while let Some(b) = blocks.pop() {
+            // SAFETY: detached blocks are owned by this pass.
+            let blk = unsafe { &*b.as_ptr() };
+            if self.rcu.poll_state(blk.gp_snap) {
+                // SAFETY: owned, as above.
+                unsafe { ready.push(b) };
+            } else {
+                w.objs += blk.count;
+                w.bytes += blk.count * blk.chan.obj_size;
+                // SAFETY: owned, as above.
+                unsafe { w.blocks.push(b) };
+            }
+        }
+        w.objs += n;
+        w.bytes += bytes;
+        let mut list = list;
+        w.list.append(&mut list);
+        if !ready.is_empty() {
+            EngineCounters::add(&self.counters.drain_ready_blocks, ready.len as u64);
+            // SAFETY: every block in `ready` has an elapsed snapshot.
+            unsafe { self.reclaim_blocks(cpu, &mut ready) };
+        }
+        claim.submit(self);
+        result
+    }
+
+    /// Frees every object of `blocks` in bulk and gives the pages back:
+    /// to `cpu`'s cache up to its target, the rest to the page allocator.
+    ///
+    /// # Safety
+    /// The grace period of every object in the blocks must have elapsed.
+    unsafe fn reclaim_blocks(&self, cpu: &KrcCpu, blocks: &mut BlockList) -> usize {
+        let t0 = Instant::now();
+        let mut objs = 0;
+        let mut spare = BlockList::new();
+        while let Some(b) = blocks.pop() {
+            // SAFETY: the caller's contract; the block is owned here.
+            objs += unsafe { (*b.as_ptr()).reclaim() };
+            // SAFETY: owned here.
+            unsafe { spare.push(b) };
+        }
+        if !spare.is_empty() {
+            let mut krc = cpu.krc.lock();
+            while krc.cache.len < krc.cache_target {
+                let Some(b) = spare.pop() else { break };
+                // SAFETY: an emptied block we own.
+                unsafe { krc.cache.push(b) };
+            }
+        }
+        self.free_blocks(&mut spare);
+        let c = &self.counters;
+        EngineCounters::add(&c.reclaimed, objs as u64);
+        EngineCounters::add(&c.reclaim_nanos, t0.elapsed().as_nanos() as u64);
+        objs
+    }
+
+    fn free_blocks(&self, blocks: &mut BlockList) {
+        while let Some(b) = blocks.pop() {
+            self.pages.free_pages(b.cast(), 0);
+        }
+    }
+
+    /// Reclaims a batch after its grace period (from the RCU callback).
+    ///
+    /// # Safety
+    /// The grace period of every object in `work` must have elapsed.
+    pub(crate) unsafe fn reclaim_batch(&self, cpu: usize, work: &mut BatchWork) {
+        let cpu = self.cpus.get(cpu);
+        let (objs, bytes, blocks) = (work.objs, work.bytes, work.blocks.len);
+        // SAFETY: the caller's contract.
+        unsafe { self.reclaim_blocks(cpu, &mut work.blocks) };
+        let t0 = Instant::now();
+        let n = reclaim_list(&mut work.list);
+        let c = &self.counters;
+        EngineCounters::add(&c.reclaimed, n as u64);
+        EngineCounters::add(&c.reclaim_nanos, t0.elapsed().as_nanos() as u64);
+        work.objs = 0;
+        work.bytes = 0;
+        c.in_flight_objs.fetch_sub(objs, Relaxed);
+        c.in_flight_bytes.fetch_sub(bytes, Relaxed);
+        c.in_flight_blocks.fetch_sub(blocks, Relaxed);
+    }
+
+    /// Tops up the caches of the CPUs that asked (the kernel's
+    /// `fill_page_cache_func`), allocating with no lock held: the worker runs
+    /// in softirq context, where a sleeping allocation is allowed.
+    pub(crate) fn refill_pass(&self) {
+        let now = self.epoch.elapsed().as_nanos() as u64;
+        if now < self.refill_backoff_until.load(Relaxed) {
+            return;
+        }
+        for (_, cpu) in self.cpus.iter() {
+            if !cpu.refill_wanted.swap(false, Relaxed) {
+                continue;
+            }
+            let need = {
+                let krc = cpu.krc.lock();
+                krc.cache_target.saturating_sub(krc.cache.len)
+            };
+            if need == 0 {
+                continue;
+            }
+            let mut got = BlockList::new();
+            for _ in 0..need {
+                match self.pages.alloc_page(REFILL_GFP) {
+                    // SAFETY: a fresh page of our arena, owned here.
+                    Ok(p) => unsafe { got.push(p.addr().cast::<Block>()) },
+                    Err(_) => break,
+                }
+            }
+            let n = got.len as u64;
+            {
+                let mut krc = cpu.krc.lock();
+                while krc.cache.len < krc.cache_target {
+                    let Some(b) = got.pop() else { break };
+                    // SAFETY: a page we own.
+                    unsafe { krc.cache.push(b) };
+                }
+            }
+            self.free_blocks(&mut got);
+            EngineCounters::add(&self.counters.refills, 1);
+            EngineCounters::add(&self.counters.refill_pages, n);
+            tracing::trace!(pages = n, "kvfree: refilled a block cache");
+        }
+    }
+
+    /// Hands everything queued to RCU and waits until it is all freed
+    /// (`kvfree_rcu_barrier`).
+    pub(crate) fn barrier(&self) {
+        loop {
+            let (complete, _) = self.monitor_pass(true);
+            // Every batch handed over so far is in RCU's lists: wait for it.
+            self.rcu.rcu_barrier();
+            if complete {
+                break;
+            }
+        }
+    }
+
+    /// How many spare blocks the shrinker could free.
+    pub(crate) fn shrink_count(&self) -> usize {
+        self.cpus.iter().map(|(_, c)| c.krc.lock().cache.len).sum()
+    }
+
+    /// Frees up to `n` spare blocks, holds the refill worker off for a drain
+    /// delay, and asks the monitor to hand over everything pending (the
+    /// kfree_rcu shrinker).
+    pub(crate) fn shrink_scan(&self, n: usize) -> usize {
+        let backoff = (self.epoch.elapsed() + self.config.drain_delay).as_nanos() as u64;
+        self.refill_backoff_until.store(backoff, Relaxed);
+        let mut freed = 0;
+        for (_, cpu) in self.cpus.iter() {
+            let mut out = BlockList::new();
+            {
+                let mut krc = cpu.krc.lock();
+                krc.cache_target = self.base_cache();
+                while freed + out.len < n {
+                    let Some(b) = krc.cache.pop() else { break };
+                    // SAFETY: a spare block we now own.
+                    unsafe { out.push(b) };
+                }
+            }
+            freed += out.len;
+            self.free_blocks(&mut out);
+        }
+        EngineCounters::add(&self.counters.shrinker_runs, 1);
+        EngineCounters::add(&self.counters.shrinker_freed, freed as u64);
+        self.request_flush();
+        tracing::debug!(freed, "kvfree: shrinker ran");
+        freed
+    }
+
+    /// Frees every spare block (the instance is going away).
+    pub(crate) fn release_caches(&self) {
+        for (_, cpu) in self.cpus.iter() {
+            let mut out = BlockList::new();
+            out.append(&mut cpu.krc.lock().cache);
+            self.free_blocks(&mut out);
+        }
+    }
+
+    /// A snapshot of the statistics.
+    pub(crate) fn stats(&self) -> KvfreeStats {
+        let mut s = KvfreeStats::default();
+        let c = &self.counters;
+        for (_, cpu) in self.cpus.iter() {
+            let k = cpu.krc.lock();
+            let kc = &k.counters;
+            s.calls_task += kc.calls[0];
+            s.calls_softirq += kc.calls[1];
+            s.calls_hardirq += kc.calls[2];
+            s.to_block += kc.to_block;
+            s.blocks_from_cache += kc.from_cache;
+            s.inline_allocs += kc.inline_alloc;
+            s.inline_alloc_failures += kc.inline_alloc_failed;
+            s.list_fallbacks += kc.list_fallback;
+            s.sleeping_allocs += kc.sleeping_alloc;
+            s.evictions += kc.evictions;
+            s.blocks_in_use += k.blocks_in_use as u64;
+            s.blocks_cached += k.cache.len as u64;
+            s.pending_objects += (k.pending_objs + cpu.list_objs.load(Relaxed)) as u64;
+            s.pending_bytes += (k.pending_bytes
+                + k.blocks_in_use * super::block::BLOCK_BYTES
+                + cpu.list_bytes.load(Relaxed)) as u64;
+            s.lock_busy_fallbacks += cpu.lock_busy.load(Relaxed);
+        }
+        s.refused_nmi = c.refused_nmi.load(Relaxed);
+        s.inline_synchronize = c.inline_synchronize.load(Relaxed);
+        let in_flight_blocks = c.in_flight_blocks.load(Relaxed);
+        s.blocks_in_use += in_flight_blocks as u64;
+        s.pending_objects += c.in_flight_objs.load(Relaxed) as u64;
+        s.pending_bytes +=
+            (c.in_flight_bytes.load(Relaxed) + in_flight_blocks * super::block::BLOCK_BYTES) as u64;
+        s.peak_pending_objects = c.peak_pending_objs.load(Relaxed).max(s.pending_objects);
+        s.peak_pending_bytes = c.peak_pending_bytes.load(Relaxed).max(s.pending_bytes);
+        s.batches = c.batches.load(Relaxed);
+        s.batched_objects = c.batched_objects.load(Relaxed);
+        s.drain_ready_blocks = c.drain_ready_blocks.load(Relaxed);
+        s.reclaimed_objects = c.reclaimed.load(Relaxed);
+        s.reclaim_nanos = c.reclaim_nanos.load(Relaxed);
+        s.refills = c.refills.load(Relaxed);
+        s.refill_pages = c.refill_pages.load(Relaxed);
+        s.shrinker_runs = c.shrinker_runs.load(Relaxed);
+        s.shrinker_freed_blocks = c.shrinker_freed.load(Relaxed);
+        s
+    }
+
+    /// Whether the calling thread is in a context `kfree_rcu` refuses.
+    #[inline]
+    pub(crate) fn refuse_nmi(&self) -> bool {
+        if context::in_nmi() {
+            self.counters.refused_nmi.fetch_add(1, Relaxed);
+            true
+        } else {
+            false
+        }
+    }
+}
+
+struct PassResult {
+    complete: bool,
+    busy: bool,
+    pending_objs: usize,
+    pending_bytes: usize,
+}
+
+/// Runs every callback of a list: the `rcu_head` path, one object at a
+/// time, chasing the links through the objects themselves.
+fn reclaim_list(list: &mut CbList) -> usize {
+    let mut n = 0;
+    while let Some((head, func)) = list.pop() {
+        // SAFETY: every head on a kvfree list was pushed with the function
+        // that frees its object, and its grace period has elapsed.
+        unsafe { func(head) };
+        n += 1;
+    }
+    n
+}

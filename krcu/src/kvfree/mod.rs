@@ -1,0 +1,71 @@
+//! `kfree_rcu` / `kvfree_rcu`: objects retired to be freed after an RCU
+//! grace period, batched into per-CPU, page-sized pointer blocks and freed
+//! in bulk.
+//!
+//! # The kernel's design, in userspace
+//! - A **block** ([`block`]) is one 4 KiB page from krcu's page allocator:
+//!   a header and 506 one-word pointers, all objects of one *channel* (one
+//!   way of freeing: `Box<T>` of one `T`).
+//! - Each CPU has a **`krc`** ([`krc`]) behind a raw spinlock, taken with
+//!   trylock on the call path: the current block of each channel, a cache
+//!   of spare blocks, and a lock-free `rcu_head` list for objects that find
+//!   no block (the two-argument form's fallback: the object embeds an
+//!   [`RcuHead`](crate::rcu::RcuHead)).
+//! - Where a new block's page comes from with that raw lock held is the
+//!   **policy** ([`Policy`]), the seeds' debate made selectable.
+//! - The **monitor** ([`worker`]) hands full blocks, and any that waited a
+//!   drain delay, to RCU in batches (two per CPU at most), freeing at once
+//!   blocks whose grace period already elapsed; after the grace period an
+//!   RCU callback frees the batch in bulk and returns block pages to the
+//!   cache or the page allocator.
+//! - The **refill worker** tops the caches up outside any raw lock; a
+//!   **shrinker** gives spare blocks back under memory pressure.
+//!
+//! Use it through [`Krcu`](crate::Krcu): [`Krcu::kfree_rcu`](crate::Krcu::kfree_rcu),
+//! [`Krcu::kvfree_rcu_mightsleep`](crate::Krcu::kvfree_rcu_mightsleep),
+//! [`Krcu::kvfree_rcu_barrier`](crate::Krcu::kvfree_rcu_barrier).
+
+pub(crate) mod batch;
+pub(crate) mod block;
+pub(crate) mod engine;
+pub(crate) mod krc;
+mod policy;
+mod stats;
+pub(crate) mod worker;
+
+pub use policy::Policy;
+pub use stats::KvfreeStats;
+
+use std::time::Duration;
+
+/// Settings of the `kfree_rcu` machinery.
+#[derive(Debug, Clone)]
+pub struct KvfreeConfig {
+    /// How a block page is found under the raw lock.
+    pub policy: Policy,
+    /// Spare blocks kept per CPU by the refill policies (mainline's
+    /// `rcu_min_cached_objs`, default 5).
+    pub cache_blocks: usize,
+    /// Ask for a refill when fewer spare blocks than this are left.
+    pub refill_mark: usize,
+    /// The most spare blocks a CPU keeps when calls come fast.
+    pub max_cache_blocks: usize,
+    /// How long objects may wait in a partly filled block before they are
+    /// handed to RCU anyway (`KFREE_DRAIN_JIFFIES`).
+    pub drain_delay: Duration,
+    /// How often the worker looks for work while anything is pending.
+    pub active_poll: Duration,
+}
+
+impl Default for KvfreeConfig {
+    fn default() -> Self {
+        KvfreeConfig {
+            policy: Policy::default(),
+            cache_blocks: 5,
+            refill_mark: 3,
+            max_cache_blocks: 64,
+            drain_delay: Duration::from_millis(10),
+            active_poll: Duration::from_micros(250),
+        }
+    }
+}

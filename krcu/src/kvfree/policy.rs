@@ -1,0 +1,97 @@
+//! How `kfree_rcu` gets a block page while it holds the raw per-CPU lock:
+//! the options the seeds weigh against each other.
+
+use core::fmt;
+use core::str::FromStr;
+
+/// Where a block page comes from when the current one is full and the
+/// per-CPU cache of spare blocks is empty, with the raw `krc` lock held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Policy {
+    /// Never allocate under the lock: the cache, or the list fallback
+    /// (seed 002, option 1).
+    Prohibit,
+    /// A `GFP_NOWAIT` allocation under the lock: the 5.9 behaviour. Takes
+    /// `zone->lock` when the per-CPU lists are empty, which the validator
+    /// reports under raw-lock nesting proof and which sleeps under
+    /// PREEMPT_RT. Kept to show the bug.
+    #[doc(alias = "GFP_NOWAIT")]
+    Nowait,
+    /// Seed 003's `__GFP_NO_LOCKS`: this CPU's page lists only.
+    #[doc(alias = "__GFP_NO_LOCKS")]
+    NoLocks,
+    /// Allocate (`GFP_NOWAIT`, with the lock dropped) only when the caller
+    /// is `preemptible()`; under `PreemptModel::None` it never can be known,
+    /// so it never allocates (seed 002, option 4).
+    Preemptible,
+    /// `alloc_pages_nolock()`: trylock the per-CPU lists, then the zone.
+    #[doc(alias = "alloc_pages_nolock")]
+    Nolock,
+    /// Mainline's answer (seed 004): a per-CPU cache of spare blocks, refilled
+    /// by a worker outside any raw lock when it runs low or calls come fast;
+    /// the list fallback for the few calls in between.
+    CacheRefill,
+    /// `CacheRefill`, with an `alloc_pages_nolock()` attempt before the
+    /// fallback.
+    CacheRefillNolock,
+}
+
+impl Policy {
+    /// Every policy.
+    pub const ALL: [Policy; 7] = [
+        Policy::Prohibit,
+        Policy::Nowait,
+        Policy::NoLocks,
+        Policy::Preemptible,
+        Policy::Nolock,
+        Policy::CacheRefill,
+        Policy::CacheRefillNolock,
+    ];
+
+    /// The name used on the command line and in tables.
+    pub fn name(self) -> &'static str {
+        match self {
+            Policy::Prohibit => "prohibit",
+            Policy::Nowait => "nowait",
+            Policy::NoLocks => "no-locks",
+            Policy::Preemptible => "preemptible",
+            Policy::Nolock => "nolock",
+            Policy::CacheRefill => "cache-refill",
+            Policy::CacheRefillNolock => "cache-refill+nolock",
+        }
+    }
+
+    /// Whether the refill worker keeps a cache of spare blocks for it.
+    pub fn refills(self) -> bool {
+        matches!(self, Policy::CacheRefill | Policy::CacheRefillNolock)
+    }
+}
+
+impl Default for Policy {
+    /// The policy that measured best (see the README's policies table).
+    fn default() -> Self {
+        Policy::CacheRefillNolock
+    }
+}
+
+impl fmt::Display for Policy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Policy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Policy::ALL
+            .into_iter()
+            .find(|p| p.name().eq_ignore_ascii_case(s))
+            .ok_or_else(|| {
+                let names: Vec<_> = Policy::ALL.iter().map(|p| p.name()).collect();
+                format!(
+                    "unknown policy '{s}' (expected one of: {})",
+                    names.join(", ")
+                )
+            })
+    }
+}

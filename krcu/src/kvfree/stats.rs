@@ -1,0 +1,129 @@
+//! What `kfree_rcu` did: calls per context, objects per path, blocks,
+//! pending memory and its peak, grace periods, batches and reclaim time.
+
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+
+/// A snapshot of an instance's `kfree_rcu` statistics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KvfreeStats {
+    /// Calls from task context.
+    pub calls_task: u64,
+    /// Calls from softirq (worker) context.
+    pub calls_softirq: u64,
+    /// Calls from hardirq (signal handler) context.
+    pub calls_hardirq: u64,
+    /// Calls from NMI context, refused.
+    pub refused_nmi: u64,
+    /// Objects that went into a block.
+    pub to_block: u64,
+    /// New blocks taken from the per-CPU cache.
+    pub blocks_from_cache: u64,
+    /// New blocks allocated inline by the policy.
+    pub inline_allocs: u64,
+    /// Inline allocations the policy tried that failed.
+    pub inline_alloc_failures: u64,
+    /// Objects that found no block and went on the `rcu_head` list.
+    pub list_fallbacks: u64,
+    /// Objects that found every `krc` lock taken and went on the list.
+    pub lock_busy_fallbacks: u64,
+    /// Single-argument calls that allocated a block with a sleeping
+    /// allocation outside the lock.
+    pub sleeping_allocs: u64,
+    /// Single-argument calls that waited for a grace period and freed inline.
+    pub inline_synchronize: u64,
+    /// Blocks holding objects now (in the per-CPU state and in flight).
+    pub blocks_in_use: u64,
+    /// Spare blocks in the per-CPU caches now.
+    pub blocks_cached: u64,
+    /// Objects queued and not yet freed.
+    pub pending_objects: u64,
+    /// Bytes of those objects plus the block pages holding them.
+    pub pending_bytes: u64,
+    /// The largest `pending_objects` seen (sampled at every monitor pass).
+    pub peak_pending_objects: u64,
+    /// The largest `pending_bytes` seen (sampled likewise).
+    pub peak_pending_bytes: u64,
+    /// Batches handed to RCU (each waits for one grace period).
+    pub batches: u64,
+    /// Objects in those batches.
+    pub batched_objects: u64,
+    /// Blocks freed at once because their grace period had already elapsed.
+    pub drain_ready_blocks: u64,
+    /// Objects freed.
+    pub reclaimed_objects: u64,
+    /// Time spent freeing them, in nanoseconds.
+    pub reclaim_nanos: u64,
+    /// Refill worker runs, and the pages it put in caches.
+    pub refills: u64,
+    /// Pages the refill worker allocated.
+    pub refill_pages: u64,
+    /// Shrinker scans, and the blocks they gave back.
+    pub shrinker_runs: u64,
+    /// Blocks the shrinker gave back.
+    pub shrinker_freed_blocks: u64,
+    /// Channel slots evicted for another channel.
+    pub evictions: u64,
+}
+
+impl KvfreeStats {
+    /// All calls that queued an object.
+    pub fn calls(&self) -> u64 {
+        self.calls_task + self.calls_softirq + self.calls_hardirq + self.lock_busy_fallbacks
+    }
+
+    /// Objects that took a fallback, over all calls (0 with no calls).
+    pub fn fallback_ratio(&self) -> f64 {
+        let calls = self.calls();
+        if calls == 0 {
+            0.0
+        } else {
+            (self.list_fallbacks + self.lock_busy_fallbacks + self.inline_synchronize) as f64
+                / calls as f64
+        }
+    }
+
+    /// Mean objects per batch (0 with no batches).
+    pub fn mean_batch(&self) -> f64 {
+        if self.batches == 0 {
+            0.0
+        } else {
+            self.batched_objects as f64 / self.batches as f64
+        }
+    }
+
+    /// Mean reclaim time per object, in nanoseconds.
+    pub fn reclaim_ns_per_object(&self) -> f64 {
+        if self.reclaimed_objects == 0 {
+            0.0
+        } else {
+            self.reclaim_nanos as f64 / self.reclaimed_objects as f64
+        }
+    }
+}
+
+/// The counters kept off the call path, as atomics.
+#[derive(Debug, Default)]
+pub(crate) struct EngineCounters {
+    pub(crate) refused_nmi: AtomicU64,
+    pub(crate) inline_synchronize: AtomicU64,
+    pub(crate) in_flight_objs: AtomicUsize,
+    pub(crate) in_flight_bytes: AtomicUsize,
+    pub(crate) in_flight_blocks: AtomicUsize,
+    pub(crate) peak_pending_objs: AtomicU64,
+    pub(crate) peak_pending_bytes: AtomicU64,
+    pub(crate) batches: AtomicU64,
+    pub(crate) batched_objects: AtomicU64,
+    pub(crate) drain_ready_blocks: AtomicU64,
+    pub(crate) reclaimed: AtomicU64,
+    pub(crate) reclaim_nanos: AtomicU64,
+    pub(crate) refills: AtomicU64,
+    pub(crate) refill_pages: AtomicU64,
+    pub(crate) shrinker_runs: AtomicU64,
+    pub(crate) shrinker_freed: AtomicU64,
+}
+
+impl EngineCounters {
+    pub(crate) fn add(c: &AtomicU64, n: u64) {
+        c.fetch_add(n, Relaxed);
+    }
+}

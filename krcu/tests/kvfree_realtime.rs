@@ -1,0 +1,145 @@
+//! The real-time promise: with a block available, `kfree_rcu` makes no heap
+//! allocation and takes no lock but trylocks: from task context, with a raw
+//! spinlock held, and from a signal handler.
+//!
+//! A global allocator counts the allocations of each thread; the locks count
+//! each thread's blocking acquisitions and trylocks.
+
+mod common;
+
+use common::*;
+use krcu::context;
+use krcu::lock::{RawSpinLock, thread_counters};
+use krcu::lockdep::{ReportHandler, ReportLog};
+use krcu::{Krcu, Policy};
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::sync::atomic::{AtomicU64, Ordering::*};
+
+struct Counting;
+
+thread_local! {
+    static ALLOCS: Cell<u64> = const { Cell::new(0) };
+}
+
+// SAFETY: forwards to the system allocator; only counts.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
+        // SAFETY: forwarded.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: forwarded.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new: usize) -> *mut u8 {
+        let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
+        // SAFETY: forwarded.
+        unsafe { System.realloc(ptr, layout, new) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn allocs() -> u64 {
+    ALLOCS.with(|c| c.get())
+}
+
+#[test]
+fn with_a_block_available_kfree_rcu_neither_allocates_nor_blocks() {
+    for policy in Policy::ALL {
+        let k = Krcu::builder()
+            .arena_size(32 << 20)
+            .cpus(1)
+            .policy(policy)
+            .report_handler(ReportHandler::Collect(ReportLog::new()))
+            .build()
+            .unwrap();
+        let ledger = Ledger::new(1000);
+        let mut objs: Vec<Box<Obj>> = (0..300).map(|_| Obj::new(&ledger)).collect();
+        let raw = RawSpinLock::new_in(k.domain(), ());
+        // A page freed on this CPU warms its per-CPU lists, as any running
+        // system has them (NO_LOCKS never refills an empty list).
+        let page = k.pages().alloc_page(krcu::page::Gfp::KERNEL).unwrap();
+        k.pages().free(page);
+        // A first call installs a block (Prohibit, which never allocates
+        // under the lock and keeps no cache, finds none: nothing to check).
+        k.kfree_rcu(objs.pop().unwrap()).unwrap();
+        if k.stats().to_block == 0 {
+            assert!(
+                matches!(policy, Policy::Prohibit),
+                "{policy}: {:?}",
+                k.stats()
+            );
+            drop(objs);
+            continue;
+        }
+
+        let (a0, c0) = (allocs(), thread_counters());
+        for _ in 0..100 {
+            k.kfree_rcu(objs.pop().unwrap()).unwrap();
+        }
+        let (a1, c1) = (allocs(), thread_counters());
+        assert_eq!(a1 - a0, 0, "{policy}: heap allocations on the call path");
+        let d = c1 - c0;
+        assert_eq!(
+            d.blocking, 0,
+            "{policy}: a blocking lock on the call path: {d:?}"
+        );
+        // One CPU: one trylock per call; a failed one takes the lock-free
+        // list instead of waiting.
+        assert_eq!(d.try_ok + d.try_failed, 100, "{policy}: {d:?}");
+
+        // With a raw spinlock held.
+        let g = raw.lock();
+        let (a0, c0) = (allocs(), thread_counters());
+        for _ in 0..100 {
+            k.kfree_rcu(objs.pop().unwrap()).unwrap();
+        }
+        let (a1, c1) = (allocs(), thread_counters());
+        drop(g);
+        assert_eq!(
+            a1 - a0,
+            0,
+            "{policy}: heap allocations under a raw spinlock"
+        );
+        assert_eq!((c1 - c0).blocking, 0, "{policy}");
+        assert!(context::atomic_depth() == 0);
+
+        // From a signal handler that interrupts this thread.
+        let pool = Pool::new(&ledger, 50);
+        let target = SignalTarget {
+            krcu: &k,
+            pool: &pool,
+            handled: AtomicU64::new(0),
+            queued: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+        };
+        {
+            let _l = signal_lock();
+            install_handler();
+            let _t = set_target(&target);
+            let (a0, c0) = (allocs(), thread_counters());
+            for _ in 0..50 {
+                // SAFETY: raise has no preconditions; the handler runs on
+                // this thread before it returns.
+                unsafe { libc::raise(libc::SIGUSR1) };
+            }
+            let (a1, c1) = (allocs(), thread_counters());
+            assert_eq!(
+                a1 - a0,
+                0,
+                "{policy}: heap allocations in the signal handler"
+            );
+            assert_eq!((c1 - c0).blocking, 0, "{policy}");
+        }
+        assert_eq!(target.queued.load(SeqCst), 50);
+        assert_eq!(k.stats().calls_hardirq, 50);
+        drop(pool);
+        drop(objs);
+        k.kvfree_rcu_barrier();
+        ledger.assert_all_freed_once();
+    }
+}
