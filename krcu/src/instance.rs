@@ -149,14 +149,46 @@ impl KrcuBuilder {
         // Spare blocks are there before the first call: a real-time thread
         // does not depend on the worker having run.
         engine.refill_pass();
+        // One reclaimer per CPU, on that CPU when the instance models the
+        // machine's CPUs one to one: objects are freed near where they were
+        // used, and reclaim scales with the CPUs as the flood does.
+        let pin = domain.cpus() == crate::percpu::num_cpus();
+        let mut reclaimers = Vec::with_capacity(domain.cpus());
+        for cpu in 0..domain.cpus() {
+            let e = engine.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("krcu-reclaim/{cpu}"))
+                .spawn(move || {
+                    if pin {
+                        pin_to_cpu(cpu);
+                    }
+                    e.reclaimer(cpu)
+                });
+            match spawned {
+                Ok(h) => reclaimers.push(h),
+                Err(err) => {
+                    engine.stop_reclaimers();
+                    reclaimers.into_iter().for_each(|h| drop(h.join()));
+                    return Err(BuildError::Worker(err.to_string()));
+                }
+            }
+        }
         let e = engine.clone();
-        let worker = std::thread::Builder::new()
+        let worker = match std::thread::Builder::new()
             .name("krcu-kvfree".into())
             .spawn(move || worker::run(e))
-            .map_err(|e| BuildError::Worker(e.to_string()))?;
+        {
+            Ok(w) => w,
+            Err(err) => {
+                engine.stop_reclaimers();
+                reclaimers.into_iter().for_each(|h| drop(h.join()));
+                return Err(BuildError::Worker(err.to_string()));
+            }
+        };
         Ok(Krcu {
             engine,
             worker: Some(worker),
+            reclaimers,
             shrinker: Some(shrinker),
         })
     }
@@ -167,6 +199,7 @@ impl KrcuBuilder {
 pub struct Krcu {
     engine: Arc<Engine>,
     worker: Option<JoinHandle<()>>,
+    reclaimers: Vec<JoinHandle<()>>,
     shrinker: Option<ShrinkerHandle>,
 }
 
@@ -311,6 +344,10 @@ impl Drop for Krcu {
         // Nothing is lost: everything queued is freed before the instance
         // goes, and every spare block goes back to the page allocator.
         self.engine.barrier();
+        self.engine.stop_reclaimers();
+        for r in self.reclaimers.drain(..) {
+            let _ = r.join();
+        }
         self.engine.release_caches();
         self.shrinker.take();
     }
@@ -331,4 +368,15 @@ pub fn kvfree_rcu_mightsleep<T: Send + 'static>(obj: Box<T>) -> Result<(), InNmi
 #[track_caller]
 pub fn kvfree_rcu_barrier() {
     Krcu::global().kvfree_rcu_barrier()
+}
+
+/// Pins the calling thread to `cpu` (best effort: an error leaves it free).
+fn pin_to_cpu(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET writes inside it
+    // for any cpu below CPU_SETSIZE, which sched_getcpu's ids are.
+    unsafe {
+        let mut set: libc::cpu_set_t = core::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set);
+    }
 }

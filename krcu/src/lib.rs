@@ -60,4 +60,4 @@ pub use domain::{Domain, DomainBuilder};
 pub use instance::{
     BuildError, InNmi, Krcu, KrcuBuilder, kfree_rcu, kvfree_rcu_barrier, kvfree_rcu_mightsleep,
 };
-pub use kvfree::{KvfreeConfig, KvfreeStats, Policy};
+pub use kvfree::{Assist, KvfreeConfig, KvfreeStats, Policy};

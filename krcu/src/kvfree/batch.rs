@@ -1,12 +1,14 @@
 //! A batch in flight: blocks and an `rcu_head` list handed to RCU together,
-//! reclaimed in bulk by one callback after the grace period (the kernel's
-//! `struct kfree_rcu_cpu_work`, two per CPU).
+//! reclaimed in bulk after the grace period by its CPU's reclaimer (the
+//! kernel's `struct kfree_rcu_cpu_work`, two per CPU, run by `kfree_rcu_work`
+//! on the CPU's workqueue).
 //!
 //! Ownership: a batch is free (`busy` false) or owned by whoever set `busy`
-//! with an `Acquire` compare-exchange: the monitor fills it, hands it to
-//! `call_rcu`, and from then on the callback owns it; the callback empties
-//! it and clears `busy` with a `Release` store, so the next owner sees it
-//! empty.
+//! with an `Acquire` compare-exchange: the monitor fills it and hands it to
+//! `call_rcu`; after the grace period the RCU callback moves its contents to
+//! the CPU's ready list (where the reclaimer, or a caller that assists,
+//! frees them block by block) and clears `busy` with a `Release` store, so
+//! the next owner sees it empty.
 
 use super::block::BlockList;
 use super::engine::Engine;
@@ -64,6 +66,11 @@ impl Batch {
         self.engine.store(e.cast_mut(), Ordering::Release);
     }
 
+    /// Whether the batch is claimed or in flight.
+    pub(crate) fn is_busy(&self) -> bool {
+        self.busy.load(Ordering::Acquire)
+    }
+
     /// Claims the batch if it is free.
     pub(crate) fn try_claim(&self) -> Option<Claim<'_>> {
         self.busy
@@ -98,7 +105,9 @@ impl Claim<'_> {
     }
 }
 
-/// The RCU callback of a batch: reclaims everything in it, in bulk.
+/// The RCU callback of a batch: the grace period has elapsed, so its
+/// contents go to the CPU's ready list, to be freed by the CPU's reclaimer
+/// (or a caller that assists), block by block.
 ///
 /// # Safety
 /// `head` must be the head of a submitted batch whose grace period has
@@ -112,7 +121,8 @@ unsafe fn batch_done(head: NonNull<RcuHead>) {
     let engine = unsafe { &*batch.engine.load(Ordering::Acquire) };
     // SAFETY: the callback owns the batch until it clears busy.
     let work = unsafe { &mut *batch.work.get() };
-    // SAFETY: the grace period of every object in the batch has elapsed.
-    unsafe { engine.reclaim_batch(batch.cpu, work) };
+    // SAFETY: the grace period of everything in the batch has elapsed.
+    unsafe { engine.make_ready(batch.cpu, work) };
     batch.busy.store(false, Ordering::Release);
+    engine.wake_reclaimer(batch.cpu);
 }

@@ -21,12 +21,12 @@
 //! made the object unreachable) before it, so a reader that could still see
 //! the object is one that grace period waits for.
 
-use super::KvfreeConfig;
 use super::batch::BatchWork;
 use super::block::{Block, BlockList, Channel};
 use super::krc::{Krc, KrcCpu};
 use super::policy::Policy;
 use super::stats::{EngineCounters, KvfreeStats};
+use super::{Assist, KvfreeConfig};
 use crate::context::{self, ContextKind};
 use crate::domain::Domain;
 use crate::lock::RawSpinLockGuard;
@@ -62,6 +62,10 @@ pub(crate) struct Engine {
     wake: Mutex<bool>,
     wake_cv: Condvar,
     pub(crate) stop: AtomicBool,
+    reclaim_stop: AtomicBool,
+    /// Signalled when a reclaimer finishes a batch (for barriers).
+    idle: Mutex<()>,
+    idle_cv: Condvar,
     flush_wanted: AtomicBool,
     /// Nanoseconds since `epoch` before which the refill worker holds off
     /// (set by the shrinker).
@@ -98,6 +102,9 @@ impl Engine {
             wake: Mutex::new(false),
             wake_cv: Condvar::new(),
             stop: AtomicBool::new(false),
+            reclaim_stop: AtomicBool::new(false),
+            idle: Mutex::new(()),
+            idle_cv: Condvar::new(),
             flush_wanted: AtomicBool::new(false),
             refill_backoff_until: AtomicU64::new(0),
             epoch: Instant::now(),
@@ -189,6 +196,9 @@ impl Engine {
         };
         locked.krc.count_call(ctx);
         if locked.krc.add(chan, obj, snap) {
+            let cpu = locked.cpu;
+            drop(locked);
+            self.maybe_assist(cpu, ctx);
             return;
         }
         if let Some(page) = self.block_for(&mut locked) {
@@ -196,6 +206,9 @@ impl Engine {
             unsafe { locked.krc.install(chan, page) };
             let added = locked.krc.add(chan, obj, snap);
             debug_assert!(added);
+            let cpu = locked.cpu;
+            drop(locked);
+            self.maybe_assist(cpu, ctx);
             return;
         }
         if may_alloc {
@@ -510,42 +523,139 @@ impl Engine {
         let mut list = list;
         w.list.append(&mut list);
         if !ready.is_empty() {
-            EngineCounters::add(&self.counters.drain_ready_blocks, ready.len as u64);
-            // SAFETY: every block in `ready` has an elapsed snapshot.
-            unsafe { self.reclaim_blocks(cpu, &mut ready) };
+            let n = ready.len;
+            EngineCounters::add(&self.counters.drain_ready_blocks, n as u64);
+            let (mut objs, mut bytes) = (0, 0);
+            let mut p = ready.head;
+            while !p.is_null() {
+                // SAFETY: blocks owned by this pass.
+                let b = unsafe { &*p };
+                objs += b.count;
+                bytes += b.count * b.chan.obj_size;
+                p = b.next;
+            }
+            let c = &self.counters;
+            c.in_flight_objs.fetch_add(objs, Relaxed);
+            c.in_flight_bytes.fetch_add(bytes, Relaxed);
+            c.in_flight_blocks.fetch_add(n, Relaxed);
+            let mut work = BatchWork {
+                blocks: ready,
+                list: CbList::new(),
+                objs,
+                bytes,
+            };
+            // SAFETY: every block in `work` has an elapsed snapshot.
+            unsafe { self.make_ready(cpu.batches[0].cpu, &mut work) };
         }
         claim.submit(self);
         result
     }
 
-    /// Frees every object of `blocks` in bulk and gives the pages back:
-    /// to `cpu`'s cache up to its target, the rest to the page allocator.
+    /// Moves a batch's contents, whose grace period has elapsed, to its
+    /// CPU's ready list (from the RCU callback).
     ///
     /// # Safety
-    /// The grace period of every object in the blocks must have elapsed.
-    unsafe fn reclaim_blocks(&self, cpu: &KrcCpu, blocks: &mut BlockList) -> usize {
+    /// The grace period of everything in `work` must have elapsed.
+    pub(crate) unsafe fn make_ready(&self, cpu: usize, work: &mut BatchWork) {
+        let cpu = self.cpus.get(cpu);
+        let n = work.blocks.len;
+        let mut r = cpu.ready.lock();
+        r.blocks.append(&mut work.blocks);
+        r.list.append(&mut work.list);
+        r.objs += work.objs;
+        r.bytes += work.bytes;
+        cpu.ready_blocks.fetch_add(n, Relaxed);
+        work.objs = 0;
+        work.bytes = 0;
+    }
+
+    /// Takes up to `max_blocks` blocks (and with `list` the whole
+    /// `rcu_head` list) from `cpu`'s ready list and frees them: in bulk per
+    /// block, then the list one object at a time. Block pages go back to the
+    /// CPU's cache up to its target, the rest to the page allocator. With
+    /// `trylock` (an assisting caller) it takes no lock but trylocks.
+    fn reclaim_ready(&self, cpu: &KrcCpu, max_blocks: usize, list: bool, trylock: bool) -> usize {
+        // Counted before taking anything, so that a barrier which finds the
+        // ready list empty and nobody reclaiming knows nothing is in hand.
+        cpu.reclaiming.fetch_add(1, SeqCst);
+        let mut blocks = BlockList::new();
+        let mut cb = CbList::new();
+        {
+            let guard = if trylock {
+                cpu.ready.try_lock()
+            } else {
+                Some(cpu.ready.lock())
+            };
+            let Some(mut r) = guard else {
+                cpu.reclaiming.fetch_sub(1, SeqCst);
+                return 0;
+            };
+            while blocks.len < max_blocks {
+                let Some(b) = r.blocks.pop() else { break };
+                // SAFETY: popped from the ready list, now ours.
+                unsafe { blocks.push(b) };
+            }
+            cpu.ready_blocks.fetch_sub(blocks.len, Relaxed);
+            let (mut objs, mut bytes) = (0, 0);
+            let mut p = blocks.head;
+            while !p.is_null() {
+                // SAFETY: blocks we own.
+                let b = unsafe { &*p };
+                objs += b.count;
+                bytes += b.count * b.chan.obj_size;
+                p = b.next;
+            }
+            if list && !r.list.is_empty() {
+                let n = r.list.len();
+                // The list's bytes: what is left after the blocks' own.
+                let list_bytes = (r.bytes - bytes.min(r.bytes)) * n / (r.objs - objs).max(n);
+                core::mem::swap(&mut cb, &mut r.list);
+                objs += n;
+                bytes += list_bytes;
+            }
+            r.objs -= objs.min(r.objs);
+            r.bytes -= bytes.min(r.bytes);
+            let c = &self.counters;
+            c.in_flight_objs.fetch_sub(objs, Relaxed);
+            c.in_flight_bytes.fetch_sub(bytes, Relaxed);
+            c.in_flight_blocks.fetch_sub(blocks.len, Relaxed);
+        }
         let t0 = Instant::now();
-        let mut objs = 0;
+        let mut freed = 0;
         let mut spare = BlockList::new();
         while let Some(b) = blocks.pop() {
-            // SAFETY: the caller's contract; the block is owned here.
-            objs += unsafe { (*b.as_ptr()).reclaim() };
+            // SAFETY: blocks on the ready list had their grace period elapse.
+            freed += unsafe { (*b.as_ptr()).reclaim() };
             // SAFETY: owned here.
             unsafe { spare.push(b) };
         }
+        freed += reclaim_list(&mut cb);
         if !spare.is_empty() {
-            let mut krc = cpu.krc.lock();
-            while krc.cache.len < krc.cache_target {
-                let Some(b) = spare.pop() else { break };
-                // SAFETY: an emptied block we own.
-                unsafe { krc.cache.push(b) };
+            let krc = if trylock {
+                cpu.krc.try_lock()
+            } else {
+                Some(cpu.krc.lock())
+            };
+            if let Some(mut krc) = krc {
+                while krc.cache.len < krc.cache_target {
+                    let Some(b) = spare.pop() else { break };
+                    // SAFETY: an emptied block we own.
+                    unsafe { krc.cache.push(b) };
+                }
             }
         }
-        self.free_blocks(&mut spare);
+        while let Some(b) = spare.pop() {
+            if trylock {
+                self.pages.free_pages_nolock(b.cast(), 0);
+            } else {
+                self.pages.free_pages(b.cast(), 0);
+            }
+        }
         let c = &self.counters;
-        EngineCounters::add(&c.reclaimed, objs as u64);
+        EngineCounters::add(&c.reclaimed, freed as u64);
         EngineCounters::add(&c.reclaim_nanos, t0.elapsed().as_nanos() as u64);
-        objs
+        cpu.reclaiming.fetch_sub(1, SeqCst);
+        freed
     }
 
     fn free_blocks(&self, blocks: &mut BlockList) {
@@ -554,25 +664,30 @@ impl Engine {
         }
     }
 
-    /// Reclaims a batch after its grace period (from the RCU callback).
-    ///
-    /// # Safety
-    /// The grace period of every object in `work` must have elapsed.
-    pub(crate) unsafe fn reclaim_batch(&self, cpu: usize, work: &mut BatchWork) {
-        let cpu = self.cpus.get(cpu);
-        let (objs, bytes, blocks) = (work.objs, work.bytes, work.blocks.len);
-        // SAFETY: the caller's contract.
-        unsafe { self.reclaim_blocks(cpu, &mut work.blocks) };
-        let t0 = Instant::now();
-        let n = reclaim_list(&mut work.list);
-        let c = &self.counters;
-        EngineCounters::add(&c.reclaimed, n as u64);
-        EngineCounters::add(&c.reclaim_nanos, t0.elapsed().as_nanos() as u64);
-        work.objs = 0;
-        work.bytes = 0;
-        c.in_flight_objs.fetch_sub(objs, Relaxed);
-        c.in_flight_bytes.fetch_sub(bytes, Relaxed);
-        c.in_flight_blocks.fetch_sub(blocks, Relaxed);
+    /// The flood brake: a task-context caller that may run destructors (not
+    /// atomic, irqs on) frees one ready block of its CPU when the CPU is
+    /// behind (or always, by configuration), so that pending memory stays
+    /// bounded however little CPU the reclaimers get.
+    #[inline]
+    fn maybe_assist(&self, cpu: &KrcCpu, ctx: ContextKind) {
+        let above = match self.config.assist {
+            Assist::Never => return,
+            Assist::WhenBehind => self.config.assist_above,
+            Assist::Always => 0,
+        };
+        if cpu.ready_blocks.load(Relaxed) > above
+            && ctx == ContextKind::Task
+            && !context::in_atomic()
+            && !context::irqs_disabled()
+        {
+            self.assist(cpu);
+        }
+    }
+
+    #[cold]
+    fn assist(&self, cpu: &KrcCpu) {
+        let n = self.reclaim_ready(cpu, 1, false, true);
+        cpu.assisted.fetch_add(n as u64, Relaxed);
     }
 
     /// Tops up the caches of the CPUs that asked (the kernel's
@@ -623,11 +738,77 @@ impl Engine {
     pub(crate) fn barrier(&self) {
         loop {
             let (complete, _) = self.monitor_pass(true);
-            // Every batch handed over so far is in RCU's lists: wait for it.
+            // Every batch handed over so far is in RCU's lists: wait for
+            // its grace period, then for the reclaimers to free it.
             self.rcu.rcu_barrier();
+            self.wait_batches_idle();
             if complete {
                 break;
             }
+        }
+    }
+
+    /// Waits until no batch is in flight and every ready object is freed.
+    fn wait_batches_idle(&self) {
+        for (i, cpu) in self.cpus.iter() {
+            loop {
+                let busy = cpu.batches.iter().any(|b| b.is_busy())
+                    || cpu.ready.lock().objs > 0
+                    || cpu.reclaiming.load(SeqCst) > 0;
+                if !busy {
+                    break;
+                }
+                self.wake_reclaimer(i);
+                let g = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+                let _ = self
+                    .idle_cv
+                    .wait_timeout(g, Duration::from_millis(1))
+                    .unwrap_or_else(|e| e.into_inner());
+            }
+        }
+    }
+
+    /// Wakes `cpu`'s reclaimer (from the RCU callback: never the call path).
+    pub(crate) fn wake_reclaimer(&self, cpu: usize) {
+        let c = self.cpus.get(cpu);
+        *c.reclaim_wake.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        c.reclaim_cv.notify_one();
+    }
+
+    /// The reclaimer of `cpu` (the kernel's `kfree_rcu_work`): frees the
+    /// CPU's ready objects in chunks, in softirq context, until told to stop
+    /// with nothing left in flight.
+    pub(crate) fn reclaimer(&self, cpu_index: usize) {
+        /// Blocks per chunk: short lock holds, a few thousand objects.
+        const CHUNK: usize = 8;
+        let _softirq = context::enter_softirq();
+        let cpu = self.cpus.get(cpu_index);
+        loop {
+            if self.reclaim_ready(cpu, CHUNK, true, false) > 0 {
+                let _g = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+                self.idle_cv.notify_all();
+                continue;
+            }
+            if self.reclaim_stop.load(Acquire)
+                && !cpu.batches.iter().any(|b| b.is_busy())
+                && cpu.ready.lock().objs == 0
+            {
+                return;
+            }
+            let g = cpu.reclaim_wake.lock().unwrap_or_else(|e| e.into_inner());
+            let (mut g, _) = cpu
+                .reclaim_cv
+                .wait_timeout_while(g, Duration::from_millis(100), |woken| !*woken)
+                .unwrap_or_else(|e| e.into_inner());
+            *g = false;
+        }
+    }
+
+    /// Tells the reclaimers to finish.
+    pub(crate) fn stop_reclaimers(&self) {
+        self.reclaim_stop.store(true, Release);
+        for i in 0..self.cpus.cpus() {
+            self.wake_reclaimer(i);
         }
     }
 
@@ -697,6 +878,7 @@ impl Engine {
                 + k.blocks_in_use * super::block::BLOCK_BYTES
                 + cpu.list_bytes.load(Relaxed)) as u64;
             s.lock_busy_fallbacks += cpu.lock_busy.load(Relaxed);
+            s.assisted_objects += cpu.assisted.load(Relaxed);
         }
         s.refused_nmi = c.refused_nmi.load(Relaxed);
         s.inline_synchronize = c.inline_synchronize.load(Relaxed);

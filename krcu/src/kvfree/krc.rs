@@ -11,7 +11,7 @@ use super::block::{Block, BlockList, Channel};
 use crate::context::ContextKind;
 use crate::domain::Domain;
 use crate::lock::RawSpinLock;
-use crate::rcu::{GpCookie, PendingList};
+use crate::rcu::{CbList, GpCookie, PendingList};
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
@@ -234,6 +234,30 @@ impl Krc {
     }
 }
 
+/// What is ready to be freed on a CPU.
+pub(crate) struct Ready {
+    pub(crate) blocks: BlockList,
+    pub(crate) list: CbList,
+    /// Objects and bytes in `blocks` and `list`.
+    pub(crate) objs: usize,
+    pub(crate) bytes: usize,
+}
+
+impl Default for Ready {
+    fn default() -> Self {
+        Ready {
+            blocks: BlockList::new(),
+            list: CbList::new(),
+            objs: 0,
+            bytes: 0,
+        }
+    }
+}
+
+// SAFETY: owns its blocks and heads exclusively; reached only through its
+// lock.
+unsafe impl Send for Ready {}
+
 /// One CPU's `kfree_rcu` state with what is reached without its lock.
 pub(crate) struct KrcCpu {
     pub(crate) krc: RawSpinLock<Krc>,
@@ -249,6 +273,19 @@ pub(crate) struct KrcCpu {
     pub(crate) refill_wanted: AtomicBool,
     /// At most two batches in flight per CPU.
     pub(crate) batches: [Batch; 2],
+    /// Objects whose grace period has elapsed, waiting to be freed: taken
+    /// by the reclaimer in chunks, and by assisting callers a block at a
+    /// time with trylock.
+    pub(crate) ready: RawSpinLock<Ready>,
+    /// Blocks on the ready list (read without the lock, for the heuristics).
+    pub(crate) ready_blocks: AtomicUsize,
+    /// Threads freeing blocks they took from the ready list.
+    pub(crate) reclaiming: AtomicUsize,
+    /// Objects freed by assisting callers.
+    pub(crate) assisted: AtomicU64,
+    /// Wakes this CPU's reclaimer.
+    pub(crate) reclaim_wake: std::sync::Mutex<bool>,
+    pub(crate) reclaim_cv: std::sync::Condvar,
 }
 
 impl KrcCpu {
@@ -261,6 +298,12 @@ impl KrcCpu {
             lock_busy: AtomicU64::new(0),
             refill_wanted: AtomicBool::new(false),
             batches: [Batch::new(cpu), Batch::new(cpu)],
+            ready: RawSpinLock::named(domain, "&krcp->ready_lock", Ready::default()),
+            ready_blocks: AtomicUsize::new(0),
+            reclaiming: AtomicUsize::new(0),
+            assisted: AtomicU64::new(0),
+            reclaim_wake: std::sync::Mutex::new(false),
+            reclaim_cv: std::sync::Condvar::new(),
         }
     }
 

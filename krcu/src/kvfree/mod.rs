@@ -55,6 +55,32 @@ pub struct KvfreeConfig {
     pub drain_delay: Duration,
     /// How often the worker looks for work while anything is pending.
     pub active_poll: Duration,
+    /// Whether task-context callers help free what is ready (the flood
+    /// brake).
+    pub assist: Assist,
+    /// With [`Assist::WhenBehind`]: help when more than this many blocks
+    /// wait to be freed on the caller's CPU.
+    pub assist_above: usize,
+}
+
+/// Whether a `kfree_rcu` caller helps free objects whose grace period has
+/// elapsed. Only a caller in task context that is not atomic and has irqs
+/// on ever helps, one block (at most 506 objects) per call, taking no lock
+/// but trylocks; the objects' destructors then run on its thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Assist {
+    /// Never: only the reclaimers free. Pending memory is then bounded only
+    /// by how much CPU they get. For threads that must never run a
+    /// destructor or enter the global allocator.
+    Never,
+    /// When the caller's CPU has more than `assist_above` blocks waiting:
+    /// a brake for floods that starve the reclaimers (the default).
+    #[default]
+    WhenBehind,
+    /// Whenever a block is ready: objects are freed on the thread that
+    /// retires them, where the allocator's thread cache makes the next
+    /// allocation cheap. Fastest end to end.
+    Always,
 }
 
 impl Default for KvfreeConfig {
@@ -66,6 +92,8 @@ impl Default for KvfreeConfig {
             max_cache_blocks: 64,
             drain_delay: Duration::from_millis(10),
             active_poll: Duration::from_micros(250),
+            assist: Assist::default(),
+            assist_above: 16,
         }
     }
 }

@@ -53,6 +53,8 @@ pub struct KvfreeStats {
     pub reclaimed_objects: u64,
     /// Time spent freeing them, in nanoseconds.
     pub reclaim_nanos: u64,
+    /// Objects freed by callers that assisted (the flood brake).
+    pub assisted_objects: u64,
     /// Refill worker runs, and the pages it put in caches.
     pub refills: u64,
     /// Pages the refill worker allocated.

@@ -33,6 +33,7 @@ use super::reader::Readers;
 use super::seq::{self, GpCookie};
 use super::stall::{StallReport, Stalls};
 use crate::sync::atomic::{AtomicU64, Ordering, fence};
+use core::sync::atomic::compiler_fence;
 use crossbeam_utils::CachePadded;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -104,8 +105,26 @@ impl GpEngine {
     /// `get_state_synchronize_rcu`: the cookie of the first grace period
     /// that starts after this call.
     #[inline]
+    ///
+    /// Ordering: the caller's earlier stores (typically the unlink of the
+    /// object it retires) must not be missed by the grace period the cookie
+    /// names. With membarrier, a compiler fence is enough, as on the memb
+    /// reader side: a grace period stores its start in `gp_seq` *before* its
+    /// first membarrier, and that membarrier executes a full barrier in this
+    /// thread at some point P of its instruction stream. If P precedes the
+    /// load below, the load sees the grace period started and the cookie
+    /// names the next one. If P follows it, the caller's earlier stores are
+    /// drained at P, before the membarrier returns and so before the phase
+    /// flip: every reader that starts after the flip sees them, and every
+    /// reader before it is waited for. The compiler fence keeps the load
+    /// after those stores in the instruction stream. Without membarrier,
+    /// both sides pay real fences.
     pub(crate) fn snapshot(&self) -> GpCookie {
-        fence(Ordering::SeqCst);
+        if self.use_membarrier {
+            compiler_fence(Ordering::SeqCst);
+        } else {
+            fence(Ordering::SeqCst);
+        }
         GpCookie(seq::seq_snap(self.gp_seq.load(Ordering::Relaxed)))
     }
 
