@@ -5,11 +5,13 @@
 
 use crate::context::{self, PreemptModel};
 use crate::domain::{Domain, DomainBuilder};
-use crate::kvfree::block::{box_channel, drop_box_by_head};
+use crate::kvfree::block::{Channel, box_channel, drop_box_by_head};
+use crate::kvfree::channels;
 use crate::kvfree::engine::Engine;
 use crate::kvfree::{KvfreeConfig, KvfreeStats, Policy, worker};
 use crate::lockdep::ReportHandler;
-use crate::page::{PageAllocator, PageConfig, ShrinkerHandle};
+use crate::page::{Page, PageAllocator, PageConfig, ShrinkerHandle};
+use crate::slab::SlabCache;
 use crate::rcu::{HasRcuHead, Rcu, RcuConfig, RcuHead};
 use core::ptr::NonNull;
 use std::sync::atomic::Ordering;
@@ -244,7 +246,7 @@ impl Krcu {
     }
 
     /// The instance's page allocator.
-    pub fn pages(&self) -> &PageAllocator {
+    pub fn pages(&self) -> &Arc<PageAllocator> {
         self.engine.pages()
     }
 
@@ -320,6 +322,57 @@ impl Krcu {
         Ok(())
     }
 
+    /// Frees `page`, a block of this instance's page allocator, after a
+    /// grace period (the pages channel). Single-argument semantics: a
+    /// retired page has no field readers leave alone for the `rcu_head`
+    /// fallback, so when no block can be had it may sleep (a sleeping block
+    /// allocation, or a grace period waited for inline). From NMI context it
+    /// refuses and hands the page back.
+    ///
+    /// # Panics
+    /// If the page is not from this instance's page allocator.
+    #[track_caller]
+    pub fn free_pages_rcu_mightsleep(&self, page: Page) -> Result<(), Page> {
+        if self.engine.refuse_nmi() {
+            return Err(page);
+        }
+        assert!(
+            self.pages().contains(page.as_ptr()),
+            "krcu: free_pages_rcu_mightsleep({:p}): not a page of this instance",
+            page.as_ptr()
+        );
+        self.domain().might_sleep();
+        let ctx = context::kind();
+        let entry = channels::page_entry(page.addr(), page.order());
+        let chan = channels::page_channel(self.pages());
+        // SAFETY: the page is the caller's, handed over here, on the channel
+        // of this instance's pages.
+        if !unsafe { self.engine.queue_mightsleep(entry, &chan, ctx) } {
+            self.engine
+                .counters
+                .inline_synchronize
+                .fetch_add(1, Ordering::Relaxed);
+            self.rcu().synchronize();
+            self.pages().free(page);
+        }
+        Ok(())
+    }
+
+    /// A channel for objects of `cache`: their blocks are freed with
+    /// `free_bulk` (the kernel's `kfree_bulk`), which for a type without
+    /// drop glue never touches the objects. Dropping the channel waits for
+    /// everything queued on it (a `kvfree_rcu_barrier`).
+    pub fn slab_channel<T: HasRcuHead>(&self, cache: &Arc<SlabCache<T>>) -> Result<SlabChannel<'_, T>, BuildError> {
+        let slot = channels::register(cache)
+            .ok_or_else(|| BuildError::Kvfree("too many slab channels at once (256)".into()))?;
+        Ok(SlabChannel {
+            krcu: self,
+            chan: channels::slab_channel(cache),
+            cache: cache.clone(),
+            slot,
+        })
+    }
+
     /// Waits until every object queued (on any thread) before this call
     /// has been freed (`kvfree_rcu_barrier`). Sleeps.
     #[track_caller]
@@ -378,5 +431,56 @@ fn pin_to_cpu(cpu: usize) {
         let mut set: libc::cpu_set_t = core::mem::zeroed();
         libc::CPU_SET(cpu, &mut set);
         libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+/// `kfree_rcu` for the objects of one [`SlabCache`], from
+/// [`Krcu::slab_channel`].
+pub struct SlabChannel<'k, T: HasRcuHead> {
+    krcu: &'k Krcu,
+    cache: Arc<SlabCache<T>>,
+    chan: Channel,
+    slot: usize,
+}
+
+impl<T: HasRcuHead> SlabChannel<'_, T> {
+    /// The cache.
+    pub fn cache(&self) -> &Arc<SlabCache<T>> {
+        &self.cache
+    }
+
+    /// Frees `obj` after a grace period, in bulk with its block (the
+    /// two-argument form: never sleeps, never fails; the embedded
+    /// [`RcuHead`] is the fallback). From NMI context it refuses and hands
+    /// the object back.
+    ///
+    /// # Safety
+    /// `obj` must be an object allocated from this channel's cache, handed
+    /// over here (unreachable to readers that start from now on), and freed
+    /// no other way.
+    #[doc(alias = "kfree_bulk")]
+    pub unsafe fn kfree_rcu(&self, obj: NonNull<T>) -> Result<(), NonNull<T>> {
+        if self.krcu.engine.refuse_nmi() {
+            return Err(obj);
+        }
+        let ctx = context::kind();
+        // SAFETY: HasRcuHead puts the head inside the object.
+        let head = unsafe { obj.byte_add(T::RCU_HEAD_OFFSET) }.cast::<RcuHead>();
+        // SAFETY: by the caller's contract the object is this cache's and
+        // handed over; slab_free_by_head::<T> finds the cache, registered
+        // while this channel lives.
+        unsafe {
+            self.krcu
+                .engine
+                .queue(obj.as_ptr().cast(), &self.chan, head, channels::slab_free_by_head::<T>, ctx);
+        }
+        Ok(())
+    }
+}
+
+impl<T: HasRcuHead> Drop for SlabChannel<'_, T> {
+    fn drop(&mut self) {
+        self.krcu.kvfree_rcu_barrier();
+        channels::unregister(self.slot);
     }
 }

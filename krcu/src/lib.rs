@@ -45,7 +45,9 @@
 
 pub mod context;
 pub mod domain;
+#[cfg(not(loom))]
 mod instance;
+#[cfg(not(loom))]
 pub mod kvfree;
 pub mod lock;
 pub mod lockdep;
@@ -57,7 +59,10 @@ pub(crate) mod sync;
 
 pub use context::{ContextKind, PreemptModel};
 pub use domain::{Domain, DomainBuilder};
+#[cfg(not(loom))]
 pub use instance::{
-    BuildError, InNmi, Krcu, KrcuBuilder, kfree_rcu, kvfree_rcu_barrier, kvfree_rcu_mightsleep,
+    BuildError, InNmi, Krcu, KrcuBuilder, SlabChannel, kfree_rcu, kvfree_rcu_barrier,
+    kvfree_rcu_mightsleep,
 };
+#[cfg(not(loom))]
 pub use kvfree::{Assist, KvfreeConfig, KvfreeStats, Policy};

@@ -18,7 +18,7 @@ pub(crate) const BLOCK_BYTES: usize = 4096;
 /// # Safety
 /// Every pointer must be an object queued on a channel with this function
 /// and context, whose grace period has elapsed, each passed exactly once.
-pub(crate) type ReclaimFn = unsafe fn(ctx: *const (), objs: &[*mut u8]);
+pub(crate) type ReclaimFn = unsafe fn(ctx: *const (), objs: &mut [*mut u8]);
 
 /// How the objects of a block are freed.
 #[derive(Clone, Copy, Debug)]
@@ -106,7 +106,7 @@ impl Block {
         // SAFETY: the entries were queued on this channel and their grace
         // period has elapsed (the caller's contract); each is freed once
         // because the block is emptied here.
-        unsafe { (self.chan.reclaim)(self.chan.ctx, &self.entries[..n]) };
+        unsafe { (self.chan.reclaim)(self.chan.ctx, &mut self.entries[..n]) };
         self.count = 0;
         n
     }
@@ -171,8 +171,8 @@ unsafe impl Send for BlockList {}
 ///
 /// # Safety
 /// See [`ReclaimFn`]; every pointer came from `Box::<T>::into_raw`.
-pub(crate) unsafe fn reclaim_boxes<T>(_ctx: *const (), objs: &[*mut u8]) {
-    for &p in objs {
+pub(crate) unsafe fn reclaim_boxes<T>(_ctx: *const (), objs: &mut [*mut u8]) {
+    for &mut p in objs {
         // SAFETY: each pointer came from Box::<T>::into_raw and is freed
         // exactly once (the caller's contract).
         drop(unsafe { Box::from_raw(p.cast::<T>()) });

@@ -125,7 +125,7 @@ impl Engine {
         &self.rcu
     }
 
-    pub(crate) fn pages(&self) -> &PageAllocator {
+    pub(crate) fn pages(&self) -> &Arc<PageAllocator> {
         &self.pages
     }
 

@@ -27,6 +27,7 @@
 
 pub(crate) mod batch;
 pub(crate) mod block;
+pub(crate) mod channels;
 pub(crate) mod engine;
 pub(crate) mod krc;
 mod policy;

@@ -87,15 +87,30 @@ pub(crate) fn snapshot() -> Vec<HeldLock> {
 }
 
 /// Pushes `lock`; returns false when the stack is full.
+///
+/// The slot is reserved first (a placeholder that lowers no level and adds
+/// no edge, then the depth), and filled after: a signal handler that lands
+/// before the depth is raised pushes and pops above it without touching the
+/// slot; one that lands after sees the placeholder. (Writing the entry first
+/// let such a handler overwrite it, losing this lock and leaving the
+/// handler's behind.)
 pub(crate) fn push(lock: HeldLock) -> bool {
     HELD.with(|h| {
         let d = h.depth.get();
         if d >= MAX_LOCK_DEPTH {
             return false;
         }
-        h.locks[d].set(lock);
+        h.locks[d].set(HeldLock {
+            class: ClassId::NONE,
+            inner: WaitType::Max,
+            outer: WaitType::Free,
+            trylock: true,
+            ..lock
+        });
         compiler_fence(Ordering::SeqCst);
         h.depth.set(d + 1);
+        compiler_fence(Ordering::SeqCst);
+        h.locks[d].set(lock);
         true
     })
 }

@@ -162,13 +162,21 @@ unsafe impl Send for Arena {}
 unsafe impl Sync for Arena {}
 
 impl Arena {
+    /// Maps `len` bytes aligned to the largest block (`PAGE_SIZE <<
+    /// MAX_ORDER`), so that every block of order `k` is aligned to its own
+    /// size in the address space, as physical memory is in the kernel: code
+    /// holding a pointer into a block finds the block's start by masking
+    /// (the slab uses it to find a slab's header from an object).
     fn map(len: usize) -> Result<Arena, BuildError> {
+        let align = PAGE_SIZE << MAX_ORDER;
+        let padded = len + align - PAGE_SIZE;
         // SAFETY: a fresh anonymous private mapping at an address the kernel
-        // chooses; no existing memory is affected.
+        // chooses; no existing memory is affected. MAP_NORESERVE: the slack
+        // costs nothing, and is unmapped below.
         let p = unsafe {
             libc::mmap(
                 core::ptr::null_mut(),
-                len,
+                padded,
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
                 -1,
@@ -181,8 +189,21 @@ impl Arena {
                 err: IoErrorText::from(std::io::Error::last_os_error()),
             });
         }
+        let start = p as usize;
+        let base = start.next_multiple_of(align);
+        let (head, tail) = (base - start, start + padded - (base + len));
+        // SAFETY: both ranges lie inside the mapping just made and outside
+        // `base..base+len`; unmapping them leaves exactly the arena mapped.
+        unsafe {
+            if head > 0 {
+                libc::munmap(p, head);
+            }
+            if tail > 0 {
+                libc::munmap((base + len) as *mut libc::c_void, tail);
+            }
+        }
         Ok(Arena {
-            base: NonNull::new(p.cast()).expect("mmap returned null"),
+            base: NonNull::new(base as *mut u8).expect("mmap returned null"),
             len,
         })
     }

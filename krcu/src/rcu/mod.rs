@@ -92,6 +92,7 @@ mod stall;
 #[cfg(not(loom))]
 mod worker;
 
+#[cfg(not(loom))]
 pub(crate) use callback::{CbList, PendingList};
 #[cfg(not(loom))]
 pub use callback::{HasRcuHead, RcuCallbackFn, RcuHead};

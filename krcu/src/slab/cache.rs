@@ -368,6 +368,27 @@ impl<T> SlabCache<T> {
         (base.as_ptr().cast(), i)
     }
 
+    /// The magic number this cache's slabs carry.
+    pub(crate) fn magic(&self) -> u64 {
+        self.magic
+    }
+
+    /// The magic of the slab holding `obj`, an object of some cache of
+    /// `T`, read from the slab's header. The arena is aligned to its
+    /// largest block, so a slab starts at `obj` rounded down to the slab
+    /// size, which depends on `T` alone.
+    ///
+    /// # Safety
+    /// `obj` must point into an allocated slab of a `SlabCache<T>`.
+    pub(crate) unsafe fn slab_magic_of(obj: *const u8) -> u64 {
+        let layout = Layout::new(core::mem::size_of::<T>(), core::mem::align_of::<T>())
+            .expect("a cache of T exists, so its layout does");
+        let base = obj as usize & !((crate::page::PAGE_SIZE << layout.order) - 1);
+        // SAFETY: by the caller's contract `base` is the start of an
+        // allocated slab, whose header begins with the magic.
+        unsafe { (*(base as *const SlabHeader)).magic.load(Acquire) }
+    }
+
     /// The slab header and slot of `obj`, checked: inside an allocated
     /// block of this cache's slab order, whose header has this cache's
     /// magic, at a slot start.
