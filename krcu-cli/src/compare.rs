@@ -264,7 +264,7 @@ mod urcu {
     }
 
     pub fn run(threads: usize, objects: usize) -> Duration {
-        timed(threads, objects, |slot, n| {
+        let t0 = timed(threads, objects, |slot, n| {
             // SAFETY: registering the calling thread has no preconditions.
             unsafe { urcu_memb_register_thread() };
             for i in 0..=n {

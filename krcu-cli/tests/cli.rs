@@ -26,7 +26,9 @@ fn json(args: &[&str]) -> Value {
     serde_json::from_str(&stdout(&o)).unwrap_or_else(|e| panic!("{args:?}: {e}: {}", stdout(&o)))
 }
 
-fn has(v: &Value, keys: &[(&str, fn(&Value) -> bool)]) {
+type Check = fn(&Value) -> bool;
+
+fn has(v: &Value, keys: &[(&str, Check)]) {
     for (k, ok) in keys {
         let x = v.get(k).unwrap_or_else(|| panic!("no key {k} in {v}"));
         assert!(ok(x), "{k} has the wrong type: {x}");
