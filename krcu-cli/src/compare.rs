@@ -117,8 +117,21 @@ pub struct CompareResult {
 
 type Slots = [CachePadded<AtomicPtr<Obj24>>];
 
-fn publish(slot: &AtomicPtr<Obj24>, i: usize) -> *mut Obj24 {
-    slot.swap(Box::into_raw(Obj24::boxed(i as u64)), AcqRel)
+/// The workload of one thread: `n` times, allocate an object, publish it
+/// in `slot` and hand the one it replaced (unlinked, so the caller's) to
+/// `retire`; at the end unlink and retire the last one.
+fn churn(slot: &AtomicPtr<Obj24>, n: usize, mut retire: impl FnMut(*mut Obj24)) {
+    for i in 0..=n {
+        let new = if i < n {
+            Box::into_raw(Obj24::boxed(i as u64))
+        } else {
+            core::ptr::null_mut()
+        };
+        let old = slot.swap(new, AcqRel);
+        if !old.is_null() {
+            retire(old);
+        }
+    }
 }
 
 /// Runs `per_thread` on `threads` threads, each with its own slot; returns
@@ -143,17 +156,10 @@ fn timed(
 
 fn run_krcu(k: &Krcu, threads: usize, objects: usize) -> Duration {
     let t0 = timed(threads, objects, |slot, n| {
-        for i in 0..=n {
-            let old = if i < n {
-                publish(slot, i)
-            } else {
-                slot.swap(core::ptr::null_mut(), AcqRel)
-            };
-            if !old.is_null() {
-                // SAFETY: unlinked from the slot just now: ours.
-                k.kfree_rcu(unsafe { Box::from_raw(old) }).ok();
-            }
-        }
+        churn(slot, n, |old| {
+            // SAFETY: unlinked from the slot just now: ours.
+            k.kfree_rcu(unsafe { Box::from_raw(old) }).ok();
+        });
     });
     k.kvfree_rcu_barrier();
     t0.elapsed()
@@ -163,20 +169,13 @@ fn run_crossbeam(threads: usize, objects: usize) -> Duration {
     let collector = crossbeam_epoch::Collector::new();
     let t0 = timed(threads, objects, |slot, n| {
         let handle = collector.register();
-        for i in 0..=n {
+        churn(slot, n, |old| {
             let guard = handle.pin();
-            let old = if i < n {
-                publish(slot, i)
-            } else {
-                slot.swap(core::ptr::null_mut(), AcqRel)
-            };
-            if !old.is_null() {
-                let old = SendPtr(old);
-                // SAFETY: unlinked; freed once, after every guard
-                // pinned before now is gone.
-                unsafe { guard.defer_unchecked(move || drop(Box::from_raw(old.get()))) };
-            }
-        }
+            let old = SendPtr(old);
+            // SAFETY: unlinked; freed once, after every guard
+            // pinned before now is gone.
+            unsafe { guard.defer_unchecked(move || drop(Box::from_raw(old.get()))) };
+        });
     });
     // The collector's last reference: everything deferred is run.
     drop(collector);
@@ -186,17 +185,10 @@ fn run_crossbeam(threads: usize, objects: usize) -> Duration {
 fn run_seize(threads: usize, objects: usize) -> Duration {
     let collector = seize::Collector::new();
     let t0 = timed(threads, objects, |slot, n| {
-        for i in 0..=n {
-            let old = if i < n {
-                publish(slot, i)
-            } else {
-                slot.swap(core::ptr::null_mut(), AcqRel)
-            };
-            if !old.is_null() {
-                // SAFETY: unlinked; allocated with Box.
-                unsafe { collector.retire(old, seize::reclaim::boxed) };
-            }
-        }
+        churn(slot, n, |old| {
+            // SAFETY: unlinked; allocated with Box.
+            unsafe { collector.retire(old, seize::reclaim::boxed) };
+        });
     });
     // Dropping the collector reclaims everything retired.
     drop(collector);
@@ -205,17 +197,10 @@ fn run_seize(threads: usize, objects: usize) -> Duration {
 
 fn run_drop(threads: usize, objects: usize) -> Duration {
     timed(threads, objects, |slot, n| {
-        for i in 0..=n {
-            let old = if i < n {
-                publish(slot, i)
-            } else {
-                slot.swap(core::ptr::null_mut(), AcqRel)
-            };
-            if !old.is_null() {
-                // SAFETY: unlinked; nobody else can reach it.
-                drop(unsafe { Box::from_raw(old) });
-            }
-        }
+        churn(slot, n, |old| {
+            // SAFETY: unlinked; nobody else can reach it.
+            drop(unsafe { Box::from_raw(old) });
+        });
     })
     .elapsed()
 }
@@ -233,7 +218,7 @@ impl SendPtr {
 #[cfg(feature = "liburcu")]
 mod urcu {
     //! liburcu's memb flavour, linked from liburcu-dev (`urcu-memb`).
-    use super::{Obj24, timed};
+    use super::{Obj24, churn, timed};
     use std::time::Duration;
 
     /// `struct rcu_head` (urcu/call-rcu.h): a wait-free queue node and a
@@ -267,22 +252,15 @@ mod urcu {
         let t0 = timed(threads, objects, |slot, n| {
             // SAFETY: registering the calling thread has no preconditions.
             unsafe { urcu_memb_register_thread() };
-            for i in 0..=n {
-                let old = if i < n {
-                    super::publish(slot, i)
-                } else {
-                    slot.swap(core::ptr::null_mut(), std::sync::atomic::Ordering::AcqRel)
-                };
-                if !old.is_null() {
-                    // SAFETY: unlinked; the object's RcuHead field is
-                    // two words, unused while liburcu owns it as its
-                    // rcu_head; free_obj frees the Box once.
-                    unsafe {
-                        let head = (&raw mut (*old).head).cast::<UrcuHead>();
-                        urcu_memb_call_rcu(head, free_obj);
-                    }
+            churn(slot, n, |old| {
+                // SAFETY: unlinked; the object's RcuHead field is two
+                // words, unused while liburcu owns it as its rcu_head;
+                // free_obj frees the Box once.
+                unsafe {
+                    let head = (&raw mut (*old).head).cast::<UrcuHead>();
+                    urcu_memb_call_rcu(head, free_obj);
                 }
-            }
+            });
             // SAFETY: registered above.
             unsafe { urcu_memb_unregister_thread() };
         });
