@@ -1,5 +1,8 @@
-//! The command line: help, the demo, and bad input (one line, status 2).
+//! The command line: help, bad input (one line, status 2), the JSON shape
+//! of every measuring subcommand (tiny settings), the tour's shape and the
+//! demo.
 
+use serde_json::Value;
 use std::process::{Command, Output};
 
 fn krcu(args: &[&str]) -> Output {
@@ -17,33 +20,235 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+fn json(args: &[&str]) -> Value {
+    let o = krcu(args);
+    assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+    serde_json::from_str(&stdout(&o)).unwrap_or_else(|e| panic!("{args:?}: {e}: {}", stdout(&o)))
+}
+
+type Check = fn(&Value) -> bool;
+
+fn has(v: &Value, keys: &[(&str, Check)]) {
+    for (k, ok) in keys {
+        let x = v.get(k).unwrap_or_else(|| panic!("no key {k} in {v}"));
+        assert!(ok(x), "{k} has the wrong type: {x}");
+    }
+}
+
 #[test]
 fn help_lists_the_commands() {
     let o = krcu(&["--help"]);
     assert!(o.status.success());
-    assert!(stdout(&o).contains("demo"), "{}", stdout(&o));
+    for cmd in [
+        "tour", "scale", "flood", "policies", "compare", "torture", "demo",
+    ] {
+        assert!(stdout(&o).contains(cmd), "{cmd}: {}", stdout(&o));
+    }
 }
 
 #[test]
-fn bad_flags_are_one_line_and_status_2() {
+fn bad_flags_and_impossible_settings_are_one_line_and_status_2() {
+    let dir = std::env::temp_dir().join("krcu-cli-test-no-such-dir");
+    let bad_plot = dir.join("x.svg");
+    let bad_plot = bad_plot.to_str().unwrap();
     for args in [
         &["--no-such-flag"][..],
         &["no-such-command"],
         &["demo", "--bogus"],
+        &["scale", "--threads", "0"],
+        &["scale", "--objects", "0"],
+        &["scale", "--loops", "x"],
+        &["flood", "--duration", "0"],
+        &["flood", "--duration", "10 parsecs"],
+        &["flood", "--policy", "no-such-policy"],
+        &["flood", "--preempt", "sometimes"],
+        &["policies", "--plot", bad_plot],
+        &["policies", "--plot", "table.png"],
+        &["compare", "--threads", "0"],
+        &["compare", "--rounds", "0"],
+        &["torture", "--duration", "0s"],
+        &["torture", "--threads", "100000"],
     ] {
         let o = krcu(args);
-        assert_eq!(o.status.code(), Some(2), "{args:?}");
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
         let err = stderr(&o);
         assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
         assert!(err.starts_with("krcu: "), "{err}");
         assert!(!err.contains("panicked"), "{err}");
         assert!(stdout(&o).is_empty());
     }
+    let _ = std::fs::remove_file("table.png");
 }
 
 #[test]
-fn no_arguments_runs_the_demo() {
-    let o = krcu(&[]);
+fn scale_json() {
+    let v = json(&[
+        "scale",
+        "--threads",
+        "2",
+        "--objects",
+        "1000",
+        "--loops",
+        "2",
+        "--json",
+    ]);
+    has(
+        &v,
+        &[
+            ("objects", Value::is_u64),
+            ("total_s", Value::is_f64),
+            ("objects_per_s", Value::is_number),
+            ("grace_periods", Value::is_u64),
+            ("batches", Value::is_u64),
+            ("peak_pending_bytes", Value::is_u64),
+            ("peak_rss_bytes", Value::is_u64),
+            ("fallbacks", Value::is_u64),
+            ("policy", Value::is_string),
+        ],
+    );
+    assert_eq!(v["objects"], 4000);
+}
+
+#[test]
+fn flood_json_has_every_source() {
+    let v = json(&["flood", "--duration", "200ms", "--threads", "1", "--json"]);
+    let phases = v["phases"].as_array().unwrap();
+    let sources: Vec<&str> = phases
+        .iter()
+        .map(|p| p["source"].as_str().unwrap())
+        .collect();
+    assert_eq!(sources, ["task", "softirq", "hardirq", "all", "nmi"]);
+    for p in phases {
+        has(
+            p,
+            &[
+                ("calls", Value::is_u64),
+                ("p50_ns", Value::is_u64),
+                ("p99_ns", Value::is_u64),
+                ("p999_ns", Value::is_u64),
+                ("max_ns", Value::is_u64),
+                ("fallback_pct", Value::is_number),
+                ("peak_pending_bytes", Value::is_u64),
+                ("reports", Value::is_u64),
+            ],
+        );
+    }
+    assert!(phases[4]["refused"].as_str().unwrap().contains("NMI"));
+}
+
+#[test]
+fn policies_json_and_plot() {
+    let plot = std::env::temp_dir().join(format!("krcu-test-{}.svg", std::process::id()));
+    let v = json(&[
+        "policies",
+        "--duration",
+        "20ms",
+        "--preempt",
+        "rt",
+        "--threads",
+        "1",
+        "--json",
+        "--plot",
+        plot.to_str().unwrap(),
+    ]);
+    let cells = v["cells"].as_array().unwrap();
+    assert_eq!(cells.len(), 7 * 2);
+    for c in cells {
+        has(
+            c,
+            &[
+                ("policy", Value::is_string),
+                ("preempt", Value::is_string),
+                ("nesting_proof", Value::is_boolean),
+                ("calls_per_s", Value::is_number),
+                ("fallback_pct", Value::is_number),
+                ("peak_pending_bytes", Value::is_u64),
+                ("worst_ns", Value::is_u64),
+                ("reports", Value::is_u64),
+            ],
+        );
+    }
+    assert_eq!(v["summary"].as_array().unwrap().len(), 7);
+    let svg = std::fs::read_to_string(&plot).unwrap();
+    assert!(
+        svg.starts_with("<svg") && svg.contains("cache-refill"),
+        "{svg:.200}"
+    );
+    std::fs::remove_file(plot).ok();
+}
+
+#[test]
+fn compare_json_has_ratios() {
+    let v = json(&["compare", "--objects", "10000", "--rounds", "2", "--json"]);
+    let rows = v["rows"].as_array().unwrap();
+    let systems: Vec<&str> = rows.iter().map(|r| r["system"].as_str().unwrap()).collect();
+    for s in ["krcu kfree_rcu", "crossbeam-epoch", "seize", "drop at once"] {
+        assert_eq!(
+            systems.iter().filter(|x| **x == s).count(),
+            2,
+            "{s}: {systems:?}"
+        );
+    }
+    for r in rows {
+        has(
+            r,
+            &[
+                ("threads", Value::is_u64),
+                ("objects_per_s", Value::is_object),
+            ],
+        );
+        for k in ["min", "median", "max"] {
+            assert!(r["objects_per_s"][k].is_number());
+        }
+        let krcu = r["system"] == "krcu kfree_rcu";
+        assert_eq!(r.get("krcu_ratio").is_some(), !krcu, "{r}");
+        assert_eq!(r.get("peak_pending_bytes").is_some(), krcu, "{r}");
+    }
+}
+
+#[test]
+fn a_short_torture_passes() {
+    let v = json(&["torture", "--duration", "1s", "--json"]);
+    assert_eq!(v["errors"].as_array().unwrap().len(), 0, "{v}");
+    for k in [
+        "reads",
+        "made",
+        "freed",
+        "retired_softirq",
+        "retired_hardirq",
+        "nmi_refused",
+    ] {
+        assert!(v[k].as_u64().unwrap() > 0, "{k}: {v}");
+    }
+    assert_eq!(v["made"], v["freed"]);
+}
+
+#[test]
+fn the_tour_has_the_readmes_shape() {
+    let o = krcu(&["tour", "--quick"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.starts_with("krcu tour:"), "{out}");
+    for policy in krcu::Policy::ALL {
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with(&format!("{} ", policy.name()))),
+            "{policy}: {out}"
+        );
+    }
+    assert!(out.contains("M calls/s (median)"), "{out}");
+    for system in ["krcu kfree_rcu", "crossbeam-epoch", "seize", "drop at once"] {
+        assert!(
+            out.lines().any(|l| l.starts_with(system)),
+            "{system}: {out}"
+        );
+    }
+    assert!(out.contains("krcu ÷ this (min / median / max)"), "{out}");
+}
+
+#[test]
+fn the_demo_shows_the_validator() {
+    let o = krcu(&["demo"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let out = stdout(&o);
     // Every preempt model, nesting proof on and off.

@@ -1,0 +1,405 @@
+//! `krcu compare`: one end-to-end workload through krcu, crossbeam-epoch,
+//! seize, (liburcu's `call_rcu` with the `liburcu` feature) and dropping
+//! the Box at once: per thread, N times, allocate a 24-byte object, publish
+//! it in the thread's slot, retire the one it replaced; the clock stops
+//! when every object is freed. Systems run interleaved, in a rotating
+//! order, round after round; ratios are krcu ÷ the other, per round.
+
+use crate::args::{self, CmdResult};
+use crate::output::{emit, round};
+use crate::progress::Progress;
+use crate::table::Table;
+use crate::workload::{Obj24, Reports, Setup, median};
+use crossbeam_utils::CachePadded;
+use krcu::{Krcu, Policy, PreemptModel};
+use serde::Serialize;
+use std::sync::atomic::{AtomicPtr, Ordering::AcqRel};
+use std::time::{Duration, Instant};
+
+/// Options of `krcu compare`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Args {
+    /// Objects per thread per run.
+    #[arg(long, default_value = "2_000_000", value_parser = args::positive)]
+    pub objects: usize,
+    /// The most threads: runs with 1 and with this many (default 2).
+    #[arg(long, default_value = "2", value_parser = args::threads)]
+    pub threads: usize,
+    /// Rounds (each runs every system once per thread count).
+    #[arg(long, default_value = "5", value_parser = args::positive)]
+    pub rounds: usize,
+    /// krcu's policy.
+    #[arg(long, default_value_t = Policy::default())]
+    pub policy: Policy,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum System {
+    Krcu,
+    CrossbeamEpoch,
+    Seize,
+    #[cfg(feature = "liburcu")]
+    Liburcu,
+    Drop,
+}
+
+impl System {
+    const ALL: &[System] = &[
+        System::Krcu,
+        System::CrossbeamEpoch,
+        System::Seize,
+        #[cfg(feature = "liburcu")]
+        System::Liburcu,
+        System::Drop,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            System::Krcu => "krcu kfree_rcu",
+            System::CrossbeamEpoch => "crossbeam-epoch",
+            System::Seize => "seize",
+            #[cfg(feature = "liburcu")]
+            System::Liburcu => "liburcu call_rcu",
+            System::Drop => "drop at once",
+        }
+    }
+}
+
+/// One system at one thread count, over the rounds.
+#[derive(Debug, Serialize)]
+pub struct Row {
+    pub system: &'static str,
+    pub threads: usize,
+    pub objects_per_s: Stat,
+    pub ns_per_object: f64,
+    /// krcu only: the most memory waiting for a grace period (objects and
+    /// block pages), median over the rounds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peak_pending_bytes: Option<u64>,
+    /// krcu's objects/s ÷ this system's, per round (absent for krcu).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub krcu_ratio: Option<Stat>,
+}
+
+/// Min, median and max over the rounds.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Stat {
+    pub min: f64,
+    pub median: f64,
+    pub max: f64,
+}
+
+impl Stat {
+    fn of(v: &[f64], digits: i32) -> Stat {
+        let mut v = v.to_vec();
+        let med = median(&mut v);
+        Stat {
+            min: round(v.first().copied().unwrap_or(0.0), digits),
+            median: round(med, digits),
+            max: round(v.last().copied().unwrap_or(0.0), digits),
+        }
+    }
+}
+
+/// `krcu compare`'s result.
+#[derive(Debug, Serialize)]
+pub struct CompareResult {
+    pub objects_per_thread: usize,
+    pub object_bytes: usize,
+    pub rounds: usize,
+    pub policy: String,
+    pub liburcu: bool,
+    pub rows: Vec<Row>,
+}
+
+type Slots = [CachePadded<AtomicPtr<Obj24>>];
+
+/// The workload of one thread: `n` times, allocate an object, publish it
+/// in `slot` and hand the one it replaced (unlinked, so the caller's) to
+/// `retire`; at the end unlink and retire the last one.
+fn churn(slot: &AtomicPtr<Obj24>, n: usize, mut retire: impl FnMut(*mut Obj24)) {
+    for i in 0..=n {
+        let new = if i < n {
+            Box::into_raw(Obj24::boxed(i as u64))
+        } else {
+            core::ptr::null_mut()
+        };
+        let old = slot.swap(new, AcqRel);
+        if !old.is_null() {
+            retire(old);
+        }
+    }
+}
+
+/// Runs `per_thread` on `threads` threads, each with its own slot; returns
+/// when it started (the caller stops the clock when all is freed).
+fn timed(
+    threads: usize,
+    objects: usize,
+    per_thread: impl Fn(&AtomicPtr<Obj24>, usize) + Sync,
+) -> Instant {
+    let slots: Box<Slots> = (0..threads)
+        .map(|_| CachePadded::new(AtomicPtr::new(core::ptr::null_mut())))
+        .collect();
+    let t0 = Instant::now();
+    std::thread::scope(|s| {
+        for slot in slots.iter() {
+            let f = &per_thread;
+            s.spawn(move || f(slot, objects));
+        }
+    });
+    t0
+}
+
+fn run_krcu(k: &Krcu, threads: usize, objects: usize) -> Duration {
+    let t0 = timed(threads, objects, |slot, n| {
+        churn(slot, n, |old| {
+            // SAFETY: unlinked from the slot just now: ours.
+            k.kfree_rcu(unsafe { Box::from_raw(old) }).ok();
+        });
+    });
+    k.kvfree_rcu_barrier();
+    t0.elapsed()
+}
+
+fn run_crossbeam(threads: usize, objects: usize) -> Duration {
+    let collector = crossbeam_epoch::Collector::new();
+    let t0 = timed(threads, objects, |slot, n| {
+        let handle = collector.register();
+        churn(slot, n, |old| {
+            let guard = handle.pin();
+            let old = SendPtr(old);
+            // SAFETY: unlinked; freed once, after every guard
+            // pinned before now is gone.
+            unsafe { guard.defer_unchecked(move || drop(Box::from_raw(old.get()))) };
+        });
+    });
+    // The collector's last reference: everything deferred is run.
+    drop(collector);
+    t0.elapsed()
+}
+
+fn run_seize(threads: usize, objects: usize) -> Duration {
+    let collector = seize::Collector::new();
+    let t0 = timed(threads, objects, |slot, n| {
+        churn(slot, n, |old| {
+            // SAFETY: unlinked; allocated with Box.
+            unsafe { collector.retire(old, seize::reclaim::boxed) };
+        });
+    });
+    // Dropping the collector reclaims everything retired.
+    drop(collector);
+    t0.elapsed()
+}
+
+fn run_drop(threads: usize, objects: usize) -> Duration {
+    timed(threads, objects, |slot, n| {
+        churn(slot, n, |old| {
+            // SAFETY: unlinked; nobody else can reach it.
+            drop(unsafe { Box::from_raw(old) });
+        });
+    })
+    .elapsed()
+}
+
+/// A raw pointer moved into a deferred closure.
+struct SendPtr(*mut Obj24);
+// SAFETY: the object is plain data; the pointer is only used to free it.
+unsafe impl Send for SendPtr {}
+impl SendPtr {
+    fn get(self) -> *mut Obj24 {
+        self.0
+    }
+}
+
+#[cfg(feature = "liburcu")]
+mod urcu {
+    //! liburcu's memb flavour, linked from liburcu-dev (`urcu-memb`).
+    use super::{Obj24, churn, timed};
+    use std::time::Duration;
+
+    /// `struct rcu_head` (urcu/call-rcu.h): a wait-free queue node and a
+    /// function, two words, the same size as krcu's RcuHead.
+    #[repr(C)]
+    pub struct UrcuHead {
+        next: *mut UrcuHead,
+        func: unsafe extern "C" fn(*mut UrcuHead),
+    }
+    const _: () = assert!(size_of::<UrcuHead>() == size_of::<krcu::rcu::RcuHead>());
+
+    #[link(name = "urcu-memb")]
+    unsafe extern "C" {
+        fn urcu_memb_register_thread();
+        fn urcu_memb_unregister_thread();
+        fn urcu_memb_call_rcu(head: *mut UrcuHead, func: unsafe extern "C" fn(*mut UrcuHead));
+        fn urcu_memb_barrier();
+    }
+
+    unsafe extern "C" fn free_obj(head: *mut UrcuHead) {
+        // SAFETY: the head is the `head` field of a leaked Box<Obj24>.
+        unsafe {
+            let obj = head
+                .byte_sub(core::mem::offset_of!(Obj24, head))
+                .cast::<Obj24>();
+            drop(Box::from_raw(obj));
+        }
+    }
+
+    pub fn run(threads: usize, objects: usize) -> Duration {
+        let t0 = timed(threads, objects, |slot, n| {
+            // SAFETY: registering the calling thread has no preconditions.
+            unsafe { urcu_memb_register_thread() };
+            churn(slot, n, |old| {
+                // SAFETY: unlinked; the object's RcuHead field is two
+                // words, unused while liburcu owns it as its rcu_head;
+                // free_obj frees the Box once.
+                unsafe {
+                    let head = (&raw mut (*old).head).cast::<UrcuHead>();
+                    urcu_memb_call_rcu(head, free_obj);
+                }
+            });
+            // SAFETY: registered above.
+            unsafe { urcu_memb_unregister_thread() };
+        });
+        // SAFETY: waits for every callback queued so far.
+        unsafe { urcu_memb_barrier() };
+        t0.elapsed()
+    }
+}
+
+/// Runs one system; krcu gets a fresh instance (built off the clock) so
+/// its peak pending memory is this run's.
+fn run_one(
+    system: System,
+    setup: &Setup,
+    threads: usize,
+    objects: usize,
+) -> Result<(Duration, u64), krcu::BuildError> {
+    let d = match system {
+        System::Krcu => {
+            let k = setup.build(&Reports::default())?;
+            let d = run_krcu(&k, threads, objects);
+            return Ok((d, k.stats().peak_pending_bytes));
+        }
+        System::CrossbeamEpoch => run_crossbeam(threads, objects),
+        System::Seize => run_seize(threads, objects),
+        #[cfg(feature = "liburcu")]
+        System::Liburcu => urcu::run(threads, objects),
+        System::Drop => run_drop(threads, objects),
+    };
+    Ok((d, 0))
+}
+
+/// Runs the comparison; used by `krcu compare` and the tour.
+pub fn measure(a: &Args, quiet: bool) -> Result<CompareResult, crate::args::CliError> {
+    let setup = Setup::new(a.policy, PreemptModel::Full);
+    let counts: Vec<usize> = if a.threads == 1 {
+        vec![1]
+    } else {
+        vec![1, a.threads]
+    };
+    let systems = System::ALL;
+    // rates[count][system][round], pending likewise.
+    let mut rates = vec![vec![Vec::new(); systems.len()]; counts.len()];
+    let mut rss = vec![vec![Vec::new(); systems.len()]; counts.len()];
+    let mut progress = Progress::new(
+        "compare",
+        (a.rounds * counts.len() * systems.len()) as u64,
+        quiet,
+    );
+    // A warm-up of each, not measured: page faults, allocator arenas.
+    for &s in systems {
+        run_one(s, &setup, 1, a.objects / 10 + 1)?;
+    }
+    for round in 0..a.rounds {
+        for (ci, &threads) in counts.iter().enumerate() {
+            for j in 0..systems.len() {
+                let si = (j + round) % systems.len();
+                progress.step(&format!(
+                    "round {} · {} · {threads} threads",
+                    round + 1,
+                    systems[si].name()
+                ));
+                let (d, r) = run_one(systems[si], &setup, threads, a.objects)?;
+                rates[ci][si].push((threads * a.objects) as f64 / d.as_secs_f64());
+                rss[ci][si].push(r as f64);
+            }
+        }
+    }
+    progress.finish();
+    let mut rows = Vec::new();
+    for (ci, &threads) in counts.iter().enumerate() {
+        for (si, &system) in systems.iter().enumerate() {
+            let tput = Stat::of(&rates[ci][si], 0);
+            let ratios: Vec<f64> = rates[ci][0]
+                .iter()
+                .zip(&rates[ci][si])
+                .map(|(k, o)| k / o)
+                .collect();
+            rows.push(Row {
+                system: system.name(),
+                threads,
+                objects_per_s: tput,
+                ns_per_object: round(1e9 / tput.median * threads as f64, 1),
+                peak_pending_bytes: (system == System::Krcu)
+                    .then(|| median(&mut rss[ci][si].clone()) as u64),
+                krcu_ratio: (system != System::Krcu).then(|| Stat::of(&ratios, 2)),
+            });
+        }
+    }
+    Ok(CompareResult {
+        objects_per_thread: a.objects,
+        object_bytes: size_of::<Obj24>(),
+        rounds: a.rounds,
+        policy: a.policy.to_string(),
+        liburcu: cfg!(feature = "liburcu"),
+        rows,
+    })
+}
+
+pub fn run(a: &Args) -> CmdResult {
+    let r = measure(a, false)?;
+    emit(a.json, &r, render);
+    Ok(())
+}
+
+pub fn render(r: &CompareResult) -> String {
+    let mut t = Table::new([
+        "system",
+        "threads",
+        "M objects/s (min / median / max)",
+        "ns/object/thread",
+        "krcu peak pending",
+        "krcu ÷ this (min / median / max)",
+    ]);
+    for row in &r.rows {
+        let s = row.objects_per_s;
+        t.row([
+            row.system.to_string(),
+            row.threads.to_string(),
+            format!(
+                "{:.1} / {:.1} / {:.1}",
+                s.min / 1e6,
+                s.median / 1e6,
+                s.max / 1e6
+            ),
+            format!("{:.1}", row.ns_per_object),
+            row.peak_pending_bytes.map_or("-".into(), args::show_bytes),
+            row.krcu_ratio.map_or("-".into(), |q| {
+                format!("{:.2} / {:.2} / {:.2}", q.min, q.median, q.max)
+            }),
+        ]);
+    }
+    let mut out = format!(
+        "krcu compare: {} objects of {} bytes per thread, allocated, published, retired and freed; {} rounds, interleaved\n\n",
+        r.objects_per_thread, r.object_bytes, r.rounds
+    );
+    out.push_str(&t.render());
+    if !r.liburcu {
+        out.push_str("(liburcu's call_rcu joins with `--features liburcu`, given liburcu-dev)\n");
+    }
+    out
+}

@@ -1,0 +1,495 @@
+//! `krcu flood`: seed 004's sources of an RCU call flood. Task threads
+//! (syscall-driven callers), the softirq worker, a real signal handler
+//! standing for a device interrupt, and NMI, which `kfree_rcu` refuses.
+//! Each source floods a fresh instance alone, then all flood together;
+//! per source: call latency percentiles, fallback rate, peak pending
+//! memory and validator reports.
+
+use crate::args::{self, CliError, CmdResult};
+use crate::output::{emit, round};
+use crate::progress;
+use crate::signal::{self, Ring, Route};
+use crate::table::Table;
+use crate::workload::{Histogram, Obj24, Reports, Setup};
+use krcu::{Krcu, KvfreeStats, Policy, PreemptModel};
+use serde::Serialize;
+use std::sync::Barrier;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::*};
+use std::time::{Duration, Instant};
+
+/// Options of `krcu flood`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Total run time, split over the phases (e.g. 4s, 800ms).
+    #[arg(long, default_value = "4s", value_parser = args::duration)]
+    duration: Duration,
+    /// Task threads flooding (default: one per CPU).
+    #[arg(long, value_parser = args::threads)]
+    threads: Option<usize>,
+    /// The kfree_rcu policy.
+    #[arg(long, default_value_t = Policy::default())]
+    policy: Policy,
+    /// The preempt model.
+    #[arg(long, default_value_t = PreemptModel::Full)]
+    preempt: PreemptModel,
+    /// Objects each signal handler run retires.
+    #[arg(long, default_value_t = 8, value_parser = args::positive)]
+    burst: usize,
+    /// Print JSON instead of tables.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Which sources flood, and how.
+#[derive(Debug, Clone, Copy)]
+pub struct FloodConfig {
+    pub duration: Duration,
+    pub task_threads: usize,
+    pub softirq: bool,
+    pub hardirq: bool,
+    /// Objects per signal.
+    pub burst: usize,
+    /// Time one task/softirq call in this many.
+    pub sample_every: u64,
+}
+
+/// Latency and count of one source in one run.
+#[derive(Debug, Clone, Serialize)]
+pub struct SourceResult {
+    pub source: &'static str,
+    pub calls: u64,
+    pub timed_calls: u64,
+    pub p50_ns: u64,
+    pub p99_ns: u64,
+    pub p999_ns: u64,
+    pub max_ns: u64,
+}
+
+impl SourceResult {
+    fn new(source: &'static str, calls: u64, h: &Histogram) -> SourceResult {
+        SourceResult {
+            source,
+            calls,
+            timed_calls: h.count(),
+            p50_ns: h.quantile(0.5),
+            p99_ns: h.quantile(0.99),
+            p999_ns: h.quantile(0.999),
+            max_ns: h.max(),
+        }
+    }
+}
+
+/// What one flood run measured.
+pub struct FloodRun {
+    pub elapsed: Duration,
+    pub sources: Vec<SourceResult>,
+    pub merged: Histogram,
+    pub signals: u64,
+    pub ring_empty: u64,
+}
+
+impl FloodRun {
+    pub fn calls(&self) -> u64 {
+        self.sources.iter().map(|s| s.calls).sum()
+    }
+}
+
+/// What the signal handler needs.
+struct IrqCtx {
+    k: *const Krcu,
+    ring: Ring<Obj24>,
+    hist: Histogram,
+    calls: AtomicU64,
+    empty: AtomicU64,
+    burst: usize,
+}
+
+/// The hardirq source: retire up to `burst` preallocated objects.
+///
+/// # Safety
+/// `ctx` is an `IrqCtx` alive for the route's lifetime.
+unsafe fn irq_flood(ctx: *const ()) {
+    // SAFETY: per the contract.
+    let c = unsafe { &*ctx.cast::<IrqCtx>() };
+    // SAFETY: the instance outlives the route (the flood joins first).
+    let k = unsafe { &*c.k };
+    for _ in 0..c.burst {
+        let Some(obj) = c.ring.pop() else {
+            c.empty.fetch_add(1, Relaxed);
+            return;
+        };
+        let t = Instant::now();
+        let r = k.kfree_rcu(obj);
+        c.hist.record(t.elapsed());
+        c.calls.fetch_add(1, Relaxed);
+        // Never refused outside NMI; were it, free nothing in a handler.
+        std::mem::forget(r);
+    }
+}
+
+/// One task or softirq flooder: retire new objects until `stop`.
+fn flood_loop(k: &Krcu, stop: &AtomicBool, hist: &Histogram, sample: u64, seed: u64) -> u64 {
+    let mut n: u64 = 0;
+    while !stop.load(Relaxed) {
+        for _ in 0..256 {
+            n += 1;
+            let obj = Obj24::boxed(n ^ seed);
+            if n.is_multiple_of(sample) {
+                let t = Instant::now();
+                let r = k.kfree_rcu(obj);
+                hist.record(t.elapsed());
+                r.ok();
+            } else {
+                k.kfree_rcu(obj).ok();
+            }
+        }
+    }
+    n
+}
+
+/// Floods `k` from the configured sources for `cfg.duration`; the caller
+/// runs the barrier and reads the stats.
+pub fn run_flood(k: &Krcu, cfg: &FloodConfig, quiet: bool) -> FloodRun {
+    let stop = AtomicBool::new(false);
+    let task_hists: Vec<Histogram> = (0..cfg.task_threads)
+        .map(|_| Histogram::default())
+        .collect();
+    let soft_hist = Histogram::default();
+    let irq = IrqCtx {
+        k,
+        ring: Ring::new(4096),
+        hist: Histogram::default(),
+        calls: AtomicU64::new(0),
+        empty: AtomicU64::new(0),
+        burst: cfg.burst,
+    };
+    let route = Route {
+        func: irq_flood,
+        ctx: (&irq as *const IrqCtx).cast(),
+    };
+    let _route = cfg.hardirq.then(|| signal::route(&route));
+    let parties = 1 + cfg.task_threads + usize::from(cfg.softirq) + 2 * usize::from(cfg.hardirq);
+    let start = Barrier::new(parties);
+    let mut signals = 0;
+    let mut elapsed = Duration::ZERO;
+    let (mut task_calls, mut soft_calls) = (0, 0);
+    std::thread::scope(|s| {
+        let tasks: Vec<_> = task_hists
+            .iter()
+            .enumerate()
+            .map(|(i, h)| {
+                let (stop, start) = (&stop, &start);
+                s.spawn(move || {
+                    start.wait();
+                    flood_loop(k, stop, h, cfg.sample_every, i as u64)
+                })
+            })
+            .collect();
+        let soft = cfg.softirq.then(|| {
+            let (stop, start, h) = (&stop, &start, &soft_hist);
+            s.spawn(move || {
+                let _softirq = krcu::context::enter_softirq();
+                start.wait();
+                flood_loop(k, stop, h, cfg.sample_every, 1 << 40)
+            })
+        });
+        let irq_threads = cfg.hardirq.then(|| {
+            // The interrupted thread sleeps: a handler never lands inside
+            // malloc, where a report the validator builds could deadlock.
+            let (tx, rx) = std::sync::mpsc::channel();
+            let (stop, start) = (&stop, &start);
+            let victim = s.spawn(move || {
+                tx.send(signal::this_thread()).ok();
+                start.wait();
+                while !stop.load(Relaxed) {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            });
+            let thread = rx.recv().expect("victim thread");
+            let ring = &irq.ring;
+            let sender = s.spawn(move || {
+                let mut sent = 0u64;
+                let mut v = 0u64;
+                start.wait();
+                while !stop.load(Relaxed) {
+                    for _ in 0..ring.room() {
+                        v += 1;
+                        ring.push(Obj24::boxed(v));
+                    }
+                    signal::interrupt(thread);
+                    sent += 1;
+                    std::thread::yield_now();
+                }
+                sent
+            });
+            (victim, sender)
+        });
+        start.wait();
+        let t0 = Instant::now();
+        progress::wait("flood", cfg.duration, quiet);
+        stop.store(true, Relaxed);
+        task_calls = tasks.into_iter().map(|t| t.join().unwrap_or(0)).sum();
+        soft_calls = soft.map_or(0, |t| t.join().unwrap_or(0));
+        if let Some((victim, sender)) = irq_threads {
+            signals = sender.join().unwrap_or(0);
+            victim.join().ok();
+        }
+        elapsed = t0.elapsed();
+    });
+    drop(_route);
+    let task_hist = Histogram::default();
+    for h in &task_hists {
+        task_hist.merge(h);
+    }
+    let merged = Histogram::default();
+    let mut sources = Vec::new();
+    if cfg.task_threads > 0 {
+        sources.push(SourceResult::new("task", task_calls, &task_hist));
+        merged.merge(&task_hist);
+    }
+    if cfg.softirq {
+        sources.push(SourceResult::new("softirq", soft_calls, &soft_hist));
+        merged.merge(&soft_hist);
+    }
+    if cfg.hardirq {
+        sources.push(SourceResult::new(
+            "hardirq",
+            irq.calls.load(SeqCst),
+            &irq.hist,
+        ));
+        merged.merge(&irq.hist);
+    }
+    FloodRun {
+        elapsed,
+        sources,
+        merged,
+        signals,
+        ring_empty: irq.empty.load(SeqCst),
+    }
+}
+
+/// One row of `krcu flood`.
+#[derive(Debug, Serialize)]
+pub struct PhaseResult {
+    pub source: &'static str,
+    pub elapsed_s: f64,
+    pub calls: u64,
+    pub calls_per_s: f64,
+    pub p50_ns: u64,
+    pub p99_ns: u64,
+    pub p999_ns: u64,
+    pub max_ns: u64,
+    pub fallback_pct: f64,
+    pub peak_pending_bytes: u64,
+    pub reports: u64,
+    /// NMI only: what kfree_rcu answered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
+}
+
+/// `krcu flood`'s result.
+#[derive(Debug, Serialize)]
+pub struct FloodResult {
+    pub policy: String,
+    pub preempt: String,
+    pub task_threads: usize,
+    pub signals_sent: u64,
+    /// Signals that found no preallocated object left.
+    pub signals_ring_empty: u64,
+    pub phases: Vec<PhaseResult>,
+}
+
+fn phase_row(
+    source: &'static str,
+    run: &FloodRun,
+    h: &Histogram,
+    s: &KvfreeStats,
+    reports: &Reports,
+) -> PhaseResult {
+    PhaseResult {
+        source,
+        elapsed_s: round(run.elapsed.as_secs_f64(), 3),
+        calls: run.calls(),
+        calls_per_s: round(run.calls() as f64 / run.elapsed.as_secs_f64(), 0),
+        p50_ns: h.quantile(0.5),
+        p99_ns: h.quantile(0.99),
+        p999_ns: h.quantile(0.999),
+        max_ns: h.max(),
+        fallback_pct: round(s.fallback_ratio() * 100.0, 4),
+        peak_pending_bytes: s.peak_pending_bytes,
+        reports: reports.total(),
+        refused: None,
+    }
+}
+
+/// NMI: every call is refused and the object handed back.
+fn nmi_phase(setup: &Setup, calls: u64) -> Result<PhaseResult, CliError> {
+    let reports = Reports::default();
+    let k = setup.build(&reports)?;
+    let h = Histogram::default();
+    let mut refused = 0;
+    let mut message = String::new();
+    let t0 = Instant::now();
+    for i in 0..calls {
+        let back = {
+            let _nmi = krcu::context::enter_nmi();
+            let t = Instant::now();
+            let r = k.kfree_rcu(Obj24::boxed(i));
+            h.record(t.elapsed());
+            r
+        };
+        if let Err(e) = back {
+            refused += 1;
+            if message.is_empty() {
+                message = e.to_string();
+            }
+            drop(e.0); // handed back: ours to free, outside NMI
+        }
+    }
+    let elapsed = t0.elapsed();
+    k.kvfree_rcu_barrier();
+    let s = k.stats();
+    if refused != calls || s.refused_nmi != calls {
+        return Err(CliError::Failed(format!(
+            "NMI: {refused} of {calls} calls refused (stats say {})",
+            s.refused_nmi
+        )));
+    }
+    Ok(PhaseResult {
+        source: "nmi",
+        elapsed_s: round(elapsed.as_secs_f64(), 3),
+        calls,
+        calls_per_s: round(calls as f64 / elapsed.as_secs_f64(), 0),
+        p50_ns: h.quantile(0.5),
+        p99_ns: h.quantile(0.99),
+        p999_ns: h.quantile(0.999),
+        max_ns: h.max(),
+        fallback_pct: 0.0,
+        peak_pending_bytes: s.peak_pending_bytes,
+        reports: reports.total(),
+        refused: Some(format!("{refused} refused: {message}")),
+    })
+}
+
+pub fn run(a: &Args) -> CmdResult {
+    let threads = a.threads.unwrap_or_else(args::cpus);
+    let mut setup = Setup::new(a.policy, a.preempt);
+    setup.validator = true;
+    let phase = a.duration / 4;
+    let base = FloodConfig {
+        duration: phase,
+        task_threads: 0,
+        softirq: false,
+        hardirq: false,
+        burst: a.burst,
+        sample_every: 8,
+    };
+    let phases: [(&'static str, FloodConfig); 4] = [
+        (
+            "task",
+            FloodConfig {
+                task_threads: threads,
+                ..base
+            },
+        ),
+        (
+            "softirq",
+            FloodConfig {
+                softirq: true,
+                ..base
+            },
+        ),
+        (
+            "hardirq",
+            FloodConfig {
+                hardirq: true,
+                ..base
+            },
+        ),
+        (
+            "all",
+            FloodConfig {
+                task_threads: threads,
+                softirq: true,
+                hardirq: true,
+                ..base
+            },
+        ),
+    ];
+    let mut rows = Vec::new();
+    let mut signals = 0;
+    let mut ring_empty = 0;
+    let mut p = progress::Progress::new("flood", 5, false);
+    for (name, cfg) in phases {
+        p.set(rows.len() as u64, name);
+        let reports = Reports::default();
+        let k = setup.build(&reports)?;
+        let run = run_flood(&k, &cfg, true);
+        k.kvfree_rcu_barrier();
+        let s = k.stats();
+        signals += run.signals;
+        ring_empty += run.ring_empty;
+        rows.push(phase_row(name, &run, &run.merged, &s, &reports));
+    }
+    p.set(4, "nmi");
+    rows.push(nmi_phase(&setup, 10_000)?);
+    p.finish();
+    let result = FloodResult {
+        policy: a.policy.to_string(),
+        preempt: a.preempt.to_string(),
+        task_threads: threads,
+        signals_sent: signals,
+        signals_ring_empty: ring_empty,
+        phases: rows,
+    };
+    emit(a.json, &result, render);
+    Ok(())
+}
+
+fn render(r: &FloodResult) -> String {
+    let mut t = Table::new([
+        "source",
+        "calls",
+        "M calls/s",
+        "p50",
+        "p99",
+        "p99.9",
+        "max",
+        "fallback %",
+        "peak pending",
+        "reports",
+    ]);
+    for p in &r.phases {
+        t.row([
+            p.source.to_string(),
+            p.calls.to_string(),
+            format!("{:.2}", p.calls_per_s / 1e6),
+            args::show_ns(p.p50_ns),
+            args::show_ns(p.p99_ns),
+            args::show_ns(p.p999_ns),
+            args::show_ns(p.max_ns),
+            format!("{:.3}", p.fallback_pct),
+            args::show_bytes(p.peak_pending_bytes),
+            p.reports.to_string(),
+        ]);
+    }
+    let mut out = format!(
+        "krcu flood: policy {}, preempt {}, {} task threads; each source alone, then all at once\n\n",
+        r.policy, r.preempt, r.task_threads
+    );
+    out.push_str(&t.render());
+    out.push('\n');
+    out.push_str(
+        "task: threads retiring new objects; softirq: krcu's worker context; hardirq: a real\n",
+    );
+    out.push_str(
+        "SIGUSR1 handler retiring preallocated objects; latencies of one call in 8 (every\n",
+    );
+    out.push_str("handler call), fallback % of all calls, validator on.\n");
+    for p in &r.phases {
+        if let Some(refused) = &p.refused {
+            out.push_str(&format!("nmi: {refused}\n"));
+        }
+    }
+    out
+}

@@ -1,0 +1,282 @@
+//! `krcu policies`: every policy × every preempt model × raw-lock nesting
+//! proof on and off, each over the same short flood (task threads, the
+//! softirq worker and a signal handler at once), with the validator on.
+//! One table answers the seeds' debate with numbers; `--plot` draws it.
+
+use crate::args::{self, CliError, CmdResult};
+use crate::flood::{FloodConfig, run_flood};
+use crate::output::{emit, round};
+use crate::progress::Progress;
+use crate::table::Table;
+use crate::workload::{Reports, Setup, median};
+use krcu::{Policy, PreemptModel};
+use serde::Serialize;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Options of `krcu policies`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Args {
+    /// Flood time per cell (56 cells unless filtered).
+    #[arg(long, default_value = "250ms", value_parser = args::duration)]
+    pub duration: Duration,
+    /// Task threads flooding (default: one per CPU).
+    #[arg(long, value_parser = args::threads)]
+    pub threads: Option<usize>,
+    /// Only this policy.
+    #[arg(long)]
+    pub policy: Option<Policy>,
+    /// Only this preempt model.
+    #[arg(long)]
+    pub preempt: Option<PreemptModel>,
+    /// Draw the table as an SVG chart into this file.
+    #[arg(long, value_name = "FILE.svg")]
+    pub plot: Option<PathBuf>,
+    /// Print JSON instead of tables.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// One cell.
+#[derive(Debug, Clone, Serialize)]
+pub struct Cell {
+    pub policy: &'static str,
+    pub preempt: &'static str,
+    pub nesting_proof: bool,
+    pub calls: u64,
+    pub calls_per_s: f64,
+    pub fallback_pct: f64,
+    pub inline_allocs: u64,
+    pub inline_alloc_failures: u64,
+    pub peak_pending_bytes: u64,
+    pub p99_ns: u64,
+    pub worst_ns: u64,
+    pub reports: u64,
+    pub invalid_wait_reports: u64,
+    pub might_sleep_reports: u64,
+}
+
+/// Per policy, over its 8 cells.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub policy: &'static str,
+    pub median_calls_per_s: f64,
+    pub max_fallback_pct: f64,
+    pub max_peak_pending_bytes: u64,
+    pub worst_ns: u64,
+    pub reports: u64,
+    /// The cells with reports, as `model/nesting`.
+    pub reported_in: Vec<String>,
+}
+
+/// `krcu policies`' result.
+#[derive(Debug, Serialize)]
+pub struct PoliciesResult {
+    pub duration_per_cell_ms: u64,
+    pub task_threads: usize,
+    pub cells: Vec<Cell>,
+    pub summary: Vec<Summary>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub plot: Option<String>,
+}
+
+/// Checks `--plot` before the run: an `.svg` in a directory that exists,
+/// writable.
+pub fn check_plot_path(path: &std::path::Path) -> Result<(), CliError> {
+    if path.extension().and_then(|e| e.to_str()) != Some("svg") {
+        return Err(CliError::Usage(format!(
+            "--plot {}: the plot is SVG, give a file name ending in .svg",
+            path.display()
+        )));
+    }
+    std::fs::File::create(path).map_err(|e| {
+        CliError::Usage(format!(
+            "--plot {}: cannot write there: {e}",
+            path.display()
+        ))
+    })?;
+    Ok(())
+}
+
+/// Runs the cells; used by `krcu policies` and the tour.
+pub fn measure(a: &Args, quiet: bool) -> Result<PoliciesResult, CliError> {
+    let threads = a.threads.unwrap_or_else(args::cpus);
+    let policies: Vec<Policy> = Policy::ALL
+        .into_iter()
+        .filter(|p| a.policy.is_none_or(|q| q == *p))
+        .collect();
+    let models: Vec<PreemptModel> = PreemptModel::ALL
+        .into_iter()
+        .filter(|m| a.preempt.is_none_or(|q| q == *m))
+        .collect();
+    let total = (policies.len() * models.len() * 2) as u64;
+    let mut progress = Progress::new("policies", total, quiet);
+    let cfg = FloodConfig {
+        duration: a.duration,
+        task_threads: threads,
+        softirq: true,
+        hardirq: true,
+        burst: 8,
+        sample_every: 8,
+    };
+    let mut cells = Vec::new();
+    for &policy in &policies {
+        for &model in &models {
+            for nesting_proof in [true, false] {
+                progress.step(&format!(
+                    "{policy} / {model} / nesting {}",
+                    if nesting_proof { "on" } else { "off" }
+                ));
+                let reports = Reports::default();
+                let setup = Setup {
+                    nesting_proof,
+                    validator: true,
+                    arena: 128 << 20,
+                    ..Setup::new(policy, model)
+                };
+                let k = setup.build(&reports)?;
+                let run = run_flood(&k, &cfg, true);
+                k.kvfree_rcu_barrier();
+                let s = k.stats();
+                drop(k);
+                cells.push(Cell {
+                    policy: policy.name(),
+                    preempt: model.name(),
+                    nesting_proof,
+                    calls: run.calls(),
+                    calls_per_s: round(run.calls() as f64 / run.elapsed.as_secs_f64(), 0),
+                    fallback_pct: round(s.fallback_ratio() * 100.0, 4),
+                    inline_allocs: s.inline_allocs,
+                    inline_alloc_failures: s.inline_alloc_failures,
+                    peak_pending_bytes: s.peak_pending_bytes,
+                    p99_ns: run.merged.quantile(0.99),
+                    worst_ns: run.merged.max(),
+                    reports: reports.total(),
+                    invalid_wait_reports: reports.invalid_wait(),
+                    might_sleep_reports: reports.might_sleep(),
+                });
+            }
+        }
+    }
+    progress.finish();
+    let summary = policies
+        .iter()
+        .map(|p| summarize(p.name(), &cells))
+        .collect();
+    Ok(PoliciesResult {
+        duration_per_cell_ms: a.duration.as_millis() as u64,
+        task_threads: threads,
+        cells,
+        summary,
+        plot: None,
+    })
+}
+
+fn summarize(policy: &'static str, cells: &[Cell]) -> Summary {
+    let mine: Vec<&Cell> = cells.iter().filter(|c| c.policy == policy).collect();
+    let mut tput: Vec<f64> = mine.iter().map(|c| c.calls_per_s).collect();
+    Summary {
+        policy,
+        median_calls_per_s: round(median(&mut tput), 0),
+        max_fallback_pct: mine.iter().map(|c| c.fallback_pct).fold(0.0, f64::max),
+        max_peak_pending_bytes: mine.iter().map(|c| c.peak_pending_bytes).max().unwrap_or(0),
+        worst_ns: mine.iter().map(|c| c.worst_ns).max().unwrap_or(0),
+        reports: mine.iter().map(|c| c.reports).sum(),
+        reported_in: mine
+            .iter()
+            .filter(|c| c.reports > 0)
+            .map(|c| {
+                format!(
+                    "{}/{}",
+                    c.preempt,
+                    if c.nesting_proof { "on" } else { "off" }
+                )
+            })
+            .collect(),
+    }
+}
+
+pub fn run(a: &Args) -> CmdResult {
+    if let Some(path) = &a.plot {
+        check_plot_path(path)?;
+    }
+    let mut result = measure(a, false)?;
+    if let Some(path) = &a.plot {
+        crate::plot::policies(&result, path).map_err(CliError::Failed)?;
+        result.plot = Some(path.display().to_string());
+    }
+    emit(a.json, &result, |r| {
+        let mut out = render_cells(r);
+        out.push('\n');
+        out.push_str(&render_summary(r));
+        if let Some(p) = &r.plot {
+            out.push_str(&format!("\nplot: {p}\n"));
+        }
+        out
+    });
+    Ok(())
+}
+
+pub fn render_cells(r: &PoliciesResult) -> String {
+    let mut t = Table::new([
+        "policy",
+        "preempt",
+        "nesting",
+        "M calls/s",
+        "fallback %",
+        "inline ok/failed",
+        "peak pending",
+        "p99",
+        "worst",
+        "reports",
+    ]);
+    for c in &r.cells {
+        t.row([
+            c.policy.to_string(),
+            c.preempt.to_string(),
+            if c.nesting_proof { "on" } else { "off" }.to_string(),
+            format!("{:.2}", c.calls_per_s / 1e6),
+            format!("{:.3}", c.fallback_pct),
+            format!("{}/{}", c.inline_allocs, c.inline_alloc_failures),
+            args::show_bytes(c.peak_pending_bytes),
+            args::show_ns(c.p99_ns),
+            args::show_ns(c.worst_ns),
+            c.reports.to_string(),
+        ]);
+    }
+    format!(
+        "krcu policies: {} ms flood per cell ({} task threads + softirq worker + signal handler), validator on\n\n{}",
+        r.duration_per_cell_ms,
+        r.task_threads,
+        t.render()
+    )
+}
+
+pub fn render_summary(r: &PoliciesResult) -> String {
+    let mut t = Table::new([
+        "policy",
+        "M calls/s (median)",
+        "fallback % (max)",
+        "peak pending (max)",
+        "worst call",
+        "reports",
+    ]);
+    for s in &r.summary {
+        t.row([
+            s.policy.to_string(),
+            format!("{:.2}", s.median_calls_per_s / 1e6),
+            format!("{:.3}", s.max_fallback_pct),
+            args::show_bytes(s.max_peak_pending_bytes),
+            args::show_ns(s.worst_ns),
+            if s.reports == 0 {
+                "0".to_string()
+            } else {
+                format!("{} ({})", s.reports, s.reported_in.join(", "))
+            },
+        ]);
+    }
+    format!(
+        "per policy, over every preempt model and nesting setting:\n\n{}",
+        t.render()
+    )
+}

@@ -1,0 +1,192 @@
+//! `krcu scale`: the kernel's rcuscale kfree test (`kfree_scale_thread`)
+//! in userspace. Each thread, `loops` times, allocates `objects` 24-byte
+//! objects (rcuscale's `struct kfree_obj`) and retires each at once, with
+//! the two-argument form, the single-argument form, or both at random.
+
+use crate::args::{self, CmdResult};
+use crate::output::{emit, round};
+use crate::progress::Progress;
+use crate::table::Table;
+use crate::workload::{Obj24, Reports, Rng, Setup, peak_rss_bytes};
+use krcu::{Policy, PreemptModel};
+use serde::Serialize;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+/// Which form of kfree_rcu to call (rcuscale's `kfree_rcu_test_single`
+/// and `kfree_rcu_test_double`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mix {
+    /// `kfree_rcu(obj, rh)`: the object embeds an rcu_head.
+    Double,
+    /// `kvfree_rcu_mightsleep(obj)`: no rcu_head, may sleep.
+    Single,
+    /// Each call picks one at random (rcuscale's default).
+    Both,
+}
+
+/// Options of `krcu scale`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Threads (default: one per CPU; `kfree_nthreads`).
+    #[arg(long, value_parser = args::threads)]
+    threads: Option<usize>,
+    /// Objects per loop (`kfree_alloc_num`).
+    #[arg(long, default_value = "8000", value_parser = args::positive)]
+    objects: usize,
+    /// Loops per thread (`kfree_loops`).
+    #[arg(long, default_value = "100", value_parser = args::positive)]
+    loops: usize,
+    /// The forms called.
+    #[arg(long, value_enum, default_value_t = Mix::Both)]
+    mix: Mix,
+    /// The kfree_rcu policy.
+    #[arg(long, default_value_t = Policy::default())]
+    policy: Policy,
+    /// The preempt model.
+    #[arg(long, default_value_t = PreemptModel::Full)]
+    preempt: PreemptModel,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `krcu scale`'s result.
+#[derive(Debug, Serialize)]
+pub struct ScaleResult {
+    pub threads: usize,
+    pub objects_per_loop: usize,
+    pub loops: usize,
+    pub mix: String,
+    pub policy: String,
+    pub preempt: String,
+    pub objects: u64,
+    pub single_form_calls: u64,
+    pub total_s: f64,
+    pub objects_per_s: f64,
+    pub grace_periods: u64,
+    pub batches: u64,
+    pub mean_batch: f64,
+    pub peak_pending_bytes: u64,
+    pub peak_rss_bytes: u64,
+    pub fallbacks: u64,
+    pub fallback_pct: f64,
+    pub reclaim_ns_per_object: f64,
+}
+
+pub fn run(a: &Args) -> CmdResult {
+    let threads = a.threads.unwrap_or_else(args::cpus);
+    let k = Setup::new(a.policy, a.preempt).build(&Reports::default())?;
+    let gp0 = k.rcu().stats().grace_periods;
+    let total_loops = (threads * a.loops) as u64;
+    let done = AtomicU64::new(0);
+    let singles = AtomicU64::new(0);
+    let mut progress = Progress::new("scale", total_loops, false);
+    let t0 = Instant::now();
+    std::thread::scope(|s| {
+        for t in 0..threads {
+            let (k, done, singles) = (&k, &done, &singles);
+            s.spawn(move || {
+                let mut rng = Rng::new(t as u64 + 1);
+                let mut single = 0;
+                for _ in 0..a.loops {
+                    for i in 0..a.objects {
+                        let obj = Obj24::boxed(i as u64);
+                        let use_single = match a.mix {
+                            Mix::Double => false,
+                            Mix::Single => true,
+                            Mix::Both => rng.next() & 0x800 != 0,
+                        };
+                        if use_single {
+                            single += 1;
+                            k.kvfree_rcu_mightsleep(obj).ok();
+                        } else {
+                            k.kfree_rcu(obj).ok();
+                        }
+                    }
+                    done.fetch_add(1, Relaxed);
+                }
+                singles.fetch_add(single, Relaxed);
+            });
+        }
+        loop {
+            let d = done.load(Relaxed);
+            progress.set(d, "");
+            if d == total_loops {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    k.kvfree_rcu_barrier();
+    let elapsed = t0.elapsed();
+    progress.finish();
+    let s = k.stats();
+    let objects = total_loops * a.objects as u64;
+    let fallbacks = s.list_fallbacks + s.lock_busy_fallbacks + s.inline_synchronize;
+    let result = ScaleResult {
+        threads,
+        objects_per_loop: a.objects,
+        loops: a.loops,
+        mix: format!("{:?}", a.mix).to_lowercase(),
+        policy: a.policy.to_string(),
+        preempt: a.preempt.to_string(),
+        objects,
+        single_form_calls: singles.load(Relaxed),
+        total_s: round(elapsed.as_secs_f64(), 4),
+        objects_per_s: round(objects as f64 / elapsed.as_secs_f64(), 0),
+        grace_periods: k.rcu().stats().grace_periods - gp0,
+        batches: s.batches,
+        mean_batch: round(s.mean_batch(), 1),
+        peak_pending_bytes: s.peak_pending_bytes,
+        peak_rss_bytes: peak_rss_bytes(),
+        fallbacks,
+        fallback_pct: round(s.fallback_ratio() * 100.0, 4),
+        reclaim_ns_per_object: round(s.reclaim_ns_per_object(), 1),
+    };
+    emit(a.json, &result, render);
+    Ok(())
+}
+
+fn render(r: &ScaleResult) -> String {
+    let mut t = Table::new(["what", "value"]);
+    let rows = [
+        (
+            "objects",
+            format!(
+                "{} ({} threads × {} loops × {})",
+                r.objects, r.threads, r.loops, r.objects_per_loop
+            ),
+        ),
+        (
+            "forms",
+            format!("{} ({} single-argument calls)", r.mix, r.single_form_calls),
+        ),
+        (
+            "total time",
+            format!("{:.3} s (until the last object was freed)", r.total_s),
+        ),
+        ("objects/s", format!("{:.2} M", r.objects_per_s / 1e6)),
+        ("grace periods", r.grace_periods.to_string()),
+        (
+            "batches",
+            format!("{} (mean {} objects)", r.batches, r.mean_batch),
+        ),
+        ("peak pending", args::show_bytes(r.peak_pending_bytes)),
+        ("peak RSS", args::show_bytes(r.peak_rss_bytes)),
+        (
+            "fallbacks",
+            format!("{} ({:.3} %)", r.fallbacks, r.fallback_pct),
+        ),
+        ("reclaim", format!("{} ns/object", r.reclaim_ns_per_object)),
+    ];
+    for (k, v) in rows {
+        t.row([k.to_string(), v]);
+    }
+    format!(
+        "krcu scale: rcuscale's kfree test, policy {}, preempt {}\n\n{}",
+        r.policy,
+        r.preempt,
+        t.render()
+    )
+}

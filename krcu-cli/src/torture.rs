@@ -1,0 +1,586 @@
+//! `krcu torture`: rcutorture in small. Readers walk a table of objects
+//! inside read-side sections and check each one is alive and intact;
+//! writers replace objects and retire the old ones from task context (also
+//! with a raw spinlock held, and with the single-argument form), from the
+//! softirq worker, from a real signal handler, and try NMI (which must be
+//! refused); page allocations fail now and then. At the end every object
+//! must have been freed exactly once, none while a reader could see it.
+
+use crate::args::{self, CliError, CmdResult};
+use crate::output::emit;
+use crate::progress;
+use crate::signal::{self, Ring, Route};
+use crate::table::Table;
+use crate::workload::{Reports, Rng, Setup};
+use krcu::lock::RawSpinLock;
+use krcu::page::FaultSites;
+use krcu::rcu::{HasRcuHead, RcuHead};
+use krcu::{Krcu, Policy, PreemptModel};
+use serde::Serialize;
+use std::sync::Barrier;
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering::*};
+use std::time::{Duration, Instant};
+
+/// Options of `krcu torture`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// How long to run (e.g. 30s).
+    #[arg(long, default_value = "10s", value_parser = args::duration)]
+    duration: Duration,
+    /// Reader threads.
+    #[arg(long, default_value = "2", value_parser = args::threads)]
+    readers: usize,
+    /// Task writer threads (plus one softirq writer, the signal handler and
+    /// an NMI tryer).
+    #[arg(long, default_value = "2", value_parser = args::threads)]
+    threads: usize,
+    /// The policy (default: a random one; `nowait` only when asked, as its
+    /// validator reports are expected).
+    #[arg(long)]
+    policy: Option<Policy>,
+    /// The preempt model (default: a random one).
+    #[arg(long)]
+    preempt: Option<PreemptModel>,
+    /// Every n-th page allocation fails (0: no fault injection).
+    #[arg(long, default_value_t = 7)]
+    fail_every: u64,
+    /// Run the lockdep-style validator too. Its held-lock records are not
+    /// safe against a signal handler on the same thread (see the README),
+    /// so with it the handler interrupts a thread that only sleeps.
+    #[arg(long)]
+    validator: bool,
+    /// No signal handler writer (to tell its effects apart).
+    #[arg(long)]
+    no_hardirq: bool,
+    /// Seed of the random choices (default: from the clock).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+const LIVE: u64 = 0x11FE_11FE_11FE_11FE;
+const POISON: u64 = 0xDEAD_DEAD_DEAD_DEAD;
+const IDS: usize = 1 << 22;
+const SLOTS: usize = 256;
+
+/// Counts per object id (ids wrap): made and freed. Equal at the end for
+/// every id, or something was leaked or freed twice.
+struct Ledger {
+    made: Box<[AtomicU32]>,
+    freed: Box<[AtomicU32]>,
+    next: AtomicU64,
+    total_freed: AtomicU64,
+    double_frees: AtomicU64,
+}
+
+static LEDGER: std::sync::OnceLock<Ledger> = std::sync::OnceLock::new();
+
+fn ledger() -> &'static Ledger {
+    LEDGER.get_or_init(|| Ledger {
+        made: (0..IDS).map(|_| AtomicU32::new(0)).collect(),
+        freed: (0..IDS).map(|_| AtomicU32::new(0)).collect(),
+        next: AtomicU64::new(0),
+        total_freed: AtomicU64::new(0),
+        double_frees: AtomicU64::new(0),
+    })
+}
+
+/// A torture object: a state word, a generation and its complement.
+struct TObj {
+    state: AtomicU64,
+    generation: u64,
+    check: u64,
+    head: RcuHead,
+}
+
+// SAFETY: `head` is an RcuHead field of TObj.
+unsafe impl HasRcuHead for TObj {
+    const RCU_HEAD_OFFSET: usize = core::mem::offset_of!(TObj, head);
+}
+
+impl TObj {
+    fn new() -> Box<TObj> {
+        let l = ledger();
+        let generation = l.next.fetch_add(1, Relaxed);
+        l.made[generation as usize % IDS].fetch_add(1, Relaxed);
+        Box::new(TObj {
+            state: AtomicU64::new(LIVE),
+            generation,
+            check: !generation,
+            head: RcuHead::new(),
+        })
+    }
+
+    /// What a reader checks: alive and intact.
+    fn ok(&self) -> bool {
+        self.state.load(Acquire) == LIVE && self.check == !self.generation
+    }
+}
+
+impl Drop for TObj {
+    fn drop(&mut self) {
+        let l = ledger();
+        let before = self.state.swap(POISON, AcqRel);
+        let id = self.generation as usize % IDS;
+        let freed = l.freed[id].fetch_add(1, Relaxed) + 1;
+        if before != LIVE || freed > l.made[id].load(Relaxed) {
+            l.double_frees.fetch_add(1, Relaxed);
+        }
+        l.total_freed.fetch_add(1, Relaxed);
+    }
+}
+
+/// The table readers walk.
+struct Slots {
+    slots: Box<[AtomicPtr<TObj>]>,
+}
+
+impl Slots {
+    /// Puts `new` in slot `i`; returns the old object, now unlinked.
+    fn replace(&self, i: usize, new: Box<TObj>) -> Box<TObj> {
+        let old = self.slots[i % SLOTS].swap(Box::into_raw(new), AcqRel);
+        // SAFETY: every slot holds a leaked Box; unlinked just now, so ours.
+        unsafe { Box::from_raw(old) }
+    }
+}
+
+struct IrqCtx {
+    k: *const Krcu,
+    table: *const Slots,
+    ring: Ring<TObj>,
+    retired: AtomicU64,
+    empty: AtomicU64,
+    refused: AtomicU64,
+    next: AtomicU64,
+}
+
+/// The signal handler's writer: replace a slot with a preallocated object
+/// and retire the old one.
+///
+/// # Safety
+/// `ctx` is an `IrqCtx` alive for the route's lifetime.
+unsafe fn irq_writer(ctx: *const ()) {
+    // SAFETY: per the contract.
+    let c = unsafe { &*ctx.cast::<IrqCtx>() };
+    // SAFETY: the instance and table outlive the route.
+    let (k, table) = unsafe { (&*c.k, &*c.table) };
+    for _ in 0..4 {
+        let Some(new) = c.ring.pop() else {
+            c.empty.fetch_add(1, Relaxed);
+            return;
+        };
+        let i = c.next.fetch_add(7, Relaxed) as usize;
+        let old = table.replace(i, new);
+        match k.kfree_rcu(old) {
+            Ok(()) => c.retired.fetch_add(1, Relaxed),
+            Err(e) => {
+                // Never in hardirq; leak rather than free in a handler.
+                std::mem::forget(e);
+                c.refused.fetch_add(1, Relaxed)
+            }
+        };
+    }
+}
+
+/// `krcu torture`'s result.
+#[derive(Debug, Serialize)]
+pub struct TortureResult {
+    pub policy: String,
+    pub preempt: String,
+    pub seed: u64,
+    pub seconds: f64,
+    pub fail_every: u64,
+    pub reads: u64,
+    pub objects_checked: u64,
+    pub made: u64,
+    pub freed: u64,
+    pub retired_task: u64,
+    pub retired_task_raw_lock: u64,
+    pub retired_mightsleep: u64,
+    pub retired_softirq: u64,
+    pub retired_hardirq: u64,
+    pub signals: u64,
+    pub nmi_refused: u64,
+    pub fallbacks: u64,
+    pub inline_synchronize: u64,
+    pub page_faults_injected: bool,
+    pub grace_periods: u64,
+    pub validator: bool,
+    pub reports: u64,
+    pub expected_reports: bool,
+    pub stalls: u64,
+    pub errors: Vec<String>,
+}
+
+#[derive(Default)]
+struct Counts {
+    reads: AtomicU64,
+    checked: AtomicU64,
+    bad_reads: AtomicU64,
+    task: AtomicU64,
+    raw: AtomicU64,
+    mightsleep: AtomicU64,
+    softirq: AtomicU64,
+    nmi_refused: AtomicU64,
+    nmi_accepted: AtomicU64,
+}
+
+pub fn run(a: &Args) -> CmdResult {
+    let seed = a.seed.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64)
+    });
+    let mut rng = Rng::new(seed);
+    let choices: Vec<Policy> = Policy::ALL
+        .into_iter()
+        .filter(|p| *p != Policy::Nowait)
+        .collect();
+    let policy = a
+        .policy
+        .unwrap_or(choices[rng.below(choices.len() as u64) as usize]);
+    let model = a
+        .preempt
+        .unwrap_or(PreemptModel::ALL[rng.below(4) as usize]);
+    let reports = Reports::default();
+    let setup = Setup {
+        validator: a.validator,
+        ..Setup::new(policy, model)
+    };
+    let k = setup.build(&reports)?;
+    if a.fail_every > 0 {
+        k.pages().faults().fail_every(a.fail_every, FaultSites::ALL);
+    }
+    if !a.json {
+        eprintln!(
+            "krcu torture: policy {policy}, preempt {model}, seed {seed}, {} readers, {} task writers, fail every {}, validator {}, {}",
+            a.readers,
+            a.threads,
+            a.fail_every,
+            if a.validator { "on" } else { "off" },
+            args::show_duration(a.duration)
+        );
+    }
+    let gp0 = k.rcu().stats().grace_periods;
+    let table = Slots {
+        slots: (0..SLOTS)
+            .map(|_| AtomicPtr::new(Box::into_raw(TObj::new())))
+            .collect(),
+    };
+    let counts = Counts::default();
+    let stop = AtomicBool::new(false);
+    let irq = IrqCtx {
+        k: &k,
+        table: &table,
+        ring: Ring::new(1024),
+        retired: AtomicU64::new(0),
+        empty: AtomicU64::new(0),
+        refused: AtomicU64::new(0),
+        next: AtomicU64::new(0),
+    };
+    let route = Route {
+        func: irq_writer,
+        ctx: (&irq as *const IrqCtx).cast(),
+    };
+    let raw = RawSpinLock::named(k.domain(), "torture_raw_lock", ());
+    let guard = signal::route(&route);
+    // Without the validator the handler interrupts a task writer, maybe
+    // inside kfree_rcu. The validator's per-thread held-lock records are
+    // not signal-safe (a handler running amid their update leaves stale
+    // entries, hence false reports), and its reports allocate: with it, the
+    // handler interrupts a thread that only sleeps.
+    let interrupt_writer = !a.validator && policy != Policy::Nowait;
+    let start = Barrier::new(a.readers + a.threads + 4 + usize::from(!interrupt_writer));
+    let t0 = Instant::now();
+    let mut signals = 0;
+    std::thread::scope(|s| {
+        for _ in 0..a.readers {
+            let (k, table, counts, stop, start) = (&k, &table, &counts, &stop, &start);
+            s.spawn(move || {
+                let reader = k.rcu().register_thread();
+                start.wait();
+                while !stop.load(Relaxed) {
+                    let _g = reader.read_lock();
+                    let mut bad = 0;
+                    for slot in table.slots.iter() {
+                        let p = slot.load(Acquire);
+                        // SAFETY: inside a read-side section every object
+                        // reachable from the table stays allocated until a
+                        // grace period after it was unlinked.
+                        if !unsafe { &*p }.ok() {
+                            bad += 1;
+                        }
+                    }
+                    counts.bad_reads.fetch_add(bad, Relaxed);
+                    counts.checked.fetch_add(SLOTS as u64, Relaxed);
+                    counts.reads.fetch_add(1, Relaxed);
+                }
+            });
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        for w in 0..a.threads {
+            let (k, table, counts, stop, start, raw) = (&k, &table, &counts, &stop, &start, &raw);
+            let tx = (w == 0 && interrupt_writer).then(|| tx.clone());
+            s.spawn(move || {
+                if let Some(tx) = tx {
+                    tx.send(signal::this_thread()).ok();
+                }
+                let mut rng = Rng::new(seed ^ (w as u64 + 11));
+                start.wait();
+                while !stop.load(Relaxed) {
+                    let i = rng.below(SLOTS as u64) as usize;
+                    let old = table.replace(i, TObj::new());
+                    match rng.below(8) {
+                        0 => {
+                            let _l = raw.lock();
+                            k.kfree_rcu(old).ok();
+                            counts.raw.fetch_add(1, Relaxed);
+                        }
+                        1 => {
+                            k.kvfree_rcu_mightsleep(old).ok();
+                            counts.mightsleep.fetch_add(1, Relaxed);
+                        }
+                        _ => {
+                            k.kfree_rcu(old).ok();
+                            counts.task.fetch_add(1, Relaxed);
+                        }
+                    }
+                }
+            });
+        }
+        if !interrupt_writer {
+            let (stop, start) = (&stop, &start);
+            let tx = tx.clone();
+            s.spawn(move || {
+                tx.send(signal::this_thread()).ok();
+                start.wait();
+                while !stop.load(Relaxed) {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            });
+        }
+        drop(tx);
+        let victim = rx.recv().expect("a thread to interrupt");
+        {
+            let (k, table, counts, stop, start) = (&k, &table, &counts, &stop, &start);
+            s.spawn(move || {
+                let _softirq = krcu::context::enter_softirq();
+                let mut rng = Rng::new(seed ^ 0x50f7);
+                start.wait();
+                while !stop.load(Relaxed) {
+                    let old = table.replace(rng.below(SLOTS as u64) as usize, TObj::new());
+                    k.kfree_rcu(old).ok();
+                    counts.softirq.fetch_add(1, Relaxed);
+                }
+            });
+            // NMI: every call refused, the object handed back and retired
+            // from task context.
+            s.spawn(move || {
+                let mut rng = Rng::new(seed ^ 0x4e4d49);
+                start.wait();
+                while !stop.load(Relaxed) {
+                    let old = table.replace(rng.below(SLOTS as u64) as usize, TObj::new());
+                    let back = {
+                        let _nmi = krcu::context::enter_nmi();
+                        k.kfree_rcu(old)
+                    };
+                    match back {
+                        Err(e) => {
+                            counts.nmi_refused.fetch_add(1, Relaxed);
+                            k.kfree_rcu(e.0).ok();
+                        }
+                        Ok(()) => {
+                            counts.nmi_accepted.fetch_add(1, Relaxed);
+                        }
+                    }
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+            });
+        }
+        let (stop, start, ring, no_hardirq) = (&stop, &start, &irq.ring, a.no_hardirq);
+        let sender = s.spawn(move || {
+            let mut sent = 0u64;
+            start.wait();
+            while !stop.load(Relaxed) {
+                for _ in 0..ring.room() {
+                    ring.push(TObj::new());
+                }
+                if !no_hardirq {
+                    signal::interrupt(victim);
+                    sent += 1;
+                }
+                std::thread::sleep(Duration::from_micros(50));
+            }
+            sent
+        });
+        start.wait();
+        progress::wait("torture", a.duration, a.json);
+        stop.store(true, Relaxed);
+        signals = sender.join().unwrap_or(0);
+    });
+    drop(guard);
+    let seconds = t0.elapsed().as_secs_f64();
+    // Everything left: the table's objects and the ring's, then the barrier.
+    for slot in table.slots.iter() {
+        // SAFETY: the threads are gone; each slot holds a leaked Box.
+        let obj = unsafe { Box::from_raw(slot.swap(core::ptr::null_mut(), AcqRel)) };
+        k.kfree_rcu(obj).ok();
+    }
+    drop(irq.ring);
+    k.kvfree_rcu_barrier();
+    let s = k.stats();
+    let rs = k.rcu().stats();
+    let l = ledger();
+    let made = l.next.load(SeqCst);
+    let freed = l.total_freed.load(SeqCst);
+    let mut errors = Vec::new();
+    let bad = counts.bad_reads.load(SeqCst);
+    if bad > 0 {
+        errors.push(format!(
+            "{bad} reads saw a freed or corrupt object (use after free)"
+        ));
+    }
+    let dbl = l.double_frees.load(SeqCst);
+    if dbl > 0 {
+        errors.push(format!("{dbl} objects freed twice"));
+    }
+    if made != freed {
+        errors.push(format!("{made} objects made, {freed} freed"));
+    }
+    let mismatched = (0..IDS.min(made as usize))
+        .filter(|&i| l.made[i].load(SeqCst) != l.freed[i].load(SeqCst))
+        .count();
+    if mismatched > 0 {
+        errors.push(format!("{mismatched} object ids not freed exactly once"));
+    }
+    if counts.nmi_accepted.load(SeqCst) > 0 || irq.refused.load(SeqCst) > 0 {
+        errors.push("kfree_rcu accepted a call from NMI or refused one outside it".into());
+    }
+    // Single-argument calls that waited inline freed their object there.
+    if s.pending_objects != 0 || s.reclaimed_objects + s.inline_synchronize != s.calls() {
+        errors.push(format!(
+            "after the barrier: {} pending, {} reclaimed + {} freed inline of {} calls",
+            s.pending_objects,
+            s.reclaimed_objects,
+            s.inline_synchronize,
+            s.calls()
+        ));
+    }
+    let expected_reports = policy == Policy::Nowait && a.validator;
+    if reports.total() > 0 && !expected_reports {
+        errors.push(format!(
+            "{} validator reports; the first:\n{}",
+            reports.total(),
+            reports.first().unwrap_or_default()
+        ));
+    }
+    let irq_ran = a.no_hardirq || irq.retired.load(SeqCst) > 0;
+    if counts.reads.load(SeqCst) == 0 || !irq_ran || counts.softirq.load(SeqCst) == 0 {
+        errors.push("a reader, the signal handler or the softirq writer never ran".into());
+    }
+    let stalls = k.rcu().stall_reports().len() as u64;
+    let result = TortureResult {
+        policy: policy.to_string(),
+        preempt: model.to_string(),
+        seed,
+        seconds: crate::output::round(seconds, 2),
+        fail_every: a.fail_every,
+        reads: counts.reads.load(SeqCst),
+        objects_checked: counts.checked.load(SeqCst),
+        made,
+        freed,
+        retired_task: counts.task.load(SeqCst),
+        retired_task_raw_lock: counts.raw.load(SeqCst),
+        retired_mightsleep: counts.mightsleep.load(SeqCst),
+        retired_softirq: counts.softirq.load(SeqCst),
+        retired_hardirq: irq.retired.load(SeqCst),
+        signals,
+        nmi_refused: counts.nmi_refused.load(SeqCst),
+        fallbacks: s.list_fallbacks + s.lock_busy_fallbacks,
+        inline_synchronize: s.inline_synchronize,
+        page_faults_injected: a.fail_every > 0,
+        grace_periods: rs.grace_periods - gp0,
+        validator: a.validator,
+        reports: reports.total(),
+        expected_reports,
+        stalls,
+        errors,
+    };
+    drop(k);
+    emit(a.json, &result, render);
+    if result.errors.is_empty() {
+        Ok(())
+    } else {
+        Err(CliError::Failed(format!(
+            "torture failed: {}",
+            result.errors.join("; ")
+        )))
+    }
+}
+
+fn render(r: &TortureResult) -> String {
+    let mut t = Table::new(["what", "count"]);
+    let rows: [(&str, String); 16] = [
+        ("reads (read-side sections)", r.reads.to_string()),
+        ("objects checked by readers", r.objects_checked.to_string()),
+        ("objects made", r.made.to_string()),
+        ("objects freed", r.freed.to_string()),
+        ("retired: task", r.retired_task.to_string()),
+        (
+            "retired: task, raw lock held",
+            r.retired_task_raw_lock.to_string(),
+        ),
+        (
+            "retired: task, kvfree_rcu_mightsleep",
+            r.retired_mightsleep.to_string(),
+        ),
+        ("retired: softirq", r.retired_softirq.to_string()),
+        (
+            "retired: hardirq (signal handler)",
+            format!("{} ({} signals)", r.retired_hardirq, r.signals),
+        ),
+        ("NMI calls refused", r.nmi_refused.to_string()),
+        ("fallbacks (rcu_head list)", r.fallbacks.to_string()),
+        ("inline synchronize", r.inline_synchronize.to_string()),
+        ("grace periods", r.grace_periods.to_string()),
+        (
+            "validator reports",
+            if r.validator {
+                format!(
+                    "{}{}",
+                    r.reports,
+                    if r.expected_reports {
+                        " (expected: nowait)"
+                    } else {
+                        ""
+                    }
+                )
+            } else {
+                "off (--validator)".to_string()
+            },
+        ),
+        ("stall warnings", r.stalls.to_string()),
+        ("errors", r.errors.len().to_string()),
+    ];
+    for (k, v) in rows {
+        t.row([k.to_string(), v]);
+    }
+    let mut out = format!(
+        "krcu torture: policy {}, preempt {}, seed {}, {:.1} s, every {}th page allocation failing\n\n{}",
+        r.policy,
+        r.preempt,
+        r.seed,
+        r.seconds,
+        r.fail_every,
+        t.render()
+    );
+    for e in &r.errors {
+        out.push_str(&format!("ERROR: {e}\n"));
+    }
+    if r.errors.is_empty() {
+        out.push_str("OK: every object freed exactly once, none while a reader could reach it\n");
+    }
+    out
+}
