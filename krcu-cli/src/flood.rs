@@ -280,6 +280,12 @@ pub struct PhaseResult {
     pub p999_ns: u64,
     pub max_ns: u64,
     pub fallback_pct: f64,
+    /// Of those: objects that found no block (cache empty, inline
+    /// allocation failed or not allowed by the policy).
+    pub no_block_pct: f64,
+    /// Of those: objects that found every `krc` lock taken (a holder
+    /// preempted, or the monitor or a reclaimer there).
+    pub lock_busy_pct: f64,
     pub peak_pending_bytes: u64,
     pub reports: u64,
     /// NMI only: what kfree_rcu answered.
@@ -299,6 +305,14 @@ pub struct FloodResult {
     pub phases: Vec<PhaseResult>,
 }
 
+fn pct(n: u64, of: u64) -> f64 {
+    if of == 0 {
+        0.0
+    } else {
+        n as f64 * 100.0 / of as f64
+    }
+}
+
 fn phase_row(
     source: &'static str,
     run: &FloodRun,
@@ -316,6 +330,8 @@ fn phase_row(
         p999_ns: h.quantile(0.999),
         max_ns: h.max(),
         fallback_pct: round(s.fallback_ratio() * 100.0, 4),
+        no_block_pct: round(pct(s.list_fallbacks, s.calls()), 4),
+        lock_busy_pct: round(pct(s.lock_busy_fallbacks, s.calls()), 4),
         peak_pending_bytes: s.peak_pending_bytes,
         reports: reports.total(),
         refused: None,
@@ -365,6 +381,8 @@ fn nmi_phase(setup: &Setup, calls: u64) -> Result<PhaseResult, CliError> {
         p999_ns: h.quantile(0.999),
         max_ns: h.max(),
         fallback_pct: 0.0,
+        no_block_pct: 0.0,
+        lock_busy_pct: 0.0,
         peak_pending_bytes: s.peak_pending_bytes,
         reports: reports.total(),
         refused: Some(format!("{refused} refused: {message}")),

@@ -44,9 +44,8 @@ pub struct Args {
     /// Every n-th page allocation fails (0: no fault injection).
     #[arg(long, default_value_t = 7)]
     fail_every: u64,
-    /// Run the lockdep-style validator too. Its held-lock records are not
-    /// safe against a signal handler on the same thread (see the README),
-    /// so with it the handler interrupts a thread that only sleeps.
+    /// Run the lockdep-style validator too (any report is an error, except
+    /// under `nowait`, whose reports are the seeds' bug).
     #[arg(long)]
     validator: bool,
     /// No signal handler writer (to tell its effects apart).
@@ -286,12 +285,12 @@ pub fn run(a: &Args) -> CmdResult {
     };
     let raw = RawSpinLock::named(k.domain(), "torture_raw_lock", ());
     let guard = signal::route(&route);
-    // Without the validator the handler interrupts a task writer, maybe
-    // inside kfree_rcu. The validator's per-thread held-lock records are
-    // not signal-safe (a handler running amid their update leaves stale
-    // entries, hence false reports), and its reports allocate: with it, the
-    // handler interrupts a thread that only sleeps.
-    let interrupt_writer = !a.validator && policy != Policy::Nowait;
+    // The handler interrupts a task writer, maybe inside kfree_rcu. Except
+    // under `nowait`, whose validator reports are expected: producing a
+    // report allocates, which a signal handler must not do to a thread that
+    // may be inside the allocator; there it interrupts a thread that only
+    // sleeps.
+    let interrupt_writer = policy != Policy::Nowait;
     let start = Barrier::new(a.readers + a.threads + 4 + usize::from(!interrupt_writer));
     let t0 = Instant::now();
     let mut signals = 0;

@@ -11,8 +11,8 @@ use crate::kvfree::engine::Engine;
 use crate::kvfree::{KvfreeConfig, KvfreeStats, Policy, worker};
 use crate::lockdep::ReportHandler;
 use crate::page::{Page, PageAllocator, PageConfig, ShrinkerHandle};
-use crate::slab::SlabCache;
 use crate::rcu::{HasRcuHead, Rcu, RcuConfig, RcuHead};
+use crate::slab::SlabCache;
 use core::ptr::NonNull;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
@@ -362,7 +362,10 @@ impl Krcu {
     /// `free_bulk` (the kernel's `kfree_bulk`), which for a type without
     /// drop glue never touches the objects. Dropping the channel waits for
     /// everything queued on it (a `kvfree_rcu_barrier`).
-    pub fn slab_channel<T: HasRcuHead>(&self, cache: &Arc<SlabCache<T>>) -> Result<SlabChannel<'_, T>, BuildError> {
+    pub fn slab_channel<T: HasRcuHead>(
+        &self,
+        cache: &Arc<SlabCache<T>>,
+    ) -> Result<SlabChannel<'_, T>, BuildError> {
         let slot = channels::register(cache)
             .ok_or_else(|| BuildError::Kvfree("too many slab channels at once (256)".into()))?;
         Ok(SlabChannel {
@@ -470,9 +473,13 @@ impl<T: HasRcuHead> SlabChannel<'_, T> {
         // handed over; slab_free_by_head::<T> finds the cache, registered
         // while this channel lives.
         unsafe {
-            self.krcu
-                .engine
-                .queue(obj.as_ptr().cast(), &self.chan, head, channels::slab_free_by_head::<T>, ctx);
+            self.krcu.engine.queue(
+                obj.as_ptr().cast(),
+                &self.chan,
+                head,
+                channels::slab_free_by_head::<T>,
+                ctx,
+            );
         }
         Ok(())
     }

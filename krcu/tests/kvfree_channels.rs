@@ -34,9 +34,13 @@ fn slab_torture(k: &Krcu, ledger: &Arc<Ledger>) -> krcu::slab::SlabStats {
     let alloc = |ledger: &Arc<Ledger>| {
         // Obj::new boxes; move the value into the slab instead.
         let v = *Obj::new(ledger);
-        cache.alloc(Gfp::KERNEL, v).unwrap_or_else(|_| panic!("slab allocation"))
+        cache
+            .alloc(Gfp::KERNEL, v)
+            .unwrap_or_else(|_| panic!("slab allocation"))
     };
-    let slots: Vec<AtomicPtr<Obj>> = (0..32).map(|_| AtomicPtr::new(alloc(ledger).as_ptr())).collect();
+    let slots: Vec<AtomicPtr<Obj>> = (0..32)
+        .map(|_| AtomicPtr::new(alloc(ledger).as_ptr()))
+        .collect();
     let stop = AtomicBool::new(false);
     std::thread::scope(|s| {
         s.spawn(|| {
@@ -54,13 +58,19 @@ fn slab_torture(k: &Krcu, ledger: &Arc<Ledger>) -> krcu::slab::SlabStats {
             let new = alloc(ledger);
             let old = slots[i % slots.len()].swap(new.as_ptr(), AcqRel);
             // SAFETY: unlinked just now; an object of this cache.
-            unsafe { chan.kfree_rcu(core::ptr::NonNull::new(old).unwrap()).unwrap() };
+            unsafe {
+                chan.kfree_rcu(core::ptr::NonNull::new(old).unwrap())
+                    .unwrap()
+            };
         }
         stop.store(true, Relaxed);
     });
     for slot in &slots {
         // SAFETY: the reader is gone; objects of this cache.
-        unsafe { chan.kfree_rcu(core::ptr::NonNull::new(slot.load(Acquire)).unwrap()).unwrap() };
+        unsafe {
+            chan.kfree_rcu(core::ptr::NonNull::new(slot.load(Acquire)).unwrap())
+                .unwrap()
+        };
     }
     drop(chan); // waits for everything queued on it
     let st = cache.stats();
@@ -96,9 +106,10 @@ fn slab_channel_with_failing_block_allocations() {
     let k = instance(Policy::CacheRefillNolock, 2);
     // The sites a block comes from without sleeping (the slab itself allocates
     // with GFP_KERNEL and must succeed for the test to go on).
-    k.pages()
-        .faults()
-        .fail_every(2, FaultSites::NO_LOCKS | FaultSites::NOLOCK | FaultSites::NON_SLEEPING);
+    k.pages().faults().fail_every(
+        2,
+        FaultSites::NO_LOCKS | FaultSites::NOLOCK | FaultSites::NON_SLEEPING,
+    );
     let ledger = Ledger::new(100_000);
     slab_torture(&k, &ledger);
     ledger.assert_all_freed_once();
@@ -137,6 +148,9 @@ fn pages_wait_for_readers_and_go_back_to_the_allocator() {
     // Block pages are cached or returned: only they may remain allocated.
     let s = k.stats();
     let after = k.pages().stats().allocated_pages();
-    assert!(after <= before + s.blocks_cached as usize, "pages leaked: {after} vs {before}");
+    assert!(
+        after <= before + s.blocks_cached as usize,
+        "pages leaked: {after} vs {before}"
+    );
     assert_eq!(s.pending_objects, 0);
 }

@@ -90,7 +90,10 @@ pub(crate) unsafe fn slab_free_by_head<T: HasRcuHead>(head: NonNull<RcuHead>) {
     // SAFETY: the object is in an allocated slab of a SlabCache<T>.
     let magic = unsafe { SlabCache::<T>::slab_magic_of(obj.cast()) };
     let cache = lookup(magic).cast::<SlabCache<T>>();
-    assert!(!cache.is_null(), "krcu: a slab object retired on a channel that is gone");
+    assert!(
+        !cache.is_null(),
+        "krcu: a slab object retired on a channel that is gone"
+    );
     // SAFETY: registered caches are alive while their channel is; the object
     // is allocated from it, unreachable, and freed once.
     unsafe { (*cache).free(NonNull::new_unchecked(obj)) };

@@ -55,7 +55,10 @@ pub(crate) struct Engine {
     pages: Arc<PageAllocator>,
     rcu: Arc<Rcu>,
     pub(crate) config: KvfreeConfig,
+    /// The `krc` states: `homes` home states, then the overflow states.
     pub(crate) cpus: PerCpu<KrcCpu>,
+    /// CPUs (home states, and reclaimers).
+    homes: usize,
     /// Serialises monitor passes with barriers and shrinker drains, so that
     /// a barrier sees every detached batch already handed to RCU.
     pass_lock: Mutex<()>,
@@ -96,7 +99,12 @@ impl Engine {
             domain: domain.clone(),
             pages,
             rcu,
-            cpus: PerCpu::new(domain.cpus(), |cpu| KrcCpu::new(domain, cpu, base)),
+            // Home states, one per CPU, then as many overflow states,
+            // reached only when every home state's trylock fails: in
+            // userspace a holder can be preempted mid-section, and with more
+            // runnable threads than CPUs every home may be held at once.
+            cpus: PerCpu::new(2 * domain.cpus(), |cpu| KrcCpu::new(domain, cpu, base)),
+            homes: domain.cpus(),
             config,
             pass_lock: Mutex::new(()),
             wake: Mutex::new(false),
@@ -265,7 +273,7 @@ impl Engine {
         size: usize,
     ) {
         cpu.list_objs.fetch_add(1, Relaxed);
-        cpu.list_bytes.fetch_add(size, Relaxed);
+        cpu.list_obj_size.store(size, Relaxed);
         // SAFETY: forwarded from the caller: the head is not queued and
         // `func` frees its object.
         unsafe { cpu.list.push(head, func) };
@@ -457,7 +465,9 @@ impl Engine {
             complete: true,
             busy: krc.pending_objs > 0 || list_waiting || cpu.refill_wanted.load(Relaxed),
             pending_objs: krc.pending_objs + cpu.list_objs.load(Relaxed),
-            pending_bytes: krc.pending_bytes + block_bytes + cpu.list_bytes.load(Relaxed),
+            pending_bytes: krc.pending_bytes
+                + block_bytes
+                + cpu.list_objs.load(Relaxed) * cpu.list_obj_size.load(Relaxed),
         };
         // An idle CPU gives its spare blocks back: no thread runs there any
         // more, or none calls kfree_rcu.
@@ -493,12 +503,7 @@ impl Engine {
         let list = cpu.list.take();
         let n = list.len();
         cpu.list_objs.fetch_sub(n, Relaxed);
-        // The list's bytes: each object's size was added on push; take back
-        // the mean, exact when all objects are of one size.
-        let lb = cpu.list_bytes.load(Relaxed);
-        let listed = cpu.list_objs.load(Relaxed) + n;
-        let bytes = (lb * n).checked_div(listed).unwrap_or(lb);
-        cpu.list_bytes.fetch_sub(bytes, Relaxed);
+        let bytes = n * cpu.list_obj_size.load(Relaxed);
 
         // Drain-ready: a block whose snapshot has already elapsed is freed
         // now, without waiting for another grace period.
@@ -616,8 +621,8 @@ impl Engine {
             r.objs -= objs.min(r.objs);
             r.bytes -= bytes.min(r.bytes);
             let c = &self.counters;
-            c.in_flight_objs.fetch_sub(objs, Relaxed);
-            c.in_flight_bytes.fetch_sub(bytes, Relaxed);
+            saturating_sub(&c.in_flight_objs, objs);
+            saturating_sub(&c.in_flight_bytes, bytes);
             c.in_flight_blocks.fetch_sub(blocks.len, Relaxed);
         }
         let t0 = Instant::now();
@@ -770,7 +775,7 @@ impl Engine {
 
     /// Wakes `cpu`'s reclaimer (from the RCU callback: never the call path).
     pub(crate) fn wake_reclaimer(&self, cpu: usize) {
-        let c = self.cpus.get(cpu);
+        let c = self.cpus.get(cpu % self.homes);
         *c.reclaim_wake.lock().unwrap_or_else(|e| e.into_inner()) = true;
         c.reclaim_cv.notify_one();
     }
@@ -782,21 +787,28 @@ impl Engine {
         /// Blocks per chunk: short lock holds, a few thousand objects.
         const CHUNK: usize = 8;
         let _softirq = context::enter_softirq();
-        let cpu = self.cpus.get(cpu_index);
+        let home = self.cpus.get(cpu_index);
+        // This CPU's home state and its overflow state.
+        let mine = [home, self.cpus.get(cpu_index + self.homes)];
         loop {
-            if self.reclaim_ready(cpu, CHUNK, true, false) > 0 {
+            let mut freed = 0;
+            for cpu in mine {
+                freed += self.reclaim_ready(cpu, CHUNK, true, false);
+            }
+            if freed > 0 {
                 let _g = self.idle.lock().unwrap_or_else(|e| e.into_inner());
                 self.idle_cv.notify_all();
                 continue;
             }
             if self.reclaim_stop.load(Acquire)
-                && !cpu.batches.iter().any(|b| b.is_busy())
-                && cpu.ready.lock().objs == 0
+                && mine
+                    .iter()
+                    .all(|c| !c.batches.iter().any(|b| b.is_busy()) && c.ready.lock().objs == 0)
             {
                 return;
             }
-            let g = cpu.reclaim_wake.lock().unwrap_or_else(|e| e.into_inner());
-            let (mut g, _) = cpu
+            let g = home.reclaim_wake.lock().unwrap_or_else(|e| e.into_inner());
+            let (mut g, _) = home
                 .reclaim_cv
                 .wait_timeout_while(g, Duration::from_millis(100), |woken| !*woken)
                 .unwrap_or_else(|e| e.into_inner());
@@ -807,7 +819,7 @@ impl Engine {
     /// Tells the reclaimers to finish.
     pub(crate) fn stop_reclaimers(&self) {
         self.reclaim_stop.store(true, Release);
-        for i in 0..self.cpus.cpus() {
+        for i in 0..self.homes {
             self.wake_reclaimer(i);
         }
     }
@@ -876,7 +888,8 @@ impl Engine {
             s.pending_objects += (k.pending_objs + cpu.list_objs.load(Relaxed)) as u64;
             s.pending_bytes += (k.pending_bytes
                 + k.blocks_in_use * super::block::BLOCK_BYTES
-                + cpu.list_bytes.load(Relaxed)) as u64;
+                + cpu.list_objs.load(Relaxed) * cpu.list_obj_size.load(Relaxed))
+                as u64;
             s.lock_busy_fallbacks += cpu.lock_busy.load(Relaxed);
             s.assisted_objects += cpu.assisted.load(Relaxed);
         }
@@ -911,6 +924,12 @@ impl Engine {
             false
         }
     }
+}
+
+/// Lowers an estimate, never below zero (the list's byte counts are
+/// estimates, so what is taken back can exceed what was added).
+fn saturating_sub(c: &core::sync::atomic::AtomicUsize, n: usize) {
+    let _ = c.fetch_update(Relaxed, Relaxed, |v| Some(v.saturating_sub(n)));
 }
 
 struct PassResult {

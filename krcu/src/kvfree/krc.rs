@@ -265,7 +265,9 @@ pub(crate) struct KrcCpu {
     /// `krc` lock taken. Lock-free, so the fallback can never wait.
     pub(crate) list: PendingList,
     pub(crate) list_objs: AtomicUsize,
-    pub(crate) list_bytes: AtomicUsize,
+    /// The size of the objects last put on the list: list bytes are
+    /// estimated as objects times this (exact when one type floods).
+    pub(crate) list_obj_size: AtomicUsize,
     /// Calls that found every `krc` lock taken (counted here: they never
     /// held a lock).
     pub(crate) lock_busy: AtomicU64,
@@ -294,7 +296,7 @@ impl KrcCpu {
             krc: RawSpinLock::named(domain, "&krcp->lock", Krc::new(cache_target)),
             list: PendingList::new(),
             list_objs: AtomicUsize::new(0),
-            list_bytes: AtomicUsize::new(0),
+            list_obj_size: AtomicUsize::new(0),
             lock_busy: AtomicU64::new(0),
             refill_wanted: AtomicBool::new(false),
             batches: [Batch::new(cpu), Batch::new(cpu)],
