@@ -46,6 +46,10 @@ pub struct Args {
     /// The preempt model.
     #[arg(long, default_value_t = PreemptModel::Full)]
     preempt: PreemptModel,
+    /// How long objects may wait in a partly filled block (e.g. 10ms;
+    /// default: the library's).
+    #[arg(long, value_parser = args::duration)]
+    drain_delay: Option<std::time::Duration>,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -76,7 +80,9 @@ pub struct ScaleResult {
 
 pub fn run(a: &Args) -> CmdResult {
     let threads = a.threads.unwrap_or_else(args::cpus);
-    let k = Setup::new(a.policy, a.preempt).build(&Reports::default())?;
+    let mut setup = Setup::new(a.policy, a.preempt);
+    setup.drain_delay = a.drain_delay;
+    let k = setup.build(&Reports::default())?;
     let gp0 = k.rcu().stats().grace_periods;
     let total_loops = (threads * a.loops) as u64;
     let done = AtomicU64::new(0);

@@ -187,6 +187,8 @@ pub struct Setup {
     pub nesting_proof: bool,
     pub validator: bool,
     pub arena: usize,
+    /// The kvfree drain delay (None: the library's default).
+    pub drain_delay: Option<std::time::Duration>,
 }
 
 impl Setup {
@@ -197,12 +199,16 @@ impl Setup {
             nesting_proof: true,
             validator: false,
             arena: 256 << 20,
+            drain_delay: None,
         }
     }
 
     pub fn build(&self, reports: &Reports) -> Result<Krcu, krcu::BuildError> {
-        Krcu::builder()
-            .arena_size(self.arena)
+        let mut b = Krcu::builder();
+        if let Some(d) = self.drain_delay {
+            b = b.drain_delay(d);
+        }
+        b.arena_size(self.arena)
             .policy(self.policy)
             .preempt_model(self.model)
             .lockdep(self.validator)
