@@ -39,6 +39,8 @@ pub struct Args {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum System {
     Krcu,
+    /// krcu with callers freeing what is ready (Assist::Always).
+    KrcuAssist,
     CrossbeamEpoch,
     Seize,
     #[cfg(feature = "liburcu")]
@@ -49,6 +51,7 @@ enum System {
 impl System {
     const ALL: &[System] = &[
         System::Krcu,
+        System::KrcuAssist,
         System::CrossbeamEpoch,
         System::Seize,
         #[cfg(feature = "liburcu")]
@@ -59,6 +62,7 @@ impl System {
     fn name(self) -> &'static str {
         match self {
             System::Krcu => "krcu kfree_rcu",
+            System::KrcuAssist => "krcu, assist always",
             System::CrossbeamEpoch => "crossbeam-epoch",
             System::Seize => "seize",
             #[cfg(feature = "liburcu")]
@@ -279,7 +283,11 @@ fn run_one(
     objects: usize,
 ) -> Result<(Duration, u64), krcu::BuildError> {
     let d = match system {
-        System::Krcu => {
+        System::Krcu | System::KrcuAssist => {
+            let setup = Setup {
+                assist: (system == System::KrcuAssist).then_some(krcu::Assist::Always),
+                ..*setup
+            };
             let k = setup.build(&Reports::default())?;
             let d = run_krcu(&k, threads, objects);
             return Ok((d, k.stats().peak_pending_bytes));
@@ -344,7 +352,7 @@ pub fn measure(a: &Args, quiet: bool) -> Result<CompareResult, crate::args::CliE
                 threads,
                 objects_per_s: tput,
                 ns_per_object: round(1e9 / tput.median * threads as f64, 1),
-                peak_pending_bytes: (system == System::Krcu)
+                peak_pending_bytes: matches!(system, System::Krcu | System::KrcuAssist)
                     .then(|| median(&mut rss[ci][si].clone()) as u64),
                 krcu_ratio: (system != System::Krcu).then(|| Stat::of(&ratios, 2)),
             });

@@ -189,6 +189,8 @@ pub struct Setup {
     pub arena: usize,
     /// The kvfree drain delay (None: the library's default).
     pub drain_delay: Option<std::time::Duration>,
+    /// Whether callers help free (None: the library's default).
+    pub assist: Option<krcu::Assist>,
 }
 
 impl Setup {
@@ -200,6 +202,7 @@ impl Setup {
             validator: false,
             arena: 256 << 20,
             drain_delay: None,
+            assist: None,
         }
     }
 
@@ -207,6 +210,9 @@ impl Setup {
         let mut b = Krcu::builder();
         if let Some(d) = self.drain_delay {
             b = b.drain_delay(d);
+        }
+        if let Some(a) = self.assist {
+            b = b.assist(a);
         }
         b.arena_size(self.arena)
             .policy(self.policy)

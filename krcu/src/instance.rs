@@ -96,6 +96,12 @@ impl KrcuBuilder {
         self.kvfree.drain_delay = delay;
         self
     }
+    /// Whether task-context callers help free ready objects (default
+    /// [`Assist::WhenBehind`](crate::Assist::WhenBehind)).
+    pub fn assist(mut self, assist: crate::Assist) -> Self {
+        self.kvfree.assist = assist;
+        self
+    }
     /// Spare blocks per CPU for the refill policies (default 5).
     pub fn cache_blocks(mut self, n: usize) -> Self {
         self.kvfree.cache_blocks = n;
