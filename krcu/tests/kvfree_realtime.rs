@@ -50,6 +50,9 @@ fn allocs() -> u64 {
 #[test]
 fn with_a_block_available_kfree_rcu_neither_allocates_nor_blocks() {
     for policy in Policy::ALL {
+        // Before the instance, so it outlives every object the instance
+        // frees when it drops (the objects count their drops in it).
+        let ledger = Ledger::new(1000);
         let k = Krcu::builder()
             .arena_size(32 << 20)
             .cpus(1)
@@ -57,7 +60,6 @@ fn with_a_block_available_kfree_rcu_neither_allocates_nor_blocks() {
             .report_handler(ReportHandler::Collect(ReportLog::new()))
             .build()
             .unwrap();
-        let ledger = Ledger::new(1000);
         let mut objs: Vec<Box<Obj>> = (0..300).map(|_| Obj::new(&ledger)).collect();
         let raw = RawSpinLock::new_in(k.domain(), ());
         // A page freed on this CPU warms its per-CPU lists, as any running
