@@ -33,7 +33,11 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let list = args.get(1).map(String::as_str) == Some("list");
     let slab = args.get(2).map(String::as_str) == Some("slab");
-    let (policy, cache) = if list { (Policy::Prohibit, 0) } else { (Policy::CacheRefillNolock, 5) };
+    let (policy, cache) = if list {
+        (Policy::Prohibit, 0)
+    } else {
+        (Policy::CacheRefillNolock, 5)
+    };
     let k = Krcu::builder()
         .arena_size(64 << 20)
         .lockdep(false)
@@ -55,8 +59,14 @@ fn main() {
         let mut objs: Vec<_> = (0..N)
             .map(|i| {
                 spacers.push(vec![0u8; 200]);
-                c.alloc(krcu::page::Gfp::KERNEL, Obj { head: RcuHead::new(), value: i })
-                    .unwrap_or_else(|_| panic!("alloc"))
+                c.alloc(
+                    krcu::page::Gfp::KERNEL,
+                    Obj {
+                        head: RcuHead::new(),
+                        value: i,
+                    },
+                )
+                .unwrap_or_else(|_| panic!("alloc"))
             })
             .collect();
         shuffle(&mut objs);
@@ -70,7 +80,10 @@ fn main() {
         let mut objs: Vec<Box<Obj>> = (0..N)
             .map(|i| {
                 spacers.push(vec![0u8; 200]);
-                Box::new(Obj { head: RcuHead::new(), value: i })
+                Box::new(Obj {
+                    head: RcuHead::new(),
+                    value: i,
+                })
             })
             .collect();
         shuffle(&mut objs);

@@ -132,8 +132,10 @@ fn every_object_freed_once_after_its_grace_period_under_every_policy_and_model()
         for model in PreemptModel::ALL {
             let log = ReportLog::new();
             let k = instance(policy, model, &log);
-            // Every block-allocation site fails now and then.
-            k.pages().faults().fail_every(3, FaultSites::ALL);
+            // Every block-allocation site fails now and then, at a rate
+            // that differs from one combination to the next.
+            let every = 2 + (policy as u64 * 7 + model as u64 * 3) % 6;
+            k.pages().faults().fail_every(every, FaultSites::ALL);
             let ledger = Ledger::new(4_000_000);
             torture(&k, &ledger, Duration::from_millis(150));
             k.kvfree_rcu_barrier();
@@ -462,4 +464,65 @@ fn builder_rejects_impossible_settings() {
         Krcu::builder().arena_size(4096).build().is_err(),
         "an arena too small for its watermarks"
     );
+}
+
+#[test]
+fn the_shrinker_gives_spare_blocks_back_under_memory_pressure() {
+    use krcu::page::{Gfp, PageConfig, Watermarks};
+    let k = Krcu::builder()
+        .page_config(PageConfig {
+            arena_size: 8 << 20,
+            watermarks: Some(Watermarks {
+                min: 128,
+                low: 256,
+                high: 1024,
+            }),
+            ..PageConfig::default()
+        })
+        .kvfree_config(KvfreeConfig {
+            policy: Policy::CacheRefill,
+            cache_blocks: 32,
+            max_cache_blocks: 64,
+            ..KvfreeConfig::default()
+        })
+        .report_handler(ReportHandler::Collect(ReportLog::new()))
+        .build()
+        .unwrap();
+    let cached = k.stats().blocks_cached;
+    assert!(
+        cached >= 32,
+        "the caches are filled at build: {:?}",
+        k.stats()
+    );
+    // Take pages until the allocator falls below its low watermark: kswapd
+    // wakes and runs the shrinkers, kfree_rcu's among them.
+    let mut held = Vec::new();
+    while k.pages().stats().free_pages >= 256 {
+        match k.pages().alloc_pages(Gfp::NOWAIT | Gfp::NOWARN, 0) {
+            Ok(p) => held.push(p),
+            Err(_) => break,
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while k.stats().shrinker_runs == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the shrinker never ran: {:?}",
+            k.stats()
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let s = k.stats();
+    assert!(s.shrinker_freed_blocks > 0, "{s:?}");
+    assert!(s.blocks_cached < cached, "{s:?}");
+    for p in held {
+        k.pages().free(p);
+    }
+    // Objects still go through, with the refill held off for a while.
+    let ledger = Ledger::new(10_000);
+    for _ in 0..5000 {
+        k.kfree_rcu(Obj::new(&ledger)).unwrap();
+    }
+    k.kvfree_rcu_barrier();
+    ledger.assert_all_freed_once();
 }

@@ -902,6 +902,8 @@ impl Engine {
             (c.in_flight_bytes.load(Relaxed) + in_flight_blocks * super::block::BLOCK_BYTES) as u64;
         s.peak_pending_objects = c.peak_pending_objs.load(Relaxed).max(s.pending_objects);
         s.peak_pending_bytes = c.peak_pending_bytes.load(Relaxed).max(s.pending_bytes);
+        let r = self.rcu.stats();
+        s.grace_periods = r.grace_periods + r.expedited_grace_periods;
         s.batches = c.batches.load(Relaxed);
         s.batched_objects = c.batched_objects.load(Relaxed);
         s.drain_ready_blocks = c.drain_ready_blocks.load(Relaxed);

@@ -43,6 +43,8 @@ pub struct KvfreeStats {
     pub peak_pending_objects: u64,
     /// The largest `pending_bytes` seen (sampled likewise).
     pub peak_pending_bytes: u64,
+    /// Grace periods the instance's RCU has completed.
+    pub grace_periods: u64,
     /// Batches handed to RCU (each waits for one grace period).
     pub batches: u64,
     /// Objects in those batches.
