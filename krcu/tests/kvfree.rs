@@ -348,15 +348,21 @@ fn zero_sized_and_plain_types() {
     assert_eq!(s.pending_objects, 0);
 }
 
-#[test]
-fn a_barrier_waits_for_everything_queued_before_it() {
-    let log = ReportLog::new();
-    let k = Krcu::builder()
+/// An instance whose drain delay is an hour: only barriers, drops and full
+/// blocks hand objects over.
+fn patient(log: ReportLog) -> Krcu {
+    Krcu::builder()
         .arena_size(ARENA)
         .drain_delay(Duration::from_secs(3600))
         .report_handler(ReportHandler::Collect(log))
         .build()
-        .unwrap();
+        .unwrap()
+}
+
+#[test]
+fn a_barrier_waits_for_everything_queued_before_it() {
+    let log = ReportLog::new();
+    let k = patient(log);
     let ledger = Ledger::new(10_000);
     for _ in 0..5000 {
         k.kfree_rcu(Obj::new(&ledger)).unwrap();
@@ -373,12 +379,7 @@ fn a_barrier_waits_for_everything_queued_before_it() {
 fn dropping_the_instance_frees_everything_queued() {
     let log = ReportLog::new();
     let ledger = Ledger::new(10_000);
-    let k = Krcu::builder()
-        .arena_size(ARENA)
-        .drain_delay(Duration::from_secs(3600))
-        .report_handler(ReportHandler::Collect(log))
-        .build()
-        .unwrap();
+    let k = patient(log);
     for _ in 0..5000 {
         k.kfree_rcu(Obj::new(&ledger)).unwrap();
     }
@@ -389,12 +390,7 @@ fn dropping_the_instance_frees_everything_queued() {
 #[test]
 fn a_block_whose_grace_period_passed_is_freed_without_another() {
     let log = ReportLog::new();
-    let k = Krcu::builder()
-        .arena_size(ARENA)
-        .drain_delay(Duration::from_secs(3600))
-        .report_handler(ReportHandler::Collect(log))
-        .build()
-        .unwrap();
+    let k = patient(log);
     let ledger = Ledger::new(100);
     for _ in 0..10 {
         k.kfree_rcu(Obj::new(&ledger)).unwrap();

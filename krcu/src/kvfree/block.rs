@@ -154,6 +154,20 @@ impl BlockList {
         Some(b)
     }
 
+    /// The objects the blocks hold, and their bytes.
+    pub(crate) fn totals(&self) -> (usize, usize) {
+        let (mut objs, mut bytes) = (0, 0);
+        let mut p = self.head;
+        while !p.is_null() {
+            // SAFETY: blocks in the list are owned by it and initialised.
+            let b = unsafe { &*p };
+            objs += b.count;
+            bytes += b.count * b.chan.obj_size;
+            p = b.next;
+        }
+        (objs, bytes)
+    }
+
     /// Moves all of `other` to the front of `self`.
     pub(crate) fn append(&mut self, other: &mut BlockList) {
         while let Some(b) = other.pop() {

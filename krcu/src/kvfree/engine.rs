@@ -530,15 +530,7 @@ impl Engine {
         if !ready.is_empty() {
             let n = ready.len;
             EngineCounters::add(&self.counters.drain_ready_blocks, n as u64);
-            let (mut objs, mut bytes) = (0, 0);
-            let mut p = ready.head;
-            while !p.is_null() {
-                // SAFETY: blocks owned by this pass.
-                let b = unsafe { &*p };
-                objs += b.count;
-                bytes += b.count * b.chan.obj_size;
-                p = b.next;
-            }
+            let (objs, bytes) = ready.totals();
             let c = &self.counters;
             c.in_flight_objs.fetch_add(objs, Relaxed);
             c.in_flight_bytes.fetch_add(bytes, Relaxed);
@@ -601,15 +593,7 @@ impl Engine {
                 unsafe { blocks.push(b) };
             }
             cpu.ready_blocks.fetch_sub(blocks.len, Relaxed);
-            let (mut objs, mut bytes) = (0, 0);
-            let mut p = blocks.head;
-            while !p.is_null() {
-                // SAFETY: blocks we own.
-                let b = unsafe { &*p };
-                objs += b.count;
-                bytes += b.count * b.chan.obj_size;
-                p = b.next;
-            }
+            let (mut objs, mut bytes) = blocks.totals();
             if list && !r.list.is_empty() {
                 let n = r.list.len();
                 // The list's bytes: what is left after the blocks' own.
