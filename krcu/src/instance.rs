@@ -406,6 +406,7 @@ impl Drop for Krcu {
         // Nothing is lost: everything queued is freed before the instance
         // goes, and every spare block goes back to the page allocator.
         self.engine.barrier();
+        self.engine.retire_fronts();
         self.engine.stop_reclaimers();
         for r in self.reclaimers.drain(..) {
             let _ = r.join();

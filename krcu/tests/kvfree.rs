@@ -522,3 +522,39 @@ fn the_shrinker_gives_spare_blocks_back_under_memory_pressure() {
     k.kvfree_rcu_barrier();
     ledger.assert_all_freed_once();
 }
+
+#[test]
+fn a_partial_front_block_of_an_idle_thread_is_taken_after_the_drain_delay() {
+    let log = ReportLog::new();
+    let k = Krcu::builder()
+        .arena_size(ARENA)
+        .drain_delay(Duration::from_millis(5))
+        .report_handler(ReportHandler::Collect(log))
+        .build()
+        .unwrap();
+    let ledger = Ledger::new(1000);
+    let done = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            for _ in 0..100 {
+                k.kfree_rcu(Obj::new(&ledger)).unwrap();
+            }
+            // Alive, idle, holding a partial front block: no barrier, no
+            // exit; only the monitor's steal can hand the objects over.
+            while !done.load(SeqCst) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while ledger.dropped.load(SeqCst) < 100 {
+            assert!(
+                Instant::now() < deadline,
+                "objects held by an idle thread: {:?}",
+                k.stats()
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        done.store(true, SeqCst);
+    });
+    ledger.assert_all_freed_once();
+}

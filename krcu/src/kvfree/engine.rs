@@ -23,6 +23,7 @@
 
 use super::batch::BatchWork;
 use super::block::{Block, BlockList, Channel};
+use super::front::{self, Front};
 use super::krc::{Krc, KrcCpu};
 use super::policy::Policy;
 use super::stats::{EngineCounters, KvfreeStats};
@@ -59,6 +60,13 @@ pub(crate) struct Engine {
     pub(crate) cpus: PerCpu<KrcCpu>,
     /// CPUs (home states, and reclaimers).
     homes: usize,
+    /// This instance's id (fronts are found by it).
+    id: u64,
+    /// Whether threads append to front blocks (membarrier in use and the
+    /// configuration allows).
+    use_fronts: bool,
+    /// Every thread's front, with what the monitor knows of it.
+    fronts: Mutex<Vec<FrontEntry>>,
     /// Serialises monitor passes with barriers and shrinker drains, so that
     /// a barrier sees every detached batch already handed to RCU.
     pass_lock: Mutex<()>,
@@ -95,6 +103,7 @@ impl Engine {
         } else {
             0
         };
+        let use_fronts = config.thread_blocks && rcu.stats().membarrier;
         let e = Arc::new(Engine {
             domain: domain.clone(),
             pages,
@@ -105,6 +114,12 @@ impl Engine {
             // runnable threads than CPUs every home may be held at once.
             cpus: PerCpu::new(2 * domain.cpus(), |cpu| KrcCpu::new(domain, cpu, base)),
             homes: domain.cpus(),
+            id: {
+                static NEXT: AtomicU64 = AtomicU64::new(1);
+                NEXT.fetch_add(1, Relaxed)
+            },
+            use_fronts,
+            fronts: Mutex::new(Vec::new()),
             config,
             pass_lock: Mutex::new(()),
             wake: Mutex::new(false),
@@ -193,6 +208,18 @@ impl Engine {
         // the answer "no" (only the Preemptible policy asks).
         let may_alloc = self.config.policy == Policy::Preemptible && self.domain.preemptible();
         let snap = self.rcu.get_state();
+        if self.use_fronts && matches!(ctx, ContextKind::Task | ContextKind::Softirq) {
+            let ci = usize::from(ctx == ContextKind::Softirq);
+            let front = match front::current(self.id) {
+                Some(f) => Some(f),
+                None => self.register_front(),
+            };
+            if let Some(f) = front
+                && (f.try_push(chan, obj, snap, ci) || self.swap_front(f, chan, obj, snap, ci, ctx))
+            {
+                return;
+            }
+        }
         let mut locked = match self.try_lock_any() {
             Ok(l) => l,
             Err(cpu) => {
@@ -241,6 +268,144 @@ impl Engine {
         drop(locked);
         // SAFETY: forwarded from the caller.
         unsafe { self.push_list(cpu, head, func, chan.obj_size) };
+    }
+
+    #[cold]
+    fn register_front(&self) -> Option<&'static Front> {
+        front::get_or_register(self.id, |f| {
+            self.fronts
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(FrontEntry {
+                    front: f,
+                    seen: core::ptr::null_mut(),
+                    since: None,
+                });
+        })
+    }
+
+    /// The front block is full, of another channel, or missing: under a
+    /// `krc` trylock, hand the old block over as a full one and start a new
+    /// one with `obj`. False when no lock or no block can be had (the
+    /// caller takes the per-CPU path).
+    #[cold]
+    fn swap_front(
+        &self,
+        f: &Front,
+        chan: &Channel,
+        obj: *mut u8,
+        snap: crate::rcu::GpCookie,
+        ci: usize,
+        ctx: ContextKind,
+    ) -> bool {
+        if !f.begin() {
+            return false;
+        }
+        let Ok(mut locked) = self.try_lock_any() else {
+            f.end();
+            return false;
+        };
+        let old = f.block.swap(core::ptr::null_mut(), Relaxed);
+        if let Some(old) = NonNull::new(old) {
+            let (objs, bytes) = (f.objs.swap(0, Relaxed), f.bytes.swap(0, Relaxed));
+            // SAFETY: the block was this thread's (inside its section).
+            unsafe { locked.krc.adopt(old, objs, bytes) };
+        }
+        let page = self.block_for(&mut locked);
+        let queued = match page {
+            Some(p) => {
+                // SAFETY: a fresh page of our arena.
+                let b = unsafe { Block::init(p, *chan) };
+                // SAFETY: just made, ours.
+                unsafe { (*b.as_ptr()).push(obj, snap) };
+                f.block.store(b.as_ptr(), Relaxed);
+                f.count(1, chan.obj_size, ci);
+                true
+            }
+            // No new block: the CPU's own block may have room (the lock is
+            // held already; one trylock per call).
+            None => {
+                let added = locked.krc.add(chan, obj, snap);
+                if added {
+                    locked.krc.count_call(ctx);
+                }
+                added
+            }
+        };
+        let cpu = locked.cpu;
+        drop(locked);
+        f.end();
+        if queued {
+            self.maybe_assist(cpu, ctx);
+        }
+        queued
+    }
+
+    /// The monitor's look at the fronts: takes the block of a front whose
+    /// thread exited, of one whose block has sat a drain delay, and of all
+    /// with `flush`, and hands them to the first CPU's `krc` as full
+    /// blocks. Returns the objects and bytes still in fronts.
+    fn monitor_fronts(&self, flush: bool, now: Instant) -> (usize, usize) {
+        if !self.use_fronts {
+            return (0, 0);
+        }
+        let mut fronts = self.fronts.lock().unwrap_or_else(|e| e.into_inner());
+        let (mut objs, mut bytes) = (0, 0);
+        fronts.retain_mut(|e| {
+            let f = &e.front;
+            let exited = f.exited.load(Acquire);
+            let b = f.block.load(Relaxed);
+            if b != e.seen {
+                e.seen = b;
+                e.since = Some(now);
+            }
+            let aged = e
+                .since
+                .is_some_and(|t| now.duration_since(t) >= self.config.drain_delay);
+            if !b.is_null() && (exited || flush || aged) {
+                let (b, o, by) = f.steal();
+                if let Some(b) = NonNull::new(b) {
+                    let mut krc = self.cpus.get(0).krc.lock();
+                    // SAFETY: stolen: the block is ours now.
+                    unsafe { krc.adopt(b, o, by) };
+                }
+                e.seen = core::ptr::null_mut();
+                e.since = None;
+            } else {
+                objs += f.objs.load(Relaxed);
+                bytes += f.bytes.load(Relaxed)
+                    + if b.is_null() {
+                        0
+                    } else {
+                        super::block::BLOCK_BYTES
+                    };
+            }
+            if exited {
+                self.forget_front(f);
+            }
+            !exited
+        });
+        (objs, bytes)
+    }
+
+    /// The instance is going away: threads may forget their fronts.
+    pub(crate) fn retire_fronts(&self) {
+        for e in self
+            .fronts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
+            self.forget_front(&e.front);
+            e.front.set_dead();
+        }
+    }
+
+    /// Keeps the counts of a front the instance stops tracking.
+    fn forget_front(&self, f: &Front) {
+        for (gone, calls) in self.counters.gone_front_calls.iter().zip(&f.calls) {
+            gone.fetch_add(calls.load(Relaxed), Relaxed);
+        }
     }
 
     /// Allocates a page with `gfp` holding no lock, then trylocks a `krc`
@@ -424,8 +589,8 @@ impl Engine {
         let _pass = self.pass_lock.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         let mut complete = true;
-        let mut busy = false;
-        let (mut pending_objs, mut pending_bytes) = (0usize, 0usize);
+        let (mut pending_objs, mut pending_bytes) = self.monitor_fronts(flush, now);
+        let mut busy = pending_objs > 0;
         for (_, cpu) in self.cpus.iter() {
             let r = self.monitor_cpu(cpu, flush, now);
             complete &= r.complete;
@@ -877,6 +1042,26 @@ impl Engine {
             s.lock_busy_fallbacks += cpu.lock_busy.load(Relaxed);
             s.assisted_objects += cpu.assisted.load(Relaxed);
         }
+        for e in self.fronts.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            let f = &e.front;
+            let (t, so) = (f.calls[0].load(Relaxed), f.calls[1].load(Relaxed));
+            s.calls_task += t;
+            s.calls_softirq += so;
+            s.to_block += t + so;
+            let objs = f.objs.load(Relaxed) as u64;
+            s.pending_objects += objs;
+            if !f.block.load(Relaxed).is_null() {
+                s.blocks_in_use += 1;
+                s.pending_bytes += (f.bytes.load(Relaxed) + super::block::BLOCK_BYTES) as u64;
+            }
+        }
+        let (t, so) = (
+            c.gone_front_calls[0].load(Relaxed),
+            c.gone_front_calls[1].load(Relaxed),
+        );
+        s.calls_task += t;
+        s.calls_softirq += so;
+        s.to_block += t + so;
         s.refused_nmi = c.refused_nmi.load(Relaxed);
         s.inline_synchronize = c.inline_synchronize.load(Relaxed);
         let in_flight_blocks = c.in_flight_blocks.load(Relaxed);
@@ -917,6 +1102,17 @@ impl Engine {
 fn saturating_sub(c: &core::sync::atomic::AtomicUsize, n: usize) {
     let _ = c.fetch_update(Relaxed, Relaxed, |v| Some(v.saturating_sub(n)));
 }
+
+/// A thread's front as the monitor tracks it.
+struct FrontEntry {
+    front: Arc<Front>,
+    /// The block it had at the last pass, and since when.
+    seen: *mut Block,
+    since: Option<Instant>,
+}
+
+// SAFETY: `seen` is only compared, never followed.
+unsafe impl Send for FrontEntry {}
 
 struct PassResult {
     complete: bool,

@@ -187,6 +187,20 @@ impl Krc {
         self.blocks_in_use += 1;
     }
 
+    /// Takes over a filled block from a thread's front, as a full block
+    /// for the monitor to hand over.
+    ///
+    /// # Safety
+    /// `b` must be an initialised block of this instance, owned by the
+    /// caller, holding `objs` objects of `bytes` bytes.
+    pub(crate) unsafe fn adopt(&mut self, b: NonNull<Block>, objs: usize, bytes: usize) {
+        // SAFETY: the caller owns the block.
+        unsafe { self.evicted.push(b) };
+        self.blocks_in_use += 1;
+        self.pending_objs += objs;
+        self.pending_bytes += bytes;
+    }
+
     /// A spare block's page, if the cache has one.
     #[inline]
     pub(crate) fn take_cached(&mut self) -> Option<NonNull<u8>> {

@@ -29,6 +29,7 @@ pub(crate) mod batch;
 pub(crate) mod block;
 pub(crate) mod channels;
 pub(crate) mod engine;
+mod front;
 pub(crate) mod krc;
 mod policy;
 mod stats;
@@ -69,6 +70,10 @@ pub struct KvfreeConfig {
     /// With [`Assist::WhenBehind`]: help when more than this many blocks
     /// wait to be freed on the caller's CPU.
     pub assist_above: usize,
+    /// Whether each thread (in task or softirq context) appends to a block
+    /// of its own before the per-CPU state: no atomic operation on the
+    /// common call. Only where membarrier is available.
+    pub thread_blocks: bool,
 }
 
 /// Whether a `kfree_rcu` caller helps free objects whose grace period has
@@ -102,6 +107,7 @@ impl Default for KvfreeConfig {
             active_poll: Duration::from_micros(250),
             assist: Assist::default(),
             assist_above: 16,
+            thread_blocks: true,
         }
     }
 }

@@ -124,6 +124,9 @@ pub(crate) struct EngineCounters {
     pub(crate) refill_pages: AtomicU64,
     pub(crate) shrinker_runs: AtomicU64,
     pub(crate) shrinker_freed: AtomicU64,
+    /// Calls through fronts the monitor has forgotten (threads that
+    /// exited): task, softirq.
+    pub(crate) gone_front_calls: [AtomicU64; 2],
 }
 
 impl EngineCounters {

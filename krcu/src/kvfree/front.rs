@@ -1,0 +1,219 @@
+//! The per-thread front block, ahead of the per-CPU `krc` state.
+//!
+//! A thread in task or softirq context appends to a block of its own with
+//! plain stores: no atomic read-modify-write, no lock, so the common call
+//! costs a few loads and stores. When the block is full (or of another
+//! channel) the thread swaps it under its CPU's `krc` trylock: the full
+//! block goes to the `krc` as an evicted block, which the monitor hands to
+//! RCU at once, and a new one comes from the cache or the policy. Signal
+//! handlers (hardirq) and NMI never use a front: they take the per-CPU path.
+//!
+//! # Taking a partial block from its owner
+//! The monitor must hand over a block that has waited a drain delay, or
+//! whose thread exited, without the owner's cooperation. The handshake is
+//! the memb RCU one (`rcu/handshake.rs`), with `busy` as the read-side
+//! section:
+//!
+//! - owner: `busy = true`; compiler fence; if `steal` is clear, use the
+//!   block; compiler fence; `busy = false` (Release).
+//! - monitor: `steal = true`; `membarrier()`; wait while `busy`; take the
+//!   block; `steal = false`.
+//!
+//! `membarrier()` runs a full barrier in the owner at some point P of its
+//! instruction stream. If the owner's `busy = true` precedes P, the monitor
+//! sees it after the membarrier and waits for the section to end; if it
+//! follows P, the owner's later load of `steal` sees it set and the section
+//! leaves the block alone. The monitor's Acquire load of `busy = false`
+//! reads the owner's Release store that followed its last writes to the
+//! block, so it sees the block whole. Without membarrier there are no
+//! fronts (the fallback would need a full fence on every call).
+
+use super::block::{Block, Channel};
+use crate::rcu::GpCookie;
+use core::cell::{Cell, RefCell};
+use core::ptr;
+use core::sync::atomic::{
+    AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering::*, compiler_fence,
+};
+use std::sync::Arc;
+
+/// One thread's front for one instance.
+pub(crate) struct Front {
+    engine: u64,
+    busy: AtomicBool,
+    steal: AtomicBool,
+    pub(crate) block: AtomicPtr<Block>,
+    /// Objects and bytes in `block` (single writer at a time: the owner, or
+    /// the monitor while it steals).
+    pub(crate) objs: AtomicUsize,
+    pub(crate) bytes: AtomicUsize,
+    /// Calls that queued through this front: task, softirq.
+    pub(crate) calls: [AtomicU64; 2],
+    /// The thread exited: the monitor takes the block and forgets the front.
+    pub(crate) exited: AtomicBool,
+    /// The instance is gone: the thread may forget the front.
+    dead: AtomicBool,
+}
+
+// SAFETY: the block pointer is owned by the thread or the monitor as the
+// handshake above decides; everything else is atomics.
+unsafe impl Send for Front {}
+// SAFETY: as for Send.
+unsafe impl Sync for Front {}
+
+#[inline]
+fn bump(a: &AtomicUsize, n: usize) {
+    // One writer: a load and a store, not a read-modify-write.
+    a.store(a.load(Relaxed) + n, Relaxed);
+}
+
+impl Front {
+    fn new(engine: u64) -> Front {
+        Front {
+            engine,
+            busy: AtomicBool::new(false),
+            steal: AtomicBool::new(false),
+            block: AtomicPtr::new(ptr::null_mut()),
+            objs: AtomicUsize::new(0),
+            bytes: AtomicUsize::new(0),
+            calls: [AtomicU64::new(0), AtomicU64::new(0)],
+            exited: AtomicBool::new(false),
+            dead: AtomicBool::new(false),
+        }
+    }
+
+    /// Enters the owner's section; false (and left) if a steal is asked.
+    #[inline]
+    pub(crate) fn begin(&self) -> bool {
+        self.busy.store(true, Relaxed);
+        compiler_fence(SeqCst);
+        if self.steal.load(Relaxed) {
+            self.end();
+            return false;
+        }
+        true
+    }
+
+    /// Leaves the owner's section.
+    #[inline]
+    pub(crate) fn end(&self) {
+        compiler_fence(SeqCst);
+        self.busy.store(false, Release);
+    }
+
+    /// The owner's fast path: puts `obj` in the front block if it is of
+    /// `chan` and has room.
+    #[inline]
+    pub(crate) fn try_push(
+        &self,
+        chan: &Channel,
+        obj: *mut u8,
+        snap: GpCookie,
+        ctx: usize,
+    ) -> bool {
+        if !self.begin() {
+            return false;
+        }
+        let b = self.block.load(Relaxed);
+        let mut done = false;
+        if !b.is_null() {
+            // SAFETY: inside the owner's section with no steal asked, the
+            // block belongs to this thread (module doc).
+            let blk = unsafe { &mut *b };
+            if blk.chan.same(chan) && !blk.is_full() {
+                blk.push(obj, snap);
+                self.count(1, chan.obj_size, ctx);
+                done = true;
+            }
+        }
+        self.end();
+        done
+    }
+
+    /// Counts objects put in the block (owner only, inside its section).
+    #[inline]
+    pub(crate) fn count(&self, objs: usize, bytes: usize, ctx: usize) {
+        bump(&self.objs, objs);
+        bump(&self.bytes, bytes);
+        let c = &self.calls[ctx];
+        c.store(c.load(Relaxed) + objs as u64, Relaxed);
+    }
+
+    /// Takes the block from its owner (the monitor): `membarrier` must be
+    /// in use.
+    pub(crate) fn steal(&self) -> (*mut Block, usize, usize) {
+        self.steal.store(true, SeqCst);
+        crate::rcu::membarrier::heavy(true);
+        while self.busy.load(Acquire) {
+            std::thread::yield_now();
+        }
+        let b = self.block.swap(ptr::null_mut(), AcqRel);
+        let objs = self.objs.swap(0, Relaxed);
+        let bytes = self.bytes.swap(0, Relaxed);
+        self.steal.store(false, Release);
+        (b, objs, bytes)
+    }
+
+    pub(crate) fn set_dead(&self) {
+        self.dead.store(true, Release);
+    }
+}
+
+/// The fronts a thread owns; marks them exited when the thread ends.
+struct Owned(RefCell<Vec<Arc<Front>>>);
+
+impl Drop for Owned {
+    fn drop(&mut self) {
+        for f in self.0.borrow().iter() {
+            f.exited.store(true, Release);
+        }
+    }
+}
+
+thread_local! {
+    /// The front last used, and its instance's id (no destructor: readable
+    /// from any context without registering anything).
+    static CURRENT: Cell<(u64, *const Front)> = const { Cell::new((0, ptr::null())) };
+    static OWNED: Owned = const { Owned(RefCell::new(Vec::new())) };
+}
+
+/// This thread's front for instance `engine`, if it has one.
+#[inline]
+pub(crate) fn current(engine: u64) -> Option<&'static Front> {
+    let (id, f) = CURRENT.with(Cell::get);
+    if id == engine && !f.is_null() {
+        // SAFETY: CURRENT points at a front this thread's OWNED list holds
+        // an Arc of; the list lives until the thread ends, after which no
+        // code of this thread runs.
+        Some(unsafe { &*f })
+    } else {
+        None
+    }
+}
+
+/// This thread's front for `engine`, made (and handed to `register`, which
+/// records it with the instance) if it has none. Allocates: task or softirq
+/// context only.
+pub(crate) fn get_or_register(
+    engine: u64,
+    register: impl FnOnce(Arc<Front>),
+) -> Option<&'static Front> {
+    OWNED
+        .try_with(|owned| {
+            let mut list = owned.0.borrow_mut();
+            list.retain(|f| !f.dead.load(Acquire));
+            let f = match list.iter().find(|f| f.engine == engine) {
+                Some(f) => f.clone(),
+                None => {
+                    let f = Arc::new(Front::new(engine));
+                    register(f.clone());
+                    list.push(f.clone());
+                    f
+                }
+            };
+            CURRENT.with(|c| c.set((engine, Arc::as_ptr(&f))));
+            // SAFETY: as in `current`: the Arc stays in OWNED.
+            unsafe { &*Arc::as_ptr(&f) }
+        })
+        .ok()
+}
