@@ -3,17 +3,20 @@
 //! in bulk.
 //!
 //! # The kernel's design, in userspace
-//! - A **block** ([`block`]) is one 4 KiB page from krcu's page allocator:
+//! - A **block** (`block.rs`) is one 4 KiB page from krcu's page allocator:
 //!   a header and 506 one-word pointers, all objects of one *channel* (one
 //!   way of freeing: `Box<T>` of one `T`).
-//! - Each CPU has a **`krc`** ([`krc`]) behind a raw spinlock, taken with
+//! - Each thread in task or softirq context first appends to a **front
+//!   block** of its own (`front.rs`) with plain stores; only a full block
+//!   goes to the per-CPU state, under its trylock.
+//! - Each CPU has a **`krc`** (`krc.rs`) behind a raw spinlock, taken with
 //!   trylock on the call path: the current block of each channel, a cache
 //!   of spare blocks, and a lock-free `rcu_head` list for objects that find
 //!   no block (the two-argument form's fallback: the object embeds an
 //!   [`RcuHead`](crate::rcu::RcuHead)).
 //! - Where a new block's page comes from with that raw lock held is the
 //!   **policy** ([`Policy`]), the seeds' debate made selectable.
-//! - The **monitor** ([`worker`]) hands full blocks, and any that waited a
+//! - The **monitor** (`worker.rs`) hands full blocks, and any that waited a
 //!   drain delay, to RCU in batches (two per CPU at most), freeing at once
 //!   blocks whose grace period already elapsed; after the grace period an
 //!   RCU callback frees the batch in bulk and returns block pages to the
