@@ -382,6 +382,15 @@ impl Krcu {
         })
     }
 
+    /// Prepares the calling thread ahead of time, so that neither its RCU
+    /// readers nor its `kfree_rcu` calls ever allocate: a real-time thread
+    /// calls this once, before it must never allocate. Keep the handle for
+    /// the fastest readers; dropping it unregisters the reader only.
+    pub fn register_thread(&self) -> crate::rcu::ReaderHandle {
+        self.engine.prepare_thread();
+        self.rcu().register_thread()
+    }
+
     /// Waits until every object queued (on any thread) before this call
     /// has been freed (`kvfree_rcu_barrier`). Sleeps.
     #[track_caller]

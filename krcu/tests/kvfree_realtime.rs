@@ -145,3 +145,27 @@ fn with_a_block_available_kfree_rcu_neither_allocates_nor_blocks() {
         ledger.assert_all_freed_once();
     }
 }
+
+#[test]
+fn a_registered_thread_never_allocates_not_even_on_its_first_call() {
+    let ledger = Ledger::new(100);
+    let k = Krcu::builder()
+        .arena_size(32 << 20)
+        .report_handler(ReportHandler::Collect(ReportLog::new()))
+        .build()
+        .unwrap();
+    let objs: Vec<Box<Obj>> = (0..10).map(|_| Obj::new(&ledger)).collect();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let reader = k.register_thread();
+            let before = allocs();
+            for o in objs {
+                let _g = reader.read_lock();
+                k.kfree_rcu(o).unwrap();
+            }
+            assert_eq!(allocs() - before, 0, "the first calls allocated");
+        });
+    });
+    k.kvfree_rcu_barrier();
+    ledger.assert_all_freed_once();
+}

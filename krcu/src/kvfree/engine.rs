@@ -270,6 +270,14 @@ impl Engine {
         unsafe { self.push_list(cpu, head, func, chan.obj_size) };
     }
 
+    /// Makes the calling thread's front ahead of its first call (it
+    /// allocates; the first call then does not).
+    pub(crate) fn prepare_thread(&self) {
+        if self.use_fronts && front::current(self.id).is_none() {
+            self.register_front();
+        }
+    }
+
     #[cold]
     fn register_front(&self) -> Option<&'static Front> {
         front::get_or_register(self.id, |f| {
