@@ -348,6 +348,17 @@ fn zero_sized_and_plain_types() {
     assert_eq!(s.pending_objects, 0);
 }
 
+/// An instance whose drain delay is short: only the monitor's own passes
+/// hand partial blocks over.
+fn brisk(log: ReportLog) -> Krcu {
+    Krcu::builder()
+        .arena_size(ARENA)
+        .drain_delay(Duration::from_millis(5))
+        .report_handler(ReportHandler::Collect(log))
+        .build()
+        .unwrap()
+}
+
 /// An instance whose drain delay is an hour: only barriers, drops and full
 /// blocks hand objects over.
 fn patient(log: ReportLog) -> Krcu {
@@ -404,12 +415,7 @@ fn a_block_whose_grace_period_passed_is_freed_without_another() {
 #[test]
 fn nothing_is_stranded_on_a_cpu_no_thread_uses_any_more() {
     let log = ReportLog::new();
-    let k = Krcu::builder()
-        .arena_size(ARENA)
-        .drain_delay(Duration::from_millis(5))
-        .report_handler(ReportHandler::Collect(log))
-        .build()
-        .unwrap();
+    let k = brisk(log);
     let ledger = Ledger::new(100_000);
     let cpus = krcu::percpu::num_cpus().min(k.domain().cpus());
     // A thread on each CPU queues a partial block, then exits.
@@ -526,12 +532,7 @@ fn the_shrinker_gives_spare_blocks_back_under_memory_pressure() {
 #[test]
 fn a_partial_front_block_of_an_idle_thread_is_taken_after_the_drain_delay() {
     let log = ReportLog::new();
-    let k = Krcu::builder()
-        .arena_size(ARENA)
-        .drain_delay(Duration::from_millis(5))
-        .report_handler(ReportHandler::Collect(log))
-        .build()
-        .unwrap();
+    let k = brisk(log);
     let ledger = Ledger::new(1000);
     let done = AtomicBool::new(false);
     std::thread::scope(|s| {
