@@ -30,8 +30,9 @@ fn instance(policy: Policy, model: PreemptModel, log: &ReportLog) -> Krcu {
 /// Readers walk `slots` checking every object; writers replace objects and
 /// retire the old ones with kfree_rcu, from task context, softirq context,
 /// and (through the signal handler) hardirq context while the interrupted
-/// writer may hold a raw spinlock.
-fn torture(k: &Krcu, ledger: &Arc<Ledger>, run_for: Duration) {
+/// writer may hold a raw spinlock (with `victim_sleeps`, the handler
+/// interrupts a thread that only sleeps).
+fn torture(k: &Krcu, ledger: &Arc<Ledger>, run_for: Duration, victim_sleeps: bool) {
     const SLOTS: usize = 64;
     let slots: Arc<Vec<AtomicPtr<Obj>>> = Arc::new(
         (0..SLOTS)
@@ -96,11 +97,27 @@ fn torture(k: &Krcu, ledger: &Arc<Ledger>, run_for: Duration) {
         s.spawn(writer(false, 1));
         let (tx, rx) = std::sync::mpsc::channel();
         let task_writer = writer(false, 2);
-        s.spawn(move || {
-            // SAFETY: pthread_self has no preconditions.
-            tx.send(unsafe { libc::pthread_self() }).unwrap();
-            task_writer()
-        });
+        if victim_sleeps {
+            // The validator's reports are expected here (nowait), and
+            // producing one allocates: a handler must not do that on a
+            // thread it may have caught inside the allocator, so it
+            // interrupts a thread that only sleeps.
+            s.spawn(task_writer);
+            let stop = &stop;
+            s.spawn(move || {
+                // SAFETY: pthread_self has no preconditions.
+                tx.send(unsafe { libc::pthread_self() }).unwrap();
+                while !stop.load(Relaxed) {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            });
+        } else {
+            s.spawn(move || {
+                // SAFETY: pthread_self has no preconditions.
+                tx.send(unsafe { libc::pthread_self() }).unwrap();
+                task_writer()
+            });
+        }
         s.spawn(writer(true, 3));
         let victim = rx.recv().unwrap();
         start.wait();
@@ -137,7 +154,12 @@ fn every_object_freed_once_after_its_grace_period_under_every_policy_and_model()
             let every = 2 + (policy as u64 * 7 + model as u64 * 3) % 6;
             k.pages().faults().fail_every(every, FaultSites::ALL);
             let ledger = Ledger::new(4_000_000);
-            torture(&k, &ledger, Duration::from_millis(150));
+            torture(
+                &k,
+                &ledger,
+                Duration::from_millis(150),
+                policy == Policy::Nowait,
+            );
             k.kvfree_rcu_barrier();
             ledger.assert_all_freed_once();
             let s = k.stats();
