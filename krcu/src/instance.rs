@@ -399,6 +399,20 @@ impl Krcu {
         self.engine.barrier();
     }
 
+    /// Holds every CPU's `krc` lock until the guard drops, so that tests can
+    /// drive the path where every trylock fails. Not part of the API.
+    #[doc(hidden)]
+    pub fn __hold_krc_locks(&self) -> impl Drop + '_ {
+        struct Held<'a>(Vec<crate::lock::RawSpinLockGuard<'a, crate::kvfree::krc::Krc>>);
+        impl Drop for Held<'_> {
+            fn drop(&mut self) {
+                // Released in reverse order of taking.
+                while self.0.pop().is_some() {}
+            }
+        }
+        Held(self.engine.cpus.iter().map(|(_, c)| c.krc.lock()).collect())
+    }
+
     /// A snapshot of the `kfree_rcu` statistics.
     pub fn stats(&self) -> KvfreeStats {
         self.engine.stats()
