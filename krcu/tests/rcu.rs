@@ -537,3 +537,56 @@ fn the_global_instance_serves_the_free_functions() {
     rcu::rcu_barrier();
     assert_eq!(freed.load(Ordering::SeqCst), 1);
 }
+
+thread_local! {
+    /// Reader handles kept past the thread's registration list: touched
+    /// before the thread registers, so its destructor runs after the list's
+    /// (thread-local destructors run in reverse order of first use).
+    static KEPT: std::cell::RefCell<Vec<rcu::ReaderHandle>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+#[test]
+fn handles_outliving_the_registration_list_release_their_slot_once() {
+    let rcu = Arc::new(instance());
+    let r = rcu.clone();
+    std::thread::spawn(move || {
+        KEPT.with(|_| ());
+        let (h1, h2) = (r.register_thread(), r.register_thread());
+        KEPT.with(|k| k.borrow_mut().extend([h1, h2]));
+    })
+    .join()
+    .unwrap();
+
+    // Two live threads now register: they must get different slots. A
+    // holds its section open while B enters and leaves one, then exits;
+    // A's section must still be open (B's exit closes only its own slot).
+    let (a_in_tx, a_in) = mpsc::channel::<()>();
+    let (b_done_tx, b_done) = mpsc::channel::<()>();
+    let (r, a_reading_after) = (rcu.clone(), Arc::new(AtomicBool::new(false)));
+    let seen = a_reading_after.clone();
+    let a = std::thread::spawn(move || {
+        let h = r.register_thread();
+        let g = h.read_lock();
+        a_in_tx.send(()).unwrap();
+        b_done.recv_timeout(PATIENCE).expect("B never finished");
+        seen.store(r.is_reading(), Ordering::SeqCst);
+        drop(g);
+    });
+    a_in.recv_timeout(PATIENCE).expect("A never entered its section");
+    let r = rcu.clone();
+    std::thread::spawn(move || {
+        let h = r.register_thread();
+        drop(h.read_lock());
+    })
+    .join()
+    .unwrap();
+    b_done_tx.send(()).unwrap();
+    a.join().unwrap();
+    assert!(
+        a_reading_after.load(Ordering::SeqCst),
+        "another thread's exit ended A's read-side section: they shared a slot"
+    );
+    rcu.synchronize();
+    assert_eq!(rcu.stats().readers, 0, "slots released more than once");
+}
