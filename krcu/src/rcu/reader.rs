@@ -70,6 +70,13 @@ pub(crate) struct Slot {
     full_fence: bool,
     /// The owning thread; `None` while the slot is free.
     pub(crate) owner: Mutex<Option<ThreadInfo>>,
+    /// The owner's live [`ReaderHandle`]s for this slot. Here rather than
+    /// in the thread's registration list so that it outlives that list:
+    /// the last handle releases the slot, once. Only the owning thread
+    /// touches it (handles are tied to their thread), so Relaxed is enough;
+    /// a released slot (count zero) passes to its next owner through the
+    /// `free` mutex.
+    handles: AtomicUsize,
 }
 
 type Chunk = [CachePadded<Slot>; CHUNK];
@@ -149,6 +156,7 @@ impl Readers {
                             ctr: AtomicUsize::new(0),
                             full_fence: self.full_fence,
                             owner: Mutex::new(None),
+                            handles: AtomicUsize::new(0),
                         })
                     }));
                     c.store(Box::into_raw(chunk), Ordering::Release);
@@ -198,12 +206,11 @@ impl Readers {
     }
 
     /// Finds or makes the calling thread's registration; adds `handles`
-    /// to its handle count. Returns the slot index.
-    fn register_current(self: &Arc<Self>, handles: u32) -> usize {
+    /// to its slot's handle count. Returns the slot index.
+    fn register_current(self: &Arc<Self>, handles: usize) -> usize {
         let found = REGISTRATIONS.try_with(|regs| {
             let mut regs = regs.borrow_mut();
-            if let Some(r) = regs.iter_mut().find(|r| r.id == self.id) {
-                r.handles += handles;
+            if let Some(r) = regs.iter().find(|r| r.id == self.id) {
                 return r.index;
             }
             let index = self.acquire_slot();
@@ -211,16 +218,18 @@ impl Readers {
                 id: self.id,
                 readers: Arc::downgrade(self),
                 index,
-                handles,
             });
             index
         });
-        found.unwrap_or_else(|_| {
+        let index = found.unwrap_or_else(|_| {
             // The thread is exiting and its registrations are gone: a slot
-            // that stays registered (and inactive) for good.
+            // that stays registered (and inactive) for good, unless a
+            // handle holds it (its last handle releases it).
             tracing::debug!("krcu: RCU reader registered during thread teardown");
             self.acquire_slot()
-        })
+        });
+        self.slot(index).handles.fetch_add(handles, Ordering::Relaxed);
+        index
     }
 
     /// Whether the calling thread is inside a read-side section of this
@@ -244,14 +253,19 @@ impl Readers {
     }
 
     fn drop_handle(self: &Arc<Self>, index: usize) {
+        let slot = self.slot(index);
+        let before = slot.handles.fetch_sub(1, Ordering::Relaxed);
+        debug_assert!(before > 0, "reader handle count underflow");
+        if before > 1 {
+            // Another handle of this thread still holds the slot.
+            return;
+        }
         let gone = REGISTRATIONS.try_with(|regs| {
             let mut regs = regs.borrow_mut();
             let Some(pos) = regs.iter().position(|r| r.id == self.id) else {
                 return;
             };
-            let r = &mut regs[pos];
-            r.handles = r.handles.saturating_sub(1);
-            if r.handles == 0 && !handshake::active(self.slot(index).ctr.load(Ordering::Relaxed)) {
+            if !handshake::active(slot.ctr.load(Ordering::Relaxed)) {
                 regs.swap_remove(pos);
                 forget_cached(self.id);
                 self.release_slot(index);
@@ -259,7 +273,7 @@ impl Readers {
         });
         if gone.is_err() {
             // The thread-exit destructor ran and left this slot to its
-            // handle (it had handles > 0).
+            // handles (it had some): this was the last one.
             self.release_slot(index);
         }
     }
@@ -278,13 +292,12 @@ impl Drop for Readers {
     }
 }
 
-/// One registration of this thread with one instance.
+/// One registration of this thread with one instance (its live
+/// [`ReaderHandle`]s are counted in the slot).
 struct Registration {
     id: u64,
     readers: Weak<Readers>,
     index: usize,
-    /// Live [`ReaderHandle`]s of this thread for this instance.
-    handles: u32,
 }
 
 /// The thread's registrations; unregistered when the thread exits.
@@ -295,9 +308,10 @@ impl Drop for Registrations {
         let _ = CACHE.try_with(|c| c.set((0, core::ptr::null())));
         for r in self.0.get_mut().drain(..) {
             // A registration with live handles is released by the last
-            // handle's drop (see `Readers::drop_handle`).
-            if r.handles == 0
-                && let Some(readers) = r.readers.upgrade()
+            // handle's drop (see `Readers::drop_handle`), once. Without
+            // the instance there is no handle (each holds the registry).
+            if let Some(readers) = r.readers.upgrade()
+                && readers.slot(r.index).handles.load(Ordering::Relaxed) == 0
             {
                 readers.release_slot(r.index);
             }
