@@ -590,3 +590,65 @@ fn handles_outliving_the_registration_list_release_their_slot_once() {
     rcu.synchronize();
     assert_eq!(rcu.stats().readers, 0, "slots released more than once");
 }
+
+thread_local! {
+    /// A read-side guard kept past the thread's registration list (touched
+    /// before the thread first reads, so its destructor runs after the
+    /// list's), with what its destructor waits for before dropping it.
+    static KEPT_GUARD: KeptGuard = const { KeptGuard(std::cell::RefCell::new(None)) };
+}
+
+struct KeptGuard(std::cell::RefCell<Option<(rcu::ReadGuard<'static>, Arc<AtomicUsize>)>>);
+
+impl Drop for KeptGuard {
+    fn drop(&mut self) {
+        if let Some((guard, step)) = self.0.borrow_mut().take() {
+            // Wait until another thread reads (step 1), then end the
+            // guard's section (step 2).
+            let start = Instant::now();
+            while step.load(Ordering::SeqCst) < 1 && start.elapsed() < PATIENCE {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            drop(guard);
+            step.store(2, Ordering::SeqCst);
+        }
+    }
+}
+
+#[test]
+fn a_guard_outliving_the_registration_list_never_ends_another_threads_section() {
+    // 'static, as a guard kept in a thread-local must be.
+    let rcu: &'static Rcu = Box::leak(Box::new(instance()));
+    let step = Arc::new(AtomicUsize::new(0));
+    let (s, (entered_tx, entered)) = (step.clone(), mpsc::channel::<()>());
+    let t0 = std::thread::spawn(move || {
+        KEPT_GUARD.with(|_| ());
+        let g = rcu.read_lock();
+        KEPT_GUARD.with(|k| *k.0.borrow_mut() = Some((g, s)));
+        entered_tx.send(()).unwrap();
+    });
+    entered.recv_timeout(PATIENCE).expect("T0 never read");
+    // Wait until T0's registration list is gone (its slot released).
+    wait_until("T0's registration list to go", || rcu.stats().readers == 0);
+    let s = step.clone();
+    let a = std::thread::spawn(move || {
+        let g = rcu.read_lock();
+        s.store(1, Ordering::SeqCst);
+        wait_until("T0's late guard to drop", || s.load(Ordering::SeqCst) == 2);
+        let reading = rcu.is_reading();
+        if reading {
+            drop(g);
+        } else {
+            // Its section was ended for it: unlocking again would underflow.
+            core::mem::forget(g);
+        }
+        assert!(
+            reading,
+            "another thread's late guard ended this thread's section: they shared a slot"
+        );
+    });
+    let a = a.join();
+    t0.join().unwrap();
+    a.unwrap();
+    rcu.synchronize();
+}
