@@ -460,7 +460,9 @@ mod tests {
         assert!(!is_realtime());
         set_realtime(true);
         assert!(is_realtime());
-        std::thread::spawn(|| assert!(!is_realtime())).join().unwrap();
+        std::thread::spawn(|| assert!(!is_realtime()))
+            .join()
+            .unwrap();
         set_realtime(false);
         assert!(!is_realtime());
     }

@@ -573,7 +573,8 @@ fn handles_outliving_the_registration_list_release_their_slot_once() {
         seen.store(r.is_reading(), Ordering::SeqCst);
         drop(g);
     });
-    a_in.recv_timeout(PATIENCE).expect("A never entered its section");
+    a_in.recv_timeout(PATIENCE)
+        .expect("A never entered its section");
     let r = rcu.clone();
     std::thread::spawn(move || {
         let h = r.register_thread();

@@ -28,7 +28,7 @@
 use super::handshake;
 use crate::context;
 use crate::lockdep;
-use crate::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
+use crate::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
 use core::cell::{Cell, RefCell};
 use core::marker::PhantomData;
 use crossbeam_utils::CachePadded;
@@ -77,6 +77,9 @@ pub(crate) struct Slot {
     /// a released slot (count zero) passes to its next owner through the
     /// `free` mutex.
     handles: AtomicUsize,
+    /// Released with its section open: never reused, and grace periods no
+    /// longer wait for it (see [`Readers::release_slot`]).
+    abandoned: AtomicBool,
 }
 
 type Chunk = [CachePadded<Slot>; CHUNK];
@@ -157,6 +160,7 @@ impl Readers {
                             full_fence: self.full_fence,
                             owner: Mutex::new(None),
                             handles: AtomicUsize::new(0),
+                            abandoned: AtomicBool::new(false),
                         })
                     }));
                     c.store(Box::into_raw(chunk), Ordering::Release);
@@ -170,18 +174,44 @@ impl Readers {
         i
     }
 
-    /// Returns slot `i` to the free list. A thread that leaves with its
-    /// section open (a leaked guard) can no longer touch anything, so its
-    /// section is closed for it.
+    /// Returns slot `i` to the free list.
+    ///
+    /// A thread whose registration goes with a section still open (a leaked
+    /// guard, or a guard kept in a thread-local whose destructor runs after
+    /// the registration list's) must not hold grace periods up for good,
+    /// and must not touch another thread's slot when that guard drops
+    /// later. So the slot is **abandoned**: grace periods stop waiting for
+    /// it ([`Readers::holds_up`]), and it never goes back to the free list;
+    /// the late guard's unlock then changes only this slot. A section that
+    /// outlives its thread's registration is not protected any more (as a
+    /// reader of a thread that exited, it can no longer reach anything).
     fn release_slot(&self, i: usize) {
         let slot = self.slot(i);
-        if handshake::active(slot.ctr.load(Ordering::Relaxed)) {
-            tracing::warn!("krcu: a thread left an RCU read-side section open; closing it");
-            slot.ctr.store(0, Ordering::Release);
-        }
         *slot.owner.lock().unwrap_or_else(|e| e.into_inner()) = None;
         self.in_use.fetch_sub(1, Ordering::Relaxed);
+        if handshake::active(slot.ctr.load(Ordering::Relaxed)) {
+            tracing::warn!(
+                "krcu: a thread's RCU registration ended with a read-side section open; \
+                 grace periods no longer wait for it"
+            );
+            slot.abandoned.store(true, Ordering::Relaxed);
+            return;
+        }
         self.free.lock().unwrap_or_else(|e| e.into_inner()).push(i);
+    }
+
+    /// Whether slot `i` holds a grace period up at counter value `v`: an
+    /// active reader in the other phase, in a slot not abandoned.
+    ///
+    /// Ordering: `abandoned` is set once, by the slot's owner, and only
+    /// lets a grace period stop waiting for a section that no longer
+    /// protects anything; a scan that reads it late just waits another
+    /// round. Nothing is published through it, so Relaxed is enough.
+    #[inline]
+    pub(crate) fn holds_up(&self, i: usize, v: usize) -> bool {
+        let slot = self.slot(i);
+        handshake::holds_up(slot.ctr.load(Ordering::Relaxed), v)
+            && !slot.abandoned.load(Ordering::Relaxed)
     }
 
     /// The calling thread's slot, registering it on first use.
@@ -228,7 +258,9 @@ impl Readers {
             tracing::debug!("krcu: RCU reader registered during thread teardown");
             self.acquire_slot()
         });
-        self.slot(index).handles.fetch_add(handles, Ordering::Relaxed);
+        self.slot(index)
+            .handles
+            .fetch_add(handles, Ordering::Relaxed);
         index
     }
 
