@@ -392,6 +392,25 @@ pub(crate) fn lock<'a>(readers: &Readers, slot: &'a Slot) -> ReadGuard<'a> {
 /// began before it cannot end, so whatever the section could reach stays
 /// allocated. Do not sleep inside it (the validator reports it); the guard
 /// is tied to its thread.
+///
+/// # Misuse the compiler refuses
+/// A guard cannot move to another thread, nor be shared with one:
+/// ```compile_fail,E0277
+/// fn send<T: Send>(_: T) {}
+/// send(krcu::rcu::read_lock());
+/// ```
+/// ```compile_fail,E0277
+/// fn sync<T: Sync>() {}
+/// sync::<krcu::rcu::ReadGuard<'static>>();
+/// ```
+/// It cannot outlive its instance:
+/// ```compile_fail,E0505
+/// use krcu::rcu::{Rcu, RcuConfig};
+/// let rcu = Rcu::new(krcu::Domain::global(), RcuConfig::default());
+/// let g = rcu.read_lock();
+/// drop(rcu);
+/// drop(g);
+/// ```
 #[must_use = "the read-side section ends when the guard is dropped"]
 #[doc(alias = "rcu_read_lock")]
 pub struct ReadGuard<'a> {
@@ -425,6 +444,20 @@ impl core::fmt::Debug for ReadGuard<'_> {
 /// [`read_lock`](Self::read_lock) goes straight to the thread's slot, and
 /// neither it nor the instance's `read_lock` allocates while the handle
 /// lives. Tied to its thread.
+///
+/// # Misuse the compiler refuses
+/// A handle cannot move to another thread (its slot is its thread's):
+/// ```compile_fail,E0277
+/// fn send<T: Send>(_: T) {}
+/// send(krcu::rcu::register_thread());
+/// ```
+/// It cannot be dropped inside a section it opened:
+/// ```compile_fail,E0505
+/// let h = krcu::rcu::register_thread();
+/// let g = h.read_lock();
+/// drop(h);
+/// drop(g);
+/// ```
 pub struct ReaderHandle {
     readers: Arc<Readers>,
     index: usize,
