@@ -91,6 +91,12 @@ pub(crate) fn read_lock(slot: &AtomicUsize, gp_ctr: &AtomicUsize, full_fence: bo
         light_barrier(full_fence);
         true
     } else {
+        // One more would carry into the phase bit and hide the reader from
+        // grace periods (reachable from safe code by leaking guards).
+        assert!(
+            tmp & NEST_MASK != NEST_MASK,
+            "krcu: RCU read-side sections nested too deep"
+        );
         slot.store(tmp + GP_COUNT, Ordering::Relaxed);
         false
     }
