@@ -267,8 +267,11 @@ impl Krcu {
     /// Never sleeps and never fails: from task context, from the worker's
     /// softirq context, from a signal handler (hardirq context), with a raw
     /// spinlock held. With a block available it makes no system call and no
-    /// heap allocation and takes no lock but a trylock. From NMI context it
-    /// refuses and hands the object back.
+    /// heap allocation and takes no lock but a trylock. On a thread that is
+    /// not real-time it may also help free what is ready when reclaim falls
+    /// behind (the flood brake, [`Assist`](crate::Assist)): destructors then
+    /// run on it; a real-time thread ([`register_thread`](Self::register_thread))
+    /// never does. From NMI context it refuses and hands the object back.
     #[doc(alias = "kvfree_call_rcu")]
     #[inline]
     pub fn kfree_rcu<T: HasRcuHead>(&self, obj: Box<T>) -> Result<(), InNmi<T>> {

@@ -41,8 +41,11 @@ use std::time::{Duration, Instant};
 
 /// `kfree_rcu` calls the real-time thread makes.
 const CALLS: usize = 2_000_000;
-/// Threads flooding the instance meanwhile.
-const FLOODERS: usize = 2;
+/// Threads flooding the instance meanwhile: at least one per CPU, so that
+/// reclaim (one reclaimer per CPU) falls behind on bigger machines too.
+fn flooders() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 16))
+}
 /// How long the test waits for anything before it fails instead of hanging.
 const WATCHDOG: Duration = Duration::from_secs(120);
 
@@ -313,7 +316,7 @@ fn prove(k: &Krcu, global: bool) {
     let assisted0 = k.stats().assisted_objects;
 
     std::thread::scope(|s| {
-        for t in 0..FLOODERS as u64 {
+        for t in 0..flooders() as u64 {
             let (stop, flooded) = (&stop, &flooded);
             s.spawn(move || {
                 let mut n = 0u64;
