@@ -252,6 +252,7 @@ static SERIAL: Mutex<()> = Mutex::new(());
 
 /// The real-time thread: registers ahead, waits for the flood to put
 /// reclaim behind, seals itself, makes `objs.len()` calls, publishes, exits.
+#[allow(clippy::vec_box)] // Boxes made ahead, each handed to kfree_rcu
 fn realtime_thread(
     k: &Krcu,
     global: bool,
