@@ -9,7 +9,9 @@
 //!   lock forms, and by hard-interrupt and NMI context;
 //! - the **context kind** ([`ContextKind`]): task unless the thread says
 //!   otherwise with [`enter_softirq`], [`enter_hardirq`] or [`enter_nmi`];
-//! - the **RCU read-side depth**.
+//! - the **RCU read-side depth**;
+//! - whether the thread is **real-time** ([`set_realtime`]): a promise krcu
+//!   keeps for the thread whatever instance it calls (see [`is_realtime`]).
 //!
 //! In userspace nothing enforces these: they are declarations that the
 //! validator ([`crate::lockdep`]) checks against, and that krcu's own code
@@ -135,6 +137,7 @@ struct ThreadContext {
     irqs_off: Cell<u32>,
     kind: Cell<ContextKind>,
     rcu_depth: Cell<u32>,
+    realtime: Cell<bool>,
 }
 
 #[cfg(not(loom))]
@@ -145,6 +148,7 @@ thread_local! {
             irqs_off: Cell::new(0),
             kind: Cell::new(ContextKind::Task),
             rcu_depth: Cell::new(0),
+            realtime: Cell::new(false),
         }
     };
 }
@@ -156,6 +160,7 @@ loom::thread_local! {
         irqs_off: Cell::new(0),
         kind: Cell::new(ContextKind::Task),
         rcu_depth: Cell::new(0),
+        realtime: Cell::new(false),
     };
 }
 
@@ -188,6 +193,34 @@ pub fn irqs_off_depth() -> u32 {
 #[doc(alias = "rcu_preempt_depth")]
 pub fn rcu_read_depth() -> u32 {
     with(|c| c.rcu_depth.get())
+}
+
+/// Declares (or, with `false`, withdraws) the calling thread real-time.
+///
+/// Real-time is a property of a thread, not of an instance: while it is set,
+/// `kfree_rcu` on this thread, on any instance and whatever the instance's
+/// [`Assist`](crate::kvfree::Assist) setting,
+/// - never runs a destructor (it never helps free what is ready: the flood
+///   brake is left to the other threads);
+/// - never calls the global allocator (neither allocates nor frees);
+/// - never takes a blocking lock, and makes no system call.
+///
+/// The last two also need the thread's front block made ahead: use
+/// [`Krcu::register_thread`](crate::Krcu::register_thread), which declares
+/// the thread real-time too. Without one, the calls take the per-CPU path
+/// (trylocks only) rather than allocate a front. The exception is
+/// [`Policy::Nowait`](crate::Policy::Nowait), kept to show the seeds' bug:
+/// its allocation may take the zone lock.
+///
+/// A plain store to a thread-local: callable from any context.
+pub fn set_realtime(realtime: bool) {
+    with(|c| c.realtime.set(realtime));
+}
+
+/// Whether the calling thread declared itself real-time ([`set_realtime`]).
+#[inline]
+pub fn is_realtime() -> bool {
+    with(|c| c.realtime.get())
 }
 
 /// True while the thread may not sleep because it is atomic: a spinning lock
@@ -420,6 +453,18 @@ mod tests {
             assert!(in_softirq() && !in_atomic() && !irqs_disabled());
         }
         assert!(in_task());
+    }
+
+    #[test]
+    fn realtime_is_per_thread() {
+        assert!(!is_realtime());
+        set_realtime(true);
+        assert!(is_realtime());
+        std::thread::spawn(|| assert!(!is_realtime()))
+            .join()
+            .unwrap();
+        set_realtime(false);
+        assert!(!is_realtime());
     }
 
     #[test]

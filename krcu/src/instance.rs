@@ -267,8 +267,11 @@ impl Krcu {
     /// Never sleeps and never fails: from task context, from the worker's
     /// softirq context, from a signal handler (hardirq context), with a raw
     /// spinlock held. With a block available it makes no system call and no
-    /// heap allocation and takes no lock but a trylock. From NMI context it
-    /// refuses and hands the object back.
+    /// heap allocation and takes no lock but a trylock. On a thread that is
+    /// not real-time it may also help free what is ready when reclaim falls
+    /// behind (the flood brake, [`Assist`](crate::Assist)): destructors then
+    /// run on it; a real-time thread ([`register_thread`](Self::register_thread))
+    /// never does. From NMI context it refuses and hands the object back.
     #[doc(alias = "kvfree_call_rcu")]
     #[inline]
     pub fn kfree_rcu<T: HasRcuHead>(&self, obj: Box<T>) -> Result<(), InNmi<T>> {
@@ -382,12 +385,35 @@ impl Krcu {
         })
     }
 
-    /// Prepares the calling thread ahead of time, so that neither its RCU
-    /// readers nor its `kfree_rcu` calls ever allocate: a real-time thread
-    /// calls this once, before it must never allocate. Keep the handle for
-    /// the fastest readers; dropping it unregisters the reader only.
+    /// Declares the calling thread real-time and prepares it ahead of time
+    /// (its RCU reader and its `kfree_rcu` front block on this instance): a
+    /// real-time thread calls this once per instance it uses, before it
+    /// must never allocate.
+    ///
+    /// # The promise
+    /// From then on, `kfree_rcu` on this thread (two-argument form, task or
+    /// softirq context), whatever this instance's [`Assist`](crate::Assist)
+    /// setting:
+    /// - never runs a destructor: the flood brake, which makes callers free
+    ///   ready objects when reclaim falls behind, is left to the other
+    ///   threads;
+    /// - never calls the global allocator (no allocation, no free);
+    /// - never takes a blocking lock, and makes no system call.
+    ///
+    /// Neither do [`ReaderHandle::read_lock`](crate::rcu::ReaderHandle::read_lock)
+    /// and this instance's [`Rcu::read_lock`](crate::rcu::Rcu::read_lock).
+    /// Real-time is a property of the thread, not of the instance
+    /// ([`context::set_realtime`]): on an instance it was not registered
+    /// with, its calls take the per-CPU path (trylocks only) instead of
+    /// making a front. The exception is [`Policy::Nowait`], kept to show the
+    /// seeds' bug, whose allocation may take the zone lock.
+    ///
+    /// Keep the handle for the fastest readers; dropping it unregisters the
+    /// reader only (the thread stays real-time; `context::set_realtime(false)`
+    /// withdraws that).
     pub fn register_thread(&self) -> crate::rcu::ReaderHandle {
         self.engine.prepare_thread();
+        context::set_realtime(true);
         self.rcu().register_thread()
     }
 

@@ -169,3 +169,28 @@ fn a_registered_thread_never_allocates_not_even_on_its_first_call() {
     k.kvfree_rcu_barrier();
     ledger.assert_all_freed_once();
 }
+
+#[test]
+fn a_realtime_thread_makes_no_front_on_an_instance_it_did_not_register_with() {
+    let ledger = Ledger::new(100);
+    let k = Krcu::builder()
+        .arena_size(32 << 20)
+        .report_handler(ReportHandler::Collect(ReportLog::new()))
+        .build()
+        .unwrap();
+    let objs: Vec<Box<Obj>> = (0..10).map(|_| Obj::new(&ledger)).collect();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            context::set_realtime(true);
+            let (a0, c0) = (allocs(), thread_counters());
+            for o in objs {
+                k.kfree_rcu(o).unwrap();
+            }
+            let (a1, c1) = (allocs(), thread_counters());
+            assert_eq!(a1 - a0, 0, "a front was made on the call path");
+            assert_eq!((c1 - c0).blocking, 0);
+        });
+    });
+    k.kvfree_rcu_barrier();
+    ledger.assert_all_freed_once();
+}

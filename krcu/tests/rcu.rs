@@ -537,3 +537,119 @@ fn the_global_instance_serves_the_free_functions() {
     rcu::rcu_barrier();
     assert_eq!(freed.load(Ordering::SeqCst), 1);
 }
+
+thread_local! {
+    /// Reader handles kept past the thread's registration list: touched
+    /// before the thread registers, so its destructor runs after the list's
+    /// (thread-local destructors run in reverse order of first use).
+    static KEPT: std::cell::RefCell<Vec<rcu::ReaderHandle>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+#[test]
+fn handles_outliving_the_registration_list_release_their_slot_once() {
+    let rcu = Arc::new(instance());
+    let r = rcu.clone();
+    std::thread::spawn(move || {
+        KEPT.with(|_| ());
+        let (h1, h2) = (r.register_thread(), r.register_thread());
+        KEPT.with(|k| k.borrow_mut().extend([h1, h2]));
+    })
+    .join()
+    .unwrap();
+
+    // Two live threads now register: they must get different slots. A
+    // holds its section open while B enters and leaves one, then exits;
+    // A's section must still be open (B's exit closes only its own slot).
+    let (a_in_tx, a_in) = mpsc::channel::<()>();
+    let (b_done_tx, b_done) = mpsc::channel::<()>();
+    let (r, a_reading_after) = (rcu.clone(), Arc::new(AtomicBool::new(false)));
+    let seen = a_reading_after.clone();
+    let a = std::thread::spawn(move || {
+        let h = r.register_thread();
+        let g = h.read_lock();
+        a_in_tx.send(()).unwrap();
+        b_done.recv_timeout(PATIENCE).expect("B never finished");
+        seen.store(r.is_reading(), Ordering::SeqCst);
+        drop(g);
+    });
+    a_in.recv_timeout(PATIENCE)
+        .expect("A never entered its section");
+    let r = rcu.clone();
+    std::thread::spawn(move || {
+        let h = r.register_thread();
+        drop(h.read_lock());
+    })
+    .join()
+    .unwrap();
+    b_done_tx.send(()).unwrap();
+    a.join().unwrap();
+    assert!(
+        a_reading_after.load(Ordering::SeqCst),
+        "another thread's exit ended A's read-side section: they shared a slot"
+    );
+    rcu.synchronize();
+    assert_eq!(rcu.stats().readers, 0, "slots released more than once");
+}
+
+thread_local! {
+    /// A read-side guard kept past the thread's registration list (touched
+    /// before the thread first reads, so its destructor runs after the
+    /// list's), with what its destructor waits for before dropping it.
+    static KEPT_GUARD: KeptGuard = const { KeptGuard(std::cell::RefCell::new(None)) };
+}
+
+struct KeptGuard(std::cell::RefCell<Option<(rcu::ReadGuard<'static>, Arc<AtomicUsize>)>>);
+
+impl Drop for KeptGuard {
+    fn drop(&mut self) {
+        if let Some((guard, step)) = self.0.borrow_mut().take() {
+            // Wait until another thread reads (step 1), then end the
+            // guard's section (step 2).
+            let start = Instant::now();
+            while step.load(Ordering::SeqCst) < 1 && start.elapsed() < PATIENCE {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            drop(guard);
+            step.store(2, Ordering::SeqCst);
+        }
+    }
+}
+
+#[test]
+fn a_guard_outliving_the_registration_list_never_ends_another_threads_section() {
+    // 'static, as a guard kept in a thread-local must be.
+    let rcu: &'static Rcu = Box::leak(Box::new(instance()));
+    let step = Arc::new(AtomicUsize::new(0));
+    let (s, (entered_tx, entered)) = (step.clone(), mpsc::channel::<()>());
+    let t0 = std::thread::spawn(move || {
+        KEPT_GUARD.with(|_| ());
+        let g = rcu.read_lock();
+        KEPT_GUARD.with(|k| *k.0.borrow_mut() = Some((g, s)));
+        entered_tx.send(()).unwrap();
+    });
+    entered.recv_timeout(PATIENCE).expect("T0 never read");
+    // Wait until T0's registration list is gone (its slot released).
+    wait_until("T0's registration list to go", || rcu.stats().readers == 0);
+    let s = step.clone();
+    let a = std::thread::spawn(move || {
+        let g = rcu.read_lock();
+        s.store(1, Ordering::SeqCst);
+        wait_until("T0's late guard to drop", || s.load(Ordering::SeqCst) == 2);
+        let reading = rcu.is_reading();
+        if reading {
+            drop(g);
+        } else {
+            // Its section was ended for it: unlocking again would underflow.
+            core::mem::forget(g);
+        }
+        assert!(
+            reading,
+            "another thread's late guard ended this thread's section: they shared a slot"
+        );
+    });
+    let a = a.join();
+    t0.join().unwrap();
+    a.unwrap();
+    rcu.synchronize();
+}

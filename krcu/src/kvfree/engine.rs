@@ -206,12 +206,18 @@ impl Engine {
     ) {
         // Whether the caller could allocate: asked before the raw lock makes
         // the answer "no" (only the Preemptible policy asks).
-        let may_alloc = self.config.policy == Policy::Preemptible && self.domain.preemptible();
+        // A real-time thread never allocates (nor takes the zone lock).
+        let may_alloc = self.config.policy == Policy::Preemptible
+            && self.domain.preemptible()
+            && !context::is_realtime();
         let snap = self.rcu.get_state();
         if self.use_fronts && matches!(ctx, ContextKind::Task | ContextKind::Softirq) {
             let ci = usize::from(ctx == ContextKind::Softirq);
             let front = match front::current(self.id) {
                 Some(f) => Some(f),
+                // A real-time thread never allocates a front here: without
+                // one made ahead, it takes the per-CPU path.
+                None if context::is_realtime() => None,
                 None => self.register_front(),
             };
             if let Some(f) = front
@@ -827,11 +833,14 @@ impl Engine {
     }
 
     /// The flood brake: a task-context caller that may run destructors (not
-    /// atomic, irqs on) frees one ready block of its CPU when the CPU is
-    /// behind (or always, by configuration), so that pending memory stays
-    /// bounded however little CPU the reclaimers get.
+    /// atomic, irqs on, not real-time) frees one ready block of its CPU when
+    /// the CPU is behind (or always, by configuration), so that pending
+    /// memory stays bounded however little CPU the reclaimers get.
     #[inline]
     fn maybe_assist(&self, cpu: &KrcCpu, ctx: ContextKind) {
+        if context::is_realtime() {
+            return;
+        }
         let above = match self.config.assist {
             Assist::Never => return,
             Assist::WhenBehind => self.config.assist_above,

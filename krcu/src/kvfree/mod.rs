@@ -24,6 +24,17 @@
 //! - The **refill worker** tops the caches up outside any raw lock; a
 //!   **shrinker** gives spare blocks back under memory pressure.
 //!
+//! # Real-time threads
+//! Real-time is a property of a thread, not of an instance. A thread that
+//! declares itself real-time ([`Krcu::register_thread`](crate::Krcu::register_thread),
+//! or [`context::set_realtime`](crate::context::set_realtime)) never runs a
+//! destructor, never calls the global allocator and never takes a blocking
+//! lock inside `kfree_rcu`, whatever the instance's [`Assist`] setting: the
+//! flood brake is left to the other threads, and a front block it lacks is
+//! not made on the call path (the per-CPU path serves it). With its front
+//! made ahead (`register_thread`) it makes no system call either. The
+//! exception is [`Policy::Nowait`], kept to show the seeds' bug.
+//!
 //! Use it through [`Krcu`](crate::Krcu): [`Krcu::kfree_rcu`](crate::Krcu::kfree_rcu),
 //! [`Krcu::kvfree_rcu_mightsleep`](crate::Krcu::kvfree_rcu_mightsleep),
 //! [`Krcu::kvfree_rcu_barrier`](crate::Krcu::kvfree_rcu_barrier).
@@ -80,14 +91,16 @@ pub struct KvfreeConfig {
 }
 
 /// Whether a `kfree_rcu` caller helps free objects whose grace period has
-/// elapsed. Only a caller in task context that is not atomic and has irqs
-/// on ever helps, one block (at most 506 objects) per call, taking no lock
-/// but trylocks; the objects' destructors then run on its thread.
+/// elapsed. Only a caller in task context that is not atomic, has irqs on
+/// and is not real-time ([`context::set_realtime`](crate::context::set_realtime))
+/// ever helps, one block (at most 506 objects) per call, taking no lock but
+/// trylocks; the objects' destructors then run on its thread.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Assist {
     /// Never: only the reclaimers free. Pending memory is then bounded only
-    /// by how much CPU they get. For threads that must never run a
-    /// destructor or enter the global allocator.
+    /// by how much CPU they get. (A thread that must never run a destructor
+    /// or enter the global allocator declares itself real-time instead: the
+    /// other threads keep the brake.)
     Never,
     /// When the caller's CPU has more than `assist_above` blocks waiting:
     /// a brake for floods that starve the reclaimers (the default).

@@ -210,11 +210,7 @@ impl GpEngine {
     fn wait_for_readers(&self, holding_up: &mut Vec<usize>, v: usize, gp_seq: u64, mode: WaitMode) {
         holding_up.clear();
         let n = self.readers.len();
-        holding_up.extend(
-            (0..n).filter(|&i| {
-                handshake::holds_up(self.readers.slot(i).ctr.load(Ordering::Relaxed), v)
-            }),
-        );
+        holding_up.extend((0..n).filter(|&i| self.readers.holds_up(i, v)));
         let (spins, yields) = mode.budget();
         let mut round = 0u32;
         let mut sleep = Duration::from_micros(20);
@@ -232,9 +228,7 @@ impl GpEngine {
                 }
             }
             round = round.saturating_add(1);
-            holding_up.retain(|&i| {
-                handshake::holds_up(self.readers.slot(i).ctr.load(Ordering::Relaxed), v)
-            });
+            holding_up.retain(|&i| self.readers.holds_up(i, v));
         }
     }
 

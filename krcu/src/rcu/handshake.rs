@@ -91,6 +91,12 @@ pub(crate) fn read_lock(slot: &AtomicUsize, gp_ctr: &AtomicUsize, full_fence: bo
         light_barrier(full_fence);
         true
     } else {
+        // One more would carry into the phase bit and hide the reader from
+        // grace periods (reachable from safe code by leaking guards).
+        assert!(
+            tmp & NEST_MASK != NEST_MASK,
+            "krcu: RCU read-side sections nested too deep"
+        );
         slot.store(tmp + GP_COUNT, Ordering::Relaxed);
         false
     }
@@ -170,6 +176,21 @@ mod tests {
         assert!(read_unlock(&slot, false));
         assert_eq!(slot.load(Ordering::Relaxed), 0);
         assert!(!holds_up(0, v) && !holds_up(0, v ^ GP_PHASE));
+    }
+
+    #[test]
+    #[should_panic(expected = "nested too deep")]
+    fn nesting_never_overflows_into_the_phase_bit() {
+        // 2^32 - 1 sections deep (leaked guards can get there in safe code):
+        // one more must not carry into the phase and leave the slot
+        // looking inactive to grace periods.
+        let gp = AtomicUsize::new(GP_CTR_INIT | GP_PHASE);
+        let slot = AtomicUsize::new(GP_PHASE | NEST_MASK);
+        read_lock(&slot, &gp, false);
+        assert!(
+            active(slot.load(Ordering::Relaxed)),
+            "the slot looks inactive"
+        );
     }
 
     #[test]

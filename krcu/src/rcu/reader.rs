@@ -28,7 +28,7 @@
 use super::handshake;
 use crate::context;
 use crate::lockdep;
-use crate::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
+use crate::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
 use core::cell::{Cell, RefCell};
 use core::marker::PhantomData;
 use crossbeam_utils::CachePadded;
@@ -70,6 +70,16 @@ pub(crate) struct Slot {
     full_fence: bool,
     /// The owning thread; `None` while the slot is free.
     pub(crate) owner: Mutex<Option<ThreadInfo>>,
+    /// The owner's live [`ReaderHandle`]s for this slot. Here rather than
+    /// in the thread's registration list so that it outlives that list:
+    /// the last handle releases the slot, once. Only the owning thread
+    /// touches it (handles are tied to their thread), so Relaxed is enough;
+    /// a released slot (count zero) passes to its next owner through the
+    /// `free` mutex.
+    handles: AtomicUsize,
+    /// Released with its section open: never reused, and grace periods no
+    /// longer wait for it (see [`Readers::release_slot`]).
+    abandoned: AtomicBool,
 }
 
 type Chunk = [CachePadded<Slot>; CHUNK];
@@ -149,6 +159,8 @@ impl Readers {
                             ctr: AtomicUsize::new(0),
                             full_fence: self.full_fence,
                             owner: Mutex::new(None),
+                            handles: AtomicUsize::new(0),
+                            abandoned: AtomicBool::new(false),
                         })
                     }));
                     c.store(Box::into_raw(chunk), Ordering::Release);
@@ -162,18 +174,44 @@ impl Readers {
         i
     }
 
-    /// Returns slot `i` to the free list. A thread that leaves with its
-    /// section open (a leaked guard) can no longer touch anything, so its
-    /// section is closed for it.
+    /// Returns slot `i` to the free list.
+    ///
+    /// A thread whose registration goes with a section still open (a leaked
+    /// guard, or a guard kept in a thread-local whose destructor runs after
+    /// the registration list's) must not hold grace periods up for good,
+    /// and must not touch another thread's slot when that guard drops
+    /// later. So the slot is **abandoned**: grace periods stop waiting for
+    /// it ([`Readers::holds_up`]), and it never goes back to the free list;
+    /// the late guard's unlock then changes only this slot. A section that
+    /// outlives its thread's registration is not protected any more (as a
+    /// reader of a thread that exited, it can no longer reach anything).
     fn release_slot(&self, i: usize) {
         let slot = self.slot(i);
-        if handshake::active(slot.ctr.load(Ordering::Relaxed)) {
-            tracing::warn!("krcu: a thread left an RCU read-side section open; closing it");
-            slot.ctr.store(0, Ordering::Release);
-        }
         *slot.owner.lock().unwrap_or_else(|e| e.into_inner()) = None;
         self.in_use.fetch_sub(1, Ordering::Relaxed);
+        if handshake::active(slot.ctr.load(Ordering::Relaxed)) {
+            tracing::warn!(
+                "krcu: a thread's RCU registration ended with a read-side section open; \
+                 grace periods no longer wait for it"
+            );
+            slot.abandoned.store(true, Ordering::Relaxed);
+            return;
+        }
         self.free.lock().unwrap_or_else(|e| e.into_inner()).push(i);
+    }
+
+    /// Whether slot `i` holds a grace period up at counter value `v`: an
+    /// active reader in the other phase, in a slot not abandoned.
+    ///
+    /// Ordering: `abandoned` is set once, by the slot's owner, and only
+    /// lets a grace period stop waiting for a section that no longer
+    /// protects anything; a scan that reads it late just waits another
+    /// round. Nothing is published through it, so Relaxed is enough.
+    #[inline]
+    pub(crate) fn holds_up(&self, i: usize, v: usize) -> bool {
+        let slot = self.slot(i);
+        handshake::holds_up(slot.ctr.load(Ordering::Relaxed), v)
+            && !slot.abandoned.load(Ordering::Relaxed)
     }
 
     /// The calling thread's slot, registering it on first use.
@@ -198,12 +236,11 @@ impl Readers {
     }
 
     /// Finds or makes the calling thread's registration; adds `handles`
-    /// to its handle count. Returns the slot index.
-    fn register_current(self: &Arc<Self>, handles: u32) -> usize {
+    /// to its slot's handle count. Returns the slot index.
+    fn register_current(self: &Arc<Self>, handles: usize) -> usize {
         let found = REGISTRATIONS.try_with(|regs| {
             let mut regs = regs.borrow_mut();
-            if let Some(r) = regs.iter_mut().find(|r| r.id == self.id) {
-                r.handles += handles;
+            if let Some(r) = regs.iter().find(|r| r.id == self.id) {
                 return r.index;
             }
             let index = self.acquire_slot();
@@ -211,16 +248,20 @@ impl Readers {
                 id: self.id,
                 readers: Arc::downgrade(self),
                 index,
-                handles,
             });
             index
         });
-        found.unwrap_or_else(|_| {
+        let index = found.unwrap_or_else(|_| {
             // The thread is exiting and its registrations are gone: a slot
-            // that stays registered (and inactive) for good.
+            // that stays registered (and inactive) for good, unless a
+            // handle holds it (its last handle releases it).
             tracing::debug!("krcu: RCU reader registered during thread teardown");
             self.acquire_slot()
-        })
+        });
+        self.slot(index)
+            .handles
+            .fetch_add(handles, Ordering::Relaxed);
+        index
     }
 
     /// Whether the calling thread is inside a read-side section of this
@@ -244,14 +285,19 @@ impl Readers {
     }
 
     fn drop_handle(self: &Arc<Self>, index: usize) {
+        let slot = self.slot(index);
+        let before = slot.handles.fetch_sub(1, Ordering::Relaxed);
+        debug_assert!(before > 0, "reader handle count underflow");
+        if before > 1 {
+            // Another handle of this thread still holds the slot.
+            return;
+        }
         let gone = REGISTRATIONS.try_with(|regs| {
             let mut regs = regs.borrow_mut();
             let Some(pos) = regs.iter().position(|r| r.id == self.id) else {
                 return;
             };
-            let r = &mut regs[pos];
-            r.handles = r.handles.saturating_sub(1);
-            if r.handles == 0 && !handshake::active(self.slot(index).ctr.load(Ordering::Relaxed)) {
+            if !handshake::active(slot.ctr.load(Ordering::Relaxed)) {
                 regs.swap_remove(pos);
                 forget_cached(self.id);
                 self.release_slot(index);
@@ -259,7 +305,7 @@ impl Readers {
         });
         if gone.is_err() {
             // The thread-exit destructor ran and left this slot to its
-            // handle (it had handles > 0).
+            // handles (it had some): this was the last one.
             self.release_slot(index);
         }
     }
@@ -278,13 +324,12 @@ impl Drop for Readers {
     }
 }
 
-/// One registration of this thread with one instance.
+/// One registration of this thread with one instance (its live
+/// [`ReaderHandle`]s are counted in the slot).
 struct Registration {
     id: u64,
     readers: Weak<Readers>,
     index: usize,
-    /// Live [`ReaderHandle`]s of this thread for this instance.
-    handles: u32,
 }
 
 /// The thread's registrations; unregistered when the thread exits.
@@ -295,9 +340,10 @@ impl Drop for Registrations {
         let _ = CACHE.try_with(|c| c.set((0, core::ptr::null())));
         for r in self.0.get_mut().drain(..) {
             // A registration with live handles is released by the last
-            // handle's drop (see `Readers::drop_handle`).
-            if r.handles == 0
-                && let Some(readers) = r.readers.upgrade()
+            // handle's drop (see `Readers::drop_handle`), once. Without
+            // the instance there is no handle (each holds the registry).
+            if let Some(readers) = r.readers.upgrade()
+                && readers.slot(r.index).handles.load(Ordering::Relaxed) == 0
             {
                 readers.release_slot(r.index);
             }
@@ -346,6 +392,25 @@ pub(crate) fn lock<'a>(readers: &Readers, slot: &'a Slot) -> ReadGuard<'a> {
 /// began before it cannot end, so whatever the section could reach stays
 /// allocated. Do not sleep inside it (the validator reports it); the guard
 /// is tied to its thread.
+///
+/// # Misuse the compiler refuses
+/// A guard cannot move to another thread, nor be shared with one:
+/// ```compile_fail,E0277
+/// fn send<T: Send>(_: T) {}
+/// send(krcu::rcu::read_lock());
+/// ```
+/// ```compile_fail,E0277
+/// fn sync<T: Sync>() {}
+/// sync::<krcu::rcu::ReadGuard<'static>>();
+/// ```
+/// It cannot outlive its instance:
+/// ```compile_fail,E0505
+/// use krcu::rcu::{Rcu, RcuConfig};
+/// let rcu = Rcu::new(krcu::Domain::global(), RcuConfig::default());
+/// let g = rcu.read_lock();
+/// drop(rcu);
+/// drop(g);
+/// ```
 #[must_use = "the read-side section ends when the guard is dropped"]
 #[doc(alias = "rcu_read_lock")]
 pub struct ReadGuard<'a> {
@@ -379,6 +444,20 @@ impl core::fmt::Debug for ReadGuard<'_> {
 /// [`read_lock`](Self::read_lock) goes straight to the thread's slot, and
 /// neither it nor the instance's `read_lock` allocates while the handle
 /// lives. Tied to its thread.
+///
+/// # Misuse the compiler refuses
+/// A handle cannot move to another thread (its slot is its thread's):
+/// ```compile_fail,E0277
+/// fn send<T: Send>(_: T) {}
+/// send(krcu::rcu::register_thread());
+/// ```
+/// It cannot be dropped inside a section it opened:
+/// ```compile_fail,E0505
+/// let h = krcu::rcu::register_thread();
+/// let g = h.read_lock();
+/// drop(h);
+/// drop(g);
+/// ```
 pub struct ReaderHandle {
     readers: Arc<Readers>,
     index: usize,
