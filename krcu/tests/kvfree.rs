@@ -98,10 +98,12 @@ fn torture(k: &Krcu, ledger: &Arc<Ledger>, run_for: Duration, victim_sleeps: boo
         let (tx, rx) = std::sync::mpsc::channel();
         let task_writer = writer(false, 2);
         if victim_sleeps {
-            // The validator's reports are expected here (nowait), and
-            // producing one allocates: a handler must not do that on a
-            // thread it may have caught inside the allocator, so it
-            // interrupts a thread that only sleeps.
+            // Under nowait the handler's kfree_rcu takes `zone->lock` (a
+            // plain lock, under the raw krc lock: the validator's expected
+            // reports), which a writer it caught may hold, and would spin
+            // on it forever; so it interrupts a thread that only sleeps.
+            // (The reports themselves are safe in a handler: recorded
+            // without allocating, delivered later.)
             s.spawn(task_writer);
             let stop = &stop;
             s.spawn(move || {
