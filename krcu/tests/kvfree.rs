@@ -7,7 +7,9 @@ mod common;
 use common::*;
 use krcu::context::{self, PreemptModel};
 use krcu::lock::RawSpinLock;
-use krcu::lockdep::{ReportHandler, ReportKind, ReportLog};
+#[cfg(any(debug_assertions, feature = "lockdep"))]
+use krcu::lockdep::ReportKind;
+use krcu::lockdep::{ReportHandler, ReportLog};
 use krcu::page::FaultSites;
 use krcu::{Krcu, KvfreeConfig, Policy};
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering::*};
@@ -207,6 +209,7 @@ fn nmi_is_refused_and_the_object_handed_back() {
 /// Fills the first block so the next call needs a new one, with the page
 /// allocator's per-CPU lists drained so that `GFP_NOWAIT` must take the
 /// zone lock. All under a raw spinlock, as in the seeds.
+#[cfg(any(debug_assertions, feature = "lockdep"))]
 fn call_needing_a_block(k: &Krcu, ledger: &Arc<Ledger>) {
     let raw = RawSpinLock::named(k.domain(), "caller_raw_lock", ());
     k.pages().drain_all();
