@@ -194,8 +194,10 @@ pub fn run_flood(k: &Krcu, cfg: &FloodConfig, quiet: bool) -> FloodRun {
             })
         });
         let irq_threads = cfg.hardirq.then(|| {
-            // The interrupted thread sleeps: a handler never lands inside
-            // malloc, where a report the validator builds could deadlock.
+            // The interrupted thread sleeps: a handler never lands in a
+            // thread holding a lock its kfree_rcu may take (under `nowait`,
+            // `zone->lock`, taken under the raw krc lock), where it would
+            // spin forever.
             let (tx, rx) = std::sync::mpsc::channel();
             let (stop, start) = (&stop, &start);
             let victim = s.spawn(move || {

@@ -286,10 +286,12 @@ pub fn run(a: &Args) -> CmdResult {
     let raw = RawSpinLock::named(k.domain(), "torture_raw_lock", ());
     let guard = signal::route(&route);
     // The handler interrupts a task writer, maybe inside kfree_rcu. Except
-    // under `nowait`, whose validator reports are expected: producing a
-    // report allocates, which a signal handler must not do to a thread that
-    // may be inside the allocator; there it interrupts a thread that only
-    // sleeps.
+    // under `nowait`, whose handler takes `zone->lock` (a plain lock, under
+    // the raw krc lock: the bug the validator's expected reports are about),
+    // which the interrupted writer may hold: it would spin on it forever.
+    // There it interrupts a thread that only sleeps. (The reports themselves
+    // are safe in a handler: they are recorded without allocating and
+    // delivered later.)
     let interrupt_writer = policy != Policy::Nowait;
     let start = Barrier::new(a.readers + a.threads + 4 + usize::from(!interrupt_writer));
     let t0 = Instant::now();

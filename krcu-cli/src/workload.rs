@@ -130,7 +130,9 @@ pub fn peak_rss_bytes() -> u64 {
 }
 
 /// Counts validator reports by kind without keeping them, and keeps the
-/// first one's text.
+/// first one's text. Reports from signal handlers arrive late (the
+/// validator defers them): every count delivers them first, and those it
+/// had to drop count as `other`.
 #[derive(Clone, Default)]
 pub struct Reports {
     inner: Arc<ReportCounts>,
@@ -154,6 +156,7 @@ impl Reports {
                 _ => &c.other,
             };
             counter.fetch_add(1, Relaxed);
+            c.other.fetch_add(r.dropped, Relaxed);
             if let Ok(mut first) = c.first.try_lock()
                 && first.is_none()
             {
@@ -167,14 +170,17 @@ impl Reports {
     }
 
     pub fn invalid_wait(&self) -> u64 {
+        krcu::lockdep::flush_deferred_reports();
         self.inner.invalid_wait.load(Relaxed)
     }
 
     pub fn might_sleep(&self) -> u64 {
+        krcu::lockdep::flush_deferred_reports();
         self.inner.might_sleep.load(Relaxed)
     }
 
     pub fn first(&self) -> Option<String> {
+        krcu::lockdep::flush_deferred_reports();
         self.inner.first.lock().ok()?.clone()
     }
 }

@@ -7,8 +7,9 @@
 //! only that thread searches for a cycle, so a cycle is reported once however
 //! many threads take the same order afterwards. The search runs only when a
 //! new edge appears, never on the steady-state lock path, and uses fixed
-//! arrays on the stack: it neither allocates nor locks until it has found a
-//! cycle to report.
+//! arrays on the stack, and returns the cycle it found in a fixed-size
+//! [`Chain`]: it neither allocates nor locks, so it may run in a signal
+//! handler.
 
 use super::ClassId;
 use super::class::MAX_CLASSES;
@@ -39,13 +40,46 @@ pub(crate) struct ChainLink {
     pub(crate) at: Option<&'static Location<'static>>,
 }
 
+impl ChainLink {
+    const EMPTY: ChainLink = ChainLink {
+        from: ClassId::NONE,
+        to: ClassId::NONE,
+        at: None,
+    };
+}
+
+/// How many links of a dependency chain a report keeps (the kernel's
+/// reports rarely show more than a handful).
+pub(crate) const MAX_CHAIN: usize = 64;
+
+/// A dependency chain in fixed storage: its first [`MAX_CHAIN`] links, and
+/// how many more there were.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Chain {
+    links: [ChainLink; MAX_CHAIN],
+    len: usize,
+    omitted: usize,
+}
+
+impl Chain {
+    /// The links kept, from the new lock's class on.
+    pub(crate) fn links(&self) -> &[ChainLink] {
+        &self.links[..self.len]
+    }
+
+    /// How many links past the kept ones were left out.
+    pub(crate) fn omitted(&self) -> usize {
+        self.omitted
+    }
+}
+
 /// Adds `prev → next`. If the edge is new and closes a cycle, returns the
 /// existing chain `next → … → prev` that it closes.
 pub(crate) fn add_edge(
     prev: ClassId,
     next: ClassId,
     at: Option<&'static Location<'static>>,
-) -> Option<Vec<ChainLink>> {
+) -> Option<Chain> {
     match EDGES.insert(key(prev, next)) {
         Slot::Present(_) | Slot::Full => None,
         Slot::Inserted(i) => {
@@ -65,7 +99,7 @@ fn edge_at(i: usize) -> Option<&'static Location<'static>> {
 }
 
 /// Breadth-first search from `from` to `to` over the edges present now.
-fn find_path(from: ClassId, to: ClassId) -> Option<Vec<ChainLink>> {
+fn find_path(from: ClassId, to: ClassId) -> Option<Chain> {
     const WORDS: usize = (MAX_CLASSES + 1).div_ceil(64);
     let mut visited = [0u64; WORDS];
     // parent[c] = (class it was reached from, edge slot) for each reached class.
@@ -103,17 +137,30 @@ fn find_path(from: ClassId, to: ClassId) -> Option<Vec<ChainLink>> {
     if !found {
         return None;
     }
-    let mut chain = Vec::new();
+    // The parents lead back from `to`: count the links, then fill them in
+    // from the far end, keeping the first MAX_CHAIN.
+    let mut total = 0;
     let mut c = to.0;
     while c != from.0 {
+        total += 1;
+        c = parent[c as usize].0;
+    }
+    let mut chain = Chain {
+        links: [ChainLink::EMPTY; MAX_CHAIN],
+        len: total.min(MAX_CHAIN),
+        omitted: total.saturating_sub(MAX_CHAIN),
+    };
+    let mut c = to.0;
+    for i in (0..total).rev() {
         let (p, slot) = parent[c as usize];
-        chain.push(ChainLink {
-            from: ClassId(p),
-            to: ClassId(c),
-            at: edge_at(slot as usize),
-        });
+        if i < MAX_CHAIN {
+            chain.links[i] = ChainLink {
+                from: ClassId(p),
+                to: ClassId(c),
+                at: edge_at(slot as usize),
+            };
+        }
         c = p;
     }
-    chain.reverse();
     Some(chain)
 }

@@ -86,6 +86,33 @@ pub(crate) fn snapshot() -> Vec<HeldLock> {
     HELD.with(|h| (0..h.depth.get()).map(|i| h.locks[i].get()).collect())
 }
 
+/// A copy of the held-lock stack in fixed storage, for a report: taking
+/// one never allocates, so a signal handler may.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct HeldStack {
+    locks: [HeldLock; MAX_LOCK_DEPTH],
+    len: usize,
+}
+
+impl HeldStack {
+    /// The current thread's stack now.
+    pub(crate) fn capture() -> HeldStack {
+        HELD.with(|h| {
+            let len = h.depth.get().min(MAX_LOCK_DEPTH);
+            let mut locks = [HeldLock::EMPTY; MAX_LOCK_DEPTH];
+            for (i, l) in locks.iter_mut().enumerate().take(len) {
+                *l = h.locks[i].get();
+            }
+            HeldStack { locks, len }
+        })
+    }
+
+    /// The held locks, outermost first.
+    pub(crate) fn as_slice(&self) -> &[HeldLock] {
+        &self.locks[..self.len]
+    }
+}
+
 /// Pushes `lock`; returns false when the stack is full.
 ///
 /// The slot is reserved first (a placeholder that lowers no level and adds

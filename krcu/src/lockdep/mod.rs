@@ -35,18 +35,35 @@
 //! belongs to: print each distinct report once (the default), collect them
 //! ([`ReportLog`], for tests), panic, or a function of your own.
 //!
+//! **Reports from a signal handler.** In hardirq or NMI context (a signal
+//! handler, which may have interrupted its thread inside `malloc`) a report
+//! is not formatted: what it needs is recorded, without allocating or
+//! locking, into one of [`DEFERRED_REPORTS`] fixed slots, as the kernel
+//! defers printk from NMI. The records are formatted and delivered, oldest
+//! first and marked [`Report::deferred`], from a context that may allocate:
+//! by the next blocking lock acquisition or might-sleep check in preemptible
+//! task context on any thread, by every [`ReportLog`] query, and by
+//! [`flush_deferred_reports`]. When the slots are full a report is dropped
+//! and counted, and the next one delivered says how many
+//! ([`Report::dropped`]). A handler is therefore never called in hardirq or
+//! NMI context; a [`ReportHandler::Panic`] domain panics on the thread that
+//! delivers the report.
+//!
 //! # Cost
 //! The validator is compiled in with debug assertions and with the cargo
 //! feature `lockdep`; otherwise its hooks compile to nothing and locks carry
 //! no validator state. Compiled in, a domain can still switch it off at
 //! run time, which leaves one relaxed atomic load per acquisition.
 //! Steady-state checks neither allocate nor lock (tables are fixed and
-//! lock-free); only producing a report allocates.
+//! lock-free); only formatting a report allocates, and that never happens
+//! in hardirq or NMI context.
 
 // Without the validator compiled in, most of these are only the public
 // types; the machinery behind them is unused by design.
 #[cfg_attr(not(krcu_lockdep), allow(dead_code, unused_imports))]
 mod class;
+#[cfg(krcu_lockdep)]
+mod deferred;
 #[cfg_attr(not(krcu_lockdep), allow(dead_code, unused_imports))]
 mod graph;
 #[cfg_attr(not(krcu_lockdep), allow(dead_code, unused_imports))]
@@ -70,6 +87,55 @@ use table::{FNV_OFFSET, KeySet, Slot, hash_bytes};
 
 /// Whether the validator is compiled into this build.
 pub const COMPILED: bool = cfg!(krcu_lockdep);
+
+/// How many reports found in hardirq or NMI context can wait, unformatted,
+/// for delivery at once; more are dropped and counted.
+#[doc(alias = "printk_deferred")]
+pub const DEFERRED_REPORTS: usize = 16;
+
+/// Formats and delivers, each to its domain's handler, the reports found
+/// in hardirq or NMI context and not delivered yet (see the module
+/// documentation); waits for a delivery in progress on another thread. Does
+/// nothing in hardirq or NMI context, where it may not allocate, nor
+/// without the validator.
+#[doc(alias = "printk_safe_flush")]
+pub fn flush_deferred_reports() {
+    #[cfg(krcu_lockdep)]
+    if !must_defer() {
+        deferred::flush(true);
+    }
+}
+
+/// True where a report may not be formatted: hardirq or NMI context (a
+/// signal handler, which may have interrupted its thread inside `malloc`).
+#[cfg(krcu_lockdep)]
+#[inline]
+fn must_defer() -> bool {
+    matches!(context::kind(), ContextKind::Hardirq | ContextKind::Nmi)
+}
+
+/// True where delivering deferred reports on the way is harmless: a
+/// preemptible task that is about to block or sleep anyway (never a path
+/// with a raw lock held, so never a real-time fast path).
+#[cfg(krcu_lockdep)]
+#[inline]
+fn may_flush_here() -> bool {
+    context::kind() == ContextKind::Task && !context::in_atomic() && !context::irqs_disabled()
+}
+
+/// Delivers a report now, or, where the heap may not be touched, records it
+/// for later delivery.
+#[cfg(krcu_lockdep)]
+fn emit(domain: &Domain, finding: report::Finding, nesting_proof: bool) {
+    if must_defer() {
+        deferred::defer(domain, &report::Record::new(finding, nesting_proof, true));
+    } else {
+        let record = report::Record::new(finding, nesting_proof, false);
+        domain
+            .validator()
+            .deliver(report::format(&record, false, 0));
+    }
+}
 
 /// A lockdep wait type. The numbers are lockdep's (`LD_WAIT_*`), as reports
 /// print them in `{outer:inner}`.
@@ -176,7 +242,7 @@ impl Validator {
     }
 
     #[cfg_attr(not(krcu_lockdep), allow(dead_code))]
-    fn deliver(&self, report: Report) {
+    pub(crate) fn deliver(&self, report: Report) {
         match &self.handler {
             ReportHandler::PrintOnce => {
                 let mut h = hash_bytes(FNV_OFFSET, &[report.kind as u8]);
@@ -185,7 +251,11 @@ impl Validator {
                 for l in &report.held {
                     h = hash_bytes(h, l.name.as_bytes());
                 }
-                if matches!(self.printed.insert(h), Slot::Inserted(_) | Slot::Full) {
+                // A report that says others were dropped is printed even if
+                // it repeats one.
+                if report.dropped > 0
+                    || matches!(self.printed.insert(h), Slot::Inserted(_) | Slot::Full)
+                {
                     eprintln!("{}", report.text);
                 }
             }
@@ -275,20 +345,26 @@ impl LockDep {
     #[cfg(krcu_lockdep)]
     #[cold]
     fn acquire_slow(&self, addr: usize, trylock: bool, at: Option<&'static Location<'static>>) {
-        let v = self.domain().validator();
+        // Nothing on this path allocates unless a report is delivered here
+        // and now; in hardirq and NMI context reports are only recorded
+        // (`emit`), so a signal handler may take its locks.
+        let domain = self.domain();
+        let v = domain.validator();
+        if !trylock && may_flush_here() {
+            deferred::flush(false);
+        }
         let np = v.prove_raw_lock_nesting();
         let ctx = context::kind();
-        let taking = || report::Taking {
+        let next = report::Taking {
             class: self.class,
             addr,
             outer: self.outer,
             inner: self.inner,
-            at: at.map_or_else(|| "<unknown>".to_string(), |l| l.to_string()),
+            at,
         };
         let depth = held::depth();
         if depth >= MAX_LOCK_DEPTH {
-            let held = held_infos(np);
-            v.deliver(report::max_depth(report::thread_label(), &taking(), held));
+            emit(domain, report::Finding::MaxDepth { next }, np);
             return;
         }
         if !trylock {
@@ -306,16 +382,13 @@ impl LockDep {
                 level = level.min(WaitType::Config.effective(np));
             }
             if self.outer.effective(np) > level {
-                let held = held_infos(np);
                 // Like the kernel, the report names the context's own level
                 // (task_wait_context), not the one the held locks lowered.
-                v.deliver(report::invalid_wait_context(
-                    report::thread_label(),
-                    &taking(),
-                    WaitType::context_level(ctx),
-                    held,
-                    np,
-                ));
+                let finding = report::Finding::InvalidWaitContext {
+                    next,
+                    context_level: WaitType::context_level(ctx),
+                };
+                emit(domain, finding, np);
             }
             // check_prevs_add: an edge from the innermost held lock of this
             // context, and on through the trylocks above the first plain one.
@@ -328,15 +401,7 @@ impl LockDep {
                     && prev.class != self.class
                     && let Some(chain) = graph::add_edge(prev.class, self.class, at)
                 {
-                    let held = held_infos(np);
-                    let prev_info = report::held_info(&prev, np);
-                    v.deliver(report::circular(
-                        report::thread_label(),
-                        &taking(),
-                        &prev_info,
-                        &chain,
-                        held,
-                    ));
+                    emit(domain, report::Finding::Circular { next, prev, chain }, np);
                 }
                 if !prev.trylock {
                     break;
@@ -375,14 +440,6 @@ impl LockDep {
     }
 }
 
-#[cfg(krcu_lockdep)]
-fn held_infos(np: bool) -> Vec<HeldLockInfo> {
-    held::snapshot()
-        .iter()
-        .map(|h| report::held_info(h, np))
-        .collect()
-}
-
 /// Takes the location a `#[track_caller]` lock wrapper recorded for the
 /// acquisition that follows (None when the validator is not compiled in).
 #[inline(always)]
@@ -415,14 +472,12 @@ fn check_might_sleep(domain: &Domain, at: Option<&'static Location<'static>>) {
         context: context::kind(),
     };
     if state.atomic_depth > 0 || state.irqs_disabled || state.rcu_depth > 0 {
-        let np = v.prove_raw_lock_nesting();
-        let at = at.map_or_else(|| "<unknown>".to_string(), |l| l.to_string());
-        v.deliver(report::sleep_in_invalid_context(
-            report::thread_label(),
-            at,
-            &state,
-            held_infos(np),
-        ));
+        let finding = report::Finding::SleepInInvalidContext { at, state };
+        emit(domain, finding, v.prove_raw_lock_nesting());
+    } else if may_flush_here() {
+        // A place where the caller may sleep: deliver what signal handlers
+        // left behind.
+        deferred::flush(false);
     }
 }
 

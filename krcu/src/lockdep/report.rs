@@ -2,10 +2,12 @@
 //! decides what happens to them.
 
 use super::class;
-use super::held::HeldLock;
+use super::graph::Chain;
+use super::held::{HeldLock, HeldStack};
 use super::{ClassId, WaitType};
 use crate::context::ContextKind;
 use core::fmt::Write as _;
+use core::panic::Location;
 use std::sync::{Arc, Mutex};
 
 /// What the validator found.
@@ -57,11 +59,19 @@ pub struct HeldLockInfo {
 }
 
 /// One report of the validator.
+///
+/// A report found where the heap may not be touched (hardirq or NMI
+/// context: a signal handler) is recorded into fixed storage there and
+/// formatted and delivered later, from a context that may allocate (see
+/// [`flush_deferred_reports`](super::flush_deferred_reports)); it is then
+/// marked [`deferred`](Report::deferred).
 #[derive(Debug, Clone)]
 pub struct Report {
     /// What was found.
     pub kind: ReportKind,
-    /// The thread it was found on, `name/tid`.
+    /// The thread it was found on, `name/tid`. A deferred report formatted
+    /// on another thread names it by its kernel name (`comm`, at most 15
+    /// bytes), as the thread's Rust name is out of reach there.
     pub thread: String,
     /// The class of the lock being taken (none for might-sleep reports).
     pub class: Option<&'static str>,
@@ -71,6 +81,13 @@ pub struct Report {
     pub held: Vec<HeldLockInfo>,
     /// The whole report as the kernel would print it.
     pub text: String,
+    /// Whether the report was found where the heap may not be touched and
+    /// was formatted later, from a context that may allocate.
+    pub deferred: bool,
+    /// How many further reports were lost, just before this one was
+    /// delivered, because the fixed storage for deferred reports was full
+    /// (the text says so too). Zero almost always.
+    pub dropped: u64,
 }
 
 impl Report {
@@ -87,6 +104,11 @@ impl core::fmt::Display for Report {
 }
 
 /// A shared, growing list of reports, for tests and tools.
+///
+/// Every query first delivers the deferred reports (found in hardirq or NMI
+/// context and not delivered yet; see
+/// [`flush_deferred_reports`](super::flush_deferred_reports)), so a log read
+/// after a signal handler's offence shows it.
 #[derive(Debug, Clone, Default)]
 pub struct ReportLog(Arc<Mutex<Vec<Report>>>);
 
@@ -95,26 +117,26 @@ impl ReportLog {
     pub fn new() -> Self {
         Self::default()
     }
+    fn entries(&self) -> std::sync::MutexGuard<'_, Vec<Report>> {
+        // Flush before locking: delivering takes this log's lock.
+        super::flush_deferred_reports();
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
     /// A copy of every report so far.
     pub fn reports(&self) -> Vec<Report> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.entries().clone()
     }
     /// Removes and returns every report so far.
     pub fn take(&self) -> Vec<Report> {
-        core::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()))
+        core::mem::take(&mut *self.entries())
     }
     /// How many reports of `kind` there are.
     pub fn count(&self, kind: ReportKind) -> usize {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .filter(|r| r.kind == kind)
-            .count()
+        self.entries().iter().filter(|r| r.kind == kind).count()
     }
     /// How many reports there are.
     pub fn len(&self) -> usize {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).len()
+        self.entries().len()
     }
     /// True when there are none.
     pub fn is_empty(&self) -> bool {
@@ -158,6 +180,56 @@ pub(crate) fn thread_label() -> String {
     format!("{}/{}", t.name().unwrap_or("<unnamed>"), tid)
 }
 
+/// The thread a record was made on, captured without allocating.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ThreadTag {
+    tid: libc::pid_t,
+    /// The kernel's name for the thread (`comm`), NUL-terminated; taken
+    /// only for deferred records, which may be formatted on another thread.
+    comm: Option<[u8; 16]>,
+}
+
+impl ThreadTag {
+    /// The current thread; `with_comm` also takes its kernel name.
+    pub(crate) fn current(with_comm: bool) -> ThreadTag {
+        // SAFETY: gettid has no preconditions and cannot fail.
+        let tid = unsafe { libc::gettid() };
+        let comm = with_comm.then(|| {
+            let mut buf = [0u8; 16];
+            // SAFETY: PR_GET_NAME writes at most 16 bytes, NUL included,
+            // into the buffer it is given, which is 16 bytes long. It is a
+            // plain system call: no allocation, safe in a signal handler.
+            let rc = unsafe { libc::prctl(libc::PR_GET_NAME, buf.as_mut_ptr()) };
+            if rc != 0 {
+                buf = [0; 16];
+            }
+            buf
+        });
+        ThreadTag { tid, comm }
+    }
+
+    /// `name/tid`: the thread's Rust name when formatted on that thread,
+    /// else its kernel name.
+    fn label(&self) -> String {
+        // SAFETY: gettid has no preconditions and cannot fail.
+        if self.tid == unsafe { libc::gettid() } {
+            return thread_label();
+        }
+        let name = self.comm.map_or_else(
+            || "<unnamed>".to_string(),
+            |c| {
+                let end = c.iter().position(|&b| b == 0).unwrap_or(c.len());
+                String::from_utf8_lossy(&c[..end]).into_owned()
+            },
+        );
+        format!("{name}/{}", self.tid)
+    }
+}
+
+fn location(at: Option<&'static Location<'static>>) -> String {
+    at.map_or_else(|| "<unknown>".to_string(), |l| l.to_string())
+}
+
 pub(crate) fn held_info(h: &HeldLock, nesting_proof: bool) -> HeldLockInfo {
     HeldLockInfo {
         name: class::name(h.class),
@@ -168,9 +240,7 @@ pub(crate) fn held_info(h: &HeldLock, nesting_proof: bool) -> HeldLockInfo {
         ),
         context: h.context,
         trylock: h.trylock,
-        at: h
-            .at
-            .map_or_else(|| "<unknown>".to_string(), |l| l.to_string()),
+        at: location(h.at),
     }
 }
 
@@ -206,17 +276,113 @@ fn held_lines(out: &mut String, thread: &str, held: &[HeldLockInfo]) {
 }
 
 /// The lock being taken, as a report shows it.
+#[derive(Debug, Clone, Copy)]
 pub(crate) struct Taking {
     pub(crate) class: ClassId,
     pub(crate) addr: usize,
     pub(crate) outer: WaitType,
     pub(crate) inner: WaitType,
-    pub(crate) at: String,
+    pub(crate) at: Option<&'static Location<'static>>,
+}
+
+/// What a might-sleep report shows of the context.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SleepState {
+    pub(crate) atomic_depth: u32,
+    pub(crate) irqs_disabled: bool,
+    pub(crate) rcu_depth: u32,
+    pub(crate) context: ContextKind,
+}
+
+/// What the validator found, with what its report needs to say.
+// Boxing the chain would allocate, which a record must never do.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Finding {
+    InvalidWaitContext {
+        next: Taking,
+        /// The context's own level (`task_wait_context`).
+        context_level: WaitType,
+    },
+    SleepInInvalidContext {
+        at: Option<&'static Location<'static>>,
+        state: SleepState,
+    },
+    Circular {
+        next: Taking,
+        prev: HeldLock,
+        chain: Chain,
+    },
+    MaxDepth {
+        next: Taking,
+    },
+}
+
+/// Everything a report is made from, in fixed-size storage of plain
+/// `Copy` data: making one neither allocates nor locks, so a signal handler
+/// may, and [`format`] can turn it into a [`Report`] later, elsewhere.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Record {
+    pub(crate) finding: Finding,
+    pub(crate) nesting_proof: bool,
+    pub(crate) held: HeldStack,
+    pub(crate) thread: ThreadTag,
+}
+
+impl Record {
+    /// A record of `finding` on the current thread, with its held locks
+    /// now; `deferred` when it will be formatted later.
+    pub(crate) fn new(finding: Finding, nesting_proof: bool, deferred: bool) -> Record {
+        Record {
+            finding,
+            nesting_proof,
+            held: HeldStack::capture(),
+            thread: ThreadTag::current(deferred),
+        }
+    }
+}
+
+/// Formats a record into the report the kernel would print. `dropped`
+/// deferred reports were lost before it was delivered (it says so).
+pub(crate) fn format(rec: &Record, deferred: bool, dropped: u64) -> Report {
+    let np = rec.nesting_proof;
+    let thread = rec.thread.label();
+    let held: Vec<HeldLockInfo> = rec
+        .held
+        .as_slice()
+        .iter()
+        .map(|h| held_info(h, np))
+        .collect();
+    let mut report = match &rec.finding {
+        Finding::InvalidWaitContext {
+            next,
+            context_level,
+        } => invalid_wait_context(thread, next, *context_level, held, np),
+        Finding::SleepInInvalidContext { at, state } => {
+            sleep_in_invalid_context(thread, location(*at), state, held)
+        }
+        Finding::Circular { next, prev, chain } => {
+            let prev = held_info(prev, np);
+            circular(thread, next, &prev, chain, held)
+        }
+        Finding::MaxDepth { next } => max_depth(thread, next, held),
+    };
+    report.deferred = deferred;
+    report.dropped = dropped;
+    if dropped > 0 {
+        let _ = writeln!(
+            report.text,
+            "{dropped} further report(s) from contexts that may not allocate were dropped: \
+             the deferred report storage ({} entries) was full",
+            super::DEFERRED_REPORTS
+        );
+    }
+    report
 }
 
 const TAINT: &str = concat!("krcu ", env!("CARGO_PKG_VERSION"), " Not tainted");
 
-pub(crate) fn invalid_wait_context(
+fn invalid_wait_context(
     thread: String,
     next: &Taking,
     context_level: WaitType,
@@ -225,6 +391,7 @@ pub(crate) fn invalid_wait_context(
 ) -> Report {
     let mut t = String::new();
     let kind = ReportKind::InvalidWaitContext;
+    let at = location(next.at);
     t.push('\n');
     separator(&mut t, '=', 29);
     let _ = writeln!(t, "[ {} ]", kind.headline());
@@ -233,12 +400,11 @@ pub(crate) fn invalid_wait_context(
     let _ = writeln!(t, "{thread} is trying to lock:");
     let _ = writeln!(
         t,
-        "{:#018x} ({}){{....}}-{{{}:{}}}, at: {}",
+        "{:#018x} ({}){{....}}-{{{}:{}}}, at: {at}",
         next.addr,
         class::name(next.class),
         next.outer.effective(nesting_proof).number(),
         next.inner.effective(nesting_proof).number(),
-        next.at
     );
     let _ = writeln!(t, "other info that might help us debug this:");
     let level = context_level.effective(nesting_proof).number();
@@ -248,20 +414,15 @@ pub(crate) fn invalid_wait_context(
         kind,
         thread,
         class: Some(class::name(next.class)),
-        at: next.at.clone(),
+        at,
         held,
         text: t,
+        deferred: false,
+        dropped: 0,
     }
 }
 
-pub(crate) struct SleepState {
-    pub(crate) atomic_depth: u32,
-    pub(crate) irqs_disabled: bool,
-    pub(crate) rcu_depth: u32,
-    pub(crate) context: ContextKind,
-}
-
-pub(crate) fn sleep_in_invalid_context(
+fn sleep_in_invalid_context(
     thread: String,
     at: String,
     state: &SleepState,
@@ -290,18 +451,21 @@ pub(crate) fn sleep_in_invalid_context(
         at,
         held,
         text: t,
+        deferred: false,
+        dropped: 0,
     }
 }
 
-pub(crate) fn circular(
+fn circular(
     thread: String,
     next: &Taking,
     prev: &HeldLockInfo,
-    chain: &[super::graph::ChainLink],
+    chain: &Chain,
     held: Vec<HeldLockInfo>,
 ) -> Report {
     let kind = ReportKind::CircularDependency;
     let next_name = class::name(next.class);
+    let at = location(next.at);
     let mut t = String::new();
     t.push('\n');
     separator(&mut t, '=', 54);
@@ -309,20 +473,25 @@ pub(crate) fn circular(
     let _ = writeln!(t, "{TAINT}");
     separator(&mut t, '-', 54);
     let _ = writeln!(t, "{thread} is trying to acquire lock:");
-    let _ = writeln!(t, "{:#018x} ({next_name}), at: {}", next.addr, next.at);
+    let _ = writeln!(t, "{:#018x} ({next_name}), at: {at}", next.addr);
     let _ = writeln!(t, "\nbut task is already holding lock:");
     let _ = writeln!(t, "{:#018x} ({}), at: {}", prev.addr, prev.name, prev.at);
     let _ = writeln!(t, "\nwhich lock already depends on the new lock.\n");
     let _ = writeln!(t, "the existing dependency chain (in reverse order) is:");
-    for (i, link) in chain.iter().enumerate().rev() {
-        let at = link
-            .at
-            .map_or_else(|| "<unknown>".to_string(), |l| l.to_string());
+    if chain.omitted() > 0 {
         let _ = writeln!(
             t,
-            "\n-> #{i} ({}) after ({}):\n       {at}",
+            "\n-> ({} more links, to the held lock, not shown)",
+            chain.omitted()
+        );
+    }
+    for (i, link) in chain.links().iter().enumerate().rev() {
+        let _ = writeln!(
+            t,
+            "\n-> #{i} ({}) after ({}):\n       {}",
             class::name(link.to),
-            class::name(link.from)
+            class::name(link.from),
+            location(link.at)
         );
     }
     let _ = writeln!(t, "\nother info that might help us debug this:\n");
@@ -339,30 +508,30 @@ pub(crate) fn circular(
         kind,
         thread,
         class: Some(next_name),
-        at: next.at.clone(),
+        at,
         held,
         text: t,
+        deferred: false,
+        dropped: 0,
     }
 }
 
-pub(crate) fn max_depth(thread: String, next: &Taking, held: Vec<HeldLockInfo>) -> Report {
+fn max_depth(thread: String, next: &Taking, held: Vec<HeldLockInfo>) -> Report {
     let kind = ReportKind::MaxLockDepth;
+    let at = location(next.at);
     let mut t = String::new();
     let _ = writeln!(t, "{}", kind.headline());
     let _ = writeln!(t, "depth: {}  max: {}", held.len(), super::MAX_LOCK_DEPTH);
-    let _ = writeln!(
-        t,
-        "while taking ({}) at {}",
-        class::name(next.class),
-        next.at
-    );
+    let _ = writeln!(t, "while taking ({}) at {at}", class::name(next.class));
     held_lines(&mut t, &thread, &held);
     Report {
         kind,
         thread,
         class: Some(class::name(next.class)),
-        at: next.at.clone(),
+        at,
         held,
         text: t,
+        deferred: false,
+        dropped: 0,
     }
 }

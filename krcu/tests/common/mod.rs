@@ -29,6 +29,11 @@ impl Ledger {
         })
     }
 
+    /// How many objects it can issue.
+    pub fn capacity(&self) -> usize {
+        self.drops.len()
+    }
+
     pub fn issued(&self) -> usize {
         self.next.load(SeqCst)
     }
