@@ -280,6 +280,7 @@ impl PageAllocator {
         Page {
             addr: self.zone.addr_of(pfn),
             order,
+            owner: self.id,
         }
     }
 
@@ -302,30 +303,93 @@ impl PageAllocator {
     // ------------------------------------------------------------------
     // Free paths.
 
-    /// Frees a block (`__free_pages`). Bad input (see
-    /// [`error`](super::error)) panics in debug builds and is counted and
-    /// reported in release builds.
+    /// Frees a block handed out as `page` (`__free_pages`). A `Page` of
+    /// another allocator is bad input (see [`error`](super::error)): it
+    /// panics in debug builds and is counted and reported (and leaked) in
+    /// release builds.
     #[inline]
     #[track_caller]
     #[doc(alias = "__free_pages")]
-    pub fn free_pages(&self, addr: NonNull<u8>, order: u32) {
-        if let Err(e) = self.try_free_pages(addr, order) {
+    #[doc(alias = "free_pages")]
+    pub fn free(&self, page: Page) {
+        if let Err(e) = self.try_free(page) {
             self.bad_free(e);
         }
     }
 
-    /// Frees a block handed out as `page`.
+    /// As [`free`](Self::free), but a `Page` of another allocator is
+    /// returned as an error (the page is then leaked, not freed).
     #[inline]
-    #[track_caller]
-    pub fn free(&self, page: Page) {
-        self.free_pages(page.addr, page.order);
+    pub fn try_free(&self, page: Page) -> Result<(), PageError> {
+        self.check_owner(&page)?;
+        // SAFETY: `page` is an owning handle of this allocator (checked),
+        // consumed here: the block is allocated with its order and no one
+        // else holds it.
+        unsafe { self.try_free_pages(page.addr, page.order) }
     }
 
-    /// Frees a block, or says why not (changing nothing). May take the zone
-    /// lock (to merge, or to return a batch when this CPU's lists are over
-    /// `high`).
+    /// Frees a block handed out as `page` without waiting on any lock (see
+    /// [`free_pages_nolock`](Self::free_pages_nolock)). A `Page` of another
+    /// allocator as [`free`](Self::free).
     #[inline]
-    pub fn try_free_pages(&self, addr: NonNull<u8>, order: u32) -> Result<(), PageError> {
+    #[track_caller]
+    #[doc(alias = "free_pages_nolock")]
+    pub fn free_nolock(&self, page: Page) {
+        match self.check_owner(&page) {
+            // SAFETY: as in `try_free`.
+            Ok(()) => unsafe { self.free_pages_nolock(page.addr, page.order) },
+            Err(e) => self.bad_free(e),
+        }
+    }
+
+    /// Whether `page` was handed out by this allocator.
+    #[inline]
+    pub fn owns(&self, page: &Page) -> bool {
+        page.owner == self.id
+    }
+
+    #[inline]
+    fn check_owner(&self, page: &Page) -> Result<(), PageError> {
+        if self.owns(page) {
+            Ok(())
+        } else {
+            Err(PageError::OutsideArena {
+                addr: page.addr.as_ptr() as usize,
+            })
+        }
+    }
+
+    /// Frees a block by address and order (`__free_pages`). Bad input (see
+    /// [`error`](super::error)) panics in debug builds and is counted and
+    /// reported in release builds.
+    ///
+    /// # Safety
+    /// `addr` must be the start of an order-`order` block allocated from
+    /// this allocator and owned by the caller (a [`Page`] given up with
+    /// [`Page::into_raw`]), which gives it up here: nothing uses the block
+    /// afterwards. Passing an address this allocator never handed out, the
+    /// wrong order, or a block that was freed and *not reallocated since* is
+    /// detected and refused as bad input; passing a block that was freed and
+    /// has since been handed to someone else frees *their* block, which is
+    /// undefined behaviour.
+    #[inline]
+    #[track_caller]
+    pub unsafe fn free_pages(&self, addr: NonNull<u8>, order: u32) {
+        // SAFETY: forwarded from the caller.
+        if let Err(e) = unsafe { self.try_free_pages(addr, order) } {
+            self.bad_free(e);
+        }
+    }
+
+    /// Frees a block by address and order, or says why not (changing
+    /// nothing). May take the zone lock (to merge, or to return a batch
+    /// when this CPU's lists are over `high`).
+    ///
+    /// # Safety
+    /// As for [`free_pages`](Self::free_pages); bad input is returned
+    /// instead of reported.
+    #[inline]
+    pub unsafe fn try_free_pages(&self, addr: NonNull<u8>, order: u32) -> Result<(), PageError> {
         let (pfn, mt) = self.claim(addr, order)?;
         self.free_claimed(pfn, order, mt, LockMode::Block);
         Ok(())
@@ -335,9 +399,12 @@ impl PageAllocator {
     /// pcp lock, else trylock the zone lock, else push the block on a
     /// lock-free deferred list that the next zone-lock holder merges. Bad
     /// input as [`free_pages`](Self::free_pages).
+    ///
+    /// # Safety
+    /// As for [`free_pages`](Self::free_pages).
     #[inline]
     #[track_caller]
-    pub fn free_pages_nolock(&self, addr: NonNull<u8>, order: u32) {
+    pub unsafe fn free_pages_nolock(&self, addr: NonNull<u8>, order: u32) {
         match self.claim(addr, order) {
             Ok((pfn, mt)) => self.free_claimed(pfn, order, mt, LockMode::Try),
             Err(e) => self.bad_free(e),

@@ -69,6 +69,18 @@ struct Counters {
 /// the object is allocated); bad input follows the page allocator's policy:
 /// panic in debug builds, counted and reported in release builds, and a
 /// `Result` from [`try_free`](Self::try_free).
+///
+/// Objects are handed out as raw pointers, so every free is `unsafe`: safe
+/// code cannot free an object twice or free one another user holds.
+/// ```compile_fail,E0133
+/// # use krcu::{Domain, page::{Gfp, PageAllocator, PageConfig}, slab::SlabCache};
+/// # let d = Domain::builder().cpus(1).build();
+/// # let config = PageConfig { arena_size: 4 << 20, kswapd: false, ..PageConfig::default() };
+/// # let pa = PageAllocator::new(&d, config).unwrap();
+/// let cache = SlabCache::<u64>::new(&pa, "u64").unwrap();
+/// let obj = cache.alloc(Gfp::KERNEL, 1).unwrap();
+/// cache.free(obj); // error[E0133]: call to unsafe function
+/// ```
 #[doc(alias = "kmem_cache")]
 pub struct SlabCache<T> {
     name: &'static str,
@@ -492,9 +504,11 @@ impl<T> SlabCache<T> {
     fn new_slab(&self, gfp: Gfp) -> Result<*mut SlabHeader, AllocError> {
         let page = self.pages.alloc_pages(gfp - Gfp::ZERO, self.layout.order)?;
         self.counters.slabs_allocated.fetch_add(1, Relaxed);
+        // The slab keeps the block by address; `return_to_slabs` frees it.
+        let base = page.into_raw();
         // SAFETY: a block of the slab order just allocated for us; pages are
         // page-aligned, more than a header needs.
-        Ok(unsafe { layout::init_header(page.addr(), &self.layout, self.magic) })
+        Ok(unsafe { layout::init_header(base, &self.layout, self.magic) })
     }
 
     /// Takes available objects from partial slabs into `out`.
@@ -570,7 +584,10 @@ impl<T> SlabCache<T> {
             // SAFETY: slabs start on a block of the slab order allocated
             // from this page allocator.
             let base = unsafe { NonNull::new_unchecked(empty.cast::<u8>()) };
-            self.pages.free_pages(base, self.layout.order);
+            // SAFETY: the slab's block, of the slab order, is this cache's
+            // (taken with `into_raw` in `new_slab`); empty and off every
+            // list, nothing refers to it any more.
+            unsafe { self.pages.free_pages(base, self.layout.order) };
             self.counters.slabs_freed.fetch_add(1, Relaxed);
             empty = next;
         }
