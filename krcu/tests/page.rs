@@ -435,13 +435,25 @@ const TIGHT: Watermarks = Watermarks {
 struct Stash {
     pa: std::sync::Weak<PageAllocator>,
     pages: Mutex<Vec<Page>>,
+    /// How long `scan` lingers after freeing its pages and before it
+    /// returns: widens the window in which the pages are back but the
+    /// shrinker's count is not yet published.
+    linger: Duration,
 }
 
 impl Stash {
     fn register(pa: &Arc<PageAllocator>) -> (Arc<Stash>, krcu::page::ShrinkerHandle) {
+        Self::register_lingering(pa, Duration::ZERO)
+    }
+
+    fn register_lingering(
+        pa: &Arc<PageAllocator>,
+        linger: Duration,
+    ) -> (Arc<Stash>, krcu::page::ShrinkerHandle) {
         let stash = Arc::new(Stash {
             pa: Arc::downgrade(pa),
             pages: Mutex::new(Vec::new()),
+            linger,
         });
         let (c, s) = (Arc::clone(&stash), Arc::clone(&stash));
         let h = pa.register_shrinker(
@@ -454,6 +466,8 @@ impl Stash {
                 for p in pages.drain(..k) {
                     pa.free(p);
                 }
+                drop(pages);
+                std::thread::sleep(s.linger);
                 k
             },
         );
@@ -483,21 +497,38 @@ fn kswapd_wakes_below_low_and_shrinks_to_high() {
         },
     )
     .unwrap();
-    let (stash, _h) = Stash::register(&pa);
+    // A shrinker that returns late: its pages are back well before kswapd
+    // publishes what the round freed.
+    let (stash, _h) = Stash::register_lingering(&pa, Duration::from_millis(50));
     // Fill the stash until an allocation leaves fewer than `low` pages.
     while pa.stats().free_pages >= 128 {
         let p = pa.alloc_pages(Gfp::NOWAIT, 3).unwrap();
         stash.pages.lock().unwrap().push(p);
     }
+    let taken = stash.pages.lock().unwrap().len();
+    // A shrinker's pages are back before it returns, and kswapd publishes
+    // what a round freed (`shrinker_freed`) only after the round: wait
+    // until the zone is at `high` *and* the count covers every page the
+    // stash gave up. The stash is read first, so a scan that runs between
+    // the two reads makes them disagree and the wait goes on.
     let deadline = Instant::now() + Duration::from_secs(20);
-    while pa.stats().free_pages < 256 && Instant::now() < deadline {
+    let (s, given_up) = loop {
+        let given_up = (taken - stash.pages.lock().unwrap().len()) as u64;
+        let s = pa.stats();
+        let settled = s.free_pages >= 256 && s.global.shrinker_freed == given_up;
+        if settled || Instant::now() >= deadline {
+            break (s, given_up);
+        }
         std::thread::sleep(Duration::from_millis(1));
-    }
-    let s = pa.stats();
+    };
     assert!(s.global.kswapd_wakeups >= 1, "{s:#?}");
     assert!(s.global.reclaim_runs >= 1, "{s:#?}");
     assert!(s.free_pages >= 256, "kswapd reclaimed to high: {s:#?}");
-    assert!(s.global.shrinker_freed > 0);
+    assert!(s.global.shrinker_freed > 0, "{s:#?}");
+    assert_eq!(
+        s.global.shrinker_freed, given_up,
+        "every page the shrinker gave up is counted: {s:#?}"
+    );
     stash.free_all(&pa);
     assert_all_merged(&pa);
 }
