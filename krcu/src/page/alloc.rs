@@ -89,9 +89,7 @@ impl PageAllocator {
         let stats = &self.pcp.current().1.stats;
         let result = if order > MAX_ORDER {
             Err(AllocError::BadOrder)
-        } else if self.domain.preempt_model() == PreemptModel::Rt
-            && (context::in_hardirq() || context::in_nmi())
-        {
+        } else if self.sleeping_locks_forbidden() {
             Err(AllocError::Context)
         } else if self.faults.should_fail(FaultSites::NOLOCK) {
             bump(&self.shared.stats.injected_failures);
@@ -108,15 +106,33 @@ impl PageAllocator {
         result
     }
 
+    /// Whether this context may not touch the allocator's locks even with
+    /// trylock: hardirq (a signal handler) or NMI context under PREEMPT_RT.
+    /// There the pcp and zone locks are sleeping locks, and the unlock after
+    /// a successful trylock may wake a sleeper (`unpark_one`, which takes
+    /// the parking lot's bucket lock): not async-signal-safe. The kernel's
+    /// `alloc_pages_nolock` refuses these contexts for the same reason, and
+    /// its `free_pages_nolock` defers the page to a lock-free list.
+    #[inline]
+    pub(crate) fn sleeping_locks_forbidden(&self) -> bool {
+        self.domain.preempt_model() == PreemptModel::Rt
+            && (context::in_hardirq() || context::in_nmi())
+    }
+
     /// `NO_LOCKS` (seed 003's `__GFP_FAST_TRY`): this CPU's lists only, the
     /// requested migratetype first and then every other; never refills,
-    /// never takes the zone lock, never wakes kswapd.
+    /// never takes the zone lock, never wakes kswapd. Under PREEMPT_RT it
+    /// refuses hardirq (signal handler) and NMI context with
+    /// [`AllocError::Context`], as [`alloc_pages_nolock`](Self::alloc_pages_nolock)
+    /// does: even a trylock of a sleeping lock is not safe there.
     #[inline]
     #[doc(alias = "__GFP_FAST_TRY")]
     fn alloc_no_locks(&self, gfp: Gfp, order: u32) -> Result<Page, AllocError> {
         let (_, slot) = self.pcp.current();
         let result = if order >= self.pcp_orders {
             Err(AllocError::BadOrder)
+        } else if self.sleeping_locks_forbidden() {
+            Err(AllocError::Context)
         } else if self.faults.should_fail(FaultSites::NO_LOCKS) {
             bump(&self.shared.stats.injected_failures);
             Err(AllocError::Injected)
@@ -397,8 +413,11 @@ impl PageAllocator {
 
     /// Frees without waiting on any lock (`free_pages_nolock`): trylock the
     /// pcp lock, else trylock the zone lock, else push the block on a
-    /// lock-free deferred list that the next zone-lock holder merges. Bad
-    /// input as [`free_pages`](Self::free_pages).
+    /// lock-free deferred list that the next zone-lock holder merges. Under
+    /// PREEMPT_RT in hardirq (signal handler) or NMI context it touches no
+    /// lock at all and defers the block at once (see
+    /// [`alloc_pages_nolock`](Self::alloc_pages_nolock)). Bad input as
+    /// [`free_pages`](Self::free_pages).
     ///
     /// # Safety
     /// As for [`free_pages`](Self::free_pages).
@@ -406,6 +425,10 @@ impl PageAllocator {
     #[track_caller]
     pub unsafe fn free_pages_nolock(&self, addr: NonNull<u8>, order: u32) {
         match self.claim(addr, order) {
+            Ok((pfn, mt)) if self.sleeping_locks_forbidden() => {
+                self.zone.defer_free(pfn, order, mt);
+                bump(&self.pcp.current().1.stats.deferred_frees);
+            }
             Ok((pfn, mt)) => self.free_claimed(pfn, order, mt, LockMode::Try),
             Err(e) => self.bad_free(e),
         }

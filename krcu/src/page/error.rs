@@ -109,9 +109,9 @@ pub enum AllocError {
     /// The fault injector failed it.
     #[error("failed by fault injection")]
     Injected,
-    /// A mode that the context forbids (`alloc_pages_nolock` in hardirq or
-    /// NMI context under PREEMPT_RT, where even a trylock of a sleeping
-    /// spinlock is unsafe).
+    /// A mode that the context forbids (`alloc_pages_nolock` or `NO_LOCKS`
+    /// in hardirq or NMI context under PREEMPT_RT, where even a trylock of
+    /// a sleeping spinlock is unsafe).
     #[error("not allowed in this context")]
     Context,
 }

@@ -217,12 +217,19 @@ impl<T> SlabCache<T> {
     /// Allocates an uninitialised object. `gfp` decides what a refill may
     /// do: with `NO_LOCKS` the node lock is only trylocked and a new slab
     /// comes from the per-CPU page lists only; with `KERNEL` the caller may
-    /// sleep (the validator is told).
+    /// sleep (the validator is told). Under PREEMPT_RT, `NO_LOCKS` refuses
+    /// hardirq (signal handler) and NMI context with
+    /// [`AllocError::Context`], as the page allocator's `NO_LOCKS` does: the
+    /// cache's locks sleep there, and even a trylock's unlock may wake a
+    /// sleeper, which is not async-signal-safe.
     #[track_caller]
     #[inline]
     pub fn alloc_uninit(&self, gfp: Gfp) -> Result<NonNull<MaybeUninit<T>>, AllocError> {
         if gfp.may_sleep() {
             self.pages.domain().might_sleep();
+        }
+        if gfp.contains(Gfp::NO_LOCKS) && self.pages.sleeping_locks_forbidden() {
+            return Err(AllocError::Context);
         }
         let (_, cpu) = self.cpu.current();
         let cached = match cpu.try_lock() {
