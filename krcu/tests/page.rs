@@ -97,12 +97,15 @@ fn bad_frees_name_the_address_and_change_nothing() {
     let a = p.as_ptr() as usize;
     let before = pa.stats();
     let at = |off: usize| std::ptr::NonNull::new((a + off) as *mut u8).unwrap();
-    // SAFETY (every `try_free_pages` below): each is bad input the
-    // allocator detects and refuses, changing nothing: a wrong order, an
-    // address inside the block, a misaligned one, one outside the arena,
-    // and a double free of a block nothing reallocated in between.
+    let try_free_pages = |addr, order| {
+        // SAFETY: every free through this is bad input the allocator
+        // detects and refuses, changing nothing: a wrong order, an address
+        // inside the block, a misaligned one, one outside the arena, and a
+        // double free of a block nothing reallocated in between.
+        unsafe { pa.try_free_pages(addr, order) }
+    };
     assert_eq!(
-        unsafe { pa.try_free_pages(p.addr(), 1) },
+        try_free_pages(p.addr(), 1),
         Err(PageError::WrongOrder {
             addr: a,
             given: 1,
@@ -110,20 +113,20 @@ fn bad_frees_name_the_address_and_change_nothing() {
         })
     );
     assert_eq!(
-        unsafe { pa.try_free_pages(at(PAGE_SIZE), 0) },
+        try_free_pages(at(PAGE_SIZE), 0),
         Err(PageError::NotAllocated {
             addr: a + PAGE_SIZE
         })
     );
     assert_eq!(
-        unsafe { pa.try_free_pages(at(PAGE_SIZE), 2) },
+        try_free_pages(at(PAGE_SIZE), 2),
         Err(PageError::Misaligned {
             addr: a + PAGE_SIZE,
             order: 2
         })
     );
     assert_eq!(
-        unsafe { pa.try_free_pages(at(8), 0) },
+        try_free_pages(at(8), 0),
         Err(PageError::Misaligned {
             addr: a + 8,
             order: 0
@@ -131,7 +134,7 @@ fn bad_frees_name_the_address_and_change_nothing() {
     );
     let outside = Box::new(0u64);
     let outside = std::ptr::NonNull::from(&*outside).cast::<u8>();
-    let e = unsafe { pa.try_free_pages(outside, 0) }.unwrap_err();
+    let e = try_free_pages(outside, 0).unwrap_err();
     assert_eq!(
         e,
         PageError::OutsideArena {
@@ -144,7 +147,7 @@ fn bad_frees_name_the_address_and_change_nothing() {
     );
     assert_eq!(pa.stats(), before, "refused frees change nothing");
     pa.try_free(p).unwrap();
-    let e = unsafe { pa.try_free_pages(at(0), 2) }.unwrap_err();
+    let e = try_free_pages(at(0), 2).unwrap_err();
     assert_eq!(e, PageError::DoubleFree { addr: a });
     assert_eq!(
         e.to_string(),
