@@ -291,10 +291,14 @@ impl PageAllocator {
         }))
     }
 
+    /// The handle of a block just taken off the free lists; unpoisons it
+    /// for AddressSanitizer.
     #[inline]
     fn page(&self, pfn: u32, order: u32) -> Page {
+        let addr = self.zone.addr_of(pfn);
+        crate::asan::unpoison(addr.as_ptr(), PAGE_SIZE << order);
         Page {
-            addr: self.zone.addr_of(pfn),
+            addr,
             order,
             owner: self.id,
         }
@@ -461,6 +465,9 @@ impl PageAllocator {
                 }
                 Kind::Allocated => {
                     if m.transition(s, State::new(Kind::Freeing, order, s.mt())) {
+                        // Ours to free, and on no list yet: poisoned for
+                        // AddressSanitizer before anyone can take it again.
+                        crate::asan::poison(addr.as_ptr(), PAGE_SIZE << order);
                         return Ok((pfn, s.mt()));
                     }
                     // Lost a race with another free of this block: look

@@ -248,6 +248,8 @@ impl<T> SlabCache<T> {
             Some(obj) => obj,
             None => self.alloc_slow(gfp)?,
         };
+        // Poisoned while free (see `asan`): accessible while allocated.
+        crate::asan::unpoison(obj, core::mem::size_of::<T>());
         if self.checks {
             let (hdr, i) = self.slab_of_trusted(obj);
             // SAFETY: `hdr` is the header of a live slab of this cache: the
@@ -289,6 +291,8 @@ impl<T> SlabCache<T> {
         // won the free bit, so no other free of it runs.
         unsafe { ptr::drop_in_place(obj.as_ptr()) };
         let obj = obj.as_ptr().cast::<u8>();
+        // Before it is anyone's to take again.
+        crate::asan::poison(obj, core::mem::size_of::<T>());
         let (_, cpu) = self.cpu.current();
         match cpu.try_lock() {
             Some(mut cc) => {
@@ -328,6 +332,7 @@ impl<T> SlabCache<T> {
                         // SAFETY: as in `try_free`.
                         unsafe { ptr::drop_in_place(obj.as_ptr()) };
                     }
+                    crate::asan::poison(obj.as_ptr().cast(), core::mem::size_of::<T>());
                     objs[kept] = obj;
                     kept += 1;
                 }
