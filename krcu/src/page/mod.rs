@@ -15,6 +15,8 @@
 //!  NO_LOCKS  : trylock pcp->lock, pop from any migratetype list, else fail.
 //!  nolock    : trylock pcp->lock, refill with trylock zone->lock; else
 //!              trylock zone->lock; else fail. Never waits on a lock.
+//!  Both refuse hardirq (signal handler) and NMI context under PREEMPT_RT,
+//!  where the locks sleep; free_pages_nolock defers the block there.
 //! ```
 //! Pages are owned through [`Page`] handles (address, order, allocator);
 //! their metadata lives in a side array indexed by page number (see
