@@ -72,7 +72,7 @@ fn pages(c: &mut Criterion) {
     g.bench_function("nolock order-0 alloc+free", |b| {
         b.iter(|| {
             let p = pcp.alloc_pages_nolock(black_box(0)).unwrap();
-            pcp.free_pages_nolock(black_box(p.addr()), 0);
+            pcp.free_nolock(black_box(p));
         })
     });
     g.bench_function("pcp order-0 alloc only (NOWAIT)", |b| {

@@ -346,7 +346,7 @@ impl Krcu {
             return Err(page);
         }
         assert!(
-            self.pages().contains(page.as_ptr()),
+            self.pages().owns(&page),
             "krcu: free_pages_rcu_mightsleep({:p}): not a page of this instance",
             page.as_ptr()
         );
@@ -356,7 +356,11 @@ impl Krcu {
         let chan = channels::page_channel(self.pages());
         // SAFETY: the page is the caller's, handed over here, on the channel
         // of this instance's pages.
-        if !unsafe { self.engine.queue_mightsleep(entry, &chan, ctx) } {
+        if unsafe { self.engine.queue_mightsleep(entry, &chan, ctx) } {
+            // Queued: the pages channel owns the block now and frees it by
+            // address after the grace period.
+            let _ = page.into_raw();
+        } else {
             self.engine
                 .counters
                 .inline_synchronize

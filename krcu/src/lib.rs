@@ -57,6 +57,8 @@ pub mod rcu;
 pub mod slab;
 pub(crate) mod sync;
 
+mod asan;
+
 pub use context::{ContextKind, PreemptModel};
 pub use domain::{Domain, DomainBuilder};
 #[cfg(not(loom))]

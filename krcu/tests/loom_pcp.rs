@@ -67,10 +67,11 @@ fn nolock_and_no_locks_never_wait() {
             let pa = pa.clone();
             thread::spawn(move || {
                 let p = pa.alloc_pages_nolock(0).ok();
+                let got = p.is_some();
                 if let Some(p) = p {
-                    pa.free_pages_nolock(p.addr(), 0);
+                    pa.free_nolock(p);
                 }
-                p.is_some()
+                got
             })
         };
         // NO_LOCKS either finds a page on the list or fails (the other
@@ -78,7 +79,7 @@ fn nolock_and_no_locks_never_wait() {
         let mine = pa.alloc_page(Gfp::NO_LOCKS).ok();
         let _ = t.join().unwrap();
         if let Some(p) = mine {
-            pa.free_pages_nolock(p.addr(), 0);
+            pa.free_nolock(p);
         }
         check_all_back(&pa);
     });

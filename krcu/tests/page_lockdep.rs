@@ -95,9 +95,9 @@ fn no_locks_and_nolock_under_a_raw_spinlock_report_nothing() {
             // lock, straight from the buddy (order 5), and their frees.
             let b = pa.alloc_pages_nolock(0).unwrap();
             let c = pa.alloc_pages_nolock(5).unwrap();
-            pa.free_pages_nolock(a.addr(), 0);
-            pa.free_pages_nolock(b.addr(), 0);
-            pa.free_pages_nolock(c.addr(), 5);
+            pa.free_nolock(a);
+            pa.free_nolock(b);
+            pa.free_nolock(c);
             // The lists hold the pages just freed; NO_LOCKS takes them
             // and, once they are gone, fails rather than refill.
             let mut taken = Vec::new();
@@ -106,7 +106,7 @@ fn no_locks_and_nolock_under_a_raw_spinlock_report_nothing() {
             }
             assert!(!taken.is_empty());
             for p in taken {
-                pa.free_pages_nolock(p.addr(), 0);
+                pa.free_nolock(p);
             }
         }
         assert!(log.is_empty(), "{model}: {:#?}", log.reports());
@@ -120,12 +120,12 @@ fn sleeping_allocation_in_atomic_context_is_reported() {
     {
         let _g = raw.lock();
         let p = pa.alloc_page(Gfp::KERNEL).unwrap();
-        pa.free_pages_nolock(p.addr(), 0);
+        pa.free_nolock(p);
     }
     {
         let _h = context::enter_hardirq();
         assert!(pa.alloc_page(Gfp::NO_LOCKS).is_ok_and(|p| {
-            pa.free_pages_nolock(p.addr(), 0);
+            pa.free_nolock(p);
             true
         }));
     }
@@ -156,7 +156,7 @@ fn nolock_refuses_hardirq_under_rt_and_works_elsewhere() {
     {
         let _h = context::enter_hardirq();
         let p = pa2.alloc_pages_nolock(0).unwrap();
-        pa2.free_pages_nolock(p.addr(), 0);
+        pa2.free_nolock(p);
     }
     assert!(log.is_empty());
 }

@@ -435,7 +435,9 @@ impl Engine {
                 Some((l, page))
             }
             Err(_) => {
-                self.pages.free_pages(page, 0);
+                // SAFETY: the order-0 page just allocated above, never
+                // shared: ours to free.
+                unsafe { self.pages.free_pages(page, 0) };
                 None
             }
         }
@@ -813,10 +815,14 @@ impl Engine {
             }
         }
         while let Some(b) = spare.pop() {
-            if trylock {
-                self.pages.free_pages_nolock(b.cast(), 0);
-            } else {
-                self.pages.free_pages(b.cast(), 0);
+            // SAFETY: an emptied block we own, an order-0 page of our
+            // allocator, taken off every list.
+            unsafe {
+                if trylock {
+                    self.pages.free_pages_nolock(b.cast(), 0);
+                } else {
+                    self.pages.free_pages(b.cast(), 0);
+                }
             }
         }
         let c = &self.counters;
@@ -828,7 +834,9 @@ impl Engine {
 
     fn free_blocks(&self, blocks: &mut BlockList) {
         while let Some(b) = blocks.pop() {
-            self.pages.free_pages(b.cast(), 0);
+            // SAFETY: blocks on our lists are order-0 pages of our
+            // allocator that we own; popped, no list holds it any more.
+            unsafe { self.pages.free_pages(b.cast(), 0) };
         }
     }
 

@@ -89,9 +89,7 @@ impl PageAllocator {
         let stats = &self.pcp.current().1.stats;
         let result = if order > MAX_ORDER {
             Err(AllocError::BadOrder)
-        } else if self.domain.preempt_model() == PreemptModel::Rt
-            && (context::in_hardirq() || context::in_nmi())
-        {
+        } else if self.sleeping_locks_forbidden() {
             Err(AllocError::Context)
         } else if self.faults.should_fail(FaultSites::NOLOCK) {
             bump(&self.shared.stats.injected_failures);
@@ -108,15 +106,33 @@ impl PageAllocator {
         result
     }
 
+    /// Whether this context may not touch the allocator's locks even with
+    /// trylock: hardirq (a signal handler) or NMI context under PREEMPT_RT.
+    /// There the pcp and zone locks are sleeping locks, and the unlock after
+    /// a successful trylock may wake a sleeper (`unpark_one`, which takes
+    /// the parking lot's bucket lock): not async-signal-safe. The kernel's
+    /// `alloc_pages_nolock` refuses these contexts for the same reason, and
+    /// its `free_pages_nolock` defers the page to a lock-free list.
+    #[inline]
+    pub(crate) fn sleeping_locks_forbidden(&self) -> bool {
+        self.domain.preempt_model() == PreemptModel::Rt
+            && (context::in_hardirq() || context::in_nmi())
+    }
+
     /// `NO_LOCKS` (seed 003's `__GFP_FAST_TRY`): this CPU's lists only, the
     /// requested migratetype first and then every other; never refills,
-    /// never takes the zone lock, never wakes kswapd.
+    /// never takes the zone lock, never wakes kswapd. Under PREEMPT_RT it
+    /// refuses hardirq (signal handler) and NMI context with
+    /// [`AllocError::Context`], as [`alloc_pages_nolock`](Self::alloc_pages_nolock)
+    /// does: even a trylock of a sleeping lock is not safe there.
     #[inline]
     #[doc(alias = "__GFP_FAST_TRY")]
     fn alloc_no_locks(&self, gfp: Gfp, order: u32) -> Result<Page, AllocError> {
         let (_, slot) = self.pcp.current();
         let result = if order >= self.pcp_orders {
             Err(AllocError::BadOrder)
+        } else if self.sleeping_locks_forbidden() {
+            Err(AllocError::Context)
         } else if self.faults.should_fail(FaultSites::NO_LOCKS) {
             bump(&self.shared.stats.injected_failures);
             Err(AllocError::Injected)
@@ -275,11 +291,16 @@ impl PageAllocator {
         }))
     }
 
+    /// The handle of a block just taken off the free lists; unpoisons it
+    /// for AddressSanitizer.
     #[inline]
     fn page(&self, pfn: u32, order: u32) -> Page {
+        let addr = self.zone.addr_of(pfn);
+        crate::asan::unpoison(addr.as_ptr(), PAGE_SIZE << order);
         Page {
-            addr: self.zone.addr_of(pfn),
+            addr,
             order,
+            owner: self.id,
         }
     }
 
@@ -302,30 +323,93 @@ impl PageAllocator {
     // ------------------------------------------------------------------
     // Free paths.
 
-    /// Frees a block (`__free_pages`). Bad input (see
-    /// [`error`](super::error)) panics in debug builds and is counted and
-    /// reported in release builds.
+    /// Frees a block handed out as `page` (`__free_pages`). A `Page` of
+    /// another allocator is bad input (see [`error`](super::error)): it
+    /// panics in debug builds and is counted and reported (and leaked) in
+    /// release builds.
     #[inline]
     #[track_caller]
     #[doc(alias = "__free_pages")]
-    pub fn free_pages(&self, addr: NonNull<u8>, order: u32) {
-        if let Err(e) = self.try_free_pages(addr, order) {
+    #[doc(alias = "free_pages")]
+    pub fn free(&self, page: Page) {
+        if let Err(e) = self.try_free(page) {
             self.bad_free(e);
         }
     }
 
-    /// Frees a block handed out as `page`.
+    /// As [`free`](Self::free), but a `Page` of another allocator is
+    /// returned as an error (the page is then leaked, not freed).
     #[inline]
-    #[track_caller]
-    pub fn free(&self, page: Page) {
-        self.free_pages(page.addr, page.order);
+    pub fn try_free(&self, page: Page) -> Result<(), PageError> {
+        self.check_owner(&page)?;
+        // SAFETY: `page` is an owning handle of this allocator (checked),
+        // consumed here: the block is allocated with its order and no one
+        // else holds it.
+        unsafe { self.try_free_pages(page.addr, page.order) }
     }
 
-    /// Frees a block, or says why not (changing nothing). May take the zone
-    /// lock (to merge, or to return a batch when this CPU's lists are over
-    /// `high`).
+    /// Frees a block handed out as `page` without waiting on any lock (see
+    /// [`free_pages_nolock`](Self::free_pages_nolock)). A `Page` of another
+    /// allocator as [`free`](Self::free).
     #[inline]
-    pub fn try_free_pages(&self, addr: NonNull<u8>, order: u32) -> Result<(), PageError> {
+    #[track_caller]
+    #[doc(alias = "free_pages_nolock")]
+    pub fn free_nolock(&self, page: Page) {
+        match self.check_owner(&page) {
+            // SAFETY: as in `try_free`.
+            Ok(()) => unsafe { self.free_pages_nolock(page.addr, page.order) },
+            Err(e) => self.bad_free(e),
+        }
+    }
+
+    /// Whether `page` was handed out by this allocator.
+    #[inline]
+    pub fn owns(&self, page: &Page) -> bool {
+        page.owner == self.id
+    }
+
+    #[inline]
+    fn check_owner(&self, page: &Page) -> Result<(), PageError> {
+        if self.owns(page) {
+            Ok(())
+        } else {
+            Err(PageError::OutsideArena {
+                addr: page.addr.as_ptr() as usize,
+            })
+        }
+    }
+
+    /// Frees a block by address and order (`__free_pages`). Bad input (see
+    /// [`error`](super::error)) panics in debug builds and is counted and
+    /// reported in release builds.
+    ///
+    /// # Safety
+    /// `addr` must be the start of an order-`order` block allocated from
+    /// this allocator and owned by the caller (a [`Page`] given up with
+    /// [`Page::into_raw`]), which gives it up here: nothing uses the block
+    /// afterwards. Passing an address this allocator never handed out, the
+    /// wrong order, or a block that was freed and *not reallocated since* is
+    /// detected and refused as bad input; passing a block that was freed and
+    /// has since been handed to someone else frees *their* block, which is
+    /// undefined behaviour.
+    #[inline]
+    #[track_caller]
+    pub unsafe fn free_pages(&self, addr: NonNull<u8>, order: u32) {
+        // SAFETY: forwarded from the caller.
+        if let Err(e) = unsafe { self.try_free_pages(addr, order) } {
+            self.bad_free(e);
+        }
+    }
+
+    /// Frees a block by address and order, or says why not (changing
+    /// nothing). May take the zone lock (to merge, or to return a batch
+    /// when this CPU's lists are over `high`).
+    ///
+    /// # Safety
+    /// As for [`free_pages`](Self::free_pages); bad input is returned
+    /// instead of reported.
+    #[inline]
+    pub unsafe fn try_free_pages(&self, addr: NonNull<u8>, order: u32) -> Result<(), PageError> {
         let (pfn, mt) = self.claim(addr, order)?;
         self.free_claimed(pfn, order, mt, LockMode::Block);
         Ok(())
@@ -333,12 +417,22 @@ impl PageAllocator {
 
     /// Frees without waiting on any lock (`free_pages_nolock`): trylock the
     /// pcp lock, else trylock the zone lock, else push the block on a
-    /// lock-free deferred list that the next zone-lock holder merges. Bad
-    /// input as [`free_pages`](Self::free_pages).
+    /// lock-free deferred list that the next zone-lock holder merges. Under
+    /// PREEMPT_RT in hardirq (signal handler) or NMI context it touches no
+    /// lock at all and defers the block at once (see
+    /// [`alloc_pages_nolock`](Self::alloc_pages_nolock)). Bad input as
+    /// [`free_pages`](Self::free_pages).
+    ///
+    /// # Safety
+    /// As for [`free_pages`](Self::free_pages).
     #[inline]
     #[track_caller]
-    pub fn free_pages_nolock(&self, addr: NonNull<u8>, order: u32) {
+    pub unsafe fn free_pages_nolock(&self, addr: NonNull<u8>, order: u32) {
         match self.claim(addr, order) {
+            Ok((pfn, mt)) if self.sleeping_locks_forbidden() => {
+                self.zone.defer_free(pfn, order, mt);
+                bump(&self.pcp.current().1.stats.deferred_frees);
+            }
             Ok((pfn, mt)) => self.free_claimed(pfn, order, mt, LockMode::Try),
             Err(e) => self.bad_free(e),
         }
@@ -371,6 +465,9 @@ impl PageAllocator {
                 }
                 Kind::Allocated => {
                     if m.transition(s, State::new(Kind::Freeing, order, s.mt())) {
+                        // Ours to free, and on no list yet: poisoned for
+                        // AddressSanitizer before anyone can take it again.
+                        crate::asan::poison(addr.as_ptr(), PAGE_SIZE << order);
                         return Ok((pfn, s.mt()));
                     }
                     // Lost a race with another free of this block: look

@@ -5,9 +5,14 @@
 //! Freeing a page that is not allocated, with the wrong order, twice, or
 //! outside the arena is never silent corruption: the page allocator checks
 //! every free against its side array before touching any list.
-//! - [`PageAllocator::try_free_pages`](super::PageAllocator::try_free_pages)
-//!   returns the [`PageError`], naming the address, and changes nothing.
-//! - [`PageAllocator::free_pages`](super::PageAllocator::free_pages) (and the
+//! With an owning [`Page`](super::Page) handle safe code can only get a
+//! page of another allocator wrong; the address-based frees are `unsafe`
+//! and also check for the rest.
+//! - [`PageAllocator::try_free`](super::PageAllocator::try_free) and
+//!   [`PageAllocator::try_free_pages`](super::PageAllocator::try_free_pages)
+//!   return the [`PageError`], naming the address, and change nothing.
+//! - [`PageAllocator::free`](super::PageAllocator::free),
+//!   [`PageAllocator::free_pages`](super::PageAllocator::free_pages) (and the
 //!   other non-`try` frees) **panic in debug builds** with that message; in
 //!   release builds they **count** the error
 //!   ([`GlobalStats::bad_frees`](super::GlobalStats::bad_frees)), **report** it
@@ -19,7 +24,8 @@ use core::fmt;
 /// A free that the allocator refused. Every variant names the address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum PageError {
-    /// The address is not inside the arena.
+    /// The address is not inside the arena, or the [`Page`](super::Page)
+    /// came from another allocator.
     #[error("free of {addr:#x}: outside the page arena")]
     OutsideArena {
         /// The address passed.
@@ -103,9 +109,9 @@ pub enum AllocError {
     /// The fault injector failed it.
     #[error("failed by fault injection")]
     Injected,
-    /// A mode that the context forbids (`alloc_pages_nolock` in hardirq or
-    /// NMI context under PREEMPT_RT, where even a trylock of a sleeping
-    /// spinlock is unsafe).
+    /// A mode that the context forbids (`alloc_pages_nolock` or `NO_LOCKS`
+    /// in hardirq or NMI context under PREEMPT_RT, where even a trylock of
+    /// a sleeping spinlock is unsafe).
     #[error("not allowed in this context")]
     Context,
 }

@@ -49,7 +49,10 @@ bitflags! {
         /// Take pages from this CPU's per-CPU lists only, trying every
         /// migratetype; never refill from the buddy, never take the zone
         /// lock, never wake reclaim; fail fast. Seed 003's
-        /// `__GFP_FAST_TRY`, proposed as `__GFP_NO_LOCKS`.
+        /// `__GFP_FAST_TRY`, proposed as `__GFP_NO_LOCKS`. Under
+        /// PREEMPT_RT it is refused in hardirq (signal handler) and NMI
+        /// context ([`AllocError::Context`](super::AllocError::Context)),
+        /// where even a trylock of the sleeping per-CPU lock is unsafe.
         #[doc(alias = "__GFP_FAST_TRY")]
         #[doc(alias = "__GFP_NO_LOCKS")]
         const NO_LOCKS = 1 << 7;

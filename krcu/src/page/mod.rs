@@ -15,11 +15,13 @@
 //!  NO_LOCKS  : trylock pcp->lock, pop from any migratetype list, else fail.
 //!  nolock    : trylock pcp->lock, refill with trylock zone->lock; else
 //!              trylock zone->lock; else fail. Never waits on a lock.
+//!  Both refuse hardirq (signal handler) and NMI context under PREEMPT_RT,
+//!  where the locks sleep; free_pages_nolock defers the block there.
 //! ```
-//! Pages are identified by address and order ([`Page`]); their metadata
-//! lives in a side array indexed by page number (see `zone.rs`), so free
-//! lists are intrusive lists of indices: no heap allocation on any
-//! allocation or free path.
+//! Pages are owned through [`Page`] handles (address, order, allocator);
+//! their metadata lives in a side array indexed by page number (see
+//! `zone.rs`), so free lists are intrusive lists of indices: no heap
+//! allocation on any allocation or free path.
 //!
 //! The validator sees every lock: the zone lock is a [`SpinLock`](crate::lock::SpinLock)
 //! (`spinlock_t`, wait type CONFIG), so a `NOWAIT` allocation that refills
@@ -37,11 +39,11 @@
 //! | `__rmqueue_smallest`, `__rmqueue_fallback`, `expand`, `__free_one_page` | `Buddy::rmqueue`, `Buddy::free_one` |
 //! | `struct per_cpu_pages`, `pcp->lock`, `count/high/batch` | `pcp.rs`: `PcpLists` |
 //! | `__rmqueue_pcplist`, `rmqueue_bulk`, `rmqueue_buddy` | [`PageAllocator::alloc_pages`] paths |
-//! | `free_unref_page`, `free_pcppages_bulk`, `free_one_page` | [`PageAllocator::free_pages`] paths |
+//! | `free_unref_page`, `free_pcppages_bulk`, `free_one_page` | [`PageAllocator::free`], [`PageAllocator::free_pages`] paths |
 //! | `drain_pages_zone`, `drain_all_pages` | [`PageAllocator::drain_cpu`], [`PageAllocator::drain_all`] |
 //! | `gfp_t`, `__GFP_*`, `GFP_*` | [`Gfp`] |
 //! | `__GFP_FAST_TRY` / `__GFP_NO_LOCKS` (seed 003) | [`Gfp::NO_LOCKS`] |
-//! | `alloc_pages_nolock`, `free_pages_nolock` | [`PageAllocator::alloc_pages_nolock`], [`PageAllocator::free_pages_nolock`] |
+//! | `alloc_pages_nolock`, `free_pages_nolock` | [`PageAllocator::alloc_pages_nolock`], [`PageAllocator::free_nolock`], [`PageAllocator::free_pages_nolock`] |
 //! | `_watermark[WMARK_MIN/LOW/HIGH]` | [`Watermarks`] |
 //! | `kswapd`, `wakeup_kswapd`, `shrink_slab`, `register_shrinker` | `reclaim.rs` |
 //! | `fail_page_alloc` | [`FaultInjector`] |
@@ -120,20 +122,66 @@ impl Default for PageConfig {
     }
 }
 
-/// An allocated block of `2^order` pages: its address and order. A plain
-/// handle (`Copy`): ownership of the memory is the caller's to track, and
-/// the allocator checks every free against its own records.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// An allocated block of `2^order` pages: its address and order, and which
+/// allocator it came from. An owning handle: it is not `Copy` or `Clone`,
+/// and [`PageAllocator::free`] takes it by value, so safe code cannot free a
+/// block twice, or free a block that has since been handed to someone else
+/// (a slab, kvfree's pointer blocks, another caller).
+///
+/// Dropping a `Page` without freeing it leaks the block (it stays allocated
+/// until the allocator is dropped). Code that keeps raw addresses (kvfree's
+/// blocks) turns the handle into one with [`into_raw`](Self::into_raw) and
+/// back with [`from_raw`](Self::from_raw), or frees the address with the
+/// `unsafe` [`PageAllocator::free_pages`].
+///
+/// A freed `Page` cannot be used again:
+/// ```compile_fail,E0382
+/// # use krcu::{Domain, page::{Gfp, PageAllocator, PageConfig}};
+/// # let d = Domain::builder().cpus(1).build();
+/// # let config = PageConfig { arena_size: 4 << 20, kswapd: false, ..PageConfig::default() };
+/// # let pa = PageAllocator::new(&d, config).unwrap();
+/// let page = pa.alloc_page(Gfp::KERNEL).unwrap();
+/// pa.free(page);
+/// pa.free(page); // error[E0382]: use of moved value: `page`
+/// ```
+/// nor copied so that a stale copy outlives the free:
+/// ```compile_fail,E0382
+/// # use krcu::{Domain, page::{Gfp, PageAllocator, PageConfig}};
+/// # let d = Domain::builder().cpus(1).build();
+/// # let config = PageConfig { arena_size: 4 << 20, kswapd: false, ..PageConfig::default() };
+/// # let pa = PageAllocator::new(&d, config).unwrap();
+/// let page = pa.alloc_page(Gfp::KERNEL).unwrap();
+/// let stale = page;
+/// pa.free(page); // error[E0382]: use of moved value: `page`
+/// # pa.free(stale);
+/// ```
+/// and a free by address is `unsafe`: the sequence that let safe code free
+/// a page kvfree had since taken for one of its blocks (which then crashed
+/// inside kvfree) does not compile without an `unsafe` block:
+/// ```compile_fail,E0133
+/// # use krcu::{Krcu, page::Gfp};
+/// let k = Krcu::builder().cpus(1).build().unwrap();
+/// let pa = k.pages();
+/// let page = pa.alloc_page(Gfp::KERNEL).unwrap();
+/// let addr = page.addr();
+/// pa.free(page);
+/// k.kvfree_rcu_mightsleep(Box::new(1u64)).unwrap(); // takes that page for a block
+/// pa.free_pages(addr, 0); // error[E0133]: call to unsafe function
+/// ```
+#[derive(Debug, PartialEq, Eq, Hash)]
+#[must_use = "a Page owns its block: free it, or it leaks"]
 pub struct Page {
     addr: NonNull<u8>,
     order: u32,
+    /// The id of the allocator that handed it out.
+    owner: u32,
 }
 
-// SAFETY: a `Page` is an address and an order; it grants no access by
-// itself (reading or writing through it is `unsafe` and the caller's
-// responsibility), so it may move between threads.
+// SAFETY: a `Page` owns a block of the arena, which any thread may use and
+// free (the allocator is `Sync`); it holds no thread-bound state.
 unsafe impl Send for Page {}
-// SAFETY: as for Send: shared `&Page` exposes only the address and order.
+// SAFETY: shared `&Page` exposes only the address and order; reading or
+// writing the block through them is `unsafe` and the caller's business.
 unsafe impl Sync for Page {}
 
 impl Page {
@@ -158,6 +206,31 @@ impl Page {
     pub fn len(&self) -> usize {
         PAGE_SIZE << self.order
     }
+
+    /// Gives up the handle and returns the block's address; the block stays
+    /// allocated. Free it later with the `unsafe`
+    /// [`PageAllocator::free_pages`] (with this page's order), or turn it
+    /// back into a `Page` with [`from_raw`](Self::from_raw).
+    #[inline]
+    pub fn into_raw(self) -> NonNull<u8> {
+        self.addr
+    }
+
+    /// Rebuilds the handle of a block of `pages`.
+    ///
+    /// # Safety
+    /// `addr` must be the address of an order-`order` block allocated from
+    /// `pages` (a [`Page`] given up with [`into_raw`](Self::into_raw)),
+    /// owned by the caller and handed over to the new `Page`: no other
+    /// handle, raw address kept for freeing, or user of the block remains.
+    #[inline]
+    pub unsafe fn from_raw(pages: &PageAllocator, addr: NonNull<u8>, order: u32) -> Page {
+        Page {
+            addr,
+            order,
+            owner: pages.id,
+        }
+    }
 }
 
 /// The page allocator instance: zone, per-CPU lists, kswapd, shrinkers,
@@ -173,6 +246,10 @@ pub struct PageAllocator {
     pcp_orders: u32,
     shared: Arc<Shared>,
     faults: FaultInjector,
+    /// Process-unique: the owner id of every [`Page`] handed out, checked on
+    /// [`free`](Self::free) so that a `Page` of a dropped allocator whose
+    /// arena address range this one reuses is refused, not freed.
+    id: u32,
     kswapd: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
@@ -231,6 +308,7 @@ impl PageAllocator {
             pcp,
             shared,
             faults: FaultInjector::default(),
+            id: next_id(),
             kswapd: std::sync::Mutex::new(worker),
         }))
     }
@@ -316,6 +394,17 @@ impl PageAllocator {
     pub fn cpus(&self) -> usize {
         self.pcp.cpus()
     }
+}
+
+/// A process-unique allocator id. Never reused: panics rather than wrap
+/// (after four billion allocators), since a reused id would let a `Page` of
+/// a dropped allocator pass the owner check of a new one.
+fn next_id() -> u32 {
+    // A process-wide id source, not shared state of the model: std.
+    use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
+    static NEXT: AtomicU32 = AtomicU32::new(1);
+    NEXT.fetch_update(Relaxed, Relaxed, |id| id.checked_add(1))
+        .expect("krcu: page allocator ids exhausted")
 }
 
 impl Drop for PageAllocator {

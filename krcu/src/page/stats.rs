@@ -101,7 +101,9 @@ counters! {
         reclaim_runs,
         /// Direct-reclaim rounds run by sleeping allocations.
         direct_reclaims,
-        /// Objects the shrinkers reported freed.
+        /// Objects the shrinkers reported freed. Added once per round,
+        /// after every shrinker of the round returned: a snapshot taken
+        /// meanwhile may see the round's pages free but not yet counted.
         shrinker_freed,
         /// Drains of a CPU's lists (`drain_pages_zone`), local or remote.
         cpu_drains,

@@ -202,6 +202,8 @@ impl Arena {
                 libc::munmap((base + len) as *mut libc::c_void, tail);
             }
         }
+        // Every page starts free: poisoned under AddressSanitizer.
+        crate::asan::poison(base as *const u8, len);
         Ok(Arena {
             base: NonNull::new(base as *mut u8).expect("mmap returned null"),
             len,
@@ -211,6 +213,8 @@ impl Arena {
 
 impl Drop for Arena {
     fn drop(&mut self) {
+        // The range may be mapped again for something else: leave no poison.
+        crate::asan::unpoison(self.base.as_ptr(), self.len);
         // SAFETY: `base..base+len` is exactly the mapping made in `map`, and
         // nothing uses it after the allocator that owns it is dropped.
         unsafe {

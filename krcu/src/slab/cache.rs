@@ -69,6 +69,18 @@ struct Counters {
 /// the object is allocated); bad input follows the page allocator's policy:
 /// panic in debug builds, counted and reported in release builds, and a
 /// `Result` from [`try_free`](Self::try_free).
+///
+/// Objects are handed out as raw pointers, so every free is `unsafe`: safe
+/// code cannot free an object twice or free one another user holds.
+/// ```compile_fail,E0133
+/// # use krcu::{Domain, page::{Gfp, PageAllocator, PageConfig}, slab::SlabCache};
+/// # let d = Domain::builder().cpus(1).build();
+/// # let config = PageConfig { arena_size: 4 << 20, kswapd: false, ..PageConfig::default() };
+/// # let pa = PageAllocator::new(&d, config).unwrap();
+/// let cache = SlabCache::<u64>::new(&pa, "u64").unwrap();
+/// let obj = cache.alloc(Gfp::KERNEL, 1).unwrap();
+/// cache.free(obj); // error[E0133]: call to unsafe function
+/// ```
 #[doc(alias = "kmem_cache")]
 pub struct SlabCache<T> {
     name: &'static str,
@@ -205,12 +217,19 @@ impl<T> SlabCache<T> {
     /// Allocates an uninitialised object. `gfp` decides what a refill may
     /// do: with `NO_LOCKS` the node lock is only trylocked and a new slab
     /// comes from the per-CPU page lists only; with `KERNEL` the caller may
-    /// sleep (the validator is told).
+    /// sleep (the validator is told). Under PREEMPT_RT, `NO_LOCKS` refuses
+    /// hardirq (signal handler) and NMI context with
+    /// [`AllocError::Context`], as the page allocator's `NO_LOCKS` does: the
+    /// cache's locks sleep there, and even a trylock's unlock may wake a
+    /// sleeper, which is not async-signal-safe.
     #[track_caller]
     #[inline]
     pub fn alloc_uninit(&self, gfp: Gfp) -> Result<NonNull<MaybeUninit<T>>, AllocError> {
         if gfp.may_sleep() {
             self.pages.domain().might_sleep();
+        }
+        if gfp.contains(Gfp::NO_LOCKS) && self.pages.sleeping_locks_forbidden() {
+            return Err(AllocError::Context);
         }
         let (_, cpu) = self.cpu.current();
         let cached = match cpu.try_lock() {
@@ -229,6 +248,8 @@ impl<T> SlabCache<T> {
             Some(obj) => obj,
             None => self.alloc_slow(gfp)?,
         };
+        // Poisoned while free (see `asan`): accessible while allocated.
+        crate::asan::unpoison(obj, core::mem::size_of::<T>());
         if self.checks {
             let (hdr, i) = self.slab_of_trusted(obj);
             // SAFETY: `hdr` is the header of a live slab of this cache: the
@@ -270,6 +291,8 @@ impl<T> SlabCache<T> {
         // won the free bit, so no other free of it runs.
         unsafe { ptr::drop_in_place(obj.as_ptr()) };
         let obj = obj.as_ptr().cast::<u8>();
+        // Before it is anyone's to take again.
+        crate::asan::poison(obj, core::mem::size_of::<T>());
         let (_, cpu) = self.cpu.current();
         match cpu.try_lock() {
             Some(mut cc) => {
@@ -309,6 +332,7 @@ impl<T> SlabCache<T> {
                         // SAFETY: as in `try_free`.
                         unsafe { ptr::drop_in_place(obj.as_ptr()) };
                     }
+                    crate::asan::poison(obj.as_ptr().cast(), core::mem::size_of::<T>());
                     objs[kept] = obj;
                     kept += 1;
                 }
@@ -492,9 +516,11 @@ impl<T> SlabCache<T> {
     fn new_slab(&self, gfp: Gfp) -> Result<*mut SlabHeader, AllocError> {
         let page = self.pages.alloc_pages(gfp - Gfp::ZERO, self.layout.order)?;
         self.counters.slabs_allocated.fetch_add(1, Relaxed);
+        // The slab keeps the block by address; `return_to_slabs` frees it.
+        let base = page.into_raw();
         // SAFETY: a block of the slab order just allocated for us; pages are
         // page-aligned, more than a header needs.
-        Ok(unsafe { layout::init_header(page.addr(), &self.layout, self.magic) })
+        Ok(unsafe { layout::init_header(base, &self.layout, self.magic) })
     }
 
     /// Takes available objects from partial slabs into `out`.
@@ -570,7 +596,10 @@ impl<T> SlabCache<T> {
             // SAFETY: slabs start on a block of the slab order allocated
             // from this page allocator.
             let base = unsafe { NonNull::new_unchecked(empty.cast::<u8>()) };
-            self.pages.free_pages(base, self.layout.order);
+            // SAFETY: the slab's block, of the slab order, is this cache's
+            // (taken with `into_raw` in `new_slab`); empty and off every
+            // list, nothing refers to it any more.
+            unsafe { self.pages.free_pages(base, self.layout.order) };
             self.counters.slabs_freed.fetch_add(1, Relaxed);
             empty = next;
         }
