@@ -123,8 +123,16 @@ impl KrcuBuilder {
         self
     }
 
-    /// Builds the instance and starts its workers.
+    /// Builds the instance (its own domain and RCU) and starts its workers.
     pub fn build(self) -> Result<Krcu, BuildError> {
+        self.validate()?;
+        let domain = self.domain.clone().build();
+        let rcu = Arc::new(Rcu::new(&domain, self.rcu.clone()));
+        self.build_on(rcu)
+    }
+
+    /// Checks the `kfree_rcu` settings.
+    fn validate(&self) -> Result<(), BuildError> {
         let k = &self.kvfree;
         if k.cache_blocks > k.max_cache_blocks {
             return Err(BuildError::Kvfree(format!(
@@ -143,9 +151,16 @@ impl KrcuBuilder {
                 "drain_delay and active_poll must be above zero".into(),
             ));
         }
-        let domain = self.domain.build();
+        Ok(())
+    }
+
+    /// Builds the page allocator and the `kfree_rcu` machinery on `rcu`, in
+    /// its domain (the domain and RCU settings of the builder are not
+    /// used), and starts the workers.
+    fn build_on(self, rcu: Arc<Rcu>) -> Result<Krcu, BuildError> {
+        self.validate()?;
+        let domain = rcu.domain().clone();
         let pages = PageAllocator::new(&domain, self.page)?;
-        let rcu = Arc::new(Rcu::new(&domain, self.rcu));
         let engine = Engine::new(&domain, pages.clone(), rcu, self.kvfree);
         let weak = Arc::downgrade(&engine);
         let weak2 = weak.clone();
@@ -226,8 +241,18 @@ impl Krcu {
         KrcuBuilder::default()
     }
 
-    /// The process-wide instance behind the free functions, built on first
-    /// use with the defaults.
+    /// The process-wide instance behind the free functions
+    /// ([`kfree_rcu`](crate::kfree_rcu) and friends), built on first use with
+    /// the defaults.
+    ///
+    /// It is built on top of the process-wide RCU: its domain is
+    /// [`Domain::global`] and [`rcu`](Self::rcu) is
+    /// [`krcu::rcu::global()`](crate::rcu::global) itself, so one set of
+    /// grace periods serves `krcu::rcu::*` and the `kfree_rcu` free
+    /// functions, and a reader entered through either holds off retires
+    /// made through the other. The page allocator and the `kfree_rcu`
+    /// workers start here, on first use: a program that only uses
+    /// `krcu::rcu::*` never builds them.
     ///
     /// # Panics
     /// If it cannot be built (no memory for the arena's metadata, no
@@ -236,7 +261,7 @@ impl Krcu {
         static GLOBAL: OnceLock<Krcu> = OnceLock::new();
         GLOBAL.get_or_init(|| {
             Krcu::builder()
-                .build()
+                .build_on(crate::rcu::global_arc().clone())
                 .expect("krcu: cannot build the default instance")
         })
     }
@@ -269,12 +294,20 @@ impl Krcu {
     /// spinlock held. With a block available it makes no system call and no
     /// heap allocation and takes no lock but a trylock. From NMI context it
     /// refuses and hands the object back.
+    ///
+    /// Only readers of this instance's RCU ([`rcu`](Self::rcu)) hold the
+    /// object off: a guard of another instance does not. Where the
+    /// validator runs, a call made inside a read-side section of another
+    /// instance but not of this one is reported as
+    /// [`SuspiciousRcuUsage`](crate::lockdep::ReportKind::SuspiciousRcuUsage).
     #[doc(alias = "kvfree_call_rcu")]
     #[inline]
+    #[track_caller]
     pub fn kfree_rcu<T: HasRcuHead>(&self, obj: Box<T>) -> Result<(), InNmi<T>> {
         if self.engine.refuse_nmi() {
             return Err(InNmi(obj));
         }
+        self.check_reader("kfree_rcu()");
         let ctx = context::kind();
         let raw = Box::into_raw(obj);
         // SAFETY: HasRcuHead's contract puts the head RCU_HEAD_OFFSET bytes
@@ -307,6 +340,7 @@ impl Krcu {
         if self.engine.refuse_nmi() {
             return Err(InNmi(obj));
         }
+        self.check_reader("kvfree_rcu_mightsleep()");
         self.domain().might_sleep();
         let ctx = context::kind();
         let raw = Box::into_raw(obj);
@@ -347,6 +381,7 @@ impl Krcu {
             "krcu: free_pages_rcu_mightsleep({:p}): not a page of this instance",
             page.as_ptr()
         );
+        self.check_reader("free_pages_rcu_mightsleep()");
         self.domain().might_sleep();
         let ctx = context::kind();
         let entry = channels::page_entry(page.addr(), page.order());
@@ -362,6 +397,33 @@ impl Krcu {
             self.pages().free(page);
         }
         Ok(())
+    }
+
+    /// The validator's check that a retire is not made inside a read-side
+    /// section of another instance only: the caller's guard would not
+    /// protect the object, which suggests its readers use the wrong
+    /// instance. One thread-local load when the thread is in no reader;
+    /// nothing without the validator.
+    #[inline(always)]
+    #[track_caller]
+    fn check_reader(&self, what: &str) {
+        if crate::lockdep::COMPILED && context::rcu_read_depth() > 0 {
+            self.foreign_reader(what, core::panic::Location::caller());
+        }
+    }
+
+    #[cold]
+    fn foreign_reader(&self, what: &str, at: &'static core::panic::Location<'static>) {
+        if !self.rcu().is_reading() {
+            crate::lockdep::rcu_suspicious(
+                self.domain(),
+                at,
+                &format!(
+                    "{what} called inside an RCU read-side section of another RCU instance \
+                     only: that guard does not hold the object off"
+                ),
+            );
+        }
     }
 
     /// A channel for objects of `cache`: their blocks are freed with
@@ -439,7 +501,11 @@ impl Drop for Krcu {
     }
 }
 
-/// [`Krcu::kfree_rcu`] on the process-wide instance.
+/// [`Krcu::kfree_rcu`] on the process-wide instance ([`Krcu::global`],
+/// whose RCU is [`krcu::rcu::global()`](crate::rcu::global): readers entered
+/// with `krcu::rcu::read_lock()` hold the object off).
+#[track_caller]
+#[doc(alias = "kvfree_call_rcu")]
 pub fn kfree_rcu<T: HasRcuHead>(obj: Box<T>) -> Result<(), InNmi<T>> {
     Krcu::global().kfree_rcu(obj)
 }
@@ -492,10 +558,12 @@ impl<T: HasRcuHead> SlabChannel<'_, T> {
     /// over here (unreachable to readers that start from now on), and freed
     /// no other way.
     #[doc(alias = "kfree_bulk")]
+    #[track_caller]
     pub unsafe fn kfree_rcu(&self, obj: NonNull<T>) -> Result<(), NonNull<T>> {
         if self.krcu.engine.refuse_nmi() {
             return Err(obj);
         }
+        self.krcu.check_reader("kfree_rcu()");
         let ctx = context::kind();
         // SAFETY: HasRcuHead puts the head inside the object.
         let head = unsafe { obj.byte_add(T::RCU_HEAD_OFFSET) }.cast::<RcuHead>();

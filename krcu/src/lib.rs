@@ -20,7 +20,14 @@
 //!
 //! [`Krcu`] holds one of each, built with [`Krcu::builder`]; the free
 //! functions ([`kfree_rcu`], [`kvfree_rcu_mightsleep`],
-//! [`kvfree_rcu_barrier`]) use a process-wide instance built on first use.
+//! [`kvfree_rcu_barrier`]) use the process-wide instance [`Krcu::global`].
+//! There is one process-wide domain ([`Domain::global`]) and one
+//! process-wide RCU ([`rcu::global`]), which [`Krcu::global`] is built on:
+//! a reader entered with [`rcu::read_lock`] holds off [`kfree_rcu`], and
+//! the other way round. It starts lazily, in parts: the RCU (one thread) on
+//! first use of `krcu::rcu::*`, the page allocator and the `kfree_rcu`
+//! workers on first use of a function that needs them. A guard protects
+//! only against its own instance's grace periods.
 //!
 //! ```
 //! use krcu::rcu::{HasRcuHead, RcuHead};

@@ -21,6 +21,11 @@ pub enum ReportKind {
     CircularDependency,
     /// More locks held than the validator tracks.
     MaxLockDepth,
+    /// An RCU API used in a way that cannot be right
+    /// (`lockdep_rcu_suspicious`): for now, an object retired with
+    /// `kfree_rcu` while the caller is inside a read-side section of
+    /// another RCU instance only, whose guard does not protect it.
+    SuspiciousRcuUsage,
 }
 
 impl ReportKind {
@@ -35,6 +40,7 @@ impl ReportKind {
                 "WARNING: possible circular locking dependency detected"
             }
             ReportKind::MaxLockDepth => "BUG: MAX_LOCK_DEPTH too low!",
+            ReportKind::SuspiciousRcuUsage => "WARNING: suspicious RCU usage",
         }
     }
 }
@@ -362,6 +368,34 @@ pub(crate) fn max_depth(thread: String, next: &Taking, held: Vec<HeldLockInfo>) 
         thread,
         class: Some(class::name(next.class)),
         at: next.at.clone(),
+        held,
+        text: t,
+    }
+}
+
+pub(crate) fn suspicious_rcu(
+    thread: String,
+    at: String,
+    message: &str,
+    rcu_depth: u32,
+    held: Vec<HeldLockInfo>,
+) -> Report {
+    let kind = ReportKind::SuspiciousRcuUsage;
+    let mut t = String::new();
+    t.push('\n');
+    separator(&mut t, '=', 29);
+    let _ = writeln!(t, "{}", kind.headline());
+    let _ = writeln!(t, "{TAINT}");
+    separator(&mut t, '-', 29);
+    let _ = writeln!(t, "{at} {message}!");
+    let _ = writeln!(t, "\nother info that might help us debug this:\n");
+    let _ = writeln!(t, "RCU nest depth: {rcu_depth} (all instances)");
+    held_lines(&mut t, &thread, &held);
+    Report {
+        kind,
+        thread,
+        class: None,
+        at,
         held,
         text: t,
     }

@@ -477,11 +477,23 @@ impl Drop for Rcu {
     }
 }
 
-/// The process-wide instance: the global domain, default settings, built
-/// on first use.
+/// The process-wide instance: the global domain ([`Domain::global`]),
+/// default settings, built on first use (one worker thread, nothing else).
+///
+/// It is the one RCU of the process-wide `kfree_rcu` instance too:
+/// `krcu::Krcu::global().rcu()` is this very instance, so a reader entered
+/// with [`read_lock`] holds off objects retired with `krcu::kfree_rcu` and
+/// the other free functions, and the other way round. Using only this
+/// module's functions never builds the `kfree_rcu` machinery or the page
+/// allocator: those start on first use of a function that needs them.
 pub fn global() -> &'static Rcu {
-    static GLOBAL: OnceLock<Rcu> = OnceLock::new();
-    GLOBAL.get_or_init(|| Rcu::new(Domain::global(), RcuConfig::default()))
+    global_arc()
+}
+
+/// [`global`] as the `Arc` that the process-wide `kfree_rcu` engine shares.
+pub(crate) fn global_arc() -> &'static Arc<Rcu> {
+    static GLOBAL: OnceLock<Arc<Rcu>> = OnceLock::new();
+    GLOBAL.get_or_init(|| Arc::new(Rcu::new(Domain::global(), RcuConfig::default())))
 }
 
 /// [`Rcu::read_lock`] on the [`global`] instance.
