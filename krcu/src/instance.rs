@@ -5,6 +5,7 @@
 
 use crate::context::{self, PreemptModel};
 use crate::domain::{Domain, DomainBuilder};
+use crate::fork;
 use crate::kvfree::block::{Channel, box_channel, drop_box_by_head};
 use crate::kvfree::channels;
 use crate::kvfree::engine::Engine;
@@ -14,8 +15,9 @@ use crate::page::{Page, PageAllocator, PageConfig, ShrinkerHandle};
 use crate::rcu::{HasRcuHead, Rcu, RcuConfig, RcuHead};
 use crate::slab::SlabCache;
 use core::ptr::NonNull;
+use std::any::Any;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -172,46 +174,19 @@ impl KrcuBuilder {
         // Spare blocks are there before the first call: a real-time thread
         // does not depend on the worker having run.
         engine.refill_pass();
-        // One reclaimer per CPU, on that CPU when the instance models the
-        // machine's CPUs one to one: objects are freed near where they were
-        // used, and reclaim scales with the CPUs as the flood does.
-        let pin = domain.cpus() == crate::percpu::num_cpus();
-        let mut reclaimers = Vec::with_capacity(domain.cpus());
-        for cpu in 0..domain.cpus() {
-            let e = engine.clone();
-            let spawned = std::thread::Builder::new()
-                .name(format!("krcu-reclaim/{cpu}"))
-                .spawn(move || {
-                    if pin {
-                        pin_to_cpu(cpu);
-                    }
-                    e.reclaimer(cpu)
-                });
-            match spawned {
-                Ok(h) => reclaimers.push(h),
-                Err(err) => {
-                    engine.stop_reclaimers();
-                    reclaimers.into_iter().for_each(|h| drop(h.join()));
-                    return Err(BuildError::Worker(err.to_string()));
-                }
-            }
-        }
-        let e = engine.clone();
-        let worker = match std::thread::Builder::new()
-            .name("krcu-kvfree".into())
-            .spawn(move || worker::run(e))
-        {
-            Ok(w) => w,
-            Err(err) => {
-                engine.stop_reclaimers();
-                reclaimers.into_iter().for_each(|h| drop(h.join()));
-                return Err(BuildError::Worker(err.to_string()));
-            }
-        };
+        let (worker, reclaimers) = spawn_workers(&engine)?;
+        let workers = Arc::new(Workers {
+            engine: engine.clone(),
+            threads: Mutex::new(Threads {
+                worker: Some(worker),
+                reclaimers,
+            }),
+        });
+        let weak: std::sync::Weak<dyn fork::Participant> = Arc::downgrade(&workers) as _;
+        fork::register(weak);
         Ok(Krcu {
             engine,
-            worker: Some(worker),
-            reclaimers,
+            workers,
             shrinker: Some(shrinker),
         })
     }
@@ -221,9 +196,115 @@ impl KrcuBuilder {
 /// allocator, RCU, and the `kfree_rcu` machinery on top.
 pub struct Krcu {
     engine: Arc<Engine>,
+    workers: Arc<Workers>,
+    shrinker: Option<ShrinkerHandle>,
+}
+
+/// The instance's worker threads, restarted in the child of a `fork`.
+struct Workers {
+    engine: Arc<Engine>,
+    threads: Mutex<Threads>,
+}
+
+struct Threads {
     worker: Option<JoinHandle<()>>,
     reclaimers: Vec<JoinHandle<()>>,
-    shrinker: Option<ShrinkerHandle>,
+}
+
+impl Workers {
+    /// Takes the handles, to join them.
+    fn take(&self) -> Threads {
+        let mut t = self.threads.lock().unwrap_or_else(|e| e.into_inner());
+        Threads {
+            worker: t.worker.take(),
+            reclaimers: core::mem::take(&mut t.reclaimers),
+        }
+    }
+}
+
+impl fork::Participant for Workers {
+    fn lock_before_park(self: Arc<Self>, _: &mut Vec<Box<dyn Any>>) {}
+
+    fn kick(&self) {
+        self.engine.kick();
+        for cpu in 0..self.engine.domain().cpus() {
+            self.engine.wake_reclaimer(cpu);
+        }
+    }
+
+    fn lock_after_park(self: Arc<Self>, phase: usize, held: &mut Vec<Box<dyn Any>>) {
+        if phase < Engine::FORK_LOCK_PHASES {
+            held.push(fork::hold(self.engine.clone(), |e| e.lock_for_fork(phase)));
+        }
+    }
+
+    fn restart_in_child(self: Arc<Self>) {
+        let mut t = self.threads.lock().unwrap_or_else(|e| e.into_inner());
+        // The old threads do not exist here: their handles can never be
+        // joined (that would wait forever).
+        core::mem::forget(core::mem::take(&mut t.reclaimers));
+        core::mem::forget(t.worker.take());
+        if self.engine.stop.load(Ordering::Acquire) {
+            return; // the instance is being dropped
+        }
+        self.engine.forget_other_threads();
+        match spawn_workers(&self.engine) {
+            Ok((worker, reclaimers)) => {
+                t.worker = Some(worker);
+                t.reclaimers = reclaimers;
+            }
+            Err(e) => tracing::error!("krcu: cannot restart the kvfree workers after fork: {e}"),
+        }
+    }
+}
+
+/// Starts the `kfree_rcu` worker and one reclaimer per CPU.
+fn spawn_workers(
+    engine: &Arc<Engine>,
+) -> Result<(JoinHandle<()>, Vec<JoinHandle<()>>), BuildError> {
+    // One reclaimer per CPU, on that CPU when the instance models the
+    // machine's CPUs one to one: objects are freed near where they were
+    // used, and reclaim scales with the CPUs as the flood does.
+    let cpus = engine.domain().cpus();
+    let pin = cpus == crate::percpu::num_cpus();
+    let mut reclaimers = Vec::with_capacity(cpus);
+    for cpu in 0..cpus {
+        let e = engine.clone();
+        let token = fork::WorkerToken::new();
+        let spawned = std::thread::Builder::new()
+            .name(format!("krcu-reclaim/{cpu}"))
+            .spawn(move || {
+                let _token = token;
+                if pin {
+                    pin_to_cpu(cpu);
+                }
+                e.reclaimer(cpu)
+            });
+        match spawned {
+            Ok(h) => reclaimers.push(h),
+            Err(err) => {
+                engine.stop_reclaimers();
+                reclaimers.into_iter().for_each(|h| drop(h.join()));
+                return Err(BuildError::Worker(err.to_string()));
+            }
+        }
+    }
+    let e = engine.clone();
+    let token = fork::WorkerToken::new();
+    let worker = match std::thread::Builder::new()
+        .name("krcu-kvfree".into())
+        .spawn(move || {
+            let _token = token;
+            worker::run(e)
+        }) {
+        Ok(w) => w,
+        Err(err) => {
+            engine.stop_reclaimers();
+            reclaimers.into_iter().for_each(|h| drop(h.join()));
+            return Err(BuildError::Worker(err.to_string()));
+        }
+    };
+    Ok((worker, reclaimers))
 }
 
 impl core::fmt::Debug for Krcu {
@@ -485,7 +566,8 @@ impl Drop for Krcu {
     fn drop(&mut self) {
         self.engine.stop.store(true, Ordering::Release);
         self.engine.kick();
-        if let Some(w) = self.worker.take() {
+        let Threads { worker, reclaimers } = self.workers.take();
+        if let Some(w) = worker {
             let _ = w.join();
         }
         // Nothing is lost: everything queued is freed before the instance
@@ -493,7 +575,7 @@ impl Drop for Krcu {
         self.engine.barrier();
         self.engine.retire_fronts();
         self.engine.stop_reclaimers();
-        for r in self.reclaimers.drain(..) {
+        for r in reclaimers {
             let _ = r.join();
         }
         self.engine.release_caches();

@@ -29,6 +29,19 @@
 //! workers on first use of a function that needs them. A guard protects
 //! only against its own instance's grace periods.
 //!
+//! **`fork()`**: the child of a process that uses krcu has only the forking
+//! thread. `pthread_atfork` handlers (registered when the first instance is
+//! built) park every krcu worker at a point where it holds no lock, take
+//! the locks other threads could hold (grace-period, barrier, reader
+//! registry, the `kfree_rcu` monitor, `krc` and ready-list locks), and in
+//! the child release them, forget the read-side sections and reclaim work
+//! of the threads that are gone, and start new workers; the child can go
+//! on calling `kfree_rcu`, `kvfree_rcu_barrier`, `synchronize` and drop
+//! its instances. `fork` waits for the grace periods in progress, so do not
+//! fork inside a read-side section (as with liburcu). Locks of the page
+//! allocator and slab caches that another application thread held at the
+//! instant of the fork stay held in the child, as with any library.
+//!
 //! ```
 //! use krcu::rcu::{HasRcuHead, RcuHead};
 //!
@@ -52,6 +65,7 @@
 
 pub mod context;
 pub mod domain;
+mod fork;
 #[cfg(not(loom))]
 mod instance;
 #[cfg(not(loom))]

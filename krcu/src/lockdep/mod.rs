@@ -448,6 +448,7 @@ pub(crate) fn might_sleep_in(domain: &Domain, at: &'static Location<'static>) {
 /// the validator.
 #[cold]
 #[cfg_attr(not(krcu_lockdep), allow(unused_variables))]
+#[cfg_attr(loom, allow(dead_code))]
 pub(crate) fn rcu_suspicious(domain: &Domain, at: &'static Location<'static>, message: &str) {
     #[cfg(krcu_lockdep)]
     {

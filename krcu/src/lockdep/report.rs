@@ -373,6 +373,7 @@ pub(crate) fn max_depth(thread: String, next: &Taking, held: Vec<HeldLockInfo>) 
     }
 }
 
+#[cfg_attr(loom, allow(dead_code))]
 pub(crate) fn suspicious_rcu(
     thread: String,
     at: String,
