@@ -77,6 +77,10 @@
 //! workers and the page allocator's arena start on the first call that
 //! needs them.
 //!
+//! After `fork()` the child's instances work: the worker is parked across
+//! the fork and restarted in the child, which also forgets the read-side
+//! sections of the parent's other threads (see the crate docs).
+//!
 //! # For deferred freeing (kvfree_rcu)
 //! A batch of retired objects takes a cookie with [`Rcu::get_state`] when it
 //! is closed (or [`Rcu::start_poll`] to make sure a grace period comes), is
