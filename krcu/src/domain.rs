@@ -98,7 +98,9 @@ impl Domain {
 
     /// The process-wide default domain: the machine's CPUs, PreemptModel::Full,
     /// the validator on where compiled in, nesting proof on, reports printed
-    /// once.
+    /// once. The domain of the process-wide RCU
+    /// ([`rcu::global`](crate::rcu::global)) and of the process-wide
+    /// `kfree_rcu` instance built on it (`Krcu::global`).
     pub fn global() -> &'static Domain {
         static GLOBAL: OnceLock<Domain> = OnceLock::new();
         GLOBAL.get_or_init(|| Domain::builder().build())

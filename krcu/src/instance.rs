@@ -5,6 +5,7 @@
 
 use crate::context::{self, PreemptModel};
 use crate::domain::{Domain, DomainBuilder};
+use crate::fork;
 use crate::kvfree::block::{Channel, box_channel, drop_box_by_head};
 use crate::kvfree::channels;
 use crate::kvfree::engine::Engine;
@@ -14,8 +15,9 @@ use crate::page::{Page, PageAllocator, PageConfig, ShrinkerHandle};
 use crate::rcu::{HasRcuHead, Rcu, RcuConfig, RcuHead};
 use crate::slab::SlabCache;
 use core::ptr::NonNull;
+use std::any::Any;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -123,8 +125,16 @@ impl KrcuBuilder {
         self
     }
 
-    /// Builds the instance and starts its workers.
+    /// Builds the instance (its own domain and RCU) and starts its workers.
     pub fn build(self) -> Result<Krcu, BuildError> {
+        self.validate()?;
+        let domain = self.domain.clone().build();
+        let rcu = Arc::new(Rcu::new(&domain, self.rcu.clone()));
+        self.build_on(rcu)
+    }
+
+    /// Checks the `kfree_rcu` settings.
+    fn validate(&self) -> Result<(), BuildError> {
         let k = &self.kvfree;
         if k.cache_blocks > k.max_cache_blocks {
             return Err(BuildError::Kvfree(format!(
@@ -143,9 +153,16 @@ impl KrcuBuilder {
                 "drain_delay and active_poll must be above zero".into(),
             ));
         }
-        let domain = self.domain.build();
+        Ok(())
+    }
+
+    /// Builds the page allocator and the `kfree_rcu` machinery on `rcu`, in
+    /// its domain (the domain and RCU settings of the builder are not
+    /// used), and starts the workers.
+    fn build_on(self, rcu: Arc<Rcu>) -> Result<Krcu, BuildError> {
+        self.validate()?;
+        let domain = rcu.domain().clone();
         let pages = PageAllocator::new(&domain, self.page)?;
-        let rcu = Arc::new(Rcu::new(&domain, self.rcu));
         let engine = Engine::new(&domain, pages.clone(), rcu, self.kvfree);
         let weak = Arc::downgrade(&engine);
         let weak2 = weak.clone();
@@ -157,46 +174,19 @@ impl KrcuBuilder {
         // Spare blocks are there before the first call: a real-time thread
         // does not depend on the worker having run.
         engine.refill_pass();
-        // One reclaimer per CPU, on that CPU when the instance models the
-        // machine's CPUs one to one: objects are freed near where they were
-        // used, and reclaim scales with the CPUs as the flood does.
-        let pin = domain.cpus() == crate::percpu::num_cpus();
-        let mut reclaimers = Vec::with_capacity(domain.cpus());
-        for cpu in 0..domain.cpus() {
-            let e = engine.clone();
-            let spawned = std::thread::Builder::new()
-                .name(format!("krcu-reclaim/{cpu}"))
-                .spawn(move || {
-                    if pin {
-                        pin_to_cpu(cpu);
-                    }
-                    e.reclaimer(cpu)
-                });
-            match spawned {
-                Ok(h) => reclaimers.push(h),
-                Err(err) => {
-                    engine.stop_reclaimers();
-                    reclaimers.into_iter().for_each(|h| drop(h.join()));
-                    return Err(BuildError::Worker(err.to_string()));
-                }
-            }
-        }
-        let e = engine.clone();
-        let worker = match std::thread::Builder::new()
-            .name("krcu-kvfree".into())
-            .spawn(move || worker::run(e))
-        {
-            Ok(w) => w,
-            Err(err) => {
-                engine.stop_reclaimers();
-                reclaimers.into_iter().for_each(|h| drop(h.join()));
-                return Err(BuildError::Worker(err.to_string()));
-            }
-        };
+        let (worker, reclaimers) = spawn_workers(&engine)?;
+        let workers = Arc::new(Workers {
+            engine: engine.clone(),
+            threads: Mutex::new(Threads {
+                worker: Some(worker),
+                reclaimers,
+            }),
+        });
+        let weak: std::sync::Weak<dyn fork::Participant> = Arc::downgrade(&workers) as _;
+        fork::register(weak);
         Ok(Krcu {
             engine,
-            worker: Some(worker),
-            reclaimers,
+            workers,
             shrinker: Some(shrinker),
         })
     }
@@ -206,9 +196,115 @@ impl KrcuBuilder {
 /// allocator, RCU, and the `kfree_rcu` machinery on top.
 pub struct Krcu {
     engine: Arc<Engine>,
+    workers: Arc<Workers>,
+    shrinker: Option<ShrinkerHandle>,
+}
+
+/// The instance's worker threads, restarted in the child of a `fork`.
+struct Workers {
+    engine: Arc<Engine>,
+    threads: Mutex<Threads>,
+}
+
+struct Threads {
     worker: Option<JoinHandle<()>>,
     reclaimers: Vec<JoinHandle<()>>,
-    shrinker: Option<ShrinkerHandle>,
+}
+
+impl Workers {
+    /// Takes the handles, to join them.
+    fn take(&self) -> Threads {
+        let mut t = self.threads.lock().unwrap_or_else(|e| e.into_inner());
+        Threads {
+            worker: t.worker.take(),
+            reclaimers: core::mem::take(&mut t.reclaimers),
+        }
+    }
+}
+
+impl fork::Participant for Workers {
+    fn lock_before_park(self: Arc<Self>, _: &mut Vec<Box<dyn Any>>) {}
+
+    fn kick(&self) {
+        self.engine.kick();
+        for cpu in 0..self.engine.domain().cpus() {
+            self.engine.wake_reclaimer(cpu);
+        }
+    }
+
+    fn lock_after_park(self: Arc<Self>, phase: usize, held: &mut Vec<Box<dyn Any>>) {
+        if phase < Engine::FORK_LOCK_PHASES {
+            held.push(fork::hold(self.engine.clone(), |e| e.lock_for_fork(phase)));
+        }
+    }
+
+    fn restart_in_child(self: Arc<Self>) {
+        let mut t = self.threads.lock().unwrap_or_else(|e| e.into_inner());
+        // The old threads do not exist here: their handles can never be
+        // joined (that would wait forever).
+        core::mem::forget(core::mem::take(&mut t.reclaimers));
+        core::mem::forget(t.worker.take());
+        if self.engine.stop.load(Ordering::Acquire) {
+            return; // the instance is being dropped
+        }
+        self.engine.forget_other_threads();
+        match spawn_workers(&self.engine) {
+            Ok((worker, reclaimers)) => {
+                t.worker = Some(worker);
+                t.reclaimers = reclaimers;
+            }
+            Err(e) => tracing::error!("krcu: cannot restart the kvfree workers after fork: {e}"),
+        }
+    }
+}
+
+/// Starts the `kfree_rcu` worker and one reclaimer per CPU.
+fn spawn_workers(
+    engine: &Arc<Engine>,
+) -> Result<(JoinHandle<()>, Vec<JoinHandle<()>>), BuildError> {
+    // One reclaimer per CPU, on that CPU when the instance models the
+    // machine's CPUs one to one: objects are freed near where they were
+    // used, and reclaim scales with the CPUs as the flood does.
+    let cpus = engine.domain().cpus();
+    let pin = cpus == crate::percpu::num_cpus();
+    let mut reclaimers = Vec::with_capacity(cpus);
+    for cpu in 0..cpus {
+        let e = engine.clone();
+        let token = fork::WorkerToken::new();
+        let spawned = std::thread::Builder::new()
+            .name(format!("krcu-reclaim/{cpu}"))
+            .spawn(move || {
+                let _token = token;
+                if pin {
+                    pin_to_cpu(cpu);
+                }
+                e.reclaimer(cpu)
+            });
+        match spawned {
+            Ok(h) => reclaimers.push(h),
+            Err(err) => {
+                engine.stop_reclaimers();
+                reclaimers.into_iter().for_each(|h| drop(h.join()));
+                return Err(BuildError::Worker(err.to_string()));
+            }
+        }
+    }
+    let e = engine.clone();
+    let token = fork::WorkerToken::new();
+    let worker = match std::thread::Builder::new()
+        .name("krcu-kvfree".into())
+        .spawn(move || {
+            let _token = token;
+            worker::run(e)
+        }) {
+        Ok(w) => w,
+        Err(err) => {
+            engine.stop_reclaimers();
+            reclaimers.into_iter().for_each(|h| drop(h.join()));
+            return Err(BuildError::Worker(err.to_string()));
+        }
+    };
+    Ok((worker, reclaimers))
 }
 
 impl core::fmt::Debug for Krcu {
@@ -226,8 +322,18 @@ impl Krcu {
         KrcuBuilder::default()
     }
 
-    /// The process-wide instance behind the free functions, built on first
-    /// use with the defaults.
+    /// The process-wide instance behind the free functions
+    /// ([`kfree_rcu`](crate::kfree_rcu) and friends), built on first use with
+    /// the defaults.
+    ///
+    /// It is built on top of the process-wide RCU: its domain is
+    /// [`Domain::global`] and [`rcu`](Self::rcu) is
+    /// [`krcu::rcu::global()`](crate::rcu::global) itself, so one set of
+    /// grace periods serves `krcu::rcu::*` and the `kfree_rcu` free
+    /// functions, and a reader entered through either holds off retires
+    /// made through the other. The page allocator and the `kfree_rcu`
+    /// workers start here, on first use: a program that only uses
+    /// `krcu::rcu::*` never builds them.
     ///
     /// # Panics
     /// If it cannot be built (no memory for the arena's metadata, no
@@ -236,7 +342,7 @@ impl Krcu {
         static GLOBAL: OnceLock<Krcu> = OnceLock::new();
         GLOBAL.get_or_init(|| {
             Krcu::builder()
-                .build()
+                .build_on(crate::rcu::global_arc().clone())
                 .expect("krcu: cannot build the default instance")
         })
     }
@@ -272,12 +378,20 @@ impl Krcu {
     /// behind (the flood brake, [`Assist`](crate::Assist)): destructors then
     /// run on it; a real-time thread ([`register_thread`](Self::register_thread))
     /// never does. From NMI context it refuses and hands the object back.
+    ///
+    /// Only readers of this instance's RCU ([`rcu`](Self::rcu)) hold the
+    /// object off: a guard of another instance does not. Where the
+    /// validator runs, a call made inside a read-side section of another
+    /// instance but not of this one is reported as
+    /// [`SuspiciousRcuUsage`](crate::lockdep::ReportKind::SuspiciousRcuUsage).
     #[doc(alias = "kvfree_call_rcu")]
     #[inline]
+    #[track_caller]
     pub fn kfree_rcu<T: HasRcuHead>(&self, obj: Box<T>) -> Result<(), InNmi<T>> {
         if self.engine.refuse_nmi() {
             return Err(InNmi(obj));
         }
+        self.check_reader("kfree_rcu()");
         let ctx = context::kind();
         let raw = Box::into_raw(obj);
         // SAFETY: HasRcuHead's contract puts the head RCU_HEAD_OFFSET bytes
@@ -310,6 +424,7 @@ impl Krcu {
         if self.engine.refuse_nmi() {
             return Err(InNmi(obj));
         }
+        self.check_reader("kvfree_rcu_mightsleep()");
         self.domain().might_sleep();
         let ctx = context::kind();
         let raw = Box::into_raw(obj);
@@ -350,6 +465,7 @@ impl Krcu {
             "krcu: free_pages_rcu_mightsleep({:p}): not a page of this instance",
             page.as_ptr()
         );
+        self.check_reader("free_pages_rcu_mightsleep()");
         self.domain().might_sleep();
         let ctx = context::kind();
         let entry = channels::page_entry(page.addr(), page.order());
@@ -369,6 +485,28 @@ impl Krcu {
             self.pages().free(page);
         }
         Ok(())
+    }
+
+    /// The validator's check that a retire is not made inside a read-side
+    /// section of another instance only: the caller's guard would not
+    /// protect the object, which suggests its readers use the wrong
+    /// instance. One thread-local load when the thread is in no reader;
+    /// nothing without the validator.
+    #[inline(always)]
+    #[track_caller]
+    fn check_reader(&self, what: &'static str) {
+        if crate::lockdep::COMPILED && context::rcu_read_depth() > 0 {
+            self.foreign_reader(what, core::panic::Location::caller());
+        }
+    }
+
+    #[cold]
+    fn foreign_reader(&self, what: &'static str, at: &'static core::panic::Location<'static>) {
+        if !self.rcu().is_reading() {
+            // No formatting here: this may run in a signal handler, where
+            // the report is recorded in fixed storage and formatted later.
+            crate::lockdep::rcu_suspicious(self.domain(), at, what);
+        }
     }
 
     /// A channel for objects of `cache`: their blocks are freed with
@@ -453,7 +591,8 @@ impl Drop for Krcu {
     fn drop(&mut self) {
         self.engine.stop.store(true, Ordering::Release);
         self.engine.kick();
-        if let Some(w) = self.worker.take() {
+        let Threads { worker, reclaimers } = self.workers.take();
+        if let Some(w) = worker {
             let _ = w.join();
         }
         // Nothing is lost: everything queued is freed before the instance
@@ -461,7 +600,7 @@ impl Drop for Krcu {
         self.engine.barrier();
         self.engine.retire_fronts();
         self.engine.stop_reclaimers();
-        for r in self.reclaimers.drain(..) {
+        for r in reclaimers {
             let _ = r.join();
         }
         self.engine.release_caches();
@@ -469,7 +608,11 @@ impl Drop for Krcu {
     }
 }
 
-/// [`Krcu::kfree_rcu`] on the process-wide instance.
+/// [`Krcu::kfree_rcu`] on the process-wide instance ([`Krcu::global`],
+/// whose RCU is [`krcu::rcu::global()`](crate::rcu::global): readers entered
+/// with `krcu::rcu::read_lock()` hold the object off).
+#[track_caller]
+#[doc(alias = "kvfree_call_rcu")]
 pub fn kfree_rcu<T: HasRcuHead>(obj: Box<T>) -> Result<(), InNmi<T>> {
     Krcu::global().kfree_rcu(obj)
 }
@@ -522,10 +665,12 @@ impl<T: HasRcuHead> SlabChannel<'_, T> {
     /// over here (unreachable to readers that start from now on), and freed
     /// no other way.
     #[doc(alias = "kfree_bulk")]
+    #[track_caller]
     pub unsafe fn kfree_rcu(&self, obj: NonNull<T>) -> Result<(), NonNull<T>> {
         if self.krcu.engine.refuse_nmi() {
             return Err(obj);
         }
+        self.krcu.check_reader("kfree_rcu()");
         let ctx = context::kind();
         // SAFETY: HasRcuHead puts the head inside the object.
         let head = unsafe { obj.byte_add(T::RCU_HEAD_OFFSET) }.cast::<RcuHead>();

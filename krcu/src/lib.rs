@@ -20,7 +20,27 @@
 //!
 //! [`Krcu`] holds one of each, built with [`Krcu::builder`]; the free
 //! functions ([`kfree_rcu`], [`kvfree_rcu_mightsleep`],
-//! [`kvfree_rcu_barrier`]) use a process-wide instance built on first use.
+//! [`kvfree_rcu_barrier`]) use the process-wide instance [`Krcu::global`].
+//! There is one process-wide domain ([`Domain::global`]) and one
+//! process-wide RCU ([`rcu::global`]), which [`Krcu::global`] is built on:
+//! a reader entered with [`rcu::read_lock`] holds off [`kfree_rcu`], and
+//! the other way round. It starts lazily, in parts: the RCU (one thread) on
+//! first use of `krcu::rcu::*`, the page allocator and the `kfree_rcu`
+//! workers on first use of a function that needs them. A guard protects
+//! only against its own instance's grace periods.
+//!
+//! **`fork()`**: the child of a process that uses krcu has only the forking
+//! thread. `pthread_atfork` handlers (registered when the first instance is
+//! built) park every krcu worker at a point where it holds no lock, take
+//! the locks other threads could hold (grace-period, barrier, reader
+//! registry, the `kfree_rcu` monitor, `krc` and ready-list locks), and in
+//! the child release them, forget the read-side sections and reclaim work
+//! of the threads that are gone, and start new workers; the child can go
+//! on calling `kfree_rcu`, `kvfree_rcu_barrier`, `synchronize` and drop
+//! its instances. `fork` waits for the grace periods in progress, so do not
+//! fork inside a read-side section (as with liburcu). Locks of the page
+//! allocator and slab caches that another application thread held at the
+//! instant of the fork stay held in the child, as with any library.
 //!
 //! ```
 //! use krcu::rcu::{HasRcuHead, RcuHead};
@@ -45,6 +65,7 @@
 
 pub mod context;
 pub mod domain;
+mod fork;
 #[cfg(not(loom))]
 mod instance;
 #[cfg(not(loom))]

@@ -965,6 +965,7 @@ impl Engine {
         // This CPU's home state and its overflow state.
         let mine = [home, self.cpus.get(cpu_index + self.homes)];
         loop {
+            crate::fork::checkpoint();
             let mut freed = 0;
             for cpu in mine {
                 freed += self.reclaim_ready(cpu, CHUNK, true, false);
@@ -1157,4 +1158,62 @@ fn reclaim_list(list: &mut CbList) -> usize {
         n += 1;
     }
     n
+}
+
+/// The engine's locks that the forking thread holds across a `fork` (see
+/// `crate::fork`), in phases so that with several engines each lock class
+/// is taken in one order: 0, the monitor's and front locks; 1, every `krc`
+/// lock; 2, every ready-list lock (as the monitor nests them); 3, the
+/// wake-up locks.
+pub(crate) struct ForkLocks<'a>(#[allow(dead_code)] ForkGuards<'a>);
+
+/// The guards of one phase, held only to be dropped.
+#[allow(dead_code)]
+enum ForkGuards<'a> {
+    Monitor(
+        std::sync::MutexGuard<'a, ()>,
+        std::sync::MutexGuard<'a, Vec<FrontEntry>>,
+    ),
+    Krc(Vec<RawSpinLockGuard<'a, Krc>>),
+    Ready(Vec<RawSpinLockGuard<'a, super::krc::Ready>>),
+    Wake(
+        std::sync::MutexGuard<'a, bool>,
+        std::sync::MutexGuard<'a, ()>,
+        Vec<std::sync::MutexGuard<'a, bool>>,
+    ),
+}
+
+impl Engine {
+    /// The phases of [`lock_for_fork`](Self::lock_for_fork).
+    pub(crate) const FORK_LOCK_PHASES: usize = 4;
+
+    /// Takes phase `phase` of the locks another thread could hold (see
+    /// [`ForkLocks`]); the engine's workers are parked, holding none.
+    pub(crate) fn lock_for_fork(&self, phase: usize) -> ForkLocks<'_> {
+        ForkLocks(match phase {
+            0 => ForkGuards::Monitor(
+                self.pass_lock.lock().unwrap_or_else(|e| e.into_inner()),
+                self.fronts.lock().unwrap_or_else(|e| e.into_inner()),
+            ),
+            1 => ForkGuards::Krc(self.cpus.iter().map(|(_, c)| c.krc.lock()).collect()),
+            2 => ForkGuards::Ready(self.cpus.iter().map(|(_, c)| c.ready.lock()).collect()),
+            _ => ForkGuards::Wake(
+                self.wake.lock().unwrap_or_else(|e| e.into_inner()),
+                self.idle.lock().unwrap_or_else(|e| e.into_inner()),
+                self.cpus
+                    .iter()
+                    .map(|(_, c)| c.reclaim_wake.lock().unwrap_or_else(|e| e.into_inner()))
+                    .collect(),
+            ),
+        })
+    }
+
+    /// In the child of a `fork`: objects another (now gone) thread was
+    /// freeing are forgotten (they leak in the child), so that barriers do
+    /// not wait for it.
+    pub(crate) fn forget_other_threads(&self) {
+        for (_, c) in self.cpus.iter() {
+            c.reclaiming.store(0, SeqCst);
+        }
+    }
 }

@@ -15,6 +15,7 @@ use std::sync::atomic::Ordering;
 pub(crate) fn run(engine: Arc<Engine>) {
     let _softirq = context::enter_softirq();
     loop {
+        crate::fork::checkpoint();
         let flush = engine.take_flush_request();
         engine.refill_pass();
         let (_, busy) = engine.monitor_pass(flush);

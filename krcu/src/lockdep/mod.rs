@@ -498,6 +498,27 @@ pub(crate) fn might_sleep_in(domain: &Domain, at: &'static Location<'static>) {
     check_might_sleep(domain, Some(at));
 }
 
+/// Reports suspicious RCU usage (`lockdep_rcu_suspicious`) at `at` to
+/// `domain`'s handler, if its validator is on. Compiles to nothing without
+/// the validator.
+#[cold]
+#[cfg_attr(not(krcu_lockdep), allow(unused_variables))]
+#[cfg_attr(loom, allow(dead_code))]
+pub(crate) fn rcu_suspicious(domain: &Domain, at: &'static Location<'static>, what: &'static str) {
+    #[cfg(krcu_lockdep)]
+    {
+        let v = domain.validator();
+        if v.enabled() {
+            let finding = report::Finding::SuspiciousRcu {
+                at,
+                what,
+                rcu_depth: context::rcu_read_depth(),
+            };
+            emit(domain, finding, v.prove_raw_lock_nesting());
+        }
+    }
+}
+
 /// The locks the current thread holds, as the validator sees them
 /// (outermost first; empty when the validator is not compiled in).
 #[doc(alias = "lockdep_print_held_locks")]

@@ -23,6 +23,11 @@ pub enum ReportKind {
     CircularDependency,
     /// More locks held than the validator tracks.
     MaxLockDepth,
+    /// An RCU API used in a way that cannot be right
+    /// (`lockdep_rcu_suspicious`): for now, an object retired with
+    /// `kfree_rcu` while the caller is inside a read-side section of
+    /// another RCU instance only, whose guard does not protect it.
+    SuspiciousRcuUsage,
 }
 
 impl ReportKind {
@@ -37,6 +42,7 @@ impl ReportKind {
                 "WARNING: possible circular locking dependency detected"
             }
             ReportKind::MaxLockDepth => "BUG: MAX_LOCK_DEPTH too low!",
+            ReportKind::SuspiciousRcuUsage => "WARNING: suspicious RCU usage",
         }
     }
 }
@@ -316,6 +322,12 @@ pub(crate) enum Finding {
     MaxDepth {
         next: Taking,
     },
+    SuspiciousRcu {
+        at: &'static Location<'static>,
+        /// The retiring call, e.g. `kfree_rcu()`.
+        what: &'static str,
+        rcu_depth: u32,
+    },
 }
 
 /// Everything a report is made from, in fixed-size storage of plain
@@ -366,6 +378,11 @@ pub(crate) fn format(rec: &Record, deferred: bool, dropped: u64) -> Report {
             circular(thread, next, &prev, chain, held)
         }
         Finding::MaxDepth { next } => max_depth(thread, next, held),
+        Finding::SuspiciousRcu {
+            at,
+            what,
+            rcu_depth,
+        } => suspicious_rcu(thread, at.to_string(), what, *rcu_depth, held),
     };
     report.deferred = deferred;
     report.dropped = dropped;
@@ -528,6 +545,41 @@ fn max_depth(thread: String, next: &Taking, held: Vec<HeldLockInfo>) -> Report {
         kind,
         thread,
         class: Some(class::name(next.class)),
+        at,
+        held,
+        text: t,
+        deferred: false,
+        dropped: 0,
+    }
+}
+
+#[cfg_attr(loom, allow(dead_code))]
+pub(crate) fn suspicious_rcu(
+    thread: String,
+    at: String,
+    what: &str,
+    rcu_depth: u32,
+    held: Vec<HeldLockInfo>,
+) -> Report {
+    let kind = ReportKind::SuspiciousRcuUsage;
+    let mut t = String::new();
+    t.push('\n');
+    separator(&mut t, '=', 29);
+    let _ = writeln!(t, "{}", kind.headline());
+    let _ = writeln!(t, "{TAINT}");
+    separator(&mut t, '-', 29);
+    let _ = writeln!(
+        t,
+        "{at} {what} called inside an RCU read-side section of another RCU instance only: \
+         that guard does not hold the object off!"
+    );
+    let _ = writeln!(t, "\nother info that might help us debug this:\n");
+    let _ = writeln!(t, "RCU nest depth: {rcu_depth} (all instances)");
+    held_lines(&mut t, &thread, &held);
+    Report {
+        kind,
+        thread,
+        class: None,
         at,
         held,
         text: t,

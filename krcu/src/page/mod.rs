@@ -286,17 +286,11 @@ impl PageAllocator {
             PcpSlot::new(domain, config.pcp_high, config.pcp_batch)
         });
         let worker = if config.kswapd {
-            let (z, s) = (Arc::clone(&zone), Arc::clone(&shared));
-            let handle = std::thread::Builder::new()
-                .name("kswapd".into())
-                .spawn(move || reclaim::kswapd(z, s))
-                .map_err(|e| BuildError::Thread(e.into()))?;
-            shared.set_thread(handle.thread().clone());
-            Some(handle)
+            Some(spawn_kswapd(&zone, &shared).map_err(|e| BuildError::Thread(e.into()))?)
         } else {
             None
         };
-        Ok(Arc::new(PageAllocator {
+        let me = Arc::new(PageAllocator {
             domain: domain.clone(),
             pcp_orders: if config.pcp_lists {
                 PCP_MAX_ORDER + 1
@@ -310,7 +304,10 @@ impl PageAllocator {
             faults: FaultInjector::default(),
             id: next_id(),
             kswapd: std::sync::Mutex::new(worker),
-        }))
+        });
+        let weak: std::sync::Weak<dyn crate::fork::Participant> = Arc::downgrade(&me) as _;
+        crate::fork::register(weak);
+        Ok(me)
     }
 
     /// The domain the allocator's locks belong to.
@@ -405,6 +402,50 @@ fn next_id() -> u32 {
     static NEXT: AtomicU32 = AtomicU32::new(1);
     NEXT.fetch_update(Relaxed, Relaxed, |id| id.checked_add(1))
         .expect("krcu: page allocator ids exhausted")
+}
+
+/// Starts kswapd.
+fn spawn_kswapd(
+    zone: &Arc<Zone>,
+    shared: &Arc<Shared>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    let (z, s) = (Arc::clone(zone), Arc::clone(shared));
+    let token = crate::fork::WorkerToken::new();
+    let handle = std::thread::Builder::new()
+        .name("kswapd".into())
+        .spawn(move || {
+            let _token = token;
+            reclaim::kswapd(z, s)
+        })?;
+    shared.set_thread(handle.thread().clone());
+    Ok(handle)
+}
+
+/// Across `fork` (see `crate::fork`): kswapd parks at the top of its loop,
+/// holding no lock, and the child gets a new one. The zone and per-CPU list
+/// locks are not taken: only an application thread could hold one then.
+impl crate::fork::Participant for PageAllocator {
+    fn lock_before_park(self: Arc<Self>, _: &mut Vec<Box<dyn std::any::Any>>) {}
+
+    fn kick(&self) {
+        self.shared.unpark();
+    }
+
+    fn lock_after_park(self: Arc<Self>, _: usize, _: &mut Vec<Box<dyn std::any::Any>>) {}
+
+    fn restart_in_child(self: Arc<Self>) {
+        let mut kswapd = self.kswapd.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(old) = kswapd.take() else {
+            return; // no kswapd, or the allocator is being dropped
+        };
+        // The old thread does not exist here: its handle must never be
+        // joined (glibc may hand its descriptor to a new thread).
+        core::mem::forget(old);
+        match spawn_kswapd(&self.zone, &self.shared) {
+            Ok(h) => *kswapd = Some(h),
+            Err(e) => tracing::error!("krcu: cannot restart kswapd after fork: {e}"),
+        }
+    }
 }
 
 impl Drop for PageAllocator {

@@ -29,8 +29,8 @@ use super::zone::Zone;
 use crate::domain::Domain;
 use crate::lock::Mutex;
 use core::cell::Cell;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::*};
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering::*};
+use std::sync::{Arc, Weak};
 
 /// Objects asked of one shrinker per call (`SHRINK_BATCH`).
 pub const SHRINK_BATCH: usize = 128;
@@ -54,8 +54,21 @@ pub(crate) struct Shared {
     next_id: AtomicU64,
     wanted: AtomicBool,
     stop: AtomicBool,
-    thread: OnceLock<std::thread::Thread>,
+    /// The kswapd thread, to unpark (a leaked `Box`, replaced only in the
+    /// child of a `fork`; null without kswapd).
+    thread: AtomicPtr<std::thread::Thread>,
     pub(crate) stats: GlobalCells,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        let p = *self.thread.get_mut();
+        if !p.is_null() {
+            // SAFETY: set from Box::into_raw by set_thread; nothing else can
+            // use it once the last Arc of Shared goes.
+            drop(unsafe { Box::from_raw(p) });
+        }
+    }
 }
 
 impl core::fmt::Debug for Shared {
@@ -79,7 +92,7 @@ impl Shared {
             next_id: AtomicU64::new(1),
             wanted: AtomicBool::new(false),
             stop: AtomicBool::new(false),
-            thread: OnceLock::new(),
+            thread: AtomicPtr::new(core::ptr::null_mut()),
             stats: GlobalCells::default(),
         }
     }
@@ -112,8 +125,17 @@ impl Shared {
             return;
         }
         bump(&self.stats.kswapd_wakeups);
-        if let Some(t) = self.thread.get() {
-            t.unpark();
+        self.unpark();
+    }
+
+    /// Unparks kswapd, if there is one.
+    pub(crate) fn unpark(&self) {
+        let p = self.thread.load(Acquire);
+        if !p.is_null() {
+            // SAFETY: a Box<Thread> published by set_thread (Release, read
+            // with Acquire), freed only when Shared drops, or when replaced
+            // in a fork child, where no other thread runs.
+            unsafe { (*p).unpark() };
         }
     }
 
@@ -161,22 +183,28 @@ impl Shared {
         }
     }
 
+    /// Records kswapd's thread. Called once when the allocator is built,
+    /// and again in the child of a `fork` with the child's new kswapd.
     pub(crate) fn set_thread(&self, t: std::thread::Thread) {
-        let _ = self.thread.set(t);
+        let old = self.thread.swap(Box::into_raw(Box::new(t)), AcqRel);
+        if !old.is_null() {
+            // SAFETY: replaced only in the child of a fork (see above),
+            // where no other thread can be reading it.
+            drop(unsafe { Box::from_raw(old) });
+        }
     }
 
     /// Asks the worker to stop and wakes it.
     pub(crate) fn stop(&self) {
         self.stop.store(true, Release);
-        if let Some(t) = self.thread.get() {
-            t.unpark();
-        }
+        self.unpark();
     }
 }
 
 /// The kswapd thread's body.
 pub(crate) fn kswapd(zone: Arc<Zone>, shared: Arc<Shared>) {
     while !shared.stop.load(Acquire) {
+        crate::fork::checkpoint();
         if shared.wanted.swap(false, AcqRel) {
             shared.balance(&zone);
             continue;

@@ -253,6 +253,12 @@ impl GpEngine {
         }
     }
 
+    /// The gp mutex, held across a `fork` so that no grace period is half
+    /// run in the child.
+    pub(crate) fn lock_for_fork(&self) -> MutexGuard<'_, GpScratch> {
+        self.gp_mutex.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Grace periods completed, (normal, expedited).
     pub(crate) fn completed(&self) -> (u64, u64) {
         (

@@ -1,7 +1,7 @@
 //! The instance: [`Rcu`], its settings and counters, `rcu_barrier`, and
 //! the process-wide default with its free functions.
 
-use super::callback::{self, HasRcuHead, PendingList, RcuCallbackFn, RcuHead};
+use super::callback::{self, HasRcuHead, PendingList, RcuCallbackFn, RcuHead, SegCbList};
 use super::gp::{GpEngine, WaitMode};
 use super::membarrier;
 use super::reader::{self, ReadGuard, ReaderHandle, Readers};
@@ -9,11 +9,13 @@ use super::seq::{self, GpCookie};
 use super::stall::StallReport;
 use super::worker::{self, Wake};
 use crate::domain::Domain;
+use crate::fork;
 use crate::percpu::PerCpu;
 use core::ptr::NonNull;
+use std::any::Any;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
-use std::thread::{JoinHandle, ThreadId};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 /// Settings of an [`Rcu`] instance.
@@ -161,12 +163,70 @@ pub(super) struct Shared {
     pub(super) stop: AtomicBool,
     barrier: Arc<Barrier>,
     pub(super) stats: Counters,
-    pub(super) worker: OnceLock<ThreadId>,
+    /// The worker thread; replaced in the child of a `fork`.
+    thread: Mutex<Option<JoinHandle<()>>>,
+    /// The worker's callback lists while it is parked for a `fork`: the
+    /// parent's worker takes them back, the child's new worker takes them
+    /// over.
+    pub(super) handoff: Mutex<Option<Vec<SegCbList>>>,
 }
 
 impl Shared {
     fn on_worker(&self) -> bool {
-        self.worker.get() == Some(&std::thread::current().id())
+        worker::is_worker_of(self.gp.readers.id)
+    }
+
+    /// Starts the worker thread.
+    fn spawn_worker(self: &Arc<Self>) -> std::io::Result<JoinHandle<()>> {
+        let s = self.clone();
+        let token = fork::WorkerToken::new();
+        std::thread::Builder::new()
+            .name(self.config.worker_name.clone())
+            .spawn(move || {
+                let _token = token;
+                worker::run(s)
+            })
+    }
+}
+
+impl fork::Participant for Shared {
+    fn lock_before_park(self: Arc<Self>, held: &mut Vec<Box<dyn Any>>) {
+        // A barrier in progress needs the worker: let it end first.
+        held.push(fork::hold(self, |s| {
+            s.barrier.mutex.lock().unwrap_or_else(|e| e.into_inner())
+        }));
+    }
+
+    fn kick(&self) {
+        self.wake.kick();
+    }
+
+    fn caller_is_reading(&self) -> bool {
+        self.gp.readers.current_thread_reading()
+    }
+
+    fn lock_after_park(self: Arc<Self>, phase: usize, held: &mut Vec<Box<dyn Any>>) {
+        if phase == 0 {
+            // A grace period in progress (a synchronize) ends first; then
+            // no thread registers or unregisters a reader across the fork.
+            held.push(fork::hold(self.clone(), |s| s.gp.lock_for_fork()));
+            held.push(fork::hold(self, |s| s.gp.readers.lock_for_fork()));
+        }
+    }
+
+    fn restart_in_child(self: Arc<Self>) {
+        self.gp.readers.forget_other_threads();
+        let mut thread = self.thread.lock().unwrap_or_else(|e| e.into_inner());
+        // The old worker does not exist here: its handle can never be
+        // joined (that would wait forever).
+        core::mem::forget(thread.take());
+        if self.stop.load(Ordering::SeqCst) {
+            return; // the instance is being dropped
+        }
+        match self.spawn_worker() {
+            Ok(h) => *thread = Some(h),
+            Err(e) => tracing::error!("krcu: cannot restart the RCU worker after fork: {e}"),
+        }
     }
 }
 
@@ -177,7 +237,6 @@ impl Shared {
 /// the worker after every queued callback has run.
 pub struct Rcu {
     shared: Arc<Shared>,
-    worker: Option<JoinHandle<()>>,
 }
 
 impl core::fmt::Debug for Rcu {
@@ -217,21 +276,17 @@ impl Rcu {
             stop: AtomicBool::new(false),
             barrier,
             stats: Counters::default(),
-            worker: OnceLock::new(),
+            thread: Mutex::new(None),
+            handoff: Mutex::new(None),
             config,
         });
-        let s = shared.clone();
-        let worker = std::thread::Builder::new()
-            .name(shared.config.worker_name.clone())
-            .spawn(move || {
-                let _ = s.worker.set(std::thread::current().id());
-                worker::run(s)
-            })
+        let worker = shared
+            .spawn_worker()
             .expect("krcu: cannot spawn the RCU grace-period worker");
-        Rcu {
-            shared,
-            worker: Some(worker),
-        }
+        *shared.thread.lock().unwrap_or_else(|e| e.into_inner()) = Some(worker);
+        let weak: std::sync::Weak<dyn fork::Participant> = Arc::downgrade(&shared) as _;
+        fork::register(weak);
+        Rcu { shared }
     }
 
     /// The domain the instance runs in.
@@ -464,7 +519,13 @@ impl Drop for Rcu {
     fn drop(&mut self) {
         self.shared.stop.store(true, Ordering::SeqCst);
         self.shared.wake.kick();
-        if let Some(w) = self.worker.take() {
+        let worker = self
+            .shared
+            .thread
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(w) = worker {
             if self.shared.on_worker() {
                 // Dropped by one of its own callbacks: the worker finishes
                 // the queue and exits by itself.
@@ -477,11 +538,23 @@ impl Drop for Rcu {
     }
 }
 
-/// The process-wide instance: the global domain, default settings, built
-/// on first use.
+/// The process-wide instance: the global domain ([`Domain::global`]),
+/// default settings, built on first use (one worker thread, nothing else).
+///
+/// It is the one RCU of the process-wide `kfree_rcu` instance too:
+/// `krcu::Krcu::global().rcu()` is this very instance, so a reader entered
+/// with [`read_lock`] holds off objects retired with `krcu::kfree_rcu` and
+/// the other free functions, and the other way round. Using only this
+/// module's functions never builds the `kfree_rcu` machinery or the page
+/// allocator: those start on first use of a function that needs them.
 pub fn global() -> &'static Rcu {
-    static GLOBAL: OnceLock<Rcu> = OnceLock::new();
-    GLOBAL.get_or_init(|| Rcu::new(Domain::global(), RcuConfig::default()))
+    global_arc()
+}
+
+/// [`global`] as the `Arc` that the process-wide `kfree_rcu` engine shares.
+pub(crate) fn global_arc() -> &'static Arc<Rcu> {
+    static GLOBAL: OnceLock<Arc<Rcu>> = OnceLock::new();
+    GLOBAL.get_or_init(|| Arc::new(Rcu::new(Domain::global(), RcuConfig::default())))
 }
 
 /// [`Rcu::read_lock`] on the [`global`] instance.

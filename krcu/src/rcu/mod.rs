@@ -61,8 +61,25 @@
 //! [`Rcu::new`] builds an instance in a [`Domain`](crate::Domain); it owns its worker
 //! thread, which it stops and joins on drop after running every queued
 //! callback. Instances are independent: a thread has one slot per instance
-//! it reads under. [`global`] is a lazily built process-wide instance, which
-//! the free functions of this module use.
+//! it reads under, and **a guard protects only against its own instance's
+//! grace periods**: an object retired with another instance's `call_rcu`,
+//! `synchronize` or `kfree_rcu` can be freed while the guard is held. Where
+//! the validator runs, a `kfree_rcu` made inside a read-side section of
+//! another instance only is reported
+//! ([`SuspiciousRcuUsage`](crate::lockdep::ReportKind::SuspiciousRcuUsage)).
+//!
+//! [`global`] is the one process-wide instance, in
+//! [`Domain::global`](crate::Domain::global), built on first use; the free
+//! functions of this module use it, and so does the process-wide `kfree_rcu`
+//! instance (`krcu::Krcu::global().rcu()` *is* [`global`]), so
+//! [`read_lock`] holds off `krcu::kfree_rcu` and the other crate-level free
+//! functions. Using only this module builds nothing else: the `kfree_rcu`
+//! workers and the page allocator's arena start on the first call that
+//! needs them.
+//!
+//! After `fork()` the child's instances work: the worker is parked across
+//! the fork and restarted in the child, which also forgets the read-side
+//! sections of the parent's other threads (see the crate docs).
 //!
 //! # For deferred freeing (kvfree_rcu)
 //! A batch of retired objects takes a cookie with [`Rcu::get_state`] when it

@@ -284,6 +284,49 @@ impl Readers {
             .unwrap_or(false)
     }
 
+    /// The registry lock, held across a `fork` so that no registration is
+    /// half made in the child.
+    pub(crate) fn lock_for_fork(&self) -> std::sync::MutexGuard<'_, Vec<usize>> {
+        self.free.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// In the child of a `fork`: every slot but the calling thread's belongs
+    /// to a thread that does not exist here. Their sections are closed and
+    /// their slots freed, so that they hold up no grace period (liburcu's
+    /// `urcu_bp` prunes dead readers after fork the same way).
+    pub(crate) fn forget_other_threads(&self) {
+        let mine = REGISTRATIONS
+            .try_with(|regs| {
+                regs.try_borrow()
+                    .ok()
+                    .and_then(|regs| regs.iter().find(|r| r.id == self.id).map(|r| r.index))
+            })
+            .ok()
+            .flatten();
+        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        let n = self.len();
+        let mut is_free = vec![false; n];
+        for &i in free.iter() {
+            is_free[i] = true;
+        }
+        for (i, was_free) in is_free.into_iter().enumerate() {
+            if was_free || Some(i) == mine {
+                continue;
+            }
+            let slot = self.slot(i);
+            // Release: the slot's next owner (or a grace period's Acquire
+            // scan) sees it closed.
+            slot.ctr.store(0, Ordering::Release);
+            // The owner lock is taken only briefly, never by a worker; a
+            // thread that died holding it leaves a stale name, nothing else.
+            if let Ok(mut owner) = slot.owner.try_lock() {
+                *owner = None;
+            }
+            self.in_use.fetch_sub(1, Ordering::Relaxed);
+            free.push(i);
+        }
+    }
+
     fn drop_handle(self: &Arc<Self>, index: usize) {
         let slot = self.slot(index);
         let before = slot.handles.fetch_sub(1, Ordering::Relaxed);

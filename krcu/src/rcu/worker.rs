@@ -35,6 +35,7 @@ use super::gp::WaitMode;
 use super::instance::Shared;
 use super::seq::GpCookie;
 use crate::context;
+use crate::fork;
 use crate::sync::atomic::{AtomicU32, Ordering};
 use crossbeam_utils::CachePadded;
 use std::panic::AssertUnwindSafe;
@@ -104,16 +105,51 @@ impl Wake {
     }
 }
 
+thread_local! {
+    /// The id of the instance whose worker this thread is (0: none).
+    static WORKER_OF: core::cell::Cell<u64> = const { core::cell::Cell::new(0) };
+}
+
+/// Whether the calling thread is the worker of the instance with this id.
+pub(crate) fn is_worker_of(id: u64) -> bool {
+    WORKER_OF.try_with(|w| w.get() == id).unwrap_or(false)
+}
+
+/// Takes the callback lists a worker parked for a `fork` left (a new
+/// worker in the child takes over its predecessor's).
+fn take_handoff(shared: &Shared) -> Option<Vec<SegCbList>> {
+    shared
+        .handoff
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take()
+}
+
 /// The worker's main loop; returns once the instance is stopping and every
 /// callback has run.
 pub(crate) fn run(shared: Arc<Shared>) {
-    let mut segs: Vec<SegCbList> = (0..shared.pending.cpus())
-        .map(|_| SegCbList::new())
-        .collect();
+    WORKER_OF.with(|w| w.set(shared.gp.readers.id));
+    let mut segs: Vec<SegCbList> = take_handoff(&shared).unwrap_or_else(|| {
+        (0..shared.pending.cpus())
+            .map(|_| SegCbList::new())
+            .collect()
+    });
     let mut taken = Vec::with_capacity(segs.len());
     let interval = shared.config.gp_interval;
     let mut last_gp = Instant::now();
     loop {
+        if fork::requested() {
+            // The safe point for a fork: no lock held, nothing taken but
+            // `segs`, which goes where the child's worker finds it.
+            *shared.handoff.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some(core::mem::take(&mut segs));
+            fork::checkpoint();
+            segs = take_handoff(&shared).unwrap_or_else(|| {
+                (0..shared.pending.cpus())
+                    .map(|_| SegCbList::new())
+                    .collect()
+            });
+        }
         take_pending(&shared, &mut segs, &mut taken);
         let cur = shared.gp.seq();
         for s in &mut segs {
@@ -147,7 +183,10 @@ pub(crate) fn run(shared: Arc<Shared>) {
             break;
         }
         shared.wake.sleep(|| {
-            pending() || shared.gp.needed().is_some() || shared.stop.load(Ordering::SeqCst)
+            pending()
+                || shared.gp.needed().is_some()
+                || shared.stop.load(Ordering::SeqCst)
+                || fork::requested()
         });
     }
 }

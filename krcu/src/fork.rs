@@ -1,0 +1,271 @@
+//! `fork()`: the child of a process that uses krcu keeps working.
+//!
+//! A child has one thread, the one that called `fork`: every worker thread
+//! of every instance (the RCU grace-period workers, the `kfree_rcu`
+//! workers and reclaimers, the page allocators' kswapd) is gone, and a lock that any other thread held
+//! at the moment of the fork stays held in the child for good. krcu does
+//! what liburcu does (`call_rcu_before_fork` / `call_rcu_after_fork_parent`
+//! / `call_rcu_after_fork_child`, and `rcu_before_fork` for its grace-period
+//! locks), through `pthread_atfork` handlers registered when the first
+//! instance is built:
+//!
+//! - **prepare** (in the forking thread, before the fork): takes each RCU
+//!   instance's barrier lock (so no `rcu_barrier` is half done), asks every
+//!   worker to park at its safe point (the top of its loop, holding no lock,
+//!   its state in shared memory) and waits until all have, then takes each
+//!   instance's locks that other threads take: the grace-period lock (a
+//!   `synchronize` in progress ends first), the reader registry, and each
+//!   `kfree_rcu` engine's monitor, front, `krc`, ready-list and wake-up
+//!   locks. At the fork no krcu thread is inside any of them.
+//! - **parent**: releases them and lets the workers go on.
+//! - **child**: releases them; forgets the reader registrations of the
+//!   threads that do not exist in the child (a reader that was inside a
+//!   read-side section there would hold up every grace period forever) and
+//!   the reclaim work such threads had in hand; never joins the old
+//!   threads' handles (glibc may give their descriptors to new threads);
+//!   and starts new worker threads, which take over the state the parked
+//!   ones left (the RCU worker's callback lists).
+//!
+//! So the child can retire objects, wait for grace periods and barriers,
+//! and drop its instances. What stays the caller's responsibility:
+//!
+//! - `fork` waits for the grace period each RCU worker is running, which
+//!   waits for the readers inside their sections: a thread that forks from
+//!   inside a read-side section while its instance's worker waits for that
+//!   very section deadlocks (liburcu's rule is the same: do not fork inside
+//!   a read-side section).
+//! - Locks krcu does not take here (the page allocator's zone and per-CPU
+//!   lists, a [`SlabCache`](crate::slab::SlabCache)'s, the slab channel
+//!   registry, the validator's tables, the application's own krcu locks)
+//!   can be found held in the child if another application thread was
+//!   inside them at the instant of the fork, as with any library: POSIX
+//!   allows a child of a multithreaded process only async-signal-safe calls
+//!   until it `exec`s. krcu's own workers never hold them while parked.
+//!   (The page allocator's locks are taken under the `krc` raw locks on
+//!   some paths, and would have to be held in that order, which the
+//!   validator reports as an invalid wait context; so they are left out.)
+//! - The child handler allocates and starts threads, which glibc permits
+//!   in practice (liburcu does the same) though POSIX does not promise it.
+//! - Objects another (now gone) thread of the parent was freeing at that
+//!   instant are neither freed in the child nor freed early: they leak in
+//!   the child's copy of memory.
+
+use std::any::Any;
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Once, Weak};
+use std::time::Duration;
+
+/// Set while a fork is being prepared: workers park at their checkpoint.
+static REQUESTED: AtomicU32 = AtomicU32::new(0);
+/// Worker threads alive (counted by [`WorkerToken`]).
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+/// Worker threads parked at their checkpoint.
+static PARKED: AtomicUsize = AtomicUsize::new(0);
+
+/// How many phases [`Participant::lock_after_park`] is called for.
+const LOCK_PHASES: usize = 4;
+
+/// Something with worker threads and locks to look after across `fork`.
+pub(crate) trait Participant: Send + Sync {
+    /// Prepare, before the workers park: locks whose holders need the
+    /// workers to finish (a barrier in progress).
+    fn lock_before_park(self: Arc<Self>, held: &mut Vec<Box<dyn Any>>);
+    /// Wakes this participant's workers so that they reach their checkpoint.
+    fn kick(&self);
+    /// Prepare, once every worker is parked: every other lock, in phases
+    /// `0..LOCK_PHASES` (each phase of every participant before the next
+    /// phase of any, so that one lock class is always taken in one order).
+    fn lock_after_park(self: Arc<Self>, phase: usize, held: &mut Vec<Box<dyn Any>>);
+    /// Whether the calling thread is inside a read-side section of this
+    /// participant (a fork from there can wait for itself).
+    fn caller_is_reading(&self) -> bool {
+        false
+    }
+    /// In the child, after every lock is released: forget the threads that
+    /// are gone and start new workers.
+    fn restart_in_child(self: Arc<Self>);
+}
+
+/// The participants, in the order they were built (an RCU before the
+/// `kfree_rcu` engine built on it).
+static REGISTRY: Mutex<Vec<Weak<dyn Participant>>> = Mutex::new(Vec::new());
+
+/// Registers `p` (and the `pthread_atfork` handlers, once).
+pub(crate) fn register(p: Weak<dyn Participant>) {
+    static HANDLERS: Once = Once::new();
+    HANDLERS.call_once(|| {
+        // SAFETY: the three handlers are `extern "C" fn()` that live for the
+        // whole program; pthread_atfork only records them.
+        let r = unsafe { libc::pthread_atfork(Some(prepare), Some(parent), Some(child)) };
+        if r != 0 {
+            tracing::error!("krcu: pthread_atfork failed ({r}): fork() children will hang");
+        }
+    });
+    let mut reg = REGISTRY.lock().unwrap_or_else(|e| e.into_inner());
+    reg.retain(|w| w.strong_count() > 0);
+    reg.push(p);
+}
+
+/// Held by a worker thread while it runs: the prepare handler waits until
+/// every live worker has parked.
+pub(crate) struct WorkerToken(());
+
+impl WorkerToken {
+    pub(crate) fn new() -> Self {
+        LIVE.fetch_add(1, Ordering::SeqCst);
+        WorkerToken(())
+    }
+}
+
+impl Drop for WorkerToken {
+    fn drop(&mut self) {
+        LIVE.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Whether a fork is being prepared (a worker about to sleep checks it
+/// after announcing its sleep, so that the prepare handler's kick is not
+/// lost).
+#[inline]
+pub(crate) fn requested() -> bool {
+    REQUESTED.load(Ordering::SeqCst) != 0
+}
+
+/// A worker's safe point: the caller holds no lock and keeps no state on
+/// its stack that the child could not rebuild. Parks while a fork is being
+/// prepared. One load when none is.
+#[inline]
+pub(crate) fn checkpoint() {
+    if requested() {
+        park();
+    }
+}
+
+#[cold]
+fn park() {
+    // Ordering: SeqCst throughout. The prepare handler reads PARKED after
+    // its SeqCst store of REQUESTED; a worker counted here has finished
+    // everything before its SeqCst increment (and published its state with
+    // it), so the forking thread sees that state once it sees the count.
+    PARKED.fetch_add(1, Ordering::SeqCst);
+    while REQUESTED.load(Ordering::SeqCst) != 0 {
+        // SAFETY: FUTEX_WAIT on a static, aligned u32, no timeout: returns
+        // when woken, when the word is no longer 1, or on a signal.
+        unsafe {
+            libc::syscall(
+                libc::SYS_futex,
+                REQUESTED.as_ptr(),
+                libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
+                1 as libc::c_int,
+                core::ptr::null::<libc::timespec>(),
+            );
+        }
+    }
+    PARKED.fetch_sub(1, Ordering::SeqCst);
+}
+
+/// A lock guard kept across the fork, with the owner of the lock: fields
+/// drop in order, the guard before the owner.
+#[cfg_attr(loom, allow(dead_code))]
+pub(crate) struct Held<O: ?Sized + 'static, G: 'static> {
+    _guard: G,
+    _owner: Arc<O>,
+}
+
+/// Takes a lock of `owner` with `take` and keeps the guard until the
+/// parent or child handler drops it.
+#[cfg_attr(loom, allow(dead_code))]
+pub(crate) fn hold<O, G>(owner: Arc<O>, take: impl FnOnce(&'static O) -> G) -> Box<dyn Any>
+where
+    O: ?Sized + Send + Sync + 'static,
+    G: 'static,
+{
+    // SAFETY: the reference is used only by `take` and by the guard it
+    // returns, which is stored next to the Arc that keeps `*owner` alive and
+    // dropped before it (field order); nothing else sees the 'static.
+    let o: &'static O = unsafe { &*Arc::as_ptr(&owner) };
+    Box::new(Held {
+        _guard: take(o),
+        _owner: owner,
+    })
+}
+
+thread_local! {
+    /// What the prepare handler took, for the parent or child handler (the
+    /// three run on the forking thread), and the participants it saw.
+    static HELD: RefCell<Vec<Box<dyn Any>>> = const { RefCell::new(Vec::new()) };
+    static PARTS: RefCell<Vec<Arc<dyn Participant>>> = const { RefCell::new(Vec::new()) };
+}
+
+extern "C" fn prepare() {
+    // The registry lock is held across the fork too, so that no instance is
+    // registered (half built) meanwhile; released last.
+    let reg = REGISTRY.lock().unwrap_or_else(|e| e.into_inner());
+    let parts: Vec<Arc<dyn Participant>> = reg.iter().filter_map(Weak::upgrade).collect();
+    let mut held: Vec<Box<dyn Any>> = vec![Box::new(reg)];
+    for p in &parts {
+        p.clone().lock_before_park(&mut held);
+    }
+    REQUESTED.store(1, Ordering::SeqCst);
+    // Kick until every live worker is parked (a kick can precede the
+    // worker's sleep; the workers also check `requested` before sleeping,
+    // but a timed sleep in between is cut short this way).
+    let start = std::time::Instant::now();
+    let mut warned = false;
+    while PARKED.load(Ordering::SeqCst) < LIVE.load(Ordering::SeqCst) {
+        for p in &parts {
+            p.kick();
+        }
+        if !warned
+            && start.elapsed() > Duration::from_secs(5)
+            && parts.iter().any(|p| p.caller_is_reading())
+        {
+            warned = true;
+            eprintln!(
+                "krcu: fork() called inside an RCU read-side section waits for the grace \
+                 period in progress, which may be waiting for this very section: deadlock"
+            );
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    for phase in 0..LOCK_PHASES {
+        for p in &parts {
+            p.clone().lock_after_park(phase, &mut held);
+        }
+    }
+    HELD.with(|h| *h.borrow_mut() = held);
+    PARTS.with(|h| *h.borrow_mut() = parts);
+}
+
+/// Releases what prepare took, newest first; returns the participants.
+fn release() -> Vec<Arc<dyn Participant>> {
+    let mut held = HELD.with(|h| core::mem::take(&mut *h.borrow_mut()));
+    while held.pop().is_some() {}
+    PARTS.with(|h| core::mem::take(&mut *h.borrow_mut()))
+}
+
+extern "C" fn parent() {
+    drop(release());
+    REQUESTED.store(0, Ordering::SeqCst);
+    // SAFETY: FUTEX_WAKE on a static, aligned u32 reads no other memory.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            REQUESTED.as_ptr(),
+            libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
+            i32::MAX,
+        );
+    }
+}
+
+extern "C" fn child() {
+    let parts = release();
+    // Only this thread exists: no worker is parked or alive.
+    PARKED.store(0, Ordering::SeqCst);
+    LIVE.store(0, Ordering::SeqCst);
+    REQUESTED.store(0, Ordering::SeqCst);
+    for p in parts {
+        p.restart_in_child();
+    }
+}

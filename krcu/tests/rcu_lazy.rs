@@ -1,0 +1,107 @@
+//! The process-wide instance starts in parts: using only `krcu::rcu::*`
+//! builds the RCU (one worker thread) and neither the `kfree_rcu` workers
+//! nor the page allocator's arena; the first `kfree_rcu` builds those, on
+//! top of the same RCU. One test in its own binary, so that nothing else in
+//! the process builds the global instance first.
+
+use krcu::Krcu;
+use krcu::rcu::{self, HasRcuHead, RcuHead};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+
+/// The names of this process's threads.
+fn thread_names() -> Vec<String> {
+    std::fs::read_dir("/proc/self/task")
+        .expect("/proc/self/task")
+        .filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("comm")).ok())
+        .map(|s| s.trim_end().to_owned())
+        .collect()
+}
+
+fn count_threads(prefix: &str) -> usize {
+    thread_names()
+        .iter()
+        .filter(|n| n.starts_with(prefix))
+        .count()
+}
+
+/// The largest mapping of the process, in bytes.
+fn largest_mapping() -> usize {
+    std::fs::read_to_string("/proc/self/maps")
+        .expect("/proc/self/maps")
+        .lines()
+        .filter_map(|l| {
+            let range = l.split_whitespace().next()?;
+            let (a, b) = range.split_once('-')?;
+            Some(usize::from_str_radix(b, 16).ok()? - usize::from_str_radix(a, 16).ok()?)
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+struct Node {
+    freed: Arc<AtomicUsize>,
+    rcu: RcuHead,
+}
+
+// SAFETY: `rcu` is an RcuHead field of Node.
+unsafe impl HasRcuHead for Node {
+    const RCU_HEAD_OFFSET: usize = core::mem::offset_of!(Node, rcu);
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.freed.fetch_add(1, SeqCst);
+    }
+}
+
+const ARENA: usize = 256 << 20;
+
+#[test]
+fn rcu_alone_does_not_start_kvfree_or_pages() {
+    let freed = Arc::new(AtomicUsize::new(0));
+    let node = || {
+        Box::new(Node {
+            freed: freed.clone(),
+            rcu: RcuHead::new(),
+        })
+    };
+    assert!(
+        largest_mapping() < ARENA,
+        "a 256 MiB mapping before krcu ran"
+    );
+
+    // Every krcu::rcu free function.
+    {
+        let _g = rcu::read_lock();
+        assert!(rcu::global().is_reading());
+    }
+    let _h = rcu::register_thread();
+    rcu::synchronize();
+    rcu::synchronize_expedited();
+    let c = rcu::start_poll();
+    rcu::cond_synchronize(c);
+    assert!(rcu::poll_state(c));
+    let _ = rcu::get_state();
+    rcu::call_rcu_box(node());
+    rcu::rcu_barrier();
+    assert_eq!(freed.load(SeqCst), 1);
+
+    assert_eq!(count_threads("krcu-rcu-gp"), 1, "{:?}", thread_names());
+    assert_eq!(count_threads("krcu-kvfree"), 0, "{:?}", thread_names());
+    assert_eq!(count_threads("krcu-reclaim"), 0, "{:?}", thread_names());
+    assert!(
+        largest_mapping() < ARENA,
+        "krcu::rcu::* reserved the page allocator's arena"
+    );
+
+    // The first kfree_rcu starts the rest, on the same RCU.
+    krcu::kfree_rcu(node()).unwrap();
+    krcu::kvfree_rcu_barrier();
+    assert_eq!(freed.load(SeqCst), 2);
+    assert!(core::ptr::eq(Krcu::global().rcu(), rcu::global()));
+    assert_eq!(count_threads("krcu-rcu-gp"), 1, "{:?}", thread_names());
+    assert_eq!(count_threads("krcu-kvfree"), 1, "{:?}", thread_names());
+    assert!(count_threads("krcu-reclaim") >= 1, "{:?}", thread_names());
+    assert!(largest_mapping() >= ARENA, "no arena after kfree_rcu");
+}
