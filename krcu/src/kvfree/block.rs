@@ -54,8 +54,8 @@ pub(crate) struct Block {
     /// Entries in use.
     pub(crate) count: usize,
     pub(crate) chan: Channel,
-    /// The grace-period cookie taken when the last entry was added: once it
-    /// has elapsed, every object in the block may be freed.
+    /// The latest grace-period cookie of the entries (by `rcu_seq` order):
+    /// once it has elapsed, every object in the block may be freed.
     pub(crate) gp_snap: GpCookie,
     pub(crate) entries: [*mut u8; ENTRIES],
 }
@@ -88,13 +88,23 @@ impl Block {
         self.count == ENTRIES
     }
 
-    /// Adds `obj`; the caller checked there is room.
+    /// Adds `obj`, whose cookie is `snap`; the caller checked there is
+    /// room.
+    ///
+    /// The block keeps the later of its cookie and `snap`, compared as
+    /// `rcu_seq` values (wrapping, not a numeric max): a caller that took
+    /// its cookie, then stalled before adding (preempted, or sleeping in an
+    /// allocation), must not stamp an older cookie on a block that already
+    /// holds a newer object, which would let the drain-ready path free that
+    /// object before its own grace period.
     #[inline]
     pub(crate) fn push(&mut self, obj: *mut u8, snap: GpCookie) {
         debug_assert!(self.count < ENTRIES);
+        if self.count == 0 || snap.at_or_after(self.gp_snap) {
+            self.gp_snap = snap;
+        }
         self.entries[self.count] = obj;
         self.count += 1;
-        self.gp_snap = snap;
     }
 
     /// Frees every object in the block, in bulk, and empties it.

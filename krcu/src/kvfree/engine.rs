@@ -2,9 +2,10 @@
 //! to RCU, reclaim, the refill of spare blocks, and the shrinker's work.
 //!
 //! # The call path (two-argument form)
-//! 1. Take a grace-period snapshot (one load of the instance's counter).
-//! 2. Trylock this CPU's `krc` lock; failing that, every other CPU's; failing
+//! 1. Trylock this CPU's `krc` lock; failing that, every other CPU's; failing
 //!    all, push the object's `rcu_head` on this CPU's lock-free list.
+//! 2. Take a grace-period snapshot (one load of the instance's counter),
+//!    with the lock held, as the kernel does.
 //! 3. Put the pointer in the channel's current block; if it is full, get a
 //!    block from the cache, then by the policy; with none, push the
 //!    `rcu_head` on the list.
@@ -14,7 +15,11 @@
 //! is a flag it polls.
 //!
 //! # Why a snapshot per object is enough
-//! Each block carries the snapshot taken when its last object was added.
+//! Each block carries the latest snapshot of the objects in it (by
+//! `rcu_seq` order: [`Block::push`] never lets it go backwards). Snapshots
+//! are taken where the block is owned (under its `krc` lock, or inside the
+//! front owner's section), so a caller that stalls before it gets there
+//! takes a fresh one when it does.
 //! A snapshot names the first grace period that *starts* after it was
 //! taken; the grace-period engine starts every grace period with a
 //! `membarrier` that orders the caller's earlier stores (the unlink that
@@ -207,7 +212,6 @@ impl Engine {
         // Whether the caller could allocate: asked before the raw lock makes
         // the answer "no" (only the Preemptible policy asks).
         let may_alloc = self.config.policy == Policy::Preemptible && self.domain.preemptible();
-        let snap = self.rcu.get_state();
         if self.use_fronts && matches!(ctx, ContextKind::Task | ContextKind::Softirq) {
             let ci = usize::from(ctx == ContextKind::Softirq);
             let front = match front::current(self.id) {
@@ -215,7 +219,7 @@ impl Engine {
                 None => self.register_front(),
             };
             if let Some(f) = front
-                && (f.try_push(chan, obj, snap, ci) || self.swap_front(f, chan, obj, snap, ci, ctx))
+                && (f.try_push(chan, obj, &self.rcu, ci) || self.swap_front(f, chan, obj, ci, ctx))
             {
                 return;
             }
@@ -230,6 +234,8 @@ impl Engine {
             }
         };
         locked.krc.count_call(ctx);
+        // Taken with the lock held (see the module doc).
+        let snap = self.rcu.get_state();
         if locked.krc.add(chan, obj, snap) {
             let cpu = locked.cpu;
             drop(locked);
@@ -254,6 +260,9 @@ impl Engine {
                 locked = l.0;
                 // SAFETY: a fresh page from our arena.
                 unsafe { locked.krc.install(chan, l.1) };
+                // A fresh cookie: the allocation ran unlocked, and another
+                // call may have queued a newer object meanwhile.
+                let snap = self.rcu.get_state();
                 let added = locked.krc.add(chan, obj, snap);
                 debug_assert!(added);
                 return;
@@ -302,7 +311,6 @@ impl Engine {
         f: &Front,
         chan: &Channel,
         obj: *mut u8,
-        snap: crate::rcu::GpCookie,
         ci: usize,
         ctx: ContextKind,
     ) -> bool {
@@ -313,6 +321,9 @@ impl Engine {
             f.end();
             return false;
         };
+        // With the lock held and inside the owner's section: both blocks
+        // this may go into are ours.
+        let snap = self.rcu.get_state();
         let old = f.block.swap(core::ptr::null_mut(), Relaxed);
         if let Some(old) = NonNull::new(old) {
             let (objs, bytes) = (f.objs.swap(0, Relaxed), f.bytes.swap(0, Relaxed));
@@ -512,7 +523,6 @@ impl Engine {
         chan: &Channel,
         ctx: ContextKind,
     ) -> bool {
-        let snap = self.rcu.get_state();
         {
             let (_, cpu) = self.cpus.current();
             let mut l = Locked {
@@ -520,6 +530,8 @@ impl Engine {
                 krc: cpu.krc.lock(),
             };
             l.krc.count_call(ctx);
+            // Taken with the lock held (see the module doc).
+            let snap = self.rcu.get_state();
             if l.krc.add(chan, obj, snap) {
                 return true;
             }
@@ -538,6 +550,9 @@ impl Engine {
         let (_, cpu) = self.cpus.current();
         let mut krc = cpu.krc.lock();
         krc.counters.sleeping_alloc += 1;
+        // A fresh cookie, with the lock held: the allocation may have slept
+        // (direct reclaim), and the block it joins may hold newer objects.
+        let snap = self.rcu.get_state();
         if krc.add(chan, obj, snap) {
             // Another call installed a block meanwhile: keep ours spare.
             // SAFETY: a fresh page of our arena, owned by us.

@@ -29,7 +29,7 @@
 //! fronts (the fallback would need a full fence on every call).
 
 use super::block::{Block, Channel};
-use crate::rcu::GpCookie;
+use crate::rcu::Rcu;
 use core::cell::{Cell, RefCell};
 use core::ptr;
 use core::sync::atomic::{
@@ -108,12 +108,14 @@ impl Front {
         &self,
         chan: &Channel,
         obj: *mut u8,
-        snap: GpCookie,
+        rcu: &Rcu,
         ctx: usize,
     ) -> bool {
         if !self.begin() {
             return false;
         }
+        // The cookie is taken inside the section, where the block is ours.
+        let snap = rcu.get_state();
         let b = self.block.load(Relaxed);
         let mut done = false;
         if !b.is_null() {
