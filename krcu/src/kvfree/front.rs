@@ -166,6 +166,11 @@ struct Owned(RefCell<Vec<Arc<Front>>>);
 
 impl Drop for Owned {
     fn drop(&mut self) {
+        // First forget the front: thread-local destructors that run after
+        // this one (a value whose Drop calls kfree_rcu) must not reach a
+        // front the monitor is about to take and free. They find none, and
+        // cannot make one (OWNED is gone), so they take the per-CPU path.
+        CURRENT.with(|c| c.set((0, ptr::null())));
         for f in self.0.borrow().iter() {
             f.exited.store(true, Release);
         }
@@ -184,9 +189,10 @@ thread_local! {
 pub(crate) fn current(engine: u64) -> Option<&'static Front> {
     let (id, f) = CURRENT.with(Cell::get);
     if id == engine && !f.is_null() {
-        // SAFETY: CURRENT points at a front this thread's OWNED list holds
-        // an Arc of; the list lives until the thread ends, after which no
-        // code of this thread runs.
+        // SAFETY: CURRENT is only set (by `get_or_register`) to a front in
+        // this thread's OWNED list, and is cleared before the list is pruned
+        // and by OWNED's destructor before the list's Arcs are dropped; so
+        // while it is set, OWNED holds an Arc of the front.
         Some(unsafe { &*f })
     } else {
         None
@@ -203,6 +209,8 @@ pub(crate) fn get_or_register(
     OWNED
         .try_with(|owned| {
             let mut list = owned.0.borrow_mut();
+            // Pruning may free the front CURRENT names: forget it first.
+            CURRENT.with(|c| c.set((0, ptr::null())));
             list.retain(|f| !f.dead.load(Acquire));
             let f = match list.iter().find(|f| f.engine == engine) {
                 Some(f) => f.clone(),
