@@ -13,12 +13,15 @@ use core::ptr::{self, NonNull};
 /// The page size blocks are made of.
 pub(crate) const BLOCK_BYTES: usize = 4096;
 
-/// Frees `objs` (all of one channel) given the channel's context.
+/// Frees `objs` (all of one channel) given the channel's context, and
+/// returns how many of their destructors panicked: a panic is caught per
+/// object and the rest are still freed (destructors are other people's
+/// code; the reclaimer that runs them must go on).
 ///
 /// # Safety
 /// Every pointer must be an object queued on a channel with this function
 /// and context, whose grace period has elapsed, each passed exactly once.
-pub(crate) type ReclaimFn = unsafe fn(ctx: *const (), objs: &mut [*mut u8]);
+pub(crate) type ReclaimFn = unsafe fn(ctx: *const (), objs: &mut [*mut u8]) -> usize;
 
 /// How the objects of a block are freed.
 #[derive(Clone, Copy, Debug)]
@@ -107,18 +110,26 @@ impl Block {
         self.count += 1;
     }
 
-    /// Frees every object in the block, in bulk, and empties it.
+    /// Frees every object in the block, in bulk, and empties it. Returns
+    /// the objects and how many destructors panicked (caught).
     ///
     /// # Safety
     /// The grace period of every object in the block must have elapsed.
-    pub(crate) unsafe fn reclaim(&mut self) -> usize {
+    pub(crate) unsafe fn reclaim(&mut self) -> (usize, usize) {
         let n = self.count;
-        // SAFETY: the entries were queued on this channel and their grace
-        // period has elapsed (the caller's contract); each is freed once
-        // because the block is emptied here.
-        unsafe { (self.chan.reclaim)(self.chan.ctx, &mut self.entries[..n]) };
+        let (chan, entries) = (self.chan, &mut self.entries[..n]);
+        // The channels catch a destructor's panic per object; this catches
+        // what escapes them anyway (a panic of the freeing itself, such as
+        // a bad-free report), so that the reclaimer survives. The block's
+        // remaining objects are then leaked, never freed twice.
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            // SAFETY: the entries were queued on this channel and their
+            // grace period has elapsed (the caller's contract); each is
+            // freed once because the block is emptied here.
+            unsafe { (chan.reclaim)(chan.ctx, entries) }
+        }));
         self.count = 0;
-        n
+        (n, r.unwrap_or(1))
     }
 }
 
@@ -195,12 +206,23 @@ unsafe impl Send for BlockList {}
 ///
 /// # Safety
 /// See [`ReclaimFn`]; every pointer came from `Box::<T>::into_raw`.
-pub(crate) unsafe fn reclaim_boxes<T>(_ctx: *const (), objs: &mut [*mut u8]) {
+pub(crate) unsafe fn reclaim_boxes<T>(_ctx: *const (), objs: &mut [*mut u8]) -> usize {
+    let mut panics = 0;
     for &mut p in objs {
         // SAFETY: each pointer came from Box::<T>::into_raw and is freed
-        // exactly once (the caller's contract).
-        drop(unsafe { Box::from_raw(p.cast::<T>()) });
+        // exactly once (the caller's contract). A panicking destructor has
+        // still handed the Box over: its memory is freed while unwinding.
+        let r = catch_destructor(|| drop(unsafe { Box::from_raw(p.cast::<T>()) }));
+        panics += usize::from(r.is_err());
     }
+    panics
+}
+
+/// Runs one object's destructor, catching its panic (reported by the
+/// engine, which counts them).
+#[inline]
+pub(crate) fn catch_destructor(f: impl FnOnce()) -> Result<(), ()> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(drop)
 }
 
 /// The channel of `Box<T>`.

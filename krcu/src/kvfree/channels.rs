@@ -56,16 +56,31 @@ fn lookup(magic: u64) -> *const () {
 ///
 /// # Safety
 /// See [`ReclaimFn`](super::block::ReclaimFn); `ctx` is the cache.
-unsafe fn reclaim_slab<T>(ctx: *const (), objs: &mut [*mut u8]) {
+unsafe fn reclaim_slab<T>(ctx: *const (), objs: &mut [*mut u8]) -> usize {
     // SAFETY: the channel's context is the cache, kept alive by the
     // channel until everything queued on it is freed.
     let cache = unsafe { &*ctx.cast::<SlabCache<T>>() };
+    if core::mem::needs_drop::<T>() {
+        // A destructor may panic: one object at a time, each panic caught,
+        // so the rest are still freed.
+        let mut panics = 0;
+        for &mut p in objs {
+            // SAFETY: a non-null object of this cache, unreachable, freed
+            // once (ReclaimFn's contract).
+            let r = super::block::catch_destructor(|| unsafe {
+                cache.free(NonNull::new_unchecked(p.cast::<T>()))
+            });
+            panics += usize::from(r.is_err());
+        }
+        return panics;
+    }
     // SAFETY: the entries are non-null object pointers of this cache, so
     // a slice of them is a slice of NonNull<T> (same layout).
     let objs = unsafe { &mut *(ptr::from_mut(objs) as *mut [NonNull<T>]) };
     // SAFETY: every object is allocated from this cache, unreachable, and
-    // freed once (ReclaimFn's contract).
+    // freed once (ReclaimFn's contract); no drop glue, so nothing to panic.
     unsafe { cache.free_bulk(objs) };
+    0
 }
 
 /// The channel of `cache`'s objects.
@@ -103,7 +118,7 @@ pub(crate) unsafe fn slab_free_by_head<T: HasRcuHead>(head: NonNull<RcuHead>) {
 ///
 /// # Safety
 /// See [`ReclaimFn`](super::block::ReclaimFn); `ctx` is the page allocator.
-unsafe fn reclaim_pages(ctx: *const (), objs: &mut [*mut u8]) {
+unsafe fn reclaim_pages(ctx: *const (), objs: &mut [*mut u8]) -> usize {
     // SAFETY: the context is the instance's page allocator, which outlives
     // everything queued on the instance.
     let pages = unsafe { &*ctx.cast::<PageAllocator>() };
@@ -114,6 +129,7 @@ unsafe fn reclaim_pages(ctx: *const (), objs: &mut [*mut u8]) {
         let addr = unsafe { NonNull::new_unchecked((a & !(PAGE_SIZE - 1)) as *mut u8) };
         pages.free_pages(addr, (a & (PAGE_SIZE - 1)) as u32);
     }
+    0
 }
 
 /// The channel of `pages`' pages.

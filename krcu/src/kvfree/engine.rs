@@ -798,15 +798,26 @@ impl Engine {
             c.in_flight_blocks.fetch_sub(blocks.len, Relaxed);
         }
         let t0 = Instant::now();
-        let mut freed = 0;
+        let (mut freed, mut panics) = (0, 0);
         let mut spare = BlockList::new();
         while let Some(b) = blocks.pop() {
             // SAFETY: blocks on the ready list had their grace period elapse.
-            freed += unsafe { (*b.as_ptr()).reclaim() };
+            let (n, p) = unsafe { (*b.as_ptr()).reclaim() };
+            freed += n;
+            panics += p;
             // SAFETY: owned here.
             unsafe { spare.push(b) };
         }
-        freed += reclaim_list(&mut cb);
+        let (n, p) = reclaim_list(&mut cb);
+        freed += n;
+        panics += p;
+        if panics > 0 {
+            EngineCounters::add(&self.counters.destructor_panics, panics as u64);
+            tracing::error!(
+                panics,
+                "kfree_rcu: destructors of retired objects panicked; caught, reclaim goes on"
+            );
+        }
         if !spare.is_empty() {
             let krc = if trylock {
                 cpu.krc.try_lock()
@@ -1101,6 +1112,7 @@ impl Engine {
         s.drain_ready_blocks = c.drain_ready_blocks.load(Relaxed);
         s.reclaimed_objects = c.reclaimed.load(Relaxed);
         s.reclaim_nanos = c.reclaim_nanos.load(Relaxed);
+        s.destructor_panics = c.destructor_panics.load(Relaxed);
         s.refills = c.refills.load(Relaxed);
         s.refill_pages = c.refill_pages.load(Relaxed);
         s.shrinker_runs = c.shrinker_runs.load(Relaxed);
@@ -1145,14 +1157,17 @@ struct PassResult {
 }
 
 /// Runs every callback of a list: the `rcu_head` path, one object at a
-/// time, chasing the links through the objects themselves.
-fn reclaim_list(list: &mut CbList) -> usize {
-    let mut n = 0;
+/// time, chasing the links through the objects themselves. Returns the
+/// objects and how many destructors panicked (caught one by one).
+fn reclaim_list(list: &mut CbList) -> (usize, usize) {
+    let (mut n, mut panics) = (0, 0);
     while let Some((head, func)) = list.pop() {
         // SAFETY: every head on a kvfree list was pushed with the function
-        // that frees its object, and its grace period has elapsed.
-        unsafe { func(head) };
+        // that frees its object, and its grace period has elapsed; the
+        // head was popped before the call, so a panic leaves the list whole.
+        let r = super::block::catch_destructor(|| unsafe { func(head) });
+        panics += usize::from(r.is_err());
         n += 1;
     }
-    n
+    (n, panics)
 }

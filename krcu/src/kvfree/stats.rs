@@ -57,6 +57,9 @@ pub struct KvfreeStats {
     pub reclaim_nanos: u64,
     /// Objects freed by callers that assisted (the flood brake).
     pub assisted_objects: u64,
+    /// Destructors of retired objects that panicked. Each panic is caught
+    /// (and logged) where the object is freed; the rest are freed as usual.
+    pub destructor_panics: u64,
     /// Refill worker runs, and the pages it put in caches.
     pub refills: u64,
     /// Pages the refill worker allocated.
@@ -120,6 +123,7 @@ pub(crate) struct EngineCounters {
     pub(crate) drain_ready_blocks: AtomicU64,
     pub(crate) reclaimed: AtomicU64,
     pub(crate) reclaim_nanos: AtomicU64,
+    pub(crate) destructor_panics: AtomicU64,
     pub(crate) refills: AtomicU64,
     pub(crate) refill_pages: AtomicU64,
     pub(crate) shrinker_runs: AtomicU64,
