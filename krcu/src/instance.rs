@@ -393,6 +393,14 @@ impl Krcu {
 
     /// Waits until every object queued (on any thread) before this call
     /// has been freed (`kvfree_rcu_barrier`). Sleeps.
+    ///
+    /// From a destructor of a retired object (which this instance's
+    /// reclaim runs, on a reclaimer or on a caller that assists) it frees
+    /// what is ready itself rather than wait for a reclaimer that may be
+    /// its own thread, and does not wait for the objects reclaim has
+    /// already taken in hand (the rest of that destructor's block among
+    /// them). From an RCU callback of this instance's RCU it panics, as
+    /// [`Rcu::rcu_barrier`] does: it would wait for itself.
     #[track_caller]
     pub fn kvfree_rcu_barrier(&self) {
         self.domain().might_sleep();
@@ -420,7 +428,48 @@ impl Krcu {
 }
 
 impl Drop for Krcu {
+    /// Frees everything queued, then stops the workers. Where that would
+    /// wait for the calling thread itself (the last handle dropped by a
+    /// destructor that this instance's reclaim runs, or inside a callback
+    /// on its RCU worker), the teardown is handed to a thread of its own
+    /// and the drop returns at once, as the RCU worker does for its own
+    /// drop.
     fn drop(&mut self) {
+        let teardown = Teardown {
+            engine: self.engine.clone(),
+            worker: self.worker.take(),
+            reclaimers: core::mem::take(&mut self.reclaimers),
+            shrinker: self.shrinker.take(),
+        };
+        if !(self.engine.in_own_reclaim() || self.engine.rcu().on_worker()) {
+            teardown.run();
+            return;
+        }
+        let engine = self.engine.clone();
+        let spawned = std::thread::Builder::new()
+            .name("krcu-teardown".into())
+            .spawn(move || teardown.run());
+        if let Err(err) = spawned {
+            // The closure, and with it the teardown, is gone: stop the
+            // workers without waiting. What is still queued is leaked.
+            tracing::error!(%err, "krcu: cannot start the teardown thread; queued objects leak");
+            engine.stop.store(true, Ordering::Release);
+            engine.kick();
+            engine.stop_reclaimers();
+        }
+    }
+}
+
+/// What dropping a [`Krcu`] waits for, movable to another thread.
+struct Teardown {
+    engine: Arc<Engine>,
+    worker: Option<JoinHandle<()>>,
+    reclaimers: Vec<JoinHandle<()>>,
+    shrinker: Option<ShrinkerHandle>,
+}
+
+impl Teardown {
+    fn run(mut self) {
         self.engine.stop.store(true, Ordering::Release);
         self.engine.kick();
         if let Some(w) = self.worker.take() {

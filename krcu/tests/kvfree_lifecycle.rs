@@ -378,7 +378,9 @@ impl Drop for Notify {
 /// Holds the last handle of its instance; the notification is sent once
 /// the instance's `Drop` has returned (fields drop in order).
 struct LastHandle {
-    k: Option<Arc<Krcu>>,
+    #[allow(dead_code)] // held for its drop
+    k: Arc<Krcu>,
+    #[allow(dead_code)] // held for its drop
     notify: Notify,
     head: RcuHead,
 }
@@ -404,7 +406,7 @@ fn named(rcu_worker: &str, assist: Assist) -> Arc<Krcu> {
 fn last_handle(k: Arc<Krcu>) -> (Box<LastHandle>, Receiver<bool>) {
     let (tx, rx) = mpsc::channel();
     let h = Box::new(LastHandle {
-        k: Some(k),
+        k,
         notify: Notify(tx),
         head: RcuHead::new(),
     });
@@ -450,6 +452,7 @@ fn the_last_handle_dropped_by_an_rcu_callback_tears_the_instance_down() {
 /// Waits for its instance's barrier from its destructor.
 struct BarrierOnDrop {
     k: Arc<Krcu>,
+    #[allow(dead_code)] // held for its drop, after the barrier returned
     notify: Notify,
     head: RcuHead,
 }

@@ -761,8 +761,21 @@ impl Engine {
     /// `trylock` (an assisting caller) it takes no lock but trylocks.
     fn reclaim_ready(&self, cpu: &KrcCpu, max_blocks: usize, list: bool, trylock: bool) -> usize {
         // Counted before taking anything, so that a barrier which finds the
-        // ready list empty and nobody reclaiming knows nothing is in hand.
-        cpu.reclaiming.fetch_add(1, SeqCst);
+        // ready list empty and nobody reclaiming knows nothing is in hand;
+        // and recorded on this thread, so that a barrier or a drop of the
+        // instance from a destructor run here knows it runs inside reclaim.
+        in_reclaim(self, cpu, || {
+            self.reclaim_ready_counted(cpu, max_blocks, list, trylock)
+        })
+    }
+
+    fn reclaim_ready_counted(
+        &self,
+        cpu: &KrcCpu,
+        max_blocks: usize,
+        list: bool,
+        trylock: bool,
+    ) -> usize {
         let mut blocks = BlockList::new();
         let mut cb = CbList::new();
         {
@@ -772,7 +785,6 @@ impl Engine {
                 Some(cpu.ready.lock())
             };
             let Some(mut r) = guard else {
-                cpu.reclaiming.fetch_sub(1, SeqCst);
                 return 0;
             };
             while blocks.len < max_blocks {
@@ -842,8 +854,14 @@ impl Engine {
         let c = &self.counters;
         EngineCounters::add(&c.reclaimed, freed as u64);
         EngineCounters::add(&c.reclaim_nanos, t0.elapsed().as_nanos() as u64);
-        cpu.reclaiming.fetch_sub(1, SeqCst);
         freed
+    }
+
+    /// Whether the calling thread is freeing objects of this instance (a
+    /// reclaimer, or a caller that assists): a destructor of a retired
+    /// object runs on it.
+    pub(crate) fn in_own_reclaim(&self) -> bool {
+        any_reclaim_frame(|f| core::ptr::eq(f.engine, self))
     }
 
     fn free_blocks(&self, blocks: &mut BlockList) {
@@ -937,12 +955,25 @@ impl Engine {
     }
 
     /// Waits until no batch is in flight and every ready object is freed.
+    ///
+    /// Called from a destructor that this instance's reclaim runs (on a
+    /// reclaimer, or on a caller that assists), the reclaimer it would wait
+    /// for may be this very thread: it then frees the ready objects itself,
+    /// and does not wait for objects that threads are already freeing (its
+    /// own, which are in its callers' hands, or another's, whose destructor
+    /// might be waiting the same way for it). Those were taken from the
+    /// ready list before the barrier looked; they are freed once their
+    /// destructors' callers return.
     fn wait_batches_idle(&self) {
+        let helping = self.in_own_reclaim();
         for (i, cpu) in self.cpus.iter() {
             loop {
+                if helping {
+                    self.reclaim_ready(cpu, usize::MAX, true, false);
+                }
                 let busy = cpu.batches.iter().any(|b| b.is_busy())
                     || cpu.ready.lock().objs > 0
-                    || cpu.reclaiming.load(SeqCst) > 0;
+                    || (!helping && cpu.reclaiming.load(SeqCst) > 0);
                 if !busy {
                     break;
                 }
@@ -1130,6 +1161,65 @@ impl Engine {
             false
         }
     }
+}
+
+/// One `reclaim_ready` in progress on this thread, linked to the ones it
+/// runs inside of (a destructor that calls a barrier that reclaims).
+struct ReclaimFrame {
+    engine: *const Engine,
+    prev: *const ReclaimFrame,
+}
+
+std::thread_local! {
+    /// The innermost reclaim in progress on this thread (const, no
+    /// destructor: usable from thread-local destructors too).
+    static RECLAIM_TOP: core::cell::Cell<*const ReclaimFrame> =
+        const { core::cell::Cell::new(core::ptr::null()) };
+}
+
+/// Runs `f` (one `reclaim_ready`) with `cpu`'s `reclaiming` count raised
+/// and this thread's reclaim frame pushed; undoes both when `f` returns, or
+/// if something unwinds through it (so that a barrier never waits for a
+/// dead count).
+fn in_reclaim<R>(engine: &Engine, cpu: &KrcCpu, f: impl FnOnce() -> R) -> R {
+    struct Leave<'a> {
+        cpu: &'a KrcCpu,
+        prev: *const ReclaimFrame,
+    }
+    impl Drop for Leave<'_> {
+        fn drop(&mut self) {
+            RECLAIM_TOP.with(|t| t.set(self.prev));
+            self.cpu.reclaiming.fetch_sub(1, SeqCst);
+        }
+    }
+    cpu.reclaiming.fetch_add(1, SeqCst);
+    let frame = ReclaimFrame {
+        engine,
+        prev: RECLAIM_TOP.with(core::cell::Cell::get),
+    };
+    RECLAIM_TOP.with(|t| t.set(&frame));
+    let _leave = Leave {
+        cpu,
+        prev: frame.prev,
+    };
+    f()
+}
+
+/// Whether any reclaim in progress on this thread satisfies `f`.
+fn any_reclaim_frame(mut f: impl FnMut(&ReclaimFrame) -> bool) -> bool {
+    let mut p = RECLAIM_TOP.with(core::cell::Cell::get);
+    while !p.is_null() {
+        // SAFETY: a frame on this thread's list lives on the stack of an
+        // `in_reclaim` call still running on this thread (each unlinks its
+        // frame before returning or unwinding, innermost first); frames
+        // are never written after they are linked.
+        let frame = unsafe { &*p };
+        if f(frame) {
+            return true;
+        }
+        p = frame.prev;
+    }
+    false
 }
 
 /// Lowers an estimate, never below zero (the list's byte counts are
