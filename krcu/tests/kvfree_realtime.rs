@@ -169,3 +169,44 @@ fn a_registered_thread_never_allocates_not_even_on_its_first_call() {
     k.kvfree_rcu_barrier();
     ledger.assert_all_freed_once();
 }
+
+#[test]
+fn an_unregistered_thread_in_atomic_context_makes_no_front_on_its_first_call() {
+    let ledger = Ledger::new(100);
+    let log = ReportLog::new();
+    let k = Krcu::builder()
+        .arena_size(32 << 20)
+        .report_handler(ReportHandler::Collect(log.clone()))
+        .build()
+        .unwrap();
+    let raw = RawSpinLock::new_in(k.domain(), ());
+    for how in ["raw spinlock", "irqs off", "preemption off"] {
+        let objs: Vec<Box<Obj>> = (0..4).map(|_| Obj::new(&ledger)).collect();
+        let (k, raw) = (&k, &raw);
+        std::thread::scope(|s| {
+            s.spawn(move || {
+                let mut objs = objs;
+                // A fresh thread: no front yet, nothing registered ahead.
+                let (a, c) = {
+                    let _g = (how == "raw spinlock").then(|| raw.lock());
+                    let _i = (how == "irqs off").then(context::local_irq_save);
+                    let _p = (how == "preemption off").then(context::preempt_disable);
+                    let (a0, c0) = (allocs(), thread_counters());
+                    for _ in 0..2 {
+                        k.kfree_rcu(objs.pop().unwrap()).unwrap();
+                    }
+                    (allocs() - a0, thread_counters() - c0)
+                };
+                assert_eq!(a, 0, "{how}: the first call allocated (made a front)");
+                assert_eq!(c.blocking, 0, "{how}: {c:?}");
+                // Where sleeping is allowed, the thread may make its front.
+                for o in objs {
+                    k.kfree_rcu(o).unwrap();
+                }
+            });
+        });
+    }
+    k.kvfree_rcu_barrier();
+    ledger.assert_all_freed_once();
+    assert!(log.is_empty(), "{:?}", log);
+}

@@ -216,7 +216,12 @@ impl Engine {
             let ci = usize::from(ctx == ContextKind::Softirq);
             let front = match front::current(self.id) {
                 Some(f) => Some(f),
-                None => self.register_front(),
+                // Making a front allocates and takes a sleeping lock: only
+                // where sleeping is allowed. Elsewhere (softirq, atomic, irqs
+                // off, an RCU reader) a thread without one takes the
+                // per-CPU path; `Krcu::register_thread` makes it ahead.
+                None if may_make_front(ctx) => self.register_front(),
+                None => None,
             };
             if let Some(f) = front
                 && (f.try_push(chan, obj, &self.rcu, ci) || self.swap_front(f, chan, obj, ci, ctx))
@@ -1161,6 +1166,16 @@ impl Engine {
             false
         }
     }
+}
+
+/// Whether a thread in `ctx` may make its front block: task context where
+/// sleeping is allowed (making one allocates and takes a `std` mutex).
+#[inline]
+fn may_make_front(ctx: ContextKind) -> bool {
+    ctx == ContextKind::Task
+        && !context::in_atomic()
+        && !context::irqs_disabled()
+        && context::rcu_read_depth() == 0
 }
 
 /// One `reclaim_ready` in progress on this thread, linked to the ones it

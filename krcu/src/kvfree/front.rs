@@ -200,8 +200,9 @@ pub(crate) fn current(engine: u64) -> Option<&'static Front> {
 }
 
 /// This thread's front for `engine`, made (and handed to `register`, which
-/// records it with the instance) if it has none. Allocates: task or softirq
-/// context only.
+/// records it with the instance) if it has none. Allocates and takes the
+/// instance's `std` mutex: only where sleeping is allowed (task context,
+/// not atomic, irqs on, outside RCU readers).
 pub(crate) fn get_or_register(
     engine: u64,
     register: impl FnOnce(Arc<Front>),
