@@ -14,10 +14,10 @@
 //! the memb RCU one (`rcu/handshake.rs`), with `busy` as the read-side
 //! section:
 //!
-//! - owner: `busy = true`; compiler fence; if `steal` is clear, use the
-//!   block; compiler fence; `busy = false` (Release).
+//! - owner: `busy = true`; compiler fence; if `steal` is clear (an Acquire
+//!   load), use the block; `busy = false` (Release).
 //! - monitor: `steal = true`; `membarrier()`; wait while `busy`; take the
-//!   block; `steal = false`.
+//!   block; `steal = false` (Release).
 //!
 //! `membarrier()` runs a full barrier in the owner at some point P of its
 //! instruction stream. If the owner's `busy = true` precedes P, the monitor
@@ -25,23 +25,26 @@
 //! follows P, the owner's later load of `steal` sees it set and the section
 //! leaves the block alone. The monitor's Acquire load of `busy = false`
 //! reads the owner's Release store that followed its last writes to the
-//! block, so it sees the block whole. Without membarrier there are no
+//! block, so it sees the block whole; the owner's Acquire load of `steal`,
+//! if it reads the monitor's final `steal = false`, sees the block pointer
+//! the monitor cleared before it, never the old one. The handshake itself
+//! is `steal.rs` (with a loom model). Without membarrier there are no
 //! fronts (the fallback would need a full fence on every call).
 
 use super::block::{Block, Channel};
+use super::steal::StealGate;
 use crate::rcu::Rcu;
 use core::cell::{Cell, RefCell};
 use core::ptr;
-use core::sync::atomic::{
-    AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering::*, compiler_fence,
-};
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering::*};
 use std::sync::Arc;
 
 /// One thread's front for one instance.
 pub(crate) struct Front {
     engine: u64,
-    busy: AtomicBool,
-    steal: AtomicBool,
+    /// The owner's section and the monitor's steal (membarrier variant:
+    /// fronts exist only where membarrier is in use).
+    gate: StealGate,
     pub(crate) block: AtomicPtr<Block>,
     /// Objects and bytes in `block` (single writer at a time: the owner, or
     /// the monitor while it steals).
@@ -71,8 +74,7 @@ impl Front {
     fn new(engine: u64) -> Front {
         Front {
             engine,
-            busy: AtomicBool::new(false),
-            steal: AtomicBool::new(false),
+            gate: StealGate::new(false),
             block: AtomicPtr::new(ptr::null_mut()),
             objs: AtomicUsize::new(0),
             bytes: AtomicUsize::new(0),
@@ -85,20 +87,13 @@ impl Front {
     /// Enters the owner's section; false (and left) if a steal is asked.
     #[inline]
     pub(crate) fn begin(&self) -> bool {
-        self.busy.store(true, Relaxed);
-        compiler_fence(SeqCst);
-        if self.steal.load(Relaxed) {
-            self.end();
-            return false;
-        }
-        true
+        self.gate.begin()
     }
 
     /// Leaves the owner's section.
     #[inline]
     pub(crate) fn end(&self) {
-        compiler_fence(SeqCst);
-        self.busy.store(false, Release);
+        self.gate.end();
     }
 
     /// The owner's fast path: puts `obj` in the front block if it is of
@@ -144,15 +139,11 @@ impl Front {
     /// Takes the block from its owner (the monitor): `membarrier` must be
     /// in use.
     pub(crate) fn steal(&self) -> (*mut Block, usize, usize) {
-        self.steal.store(true, SeqCst);
-        crate::rcu::membarrier::heavy(true);
-        while self.busy.load(Acquire) {
-            std::thread::yield_now();
-        }
+        self.gate.steal();
         let b = self.block.swap(ptr::null_mut(), AcqRel);
         let objs = self.objs.swap(0, Relaxed);
         let bytes = self.bytes.swap(0, Relaxed);
-        self.steal.store(false, Release);
+        self.gate.release();
         (b, objs, bytes)
     }
 

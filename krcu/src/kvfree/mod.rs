@@ -39,6 +39,7 @@ mod front;
 pub(crate) mod krc;
 mod policy;
 mod stats;
+mod steal;
 pub(crate) mod worker;
 
 pub use policy::Policy;
