@@ -397,9 +397,10 @@ impl Krcu {
     /// From a destructor of a retired object (which this instance's
     /// reclaim runs, on a reclaimer or on a caller that assists) it frees
     /// what is ready itself rather than wait for a reclaimer that may be
-    /// its own thread, and does not wait for the objects reclaim has
-    /// already taken in hand (the rest of that destructor's block among
-    /// them). From an RCU callback of this instance's RCU it panics, as
+    /// its own thread, and does not wait for the objects its own thread's
+    /// reclaim has already taken in hand (the rest of that destructor's
+    /// block among them): they are freed after the destructor returns.
+    /// From an RCU callback of this instance's RCU it panics, as
     /// [`Rcu::rcu_barrier`] does: it would wait for itself.
     #[track_caller]
     pub fn kvfree_rcu_barrier(&self) {
@@ -567,6 +568,19 @@ impl<T: HasRcuHead> SlabChannel<'_, T> {
 impl<T: HasRcuHead> Drop for SlabChannel<'_, T> {
     fn drop(&mut self) {
         self.krcu.kvfree_rcu_barrier();
+        if self.krcu.engine.in_own_reclaim() {
+            // Dropped by a destructor that this instance's reclaim runs:
+            // the barrier could not wait for what this thread's reclaim
+            // holds, which may include objects of this channel, freed
+            // through the cache (by pointer, and by the registry for the
+            // list fallback) after the destructor returns. Keep both for
+            // good rather than free the cache under them.
+            tracing::warn!(
+                "krcu: a SlabChannel dropped inside kfree_rcu reclaim; its cache is kept alive"
+            );
+            core::mem::forget(self.cache.clone());
+            return;
+        }
         channels::unregister(self.slot);
     }
 }

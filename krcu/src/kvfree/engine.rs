@@ -866,7 +866,7 @@ impl Engine {
     /// reclaimer, or a caller that assists): a destructor of a retired
     /// object runs on it.
     pub(crate) fn in_own_reclaim(&self) -> bool {
-        any_reclaim_frame(|f| core::ptr::eq(f.engine, self))
+        count_reclaim_frames(|f| core::ptr::eq(f.engine, self)) > 0
     }
 
     fn free_blocks(&self, blocks: &mut BlockList) {
@@ -964,21 +964,24 @@ impl Engine {
     /// Called from a destructor that this instance's reclaim runs (on a
     /// reclaimer, or on a caller that assists), the reclaimer it would wait
     /// for may be this very thread: it then frees the ready objects itself,
-    /// and does not wait for objects that threads are already freeing (its
-    /// own, which are in its callers' hands, or another's, whose destructor
-    /// might be waiting the same way for it). Those were taken from the
-    /// ready list before the barrier looked; they are freed once their
-    /// destructors' callers return.
+    /// and does not count its own reclaim among those it waits for (the
+    /// objects its callers have in hand, the rest of the destructor's block
+    /// among them, are freed once the destructor returns).
     fn wait_batches_idle(&self) {
         let helping = self.in_own_reclaim();
         for (i, cpu) in self.cpus.iter() {
+            let own = if helping {
+                count_reclaim_frames(|f| core::ptr::eq(f.cpu, cpu))
+            } else {
+                0
+            };
             loop {
                 if helping {
                     self.reclaim_ready(cpu, usize::MAX, true, false);
                 }
                 let busy = cpu.batches.iter().any(|b| b.is_busy())
                     || cpu.ready.lock().objs > 0
-                    || (!helping && cpu.reclaiming.load(SeqCst) > 0);
+                    || cpu.reclaiming.load(SeqCst) > own;
                 if !busy {
                     break;
                 }
@@ -1182,6 +1185,8 @@ fn may_make_front(ctx: ContextKind) -> bool {
 /// runs inside of (a destructor that calls a barrier that reclaims).
 struct ReclaimFrame {
     engine: *const Engine,
+    /// The CPU whose `reclaiming` count the frame holds raised.
+    cpu: *const KrcCpu,
     prev: *const ReclaimFrame,
 }
 
@@ -1210,6 +1215,7 @@ fn in_reclaim<R>(engine: &Engine, cpu: &KrcCpu, f: impl FnOnce() -> R) -> R {
     cpu.reclaiming.fetch_add(1, SeqCst);
     let frame = ReclaimFrame {
         engine,
+        cpu,
         prev: RECLAIM_TOP.with(core::cell::Cell::get),
     };
     RECLAIM_TOP.with(|t| t.set(&frame));
@@ -1220,8 +1226,9 @@ fn in_reclaim<R>(engine: &Engine, cpu: &KrcCpu, f: impl FnOnce() -> R) -> R {
     f()
 }
 
-/// Whether any reclaim in progress on this thread satisfies `f`.
-fn any_reclaim_frame(mut f: impl FnMut(&ReclaimFrame) -> bool) -> bool {
+/// How many reclaims in progress on this thread satisfy `f`.
+fn count_reclaim_frames(mut f: impl FnMut(&ReclaimFrame) -> bool) -> usize {
+    let mut n = 0;
     let mut p = RECLAIM_TOP.with(core::cell::Cell::get);
     while !p.is_null() {
         // SAFETY: a frame on this thread's list lives on the stack of an
@@ -1229,12 +1236,10 @@ fn any_reclaim_frame(mut f: impl FnMut(&ReclaimFrame) -> bool) -> bool {
         // frame before returning or unwinding, innermost first); frames
         // are never written after they are linked.
         let frame = unsafe { &*p };
-        if f(frame) {
-            return true;
-        }
+        n += usize::from(f(frame));
         p = frame.prev;
     }
-    false
+    n
 }
 
 /// Lowers an estimate, never below zero (the list's byte counts are
