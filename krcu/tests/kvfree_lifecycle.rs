@@ -49,8 +49,7 @@ fn wait_thread_gone(comm: &str) {
             .unwrap()
             .filter_map(Result::ok)
             .any(|t| {
-                std::fs::read_to_string(t.path().join("comm"))
-                    .is_ok_and(|c| c.trim_end() == comm)
+                std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim_end() == comm)
             });
         if !alive {
             return;
@@ -165,7 +164,8 @@ fn a_stalled_caller_never_stamps_an_older_cookie_on_a_newer_object() {
             pin_to(0);
             let p = slot.swap(core::ptr::null_mut(), AcqRel);
             // SAFETY: unlinked just now, so ours; a leaked Box.
-            k.kvfree_rcu_mightsleep(unsafe { Box::from_raw(p) }).unwrap();
+            k.kvfree_rcu_mightsleep(unsafe { Box::from_raw(p) })
+                .unwrap();
         });
     }
     // A resumes and adds its object to B's block.
@@ -198,7 +198,11 @@ fn a_stalled_caller_never_stamps_an_older_cookie_on_a_newer_object() {
         // The block was taken as already past its grace period: its objects
         // go to the reclaimer without waiting for the reader.
         while k.stats().reclaimed_objects < before.reclaimed_objects + 2 {
-            assert!(Instant::now() < deadline, "never reclaimed: {:?}", k.stats());
+            assert!(
+                Instant::now() < deadline,
+                "never reclaimed: {:?}",
+                k.stats()
+            );
             std::thread::sleep(Duration::from_millis(1));
         }
     }
@@ -279,9 +283,12 @@ fn kfree_rcu_from_a_late_thread_local_destructor_is_not_lost() {
 // --------------------------------------------------------------------
 
 static BOMBS_DROPPED: AtomicUsize = AtomicUsize::new(0);
+static SLAB_BOMBS_DROPPED: AtomicUsize = AtomicUsize::new(0);
 
 struct Bomb {
     explode: bool,
+    /// Counts the drops (one counter per test: tests run in parallel).
+    dropped: &'static AtomicUsize,
     head: RcuHead,
 }
 
@@ -292,7 +299,7 @@ unsafe impl HasRcuHead for Bomb {
 
 impl Drop for Bomb {
     fn drop(&mut self) {
-        BOMBS_DROPPED.fetch_add(1, SeqCst);
+        self.dropped.fetch_add(1, SeqCst);
         if self.explode {
             panic!("a destructor that panics (expected by the test)");
         }
@@ -302,6 +309,7 @@ impl Drop for Bomb {
 fn bomb(explode: bool) -> Box<Bomb> {
     Box::new(Bomb {
         explode,
+        dropped: &BOMBS_DROPPED,
         head: RcuHead::new(),
     })
 }
@@ -355,7 +363,10 @@ fn a_panicking_destructor_neither_wedges_reclaim_nor_unwinds_into_callers() {
             let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 k.kfree_rcu(Obj::new(&ledger)).unwrap()
             }));
-            assert!(r.is_ok(), "kfree_rcu unwound from someone else's destructor");
+            assert!(
+                r.is_ok(),
+                "kfree_rcu unwound from someone else's destructor"
+            );
         }
     }
     k.kvfree_rcu_barrier();
@@ -505,4 +516,40 @@ fn a_barrier_from_a_destructor_run_by_reclaim_returns() {
         within_watchdog("a barrier afterwards", move || k2.kvfree_rcu_barrier());
         ledger.assert_all_freed_once();
     }
+}
+
+#[test]
+fn a_panicking_destructor_on_a_slab_channel_does_not_stop_the_bulk_free() {
+    let k = Arc::new(
+        Krcu::builder()
+            .arena_size(32 << 20)
+            .drain_delay(Duration::from_secs(3600))
+            .assist(Assist::Never)
+            .report_handler(ReportHandler::Collect(ReportLog::new()))
+            .build()
+            .unwrap(),
+    );
+    let cache = Arc::new(krcu::slab::SlabCache::<Bomb>::new(k.pages(), "bomb").unwrap());
+    let (k2, cache2) = (k.clone(), cache.clone());
+    within_watchdog("the slab channel's barrier", move || {
+        let chan = k2.slab_channel(&cache2).unwrap();
+        for i in 0..20 {
+            let b = Bomb {
+                explode: i % 5 == 0,
+                dropped: &SLAB_BOMBS_DROPPED,
+                head: RcuHead::new(),
+            };
+            let obj = cache2
+                .alloc(Gfp::KERNEL, b)
+                .unwrap_or_else(|_| panic!("slab allocation"));
+            // SAFETY: an object of the channel's cache, handed over.
+            unsafe { chan.kfree_rcu(obj).unwrap() };
+        }
+        drop(chan); // a barrier
+    });
+    assert_eq!(SLAB_BOMBS_DROPPED.load(SeqCst), 20, "the rest of the block");
+    assert_eq!(k.stats().destructor_panics, 4, "{:?}", k.stats());
+    let st = cache.stats();
+    assert_eq!(st.bad_frees, 0, "{st:?}");
+    assert!(st.bulk_frees > 0, "still freed in bulk: {st:?}");
 }

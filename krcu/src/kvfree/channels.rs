@@ -60,27 +60,25 @@ unsafe fn reclaim_slab<T>(ctx: *const (), objs: &mut [*mut u8]) -> usize {
     // SAFETY: the channel's context is the cache, kept alive by the
     // channel until everything queued on it is freed.
     let cache = unsafe { &*ctx.cast::<SlabCache<T>>() };
-    if core::mem::needs_drop::<T>() {
-        // A destructor may panic: one object at a time, each panic caught,
-        // so the rest are still freed.
-        let mut panics = 0;
-        for &mut p in objs {
-            // SAFETY: a non-null object of this cache, unreachable, freed
-            // once (ReclaimFn's contract).
-            let r = super::block::catch_destructor(|| unsafe {
-                cache.free(NonNull::new_unchecked(p.cast::<T>()))
-            });
-            panics += usize::from(r.is_err());
-        }
-        return panics;
-    }
+
     // SAFETY: the entries are non-null object pointers of this cache, so
     // a slice of them is a slice of NonNull<T> (same layout).
     let objs = unsafe { &mut *(ptr::from_mut(objs) as *mut [NonNull<T>]) };
+    let mut panics = 0;
+    let drop_one = |obj: NonNull<T>| {
+        if core::mem::needs_drop::<T>() {
+            // SAFETY: an initialised, unreachable T whose free was just
+            // checked and marked; given once. A panic of its destructor is
+            // caught here, so its memory still goes back to its slab.
+            let r = super::block::catch_destructor(|| unsafe { ptr::drop_in_place(obj.as_ptr()) });
+            panics += usize::from(r.is_err());
+        }
+    };
     // SAFETY: every object is allocated from this cache, unreachable, and
-    // freed once (ReclaimFn's contract); no drop glue, so nothing to panic.
-    unsafe { cache.free_bulk(objs) };
-    0
+    // freed once (ReclaimFn's contract); `drop_one` drops each in place,
+    // once.
+    unsafe { cache.free_bulk_with(objs, drop_one) };
+    panics
 }
 
 /// The channel of `cache`'s objects.

@@ -99,13 +99,7 @@ impl Front {
     /// The owner's fast path: puts `obj` in the front block if it is of
     /// `chan` and has room.
     #[inline]
-    pub(crate) fn try_push(
-        &self,
-        chan: &Channel,
-        obj: *mut u8,
-        rcu: &Rcu,
-        ctx: usize,
-    ) -> bool {
+    pub(crate) fn try_push(&self, chan: &Channel, obj: *mut u8, rcu: &Rcu, ctx: usize) -> bool {
         if !self.begin() {
             return false;
         }
