@@ -561,6 +561,15 @@ impl Krcu {
 
     /// Waits until every object queued (on any thread) before this call
     /// has been freed (`kvfree_rcu_barrier`). Sleeps.
+    ///
+    /// From a destructor of a retired object (which this instance's
+    /// reclaim runs, on a reclaimer or on a caller that assists) it frees
+    /// what is ready itself rather than wait for a reclaimer that may be
+    /// its own thread, and does not wait for the objects its own thread's
+    /// reclaim has already taken in hand (the rest of that destructor's
+    /// block among them): they are freed after the destructor returns.
+    /// From an RCU callback of this instance's RCU it panics, as
+    /// [`Rcu::rcu_barrier`] does: it would wait for itself.
     #[track_caller]
     pub fn kvfree_rcu_barrier(&self) {
         self.domain().might_sleep();
@@ -588,7 +597,46 @@ impl Krcu {
 }
 
 impl Drop for Krcu {
+    /// Frees everything queued, then stops the workers. Where that would
+    /// wait for the calling thread itself (the last handle dropped by a
+    /// destructor that this instance's reclaim runs, or inside a callback
+    /// on its RCU worker), the teardown is handed to a thread of its own
+    /// and the drop returns at once, as the RCU worker does for its own
+    /// drop.
     fn drop(&mut self) {
+        let teardown = Teardown {
+            engine: self.engine.clone(),
+            workers: self.workers.clone(),
+            shrinker: self.shrinker.take(),
+        };
+        if !(self.engine.in_own_reclaim() || self.engine.rcu().on_worker()) {
+            teardown.run();
+            return;
+        }
+        let engine = self.engine.clone();
+        let spawned = std::thread::Builder::new()
+            .name("krcu-teardown".into())
+            .spawn(move || teardown.run());
+        if let Err(err) = spawned {
+            // The closure, and with it the teardown, is gone: stop the
+            // workers without waiting. What is still queued is leaked.
+            tracing::error!(%err, "krcu: cannot start the teardown thread; queued objects leak");
+            engine.stop.store(true, Ordering::Release);
+            engine.kick();
+            engine.stop_reclaimers();
+        }
+    }
+}
+
+/// What dropping a [`Krcu`] waits for, movable to another thread.
+struct Teardown {
+    engine: Arc<Engine>,
+    workers: Arc<Workers>,
+    shrinker: Option<ShrinkerHandle>,
+}
+
+impl Teardown {
+    fn run(mut self) {
         self.engine.stop.store(true, Ordering::Release);
         self.engine.kick();
         let Threads { worker, reclaimers } = self.workers.take();
@@ -693,6 +741,19 @@ impl<T: HasRcuHead> SlabChannel<'_, T> {
 impl<T: HasRcuHead> Drop for SlabChannel<'_, T> {
     fn drop(&mut self) {
         self.krcu.kvfree_rcu_barrier();
+        if self.krcu.engine.in_own_reclaim() {
+            // Dropped by a destructor that this instance's reclaim runs:
+            // the barrier could not wait for what this thread's reclaim
+            // holds, which may include objects of this channel, freed
+            // through the cache (by pointer, and by the registry for the
+            // list fallback) after the destructor returns. Keep both for
+            // good rather than free the cache under them.
+            tracing::warn!(
+                "krcu: a SlabChannel dropped inside kfree_rcu reclaim; its cache is kept alive"
+            );
+            core::mem::forget(self.cache.clone());
+            return;
+        }
         channels::unregister(self.slot);
     }
 }

@@ -70,6 +70,12 @@ mod fork;
 mod instance;
 #[cfg(not(loom))]
 pub mod kvfree;
+/// The front-block steal handshake of `kvfree`, alone, for its loom model
+/// (the rest of `kvfree` is not built under loom).
+#[cfg(loom)]
+#[doc(hidden)]
+#[path = "kvfree/steal.rs"]
+pub mod kvfree_steal;
 pub mod lock;
 pub mod lockdep;
 pub mod page;

@@ -13,12 +13,15 @@ use core::ptr::{self, NonNull};
 /// The page size blocks are made of.
 pub(crate) const BLOCK_BYTES: usize = 4096;
 
-/// Frees `objs` (all of one channel) given the channel's context.
+/// Frees `objs` (all of one channel) given the channel's context, and
+/// returns how many of their destructors panicked: a panic is caught per
+/// object and the rest are still freed (destructors are other people's
+/// code; the reclaimer that runs them must go on).
 ///
 /// # Safety
 /// Every pointer must be an object queued on a channel with this function
 /// and context, whose grace period has elapsed, each passed exactly once.
-pub(crate) type ReclaimFn = unsafe fn(ctx: *const (), objs: &mut [*mut u8]);
+pub(crate) type ReclaimFn = unsafe fn(ctx: *const (), objs: &mut [*mut u8]) -> usize;
 
 /// How the objects of a block are freed.
 #[derive(Clone, Copy, Debug)]
@@ -54,8 +57,8 @@ pub(crate) struct Block {
     /// Entries in use.
     pub(crate) count: usize,
     pub(crate) chan: Channel,
-    /// The grace-period cookie taken when the last entry was added: once it
-    /// has elapsed, every object in the block may be freed.
+    /// The latest grace-period cookie of the entries (by `rcu_seq` order):
+    /// once it has elapsed, every object in the block may be freed.
     pub(crate) gp_snap: GpCookie,
     pub(crate) entries: [*mut u8; ENTRIES],
 }
@@ -88,27 +91,45 @@ impl Block {
         self.count == ENTRIES
     }
 
-    /// Adds `obj`; the caller checked there is room.
+    /// Adds `obj`, whose cookie is `snap`; the caller checked there is
+    /// room.
+    ///
+    /// The block keeps the later of its cookie and `snap`, compared as
+    /// `rcu_seq` values (wrapping, not a numeric max): a caller that took
+    /// its cookie, then stalled before adding (preempted, or sleeping in an
+    /// allocation), must not stamp an older cookie on a block that already
+    /// holds a newer object, which would let the drain-ready path free that
+    /// object before its own grace period.
     #[inline]
     pub(crate) fn push(&mut self, obj: *mut u8, snap: GpCookie) {
         debug_assert!(self.count < ENTRIES);
+        if self.count == 0 || snap.at_or_after(self.gp_snap) {
+            self.gp_snap = snap;
+        }
         self.entries[self.count] = obj;
         self.count += 1;
-        self.gp_snap = snap;
     }
 
-    /// Frees every object in the block, in bulk, and empties it.
+    /// Frees every object in the block, in bulk, and empties it. Returns
+    /// the objects and how many destructors panicked (caught).
     ///
     /// # Safety
     /// The grace period of every object in the block must have elapsed.
-    pub(crate) unsafe fn reclaim(&mut self) -> usize {
+    pub(crate) unsafe fn reclaim(&mut self) -> (usize, usize) {
         let n = self.count;
-        // SAFETY: the entries were queued on this channel and their grace
-        // period has elapsed (the caller's contract); each is freed once
-        // because the block is emptied here.
-        unsafe { (self.chan.reclaim)(self.chan.ctx, &mut self.entries[..n]) };
+        let (chan, entries) = (self.chan, &mut self.entries[..n]);
+        // The channels catch a destructor's panic per object; this catches
+        // what escapes them anyway (a panic of the freeing itself, such as
+        // a bad-free report), so that the reclaimer survives. The block's
+        // remaining objects are then leaked, never freed twice.
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            // SAFETY: the entries were queued on this channel and their
+            // grace period has elapsed (the caller's contract); each is
+            // freed once because the block is emptied here.
+            unsafe { (chan.reclaim)(chan.ctx, entries) }
+        }));
         self.count = 0;
-        n
+        (n, r.unwrap_or(1))
     }
 }
 
@@ -185,12 +206,23 @@ unsafe impl Send for BlockList {}
 ///
 /// # Safety
 /// See [`ReclaimFn`]; every pointer came from `Box::<T>::into_raw`.
-pub(crate) unsafe fn reclaim_boxes<T>(_ctx: *const (), objs: &mut [*mut u8]) {
+pub(crate) unsafe fn reclaim_boxes<T>(_ctx: *const (), objs: &mut [*mut u8]) -> usize {
+    let mut panics = 0;
     for &mut p in objs {
         // SAFETY: each pointer came from Box::<T>::into_raw and is freed
-        // exactly once (the caller's contract).
-        drop(unsafe { Box::from_raw(p.cast::<T>()) });
+        // exactly once (the caller's contract). A panicking destructor has
+        // still handed the Box over: its memory is freed while unwinding.
+        let r = catch_destructor(|| drop(unsafe { Box::from_raw(p.cast::<T>()) }));
+        panics += usize::from(r.is_err());
     }
+    panics
+}
+
+/// Runs one object's destructor, catching its panic (reported by the
+/// engine, which counts them).
+#[inline]
+pub(crate) fn catch_destructor(f: impl FnOnce()) -> Result<(), ()> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(drop)
 }
 
 /// The channel of `Box<T>`.

@@ -56,16 +56,29 @@ fn lookup(magic: u64) -> *const () {
 ///
 /// # Safety
 /// See [`ReclaimFn`](super::block::ReclaimFn); `ctx` is the cache.
-unsafe fn reclaim_slab<T>(ctx: *const (), objs: &mut [*mut u8]) {
+unsafe fn reclaim_slab<T>(ctx: *const (), objs: &mut [*mut u8]) -> usize {
     // SAFETY: the channel's context is the cache, kept alive by the
     // channel until everything queued on it is freed.
     let cache = unsafe { &*ctx.cast::<SlabCache<T>>() };
+
     // SAFETY: the entries are non-null object pointers of this cache, so
     // a slice of them is a slice of NonNull<T> (same layout).
     let objs = unsafe { &mut *(ptr::from_mut(objs) as *mut [NonNull<T>]) };
+    let mut panics = 0;
+    let drop_one = |obj: NonNull<T>| {
+        if core::mem::needs_drop::<T>() {
+            // SAFETY: an initialised, unreachable T whose free was just
+            // checked and marked; given once. A panic of its destructor is
+            // caught here, so its memory still goes back to its slab.
+            let r = super::block::catch_destructor(|| unsafe { ptr::drop_in_place(obj.as_ptr()) });
+            panics += usize::from(r.is_err());
+        }
+    };
     // SAFETY: every object is allocated from this cache, unreachable, and
-    // freed once (ReclaimFn's contract).
-    unsafe { cache.free_bulk(objs) };
+    // freed once (ReclaimFn's contract); `drop_one` drops each in place,
+    // once.
+    unsafe { cache.free_bulk_with(objs, drop_one) };
+    panics
 }
 
 /// The channel of `cache`'s objects.
@@ -103,7 +116,7 @@ pub(crate) unsafe fn slab_free_by_head<T: HasRcuHead>(head: NonNull<RcuHead>) {
 ///
 /// # Safety
 /// See [`ReclaimFn`](super::block::ReclaimFn); `ctx` is the page allocator.
-unsafe fn reclaim_pages(ctx: *const (), objs: &mut [*mut u8]) {
+unsafe fn reclaim_pages(ctx: *const (), objs: &mut [*mut u8]) -> usize {
     // SAFETY: the context is the instance's page allocator, which outlives
     // everything queued on the instance.
     let pages = unsafe { &*ctx.cast::<PageAllocator>() };
@@ -117,6 +130,7 @@ unsafe fn reclaim_pages(ctx: *const (), objs: &mut [*mut u8]) {
         // once; the order is the one `page_entry` recorded.
         unsafe { pages.free_pages(addr, (a & (PAGE_SIZE - 1)) as u32) };
     }
+    0
 }
 
 /// The channel of `pages`' pages.

@@ -2,9 +2,10 @@
 //! to RCU, reclaim, the refill of spare blocks, and the shrinker's work.
 //!
 //! # The call path (two-argument form)
-//! 1. Take a grace-period snapshot (one load of the instance's counter).
-//! 2. Trylock this CPU's `krc` lock; failing that, every other CPU's; failing
+//! 1. Trylock this CPU's `krc` lock; failing that, every other CPU's; failing
 //!    all, push the object's `rcu_head` on this CPU's lock-free list.
+//! 2. Take a grace-period snapshot (one load of the instance's counter),
+//!    with the lock held, as the kernel does.
 //! 3. Put the pointer in the channel's current block; if it is full, get a
 //!    block from the cache, then by the policy; with none, push the
 //!    `rcu_head` on the list.
@@ -14,7 +15,11 @@
 //! is a flag it polls.
 //!
 //! # Why a snapshot per object is enough
-//! Each block carries the snapshot taken when its last object was added.
+//! Each block carries the latest snapshot of the objects in it (by
+//! `rcu_seq` order: [`Block::push`] never lets it go backwards). Snapshots
+//! are taken where the block is owned (under its `krc` lock, or inside the
+//! front owner's section), so a caller that stalls before it gets there
+//! takes a fresh one when it does.
 //! A snapshot names the first grace period that *starts* after it was
 //! taken; the grace-period engine starts every grace period with a
 //! `membarrier` that orders the caller's earlier stores (the unlink that
@@ -210,7 +215,6 @@ impl Engine {
         let may_alloc = self.config.policy == Policy::Preemptible
             && self.domain.preemptible()
             && !context::is_realtime();
-        let snap = self.rcu.get_state();
         if self.use_fronts && matches!(ctx, ContextKind::Task | ContextKind::Softirq) {
             let ci = usize::from(ctx == ContextKind::Softirq);
             let front = match front::current(self.id) {
@@ -218,10 +222,15 @@ impl Engine {
                 // A real-time thread never allocates a front here: without
                 // one made ahead, it takes the per-CPU path.
                 None if context::is_realtime() => None,
-                None => self.register_front(),
+                // Making a front allocates and takes a sleeping lock: only
+                // where sleeping is allowed. Elsewhere (softirq, atomic, irqs
+                // off, an RCU reader) a thread without one takes the
+                // per-CPU path; `Krcu::register_thread` makes it ahead.
+                None if may_make_front(ctx) => self.register_front(),
+                None => None,
             };
             if let Some(f) = front
-                && (f.try_push(chan, obj, snap, ci) || self.swap_front(f, chan, obj, snap, ci, ctx))
+                && (f.try_push(chan, obj, &self.rcu, ci) || self.swap_front(f, chan, obj, ci, ctx))
             {
                 return;
             }
@@ -236,6 +245,8 @@ impl Engine {
             }
         };
         locked.krc.count_call(ctx);
+        // Taken with the lock held (see the module doc).
+        let snap = self.rcu.get_state();
         if locked.krc.add(chan, obj, snap) {
             let cpu = locked.cpu;
             drop(locked);
@@ -260,6 +271,9 @@ impl Engine {
                 locked = l.0;
                 // SAFETY: a fresh page from our arena.
                 unsafe { locked.krc.install(chan, l.1) };
+                // A fresh cookie: the allocation ran unlocked, and another
+                // call may have queued a newer object meanwhile.
+                let snap = self.rcu.get_state();
                 let added = locked.krc.add(chan, obj, snap);
                 debug_assert!(added);
                 return;
@@ -308,7 +322,6 @@ impl Engine {
         f: &Front,
         chan: &Channel,
         obj: *mut u8,
-        snap: crate::rcu::GpCookie,
         ci: usize,
         ctx: ContextKind,
     ) -> bool {
@@ -319,6 +332,9 @@ impl Engine {
             f.end();
             return false;
         };
+        // With the lock held and inside the owner's section: both blocks
+        // this may go into are ours.
+        let snap = self.rcu.get_state();
         let old = f.block.swap(core::ptr::null_mut(), Relaxed);
         if let Some(old) = NonNull::new(old) {
             let (objs, bytes) = (f.objs.swap(0, Relaxed), f.bytes.swap(0, Relaxed));
@@ -520,7 +536,6 @@ impl Engine {
         chan: &Channel,
         ctx: ContextKind,
     ) -> bool {
-        let snap = self.rcu.get_state();
         {
             let (_, cpu) = self.cpus.current();
             let mut l = Locked {
@@ -528,6 +543,8 @@ impl Engine {
                 krc: cpu.krc.lock(),
             };
             l.krc.count_call(ctx);
+            // Taken with the lock held (see the module doc).
+            let snap = self.rcu.get_state();
             if l.krc.add(chan, obj, snap) {
                 return true;
             }
@@ -546,6 +563,9 @@ impl Engine {
         let (_, cpu) = self.cpus.current();
         let mut krc = cpu.krc.lock();
         krc.counters.sleeping_alloc += 1;
+        // A fresh cookie, with the lock held: the allocation may have slept
+        // (direct reclaim), and the block it joins may hold newer objects.
+        let snap = self.rcu.get_state();
         if krc.add(chan, obj, snap) {
             // Another call installed a block meanwhile: keep ours spare.
             // SAFETY: a fresh page of our arena, owned by us.
@@ -754,8 +774,21 @@ impl Engine {
     /// `trylock` (an assisting caller) it takes no lock but trylocks.
     fn reclaim_ready(&self, cpu: &KrcCpu, max_blocks: usize, list: bool, trylock: bool) -> usize {
         // Counted before taking anything, so that a barrier which finds the
-        // ready list empty and nobody reclaiming knows nothing is in hand.
-        cpu.reclaiming.fetch_add(1, SeqCst);
+        // ready list empty and nobody reclaiming knows nothing is in hand;
+        // and recorded on this thread, so that a barrier or a drop of the
+        // instance from a destructor run here knows it runs inside reclaim.
+        in_reclaim(self, cpu, || {
+            self.reclaim_ready_counted(cpu, max_blocks, list, trylock)
+        })
+    }
+
+    fn reclaim_ready_counted(
+        &self,
+        cpu: &KrcCpu,
+        max_blocks: usize,
+        list: bool,
+        trylock: bool,
+    ) -> usize {
         let mut blocks = BlockList::new();
         let mut cb = CbList::new();
         {
@@ -765,7 +798,6 @@ impl Engine {
                 Some(cpu.ready.lock())
             };
             let Some(mut r) = guard else {
-                cpu.reclaiming.fetch_sub(1, SeqCst);
                 return 0;
             };
             while blocks.len < max_blocks {
@@ -791,15 +823,26 @@ impl Engine {
             c.in_flight_blocks.fetch_sub(blocks.len, Relaxed);
         }
         let t0 = Instant::now();
-        let mut freed = 0;
+        let (mut freed, mut panics) = (0, 0);
         let mut spare = BlockList::new();
         while let Some(b) = blocks.pop() {
             // SAFETY: blocks on the ready list had their grace period elapse.
-            freed += unsafe { (*b.as_ptr()).reclaim() };
+            let (n, p) = unsafe { (*b.as_ptr()).reclaim() };
+            freed += n;
+            panics += p;
             // SAFETY: owned here.
             unsafe { spare.push(b) };
         }
-        freed += reclaim_list(&mut cb);
+        let (n, p) = reclaim_list(&mut cb);
+        freed += n;
+        panics += p;
+        if panics > 0 {
+            EngineCounters::add(&self.counters.destructor_panics, panics as u64);
+            tracing::error!(
+                panics,
+                "kfree_rcu: destructors of retired objects panicked; caught, reclaim goes on"
+            );
+        }
         if !spare.is_empty() {
             let krc = if trylock {
                 cpu.krc.try_lock()
@@ -828,8 +871,14 @@ impl Engine {
         let c = &self.counters;
         EngineCounters::add(&c.reclaimed, freed as u64);
         EngineCounters::add(&c.reclaim_nanos, t0.elapsed().as_nanos() as u64);
-        cpu.reclaiming.fetch_sub(1, SeqCst);
         freed
+    }
+
+    /// Whether the calling thread is freeing objects of this instance (a
+    /// reclaimer, or a caller that assists): a destructor of a retired
+    /// object runs on it.
+    pub(crate) fn in_own_reclaim(&self) -> bool {
+        count_reclaim_frames(|f| core::ptr::eq(f.engine, self)) > 0
     }
 
     fn free_blocks(&self, blocks: &mut BlockList) {
@@ -928,12 +977,28 @@ impl Engine {
     }
 
     /// Waits until no batch is in flight and every ready object is freed.
+    ///
+    /// Called from a destructor that this instance's reclaim runs (on a
+    /// reclaimer, or on a caller that assists), the reclaimer it would wait
+    /// for may be this very thread: it then frees the ready objects itself,
+    /// and does not count its own reclaim among those it waits for (the
+    /// objects its callers have in hand, the rest of the destructor's block
+    /// among them, are freed once the destructor returns).
     fn wait_batches_idle(&self) {
+        let helping = self.in_own_reclaim();
         for (i, cpu) in self.cpus.iter() {
+            let own = if helping {
+                count_reclaim_frames(|f| core::ptr::eq(f.cpu, cpu))
+            } else {
+                0
+            };
             loop {
+                if helping {
+                    self.reclaim_ready(cpu, usize::MAX, true, false);
+                }
                 let busy = cpu.batches.iter().any(|b| b.is_busy())
                     || cpu.ready.lock().objs > 0
-                    || cpu.reclaiming.load(SeqCst) > 0;
+                    || cpu.reclaiming.load(SeqCst) > own;
                 if !busy {
                     break;
                 }
@@ -1104,6 +1169,7 @@ impl Engine {
         s.drain_ready_blocks = c.drain_ready_blocks.load(Relaxed);
         s.reclaimed_objects = c.reclaimed.load(Relaxed);
         s.reclaim_nanos = c.reclaim_nanos.load(Relaxed);
+        s.destructor_panics = c.destructor_panics.load(Relaxed);
         s.refills = c.refills.load(Relaxed);
         s.refill_pages = c.refill_pages.load(Relaxed);
         s.shrinker_runs = c.shrinker_runs.load(Relaxed);
@@ -1121,6 +1187,77 @@ impl Engine {
             false
         }
     }
+}
+
+/// Whether a thread in `ctx` may make its front block: task context where
+/// sleeping is allowed (making one allocates and takes a `std` mutex).
+#[inline]
+fn may_make_front(ctx: ContextKind) -> bool {
+    ctx == ContextKind::Task
+        && !context::in_atomic()
+        && !context::irqs_disabled()
+        && context::rcu_read_depth() == 0
+}
+
+/// One `reclaim_ready` in progress on this thread, linked to the ones it
+/// runs inside of (a destructor that calls a barrier that reclaims).
+struct ReclaimFrame {
+    engine: *const Engine,
+    /// The CPU whose `reclaiming` count the frame holds raised.
+    cpu: *const KrcCpu,
+    prev: *const ReclaimFrame,
+}
+
+std::thread_local! {
+    /// The innermost reclaim in progress on this thread (const, no
+    /// destructor: usable from thread-local destructors too).
+    static RECLAIM_TOP: core::cell::Cell<*const ReclaimFrame> =
+        const { core::cell::Cell::new(core::ptr::null()) };
+}
+
+/// Runs `f` (one `reclaim_ready`) with `cpu`'s `reclaiming` count raised
+/// and this thread's reclaim frame pushed; undoes both when `f` returns, or
+/// if something unwinds through it (so that a barrier never waits for a
+/// dead count).
+fn in_reclaim<R>(engine: &Engine, cpu: &KrcCpu, f: impl FnOnce() -> R) -> R {
+    struct Leave<'a> {
+        cpu: &'a KrcCpu,
+        prev: *const ReclaimFrame,
+    }
+    impl Drop for Leave<'_> {
+        fn drop(&mut self) {
+            RECLAIM_TOP.with(|t| t.set(self.prev));
+            self.cpu.reclaiming.fetch_sub(1, SeqCst);
+        }
+    }
+    cpu.reclaiming.fetch_add(1, SeqCst);
+    let frame = ReclaimFrame {
+        engine,
+        cpu,
+        prev: RECLAIM_TOP.with(core::cell::Cell::get),
+    };
+    RECLAIM_TOP.with(|t| t.set(&frame));
+    let _leave = Leave {
+        cpu,
+        prev: frame.prev,
+    };
+    f()
+}
+
+/// How many reclaims in progress on this thread satisfy `f`.
+fn count_reclaim_frames(mut f: impl FnMut(&ReclaimFrame) -> bool) -> usize {
+    let mut n = 0;
+    let mut p = RECLAIM_TOP.with(core::cell::Cell::get);
+    while !p.is_null() {
+        // SAFETY: a frame on this thread's list lives on the stack of an
+        // `in_reclaim` call still running on this thread (each unlinks its
+        // frame before returning or unwinding, innermost first); frames
+        // are never written after they are linked.
+        let frame = unsafe { &*p };
+        n += usize::from(f(frame));
+        p = frame.prev;
+    }
+    n
 }
 
 /// Lowers an estimate, never below zero (the list's byte counts are
@@ -1148,16 +1285,19 @@ struct PassResult {
 }
 
 /// Runs every callback of a list: the `rcu_head` path, one object at a
-/// time, chasing the links through the objects themselves.
-fn reclaim_list(list: &mut CbList) -> usize {
-    let mut n = 0;
+/// time, chasing the links through the objects themselves. Returns the
+/// objects and how many destructors panicked (caught one by one).
+fn reclaim_list(list: &mut CbList) -> (usize, usize) {
+    let (mut n, mut panics) = (0, 0);
     while let Some((head, func)) = list.pop() {
         // SAFETY: every head on a kvfree list was pushed with the function
-        // that frees its object, and its grace period has elapsed.
-        unsafe { func(head) };
+        // that frees its object, and its grace period has elapsed; the
+        // head was popped before the call, so a panic leaves the list whole.
+        let r = super::block::catch_destructor(|| unsafe { func(head) });
+        panics += usize::from(r.is_err());
         n += 1;
     }
-    n
+    (n, panics)
 }
 
 /// The engine's locks that the forking thread holds across a `fork` (see

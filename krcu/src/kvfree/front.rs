@@ -14,10 +14,10 @@
 //! the memb RCU one (`rcu/handshake.rs`), with `busy` as the read-side
 //! section:
 //!
-//! - owner: `busy = true`; compiler fence; if `steal` is clear, use the
-//!   block; compiler fence; `busy = false` (Release).
+//! - owner: `busy = true`; compiler fence; if `steal` is clear (an Acquire
+//!   load), use the block; `busy = false` (Release).
 //! - monitor: `steal = true`; `membarrier()`; wait while `busy`; take the
-//!   block; `steal = false`.
+//!   block; `steal = false` (Release).
 //!
 //! `membarrier()` runs a full barrier in the owner at some point P of its
 //! instruction stream. If the owner's `busy = true` precedes P, the monitor
@@ -25,23 +25,26 @@
 //! follows P, the owner's later load of `steal` sees it set and the section
 //! leaves the block alone. The monitor's Acquire load of `busy = false`
 //! reads the owner's Release store that followed its last writes to the
-//! block, so it sees the block whole. Without membarrier there are no
+//! block, so it sees the block whole; the owner's Acquire load of `steal`,
+//! if it reads the monitor's final `steal = false`, sees the block pointer
+//! the monitor cleared before it, never the old one. The handshake itself
+//! is `steal.rs` (with a loom model). Without membarrier there are no
 //! fronts (the fallback would need a full fence on every call).
 
 use super::block::{Block, Channel};
-use crate::rcu::GpCookie;
+use super::steal::StealGate;
+use crate::rcu::Rcu;
 use core::cell::{Cell, RefCell};
 use core::ptr;
-use core::sync::atomic::{
-    AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering::*, compiler_fence,
-};
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering::*};
 use std::sync::Arc;
 
 /// One thread's front for one instance.
 pub(crate) struct Front {
     engine: u64,
-    busy: AtomicBool,
-    steal: AtomicBool,
+    /// The owner's section and the monitor's steal (membarrier variant:
+    /// fronts exist only where membarrier is in use).
+    gate: StealGate,
     pub(crate) block: AtomicPtr<Block>,
     /// Objects and bytes in `block` (single writer at a time: the owner, or
     /// the monitor while it steals).
@@ -71,8 +74,7 @@ impl Front {
     fn new(engine: u64) -> Front {
         Front {
             engine,
-            busy: AtomicBool::new(false),
-            steal: AtomicBool::new(false),
+            gate: StealGate::new(false),
             block: AtomicPtr::new(ptr::null_mut()),
             objs: AtomicUsize::new(0),
             bytes: AtomicUsize::new(0),
@@ -85,35 +87,24 @@ impl Front {
     /// Enters the owner's section; false (and left) if a steal is asked.
     #[inline]
     pub(crate) fn begin(&self) -> bool {
-        self.busy.store(true, Relaxed);
-        compiler_fence(SeqCst);
-        if self.steal.load(Relaxed) {
-            self.end();
-            return false;
-        }
-        true
+        self.gate.begin()
     }
 
     /// Leaves the owner's section.
     #[inline]
     pub(crate) fn end(&self) {
-        compiler_fence(SeqCst);
-        self.busy.store(false, Release);
+        self.gate.end();
     }
 
     /// The owner's fast path: puts `obj` in the front block if it is of
     /// `chan` and has room.
     #[inline]
-    pub(crate) fn try_push(
-        &self,
-        chan: &Channel,
-        obj: *mut u8,
-        snap: GpCookie,
-        ctx: usize,
-    ) -> bool {
+    pub(crate) fn try_push(&self, chan: &Channel, obj: *mut u8, rcu: &Rcu, ctx: usize) -> bool {
         if !self.begin() {
             return false;
         }
+        // The cookie is taken inside the section, where the block is ours.
+        let snap = rcu.get_state();
         let b = self.block.load(Relaxed);
         let mut done = false;
         if !b.is_null() {
@@ -142,15 +133,11 @@ impl Front {
     /// Takes the block from its owner (the monitor): `membarrier` must be
     /// in use.
     pub(crate) fn steal(&self) -> (*mut Block, usize, usize) {
-        self.steal.store(true, SeqCst);
-        crate::rcu::membarrier::heavy(true);
-        while self.busy.load(Acquire) {
-            std::thread::yield_now();
-        }
+        self.gate.steal();
         let b = self.block.swap(ptr::null_mut(), AcqRel);
         let objs = self.objs.swap(0, Relaxed);
         let bytes = self.bytes.swap(0, Relaxed);
-        self.steal.store(false, Release);
+        self.gate.release();
         (b, objs, bytes)
     }
 
@@ -164,6 +151,11 @@ struct Owned(RefCell<Vec<Arc<Front>>>);
 
 impl Drop for Owned {
     fn drop(&mut self) {
+        // First forget the front: thread-local destructors that run after
+        // this one (a value whose Drop calls kfree_rcu) must not reach a
+        // front the monitor is about to take and free. They find none, and
+        // cannot make one (OWNED is gone), so they take the per-CPU path.
+        CURRENT.with(|c| c.set((0, ptr::null())));
         for f in self.0.borrow().iter() {
             f.exited.store(true, Release);
         }
@@ -182,9 +174,10 @@ thread_local! {
 pub(crate) fn current(engine: u64) -> Option<&'static Front> {
     let (id, f) = CURRENT.with(Cell::get);
     if id == engine && !f.is_null() {
-        // SAFETY: CURRENT points at a front this thread's OWNED list holds
-        // an Arc of; the list lives until the thread ends, after which no
-        // code of this thread runs.
+        // SAFETY: CURRENT is only set (by `get_or_register`) to a front in
+        // this thread's OWNED list, and is cleared before the list is pruned
+        // and by OWNED's destructor before the list's Arcs are dropped; so
+        // while it is set, OWNED holds an Arc of the front.
         Some(unsafe { &*f })
     } else {
         None
@@ -192,8 +185,9 @@ pub(crate) fn current(engine: u64) -> Option<&'static Front> {
 }
 
 /// This thread's front for `engine`, made (and handed to `register`, which
-/// records it with the instance) if it has none. Allocates: task or softirq
-/// context only.
+/// records it with the instance) if it has none. Allocates and takes the
+/// instance's `std` mutex: only where sleeping is allowed (task context,
+/// not atomic, irqs on, outside RCU readers).
 pub(crate) fn get_or_register(
     engine: u64,
     register: impl FnOnce(Arc<Front>),
@@ -201,6 +195,8 @@ pub(crate) fn get_or_register(
     OWNED
         .try_with(|owned| {
             let mut list = owned.0.borrow_mut();
+            // Pruning may free the front CURRENT names: forget it first.
+            CURRENT.with(|c| c.set((0, ptr::null())));
             list.retain(|f| !f.dead.load(Acquire));
             let f = match list.iter().find(|f| f.engine == engine) {
                 Some(f) => f.clone(),

@@ -8,7 +8,10 @@
 //!   way of freeing: `Box<T>` of one `T`).
 //! - Each thread in task or softirq context first appends to a **front
 //!   block** of its own (`front.rs`) with plain stores; only a full block
-//!   goes to the per-CPU state, under its trylock.
+//!   goes to the per-CPU state, under its trylock. A thread's front is made
+//!   on a call where it may sleep, or ahead by
+//!   [`Krcu::register_thread`](crate::Krcu::register_thread); until then it
+//!   takes the per-CPU path.
 //! - Each CPU has a **`krc`** (`krc.rs`) behind a raw spinlock, taken with
 //!   trylock on the call path: the current block of each channel, a cache
 //!   of spare blocks, and a lock-free `rcu_head` list for objects that find
@@ -47,6 +50,7 @@ mod front;
 pub(crate) mod krc;
 mod policy;
 mod stats;
+mod steal;
 pub(crate) mod worker;
 
 pub use policy::Policy;

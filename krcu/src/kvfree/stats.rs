@@ -6,7 +6,11 @@ use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 /// A snapshot of an instance's `kfree_rcu` statistics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct KvfreeStats {
-    /// Calls from task context.
+    /// Calls from task context. The `calls_*` fields count calls that
+    /// reached a front block or a `krc` state; a call that found every
+    /// `krc` lock taken is counted in
+    /// [`lock_busy_fallbacks`](Self::lock_busy_fallbacks) instead, and
+    /// [`calls`](Self::calls) adds both.
     pub calls_task: u64,
     /// Calls from softirq (worker) context.
     pub calls_softirq: u64,
@@ -57,6 +61,9 @@ pub struct KvfreeStats {
     pub reclaim_nanos: u64,
     /// Objects freed by callers that assisted (the flood brake).
     pub assisted_objects: u64,
+    /// Destructors of retired objects that panicked. Each panic is caught
+    /// (and logged) where the object is freed; the rest are freed as usual.
+    pub destructor_panics: u64,
     /// Refill worker runs, and the pages it put in caches.
     pub refills: u64,
     /// Pages the refill worker allocated.
@@ -120,6 +127,7 @@ pub(crate) struct EngineCounters {
     pub(crate) drain_ready_blocks: AtomicU64,
     pub(crate) reclaimed: AtomicU64,
     pub(crate) reclaim_nanos: AtomicU64,
+    pub(crate) destructor_panics: AtomicU64,
     pub(crate) refills: AtomicU64,
     pub(crate) refill_pages: AtomicU64,
     pub(crate) shrinker_runs: AtomicU64,

@@ -491,6 +491,12 @@ impl Rcu {
         self.shared.stats.barriers.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Whether the calling thread is this instance's worker (in one of its
+    /// callbacks): it must not wait for the worker.
+    pub(crate) fn on_worker(&self) -> bool {
+        self.shared.on_worker()
+    }
+
     /// The instance's counters.
     pub fn stats(&self) -> RcuStats {
         let s = &self.shared;

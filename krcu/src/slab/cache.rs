@@ -323,15 +323,39 @@ impl<T> SlabCache<T> {
     #[track_caller]
     #[doc(alias = "kmem_cache_free_bulk")]
     pub unsafe fn free_bulk(&self, objs: &mut [NonNull<T>]) {
+        let drop_one = |obj: NonNull<T>| {
+            if core::mem::needs_drop::<T>() {
+                // SAFETY: as in `try_free`: given once, after its free was
+                // checked and marked.
+                unsafe { ptr::drop_in_place(obj.as_ptr()) };
+            }
+        };
+        // SAFETY: forwarded from the caller; `drop_one` drops each object
+        // in place, once.
+        unsafe { self.free_bulk_with(objs, drop_one) }
+    }
+
+    /// [`free_bulk`](Self::free_bulk), dropping each object (after its
+    /// free is checked and marked) with `drop_one`, which must drop it in
+    /// place and may catch a panic of its destructor: `kfree_rcu` does, so
+    /// that one panicking destructor neither stops the others nor leaks
+    /// their memory.
+    ///
+    /// # Safety
+    /// As for [`free`](Self::free), for every pointer; `drop_one` must drop
+    /// the object it is given, once, and not use it afterwards.
+    #[track_caller]
+    pub(crate) unsafe fn free_bulk_with(
+        &self,
+        objs: &mut [NonNull<T>],
+        mut drop_one: impl FnMut(NonNull<T>),
+    ) {
         let mut kept = 0;
         for i in 0..objs.len() {
             let obj = objs[i];
             match self.check_and_mark_free(obj) {
                 Ok(()) => {
-                    if core::mem::needs_drop::<T>() {
-                        // SAFETY: as in `try_free`.
-                        unsafe { ptr::drop_in_place(obj.as_ptr()) };
-                    }
+                    drop_one(obj);
                     crate::asan::poison(obj.as_ptr().cast(), core::mem::size_of::<T>());
                     objs[kept] = obj;
                     kept += 1;
