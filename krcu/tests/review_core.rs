@@ -387,3 +387,102 @@ fn slab_free_with_panicking_destructor_loses_no_object() {
          panicked was never returned to it"
     );
 }
+
+// ---------------------------------------------------------------------------
+// 7. `rcu::call_rcu_box` (the process-wide instance's `call_rcu`, documented
+//    as callable from a signal handler) builds `rcu::global()` on first use:
+//    inside a signal handler it allocates, takes locks and spawns the worker.
+
+/// Counts the calling thread's allocations (for the signal-safety test).
+struct CountingAlloc;
+
+thread_local! {
+    static ALLOCS: core::cell::Cell<u64> = const { core::cell::Cell::new(0) };
+}
+
+fn count_alloc() {
+    let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
+}
+
+// SAFETY: forwards to the system allocator, only counting.
+unsafe impl std::alloc::GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        count_alloc();
+        // SAFETY: forwarded.
+        unsafe { std::alloc::System.alloc(layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
+        count_alloc();
+        // SAFETY: forwarded.
+        unsafe { std::alloc::System.alloc_zeroed(layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new: usize) -> *mut u8 {
+        count_alloc();
+        // SAFETY: forwarded.
+        unsafe { std::alloc::System.realloc(ptr, layout, new) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        // SAFETY: forwarded.
+        unsafe { std::alloc::System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL_ALLOC: CountingAlloc = CountingAlloc;
+
+struct SigNode {
+    rcu: krcu::rcu::RcuHead,
+}
+
+// SAFETY: `rcu` is an RcuHead field of SigNode.
+unsafe impl krcu::rcu::HasRcuHead for SigNode {
+    const RCU_HEAD_OFFSET: usize = core::mem::offset_of!(SigNode, rcu);
+}
+
+static SIG_NODE: std::sync::atomic::AtomicPtr<SigNode> =
+    std::sync::atomic::AtomicPtr::new(core::ptr::null_mut());
+static SIG_ALLOCS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(u64::MAX);
+
+extern "C" fn call_rcu_in_handler(_: libc::c_int) {
+    let _hardirq = krcu::context::enter_hardirq();
+    let p = SIG_NODE.swap(core::ptr::null_mut(), std::sync::atomic::Ordering::SeqCst);
+    if p.is_null() {
+        return;
+    }
+    let before = ALLOCS.with(core::cell::Cell::get);
+    // SAFETY: `p` came from Box::into_raw and is taken out of SIG_NODE once.
+    krcu::rcu::call_rcu_box(unsafe { Box::from_raw(p) });
+    let after = ALLOCS.with(core::cell::Cell::get);
+    SIG_ALLOCS.store(after - before, std::sync::atomic::Ordering::SeqCst);
+}
+
+#[test]
+fn global_call_rcu_in_signal_handler_does_not_allocate() {
+    // In a child process, where nothing has used `rcu::global()` yet (the
+    // parent's tests do not).
+    let code = fork_and_wait(|| {
+        let node = Box::new(SigNode {
+            rcu: krcu::rcu::RcuHead::new(),
+        });
+        SIG_NODE.store(Box::into_raw(node), std::sync::atomic::Ordering::SeqCst);
+        // SAFETY: a zeroed sigaction with a plain handler and an empty mask
+        // is valid.
+        unsafe {
+            let mut sa: libc::sigaction = core::mem::zeroed();
+            sa.sa_sigaction = call_rcu_in_handler as *const () as usize;
+            libc::sigemptyset(&mut sa.sa_mask);
+            assert_eq!(
+                libc::sigaction(libc::SIGUSR2, &sa, core::ptr::null_mut()),
+                0
+            );
+            libc::raise(libc::SIGUSR2);
+        }
+        let n = SIG_ALLOCS.load(std::sync::atomic::Ordering::SeqCst);
+        if n == 0 { 0 } else { 1 }
+    });
+    assert_eq!(
+        code, 0,
+        "rcu::call_rcu_box in a signal handler allocated (it built rcu::global() \
+         there: allocation, locks and a thread spawn in hardirq context)"
+    );
+}
