@@ -486,3 +486,41 @@ fn global_call_rcu_in_signal_handler_does_not_allocate() {
          there: allocation, locks and a thread spawn in hardirq context)"
     );
 }
+
+// ---------------------------------------------------------------------------
+// 8. A thread that reads in a thread-local destructor (after its
+//    registration list is gone) takes a slot that is never released: every
+//    such thread leaks a slot for good (and the registry panics once 65536
+//    are gone).
+
+struct ReadsAtExit(&'static Rcu);
+
+impl Drop for ReadsAtExit {
+    fn drop(&mut self) {
+        drop(self.0.read_lock());
+    }
+}
+
+thread_local! {
+    static READS_AT_EXIT: RefCell<Option<ReadsAtExit>> = const { RefCell::new(None) };
+}
+
+#[test]
+fn reading_in_thread_local_destructor_leaks_no_slot() {
+    let rcu = leaked_rcu();
+    for _ in 0..50 {
+        std::thread::spawn(move || {
+            READS_AT_EXIT.with(|_| {});
+            drop(rcu.read_lock());
+            READS_AT_EXIT.with(|r| *r.borrow_mut() = Some(ReadsAtExit(rcu)));
+        })
+        .join()
+        .unwrap();
+    }
+    assert_eq!(
+        rcu.stats().readers,
+        0,
+        "threads that exited stay registered (slots taken in thread-local \
+         destructors are never released)"
+    );
+}
