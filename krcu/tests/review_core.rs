@@ -524,3 +524,67 @@ fn reading_in_thread_local_destructor_leaks_no_slot() {
          destructors are never released)"
     );
 }
+
+// ---------------------------------------------------------------------------
+// 9. fork() deadlock: an RCU callback that drops another instance (an object
+//    owning an `Rcu`, freed after a grace period) joins that instance's
+//    worker; a fork prepared meanwhile parks that worker and waits for the
+//    callback's worker to park too: neither ever does.
+
+struct OwnsInstance {
+    inner: Option<Rcu>,
+    in_callback: Option<Sender<()>>,
+    rcu: krcu::rcu::RcuHead,
+}
+
+// SAFETY: `rcu` is an RcuHead field of OwnsInstance.
+unsafe impl krcu::rcu::HasRcuHead for OwnsInstance {
+    const RCU_HEAD_OFFSET: usize = core::mem::offset_of!(OwnsInstance, rcu);
+}
+
+impl Drop for OwnsInstance {
+    fn drop(&mut self) {
+        if let Some(tx) = self.in_callback.take() {
+            let _ = tx.send(());
+        }
+        // Meanwhile another thread forks.
+        std::thread::sleep(Duration::from_millis(300));
+        drop(self.inner.take());
+    }
+}
+
+#[test]
+fn fork_does_not_deadlock_with_callback_dropping_an_instance() {
+    let code = fork_and_wait(|| {
+        let b = leaked_rcu();
+        let (tx, in_callback) = mpsc::channel();
+        b.call_rcu_box(Box::new(OwnsInstance {
+            inner: Some(Rcu::new(Domain::global(), RcuConfig::default())),
+            in_callback: Some(tx),
+            rcu: krcu::rcu::RcuHead::new(),
+        }));
+        in_callback.recv_timeout(WATCHDOG).unwrap();
+        let (forked, done) = mpsc::channel();
+        std::thread::spawn(move || {
+            // SAFETY: fork has no preconditions; the grandchild only _exits.
+            let pid = unsafe { libc::fork() };
+            if pid == 0 {
+                // SAFETY: ends the grandchild at once.
+                unsafe { libc::_exit(0) }
+            }
+            let mut status = 0;
+            // SAFETY: reaping our own child with a valid status pointer.
+            unsafe { libc::waitpid(pid, &mut status, 0) };
+            let _ = forked.send(());
+        });
+        if done.recv_timeout(Duration::from_secs(8)).is_err() {
+            return 1;
+        }
+        0
+    });
+    assert_eq!(
+        code, 0,
+        "fork() deadlocked: an RCU callback dropping another instance joins a worker \
+         that the fork's prepare handler parked"
+    );
+}
