@@ -1,0 +1,236 @@
+//! Adversarial review of the `kfree_rcu` engine and the instance's
+//! teardown: each test shows a defect and fails on the code it was written
+//! against.
+//!
+//! The scenarios that hang run in a child process (this test binary,
+//! re-executed for one ignored test), so that a hang is killed after a
+//! timeout and reported as a failure instead of wedging the harness, and
+//! so that the threads a hang leaves behind cannot disturb other tests.
+
+use krcu::page::Gfp;
+use krcu::rcu::{HasRcuHead, RcuHead};
+use krcu::{Assist, Krcu};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+struct Node {
+    freed: Arc<AtomicUsize>,
+    head: RcuHead,
+}
+
+// SAFETY: `head` is an RcuHead field of Node.
+unsafe impl HasRcuHead for Node {
+    const RCU_HEAD_OFFSET: usize = core::mem::offset_of!(Node, head);
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.freed.fetch_add(1, SeqCst);
+    }
+}
+
+fn node(freed: &Arc<AtomicUsize>) -> Box<Node> {
+    Box::new(Node {
+        freed: freed.clone(),
+        head: RcuHead::new(),
+    })
+}
+
+/// Runs the ignored test `inner` of this binary in a child process; fails
+/// if it does not finish within `timeout` (it is then killed) or fails.
+fn run_isolated(inner: &str, timeout: Duration) {
+    let exe = std::env::current_exe().unwrap();
+    let mut child = Command::new(exe)
+        .args([
+            inner,
+            "--exact",
+            "--ignored",
+            "--test-threads=1",
+            "--nocapture",
+        ])
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "{inner}: failed in the child: {status}");
+            return;
+        }
+        if start.elapsed() > timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{inner}: hung (killed after {timeout:?})");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+// ---------------------------------------------------------------------
+// 1. fork() while another thread is inside its front-block section
+// ---------------------------------------------------------------------
+
+/// A thread that retires objects in a loop (outside any read-side section,
+/// so it appends to its own front block) is, at a random instant, inside
+/// its front section (`busy` set). The fork prepare handler does not wait
+/// for front sections to end (it takes the monitor, front and krc locks,
+/// none of which `try_push` holds), so the child inherits `busy == true` on
+/// a front whose owner does not exist there. The child's first
+/// `kvfree_rcu_barrier` (or its monitor, after the drain delay) steals that
+/// front and spins on `busy` for ever, holding `pass_lock` and the front
+/// list lock.
+#[test]
+fn fork_while_a_thread_is_inside_its_front_section_does_not_hang_the_child() {
+    run_isolated(
+        "inner_fork_while_a_thread_is_inside_its_front_section",
+        Duration::from_secs(28),
+    );
+}
+
+#[test]
+#[ignore = "run by its outer test in a child process"]
+fn inner_fork_while_a_thread_is_inside_its_front_section() {
+    let k = Arc::new(
+        Krcu::builder()
+            .arena_size(32 << 20)
+            .cpus(2)
+            .assist(Assist::Never)
+            .build()
+            .unwrap(),
+    );
+    let freed = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let spammer = {
+        let (k, freed, stop) = (k.clone(), freed.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(SeqCst) {
+                for _ in 0..64 {
+                    k.kfree_rcu(node(&freed)).unwrap();
+                }
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(50));
+    const ROUNDS: usize = 40;
+    const CHILD_TIMEOUT: Duration = Duration::from_secs(4);
+    let mut hung = 0;
+    for _ in 0..ROUNDS {
+        // SAFETY: fork has no preconditions; the child only runs krcu's
+        // barrier (whose fork support this checks) and ends with _exit.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork failed");
+        if pid == 0 {
+            k.kvfree_rcu_barrier();
+            // SAFETY: ends the child without the parent's atexit handlers.
+            unsafe { libc::_exit(0) }
+        }
+        let start = Instant::now();
+        let mut status = 0;
+        loop {
+            // SAFETY: waitpid on our own child, valid status pointer.
+            let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+            assert!(r >= 0);
+            if r == pid {
+                assert!(
+                    libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+                    "child died: {status:#x}"
+                );
+                break;
+            }
+            if start.elapsed() > CHILD_TIMEOUT {
+                // SAFETY: killing and reaping our own child.
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                    libc::waitpid(pid, &mut status, 0);
+                }
+                hung += 1;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if hung > 0 {
+            break;
+        }
+    }
+    stop.store(true, SeqCst);
+    spammer.join().unwrap();
+    assert_eq!(
+        hung, 0,
+        "the child's kvfree_rcu_barrier hung: it waits for the front section of \
+         a thread that does not exist in the child"
+    );
+}
+
+// ---------------------------------------------------------------------
+// 2. The last handle dropped by a shrinker
+// ---------------------------------------------------------------------
+
+/// A shrinker registered on the instance's page allocator holds the
+/// instance and lets it go under memory pressure (a cache that drops what
+/// it holds when asked to shrink). The teardown then runs inline, inside
+/// `shrink_round`, with the shrinker mutex held: it joins the kvfree worker
+/// (which may be in direct reclaim, waiting for that mutex) and drops the
+/// instance's own `ShrinkerHandle`, which takes that mutex again. The drop
+/// never returns. `Krcu::drop` hands the teardown to a thread of its own
+/// for the reclaimer and the RCU worker, but not for reclaim of the page
+/// allocator.
+#[test]
+fn the_last_handle_dropped_by_a_shrinker_does_not_deadlock() {
+    run_isolated(
+        "inner_the_last_handle_dropped_by_a_shrinker",
+        Duration::from_secs(20),
+    );
+}
+
+#[test]
+#[ignore = "run by its outer test in a child process"]
+fn inner_the_last_handle_dropped_by_a_shrinker() {
+    let k = Krcu::builder()
+        .arena_size(4 << 20)
+        .cpus(1)
+        .report_handler(krcu::lockdep::ReportHandler::Collect(
+            krcu::lockdep::ReportLog::new(),
+        ))
+        .build()
+        .unwrap();
+    let pages = k.pages().clone();
+    let holder: Arc<Mutex<Option<Krcu>>> = Arc::new(Mutex::new(Some(k)));
+    let dropped = Arc::new(AtomicBool::new(false));
+    {
+        let (holder, dropped) = (holder.clone(), dropped.clone());
+        let h2 = holder.clone();
+        pages
+            .register_shrinker(
+                "review-holder",
+                move || usize::from(h2.lock().unwrap().is_some()),
+                move |_| {
+                    let k = holder.lock().unwrap().take();
+                    let n = usize::from(k.is_some());
+                    drop(k);
+                    if n > 0 {
+                        dropped.store(true, SeqCst);
+                    }
+                    n
+                },
+            )
+            .leak();
+    }
+    // Memory pressure: allocate until the allocator gives up (direct
+    // reclaim runs the shrinkers on this thread; kswapd runs them too).
+    let mut held = Vec::new();
+    let start = Instant::now();
+    while let Ok(p) = pages.alloc_page(Gfp::KERNEL) {
+        held.push(p);
+        assert!(start.elapsed() < Duration::from_secs(10));
+    }
+    // Wait for the drop to have completed (kswapd may be the one).
+    while !dropped.load(SeqCst) {
+        assert!(start.elapsed() < Duration::from_secs(10), "never shrunk");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    for p in held {
+        pages.free(p);
+    }
+}
