@@ -234,3 +234,97 @@ fn inner_the_last_handle_dropped_by_a_shrinker() {
         pages.free(p);
     }
 }
+
+// ---------------------------------------------------------------------
+// 3. A blocking shrinker stops all kfree_rcu reclaim
+// ---------------------------------------------------------------------
+
+/// The kvfree worker is both the refill worker and the monitor
+/// (`worker.rs`: `refill_pass` then `monitor_pass`). Its refill allocates
+/// with `GFP_KERNEL | __GFP_NORETRY`, which under memory pressure enters
+/// direct reclaim and runs every registered shrinker. A shrinker that
+/// blocks for a while there (on its own lock, on I/O) stalls the monitor:
+/// no batch is handed to RCU, no aged block is flushed, and nothing retired
+/// with `kfree_rcu` is freed until it returns, exactly when memory is
+/// short. (In the kernel, `kfree_rcu_monitor` and `fill_page_cache_func`
+/// are separate works.)
+#[test]
+fn a_blocking_shrinker_in_the_refill_does_not_stop_kfree_rcu_reclaim() {
+    let k = Krcu::builder().arena_size(4 << 20).cpus(1).build().unwrap();
+    let armed = Arc::new(AtomicBool::new(false));
+    let blocked = Arc::new(AtomicBool::new(false));
+    let release = Arc::new(AtomicBool::new(false));
+    {
+        let (a1, a2, blocked, release) = (
+            armed.clone(),
+            armed.clone(),
+            blocked.clone(),
+            release.clone(),
+        );
+        k.pages()
+            .register_shrinker(
+                "review-slow",
+                move || usize::from(a1.load(SeqCst)),
+                move |_| {
+                    let on_worker = std::thread::current().name() == Some("krcu-kvfree");
+                    if a2.load(SeqCst) && on_worker {
+                        blocked.store(true, SeqCst);
+                        let start = Instant::now();
+                        // Bounded, so that the test ends either way.
+                        while !release.load(SeqCst) && start.elapsed() < Duration::from_secs(8) {
+                            std::thread::sleep(Duration::from_millis(5));
+                        }
+                    }
+                    0
+                },
+            )
+            .leak();
+    }
+    // Memory pressure: take every page.
+    let mut held = Vec::new();
+    while let Ok(p) = k.pages().alloc_page(Gfp::KERNEL) {
+        held.push(p);
+    }
+    armed.store(true, SeqCst);
+    // A call that finds no spare block asks the worker for a refill; the
+    // refill's allocation enters direct reclaim and runs the shrinker.
+    let freed = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    while !blocked.load(SeqCst) {
+        k.kfree_rcu(node(&freed)).unwrap();
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "setup: the refill never entered direct reclaim"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // The pressure is over; retire more and give reclaim a generous time
+    // (the drain delay is 5 ms).
+    for p in held {
+        k.pages().free(p);
+    }
+    let before = freed.load(SeqCst);
+    let retired_before = {
+        // Everything retired so far, and 100 more.
+        let s = k.stats();
+        s.calls_task
+    };
+    for _ in 0..100 {
+        k.kfree_rcu(node(&freed)).unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_millis(1500);
+    while freed.load(SeqCst) < retired_before as usize + 100 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let got = freed.load(SeqCst);
+    release.store(true, SeqCst);
+    k.kvfree_rcu_barrier();
+    assert!(
+        got >= retired_before as usize + 100,
+        "while a shrinker blocked the kvfree worker's refill for 1.5 s, only {} of {} \
+         retired objects were freed ({} before the wait): the monitor is stalled",
+        got,
+        retired_before + 100,
+        before
+    );
+}
