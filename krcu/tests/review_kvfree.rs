@@ -15,6 +15,33 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// Counts heap allocations made while the calling thread is inside the
+/// test's signal handler (a const thread-local flag: signal-safe).
+struct Counting;
+
+thread_local! {
+    static IN_HANDLER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+static HANDLER_ALLOCS: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: forwards to the system allocator; only counts.
+unsafe impl std::alloc::GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        if IN_HANDLER.try_with(std::cell::Cell::get).unwrap_or(false) {
+            HANDLER_ALLOCS.fetch_add(1, SeqCst);
+        }
+        // SAFETY: forwarded.
+        unsafe { std::alloc::System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        // SAFETY: forwarded.
+        unsafe { std::alloc::System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
 struct Node {
     freed: Arc<AtomicUsize>,
     head: RcuHead,
@@ -446,4 +473,69 @@ fn inner_a_panic_payload_that_panics_on_drop_on_the_list() {
     });
     k.kvfree_rcu_barrier();
     assert_eq!(freed.load(SeqCst), 20);
+}
+
+// ---------------------------------------------------------------------
+// 5. The free function's first use from a signal handler
+// ---------------------------------------------------------------------
+
+static SIG_NODE: std::sync::atomic::AtomicPtr<Node> =
+    std::sync::atomic::AtomicPtr::new(core::ptr::null_mut());
+static SIG_DONE: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn retire_from_handler(_: libc::c_int) {
+    IN_HANDLER.with(|f| f.set(true));
+    let _hardirq = krcu::context::enter_hardirq();
+    let p = SIG_NODE.swap(core::ptr::null_mut(), SeqCst);
+    if !p.is_null() {
+        // SAFETY: a Box leaked by the test for this handler, taken once.
+        let obj = unsafe { Box::from_raw(p) };
+        let _ = krcu::kfree_rcu(obj);
+    }
+    SIG_DONE.store(true, SeqCst);
+    IN_HANDLER.with(|f| f.set(false));
+}
+
+/// `krcu::kfree_rcu` (the free function) promises what `Krcu::kfree_rcu`
+/// does: callable from a signal handler (hardirq), no allocation, no
+/// blocking lock. But it goes through `Krcu::global()`, a `OnceLock` built
+/// on first use: the first call from a handler builds the whole instance
+/// there (heap allocations, the arena's mmap, thread spawns, the global
+/// RCU's own lazy init), and one that interrupts a thread inside that very
+/// initialisation waits on the `OnceLock` it holds: a deadlock.
+#[test]
+fn the_free_functions_first_use_from_a_signal_handler_does_not_allocate() {
+    run_isolated(
+        "inner_the_free_functions_first_use_from_a_signal_handler",
+        Duration::from_secs(20),
+    );
+}
+
+#[test]
+#[ignore = "run by its outer test in a child process"]
+fn inner_the_free_functions_first_use_from_a_signal_handler() {
+    // A fresh process: nothing of krcu's global state is built yet.
+    let freed = Arc::new(AtomicUsize::new(0));
+    SIG_NODE.store(Box::into_raw(node(&freed)), SeqCst);
+    // SAFETY: a zeroed sigaction with a plain handler and an empty mask is
+    // valid; raise runs the handler on this thread before it returns.
+    unsafe {
+        let mut sa: libc::sigaction = core::mem::zeroed();
+        sa.sa_sigaction = retire_from_handler as *const () as usize;
+        libc::sigemptyset(&mut sa.sa_mask);
+        assert_eq!(
+            libc::sigaction(libc::SIGUSR2, &sa, core::ptr::null_mut()),
+            0
+        );
+        libc::raise(libc::SIGUSR2);
+    }
+    assert!(SIG_DONE.load(SeqCst));
+    let n = HANDLER_ALLOCS.load(SeqCst);
+    krcu::kvfree_rcu_barrier();
+    assert_eq!(freed.load(SeqCst), 1);
+    assert_eq!(
+        n, 0,
+        "krcu::kfree_rcu from a signal handler made {n} heap allocations \
+         (it built the process-wide instance inside the handler)"
+    );
 }
