@@ -539,3 +539,105 @@ fn inner_the_free_functions_first_use_from_a_signal_handler() {
          (it built the process-wide instance inside the handler)"
     );
 }
+
+// ---------------------------------------------------------------------
+// 6. The flood brake runs destructors inside the caller's read-side section
+// ---------------------------------------------------------------------
+
+fn pin_to(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET writes inside it.
+    unsafe {
+        let mut set: libc::cpu_set_t = core::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set),
+            0
+        );
+    }
+}
+
+/// An object that records the RCU read-side depth its destructor ran at,
+/// or (the staller) holds the reclaimer until released.
+struct Probe {
+    stall: Option<(Arc<AtomicBool>, Arc<AtomicBool>)>,
+    max_depth: Arc<AtomicUsize>,
+    head: RcuHead,
+}
+
+// SAFETY: `head` is an RcuHead field of Probe.
+unsafe impl HasRcuHead for Probe {
+    const RCU_HEAD_OFFSET: usize = core::mem::offset_of!(Probe, head);
+}
+
+impl Drop for Probe {
+    fn drop(&mut self) {
+        let d = krcu::context::rcu_read_depth() as usize;
+        self.max_depth.fetch_max(d, SeqCst);
+        if let Some((stalling, release)) = &self.stall {
+            stalling.store(true, SeqCst);
+            let start = Instant::now();
+            while !release.load(SeqCst) && start.elapsed() < Duration::from_secs(10) {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+    }
+}
+
+/// `maybe_assist` checks that the caller is in task context, not atomic,
+/// irqs on and not real-time, but not that it is outside an RCU read-side
+/// section (`may_make_front` does check it). `kfree_rcu` is legal inside a
+/// reader, so a caller there runs other objects' destructors inside its
+/// section: a destructor that waits for a grace period or a barrier
+/// (`kvfree_rcu_barrier` from a destructor is documented as supported)
+/// then panics or deadlocks, one that sleeps extends the reader and
+/// stalls every grace period.
+#[test]
+fn the_flood_brake_never_runs_destructors_inside_a_read_side_section() {
+    let k = Krcu::builder()
+        .arena_size(16 << 20)
+        .cpus(1)
+        .assist(Assist::Always)
+        .build()
+        .unwrap();
+    let max_depth = Arc::new(AtomicUsize::new(0));
+    let stalling = Arc::new(AtomicBool::new(false));
+    let release = Arc::new(AtomicBool::new(false));
+    let probe = |stall: bool| {
+        Box::new(Probe {
+            stall: stall.then(|| (stalling.clone(), release.clone())),
+            max_depth: max_depth.clone(),
+            head: RcuHead::new(),
+        })
+    };
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            pin_to(0);
+            // Hold CPU 0's reclaimer in a destructor.
+            k.kfree_rcu(probe(true)).unwrap();
+            let start = Instant::now();
+            while !stalling.load(SeqCst) {
+                assert!(start.elapsed() < Duration::from_secs(5), "setup: no stall");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            // Objects whose grace period will pass while it is held: they
+            // wait on CPU 0's ready list.
+            for _ in 0..10 {
+                k.kfree_rcu(probe(false)).unwrap();
+            }
+            std::thread::sleep(Duration::from_millis(300));
+            {
+                let _g = k.rcu().read_lock();
+                for _ in 0..10 {
+                    k.kfree_rcu(probe(false)).unwrap();
+                }
+            }
+            release.store(true, SeqCst);
+        });
+    });
+    k.kvfree_rcu_barrier();
+    assert_eq!(
+        max_depth.load(SeqCst),
+        0,
+        "a destructor ran inside the kfree_rcu caller's RCU read-side section"
+    );
+}
