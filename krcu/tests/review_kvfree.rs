@@ -207,7 +207,7 @@ fn inner_fork_while_a_thread_is_inside_its_front_section() {
 fn the_last_handle_dropped_by_a_shrinker_does_not_deadlock() {
     run_isolated(
         "inner_the_last_handle_dropped_by_a_shrinker",
-        Duration::from_secs(20),
+        Duration::from_secs(12),
     );
 }
 
@@ -437,7 +437,7 @@ fn a_panic_payload_that_panics_on_drop_loses_no_objects_of_its_block() {
 fn a_panic_payload_that_panics_on_drop_does_not_kill_the_reclaimer() {
     run_isolated(
         "inner_a_panic_payload_that_panics_on_drop_on_the_list",
-        Duration::from_secs(20),
+        Duration::from_secs(12),
     );
 }
 
@@ -507,7 +507,7 @@ extern "C" fn retire_from_handler(_: libc::c_int) {
 fn the_free_functions_first_use_from_a_signal_handler_does_not_allocate() {
     run_isolated(
         "inner_the_free_functions_first_use_from_a_signal_handler",
-        Duration::from_secs(20),
+        Duration::from_secs(12),
     );
 }
 
