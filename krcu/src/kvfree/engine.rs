@@ -890,7 +890,8 @@ impl Engine {
     }
 
     /// The flood brake: a task-context caller that may run destructors (not
-    /// atomic, irqs on, not real-time) frees one ready block of its CPU when
+    /// atomic, irqs on, not real-time, outside any RCU read-side section: a
+    /// destructor may wait for a grace period or sleep) frees one ready block of its CPU when
     /// the CPU is behind (or always, by configuration), so that pending
     /// memory stays bounded however little CPU the reclaimers get.
     #[inline]
@@ -907,6 +908,7 @@ impl Engine {
             && ctx == ContextKind::Task
             && !context::in_atomic()
             && !context::irqs_disabled()
+            && context::rcu_read_depth() == 0
         {
             self.assist(cpu);
         }
@@ -1033,7 +1035,18 @@ impl Engine {
             crate::fork::checkpoint();
             let mut freed = 0;
             for cpu in mine {
-                freed += self.reclaim_ready(cpu, CHUNK, true, false);
+                // Destructors' panics are caught one by one; this is the
+                // last resort for anything else that unwinds (a bad-free
+                // report of the freeing itself): the reclaimer goes on, or
+                // everything later on its CPU would never be freed.
+                freed += std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    self.reclaim_ready(cpu, CHUNK, true, false)
+                }))
+                .unwrap_or_else(|p| {
+                    super::block::drop_payload(p);
+                    EngineCounters::add(&self.counters.destructor_panics, 1);
+                    1
+                });
             }
             if freed > 0 {
                 let _g = self.idle.lock().unwrap_or_else(|e| e.into_inner());
