@@ -1315,7 +1315,9 @@ fn reclaim_list(list: &mut CbList) -> (usize, usize) {
 
 /// The engine's locks that the forking thread holds across a `fork` (see
 /// `crate::fork`), in phases so that with several engines each lock class
-/// is taken in one order: 0, the monitor's and front locks; 1, every `krc`
+/// is taken in one order: 0, the monitor's and front locks, and every
+/// front's gate (no thread is inside its front section at the fork, so the
+/// child never waits for a section whose thread it does not have); 1, every `krc`
 /// lock; 2, every ready-list lock (as the monitor nests them); 3, the
 /// wake-up locks.
 pub(crate) struct ForkLocks<'a>(#[allow(dead_code)] ForkGuards<'a>);
@@ -1326,6 +1328,7 @@ enum ForkGuards<'a> {
     Monitor(
         std::sync::MutexGuard<'a, ()>,
         std::sync::MutexGuard<'a, Vec<FrontEntry>>,
+        FrontGates,
     ),
     Krc(Vec<RawSpinLockGuard<'a, Krc>>),
     Ready(Vec<RawSpinLockGuard<'a, super::krc::Ready>>),
@@ -1344,10 +1347,12 @@ impl Engine {
     /// [`ForkLocks`]); the engine's workers are parked, holding none.
     pub(crate) fn lock_for_fork(&self, phase: usize) -> ForkLocks<'_> {
         ForkLocks(match phase {
-            0 => ForkGuards::Monitor(
-                self.pass_lock.lock().unwrap_or_else(|e| e.into_inner()),
-                self.fronts.lock().unwrap_or_else(|e| e.into_inner()),
-            ),
+            0 => {
+                let pass = self.pass_lock.lock().unwrap_or_else(|e| e.into_inner());
+                let fronts = self.fronts.lock().unwrap_or_else(|e| e.into_inner());
+                let gates = FrontGates::close(&fronts);
+                ForkGuards::Monitor(pass, fronts, gates)
+            }
             1 => ForkGuards::Krc(self.cpus.iter().map(|(_, c)| c.krc.lock()).collect()),
             2 => ForkGuards::Ready(self.cpus.iter().map(|(_, c)| c.ready.lock()).collect()),
             _ => ForkGuards::Wake(
@@ -1364,9 +1369,55 @@ impl Engine {
     /// In the child of a `fork`: objects another (now gone) thread was
     /// freeing are forgotten (they leak in the child), so that barriers do
     /// not wait for it.
+    ///
+    /// The other threads' fronts are marked exited: the child's monitor
+    /// takes their blocks (their sections ended before the fork, see
+    /// [`ForkLocks`]) and forgets them. The forking thread's own fronts
+    /// stay.
     pub(crate) fn forget_other_threads(&self) {
         for (_, c) in self.cpus.iter() {
             c.reclaiming.store(0, SeqCst);
+        }
+        for e in self.fronts.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            if !front::owned_here(&e.front) {
+                e.front.exited.store(true, Release);
+            }
+        }
+    }
+}
+
+/// Every front's gate closed across a `fork`: each front's steal asked and
+/// its owner out of its section; opened again when dropped (in the parent
+/// and in the child).
+///
+/// Ordering: the same handshake as the monitor's steal (`steal.rs`): every
+/// `steal` store precedes one membarrier, after which an owner is either
+/// seen `busy` (and waited for) or will see `steal` and leave its block
+/// alone; so at the fork no thread is inside its section, and none enters
+/// one until the gates reopen. The owners never block on anything while
+/// inside (a section holds no lock but a `krc` trylock), so the wait ends.
+pub(crate) struct FrontGates(Vec<Arc<Front>>);
+
+impl FrontGates {
+    fn close(fronts: &[FrontEntry]) -> FrontGates {
+        let gates: Vec<Arc<Front>> = fronts.iter().map(|e| e.front.clone()).collect();
+        for f in &gates {
+            f.fork_ask();
+        }
+        if let Some(f) = gates.first() {
+            f.fork_barrier();
+        }
+        for f in &gates {
+            f.fork_wait();
+        }
+        FrontGates(gates)
+    }
+}
+
+impl Drop for FrontGates {
+    fn drop(&mut self) {
+        for f in &self.0 {
+            f.fork_release();
         }
     }
 }

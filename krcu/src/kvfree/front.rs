@@ -141,6 +141,29 @@ impl Front {
         (b, objs, bytes)
     }
 
+    /// The fork prepare handler: asks for the block (step one of the
+    /// steal); [`fork_wait`](Self::fork_wait) follows a barrier.
+    pub(crate) fn fork_ask(&self) {
+        self.gate.ask();
+    }
+
+    /// The barrier between `fork_ask` and `fork_wait` (one serves every
+    /// front).
+    pub(crate) fn fork_barrier(&self) {
+        self.gate.barrier();
+    }
+
+    /// Waits until the owner is out of its section; the gate then stays
+    /// closed until [`fork_release`](Self::fork_release).
+    pub(crate) fn fork_wait(&self) {
+        self.gate.wait_owner();
+    }
+
+    /// Opens the gate again (in the parent and the child).
+    pub(crate) fn fork_release(&self) {
+        self.gate.release();
+    }
+
     pub(crate) fn set_dead(&self) {
         self.dead.store(true, Release);
     }
@@ -182,6 +205,16 @@ pub(crate) fn current(engine: u64) -> Option<&'static Front> {
     } else {
         None
     }
+}
+
+/// Whether `f` is one of the calling thread's fronts.
+pub(crate) fn owned_here(f: &Front) -> bool {
+    OWNED
+        .try_with(|o| {
+            o.0.try_borrow()
+                .is_ok_and(|l| l.iter().any(|x| ptr::eq(Arc::as_ptr(x), f)))
+        })
+        .unwrap_or(false)
 }
 
 /// This thread's front for `engine`, made (and handed to `register`, which

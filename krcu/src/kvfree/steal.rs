@@ -77,7 +77,21 @@ impl StealGate {
     /// its section; the data is then the monitor's until
     /// [`release`](Self::release).
     pub fn steal(&self) {
+        self.ask();
+        self.barrier();
+        self.wait_owner();
+    }
+
+    /// The first step of [`steal`](Self::steal): sets `steal`. With several
+    /// gates, ask each, then one [`barrier`](Self::barrier) serves them
+    /// all (a membarrier orders every owner's section against every store
+    /// made before it), then [`wait_owner`](Self::wait_owner) each.
+    pub fn ask(&self) {
         self.steal.store(true, SeqCst);
+    }
+
+    /// The monitor's barrier B_m (see the module doc), after `ask`.
+    pub fn barrier(&self) {
         if self.fences {
             fence(SeqCst);
         } else {
@@ -86,6 +100,11 @@ impl StealGate {
             #[cfg(loom)]
             unreachable!("loom cannot model membarrier: model the fence variant");
         }
+    }
+
+    /// Waits until the owner is out of its section (after `ask` and
+    /// `barrier`): the data is then the caller's until `release`.
+    pub fn wait_owner(&self) {
         // Acquire: pairs with the owner's Release in `end`.
         while self.busy.load(Acquire) {
             crate::sync::yield_now();
