@@ -174,13 +174,10 @@ impl KrcuBuilder {
         // Spare blocks are there before the first call: a real-time thread
         // does not depend on the worker having run.
         engine.refill_pass();
-        let (worker, reclaimers) = spawn_workers(&engine)?;
+        let threads = spawn_workers(&engine)?;
         let workers = Arc::new(Workers {
             engine: engine.clone(),
-            threads: Mutex::new(Threads {
-                worker: Some(worker),
-                reclaimers,
-            }),
+            threads: Mutex::new(threads),
         });
         let weak: std::sync::Weak<dyn fork::Participant> = Arc::downgrade(&workers) as _;
         fork::register(weak);
@@ -207,7 +204,10 @@ struct Workers {
 }
 
 struct Threads {
+    /// The monitor.
     worker: Option<JoinHandle<()>>,
+    /// The refill thread.
+    refill: Option<JoinHandle<()>>,
     reclaimers: Vec<JoinHandle<()>>,
 }
 
@@ -217,6 +217,7 @@ impl Workers {
         let mut t = self.threads.lock().unwrap_or_else(|e| e.into_inner());
         Threads {
             worker: t.worker.take(),
+            refill: t.refill.take(),
             reclaimers: core::mem::take(&mut t.reclaimers),
         }
     }
@@ -244,24 +245,21 @@ impl fork::Participant for Workers {
         // joined (that would wait forever).
         core::mem::forget(core::mem::take(&mut t.reclaimers));
         core::mem::forget(t.worker.take());
+        core::mem::forget(t.refill.take());
         if self.engine.stop.load(Ordering::Acquire) {
             return; // the instance is being dropped
         }
         self.engine.forget_other_threads();
         match spawn_workers(&self.engine) {
-            Ok((worker, reclaimers)) => {
-                t.worker = Some(worker);
-                t.reclaimers = reclaimers;
-            }
+            Ok(threads) => *t = threads,
             Err(e) => tracing::error!("krcu: cannot restart the kvfree workers after fork: {e}"),
         }
     }
 }
 
-/// Starts the `kfree_rcu` worker and one reclaimer per CPU.
-fn spawn_workers(
-    engine: &Arc<Engine>,
-) -> Result<(JoinHandle<()>, Vec<JoinHandle<()>>), BuildError> {
+/// Starts the `kfree_rcu` monitor, its refill thread and one reclaimer per
+/// CPU.
+fn spawn_workers(engine: &Arc<Engine>) -> Result<Threads, BuildError> {
     // One reclaimer per CPU, on that CPU when the instance models the
     // machine's CPUs one to one: objects are freed near where they were
     // used, and reclaim scales with the CPUs as the flood does.
@@ -289,22 +287,42 @@ fn spawn_workers(
             }
         }
     }
-    let e = engine.clone();
-    let token = fork::WorkerToken::new();
-    let worker = match std::thread::Builder::new()
-        .name("krcu-kvfree".into())
-        .spawn(move || {
-            let _token = token;
-            worker::run(e)
-        }) {
-        Ok(w) => w,
-        Err(err) => {
-            engine.stop_reclaimers();
-            reclaimers.into_iter().for_each(|h| drop(h.join()));
-            return Err(BuildError::Worker(err.to_string()));
-        }
+    let spawn = |name: &str, body: fn(Arc<Engine>)| {
+        let e = engine.clone();
+        let token = fork::WorkerToken::new();
+        std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || {
+                let _token = token;
+                body(e)
+            })
     };
-    Ok((worker, reclaimers))
+    let mut threads = Threads {
+        worker: None,
+        refill: None,
+        reclaimers,
+    };
+    let started = spawn("krcu-kvmon", worker::run).and_then(|w| {
+        threads.worker = Some(w);
+        spawn("krcu-kvfree", worker::run_refill)
+    });
+    match started {
+        Ok(r) => {
+            threads.refill = Some(r);
+            Ok(threads)
+        }
+        Err(err) => {
+            engine.stop.store(true, Ordering::Release);
+            engine.kick();
+            if let Some(w) = threads.worker.take() {
+                let _ = w.join();
+            }
+            engine.stop.store(false, Ordering::Release);
+            engine.stop_reclaimers();
+            threads.reclaimers.into_iter().for_each(|h| drop(h.join()));
+            Err(BuildError::Worker(err.to_string()))
+        }
+    }
 }
 
 impl core::fmt::Debug for Krcu {
@@ -609,7 +627,18 @@ impl Drop for Krcu {
             workers: self.workers.clone(),
             shrinker: self.shrinker.take(),
         };
-        if !(self.engine.in_own_reclaim() || self.engine.rcu().on_worker()) {
+        // Inline unless it would wait for the calling thread: a destructor
+        // run by this instance's reclaim, an RCU callback on its worker,
+        // one of its own workers, or a thread running the page allocator's
+        // shrinkers (the teardown unregisters this instance's shrinker,
+        // which takes the shrinker mutex that thread holds, and joins the
+        // refill thread, which may wait for that mutex in direct reclaim;
+        // kswapd is such a thread).
+        let inline = !(self.engine.in_own_reclaim()
+            || self.engine.rcu().on_worker()
+            || self.engine.on_own_worker()
+            || PageAllocator::in_reclaim());
+        if inline {
             teardown.run();
             return;
         }
@@ -639,8 +668,12 @@ impl Teardown {
     fn run(mut self) {
         self.engine.stop.store(true, Ordering::Release);
         self.engine.kick();
-        let Threads { worker, reclaimers } = self.workers.take();
-        if let Some(w) = worker {
+        let Threads {
+            worker,
+            refill,
+            reclaimers,
+        } = self.workers.take();
+        for w in [worker, refill].into_iter().flatten() {
             let _ = w.join();
         }
         // Nothing is lost: everything queued is freed before the instance

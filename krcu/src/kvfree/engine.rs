@@ -77,6 +77,11 @@ pub(crate) struct Engine {
     pass_lock: Mutex<()>,
     wake: Mutex<bool>,
     wake_cv: Condvar,
+    /// Wakes the refill thread (a thread of its own: its sleeping
+    /// allocations may run the shrinkers, which may block, and the monitor
+    /// must go on meanwhile).
+    refill_wake: Mutex<bool>,
+    refill_cv: Condvar,
     pub(crate) stop: AtomicBool,
     reclaim_stop: AtomicBool,
     /// Signalled when a reclaimer finishes a batch (for barriers).
@@ -129,6 +134,8 @@ impl Engine {
             pass_lock: Mutex::new(()),
             wake: Mutex::new(false),
             wake_cv: Condvar::new(),
+            refill_wake: Mutex::new(false),
+            refill_cv: Condvar::new(),
             stop: AtomicBool::new(false),
             reclaim_stop: AtomicBool::new(false),
             idle: Mutex::new(()),
@@ -582,20 +589,55 @@ impl Engine {
     // The worker: monitor, refill, reclaim
     // ----------------------------------------------------------------
 
-    /// Wakes the worker (from contexts that may make a system call).
+    /// Wakes the monitor and the refill thread (from contexts that may
+    /// make a system call).
     pub(crate) fn kick(&self) {
         *self.wake.lock().unwrap_or_else(|e| e.into_inner()) = true;
         self.wake_cv.notify_one();
+        self.kick_refill();
     }
 
-    /// Sleeps until kicked or `timeout`.
+    /// Wakes the refill thread.
+    pub(crate) fn kick_refill(&self) {
+        *self.refill_wake.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        self.refill_cv.notify_one();
+    }
+
+    /// The monitor sleeps until kicked or `timeout`.
     pub(crate) fn sleep(&self, timeout: Duration) {
-        let g = self.wake.lock().unwrap_or_else(|e| e.into_inner());
-        let (mut g, _) = self
-            .wake_cv
+        Self::sleep_on(&self.wake, &self.wake_cv, timeout);
+    }
+
+    /// The refill thread sleeps until kicked or `timeout`.
+    pub(crate) fn sleep_refill(&self, timeout: Duration) {
+        Self::sleep_on(&self.refill_wake, &self.refill_cv, timeout);
+    }
+
+    fn sleep_on(wake: &Mutex<bool>, cv: &Condvar, timeout: Duration) {
+        let g = wake.lock().unwrap_or_else(|e| e.into_inner());
+        let (mut g, _) = cv
             .wait_timeout_while(g, timeout, |kicked| !*kicked)
             .unwrap_or_else(|e| e.into_inner());
         *g = false;
+    }
+
+    /// Whether any CPU asked for spare blocks.
+    pub(crate) fn refill_wanted(&self) -> bool {
+        self.cpus
+            .iter()
+            .any(|(_, c)| c.refill_wanted.load(Relaxed))
+    }
+
+    /// Records the calling thread as one of this instance's workers (the
+    /// monitor, the refill thread, a reclaimer): dropping the instance
+    /// there must not join the thread itself.
+    pub(crate) fn mark_worker(&self) {
+        WORKER_OF.with(|w| w.set(self));
+    }
+
+    /// Whether the calling thread is one of this instance's workers.
+    pub(crate) fn on_own_worker(&self) -> bool {
+        WORKER_OF.with(|w| core::ptr::eq(w.get(), self))
     }
 
     pub(crate) fn take_flush_request(&self) -> bool {
@@ -1028,6 +1070,7 @@ impl Engine {
         /// Blocks per chunk: short lock holds, a few thousand objects.
         const CHUNK: usize = 8;
         let _softirq = context::enter_softirq();
+        self.mark_worker();
         let home = self.cpus.get(cpu_index);
         // This CPU's home state and its overflow state.
         let mine = [home, self.cpus.get(cpu_index + self.homes)];
@@ -1222,6 +1265,10 @@ struct ReclaimFrame {
 }
 
 std::thread_local! {
+    /// The engine whose worker the calling thread is (const, no
+    /// destructor; only compared, never followed).
+    static WORKER_OF: core::cell::Cell<*const Engine> =
+        const { core::cell::Cell::new(core::ptr::null()) };
     /// The innermost reclaim in progress on this thread (const, no
     /// destructor: usable from thread-local destructors too).
     static RECLAIM_TOP: core::cell::Cell<*const ReclaimFrame> =
@@ -1334,6 +1381,7 @@ enum ForkGuards<'a> {
     Ready(Vec<RawSpinLockGuard<'a, super::krc::Ready>>),
     Wake(
         std::sync::MutexGuard<'a, bool>,
+        std::sync::MutexGuard<'a, bool>,
         std::sync::MutexGuard<'a, ()>,
         Vec<std::sync::MutexGuard<'a, bool>>,
     ),
@@ -1357,6 +1405,7 @@ impl Engine {
             2 => ForkGuards::Ready(self.cpus.iter().map(|(_, c)| c.ready.lock()).collect()),
             _ => ForkGuards::Wake(
                 self.wake.lock().unwrap_or_else(|e| e.into_inner()),
+                self.refill_wake.lock().unwrap_or_else(|e| e.into_inner()),
                 self.idle.lock().unwrap_or_else(|e| e.into_inner()),
                 self.cpus
                     .iter()
