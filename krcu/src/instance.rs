@@ -356,8 +356,10 @@ impl Krcu {
     /// # Panics
     /// If it cannot be built (no memory for the arena's metadata, no
     /// thread).
+    ///
+    /// The free function [`kfree_rcu`](crate::kfree_rcu) never builds it
+    /// where the caller may not sleep (see there).
     pub fn global() -> &'static Krcu {
-        static GLOBAL: OnceLock<Krcu> = OnceLock::new();
         GLOBAL.get_or_init(|| {
             Krcu::builder()
                 .build_on(crate::rcu::global_arc().clone())
@@ -689,13 +691,65 @@ impl Teardown {
     }
 }
 
+/// The process-wide instance behind [`Krcu::global`].
+static GLOBAL: OnceLock<Krcu> = OnceLock::new();
+
 /// [`Krcu::kfree_rcu`] on the process-wide instance ([`Krcu::global`],
 /// whose RCU is [`krcu::rcu::global()`](crate::rcu::global): readers entered
 /// with `krcu::rcu::read_lock()` hold the object off).
+///
+/// The same promises as [`Krcu::kfree_rcu`], the first call included:
+/// where the caller may not sleep (a signal handler, atomic, irqs off,
+/// inside an RCU read-side section, a real-time thread) and the instance
+/// is not built yet, it is not built there (that maps the arena, allocates
+/// and starts threads, and from a handler that interrupted its own
+/// initialisation would deadlock): the object goes to the global RCU's
+/// `call_rcu` with a callback that drops the `Box`, the kernel's `rcu_head`
+/// fallback. [`kvfree_rcu_barrier`] waits for those too (it runs
+/// `rcu_barrier` on that same RCU). The first call where sleeping is
+/// allowed builds the instance.
 #[track_caller]
 #[doc(alias = "kvfree_call_rcu")]
 pub fn kfree_rcu<T: HasRcuHead>(obj: Box<T>) -> Result<(), InNmi<T>> {
+    if let Some(k) = GLOBAL.get() {
+        return k.kfree_rcu(obj);
+    }
+    if !may_build_global() {
+        return kfree_rcu_unbuilt(obj);
+    }
     Krcu::global().kfree_rcu(obj)
+}
+
+/// Whether the calling context may build the process-wide instance (it
+/// sleeps: locks, allocations, thread starts).
+#[inline]
+fn may_build_global() -> bool {
+    matches!(
+        context::kind(),
+        context::ContextKind::Task | context::ContextKind::Softirq
+    ) && !context::in_atomic()
+        && !context::irqs_disabled()
+        && context::rcu_read_depth() == 0
+        && !context::is_realtime()
+}
+
+/// `kfree_rcu` before the process-wide instance exists, where it may not
+/// be built: the `rcu_head` fallback on the global RCU.
+#[cold]
+fn kfree_rcu_unbuilt<T: HasRcuHead>(obj: Box<T>) -> Result<(), InNmi<T>> {
+    if context::in_nmi() {
+        return Err(InNmi(obj));
+    }
+    let raw = Box::into_raw(obj);
+    // SAFETY: HasRcuHead's contract puts the head RCU_HEAD_OFFSET bytes
+    // into the object, inside the allocation.
+    let head =
+        unsafe { NonNull::new_unchecked(raw.byte_add(T::RCU_HEAD_OFFSET).cast::<RcuHead>()) };
+    // SAFETY: the head belongs to a leaked Box<T> handed over here (valid,
+    // unmoved, not queued: the Box was the caller's), and
+    // drop_box_by_head::<T> frees exactly that Box after the grace period.
+    unsafe { crate::rcu::call_rcu(head, drop_box_by_head::<T>) };
+    Ok(())
 }
 
 /// [`Krcu::kvfree_rcu_mightsleep`] on the process-wide instance.
@@ -704,10 +758,21 @@ pub fn kvfree_rcu_mightsleep<T: Send + 'static>(obj: Box<T>) -> Result<(), InNmi
     Krcu::global().kvfree_rcu_mightsleep(obj)
 }
 
-/// [`Krcu::kvfree_rcu_barrier`] on the process-wide instance.
+/// [`Krcu::kvfree_rcu_barrier`] on the process-wide instance. Before the
+/// instance is built, objects retired with [`kfree_rcu`] went to the global
+/// RCU's `call_rcu` (see there): this is then its `rcu_barrier`, and does
+/// not build the instance.
 #[track_caller]
 pub fn kvfree_rcu_barrier() {
-    Krcu::global().kvfree_rcu_barrier()
+    match GLOBAL.get() {
+        // Its barrier runs `rcu_barrier` on the global RCU too, so it also
+        // waits for what went to `call_rcu` before the instance was built.
+        Some(k) => k.kvfree_rcu_barrier(),
+        // Whoever queued on the instance built it first (`get_or_init`
+        // returned before the call): if this load sees none, everything
+        // queued before this call is on the global RCU's lists.
+        None => crate::rcu::rcu_barrier(),
+    }
 }
 
 /// Pins the calling thread to `cpu` (best effort: an error leaves it free).
