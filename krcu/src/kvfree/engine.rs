@@ -222,7 +222,12 @@ impl Engine {
         let may_alloc = self.config.policy == Policy::Preemptible
             && self.domain.preemptible()
             && !context::is_realtime();
-        if self.use_fronts && matches!(ctx, ContextKind::Task | ContextKind::Softirq) {
+        // Not from inside this thread's own `swap_front` (a report handler
+        // that retires objects): its front is mid-swap there.
+        if self.use_fronts
+            && matches!(ctx, ContextKind::Task | ContextKind::Softirq)
+            && !front::in_swap()
+        {
             let ci = usize::from(ctx == ContextKind::Softirq);
             let front = match front::current(self.id) {
                 Some(f) => Some(f),
@@ -335,8 +340,18 @@ impl Engine {
         if !f.begin() {
             return false;
         }
+        // What runs from here to `end` may call out (the validator's
+        // report handler on the trylock or the policy's allocation): a
+        // `kfree_rcu` made there takes the per-CPU path (`queue`).
+        struct Section<'a>(&'a Front, bool);
+        impl Drop for Section<'_> {
+            fn drop(&mut self) {
+                front::set_in_swap(self.1);
+                self.0.end();
+            }
+        }
+        let section = Section(f, front::set_in_swap(true));
         let Ok(mut locked) = self.try_lock_any() else {
-            f.end();
             return false;
         };
         // With the lock held and inside the owner's section: both blocks
@@ -355,8 +370,21 @@ impl Engine {
                 let b = unsafe { Block::init(p, *chan) };
                 // SAFETY: just made, ours.
                 unsafe { (*b.as_ptr()).push(obj, snap) };
-                f.block.store(b.as_ptr(), Relaxed);
-                f.count(1, chan.obj_size, ci);
+                // From null (swapped out above): nothing else puts a block
+                // in this front meanwhile (nested calls take the per-CPU
+                // path); should anything have, the new block is handed
+                // over as full instead of overwriting it.
+                if f
+                    .block
+                    .compare_exchange(core::ptr::null_mut(), b.as_ptr(), Relaxed, Relaxed)
+                    .is_ok()
+                {
+                    f.count(1, chan.obj_size, ci);
+                } else {
+                    // SAFETY: just made, ours, holding one object.
+                    unsafe { locked.krc.adopt(b, 1, chan.obj_size) };
+                    locked.krc.count_call(ctx);
+                }
                 true
             }
             // No new block: the CPU's own block may have room (the lock is
@@ -371,7 +399,7 @@ impl Engine {
         };
         let cpu = locked.cpu;
         drop(locked);
-        f.end();
+        drop(section);
         if queued {
             self.maybe_assist(cpu, ctx);
         }

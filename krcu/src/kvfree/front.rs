@@ -186,10 +186,29 @@ impl Drop for Owned {
 }
 
 thread_local! {
+    /// Set while this thread is inside a front section that calls out
+    /// (`Engine::swap_front`: the lock validator's report handler, a
+    /// tracing subscriber, may run there and retire objects): a nested
+    /// call takes the per-CPU path, never a front (const, no destructor).
+    static IN_SWAP: Cell<bool> = const { Cell::new(false) };
     /// The front last used, and its instance's id (no destructor: readable
     /// from any context without registering anything).
     static CURRENT: Cell<(u64, *const Front)> = const { Cell::new((0, ptr::null())) };
     static OWNED: Owned = const { Owned(RefCell::new(Vec::new())) };
+}
+
+/// Whether this thread is inside a front section that calls out (see
+/// `IN_SWAP`).
+#[inline]
+pub(crate) fn in_swap() -> bool {
+    IN_SWAP.with(Cell::get)
+}
+
+/// Marks this thread inside (`true`) or out of a front section that calls
+/// out; returns the previous value.
+#[inline]
+pub(crate) fn set_in_swap(on: bool) -> bool {
+    IN_SWAP.with(|c| c.replace(on))
 }
 
 /// This thread's front for instance `engine`, if it has one.
