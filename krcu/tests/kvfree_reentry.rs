@@ -90,3 +90,40 @@ fn a_kfree_rcu_from_inside_the_front_section_loses_nothing() {
         "objects retired from inside the front section were lost"
     );
 }
+
+/// Blocks whose grace period elapsed before the monitor hands them over go
+/// straight to the ready list (drain-ready): the reclaimer is woken for
+/// them, not left to its 100 ms timeout.
+#[test]
+fn drain_ready_blocks_are_freed_without_waiting_for_the_reclaimers_timeout() {
+    let drain = std::time::Duration::from_millis(5);
+    let k = Krcu::builder()
+        .arena_size(16 << 20)
+        .cpus(1)
+        .drain_delay(drain)
+        .assist(krcu::Assist::Never)
+        .build()
+        .unwrap();
+    let freed = Arc::new(AtomicUsize::new(0));
+    let mut worst = std::time::Duration::ZERO;
+    for round in 1..=8 {
+        k.kfree_rcu(Box::new(Node {
+            freed: freed.clone(),
+            head: RcuHead::new(),
+        }))
+        .unwrap();
+        // The object's grace period elapses long before the drain delay.
+        k.rcu().synchronize_expedited();
+        let start = std::time::Instant::now();
+        while freed.load(SeqCst) < round {
+            assert!(start.elapsed() < std::time::Duration::from_secs(5));
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        worst = worst.max(start.elapsed());
+    }
+    assert!(k.stats().drain_ready_blocks > 0, "setup: no drain-ready block");
+    assert!(
+        worst < std::time::Duration::from_millis(60),
+        "a drain-ready object waited {worst:?} (drain delay {drain:?})"
+    );
+}

@@ -814,6 +814,8 @@ impl Engine {
             };
             // SAFETY: every block in `work` has an elapsed snapshot.
             unsafe { self.make_ready(cpu.batches[0].cpu, &mut work) };
+            // No RCU callback will wake the reclaimer for these.
+            self.wake_reclaimer(cpu.batches[0].cpu);
         }
         claim.submit(self);
         result
