@@ -241,10 +241,15 @@ impl Engine {
                 None if may_make_front(ctx) => self.register_front(),
                 None => None,
             };
-            if let Some(f) = front
-                && (f.try_push(chan, obj, &self.rcu, ci) || self.swap_front(f, chan, obj, ci, ctx))
-            {
-                return;
+            if let Some(f) = front {
+                let done = match f.try_push(chan, obj, &self.rcu, ci) {
+                    front::Push::Done => true,
+                    front::Push::Swap => self.swap_front(f, chan, obj, ci, ctx),
+                    front::Push::OtherChannel | front::Push::Stolen => false,
+                };
+                if done {
+                    return;
+                }
             }
         }
         let mut locked = match self.try_lock_any() {
@@ -324,7 +329,7 @@ impl Engine {
         })
     }
 
-    /// The front block is full, of another channel, or missing: under a
+    /// The front block is full or missing: under a
     /// `krc` trylock, hand the old block over as a full one and start a new
     /// one with `obj`. False when no lock or no block can be had (the
     /// caller takes the per-CPU path).

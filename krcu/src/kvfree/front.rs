@@ -2,8 +2,11 @@
 //!
 //! A thread in task or softirq context appends to a block of its own with
 //! plain stores: no atomic read-modify-write, no lock, so the common call
-//! costs a few loads and stores. When the block is full (or of another
-//! channel) the thread swaps it under its CPU's `krc` trylock: the full
+//! costs a few loads and stores. An object of another channel than the
+//! block's takes the per-CPU path (which keeps a block for each of several
+//! channels), so a thread that retires two types in turn does not burn a
+//! block per call. When the block is full the thread swaps it under its
+//! CPU's `krc` trylock: the full
 //! block goes to the `krc` as an evicted block, which the monitor hands to
 //! RCU at once, and a new one comes from the cache or the policy. Signal
 //! handlers (hardirq) and NMI never use a front: they take the per-CPU path.
@@ -99,22 +102,24 @@ impl Front {
     /// The owner's fast path: puts `obj` in the front block if it is of
     /// `chan` and has room.
     #[inline]
-    pub(crate) fn try_push(&self, chan: &Channel, obj: *mut u8, rcu: &Rcu, ctx: usize) -> bool {
+    pub(crate) fn try_push(&self, chan: &Channel, obj: *mut u8, rcu: &Rcu, ctx: usize) -> Push {
         if !self.begin() {
-            return false;
+            return Push::Stolen;
         }
         // The cookie is taken inside the section, where the block is ours.
         let snap = rcu.get_state();
         let b = self.block.load(Relaxed);
-        let mut done = false;
+        let mut done = Push::Swap;
         if !b.is_null() {
             // SAFETY: inside the owner's section with no steal asked, the
             // block belongs to this thread (module doc).
             let blk = unsafe { &mut *b };
-            if blk.chan.same(chan) && !blk.is_full() {
+            if !blk.chan.same(chan) {
+                done = Push::OtherChannel;
+            } else if !blk.is_full() {
                 blk.push(obj, snap);
                 self.count(1, chan.obj_size, ctx);
-                done = true;
+                done = Push::Done;
             }
         }
         self.end();
@@ -167,6 +172,21 @@ impl Front {
     pub(crate) fn set_dead(&self) {
         self.dead.store(true, Release);
     }
+}
+
+/// What [`Front::try_push`] did.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Push {
+    /// The object is in the front block.
+    Done,
+    /// No block, or a full one: swap it for a new one.
+    Swap,
+    /// The block is of another channel (and may have room): the object
+    /// takes the per-CPU path, which keeps a block per channel for several
+    /// channels, rather than burn a block per change of type.
+    OtherChannel,
+    /// The monitor is taking the block.
+    Stolen,
 }
 
 /// The fronts a thread owns; marks them exited when the thread ends.
