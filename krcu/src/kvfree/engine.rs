@@ -414,13 +414,16 @@ impl Engine {
     /// The monitor's look at the fronts: takes the block of a front whose
     /// thread exited, of one whose block has sat a drain delay, and of all
     /// with `flush`, and hands them to the first CPU's `krc` as full
-    /// blocks. Returns the objects and bytes still in fronts.
-    fn monitor_fronts(&self, flush: bool, now: Instant) -> (usize, usize) {
+    /// blocks. Returns the objects and bytes still in fronts, and whether
+    /// it took every block it wanted: an owner that stays inside its
+    /// section (preempted there) is not waited for, with the monitor and
+    /// front locks held; the next pass (a barrier's next round) tries again.
+    fn monitor_fronts(&self, flush: bool, now: Instant) -> (usize, usize, bool) {
         if !self.use_fronts {
-            return (0, 0);
+            return (0, 0, true);
         }
         let mut fronts = self.fronts.lock().unwrap_or_else(|e| e.into_inner());
-        let (mut objs, mut bytes) = (0, 0);
+        let (mut objs, mut bytes, mut complete) = (0, 0, true);
         fronts.retain_mut(|e| {
             let f = &e.front;
             let exited = f.exited.load(Acquire);
@@ -432,8 +435,14 @@ impl Engine {
             let aged = e
                 .since
                 .is_some_and(|t| now.duration_since(t) >= self.config.drain_delay);
-            if !b.is_null() && (exited || flush || aged) {
-                let (b, o, by) = f.steal();
+            let stolen = if !b.is_null() && (exited || flush || aged) {
+                let got = f.steal();
+                complete &= got.is_some();
+                got
+            } else {
+                None
+            };
+            if let Some((b, o, by)) = stolen {
                 if let Some(b) = NonNull::new(b) {
                     let mut krc = self.cpus.get(0).krc.lock();
                     // SAFETY: stolen: the block is ours now.
@@ -450,12 +459,14 @@ impl Engine {
                         super::block::BLOCK_BYTES
                     };
             }
-            if exited {
+            // An exited front is forgotten once its block is taken.
+            let gone = exited && f.block.load(Relaxed).is_null();
+            if gone {
                 self.forget_front(f);
             }
-            !exited
+            !gone
         });
-        (objs, bytes)
+        (objs, bytes, complete)
     }
 
     /// The instance is going away: threads may forget their fronts.
@@ -699,8 +710,7 @@ impl Engine {
     pub(crate) fn monitor_pass(&self, flush: bool) -> (bool, bool) {
         let _pass = self.pass_lock.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
-        let mut complete = true;
-        let (mut pending_objs, mut pending_bytes) = self.monitor_fronts(flush, now);
+        let (mut pending_objs, mut pending_bytes, mut complete) = self.monitor_fronts(flush, now);
         let mut busy = pending_objs > 0;
         for (_, cpu) in self.cpus.iter() {
             let r = self.monitor_cpu(cpu, flush, now);

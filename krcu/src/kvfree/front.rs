@@ -136,14 +136,19 @@ impl Front {
     }
 
     /// Takes the block from its owner (the monitor): `membarrier` must be
-    /// in use.
-    pub(crate) fn steal(&self) -> (*mut Block, usize, usize) {
-        self.gate.steal();
+    /// in use. None if the owner stays inside its section (preempted
+    /// there): the monitor tries again on its next pass.
+    pub(crate) fn steal(&self) -> Option<(*mut Block, usize, usize)> {
+        /// Looks at the owner's section before giving up (each a yield).
+        const SPINS: usize = 64;
+        if !self.gate.try_steal(SPINS) {
+            return None;
+        }
         let b = self.block.swap(ptr::null_mut(), AcqRel);
         let objs = self.objs.swap(0, Relaxed);
         let bytes = self.bytes.swap(0, Relaxed);
         self.gate.release();
-        (b, objs, bytes)
+        Some((b, objs, bytes))
     }
 
     /// The fork prepare handler: asks for the block (step one of the

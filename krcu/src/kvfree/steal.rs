@@ -75,7 +75,9 @@ impl StealGate {
 
     /// The monitor asks for the data and waits until the owner is out of
     /// its section; the data is then the monitor's until
-    /// [`release`](Self::release).
+    /// [`release`](Self::release). (The engine uses
+    /// [`try_steal`](Self::try_steal); the loom model checks this.)
+    #[cfg_attr(not(loom), allow(dead_code))]
     pub fn steal(&self) {
         self.ask();
         self.barrier();
@@ -109,6 +111,30 @@ impl StealGate {
         while self.busy.load(Acquire) {
             crate::sync::yield_now();
         }
+    }
+
+    /// [`steal`](Self::steal), giving up (and withdrawing the request)
+    /// if the owner is still inside its section after `spins` looks: an
+    /// owner preempted there must not hold the monitor up. True if the
+    /// data is the caller's until [`release`](Self::release).
+    ///
+    /// Withdrawing is safe: the owner reads `steal` once, at the start of
+    /// its section, and the data was never touched here.
+    pub fn try_steal(&self, spins: usize) -> bool {
+        self.ask();
+        self.barrier();
+        for _ in 0..spins {
+            // Acquire: pairs with the owner's Release in `end`.
+            if !self.busy.load(Acquire) {
+                return true;
+            }
+            crate::sync::yield_now();
+        }
+        if !self.busy.load(Acquire) {
+            return true;
+        }
+        self.release();
+        false
     }
 
     /// The monitor gives the data back to the owner.
