@@ -83,7 +83,10 @@ fn a_kfree_rcu_from_inside_the_front_section_loses_nothing() {
     FREED.store(core::ptr::null_mut(), SeqCst);
     k.kvfree_rcu_barrier();
     let nested = NESTED.load(SeqCst);
-    assert!(nested > 0, "setup: the handler never ran inside the section");
+    assert!(
+        nested > 0,
+        "setup: the handler never ran inside the section"
+    );
     assert_eq!(
         freed.load(SeqCst),
         N + nested,
@@ -121,7 +124,10 @@ fn drain_ready_blocks_are_freed_without_waiting_for_the_reclaimers_timeout() {
         }
         worst = worst.max(start.elapsed());
     }
-    assert!(k.stats().drain_ready_blocks > 0, "setup: no drain-ready block");
+    assert!(
+        k.stats().drain_ready_blocks > 0,
+        "setup: no drain-ready block"
+    );
     assert!(
         worst < std::time::Duration::from_millis(60),
         "a drain-ready object waited {worst:?} (drain delay {drain:?})"

@@ -60,11 +60,7 @@ fn a_real_time_threads_suspicious_kfree_rcu_is_reported_without_allocating() {
         .report_handler(ReportHandler::Collect(log.clone()))
         .build()
         .unwrap();
-    let other = Krcu::builder()
-        .arena_size(4 << 20)
-        .cpus(1)
-        .build()
-        .unwrap();
+    let other = Krcu::builder().arena_size(4 << 20).cpus(1).build().unwrap();
     let allocs = std::thread::scope(|s| {
         s.spawn(|| {
             let _reader = k.register_thread();

@@ -129,10 +129,13 @@ impl Block {
             unsafe { (chan.reclaim)(chan.ctx, entries) }
         }));
         self.count = 0;
-        (n, r.unwrap_or_else(|p| {
-            drop_payload(p);
-            1
-        }))
+        (
+            n,
+            r.unwrap_or_else(|p| {
+                drop_payload(p);
+                1
+            }),
+        )
     }
 }
 

@@ -65,13 +65,10 @@ fn write_slot(i: usize, magic: u64, cache: *mut ()) {
 pub(crate) fn register<T>(cache: &SlabCache<T>) -> Option<usize> {
     let magic = cache.magic();
     debug_assert_ne!(magic, RESERVED);
-    for i in 0..REGISTRY_SLOTS {
+    for (i, slot) in MAGICS.iter().enumerate() {
         // AcqRel: reads the Release store of 0 that freed the slot, so the
         // seqlock's counter read next is the latest.
-        if MAGICS[i]
-            .compare_exchange(0, RESERVED, AcqRel, Relaxed)
-            .is_ok()
-        {
+        if slot.compare_exchange(0, RESERVED, AcqRel, Relaxed).is_ok() {
             write_slot(i, magic, ptr::from_ref(cache).cast_mut().cast());
             return Some(i);
         }

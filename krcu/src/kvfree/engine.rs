@@ -379,8 +379,7 @@ impl Engine {
                 // in this front meanwhile (nested calls take the per-CPU
                 // path); should anything have, the new block is handed
                 // over as full instead of overwriting it.
-                if f
-                    .block
+                if f.block
                     .compare_exchange(core::ptr::null_mut(), b.as_ptr(), Relaxed, Relaxed)
                     .is_ok()
                 {
@@ -667,9 +666,7 @@ impl Engine {
 
     /// Whether any CPU asked for spare blocks.
     pub(crate) fn refill_wanted(&self) -> bool {
-        self.cpus
-            .iter()
-            .any(|(_, c)| c.refill_wanted.load(Relaxed))
+        self.cpus.iter().any(|(_, c)| c.refill_wanted.load(Relaxed))
     }
 
     /// Records the calling thread as one of this instance's workers (the
