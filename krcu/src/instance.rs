@@ -619,8 +619,9 @@ impl Krcu {
 impl Drop for Krcu {
     /// Frees everything queued, then stops the workers. Where that would
     /// wait for the calling thread itself (the last handle dropped by a
-    /// destructor that this instance's reclaim runs, or inside a callback
-    /// on its RCU worker), the teardown is handed to a thread of its own
+    /// destructor that this instance's reclaim runs, inside a callback on
+    /// its RCU worker, on one of its own workers, or by a shrinker that
+    /// page reclaim runs, on kswapd or in direct reclaim), the teardown is handed to a thread of its own
     /// and the drop returns at once, as the RCU worker does for its own
     /// drop.
     fn drop(&mut self) {
