@@ -287,9 +287,13 @@ impl<T> SlabCache<T> {
     /// undefined behaviour provided it points into the page arena.
     pub unsafe fn try_free(&self, obj: NonNull<T>) -> Result<(), SlabError> {
         self.check_and_mark_free(obj)?;
+        // A panicking destructor must not lose the object: it is marked
+        // free already, so unless its slot goes back to the slab here the
+        // slab (and its pages) could never be returned. Catch the panic,
+        // give the slot back, then resume it.
         // SAFETY: the caller guarantees an initialised, unaliased `T`; we
         // won the free bit, so no other free of it runs.
-        unsafe { ptr::drop_in_place(obj.as_ptr()) };
+        let panicked = unsafe { drop_catching(obj) };
         let obj = obj.as_ptr().cast::<u8>();
         // Before it is anyone's to take again.
         crate::asan::poison(obj, core::mem::size_of::<T>());
@@ -309,6 +313,9 @@ impl<T> SlabCache<T> {
                 self.return_to_slabs(&mut [obj]);
             }
         }
+        if let Err(payload) = panicked {
+            std::panic::resume_unwind(payload);
+        }
         Ok(())
     }
 
@@ -322,17 +329,26 @@ impl<T> SlabCache<T> {
     /// As for [`free`](Self::free), for every pointer.
     #[track_caller]
     #[doc(alias = "kmem_cache_free_bulk")]
+    ///
+    /// # Panics
+    /// If destructors panic, every object is still freed (the others
+    /// dropped, all returned to their slabs) and then the first panic is
+    /// resumed.
     pub unsafe fn free_bulk(&self, objs: &mut [NonNull<T>]) {
+        let mut first_panic = None;
         let drop_one = |obj: NonNull<T>| {
-            if core::mem::needs_drop::<T>() {
-                // SAFETY: as in `try_free`: given once, after its free was
-                // checked and marked.
-                unsafe { ptr::drop_in_place(obj.as_ptr()) };
+            // SAFETY: as in `try_free`: given once, after its free was
+            // checked and marked.
+            if let Err(payload) = unsafe { drop_catching(obj) } {
+                first_panic.get_or_insert(payload);
             }
         };
         // SAFETY: forwarded from the caller; `drop_one` drops each object
         // in place, once.
-        unsafe { self.free_bulk_with(objs, drop_one) }
+        unsafe { self.free_bulk_with(objs, drop_one) };
+        if let Some(payload) = first_panic {
+            std::panic::resume_unwind(payload);
+        }
     }
 
     /// [`free_bulk`](Self::free_bulk), dropping each object (after its
@@ -682,6 +698,23 @@ impl<T> Drop for SlabCache<T> {
             );
         }
     }
+}
+
+/// Drops the `T` at `obj` in place, catching a panic of its destructor
+/// (returned, for the caller to resume once the memory is back).
+///
+/// # Safety
+/// `obj` must hold an initialised `T` that nothing uses afterwards.
+#[inline]
+unsafe fn drop_catching<T>(obj: NonNull<T>) -> std::thread::Result<()> {
+    if !core::mem::needs_drop::<T>() {
+        return Ok(());
+    }
+    // SAFETY: per the contract; after a panic the value counts as dropped
+    // (as `drop_in_place` leaves it), and it is never touched again.
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| unsafe {
+        ptr::drop_in_place(obj.as_ptr())
+    }))
 }
 
 #[inline(always)]
