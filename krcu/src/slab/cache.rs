@@ -94,7 +94,8 @@ fn never_block() -> bool {
 /// Every free is checked (the slab is this cache's, the address is a slot,
 /// the object is allocated); bad input follows the page allocator's policy:
 /// panic in debug builds, counted and reported in release builds, and a
-/// `Result` from [`try_free`](Self::try_free).
+/// `Result` from [`try_free`](Self::try_free). In a signal handler (hardirq
+/// or NMI context) it is only counted (`SlabStats::bad_frees`).
 ///
 /// Objects are handed out as raw pointers, so every free is `unsafe`: safe
 /// code cannot free an object twice or free one another user holds.
@@ -610,6 +611,12 @@ impl<T> SlabCache<T> {
     #[track_caller]
     fn bad_free(&self, e: SlabError) {
         self.counters.bad_frees.fetch_add(1, Relaxed);
+        if never_block() {
+            // In a signal handler a panic aborts and `tracing` may allocate
+            // and lock: counted only (in `bad_frees`), as the page
+            // allocator does.
+            return;
+        }
         if cfg!(debug_assertions) {
             panic!("slab cache {}: {e}", self.name);
         }
