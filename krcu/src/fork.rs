@@ -118,6 +118,33 @@ impl WorkerToken {
     }
 }
 
+impl WorkerToken {
+    /// Runs the body `f` of the worker thread the token was made for,
+    /// marked as a krcu worker (see [`on_worker_thread`]); the token ends
+    /// with it (also when it unwinds).
+    pub(crate) fn run<R>(self, f: impl FnOnce() -> R) -> R {
+        ON_WORKER.with(|w| w.set(true));
+        let _token = self;
+        f()
+    }
+}
+
+thread_local! {
+    /// Whether this thread is a krcu worker ([`WorkerToken::run`]).
+    static ON_WORKER: core::cell::Cell<bool> = const { core::cell::Cell::new(false) };
+}
+
+/// Whether the calling thread is a krcu worker thread (of any instance: an
+/// RCU worker running a callback, a `kfree_rcu` worker or reclaimer running
+/// a destructor, kswapd running a shrinker). Such a thread must never join
+/// another worker: the prepare handler of a `fork` may have parked that one
+/// and waits for this one to park too. The drops of [`Rcu`](crate::rcu::Rcu),
+/// [`PageAllocator`](crate::page::PageAllocator) and [`Krcu`](crate::Krcu)
+/// detach instead.
+pub(crate) fn on_worker_thread() -> bool {
+    ON_WORKER.try_with(|w| w.get()).unwrap_or(false)
+}
+
 impl Drop for WorkerToken {
     fn drop(&mut self) {
         LIVE.fetch_sub(1, Ordering::SeqCst);
@@ -198,55 +225,26 @@ thread_local! {
     static PARTS: RefCell<Vec<Arc<dyn Participant>>> = const { RefCell::new(Vec::new()) };
 }
 
-extern "C" fn prepare() {
-    // The registry lock is held across the fork too, so that no instance is
-    // registered (half built) meanwhile; released last.
+/// The participants registered now that `seen` does not hold (by address;
+/// dropped ones left out), upgraded. Holds the registry lock only while it
+/// looks, so that an instance being built (perhaps by a reader that a grace
+/// period in progress waits for) is never held up by a fork.
+fn unseen(seen: &[Arc<dyn Participant>]) -> Vec<Arc<dyn Participant>> {
     let reg = REGISTRY.lock().unwrap_or_else(|e| e.into_inner());
-    let parts: Vec<Arc<dyn Participant>> = reg.iter().filter_map(Weak::upgrade).collect();
-    let mut held: Vec<Box<dyn Any>> = vec![Box::new(reg)];
-    for p in &parts {
-        p.clone().lock_before_park(&mut held);
-    }
-    REQUESTED.store(1, Ordering::SeqCst);
-    // Kick until every live worker is parked (a kick can precede the
-    // worker's sleep; the workers also check `requested` before sleeping,
-    // but a timed sleep in between is cut short this way).
-    let start = std::time::Instant::now();
-    let mut warned = false;
-    while PARKED.load(Ordering::SeqCst) < LIVE.load(Ordering::SeqCst) {
-        for p in &parts {
-            p.kick();
-        }
-        if !warned
-            && start.elapsed() > Duration::from_secs(5)
-            && parts.iter().any(|p| p.caller_is_reading())
-        {
-            warned = true;
-            eprintln!(
-                "krcu: fork() called inside an RCU read-side section waits for the grace \
-                 period in progress, which may be waiting for this very section: deadlock"
-            );
-        }
-        std::thread::sleep(Duration::from_micros(200));
-    }
-    for phase in 0..LOCK_PHASES {
-        for p in &parts {
-            p.clone().lock_after_park(phase, &mut held);
-        }
-    }
-    HELD.with(|h| *h.borrow_mut() = held);
-    PARTS.with(|h| *h.borrow_mut() = parts);
+    reg.iter()
+        .filter(|w| !is_seen(w, seen))
+        .filter_map(Weak::upgrade)
+        .collect()
 }
 
-/// Releases what prepare took, newest first; returns the participants.
-fn release() -> Vec<Arc<dyn Participant>> {
-    let mut held = HELD.with(|h| core::mem::take(&mut *h.borrow_mut()));
-    while held.pop().is_some() {}
-    PARTS.with(|h| core::mem::take(&mut *h.borrow_mut()))
+/// Whether `w` is dropped or one of `seen`.
+fn is_seen(w: &Weak<dyn Participant>, seen: &[Arc<dyn Participant>]) -> bool {
+    let addr = w.as_ptr().cast::<()>();
+    w.strong_count() == 0 || seen.iter().any(|p| Arc::as_ptr(p).cast::<()>() == addr)
 }
 
-extern "C" fn parent() {
-    drop(release());
+/// Lets the parked workers go on.
+fn resume_workers() {
     REQUESTED.store(0, Ordering::SeqCst);
     // SAFETY: FUTEX_WAKE on a static, aligned u32 reads no other memory.
     unsafe {
@@ -257,6 +255,111 @@ extern "C" fn parent() {
             i32::MAX,
         );
     }
+}
+
+/// Releases `held` down to its first `keep` entries, newest first.
+fn unwind_to(held: &mut Vec<Box<dyn Any>>, keep: usize) {
+    while held.len() > keep {
+        drop(held.pop());
+    }
+}
+
+/// Asks every worker to park and waits until all have. Returns false, at
+/// once, if a participant outside `parts` has registered meanwhile (its
+/// workers may sleep unkicked, and its barrier lock is not held): the
+/// caller starts a new round.
+fn park_all(parts: &[Arc<dyn Participant>], start: std::time::Instant, warned: &mut bool) -> bool {
+    REQUESTED.store(1, Ordering::SeqCst);
+    // Kick until every live worker is parked (a kick can precede the
+    // worker's sleep; the workers also check `requested` before sleeping,
+    // but a timed sleep in between is cut short this way).
+    //
+    // Ordering: SeqCst on REQUESTED, PARKED and LIVE. A worker counted in
+    // PARKED incremented it after its last access to its state before
+    // parking (see `park`), so once this thread reads PARKED >= LIVE every
+    // worker alive is parked and its state visible here. A worker started
+    // later (LIVE incremented by its spawner) reads REQUESTED at its first
+    // checkpoint and parks too.
+    while PARKED.load(Ordering::SeqCst) < LIVE.load(Ordering::SeqCst) {
+        for p in parts {
+            p.kick();
+        }
+        {
+            let reg = REGISTRY.lock().unwrap_or_else(|e| e.into_inner());
+            if !reg.iter().all(|w| is_seen(w, parts)) {
+                return false;
+            }
+        }
+        if !*warned
+            && start.elapsed() > Duration::from_secs(5)
+            && parts.iter().any(|p| p.caller_is_reading())
+        {
+            *warned = true;
+            eprintln!(
+                "krcu: fork() called inside an RCU read-side section waits for the grace \
+                 period in progress, which may be waiting for this very section: deadlock"
+            );
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    true
+}
+
+extern "C" fn prepare() {
+    // Rounds: take the barrier locks of every participant not yet seen,
+    // park every worker, take the other locks, and last the registry lock
+    // (held across the fork, so that no instance is registered half built
+    // meanwhile). If a participant registered since the round's snapshot
+    // (its workers were not asked to park, or were not waited for, and its
+    // locks are not held), let go of everything but the barrier locks, let
+    // the workers go on, and start a new round with it. The registry lock
+    // is never held while this thread waits for anything but itself: a
+    // thread building an instance (`Rcu::new`, the first `rcu::global()`)
+    // inside a read-side section that a grace period in progress waits
+    // for is never held up here.
+    let mut parts: Vec<Arc<dyn Participant>> = Vec::new();
+    let mut held: Vec<Box<dyn Any>> = Vec::new();
+    let start = std::time::Instant::now();
+    let mut warned = false;
+    let reg = loop {
+        let fresh = unseen(&parts);
+        for p in &fresh {
+            p.clone().lock_before_park(&mut held);
+        }
+        parts.extend(fresh);
+        let before_park = held.len();
+        if park_all(&parts, start, &mut warned) {
+            for phase in 0..LOCK_PHASES {
+                for p in &parts {
+                    p.clone().lock_after_park(phase, &mut held);
+                }
+            }
+            let reg = REGISTRY.lock().unwrap_or_else(|e| e.into_inner());
+            if reg.iter().all(|w| is_seen(w, &parts)) {
+                break reg;
+            }
+        }
+        unwind_to(&mut held, before_park);
+        resume_workers();
+    };
+    held.push(Box::new(reg));
+    HELD.with(|h| *h.borrow_mut() = held);
+    PARTS.with(|h| *h.borrow_mut() = parts);
+}
+
+/// Releases what prepare took, newest first; returns the participants.
+fn release() -> Vec<Arc<dyn Participant>> {
+    let mut held = HELD.with(|h| core::mem::take(&mut *h.borrow_mut()));
+    unwind_to(&mut held, 0);
+    PARTS.with(|h| core::mem::take(&mut *h.borrow_mut()))
+}
+
+extern "C" fn parent() {
+    let parts = release();
+    resume_workers();
+    // Only now, with the workers running: if one of these is the last
+    // reference to a participant, its drop may join a worker.
+    drop(parts);
 }
 
 extern "C" fn child() {

@@ -182,10 +182,7 @@ impl Shared {
         let token = fork::WorkerToken::new();
         std::thread::Builder::new()
             .name(self.config.worker_name.clone())
-            .spawn(move || {
-                let _token = token;
-                worker::run(s)
-            })
+            .spawn(move || token.run(|| worker::run(s)))
     }
 }
 
@@ -220,10 +217,14 @@ impl fork::Participant for Shared {
         // The old worker does not exist here: its handle can never be
         // joined (that would wait forever).
         core::mem::forget(thread.take());
-        if self.stop.load(Ordering::SeqCst) {
-            return; // the instance is being dropped
-        }
+        // Restarted even when the instance is being dropped (by a thread
+        // that is gone here, or by a callback of the worker, which returned
+        // leaving the worker to drain): the new worker takes over the
+        // handed-off callbacks, runs every one queued and exits. Nobody
+        // joins it then (the dropping thread has taken, or will never take,
+        // the handle): it is detached, and keeps the shared state alive.
         match self.spawn_worker() {
+            Ok(h) if self.stop.load(Ordering::SeqCst) => drop(h),
             Ok(h) => *thread = Some(h),
             Err(e) => tracing::error!("krcu: cannot restart the RCU worker after fork: {e}"),
         }
@@ -532,9 +533,16 @@ impl Drop for Rcu {
             .unwrap_or_else(|e| e.into_inner())
             .take();
         if let Some(w) = worker {
-            if self.shared.on_worker() {
-                // Dropped by one of its own callbacks: the worker finishes
-                // the queue and exits by itself.
+            if fork::on_worker_thread() {
+                // Dropped on a krcu worker thread: by one of its own
+                // callbacks (joining would wait for itself), or by a
+                // callback, destructor or shrinker another worker runs,
+                // which must never join a worker (a fork's prepare handler
+                // may have parked that one, and waits for this one to
+                // park). The worker is detached: it finishes the queue and
+                // exits by itself, and its own Arc keeps the shared state
+                // alive until then.
+                drop(w);
                 return;
             }
             if w.join().is_err() {
