@@ -53,7 +53,7 @@
 use std::any::Any;
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, Once, Weak};
+use std::sync::{Arc, Mutex, Once, OnceLock, Weak};
 use std::time::Duration;
 
 /// Set while a fork is being prepared: workers park at their checkpoint.
@@ -91,8 +91,27 @@ pub(crate) trait Participant: Send + Sync {
 /// `kfree_rcu` engine built on it).
 static REGISTRY: Mutex<Vec<Weak<dyn Participant>>> = Mutex::new(Vec::new());
 
-/// Registers `p` (and the `pthread_atfork` handlers, once).
-pub(crate) fn register(p: Weak<dyn Participant>) {
+/// Registers the `pthread_atfork` handlers as the program is loaded, before
+/// any thread can fork: registered lazily instead, a fork concurrent with
+/// the registration (or with a first build of a process-wide instance)
+/// could leave the child with the registration's `Once`, or the instance's
+/// `OnceLock`, in progress for good.
+#[used]
+// SAFETY: `.init_array` entries are called once by the dynamic loader (or
+// the static start-up code) before `main`, with the program's arguments,
+// which an `extern "C" fn()` ignores on every Linux ABI; this one only
+// calls `install_handlers`, which is sound before `main`.
+#[unsafe(link_section = ".init_array")]
+static INSTALL_AT_LOAD: extern "C" fn() = {
+    extern "C" fn install_at_load() {
+        install_handlers();
+    }
+    install_at_load
+};
+
+/// Registers the `pthread_atfork` handlers, once (at load time; the calls
+/// when an instance is built are a fallback).
+fn install_handlers() {
     static HANDLERS: Once = Once::new();
     HANDLERS.call_once(|| {
         // SAFETY: the three handlers are `extern "C" fn()` that live for the
@@ -102,9 +121,48 @@ pub(crate) fn register(p: Weak<dyn Participant>) {
             tracing::error!("krcu: pthread_atfork failed ({r}): fork() children will hang");
         }
     });
+}
+
+/// Registers `p` (and the `pthread_atfork` handlers, once).
+pub(crate) fn register(p: Weak<dyn Participant>) {
+    install_handlers();
     let mut reg = REGISTRY.lock().unwrap_or_else(|e| e.into_inner());
     reg.retain(|w| w.strong_count() > 0);
     reg.push(p);
+}
+
+/// Process-wide instances being built now ([`init_global`]); incremented
+/// under the registry lock.
+static INITIALIZING: AtomicUsize = AtomicUsize::new(0);
+
+/// `cell.get_or_init(f)` for a process-wide instance, kept out of a fork: a
+/// child forked while another thread is inside `f` would find the cell
+/// being initialised for good (that thread does not exist there), and its
+/// first use of the instance would block forever. The prepare handler
+/// waits until no initialisation is in progress, and one that starts while
+/// the handler holds the registry lock (at the end of prepare) waits until
+/// the fork is over before it touches the cell. One load once initialised.
+pub(crate) fn init_global<T>(cell: &'static OnceLock<T>, f: impl FnOnce() -> T) -> &'static T {
+    if let Some(v) = cell.get() {
+        return v;
+    }
+    struct Initializing;
+    impl Drop for Initializing {
+        fn drop(&mut self) {
+            INITIALIZING.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+    let _init = {
+        // Ordering: the increment is made under the registry lock, and the
+        // prepare handler reads the count under it as its last step: either
+        // the handler sees this initialisation (and lets it finish before
+        // the fork), or this thread takes the lock after the fork's
+        // handlers released it, and has not touched the cell before.
+        let _reg = REGISTRY.lock().unwrap_or_else(|e| e.into_inner());
+        INITIALIZING.fetch_add(1, Ordering::SeqCst);
+        Initializing
+    };
+    cell.get_or_init(f)
 }
 
 /// Held by a worker thread while it runs: the prepare handler waits until
@@ -322,6 +380,11 @@ extern "C" fn prepare() {
     let start = std::time::Instant::now();
     let mut warned = false;
     let reg = loop {
+        // A process-wide instance being built finishes first (no worker is
+        // parked now, and building one waits for none).
+        while INITIALIZING.load(Ordering::SeqCst) != 0 {
+            std::thread::sleep(Duration::from_micros(200));
+        }
         let fresh = unseen(&parts);
         for p in &fresh {
             p.clone().lock_before_park(&mut held);
@@ -335,7 +398,8 @@ extern "C" fn prepare() {
                 }
             }
             let reg = REGISTRY.lock().unwrap_or_else(|e| e.into_inner());
-            if reg.iter().all(|w| is_seen(w, &parts)) {
+            if INITIALIZING.load(Ordering::SeqCst) == 0 && reg.iter().all(|w| is_seen(w, &parts))
+            {
                 break reg;
             }
         }

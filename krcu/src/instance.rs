@@ -347,7 +347,7 @@ impl Krcu {
     /// thread).
     pub fn global() -> &'static Krcu {
         static GLOBAL: OnceLock<Krcu> = OnceLock::new();
-        GLOBAL.get_or_init(|| {
+        fork::init_global(&GLOBAL, || {
             Krcu::builder()
                 .build_on(crate::rcu::global_arc().clone())
                 .expect("krcu: cannot build the default instance")

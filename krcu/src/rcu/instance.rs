@@ -568,7 +568,9 @@ pub fn global() -> &'static Rcu {
 /// [`global`] as the `Arc` that the process-wide `kfree_rcu` engine shares.
 pub(crate) fn global_arc() -> &'static Arc<Rcu> {
     static GLOBAL: OnceLock<Arc<Rcu>> = OnceLock::new();
-    GLOBAL.get_or_init(|| Arc::new(Rcu::new(Domain::global(), RcuConfig::default())))
+    fork::init_global(&GLOBAL, || {
+        Arc::new(Rcu::new(Domain::global(), RcuConfig::default()))
+    })
 }
 
 /// [`Rcu::read_lock`] on the [`global`] instance.
