@@ -2,29 +2,54 @@
 //!
 //! A child has one thread, the one that called `fork`: every worker thread
 //! of every instance (the RCU grace-period workers, the `kfree_rcu`
-//! workers and reclaimers, the page allocators' kswapd) is gone, and a lock that any other thread held
-//! at the moment of the fork stays held in the child for good. krcu does
-//! what liburcu does (`call_rcu_before_fork` / `call_rcu_after_fork_parent`
-//! / `call_rcu_after_fork_child`, and `rcu_before_fork` for its grace-period
-//! locks), through `pthread_atfork` handlers registered when the first
-//! instance is built:
+//! workers and reclaimers, the page allocators' kswapd) is gone, and a lock
+//! that any other thread held at the moment of the fork stays held in the
+//! child for good. krcu does what liburcu does (`call_rcu_before_fork` /
+//! `call_rcu_after_fork_parent` / `call_rcu_after_fork_child`, and
+//! `rcu_before_fork` for its grace-period locks), through `pthread_atfork`
+//! handlers registered as the program is loaded (from `.init_array`, so
+//! that no fork catches the registration half done; building an instance
+//! registers them too, should that entry be missing):
 //!
-//! - **prepare** (in the forking thread, before the fork): takes each RCU
-//!   instance's barrier lock (so no `rcu_barrier` is half done), asks every
-//!   worker to park at its safe point (the top of its loop, holding no lock,
-//!   its state in shared memory) and waits until all have, then takes each
-//!   instance's locks that other threads take: the grace-period lock (a
-//!   `synchronize` in progress ends first), the reader registry, and each
-//!   `kfree_rcu` engine's monitor, front, `krc`, ready-list and wake-up
-//!   locks. At the fork no krcu thread is inside any of them.
-//! - **parent**: releases them and lets the workers go on.
+//! - **prepare** (in the forking thread, before the fork) works in rounds.
+//!   It waits until no process-wide instance ([`rcu::global`](crate::rcu::global),
+//!   [`Krcu::global`](crate::Krcu::global)) is being built, snapshots the
+//!   registered instances, and takes each new RCU instance's barrier lock
+//!   (so no `rcu_barrier` is half done). It asks every worker to park at
+//!   its safe point (the top of its loop, holding no lock, its state in
+//!   shared memory) and waits until all have, then takes each instance's
+//!   locks that other threads take: the grace-period lock (a `synchronize`
+//!   in progress ends first), the reader registry, and each `kfree_rcu`
+//!   engine's monitor, front, `krc`, ready-list and wake-up locks. Last it
+//!   takes the instance registry's lock, kept across the fork so that no
+//!   instance is registered half built meanwhile. If an instance was
+//!   registered since the snapshot, or a process-wide one is being built,
+//!   it lets go of all but the barrier locks, lets the workers go on, and
+//!   starts a new round. The registry lock is never held while the handler
+//!   waits: a thread building an instance inside a read-side section that
+//!   a grace period in progress waits for is not held up by the fork. At
+//!   the fork no krcu thread is inside any of these locks.
+//! - **parent**: releases them, lets the workers go on, and only then drops
+//!   its references to the instances (a last reference dropped there may
+//!   join a worker).
 //! - **child**: releases them; forgets the reader registrations of the
 //!   threads that do not exist in the child (a reader that was inside a
 //!   read-side section there would hold up every grace period forever) and
 //!   the reclaim work such threads had in hand; never joins the old
 //!   threads' handles (glibc may give their descriptors to new threads);
 //!   and starts new worker threads, which take over the state the parked
-//!   ones left (the RCU worker's callback lists).
+//!   ones left (the RCU worker's callback lists). An RCU instance being
+//!   dropped (its worker draining its queue, e.g. after one of its own
+//!   callbacks dropped it) gets a new, detached worker too, which runs
+//!   every callback queued and exits.
+//!
+//! A krcu worker thread never joins another worker (the prepare handler
+//! may have parked that one, and waits for this one): dropping an
+//! [`Rcu`](crate::rcu::Rcu), a [`PageAllocator`](crate::page::PageAllocator)
+//! or a [`Krcu`](crate::Krcu) on one (in an RCU callback, a `kfree_rcu`
+//! destructor, a shrinker) detaches the instance's workers, which finish
+//! their work and exit by themselves, holding the instance's shared state
+//! alive until then (a `Krcu` hands its teardown to a thread of its own).
 //!
 //! So the child can retire objects, wait for grace periods and barriers,
 //! and drop its instances. What stays the caller's responsibility:
@@ -34,6 +59,13 @@
 //!   inside a read-side section while its instance's worker waits for that
 //!   very section deadlocks (liburcu's rule is the same: do not fork inside
 //!   a read-side section).
+//! - A krcu worker that waits for a barrier (`rcu_barrier`,
+//!   `kvfree_rcu_barrier`, dropping a `SlabChannel`) from an RCU callback,
+//!   a `kfree_rcu` destructor or a shrinker can deadlock a concurrent
+//!   fork: the prepare handler holds the barrier lock and waits for that
+//!   worker to park.
+//! - A thread that builds instances without pause can hold a fork up (each
+//!   new instance starts a new round).
 //! - Locks krcu does not take here (the page allocator's zone and per-CPU
 //!   lists, a [`SlabCache`](crate::slab::SlabCache)'s, the slab channel
 //!   registry, the validator's tables, the application's own krcu locks)
@@ -48,7 +80,9 @@
 //!   in practice (liburcu does the same) though POSIX does not promise it.
 //! - Objects another (now gone) thread of the parent was freeing at that
 //!   instant are neither freed in the child nor freed early: they leak in
-//!   the child's copy of memory.
+//!   the child's copy of memory. So do the objects queued on a `Krcu`
+//!   whose drop was in progress at the fork (its `kfree_rcu` workers are
+//!   not restarted in the child).
 
 use std::any::Any;
 use std::cell::RefCell;
@@ -398,8 +432,7 @@ extern "C" fn prepare() {
                 }
             }
             let reg = REGISTRY.lock().unwrap_or_else(|e| e.into_inner());
-            if INITIALIZING.load(Ordering::SeqCst) == 0 && reg.iter().all(|w| is_seen(w, &parts))
-            {
+            if INITIALIZING.load(Ordering::SeqCst) == 0 && reg.iter().all(|w| is_seen(w, &parts)) {
                 break reg;
             }
         }
