@@ -19,8 +19,9 @@
 //!   its safe point (the top of its loop, holding no lock, its state in
 //!   shared memory) and waits until all have, then takes each instance's
 //!   locks that other threads take: the grace-period lock (a `synchronize`
-//!   in progress ends first), the reader registry, and each `kfree_rcu`
-//!   engine's monitor, front, `krc`, ready-list and wake-up locks. Last it
+//!   in progress ends first), the reader registry, the locks of the
+//!   instances' worker handles, and each `kfree_rcu` engine's monitor,
+//!   front, `krc`, ready-list and wake-up locks. Last it
 //!   takes the instance registry's lock, kept across the fork so that no
 //!   instance is registered half built meanwhile. If an instance was
 //!   registered since the snapshot, or a process-wide one is being built,

@@ -236,6 +236,13 @@ impl fork::Participant for Workers {
         if phase < Engine::FORK_LOCK_PHASES {
             held.push(fork::hold(self.engine.clone(), |e| e.lock_for_fork(phase)));
         }
+        if phase == 0 {
+            // The threads' handles (a teardown takes them, briefly): the
+            // child's handler takes them again.
+            held.push(fork::hold(self, |w| {
+                w.threads.lock().unwrap_or_else(|e| e.into_inner())
+            }));
+        }
     }
 
     fn restart_in_child(self: Arc<Self>) {

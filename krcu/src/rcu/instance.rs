@@ -207,7 +207,12 @@ impl fork::Participant for Shared {
             // A grace period in progress (a synchronize) ends first; then
             // no thread registers or unregisters a reader across the fork.
             held.push(fork::hold(self.clone(), |s| s.gp.lock_for_fork()));
-            held.push(fork::hold(self, |s| s.gp.readers.lock_for_fork()));
+            held.push(fork::hold(self.clone(), |s| s.gp.readers.lock_for_fork()));
+            // The worker's handle (a drop takes it, briefly): the child's
+            // handler takes it again.
+            held.push(fork::hold(self, |s| {
+                s.thread.lock().unwrap_or_else(|e| e.into_inner())
+            }));
         }
     }
 
