@@ -65,6 +65,9 @@
 //!   a `kfree_rcu` destructor or a shrinker can deadlock a concurrent
 //!   fork: the prepare handler holds the barrier lock and waits for that
 //!   worker to park.
+//! - A fork from a krcu worker thread itself (an RCU callback, a
+//!   `kfree_rcu` destructor, a shrinker) waits for that thread to park:
+//!   it deadlocks.
 //! - A thread that builds instances without pause can hold a fork up (each
 //!   new instance starts a new round).
 //! - Locks krcu does not take here (the page allocator's zone and per-CPU
