@@ -236,6 +236,13 @@ impl fork::Participant for Workers {
         if phase < Engine::FORK_LOCK_PHASES {
             held.push(fork::hold(self.engine.clone(), |e| e.lock_for_fork(phase)));
         }
+        if phase == 0 {
+            // The threads' handles (a teardown takes them, briefly): the
+            // child's handler takes them again.
+            held.push(fork::hold(self, |w| {
+                w.threads.lock().unwrap_or_else(|e| e.into_inner())
+            }));
+        }
     }
 
     fn restart_in_child(self: Arc<Self>) {
@@ -258,6 +265,14 @@ impl fork::Participant for Workers {
     }
 }
 
+/// Joins `h`, or on a krcu worker thread (which never joins a worker: see
+/// `fork`) detaches it; the thread holds its own Arcs of what it uses.
+fn join_unless_worker(h: JoinHandle<()>) {
+    if !fork::on_worker_thread() {
+        let _ = h.join();
+    }
+}
+
 /// Starts the `kfree_rcu` worker and one reclaimer per CPU.
 fn spawn_workers(
     engine: &Arc<Engine>,
@@ -274,17 +289,18 @@ fn spawn_workers(
         let spawned = std::thread::Builder::new()
             .name(format!("krcu-reclaim/{cpu}"))
             .spawn(move || {
-                let _token = token;
-                if pin {
-                    pin_to_cpu(cpu);
-                }
-                e.reclaimer(cpu)
+                token.run(|| {
+                    if pin {
+                        pin_to_cpu(cpu);
+                    }
+                    e.reclaimer(cpu)
+                })
             });
         match spawned {
             Ok(h) => reclaimers.push(h),
             Err(err) => {
                 engine.stop_reclaimers();
-                reclaimers.into_iter().for_each(|h| drop(h.join()));
+                reclaimers.into_iter().for_each(join_unless_worker);
                 return Err(BuildError::Worker(err.to_string()));
             }
         }
@@ -293,14 +309,12 @@ fn spawn_workers(
     let token = fork::WorkerToken::new();
     let worker = match std::thread::Builder::new()
         .name("krcu-kvfree".into())
-        .spawn(move || {
-            let _token = token;
-            worker::run(e)
-        }) {
+        .spawn(move || token.run(|| worker::run(e)))
+    {
         Ok(w) => w,
         Err(err) => {
             engine.stop_reclaimers();
-            reclaimers.into_iter().for_each(|h| drop(h.join()));
+            reclaimers.into_iter().for_each(join_unless_worker);
             return Err(BuildError::Worker(err.to_string()));
         }
     };
@@ -340,7 +354,7 @@ impl Krcu {
     /// thread).
     pub fn global() -> &'static Krcu {
         static GLOBAL: OnceLock<Krcu> = OnceLock::new();
-        GLOBAL.get_or_init(|| {
+        fork::init_global(&GLOBAL, || {
             Krcu::builder()
                 .build_on(crate::rcu::global_arc().clone())
                 .expect("krcu: cannot build the default instance")
@@ -600,16 +614,23 @@ impl Drop for Krcu {
     /// Frees everything queued, then stops the workers. Where that would
     /// wait for the calling thread itself (the last handle dropped by a
     /// destructor that this instance's reclaim runs, or inside a callback
-    /// on its RCU worker), the teardown is handed to a thread of its own
-    /// and the drop returns at once, as the RCU worker does for its own
-    /// drop.
+    /// on its RCU worker), or on any krcu worker thread (which must never
+    /// join a worker: see `fork`), the teardown is handed to a thread of
+    /// its own and the drop returns at once, as the RCU worker does for its
+    /// own drop.
     fn drop(&mut self) {
         let teardown = Teardown {
             engine: self.engine.clone(),
             workers: self.workers.clone(),
             shrinker: self.shrinker.take(),
         };
-        if !(self.engine.in_own_reclaim() || self.engine.rcu().on_worker()) {
+        // On any krcu worker thread, not only this instance's: a worker
+        // never joins a worker (a fork's prepare handler may have parked
+        // that one, and waits for this one to park).
+        if !(self.engine.in_own_reclaim()
+            || self.engine.rcu().on_worker()
+            || fork::on_worker_thread())
+        {
             teardown.run();
             return;
         }

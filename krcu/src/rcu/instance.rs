@@ -182,10 +182,7 @@ impl Shared {
         let token = fork::WorkerToken::new();
         std::thread::Builder::new()
             .name(self.config.worker_name.clone())
-            .spawn(move || {
-                let _token = token;
-                worker::run(s)
-            })
+            .spawn(move || token.run(|| worker::run(s)))
     }
 }
 
@@ -210,7 +207,12 @@ impl fork::Participant for Shared {
             // A grace period in progress (a synchronize) ends first; then
             // no thread registers or unregisters a reader across the fork.
             held.push(fork::hold(self.clone(), |s| s.gp.lock_for_fork()));
-            held.push(fork::hold(self, |s| s.gp.readers.lock_for_fork()));
+            held.push(fork::hold(self.clone(), |s| s.gp.readers.lock_for_fork()));
+            // The worker's handle (a drop takes it, briefly): the child's
+            // handler takes it again.
+            held.push(fork::hold(self, |s| {
+                s.thread.lock().unwrap_or_else(|e| e.into_inner())
+            }));
         }
     }
 
@@ -220,10 +222,14 @@ impl fork::Participant for Shared {
         // The old worker does not exist here: its handle can never be
         // joined (that would wait forever).
         core::mem::forget(thread.take());
-        if self.stop.load(Ordering::SeqCst) {
-            return; // the instance is being dropped
-        }
+        // Restarted even when the instance is being dropped (by a thread
+        // that is gone here, or by a callback of the worker, which returned
+        // leaving the worker to drain): the new worker takes over the
+        // handed-off callbacks, runs every one queued and exits. Nobody
+        // joins it then (the dropping thread has taken, or will never take,
+        // the handle): it is detached, and keeps the shared state alive.
         match self.spawn_worker() {
+            Ok(h) if self.stop.load(Ordering::SeqCst) => drop(h),
             Ok(h) => *thread = Some(h),
             Err(e) => tracing::error!("krcu: cannot restart the RCU worker after fork: {e}"),
         }
@@ -532,9 +538,16 @@ impl Drop for Rcu {
             .unwrap_or_else(|e| e.into_inner())
             .take();
         if let Some(w) = worker {
-            if self.shared.on_worker() {
-                // Dropped by one of its own callbacks: the worker finishes
-                // the queue and exits by itself.
+            if fork::on_worker_thread() {
+                // Dropped on a krcu worker thread: by one of its own
+                // callbacks (joining would wait for itself), or by a
+                // callback, destructor or shrinker another worker runs,
+                // which must never join a worker (a fork's prepare handler
+                // may have parked that one, and waits for this one to
+                // park). The worker is detached: it finishes the queue and
+                // exits by itself, and its own Arc keeps the shared state
+                // alive until then.
+                drop(w);
                 return;
             }
             if w.join().is_err() {
@@ -578,7 +591,11 @@ pub(crate) fn global_arc() -> &'static Arc<Rcu> {
 
 #[cold]
 fn global_arc_slow() -> &'static Arc<Rcu> {
-    let g = GLOBAL.get_or_init(|| Arc::new(Rcu::new(Domain::global(), RcuConfig::default())));
+    // Built through the fork module, so that a fork waits for a first build
+    // in progress instead of copying it half done.
+    let g = fork::init_global(&GLOBAL, || {
+        Arc::new(Rcu::new(Domain::global(), RcuConfig::default()))
+    });
     // Store-buffering handshake with `call_rcu_early`: this side stored
     // GLOBAL (inside get_or_init) and now loads EARLY; the handler side
     // stores to EARLY and then loads GLOBAL. With a SeqCst fence between
