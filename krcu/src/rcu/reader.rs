@@ -810,3 +810,166 @@ impl core::fmt::Debug for ReaderHandle {
             .finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Rcu, RcuConfig};
+    use super::*;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    fn leaked() -> &'static Rcu {
+        Box::leak(Box::new(Rcu::new(
+            crate::Domain::global(),
+            RcuConfig::default(),
+        )))
+    }
+
+    /// Whether a grace period started now ends within `d`.
+    fn gp_ends_within(rcu: &'static Rcu, d: Duration) -> bool {
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            rcu.synchronize();
+            let _ = tx.send(());
+        });
+        rx.recv_timeout(d).is_ok()
+    }
+
+    /// Runs `at_exit` in a thread-local destructor that runs after the
+    /// registration list's (`before` runs first, registering the thread).
+    fn at_teardown(before: impl FnOnce() + Send + 'static, at_exit: Box<dyn FnOnce() + Send>) {
+        struct AtExit(Option<Box<dyn FnOnce() + Send>>);
+        impl Drop for AtExit {
+            fn drop(&mut self) {
+                if let Some(f) = self.0.take() {
+                    f();
+                }
+            }
+        }
+        thread_local! {
+            static AT_EXIT: RefCell<AtExit> = const { RefCell::new(AtExit(None)) };
+        }
+        std::thread::spawn(move || {
+            AT_EXIT.with(|_| {});
+            before();
+            AT_EXIT.with(|a| a.borrow_mut().0 = Some(at_exit));
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
+    fn a_guard_leaked_during_teardown_is_ended_when_the_thread_ends() {
+        let rcu = leaked();
+        at_teardown(
+            move || drop(rcu.read_lock()),
+            Box::new(move || core::mem::forget(rcu.read_lock())),
+        );
+        // The thread is gone (joined): its leaked section holds nothing up.
+        assert!(gp_ends_within(rcu, Duration::from_secs(10)));
+        assert_eq!(rcu.stats().readers, 0);
+    }
+
+    #[test]
+    fn a_handle_dropped_inside_a_section_during_teardown_keeps_it_waited_for() {
+        let rcu = leaked();
+        let (to_main, from_thread) = mpsc::channel();
+        let (to_thread, from_main) = mpsc::channel::<()>();
+        // (Results come back over the channel: a panic in a thread-local
+        // destructor would abort the test binary.)
+        let t = std::thread::spawn(move || {
+            at_teardown(
+                move || drop(rcu.read_lock()),
+                Box::new(move || {
+                    let g = rcu.read_lock();
+                    drop(rcu.register_thread());
+                    // Nested, and still the same section.
+                    drop(rcu.read_lock());
+                    let _ = to_main.send(rcu.is_reading());
+                    let _ = from_main.recv_timeout(Duration::from_secs(10));
+                    drop(g);
+                    let _ = to_main.send(!rcu.is_reading());
+                }),
+            )
+        });
+        assert!(from_thread.recv_timeout(Duration::from_secs(10)).unwrap());
+        // Another thread takes a slot meanwhile (never the open one).
+        std::thread::spawn(move || drop(rcu.read_lock()))
+            .join()
+            .unwrap();
+        let ended = gp_ends_within(rcu, Duration::from_millis(300));
+        to_thread.send(()).unwrap();
+        let closed = from_thread.recv_timeout(Duration::from_secs(10)).unwrap();
+        t.join().unwrap();
+        assert!(!ended, "a grace period ended under a teardown reader");
+        assert!(closed, "the section outlived its guard");
+        assert!(gp_ends_within(rcu, Duration::from_secs(10)));
+        assert_eq!(rcu.stats().readers, 0);
+    }
+
+    #[test]
+    fn an_orphan_is_reentered_by_its_thread_and_freed_at_exit() {
+        let rcu = leaked();
+        thread_local! {
+            static HELD: RefCell<Option<ReadGuard<'static>>> = const { RefCell::new(None) };
+        }
+        struct Check(&'static Rcu, mpsc::Sender<[bool; 3]>);
+        impl Drop for Check {
+            fn drop(&mut self) {
+                let rcu = self.0;
+                // The registration list is gone; the section (held in
+                // HELD, destroyed after this) is open: an orphan.
+                let open = rcu.is_reading();
+                let uncounted = rcu.stats().readers == 0;
+                drop(rcu.read_lock());
+                // A nested section must not end the outer one.
+                let _ = self.1.send([open, uncounted, rcu.is_reading()]);
+            }
+        }
+        thread_local! {
+            static CHECK: RefCell<Option<Check>> = const { RefCell::new(None) };
+        }
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            HELD.with(|_| {});
+            CHECK.with(|_| {});
+            let g = rcu.read_lock();
+            HELD.with(|h| *h.borrow_mut() = Some(g));
+            CHECK.with(|c| *c.borrow_mut() = Some(Check(rcu, tx)));
+        })
+        .join()
+        .unwrap();
+        assert_eq!(rx.recv().unwrap(), [true; 3]);
+        assert!(gp_ends_within(rcu, Duration::from_secs(10)));
+        assert_eq!(rcu.stats().readers, 0);
+    }
+
+    #[test]
+    fn cache_updates_never_nest_and_mid_update_lookups_miss() {
+        let c = Cache {
+            seq: AtomicU64::new(0),
+            id: AtomicU64::new(0),
+            slot: AtomicPtr::new(core::ptr::null_mut()),
+        };
+        let (a, b) = (8usize as *const Slot, 16usize as *const Slot);
+        c.set(1, a);
+        assert_eq!(c.get(1), Some(a));
+        assert_eq!(c.get(2), None);
+        // A handler interrupting an update to (2, b) after its first
+        // stores sees no pair, and does not update itself.
+        c.seq.store(3, Ordering::Relaxed);
+        c.id.store(0, Ordering::Relaxed);
+        c.slot.store(b.cast_mut(), Ordering::Relaxed);
+        assert_eq!(c.get(1), None);
+        assert_eq!(c.get(2), None);
+        c.set(3, a);
+        assert_eq!(c.id.load(Ordering::Relaxed), 0);
+        assert_eq!(c.slot.load(Ordering::Relaxed).cast_const(), b);
+        // The interrupted update ends.
+        c.id.store(2, Ordering::Relaxed);
+        c.seq.store(4, Ordering::Relaxed);
+        assert_eq!(c.get(2), Some(b));
+        c.clear();
+        assert_eq!(c.get(2), None);
+    }
+}
