@@ -951,7 +951,8 @@ mod tests {
             id: AtomicU64::new(0),
             slot: AtomicPtr::new(core::ptr::null_mut()),
         };
-        let (a, b) = (8usize as *const Slot, 16usize as *const Slot);
+        let a = core::ptr::dangling::<Slot>();
+        let b = a.wrapping_add(1);
         c.set(1, a);
         assert_eq!(c.get(1), Some(a));
         assert_eq!(c.get(2), None);
