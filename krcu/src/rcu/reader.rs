@@ -503,9 +503,14 @@ type LateList = RefCell<Vec<Registration>>;
 
 /// The process's thread-specific key for late lists (`None` if none could
 /// be made; then late registrations leak, never free early).
-fn late_key() -> Option<libc::pthread_key_t> {
-    static KEY: OnceLock<Option<libc::pthread_key_t>> = OnceLock::new();
-    *KEY.get_or_init(|| {
+static LATE_KEY: OnceLock<Option<libc::pthread_key_t>> = OnceLock::new();
+
+/// The late-list key, made on first use if `create`.
+fn late_key(create: bool) -> Option<libc::pthread_key_t> {
+    if !create {
+        return LATE_KEY.get().copied().flatten();
+    }
+    *LATE_KEY.get_or_init(|| {
         let mut key: libc::pthread_key_t = 0;
         // SAFETY: `key` is a valid out pointer; the destructor is an
         // `extern "C" fn(*mut c_void)` that accepts the values we set.
@@ -517,7 +522,7 @@ fn late_key() -> Option<libc::pthread_key_t> {
 /// Runs `f` on the calling thread's late list, making it first if `create`.
 /// `None` if there is none (and `create` is false, or no key).
 fn with_late_list<R>(create: bool, f: impl FnOnce(&mut Vec<Registration>) -> R) -> Option<R> {
-    let key = late_key()?;
+    let key = late_key(create)?;
     // SAFETY: `key` is a live key (never deleted).
     let mut p = unsafe { libc::pthread_getspecific(key) }.cast::<LateList>();
     if p.is_null() {
