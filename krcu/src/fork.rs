@@ -2,29 +2,55 @@
 //!
 //! A child has one thread, the one that called `fork`: every worker thread
 //! of every instance (the RCU grace-period workers, the `kfree_rcu`
-//! workers and reclaimers, the page allocators' kswapd) is gone, and a lock that any other thread held
-//! at the moment of the fork stays held in the child for good. krcu does
-//! what liburcu does (`call_rcu_before_fork` / `call_rcu_after_fork_parent`
-//! / `call_rcu_after_fork_child`, and `rcu_before_fork` for its grace-period
-//! locks), through `pthread_atfork` handlers registered when the first
-//! instance is built:
+//! workers and reclaimers, the page allocators' kswapd) is gone, and a lock
+//! that any other thread held at the moment of the fork stays held in the
+//! child for good. krcu does what liburcu does (`call_rcu_before_fork` /
+//! `call_rcu_after_fork_parent` / `call_rcu_after_fork_child`, and
+//! `rcu_before_fork` for its grace-period locks), through `pthread_atfork`
+//! handlers registered as the program is loaded (from `.init_array`, so
+//! that no fork catches the registration half done; building an instance
+//! registers them too, should that entry be missing):
 //!
-//! - **prepare** (in the forking thread, before the fork): takes each RCU
-//!   instance's barrier lock (so no `rcu_barrier` is half done), asks every
-//!   worker to park at its safe point (the top of its loop, holding no lock,
-//!   its state in shared memory) and waits until all have, then takes each
-//!   instance's locks that other threads take: the grace-period lock (a
-//!   `synchronize` in progress ends first), the reader registry, and each
-//!   `kfree_rcu` engine's monitor, front, `krc`, ready-list and wake-up
-//!   locks. At the fork no krcu thread is inside any of them.
-//! - **parent**: releases them and lets the workers go on.
+//! - **prepare** (in the forking thread, before the fork) works in rounds.
+//!   It waits until no process-wide instance ([`rcu::global`](crate::rcu::global),
+//!   [`Krcu::global`](crate::Krcu::global)) is being built, snapshots the
+//!   registered instances, and takes each new RCU instance's barrier lock
+//!   (so no `rcu_barrier` is half done). It asks every worker to park at
+//!   its safe point (the top of its loop, holding no lock, its state in
+//!   shared memory) and waits until all have, then takes each instance's
+//!   locks that other threads take: the grace-period lock (a `synchronize`
+//!   in progress ends first), the reader registry, the locks of the
+//!   instances' worker handles, and each `kfree_rcu` engine's monitor,
+//!   front, `krc`, ready-list and wake-up locks. Last it
+//!   takes the instance registry's lock, kept across the fork so that no
+//!   instance is registered half built meanwhile. If an instance was
+//!   registered since the snapshot, or a process-wide one is being built,
+//!   it lets go of all but the barrier locks, lets the workers go on, and
+//!   starts a new round. The registry lock is never held while the handler
+//!   waits: a thread building an instance inside a read-side section that
+//!   a grace period in progress waits for is not held up by the fork. At
+//!   the fork no krcu thread is inside any of these locks.
+//! - **parent**: releases them, lets the workers go on, and only then drops
+//!   its references to the instances (a last reference dropped there may
+//!   join a worker).
 //! - **child**: releases them; forgets the reader registrations of the
 //!   threads that do not exist in the child (a reader that was inside a
 //!   read-side section there would hold up every grace period forever) and
 //!   the reclaim work such threads had in hand; never joins the old
 //!   threads' handles (glibc may give their descriptors to new threads);
 //!   and starts new worker threads, which take over the state the parked
-//!   ones left (the RCU worker's callback lists).
+//!   ones left (the RCU worker's callback lists). An RCU instance being
+//!   dropped (its worker draining its queue, e.g. after one of its own
+//!   callbacks dropped it) gets a new, detached worker too, which runs
+//!   every callback queued and exits.
+//!
+//! A krcu worker thread never joins another worker (the prepare handler
+//! may have parked that one, and waits for this one): dropping an
+//! [`Rcu`](crate::rcu::Rcu), a [`PageAllocator`](crate::page::PageAllocator)
+//! or a [`Krcu`](crate::Krcu) on one (in an RCU callback, a `kfree_rcu`
+//! destructor, a shrinker) detaches the instance's workers, which finish
+//! their work and exit by themselves, holding the instance's shared state
+//! alive until then (a `Krcu` hands its teardown to a thread of its own).
 //!
 //! So the child can retire objects, wait for grace periods and barriers,
 //! and drop its instances. What stays the caller's responsibility:
@@ -34,6 +60,16 @@
 //!   inside a read-side section while its instance's worker waits for that
 //!   very section deadlocks (liburcu's rule is the same: do not fork inside
 //!   a read-side section).
+//! - A krcu worker that waits for a barrier (`rcu_barrier`,
+//!   `kvfree_rcu_barrier`, dropping a `SlabChannel`) from an RCU callback,
+//!   a `kfree_rcu` destructor or a shrinker can deadlock a concurrent
+//!   fork: the prepare handler holds the barrier lock and waits for that
+//!   worker to park.
+//! - A fork from a krcu worker thread itself (an RCU callback, a
+//!   `kfree_rcu` destructor, a shrinker) waits for that thread to park:
+//!   it deadlocks.
+//! - A thread that builds instances without pause can hold a fork up (each
+//!   new instance starts a new round).
 //! - Locks krcu does not take here (the page allocator's zone and per-CPU
 //!   lists, a [`SlabCache`](crate::slab::SlabCache)'s, the slab channel
 //!   registry, the validator's tables, the application's own krcu locks)
@@ -48,12 +84,14 @@
 //!   in practice (liburcu does the same) though POSIX does not promise it.
 //! - Objects another (now gone) thread of the parent was freeing at that
 //!   instant are neither freed in the child nor freed early: they leak in
-//!   the child's copy of memory.
+//!   the child's copy of memory. So do the objects queued on a `Krcu`
+//!   whose drop was in progress at the fork (its `kfree_rcu` workers are
+//!   not restarted in the child).
 
 use std::any::Any;
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, Once, Weak};
+use std::sync::{Arc, Mutex, Once, OnceLock, Weak};
 use std::time::Duration;
 
 /// Set while a fork is being prepared: workers park at their checkpoint.
@@ -91,8 +129,27 @@ pub(crate) trait Participant: Send + Sync {
 /// `kfree_rcu` engine built on it).
 static REGISTRY: Mutex<Vec<Weak<dyn Participant>>> = Mutex::new(Vec::new());
 
-/// Registers `p` (and the `pthread_atfork` handlers, once).
-pub(crate) fn register(p: Weak<dyn Participant>) {
+/// Registers the `pthread_atfork` handlers as the program is loaded, before
+/// any thread can fork: registered lazily instead, a fork concurrent with
+/// the registration (or with a first build of a process-wide instance)
+/// could leave the child with the registration's `Once`, or the instance's
+/// `OnceLock`, in progress for good.
+#[used]
+// SAFETY: `.init_array` entries are called once by the dynamic loader (or
+// the static start-up code) before `main`, with the program's arguments,
+// which an `extern "C" fn()` ignores on every Linux ABI; this one only
+// calls `install_handlers`, which is sound before `main`.
+#[unsafe(link_section = ".init_array")]
+static INSTALL_AT_LOAD: extern "C" fn() = {
+    extern "C" fn install_at_load() {
+        install_handlers();
+    }
+    install_at_load
+};
+
+/// Registers the `pthread_atfork` handlers, once (at load time; the calls
+/// when an instance is built are a fallback).
+fn install_handlers() {
     static HANDLERS: Once = Once::new();
     HANDLERS.call_once(|| {
         // SAFETY: the three handlers are `extern "C" fn()` that live for the
@@ -102,9 +159,48 @@ pub(crate) fn register(p: Weak<dyn Participant>) {
             tracing::error!("krcu: pthread_atfork failed ({r}): fork() children will hang");
         }
     });
+}
+
+/// Registers `p` (and the `pthread_atfork` handlers, once).
+pub(crate) fn register(p: Weak<dyn Participant>) {
+    install_handlers();
     let mut reg = REGISTRY.lock().unwrap_or_else(|e| e.into_inner());
     reg.retain(|w| w.strong_count() > 0);
     reg.push(p);
+}
+
+/// Process-wide instances being built now ([`init_global`]); incremented
+/// under the registry lock.
+static INITIALIZING: AtomicUsize = AtomicUsize::new(0);
+
+/// `cell.get_or_init(f)` for a process-wide instance, kept out of a fork: a
+/// child forked while another thread is inside `f` would find the cell
+/// being initialised for good (that thread does not exist there), and its
+/// first use of the instance would block forever. The prepare handler
+/// waits until no initialisation is in progress, and one that starts while
+/// the handler holds the registry lock (at the end of prepare) waits until
+/// the fork is over before it touches the cell. One load once initialised.
+pub(crate) fn init_global<T>(cell: &'static OnceLock<T>, f: impl FnOnce() -> T) -> &'static T {
+    if let Some(v) = cell.get() {
+        return v;
+    }
+    struct Initializing;
+    impl Drop for Initializing {
+        fn drop(&mut self) {
+            INITIALIZING.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+    let _init = {
+        // Ordering: the increment is made under the registry lock, and the
+        // prepare handler reads the count under it as its last step: either
+        // the handler sees this initialisation (and lets it finish before
+        // the fork), or this thread takes the lock after the fork's
+        // handlers released it, and has not touched the cell before.
+        let _reg = REGISTRY.lock().unwrap_or_else(|e| e.into_inner());
+        INITIALIZING.fetch_add(1, Ordering::SeqCst);
+        Initializing
+    };
+    cell.get_or_init(f)
 }
 
 /// Held by a worker thread while it runs: the prepare handler waits until
@@ -116,6 +212,33 @@ impl WorkerToken {
         LIVE.fetch_add(1, Ordering::SeqCst);
         WorkerToken(())
     }
+}
+
+impl WorkerToken {
+    /// Runs the body `f` of the worker thread the token was made for,
+    /// marked as a krcu worker (see [`on_worker_thread`]); the token ends
+    /// with it (also when it unwinds).
+    pub(crate) fn run<R>(self, f: impl FnOnce() -> R) -> R {
+        ON_WORKER.with(|w| w.set(true));
+        let _token = self;
+        f()
+    }
+}
+
+thread_local! {
+    /// Whether this thread is a krcu worker ([`WorkerToken::run`]).
+    static ON_WORKER: core::cell::Cell<bool> = const { core::cell::Cell::new(false) };
+}
+
+/// Whether the calling thread is a krcu worker thread (of any instance: an
+/// RCU worker running a callback, a `kfree_rcu` worker or reclaimer running
+/// a destructor, kswapd running a shrinker). Such a thread must never join
+/// another worker: the prepare handler of a `fork` may have parked that one
+/// and waits for this one to park too. The drops of [`Rcu`](crate::rcu::Rcu),
+/// [`PageAllocator`](crate::page::PageAllocator) and [`Krcu`](crate::Krcu)
+/// detach instead.
+pub(crate) fn on_worker_thread() -> bool {
+    ON_WORKER.try_with(|w| w.get()).unwrap_or(false)
 }
 
 impl Drop for WorkerToken {
@@ -198,55 +321,26 @@ thread_local! {
     static PARTS: RefCell<Vec<Arc<dyn Participant>>> = const { RefCell::new(Vec::new()) };
 }
 
-extern "C" fn prepare() {
-    // The registry lock is held across the fork too, so that no instance is
-    // registered (half built) meanwhile; released last.
+/// The participants registered now that `seen` does not hold (by address;
+/// dropped ones left out), upgraded. Holds the registry lock only while it
+/// looks, so that an instance being built (perhaps by a reader that a grace
+/// period in progress waits for) is never held up by a fork.
+fn unseen(seen: &[Arc<dyn Participant>]) -> Vec<Arc<dyn Participant>> {
     let reg = REGISTRY.lock().unwrap_or_else(|e| e.into_inner());
-    let parts: Vec<Arc<dyn Participant>> = reg.iter().filter_map(Weak::upgrade).collect();
-    let mut held: Vec<Box<dyn Any>> = vec![Box::new(reg)];
-    for p in &parts {
-        p.clone().lock_before_park(&mut held);
-    }
-    REQUESTED.store(1, Ordering::SeqCst);
-    // Kick until every live worker is parked (a kick can precede the
-    // worker's sleep; the workers also check `requested` before sleeping,
-    // but a timed sleep in between is cut short this way).
-    let start = std::time::Instant::now();
-    let mut warned = false;
-    while PARKED.load(Ordering::SeqCst) < LIVE.load(Ordering::SeqCst) {
-        for p in &parts {
-            p.kick();
-        }
-        if !warned
-            && start.elapsed() > Duration::from_secs(5)
-            && parts.iter().any(|p| p.caller_is_reading())
-        {
-            warned = true;
-            eprintln!(
-                "krcu: fork() called inside an RCU read-side section waits for the grace \
-                 period in progress, which may be waiting for this very section: deadlock"
-            );
-        }
-        std::thread::sleep(Duration::from_micros(200));
-    }
-    for phase in 0..LOCK_PHASES {
-        for p in &parts {
-            p.clone().lock_after_park(phase, &mut held);
-        }
-    }
-    HELD.with(|h| *h.borrow_mut() = held);
-    PARTS.with(|h| *h.borrow_mut() = parts);
+    reg.iter()
+        .filter(|w| !is_seen(w, seen))
+        .filter_map(Weak::upgrade)
+        .collect()
 }
 
-/// Releases what prepare took, newest first; returns the participants.
-fn release() -> Vec<Arc<dyn Participant>> {
-    let mut held = HELD.with(|h| core::mem::take(&mut *h.borrow_mut()));
-    while held.pop().is_some() {}
-    PARTS.with(|h| core::mem::take(&mut *h.borrow_mut()))
+/// Whether `w` is dropped or one of `seen`.
+fn is_seen(w: &Weak<dyn Participant>, seen: &[Arc<dyn Participant>]) -> bool {
+    let addr = w.as_ptr().cast::<()>();
+    w.strong_count() == 0 || seen.iter().any(|p| Arc::as_ptr(p).cast::<()>() == addr)
 }
 
-extern "C" fn parent() {
-    drop(release());
+/// Lets the parked workers go on.
+fn resume_workers() {
     REQUESTED.store(0, Ordering::SeqCst);
     // SAFETY: FUTEX_WAKE on a static, aligned u32 reads no other memory.
     unsafe {
@@ -257,6 +351,116 @@ extern "C" fn parent() {
             i32::MAX,
         );
     }
+}
+
+/// Releases `held` down to its first `keep` entries, newest first.
+fn unwind_to(held: &mut Vec<Box<dyn Any>>, keep: usize) {
+    while held.len() > keep {
+        drop(held.pop());
+    }
+}
+
+/// Asks every worker to park and waits until all have. Returns false, at
+/// once, if a participant outside `parts` has registered meanwhile (its
+/// workers may sleep unkicked, and its barrier lock is not held): the
+/// caller starts a new round.
+fn park_all(parts: &[Arc<dyn Participant>], start: std::time::Instant, warned: &mut bool) -> bool {
+    REQUESTED.store(1, Ordering::SeqCst);
+    // Kick until every live worker is parked (a kick can precede the
+    // worker's sleep; the workers also check `requested` before sleeping,
+    // but a timed sleep in between is cut short this way).
+    //
+    // Ordering: SeqCst on REQUESTED, PARKED and LIVE. A worker counted in
+    // PARKED incremented it after its last access to its state before
+    // parking (see `park`), so once this thread reads PARKED >= LIVE every
+    // worker alive is parked and its state visible here. A worker started
+    // later (LIVE incremented by its spawner) reads REQUESTED at its first
+    // checkpoint and parks too.
+    while PARKED.load(Ordering::SeqCst) < LIVE.load(Ordering::SeqCst) {
+        for p in parts {
+            p.kick();
+        }
+        {
+            let reg = REGISTRY.lock().unwrap_or_else(|e| e.into_inner());
+            if !reg.iter().all(|w| is_seen(w, parts)) {
+                return false;
+            }
+        }
+        if !*warned
+            && start.elapsed() > Duration::from_secs(5)
+            && parts.iter().any(|p| p.caller_is_reading())
+        {
+            *warned = true;
+            eprintln!(
+                "krcu: fork() called inside an RCU read-side section waits for the grace \
+                 period in progress, which may be waiting for this very section: deadlock"
+            );
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    true
+}
+
+extern "C" fn prepare() {
+    // Rounds: take the barrier locks of every participant not yet seen,
+    // park every worker, take the other locks, and last the registry lock
+    // (held across the fork, so that no instance is registered half built
+    // meanwhile). If a participant registered since the round's snapshot
+    // (its workers were not asked to park, or were not waited for, and its
+    // locks are not held), let go of everything but the barrier locks, let
+    // the workers go on, and start a new round with it. The registry lock
+    // is never held while this thread waits for anything but itself: a
+    // thread building an instance (`Rcu::new`, the first `rcu::global()`)
+    // inside a read-side section that a grace period in progress waits
+    // for is never held up here.
+    let mut parts: Vec<Arc<dyn Participant>> = Vec::new();
+    let mut held: Vec<Box<dyn Any>> = Vec::new();
+    let start = std::time::Instant::now();
+    let mut warned = false;
+    let reg = loop {
+        // A process-wide instance being built finishes first (no worker is
+        // parked now, and building one waits for none).
+        while INITIALIZING.load(Ordering::SeqCst) != 0 {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        let fresh = unseen(&parts);
+        for p in &fresh {
+            p.clone().lock_before_park(&mut held);
+        }
+        parts.extend(fresh);
+        let before_park = held.len();
+        if park_all(&parts, start, &mut warned) {
+            for phase in 0..LOCK_PHASES {
+                for p in &parts {
+                    p.clone().lock_after_park(phase, &mut held);
+                }
+            }
+            let reg = REGISTRY.lock().unwrap_or_else(|e| e.into_inner());
+            if INITIALIZING.load(Ordering::SeqCst) == 0 && reg.iter().all(|w| is_seen(w, &parts)) {
+                break reg;
+            }
+        }
+        unwind_to(&mut held, before_park);
+        resume_workers();
+    };
+    held.push(Box::new(reg));
+    HELD.with(|h| *h.borrow_mut() = held);
+    PARTS.with(|h| *h.borrow_mut() = parts);
+}
+
+/// Releases what prepare took, newest first; returns the participants.
+fn release() -> Vec<Arc<dyn Participant>> {
+    let mut held = HELD.with(|h| core::mem::take(&mut *h.borrow_mut()));
+    unwind_to(&mut held, 0);
+    PARTS.with(|h| core::mem::take(&mut *h.borrow_mut()))
+}
+
+extern "C" fn parent() {
+    let parts = release();
+    resume_workers();
+    // Only now, with the workers running: if one of these is the last
+    // reference to a participant, its drop may join a worker.
+    drop(parts);
 }
 
 extern "C" fn child() {

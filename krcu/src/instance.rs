@@ -237,6 +237,13 @@ impl fork::Participant for Workers {
         if phase < Engine::FORK_LOCK_PHASES {
             held.push(fork::hold(self.engine.clone(), |e| e.lock_for_fork(phase)));
         }
+        if phase == 0 {
+            // The threads' handles (a teardown takes them, briefly): the
+            // child's handler takes them again.
+            held.push(fork::hold(self, |w| {
+                w.threads.lock().unwrap_or_else(|e| e.into_inner())
+            }));
+        }
     }
 
     fn restart_in_child(self: Arc<Self>) {
@@ -257,6 +264,14 @@ impl fork::Participant for Workers {
     }
 }
 
+/// Joins `h`, or on a krcu worker thread (which never joins a worker: see
+/// `fork`) detaches it; the thread holds its own Arcs of what it uses.
+fn join_unless_worker(h: JoinHandle<()>) {
+    if !fork::on_worker_thread() {
+        let _ = h.join();
+    }
+}
+
 /// Starts the `kfree_rcu` monitor, its refill thread and one reclaimer per
 /// CPU.
 fn spawn_workers(engine: &Arc<Engine>) -> Result<Threads, BuildError> {
@@ -272,17 +287,18 @@ fn spawn_workers(engine: &Arc<Engine>) -> Result<Threads, BuildError> {
         let spawned = std::thread::Builder::new()
             .name(format!("krcu-reclaim/{cpu}"))
             .spawn(move || {
-                let _token = token;
-                if pin {
-                    pin_to_cpu(cpu);
-                }
-                e.reclaimer(cpu)
+                token.run(|| {
+                    if pin {
+                        pin_to_cpu(cpu);
+                    }
+                    e.reclaimer(cpu)
+                })
             });
         match spawned {
             Ok(h) => reclaimers.push(h),
             Err(err) => {
                 engine.stop_reclaimers();
-                reclaimers.into_iter().for_each(|h| drop(h.join()));
+                reclaimers.into_iter().for_each(join_unless_worker);
                 return Err(BuildError::Worker(err.to_string()));
             }
         }
@@ -292,10 +308,7 @@ fn spawn_workers(engine: &Arc<Engine>) -> Result<Threads, BuildError> {
         let token = fork::WorkerToken::new();
         std::thread::Builder::new()
             .name(name.into())
-            .spawn(move || {
-                let _token = token;
-                body(e)
-            })
+            .spawn(move || token.run(|| body(e)))
     };
     let mut threads = Threads {
         worker: None,
@@ -315,11 +328,11 @@ fn spawn_workers(engine: &Arc<Engine>) -> Result<Threads, BuildError> {
             engine.stop.store(true, Ordering::Release);
             engine.kick();
             if let Some(w) = threads.worker.take() {
-                let _ = w.join();
+                join_unless_worker(w);
             }
             engine.stop.store(false, Ordering::Release);
             engine.stop_reclaimers();
-            threads.reclaimers.into_iter().for_each(|h| drop(h.join()));
+            threads.reclaimers.into_iter().for_each(join_unless_worker);
             Err(BuildError::Worker(err.to_string()))
         }
     }
@@ -360,7 +373,7 @@ impl Krcu {
     /// The free function [`kfree_rcu`](crate::kfree_rcu) never builds it
     /// where the caller may not sleep (see there).
     pub fn global() -> &'static Krcu {
-        GLOBAL.get_or_init(|| {
+        fork::init_global(&GLOBAL, || {
             Krcu::builder()
                 .build_on(crate::rcu::global_arc().clone())
                 .expect("krcu: cannot build the default instance")
@@ -620,10 +633,11 @@ impl Drop for Krcu {
     /// Frees everything queued, then stops the workers. Where that would
     /// wait for the calling thread itself (the last handle dropped by a
     /// destructor that this instance's reclaim runs, inside a callback on
-    /// its RCU worker, on one of its own workers, or by a shrinker that
-    /// page reclaim runs, on kswapd or in direct reclaim), the teardown is handed to a thread of its own
-    /// and the drop returns at once, as the RCU worker does for its own
-    /// drop.
+    /// its RCU worker, by a shrinker that page reclaim runs, on kswapd or
+    /// in direct reclaim), or on any krcu worker thread (which must never
+    /// join a worker: see `fork`), the teardown is handed to a thread of
+    /// its own and the drop returns at once, as the RCU worker does for its
+    /// own drop.
     fn drop(&mut self) {
         let teardown = Teardown {
             engine: self.engine.clone(),
@@ -631,15 +645,17 @@ impl Drop for Krcu {
             shrinker: self.shrinker.take(),
         };
         // Inline unless it would wait for the calling thread: a destructor
-        // run by this instance's reclaim, an RCU callback on its worker,
-        // one of its own workers, or a thread running the page allocator's
-        // shrinkers (the teardown unregisters this instance's shrinker,
-        // which takes the shrinker mutex that thread holds, and joins the
-        // refill thread, which may wait for that mutex in direct reclaim;
-        // kswapd is such a thread).
+        // run by this instance's reclaim, an RCU callback on its worker, a
+        // thread running the page allocator's shrinkers (the teardown
+        // unregisters this instance's shrinker, which takes the shrinker
+        // mutex that thread holds, and joins the refill thread, which may
+        // wait for that mutex in direct reclaim; kswapd is such a thread),
+        // or any krcu worker thread, not only this instance's: a worker
+        // never joins a worker (a fork's prepare handler may have parked
+        // that one, and waits for this one to park).
         let inline = !(self.engine.in_own_reclaim()
             || self.engine.rcu().on_worker()
-            || self.engine.on_own_worker()
+            || fork::on_worker_thread()
             || PageAllocator::in_reclaim());
         if inline {
             teardown.run();

@@ -669,18 +669,6 @@ impl Engine {
         self.cpus.iter().any(|(_, c)| c.refill_wanted.load(Relaxed))
     }
 
-    /// Records the calling thread as one of this instance's workers (the
-    /// monitor, the refill thread, a reclaimer): dropping the instance
-    /// there must not join the thread itself.
-    pub(crate) fn mark_worker(&self) {
-        WORKER_OF.with(|w| w.set(self));
-    }
-
-    /// Whether the calling thread is one of this instance's workers.
-    pub(crate) fn on_own_worker(&self) -> bool {
-        WORKER_OF.with(|w| core::ptr::eq(w.get(), self))
-    }
-
     pub(crate) fn take_flush_request(&self) -> bool {
         self.flush_wanted.swap(false, AcqRel)
     }
@@ -1112,7 +1100,6 @@ impl Engine {
         /// Blocks per chunk: short lock holds, a few thousand objects.
         const CHUNK: usize = 8;
         let _softirq = context::enter_softirq();
-        self.mark_worker();
         let home = self.cpus.get(cpu_index);
         // This CPU's home state and its overflow state.
         let mine = [home, self.cpus.get(cpu_index + self.homes)];
@@ -1307,10 +1294,6 @@ struct ReclaimFrame {
 }
 
 std::thread_local! {
-    /// The engine whose worker the calling thread is (const, no
-    /// destructor; only compared, never followed).
-    static WORKER_OF: core::cell::Cell<*const Engine> =
-        const { core::cell::Cell::new(core::ptr::null()) };
     /// The innermost reclaim in progress on this thread (const, no
     /// destructor: usable from thread-local destructors too).
     static RECLAIM_TOP: core::cell::Cell<*const ReclaimFrame> =

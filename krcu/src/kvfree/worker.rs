@@ -24,7 +24,6 @@ use std::sync::atomic::Ordering;
 /// The monitor thread's body.
 pub(crate) fn run(engine: Arc<Engine>) {
     let _softirq = context::enter_softirq();
-    engine.mark_worker();
     loop {
         crate::fork::checkpoint();
         let flush = engine.take_flush_request();
@@ -47,7 +46,6 @@ pub(crate) fn run(engine: Arc<Engine>) {
 /// The refill thread's body.
 pub(crate) fn run_refill(engine: Arc<Engine>) {
     let _softirq = context::enter_softirq();
-    engine.mark_worker();
     loop {
         crate::fork::checkpoint();
         engine.refill_pass();

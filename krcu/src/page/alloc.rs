@@ -525,6 +525,13 @@ impl PageAllocator {
     #[track_caller]
     fn bad_free(&self, e: PageError) {
         bump(&self.shared.stats.bad_frees);
+        if context::in_hardirq() || context::in_nmi() {
+            // No panic (an abort in a handler) and no `tracing` (it may
+            // allocate and lock): counted, reported by `drain_all`.
+            bump(&self.shared.stats.handler_bad_frees);
+            self.shared.handler_bad_frees.record(&e);
+            return;
+        }
         if cfg!(debug_assertions) {
             panic!("krcu page allocator: {e}");
         }
@@ -562,9 +569,20 @@ impl PageAllocator {
     /// Drains every CPU's lists and merges deferred frees
     /// (`drain_all_pages`). Returns the pages moved.
     #[doc(alias = "drain_all_pages")]
+    ///
+    /// Also reports (`tracing::error!`) the bad frees made in signal
+    /// handlers since the last drain, which could not be reported there
+    /// (see [`error`](super::error)).
     pub fn drain_all(&self) -> usize {
         let moved = (0..self.pcp.cpus()).map(|cpu| self.drain_cpu(cpu)).sum();
         self.zone.flush_deferred();
+        if let Some((n, addr)) = self.shared.handler_bad_frees.take() {
+            tracing::error!(
+                count = n,
+                last_addr = addr,
+                "krcu page allocator: {n} bad free(s) in signal handlers, the last of {addr:#x}"
+            );
+        }
         moved
     }
 

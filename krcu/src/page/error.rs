@@ -18,8 +18,43 @@
 //!   ([`GlobalStats::bad_frees`](super::GlobalStats::bad_frees)), **report** it
 //!   with `tracing::error!`, and leave the page alone (a leak, never a
 //!   corruption).
+//!
+//! In hardirq (signal handler) or NMI context neither is possible (a panic
+//! there aborts the process; `tracing` may allocate and lock), so a bad
+//! free there is only counted ([`GlobalStats::handler_bad_frees`](super::GlobalStats::handler_bad_frees))
+//! and reported from task context later, by the next
+//! [`PageAllocator::drain_all`](super::PageAllocator::drain_all) (with
+//! `tracing::error!`, in every build: a panic there would strike an
+//! unrelated caller).
 
 use core::fmt;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+
+/// Bad frees seen in hardirq or NMI context, waiting to be reported from
+/// task context: lock-free and allocation-free to record.
+#[derive(Debug, Default)]
+pub(crate) struct DeferredBadFrees {
+    pending: AtomicU64,
+    last_addr: AtomicUsize,
+}
+
+impl DeferredBadFrees {
+    /// Records `e` (async-signal-safe: two relaxed atomics; the address is
+    /// a hint, so a torn pair under concurrent records does not matter).
+    pub(crate) fn record(&self, e: &PageError) {
+        self.last_addr.store(e.addr(), Relaxed);
+        self.pending.fetch_add(1, Relaxed);
+    }
+
+    /// Takes what is pending: how many, and the last address.
+    pub(crate) fn take(&self) -> Option<(u64, usize)> {
+        if self.pending.load(Relaxed) == 0 {
+            return None;
+        }
+        let n = self.pending.swap(0, Relaxed);
+        (n > 0).then(|| (n, self.last_addr.load(Relaxed)))
+    }
+}
 
 /// A free that the allocator refused. Every variant names the address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

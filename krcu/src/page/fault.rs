@@ -27,6 +27,10 @@ bitflags! {
         const SLEEPING = 1 << 3;
         /// Every allocation.
         const ALL = 0b1111;
+        /// Not an allocation: the slab caches' node-lock trylock (taken
+        /// with `NO_LOCKS` and in signal handlers) fails as if contended.
+        /// Not part of `ALL`.
+        const SLAB_NODE_TRYLOCK = 1 << 4;
     }
 }
 

@@ -421,10 +421,7 @@ fn spawn_kswapd(
     let token = crate::fork::WorkerToken::new();
     let handle = std::thread::Builder::new()
         .name("kswapd".into())
-        .spawn(move || {
-            let _token = token;
-            reclaim::kswapd(z, s)
-        })?;
+        .spawn(move || token.run(|| reclaim::kswapd(z, s)))?;
     shared.set_thread(handle.thread().clone());
     Ok(handle)
 }
@@ -465,7 +462,18 @@ impl Drop for PageAllocator {
             .unwrap_or_else(|e| e.into_inner())
             .take();
         if let Some(handle) = worker {
-            let _ = handle.join();
+            if crate::fork::on_worker_thread() {
+                // Dropped on a krcu worker thread (a shrinker kswapd runs,
+                // an RCU callback, a kfree_rcu destructor): a worker never
+                // joins a worker (a fork's prepare handler may have parked
+                // that one and waits for this one). kswapd is detached: it
+                // sees `stop` and exits by itself, and its own Arcs keep
+                // the zone (the arena) and its shared state alive until
+                // then.
+                drop(handle);
+            } else {
+                let _ = handle.join();
+            }
         }
     }
 }

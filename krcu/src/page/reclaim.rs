@@ -58,6 +58,8 @@ pub(crate) struct Shared {
     /// child of a `fork`; null without kswapd).
     thread: AtomicPtr<std::thread::Thread>,
     pub(crate) stats: GlobalCells,
+    /// Bad frees in signal handlers, to report from task context.
+    pub(crate) handler_bad_frees: super::error::DeferredBadFrees,
 }
 
 impl Drop for Shared {
@@ -99,6 +101,7 @@ impl Shared {
             stop: AtomicBool::new(false),
             thread: AtomicPtr::new(core::ptr::null_mut()),
             stats: GlobalCells::default(),
+            handler_bad_frees: Default::default(),
         }
     }
 

@@ -111,6 +111,11 @@ counters! {
         injected_failures,
         /// Frees refused as bad input (release builds count them).
         bad_frees,
+        /// Of `bad_frees`, those made in hardirq (signal handler) or NMI
+        /// context: counted there, never panicked on nor logged, and
+        /// reported from task context by the next
+        /// [`drain_all`](super::PageAllocator::drain_all).
+        handler_bad_frees,
     }
 }
 

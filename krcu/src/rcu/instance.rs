@@ -182,10 +182,7 @@ impl Shared {
         let token = fork::WorkerToken::new();
         std::thread::Builder::new()
             .name(self.config.worker_name.clone())
-            .spawn(move || {
-                let _token = token;
-                worker::run(s)
-            })
+            .spawn(move || token.run(|| worker::run(s)))
     }
 }
 
@@ -210,7 +207,12 @@ impl fork::Participant for Shared {
             // A grace period in progress (a synchronize) ends first; then
             // no thread registers or unregisters a reader across the fork.
             held.push(fork::hold(self.clone(), |s| s.gp.lock_for_fork()));
-            held.push(fork::hold(self, |s| s.gp.readers.lock_for_fork()));
+            held.push(fork::hold(self.clone(), |s| s.gp.readers.lock_for_fork()));
+            // The worker's handle (a drop takes it, briefly): the child's
+            // handler takes it again.
+            held.push(fork::hold(self, |s| {
+                s.thread.lock().unwrap_or_else(|e| e.into_inner())
+            }));
         }
     }
 
@@ -220,10 +222,14 @@ impl fork::Participant for Shared {
         // The old worker does not exist here: its handle can never be
         // joined (that would wait forever).
         core::mem::forget(thread.take());
-        if self.stop.load(Ordering::SeqCst) {
-            return; // the instance is being dropped
-        }
+        // Restarted even when the instance is being dropped (by a thread
+        // that is gone here, or by a callback of the worker, which returned
+        // leaving the worker to drain): the new worker takes over the
+        // handed-off callbacks, runs every one queued and exits. Nobody
+        // joins it then (the dropping thread has taken, or will never take,
+        // the handle): it is detached, and keeps the shared state alive.
         match self.spawn_worker() {
+            Ok(h) if self.stop.load(Ordering::SeqCst) => drop(h),
             Ok(h) => *thread = Some(h),
             Err(e) => tracing::error!("krcu: cannot restart the RCU worker after fork: {e}"),
         }
@@ -532,9 +538,16 @@ impl Drop for Rcu {
             .unwrap_or_else(|e| e.into_inner())
             .take();
         if let Some(w) = worker {
-            if self.shared.on_worker() {
-                // Dropped by one of its own callbacks: the worker finishes
-                // the queue and exits by itself.
+            if fork::on_worker_thread() {
+                // Dropped on a krcu worker thread: by one of its own
+                // callbacks (joining would wait for itself), or by a
+                // callback, destructor or shrinker another worker runs,
+                // which must never join a worker (a fork's prepare handler
+                // may have parked that one, and waits for this one to
+                // park). The worker is detached: it finishes the queue and
+                // exits by itself, and its own Arc keeps the shared state
+                // alive until then.
+                drop(w);
                 return;
             }
             if w.join().is_err() {
@@ -557,13 +570,98 @@ pub fn global() -> &'static Rcu {
     global_arc()
 }
 
+/// The process-wide instance, once built.
+static GLOBAL: OnceLock<Arc<Rcu>> = OnceLock::new();
+
+/// Callbacks queued with [`call_rcu`] / [`call_rcu_box`] from hardirq
+/// (signal handler) or NMI context before [`GLOBAL`] was built: building
+/// it there would allocate, take locks, spawn a thread, and deadlock if the
+/// handler interrupted the thread building it. They wait here, lock-free,
+/// until the instance is built from task context, which adopts them.
+static EARLY: PendingList = PendingList::new();
+
 /// [`global`] as the `Arc` that the process-wide `kfree_rcu` engine shares.
+#[inline]
 pub(crate) fn global_arc() -> &'static Arc<Rcu> {
-    static GLOBAL: OnceLock<Arc<Rcu>> = OnceLock::new();
-    GLOBAL.get_or_init(|| Arc::new(Rcu::new(Domain::global(), RcuConfig::default())))
+    match GLOBAL.get() {
+        Some(g) => g,
+        None => global_arc_slow(),
+    }
 }
 
-/// [`Rcu::read_lock`] on the [`global`] instance.
+#[cold]
+fn global_arc_slow() -> &'static Arc<Rcu> {
+    // Built through the fork module, so that a fork waits for a first build
+    // in progress instead of copying it half done.
+    let g = fork::init_global(&GLOBAL, || {
+        Arc::new(Rcu::new(Domain::global(), RcuConfig::default()))
+    });
+    // Store-buffering handshake with `call_rcu_early`: this side stored
+    // GLOBAL (inside get_or_init) and now loads EARLY; the handler side
+    // stores to EARLY and then loads GLOBAL. With a SeqCst fence between
+    // store and load on both sides, at least one side sees the other's
+    // store: either this take finds the early callback, or the handler
+    // finds GLOBAL and adopts it itself. None is stranded.
+    std::sync::atomic::fence(Ordering::SeqCst);
+    adopt_early(g);
+    g
+}
+
+/// Moves the callbacks parked on [`EARLY`] to `g`, oldest first. Lock-free
+/// and allocation-free (a swap, then one push per callback): callable from a
+/// signal handler. Concurrent adopters each take a disjoint part.
+fn adopt_early(g: &Rcu) {
+    if EARLY.is_empty() {
+        return;
+    }
+    let mut list = EARLY.take();
+    while let Some((head, func)) = list.pop() {
+        // SAFETY: the head was queued by `call_rcu_early` with the caller's
+        // `call_rcu` contract (valid, unmoved until `func` runs); taking it
+        // off EARLY made it unqueued again, so it may be queued once more.
+        unsafe { g.call_rcu(head, func) };
+    }
+}
+
+/// `call_rcu` on the global instance, never building it in hardirq or NMI
+/// context (see [`EARLY`]).
+///
+/// # Safety
+/// As for [`Rcu::call_rcu`].
+#[inline]
+unsafe fn call_rcu_global(head: NonNull<RcuHead>, func: RcuCallbackFn) {
+    if let Some(g) = GLOBAL.get() {
+        // SAFETY: forwarded from the caller.
+        return unsafe { g.call_rcu(head, func) };
+    }
+    if crate::context::in_hardirq() || crate::context::in_nmi() {
+        // SAFETY: forwarded from the caller.
+        unsafe { call_rcu_early(head, func) };
+    } else {
+        // SAFETY: forwarded from the caller.
+        unsafe { global_arc().call_rcu(head, func) };
+    }
+}
+
+/// Parks a callback on [`EARLY`] (no global instance yet, hardirq or NMI
+/// context); adopts it at once if the instance was built meanwhile.
+///
+/// # Safety
+/// As for [`Rcu::call_rcu`].
+#[cold]
+unsafe fn call_rcu_early(head: NonNull<RcuHead>, func: RcuCallbackFn) {
+    // SAFETY: forwarded from the caller.
+    unsafe { EARLY.push(head, func) };
+    // See `global_arc_slow` for the handshake this fence is half of.
+    std::sync::atomic::fence(Ordering::SeqCst);
+    if let Some(g) = GLOBAL.get() {
+        adopt_early(g);
+    }
+}
+
+/// [`Rcu::read_lock`] on the [`global`] instance. The first call builds
+/// the instance (allocating, spawning its worker): to read from a signal
+/// handler, use the instance (e.g. call [`global`]) once before.
 #[inline]
 #[doc(alias = "rcu_read_lock")]
 pub fn read_lock() -> ReadGuard<'static> {
@@ -614,19 +712,38 @@ pub fn cond_synchronize(cookie: GpCookie) {
     global().cond_synchronize(cookie);
 }
 
-/// [`Rcu::call_rcu`] on the [`global`] instance.
+/// [`Rcu::call_rcu`] on the [`global`] instance, with the same
+/// guarantees: never blocks, never allocates, signal-safe.
+///
+/// In hardirq (signal handler, see [`crate::context::enter_hardirq`]) or
+/// NMI context before the global instance exists, it does not build it
+/// (that allocates, locks and spawns): the callback is parked on a static
+/// lock-free list, and the instance adopts it when it is built, on the
+/// process's next use of it from task context (any function of this
+/// module, or the global `kfree_rcu`). Until then the callback is only
+/// delayed, never lost; a program that queues callbacks only from handlers
+/// should call [`global`] once at startup. (In a handler not marked with
+/// `enter_hardirq` the context cannot be told and the instance is built
+/// there: initialise it first.)
 ///
 /// # Safety
 /// As for [`Rcu::call_rcu`].
 pub unsafe fn call_rcu(head: NonNull<RcuHead>, func: RcuCallbackFn) {
     // SAFETY: forwarded from the caller.
-    unsafe { global().call_rcu(head, func) }
+    unsafe { call_rcu_global(head, func) }
 }
 
-/// [`Rcu::call_rcu_box`] on the [`global`] instance.
+/// [`Rcu::call_rcu_box`] on the [`global`] instance; in a signal handler
+/// before the instance exists, as [`call_rcu`].
 #[doc(alias = "call_rcu")]
 pub fn call_rcu_box<T: HasRcuHead>(obj: Box<T>) {
-    global().call_rcu_box(obj);
+    let raw = Box::into_raw(obj);
+    // SAFETY: by HasRcuHead's contract the head lies RCU_HEAD_OFFSET bytes
+    // into the object, inside the allocation.
+    let head = unsafe { raw.byte_add(T::RCU_HEAD_OFFSET) }.cast::<RcuHead>();
+    // SAFETY: the head belongs to a leaked Box (valid, unmoved, not
+    // queued), and box_callback::<T> reclaims exactly that Box.
+    unsafe { call_rcu_global(NonNull::new_unchecked(head), callback::box_callback::<T>) }
 }
 
 /// [`Rcu::rcu_barrier`] on the [`global`] instance.

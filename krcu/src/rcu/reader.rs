@@ -7,20 +7,42 @@
 //! them without a lock (it reads the published length with Acquire, then
 //! the slots), and a thread that unregisters only returns its slot to a free
 //! list for the next thread to take. A free slot reads zero, so a scan that
-//! meets it skips it.
+//! meets it skips it. A slot goes back to the free list only from its own
+//! thread, with its section closed (or, in the child of a `fork`, from the
+//! only thread left), so a guard can never end another thread's section.
 //!
 //! # Registration
 //! A thread gets its slot on first use ([`Rcu::read_lock`](super::Rcu::read_lock)
 //! registers it, which allocates) or ahead of time with
 //! [`Rcu::register_thread`](super::Rcu::register_thread), after which
 //! neither `read_lock` allocates. The thread's registrations sit in a
-//! thread-local list whose destructor unregisters them when the thread
-//! exits; a one-entry thread-local cache (instance id, slot) makes
-//! `Rcu::read_lock` one compare away from the slot. A [`ReaderHandle`] holds
-//! the slot directly: [`ReaderHandle::read_lock`] is the fastest path.
-//! Dropping the last handle unregisters the thread from that instance
-//! (unless it is inside a read-side section of it; then the thread's exit
-//! does).
+//! thread-local list; a one-entry thread-local cache (instance id, slot)
+//! makes `Rcu::read_lock` a few loads away from the slot. A
+//! [`ReaderHandle`] holds the slot directly: [`ReaderHandle::read_lock`] is
+//! the fastest path. Dropping the last handle unregisters the thread from
+//! that instance (unless it is inside a read-side section of it; then the
+//! thread's exit does).
+//!
+//! # Thread exit
+//! Thread-local destructors run newest first, so code of the exiting thread
+//! (another thread-local's destructor) can still run, and read, after the
+//! registration list's destructor. That destructor therefore frees only
+//! the slots that are closed and unheld; the others move to the thread's
+//! **late list**, a POSIX thread-specific value (`pthread_key_create`)
+//! whose destructor glibc runs after every thread-local destructor (musl
+//! runs Rust's thread-local destructors from a key destructor of their
+//! own; ours, set while they run, runs after them, in the same round or
+//! the next). Reads in later destructors use (or take) the thread's slot
+//! through the late list too. A slot still open when the list goes is an
+//! **orphan**: no longer counted in [`RcuStats::readers`](super::RcuStats),
+//! but grace periods still wait for it and stall warnings still name its
+//! thread: its section may still be running (a guard kept in an older
+//! thread-local). When the late list's destructor runs, no code of the
+//! thread that Rust can reach is left: a section still open there belongs
+//! to a leaked guard, which it ends with a warning (the kernel's
+//! `exit_rcu` does the same), and it frees the slots. So a leaked guard does
+//! not stall grace periods after its thread has exited, and a section
+//! running in a thread-local destructor is waited for.
 //!
 //! Instance ids are never reused, so a stale cache entry can never match a
 //! later instance built at the same address.
@@ -28,11 +50,12 @@
 use super::handshake;
 use crate::context;
 use crate::lockdep;
-use crate::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
-use core::cell::{Cell, RefCell};
+use crate::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+use core::cell::RefCell;
 use core::marker::PhantomData;
+use core::sync::atomic::compiler_fence;
 use crossbeam_utils::CachePadded;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 /// Slots per chunk.
 const CHUNK: usize = 64;
@@ -68,7 +91,8 @@ pub(crate) struct Slot {
     /// it on the cache line it touches anyway (and the guard stays one
     /// pointer wide).
     full_fence: bool,
-    /// The owning thread; `None` while the slot is free.
+    /// The owning thread; `None` while the slot is free. An orphan keeps
+    /// its owner, for stall warnings.
     pub(crate) owner: Mutex<Option<ThreadInfo>>,
     /// The owner's live [`ReaderHandle`]s for this slot. Here rather than
     /// in the thread's registration list so that it outlives that list:
@@ -77,9 +101,9 @@ pub(crate) struct Slot {
     /// a released slot (count zero) passes to its next owner through the
     /// `free` mutex.
     handles: AtomicUsize,
-    /// Released with its section open: never reused, and grace periods no
-    /// longer wait for it (see [`Readers::release_slot`]).
-    abandoned: AtomicBool,
+    /// An orphan: taken, but no longer counted in `in_use` (see the module
+    /// doc). Changed only under the `free` mutex, which orders it (Relaxed).
+    orphan: AtomicBool,
 }
 
 type Chunk = [CachePadded<Slot>; CHUNK];
@@ -95,9 +119,10 @@ pub(crate) struct Readers {
     pub(crate) full_fence: bool,
     chunks: Box<[AtomicPtr<Chunk>]>,
     len: AtomicUsize,
-    /// Free slot indices; also serialises growth.
+    /// Free slot indices; also serialises growth, and every change of a
+    /// slot's ownership (so that a `fork` sees none half made).
     free: Mutex<Vec<usize>>,
-    /// Slots taken by threads.
+    /// Slots taken and not orphaned (registered threads).
     in_use: AtomicUsize,
 }
 
@@ -123,7 +148,7 @@ impl Readers {
         self.len.load(Ordering::Acquire)
     }
 
-    /// How many threads are registered.
+    /// How many threads are registered (orphans not counted).
     pub(crate) fn registered(&self) -> usize {
         self.in_use.load(Ordering::Relaxed)
     }
@@ -140,9 +165,13 @@ impl Readers {
         unsafe { &(*chunk)[i % CHUNK] }
     }
 
+    fn lock_free(&self) -> std::sync::MutexGuard<'_, Vec<usize>> {
+        self.free.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Takes a slot for the calling thread.
     fn acquire_slot(&self) -> usize {
-        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        let mut free = self.lock_free();
         let i = match free.pop() {
             Some(i) => i,
             None => {
@@ -160,7 +189,7 @@ impl Readers {
                             full_fence: self.full_fence,
                             owner: Mutex::new(None),
                             handles: AtomicUsize::new(0),
-                            abandoned: AtomicBool::new(false),
+                            orphan: AtomicBool::new(false),
                         })
                     }));
                     c.store(Box::into_raw(chunk), Ordering::Release);
@@ -171,57 +200,56 @@ impl Readers {
         };
         *self.slot(i).owner.lock().unwrap_or_else(|e| e.into_inner()) = Some(ThreadInfo::current());
         self.in_use.fetch_add(1, Ordering::Relaxed);
+        drop(free);
         i
     }
 
-    /// Returns slot `i` to the free list.
+    /// Returns the calling thread's slot `i`, closed, to the free list.
     ///
-    /// A thread whose registration goes with a section still open (a leaked
-    /// guard, or a guard kept in a thread-local whose destructor runs after
-    /// the registration list's) must not hold grace periods up for good,
-    /// and must not touch another thread's slot when that guard drops
-    /// later. So the slot is **abandoned**: grace periods stop waiting for
-    /// it ([`Readers::holds_up`]), and it never goes back to the free list;
-    /// the late guard's unlock then changes only this slot. A section that
-    /// outlives its thread's registration is not protected any more (as a
-    /// reader of a thread that exited, it can no longer reach anything).
+    /// Only the slot's owning thread calls this (or the surviving thread
+    /// of a `fork`), and only with the section closed, so no guard of the
+    /// owner can touch the slot after its next owner takes it: every guard
+    /// of the owner has been dropped, or was leaked and its thread has
+    /// finished (see [`late_list_destructor`]).
     fn release_slot(&self, i: usize) {
         let slot = self.slot(i);
+        debug_assert!(!handshake::active(slot.ctr.load(Ordering::Relaxed)));
+        let mut free = self.lock_free();
         *slot.owner.lock().unwrap_or_else(|e| e.into_inner()) = None;
-        self.in_use.fetch_sub(1, Ordering::Relaxed);
-        if handshake::active(slot.ctr.load(Ordering::Relaxed)) {
-            tracing::warn!(
-                "krcu: a thread's RCU registration ended with a read-side section open; \
-                 grace periods no longer wait for it"
-            );
-            slot.abandoned.store(true, Ordering::Relaxed);
-            return;
+        if !slot.orphan.swap(false, Ordering::Relaxed) {
+            self.in_use.fetch_sub(1, Ordering::Relaxed);
         }
-        self.free.lock().unwrap_or_else(|e| e.into_inner()).push(i);
+        free.push(i);
+    }
+
+    /// Makes the calling thread's open slot `i` an orphan: no longer
+    /// counted as a registered thread, but still waited for and still
+    /// named in stall warnings, until its thread frees it.
+    fn orphan_slot(&self, i: usize) {
+        let slot = self.slot(i);
+        let _free = self.lock_free();
+        if !slot.orphan.swap(true, Ordering::Relaxed) {
+            self.in_use.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 
     /// Whether slot `i` holds a grace period up at counter value `v`: an
-    /// active reader in the other phase, in a slot not abandoned.
-    ///
-    /// Ordering: `abandoned` is set once, by the slot's owner, and only
-    /// lets a grace period stop waiting for a section that no longer
-    /// protects anything; a scan that reads it late just waits another
-    /// round. Nothing is published through it, so Relaxed is enough.
+    /// active reader in the other phase (orphans included: their sections
+    /// may still be running).
     #[inline]
     pub(crate) fn holds_up(&self, i: usize, v: usize) -> bool {
-        let slot = self.slot(i);
-        handshake::holds_up(slot.ctr.load(Ordering::Relaxed), v)
-            && !slot.abandoned.load(Ordering::Relaxed)
+        handshake::holds_up(self.slot(i).ctr.load(Ordering::Relaxed), v)
     }
 
     /// The calling thread's slot, registering it on first use.
     #[inline]
     pub(crate) fn current_slot(self: &Arc<Self>) -> &Slot {
-        let (id, slot) = CACHE.with(Cell::get);
-        if id == self.id {
-            // SAFETY: the cache holds a slot of the live instance with this
-            // id (ids are never reused, and `self` keeps the slots alive);
-            // it is cleared when the thread unregisters from it.
+        if let Some(slot) = CACHE.with(|c| c.get(self.id)) {
+            // SAFETY: the cache held this instance's id and this slot
+            // together (see `Cache`), so it is the thread's slot in the
+            // live instance with this id (ids are never reused, and `self`
+            // keeps the slots alive); the entry is cleared before the
+            // thread gives the slot up.
             return unsafe { &*slot };
         }
         self.current_slot_slow()
@@ -231,7 +259,7 @@ impl Readers {
     fn current_slot_slow(self: &Arc<Self>) -> &Slot {
         let i = self.register_current(0);
         let slot: *const Slot = self.slot(i);
-        let _ = CACHE.try_with(|c| c.set((self.id, slot)));
+        let _ = CACHE.try_with(|c| c.set(self.id, slot));
         self.slot(i)
     }
 
@@ -252,11 +280,27 @@ impl Readers {
             index
         });
         let index = found.unwrap_or_else(|_| {
-            // The thread is exiting and its registrations are gone: a slot
-            // that stays registered (and inactive) for good, unless a
-            // handle holds it (its last handle releases it).
-            tracing::debug!("krcu: RCU reader registered during thread teardown");
-            self.acquire_slot()
+            // The thread is exiting and its registration list is gone: the
+            // late list holds its slot (or gets a new one), and frees it
+            // when the thread ends.
+            with_late_list(true, |late| {
+                if let Some(r) = late.iter().find(|r| r.id == self.id) {
+                    return r.index;
+                }
+                let index = self.acquire_slot();
+                late.push(Registration {
+                    id: self.id,
+                    readers: Arc::downgrade(self),
+                    index,
+                });
+                index
+            })
+            .unwrap_or_else(|| {
+                // No late list (no thread-specific key): the slot stays
+                // taken for good.
+                tracing::warn!("krcu: RCU reader registered during thread teardown leaks its slot");
+                self.acquire_slot()
+            })
         });
         self.slot(index)
             .handles
@@ -267,43 +311,38 @@ impl Readers {
     /// Whether the calling thread is inside a read-side section of this
     /// instance (never registers, never allocates).
     pub(crate) fn current_thread_reading(&self) -> bool {
-        let (id, slot) = CACHE.try_with(Cell::get).unwrap_or((0, core::ptr::null()));
-        if id == self.id {
+        if let Ok(Some(slot)) = CACHE.try_with(|c| c.get(self.id)) {
             // SAFETY: as in `current_slot`.
             return handshake::active(unsafe { &*slot }.ctr.load(Ordering::Relaxed));
         }
+        let active = |r: &Registration| {
+            r.id == self.id && handshake::active(self.slot(r.index).ctr.load(Ordering::Relaxed))
+        };
         REGISTRATIONS
-            .try_with(|regs| {
-                regs.try_borrow().is_ok_and(|regs| {
-                    regs.iter().any(|r| {
-                        r.id == self.id
-                            && handshake::active(self.slot(r.index).ctr.load(Ordering::Relaxed))
-                    })
-                })
+            .try_with(|regs| regs.try_borrow().is_ok_and(|regs| regs.iter().any(active)))
+            .unwrap_or_else(|_| {
+                with_late_list(false, |late| late.iter().any(active)).unwrap_or(false)
             })
-            .unwrap_or(false)
     }
 
     /// The registry lock, held across a `fork` so that no registration is
     /// half made in the child.
     pub(crate) fn lock_for_fork(&self) -> std::sync::MutexGuard<'_, Vec<usize>> {
-        self.free.lock().unwrap_or_else(|e| e.into_inner())
+        self.lock_free()
     }
 
     /// In the child of a `fork`: every slot but the calling thread's belongs
     /// to a thread that does not exist here. Their sections are closed and
-    /// their slots freed, so that they hold up no grace period (liburcu's
-    /// `urcu_bp` prunes dead readers after fork the same way).
+    /// their slots freed, with their handle counts and orphan marks reset
+    /// (each counted out once), so that they hold up no grace period and
+    /// their next owners start clean (liburcu's `urcu_bp` prunes dead
+    /// readers after fork the same way).
     pub(crate) fn forget_other_threads(&self) {
+        let find = |regs: &[Registration]| regs.iter().find(|r| r.id == self.id).map(|r| r.index);
         let mine = REGISTRATIONS
-            .try_with(|regs| {
-                regs.try_borrow()
-                    .ok()
-                    .and_then(|regs| regs.iter().find(|r| r.id == self.id).map(|r| r.index))
-            })
-            .ok()
-            .flatten();
-        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+            .try_with(|regs| regs.try_borrow().ok().and_then(|regs| find(&regs)))
+            .unwrap_or_else(|_| with_late_list(false, |late| find(late)).flatten());
+        let mut free = self.lock_free();
         let n = self.len();
         let mut is_free = vec![false; n];
         for &i in free.iter() {
@@ -322,7 +361,13 @@ impl Readers {
             if let Ok(mut owner) = slot.owner.try_lock() {
                 *owner = None;
             }
-            self.in_use.fetch_sub(1, Ordering::Relaxed);
+            // Its handles were the dead thread's.
+            slot.handles.store(0, Ordering::Relaxed);
+            // An orphan was counted out already (under `free`, which the
+            // fork held, so the mark and the count agree).
+            if !slot.orphan.swap(false, Ordering::Relaxed) {
+                self.in_use.fetch_sub(1, Ordering::Relaxed);
+            }
             free.push(i);
         }
     }
@@ -347,8 +392,35 @@ impl Readers {
             }
         });
         if gone.is_err() {
-            // The thread-exit destructor ran and left this slot to its
-            // handles (it had some): this was the last one.
+            // The thread is exiting; its registration list is gone, and
+            // the late list has this slot (the list's destructor moved it
+            // there, or it was taken during teardown). The cache may point
+            // at it: forget it first, so that a later `read_lock` of this
+            // thread finds the slot through the late list, or a new one,
+            // and never a slot on the free list.
+            forget_cached(self.id);
+            if handshake::active(slot.ctr.load(Ordering::Relaxed)) {
+                // Inside a section (opened through `Rcu::read_lock`): the
+                // late list's destructor frees it.
+                let kept = with_late_list(true, |late| {
+                    if !late.iter().any(|r| r.id == self.id) {
+                        late.push(Registration {
+                            id: self.id,
+                            readers: Arc::downgrade(self),
+                            index,
+                        });
+                    }
+                });
+                // Open and no longer held: an orphan, as the registration
+                // list's destructor makes one (kept taken for good if
+                // there is no late list).
+                self.orphan_slot(index);
+                if kept.is_none() {
+                    tracing::warn!("krcu: no thread-specific key for an RCU orphan slot; it leaks");
+                }
+                return;
+            }
+            let _ = with_late_list(false, |late| late.retain(|r| r.id != self.id));
             self.release_slot(index);
         }
     }
@@ -375,20 +447,42 @@ struct Registration {
     index: usize,
 }
 
-/// The thread's registrations; unregistered when the thread exits.
+/// The thread's registrations; their destructor runs at thread exit.
 struct Registrations(RefCell<Vec<Registration>>);
 
 impl Drop for Registrations {
     fn drop(&mut self) {
-        let _ = CACHE.try_with(|c| c.set((0, core::ptr::null())));
+        CACHE.with(Cache::clear);
         for r in self.0.get_mut().drain(..) {
-            // A registration with live handles is released by the last
-            // handle's drop (see `Readers::drop_handle`), once. Without
-            // the instance there is no handle (each holds the registry).
-            if let Some(readers) = r.readers.upgrade()
-                && readers.slot(r.index).handles.load(Ordering::Relaxed) == 0
-            {
+            let Some(readers) = r.readers.upgrade() else {
+                // Without the instance there is no handle (each holds the
+                // registry) and no guard (each borrows it).
+                continue;
+            };
+            let slot = readers.slot(r.index);
+            let held = slot.handles.load(Ordering::Relaxed) != 0;
+            let open = handshake::active(slot.ctr.load(Ordering::Relaxed));
+            if !held && !open {
                 readers.release_slot(r.index);
+                continue;
+            }
+            // Still held by a handle, or inside a section, in a
+            // thread-local destroyed later: the late list keeps it (a
+            // handle's last drop, or the list's destructor, frees it).
+            if open && !held {
+                tracing::debug!(
+                    "krcu: a thread's RCU registration list went with a read-side \
+                     section open; grace periods wait for it until it ends"
+                );
+                readers.orphan_slot(r.index);
+            }
+            let index = r.index;
+            if with_late_list(true, |late| late.push(r)).is_none() && !held {
+                // No late list: the orphan stays taken for good (still
+                // waited for while its section is open).
+                tracing::warn!(
+                    "krcu: no thread-specific key for an RCU orphan slot {index}; it leaks"
+                );
             }
         }
     }
@@ -401,16 +495,192 @@ impl core::ops::Deref for Registrations {
     }
 }
 
+/// The late list: a thread's registrations after its registration list is
+/// gone, as a `pthread` thread-specific value whose destructor
+/// ([`late_list_destructor`]) runs after the thread's Rust thread-local
+/// destructors (see the module doc).
+type LateList = RefCell<Vec<Registration>>;
+
+/// The process's thread-specific key for late lists (`None` if none could
+/// be made; then late registrations leak, never free early).
+static LATE_KEY: OnceLock<Option<libc::pthread_key_t>> = OnceLock::new();
+
+/// The late-list key, made on first use if `create`.
+fn late_key(create: bool) -> Option<libc::pthread_key_t> {
+    if !create {
+        return LATE_KEY.get().copied().flatten();
+    }
+    *LATE_KEY.get_or_init(|| {
+        let mut key: libc::pthread_key_t = 0;
+        // SAFETY: `key` is a valid out pointer; the destructor is an
+        // `extern "C" fn(*mut c_void)` that accepts the values we set.
+        let r = unsafe { libc::pthread_key_create(&mut key, Some(late_list_destructor)) };
+        (r == 0).then_some(key)
+    })
+}
+
+/// Runs `f` on the calling thread's late list, making it first if `create`.
+/// `None` if there is none (and `create` is false, or no key).
+fn with_late_list<R>(create: bool, f: impl FnOnce(&mut Vec<Registration>) -> R) -> Option<R> {
+    let key = late_key(create)?;
+    // SAFETY: `key` is a live key (never deleted).
+    let mut p = unsafe { libc::pthread_getspecific(key) }.cast::<LateList>();
+    if p.is_null() {
+        if !create {
+            return None;
+        }
+        p = Box::into_raw(Box::new(LateList::new(Vec::new())));
+        // SAFETY: a live key; the value is freed by its destructor (or
+        // below if it could not be set).
+        if unsafe { libc::pthread_setspecific(key, p.cast()) } != 0 {
+            // SAFETY: from Box::into_raw just above, never shared.
+            drop(unsafe { Box::from_raw(p) });
+            return None;
+        }
+    }
+    // SAFETY: a value of this key is a `LateList` from Box::into_raw, set
+    // by this thread and freed only by its destructor, which clears the
+    // value first (POSIX); only this thread reaches it. A signal handler
+    // that registers during teardown while the list is borrowed gets a
+    // `BorrowMutError` panic, not a second reference.
+    let list = unsafe { &*p };
+    Some(f(&mut list.borrow_mut()))
+}
+
+/// The late list's destructor: the thread has run every thread-local
+/// destructor, so no guard of it can still be dropped (one still open was
+/// leaked): it closes such sections (with a warning, as the kernel's
+/// `exit_rcu`) and frees the slots. A slot still held by a handle (a
+/// leaked handle) stays taken, as a leaked handle's slot does.
+///
+/// Once a slot is freed here another thread may take it, so this thread
+/// must never enter it again: no guard of it is left to drop (above), no
+/// handle holds it (skipped), and the cache is cleared before the slots
+/// go, so a `read_lock` in code that still runs on this thread (another
+/// key's destructor) misses the cache, finds no late list (POSIX clears
+/// the value before calling us) and takes a fresh slot in a new one, whose
+/// destructor runs in the next round.
+extern "C" fn late_list_destructor(p: *mut libc::c_void) {
+    // SAFETY: the value was set by `with_late_list` from Box::into_raw, and
+    // POSIX calls the destructor once per value, after clearing it.
+    let list = unsafe { Box::from_raw(p.cast::<LateList>()) };
+    let _ = CACHE.try_with(Cache::clear);
+    for r in list.into_inner() {
+        let Some(readers) = r.readers.upgrade() else {
+            continue;
+        };
+        let slot = readers.slot(r.index);
+        if slot.handles.load(Ordering::Relaxed) != 0 {
+            continue;
+        }
+        if handshake::active(slot.ctr.load(Ordering::Relaxed)) {
+            tracing::warn!(
+                "krcu: a thread exited inside an RCU read-side section (a leaked guard); \
+                 the section is ended"
+            );
+            // Release: the section's accesses happen before a grace
+            // period's scan that reads the zero (as `read_unlock`).
+            slot.ctr.store(0, Ordering::Release);
+        }
+        readers.release_slot(r.index);
+    }
+}
+
+/// The one-entry slot cache: the last instance this thread read under,
+/// and its slot there.
+///
+/// # Signal handlers
+/// A signal handler can interrupt the thread anywhere, including between
+/// the two loads of a lookup or the stores of an update, and can itself
+/// update the cache (a `read_lock` of another instance takes the slow
+/// path). The words are atomics (Relaxed: only this thread and its
+/// handlers touch them; the compiler fences keep program order, which is
+/// the order a handler observes), and:
+/// - an update is `seq` to odd (a compare-exchange from the even value it
+///   read), `id = 0`, `slot`, `id`, `seq` to the next even value. A handler
+///   that finds `seq` odd interrupted an update and does not update (the
+///   two would tear each other); an update never runs inside another.
+/// - a lookup reads `seq`, `id`, `slot`, `seq`, and uses the slot only if
+///   both `seq` reads agree and `id` matches. If a handler updated the
+///   cache anywhere between, `seq` moved (it only grows, so no ABA). If the
+///   lookup runs in a handler that interrupted an update, that update is
+///   frozen meanwhile: `id` reads 0 (never an instance id) from its first
+///   store to its last, and the old or the new pair outside that window.
+/// - clearing stores only `id = 0`, one store, and is safe anywhere: an
+///   update it interrupts ends with its own (consistent) pair.
+///
+/// The lookup costs two more loads from the same line than a torn-prone
+/// one, and no extra dependency: `read_lock` stays a few nanoseconds.
+/// A handler must not unregister the thread (drop its last handle) while
+/// the interrupted code uses that slot; it would free the slot under it.
+#[repr(C, align(32))] // 24 bytes: one cache line
+struct Cache {
+    /// Even outside updates; see above.
+    seq: AtomicU64,
+    /// The cached instance's id, 0 for none.
+    id: AtomicU64,
+    /// The thread's slot in that instance.
+    slot: AtomicPtr<Slot>,
+}
+
+impl Cache {
+    /// The cached slot if it belongs to instance `id`.
+    #[inline(always)]
+    fn get(&self, id: u64) -> Option<*const Slot> {
+        let g1 = self.seq.load(Ordering::Relaxed);
+        compiler_fence(Ordering::SeqCst);
+        let cached = self.id.load(Ordering::Relaxed);
+        let slot = self.slot.load(Ordering::Relaxed);
+        compiler_fence(Ordering::SeqCst);
+        let g2 = self.seq.load(Ordering::Relaxed);
+        ((g1 ^ g2) | (cached ^ id) == 0).then_some(slot.cast_const())
+    }
+
+    /// Caches `slot` for instance `id` (skipped when interrupting another
+    /// update).
+    fn set(&self, id: u64, slot: *const Slot) {
+        let g = self.seq.load(Ordering::Relaxed);
+        if g & 1 != 0
+            || self
+                .seq
+                .compare_exchange(g, g + 1, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        compiler_fence(Ordering::SeqCst);
+        self.id.store(0, Ordering::Relaxed);
+        compiler_fence(Ordering::SeqCst);
+        self.slot.store(slot.cast_mut(), Ordering::Relaxed);
+        compiler_fence(Ordering::SeqCst);
+        self.id.store(id, Ordering::Relaxed);
+        compiler_fence(Ordering::SeqCst);
+        self.seq.store(g + 2, Ordering::Relaxed);
+    }
+
+    /// Empties the cache.
+    fn clear(&self) {
+        self.id.store(0, Ordering::Relaxed);
+    }
+}
+
 thread_local! {
-    /// The last instance this thread read under, and its slot there.
-    static CACHE: Cell<(u64, *const Slot)> = const { Cell::new((0, core::ptr::null())) };
+    /// The last instance this thread read under, and its slot there. No
+    /// destructor, so it is reachable during thread teardown.
+    static CACHE: Cache = const {
+        Cache {
+            seq: AtomicU64::new(0),
+            id: AtomicU64::new(0),
+            slot: AtomicPtr::new(core::ptr::null_mut()),
+        }
+    };
     static REGISTRATIONS: Registrations = const { Registrations(RefCell::new(Vec::new())) };
 }
 
 fn forget_cached(id: u64) {
     let _ = CACHE.try_with(|c| {
-        if c.get().0 == id {
-            c.set((0, core::ptr::null()));
+        if c.id.load(Ordering::Relaxed) == id {
+            c.clear();
         }
     });
 }
@@ -511,7 +781,7 @@ impl ReaderHandle {
     pub(crate) fn new(readers: &Arc<Readers>) -> Self {
         let index = readers.register_current(1);
         let slot: *const Slot = readers.slot(index);
-        let _ = CACHE.try_with(|c| c.set((readers.id, slot)));
+        let _ = CACHE.try_with(|c| c.set(readers.id, slot));
         ReaderHandle {
             readers: readers.clone(),
             index,
@@ -543,5 +813,169 @@ impl core::fmt::Debug for ReaderHandle {
             .field("instance", &self.readers.id)
             .field("slot", &self.index)
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Rcu, RcuConfig};
+    use super::*;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    fn leaked() -> &'static Rcu {
+        Box::leak(Box::new(Rcu::new(
+            crate::Domain::global(),
+            RcuConfig::default(),
+        )))
+    }
+
+    /// Whether a grace period started now ends within `d`.
+    fn gp_ends_within(rcu: &'static Rcu, d: Duration) -> bool {
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            rcu.synchronize();
+            let _ = tx.send(());
+        });
+        rx.recv_timeout(d).is_ok()
+    }
+
+    /// Runs `at_exit` in a thread-local destructor that runs after the
+    /// registration list's (`before` runs first, registering the thread).
+    fn at_teardown(before: impl FnOnce() + Send + 'static, at_exit: Box<dyn FnOnce() + Send>) {
+        struct AtExit(Option<Box<dyn FnOnce() + Send>>);
+        impl Drop for AtExit {
+            fn drop(&mut self) {
+                if let Some(f) = self.0.take() {
+                    f();
+                }
+            }
+        }
+        thread_local! {
+            static AT_EXIT: RefCell<AtExit> = const { RefCell::new(AtExit(None)) };
+        }
+        std::thread::spawn(move || {
+            AT_EXIT.with(|_| {});
+            before();
+            AT_EXIT.with(|a| a.borrow_mut().0 = Some(at_exit));
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
+    fn a_guard_leaked_during_teardown_is_ended_when_the_thread_ends() {
+        let rcu = leaked();
+        at_teardown(
+            move || drop(rcu.read_lock()),
+            Box::new(move || core::mem::forget(rcu.read_lock())),
+        );
+        // The thread is gone (joined): its leaked section holds nothing up.
+        assert!(gp_ends_within(rcu, Duration::from_secs(10)));
+        assert_eq!(rcu.stats().readers, 0);
+    }
+
+    #[test]
+    fn a_handle_dropped_inside_a_section_during_teardown_keeps_it_waited_for() {
+        let rcu = leaked();
+        let (to_main, from_thread) = mpsc::channel();
+        let (to_thread, from_main) = mpsc::channel::<()>();
+        // (Results come back over the channel: a panic in a thread-local
+        // destructor would abort the test binary.)
+        let t = std::thread::spawn(move || {
+            at_teardown(
+                move || drop(rcu.read_lock()),
+                Box::new(move || {
+                    let g = rcu.read_lock();
+                    drop(rcu.register_thread());
+                    // Nested, and still the same section.
+                    drop(rcu.read_lock());
+                    let _ = to_main.send(rcu.is_reading());
+                    let _ = from_main.recv_timeout(Duration::from_secs(10));
+                    drop(g);
+                    let _ = to_main.send(!rcu.is_reading());
+                }),
+            )
+        });
+        assert!(from_thread.recv_timeout(Duration::from_secs(10)).unwrap());
+        // Another thread takes a slot meanwhile (never the open one).
+        std::thread::spawn(move || drop(rcu.read_lock()))
+            .join()
+            .unwrap();
+        let ended = gp_ends_within(rcu, Duration::from_millis(300));
+        to_thread.send(()).unwrap();
+        let closed = from_thread.recv_timeout(Duration::from_secs(10)).unwrap();
+        t.join().unwrap();
+        assert!(!ended, "a grace period ended under a teardown reader");
+        assert!(closed, "the section outlived its guard");
+        assert!(gp_ends_within(rcu, Duration::from_secs(10)));
+        assert_eq!(rcu.stats().readers, 0);
+    }
+
+    #[test]
+    fn an_orphan_is_reentered_by_its_thread_and_freed_at_exit() {
+        let rcu = leaked();
+        thread_local! {
+            static HELD: RefCell<Option<ReadGuard<'static>>> = const { RefCell::new(None) };
+        }
+        struct Check(&'static Rcu, mpsc::Sender<[bool; 3]>);
+        impl Drop for Check {
+            fn drop(&mut self) {
+                let rcu = self.0;
+                // The registration list is gone; the section (held in
+                // HELD, destroyed after this) is open: an orphan.
+                let open = rcu.is_reading();
+                let uncounted = rcu.stats().readers == 0;
+                drop(rcu.read_lock());
+                // A nested section must not end the outer one.
+                let _ = self.1.send([open, uncounted, rcu.is_reading()]);
+            }
+        }
+        thread_local! {
+            static CHECK: RefCell<Option<Check>> = const { RefCell::new(None) };
+        }
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            HELD.with(|_| {});
+            CHECK.with(|_| {});
+            let g = rcu.read_lock();
+            HELD.with(|h| *h.borrow_mut() = Some(g));
+            CHECK.with(|c| *c.borrow_mut() = Some(Check(rcu, tx)));
+        })
+        .join()
+        .unwrap();
+        assert_eq!(rx.recv().unwrap(), [true; 3]);
+        assert!(gp_ends_within(rcu, Duration::from_secs(10)));
+        assert_eq!(rcu.stats().readers, 0);
+    }
+
+    #[test]
+    fn cache_updates_never_nest_and_mid_update_lookups_miss() {
+        let c = Cache {
+            seq: AtomicU64::new(0),
+            id: AtomicU64::new(0),
+            slot: AtomicPtr::new(core::ptr::null_mut()),
+        };
+        let a = core::ptr::dangling::<Slot>();
+        let b = a.wrapping_add(1);
+        c.set(1, a);
+        assert_eq!(c.get(1), Some(a));
+        assert_eq!(c.get(2), None);
+        // A handler interrupting an update to (2, b) after its first
+        // stores sees no pair, and does not update itself.
+        c.seq.store(3, Ordering::Relaxed);
+        c.id.store(0, Ordering::Relaxed);
+        c.slot.store(b.cast_mut(), Ordering::Relaxed);
+        assert_eq!(c.get(1), None);
+        assert_eq!(c.get(2), None);
+        c.set(3, a);
+        assert_eq!(c.id.load(Ordering::Relaxed), 0);
+        assert_eq!(c.slot.load(Ordering::Relaxed).cast_const(), b);
+        // The interrupted update ends.
+        c.id.store(2, Ordering::Relaxed);
+        c.seq.store(4, Ordering::Relaxed);
+        assert_eq!(c.get(2), Some(b));
+        c.clear();
+        assert_eq!(c.get(2), None);
     }
 }

@@ -2,7 +2,9 @@
 //! start, and equal slots for objects after it.
 //!
 //! The header holds everything the allocator needs, so that freeing an
-//! object never writes to the object's memory:
+//! object never writes to the object's memory (except a free deferred from
+//! a signal handler, which links the free slot into a lock-free list
+//! through its first word; slots are at least a pointer for that):
 //! - `magic`: which cache the slab belongs to (checked on every free);
 //! - `free`: one bit per slot, set while the object is free *from the
 //!   user's point of view* (in the slab or in a per-CPU cache). Changed
@@ -56,8 +58,13 @@ impl Layout {
     /// smallest order up to [`SLAB_MAX_ORDER`] that holds at least
     /// [`MIN_OBJECTS`] (or the largest order that holds one).
     pub(crate) fn new(size: usize, align: usize) -> Option<Layout> {
-        let align = align.max(1);
-        let stride = size.max(1).next_multiple_of(align);
+        // Slots hold at least a pointer, aligned for one (SLUB's minimum
+        // object size): a free deferred from a signal handler links the
+        // object into a lock-free list through its first word.
+        let align = align.max(core::mem::align_of::<*mut u8>());
+        let stride = size
+            .max(core::mem::size_of::<*mut u8>())
+            .next_multiple_of(align);
         let first = core::mem::size_of::<SlabHeader>().next_multiple_of(align);
         let mut best = None;
         for order in 0..=SLAB_MAX_ORDER.min(MAX_ORDER) {

@@ -78,6 +78,10 @@ pub struct SlabStats {
     pub bulk_frees: u64,
     /// Frees refused as bad input.
     pub bad_frees: u64,
+    /// Frees deferred to a lock-free list because no lock could be had
+    /// without waiting (in a signal handler, or `NO_LOCKS` surplus); the
+    /// next node-lock holder gives them back.
+    pub deferred_frees: u64,
     /// Slabs held now.
     pub slabs: usize,
     /// Slabs with available objects now.
