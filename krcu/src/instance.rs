@@ -174,13 +174,10 @@ impl KrcuBuilder {
         // Spare blocks are there before the first call: a real-time thread
         // does not depend on the worker having run.
         engine.refill_pass();
-        let (worker, reclaimers) = spawn_workers(&engine)?;
+        let threads = spawn_workers(&engine)?;
         let workers = Arc::new(Workers {
             engine: engine.clone(),
-            threads: Mutex::new(Threads {
-                worker: Some(worker),
-                reclaimers,
-            }),
+            threads: Mutex::new(threads),
         });
         let weak: std::sync::Weak<dyn fork::Participant> = Arc::downgrade(&workers) as _;
         fork::register(weak);
@@ -207,7 +204,10 @@ struct Workers {
 }
 
 struct Threads {
+    /// The monitor.
     worker: Option<JoinHandle<()>>,
+    /// The refill thread.
+    refill: Option<JoinHandle<()>>,
     reclaimers: Vec<JoinHandle<()>>,
 }
 
@@ -217,6 +217,7 @@ impl Workers {
         let mut t = self.threads.lock().unwrap_or_else(|e| e.into_inner());
         Threads {
             worker: t.worker.take(),
+            refill: t.refill.take(),
             reclaimers: core::mem::take(&mut t.reclaimers),
         }
     }
@@ -251,15 +252,13 @@ impl fork::Participant for Workers {
         // joined (that would wait forever).
         core::mem::forget(core::mem::take(&mut t.reclaimers));
         core::mem::forget(t.worker.take());
+        core::mem::forget(t.refill.take());
         if self.engine.stop.load(Ordering::Acquire) {
             return; // the instance is being dropped
         }
         self.engine.forget_other_threads();
         match spawn_workers(&self.engine) {
-            Ok((worker, reclaimers)) => {
-                t.worker = Some(worker);
-                t.reclaimers = reclaimers;
-            }
+            Ok(threads) => *t = threads,
             Err(e) => tracing::error!("krcu: cannot restart the kvfree workers after fork: {e}"),
         }
     }
@@ -273,10 +272,9 @@ fn join_unless_worker(h: JoinHandle<()>) {
     }
 }
 
-/// Starts the `kfree_rcu` worker and one reclaimer per CPU.
-fn spawn_workers(
-    engine: &Arc<Engine>,
-) -> Result<(JoinHandle<()>, Vec<JoinHandle<()>>), BuildError> {
+/// Starts the `kfree_rcu` monitor, its refill thread and one reclaimer per
+/// CPU.
+fn spawn_workers(engine: &Arc<Engine>) -> Result<Threads, BuildError> {
     // One reclaimer per CPU, on that CPU when the instance models the
     // machine's CPUs one to one: objects are freed near where they were
     // used, and reclaim scales with the CPUs as the flood does.
@@ -305,20 +303,39 @@ fn spawn_workers(
             }
         }
     }
-    let e = engine.clone();
-    let token = fork::WorkerToken::new();
-    let worker = match std::thread::Builder::new()
-        .name("krcu-kvfree".into())
-        .spawn(move || token.run(|| worker::run(e)))
-    {
-        Ok(w) => w,
-        Err(err) => {
-            engine.stop_reclaimers();
-            reclaimers.into_iter().for_each(join_unless_worker);
-            return Err(BuildError::Worker(err.to_string()));
-        }
+    let spawn = |name: &str, body: fn(Arc<Engine>)| {
+        let e = engine.clone();
+        let token = fork::WorkerToken::new();
+        std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || token.run(|| body(e)))
     };
-    Ok((worker, reclaimers))
+    let mut threads = Threads {
+        worker: None,
+        refill: None,
+        reclaimers,
+    };
+    let started = spawn("krcu-kvmon", worker::run).and_then(|w| {
+        threads.worker = Some(w);
+        spawn("krcu-kvfree", worker::run_refill)
+    });
+    match started {
+        Ok(r) => {
+            threads.refill = Some(r);
+            Ok(threads)
+        }
+        Err(err) => {
+            engine.stop.store(true, Ordering::Release);
+            engine.kick();
+            if let Some(w) = threads.worker.take() {
+                join_unless_worker(w);
+            }
+            engine.stop.store(false, Ordering::Release);
+            engine.stop_reclaimers();
+            threads.reclaimers.into_iter().for_each(join_unless_worker);
+            Err(BuildError::Worker(err.to_string()))
+        }
+    }
 }
 
 impl core::fmt::Debug for Krcu {
@@ -352,8 +369,10 @@ impl Krcu {
     /// # Panics
     /// If it cannot be built (no memory for the arena's metadata, no
     /// thread).
+    ///
+    /// The free function [`kfree_rcu`](crate::kfree_rcu) never builds it
+    /// where the caller may not sleep (see there).
     pub fn global() -> &'static Krcu {
-        static GLOBAL: OnceLock<Krcu> = OnceLock::new();
         fork::init_global(&GLOBAL, || {
             Krcu::builder()
                 .build_on(crate::rcu::global_arc().clone())
@@ -613,8 +632,9 @@ impl Krcu {
 impl Drop for Krcu {
     /// Frees everything queued, then stops the workers. Where that would
     /// wait for the calling thread itself (the last handle dropped by a
-    /// destructor that this instance's reclaim runs, or inside a callback
-    /// on its RCU worker), or on any krcu worker thread (which must never
+    /// destructor that this instance's reclaim runs, inside a callback on
+    /// its RCU worker, by a shrinker that page reclaim runs, on kswapd or
+    /// in direct reclaim), or on any krcu worker thread (which must never
     /// join a worker: see `fork`), the teardown is handed to a thread of
     /// its own and the drop returns at once, as the RCU worker does for its
     /// own drop.
@@ -624,13 +644,20 @@ impl Drop for Krcu {
             workers: self.workers.clone(),
             shrinker: self.shrinker.take(),
         };
-        // On any krcu worker thread, not only this instance's: a worker
+        // Inline unless it would wait for the calling thread: a destructor
+        // run by this instance's reclaim, an RCU callback on its worker, a
+        // thread running the page allocator's shrinkers (the teardown
+        // unregisters this instance's shrinker, which takes the shrinker
+        // mutex that thread holds, and joins the refill thread, which may
+        // wait for that mutex in direct reclaim; kswapd is such a thread),
+        // or any krcu worker thread, not only this instance's: a worker
         // never joins a worker (a fork's prepare handler may have parked
         // that one, and waits for this one to park).
-        if !(self.engine.in_own_reclaim()
+        let inline = !(self.engine.in_own_reclaim()
             || self.engine.rcu().on_worker()
-            || fork::on_worker_thread())
-        {
+            || fork::on_worker_thread()
+            || PageAllocator::in_reclaim());
+        if inline {
             teardown.run();
             return;
         }
@@ -660,8 +687,12 @@ impl Teardown {
     fn run(mut self) {
         self.engine.stop.store(true, Ordering::Release);
         self.engine.kick();
-        let Threads { worker, reclaimers } = self.workers.take();
-        if let Some(w) = worker {
+        let Threads {
+            worker,
+            refill,
+            reclaimers,
+        } = self.workers.take();
+        for w in [worker, refill].into_iter().flatten() {
             let _ = w.join();
         }
         // Nothing is lost: everything queued is freed before the instance
@@ -677,13 +708,65 @@ impl Teardown {
     }
 }
 
+/// The process-wide instance behind [`Krcu::global`].
+static GLOBAL: OnceLock<Krcu> = OnceLock::new();
+
 /// [`Krcu::kfree_rcu`] on the process-wide instance ([`Krcu::global`],
 /// whose RCU is [`krcu::rcu::global()`](crate::rcu::global): readers entered
 /// with `krcu::rcu::read_lock()` hold the object off).
+///
+/// The same promises as [`Krcu::kfree_rcu`], the first call included:
+/// where the caller may not sleep (a signal handler, atomic, irqs off,
+/// inside an RCU read-side section, a real-time thread) and the instance
+/// is not built yet, it is not built there (that maps the arena, allocates
+/// and starts threads, and from a handler that interrupted its own
+/// initialisation would deadlock): the object goes to the global RCU's
+/// `call_rcu` with a callback that drops the `Box`, the kernel's `rcu_head`
+/// fallback. [`kvfree_rcu_barrier`] waits for those too (it runs
+/// `rcu_barrier` on that same RCU). The first call where sleeping is
+/// allowed builds the instance.
 #[track_caller]
 #[doc(alias = "kvfree_call_rcu")]
 pub fn kfree_rcu<T: HasRcuHead>(obj: Box<T>) -> Result<(), InNmi<T>> {
+    if let Some(k) = GLOBAL.get() {
+        return k.kfree_rcu(obj);
+    }
+    if !may_build_global() {
+        return kfree_rcu_unbuilt(obj);
+    }
     Krcu::global().kfree_rcu(obj)
+}
+
+/// Whether the calling context may build the process-wide instance (it
+/// sleeps: locks, allocations, thread starts).
+#[inline]
+fn may_build_global() -> bool {
+    matches!(
+        context::kind(),
+        context::ContextKind::Task | context::ContextKind::Softirq
+    ) && !context::in_atomic()
+        && !context::irqs_disabled()
+        && context::rcu_read_depth() == 0
+        && !context::is_realtime()
+}
+
+/// `kfree_rcu` before the process-wide instance exists, where it may not
+/// be built: the `rcu_head` fallback on the global RCU.
+#[cold]
+fn kfree_rcu_unbuilt<T: HasRcuHead>(obj: Box<T>) -> Result<(), InNmi<T>> {
+    if context::in_nmi() {
+        return Err(InNmi(obj));
+    }
+    let raw = Box::into_raw(obj);
+    // SAFETY: HasRcuHead's contract puts the head RCU_HEAD_OFFSET bytes
+    // into the object, inside the allocation.
+    let head =
+        unsafe { NonNull::new_unchecked(raw.byte_add(T::RCU_HEAD_OFFSET).cast::<RcuHead>()) };
+    // SAFETY: the head belongs to a leaked Box<T> handed over here (valid,
+    // unmoved, not queued: the Box was the caller's), and
+    // drop_box_by_head::<T> frees exactly that Box after the grace period.
+    unsafe { crate::rcu::call_rcu(head, drop_box_by_head::<T>) };
+    Ok(())
 }
 
 /// [`Krcu::kvfree_rcu_mightsleep`] on the process-wide instance.
@@ -692,10 +775,21 @@ pub fn kvfree_rcu_mightsleep<T: Send + 'static>(obj: Box<T>) -> Result<(), InNmi
     Krcu::global().kvfree_rcu_mightsleep(obj)
 }
 
-/// [`Krcu::kvfree_rcu_barrier`] on the process-wide instance.
+/// [`Krcu::kvfree_rcu_barrier`] on the process-wide instance. Before the
+/// instance is built, objects retired with [`kfree_rcu`] went to the global
+/// RCU's `call_rcu` (see there): this is then its `rcu_barrier`, and does
+/// not build the instance.
 #[track_caller]
 pub fn kvfree_rcu_barrier() {
-    Krcu::global().kvfree_rcu_barrier()
+    match GLOBAL.get() {
+        // Its barrier runs `rcu_barrier` on the global RCU too, so it also
+        // waits for what went to `call_rcu` before the instance was built.
+        Some(k) => k.kvfree_rcu_barrier(),
+        // Whoever queued on the instance built it first (`get_or_init`
+        // returned before the call): if this load sees none, everything
+        // queued before this call is on the global RCU's lists.
+        None => crate::rcu::rcu_barrier(),
+    }
 }
 
 /// Pins the calling thread to `cpu` (best effort: an error leaves it free).

@@ -123,6 +123,9 @@ unsafe fn batch_done(head: NonNull<RcuHead>) {
     let work = unsafe { &mut *batch.work.get() };
     // SAFETY: the grace period of everything in the batch has elapsed.
     unsafe { engine.make_ready(batch.cpu, work) };
-    batch.busy.store(false, Ordering::Release);
+    // The reclaimer is woken before `busy` is cleared: a batch in flight
+    // keeps the engine alive (its teardown's barrier waits until no batch
+    // is busy), so nothing here touches the engine after the clear.
     engine.wake_reclaimer(batch.cpu);
+    batch.busy.store(false, Ordering::Release);
 }

@@ -129,7 +129,13 @@ impl Block {
             unsafe { (chan.reclaim)(chan.ctx, entries) }
         }));
         self.count = 0;
-        (n, r.unwrap_or(1))
+        (
+            n,
+            r.unwrap_or_else(|p| {
+                drop_payload(p);
+                1
+            }),
+        )
     }
 }
 
@@ -220,9 +226,24 @@ pub(crate) unsafe fn reclaim_boxes<T>(_ctx: *const (), objs: &mut [*mut u8]) -> 
 
 /// Runs one object's destructor, catching its panic (reported by the
 /// engine, which counts them).
+///
+/// The panic's payload is dropped inside a `catch_unwind` of its own: a
+/// payload whose destructor panics again must not unwind out of here (it
+/// would end the reclaim of the rest of the block). Such a payload is
+/// leaked (`mem::forget` of the second payload), never dropped twice.
 #[inline]
 pub(crate) fn catch_destructor(f: impl FnOnce()) -> Result<(), ()> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(drop)
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(drop_payload)
+}
+
+/// Drops a caught panic payload, catching (and leaking) a panic of its own
+/// destructor.
+#[cold]
+pub(crate) fn drop_payload(payload: Box<dyn core::any::Any + Send>) {
+    if let Err(again) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(payload))) {
+        // Its payload may panic when dropped too: leak it.
+        core::mem::forget(again);
+    }
 }
 
 /// The channel of `Box<T>`.

@@ -15,25 +15,61 @@ use crate::page::{PAGE_SIZE, PageAllocator};
 use crate::rcu::{HasRcuHead, RcuHead};
 use crate::slab::SlabCache;
 use core::ptr::{self, NonNull};
-use core::sync::atomic::{AtomicPtr, AtomicU64, Ordering::*};
+use core::sync::atomic::{AtomicPtr, AtomicU64, Ordering::*, fence};
 
 /// Slab caches with a live [`SlabChannel`](crate::SlabChannel), by magic.
+///
+/// # Protocol
+/// A slot is free (magic 0), claimed (magic [`RESERVED`]) or registered
+/// (a cache's magic and its pointer). Only the claimant writes a slot: it
+/// claims it with a compare-exchange from 0, and frees it last (a Release
+/// store of 0, which the next claimant's AcqRel exchange reads).
+///
+/// Each slot's magic and pointer are read together under a seqlock
+/// (`SEQS`, odd while its owner writes): a lookup never pairs the magic of
+/// one registration with the pointer of another (which would free an
+/// object into a cache of another type), and never stops at a slot being
+/// registered or unregistered: it goes on to the next (two channels of one
+/// cache hold two slots of the same magic; the caller's own channel keeps
+/// one of them registered throughout).
+///
+/// Orderings (the seqlock): the writer stores `seq + 1` (Relaxed), a
+/// Release fence, the data (Relaxed), then `seq + 2` (Release); the reader
+/// loads `seq` (Acquire), the data (Relaxed), an Acquire fence, and `seq`
+/// again. If the reader's data loads saw any store made after a writer's
+/// odd store, the writer's Release fence synchronises with the reader's
+/// Acquire fence, so the second `seq` load sees that odd value (or later)
+/// and the read is retried; if its first load read an even `seq` stored
+/// (Release) by a finished write, its data loads see that write's data.
 const REGISTRY_SLOTS: usize = 256;
+/// The magic of a claimed slot: no cache's (theirs have `0x51ab` on top).
+const RESERVED: u64 = u64::MAX;
 static MAGICS: [AtomicU64; REGISTRY_SLOTS] = [const { AtomicU64::new(0) }; REGISTRY_SLOTS];
 static CACHES: [AtomicPtr<()>; REGISTRY_SLOTS] =
     [const { AtomicPtr::new(ptr::null_mut()) }; REGISTRY_SLOTS];
+static SEQS: [AtomicU64; REGISTRY_SLOTS] = [const { AtomicU64::new(0) }; REGISTRY_SLOTS];
+
+/// Writes slot `i`'s magic and pointer under its seqlock (its claimant
+/// only).
+fn write_slot(i: usize, magic: u64, cache: *mut ()) {
+    let seq = SEQS[i].load(Relaxed);
+    SEQS[i].store(seq + 1, Relaxed);
+    fence(Release);
+    CACHES[i].store(cache, Relaxed);
+    MAGICS[i].store(magic, Relaxed);
+    SEQS[i].store(seq + 2, Release);
+}
 
 /// Registers `cache` (its address, stable while the channel holds its
 /// `Arc`); returns the slot, or None when the registry is full.
 pub(crate) fn register<T>(cache: &SlabCache<T>) -> Option<usize> {
     let magic = cache.magic();
-    for i in 0..REGISTRY_SLOTS {
-        if MAGICS[i]
-            .compare_exchange(0, magic, AcqRel, Relaxed)
-            .is_ok()
-        {
-            // Release: a lookup that finds the pointer sees the cache.
-            CACHES[i].store(ptr::from_ref(cache).cast_mut().cast(), Release);
+    debug_assert_ne!(magic, RESERVED);
+    for (i, slot) in MAGICS.iter().enumerate() {
+        // AcqRel: reads the Release store of 0 that freed the slot, so the
+        // seqlock's counter read next is the latest.
+        if slot.compare_exchange(0, RESERVED, AcqRel, Relaxed).is_ok() {
+            write_slot(i, magic, ptr::from_ref(cache).cast_mut().cast());
             return Some(i);
         }
     }
@@ -42,14 +78,25 @@ pub(crate) fn register<T>(cache: &SlabCache<T>) -> Option<usize> {
 
 /// Unregisters the slot (after everything queued on the channel is freed).
 pub(crate) fn unregister(slot: usize) {
-    CACHES[slot].store(ptr::null_mut(), Release);
+    write_slot(slot, RESERVED, ptr::null_mut());
+    // Release: the next claimant sees the counter written above.
     MAGICS[slot].store(0, Release);
 }
 
+/// The registered cache of `magic` (null if none is).
 fn lookup(magic: u64) -> *const () {
-    (0..REGISTRY_SLOTS)
-        .find(|&i| MAGICS[i].load(Acquire) == magic)
-        .map_or(ptr::null(), |i| CACHES[i].load(Acquire).cast_const())
+    for i in 0..REGISTRY_SLOTS {
+        let s1 = SEQS[i].load(Acquire);
+        if s1 & 1 == 1 || MAGICS[i].load(Relaxed) != magic {
+            continue;
+        }
+        let p = CACHES[i].load(Relaxed);
+        fence(Acquire);
+        if SEQS[i].load(Relaxed) == s1 && !p.is_null() {
+            return p.cast_const();
+        }
+    }
+    ptr::null()
 }
 
 /// Frees slab objects of `SlabCache<T>` in bulk.
@@ -145,4 +192,68 @@ pub(crate) fn page_channel(pages: &PageAllocator) -> Channel {
 /// A page's block entry: its address with the order in the low bits.
 pub(crate) fn page_entry(addr: NonNull<u8>, order: u32) -> *mut u8 {
     (addr.as_ptr() as usize | order as usize) as *mut u8
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::Domain;
+    use crate::page::PageConfig;
+    use std::sync::atomic::AtomicBool;
+    use std::time::{Duration, Instant};
+
+    /// Two channels of cache `c`, the first churning (unregistered and
+    /// its slot taken by cache `d` of another type, then by `c` again):
+    /// a lookup of `c`'s magic always finds `c`, never null (the slot seen
+    /// between its pointer and its magic) nor `d` (the slot recycled
+    /// between the two loads).
+    #[test]
+    fn lookup_finds_the_cache_while_another_of_its_channels_churns() {
+        let domain = Domain::builder().cpus(1).build();
+        let config = PageConfig {
+            arena_size: 4 << 20,
+            kswapd: false,
+            ..PageConfig::default()
+        };
+        let pages = PageAllocator::new(&domain, config).unwrap();
+        let c = SlabCache::<u64>::new(&pages, "registry-c").unwrap();
+        let d = SlabCache::<[u8; 24]>::new(&pages, "registry-d").unwrap();
+        // The churning channel first, so that it sits before the stable one.
+        let churn = register(&c).unwrap();
+        let stable = register(&c).unwrap();
+        let want = ptr::from_ref(&c).cast::<()>();
+        let stop = AtomicBool::new(false);
+        let (mut bad_null, mut bad_other, mut n) = (0u64, 0u64, 0u64);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let mut slot = churn;
+                while !stop.load(Relaxed) {
+                    unregister(slot);
+                    slot = register(&d).unwrap();
+                    unregister(slot);
+                    slot = register(&c).unwrap();
+                }
+                unregister(slot);
+            });
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_millis(500) {
+                for _ in 0..1000 {
+                    let p = lookup(c.magic());
+                    if p.is_null() {
+                        bad_null += 1;
+                    } else if p != want {
+                        bad_other += 1;
+                    }
+                    n += 1;
+                }
+            }
+            stop.store(true, Relaxed);
+        });
+        unregister(stable);
+        assert_eq!(
+            (bad_null, bad_other),
+            (0, 0),
+            "of {n} lookups, some found no cache or another cache"
+        );
+    }
 }

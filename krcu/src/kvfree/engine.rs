@@ -77,6 +77,11 @@ pub(crate) struct Engine {
     pass_lock: Mutex<()>,
     wake: Mutex<bool>,
     wake_cv: Condvar,
+    /// Wakes the refill thread (a thread of its own: its sleeping
+    /// allocations may run the shrinkers, which may block, and the monitor
+    /// must go on meanwhile).
+    refill_wake: Mutex<bool>,
+    refill_cv: Condvar,
     pub(crate) stop: AtomicBool,
     reclaim_stop: AtomicBool,
     /// Signalled when a reclaimer finishes a batch (for barriers).
@@ -129,6 +134,8 @@ impl Engine {
             pass_lock: Mutex::new(()),
             wake: Mutex::new(false),
             wake_cv: Condvar::new(),
+            refill_wake: Mutex::new(false),
+            refill_cv: Condvar::new(),
             stop: AtomicBool::new(false),
             reclaim_stop: AtomicBool::new(false),
             idle: Mutex::new(()),
@@ -215,7 +222,12 @@ impl Engine {
         let may_alloc = self.config.policy == Policy::Preemptible
             && self.domain.preemptible()
             && !context::is_realtime();
-        if self.use_fronts && matches!(ctx, ContextKind::Task | ContextKind::Softirq) {
+        // Not from inside this thread's own `swap_front` (a report handler
+        // that retires objects): its front is mid-swap there.
+        if self.use_fronts
+            && matches!(ctx, ContextKind::Task | ContextKind::Softirq)
+            && !front::in_swap()
+        {
             let ci = usize::from(ctx == ContextKind::Softirq);
             let front = match front::current(self.id) {
                 Some(f) => Some(f),
@@ -229,10 +241,15 @@ impl Engine {
                 None if may_make_front(ctx) => self.register_front(),
                 None => None,
             };
-            if let Some(f) = front
-                && (f.try_push(chan, obj, &self.rcu, ci) || self.swap_front(f, chan, obj, ci, ctx))
-            {
-                return;
+            if let Some(f) = front {
+                let done = match f.try_push(chan, obj, &self.rcu, ci) {
+                    front::Push::Done => true,
+                    front::Push::Swap => self.swap_front(f, chan, obj, ci, ctx),
+                    front::Push::OtherChannel | front::Push::Stolen => false,
+                };
+                if done {
+                    return;
+                }
             }
         }
         let mut locked = match self.try_lock_any() {
@@ -312,7 +329,7 @@ impl Engine {
         })
     }
 
-    /// The front block is full, of another channel, or missing: under a
+    /// The front block is full or missing: under a
     /// `krc` trylock, hand the old block over as a full one and start a new
     /// one with `obj`. False when no lock or no block can be had (the
     /// caller takes the per-CPU path).
@@ -328,8 +345,18 @@ impl Engine {
         if !f.begin() {
             return false;
         }
+        // What runs from here to `end` may call out (the validator's
+        // report handler on the trylock or the policy's allocation): a
+        // `kfree_rcu` made there takes the per-CPU path (`queue`).
+        struct Section<'a>(&'a Front, bool);
+        impl Drop for Section<'_> {
+            fn drop(&mut self) {
+                front::set_in_swap(self.1);
+                self.0.end();
+            }
+        }
+        let section = Section(f, front::set_in_swap(true));
         let Ok(mut locked) = self.try_lock_any() else {
-            f.end();
             return false;
         };
         // With the lock held and inside the owner's section: both blocks
@@ -348,8 +375,20 @@ impl Engine {
                 let b = unsafe { Block::init(p, *chan) };
                 // SAFETY: just made, ours.
                 unsafe { (*b.as_ptr()).push(obj, snap) };
-                f.block.store(b.as_ptr(), Relaxed);
-                f.count(1, chan.obj_size, ci);
+                // From null (swapped out above): nothing else puts a block
+                // in this front meanwhile (nested calls take the per-CPU
+                // path); should anything have, the new block is handed
+                // over as full instead of overwriting it.
+                if f.block
+                    .compare_exchange(core::ptr::null_mut(), b.as_ptr(), Relaxed, Relaxed)
+                    .is_ok()
+                {
+                    f.count(1, chan.obj_size, ci);
+                } else {
+                    // SAFETY: just made, ours, holding one object.
+                    unsafe { locked.krc.adopt(b, 1, chan.obj_size) };
+                    locked.krc.count_call(ctx);
+                }
                 true
             }
             // No new block: the CPU's own block may have room (the lock is
@@ -364,7 +403,7 @@ impl Engine {
         };
         let cpu = locked.cpu;
         drop(locked);
-        f.end();
+        drop(section);
         if queued {
             self.maybe_assist(cpu, ctx);
         }
@@ -374,13 +413,16 @@ impl Engine {
     /// The monitor's look at the fronts: takes the block of a front whose
     /// thread exited, of one whose block has sat a drain delay, and of all
     /// with `flush`, and hands them to the first CPU's `krc` as full
-    /// blocks. Returns the objects and bytes still in fronts.
-    fn monitor_fronts(&self, flush: bool, now: Instant) -> (usize, usize) {
+    /// blocks. Returns the objects and bytes still in fronts, and whether
+    /// it took every block it wanted: an owner that stays inside its
+    /// section (preempted there) is not waited for, with the monitor and
+    /// front locks held; the next pass (a barrier's next round) tries again.
+    fn monitor_fronts(&self, flush: bool, now: Instant) -> (usize, usize, bool) {
         if !self.use_fronts {
-            return (0, 0);
+            return (0, 0, true);
         }
         let mut fronts = self.fronts.lock().unwrap_or_else(|e| e.into_inner());
-        let (mut objs, mut bytes) = (0, 0);
+        let (mut objs, mut bytes, mut complete) = (0, 0, true);
         fronts.retain_mut(|e| {
             let f = &e.front;
             let exited = f.exited.load(Acquire);
@@ -392,8 +434,14 @@ impl Engine {
             let aged = e
                 .since
                 .is_some_and(|t| now.duration_since(t) >= self.config.drain_delay);
-            if !b.is_null() && (exited || flush || aged) {
-                let (b, o, by) = f.steal();
+            let stolen = if !b.is_null() && (exited || flush || aged) {
+                let got = f.steal();
+                complete &= got.is_some();
+                got
+            } else {
+                None
+            };
+            if let Some((b, o, by)) = stolen {
                 if let Some(b) = NonNull::new(b) {
                     let mut krc = self.cpus.get(0).krc.lock();
                     // SAFETY: stolen: the block is ours now.
@@ -410,12 +458,14 @@ impl Engine {
                         super::block::BLOCK_BYTES
                     };
             }
-            if exited {
+            // An exited front is forgotten once its block is taken.
+            let gone = exited && f.block.load(Relaxed).is_null();
+            if gone {
                 self.forget_front(f);
             }
-            !exited
+            !gone
         });
-        (objs, bytes)
+        (objs, bytes, complete)
     }
 
     /// The instance is going away: threads may forget their fronts.
@@ -582,20 +632,41 @@ impl Engine {
     // The worker: monitor, refill, reclaim
     // ----------------------------------------------------------------
 
-    /// Wakes the worker (from contexts that may make a system call).
+    /// Wakes the monitor and the refill thread (from contexts that may
+    /// make a system call).
     pub(crate) fn kick(&self) {
         *self.wake.lock().unwrap_or_else(|e| e.into_inner()) = true;
         self.wake_cv.notify_one();
+        self.kick_refill();
     }
 
-    /// Sleeps until kicked or `timeout`.
+    /// Wakes the refill thread.
+    pub(crate) fn kick_refill(&self) {
+        *self.refill_wake.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        self.refill_cv.notify_one();
+    }
+
+    /// The monitor sleeps until kicked or `timeout`.
     pub(crate) fn sleep(&self, timeout: Duration) {
-        let g = self.wake.lock().unwrap_or_else(|e| e.into_inner());
-        let (mut g, _) = self
-            .wake_cv
+        Self::sleep_on(&self.wake, &self.wake_cv, timeout);
+    }
+
+    /// The refill thread sleeps until kicked or `timeout`.
+    pub(crate) fn sleep_refill(&self, timeout: Duration) {
+        Self::sleep_on(&self.refill_wake, &self.refill_cv, timeout);
+    }
+
+    fn sleep_on(wake: &Mutex<bool>, cv: &Condvar, timeout: Duration) {
+        let g = wake.lock().unwrap_or_else(|e| e.into_inner());
+        let (mut g, _) = cv
             .wait_timeout_while(g, timeout, |kicked| !*kicked)
             .unwrap_or_else(|e| e.into_inner());
         *g = false;
+    }
+
+    /// Whether any CPU asked for spare blocks.
+    pub(crate) fn refill_wanted(&self) -> bool {
+        self.cpus.iter().any(|(_, c)| c.refill_wanted.load(Relaxed))
     }
 
     pub(crate) fn take_flush_request(&self) -> bool {
@@ -624,8 +695,7 @@ impl Engine {
     pub(crate) fn monitor_pass(&self, flush: bool) -> (bool, bool) {
         let _pass = self.pass_lock.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
-        let mut complete = true;
-        let (mut pending_objs, mut pending_bytes) = self.monitor_fronts(flush, now);
+        let (mut pending_objs, mut pending_bytes, mut complete) = self.monitor_fronts(flush, now);
         let mut busy = pending_objs > 0;
         for (_, cpu) in self.cpus.iter() {
             let r = self.monitor_cpu(cpu, flush, now);
@@ -744,6 +814,8 @@ impl Engine {
             };
             // SAFETY: every block in `work` has an elapsed snapshot.
             unsafe { self.make_ready(cpu.batches[0].cpu, &mut work) };
+            // No RCU callback will wake the reclaimer for these.
+            self.wake_reclaimer(cpu.batches[0].cpu);
         }
         claim.submit(self);
         result
@@ -890,7 +962,8 @@ impl Engine {
     }
 
     /// The flood brake: a task-context caller that may run destructors (not
-    /// atomic, irqs on, not real-time) frees one ready block of its CPU when
+    /// atomic, irqs on, not real-time, outside any RCU read-side section: a
+    /// destructor may wait for a grace period or sleep) frees one ready block of its CPU when
     /// the CPU is behind (or always, by configuration), so that pending
     /// memory stays bounded however little CPU the reclaimers get.
     #[inline]
@@ -907,6 +980,7 @@ impl Engine {
             && ctx == ContextKind::Task
             && !context::in_atomic()
             && !context::irqs_disabled()
+            && context::rcu_read_depth() == 0
         {
             self.assist(cpu);
         }
@@ -1033,7 +1107,18 @@ impl Engine {
             crate::fork::checkpoint();
             let mut freed = 0;
             for cpu in mine {
-                freed += self.reclaim_ready(cpu, CHUNK, true, false);
+                // Destructors' panics are caught one by one; this is the
+                // last resort for anything else that unwinds (a bad-free
+                // report of the freeing itself): the reclaimer goes on, or
+                // everything later on its CPU would never be freed.
+                freed += std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    self.reclaim_ready(cpu, CHUNK, true, false)
+                }))
+                .unwrap_or_else(|p| {
+                    super::block::drop_payload(p);
+                    EngineCounters::add(&self.counters.destructor_panics, 1);
+                    1
+                });
             }
             if freed > 0 {
                 let _g = self.idle.lock().unwrap_or_else(|e| e.into_inner());
@@ -1302,7 +1387,9 @@ fn reclaim_list(list: &mut CbList) -> (usize, usize) {
 
 /// The engine's locks that the forking thread holds across a `fork` (see
 /// `crate::fork`), in phases so that with several engines each lock class
-/// is taken in one order: 0, the monitor's and front locks; 1, every `krc`
+/// is taken in one order: 0, the monitor's and front locks, and every
+/// front's gate (no thread is inside its front section at the fork, so the
+/// child never waits for a section whose thread it does not have); 1, every `krc`
 /// lock; 2, every ready-list lock (as the monitor nests them); 3, the
 /// wake-up locks.
 pub(crate) struct ForkLocks<'a>(#[allow(dead_code)] ForkGuards<'a>);
@@ -1313,10 +1400,12 @@ enum ForkGuards<'a> {
     Monitor(
         std::sync::MutexGuard<'a, ()>,
         std::sync::MutexGuard<'a, Vec<FrontEntry>>,
+        FrontGates,
     ),
     Krc(Vec<RawSpinLockGuard<'a, Krc>>),
     Ready(Vec<RawSpinLockGuard<'a, super::krc::Ready>>),
     Wake(
+        std::sync::MutexGuard<'a, bool>,
         std::sync::MutexGuard<'a, bool>,
         std::sync::MutexGuard<'a, ()>,
         Vec<std::sync::MutexGuard<'a, bool>>,
@@ -1331,14 +1420,17 @@ impl Engine {
     /// [`ForkLocks`]); the engine's workers are parked, holding none.
     pub(crate) fn lock_for_fork(&self, phase: usize) -> ForkLocks<'_> {
         ForkLocks(match phase {
-            0 => ForkGuards::Monitor(
-                self.pass_lock.lock().unwrap_or_else(|e| e.into_inner()),
-                self.fronts.lock().unwrap_or_else(|e| e.into_inner()),
-            ),
+            0 => {
+                let pass = self.pass_lock.lock().unwrap_or_else(|e| e.into_inner());
+                let fronts = self.fronts.lock().unwrap_or_else(|e| e.into_inner());
+                let gates = FrontGates::close(&fronts);
+                ForkGuards::Monitor(pass, fronts, gates)
+            }
             1 => ForkGuards::Krc(self.cpus.iter().map(|(_, c)| c.krc.lock()).collect()),
             2 => ForkGuards::Ready(self.cpus.iter().map(|(_, c)| c.ready.lock()).collect()),
             _ => ForkGuards::Wake(
                 self.wake.lock().unwrap_or_else(|e| e.into_inner()),
+                self.refill_wake.lock().unwrap_or_else(|e| e.into_inner()),
                 self.idle.lock().unwrap_or_else(|e| e.into_inner()),
                 self.cpus
                     .iter()
@@ -1351,9 +1443,55 @@ impl Engine {
     /// In the child of a `fork`: objects another (now gone) thread was
     /// freeing are forgotten (they leak in the child), so that barriers do
     /// not wait for it.
+    ///
+    /// The other threads' fronts are marked exited: the child's monitor
+    /// takes their blocks (their sections ended before the fork, see
+    /// [`ForkLocks`]) and forgets them. The forking thread's own fronts
+    /// stay.
     pub(crate) fn forget_other_threads(&self) {
         for (_, c) in self.cpus.iter() {
             c.reclaiming.store(0, SeqCst);
+        }
+        for e in self.fronts.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            if !front::owned_here(&e.front) {
+                e.front.exited.store(true, Release);
+            }
+        }
+    }
+}
+
+/// Every front's gate closed across a `fork`: each front's steal asked and
+/// its owner out of its section; opened again when dropped (in the parent
+/// and in the child).
+///
+/// Ordering: the same handshake as the monitor's steal (`steal.rs`): every
+/// `steal` store precedes one membarrier, after which an owner is either
+/// seen `busy` (and waited for) or will see `steal` and leave its block
+/// alone; so at the fork no thread is inside its section, and none enters
+/// one until the gates reopen. The owners never block on anything while
+/// inside (a section holds no lock but a `krc` trylock), so the wait ends.
+pub(crate) struct FrontGates(Vec<Arc<Front>>);
+
+impl FrontGates {
+    fn close(fronts: &[FrontEntry]) -> FrontGates {
+        let gates: Vec<Arc<Front>> = fronts.iter().map(|e| e.front.clone()).collect();
+        for f in &gates {
+            f.fork_ask();
+        }
+        if let Some(f) = gates.first() {
+            f.fork_barrier();
+        }
+        for f in &gates {
+            f.fork_wait();
+        }
+        FrontGates(gates)
+    }
+}
+
+impl Drop for FrontGates {
+    fn drop(&mut self) {
+        for f in &self.0 {
+            f.fork_release();
         }
     }
 }

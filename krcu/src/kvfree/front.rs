@@ -2,8 +2,11 @@
 //!
 //! A thread in task or softirq context appends to a block of its own with
 //! plain stores: no atomic read-modify-write, no lock, so the common call
-//! costs a few loads and stores. When the block is full (or of another
-//! channel) the thread swaps it under its CPU's `krc` trylock: the full
+//! costs a few loads and stores. An object of another channel than the
+//! block's takes the per-CPU path (which keeps a block for each of several
+//! channels), so a thread that retires two types in turn does not burn a
+//! block per call. When the block is full the thread swaps it under its
+//! CPU's `krc` trylock: the full
 //! block goes to the `krc` as an evicted block, which the monitor hands to
 //! RCU at once, and a new one comes from the cache or the policy. Signal
 //! handlers (hardirq) and NMI never use a front: they take the per-CPU path.
@@ -99,22 +102,24 @@ impl Front {
     /// The owner's fast path: puts `obj` in the front block if it is of
     /// `chan` and has room.
     #[inline]
-    pub(crate) fn try_push(&self, chan: &Channel, obj: *mut u8, rcu: &Rcu, ctx: usize) -> bool {
+    pub(crate) fn try_push(&self, chan: &Channel, obj: *mut u8, rcu: &Rcu, ctx: usize) -> Push {
         if !self.begin() {
-            return false;
+            return Push::Stolen;
         }
         // The cookie is taken inside the section, where the block is ours.
         let snap = rcu.get_state();
         let b = self.block.load(Relaxed);
-        let mut done = false;
+        let mut done = Push::Swap;
         if !b.is_null() {
             // SAFETY: inside the owner's section with no steal asked, the
             // block belongs to this thread (module doc).
             let blk = unsafe { &mut *b };
-            if blk.chan.same(chan) && !blk.is_full() {
+            if !blk.chan.same(chan) {
+                done = Push::OtherChannel;
+            } else if !blk.is_full() {
                 blk.push(obj, snap);
                 self.count(1, chan.obj_size, ctx);
-                done = true;
+                done = Push::Done;
             }
         }
         self.end();
@@ -131,19 +136,62 @@ impl Front {
     }
 
     /// Takes the block from its owner (the monitor): `membarrier` must be
-    /// in use.
-    pub(crate) fn steal(&self) -> (*mut Block, usize, usize) {
-        self.gate.steal();
+    /// in use. None if the owner stays inside its section (preempted
+    /// there): the monitor tries again on its next pass.
+    pub(crate) fn steal(&self) -> Option<(*mut Block, usize, usize)> {
+        /// Looks at the owner's section before giving up (each a yield).
+        const SPINS: usize = 64;
+        if !self.gate.try_steal(SPINS) {
+            return None;
+        }
         let b = self.block.swap(ptr::null_mut(), AcqRel);
         let objs = self.objs.swap(0, Relaxed);
         let bytes = self.bytes.swap(0, Relaxed);
         self.gate.release();
-        (b, objs, bytes)
+        Some((b, objs, bytes))
+    }
+
+    /// The fork prepare handler: asks for the block (step one of the
+    /// steal); [`fork_wait`](Self::fork_wait) follows a barrier.
+    pub(crate) fn fork_ask(&self) {
+        self.gate.ask();
+    }
+
+    /// The barrier between `fork_ask` and `fork_wait` (one serves every
+    /// front).
+    pub(crate) fn fork_barrier(&self) {
+        self.gate.barrier();
+    }
+
+    /// Waits until the owner is out of its section; the gate then stays
+    /// closed until [`fork_release`](Self::fork_release).
+    pub(crate) fn fork_wait(&self) {
+        self.gate.wait_owner();
+    }
+
+    /// Opens the gate again (in the parent and the child).
+    pub(crate) fn fork_release(&self) {
+        self.gate.release();
     }
 
     pub(crate) fn set_dead(&self) {
         self.dead.store(true, Release);
     }
+}
+
+/// What [`Front::try_push`] did.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Push {
+    /// The object is in the front block.
+    Done,
+    /// No block, or a full one: swap it for a new one.
+    Swap,
+    /// The block is of another channel (and may have room): the object
+    /// takes the per-CPU path, which keeps a block per channel for several
+    /// channels, rather than burn a block per change of type.
+    OtherChannel,
+    /// The monitor is taking the block.
+    Stolen,
 }
 
 /// The fronts a thread owns; marks them exited when the thread ends.
@@ -163,10 +211,29 @@ impl Drop for Owned {
 }
 
 thread_local! {
+    /// Set while this thread is inside a front section that calls out
+    /// (`Engine::swap_front`: the lock validator's report handler, a
+    /// tracing subscriber, may run there and retire objects): a nested
+    /// call takes the per-CPU path, never a front (const, no destructor).
+    static IN_SWAP: Cell<bool> = const { Cell::new(false) };
     /// The front last used, and its instance's id (no destructor: readable
     /// from any context without registering anything).
     static CURRENT: Cell<(u64, *const Front)> = const { Cell::new((0, ptr::null())) };
     static OWNED: Owned = const { Owned(RefCell::new(Vec::new())) };
+}
+
+/// Whether this thread is inside a front section that calls out (see
+/// `IN_SWAP`).
+#[inline]
+pub(crate) fn in_swap() -> bool {
+    IN_SWAP.with(Cell::get)
+}
+
+/// Marks this thread inside (`true`) or out of a front section that calls
+/// out; returns the previous value.
+#[inline]
+pub(crate) fn set_in_swap(on: bool) -> bool {
+    IN_SWAP.with(|c| c.replace(on))
 }
 
 /// This thread's front for instance `engine`, if it has one.
@@ -182,6 +249,16 @@ pub(crate) fn current(engine: u64) -> Option<&'static Front> {
     } else {
         None
     }
+}
+
+/// Whether `f` is one of the calling thread's fronts.
+pub(crate) fn owned_here(f: &Front) -> bool {
+    OWNED
+        .try_with(|o| {
+            o.0.try_borrow()
+                .is_ok_and(|l| l.iter().any(|x| ptr::eq(Arc::as_ptr(x), f)))
+        })
+        .unwrap_or(false)
 }
 
 /// This thread's front for `engine`, made (and handed to `register`, which

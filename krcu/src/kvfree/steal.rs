@@ -75,9 +75,25 @@ impl StealGate {
 
     /// The monitor asks for the data and waits until the owner is out of
     /// its section; the data is then the monitor's until
-    /// [`release`](Self::release).
+    /// [`release`](Self::release). (The engine uses
+    /// [`try_steal`](Self::try_steal); the loom model checks this.)
+    #[cfg_attr(not(loom), allow(dead_code))]
     pub fn steal(&self) {
+        self.ask();
+        self.barrier();
+        self.wait_owner();
+    }
+
+    /// The first step of [`steal`](Self::steal): sets `steal`. With several
+    /// gates, ask each, then one [`barrier`](Self::barrier) serves them
+    /// all (a membarrier orders every owner's section against every store
+    /// made before it), then [`wait_owner`](Self::wait_owner) each.
+    pub fn ask(&self) {
         self.steal.store(true, SeqCst);
+    }
+
+    /// The monitor's barrier B_m (see the module doc), after `ask`.
+    pub fn barrier(&self) {
         if self.fences {
             fence(SeqCst);
         } else {
@@ -86,10 +102,39 @@ impl StealGate {
             #[cfg(loom)]
             unreachable!("loom cannot model membarrier: model the fence variant");
         }
+    }
+
+    /// Waits until the owner is out of its section (after `ask` and
+    /// `barrier`): the data is then the caller's until `release`.
+    pub fn wait_owner(&self) {
         // Acquire: pairs with the owner's Release in `end`.
         while self.busy.load(Acquire) {
             crate::sync::yield_now();
         }
+    }
+
+    /// [`steal`](Self::steal), giving up (and withdrawing the request)
+    /// if the owner is still inside its section after `spins` looks: an
+    /// owner preempted there must not hold the monitor up. True if the
+    /// data is the caller's until [`release`](Self::release).
+    ///
+    /// Withdrawing is safe: the owner reads `steal` once, at the start of
+    /// its section, and the data was never touched here.
+    pub fn try_steal(&self, spins: usize) -> bool {
+        self.ask();
+        self.barrier();
+        for _ in 0..spins {
+            // Acquire: pairs with the owner's Release in `end`.
+            if !self.busy.load(Acquire) {
+                return true;
+            }
+            crate::sync::yield_now();
+        }
+        if !self.busy.load(Acquire) {
+            return true;
+        }
+        self.release();
+        false
     }
 
     /// The monitor gives the data back to the owner.

@@ -514,7 +514,18 @@ pub(crate) fn rcu_suspicious(domain: &Domain, at: &'static Location<'static>, wh
                 what,
                 rcu_depth: context::rcu_read_depth(),
             };
-            emit(domain, finding, v.prove_raw_lock_nesting());
+            if context::is_realtime() && !must_defer() {
+                // A real-time thread's `kfree_rcu` (which checks this) never
+                // allocates nor takes a blocking lock: the report is
+                // recorded in fixed storage, as in hardirq context, and
+                // delivered by the next flush.
+                deferred::defer(
+                    domain,
+                    &report::Record::new(finding, v.prove_raw_lock_nesting(), true),
+                );
+            } else {
+                emit(domain, finding, v.prove_raw_lock_nesting());
+            }
         }
     }
 }

@@ -363,6 +363,14 @@ impl PageAllocator {
         self.shared.register(name, Box::new(count), Box::new(scan))
     }
 
+    /// Whether the calling thread is running shrinkers (direct reclaim or
+    /// kswapd, the kernel's `PF_MEMALLOC`): it holds the shrinker mutex, so
+    /// it must not unregister a shrinker nor wait for a thread that may be
+    /// in reclaim.
+    pub(crate) fn in_reclaim() -> bool {
+        reclaim::in_reclaim()
+    }
+
     /// A snapshot of the statistics; lock-free, callable at any time.
     pub fn stats(&self) -> PageStats {
         let mut s = PageStats {

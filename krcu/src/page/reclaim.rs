@@ -87,6 +87,11 @@ thread_local! {
     static IN_RECLAIM: Cell<bool> = const { Cell::new(false) };
 }
 
+/// Whether the calling thread runs shrinkers (see `PageAllocator::in_reclaim`).
+pub(crate) fn in_reclaim() -> bool {
+    IN_RECLAIM.try_with(Cell::get).unwrap_or(false)
+}
+
 impl Shared {
     pub(crate) fn new(domain: &Domain) -> Self {
         Shared {
