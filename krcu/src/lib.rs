@@ -6,7 +6,7 @@
 //! a lockdep-style validator that proves a path never takes a sleeping lock
 //! where it must not.
 //!
-//! The parts, each using only those below it (see `../shared/DESIGN.md`):
+//! The parts, each using only those below it:
 //!
 //! ```text
 //! kvfree    kfree_rcu / kvfree_rcu: per-CPU blocks, policies, page cache, refill, shrinker
