@@ -3,8 +3,7 @@
 //! validator's hooks.
 
 use krcu::Domain;
-use krcu::lock::{Mutex, RawSpinLock};
-use krcu::lockdep::{ReportHandler, ReportKind, ReportLog};
+use krcu::lock::RawSpinLock;
 use krcu::rcu::{self, GpCookie, HasRcuHead, Rcu, RcuConfig, RcuHead};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier, mpsc};
@@ -408,6 +407,8 @@ fn a_stalled_reader_is_named() {
 #[cfg(any(debug_assertions, feature = "lockdep"))]
 mod validator {
     use super::*;
+    use krcu::lock::Mutex;
+    use krcu::lockdep::{ReportHandler, ReportKind, ReportLog};
 
     fn checked() -> (Rcu, ReportLog) {
         let log = ReportLog::new();
