@@ -1,0 +1,193 @@
+//! Adversarial review, round 2, of the rewritten `kfree_rcu` engine: each
+//! test shows a defect and fails on the code it was written against.
+//!
+//! Scenarios that depend on process-wide state (the global RCU not built
+//! yet) or that may hang run in a child process (this test binary,
+//! re-executed for one ignored test), killed after a timeout.
+
+use krcu::Krcu;
+use krcu::rcu::{HasRcuHead, RcuHead};
+use std::cell::Cell;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::time::{Duration, Instant};
+
+/// Counts the heap allocations of the calling thread while its `COUNTING`
+/// flag is set (a const thread-local: no registration, no allocation).
+struct Counting;
+
+thread_local! {
+    static COUNTING: Cell<bool> = const { Cell::new(false) };
+    static ALLOCS: Cell<u64> = const { Cell::new(0) };
+}
+
+fn note_alloc() {
+    if COUNTING.try_with(Cell::get).unwrap_or(false) {
+        let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
+    }
+}
+
+// SAFETY: forwards to the system allocator; only counts.
+unsafe impl std::alloc::GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        note_alloc();
+        // SAFETY: forwarded.
+        unsafe { std::alloc::System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        // SAFETY: forwarded.
+        unsafe { std::alloc::System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new: usize) -> *mut u8 {
+        note_alloc();
+        // SAFETY: forwarded.
+        unsafe { std::alloc::System.realloc(ptr, layout, new) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// Runs `f` with this thread's allocations counted; returns how many.
+fn count_allocs(f: impl FnOnce()) -> u64 {
+    ALLOCS.with(|c| c.set(0));
+    COUNTING.with(|c| c.set(true));
+    f();
+    COUNTING.with(|c| c.set(false));
+    ALLOCS.with(Cell::get)
+}
+
+struct Node {
+    freed: Arc<AtomicUsize>,
+    head: RcuHead,
+}
+
+// SAFETY: `head` is an RcuHead field of Node.
+unsafe impl HasRcuHead for Node {
+    const RCU_HEAD_OFFSET: usize = core::mem::offset_of!(Node, head);
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.freed.fetch_add(1, SeqCst);
+    }
+}
+
+fn node(freed: &Arc<AtomicUsize>) -> Box<Node> {
+    Box::new(Node {
+        freed: freed.clone(),
+        head: RcuHead::new(),
+    })
+}
+
+/// Runs the ignored test `inner` of this binary in a child process; fails
+/// if it does not finish within `timeout` (it is then killed) or fails.
+fn run_isolated(inner: &str, timeout: Duration) {
+    let exe = std::env::current_exe().unwrap();
+    let mut child = Command::new(exe)
+        .args([
+            inner,
+            "--exact",
+            "--ignored",
+            "--test-threads=1",
+            "--nocapture",
+        ])
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "{inner}: failed in the child: {status}");
+            return;
+        }
+        if start.elapsed() > timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{inner}: hung (killed after {timeout:?})");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Counts the threads of this process.
+fn threads() -> usize {
+    std::fs::read_dir("/proc/self/task").unwrap().count()
+}
+
+// ---------------------------------------------------------------------
+// 1. The free function on a real-time thread before the global exists
+// ---------------------------------------------------------------------
+
+/// `krcu::kfree_rcu` promises, "the first call included", that where the
+/// caller may not sleep (a real-time thread among them) it builds nothing:
+/// the object goes to the global RCU's `call_rcu`. But
+/// `kfree_rcu_unbuilt` calls `rcu::call_rcu`, whose `call_rcu_global`
+/// parks the callback only in hardirq/NMI: on a real-time task thread it
+/// builds the global RCU there (allocations, a thread start, locks), inside
+/// the real-time thread's `kfree_rcu`.
+#[test]
+fn rt_thread_free_kfree_rcu_builds_nothing() {
+    run_isolated(
+        "inner_rt_thread_free_kfree_rcu_builds_nothing",
+        Duration::from_secs(20),
+    );
+}
+
+#[test]
+#[ignore = "run by rt_thread_free_kfree_rcu_builds_nothing in a child process"]
+fn inner_rt_thread_free_kfree_rcu_builds_nothing() {
+    // A private instance (its own RCU: the global one stays unbuilt).
+    let k = Krcu::builder().cpus(1).arena_size(8 << 20).build().unwrap();
+    let freed = Arc::new(AtomicUsize::new(0));
+    let obj = node(&freed);
+    let _reader = k.register_thread();
+    assert!(krcu::context::is_realtime());
+    let before = threads();
+    let allocs = count_allocs(|| {
+        krcu::kfree_rcu(obj).unwrap();
+    });
+    let spawned = threads() - before;
+    krcu::context::set_realtime(false);
+    assert_eq!(
+        (allocs, spawned),
+        (0, 0),
+        "a real-time thread's krcu::kfree_rcu allocated {allocs} times and started \
+         {spawned} threads (it built the global RCU)"
+    );
+}
+
+/// The same with a raw spinlock held (atomic: may not sleep): the global
+/// RCU is built under the raw lock.
+#[test]
+fn atomic_free_kfree_rcu_builds_nothing() {
+    run_isolated(
+        "inner_atomic_free_kfree_rcu_builds_nothing",
+        Duration::from_secs(20),
+    );
+}
+
+#[test]
+#[ignore = "run by atomic_free_kfree_rcu_builds_nothing in a child process"]
+fn inner_atomic_free_kfree_rcu_builds_nothing() {
+    let freed = Arc::new(AtomicUsize::new(0));
+    let obj = node(&freed);
+    let domain = krcu::domain::Domain::builder().cpus(1).build();
+    let raw = krcu::lock::RawSpinLock::new_in(&domain, ());
+    let before = threads();
+    let allocs = {
+        let _g = raw.lock();
+        assert!(krcu::context::in_atomic());
+        count_allocs(|| {
+            krcu::kfree_rcu(obj).unwrap();
+        })
+    };
+    let spawned = threads() - before;
+    assert_eq!(
+        (allocs, spawned),
+        (0, 0),
+        "krcu::kfree_rcu under a raw spinlock allocated {allocs} times and started \
+         {spawned} threads (it built the global RCU)"
+    );
+}
