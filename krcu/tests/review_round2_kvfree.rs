@@ -191,3 +191,80 @@ fn inner_atomic_free_kfree_rcu_builds_nothing() {
          {spawned} threads (it built the global RCU)"
     );
 }
+
+// ---------------------------------------------------------------------
+// 2. The call_rcu fallback and a panic payload that panics on drop
+// ---------------------------------------------------------------------
+
+/// A panic payload whose destructor panics again.
+struct Bomb;
+
+impl Drop for Bomb {
+    fn drop(&mut self) {
+        panic!("the payload's destructor panics too");
+    }
+}
+
+/// An object whose destructor panics with a [`Bomb`].
+struct Exploding {
+    head: RcuHead,
+}
+
+// SAFETY: `head` is an RcuHead field of Exploding.
+unsafe impl HasRcuHead for Exploding {
+    const RCU_HEAD_OFFSET: usize = core::mem::offset_of!(Exploding, head);
+}
+
+impl Drop for Exploding {
+    fn drop(&mut self) {
+        std::panic::panic_any(Bomb);
+    }
+}
+
+/// Round 1 made the engine's reclaim drop a caught panic's payload inside
+/// a `catch_unwind` of its own ("double panics lose nothing"). The free
+/// `krcu::kfree_rcu` now sends objects retired where the caller may not
+/// sleep, before the global instance exists, to the global RCU's
+/// `call_rcu`; the RCU worker catches the destructor's panic but drops its
+/// payload bare (`rcu/worker.rs`), so the payload's panic unwinds out of
+/// the worker: no grace period ends any more, and the next
+/// `kvfree_rcu_barrier` (an `rcu_barrier` here) never returns; an object
+/// retired after it is never freed.
+#[test]
+fn fallback_payload_panic_kills_the_global_rcu_worker() {
+    run_isolated(
+        "inner_fallback_payload_panic_kills_the_global_rcu_worker",
+        Duration::from_secs(15),
+    );
+}
+
+#[test]
+#[ignore = "run by fallback_payload_panic_kills_the_global_rcu_worker in a child process"]
+fn inner_fallback_payload_panic_kills_the_global_rcu_worker() {
+    // The global RCU exists (a program that uses `krcu::rcu`); the global
+    // kfree_rcu instance does not yet.
+    krcu::rcu::synchronize();
+    let freed = Arc::new(AtomicUsize::new(0));
+    let domain = krcu::domain::Domain::builder().cpus(1).build();
+    let raw = krcu::lock::RawSpinLock::new_in(&domain, ());
+    {
+        // Atomic: the objects take the call_rcu fallback.
+        let _g = raw.lock();
+        krcu::kfree_rcu(Box::new(Exploding {
+            head: RcuHead::new(),
+        }))
+        .unwrap();
+        krcu::kfree_rcu(node(&freed)).unwrap();
+    }
+    // Watchdog: the barrier must return.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        krcu::kvfree_rcu_barrier();
+        let _ = tx.send(());
+    });
+    if rx.recv_timeout(Duration::from_secs(8)).is_err() {
+        eprintln!("kvfree_rcu_barrier hung: the global RCU's worker is gone");
+        std::process::exit(3);
+    }
+    assert_eq!(freed.load(SeqCst), 1, "the second object was not freed");
+}
