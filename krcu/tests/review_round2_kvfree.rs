@@ -268,3 +268,103 @@ fn inner_fallback_payload_panic_kills_the_global_rcu_worker() {
     }
     assert_eq!(freed.load(SeqCst), 1, "the second object was not freed");
 }
+
+// ---------------------------------------------------------------------
+// 3. A SlabChannel whose drop's barrier panics lets its cache go
+// ---------------------------------------------------------------------
+
+struct Item {
+    _v: u64,
+    head: RcuHead,
+}
+
+// SAFETY: `head` is an RcuHead field of Item.
+unsafe impl HasRcuHead for Item {
+    const RCU_HEAD_OFFSET: usize = core::mem::offset_of!(Item, head);
+}
+
+static ITEM_DROPS: AtomicUsize = AtomicUsize::new(0);
+
+impl Drop for Item {
+    fn drop(&mut self) {
+        ITEM_DROPS.fetch_add(1, SeqCst);
+    }
+}
+
+const ITEMS: usize = 8;
+
+/// Retired with the global RCU's `call_rcu`: its destructor (on the RCU
+/// worker) retires a few slab objects through a channel of the global
+/// kfree_rcu instance, then drops the channel.
+struct Holder {
+    cache: Option<Arc<krcu::slab::SlabCache<Item>>>,
+    head: RcuHead,
+}
+
+// SAFETY: `head` is an RcuHead field of Holder.
+unsafe impl HasRcuHead for Holder {
+    const RCU_HEAD_OFFSET: usize = core::mem::offset_of!(Holder, head);
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        let cache = self.cache.take().unwrap();
+        let ch = Krcu::global().slab_channel(&cache).unwrap();
+        drop(cache);
+        for i in 0..ITEMS {
+            let p = ch
+                .cache()
+                .alloc(
+                    krcu::page::Gfp::NOWAIT,
+                    Item {
+                        _v: i as u64,
+                        head: RcuHead::new(),
+                    },
+                )
+                .ok()
+                .unwrap();
+            // SAFETY: allocated from the channel's cache just now, handed
+            // over here, freed no other way.
+            unsafe { ch.kfree_rcu(p) }.unwrap();
+        }
+        // The channel's drop runs `kvfree_rcu_barrier`, which panics on
+        // the RCU worker; the unwinding then drops the channel's cache.
+        drop(ch);
+    }
+}
+
+/// `SlabChannel::drop` runs `kvfree_rcu_barrier` and only then unregisters
+/// its slot; its cache `Arc` is a field. Dropped inside a callback of the
+/// instance's own RCU (documented: the barrier panics there), the panic
+/// unwinds through the drop: the field drops release the cache (the last
+/// `Arc`), while the objects queued on the channel are still pending in
+/// the engine, whose block entries and list fallback will free them
+/// through the freed cache (`reclaim_slab`'s `ctx`, the registry slot that
+/// was never unregistered): a use after free reachable from safe code (the
+/// channel's `kfree_rcu` contract was kept).
+#[test]
+fn slab_channel_drop_in_rcu_callback_frees_cache_under_pending_objects() {
+    run_isolated(
+        "inner_slab_channel_drop_in_rcu_callback_frees_cache_under_pending_objects",
+        Duration::from_secs(20),
+    );
+}
+
+#[test]
+#[ignore = "run by slab_channel_drop_in_rcu_callback_frees_cache_under_pending_objects in a child"]
+fn inner_slab_channel_drop_in_rcu_callback_frees_cache_under_pending_objects() {
+    let k = Krcu::global();
+    let cache = Arc::new(krcu::slab::SlabCache::<Item>::new(k.pages(), "review-r2").unwrap());
+    let weak = Arc::downgrade(&cache);
+    krcu::rcu::call_rcu_box(Box::new(Holder {
+        cache: Some(cache),
+        head: RcuHead::new(),
+    }));
+    krcu::rcu::rcu_barrier();
+    let (gone, freed) = (weak.upgrade().is_none(), ITEM_DROPS.load(SeqCst));
+    assert!(
+        !(gone && freed < ITEMS),
+        "the slab cache was freed with {} of its objects still queued on its channel",
+        ITEMS - freed
+    );
+}
