@@ -141,3 +141,55 @@ fn a_bad_free_in_free_bulk_loses_the_good_objects_before_it() {
         "the good objects of the batch never went back to their slab: {s:#?}"
     );
 }
+
+/// A `pthread` key destructor (another library's) that reads under `rcu`
+/// on a thread that never read before: runs after every Rust
+/// thread-local destructor, so the registration it makes must still be
+/// given back when the thread is gone.
+#[test]
+fn a_first_read_in_a_late_pthread_key_destructor_gives_its_slot_back() {
+    if !in_child() {
+        let (ok, out) = run_isolated(
+            "a_first_read_in_a_late_pthread_key_destructor_gives_its_slot_back",
+            Duration::from_secs(30),
+        );
+        assert!(ok, "{out}");
+        return;
+    }
+    static RCU: std::sync::OnceLock<krcu::rcu::Rcu> = std::sync::OnceLock::new();
+    let rcu =
+        RCU.get_or_init(|| krcu::rcu::Rcu::new(Domain::global(), krcu::rcu::RcuConfig::default()));
+    static DONE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    extern "C" fn key_dtor(_: *mut libc::c_void) {
+        let rcu = RCU.get().unwrap();
+        let g = rcu.read_lock();
+        let reading = rcu.is_reading();
+        drop(g);
+        DONE.store(
+            if reading { 1 } else { 2 },
+            std::sync::atomic::Ordering::SeqCst,
+        );
+    }
+    let mut key: libc::pthread_key_t = 0;
+    // SAFETY: valid out pointer; the destructor accepts any value.
+    assert_eq!(
+        unsafe { libc::pthread_key_create(&mut key, Some(key_dtor)) },
+        0
+    );
+    std::thread::spawn(move || {
+        // SAFETY: a live key; the value is only a non-null marker.
+        unsafe { libc::pthread_setspecific(key, core::ptr::dangling::<u8>().cast()) };
+    })
+    .join()
+    .unwrap();
+    let t = Instant::now();
+    while DONE.load(std::sync::atomic::Ordering::SeqCst) == 0
+        && t.elapsed() < Duration::from_secs(5)
+    {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(DONE.load(std::sync::atomic::Ordering::SeqCst), 1);
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(rcu.stats().readers, 0, "the key destructor's slot leaked");
+    rcu.synchronize();
+}
