@@ -172,10 +172,8 @@ fn a_first_read_in_a_late_pthread_key_destructor_gives_its_slot_back() {
     }
     let mut key: libc::pthread_key_t = 0;
     // SAFETY: valid out pointer; the destructor accepts any value.
-    assert_eq!(
-        unsafe { libc::pthread_key_create(&mut key, Some(key_dtor)) },
-        0
-    );
+    let r = unsafe { libc::pthread_key_create(&mut key, Some(key_dtor)) };
+    assert_eq!(r, 0);
     std::thread::spawn(move || {
         // SAFETY: a live key; the value is only a non-null marker.
         unsafe { libc::pthread_setspecific(key, core::ptr::dangling::<u8>().cast()) };
