@@ -765,7 +765,8 @@ fn kfree_rcu_unbuilt<T: HasRcuHead>(obj: Box<T>) -> Result<(), InNmi<T>> {
     // SAFETY: the head belongs to a leaked Box<T> handed over here (valid,
     // unmoved, not queued: the Box was the caller's), and
     // drop_box_by_head::<T> frees exactly that Box after the grace period.
-    unsafe { crate::rcu::call_rcu(head, drop_box_by_head::<T>) };
+    // Never builds the global RCU either: the caller may not sleep.
+    unsafe { crate::rcu::call_rcu_global_nobuild(head, drop_box_by_head::<T>) };
     Ok(())
 }
 
@@ -855,7 +856,28 @@ impl<T: HasRcuHead> SlabChannel<'_, T> {
 
 impl<T: HasRcuHead> Drop for SlabChannel<'_, T> {
     fn drop(&mut self) {
+        if self.krcu.rcu().on_worker() {
+            // Inside a callback on this instance's RCU worker the barrier
+            // would wait for that very callback (it panics rather than
+            // hang): objects of this channel may still be queued, so the
+            // cache and its registry slot are kept for good.
+            self.keep_cache("inside an RCU callback of its instance");
+            return;
+        }
+        // Should the barrier unwind (it panics where it would wait for
+        // itself), objects of this channel may still be queued: keep the
+        // cache rather than free it under them.
+        struct KeepOnUnwind<'c, T>(&'c Arc<SlabCache<T>>, bool);
+        impl<T> Drop for KeepOnUnwind<'_, T> {
+            fn drop(&mut self) {
+                if !self.1 {
+                    core::mem::forget(self.0.clone());
+                }
+            }
+        }
+        let mut unwinding = KeepOnUnwind(&self.cache, false);
         self.krcu.kvfree_rcu_barrier();
+        unwinding.1 = true;
         if self.krcu.engine.in_own_reclaim() {
             // Dropped by a destructor that this instance's reclaim runs:
             // the barrier could not wait for what this thread's reclaim
@@ -863,12 +885,19 @@ impl<T: HasRcuHead> Drop for SlabChannel<'_, T> {
             // through the cache (by pointer, and by the registry for the
             // list fallback) after the destructor returns. Keep both for
             // good rather than free the cache under them.
-            tracing::warn!(
-                "krcu: a SlabChannel dropped inside kfree_rcu reclaim; its cache is kept alive"
-            );
-            core::mem::forget(self.cache.clone());
+            self.keep_cache("inside kfree_rcu reclaim");
             return;
         }
         channels::unregister(self.slot);
+    }
+}
+
+impl<T: HasRcuHead> SlabChannel<'_, T> {
+    /// Keeps the cache alive and its registry slot taken for good: objects
+    /// of this channel may be freed through them after the drop returns.
+    #[cold]
+    fn keep_cache(&self, why: &str) {
+        tracing::warn!("krcu: a SlabChannel dropped {why}; its cache is kept alive");
+        core::mem::forget(self.cache.clone());
     }
 }

@@ -236,15 +236,7 @@ pub(crate) fn catch_destructor(f: impl FnOnce()) -> Result<(), ()> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(drop_payload)
 }
 
-/// Drops a caught panic payload, catching (and leaking) a panic of its own
-/// destructor.
-#[cold]
-pub(crate) fn drop_payload(payload: Box<dyn core::any::Any + Send>) {
-    if let Err(again) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(payload))) {
-        // Its payload may panic when dropped too: leak it.
-        core::mem::forget(again);
-    }
-}
+pub(crate) use crate::rcu::drop_panic_payload as drop_payload;
 
 /// The channel of `Box<T>`.
 pub(crate) fn box_channel<T>() -> Channel {

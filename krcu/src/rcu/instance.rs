@@ -643,6 +643,24 @@ unsafe fn call_rcu_global(head: NonNull<RcuHead>, func: RcuCallbackFn) {
     }
 }
 
+/// `call_rcu` on the global instance that never builds it, whatever the
+/// context: for callers that may not sleep (atomic, irqs off, inside a
+/// reader, a real-time thread), where building it would allocate, take
+/// locks and spawn its worker. Before the instance exists the callback is
+/// parked on [`EARLY`], adopted when it is built (by any task-context use,
+/// or [`rcu_barrier`]).
+///
+/// # Safety
+/// As for [`Rcu::call_rcu`].
+pub(crate) unsafe fn call_rcu_global_nobuild(head: NonNull<RcuHead>, func: RcuCallbackFn) {
+    match GLOBAL.get() {
+        // SAFETY: forwarded from the caller.
+        Some(g) => unsafe { g.call_rcu(head, func) },
+        // SAFETY: forwarded from the caller.
+        None => unsafe { call_rcu_early(head, func) },
+    }
+}
+
 /// Parks a callback on [`EARLY`] (no global instance yet, hardirq or NMI
 /// context); adopts it at once if the instance was built meanwhile.
 ///

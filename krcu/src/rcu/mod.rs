@@ -110,7 +110,7 @@ mod stall;
 mod worker;
 
 #[cfg(not(loom))]
-pub(crate) use callback::{CbList, PendingList};
+pub(crate) use callback::{CbList, PendingList, drop_panic_payload};
 #[cfg(not(loom))]
 pub use callback::{HasRcuHead, RcuCallbackFn, RcuHead};
 #[cfg(not(loom))]

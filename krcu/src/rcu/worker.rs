@@ -233,9 +233,11 @@ fn invoke_batch(shared: &Shared, segs: &mut [SegCbList]) -> u64 {
             // has passed since (its segment's cookie is done); it is
             // invoked once, having been popped.
             let r = std::panic::catch_unwind(AssertUnwindSafe(|| unsafe { func(head) }));
-            if r.is_err() {
+            if let Err(payload) = r {
                 shared.stats.panics.fetch_add(1, Ordering::Relaxed);
                 tracing::error!("krcu: an RCU callback panicked; the worker goes on");
+                // Dropping the payload may panic too: never out of the worker.
+                super::callback::drop_panic_payload(payload);
             }
             ran += 1;
         }

@@ -448,7 +448,12 @@ impl<T> SlabCache<T> {
             // SAFETY: as in `try_free`: given once, after its free was
             // checked and marked.
             if let Err(payload) = unsafe { drop_catching(obj) } {
-                first_panic.get_or_insert(payload);
+                match first_panic {
+                    None => first_panic = Some(payload),
+                    // Only the first is resumed; dropping a later one may
+                    // panic too, which must not cut the loop short.
+                    Some(_) => crate::rcu::drop_panic_payload(payload),
+                }
             }
         };
         // SAFETY: forwarded from the caller; `drop_one` drops each object
@@ -475,6 +480,10 @@ impl<T> SlabCache<T> {
         mut drop_one: impl FnMut(NonNull<T>),
     ) {
         let mut kept = 0;
+        // A bad pointer is reported once the good ones are back in their
+        // slabs: the report panics in debug builds, and the objects already
+        // marked free and dropped would otherwise never be returned.
+        let mut first_bad = None;
         for i in 0..objs.len() {
             let obj = objs[i];
             match self.check_and_mark_free(obj) {
@@ -484,7 +493,12 @@ impl<T> SlabCache<T> {
                     objs[kept] = obj;
                     kept += 1;
                 }
-                Err(e) => self.bad_free(e),
+                Err(e) => match first_bad {
+                    None => first_bad = Some(e),
+                    Some(_) => {
+                        self.counters.bad_frees.fetch_add(1, Relaxed);
+                    }
+                },
             }
         }
         let objs = &mut objs[..kept];
@@ -498,6 +512,9 @@ impl<T> SlabCache<T> {
         };
         self.return_to_slabs(raw, mode);
         self.counters.bulk_frees.fetch_add(1, Relaxed);
+        if let Some(e) = first_bad {
+            self.bad_free(e);
+        }
     }
 
     /// Returns every CPU's cached objects to the slabs, and so
