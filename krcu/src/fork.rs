@@ -89,7 +89,7 @@
 //!   not restarted in the child).
 
 use std::any::Any;
-use std::cell::RefCell;
+use std::cell::UnsafeCell;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Once, OnceLock, Weak};
 use std::time::Duration;
@@ -314,12 +314,23 @@ where
     })
 }
 
-thread_local! {
-    /// What the prepare handler took, for the parent or child handler (the
-    /// three run on the forking thread), and the participants it saw.
-    static HELD: RefCell<Vec<Box<dyn Any>>> = const { RefCell::new(Vec::new()) };
-    static PARTS: RefCell<Vec<Arc<dyn Participant>>> = const { RefCell::new(Vec::new()) };
-}
+/// What the prepare handler took, for the parent or child handler, and
+/// the participants it saw. Not a thread-local: a thread may fork from a
+/// thread-local destructor, after its thread-locals are gone.
+struct Stash(UnsafeCell<Option<Taken>>);
+
+/// The guards prepare holds (the registry's last) and the participants.
+type Taken = (Vec<Box<dyn Any>>, Vec<Arc<dyn Participant>>);
+
+// SAFETY: the cell is touched only by the thread that holds the registry
+// lock (its guard is the last entry of what is stashed): prepare writes it
+// right before it returns holding that lock, and the parent or child
+// handler, on the same thread, takes it out before that guard is dropped.
+// A fork on another thread blocks on the registry lock until then, and
+// the guards never leave the forking thread.
+unsafe impl Sync for Stash {}
+
+static STASH: Stash = Stash(UnsafeCell::new(None));
 
 /// The participants registered now that `seen` does not hold (by address;
 /// dropped ones left out), upgraded. Holds the registry lock only while it
@@ -444,15 +455,20 @@ extern "C" fn prepare() {
         resume_workers();
     };
     held.push(Box::new(reg));
-    HELD.with(|h| *h.borrow_mut() = held);
-    PARTS.with(|h| *h.borrow_mut() = parts);
+    // SAFETY: this thread holds the registry lock (just pushed); see Stash.
+    unsafe { *STASH.0.get() = Some((held, parts)) };
 }
 
 /// Releases what prepare took, newest first; returns the participants.
 fn release() -> Vec<Arc<dyn Participant>> {
-    let mut held = HELD.with(|h| core::mem::take(&mut *h.borrow_mut()));
+    // SAFETY: the parent and child handlers run on the thread that ran
+    // prepare, which still holds the registry lock; see Stash.
+    let taken = unsafe { (*STASH.0.get()).take() };
+    let Some((mut held, parts)) = taken else {
+        return Vec::new();
+    };
     unwind_to(&mut held, 0);
-    PARTS.with(|h| core::mem::take(&mut *h.borrow_mut()))
+    parts
 }
 
 extern "C" fn parent() {
