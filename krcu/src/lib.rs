@@ -62,6 +62,9 @@
 //! assert_eq!(krcu.stats().reclaimed_objects, 1);
 //! ```
 #![warn(missing_docs)]
+// Under `--cfg loom` only the models' parts are compiled (kvfree and most
+// of rcu are left out), so much of what is left has no user there.
+#![cfg_attr(loom, allow(dead_code))]
 
 pub mod context;
 pub mod domain;
@@ -83,6 +86,7 @@ pub mod percpu;
 pub mod rcu;
 pub mod slab;
 pub(crate) mod sync;
+mod unwind;
 
 mod asan;
 

@@ -236,7 +236,7 @@ pub(crate) fn catch_destructor(f: impl FnOnce()) -> Result<(), ()> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(drop_payload)
 }
 
-pub(crate) use crate::rcu::drop_panic_payload as drop_payload;
+pub(crate) use crate::unwind::drop_panic_payload as drop_payload;
 
 /// The channel of `Box<T>`.
 pub(crate) fn box_channel<T>() -> Channel {

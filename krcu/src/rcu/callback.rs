@@ -418,14 +418,3 @@ mod tests {
         assert_eq!(seg.done.len(), 3);
     }
 }
-
-/// Drops a caught panic payload, catching (and leaking) a panic of its own
-/// destructor: a payload whose `Drop` panics must not unwind out of the
-/// worker or reclaimer that caught the first panic.
-#[cold]
-pub(crate) fn drop_panic_payload(payload: Box<dyn core::any::Any + Send>) {
-    if let Err(again) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(payload))) {
-        // Its payload may panic when dropped too: leak it.
-        core::mem::forget(again);
-    }
-}

@@ -110,7 +110,7 @@ mod stall;
 mod worker;
 
 #[cfg(not(loom))]
-pub(crate) use callback::{CbList, PendingList, drop_panic_payload};
+pub(crate) use callback::{CbList, PendingList};
 #[cfg(not(loom))]
 pub use callback::{HasRcuHead, RcuCallbackFn, RcuHead};
 #[cfg(not(loom))]

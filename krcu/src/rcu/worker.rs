@@ -237,7 +237,7 @@ fn invoke_batch(shared: &Shared, segs: &mut [SegCbList]) -> u64 {
                 shared.stats.panics.fetch_add(1, Ordering::Relaxed);
                 tracing::error!("krcu: an RCU callback panicked; the worker goes on");
                 // Dropping the payload may panic too: never out of the worker.
-                super::callback::drop_panic_payload(payload);
+                crate::unwind::drop_panic_payload(payload);
             }
             ran += 1;
         }

@@ -452,7 +452,7 @@ impl<T> SlabCache<T> {
                     None => first_panic = Some(payload),
                     // Only the first is resumed; dropping a later one may
                     // panic too, which must not cut the loop short.
-                    Some(_) => crate::rcu::drop_panic_payload(payload),
+                    Some(_) => crate::unwind::drop_panic_payload(payload),
                 }
             }
         };
