@@ -44,6 +44,15 @@
 //! not stall grace periods after its thread has exited, and a section
 //! running in a thread-local destructor is waited for.
 //!
+//! The late list is armed at a thread's first registration, not only when
+//! the registration list's destructor needs it: a thread that first reads
+//! in another library's `pthread` key destructor (after glibc has run the
+//! thread-local destructors) makes a registration list whose destructor
+//! never runs. The late list's destructor is the backstop: if that list
+//! still holds registrations (a destructor-less flag says so) it retires
+//! them as the list's destructor would, emptying it first, so that no slot
+//! is released twice.
+//!
 //! Instance ids are never reused, so a stale cache entry can never match a
 //! later instance built at the same address.
 
@@ -51,7 +60,7 @@ use super::handshake;
 use crate::context;
 use crate::lockdep;
 use crate::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
-use core::cell::RefCell;
+use core::cell::{Cell, RefCell};
 use core::marker::PhantomData;
 use core::sync::atomic::compiler_fence;
 use crossbeam_utils::CachePadded;
@@ -271,6 +280,15 @@ impl Readers {
             if let Some(r) = regs.iter().find(|r| r.id == self.id) {
                 return r.index;
             }
+            // A first registration in this list: arm the late list first,
+            // so that its destructor, which runs after every thread-local
+            // destructor, is the backstop that frees what this list still
+            // holds if the list's own destructor never runs (a list first
+            // used after the thread-local destructors ran, from another
+            // library's `pthread` key destructor: see the module doc).
+            // Cheap after the first time (one `pthread_getspecific`).
+            let _ = with_late_list(true, |_| ());
+            let _ = REGISTERED.try_with(|r| r.set(true));
             let index = self.acquire_slot();
             regs.push(Registration {
                 id: self.id,
@@ -452,38 +470,46 @@ struct Registrations(RefCell<Vec<Registration>>);
 
 impl Drop for Registrations {
     fn drop(&mut self) {
-        CACHE.with(Cache::clear);
-        for r in self.0.get_mut().drain(..) {
-            let Some(readers) = r.readers.upgrade() else {
-                // Without the instance there is no handle (each holds the
-                // registry) and no guard (each borrows it).
-                continue;
-            };
-            let slot = readers.slot(r.index);
-            let held = slot.handles.load(Ordering::Relaxed) != 0;
-            let open = handshake::active(slot.ctr.load(Ordering::Relaxed));
-            if !held && !open {
-                readers.release_slot(r.index);
-                continue;
-            }
-            // Still held by a handle, or inside a section, in a
-            // thread-local destroyed later: the late list keeps it (a
-            // handle's last drop, or the list's destructor, frees it).
-            if open && !held {
-                tracing::debug!(
-                    "krcu: a thread's RCU registration list went with a read-side \
-                     section open; grace periods wait for it until it ends"
-                );
-                readers.orphan_slot(r.index);
-            }
-            let index = r.index;
-            if with_late_list(true, |late| late.push(r)).is_none() && !held {
-                // No late list: the orphan stays taken for good (still
-                // waited for while its section is open).
-                tracing::warn!(
-                    "krcu: no thread-specific key for an RCU orphan slot {index}; it leaks"
-                );
-            }
+        // From here on the late list's destructor must not look at this
+        // list (it is being destroyed).
+        let _ = REGISTERED.try_with(|r| r.set(false));
+        retire_registrations(core::mem::take(self.0.get_mut()));
+    }
+}
+
+/// The end of a thread's registration list (its destructor, or the late
+/// list's if that never runs): frees the slots that are closed and unheld,
+/// and moves the others to the late list.
+fn retire_registrations(regs: Vec<Registration>) {
+    let _ = CACHE.try_with(Cache::clear);
+    for r in regs {
+        let Some(readers) = r.readers.upgrade() else {
+            // Without the instance there is no handle (each holds the
+            // registry) and no guard (each borrows it).
+            continue;
+        };
+        let slot = readers.slot(r.index);
+        let held = slot.handles.load(Ordering::Relaxed) != 0;
+        let open = handshake::active(slot.ctr.load(Ordering::Relaxed));
+        if !held && !open {
+            readers.release_slot(r.index);
+            continue;
+        }
+        // Still held by a handle, or inside a section, in a
+        // thread-local destroyed later: the late list keeps it (a
+        // handle's last drop, or the list's destructor, frees it).
+        if open && !held {
+            tracing::debug!(
+                "krcu: a thread's RCU registration list went with a read-side \
+                 section open; grace periods wait for it until it ends"
+            );
+            readers.orphan_slot(r.index);
+        }
+        let index = r.index;
+        if with_late_list(true, |late| late.push(r)).is_none() && !held {
+            // No late list: the orphan stays taken for good (still
+            // waited for while its section is open).
+            tracing::warn!("krcu: no thread-specific key for an RCU orphan slot {index}; it leaks");
         }
     }
 }
@@ -565,6 +591,27 @@ extern "C" fn late_list_destructor(p: *mut libc::c_void) {
     // POSIX calls the destructor once per value, after clearing it.
     let list = unsafe { Box::from_raw(p.cast::<LateList>()) };
     let _ = CACHE.try_with(Cache::clear);
+    // A registration list whose destructor never ran: first used after the
+    // thread-local destructors had run (from another `pthread` key's
+    // destructor), so its destructor was registered too late to run. Its
+    // registrations are retired here, as that destructor would: the list
+    // is emptied first, so nothing is released twice, and a slot still
+    // open or held goes to a new late list, whose destructor runs in the
+    // next round. (Where Rust's thread-local destructors run from a key
+    // destructor of their own, as on musl, the list may still be destroyed
+    // later: it finds it empty. `REGISTERED` is false once its destructor
+    // has started, so the list is never touched after it is gone.)
+    if REGISTERED.try_with(Cell::get) == Ok(true) {
+        let regs = REGISTRATIONS.try_with(|regs| {
+            regs.try_borrow_mut()
+                .map(|mut regs| core::mem::take(&mut *regs))
+                .unwrap_or_default()
+        });
+        let _ = REGISTERED.try_with(|r| r.set(false));
+        if let Ok(regs) = regs {
+            retire_registrations(regs);
+        }
+    }
     for r in list.into_inner() {
         let Some(readers) = r.readers.upgrade() else {
             continue;
@@ -675,6 +722,11 @@ thread_local! {
         }
     };
     static REGISTRATIONS: Registrations = const { Registrations(RefCell::new(Vec::new())) };
+    /// Whether [`REGISTRATIONS`] holds registrations and its destructor has
+    /// not started. No destructor, so it is reachable during thread
+    /// teardown: the late list's destructor reads it to find a list whose
+    /// destructor never ran (see the module doc).
+    static REGISTERED: Cell<bool> = const { Cell::new(false) };
 }
 
 fn forget_cached(id: u64) {
