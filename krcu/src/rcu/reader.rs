@@ -10,6 +10,10 @@
 //! meets it skips it. A slot goes back to the free list only from its own
 //! thread, with its section closed (or, in the child of a `fork`, from the
 //! only thread left), so a guard can never end another thread's section.
+//! A taken slot records its owner's key (the address of the owner's
+//! thread-local cache), so that the child of a `fork` keeps the forking
+//! thread's slots even when it cannot read its registration list (a fork
+//! from a signal handler that interrupted a registration).
 //!
 //! # Registration
 //! A thread gets its slot on first use ([`Rcu::read_lock`](super::Rcu::read_lock)
@@ -113,6 +117,11 @@ pub(crate) struct Slot {
     /// An orphan: taken, but no longer counted in `in_use` (see the module
     /// doc). Changed only under the `free` mutex, which orders it (Relaxed).
     orphan: AtomicBool,
+    /// The owning thread's [`thread_key`] (0 while free, or once the owner
+    /// has exited leaving the slot held): how the child of a `fork` tells
+    /// the forking thread's slots even when its registration list is out
+    /// of reach. Changed only under the `free` mutex (Relaxed).
+    owner_key: AtomicUsize,
 }
 
 type Chunk = [CachePadded<Slot>; CHUNK];
@@ -199,6 +208,7 @@ impl Readers {
                             owner: Mutex::new(None),
                             handles: AtomicUsize::new(0),
                             orphan: AtomicBool::new(false),
+                            owner_key: AtomicUsize::new(0),
                         })
                     }));
                     c.store(Box::into_raw(chunk), Ordering::Release);
@@ -208,6 +218,9 @@ impl Readers {
             }
         };
         *self.slot(i).owner.lock().unwrap_or_else(|e| e.into_inner()) = Some(ThreadInfo::current());
+        self.slot(i)
+            .owner_key
+            .store(thread_key(), Ordering::Relaxed);
         self.in_use.fetch_add(1, Ordering::Relaxed);
         drop(free);
         i
@@ -225,6 +238,7 @@ impl Readers {
         debug_assert!(!handshake::active(slot.ctr.load(Ordering::Relaxed)));
         let mut free = self.lock_free();
         *slot.owner.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        slot.owner_key.store(0, Ordering::Relaxed);
         if !slot.orphan.swap(false, Ordering::Relaxed) {
             self.in_use.fetch_sub(1, Ordering::Relaxed);
         }
@@ -355,11 +369,19 @@ impl Readers {
     /// (each counted out once), so that they hold up no grace period and
     /// their next owners start clean (liburcu's `urcu_bp` prunes dead
     /// readers after fork the same way).
+    ///
+    /// The calling thread's slot is told by its registration, or, when that
+    /// is out of reach (a `fork` from a signal handler that interrupted
+    /// `register_current` or `drop_handle` finds the registration list
+    /// borrowed), by the slot's owner key: the address of the thread's
+    /// thread-local cache, which the child's only thread inherits unchanged
+    /// and which no other live thread of the parent shared.
     pub(crate) fn forget_other_threads(&self) {
         let find = |regs: &[Registration]| regs.iter().find(|r| r.id == self.id).map(|r| r.index);
         let mine = REGISTRATIONS
             .try_with(|regs| regs.try_borrow().ok().and_then(|regs| find(&regs)))
             .unwrap_or_else(|_| with_late_list(false, |late| find(late)).flatten());
+        let my_key = thread_key();
         let mut free = self.lock_free();
         let n = self.len();
         let mut is_free = vec![false; n];
@@ -367,10 +389,10 @@ impl Readers {
             is_free[i] = true;
         }
         for (i, was_free) in is_free.into_iter().enumerate() {
-            if was_free || Some(i) == mine {
+            let slot = self.slot(i);
+            if was_free || Some(i) == mine || slot.owner_key.load(Ordering::Relaxed) == my_key {
                 continue;
             }
-            let slot = self.slot(i);
             // Release: the slot's next owner (or a grace period's Acquire
             // scan) sees it closed.
             slot.ctr.store(0, Ordering::Release);
@@ -381,6 +403,7 @@ impl Readers {
             }
             // Its handles were the dead thread's.
             slot.handles.store(0, Ordering::Relaxed);
+            slot.owner_key.store(0, Ordering::Relaxed);
             // An orphan was counted out already (under `free`, which the
             // fork held, so the mark and the count agree).
             if !slot.orphan.swap(false, Ordering::Relaxed) {
@@ -618,6 +641,11 @@ extern "C" fn late_list_destructor(p: *mut libc::c_void) {
         };
         let slot = readers.slot(r.index);
         if slot.handles.load(Ordering::Relaxed) != 0 {
+            // Held by a leaked handle: taken for good. The thread is gone,
+            // so its key may be another thread's next: drop it (under
+            // `free`, as every change of the key).
+            let _free = readers.lock_free();
+            slot.owner_key.store(0, Ordering::Relaxed);
             continue;
         }
         if handshake::active(slot.ctr.load(Ordering::Relaxed)) {
@@ -727,6 +755,14 @@ thread_local! {
     /// teardown: the late list's destructor reads it to find a list whose
     /// destructor never ran (see the module doc).
     static REGISTERED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// This thread's key for [`Slot::owner_key`]: the address of its cache, a
+/// thread-local without destructor (so reachable at any point of the
+/// thread's life, and never 0). Unique among live threads, and the same in
+/// the child of a `fork` for the thread that forked.
+fn thread_key() -> usize {
+    CACHE.with(|c| core::ptr::from_ref(c).addr())
 }
 
 fn forget_cached(id: u64) {
@@ -999,6 +1035,46 @@ mod tests {
         assert_eq!(rx.recv().unwrap(), [true; 3]);
         assert!(gp_ends_within(rcu, Duration::from_secs(10)));
         assert_eq!(rcu.stats().readers, 0);
+    }
+
+    /// A `fork` from a signal handler that interrupted `register_current`
+    /// (or `drop_handle`) finds the registration list borrowed: the child
+    /// must still keep the forking thread's slot (run here on a private
+    /// registry, with the child's step called directly).
+    #[test]
+    fn the_forking_threads_slot_survives_a_borrowed_registration_list() {
+        let readers = Readers::new(true);
+        let other = readers.clone();
+        // Another thread's slot, which the child must free.
+        std::thread::spawn(move || {
+            let h = ReaderHandle::new(&other);
+            core::mem::forget(h);
+        })
+        .join()
+        .unwrap();
+        let h = ReaderHandle::new(&readers);
+        assert_eq!(readers.registered(), 2);
+        REGISTRATIONS.with(|regs| {
+            let _interrupted = regs.borrow_mut();
+            readers.forget_other_threads();
+        });
+        assert_eq!(readers.registered(), 1, "the forking thread's slot was freed");
+        let mine = readers.slot(h.index);
+        assert!(mine.owner.lock().unwrap().is_some());
+        assert_eq!(mine.handles.load(Ordering::Relaxed), 1);
+        // The next registration takes the dead thread's slot, not ours.
+        let other = readers.clone();
+        let taken = std::thread::spawn(move || {
+            let h = ReaderHandle::new(&other);
+            let i = h.index;
+            drop(h);
+            i
+        })
+        .join()
+        .unwrap();
+        assert_ne!(taken, h.index);
+        drop(h);
+        assert_eq!(readers.registered(), 0);
     }
 
     #[test]
