@@ -676,18 +676,26 @@ extern "C" fn late_list_destructor(p: *mut libc::c_void) {
 ///   that finds `seq` odd interrupted an update and does not update (the
 ///   two would tear each other); an update never runs inside another.
 /// - a lookup reads `seq`, `id`, `slot`, `seq`, and uses the slot only if
-///   both `seq` reads agree and `id` matches. If a handler updated the
-///   cache anywhere between, `seq` moved (it only grows, so no ABA). If the
-///   lookup runs in a handler that interrupted an update, that update is
-///   frozen meanwhile: `id` reads 0 (never an instance id) from its first
-///   store to its last, and the old or the new pair outside that window.
-/// - clearing stores only `id = 0`, one store, and is safe anywhere: an
-///   update it interrupts ends with its own (consistent) pair.
+///   both `seq` reads agree, are even, and `id` matches. If a handler
+///   updated or cleared the cache anywhere between, `seq` moved (it only
+///   grows, so no ABA). If the lookup runs in a handler that interrupted an
+///   update, `seq` is odd: it misses.
+/// - clearing stores `id = 0`, then adds 2 to `seq` (one atomic add, so
+///   it keeps the parity, and an update it interrupts sees it): a lookup it
+///   interrupts misses, and an update it interrupts, finding `seq` moved
+///   at its end, ends with `id = 0` (the slot it was caching may be the one
+///   the clear was for) and makes `seq` even again.
+///
+/// So a handler may unregister the thread from an instance (drop its last
+/// handle: [`forget_cached`] clears the cache if it holds that instance or
+/// an update is in progress) while the interrupted code is looking up or
+/// caching that instance's slot: the interrupted code misses, or leaves the
+/// cache empty. (It must still not do so while the interrupted code is
+/// *inside a section* on that slot, or holds the slot from a lookup that
+/// already returned; the handler frees nothing then: the section is open.)
 ///
 /// The lookup costs two more loads from the same line than a torn-prone
 /// one, and no extra dependency: `read_lock` stays a few nanoseconds.
-/// A handler must not unregister the thread (drop its last handle) while
-/// the interrupted code uses that slot; it would free the slot under it.
 #[repr(C, align(32))] // 24 bytes: one cache line
 struct Cache {
     /// Even outside updates; see above.
@@ -708,7 +716,7 @@ impl Cache {
         let slot = self.slot.load(Ordering::Relaxed);
         compiler_fence(Ordering::SeqCst);
         let g2 = self.seq.load(Ordering::Relaxed);
-        ((g1 ^ g2) | (cached ^ id) == 0).then_some(slot.cast_const())
+        ((g1 ^ g2) | (cached ^ id) | (g1 & 1) == 0).then_some(slot.cast_const())
     }
 
     /// Caches `slot` for instance `id` (skipped when interrupting another
@@ -730,12 +738,28 @@ impl Cache {
         compiler_fence(Ordering::SeqCst);
         self.id.store(id, Ordering::Relaxed);
         compiler_fence(Ordering::SeqCst);
-        self.seq.store(g + 2, Ordering::Relaxed);
+        if self
+            .seq
+            .compare_exchange(g + 1, g + 2, Ordering::Relaxed, Ordering::Relaxed)
+            .is_err()
+        {
+            // A handler cleared the cache meanwhile (`seq` is still odd: a
+            // clear adds 2, and no update runs inside this one): perhaps
+            // for this very slot, now freed. End empty, then even. Nothing
+            // interrupts between these stores but handlers that run to
+            // completion, so the plain add cannot lose one of theirs.
+            self.id.store(0, Ordering::Relaxed);
+            compiler_fence(Ordering::SeqCst);
+            self.seq.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
-    /// Empties the cache.
+    /// Empties the cache; an update or lookup it interrupts sees `seq`
+    /// move (see above).
     fn clear(&self) {
         self.id.store(0, Ordering::Relaxed);
+        compiler_fence(Ordering::SeqCst);
+        self.seq.fetch_add(2, Ordering::Relaxed);
     }
 }
 
@@ -765,9 +789,12 @@ fn thread_key() -> usize {
     CACHE.with(|c| core::ptr::from_ref(c).addr())
 }
 
+/// Clears the cache if it may hold instance `id`: it does, or an update is
+/// in progress (this runs in a handler that interrupted it: the update's
+/// target is unknown).
 fn forget_cached(id: u64) {
     let _ = CACHE.try_with(|c| {
-        if c.id.load(Ordering::Relaxed) == id {
+        if c.id.load(Ordering::Relaxed) == id || c.seq.load(Ordering::Relaxed) & 1 != 0 {
             c.clear();
         }
     });
@@ -1105,5 +1132,35 @@ mod tests {
         assert_eq!(c.get(2), Some(b));
         c.clear();
         assert_eq!(c.get(2), None);
+        // A lookup interrupted by a clear (after reading `seq` and the
+        // pair) misses.
+        c.set(2, b);
+        let g1 = c.seq.load(Ordering::Relaxed);
+        c.clear();
+        c.id.store(2, Ordering::Relaxed); // as if read before the clear
+        assert_ne!(c.seq.load(Ordering::Relaxed), g1);
+        c.id.store(0, Ordering::Relaxed);
+        // An update interrupted by a clear ends empty, and even.
+        let g = c.seq.load(Ordering::Relaxed);
+        c.seq.store(g + 1, Ordering::Relaxed);
+        c.id.store(0, Ordering::Relaxed);
+        c.clear(); // the handler, after the update's first stores
+        assert_eq!(c.seq.load(Ordering::Relaxed) & 1, 1);
+        c.slot.store(a.cast_mut(), Ordering::Relaxed);
+        c.id.store(1, Ordering::Relaxed);
+        // A lookup in a handler here (seq odd, id set) misses.
+        assert_eq!(c.get(1), None);
+        // The update's end, as `set` does it.
+        assert!(
+            c.seq
+                .compare_exchange(g + 1, g + 2, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        );
+        c.id.store(0, Ordering::Relaxed);
+        c.seq.fetch_add(1, Ordering::Relaxed);
+        assert_eq!(c.seq.load(Ordering::Relaxed) & 1, 0);
+        assert_eq!(c.get(1), None);
+        c.set(1, a);
+        assert_eq!(c.get(1), Some(a));
     }
 }
