@@ -642,7 +642,11 @@ fn adopt_early(g: &Rcu) {
     // `adopt_early_for_barrier`).
     let tag = adopting_tag();
     let _ = ADOPTING.fetch_update(Ordering::AcqRel, Ordering::Relaxed, |v| {
-        Some(if v & !0xffff_ffff == tag { v + 1 } else { tag | 1 })
+        Some(if v & !0xffff_ffff == tag {
+            v + 1
+        } else {
+            tag | 1
+        })
     });
     let mut list = EARLY.take();
     while let Some((head, func)) = list.pop() {
@@ -880,7 +884,11 @@ mod early_tests {
         unsafe { EARLY.push(node(), callback::box_callback::<Node>) };
         let tag = adopting_tag();
         let _ = ADOPTING.fetch_update(Ordering::AcqRel, Ordering::Relaxed, |v| {
-            Some(if v & !0xffff_ffff == tag { v + 1 } else { tag | 1 })
+            Some(if v & !0xffff_ffff == tag {
+                v + 1
+            } else {
+                tag | 1
+            })
         });
         let mut list = EARLY.take();
         let (tx, rx) = mpsc::channel();

@@ -1085,7 +1085,11 @@ mod tests {
             let _interrupted = regs.borrow_mut();
             readers.forget_other_threads();
         });
-        assert_eq!(readers.registered(), 1, "the forking thread's slot was freed");
+        assert_eq!(
+            readers.registered(),
+            1,
+            "the forking thread's slot was freed"
+        );
         let mine = readers.slot(h.index);
         assert!(mine.owner.lock().unwrap().is_some());
         assert_eq!(mine.handles.load(Ordering::Relaxed), 1);
