@@ -464,6 +464,9 @@ impl Rcu {
             !self.shared.on_worker(),
             "krcu: rcu_barrier() called from an RCU callback: it would wait for itself forever"
         );
+        // The global instance: callbacks parked before it was built are
+        // queued first (see `adopt_early_for_barrier`).
+        adopt_early_for_barrier(self);
         let b = &*self.shared.barrier;
         let snap = seq::seq_snap(b.seq.load(Ordering::Acquire));
         let _serial = b.mutex.lock().unwrap_or_else(|e| e.into_inner());
@@ -577,7 +580,9 @@ static GLOBAL: OnceLock<Arc<Rcu>> = OnceLock::new();
 /// (signal handler) or NMI context before [`GLOBAL`] was built: building
 /// it there would allocate, take locks, spawn a thread, and deadlock if the
 /// handler interrupted the thread building it. They wait here, lock-free,
-/// until the instance is built from task context, which adopts them.
+/// until the instance is built from task context, which adopts them (and a
+/// barrier on the global instance adopts any still here before it starts:
+/// see `adopt_early_for_barrier`).
 static EARLY: PendingList = PendingList::new();
 
 /// [`global`] as the `Arc` that the process-wide `kfree_rcu` engine shares.
@@ -607,19 +612,97 @@ fn global_arc_slow() -> &'static Arc<Rcu> {
     g
 }
 
+/// Adoptions in progress: a callback taken off [`EARLY`] is on neither
+/// list until its adopter has queued it on the instance, and a barrier must
+/// wait for it. The low 32 bits count adopters; the high 32 bits are the
+/// process id they were counted in, so that an adopter that vanished in a
+/// `fork` (another thread of the parent) counts for nothing in the child:
+/// a value tagged with another process's id reads as zero. (An adoption the
+/// forking thread itself had in progress, from a signal handler, is then
+/// not waited for in the child. Only a stale value from an ancestor whose
+/// pid the child reuses would be miscounted: no barrier can rely on an
+/// adoption that process started anyway, but it would wait for it.)
+static ADOPTING: AtomicU64 = AtomicU64::new(0);
+
+fn adopting_tag() -> u64 {
+    // SAFETY: getpid has no preconditions (and is async-signal-safe).
+    u64::from(unsafe { libc::getpid() }.cast_unsigned()) << 32
+}
+
 /// Moves the callbacks parked on [`EARLY`] to `g`, oldest first. Lock-free
-/// and allocation-free (a swap, then one push per callback): callable from a
-/// signal handler. Concurrent adopters each take a disjoint part.
+/// and allocation-free (a swap, then one push per callback, two counter
+/// updates and a `getpid`): callable from a signal handler. Concurrent
+/// adopters each take a disjoint part.
 fn adopt_early(g: &Rcu) {
     if EARLY.is_empty() {
         return;
     }
+    // Counted before the take (AcqRel, sequenced before it): a barrier
+    // that finds EARLY empty because of this take sees the count (see
+    // `adopt_early_for_barrier`).
+    let tag = adopting_tag();
+    let _ = ADOPTING.fetch_update(Ordering::AcqRel, Ordering::Relaxed, |v| {
+        Some(if v & !0xffff_ffff == tag {
+            v + 1
+        } else {
+            tag | 1
+        })
+    });
     let mut list = EARLY.take();
     while let Some((head, func)) = list.pop() {
         // SAFETY: the head was queued by `call_rcu_early` with the caller's
         // `call_rcu` contract (valid, unmoved until `func` runs); taking it
         // off EARLY made it unqueued again, so it may be queued once more.
         unsafe { g.call_rcu(head, func) };
+    }
+    // Release: the pushes above happen before a barrier's Acquire load
+    // that reads this count (or a later one).
+    let _ = ADOPTING.fetch_update(Ordering::AcqRel, Ordering::Relaxed, |v| {
+        // A value tagged otherwise was reset by a fork: this adoption is
+        // not counted there.
+        (v & !0xffff_ffff == tag && v & 0xffff_ffff != 0).then(|| v - 1)
+    });
+}
+
+/// Before a barrier on `rcu`: if it is the global instance, every callback
+/// parked on [`EARLY`] before the barrier is queued on it first, so that
+/// the barrier waits for it.
+///
+/// Only the barrier needs this: it is the one operation that promises to
+/// wait for callbacks already queued (`kvfree_rcu_barrier` is this barrier
+/// on the global instance). The instance's builder adopts the parked
+/// callbacks only after publishing [`GLOBAL`], and a thread that finds
+/// `GLOBAL` set takes `global_arc`'s fast path (which stays one load, for
+/// `read_lock`'s sake), so without this a barrier starting in that window
+/// could end before them. A grace period (`synchronize`, polling) promises
+/// nothing about callbacks and needs no adoption; the callbacks themselves
+/// are only delayed until the builder (or the next barrier) adopts them.
+///
+/// Ordering: let callback X be parked (its push on EARLY, a Release RMW)
+/// before this barrier starts (happens-before). Then this `adopt_early`'s
+/// load of EARLY sees X's push or a later take. If X is still there, this
+/// call adopts it itself, before queueing the barrier's heads. If another
+/// adopter took it, that adopter counted itself in [`ADOPTING`] before its
+/// take; every later RMW of EARLY continues the take's release sequence,
+/// so our SeqCst load of EARLY synchronises with the take, and the count
+/// we load (Acquire) after it includes that adopter until it has finished,
+/// and its decrement (Release, after its pushes) makes those pushes happen
+/// before our barrier's. Either way X is on a per-CPU pending list before
+/// the barrier head of that list, and runs first.
+fn adopt_early_for_barrier(rcu: &Rcu) {
+    let Some(g) = GLOBAL.get() else { return };
+    if !core::ptr::eq(&**g, rcu) {
+        return;
+    }
+    adopt_early(g);
+    loop {
+        let v = ADOPTING.load(Ordering::Acquire);
+        if v & 0xffff_ffff == 0 || v & !0xffff_ffff != adopting_tag() {
+            return;
+        }
+        // An adopter is between its take and its pushes (a few pushes:
+        // it holds no lock and never blocks).
+        std::thread::yield_now();
     }
 }
 
@@ -739,7 +822,9 @@ pub fn cond_synchronize(cookie: GpCookie) {
 /// lock-free list, and the instance adopts it when it is built, on the
 /// process's next use of it from task context (any function of this
 /// module, or the global `kfree_rcu`). Until then the callback is only
-/// delayed, never lost; a program that queues callbacks only from handlers
+/// delayed, never lost, and a barrier ([`rcu_barrier`], or
+/// `kvfree_rcu_barrier`) that starts after it was queued waits for it;
+/// a program that queues callbacks only from handlers
 /// should call [`global`] once at startup. (In a handler not marked with
 /// `enter_hardirq` the context cannot be told and the instance is built
 /// there: initialise it first.)
@@ -768,4 +853,78 @@ pub fn call_rcu_box<T: HasRcuHead>(obj: Box<T>) {
 #[track_caller]
 pub fn rcu_barrier() {
     global().rcu_barrier();
+}
+
+#[cfg(test)]
+mod early_tests {
+    use super::*;
+    use std::sync::mpsc;
+
+    static RAN: AtomicUsize = AtomicUsize::new(0);
+
+    struct Node {
+        head: RcuHead,
+    }
+
+    // SAFETY: `head` is an RcuHead field of Node.
+    unsafe impl HasRcuHead for Node {
+        const RCU_HEAD_OFFSET: usize = core::mem::offset_of!(Node, head);
+
+        fn rcu_callback(self: Box<Self>) {
+            RAN.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn node() -> NonNull<RcuHead> {
+        let raw = Box::into_raw(Box::new(Node {
+            head: RcuHead::new(),
+        }));
+        // SAFETY: the head lies at RCU_HEAD_OFFSET inside the allocation.
+        NonNull::new(unsafe { raw.byte_add(Node::RCU_HEAD_OFFSET) }.cast()).unwrap()
+    }
+
+    /// Both cases in one test: they share EARLY and the counter.
+    #[test]
+    fn a_global_barrier_waits_for_callbacks_parked_or_being_adopted() {
+        let g = global_arc();
+        let before = RAN.load(Ordering::SeqCst);
+        // Parked while the builder had published GLOBAL but not adopted
+        // yet (the window): the barrier adopts it.
+        // SAFETY: a fresh, unqueued head of a leaked Box; box_callback
+        // reclaims exactly that Box.
+        unsafe { EARLY.push(node(), callback::box_callback::<Node>) };
+        g.rcu_barrier();
+        assert_eq!(RAN.load(Ordering::SeqCst), before + 1);
+
+        // Taken off EARLY by an adopter that has not queued it yet: the
+        // barrier waits for the adopter.
+        // SAFETY: as above.
+        unsafe { EARLY.push(node(), callback::box_callback::<Node>) };
+        let tag = adopting_tag();
+        let _ = ADOPTING.fetch_update(Ordering::AcqRel, Ordering::Relaxed, |v| {
+            Some(if v & !0xffff_ffff == tag {
+                v + 1
+            } else {
+                tag | 1
+            })
+        });
+        let mut list = EARLY.take();
+        let (tx, rx) = mpsc::channel();
+        let t = std::thread::spawn(move || {
+            global_arc().rcu_barrier();
+            let _ = tx.send(RAN.load(Ordering::SeqCst));
+        });
+        assert!(
+            rx.recv_timeout(Duration::from_millis(300)).is_err(),
+            "the barrier ended before a callback being adopted was queued"
+        );
+        while let Some((head, func)) = list.pop() {
+            // SAFETY: taken off EARLY, queued there with the contract above.
+            unsafe { g.call_rcu(head, func) };
+        }
+        ADOPTING.fetch_sub(1, Ordering::AcqRel);
+        let ran = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        t.join().unwrap();
+        assert_eq!(ran, before + 2);
+    }
 }

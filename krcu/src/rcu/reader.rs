@@ -10,6 +10,10 @@
 //! meets it skips it. A slot goes back to the free list only from its own
 //! thread, with its section closed (or, in the child of a `fork`, from the
 //! only thread left), so a guard can never end another thread's section.
+//! A taken slot records its owner's key (the address of the owner's
+//! thread-local cache), so that the child of a `fork` keeps the forking
+//! thread's slots even when it cannot read its registration list (a fork
+//! from a signal handler that interrupted a registration).
 //!
 //! # Registration
 //! A thread gets its slot on first use ([`Rcu::read_lock`](super::Rcu::read_lock)
@@ -44,6 +48,15 @@
 //! not stall grace periods after its thread has exited, and a section
 //! running in a thread-local destructor is waited for.
 //!
+//! The late list is armed at a thread's first registration, not only when
+//! the registration list's destructor needs it: a thread that first reads
+//! in another library's `pthread` key destructor (after glibc has run the
+//! thread-local destructors) makes a registration list whose destructor
+//! never runs. The late list's destructor is the backstop: if that list
+//! still holds registrations (a destructor-less flag says so) it retires
+//! them as the list's destructor would, emptying it first, so that no slot
+//! is released twice.
+//!
 //! Instance ids are never reused, so a stale cache entry can never match a
 //! later instance built at the same address.
 
@@ -51,7 +64,7 @@ use super::handshake;
 use crate::context;
 use crate::lockdep;
 use crate::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
-use core::cell::RefCell;
+use core::cell::{Cell, RefCell};
 use core::marker::PhantomData;
 use core::sync::atomic::compiler_fence;
 use crossbeam_utils::CachePadded;
@@ -104,6 +117,11 @@ pub(crate) struct Slot {
     /// An orphan: taken, but no longer counted in `in_use` (see the module
     /// doc). Changed only under the `free` mutex, which orders it (Relaxed).
     orphan: AtomicBool,
+    /// The owning thread's [`thread_key`] (0 while free, or once the owner
+    /// has exited leaving the slot held): how the child of a `fork` tells
+    /// the forking thread's slots even when its registration list is out
+    /// of reach. Changed only under the `free` mutex (Relaxed).
+    owner_key: AtomicUsize,
 }
 
 type Chunk = [CachePadded<Slot>; CHUNK];
@@ -190,6 +208,7 @@ impl Readers {
                             owner: Mutex::new(None),
                             handles: AtomicUsize::new(0),
                             orphan: AtomicBool::new(false),
+                            owner_key: AtomicUsize::new(0),
                         })
                     }));
                     c.store(Box::into_raw(chunk), Ordering::Release);
@@ -199,6 +218,9 @@ impl Readers {
             }
         };
         *self.slot(i).owner.lock().unwrap_or_else(|e| e.into_inner()) = Some(ThreadInfo::current());
+        self.slot(i)
+            .owner_key
+            .store(thread_key(), Ordering::Relaxed);
         self.in_use.fetch_add(1, Ordering::Relaxed);
         drop(free);
         i
@@ -216,6 +238,7 @@ impl Readers {
         debug_assert!(!handshake::active(slot.ctr.load(Ordering::Relaxed)));
         let mut free = self.lock_free();
         *slot.owner.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        slot.owner_key.store(0, Ordering::Relaxed);
         if !slot.orphan.swap(false, Ordering::Relaxed) {
             self.in_use.fetch_sub(1, Ordering::Relaxed);
         }
@@ -271,6 +294,15 @@ impl Readers {
             if let Some(r) = regs.iter().find(|r| r.id == self.id) {
                 return r.index;
             }
+            // A first registration in this list: arm the late list first,
+            // so that its destructor, which runs after every thread-local
+            // destructor, is the backstop that frees what this list still
+            // holds if the list's own destructor never runs (a list first
+            // used after the thread-local destructors ran, from another
+            // library's `pthread` key destructor: see the module doc).
+            // Cheap after the first time (one `pthread_getspecific`).
+            let _ = with_late_list(true, |_| ());
+            let _ = REGISTERED.try_with(|r| r.set(true));
             let index = self.acquire_slot();
             regs.push(Registration {
                 id: self.id,
@@ -337,11 +369,19 @@ impl Readers {
     /// (each counted out once), so that they hold up no grace period and
     /// their next owners start clean (liburcu's `urcu_bp` prunes dead
     /// readers after fork the same way).
+    ///
+    /// The calling thread's slot is told by its registration, or, when that
+    /// is out of reach (a `fork` from a signal handler that interrupted
+    /// `register_current` or `drop_handle` finds the registration list
+    /// borrowed), by the slot's owner key: the address of the thread's
+    /// thread-local cache, which the child's only thread inherits unchanged
+    /// and which no other live thread of the parent shared.
     pub(crate) fn forget_other_threads(&self) {
         let find = |regs: &[Registration]| regs.iter().find(|r| r.id == self.id).map(|r| r.index);
         let mine = REGISTRATIONS
             .try_with(|regs| regs.try_borrow().ok().and_then(|regs| find(&regs)))
             .unwrap_or_else(|_| with_late_list(false, |late| find(late)).flatten());
+        let my_key = thread_key();
         let mut free = self.lock_free();
         let n = self.len();
         let mut is_free = vec![false; n];
@@ -349,10 +389,10 @@ impl Readers {
             is_free[i] = true;
         }
         for (i, was_free) in is_free.into_iter().enumerate() {
-            if was_free || Some(i) == mine {
+            let slot = self.slot(i);
+            if was_free || Some(i) == mine || slot.owner_key.load(Ordering::Relaxed) == my_key {
                 continue;
             }
-            let slot = self.slot(i);
             // Release: the slot's next owner (or a grace period's Acquire
             // scan) sees it closed.
             slot.ctr.store(0, Ordering::Release);
@@ -363,6 +403,7 @@ impl Readers {
             }
             // Its handles were the dead thread's.
             slot.handles.store(0, Ordering::Relaxed);
+            slot.owner_key.store(0, Ordering::Relaxed);
             // An orphan was counted out already (under `free`, which the
             // fork held, so the mark and the count agree).
             if !slot.orphan.swap(false, Ordering::Relaxed) {
@@ -452,38 +493,46 @@ struct Registrations(RefCell<Vec<Registration>>);
 
 impl Drop for Registrations {
     fn drop(&mut self) {
-        CACHE.with(Cache::clear);
-        for r in self.0.get_mut().drain(..) {
-            let Some(readers) = r.readers.upgrade() else {
-                // Without the instance there is no handle (each holds the
-                // registry) and no guard (each borrows it).
-                continue;
-            };
-            let slot = readers.slot(r.index);
-            let held = slot.handles.load(Ordering::Relaxed) != 0;
-            let open = handshake::active(slot.ctr.load(Ordering::Relaxed));
-            if !held && !open {
-                readers.release_slot(r.index);
-                continue;
-            }
-            // Still held by a handle, or inside a section, in a
-            // thread-local destroyed later: the late list keeps it (a
-            // handle's last drop, or the list's destructor, frees it).
-            if open && !held {
-                tracing::debug!(
-                    "krcu: a thread's RCU registration list went with a read-side \
-                     section open; grace periods wait for it until it ends"
-                );
-                readers.orphan_slot(r.index);
-            }
-            let index = r.index;
-            if with_late_list(true, |late| late.push(r)).is_none() && !held {
-                // No late list: the orphan stays taken for good (still
-                // waited for while its section is open).
-                tracing::warn!(
-                    "krcu: no thread-specific key for an RCU orphan slot {index}; it leaks"
-                );
-            }
+        // From here on the late list's destructor must not look at this
+        // list (it is being destroyed).
+        let _ = REGISTERED.try_with(|r| r.set(false));
+        retire_registrations(core::mem::take(self.0.get_mut()));
+    }
+}
+
+/// The end of a thread's registration list (its destructor, or the late
+/// list's if that never runs): frees the slots that are closed and unheld,
+/// and moves the others to the late list.
+fn retire_registrations(regs: Vec<Registration>) {
+    let _ = CACHE.try_with(Cache::clear);
+    for r in regs {
+        let Some(readers) = r.readers.upgrade() else {
+            // Without the instance there is no handle (each holds the
+            // registry) and no guard (each borrows it).
+            continue;
+        };
+        let slot = readers.slot(r.index);
+        let held = slot.handles.load(Ordering::Relaxed) != 0;
+        let open = handshake::active(slot.ctr.load(Ordering::Relaxed));
+        if !held && !open {
+            readers.release_slot(r.index);
+            continue;
+        }
+        // Still held by a handle, or inside a section, in a
+        // thread-local destroyed later: the late list keeps it (a
+        // handle's last drop, or the list's destructor, frees it).
+        if open && !held {
+            tracing::debug!(
+                "krcu: a thread's RCU registration list went with a read-side \
+                 section open; grace periods wait for it until it ends"
+            );
+            readers.orphan_slot(r.index);
+        }
+        let index = r.index;
+        if with_late_list(true, |late| late.push(r)).is_none() && !held {
+            // No late list: the orphan stays taken for good (still
+            // waited for while its section is open).
+            tracing::warn!("krcu: no thread-specific key for an RCU orphan slot {index}; it leaks");
         }
     }
 }
@@ -565,12 +614,38 @@ extern "C" fn late_list_destructor(p: *mut libc::c_void) {
     // POSIX calls the destructor once per value, after clearing it.
     let list = unsafe { Box::from_raw(p.cast::<LateList>()) };
     let _ = CACHE.try_with(Cache::clear);
+    // A registration list whose destructor never ran: first used after the
+    // thread-local destructors had run (from another `pthread` key's
+    // destructor), so its destructor was registered too late to run. Its
+    // registrations are retired here, as that destructor would: the list
+    // is emptied first, so nothing is released twice, and a slot still
+    // open or held goes to a new late list, whose destructor runs in the
+    // next round. (Where Rust's thread-local destructors run from a key
+    // destructor of their own, as on musl, the list may still be destroyed
+    // later: it finds it empty. `REGISTERED` is false once its destructor
+    // has started, so the list is never touched after it is gone.)
+    if REGISTERED.try_with(Cell::get) == Ok(true) {
+        let regs = REGISTRATIONS.try_with(|regs| {
+            regs.try_borrow_mut()
+                .map(|mut regs| core::mem::take(&mut *regs))
+                .unwrap_or_default()
+        });
+        let _ = REGISTERED.try_with(|r| r.set(false));
+        if let Ok(regs) = regs {
+            retire_registrations(regs);
+        }
+    }
     for r in list.into_inner() {
         let Some(readers) = r.readers.upgrade() else {
             continue;
         };
         let slot = readers.slot(r.index);
         if slot.handles.load(Ordering::Relaxed) != 0 {
+            // Held by a leaked handle: taken for good. The thread is gone,
+            // so its key may be another thread's next: drop it (under
+            // `free`, as every change of the key).
+            let _free = readers.lock_free();
+            slot.owner_key.store(0, Ordering::Relaxed);
             continue;
         }
         if handshake::active(slot.ctr.load(Ordering::Relaxed)) {
@@ -601,18 +676,26 @@ extern "C" fn late_list_destructor(p: *mut libc::c_void) {
 ///   that finds `seq` odd interrupted an update and does not update (the
 ///   two would tear each other); an update never runs inside another.
 /// - a lookup reads `seq`, `id`, `slot`, `seq`, and uses the slot only if
-///   both `seq` reads agree and `id` matches. If a handler updated the
-///   cache anywhere between, `seq` moved (it only grows, so no ABA). If the
-///   lookup runs in a handler that interrupted an update, that update is
-///   frozen meanwhile: `id` reads 0 (never an instance id) from its first
-///   store to its last, and the old or the new pair outside that window.
-/// - clearing stores only `id = 0`, one store, and is safe anywhere: an
-///   update it interrupts ends with its own (consistent) pair.
+///   both `seq` reads agree, are even, and `id` matches. If a handler
+///   updated or cleared the cache anywhere between, `seq` moved (it only
+///   grows, so no ABA). If the lookup runs in a handler that interrupted an
+///   update, `seq` is odd: it misses.
+/// - clearing stores `id = 0`, then adds 2 to `seq` (one atomic add, so
+///   it keeps the parity, and an update it interrupts sees it): a lookup it
+///   interrupts misses, and an update it interrupts, finding `seq` moved
+///   at its end, ends with `id = 0` (the slot it was caching may be the one
+///   the clear was for) and makes `seq` even again.
+///
+/// So a handler may unregister the thread from an instance (drop its last
+/// handle: [`forget_cached`] clears the cache if it holds that instance or
+/// an update is in progress) while the interrupted code is looking up or
+/// caching that instance's slot: the interrupted code misses, or leaves the
+/// cache empty. (It must still not do so while the interrupted code is
+/// *inside a section* on that slot, or holds the slot from a lookup that
+/// already returned; the handler frees nothing then: the section is open.)
 ///
 /// The lookup costs two more loads from the same line than a torn-prone
 /// one, and no extra dependency: `read_lock` stays a few nanoseconds.
-/// A handler must not unregister the thread (drop its last handle) while
-/// the interrupted code uses that slot; it would free the slot under it.
 #[repr(C, align(32))] // 24 bytes: one cache line
 struct Cache {
     /// Even outside updates; see above.
@@ -633,7 +716,7 @@ impl Cache {
         let slot = self.slot.load(Ordering::Relaxed);
         compiler_fence(Ordering::SeqCst);
         let g2 = self.seq.load(Ordering::Relaxed);
-        ((g1 ^ g2) | (cached ^ id) == 0).then_some(slot.cast_const())
+        ((g1 ^ g2) | (cached ^ id) | (g1 & 1) == 0).then_some(slot.cast_const())
     }
 
     /// Caches `slot` for instance `id` (skipped when interrupting another
@@ -655,12 +738,28 @@ impl Cache {
         compiler_fence(Ordering::SeqCst);
         self.id.store(id, Ordering::Relaxed);
         compiler_fence(Ordering::SeqCst);
-        self.seq.store(g + 2, Ordering::Relaxed);
+        if self
+            .seq
+            .compare_exchange(g + 1, g + 2, Ordering::Relaxed, Ordering::Relaxed)
+            .is_err()
+        {
+            // A handler cleared the cache meanwhile (`seq` is still odd: a
+            // clear adds 2, and no update runs inside this one): perhaps
+            // for this very slot, now freed. End empty, then even. Nothing
+            // interrupts between these stores but handlers that run to
+            // completion, so the plain add cannot lose one of theirs.
+            self.id.store(0, Ordering::Relaxed);
+            compiler_fence(Ordering::SeqCst);
+            self.seq.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
-    /// Empties the cache.
+    /// Empties the cache; an update or lookup it interrupts sees `seq`
+    /// move (see above).
     fn clear(&self) {
         self.id.store(0, Ordering::Relaxed);
+        compiler_fence(Ordering::SeqCst);
+        self.seq.fetch_add(2, Ordering::Relaxed);
     }
 }
 
@@ -675,11 +774,27 @@ thread_local! {
         }
     };
     static REGISTRATIONS: Registrations = const { Registrations(RefCell::new(Vec::new())) };
+    /// Whether [`REGISTRATIONS`] holds registrations and its destructor has
+    /// not started. No destructor, so it is reachable during thread
+    /// teardown: the late list's destructor reads it to find a list whose
+    /// destructor never ran (see the module doc).
+    static REGISTERED: Cell<bool> = const { Cell::new(false) };
 }
 
+/// This thread's key for [`Slot::owner_key`]: the address of its cache, a
+/// thread-local without destructor (so reachable at any point of the
+/// thread's life, and never 0). Unique among live threads, and the same in
+/// the child of a `fork` for the thread that forked.
+fn thread_key() -> usize {
+    CACHE.with(|c| core::ptr::from_ref(c).addr())
+}
+
+/// Clears the cache if it may hold instance `id`: it does, or an update is
+/// in progress (this runs in a handler that interrupted it: the update's
+/// target is unknown).
 fn forget_cached(id: u64) {
     let _ = CACHE.try_with(|c| {
-        if c.id.load(Ordering::Relaxed) == id {
+        if c.id.load(Ordering::Relaxed) == id || c.seq.load(Ordering::Relaxed) & 1 != 0 {
             c.clear();
         }
     });
@@ -949,6 +1064,50 @@ mod tests {
         assert_eq!(rcu.stats().readers, 0);
     }
 
+    /// A `fork` from a signal handler that interrupted `register_current`
+    /// (or `drop_handle`) finds the registration list borrowed: the child
+    /// must still keep the forking thread's slot (run here on a private
+    /// registry, with the child's step called directly).
+    #[test]
+    fn the_forking_threads_slot_survives_a_borrowed_registration_list() {
+        let readers = Readers::new(true);
+        let other = readers.clone();
+        // Another thread's slot, which the child must free.
+        std::thread::spawn(move || {
+            let h = ReaderHandle::new(&other);
+            core::mem::forget(h);
+        })
+        .join()
+        .unwrap();
+        let h = ReaderHandle::new(&readers);
+        assert_eq!(readers.registered(), 2);
+        REGISTRATIONS.with(|regs| {
+            let _interrupted = regs.borrow_mut();
+            readers.forget_other_threads();
+        });
+        assert_eq!(
+            readers.registered(),
+            1,
+            "the forking thread's slot was freed"
+        );
+        let mine = readers.slot(h.index);
+        assert!(mine.owner.lock().unwrap().is_some());
+        assert_eq!(mine.handles.load(Ordering::Relaxed), 1);
+        // The next registration takes the dead thread's slot, not ours.
+        let other = readers.clone();
+        let taken = std::thread::spawn(move || {
+            let h = ReaderHandle::new(&other);
+            let i = h.index;
+            drop(h);
+            i
+        })
+        .join()
+        .unwrap();
+        assert_ne!(taken, h.index);
+        drop(h);
+        assert_eq!(readers.registered(), 0);
+    }
+
     #[test]
     fn cache_updates_never_nest_and_mid_update_lookups_miss() {
         let c = Cache {
@@ -977,5 +1136,35 @@ mod tests {
         assert_eq!(c.get(2), Some(b));
         c.clear();
         assert_eq!(c.get(2), None);
+        // A lookup interrupted by a clear (after reading `seq` and the
+        // pair) misses.
+        c.set(2, b);
+        let g1 = c.seq.load(Ordering::Relaxed);
+        c.clear();
+        c.id.store(2, Ordering::Relaxed); // as if read before the clear
+        assert_ne!(c.seq.load(Ordering::Relaxed), g1);
+        c.id.store(0, Ordering::Relaxed);
+        // An update interrupted by a clear ends empty, and even.
+        let g = c.seq.load(Ordering::Relaxed);
+        c.seq.store(g + 1, Ordering::Relaxed);
+        c.id.store(0, Ordering::Relaxed);
+        c.clear(); // the handler, after the update's first stores
+        assert_eq!(c.seq.load(Ordering::Relaxed) & 1, 1);
+        c.slot.store(a.cast_mut(), Ordering::Relaxed);
+        c.id.store(1, Ordering::Relaxed);
+        // A lookup in a handler here (seq odd, id set) misses.
+        assert_eq!(c.get(1), None);
+        // The update's end, as `set` does it.
+        assert!(
+            c.seq
+                .compare_exchange(g + 1, g + 2, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        );
+        c.id.store(0, Ordering::Relaxed);
+        c.seq.fetch_add(1, Ordering::Relaxed);
+        assert_eq!(c.seq.load(Ordering::Relaxed) & 1, 0);
+        assert_eq!(c.get(1), None);
+        c.set(1, a);
+        assert_eq!(c.get(1), Some(a));
     }
 }
