@@ -26,12 +26,22 @@
 //! a reader entered with [`rcu::read_lock`] holds off [`kfree_rcu`], and
 //! the other way round. It starts lazily, in parts: the RCU (one thread) on
 //! first use of `krcu::rcu::*`, the page allocator and the `kfree_rcu`
-//! workers on first use of a function that needs them. A guard protects
-//! only against its own instance's grace periods.
+//! workers on first use of a function that needs them, and never where
+//! the caller may not sleep (a signal handler, atomic context, a real-time
+//! thread): there `kfree_rcu` hands the object to the global RCU's
+//! `call_rcu`, which parks it without locks until the RCU exists. A guard
+//! protects only against its own instance's grace periods.
+//!
+//! **Real-time threads**: real-time is a property of a thread. A thread
+//! that called [`Krcu::register_thread`] (or
+//! [`context::set_realtime`](crate::context::set_realtime)) never runs a
+//! destructor, never calls the global allocator and never takes a blocking
+//! lock inside `kfree_rcu`, whatever the instance's flood brake
+//! ([`Assist`]) does on other threads.
 //!
 //! **`fork()`**: the child of a process that uses krcu has only the forking
-//! thread. `pthread_atfork` handlers (registered when the first instance is
-//! built) park every krcu worker at a point where it holds no lock, take
+//! thread. `pthread_atfork` handlers (registered when the program loads;
+//! they cost nothing while no instance exists) park every krcu worker at a point where it holds no lock, take
 //! the locks other threads could hold (grace-period, barrier, reader
 //! registry, the `kfree_rcu` monitor, `krc` and ready-list locks), and in
 //! the child release them, forget the read-side sections and reclaim work
