@@ -34,7 +34,7 @@
 //!
 //! **Real-time threads**: real-time is a property of a thread. A thread
 //! that called [`Krcu::register_thread`] (or
-//! [`context::set_realtime`](crate::context::set_realtime)) never runs a
+//! [`context::set_realtime`]) never runs a
 //! destructor, never calls the global allocator and never takes a blocking
 //! lock inside `kfree_rcu`, whatever the instance's flood brake
 //! ([`Assist`]) does on other threads.
