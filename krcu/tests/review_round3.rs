@@ -1,0 +1,126 @@
+//! Adversarial review, round 3: failing tests for the round-2 fixes.
+
+use krcu::Domain;
+use krcu::page::{Gfp, PageAllocator, PageConfig, Watermarks};
+use krcu::slab::SlabCache;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Runs this test binary's test `name` alone in a new process with
+/// `REVIEW_ROUND3_CHILD` set (so that an abort or a hang there fails the
+/// test here instead of killing the harness); returns whether it passed
+/// within `limit`, and its output.
+fn run_isolated(name: &str, limit: Duration) -> (bool, String) {
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([name, "--exact", "--nocapture", "--test-threads=1"])
+        .env("REVIEW_ROUND3_CHILD", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let out = child.wait_with_output().unwrap();
+            let text = format!(
+                "{status}\n{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            return (status.success(), text);
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            return (false, "hung".to_owned());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn in_child() -> bool {
+    std::env::var_os("REVIEW_ROUND3_CHILD").is_some()
+}
+
+fn pages() -> Arc<PageAllocator> {
+    let d = Domain::builder().cpus(1).build();
+    PageAllocator::new(
+        &d,
+        PageConfig {
+            arena_size: 4 << 20,
+            watermarks: Some(Watermarks::NONE),
+            kswapd: false,
+            ..PageConfig::default()
+        },
+    )
+    .unwrap()
+}
+
+/// A panic payload whose own destructor panics.
+struct NastyPayload;
+
+impl Drop for NastyPayload {
+    fn drop(&mut self) {
+        panic!("the payload's drop panics");
+    }
+}
+
+/// An object whose destructor panics with a [`NastyPayload`].
+#[derive(Debug)]
+struct PanicsOnDrop(#[allow(dead_code)] u64);
+
+impl Drop for PanicsOnDrop {
+    fn drop(&mut self) {
+        std::panic::panic_any(NastyPayload);
+    }
+}
+
+/// Finding 1: `free_bulk` of a batch holding an object whose destructor
+/// panics and a bad pointer (a detected double free). In debug builds the
+/// bad-free report panics *inside* `free_bulk_with`, after the first
+/// destructor panic was stashed in `free_bulk`'s `first_panic`: unwinding
+/// drops that payload, whose destructor panics, which is a panic while
+/// panicking: the process aborts. (`free_bulk` drops later payloads with
+/// `drop_panic_payload` for exactly this reason, but not the stashed one.)
+/// Even with a harmless payload the documented "the first panic is
+/// resumed" is broken: the caller sees the bad-free panic instead.
+#[cfg(debug_assertions)]
+#[test]
+fn free_bulk_with_a_panicking_destructor_and_a_bad_free_does_not_abort() {
+    if in_child() {
+        let pa = pages();
+        let cache = SlabCache::<PanicsOnDrop>::new(&pa, "nasty").unwrap();
+        let freed = cache.alloc(Gfp::KERNEL, PanicsOnDrop(0)).unwrap();
+        let mut forgot = false;
+        // SAFETY: `freed` came from this cache; its destructor's panic is
+        // caught here. The second free below is the detected bad input.
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| unsafe {
+            cache.free(freed)
+        }));
+        if let Err(p) = r {
+            // The payload panics when dropped: keep it.
+            core::mem::forget(p);
+            forgot = true;
+        }
+        assert!(forgot);
+        let live = cache.alloc(Gfp::KERNEL, PanicsOnDrop(1)).unwrap();
+        let mut batch = [live, freed];
+        // SAFETY: `live` is a live object of this cache; `freed` was freed
+        // already, a double free the cache detects (consistency checks are
+        // on in debug builds) and refuses before touching it.
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| unsafe {
+            cache.free_bulk(&mut batch)
+        }));
+        let payload = r.expect_err("free_bulk reported nothing");
+        let first = payload.is::<NastyPayload>();
+        core::mem::forget(payload);
+        assert!(first, "the first (destructor) panic was not resumed");
+        return;
+    }
+    let (ok, out) = run_isolated(
+        "free_bulk_with_a_panicking_destructor_and_a_bad_free_does_not_abort",
+        Duration::from_secs(20),
+    );
+    assert!(ok, "the child failed or aborted: {out}");
+}
