@@ -124,3 +124,63 @@ fn free_bulk_with_a_panicking_destructor_and_a_bad_free_does_not_abort() {
     );
     assert!(ok, "the child failed or aborted: {out}");
 }
+
+/// Finding 2: a thread's first read in a `pthread` key destructor that
+/// runs in the second round (after Rust's thread teardown finished)
+/// aborts the process: `acquire_slot` calls `ThreadInfo::current`, which
+/// calls `std::thread::current()`, which panics once the thread's std
+/// data is gone; the panic cannot unwind out of the `extern "C"`
+/// destructor.
+#[test]
+fn a_first_read_in_a_second_round_key_destructor_does_not_abort() {
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    if !in_child() {
+        let (ok, out) = run_isolated(
+            "a_first_read_in_a_second_round_key_destructor_does_not_abort",
+            Duration::from_secs(25),
+        );
+        assert!(ok, "{out}");
+        return;
+    }
+    static KEY: std::sync::OnceLock<libc::pthread_key_t> = std::sync::OnceLock::new();
+    static RCU: std::sync::OnceLock<&'static krcu::rcu::Rcu> = std::sync::OnceLock::new();
+    static ROUND: AtomicUsize = AtomicUsize::new(0);
+    extern "C" fn key_dtor(_: *mut libc::c_void) {
+        if ROUND.fetch_add(1, SeqCst) == 0 {
+            // SAFETY: a live key; the value is only a non-null marker.
+            unsafe {
+                libc::pthread_setspecific(*KEY.get().unwrap(), core::ptr::dangling::<u8>().cast())
+            };
+            return;
+        }
+        drop(RCU.get().unwrap().read_lock());
+        ROUND.store(100, SeqCst);
+    }
+    let rcu = private_rcu();
+    RCU.set(rcu).ok().unwrap();
+    let mut key: libc::pthread_key_t = 0;
+    // SAFETY: valid out pointer; the destructor ignores the value.
+    let r = unsafe { libc::pthread_key_create(&mut key, Some(key_dtor)) };
+    assert_eq!(r, 0);
+    KEY.set(key).unwrap();
+    std::thread::spawn(move || {
+        // SAFETY: a live key; the value is only a non-null marker.
+        unsafe { libc::pthread_setspecific(key, core::ptr::dangling::<u8>().cast()) };
+    })
+    .join()
+    .unwrap();
+    let t = Instant::now();
+    while ROUND.load(SeqCst) != 100 && t.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(ROUND.load(SeqCst), 100, "the second round never read");
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(rcu.stats().readers, 0, "the key destructor's slot leaked");
+}
+
+fn private_rcu() -> &'static krcu::rcu::Rcu {
+    Box::leak(Box::new(krcu::rcu::Rcu::new(
+        Domain::global(),
+        krcu::rcu::RcuConfig::default(),
+    )))
+}
