@@ -124,7 +124,11 @@ unsafe fn reclaim_slab<T>(ctx: *const (), objs: &mut [*mut u8]) -> usize {
     // SAFETY: every object is allocated from this cache, unreachable, and
     // freed once (ReclaimFn's contract); `drop_one` drops each in place,
     // once.
-    unsafe { cache.free_bulk_with(objs, drop_one) };
+    // A bad pointer (a double free through the unsafe `SlabChannel` API) is
+    // counted and logged: reclaim never panics on it.
+    if let Some(e) = unsafe { cache.free_bulk_with(objs, drop_one) } {
+        cache.note_bad_free(e);
+    }
     panics
 }
 

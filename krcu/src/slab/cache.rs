@@ -458,9 +458,18 @@ impl<T> SlabCache<T> {
         };
         // SAFETY: forwarded from the caller; `drop_one` drops each object
         // in place, once.
-        unsafe { self.free_bulk_with(objs, drop_one) };
-        if let Some(payload) = first_panic {
-            std::panic::resume_unwind(payload);
+        let bad = unsafe { self.free_bulk_with(objs, drop_one) };
+        match (first_panic, bad) {
+            // The destructor's panic is the one resumed, as documented; the
+            // bad free is counted and logged, not raised on top of it.
+            (Some(payload), bad) => {
+                if let Some(e) = bad {
+                    self.note_bad_free(e);
+                }
+                std::panic::resume_unwind(payload);
+            }
+            (None, Some(e)) => self.bad_free(e),
+            (None, None) => {}
         }
     }
 
@@ -470,15 +479,21 @@ impl<T> SlabCache<T> {
     /// that one panicking destructor neither stops the others nor leaks
     /// their memory.
     ///
+    /// Returns the first bad pointer's error (the others are counted), for
+    /// the caller to report once every good object is back: reporting
+    /// panics in debug builds, which must not cut a bulk free short or
+    /// land on top of a destructor's panic.
+    ///
     /// # Safety
     /// As for [`free`](Self::free), for every pointer; `drop_one` must drop
     /// the object it is given, once, and not use it afterwards.
     #[track_caller]
+    #[must_use = "a bad free must be reported"]
     pub(crate) unsafe fn free_bulk_with(
         &self,
         objs: &mut [NonNull<T>],
         mut drop_one: impl FnMut(NonNull<T>),
-    ) {
+    ) -> Option<SlabError> {
         let mut kept = 0;
         // A bad pointer is reported once the good ones are back in their
         // slabs: the report panics in debug builds, and the objects already
@@ -512,9 +527,7 @@ impl<T> SlabCache<T> {
         };
         self.return_to_slabs(raw, mode);
         self.counters.bulk_frees.fetch_add(1, Relaxed);
-        if let Some(e) = first_bad {
-            self.bad_free(e);
-        }
+        first_bad
     }
 
     /// Returns every CPU's cached objects to the slabs, and so
@@ -627,15 +640,22 @@ impl<T> SlabCache<T> {
     #[cold]
     #[track_caller]
     fn bad_free(&self, e: SlabError) {
+        if cfg!(debug_assertions) && !never_block() {
+            self.counters.bad_frees.fetch_add(1, Relaxed);
+            panic!("slab cache {}: {e}", self.name);
+        }
+        self.note_bad_free(e);
+    }
+
+    /// Counts a bad free and logs it; never panics (for callers that must
+    /// not unwind: a bulk free already resuming a destructor's panic, and
+    /// `kfree_rcu` reclaim).
+    pub(crate) fn note_bad_free(&self, e: SlabError) {
         self.counters.bad_frees.fetch_add(1, Relaxed);
         if never_block() {
-            // In a signal handler a panic aborts and `tracing` may allocate
-            // and lock: counted only (in `bad_frees`), as the page
-            // allocator does.
+            // In a signal handler `tracing` may allocate and lock: counted
+            // only (in `bad_frees`), as the page allocator does.
             return;
-        }
-        if cfg!(debug_assertions) {
-            panic!("slab cache {}: {e}", self.name);
         }
         tracing::error!(cache = self.name, "slab cache {}: {e}", self.name);
     }
