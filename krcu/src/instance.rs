@@ -725,6 +725,13 @@ static GLOBAL: OnceLock<Krcu> = OnceLock::new();
 /// fallback. [`kvfree_rcu_barrier`] waits for those too (it runs
 /// `rcu_barrier` on that same RCU). The first call where sleeping is
 /// allowed builds the instance.
+///
+/// If the global RCU does not exist yet either, such objects wait, parked
+/// without locks, until something builds it from a context that may sleep:
+/// any task-context use of `krcu::rcu::*` or of these free functions, or
+/// [`kvfree_rcu_barrier`]. A program whose only callers are real-time
+/// threads or signal handlers should touch the global once at start-up
+/// (`krcu::rcu::global();` or `Krcu::global();`), or nothing is freed.
 #[track_caller]
 #[doc(alias = "kvfree_call_rcu")]
 pub fn kfree_rcu<T: HasRcuHead>(obj: Box<T>) -> Result<(), InNmi<T>> {
