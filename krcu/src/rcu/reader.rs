@@ -84,15 +84,25 @@ pub(crate) struct ThreadInfo {
 }
 
 impl ThreadInfo {
+    /// The calling thread's kernel name (`comm`, which std sets to the
+    /// thread's name, cut to 15 bytes: what the kernel's own stall
+    /// warnings print) and id. Never through `std::thread::current()`:
+    /// a thread may register in a `pthread` key destructor that runs after
+    /// std tore the thread's data down, where that call aborts the process.
     fn current() -> Self {
-        let t = std::thread::current();
-        ThreadInfo {
-            name: t
-                .name()
-                .map_or_else(|| format!("{:?}", t.id()), str::to_owned),
-            // SAFETY: gettid has no preconditions.
-            tid: unsafe { libc::gettid() },
-        }
+        let mut buf = [0u8; 17];
+        // SAFETY: PR_GET_NAME writes at most 16 bytes (NUL included) into
+        // the buffer, which has 17 (zeroed, so it stays NUL-terminated).
+        let r = unsafe { libc::prctl(libc::PR_GET_NAME, buf.as_mut_ptr()) };
+        // SAFETY: gettid has no preconditions.
+        let tid = unsafe { libc::gettid() };
+        let name = core::ffi::CStr::from_bytes_until_nul(&buf)
+            .ok()
+            .filter(|_| r == 0)
+            .map(|c| c.to_string_lossy().into_owned())
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| format!("<tid {tid}>"));
+        ThreadInfo { name, tid }
     }
 }
 
