@@ -10,6 +10,17 @@
 //! meets it skips it. A slot goes back to the free list only from its own
 //! thread, with its section closed (or, in the child of a `fork`, from the
 //! only thread left), so a guard can never end another thread's section.
+//!
+//! A slot is never released twice, by construction: each slot counts its
+//! **tenures** (odd while taken, even while free, changed only under the
+//! registry lock), each registration and handle records the tenure its
+//! slot was taken in, and a release, an orphaning, or the late list's end
+//! of a section checks under that lock that the slot is still in that
+//! tenure. A second release of the same tenure (or one after the slot
+//! changed hands, even back to the same thread) is refused: counted, an
+//! error logged, and a failed assertion in debug builds. So a stale
+//! registration can never free, or end the section of, a slot that
+//! another registration (of any thread) holds.
 //! A taken slot records its owner's key (the address of the owner's
 //! thread-local cache), so that the child of a `fork` keeps the forking
 //! thread's slots even when it cannot read its registration list (a fork
@@ -54,8 +65,13 @@
 //! thread-local destructors) makes a registration list whose destructor
 //! never runs. The late list's destructor is the backstop: if that list
 //! still holds registrations (a destructor-less flag says so) it retires
-//! them as the list's destructor would, emptying it first, so that no slot
-//! is released twice.
+//! them as the list's destructor would, and marks the list gone for good
+//! first (the same flag): the list stays reachable, but from then on
+//! registrations and handle drops of the thread treat it as destroyed and
+//! use the late list, so nothing is registered in a list that no
+//! destructor will empty, and a handle never finds another registration
+//! in its place. A handle's drop looks for its own registration by
+//! instance, slot and tenure, never by instance alone.
 //!
 //! Instance ids are never reused, so a stale cache entry can never match a
 //! later instance built at the same address.
@@ -132,6 +148,13 @@ pub(crate) struct Slot {
     /// the forking thread's slots even when its registration list is out
     /// of reach. Changed only under the `free` mutex (Relaxed).
     owner_key: AtomicUsize,
+    /// The slot's tenure: odd while taken, even while free, one more at
+    /// every change. Each registration (and handle) records the tenure it
+    /// took the slot in, and a release or orphaning names it: one that
+    /// does not match (the slot was released already, perhaps taken again
+    /// since) is refused, so a slot is never released twice. Changed only
+    /// under the `free` mutex, which orders it (Relaxed).
+    tenure: AtomicU64,
 }
 
 type Chunk = [CachePadded<Slot>; CHUNK];
@@ -152,6 +175,9 @@ pub(crate) struct Readers {
     free: Mutex<Vec<usize>>,
     /// Slots taken and not orphaned (registered threads).
     in_use: AtomicUsize,
+    /// Releases and orphanings refused because they named a tenure the
+    /// slot is no longer in (a bug: see [`Slot::tenure`]).
+    refused: AtomicUsize,
 }
 
 impl Readers {
@@ -167,6 +193,7 @@ impl Readers {
             len: AtomicUsize::new(0),
             free: Mutex::new(Vec::new()),
             in_use: AtomicUsize::new(0),
+            refused: AtomicUsize::new(0),
         })
     }
 
@@ -197,8 +224,8 @@ impl Readers {
         self.free.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Takes a slot for the calling thread.
-    fn acquire_slot(&self) -> usize {
+    /// Takes a slot for the calling thread: its index and tenure.
+    fn acquire_slot(&self) -> (usize, u64) {
         let mut free = self.lock_free();
         let i = match free.pop() {
             Some(i) => i,
@@ -219,6 +246,7 @@ impl Readers {
                             handles: AtomicUsize::new(0),
                             orphan: AtomicBool::new(false),
                             owner_key: AtomicUsize::new(0),
+                            tenure: AtomicU64::new(0),
                         })
                     }));
                     c.store(Box::into_raw(chunk), Ordering::Release);
@@ -231,9 +259,36 @@ impl Readers {
         self.slot(i)
             .owner_key
             .store(thread_key(), Ordering::Relaxed);
+        let tenure = self.slot(i).tenure.load(Ordering::Relaxed) + 1;
+        debug_assert!(tenure & 1 == 1, "krcu: a free RCU reader slot was taken");
+        self.slot(i).tenure.store(tenure, Ordering::Relaxed);
         self.in_use.fetch_add(1, Ordering::Relaxed);
         drop(free);
-        i
+        (i, tenure)
+    }
+
+    /// Whether slot `i` is taken, in `tenure` (under `free`).
+    fn in_tenure(&self, i: usize, tenure: u64) -> bool {
+        tenure & 1 == 1 && self.slot(i).tenure.load(Ordering::Relaxed) == tenure
+    }
+
+    /// A release or orphaning of slot `i` in a tenure it is no longer in:
+    /// refused (see [`Slot::tenure`]), counted, and a failed assertion in
+    /// debug builds. Called with `free` unlocked.
+    #[cold]
+    fn refuse(&self, i: usize, tenure: u64) {
+        self.refused.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(
+            "krcu: refused to release RCU reader slot {i} of a past tenure ({tenure}); \
+             a slot is never released twice"
+        );
+        debug_assert!(false, "krcu: RCU reader slot {i} released twice");
+    }
+
+    /// How many releases were refused (see [`Readers::refuse`]).
+    #[cfg(test)]
+    pub(crate) fn refused(&self) -> usize {
+        self.refused.load(Ordering::Relaxed)
     }
 
     /// Returns the calling thread's slot `i`, closed, to the free list.
@@ -243,10 +298,23 @@ impl Readers {
     /// owner can touch the slot after its next owner takes it: every guard
     /// of the owner has been dropped, or was leaked and its thread has
     /// finished (see [`late_list_destructor`]).
-    fn release_slot(&self, i: usize) {
+    ///
+    /// `tenure` is the tenure the caller took the slot in: a release in
+    /// another is refused (see [`Slot::tenure`]).
+    fn release_slot(&self, i: usize, tenure: u64) {
+        let free = self.lock_free();
+        if !self.in_tenure(i, tenure) {
+            drop(free);
+            return self.refuse(i, tenure);
+        }
+        self.release_locked(free, i);
+    }
+
+    /// The end of a release, `free` held and the tenure checked.
+    fn release_locked(&self, mut free: std::sync::MutexGuard<'_, Vec<usize>>, i: usize) {
         let slot = self.slot(i);
         debug_assert!(!handshake::active(slot.ctr.load(Ordering::Relaxed)));
-        let mut free = self.lock_free();
+        slot.tenure.fetch_add(1, Ordering::Relaxed);
         *slot.owner.lock().unwrap_or_else(|e| e.into_inner()) = None;
         slot.owner_key.store(0, Ordering::Relaxed);
         if !slot.orphan.swap(false, Ordering::Relaxed) {
@@ -257,10 +325,15 @@ impl Readers {
 
     /// Makes the calling thread's open slot `i` an orphan: no longer
     /// counted as a registered thread, but still waited for and still
-    /// named in stall warnings, until its thread frees it.
-    fn orphan_slot(&self, i: usize) {
+    /// named in stall warnings, until its thread frees it. `tenure` as
+    /// for [`Readers::release_slot`].
+    fn orphan_slot(&self, i: usize, tenure: u64) {
         let slot = self.slot(i);
-        let _free = self.lock_free();
+        let free = self.lock_free();
+        if !self.in_tenure(i, tenure) {
+            drop(free);
+            return self.refuse(i, tenure);
+        }
         if !slot.orphan.swap(true, Ordering::Relaxed) {
             self.in_use.fetch_sub(1, Ordering::Relaxed);
         }
@@ -290,19 +363,19 @@ impl Readers {
 
     #[cold]
     fn current_slot_slow(self: &Arc<Self>) -> &Slot {
-        let i = self.register_current(0);
+        let (i, _) = self.register_current(0);
         let slot: *const Slot = self.slot(i);
         let _ = CACHE.try_with(|c| c.set(self.id, slot));
         self.slot(i)
     }
 
     /// Finds or makes the calling thread's registration; adds `handles`
-    /// to its slot's handle count. Returns the slot index.
-    fn register_current(self: &Arc<Self>, handles: usize) -> usize {
-        let found = REGISTRATIONS.try_with(|regs| {
+    /// to its slot's handle count. Returns the slot index and tenure.
+    fn register_current(self: &Arc<Self>, handles: usize) -> (usize, u64) {
+        let found = with_registrations(|regs| {
             let mut regs = regs.borrow_mut();
             if let Some(r) = regs.iter().find(|r| r.id == self.id) {
-                return r.index;
+                return (r.index, r.tenure);
             }
             // A first registration in this list: arm the late list first,
             // so that its destructor, which runs after every thread-local
@@ -312,30 +385,32 @@ impl Readers {
             // library's `pthread` key destructor: see the module doc).
             // Cheap after the first time (one `pthread_getspecific`).
             let _ = with_late_list(true, |_| ());
-            let _ = REGISTERED.try_with(|r| r.set(true));
-            let index = self.acquire_slot();
+            LIST.set(LIST_LIVE);
+            let (index, tenure) = self.acquire_slot();
             regs.push(Registration {
                 id: self.id,
                 readers: Arc::downgrade(self),
                 index,
+                tenure,
             });
-            index
+            (index, tenure)
         });
-        let index = found.unwrap_or_else(|_| {
+        let (index, tenure) = found.unwrap_or_else(|()| {
             // The thread is exiting and its registration list is gone: the
             // late list holds its slot (or gets a new one), and frees it
             // when the thread ends.
             with_late_list(true, |late| {
                 if let Some(r) = late.iter().find(|r| r.id == self.id) {
-                    return r.index;
+                    return (r.index, r.tenure);
                 }
-                let index = self.acquire_slot();
+                let (index, tenure) = self.acquire_slot();
                 late.push(Registration {
                     id: self.id,
                     readers: Arc::downgrade(self),
                     index,
+                    tenure,
                 });
-                index
+                (index, tenure)
             })
             .unwrap_or_else(|| {
                 // No late list (no thread-specific key): the slot stays
@@ -347,7 +422,7 @@ impl Readers {
         self.slot(index)
             .handles
             .fetch_add(handles, Ordering::Relaxed);
-        index
+        (index, tenure)
     }
 
     /// Whether the calling thread is inside a read-side section of this
@@ -360,9 +435,8 @@ impl Readers {
         let active = |r: &Registration| {
             r.id == self.id && handshake::active(self.slot(r.index).ctr.load(Ordering::Relaxed))
         };
-        REGISTRATIONS
-            .try_with(|regs| regs.try_borrow().is_ok_and(|regs| regs.iter().any(active)))
-            .unwrap_or_else(|_| {
+        with_registrations(|regs| regs.try_borrow().is_ok_and(|regs| regs.iter().any(active)))
+            .unwrap_or_else(|()| {
                 with_late_list(false, |late| late.iter().any(active)).unwrap_or(false)
             })
     }
@@ -388,9 +462,8 @@ impl Readers {
     /// and which no other live thread of the parent shared.
     pub(crate) fn forget_other_threads(&self) {
         let find = |regs: &[Registration]| regs.iter().find(|r| r.id == self.id).map(|r| r.index);
-        let mine = REGISTRATIONS
-            .try_with(|regs| regs.try_borrow().ok().and_then(|regs| find(&regs)))
-            .unwrap_or_else(|_| with_late_list(false, |late| find(late)).flatten());
+        let mine = with_registrations(|regs| regs.try_borrow().ok().and_then(|regs| find(&regs)))
+            .unwrap_or_else(|()| with_late_list(false, |late| find(late)).flatten());
         let my_key = thread_key();
         let mut free = self.lock_free();
         let n = self.len();
@@ -414,6 +487,11 @@ impl Readers {
             // Its handles were the dead thread's.
             slot.handles.store(0, Ordering::Relaxed);
             slot.owner_key.store(0, Ordering::Relaxed);
+            // Its tenure ends (even: free), so that no registration of the
+            // dead thread could release it again.
+            if slot.tenure.load(Ordering::Relaxed) & 1 == 1 {
+                slot.tenure.fetch_add(1, Ordering::Relaxed);
+            }
             // An orphan was counted out already (under `free`, which the
             // fork held, so the mark and the count agree).
             if !slot.orphan.swap(false, Ordering::Relaxed) {
@@ -423,7 +501,8 @@ impl Readers {
         }
     }
 
-    fn drop_handle(self: &Arc<Self>, index: usize) {
+    /// The drop of a handle on slot `index`, taken in `tenure`.
+    fn drop_handle(self: &Arc<Self>, index: usize, tenure: u64) {
         let slot = self.slot(index);
         let before = slot.handles.fetch_sub(1, Ordering::Relaxed);
         debug_assert!(before > 0, "reader handle count underflow");
@@ -431,18 +510,22 @@ impl Readers {
             // Another handle of this thread still holds the slot.
             return;
         }
-        let gone = REGISTRATIONS.try_with(|regs| {
+        // The handle's own registration: same instance, slot and tenure
+        // (never another registration of the instance).
+        let mine = |r: &Registration| r.id == self.id && r.index == index && r.tenure == tenure;
+        let listed = with_registrations(|regs| {
             let mut regs = regs.borrow_mut();
-            let Some(pos) = regs.iter().position(|r| r.id == self.id) else {
-                return;
+            let Some(pos) = regs.iter().position(mine) else {
+                return false;
             };
             if !handshake::active(slot.ctr.load(Ordering::Relaxed)) {
                 regs.swap_remove(pos);
                 forget_cached(self.id);
-                self.release_slot(index);
+                self.release_slot(index, tenure);
             }
+            true
         });
-        if gone.is_err() {
+        if listed != Ok(true) {
             // The thread is exiting; its registration list is gone, and
             // the late list has this slot (the list's destructor moved it
             // there, or it was taken during teardown). The cache may point
@@ -454,25 +537,26 @@ impl Readers {
                 // Inside a section (opened through `Rcu::read_lock`): the
                 // late list's destructor frees it.
                 let kept = with_late_list(true, |late| {
-                    if !late.iter().any(|r| r.id == self.id) {
+                    if !late.iter().any(mine) {
                         late.push(Registration {
                             id: self.id,
                             readers: Arc::downgrade(self),
                             index,
+                            tenure,
                         });
                     }
                 });
                 // Open and no longer held: an orphan, as the registration
                 // list's destructor makes one (kept taken for good if
                 // there is no late list).
-                self.orphan_slot(index);
+                self.orphan_slot(index, tenure);
                 if kept.is_none() {
                     tracing::warn!("krcu: no thread-specific key for an RCU orphan slot; it leaks");
                 }
                 return;
             }
-            let _ = with_late_list(false, |late| late.retain(|r| r.id != self.id));
-            self.release_slot(index);
+            let _ = with_late_list(false, |late| late.retain(|r| !mine(r)));
+            self.release_slot(index, tenure);
         }
     }
 }
@@ -496,6 +580,8 @@ struct Registration {
     id: u64,
     readers: Weak<Readers>,
     index: usize,
+    /// The slot's tenure when this registration took it.
+    tenure: u64,
 }
 
 /// The thread's registrations; their destructor runs at thread exit.
@@ -503,9 +589,9 @@ struct Registrations(RefCell<Vec<Registration>>);
 
 impl Drop for Registrations {
     fn drop(&mut self) {
-        // From here on the late list's destructor must not look at this
-        // list (it is being destroyed).
-        let _ = REGISTERED.try_with(|r| r.set(false));
+        // From here on nothing looks at this list (it is being
+        // destroyed): registrations go to the late list.
+        LIST.set(LIST_GONE);
         retire_registrations(core::mem::take(self.0.get_mut()));
     }
 }
@@ -525,7 +611,7 @@ fn retire_registrations(regs: Vec<Registration>) {
         let held = slot.handles.load(Ordering::Relaxed) != 0;
         let open = handshake::active(slot.ctr.load(Ordering::Relaxed));
         if !held && !open {
-            readers.release_slot(r.index);
+            readers.release_slot(r.index, r.tenure);
             continue;
         }
         // Still held by a handle, or inside a section, in a
@@ -536,7 +622,7 @@ fn retire_registrations(regs: Vec<Registration>) {
                 "krcu: a thread's RCU registration list went with a read-side \
                  section open; grace periods wait for it until it ends"
             );
-            readers.orphan_slot(r.index);
+            readers.orphan_slot(r.index, r.tenure);
         }
         let index = r.index;
         if with_late_list(true, |late| late.push(r)).is_none() && !held {
@@ -609,16 +695,19 @@ fn with_late_list<R>(create: bool, f: impl FnOnce(&mut Vec<Registration>) -> R) 
 /// The late list's destructor: the thread has run every thread-local
 /// destructor, so no guard of it can still be dropped (one still open was
 /// leaked): it closes such sections (with a warning, as the kernel's
-/// `exit_rcu`) and frees the slots. A slot still held by a handle (a
-/// leaked handle) stays taken, as a leaked handle's slot does.
+/// `exit_rcu`) and frees the slots. A slot still held by a handle stays
+/// taken (a leaked handle's slot does; a handle that a later key
+/// destructor drops frees it, by its tenure).
 ///
 /// Once a slot is freed here another thread may take it, so this thread
 /// must never enter it again: no guard of it is left to drop (above), no
 /// handle holds it (skipped), and the cache is cleared before the slots
 /// go, so a `read_lock` in code that still runs on this thread (another
 /// key's destructor) misses the cache, finds no late list (POSIX clears
-/// the value before calling us) and takes a fresh slot in a new one, whose
-/// destructor runs in the next round.
+/// the value before calling us) and no registration list (gone, or
+/// retired below for good) and takes a fresh slot in a new late list,
+/// whose destructor runs in the next round. Each slot is freed only in
+/// the tenure it was listed in ([`Readers::release_at_exit`]).
 extern "C" fn late_list_destructor(p: *mut libc::c_void) {
     // SAFETY: the value was set by `with_late_list` from Box::into_raw, and
     // POSIX calls the destructor once per value, after clearing it.
@@ -628,19 +717,25 @@ extern "C" fn late_list_destructor(p: *mut libc::c_void) {
     // thread-local destructors had run (from another `pthread` key's
     // destructor), so its destructor was registered too late to run. Its
     // registrations are retired here, as that destructor would: the list
-    // is emptied first, so nothing is released twice, and a slot still
-    // open or held goes to a new late list, whose destructor runs in the
-    // next round. (Where Rust's thread-local destructors run from a key
-    // destructor of their own, as on musl, the list may still be destroyed
-    // later: it finds it empty. `REGISTERED` is false once its destructor
-    // has started, so the list is never touched after it is gone.)
-    if REGISTERED.try_with(Cell::get) == Ok(true) {
+    // is marked gone and emptied first, so nothing is released twice, and
+    // a slot still open or held goes to a new late list, whose destructor
+    // runs in the next round. (Where Rust's thread-local destructors run
+    // from a key destructor of their own, as on musl, the list may still
+    // be destroyed later: it finds it empty. `LIST` is `LIST_GONE` once
+    // its destructor has started, so the list is never touched after it
+    // is gone.)
+    if LIST.get() == LIST_LIVE {
+        // Retired for good: from here on the list counts as gone (a
+        // registration in a later destructor goes to the late list, and a
+        // handle's drop looks for its slot there), so nothing is taken
+        // into it that its destructor (which never runs) would have to
+        // free, and nothing in it is released twice.
+        LIST.set(LIST_GONE);
         let regs = REGISTRATIONS.try_with(|regs| {
             regs.try_borrow_mut()
                 .map(|mut regs| core::mem::take(&mut *regs))
                 .unwrap_or_default()
         });
-        let _ = REGISTERED.try_with(|r| r.set(false));
         if let Ok(regs) = regs {
             retire_registrations(regs);
         }
@@ -649,25 +744,44 @@ extern "C" fn late_list_destructor(p: *mut libc::c_void) {
         let Some(readers) = r.readers.upgrade() else {
             continue;
         };
-        let slot = readers.slot(r.index);
-        if slot.handles.load(Ordering::Relaxed) != 0 {
-            // Held by a leaked handle: taken for good. The thread is gone,
-            // so its key may be another thread's next: drop it (under
-            // `free`, as every change of the key).
-            let _free = readers.lock_free();
-            slot.owner_key.store(0, Ordering::Relaxed);
-            continue;
+        readers.release_at_exit(r.index, r.tenure);
+    }
+}
+
+impl Readers {
+    /// The late list's end for slot `i`, taken in `tenure` (see
+    /// [`late_list_destructor`]): frees it, ending a leaked guard's
+    /// section, unless a handle holds it. All under `free`, after checking
+    /// the tenure: a slot that changed hands since it was listed is
+    /// neither ended nor freed (refused).
+    fn release_at_exit(&self, i: usize, tenure: u64) {
+        let slot = self.slot(i);
+        let free = self.lock_free();
+        if !self.in_tenure(i, tenure) {
+            drop(free);
+            return self.refuse(i, tenure);
         }
-        if handshake::active(slot.ctr.load(Ordering::Relaxed)) {
-            tracing::warn!(
-                "krcu: a thread exited inside an RCU read-side section (a leaked guard); \
-                 the section is ended"
-            );
+        if slot.handles.load(Ordering::Relaxed) != 0 {
+            // Held by a handle: leaked, or dropped by a later key
+            // destructor of this thread, whose drop frees it (by its
+            // tenure). The thread is leaving, so its key may be another
+            // thread's next: drop it.
+            slot.owner_key.store(0, Ordering::Relaxed);
+            return;
+        }
+        let leaked = handshake::active(slot.ctr.load(Ordering::Relaxed));
+        if leaked {
             // Release: the section's accesses happen before a grace
             // period's scan that reads the zero (as `read_unlock`).
             slot.ctr.store(0, Ordering::Release);
         }
-        readers.release_slot(r.index);
+        self.release_locked(free, i);
+        if leaked {
+            tracing::warn!(
+                "krcu: a thread exited inside an RCU read-side section (a leaked guard); \
+                 the section is ended"
+            );
+        }
     }
 }
 
@@ -784,11 +898,29 @@ thread_local! {
         }
     };
     static REGISTRATIONS: Registrations = const { Registrations(RefCell::new(Vec::new())) };
-    /// Whether [`REGISTRATIONS`] holds registrations and its destructor has
-    /// not started. No destructor, so it is reachable during thread
-    /// teardown: the late list's destructor reads it to find a list whose
-    /// destructor never ran (see the module doc).
-    static REGISTERED: Cell<bool> = const { Cell::new(false) };
+    /// The state of [`REGISTRATIONS`]: [`LIST_UNUSED`], [`LIST_LIVE`] (it
+    /// holds registrations) or [`LIST_GONE`] (its destructor has started,
+    /// or the late list's destructor retired it). No destructor, so it is
+    /// reachable during thread teardown: the late list's destructor reads
+    /// it to find a list whose destructor never ran (see the module doc).
+    static LIST: Cell<u8> = const { Cell::new(LIST_UNUSED) };
+}
+
+/// [`LIST`]: the registration list holds no registration yet.
+const LIST_UNUSED: u8 = 0;
+/// [`LIST`]: the registration list holds registrations.
+const LIST_LIVE: u8 = 1;
+/// [`LIST`]: the registration list is gone for good; the late list takes
+/// its part.
+const LIST_GONE: u8 = 2;
+
+/// Runs `f` on the thread's registration list; `Err` once it is gone
+/// (destroyed, or retired by the late list's destructor).
+fn with_registrations<R>(f: impl FnOnce(&RefCell<Vec<Registration>>) -> R) -> Result<R, ()> {
+    if LIST.get() == LIST_GONE {
+        return Err(());
+    }
+    REGISTRATIONS.try_with(|regs| f(regs)).map_err(|_| ())
 }
 
 /// This thread's key for [`Slot::owner_key`]: the address of its cache, a
@@ -899,17 +1031,20 @@ impl core::fmt::Debug for ReadGuard<'_> {
 pub struct ReaderHandle {
     readers: Arc<Readers>,
     index: usize,
+    /// The slot's tenure when the handle's registration took it.
+    tenure: u64,
     slot: *const Slot,
 }
 
 impl ReaderHandle {
     pub(crate) fn new(readers: &Arc<Readers>) -> Self {
-        let index = readers.register_current(1);
+        let (index, tenure) = readers.register_current(1);
         let slot: *const Slot = readers.slot(index);
         let _ = CACHE.try_with(|c| c.set(readers.id, slot));
         ReaderHandle {
             readers: readers.clone(),
             index,
+            tenure,
             slot,
         }
     }
@@ -928,7 +1063,7 @@ impl ReaderHandle {
 
 impl Drop for ReaderHandle {
     fn drop(&mut self) {
-        self.readers.drop_handle(self.index);
+        self.readers.drop_handle(self.index, self.tenure);
     }
 }
 
@@ -1072,6 +1207,37 @@ mod tests {
         assert_eq!(rx.recv().unwrap(), [true; 3]);
         assert!(gp_ends_within(rcu, Duration::from_secs(10)));
         assert_eq!(rcu.stats().readers, 0);
+    }
+
+    /// A second release of a tenure is refused, even once the slot is
+    /// taken again (by the same thread, as here).
+    #[test]
+    fn a_slot_is_never_released_twice() {
+        let readers = Readers::new(true);
+        let release = |i, t| {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| readers.release_slot(i, t)))
+                .is_ok()
+        };
+        let (i, t) = readers.acquire_slot();
+        assert!(release(i, t));
+        assert_eq!(readers.registered(), 0);
+        // (Debug builds assert: the refusal is a bug caught.)
+        assert_eq!(release(i, t), !cfg!(debug_assertions));
+        assert_eq!(readers.refused(), 1);
+        let (j, t2) = readers.acquire_slot();
+        assert_eq!(j, i, "the slot was on the free list twice");
+        assert_ne!(t2, t);
+        assert_eq!(release(i, t), !cfg!(debug_assertions));
+        assert_eq!(readers.refused(), 2);
+        assert_eq!(
+            readers.registered(),
+            1,
+            "a stale release freed a taken slot"
+        );
+        let (k, _) = readers.acquire_slot();
+        assert_ne!(k, i);
+        assert!(release(j, t2));
+        assert_eq!(readers.registered(), 1);
     }
 
     /// A `fork` from a signal handler that interrupted `register_current`
