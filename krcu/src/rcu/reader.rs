@@ -21,8 +21,8 @@
 //! error logged, and a failed assertion in debug builds. So a stale
 //! registration can never free, or end the section of, a slot that
 //! another registration (of any thread) holds.
-//! A taken slot records its owner's key (the address of the owner's
-//! thread-local cache), so that the child of a `fork` keeps the forking
+//! A taken slot records its owner's key (a per-thread number, never
+//! reused), so that the child of a `fork` keeps the forking
 //! thread's slots even when it cannot read its registration list (a fork
 //! from a signal handler that interrupted a registration).
 //!
@@ -143,11 +143,13 @@ pub(crate) struct Slot {
     /// An orphan: taken, but no longer counted in `in_use` (see the module
     /// doc). Changed only under the `free` mutex, which orders it (Relaxed).
     orphan: AtomicBool,
-    /// The owning thread's [`thread_key`] (0 while free, or once the owner
-    /// has exited leaving the slot held): how the child of a `fork` tells
-    /// the forking thread's slots even when its registration list is out
-    /// of reach. Changed only under the `free` mutex (Relaxed).
-    owner_key: AtomicUsize,
+    /// The owning thread's [`thread_key`] (0 while free): how the child of
+    /// a `fork` tells the forking thread's slots even when its
+    /// registration list is out of reach. Keys are never reused, so the key
+    /// of a thread that exited leaving the slot taken (a leaked handle)
+    /// can never be a later thread's. Changed only under the `free` mutex
+    /// (Relaxed).
+    owner_key: AtomicU64,
     /// The slot's tenure: odd while taken, even while free, one more at
     /// every change. Each registration (and handle) records the tenure it
     /// took the slot in, and a release or orphaning names it: one that
@@ -245,7 +247,7 @@ impl Readers {
                             owner: Mutex::new(None),
                             handles: AtomicUsize::new(0),
                             orphan: AtomicBool::new(false),
-                            owner_key: AtomicUsize::new(0),
+                            owner_key: AtomicU64::new(0),
                             tenure: AtomicU64::new(0),
                         })
                     }));
@@ -457,9 +459,10 @@ impl Readers {
     /// The calling thread's slot is told by its registration, or, when that
     /// is out of reach (a `fork` from a signal handler that interrupted
     /// `register_current` or `drop_handle` finds the registration list
-    /// borrowed), by the slot's owner key: the address of the thread's
-    /// thread-local cache, which the child's only thread inherits unchanged
-    /// and which no other live thread of the parent shared.
+    /// borrowed, or a handle's slot no list holds any more), by the slot's
+    /// owner key ([`thread_key`]), which the child's only thread inherits
+    /// unchanged and which no other thread of the parent, live or dead,
+    /// ever had.
     pub(crate) fn forget_other_threads(&self) {
         let find = |regs: &[Registration]| regs.iter().find(|r| r.id == self.id).map(|r| r.index);
         let mine = with_registrations(|regs| regs.try_borrow().ok().and_then(|regs| find(&regs)))
@@ -764,9 +767,8 @@ impl Readers {
         if slot.handles.load(Ordering::Relaxed) != 0 {
             // Held by a handle: leaked, or dropped by a later key
             // destructor of this thread, whose drop frees it (by its
-            // tenure). The thread is leaving, so its key may be another
-            // thread's next: drop it.
-            slot.owner_key.store(0, Ordering::Relaxed);
+            // tenure). It keeps its owner's key, which no later thread
+            // gets (see `thread_key`).
             return;
         }
         let leaked = handshake::active(slot.ctr.load(Ordering::Relaxed));
@@ -923,12 +925,42 @@ fn with_registrations<R>(f: impl FnOnce(&RefCell<Vec<Registration>>) -> R) -> Re
     REGISTRATIONS.try_with(|regs| f(regs)).map_err(|_| ())
 }
 
-/// This thread's key for [`Slot::owner_key`]: the address of its cache, a
-/// thread-local without destructor (so reachable at any point of the
-/// thread's life, and never 0). Unique among live threads, and the same in
-/// the child of a `fork` for the thread that forked.
-fn thread_key() -> usize {
-    CACHE.with(|c| core::ptr::from_ref(c).addr())
+thread_local! {
+    /// This thread's [`thread_key`], 0 until first asked. No destructor, so
+    /// it is reachable at any point of the thread's life.
+    static THREAD_KEY: std::sync::atomic::AtomicU64 = const { std::sync::atomic::AtomicU64::new(0) };
+}
+
+/// This thread's key for [`Slot::owner_key`]: a number from a process-wide
+/// counter, taken on first use and never 0. Never reused (64 bits), so
+/// unique among all the threads the process ever had: unlike an address
+/// of thread-local data (which glibc hands to a later thread when it
+/// reuses a stack), the key of a dead thread left on a slot can never be
+/// mistaken for a later thread's. The child of a `fork` inherits the
+/// forking thread's key with its thread-local data.
+///
+/// Async-signal-safe: a handler that interrupts the first use between the
+/// load and the compare-exchange sets the key itself, and the interrupted
+/// call then takes the handler's (Relaxed: only this thread and its
+/// handlers touch the thread-local; the counter needs only atomicity).
+fn thread_key() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    THREAD_KEY.with(|k| {
+        let key = k.load(std::sync::atomic::Ordering::Relaxed);
+        if key != 0 {
+            return key;
+        }
+        let new = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        match k.compare_exchange(
+            0,
+            new,
+            std::sync::atomic::Ordering::Relaxed,
+            std::sync::atomic::Ordering::Relaxed,
+        ) {
+            Ok(_) => new,
+            Err(key) => key,
+        }
+    })
 }
 
 /// Clears the cache if it may hold instance `id`: it does, or an update is
@@ -1207,6 +1239,19 @@ mod tests {
         assert_eq!(rx.recv().unwrap(), [true; 3]);
         assert!(gp_ends_within(rcu, Duration::from_secs(10)));
         assert_eq!(rcu.stats().readers, 0);
+    }
+
+    /// A thread's key is never a dead thread's, even where glibc gives the
+    /// new thread the dead one's stack (and thread-local addresses).
+    #[test]
+    fn thread_keys_are_never_reused() {
+        let key = || std::thread::spawn(thread_key).join().unwrap();
+        let keys: Vec<u64> = (0..8).map(|_| key()).collect();
+        let mut unique = keys.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), keys.len(), "{keys:?}");
+        assert!(!keys.contains(&0));
     }
 
     /// A second release of a tenure is refused, even once the slot is
