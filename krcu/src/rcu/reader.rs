@@ -11,6 +11,11 @@
 //! thread, with its section closed (or, in the child of a `fork`, from the
 //! only thread left), so a guard can never end another thread's section.
 //!
+//! A taken slot records its owner's key (a per-thread number, never
+//! reused), so that the child of a `fork` keeps the forking
+//! thread's slots even when it cannot read its registration list (a fork
+//! from a signal handler that interrupted a registration).
+//!
 //! A slot is never released twice, by construction: each slot counts its
 //! **tenures** (odd while taken, even while free, changed only under the
 //! registry lock), each registration and handle records the tenure its
@@ -21,10 +26,6 @@
 //! error logged, and a failed assertion in debug builds. So a stale
 //! registration can never free, or end the section of, a slot that
 //! another registration (of any thread) holds.
-//! A taken slot records its owner's key (a per-thread number, never
-//! reused), so that the child of a `fork` keeps the forking
-//! thread's slots even when it cannot read its registration list (a fork
-//! from a signal handler that interrupted a registration).
 //!
 //! # Registration
 //! A thread gets its slot on first use ([`Rcu::read_lock`](super::Rcu::read_lock)
@@ -58,6 +59,13 @@
 //! `exit_rcu` does the same), and it frees the slots. So a leaked guard does
 //! not stall grace periods after its thread has exited, and a section
 //! running in a thread-local destructor is waited for.
+//!
+//! One known exception is open: a guard opened in another library's
+//! `pthread` key destructor through an already armed late list, and kept
+//! in a Rust thread-local first used there (whose destructor glibc never
+//! runs), is not leaked: a key destructor that runs after the late list's
+//! can still take it out and drop it, and that drop then ends a section on
+//! a slot already freed (perhaps another thread's by then).
 //!
 //! The late list is armed at a thread's first registration, not only when
 //! the registration list's destructor needs it: a thread that first reads
