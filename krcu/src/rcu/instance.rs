@@ -639,15 +639,9 @@ fn adopt_early(g: &Rcu) {
     }
     // Counted before the take (AcqRel, sequenced before it): a barrier
     // that finds EARLY empty because of this take sees the count (see
-    // `adopt_early_for_barrier`).
-    let tag = adopting_tag();
-    let _ = ADOPTING.fetch_update(Ordering::AcqRel, Ordering::Relaxed, |v| {
-        Some(if v & !0xffff_ffff == tag {
-            v + 1
-        } else {
-            tag | 1
-        })
-    });
+    // `adopt_early_for_barrier`). Uncounted when the guard drops, even if
+    // a `call_rcu` below panics.
+    let _counted = Adopting::enter();
     let mut list = EARLY.take();
     while let Some((head, func)) = list.pop() {
         // SAFETY: the head was queued by `call_rcu_early` with the caller's
@@ -655,13 +649,53 @@ fn adopt_early(g: &Rcu) {
         // off EARLY made it unqueued again, so it may be queued once more.
         unsafe { g.call_rcu(head, func) };
     }
-    // Release: the pushes above happen before a barrier's Acquire load
-    // that reads this count (or a later one).
-    let _ = ADOPTING.fetch_update(Ordering::AcqRel, Ordering::Relaxed, |v| {
-        // A value tagged otherwise was reset by a fork: this adoption is
-        // not counted there.
-        (v & !0xffff_ffff == tag && v & 0xffff_ffff != 0).then(|| v - 1)
-    });
+}
+
+thread_local! {
+    /// This thread's adoptions in progress: `adopt_early` frames on its
+    /// stack (one in a signal handler nested on the one it interrupted).
+    /// A barrier on this thread never waits for them: they cannot finish
+    /// before it returns. No destructor, so reachable at any time (and
+    /// async-signal-safe).
+    static MY_ADOPTING: AtomicU64 = const { AtomicU64::new(0) };
+}
+
+/// One adoption counted in [`ADOPTING`] and [`MY_ADOPTING`], until dropped.
+struct Adopting {
+    tag: u64,
+}
+
+impl Adopting {
+    fn enter() -> Self {
+        // Relaxed: only this thread and its handlers read it, and the
+        // AcqRel update below keeps it before (its release half), as the
+        // one in `drop` keeps the decrement after: a handler that sees
+        // this adoption in ADOPTING sees it here too.
+        MY_ADOPTING.with(|m| m.fetch_add(1, Ordering::Relaxed));
+        let tag = adopting_tag();
+        let _ = ADOPTING.fetch_update(Ordering::AcqRel, Ordering::Relaxed, |v| {
+            Some(if v & !0xffff_ffff == tag {
+                v + 1
+            } else {
+                tag | 1
+            })
+        });
+        Adopting { tag }
+    }
+}
+
+impl Drop for Adopting {
+    fn drop(&mut self) {
+        let tag = self.tag;
+        // Release: the adopter's pushes happen before a barrier's Acquire
+        // load that reads this count (or a later one).
+        let _ = ADOPTING.fetch_update(Ordering::AcqRel, Ordering::Relaxed, |v| {
+            // A value tagged otherwise was reset by a fork: this adoption is
+            // not counted there.
+            (v & !0xffff_ffff == tag && v & 0xffff_ffff != 0).then(|| v - 1)
+        });
+        MY_ADOPTING.with(|m| m.fetch_sub(1, Ordering::Relaxed));
+    }
 }
 
 /// Before a barrier on `rcu`: if it is the global instance, every callback
@@ -689,15 +723,30 @@ fn adopt_early(g: &Rcu) {
 /// and its decrement (Release, after its pushes) makes those pushes happen
 /// before our barrier's. Either way X is on a per-CPU pending list before
 /// the barrier head of that list, and runs first.
+///
+/// Except for adoptions of the barrier's own thread ([`MY_ADOPTING`]): a
+/// barrier in a signal handler that interrupted an adoption on its thread
+/// would wait for it forever (it cannot go on until the handler returns),
+/// so it waits only for the others, and the interrupted adoption's
+/// callbacks may run after it. (`rcu_barrier` sleeps: calling it from a
+/// handler is reported as such, and only this wait is kept from hanging.)
 fn adopt_early_for_barrier(rcu: &Rcu) {
     let Some(g) = GLOBAL.get() else { return };
     if !core::ptr::eq(&**g, rcu) {
         return;
     }
     adopt_early(g);
+    // Counted in ADOPTING since before this call (in the frames it
+    // interrupted), and still counted: see `Adopting`.
+    let mine = MY_ADOPTING.with(|m| m.load(Ordering::Relaxed));
     loop {
         let v = ADOPTING.load(Ordering::Acquire);
-        if v & 0xffff_ffff == 0 || v & !0xffff_ffff != adopting_tag() {
+        let counted = if v & !0xffff_ffff == adopting_tag() {
+            v & 0xffff_ffff
+        } else {
+            0
+        };
+        if counted <= mine {
             return;
         }
         // An adopter is between its take and its pushes (a few pushes:
@@ -881,6 +930,31 @@ mod early_tests {
         }));
         // SAFETY: the head lies at RCU_HEAD_OFFSET inside the allocation.
         NonNull::new(unsafe { raw.byte_add(Node::RCU_HEAD_OFFSET) }.cast()).unwrap()
+    }
+
+    /// A barrier on a thread whose own adoption it interrupted (a signal
+    /// handler's, simulated here by holding the count) does not wait for
+    /// it; an adoption that panics is uncounted.
+    #[test]
+    fn a_barrier_never_waits_for_its_own_threads_adoption() {
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let g = global_arc();
+            let r = std::panic::catch_unwind(|| {
+                let _counted = Adopting::enter();
+                panic!("an adopter's call_rcu panics");
+            });
+            let uncounted = r.is_err() && MY_ADOPTING.with(|m| m.load(Ordering::Relaxed)) == 0;
+            let interrupted = Adopting::enter();
+            g.rcu_barrier();
+            drop(interrupted);
+            let _ = tx.send(uncounted);
+        });
+        assert!(
+            rx.recv_timeout(Duration::from_secs(20))
+                .expect("the barrier waited for its own thread's adoption"),
+            "a panicking adoption stayed counted"
+        );
     }
 
     /// Both cases in one test: they share EARLY and the counter.

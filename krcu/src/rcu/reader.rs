@@ -10,10 +10,22 @@
 //! meets it skips it. A slot goes back to the free list only from its own
 //! thread, with its section closed (or, in the child of a `fork`, from the
 //! only thread left), so a guard can never end another thread's section.
-//! A taken slot records its owner's key (the address of the owner's
-//! thread-local cache), so that the child of a `fork` keeps the forking
+//!
+//! A taken slot records its owner's key (a per-thread number, never
+//! reused), so that the child of a `fork` keeps the forking
 //! thread's slots even when it cannot read its registration list (a fork
 //! from a signal handler that interrupted a registration).
+//!
+//! A slot is never released twice, by construction: each slot counts its
+//! **tenures** (odd while taken, even while free, changed only under the
+//! registry lock), each registration and handle records the tenure its
+//! slot was taken in, and a release, an orphaning, or the late list's end
+//! of a section checks under that lock that the slot is still in that
+//! tenure. A second release of the same tenure (or one after the slot
+//! changed hands, even back to the same thread) is refused: counted, an
+//! error logged, and a failed assertion in debug builds. So a stale
+//! registration can never free, or end the section of, a slot that
+//! another registration (of any thread) holds.
 //!
 //! # Registration
 //! A thread gets its slot on first use ([`Rcu::read_lock`](super::Rcu::read_lock)
@@ -48,14 +60,26 @@
 //! not stall grace periods after its thread has exited, and a section
 //! running in a thread-local destructor is waited for.
 //!
+//! One known exception is open: a guard opened in another library's
+//! `pthread` key destructor through an already armed late list, and kept
+//! in a Rust thread-local first used there (whose destructor glibc never
+//! runs), is not leaked: a key destructor that runs after the late list's
+//! can still take it out and drop it, and that drop then ends a section on
+//! a slot already freed (perhaps another thread's by then).
+//!
 //! The late list is armed at a thread's first registration, not only when
 //! the registration list's destructor needs it: a thread that first reads
 //! in another library's `pthread` key destructor (after glibc has run the
 //! thread-local destructors) makes a registration list whose destructor
 //! never runs. The late list's destructor is the backstop: if that list
 //! still holds registrations (a destructor-less flag says so) it retires
-//! them as the list's destructor would, emptying it first, so that no slot
-//! is released twice.
+//! them as the list's destructor would, and marks the list gone for good
+//! first (the same flag): the list stays reachable, but from then on
+//! registrations and handle drops of the thread treat it as destroyed and
+//! use the late list, so nothing is registered in a list that no
+//! destructor will empty, and a handle never finds another registration
+//! in its place. A handle's drop looks for its own registration by
+//! instance, slot and tenure, never by instance alone.
 //!
 //! Instance ids are never reused, so a stale cache entry can never match a
 //! later instance built at the same address.
@@ -84,15 +108,25 @@ pub(crate) struct ThreadInfo {
 }
 
 impl ThreadInfo {
+    /// The calling thread's kernel name (`comm`, which std sets to the
+    /// thread's name, cut to 15 bytes: what the kernel's own stall
+    /// warnings print) and id. Never through `std::thread::current()`:
+    /// a thread may register in a `pthread` key destructor that runs after
+    /// std tore the thread's data down, where that call aborts the process.
     fn current() -> Self {
-        let t = std::thread::current();
-        ThreadInfo {
-            name: t
-                .name()
-                .map_or_else(|| format!("{:?}", t.id()), str::to_owned),
-            // SAFETY: gettid has no preconditions.
-            tid: unsafe { libc::gettid() },
-        }
+        let mut buf = [0u8; 17];
+        // SAFETY: PR_GET_NAME writes at most 16 bytes (NUL included) into
+        // the buffer, which has 17 (zeroed, so it stays NUL-terminated).
+        let r = unsafe { libc::prctl(libc::PR_GET_NAME, buf.as_mut_ptr()) };
+        // SAFETY: gettid has no preconditions.
+        let tid = unsafe { libc::gettid() };
+        let name = core::ffi::CStr::from_bytes_until_nul(&buf)
+            .ok()
+            .filter(|_| r == 0)
+            .map(|c| c.to_string_lossy().into_owned())
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| format!("<tid {tid}>"));
+        ThreadInfo { name, tid }
     }
 }
 
@@ -117,11 +151,20 @@ pub(crate) struct Slot {
     /// An orphan: taken, but no longer counted in `in_use` (see the module
     /// doc). Changed only under the `free` mutex, which orders it (Relaxed).
     orphan: AtomicBool,
-    /// The owning thread's [`thread_key`] (0 while free, or once the owner
-    /// has exited leaving the slot held): how the child of a `fork` tells
-    /// the forking thread's slots even when its registration list is out
-    /// of reach. Changed only under the `free` mutex (Relaxed).
-    owner_key: AtomicUsize,
+    /// The owning thread's [`thread_key`] (0 while free): how the child of
+    /// a `fork` tells the forking thread's slots even when its
+    /// registration list is out of reach. Keys are never reused, so the key
+    /// of a thread that exited leaving the slot taken (a leaked handle)
+    /// can never be a later thread's. Changed only under the `free` mutex
+    /// (Relaxed).
+    owner_key: AtomicU64,
+    /// The slot's tenure: odd while taken, even while free, one more at
+    /// every change. Each registration (and handle) records the tenure it
+    /// took the slot in, and a release or orphaning names it: one that
+    /// does not match (the slot was released already, perhaps taken again
+    /// since) is refused, so a slot is never released twice. Changed only
+    /// under the `free` mutex, which orders it (Relaxed).
+    tenure: AtomicU64,
 }
 
 type Chunk = [CachePadded<Slot>; CHUNK];
@@ -142,6 +185,9 @@ pub(crate) struct Readers {
     free: Mutex<Vec<usize>>,
     /// Slots taken and not orphaned (registered threads).
     in_use: AtomicUsize,
+    /// Releases and orphanings refused because they named a tenure the
+    /// slot is no longer in (a bug: see [`Slot::tenure`]).
+    refused: AtomicUsize,
 }
 
 impl Readers {
@@ -157,6 +203,7 @@ impl Readers {
             len: AtomicUsize::new(0),
             free: Mutex::new(Vec::new()),
             in_use: AtomicUsize::new(0),
+            refused: AtomicUsize::new(0),
         })
     }
 
@@ -187,8 +234,8 @@ impl Readers {
         self.free.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Takes a slot for the calling thread.
-    fn acquire_slot(&self) -> usize {
+    /// Takes a slot for the calling thread: its index and tenure.
+    fn acquire_slot(&self) -> (usize, u64) {
         let mut free = self.lock_free();
         let i = match free.pop() {
             Some(i) => i,
@@ -208,7 +255,8 @@ impl Readers {
                             owner: Mutex::new(None),
                             handles: AtomicUsize::new(0),
                             orphan: AtomicBool::new(false),
-                            owner_key: AtomicUsize::new(0),
+                            owner_key: AtomicU64::new(0),
+                            tenure: AtomicU64::new(0),
                         })
                     }));
                     c.store(Box::into_raw(chunk), Ordering::Release);
@@ -221,9 +269,36 @@ impl Readers {
         self.slot(i)
             .owner_key
             .store(thread_key(), Ordering::Relaxed);
+        let tenure = self.slot(i).tenure.load(Ordering::Relaxed) + 1;
+        debug_assert!(tenure & 1 == 1, "krcu: a free RCU reader slot was taken");
+        self.slot(i).tenure.store(tenure, Ordering::Relaxed);
         self.in_use.fetch_add(1, Ordering::Relaxed);
         drop(free);
-        i
+        (i, tenure)
+    }
+
+    /// Whether slot `i` is taken, in `tenure` (under `free`).
+    fn in_tenure(&self, i: usize, tenure: u64) -> bool {
+        tenure & 1 == 1 && self.slot(i).tenure.load(Ordering::Relaxed) == tenure
+    }
+
+    /// A release or orphaning of slot `i` in a tenure it is no longer in:
+    /// refused (see [`Slot::tenure`]), counted, and a failed assertion in
+    /// debug builds. Called with `free` unlocked.
+    #[cold]
+    fn refuse(&self, i: usize, tenure: u64) {
+        self.refused.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(
+            "krcu: refused to release RCU reader slot {i} of a past tenure ({tenure}); \
+             a slot is never released twice"
+        );
+        debug_assert!(false, "krcu: RCU reader slot {i} released twice");
+    }
+
+    /// How many releases were refused (see [`Readers::refuse`]).
+    #[cfg(test)]
+    pub(crate) fn refused(&self) -> usize {
+        self.refused.load(Ordering::Relaxed)
     }
 
     /// Returns the calling thread's slot `i`, closed, to the free list.
@@ -233,10 +308,23 @@ impl Readers {
     /// owner can touch the slot after its next owner takes it: every guard
     /// of the owner has been dropped, or was leaked and its thread has
     /// finished (see [`late_list_destructor`]).
-    fn release_slot(&self, i: usize) {
+    ///
+    /// `tenure` is the tenure the caller took the slot in: a release in
+    /// another is refused (see [`Slot::tenure`]).
+    fn release_slot(&self, i: usize, tenure: u64) {
+        let free = self.lock_free();
+        if !self.in_tenure(i, tenure) {
+            drop(free);
+            return self.refuse(i, tenure);
+        }
+        self.release_locked(free, i);
+    }
+
+    /// The end of a release, `free` held and the tenure checked.
+    fn release_locked(&self, mut free: std::sync::MutexGuard<'_, Vec<usize>>, i: usize) {
         let slot = self.slot(i);
         debug_assert!(!handshake::active(slot.ctr.load(Ordering::Relaxed)));
-        let mut free = self.lock_free();
+        slot.tenure.fetch_add(1, Ordering::Relaxed);
         *slot.owner.lock().unwrap_or_else(|e| e.into_inner()) = None;
         slot.owner_key.store(0, Ordering::Relaxed);
         if !slot.orphan.swap(false, Ordering::Relaxed) {
@@ -247,10 +335,15 @@ impl Readers {
 
     /// Makes the calling thread's open slot `i` an orphan: no longer
     /// counted as a registered thread, but still waited for and still
-    /// named in stall warnings, until its thread frees it.
-    fn orphan_slot(&self, i: usize) {
+    /// named in stall warnings, until its thread frees it. `tenure` as
+    /// for [`Readers::release_slot`].
+    fn orphan_slot(&self, i: usize, tenure: u64) {
         let slot = self.slot(i);
-        let _free = self.lock_free();
+        let free = self.lock_free();
+        if !self.in_tenure(i, tenure) {
+            drop(free);
+            return self.refuse(i, tenure);
+        }
         if !slot.orphan.swap(true, Ordering::Relaxed) {
             self.in_use.fetch_sub(1, Ordering::Relaxed);
         }
@@ -280,19 +373,19 @@ impl Readers {
 
     #[cold]
     fn current_slot_slow(self: &Arc<Self>) -> &Slot {
-        let i = self.register_current(0);
+        let (i, _) = self.register_current(0);
         let slot: *const Slot = self.slot(i);
         let _ = CACHE.try_with(|c| c.set(self.id, slot));
         self.slot(i)
     }
 
     /// Finds or makes the calling thread's registration; adds `handles`
-    /// to its slot's handle count. Returns the slot index.
-    fn register_current(self: &Arc<Self>, handles: usize) -> usize {
-        let found = REGISTRATIONS.try_with(|regs| {
+    /// to its slot's handle count. Returns the slot index and tenure.
+    fn register_current(self: &Arc<Self>, handles: usize) -> (usize, u64) {
+        let found = with_registrations(|regs| {
             let mut regs = regs.borrow_mut();
             if let Some(r) = regs.iter().find(|r| r.id == self.id) {
-                return r.index;
+                return (r.index, r.tenure);
             }
             // A first registration in this list: arm the late list first,
             // so that its destructor, which runs after every thread-local
@@ -302,30 +395,32 @@ impl Readers {
             // library's `pthread` key destructor: see the module doc).
             // Cheap after the first time (one `pthread_getspecific`).
             let _ = with_late_list(true, |_| ());
-            let _ = REGISTERED.try_with(|r| r.set(true));
-            let index = self.acquire_slot();
+            LIST.set(LIST_LIVE);
+            let (index, tenure) = self.acquire_slot();
             regs.push(Registration {
                 id: self.id,
                 readers: Arc::downgrade(self),
                 index,
+                tenure,
             });
-            index
+            (index, tenure)
         });
-        let index = found.unwrap_or_else(|_| {
+        let (index, tenure) = found.unwrap_or_else(|()| {
             // The thread is exiting and its registration list is gone: the
             // late list holds its slot (or gets a new one), and frees it
             // when the thread ends.
             with_late_list(true, |late| {
                 if let Some(r) = late.iter().find(|r| r.id == self.id) {
-                    return r.index;
+                    return (r.index, r.tenure);
                 }
-                let index = self.acquire_slot();
+                let (index, tenure) = self.acquire_slot();
                 late.push(Registration {
                     id: self.id,
                     readers: Arc::downgrade(self),
                     index,
+                    tenure,
                 });
-                index
+                (index, tenure)
             })
             .unwrap_or_else(|| {
                 // No late list (no thread-specific key): the slot stays
@@ -337,7 +432,7 @@ impl Readers {
         self.slot(index)
             .handles
             .fetch_add(handles, Ordering::Relaxed);
-        index
+        (index, tenure)
     }
 
     /// Whether the calling thread is inside a read-side section of this
@@ -350,9 +445,8 @@ impl Readers {
         let active = |r: &Registration| {
             r.id == self.id && handshake::active(self.slot(r.index).ctr.load(Ordering::Relaxed))
         };
-        REGISTRATIONS
-            .try_with(|regs| regs.try_borrow().is_ok_and(|regs| regs.iter().any(active)))
-            .unwrap_or_else(|_| {
+        with_registrations(|regs| regs.try_borrow().is_ok_and(|regs| regs.iter().any(active)))
+            .unwrap_or_else(|()| {
                 with_late_list(false, |late| late.iter().any(active)).unwrap_or(false)
             })
     }
@@ -373,14 +467,14 @@ impl Readers {
     /// The calling thread's slot is told by its registration, or, when that
     /// is out of reach (a `fork` from a signal handler that interrupted
     /// `register_current` or `drop_handle` finds the registration list
-    /// borrowed), by the slot's owner key: the address of the thread's
-    /// thread-local cache, which the child's only thread inherits unchanged
-    /// and which no other live thread of the parent shared.
+    /// borrowed, or a handle's slot no list holds any more), by the slot's
+    /// owner key ([`thread_key`]), which the child's only thread inherits
+    /// unchanged and which no other thread of the parent, live or dead,
+    /// ever had.
     pub(crate) fn forget_other_threads(&self) {
         let find = |regs: &[Registration]| regs.iter().find(|r| r.id == self.id).map(|r| r.index);
-        let mine = REGISTRATIONS
-            .try_with(|regs| regs.try_borrow().ok().and_then(|regs| find(&regs)))
-            .unwrap_or_else(|_| with_late_list(false, |late| find(late)).flatten());
+        let mine = with_registrations(|regs| regs.try_borrow().ok().and_then(|regs| find(&regs)))
+            .unwrap_or_else(|()| with_late_list(false, |late| find(late)).flatten());
         let my_key = thread_key();
         let mut free = self.lock_free();
         let n = self.len();
@@ -404,6 +498,11 @@ impl Readers {
             // Its handles were the dead thread's.
             slot.handles.store(0, Ordering::Relaxed);
             slot.owner_key.store(0, Ordering::Relaxed);
+            // Its tenure ends (even: free), so that no registration of the
+            // dead thread could release it again.
+            if slot.tenure.load(Ordering::Relaxed) & 1 == 1 {
+                slot.tenure.fetch_add(1, Ordering::Relaxed);
+            }
             // An orphan was counted out already (under `free`, which the
             // fork held, so the mark and the count agree).
             if !slot.orphan.swap(false, Ordering::Relaxed) {
@@ -413,7 +512,8 @@ impl Readers {
         }
     }
 
-    fn drop_handle(self: &Arc<Self>, index: usize) {
+    /// The drop of a handle on slot `index`, taken in `tenure`.
+    fn drop_handle(self: &Arc<Self>, index: usize, tenure: u64) {
         let slot = self.slot(index);
         let before = slot.handles.fetch_sub(1, Ordering::Relaxed);
         debug_assert!(before > 0, "reader handle count underflow");
@@ -421,18 +521,22 @@ impl Readers {
             // Another handle of this thread still holds the slot.
             return;
         }
-        let gone = REGISTRATIONS.try_with(|regs| {
+        // The handle's own registration: same instance, slot and tenure
+        // (never another registration of the instance).
+        let mine = |r: &Registration| r.id == self.id && r.index == index && r.tenure == tenure;
+        let listed = with_registrations(|regs| {
             let mut regs = regs.borrow_mut();
-            let Some(pos) = regs.iter().position(|r| r.id == self.id) else {
-                return;
+            let Some(pos) = regs.iter().position(mine) else {
+                return false;
             };
             if !handshake::active(slot.ctr.load(Ordering::Relaxed)) {
                 regs.swap_remove(pos);
                 forget_cached(self.id);
-                self.release_slot(index);
+                self.release_slot(index, tenure);
             }
+            true
         });
-        if gone.is_err() {
+        if listed != Ok(true) {
             // The thread is exiting; its registration list is gone, and
             // the late list has this slot (the list's destructor moved it
             // there, or it was taken during teardown). The cache may point
@@ -444,25 +548,26 @@ impl Readers {
                 // Inside a section (opened through `Rcu::read_lock`): the
                 // late list's destructor frees it.
                 let kept = with_late_list(true, |late| {
-                    if !late.iter().any(|r| r.id == self.id) {
+                    if !late.iter().any(mine) {
                         late.push(Registration {
                             id: self.id,
                             readers: Arc::downgrade(self),
                             index,
+                            tenure,
                         });
                     }
                 });
                 // Open and no longer held: an orphan, as the registration
                 // list's destructor makes one (kept taken for good if
                 // there is no late list).
-                self.orphan_slot(index);
+                self.orphan_slot(index, tenure);
                 if kept.is_none() {
                     tracing::warn!("krcu: no thread-specific key for an RCU orphan slot; it leaks");
                 }
                 return;
             }
-            let _ = with_late_list(false, |late| late.retain(|r| r.id != self.id));
-            self.release_slot(index);
+            let _ = with_late_list(false, |late| late.retain(|r| !mine(r)));
+            self.release_slot(index, tenure);
         }
     }
 }
@@ -486,6 +591,8 @@ struct Registration {
     id: u64,
     readers: Weak<Readers>,
     index: usize,
+    /// The slot's tenure when this registration took it.
+    tenure: u64,
 }
 
 /// The thread's registrations; their destructor runs at thread exit.
@@ -493,9 +600,9 @@ struct Registrations(RefCell<Vec<Registration>>);
 
 impl Drop for Registrations {
     fn drop(&mut self) {
-        // From here on the late list's destructor must not look at this
-        // list (it is being destroyed).
-        let _ = REGISTERED.try_with(|r| r.set(false));
+        // From here on nothing looks at this list (it is being
+        // destroyed): registrations go to the late list.
+        LIST.set(LIST_GONE);
         retire_registrations(core::mem::take(self.0.get_mut()));
     }
 }
@@ -515,7 +622,7 @@ fn retire_registrations(regs: Vec<Registration>) {
         let held = slot.handles.load(Ordering::Relaxed) != 0;
         let open = handshake::active(slot.ctr.load(Ordering::Relaxed));
         if !held && !open {
-            readers.release_slot(r.index);
+            readers.release_slot(r.index, r.tenure);
             continue;
         }
         // Still held by a handle, or inside a section, in a
@@ -526,7 +633,7 @@ fn retire_registrations(regs: Vec<Registration>) {
                 "krcu: a thread's RCU registration list went with a read-side \
                  section open; grace periods wait for it until it ends"
             );
-            readers.orphan_slot(r.index);
+            readers.orphan_slot(r.index, r.tenure);
         }
         let index = r.index;
         if with_late_list(true, |late| late.push(r)).is_none() && !held {
@@ -599,16 +706,19 @@ fn with_late_list<R>(create: bool, f: impl FnOnce(&mut Vec<Registration>) -> R) 
 /// The late list's destructor: the thread has run every thread-local
 /// destructor, so no guard of it can still be dropped (one still open was
 /// leaked): it closes such sections (with a warning, as the kernel's
-/// `exit_rcu`) and frees the slots. A slot still held by a handle (a
-/// leaked handle) stays taken, as a leaked handle's slot does.
+/// `exit_rcu`) and frees the slots. A slot still held by a handle stays
+/// taken (a leaked handle's slot does; a handle that a later key
+/// destructor drops frees it, by its tenure).
 ///
 /// Once a slot is freed here another thread may take it, so this thread
 /// must never enter it again: no guard of it is left to drop (above), no
 /// handle holds it (skipped), and the cache is cleared before the slots
 /// go, so a `read_lock` in code that still runs on this thread (another
 /// key's destructor) misses the cache, finds no late list (POSIX clears
-/// the value before calling us) and takes a fresh slot in a new one, whose
-/// destructor runs in the next round.
+/// the value before calling us) and no registration list (gone, or
+/// retired below for good) and takes a fresh slot in a new late list,
+/// whose destructor runs in the next round. Each slot is freed only in
+/// the tenure it was listed in ([`Readers::release_at_exit`]).
 extern "C" fn late_list_destructor(p: *mut libc::c_void) {
     // SAFETY: the value was set by `with_late_list` from Box::into_raw, and
     // POSIX calls the destructor once per value, after clearing it.
@@ -618,19 +728,25 @@ extern "C" fn late_list_destructor(p: *mut libc::c_void) {
     // thread-local destructors had run (from another `pthread` key's
     // destructor), so its destructor was registered too late to run. Its
     // registrations are retired here, as that destructor would: the list
-    // is emptied first, so nothing is released twice, and a slot still
-    // open or held goes to a new late list, whose destructor runs in the
-    // next round. (Where Rust's thread-local destructors run from a key
-    // destructor of their own, as on musl, the list may still be destroyed
-    // later: it finds it empty. `REGISTERED` is false once its destructor
-    // has started, so the list is never touched after it is gone.)
-    if REGISTERED.try_with(Cell::get) == Ok(true) {
+    // is marked gone and emptied first, so nothing is released twice, and
+    // a slot still open or held goes to a new late list, whose destructor
+    // runs in the next round. (Where Rust's thread-local destructors run
+    // from a key destructor of their own, as on musl, the list may still
+    // be destroyed later: it finds it empty. `LIST` is `LIST_GONE` once
+    // its destructor has started, so the list is never touched after it
+    // is gone.)
+    if LIST.get() == LIST_LIVE {
+        // Retired for good: from here on the list counts as gone (a
+        // registration in a later destructor goes to the late list, and a
+        // handle's drop looks for its slot there), so nothing is taken
+        // into it that its destructor (which never runs) would have to
+        // free, and nothing in it is released twice.
+        LIST.set(LIST_GONE);
         let regs = REGISTRATIONS.try_with(|regs| {
             regs.try_borrow_mut()
                 .map(|mut regs| core::mem::take(&mut *regs))
                 .unwrap_or_default()
         });
-        let _ = REGISTERED.try_with(|r| r.set(false));
         if let Ok(regs) = regs {
             retire_registrations(regs);
         }
@@ -639,25 +755,43 @@ extern "C" fn late_list_destructor(p: *mut libc::c_void) {
         let Some(readers) = r.readers.upgrade() else {
             continue;
         };
-        let slot = readers.slot(r.index);
-        if slot.handles.load(Ordering::Relaxed) != 0 {
-            // Held by a leaked handle: taken for good. The thread is gone,
-            // so its key may be another thread's next: drop it (under
-            // `free`, as every change of the key).
-            let _free = readers.lock_free();
-            slot.owner_key.store(0, Ordering::Relaxed);
-            continue;
+        readers.release_at_exit(r.index, r.tenure);
+    }
+}
+
+impl Readers {
+    /// The late list's end for slot `i`, taken in `tenure` (see
+    /// [`late_list_destructor`]): frees it, ending a leaked guard's
+    /// section, unless a handle holds it. All under `free`, after checking
+    /// the tenure: a slot that changed hands since it was listed is
+    /// neither ended nor freed (refused).
+    fn release_at_exit(&self, i: usize, tenure: u64) {
+        let slot = self.slot(i);
+        let free = self.lock_free();
+        if !self.in_tenure(i, tenure) {
+            drop(free);
+            return self.refuse(i, tenure);
         }
-        if handshake::active(slot.ctr.load(Ordering::Relaxed)) {
-            tracing::warn!(
-                "krcu: a thread exited inside an RCU read-side section (a leaked guard); \
-                 the section is ended"
-            );
+        if slot.handles.load(Ordering::Relaxed) != 0 {
+            // Held by a handle: leaked, or dropped by a later key
+            // destructor of this thread, whose drop frees it (by its
+            // tenure). It keeps its owner's key, which no later thread
+            // gets (see `thread_key`).
+            return;
+        }
+        let leaked = handshake::active(slot.ctr.load(Ordering::Relaxed));
+        if leaked {
             // Release: the section's accesses happen before a grace
             // period's scan that reads the zero (as `read_unlock`).
             slot.ctr.store(0, Ordering::Release);
         }
-        readers.release_slot(r.index);
+        self.release_locked(free, i);
+        if leaked {
+            tracing::warn!(
+                "krcu: a thread exited inside an RCU read-side section (a leaked guard); \
+                 the section is ended"
+            );
+        }
     }
 }
 
@@ -774,19 +908,67 @@ thread_local! {
         }
     };
     static REGISTRATIONS: Registrations = const { Registrations(RefCell::new(Vec::new())) };
-    /// Whether [`REGISTRATIONS`] holds registrations and its destructor has
-    /// not started. No destructor, so it is reachable during thread
-    /// teardown: the late list's destructor reads it to find a list whose
-    /// destructor never ran (see the module doc).
-    static REGISTERED: Cell<bool> = const { Cell::new(false) };
+    /// The state of [`REGISTRATIONS`]: [`LIST_UNUSED`], [`LIST_LIVE`] (it
+    /// holds registrations) or [`LIST_GONE`] (its destructor has started,
+    /// or the late list's destructor retired it). No destructor, so it is
+    /// reachable during thread teardown: the late list's destructor reads
+    /// it to find a list whose destructor never ran (see the module doc).
+    static LIST: Cell<u8> = const { Cell::new(LIST_UNUSED) };
 }
 
-/// This thread's key for [`Slot::owner_key`]: the address of its cache, a
-/// thread-local without destructor (so reachable at any point of the
-/// thread's life, and never 0). Unique among live threads, and the same in
-/// the child of a `fork` for the thread that forked.
-fn thread_key() -> usize {
-    CACHE.with(|c| core::ptr::from_ref(c).addr())
+/// [`LIST`]: the registration list holds no registration yet.
+const LIST_UNUSED: u8 = 0;
+/// [`LIST`]: the registration list holds registrations.
+const LIST_LIVE: u8 = 1;
+/// [`LIST`]: the registration list is gone for good; the late list takes
+/// its part.
+const LIST_GONE: u8 = 2;
+
+/// Runs `f` on the thread's registration list; `Err` once it is gone
+/// (destroyed, or retired by the late list's destructor).
+fn with_registrations<R>(f: impl FnOnce(&RefCell<Vec<Registration>>) -> R) -> Result<R, ()> {
+    if LIST.get() == LIST_GONE {
+        return Err(());
+    }
+    REGISTRATIONS.try_with(|regs| f(regs)).map_err(|_| ())
+}
+
+thread_local! {
+    /// This thread's [`thread_key`], 0 until first asked. No destructor, so
+    /// it is reachable at any point of the thread's life.
+    static THREAD_KEY: std::sync::atomic::AtomicU64 = const { std::sync::atomic::AtomicU64::new(0) };
+}
+
+/// This thread's key for [`Slot::owner_key`]: a number from a process-wide
+/// counter, taken on first use and never 0. Never reused (64 bits), so
+/// unique among all the threads the process ever had: unlike an address
+/// of thread-local data (which glibc hands to a later thread when it
+/// reuses a stack), the key of a dead thread left on a slot can never be
+/// mistaken for a later thread's. The child of a `fork` inherits the
+/// forking thread's key with its thread-local data.
+///
+/// Async-signal-safe: a handler that interrupts the first use between the
+/// load and the compare-exchange sets the key itself, and the interrupted
+/// call then takes the handler's (Relaxed: only this thread and its
+/// handlers touch the thread-local; the counter needs only atomicity).
+fn thread_key() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    THREAD_KEY.with(|k| {
+        let key = k.load(std::sync::atomic::Ordering::Relaxed);
+        if key != 0 {
+            return key;
+        }
+        let new = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        match k.compare_exchange(
+            0,
+            new,
+            std::sync::atomic::Ordering::Relaxed,
+            std::sync::atomic::Ordering::Relaxed,
+        ) {
+            Ok(_) => new,
+            Err(key) => key,
+        }
+    })
 }
 
 /// Clears the cache if it may hold instance `id`: it does, or an update is
@@ -889,17 +1071,20 @@ impl core::fmt::Debug for ReadGuard<'_> {
 pub struct ReaderHandle {
     readers: Arc<Readers>,
     index: usize,
+    /// The slot's tenure when the handle's registration took it.
+    tenure: u64,
     slot: *const Slot,
 }
 
 impl ReaderHandle {
     pub(crate) fn new(readers: &Arc<Readers>) -> Self {
-        let index = readers.register_current(1);
+        let (index, tenure) = readers.register_current(1);
         let slot: *const Slot = readers.slot(index);
         let _ = CACHE.try_with(|c| c.set(readers.id, slot));
         ReaderHandle {
             readers: readers.clone(),
             index,
+            tenure,
             slot,
         }
     }
@@ -918,7 +1103,7 @@ impl ReaderHandle {
 
 impl Drop for ReaderHandle {
     fn drop(&mut self) {
-        self.readers.drop_handle(self.index);
+        self.readers.drop_handle(self.index, self.tenure);
     }
 }
 
@@ -1062,6 +1247,50 @@ mod tests {
         assert_eq!(rx.recv().unwrap(), [true; 3]);
         assert!(gp_ends_within(rcu, Duration::from_secs(10)));
         assert_eq!(rcu.stats().readers, 0);
+    }
+
+    /// A thread's key is never a dead thread's, even where glibc gives the
+    /// new thread the dead one's stack (and thread-local addresses).
+    #[test]
+    fn thread_keys_are_never_reused() {
+        let key = || std::thread::spawn(thread_key).join().unwrap();
+        let keys: Vec<u64> = (0..8).map(|_| key()).collect();
+        let mut unique = keys.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), keys.len(), "{keys:?}");
+        assert!(!keys.contains(&0));
+    }
+
+    /// A second release of a tenure is refused, even once the slot is
+    /// taken again (by the same thread, as here).
+    #[test]
+    fn a_slot_is_never_released_twice() {
+        let readers = Readers::new(true);
+        let release = |i, t| {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| readers.release_slot(i, t)))
+                .is_ok()
+        };
+        let (i, t) = readers.acquire_slot();
+        assert!(release(i, t));
+        assert_eq!(readers.registered(), 0);
+        // (Debug builds assert: the refusal is a bug caught.)
+        assert_eq!(release(i, t), !cfg!(debug_assertions));
+        assert_eq!(readers.refused(), 1);
+        let (j, t2) = readers.acquire_slot();
+        assert_eq!(j, i, "the slot was on the free list twice");
+        assert_ne!(t2, t);
+        assert_eq!(release(i, t), !cfg!(debug_assertions));
+        assert_eq!(readers.refused(), 2);
+        assert_eq!(
+            readers.registered(),
+            1,
+            "a stale release freed a taken slot"
+        );
+        let (k, _) = readers.acquire_slot();
+        assert_ne!(k, i);
+        assert!(release(j, t2));
+        assert_eq!(readers.registered(), 1);
     }
 
     /// A `fork` from a signal handler that interrupted `register_current`
