@@ -327,3 +327,111 @@ fn a_slot_released_twice_never_ends_another_threads_section() {
     );
     assert!(x_ok, "X's read-side section was ended by another thread");
 }
+
+/// Round 4: a guard opened in another library's `pthread` key destructor
+/// (K1, which runs before krcu's late-list destructor) through an armed
+/// late list, and kept in a Rust thread-local first used there (glibc
+/// never runs its destructor), is dropped by a key destructor that runs
+/// after the late list's (K2). The late-list destructor must not take
+/// that section for a leaked guard's: ending it (and freeing the slot)
+/// let a grace period end while K2 was still inside the section, and the
+/// drop then ran `read_unlock` on a freed slot ("read_unlock without
+/// read_lock", an abort in debug builds).
+#[test]
+fn a_guard_kept_past_the_late_list_is_still_waited_for() {
+    use std::cell::RefCell;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+    if !in_child() {
+        let (ok, out) = run_isolated(
+            "a_guard_kept_past_the_late_list_is_still_waited_for",
+            Duration::from_secs(25),
+        );
+        assert!(ok, "{out}");
+        return;
+    }
+    static RCU: std::sync::OnceLock<&'static krcu::rcu::Rcu> = std::sync::OnceLock::new();
+    static KEYS: std::sync::OnceLock<(libc::pthread_key_t, libc::pthread_key_t)> =
+        std::sync::OnceLock::new();
+    /// 1: K2 runs, its guard kept; 3: K2 dropped the guard.
+    static STATE: AtomicUsize = AtomicUsize::new(0);
+    static GO: AtomicBool = AtomicBool::new(false);
+    thread_local! {
+        static HELD: RefCell<Option<krcu::rcu::ReadGuard<'static>>> = const { RefCell::new(None) };
+    }
+    extern "C" fn k1_dtor(_: *mut libc::c_void) {
+        let rcu = *RCU.get().unwrap();
+        HELD.with(|h| *h.borrow_mut() = Some(rcu.read_lock()));
+    }
+    extern "C" fn k2_dtor(_: *mut libc::c_void) {
+        STATE.store(1, SeqCst);
+        let t = Instant::now();
+        while !GO.load(SeqCst) && t.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let g = HELD.with(|h| h.borrow_mut().take());
+        drop(g);
+        STATE.store(3, SeqCst);
+    }
+    extern "C" fn start(_: *mut libc::c_void) -> *mut libc::c_void {
+        let (k1, k2) = *KEYS.get().unwrap();
+        // Arms the thread's late list (a first registration).
+        drop(RCU.get().unwrap().read_lock());
+        // SAFETY: live keys; the values are only non-null markers.
+        unsafe {
+            libc::pthread_setspecific(k1, core::ptr::dangling::<u8>().cast());
+            libc::pthread_setspecific(k2, core::ptr::dangling::<u8>().cast());
+        }
+        core::ptr::null_mut()
+    }
+    let rcu = private_rcu();
+    RCU.set(rcu).ok().unwrap();
+    let (mut k0, mut k1, mut k2): (
+        libc::pthread_key_t,
+        libc::pthread_key_t,
+        libc::pthread_key_t,
+    ) = (0, 0, 0);
+    // As in `run_split_key_destructors`: K1 before krcu's late key, K2
+    // after it.
+    // SAFETY: valid out pointer; no destructor.
+    let r = unsafe { libc::pthread_key_create(&mut k0, None) };
+    assert_eq!(r, 0);
+    // SAFETY: valid out pointer; the destructor ignores the value.
+    let r = unsafe { libc::pthread_key_create(&mut k1, Some(k1_dtor)) };
+    assert_eq!(r, 0);
+    drop(private_rcu().read_lock());
+    // SAFETY: as above.
+    let r = unsafe { libc::pthread_key_create(&mut k2, Some(k2_dtor)) };
+    assert_eq!(r, 0);
+    KEYS.set((k1, k2)).unwrap();
+    let mut t: libc::pthread_t = 0;
+    // SAFETY: valid out pointer, default attributes, a start routine that
+    // ignores its argument; joined below.
+    let r =
+        unsafe { libc::pthread_create(&mut t, core::ptr::null(), start, core::ptr::null_mut()) };
+    assert_eq!(r, 0);
+    let t0 = Instant::now();
+    while STATE.load(SeqCst) == 0 && t0.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(STATE.load(SeqCst), 1, "K2's destructor never ran");
+    static GP_DONE: AtomicBool = AtomicBool::new(false);
+    let gp = std::thread::spawn(move || {
+        rcu.synchronize();
+        GP_DONE.store(true, SeqCst);
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let premature = GP_DONE.load(SeqCst);
+    GO.store(true, SeqCst);
+    // SAFETY: `t` is our joinable thread, joined once.
+    let r = unsafe { libc::pthread_join(t, core::ptr::null_mut()) };
+    assert_eq!(r, 0);
+    assert_eq!(STATE.load(SeqCst), 3, "K2's destructor never finished");
+    gp.join().unwrap();
+    assert!(
+        !premature,
+        "a grace period ended while K2 was inside its section"
+    );
+    // The thread is gone: its slot holds nothing up, and is not counted.
+    rcu.synchronize();
+    assert_eq!(rcu.stats().readers, 0);
+}

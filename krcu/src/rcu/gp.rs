@@ -207,7 +207,19 @@ impl GpEngine {
 
     /// Waits until no slot holds up the counter value `v`
     /// (liburcu's `wait_for_readers`).
+    ///
+    /// # Orphans
+    /// A slot left open by a thread that is gone can never be closed by
+    /// it. While the registry has orphans (rare: threads that exited, or
+    /// are exiting, inside a section), the wait frees those whose thread
+    /// is gone ([`Readers::reap_orphans`]) before its scan and again at
+    /// each of its sleeps (a thread just joined may take a moment to leave
+    /// the kernel's thread table). Without orphans this costs one Relaxed
+    /// load per wait: live readers are waited for as before.
     fn wait_for_readers(&self, holding_up: &mut Vec<usize>, v: usize, gp_seq: u64, mode: WaitMode) {
+        if self.readers.has_orphans() {
+            self.readers.reap_orphans();
+        }
         holding_up.clear();
         let n = self.readers.len();
         holding_up.extend((0..n).filter(|&i| self.readers.holds_up(i, v)));
@@ -223,6 +235,9 @@ impl GpEngine {
             } else {
                 std::thread::sleep(sleep);
                 sleep = (sleep * 2).min(Duration::from_millis(1));
+                if self.readers.has_orphans() {
+                    self.readers.reap_orphans();
+                }
                 if let Some(waited) = clock.as_mut().and_then(|c| c.due(self.stalls.timeout())) {
                     self.report_stalls(holding_up, gp_seq, waited);
                 }

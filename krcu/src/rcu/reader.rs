@@ -8,8 +8,9 @@
 //! the slots), and a thread that unregisters only returns its slot to a free
 //! list for the next thread to take. A free slot reads zero, so a scan that
 //! meets it skips it. A slot goes back to the free list only from its own
-//! thread, with its section closed (or, in the child of a `fork`, from the
-//! only thread left), so a guard can never end another thread's section.
+//! thread, with its section closed, or once its thread is gone (see
+//! *Thread exit*; in the child of a `fork`, from the only thread left), so
+//! a guard can never end another thread's section.
 //!
 //! A taken slot records its owner's key (a per-thread number, never
 //! reused), so that the child of a `fork` keeps the forking
@@ -53,19 +54,26 @@
 //! **orphan**: no longer counted in [`RcuStats::readers`](super::RcuStats),
 //! but grace periods still wait for it and stall warnings still name its
 //! thread: its section may still be running (a guard kept in an older
-//! thread-local). When the late list's destructor runs, no code of the
-//! thread that Rust can reach is left: a section still open there belongs
-//! to a leaked guard, which it ends with a warning (the kernel's
-//! `exit_rcu` does the same), and it frees the slots. So a leaked guard does
-//! not stall grace periods after its thread has exited, and a section
-//! running in a thread-local destructor is waited for.
+//! thread-local).
 //!
-//! One known exception is open: a guard opened in another library's
-//! `pthread` key destructor through an already armed late list, and kept
-//! in a Rust thread-local first used there (whose destructor glibc never
-//! runs), is not leaked: a key destructor that runs after the late list's
-//! can still take it out and drop it, and that drop then ends a section on
-//! a slot already freed (perhaps another thread's by then).
+//! The late list's destructor frees the slots that are closed, but never
+//! ends a section still open: code of the thread may still run after it
+//! (another library's `pthread` key destructors) and hold a guard (kept
+//! in a Rust thread-local first used in such a destructor, which glibc
+//! never destroys), so an open section there is not known to be a leaked
+//! guard's. Its slot stays an orphan, still the thread's: a later drop of
+//! the guard ends the section on it. Only the thread's end settles it: a
+//! grace period that finds orphans (a cold path; none, and the scan costs
+//! one more load) frees each one whose thread is gone
+//! (`tgkill(getpid(), tid, 0)` fails with `ESRCH`), ending its section if
+//! still open, with a warning, as the kernel's `exit_rcu` does; so does a
+//! registration that would otherwise grow the registry. A tid the kernel
+//! gave to a new thread of the process only puts that off until the new
+//! thread is gone too (a stall, never an early free). So a leaked guard
+//! stalls grace periods after its thread has exited only until the kernel
+//! has reaped the thread, and a section running in any destructor of the
+//! thread is waited for. In the child of a `fork`, the orphans of other
+//! threads are freed with their other slots (their tids are the parent's).
 //!
 //! The late list is armed at a thread's first registration, not only when
 //! the registration list's destructor needs it: a thread that first reads
@@ -87,7 +95,7 @@
 use super::handshake;
 use crate::context;
 use crate::lockdep;
-use crate::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+use crate::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 use core::cell::{Cell, RefCell};
 use core::marker::PhantomData;
 use core::sync::atomic::compiler_fence;
@@ -165,6 +173,10 @@ pub(crate) struct Slot {
     /// since) is refused, so a slot is never released twice. Changed only
     /// under the `free` mutex, which orders it (Relaxed).
     tenure: AtomicU64,
+    /// The owning thread's kernel id (0 while free): how an orphan's
+    /// reaper ([`Readers::reap_orphans`]) tells that its thread is gone.
+    /// Changed only under the `free` mutex (Relaxed).
+    tid: AtomicI32,
 }
 
 type Chunk = [CachePadded<Slot>; CHUNK];
@@ -185,6 +197,12 @@ pub(crate) struct Readers {
     free: Mutex<Vec<usize>>,
     /// Slots taken and not orphaned (registered threads).
     in_use: AtomicUsize,
+    /// Orphans (taken, not counted in `in_use`): while nonzero, grace
+    /// periods look for orphans whose thread is gone
+    /// ([`Readers::reap_orphans`]). Changed only under `free`; read
+    /// Relaxed outside it as a hint (a stale zero only puts the reaping
+    /// off to a later look).
+    orphans: AtomicUsize,
     /// Releases and orphanings refused because they named a tenure the
     /// slot is no longer in (a bug: see [`Slot::tenure`]).
     refused: AtomicUsize,
@@ -203,6 +221,7 @@ impl Readers {
             len: AtomicUsize::new(0),
             free: Mutex::new(Vec::new()),
             in_use: AtomicUsize::new(0),
+            orphans: AtomicUsize::new(0),
             refused: AtomicUsize::new(0),
         })
     }
@@ -237,6 +256,10 @@ impl Readers {
     /// Takes a slot for the calling thread: its index and tenure.
     fn acquire_slot(&self) -> (usize, u64) {
         let mut free = self.lock_free();
+        if free.is_empty() && self.orphans.load(Ordering::Relaxed) != 0 {
+            // Before growing, free the orphans of threads that are gone.
+            self.reap_locked(&mut free);
+        }
         let i = match free.pop() {
             Some(i) => i,
             None => {
@@ -257,6 +280,7 @@ impl Readers {
                             orphan: AtomicBool::new(false),
                             owner_key: AtomicU64::new(0),
                             tenure: AtomicU64::new(0),
+                            tid: AtomicI32::new(0),
                         })
                     }));
                     c.store(Box::into_raw(chunk), Ordering::Release);
@@ -265,7 +289,9 @@ impl Readers {
                 i
             }
         };
-        *self.slot(i).owner.lock().unwrap_or_else(|e| e.into_inner()) = Some(ThreadInfo::current());
+        let info = ThreadInfo::current();
+        self.slot(i).tid.store(info.tid, Ordering::Relaxed);
+        *self.slot(i).owner.lock().unwrap_or_else(|e| e.into_inner()) = Some(info);
         self.slot(i)
             .owner_key
             .store(thread_key(), Ordering::Relaxed);
@@ -306,8 +332,8 @@ impl Readers {
     /// Only the slot's owning thread calls this (or the surviving thread
     /// of a `fork`), and only with the section closed, so no guard of the
     /// owner can touch the slot after its next owner takes it: every guard
-    /// of the owner has been dropped, or was leaked and its thread has
-    /// finished (see [`late_list_destructor`]).
+    /// of the owner has been dropped (a slot left open by a thread is
+    /// freed only once that thread is gone: [`Readers::reap_locked`]).
     ///
     /// `tenure` is the tenure the caller took the slot in: a release in
     /// another is refused (see [`Slot::tenure`]).
@@ -322,31 +348,123 @@ impl Readers {
 
     /// The end of a release, `free` held and the tenure checked.
     fn release_locked(&self, mut free: std::sync::MutexGuard<'_, Vec<usize>>, i: usize) {
+        self.release_in(&mut free, i);
+    }
+
+    /// [`Readers::release_locked`] on the locked free list.
+    fn release_in(&self, free: &mut Vec<usize>, i: usize) {
         let slot = self.slot(i);
         debug_assert!(!handshake::active(slot.ctr.load(Ordering::Relaxed)));
         slot.tenure.fetch_add(1, Ordering::Relaxed);
         *slot.owner.lock().unwrap_or_else(|e| e.into_inner()) = None;
         slot.owner_key.store(0, Ordering::Relaxed);
-        if !slot.orphan.swap(false, Ordering::Relaxed) {
+        slot.tid.store(0, Ordering::Relaxed);
+        if slot.orphan.swap(false, Ordering::Relaxed) {
+            self.orphans.fetch_sub(1, Ordering::Relaxed);
+        } else {
             self.in_use.fetch_sub(1, Ordering::Relaxed);
         }
         free.push(i);
     }
 
+    /// Marks the taken slot `i` an orphan (`free` held): counted out of
+    /// `in_use`, into `orphans`, once.
+    fn mark_orphan(&self, i: usize) {
+        if !self.slot(i).orphan.swap(true, Ordering::Relaxed) {
+            self.in_use.fetch_sub(1, Ordering::Relaxed);
+            self.orphans.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether any slot is an orphan (a Relaxed hint: see
+    /// [`Readers::orphans`]). One load: the grace period's fast path
+    /// pays nothing more while there is none.
+    #[inline]
+    pub(crate) fn has_orphans(&self) -> bool {
+        self.orphans.load(Ordering::Relaxed) != 0
+    }
+
+    /// Frees the orphans whose thread is gone (the cold path of a grace
+    /// period that finds orphans, and of a registration that would
+    /// otherwise grow the registry): see [`Readers::reap_locked`].
+    #[cold]
+    pub(crate) fn reap_orphans(&self) {
+        let mut free = self.lock_free();
+        self.reap_locked(&mut free);
+    }
+
+    /// With `free` held: each orphan whose owning thread no longer exists
+    /// (`tgkill(getpid(), tid, 0)` fails with `ESRCH`) can never close its
+    /// section: no code of that thread runs any more. Its section is over
+    /// for good, so it is ended (with a warning if it was open, as the
+    /// kernel's `exit_rcu` ends a task's) and the slot freed, in the tenure
+    /// it is in (read under `free`, as every change of it is made).
+    ///
+    /// The check never frees early: `ESRCH` means no thread of this
+    /// process has the tid, so the owner (which had it, in this process:
+    /// the child of a `fork` renames the forking thread's orphans and
+    /// frees the others, see [`Readers::forget_other_threads`]) has exited.
+    /// If the kernel gave the tid to a new thread of the process since,
+    /// the check keeps succeeding while that thread lives: the orphan is
+    /// reaped late (a grace period may stall until then), never early.
+    ///
+    /// Ordering: the dead thread's section, and its accesses, happened
+    /// before its exit, which the kernel orders before the `ESRCH` that
+    /// the tid lookup (under its own locks and RCU) returns here; the
+    /// Release store of zero then publishes the end as `read_unlock` would,
+    /// and a grace period's scan that reads it is followed by the grace
+    /// period's closing barrier.
+    fn reap_locked(&self, free: &mut Vec<usize>) {
+        if self.orphans.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        // SAFETY: getpid has no preconditions.
+        let pid = unsafe { libc::getpid() };
+        for i in 0..self.len() {
+            let slot = self.slot(i);
+            if !slot.orphan.load(Ordering::Relaxed) {
+                continue;
+            }
+            let tenure = slot.tenure.load(Ordering::Relaxed);
+            let tid = slot.tid.load(Ordering::Relaxed);
+            if !self.in_tenure(i, tenure) || tid == 0 {
+                continue;
+            }
+            // SAFETY: signal 0 sends nothing: the call only checks that a
+            // thread `tid` exists in this process. No pointers.
+            let r = unsafe { libc::syscall(libc::SYS_tgkill, pid, tid, 0) };
+            if r == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH) {
+                // Alive (or a tid now another thread's: see above), or
+                // not known to be gone.
+                continue;
+            }
+            let open = handshake::active(slot.ctr.load(Ordering::Relaxed));
+            if open {
+                // Release: see "Ordering" above.
+                slot.ctr.store(0, Ordering::Release);
+            }
+            self.release_in(free, i);
+            if open {
+                tracing::warn!(
+                    "krcu: thread {tid} exited inside an RCU read-side section \
+                     (a leaked guard); the section is ended"
+                );
+            }
+        }
+    }
+
     /// Makes the calling thread's open slot `i` an orphan: no longer
     /// counted as a registered thread, but still waited for and still
-    /// named in stall warnings, until its thread frees it. `tenure` as
-    /// for [`Readers::release_slot`].
+    /// named in stall warnings, until its thread frees it or is gone
+    /// ([`Readers::reap_locked`]). `tenure` as for
+    /// [`Readers::release_slot`].
     fn orphan_slot(&self, i: usize, tenure: u64) {
-        let slot = self.slot(i);
         let free = self.lock_free();
         if !self.in_tenure(i, tenure) {
             drop(free);
             return self.refuse(i, tenure);
         }
-        if !slot.orphan.swap(true, Ordering::Relaxed) {
-            self.in_use.fetch_sub(1, Ordering::Relaxed);
-        }
+        self.mark_orphan(i);
     }
 
     /// Whether slot `i` holds a grace period up at counter value `v`: an
@@ -471,11 +589,18 @@ impl Readers {
     /// owner key ([`thread_key`]), which the child's only thread inherits
     /// unchanged and which no other thread of the parent, live or dead,
     /// ever had.
+    ///
+    /// Orphans are freed here too unless the forking thread owns them:
+    /// their tids are the parent's, so the reaper's `ESRCH` test
+    /// ([`Readers::reap_locked`]) means nothing for them in the child; the
+    /// forking thread's kept slots take its tid in the child.
     pub(crate) fn forget_other_threads(&self) {
         let find = |regs: &[Registration]| regs.iter().find(|r| r.id == self.id).map(|r| r.index);
         let mine = with_registrations(|regs| regs.try_borrow().ok().and_then(|regs| find(&regs)))
             .unwrap_or_else(|()| with_late_list(false, |late| find(late)).flatten());
         let my_key = thread_key();
+        // SAFETY: gettid has no preconditions.
+        let my_tid = unsafe { libc::gettid() };
         let mut free = self.lock_free();
         let n = self.len();
         let mut is_free = vec![false; n];
@@ -484,9 +609,24 @@ impl Readers {
         }
         for (i, was_free) in is_free.into_iter().enumerate() {
             let slot = self.slot(i);
-            if was_free || Some(i) == mine || slot.owner_key.load(Ordering::Relaxed) == my_key {
+            if was_free {
                 continue;
             }
+            if Some(i) == mine || slot.owner_key.load(Ordering::Relaxed) == my_key {
+                // The forking thread's, kept: it has a new tid here. An
+                // orphan of it must not look gone to the reaper (the
+                // parent's tid names no thread of the child).
+                slot.tid.store(my_tid, Ordering::Relaxed);
+                if let Ok(mut owner) = slot.owner.try_lock()
+                    && let Some(o) = owner.as_mut()
+                {
+                    o.tid = my_tid;
+                }
+                continue;
+            }
+            // Another thread's (an orphan included: its tid is the
+            // parent's, and whether it names a thread of the child says
+            // nothing, so it is taken as gone, as it is).
             // Release: the slot's next owner (or a grace period's Acquire
             // scan) sees it closed.
             slot.ctr.store(0, Ordering::Release);
@@ -498,6 +638,7 @@ impl Readers {
             // Its handles were the dead thread's.
             slot.handles.store(0, Ordering::Relaxed);
             slot.owner_key.store(0, Ordering::Relaxed);
+            slot.tid.store(0, Ordering::Relaxed);
             // Its tenure ends (even: free), so that no registration of the
             // dead thread could release it again.
             if slot.tenure.load(Ordering::Relaxed) & 1 == 1 {
@@ -505,7 +646,9 @@ impl Readers {
             }
             // An orphan was counted out already (under `free`, which the
             // fork held, so the mark and the count agree).
-            if !slot.orphan.swap(false, Ordering::Relaxed) {
+            if slot.orphan.swap(false, Ordering::Relaxed) {
+                self.orphans.fetch_sub(1, Ordering::Relaxed);
+            } else {
                 self.in_use.fetch_sub(1, Ordering::Relaxed);
             }
             free.push(i);
@@ -627,7 +770,8 @@ fn retire_registrations(regs: Vec<Registration>) {
         }
         // Still held by a handle, or inside a section, in a
         // thread-local destroyed later: the late list keeps it (a
-        // handle's last drop, or the list's destructor, frees it).
+        // handle's last drop, or the list's destructor, frees it; one
+        // still open then is freed once the thread is gone).
         if open && !held {
             tracing::debug!(
                 "krcu: a thread's RCU registration list went with a read-side \
@@ -703,22 +847,28 @@ fn with_late_list<R>(create: bool, f: impl FnOnce(&mut Vec<Registration>) -> R) 
     Some(f(&mut list.borrow_mut()))
 }
 
-/// The late list's destructor: the thread has run every thread-local
-/// destructor, so no guard of it can still be dropped (one still open was
-/// leaked): it closes such sections (with a warning, as the kernel's
-/// `exit_rcu`) and frees the slots. A slot still held by a handle stays
-/// taken (a leaked handle's slot does; a handle that a later key
-/// destructor drops frees it, by its tenure).
+/// The late list's destructor: the thread has run every Rust
+/// thread-local destructor, but code of it may still run (another
+/// library's `pthread` key destructors, in this round or later), and may
+/// still hold a guard (kept in a thread-local first used in such a
+/// destructor, which glibc never destroys). So it frees only the slots
+/// that are closed and unheld; a slot still open becomes an orphan,
+/// never ended here: grace periods wait for it, and free it once its
+/// thread is gone ([`Readers::reap_locked`]). A slot still held by a
+/// handle stays taken (a leaked handle's slot does; a handle that a later
+/// key destructor drops frees it, by its tenure).
 ///
 /// Once a slot is freed here another thread may take it, so this thread
-/// must never enter it again: no guard of it is left to drop (above), no
-/// handle holds it (skipped), and the cache is cleared before the slots
-/// go, so a `read_lock` in code that still runs on this thread (another
-/// key's destructor) misses the cache, finds no late list (POSIX clears
-/// the value before calling us) and no registration list (gone, or
+/// must never enter it again: no guard of it is open on it (freed only
+/// closed), no handle holds it (skipped), and the cache is cleared before
+/// the slots go, so a `read_lock` in code that still runs on this thread
+/// (another key's destructor) misses the cache, finds no late list (POSIX
+/// clears the value before calling us) and no registration list (gone, or
 /// retired below for good) and takes a fresh slot in a new late list,
-/// whose destructor runs in the next round. Each slot is freed only in
-/// the tenure it was listed in ([`Readers::release_at_exit`]).
+/// whose destructor runs in the next round. A guard still open on an
+/// orphan ends on it (the slot stays this thread's until the thread is
+/// gone). Each slot is freed only in the tenure it was listed in
+/// ([`Readers::release_at_exit`]).
 extern "C" fn late_list_destructor(p: *mut libc::c_void) {
     // SAFETY: the value was set by `with_late_list` from Box::into_raw, and
     // POSIX calls the destructor once per value, after clearing it.
@@ -761,10 +911,13 @@ extern "C" fn late_list_destructor(p: *mut libc::c_void) {
 
 impl Readers {
     /// The late list's end for slot `i`, taken in `tenure` (see
-    /// [`late_list_destructor`]): frees it, ending a leaked guard's
-    /// section, unless a handle holds it. All under `free`, after checking
-    /// the tenure: a slot that changed hands since it was listed is
-    /// neither ended nor freed (refused).
+    /// [`late_list_destructor`]): frees it if its section is closed and
+    /// no handle holds it. A section still open is never ended here (a
+    /// later key destructor of the thread may still be inside it): the
+    /// slot stays an orphan, waited for by grace periods, until its thread
+    /// closes it and is gone ([`Readers::reap_locked`]). All under `free`,
+    /// after checking the tenure: a slot that changed hands since it was
+    /// listed is neither orphaned nor freed (refused).
     fn release_at_exit(&self, i: usize, tenure: u64) {
         let slot = self.slot(i);
         let free = self.lock_free();
@@ -779,19 +932,22 @@ impl Readers {
             // gets (see `thread_key`).
             return;
         }
-        let leaked = handshake::active(slot.ctr.load(Ordering::Relaxed));
-        if leaked {
-            // Release: the section's accesses happen before a grace
-            // period's scan that reads the zero (as `read_unlock`).
-            slot.ctr.store(0, Ordering::Release);
+        if handshake::active(slot.ctr.load(Ordering::Relaxed)) {
+            // Open: a leaked guard's, or one kept where a later key
+            // destructor of this thread can still drop it. Only the
+            // thread's end tells them apart: the reaper frees the slot
+            // once the thread is gone. (The mark is made under `free`, as
+            // the reaper reads it; the counter is left to the owner's own
+            // `read_unlock`, or to the reaper once the owner is gone.)
+            self.mark_orphan(i);
+            drop(free);
+            tracing::debug!(
+                "krcu: a thread's late RCU registration list went with a read-side \
+                 section open; grace periods wait for it until the thread is gone"
+            );
+            return;
         }
         self.release_locked(free, i);
-        if leaked {
-            tracing::warn!(
-                "krcu: a thread exited inside an RCU read-side section (a leaked guard); \
-                 the section is ended"
-            );
-        }
     }
 }
 
@@ -1335,6 +1491,80 @@ mod tests {
         assert_ne!(taken, h.index);
         drop(h);
         assert_eq!(readers.registered(), 0);
+    }
+
+    /// A thread that exits inside a section leaves its slot an orphan
+    /// (never ended by the late list's destructor); it is freed, its
+    /// section ended, once the thread is gone, and only then.
+    #[test]
+    fn an_orphan_is_freed_once_its_thread_is_gone() {
+        let readers = Readers::new(true);
+        let r = readers.clone();
+        let (tx, rx) = mpsc::channel();
+        let (go_tx, go_rx) = mpsc::channel::<()>();
+        let t = std::thread::spawn(move || {
+            let h = ReaderHandle::new(&r);
+            core::mem::forget(h.read_lock());
+            let _ = tx.send(h.index);
+            drop(h);
+            let _ = go_rx.recv_timeout(Duration::from_secs(10));
+        });
+        let i = rx.recv().unwrap();
+        // Alive: never reaped, even if orphaned.
+        readers.reap_orphans();
+        assert!(handshake::active(
+            readers.slot(i).ctr.load(Ordering::Relaxed)
+        ));
+        go_tx.send(()).unwrap();
+        t.join().unwrap();
+        assert!(readers.has_orphans(), "the late list ended the section");
+        assert_eq!(readers.registered(), 0);
+        let start = std::time::Instant::now();
+        while readers.has_orphans() && start.elapsed() < Duration::from_secs(10) {
+            readers.reap_orphans();
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(
+            !readers.has_orphans(),
+            "a dead thread's orphan was never freed"
+        );
+        assert_eq!(readers.slot(i).ctr.load(Ordering::Relaxed), 0);
+        let (j, _) = readers.acquire_slot();
+        assert_eq!(j, i, "the orphan's slot was not freed");
+    }
+
+    /// In the child of a `fork`, another thread's orphan is freed with
+    /// its other slots; the forking thread's own slots take its tid.
+    #[test]
+    fn orphans_of_other_threads_are_freed_after_fork() {
+        let readers = Readers::new(true);
+        let r = readers.clone();
+        let (tx, rx) = mpsc::channel();
+        let (go_tx, go_rx) = mpsc::channel::<()>();
+        // A live thread's orphan (the reaper would keep it).
+        // (Taken without a registration, so that the thread's exit does
+        // not release the slot the "child" freed.)
+        let t = std::thread::spawn(move || {
+            let (i, _) = r.acquire_slot();
+            core::mem::forget(lock(&r, r.slot(i)));
+            let free = r.lock_free();
+            r.mark_orphan(i);
+            drop(free);
+            let _ = tx.send(i);
+            let _ = go_rx.recv_timeout(Duration::from_secs(10));
+        });
+        let i = rx.recv().unwrap();
+        let h = ReaderHandle::new(&readers);
+        readers.forget_other_threads();
+        assert!(!readers.has_orphans());
+        assert_eq!(readers.registered(), 1);
+        assert_eq!(readers.slot(i).ctr.load(Ordering::Relaxed), 0);
+        // SAFETY: gettid has no preconditions.
+        let me = unsafe { libc::gettid() };
+        assert_eq!(readers.slot(h.index).tid.load(Ordering::Relaxed), me);
+        go_tx.send(()).unwrap();
+        t.join().unwrap();
+        drop(h);
     }
 
     #[test]

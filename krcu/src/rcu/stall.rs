@@ -22,7 +22,8 @@ const KEEP: usize = 32;
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[doc(alias = "rcu_cpu_stall")]
 pub struct StallReport {
-    /// The stalled reader's thread name (or its `ThreadId` if unnamed).
+    /// The stalled reader's thread name, as the kernel knows it (`comm`,
+    /// at most 15 bytes), or `<tid N>` if it has none.
     pub thread: String,
     /// The stalled reader's kernel thread id.
     pub tid: i32,
