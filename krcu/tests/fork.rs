@@ -8,6 +8,8 @@
 //! One test, in its own binary, so that the process has few threads and no
 //! other test forks or reads at the same time.
 
+mod common;
+
 use krcu::Krcu;
 use krcu::rcu::{self, HasRcuHead, RcuHead};
 use std::sync::Arc;
@@ -95,25 +97,9 @@ fn fork_and_check(what: &str, work: impl FnOnce()) {
         // parent.
         unsafe { libc::_exit(if r.is_ok() { OK } else { PANICKED }) }
     }
-    let start = Instant::now();
-    let mut status = 0;
-    loop {
-        // SAFETY: waitpid on our own child with a valid status pointer.
-        let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
-        assert!(r >= 0, "waitpid failed");
-        if r == pid {
-            break;
-        }
-        if start.elapsed() > CHILD_TIMEOUT {
-            // SAFETY: killing and reaping our own child.
-            unsafe {
-                libc::kill(pid, libc::SIGKILL);
-                libc::waitpid(pid, &mut status, 0);
-            }
-            panic!("{what}: the child hung (killed after {CHILD_TIMEOUT:?})");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let Some(status) = common::child::wait_pid_until(pid, Instant::now() + CHILD_TIMEOUT) else {
+        panic!("{what}: the child hung (killed after {CHILD_TIMEOUT:?})");
+    };
     assert!(
         libc::WIFEXITED(status),
         "{what}: the child died: status {status:#x}"

@@ -6,6 +6,8 @@
 //! In its own binary: the test forks, and needs no other thread of the
 //! process to be reading or forking meanwhile.
 
+mod common;
+
 use krcu::Domain;
 use krcu::rcu::{HasRcuHead, Rcu, RcuConfig, RcuHead};
 use std::sync::Arc;
@@ -101,25 +103,10 @@ fn fork_child_runs_callbacks_of_an_instance_dropped_by_its_callback() {
         // handlers.
         unsafe { libc::_exit(code) }
     }
-    let start = Instant::now();
-    let mut status = 0;
-    loop {
-        // SAFETY: waitpid on our own child with a valid status pointer.
-        let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
-        assert!(r >= 0, "waitpid failed");
-        if r == pid {
-            break;
-        }
-        if start.elapsed() > Duration::from_secs(20) {
-            // SAFETY: killing and reaping our own child.
-            unsafe {
-                libc::kill(pid, libc::SIGKILL);
-                libc::waitpid(pid, &mut status, 0);
-            }
-            panic!("the child hung");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let Some(status) = common::child::wait_pid_until(pid, deadline) else {
+        panic!("the child hung");
+    };
     assert!(libc::WIFEXITED(status), "the child died: {status:#x}");
     assert_eq!(
         libc::WEXITSTATUS(status),

@@ -6,6 +6,8 @@
 //! In its own binary: the process-wide instance must not exist before the
 //! test starts.
 
+mod common;
+
 use krcu::Krcu;
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::{Arc, Barrier};
@@ -48,28 +50,12 @@ fn fork_while_the_global_instance_is_built() {
     let start = Instant::now();
     let mut hung = 0;
     for pid in children {
-        let mut status = 0;
-        loop {
-            // SAFETY: waitpid on our own child with a valid status pointer.
-            let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
-            assert!(r >= 0, "waitpid failed");
-            if r == pid {
-                assert!(
-                    libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-                    "a child failed: status {status:#x}"
-                );
-                break;
-            }
-            if start.elapsed() > Duration::from_secs(20) {
-                // SAFETY: killing and reaping our own child.
-                unsafe {
-                    libc::kill(pid, libc::SIGKILL);
-                    libc::waitpid(pid, &mut status, 0);
-                }
-                hung += 1;
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(5));
+        match common::child::wait_pid_until(pid, start + Duration::from_secs(20)) {
+            Some(status) => assert!(
+                libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+                "a child failed: status {status:#x}"
+            ),
+            None => hung += 1,
         }
     }
     assert_eq!(

@@ -1,11 +1,13 @@
 //! Adversarial review (core: RCU readers, fork, lockdep, page): each test
 //! demonstrates one defect and fails on the code it was written against.
 
+mod common;
+
 use krcu::Domain;
 use krcu::rcu::{Rcu, RcuConfig, ReadGuard};
 use std::cell::RefCell;
 use std::sync::mpsc::{self, Receiver, Sender};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// A private instance that lives for the whole process (guards in
 /// thread-locals need `'static`).
@@ -162,37 +164,7 @@ fn handle_dropped_in_teardown_leaves_no_stale_slot_cache() {
 /// Forks; the child runs `work` and exits with its code; returns the code
 /// (the child is killed after `WATCHDOG`).
 fn fork_and_wait(work: impl FnOnce() -> i32) -> i32 {
-    // SAFETY: fork has no preconditions; the child runs `work` and ends
-    // with _exit.
-    let pid = unsafe { libc::fork() };
-    assert!(pid >= 0, "fork failed");
-    if pid == 0 {
-        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work));
-        // SAFETY: _exit ends the child without running the parent's
-        // handlers.
-        unsafe { libc::_exit(r.unwrap_or(101)) }
-    }
-    let start = Instant::now();
-    let mut status = 0;
-    loop {
-        // SAFETY: waitpid on our own child with a valid status pointer.
-        let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
-        assert!(r >= 0, "waitpid failed");
-        if r == pid {
-            break;
-        }
-        if start.elapsed() > WATCHDOG * 2 {
-            // SAFETY: killing and reaping our own child.
-            unsafe {
-                libc::kill(pid, libc::SIGKILL);
-                libc::waitpid(pid, &mut status, 0);
-            }
-            panic!("the child hung");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert!(libc::WIFEXITED(status), "the child died: {status:#x}");
-    libc::WEXITSTATUS(status)
+    common::child::fork_run("fork_and_wait", WATCHDOG * 2, work)
 }
 
 #[test]

@@ -7,10 +7,12 @@
 //! timeout and reported as a failure instead of wedging the harness, and
 //! so that the threads a hang leaves behind cannot disturb other tests.
 
+mod common;
+
 use krcu::page::Gfp;
 use krcu::rcu::{HasRcuHead, RcuHead};
 use krcu::{Assist, Krcu};
-use std::process::{Command, Stdio};
+
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -68,30 +70,11 @@ fn node(freed: &Arc<AtomicUsize>) -> Box<Node> {
 /// Runs the ignored test `inner` of this binary in a child process; fails
 /// if it does not finish within `timeout` (it is then killed) or fails.
 fn run_isolated(inner: &str, timeout: Duration) {
-    let exe = std::env::current_exe().unwrap();
-    let mut child = Command::new(exe)
-        .args([
-            inner,
-            "--exact",
-            "--ignored",
-            "--test-threads=1",
-            "--nocapture",
-        ])
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            assert!(status.success(), "{inner}: failed in the child: {status}");
-            return;
+    match common::child::run_self(inner, &["--ignored"], None, timeout) {
+        common::child::SelfRun::Exited { passed, output } => {
+            assert!(passed, "{inner}: failed in the child: {output}");
         }
-        if start.elapsed() > timeout {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{inner}: hung (killed after {timeout:?})");
-        }
-        std::thread::sleep(Duration::from_millis(20));
+        common::child::SelfRun::Hung => panic!("{inner}: hung (killed after {timeout:?})"),
     }
 }
 
@@ -156,29 +139,12 @@ fn inner_fork_while_a_thread_is_inside_its_front_section() {
             // SAFETY: ends the child without the parent's atexit handlers.
             unsafe { libc::_exit(0) }
         }
-        let start = Instant::now();
-        let mut status = 0;
-        loop {
-            // SAFETY: waitpid on our own child, valid status pointer.
-            let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
-            assert!(r >= 0);
-            if r == pid {
-                assert!(
-                    libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-                    "child died: {status:#x}"
-                );
-                break;
-            }
-            if start.elapsed() > CHILD_TIMEOUT {
-                // SAFETY: killing and reaping our own child.
-                unsafe {
-                    libc::kill(pid, libc::SIGKILL);
-                    libc::waitpid(pid, &mut status, 0);
-                }
-                hung += 1;
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(5));
+        match common::child::wait_pid_until(pid, Instant::now() + CHILD_TIMEOUT) {
+            Some(status) => assert!(
+                libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+                "child died: {status:#x}"
+            ),
+            None => hung += 1,
         }
         if hung > 0 {
             break;

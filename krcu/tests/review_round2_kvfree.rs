@@ -5,13 +5,15 @@
 //! yet) or that may hang run in a child process (this test binary,
 //! re-executed for one ignored test), killed after a timeout.
 
+mod common;
+
 use krcu::Krcu;
 use krcu::rcu::{HasRcuHead, RcuHead};
 use std::cell::Cell;
-use std::process::{Command, Stdio};
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Counts the heap allocations of the calling thread while its `COUNTING`
 /// flag is set (a const thread-local: no registration, no allocation).
@@ -84,30 +86,11 @@ fn node(freed: &Arc<AtomicUsize>) -> Box<Node> {
 /// Runs the ignored test `inner` of this binary in a child process; fails
 /// if it does not finish within `timeout` (it is then killed) or fails.
 fn run_isolated(inner: &str, timeout: Duration) {
-    let exe = std::env::current_exe().unwrap();
-    let mut child = Command::new(exe)
-        .args([
-            inner,
-            "--exact",
-            "--ignored",
-            "--test-threads=1",
-            "--nocapture",
-        ])
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            assert!(status.success(), "{inner}: failed in the child: {status}");
-            return;
+    match common::child::run_self(inner, &["--ignored"], None, timeout) {
+        common::child::SelfRun::Exited { passed, output } => {
+            assert!(passed, "{inner}: failed in the child: {output}");
         }
-        if start.elapsed() > timeout {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{inner}: hung (killed after {timeout:?})");
-        }
-        std::thread::sleep(Duration::from_millis(20));
+        common::child::SelfRun::Hung => panic!("{inner}: hung (killed after {timeout:?})"),
     }
 }
 

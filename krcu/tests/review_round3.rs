@@ -1,9 +1,10 @@
 //! Adversarial review, round 3: failing tests for the round-2 fixes.
 
+mod common;
+
 use krcu::Domain;
 use krcu::page::{Gfp, PageAllocator, PageConfig, Watermarks};
 use krcu::slab::SlabCache;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,30 +13,9 @@ use std::time::{Duration, Instant};
 /// test here instead of killing the harness); returns whether it passed
 /// within `limit`, and its output.
 fn run_isolated(name: &str, limit: Duration) -> (bool, String) {
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([name, "--exact", "--nocapture", "--test-threads=1"])
-        .env("REVIEW_ROUND3_CHILD", "1")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            let out = child.wait_with_output().unwrap();
-            let text = format!(
-                "{status}\n{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-            return (status.success(), text);
-        }
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            return (false, "hung".to_owned());
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    match common::child::run_self(name, &[], Some("REVIEW_ROUND3_CHILD"), limit) {
+        common::child::SelfRun::Exited { passed, output } => (passed, output),
+        common::child::SelfRun::Hung => (false, "hung".to_owned()),
     }
 }
 

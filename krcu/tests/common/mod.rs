@@ -3,6 +3,8 @@
 //! allocating (for signal handlers); and a real signal source.
 #![allow(dead_code)]
 
+pub mod child;
+
 use krcu::Krcu;
 use krcu::rcu::{HasRcuHead, RcuHead};
 use std::sync::atomic::{AtomicPtr, AtomicU8, AtomicU64, AtomicUsize, Ordering::*};
