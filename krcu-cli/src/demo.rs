@@ -1,4 +1,4 @@
-//! `krcu demo`: seeds 000 and 002 reproduced.
+//! `krcu demo`: the 2020 kfree_rcu thread's problem (zone->lock under a raw lock) reproduced.
 //!
 //! `kfree_rcu()` holds a raw spinlock (`krcp->lock`) when it needs a page for
 //! its pointer array; the page allocator's slow path takes `zone->lock`, a
@@ -79,7 +79,9 @@ pub fn run(args: &Args) -> Result<(), String> {
         .collect();
 
     println!("krcu demo: zone->lock (spinlock_t) taken under krcp->lock (raw_spinlock_t)");
-    println!("(seeds 000 and 002: why kfree_rcu() may not call the page allocator's slow path)\n");
+    println!(
+        "(the 2020 kfree_rcu thread: why kfree_rcu() may not call the page allocator's slow path)\n"
+    );
     let mut t = Table::new([
         "preempt model",
         "nesting proof",

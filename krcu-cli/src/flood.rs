@@ -1,4 +1,4 @@
-//! `krcu flood`: seed 004's sources of an RCU call flood. Task threads
+//! `krcu flood`: the sources of an RCU call flood that Thomas Gleixner listed (2020). Task threads
 //! (syscall-driven callers), the softirq worker, a real signal handler
 //! standing for a device interrupt, and NMI, which `kfree_rcu` refuses.
 //! Each source floods a fresh instance alone, then all flood together;

@@ -39,7 +39,7 @@ enum Command {
     /// rcuscale's kfree test: threads × loops × objects retired, timed to
     /// the last free.
     Scale(scale::Args),
-    /// Seed 004's flood sources (task, softirq, a real signal handler,
+    /// The flood sources Thomas Gleixner listed (2020) (task, softirq, a real signal handler,
     /// NMI): latency percentiles, fallbacks, pending memory, reports.
     Flood(flood::Args),
     /// Every policy × preempt model × nesting proof over a flood: one
@@ -51,7 +51,7 @@ enum Command {
     /// rcutorture in small: readers check, writers retire from every
     /// context, faults injected; exits 1 on any error.
     Torture(torture::Args),
-    /// Reproduce seeds 000 and 002: a spinlock_t (zone->lock) taken under a
+    /// Reproduce the 2020 kfree_rcu problem: a spinlock_t (zone->lock) taken under a
     /// raw spinlock, under each preempt model, with raw-lock nesting proof
     /// on and off.
     Demo(demo::Args),

@@ -72,7 +72,7 @@ impl ContextKind {
 #[doc(alias = "CONFIG_PREEMPT")]
 pub enum PreemptModel {
     /// `CONFIG_PREEMPT_NONE`: no preempt count, so `preemptible()` cannot know
-    /// whether the caller is atomic and answers `false` (seed 002).
+    /// whether the caller is atomic and answers `false` (as the 2020 kfree_rcu thread points out).
     None,
     /// `CONFIG_PREEMPT_VOLUNTARY`: like `None`, without a preempt count.
     Voluntary,

@@ -281,7 +281,7 @@ impl Engine {
             return;
         }
         if may_alloc {
-            // Seed 002's option 4: drop the lock, allocate as the
+            // Option 4 of the 2020 kfree_rcu thread: drop the lock, allocate as the
             // preemptible caller, take a lock again.
             drop(locked);
             if let Some(l) = self.alloc_unlocked(Gfp::NOWAIT | Gfp::NOWARN) {

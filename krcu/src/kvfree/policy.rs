@@ -9,7 +9,7 @@ use core::str::FromStr;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Policy {
     /// Never allocate under the lock: the cache, or the list fallback
-    /// (seed 002, option 1).
+    /// (the 2020 kfree_rcu thread, option 1).
     Prohibit,
     /// A `GFP_NOWAIT` allocation under the lock: the 5.9 behaviour. Takes
     /// `zone->lock` when the per-CPU lists are empty, which the validator
@@ -17,17 +17,17 @@ pub enum Policy {
     /// PREEMPT_RT. Kept to show the bug.
     #[doc(alias = "GFP_NOWAIT")]
     Nowait,
-    /// Seed 003's `__GFP_NO_LOCKS`: this CPU's page lists only.
+    /// The 2020 `__GFP_NO_LOCKS` proposal: this CPU's page lists only.
     #[doc(alias = "__GFP_NO_LOCKS")]
     NoLocks,
     /// Allocate (`GFP_NOWAIT`, with the lock dropped) only when the caller
     /// is `preemptible()`; under `PreemptModel::None` it never can be known,
-    /// so it never allocates (seed 002, option 4).
+    /// so it never allocates (the 2020 kfree_rcu thread, option 4).
     Preemptible,
     /// `alloc_pages_nolock()`: trylock the per-CPU lists, then the zone.
     #[doc(alias = "alloc_pages_nolock")]
     Nolock,
-    /// Mainline's answer (seed 004): a per-CPU cache of spare blocks, refilled
+    /// Mainline's answer (Thomas Gleixner, 2020): a per-CPU cache of spare blocks, refilled
     /// by a worker outside any raw lock when it runs low or calls come fast;
     /// the list fallback for the few calls in between.
     CacheRefill,

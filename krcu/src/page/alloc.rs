@@ -119,7 +119,7 @@ impl PageAllocator {
             && (context::in_hardirq() || context::in_nmi())
     }
 
-    /// `NO_LOCKS` (seed 003's `__GFP_FAST_TRY`): this CPU's lists only, the
+    /// `NO_LOCKS` (Uladzislau Rezki's 2020 `__GFP_FAST_TRY`): this CPU's lists only, the
     /// requested migratetype first and then every other; never refills,
     /// never takes the zone lock, never wakes kswapd. Under PREEMPT_RT it
     /// refuses hardirq (signal handler) and NMI context with
@@ -543,7 +543,7 @@ impl PageAllocator {
 
     /// Returns every page on `cpu`'s lists to the buddy
     /// (`drain_pages_zone`): for a remote CPU too, so it takes that CPU's
-    /// pcp lock for real (`lock_irqsave`, as seed 001 settles on). Returns
+    /// pcp lock for real (`lock_irqsave`, as Mel Gorman's 2022 series settles on). Returns
     /// the pages moved.
     #[doc(alias = "drain_pages_zone")]
     #[doc(alias = "drain_pages")]

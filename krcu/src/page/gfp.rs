@@ -48,7 +48,7 @@ bitflags! {
         const ZERO = 1 << 6;
         /// Take pages from this CPU's per-CPU lists only, trying every
         /// migratetype; never refill from the buddy, never take the zone
-        /// lock, never wake reclaim; fail fast. Seed 003's
+        /// lock, never wake reclaim; fail fast. Uladzislau Rezki's 2020
         /// `__GFP_FAST_TRY`, proposed as `__GFP_NO_LOCKS`. Under
         /// PREEMPT_RT it is refused in hardirq (signal handler) and NMI
         /// context ([`AllocError::Context`](super::AllocError::Context)),

@@ -42,7 +42,7 @@
 //! | `free_unref_page`, `free_pcppages_bulk`, `free_one_page` | [`PageAllocator::free`], [`PageAllocator::free_pages`] paths |
 //! | `drain_pages_zone`, `drain_all_pages` | [`PageAllocator::drain_cpu`], [`PageAllocator::drain_all`] |
 //! | `gfp_t`, `__GFP_*`, `GFP_*` | [`Gfp`] |
-//! | `__GFP_FAST_TRY` / `__GFP_NO_LOCKS` (seed 003) | [`Gfp::NO_LOCKS`] |
+//! | `__GFP_FAST_TRY` / `__GFP_NO_LOCKS` (the 2020 proposal) | [`Gfp::NO_LOCKS`] |
 //! | `alloc_pages_nolock`, `free_pages_nolock` | [`PageAllocator::alloc_pages_nolock`], [`PageAllocator::free_nolock`], [`PageAllocator::free_pages_nolock`] |
 //! | `_watermark[WMARK_MIN/LOW/HIGH]` | [`Watermarks`] |
 //! | `kswapd`, `wakeup_kswapd`, `shrink_slab`, `register_shrinker` | `reclaim.rs` |

@@ -1,7 +1,7 @@
 //! Per-CPU page lists (`struct per_cpu_pages`): orders 0..=3, one list per
 //! order and migratetype, each CPU's behind its own `SpinLock`.
 //!
-//! As in seed 001 (Mel Gorman's "protect PCP lists with a spinlock"), the
+//! As in Mel Gorman's 2022 series ("protect PCP lists with a spinlock"), the
 //! allocation and free fast paths take the CPU's pcp lock with **trylock**:
 //! a userspace thread can be preempted or migrated anywhere, or interrupted
 //! by a signal handler that allocates, so the lock may be taken by another
@@ -81,7 +81,7 @@ impl PcpLists {
     }
 
     /// Pops from `mt`'s list, then from every other migratetype's: the
-    /// `__GFP_FAST_TRY` loop of seed 003.
+    /// `__GFP_FAST_TRY` loop of Uladzislau Rezki's 2020 prototype.
     #[inline]
     pub(crate) fn pop_any_type(
         &mut self,

@@ -9,7 +9,7 @@
 //! header at the start of each slab, never in the objects, so that
 //! [`SlabCache::free_bulk`] frees objects of a type without drop glue
 //! without touching their memory: the property kvfree_rcu's arrays of
-//! pointers rely on (seed 003: "reduces the number of cache-misses").
+//! pointers rely on (Uladzislau Rezki, 2020: "reduces the number of cache-misses").
 //!
 //! | kernel | here |
 //! |---|---|
