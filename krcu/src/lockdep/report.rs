@@ -97,6 +97,28 @@ pub struct Report {
 }
 
 impl Report {
+    /// A report just formatted where it was found: not deferred, nothing
+    /// dropped before it ([`format`] sets both for deferred records).
+    fn formatted(
+        kind: ReportKind,
+        thread: String,
+        class: Option<&'static str>,
+        at: String,
+        held: Vec<HeldLockInfo>,
+        text: String,
+    ) -> Report {
+        Report {
+            kind,
+            thread,
+            class,
+            at,
+            held,
+            text,
+            deferred: false,
+            dropped: 0,
+        }
+    }
+
     /// The kernel's headline for this report.
     pub fn headline(&self) -> &'static str {
         self.kind.headline()
@@ -427,16 +449,7 @@ fn invalid_wait_context(
     let level = context_level.effective(nesting_proof).number();
     let _ = writeln!(t, "context-{{{level}:{level}}}");
     held_lines(&mut t, &thread, &held);
-    Report {
-        kind,
-        thread,
-        class: Some(class::name(next.class)),
-        at,
-        held,
-        text: t,
-        deferred: false,
-        dropped: 0,
-    }
+    Report::formatted(kind, thread, Some(class::name(next.class)), at, held, t)
 }
 
 fn sleep_in_invalid_context(
@@ -461,16 +474,7 @@ fn sleep_in_invalid_context(
         let _ = writeln!(t, "context: {}", state.context.name());
     }
     held_lines(&mut t, &thread, &held);
-    Report {
-        kind,
-        thread,
-        class: None,
-        at,
-        held,
-        text: t,
-        deferred: false,
-        dropped: 0,
-    }
+    Report::formatted(kind, thread, None, at, held, t)
 }
 
 fn circular(
@@ -521,16 +525,7 @@ fn circular(
     let _ = writeln!(t, "  lock({next_name});");
     let _ = writeln!(t, "\n *** DEADLOCK ***\n");
     held_lines(&mut t, &thread, &held);
-    Report {
-        kind,
-        thread,
-        class: Some(next_name),
-        at,
-        held,
-        text: t,
-        deferred: false,
-        dropped: 0,
-    }
+    Report::formatted(kind, thread, Some(next_name), at, held, t)
 }
 
 fn max_depth(thread: String, next: &Taking, held: Vec<HeldLockInfo>) -> Report {
@@ -541,16 +536,7 @@ fn max_depth(thread: String, next: &Taking, held: Vec<HeldLockInfo>) -> Report {
     let _ = writeln!(t, "depth: {}  max: {}", held.len(), super::MAX_LOCK_DEPTH);
     let _ = writeln!(t, "while taking ({}) at {at}", class::name(next.class));
     held_lines(&mut t, &thread, &held);
-    Report {
-        kind,
-        thread,
-        class: Some(class::name(next.class)),
-        at,
-        held,
-        text: t,
-        deferred: false,
-        dropped: 0,
-    }
+    Report::formatted(kind, thread, Some(class::name(next.class)), at, held, t)
 }
 
 #[cfg_attr(loom, allow(dead_code))]
@@ -576,14 +562,5 @@ pub(crate) fn suspicious_rcu(
     let _ = writeln!(t, "\nother info that might help us debug this:\n");
     let _ = writeln!(t, "RCU nest depth: {rcu_depth} (all instances)");
     held_lines(&mut t, &thread, &held);
-    Report {
-        kind,
-        thread,
-        class: None,
-        at,
-        held,
-        text: t,
-        deferred: false,
-        dropped: 0,
-    }
+    Report::formatted(kind, thread, None, at, held, t)
 }
