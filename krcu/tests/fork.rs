@@ -69,7 +69,13 @@ fn retire_and_wait(k: &Krcu) {
     let _g = rcu::read_lock();
     // The child has its own workers: for each of the two instances an RCU
     // worker, a kvfree worker and kswapd.
+    // A thread names itself when it first runs, a moment after it is
+    // spawned: wait (bounded) for the restarted ones to do so.
+    let deadline = Instant::now() + Duration::from_secs(10);
     for name in ["krcu-rcu-gp", "krcu-kvfree", "kswapd"] {
+        while threads_named(name) < 2 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
         assert_eq!(threads_named(name), 2, "{name} threads in the child");
     }
 }
