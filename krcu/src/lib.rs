@@ -66,7 +66,11 @@
 // of rcu are left out), so much of what is left has no user there.
 #![cfg_attr(loom, allow(dead_code))]
 
+#[cfg(not(loom))]
+pub mod cell;
 pub mod context;
+#[cfg(not(loom))]
+mod defer;
 pub mod domain;
 mod fork;
 #[cfg(not(loom))]
@@ -97,5 +101,9 @@ pub use instance::{
     BuildError, InNmi, Krcu, KrcuBuilder, SlabChannel, kfree_rcu, kvfree_rcu_barrier,
     kvfree_rcu_mightsleep,
 };
+#[cfg(not(loom))]
+pub use cell::RcuCell;
+#[cfg(not(loom))]
+pub use defer::{DeferError, defer};
 #[cfg(not(loom))]
 pub use kvfree::{Assist, KvfreeConfig, KvfreeStats, Policy};
