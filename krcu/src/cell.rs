@@ -5,7 +5,7 @@
 
 use crate::context;
 use crate::instance::{InNmi, Krcu};
-use crate::rcu::{HasRcuHead, ReadGuard, RcuHead};
+use crate::rcu::{HasRcuHead, RcuHead, ReadGuard};
 use core::marker::PhantomData;
 use core::ptr;
 use std::sync::Arc;
@@ -144,11 +144,7 @@ impl<T: Send + Sync + 'static> RcuCell<T> {
 
     /// An empty cell, protected by the process-wide instance.
     pub fn empty() -> Self {
-        Self::build(
-            Instance::Global,
-            crate::rcu::global().id(),
-            ptr::null_mut(),
-        )
+        Self::build(Instance::Global, crate::rcu::global().id(), ptr::null_mut())
     }
 
     /// A cell holding `value`, protected by `krcu`: load it under a guard of

@@ -94,16 +94,16 @@ mod unwind;
 
 mod asan;
 
+#[cfg(not(loom))]
+pub use cell::RcuCell;
 pub use context::{ContextKind, PreemptModel};
+#[cfg(not(loom))]
+pub use defer::{DeferError, defer};
 pub use domain::{Domain, DomainBuilder};
 #[cfg(not(loom))]
 pub use instance::{
     BuildError, InNmi, Krcu, KrcuBuilder, SlabChannel, kfree_rcu, kvfree_rcu_barrier,
     kvfree_rcu_mightsleep,
 };
-#[cfg(not(loom))]
-pub use cell::RcuCell;
-#[cfg(not(loom))]
-pub use defer::{DeferError, defer};
 #[cfg(not(loom))]
 pub use kvfree::{Assist, KvfreeConfig, KvfreeStats, Policy};
