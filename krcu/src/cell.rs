@@ -148,7 +148,10 @@ impl<T: Send + Sync + 'static> RcuCell<T> {
     }
 
     /// A cell holding `value`, protected by `krcu`: load it under a guard of
-    /// `krcu.rcu()`.
+    /// `krcu.rcu()`. The cell keeps the instance alive; if it holds the
+    /// last `Arc`, dropping it drops the instance, which waits for its
+    /// grace periods: do not drop such a cell inside a section of that
+    /// instance.
     ///
     /// ```
     /// use std::sync::Arc;

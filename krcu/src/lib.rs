@@ -29,6 +29,11 @@
 //! workers on first use of a function that needs them. A guard protects
 //! only against its own instance's grace periods.
 //!
+//! To publish a value to readers with no `unsafe`, use [`RcuCell`]
+//! (`rcu_dereference`, `rcu_assign_pointer`, `rcu_replace_pointer`): its
+//! loads return references bound to a guard, and a replaced value is
+//! retired with `kfree_rcu`. To run code after a grace period, [`defer`].
+//!
 //! **`fork()`**: the child of a process that uses krcu has only the forking
 //! thread. `pthread_atfork` handlers (registered when the first instance is
 //! built) park every krcu worker at a point where it holds no lock, take

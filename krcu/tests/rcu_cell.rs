@@ -211,7 +211,8 @@ fn dropping_the_cell_waits_for_readers() {
         let reader = s.spawn(move || {
             let g = k.rcu().read_lock();
             inside.wait();
-            released.recv().unwrap();
+            // Bounded, so that a failed assertion below cannot hang the test.
+            let _ = released.recv_timeout(Duration::from_secs(10));
             drop(g);
         });
         inside.wait();
