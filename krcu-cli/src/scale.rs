@@ -105,9 +105,13 @@ pub fn run(a: &Args) -> CmdResult {
                         };
                         if use_single {
                             single += 1;
-                            k.kvfree_rcu_mightsleep(obj).ok();
+                            k.kvfree_rcu_mightsleep(obj).expect(
+                                "refused only in NMI context, which this thread never enters",
+                            );
                         } else {
-                            k.kfree_rcu(obj).ok();
+                            k.kfree_rcu(obj).expect(
+                                "refused only in NMI context, which this thread never enters",
+                            );
                         }
                     }
                     done.fetch_add(1, Relaxed);

@@ -336,15 +336,21 @@ pub fn run(a: &Args) -> CmdResult {
                     match rng.below(8) {
                         0 => {
                             let _l = raw.lock();
-                            k.kfree_rcu(old).ok();
+                            k.kfree_rcu(old).expect(
+                                "refused only in NMI context, which this thread never enters",
+                            );
                             counts.raw.fetch_add(1, Relaxed);
                         }
                         1 => {
-                            k.kvfree_rcu_mightsleep(old).ok();
+                            k.kvfree_rcu_mightsleep(old).expect(
+                                "refused only in NMI context, which this thread never enters",
+                            );
                             counts.mightsleep.fetch_add(1, Relaxed);
                         }
                         _ => {
-                            k.kfree_rcu(old).ok();
+                            k.kfree_rcu(old).expect(
+                                "refused only in NMI context, which this thread never enters",
+                            );
                             counts.task.fetch_add(1, Relaxed);
                         }
                     }
@@ -372,7 +378,8 @@ pub fn run(a: &Args) -> CmdResult {
                 start.wait();
                 while !stop.load(Relaxed) {
                     let old = table.replace(rng.below(SLOTS as u64) as usize, TObj::new());
-                    k.kfree_rcu(old).ok();
+                    k.kfree_rcu(old)
+                        .expect("refused only in NMI context, which this thread never enters");
                     counts.softirq.fetch_add(1, Relaxed);
                 }
             });
@@ -390,7 +397,9 @@ pub fn run(a: &Args) -> CmdResult {
                     match back {
                         Err(e) => {
                             counts.nmi_refused.fetch_add(1, Relaxed);
-                            k.kfree_rcu(e.0).ok();
+                            k.kfree_rcu(e.0).expect(
+                                "refused only in NMI context, which this thread never enters",
+                            );
                         }
                         Ok(()) => {
                             counts.nmi_accepted.fetch_add(1, Relaxed);
@@ -427,7 +436,8 @@ pub fn run(a: &Args) -> CmdResult {
     for slot in table.slots.iter() {
         // SAFETY: the threads are gone; each slot holds a leaked Box.
         let obj = unsafe { Box::from_raw(slot.swap(core::ptr::null_mut(), AcqRel)) };
-        k.kfree_rcu(obj).ok();
+        k.kfree_rcu(obj)
+            .expect("refused only in NMI context, which this thread never enters");
     }
     drop(irq.ring);
     k.kvfree_rcu_barrier();

@@ -37,7 +37,16 @@ pub enum BuildError {
 
 /// `kfree_rcu` was called from NMI context, which it refuses (as the
 /// kernel does): the object is handed back and nothing was freed.
+///
+/// It happens only between [`context::enter_nmi`] and the drop of its
+/// guard (a signal handler that declared itself an NMI). The object in
+/// `.0` may still be reachable by readers (it was unlinked only just now):
+/// do not drop it there. Keep it and retire it again from another context,
+/// or leak it with [`std::mem::forget`]. (`kfree_rcu`'s result is a
+/// `Result`, so it is `#[must_use]` too: never `.ok()` it away, which would
+/// drop the object at once.)
 #[derive(thiserror::Error)]
+#[must_use = "the object is handed back and must not be dropped while readers can still reach it"]
 #[error("kfree_rcu() called from NMI context: refused, the object is handed back")]
 pub struct InNmi<T>(pub Box<T>);
 
@@ -417,6 +426,12 @@ impl Krcu {
     /// validator runs, a call made inside a read-side section of another
     /// instance but not of this one is reported as
     /// [`SuspiciousRcuUsage`](crate::lockdep::ReportKind::SuspiciousRcuUsage).
+    ///
+    /// # Errors
+    /// [`InNmi`] from NMI context, with the object handed back. The
+    /// `Result` is `#[must_use]`: do not drop the error (nor `.ok()` it),
+    /// which would free at once an object readers may still reach; leak it
+    /// or retire it again from another context.
     #[doc(alias = "kvfree_call_rcu")]
     #[inline]
     #[track_caller]

@@ -39,6 +39,11 @@
 //! lock inside `kfree_rcu`, whatever the instance's flood brake
 //! ([`Assist`]) does on other threads.
 //!
+//! To publish a value to readers with no `unsafe`, use [`RcuCell`]
+//! (`rcu_dereference`, `rcu_assign_pointer`, `rcu_replace_pointer`): its
+//! loads return references bound to a guard, and a replaced value is
+//! retired with `kfree_rcu`. To run code after a grace period, [`defer`].
+//!
 //! **`fork()`**: the child of a process that uses krcu has only the forking
 //! thread. `pthread_atfork` handlers (registered when the program loads;
 //! they cost nothing while no instance exists) park every krcu worker at a point where it holds no lock, take
@@ -76,7 +81,11 @@
 // of rcu are left out), so much of what is left has no user there.
 #![cfg_attr(loom, allow(dead_code))]
 
+#[cfg(not(loom))]
+pub mod cell;
 pub mod context;
+#[cfg(not(loom))]
+mod defer;
 pub mod domain;
 mod fork;
 #[cfg(not(loom))]
@@ -100,7 +109,11 @@ mod unwind;
 
 mod asan;
 
+#[cfg(not(loom))]
+pub use cell::RcuCell;
 pub use context::{ContextKind, PreemptModel};
+#[cfg(not(loom))]
+pub use defer::{DeferError, defer};
 pub use domain::{Domain, DomainBuilder};
 #[cfg(not(loom))]
 pub use instance::{

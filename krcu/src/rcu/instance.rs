@@ -305,6 +305,12 @@ impl Rcu {
         &self.shared.config
     }
 
+    /// The instance's unique id (never reused), which its guards carry.
+    #[inline(always)]
+    pub(crate) fn id(&self) -> u64 {
+        self.shared.gp.readers.id
+    }
+
     /// Registers the calling thread ahead of time (liburcu's
     /// `rcu_register_thread`): after this, neither [`ReaderHandle::read_lock`]
     /// nor [`Rcu::read_lock`] on this thread allocates. Dropping the handle

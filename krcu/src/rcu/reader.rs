@@ -1147,6 +1147,7 @@ pub(crate) fn lock<'a>(readers: &Readers, slot: &'a Slot) -> ReadGuard<'a> {
     }
     ReadGuard {
         slot,
+        instance: readers.id,
         _not_send: PhantomData,
     }
 }
@@ -1181,7 +1182,19 @@ pub(crate) fn lock<'a>(readers: &Readers, slot: &'a Slot) -> ReadGuard<'a> {
 #[doc(alias = "rcu_read_lock")]
 pub struct ReadGuard<'a> {
     slot: &'a Slot,
+    /// The id of the instance whose section this is (ids are never
+    /// reused), so that [`RcuCell`](crate::cell::RcuCell) can refuse a
+    /// guard of another instance.
+    instance: u64,
     _not_send: PhantomData<*const ()>,
+}
+
+impl ReadGuard<'_> {
+    /// The id of the guard's instance (see `Rcu::id`).
+    #[inline(always)]
+    pub(crate) fn instance_id(&self) -> u64 {
+        self.instance
+    }
 }
 
 impl Drop for ReadGuard<'_> {
