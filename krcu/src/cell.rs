@@ -4,24 +4,81 @@
 //! in the same call.
 
 use crate::context;
-use crate::instance::{InNmi, Krcu};
+use crate::instance::Krcu;
 use crate::rcu::{HasRcuHead, RcuHead, ReadGuard};
 use core::marker::PhantomData;
-use core::ptr;
+use core::ptr::{self, NonNull};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicPtr, Ordering};
 
 /// A value together with the [`RcuHead`] that `kfree_rcu` needs to retire
 /// it. Built only here, so its head offset is correct by construction.
-struct RcuBox<T> {
+struct Node<T> {
     value: T,
     head: RcuHead,
 }
 
-// SAFETY: `head` is a field of type `RcuHead` of `RcuBox<T>`, and
+// SAFETY: `head` is a field of type `RcuHead` of `Node<T>`, and
 // `offset_of!` computes its byte offset for every `T`.
-unsafe impl<T: Send + 'static> HasRcuHead for RcuBox<T> {
-    const RCU_HEAD_OFFSET: usize = core::mem::offset_of!(RcuBox<T>, head);
+unsafe impl<T: Send + 'static> HasRcuHead for Node<T> {
+    const RCU_HEAD_OFFSET: usize = core::mem::offset_of!(Node<T>, head);
+}
+
+/// A value boxed for an [`RcuCell`], ready to publish: allocated ahead of
+/// time, so that [`RcuCell::store_box`] (and the other `_box` updates)
+/// make no heap allocation. This is how a real-time thread or a signal
+/// handler updates a cell: another thread (or the same one, at start-up)
+/// prepares the boxes, the real-time code publishes them, and the old
+/// values are retired with `kfree_rcu`, which does not allocate either.
+///
+/// ```
+/// use krcu::cell::{RcuBox, RcuCell};
+/// let cell = RcuCell::new(1u32);
+/// let prepared = RcuBox::new(2u32); // allocates here, not below
+/// krcu::context::set_realtime(true);
+/// cell.store_box(prepared).expect("not in NMI context");
+/// krcu::context::set_realtime(false);
+/// assert_eq!(cell.load(&krcu::rcu::read_lock()), Some(&2));
+/// ```
+pub struct RcuBox<T>(Box<Node<T>>);
+
+impl<T> RcuBox<T> {
+    /// Boxes `value` with its head (one heap allocation).
+    pub fn new(value: T) -> Self {
+        RcuBox(Box::new(Node {
+            value,
+            head: RcuHead::new(),
+        }))
+    }
+
+    /// The value, unboxed (frees the box).
+    pub fn into_inner(self) -> T {
+        self.0.value
+    }
+
+    /// Gives the box up to the cell: a pointer that the cell owns from now.
+    fn into_raw(self) -> *mut Node<T> {
+        Box::into_raw(self.0)
+    }
+}
+
+impl<T> core::ops::Deref for RcuBox<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0.value
+    }
+}
+
+impl<T> core::ops::DerefMut for RcuBox<T> {
+    fn deref_mut(&mut self) -> &mut T {
+        &mut self.0.value
+    }
+}
+
+impl<T: core::fmt::Debug> core::fmt::Debug for RcuBox<T> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_tuple("RcuBox").field(&self.0.value).finish()
+    }
 }
 
 /// The instance whose grace periods protect a cell's values.
@@ -33,45 +90,107 @@ enum Instance {
     Shared(Arc<Krcu>),
 }
 
-/// A store, replace or compare-exchange was refused because the caller is
-/// in NMI context, where `kfree_rcu` refuses (as the kernel does). The cell
-/// was left untouched (the refusal comes before the swap): the new value is
-/// handed back in `.0`, and no value readers may still reach was dropped.
+/// An update of an [`RcuCell`] was refused before the swap: the cell was
+/// left untouched, no value readers may still reach was dropped, and the
+/// new value (a `T` or an [`RcuBox`]) is handed back.
+///
+/// - `InNmi`: in NMI context, where `kfree_rcu` refuses (as the kernel
+///   does), no update can retire the old value.
+/// - `Realtime` and `InHardirq`: the update would allocate (it boxes the
+///   value) on a real-time thread ([`Krcu::register_thread`],
+///   [`context::set_realtime`]) or in a hardirq handler (a signal handler,
+///   where `malloc` is not async-signal-safe). Box the value beforehand
+///   with [`RcuBox::new`] and publish it with the `_box` form
+///   ([`RcuCell::store_box`]), which does not allocate.
 #[derive(thiserror::Error)]
-#[error("RcuCell update in NMI context: refused before the swap, the new value is handed back")]
 #[must_use = "the refused new value is handed back; the cell still holds its old value"]
-pub struct UpdateInNmi<T>(pub T);
+pub enum UpdateError<V> {
+    /// Called from NMI context.
+    #[error("RcuCell update in NMI context: refused before the swap, the new value is handed back")]
+    InNmi(V),
+    /// Called on a real-time thread, where the update would allocate.
+    #[error(
+        "RcuCell update on a real-time thread would allocate: refused, the new value is \
+         handed back (publish an RcuBox prepared beforehand with store_box)"
+    )]
+    Realtime(V),
+    /// Called in hardirq context (a signal handler), where the update would
+    /// allocate.
+    #[error(
+        "RcuCell update in hardirq (signal-handler) context would allocate: refused, the \
+         new value is handed back (publish an RcuBox prepared beforehand with store_box)"
+    )]
+    InHardirq(V),
+}
 
-impl<T> core::fmt::Debug for UpdateInNmi<T> {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.write_str("UpdateInNmi(..)")
+impl<V> UpdateError<V> {
+    /// The new value, handed back.
+    pub fn into_inner(self) -> V {
+        match self {
+            Self::InNmi(v) | Self::Realtime(v) | Self::InHardirq(v) => v,
+        }
     }
 }
 
-/// Why [`RcuCell::compare_exchange`] did not swap.
+impl<V> core::fmt::Debug for UpdateError<V> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            Self::InNmi(_) => "InNmi(..)",
+            Self::Realtime(_) => "Realtime(..)",
+            Self::InHardirq(_) => "InHardirq(..)",
+        })
+    }
+}
+
+/// Refuses an update in NMI context (handing `v` back).
+#[inline]
+fn refuse_nmi<V>(v: V) -> Result<V, UpdateError<V>> {
+    if context::in_nmi() {
+        Err(UpdateError::InNmi(v))
+    } else {
+        Ok(v)
+    }
+}
+
+/// Refuses an update that would allocate where it must not: NMI, a
+/// real-time thread, hardirq (handing `v` back).
+#[inline]
+fn refuse_alloc<V>(v: V) -> Result<V, UpdateError<V>> {
+    let v = refuse_nmi(v)?;
+    if context::is_realtime() {
+        Err(UpdateError::Realtime(v))
+    } else if context::in_hardirq() {
+        Err(UpdateError::InHardirq(v))
+    } else {
+        Ok(v)
+    }
+}
+
+/// Why [`RcuCell::compare_exchange`] did not swap. `V` is what was offered:
+/// a `T`, or an [`RcuBox`] for [`RcuCell::compare_exchange_box`].
 #[must_use = "the new value is handed back"]
-pub enum CompareExchangeError<'g, T> {
+pub enum CompareExchangeError<'g, T, V = T> {
     /// The cell did not hold `current`: `current` is what it held, `new`
     /// the value handed back.
     Changed {
         /// What the cell held when compared, readable under the guard.
         current: Option<&'g T>,
         /// The new value, handed back.
-        new: T,
+        new: V,
     },
-    /// The caller is in NMI context: refused before comparing (see
-    /// [`UpdateInNmi`]); the new value is handed back.
-    InNmi(T),
+    /// Refused before comparing (see [`UpdateError`]); the new value is
+    /// handed back.
+    Refused(UpdateError<V>),
 }
 
-impl<T> core::fmt::Debug for CompareExchangeError<'_, T> {
+impl<T, V> core::fmt::Debug for CompareExchangeError<'_, T, V> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
             Self::Changed { current, .. } => f
                 .debug_struct("Changed")
                 .field("current_is_some", &current.is_some())
                 .finish_non_exhaustive(),
-            Self::InNmi(_) => f.write_str("InNmi(..)"),
+            Self::Refused(e) => f.debug_tuple("Refused").field(e).finish(),
         }
     }
 }
@@ -90,8 +209,17 @@ impl<T> core::fmt::Debug for CompareExchangeError<'_, T> {
 ///
 /// Any `T: Send + Sync + 'static` can be stored: the cell boxes it next to
 /// the `RcuHead` that `kfree_rcu` needs, so there is no `HasRcuHead` to
-/// implement. Each update allocates that box: a real-time thread
-/// ([`Krcu::register_thread`]) must not update a cell.
+/// implement. [`store`](Self::store), [`replace`](Self::replace) and
+/// [`compare_exchange`](Self::compare_exchange) allocate that box, so they
+/// refuse on a real-time thread and in hardirq context
+/// ([`UpdateError`]); there, publish an [`RcuBox`] prepared beforehand
+/// with the `_box` forms, which allocate nothing. Retiring (every update,
+/// [`clear`](Self::clear), dropping the cell) never allocates.
+///
+/// A leaked guard (`Box::leak(Box::new(read_lock()))`) holds its section
+/// open for good, even after its thread exits: references loaded under it
+/// live for `'static`, so the instance's grace periods stall rather than
+/// free them (see [`RcuStats::abandoned_sections`](crate::rcu::RcuStats)).
 ///
 /// ```
 /// use krcu::RcuCell;
@@ -124,7 +252,7 @@ impl<T> core::fmt::Debug for CompareExchangeError<'_, T> {
 /// ```
 #[doc(alias = "__rcu")]
 pub struct RcuCell<T: Send + Sync + 'static> {
-    ptr: AtomicPtr<RcuBox<T>>,
+    ptr: AtomicPtr<Node<T>>,
     instance: Instance,
     /// The id of the instance's RCU, compared with each guard's.
     rcu_id: u64,
@@ -139,7 +267,11 @@ impl<T: Send + Sync + 'static> RcuCell<T> {
     /// Builds the process-wide RCU if it is not built yet (not the
     /// `kfree_rcu` workers).
     pub fn new(value: T) -> Self {
-        Self::build(Instance::Global, crate::rcu::global().id(), boxed(value))
+        Self::build(
+            Instance::Global,
+            crate::rcu::global().id(),
+            RcuBox::new(value).into_raw(),
+        )
     }
 
     /// An empty cell, protected by the process-wide instance.
@@ -162,7 +294,7 @@ impl<T: Send + Sync + 'static> RcuCell<T> {
     /// ```
     pub fn new_in(krcu: Arc<Krcu>, value: T) -> Self {
         let id = krcu.rcu().id();
-        Self::build(Instance::Shared(krcu), id, boxed(value))
+        Self::build(Instance::Shared(krcu), id, RcuBox::new(value).into_raw())
     }
 
     /// An empty cell protected by `krcu`.
@@ -171,7 +303,7 @@ impl<T: Send + Sync + 'static> RcuCell<T> {
         Self::build(Instance::Shared(krcu), id, ptr::null_mut())
     }
 
-    fn build(instance: Instance, rcu_id: u64, p: *mut RcuBox<T>) -> Self {
+    fn build(instance: Instance, rcu_id: u64, p: *mut Node<T>) -> Self {
         RcuCell {
             ptr: AtomicPtr::new(p),
             instance,
@@ -205,7 +337,7 @@ impl<T: Send + Sync + 'static> RcuCell<T> {
         // load; Rust has no consume, so acquire).
         let p = self.ptr.load(Ordering::Acquire);
         // SAFETY: a non-null pointer in the cell is a leaked
-        // Box<RcuBox<T>>. It is freed only through kfree_rcu on the cell's
+        // Box<Node<T>>. It is freed only through kfree_rcu on the cell's
         // instance, called after it left the cell (swap or drop); `guard`
         // is a section of that same instance (checked above), opened before
         // this load saw the pointer, so the grace period that frees it
@@ -217,30 +349,47 @@ impl<T: Send + Sync + 'static> RcuCell<T> {
 
     /// Publishes `value` (`rcu_assign_pointer`) and retires the old value
     /// with `kfree_rcu`: it is dropped after a grace period, on a reclaimer
-    /// thread (or a caller that assists).
+    /// thread (or a caller that assists). Allocates the box for `value`.
     ///
     /// # Errors
-    /// In NMI context it refuses before it swaps and hands `value` back;
-    /// the cell is untouched.
+    /// Refuses before it swaps, handing `value` back: in NMI context, on a
+    /// real-time thread, and in hardirq context ([`UpdateError`]).
     #[doc(alias = "rcu_assign_pointer")]
     #[track_caller]
-    pub fn store(&self, value: T) -> Result<(), UpdateInNmi<T>> {
-        if context::in_nmi() {
-            return Err(UpdateInNmi(value));
-        }
-        let old = self.swap(boxed(value));
-        self.retire(old);
+    pub fn store(&self, value: T) -> Result<(), UpdateError<T>> {
+        let value = refuse_alloc(value)?;
+        self.publish(RcuBox::new(value));
         Ok(())
     }
 
-    /// Empties the cell, retiring its value with `kfree_rcu`.
+    /// [`store`](Self::store) of a value boxed beforehand: no allocation,
+    /// so it may be called on a real-time thread and in hardirq context.
     ///
     /// # Errors
-    /// In NMI context it refuses before it swaps (`.0` is `()`).
-    pub fn clear(&self) -> Result<(), UpdateInNmi<()>> {
-        if context::in_nmi() {
-            return Err(UpdateInNmi(()));
-        }
+    /// In NMI context it refuses before it swaps and hands the box back.
+    #[doc(alias = "rcu_assign_pointer")]
+    #[track_caller]
+    pub fn store_box(&self, value: RcuBox<T>) -> Result<(), UpdateError<RcuBox<T>>> {
+        let value = refuse_nmi(value)?;
+        self.publish(value);
+        Ok(())
+    }
+
+    /// Swaps `value` in and retires the old value.
+    #[track_caller]
+    fn publish(&self, value: RcuBox<T>) {
+        let old = self.swap(value.into_raw());
+        self.retire(old);
+    }
+
+    /// Empties the cell, retiring its value with `kfree_rcu`. Allocates
+    /// nothing.
+    ///
+    /// # Errors
+    /// In NMI context it refuses before it swaps (`()` is handed back).
+    #[track_caller]
+    pub fn clear(&self) -> Result<(), UpdateError<()>> {
+        refuse_nmi(())?;
         let old = self.swap(ptr::null_mut());
         self.retire(old);
         Ok(())
@@ -248,7 +397,8 @@ impl<T: Send + Sync + 'static> RcuCell<T> {
 
     /// Publishes `value` and returns the old value, readable while `guard`
     /// is held (`rcu_replace_pointer`). The old value is already retired
-    /// with `kfree_rcu`; `guard` holds its free off.
+    /// with `kfree_rcu`; `guard` holds its free off. Allocates the box for
+    /// `value`.
     ///
     /// ```
     /// let cell = krcu::RcuCell::new(1u32);
@@ -259,7 +409,8 @@ impl<T: Send + Sync + 'static> RcuCell<T> {
     /// ```
     ///
     /// # Errors
-    /// In NMI context it refuses before it swaps and hands `value` back.
+    /// As [`store`](Self::store): refused before the swap in NMI context,
+    /// on a real-time thread and in hardirq context.
     ///
     /// # Panics
     /// If `guard` is a section of another instance than the cell's.
@@ -269,24 +420,51 @@ impl<T: Send + Sync + 'static> RcuCell<T> {
         &'g self,
         value: T,
         guard: &'g ReadGuard<'_>,
-    ) -> Result<Option<&'g T>, UpdateInNmi<T>> {
+    ) -> Result<Option<&'g T>, UpdateError<T>> {
         self.check_guard(guard);
-        if context::in_nmi() {
-            return Err(UpdateInNmi(value));
-        }
-        let old = self.swap(boxed(value));
+        let value = refuse_alloc(value)?;
+        Ok(self.replace_with(RcuBox::new(value)))
+    }
+
+    /// [`replace`](Self::replace) with a value boxed beforehand: no
+    /// allocation.
+    ///
+    /// # Errors
+    /// In NMI context it refuses before it swaps and hands the box back.
+    ///
+    /// # Panics
+    /// If `guard` is a section of another instance than the cell's.
+    #[doc(alias = "rcu_replace_pointer")]
+    #[track_caller]
+    pub fn replace_box<'g>(
+        &'g self,
+        value: RcuBox<T>,
+        guard: &'g ReadGuard<'_>,
+    ) -> Result<Option<&'g T>, UpdateError<RcuBox<T>>> {
+        self.check_guard(guard);
+        let value = refuse_nmi(value)?;
+        Ok(self.replace_with(value))
+    }
+
+    /// Swaps `value` in, retires the old value and returns it, for the
+    /// caller's checked guard's lifetime.
+    #[track_caller]
+    fn replace_with<'g>(&'g self, value: RcuBox<T>) -> Option<&'g T> {
+        let old = self.swap(value.into_raw());
         // SAFETY: `old` left the cell just now and is retired below with
-        // kfree_rcu on the cell's instance; `guard`, a section of that
-        // instance (checked above) opened before the retire, holds the free
-        // off for 'g. The swap's Acquire made its initialisation visible.
+        // kfree_rcu on the cell's instance; the caller's guard, a section
+        // of that instance (checked by the caller) opened before the
+        // retire, holds the free off for 'g. The swap's Acquire made its
+        // initialisation visible.
         let r = unsafe { old.as_ref() }.map(|b| &b.value);
         self.retire(old);
-        Ok(r)
+        r
     }
 
     /// Publishes `new` if the cell holds `current` (compared by address;
     /// `None` for empty), and returns the old value, retired with
-    /// `kfree_rcu` and readable while `guard` is held.
+    /// `kfree_rcu` and readable while `guard` is held. Allocates the box
+    /// for `new`.
     ///
     /// ```
     /// use krcu::cell::CompareExchangeError;
@@ -305,8 +483,9 @@ impl<T: Send + Sync + 'static> RcuCell<T> {
     ///
     /// # Errors
     /// [`CompareExchangeError::Changed`] if the cell held another value (the
-    /// new value is handed back), [`CompareExchangeError::InNmi`] in NMI
-    /// context (refused before comparing).
+    /// new value is handed back), [`CompareExchangeError::Refused`] in NMI
+    /// context, on a real-time thread or in hardirq context (refused before
+    /// comparing, as [`store`](Self::store)).
     ///
     /// # Panics
     /// If `guard` is a section of another instance than the cell's.
@@ -319,21 +498,64 @@ impl<T: Send + Sync + 'static> RcuCell<T> {
         guard: &'g ReadGuard<'_>,
     ) -> Result<Option<&'g T>, CompareExchangeError<'g, T>> {
         self.check_guard(guard);
-        if context::in_nmi() {
-            return Err(CompareExchangeError::InNmi(new));
-        }
-        // The box `current` would be in: only compared, never dereferenced
+        let new = refuse_alloc(new).map_err(CompareExchangeError::Refused)?;
+        self.compare_exchange_with(current, RcuBox::new(new))
+            .map_err(|e| match e {
+                CompareExchangeError::Changed { current, new } => CompareExchangeError::Changed {
+                    current,
+                    new: new.into_inner(),
+                },
+                CompareExchangeError::Refused(e) => CompareExchangeError::Refused(match e {
+                    UpdateError::InNmi(b) => UpdateError::InNmi(b.into_inner()),
+                    UpdateError::Realtime(b) => UpdateError::Realtime(b.into_inner()),
+                    UpdateError::InHardirq(b) => UpdateError::InHardirq(b.into_inner()),
+                }),
+            })
+    }
+
+    /// [`compare_exchange`](Self::compare_exchange) with a value boxed
+    /// beforehand: no allocation (a failed compare hands the box back).
+    ///
+    /// # Errors
+    /// [`CompareExchangeError::Changed`] if the cell held another value,
+    /// [`CompareExchangeError::Refused`] in NMI context; the box is handed
+    /// back.
+    ///
+    /// # Panics
+    /// If `guard` is a section of another instance than the cell's.
+    #[doc(alias = "cmpxchg")]
+    #[track_caller]
+    pub fn compare_exchange_box<'g>(
+        &'g self,
+        current: Option<&T>,
+        new: RcuBox<T>,
+        guard: &'g ReadGuard<'_>,
+    ) -> Result<Option<&'g T>, CompareExchangeError<'g, T, RcuBox<T>>> {
+        self.check_guard(guard);
+        let new = refuse_nmi(new).map_err(CompareExchangeError::Refused)?;
+        self.compare_exchange_with(current, new)
+    }
+
+    /// The compare-exchange itself; the caller checked the guard and the
+    /// context.
+    #[track_caller]
+    fn compare_exchange_with<'g>(
+        &'g self,
+        current: Option<&T>,
+        new: RcuBox<T>,
+    ) -> Result<Option<&'g T>, CompareExchangeError<'g, T, RcuBox<T>>> {
+        // The node `current` would be in: only compared, never dereferenced
         // unless the compare succeeds (then it is the cell's own pointer).
         let expected = match current {
             None => ptr::null_mut(),
             Some(r) => ptr::from_ref(r)
                 .cast_mut()
-                .wrapping_byte_sub(core::mem::offset_of!(RcuBox<T>, value))
-                .cast::<RcuBox<T>>(),
+                .wrapping_byte_sub(core::mem::offset_of!(Node<T>, value))
+                .cast::<Node<T>>(),
         };
-        let new = boxed(new);
-        // Success: Release publishes the new box's initialisation to the
-        // loads that see it; Acquire makes the old box's initialisation
+        let new = new.into_raw();
+        // Success: Release publishes the new node's initialisation to the
+        // loads that see it; Acquire makes the old node's initialisation
         // visible to us (we return a reference into it and kfree_rcu
         // writes its head). Failure: Acquire, as a load, for `current`.
         match self
@@ -341,18 +563,19 @@ impl<T: Send + Sync + 'static> RcuCell<T> {
             .compare_exchange(expected, new, Ordering::AcqRel, Ordering::Acquire)
         {
             Ok(old) => {
-                // SAFETY: as in `replace`: `old` left the cell just now,
-                // is retired below on the cell's instance, and `guard` of
-                // that instance holds the free off for 'g.
+                // SAFETY: as in `replace_with`: `old` left the cell just
+                // now, is retired below on the cell's instance, and the
+                // caller's guard of that instance holds the free off for 'g.
                 let r = unsafe { old.as_ref() }.map(|b| &b.value);
                 self.retire(old);
                 Ok(r)
             }
             Err(seen) => {
-                // SAFETY: `new` was never published: we own the Box.
-                let new = unsafe { Box::from_raw(new) }.value;
-                // SAFETY: `seen` was in the cell when compared, under
-                // `guard` of the cell's instance: as in `load`.
+                // SAFETY: `new` was never published: it is still the
+                // Box::into_raw of an RcuBox we own.
+                let new = RcuBox(unsafe { Box::from_raw(new) });
+                // SAFETY: `seen` was in the cell when compared, under the
+                // caller's guard of the cell's instance: as in `load`.
                 let current = unsafe { seen.as_ref() }.map(|b| &b.value);
                 Err(CompareExchangeError::Changed { current, new })
             }
@@ -360,33 +583,36 @@ impl<T: Send + Sync + 'static> RcuCell<T> {
     }
 
     /// Swaps `new` in. AcqRel: Release publishes `new`'s initialisation;
-    /// Acquire orders the old box's initialisation (by whoever published
+    /// Acquire orders the old node's initialisation (by whoever published
     /// it) before our use of it (kfree_rcu writes its head; `replace`
     /// returns a reference into it).
-    fn swap(&self, new: *mut RcuBox<T>) -> *mut RcuBox<T> {
+    fn swap(&self, new: *mut Node<T>) -> *mut Node<T> {
         self.ptr.swap(new, Ordering::AcqRel)
     }
 
-    /// Retires `old` (null or a box that just left the cell) with
-    /// `kfree_rcu` on the cell's instance. Callers checked NMI context
-    /// first, so the refusal cannot happen; were it to, the box is leaked
+    /// Retires `old` (null or a node that just left the cell) with
+    /// `kfree_rcu` on the cell's instance, by pointer: readers may still
+    /// hold shared references into it, so no `Box` (a unique pointer) is
+    /// made of it before its grace period. Callers checked NMI context
+    /// first, so the refusal cannot happen; were it to, the node is leaked
     /// rather than freed while readers may reach it.
-    fn retire(&self, old: *mut RcuBox<T>) {
-        if old.is_null() {
+    #[track_caller]
+    fn retire(&self, old: *mut Node<T>) {
+        let Some(old) = NonNull::new(old) else {
             return;
-        }
-        // SAFETY: a non-null pointer that was in the cell is a leaked
-        // Box<RcuBox<T>> that the cell owned; it left the cell, so this is
-        // its one owner now.
-        let old = unsafe { Box::from_raw(old) };
-        let res = match &self.instance {
-            Instance::Global => crate::kfree_rcu(old),
-            Instance::Shared(k) => k.kfree_rcu(old),
         };
-        if let Err(InNmi(b)) = res {
-            // Readers may still reach it: never free it now.
-            core::mem::forget(b);
-        }
+        // SAFETY: a non-null pointer that was in the cell is the
+        // Box::into_raw of a node the cell owned; it left the cell, so the
+        // cell's ownership passes to kfree_rcu here, and nothing writes it
+        // again (the cell never writes a published node).
+        let queued = unsafe {
+            match &self.instance {
+                Instance::Global => crate::instance::kfree_rcu_raw_global(old),
+                Instance::Shared(k) => k.kfree_rcu_raw(old),
+            }
+        };
+        // Not queued (NMI): readers may still reach it, so it is leaked.
+        let _ = queued;
     }
 }
 
@@ -406,13 +632,6 @@ impl<T: Send + Sync + 'static + core::fmt::Debug> core::fmt::Debug for RcuCell<T
             .field("instance", &self.rcu_id)
             .finish_non_exhaustive()
     }
-}
-
-fn boxed<T>(value: T) -> *mut RcuBox<T> {
-    Box::into_raw(Box::new(RcuBox {
-        value,
-        head: RcuHead::new(),
-    }))
 }
 
 #[cold]

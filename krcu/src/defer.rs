@@ -17,13 +17,19 @@ pub enum DeferError<F> {
     /// is boxed).
     #[error("defer() called on a real-time thread: refused, the closure is handed back")]
     Realtime(F),
+    /// Called in hardirq context (a signal handler), where `malloc` is not
+    /// async-signal-safe (the closure is boxed).
+    #[error(
+        "defer() called in hardirq (signal-handler) context: refused, the closure is handed back"
+    )]
+    InHardirq(F),
 }
 
 impl<F> DeferError<F> {
     /// The closure handed back.
     pub fn into_inner(self) -> F {
         match self {
-            Self::InNmi(f) | Self::Realtime(f) => f,
+            Self::InNmi(f) | Self::Realtime(f) | Self::InHardirq(f) => f,
         }
     }
 }
@@ -33,6 +39,7 @@ impl<F> core::fmt::Debug for DeferError<F> {
         f.write_str(match self {
             Self::InNmi(_) => "InNmi(..)",
             Self::Realtime(_) => "Realtime(..)",
+            Self::InHardirq(_) => "InHardirq(..)",
         })
     }
 }
@@ -68,6 +75,9 @@ fn defer_with<F: FnOnce() + Send + 'static>(
     }
     if context::is_realtime() {
         return Err(DeferError::Realtime(f));
+    }
+    if context::in_hardirq() {
+        return Err(DeferError::InHardirq(f));
     }
     let boxed = Box::new(Deferred {
         f: Some(f),
@@ -108,7 +118,9 @@ impl Krcu {
     /// Hands `f` back, neither run nor dropped: [`DeferError::InNmi`] from
     /// NMI context, [`DeferError::Realtime`] on a real-time thread
     /// ([`register_thread`](Self::register_thread),
-    /// [`context::set_realtime`]), which must not allocate.
+    /// [`context::set_realtime`]), which must not allocate, and
+    /// [`DeferError::InHardirq`] in a hardirq (signal) handler, where
+    /// `malloc` is not async-signal-safe.
     #[doc(alias = "defer_rcu")]
     #[track_caller]
     pub fn defer<F: FnOnce() + Send + 'static>(&self, f: F) -> Result<(), DeferError<F>> {
@@ -128,8 +140,8 @@ impl Krcu {
 /// ```
 ///
 /// # Errors
-/// As [`Krcu::defer`]: in NMI context or on a real-time thread `f` is
-/// handed back.
+/// As [`Krcu::defer`]: in NMI context, on a real-time thread or in
+/// hardirq context `f` is handed back.
 #[doc(alias = "defer_rcu")]
 #[track_caller]
 pub fn defer<F: FnOnce() + Send + 'static>(f: F) -> Result<(), DeferError<F>> {

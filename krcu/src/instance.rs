@@ -439,15 +439,36 @@ impl Krcu {
         if self.engine.refuse_nmi() {
             return Err(InNmi(obj));
         }
+        // SAFETY: a Box the caller handed over: leaked, its head unqueued,
+        // ours alone. Not in NMI context (checked above), so it is queued.
+        unsafe { self.kfree_rcu_raw(NonNull::from(Box::leak(obj))) };
+        Ok(())
+    }
+
+    /// [`kfree_rcu`](Self::kfree_rcu) of a leaked `Box<T>` given by
+    /// pointer, for [`RcuCell`](crate::RcuCell): it retires a box that
+    /// readers may still be reading through shared references, so it never
+    /// makes a `Box` (a unique pointer) of it again until the grace period
+    /// has passed. Returns `false`, with nothing done, in NMI context.
+    ///
+    /// # Safety
+    /// `raw` comes from `Box::<T>::into_raw` (or `Box::leak`), no one frees
+    /// it otherwise, its head is not queued, and nothing writes the object
+    /// from now on: its ownership passes here, unless `false` is returned.
+    #[track_caller]
+    pub(crate) unsafe fn kfree_rcu_raw<T: HasRcuHead>(&self, raw: NonNull<T>) -> bool {
+        if self.engine.refuse_nmi() {
+            return false;
+        }
         self.check_reader("kfree_rcu()");
         let ctx = context::kind();
-        let raw = Box::into_raw(obj);
+        let raw = raw.as_ptr();
         // SAFETY: HasRcuHead's contract puts the head RCU_HEAD_OFFSET bytes
         // into the object, inside the allocation.
         let head =
             unsafe { NonNull::new_unchecked(raw.byte_add(T::RCU_HEAD_OFFSET).cast::<RcuHead>()) };
-        // SAFETY: the object is a leaked Box<T> handed over here; its head
-        // is not queued (the Box was the caller's); drop_box_by_head::<T>
+        // SAFETY: the object is a leaked Box<T> handed over here (the
+        // caller's contract); its head is not queued; drop_box_by_head::<T>
         // frees exactly it; box_channel::<T> frees Box<T> pointers.
         unsafe {
             self.engine.queue(
@@ -458,7 +479,7 @@ impl Krcu {
                 ctx,
             );
         }
-        Ok(())
+        true
     }
 
     /// Frees `obj` after a grace period (the single-argument form: no
@@ -753,10 +774,33 @@ pub fn kfree_rcu<T: HasRcuHead>(obj: Box<T>) -> Result<(), InNmi<T>> {
     if let Some(k) = GLOBAL.get() {
         return k.kfree_rcu(obj);
     }
-    if !may_build_global() {
-        return kfree_rcu_unbuilt(obj);
+    if context::in_nmi() {
+        return Err(InNmi(obj));
     }
-    Krcu::global().kfree_rcu(obj)
+    // SAFETY: a Box the caller handed over: leaked, its head unqueued, ours
+    // alone. Not in NMI context (checked above), so it is queued.
+    unsafe { kfree_rcu_raw_global(NonNull::from(Box::leak(obj))) };
+    Ok(())
+}
+
+/// [`kfree_rcu`] of a leaked `Box<T>` given by pointer (see
+/// [`Krcu::kfree_rcu_raw`]). Returns `false`, with nothing done, in NMI
+/// context.
+///
+/// # Safety
+/// As [`Krcu::kfree_rcu_raw`].
+#[track_caller]
+pub(crate) unsafe fn kfree_rcu_raw_global<T: HasRcuHead>(raw: NonNull<T>) -> bool {
+    if let Some(k) = GLOBAL.get() {
+        // SAFETY: the caller's contract, passed on.
+        return unsafe { k.kfree_rcu_raw(raw) };
+    }
+    if !may_build_global() {
+        // SAFETY: the caller's contract, passed on.
+        return unsafe { kfree_rcu_unbuilt(raw) };
+    }
+    // SAFETY: the caller's contract, passed on.
+    unsafe { Krcu::global().kfree_rcu_raw(raw) }
 }
 
 /// Whether the calling context may build the process-wide instance (it
@@ -774,12 +818,15 @@ fn may_build_global() -> bool {
 
 /// `kfree_rcu` before the process-wide instance exists, where it may not
 /// be built: the `rcu_head` fallback on the global RCU.
+///
+/// # Safety
+/// As [`Krcu::kfree_rcu_raw`].
 #[cold]
-fn kfree_rcu_unbuilt<T: HasRcuHead>(obj: Box<T>) -> Result<(), InNmi<T>> {
+unsafe fn kfree_rcu_unbuilt<T: HasRcuHead>(raw: NonNull<T>) -> bool {
     if context::in_nmi() {
-        return Err(InNmi(obj));
+        return false;
     }
-    let raw = Box::into_raw(obj);
+    let raw = raw.as_ptr();
     // SAFETY: HasRcuHead's contract puts the head RCU_HEAD_OFFSET bytes
     // into the object, inside the allocation.
     let head =
@@ -789,7 +836,7 @@ fn kfree_rcu_unbuilt<T: HasRcuHead>(obj: Box<T>) -> Result<(), InNmi<T>> {
     // drop_box_by_head::<T> frees exactly that Box after the grace period.
     // Never builds the global RCU either: the caller may not sleep.
     unsafe { crate::rcu::call_rcu_global_nobuild(head, drop_box_by_head::<T>) };
-    Ok(())
+    true
 }
 
 /// [`Krcu::kvfree_rcu_mightsleep`] on the process-wide instance.

@@ -110,7 +110,7 @@ mod unwind;
 mod asan;
 
 #[cfg(not(loom))]
-pub use cell::RcuCell;
+pub use cell::{RcuBox, RcuCell};
 pub use context::{ContextKind, PreemptModel};
 #[cfg(not(loom))]
 pub use defer::{DeferError, defer};

@@ -137,12 +137,24 @@ fn registration_ends_with_the_handle_and_with_the_thread() {
     .join()
     .unwrap();
     assert_eq!(rcu.stats().readers, 0, "thread exit unregisters");
-    // A thread that leaks its guard and exits does not block grace periods.
+    // A thread that leaks its guard and exits leaves its section open for
+    // good (references loaded under a leaked guard may live on): grace
+    // periods stall on it, and only the instance's drop ends it.
     let r = rcu.clone();
     std::thread::spawn(move || core::mem::forget(r.read_lock()))
         .join()
         .unwrap();
-    rcu.synchronize();
+    let cookie = rcu.start_poll();
+    let start = std::time::Instant::now();
+    while rcu.stats().abandoned_sections == 0 && start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(rcu.stats().abandoned_sections, 1, "the leaked section");
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(
+        !rcu.poll_state(cookie),
+        "a grace period ended past a leaked guard's section"
+    );
     // A handle dropped inside a section keeps the slot until the thread ends.
     let r = rcu.clone();
     std::thread::spawn(move || {

@@ -2,7 +2,7 @@
 //! and retired, never freed while a reader can reach them; the refusals
 //! (NMI, real-time thread, another instance's guard) hand the value back.
 
-use krcu::cell::{CompareExchangeError, UpdateInNmi};
+use krcu::cell::{CompareExchangeError, RcuBox, UpdateError};
 use krcu::{DeferError, Krcu, RcuCell};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::*};
 use std::sync::{Arc, Barrier, mpsc};
@@ -103,7 +103,7 @@ fn readers_never_see_a_retired_value() {
                                     assert_eq!(new.n, n);
                                     current.expect("never empty").check();
                                 }
-                                Err(CompareExchangeError::InNmi(_)) => panic!("not in NMI"),
+                                Err(CompareExchangeError::Refused(_)) => panic!("task context"),
                             }
                         }
                     }
@@ -165,24 +165,36 @@ fn nmi_refuses_before_the_swap() {
     let cell = RcuCell::new_in(k.clone(), Val::new(1, &drops));
     {
         let _nmi = krcu::context::enter_nmi();
-        let UpdateInNmi(back) = cell.store(Val::new(2, &drops)).unwrap_err();
+        let UpdateError::InNmi(back) = cell.store(Val::new(2, &drops)).unwrap_err() else {
+            panic!("refused as NMI")
+        };
         assert_eq!(back.n, 2);
         std::mem::forget(back); // in a real handler: never drop there
         let g = k.rcu().read_lock();
-        let UpdateInNmi(back) = cell
+        let UpdateError::InNmi(back) = cell
             .replace(Val::new(3, &drops), &g)
             .map(|_| ())
-            .unwrap_err();
+            .unwrap_err()
+        else {
+            panic!("refused as NMI")
+        };
         assert_eq!(back.n, 3);
         std::mem::forget(back);
         let cur = cell.load(&g);
         match cell.compare_exchange(cur, Val::new(4, &drops), &g) {
-            Err(CompareExchangeError::InNmi(back)) => {
+            Err(CompareExchangeError::Refused(UpdateError::InNmi(back))) => {
                 assert_eq!(back.n, 4);
                 std::mem::forget(back);
             }
             _ => panic!("compare_exchange in NMI must refuse"),
         }
+        // A prepared box is refused too, and handed back.
+        let back = cell
+            .store_box(RcuBox::new(Val::new(6, &drops)))
+            .unwrap_err()
+            .into_inner();
+        assert_eq!(back.n, 6);
+        std::mem::forget(back);
         assert!(cell.clear().is_err());
         assert_eq!(cell.load(&g).map(|v| v.n), Some(1), "nothing swapped");
     }

@@ -103,6 +103,11 @@ pub struct RcuStats {
     pub membarrier: bool,
     /// Threads registered as readers now.
     pub readers: usize,
+    /// Read-side sections left open by threads that exited (leaked
+    /// guards). Each stalls this instance's grace periods until the
+    /// instance is dropped: a leaked guard's references may still be in
+    /// use, so its section is never ended early.
+    pub abandoned_sections: usize,
 }
 
 #[derive(Default)]
@@ -527,6 +532,7 @@ impl Rcu {
             stalls: s.gp.stalls.count(),
             membarrier: !s.gp.readers.full_fence,
             readers: s.gp.readers.registered(),
+            abandoned_sections: s.gp.readers.abandoned(),
         }
     }
 
@@ -538,6 +544,10 @@ impl Rcu {
 
 impl Drop for Rcu {
     fn drop(&mut self) {
+        // Nothing borrows the instance any more, so no reference loaded
+        // under a leaked guard of it is left: its abandoned sections end
+        // here, and the worker's last grace periods do not stall on them.
+        self.shared.gp.readers.end_abandoned();
         self.shared.stop.store(true, Ordering::SeqCst);
         self.shared.wake.kick();
         let worker = self

@@ -65,15 +65,26 @@
 //! the guard ends the section on it. Only the thread's end settles it: a
 //! grace period that finds orphans (a cold path; none, and the scan costs
 //! one more load) frees each one whose thread is gone
-//! (`tgkill(getpid(), tid, 0)` fails with `ESRCH`), ending its section if
-//! still open, with a warning, as the kernel's `exit_rcu` does; so does a
-//! registration that would otherwise grow the registry. A tid the kernel
-//! gave to a new thread of the process only puts that off until the new
-//! thread is gone too (a stall, never an early free). So a leaked guard
-//! stalls grace periods after its thread has exited only until the kernel
-//! has reaped the thread, and a section running in any destructor of the
+//! (`tgkill(getpid(), tid, 0)` fails with `ESRCH`) if its section is
+//! closed. A section still open when its thread is gone was left by a
+//! leaked guard (`mem::forget`, `Box::leak`): a `Box::leak`ed guard of a
+//! `'static` instance (the process-wide one) is a `&'static ReadGuard`,
+//! and references loaded under it (say from an
+//! [`RcuCell`](crate::cell::RcuCell)) are `&'static` too, and may have
+//! been handed to other threads. So such a section is **abandoned**, never
+//! ended: grace periods of the instance stall for good (an error is
+//! logged once and [`RcuStats::abandoned_sections`](super::RcuStats)
+//! counts it), as a leaked guard stops crossbeam-epoch's epoch for good.
+//! A stall, never an early free. Only the instance's teardown ends it:
+//! dropping the instance needs every borrow of it over, so no reference
+//! loaded under the guard is left. So does a registration that would
+//! otherwise grow the registry reap closed orphans. A tid the kernel gave
+//! to a new thread of the process only puts the reaping off until the new
+//! thread is gone too. A section running in any destructor of the
 //! thread is waited for. In the child of a `fork`, the orphans of other
-//! threads are freed with their other slots (their tids are the parent's).
+//! threads, open or abandoned, are freed with their other slots (their
+//! tids are the parent's): `fork` is an `unsafe` call, and the child must
+//! not use a reference loaded under another thread's guard.
 //!
 //! The late list is armed at a thread's first registration, not only when
 //! the registration list's destructor needs it: a thread that first reads
@@ -159,6 +170,11 @@ pub(crate) struct Slot {
     /// An orphan: taken, but no longer counted in `in_use` (see the module
     /// doc). Changed only under the `free` mutex, which orders it (Relaxed).
     orphan: AtomicBool,
+    /// Abandoned: the orphan's thread is gone with its section open (a
+    /// leaked guard); the section is never ended while the instance lives
+    /// (see the module doc). Not counted in `orphans`. Changed only under
+    /// the `free` mutex (Relaxed).
+    abandoned: AtomicBool,
     /// The owning thread's [`thread_key`] (0 while free): how the child of
     /// a `fork` tells the forking thread's slots even when its
     /// registration list is out of reach. Keys are never reused, so the key
@@ -203,6 +219,8 @@ pub(crate) struct Readers {
     /// Relaxed outside it as a hint (a stale zero only puts the reaping
     /// off to a later look).
     orphans: AtomicUsize,
+    /// Abandoned slots (see [`Slot::abandoned`]). Changed only under `free`.
+    abandoned: AtomicUsize,
     /// Releases and orphanings refused because they named a tenure the
     /// slot is no longer in (a bug: see [`Slot::tenure`]).
     refused: AtomicUsize,
@@ -222,6 +240,7 @@ impl Readers {
             free: Mutex::new(Vec::new()),
             in_use: AtomicUsize::new(0),
             orphans: AtomicUsize::new(0),
+            abandoned: AtomicUsize::new(0),
             refused: AtomicUsize::new(0),
         })
     }
@@ -278,6 +297,7 @@ impl Readers {
                             owner: Mutex::new(None),
                             handles: AtomicUsize::new(0),
                             orphan: AtomicBool::new(false),
+                            abandoned: AtomicBool::new(false),
                             owner_key: AtomicU64::new(0),
                             tenure: AtomicU64::new(0),
                             tid: AtomicI32::new(0),
@@ -359,7 +379,9 @@ impl Readers {
         *slot.owner.lock().unwrap_or_else(|e| e.into_inner()) = None;
         slot.owner_key.store(0, Ordering::Relaxed);
         slot.tid.store(0, Ordering::Relaxed);
-        if slot.orphan.swap(false, Ordering::Relaxed) {
+        if slot.abandoned.swap(false, Ordering::Relaxed) {
+            self.abandoned.fetch_sub(1, Ordering::Relaxed);
+        } else if slot.orphan.swap(false, Ordering::Relaxed) {
             self.orphans.fetch_sub(1, Ordering::Relaxed);
         } else {
             self.in_use.fetch_sub(1, Ordering::Relaxed);
@@ -394,11 +416,14 @@ impl Readers {
     }
 
     /// With `free` held: each orphan whose owning thread no longer exists
-    /// (`tgkill(getpid(), tid, 0)` fails with `ESRCH`) can never close its
-    /// section: no code of that thread runs any more. Its section is over
-    /// for good, so it is ended (with a warning if it was open, as the
-    /// kernel's `exit_rcu` ends a task's) and the slot freed, in the tenure
-    /// it is in (read under `free`, as every change of it is made).
+    /// (`tgkill(getpid(), tid, 0)` fails with `ESRCH`) can never change its
+    /// section again: no code of that thread runs any more. A closed one is
+    /// freed, in the tenure it is in (read under `free`, as every change of
+    /// it is made). An open one is **abandoned**, never ended: it was left
+    /// by a leaked guard, and references loaded under a leaked guard of a
+    /// `'static` instance may live on in other threads (see the module
+    /// doc). Grace periods stall on it until the instance is torn down
+    /// ([`Readers::end_abandoned`]); an error says so, once per slot.
     ///
     /// The check never frees early: `ESRCH` means no thread of this
     /// process has the tid, so the owner (which had it, in this process:
@@ -406,14 +431,12 @@ impl Readers {
     /// frees the others, see [`Readers::forget_other_threads`]) has exited.
     /// If the kernel gave the tid to a new thread of the process since,
     /// the check keeps succeeding while that thread lives: the orphan is
-    /// reaped late (a grace period may stall until then), never early.
+    /// reaped late, never early.
     ///
-    /// Ordering: the dead thread's section, and its accesses, happened
-    /// before its exit, which the kernel orders before the `ESRCH` that
-    /// the tid lookup (under its own locks and RCU) returns here; the
-    /// Release store of zero then publishes the end as `read_unlock` would,
-    /// and a grace period's scan that reads it is followed by the grace
-    /// period's closing barrier.
+    /// Ordering: the dead thread's last `read_unlock` (a Release store of
+    /// its word) happened before its exit, which the kernel orders before
+    /// the `ESRCH` that the tid lookup (under its own locks and RCU)
+    /// returns here, so the Relaxed load below sees it closed if it was.
     fn reap_locked(&self, free: &mut Vec<usize>) {
         if self.orphans.load(Ordering::Relaxed) == 0 {
             return;
@@ -438,17 +461,45 @@ impl Readers {
                 // not known to be gone.
                 continue;
             }
-            let open = handshake::active(slot.ctr.load(Ordering::Relaxed));
-            if open {
-                // Release: see "Ordering" above.
-                slot.ctr.store(0, Ordering::Release);
-            }
-            self.release_in(free, i);
-            if open {
-                tracing::warn!(
-                    "krcu: thread {tid} exited inside an RCU read-side section \
-                     (a leaked guard); the section is ended"
+            if handshake::active(slot.ctr.load(Ordering::Relaxed)) {
+                slot.orphan.store(false, Ordering::Relaxed);
+                self.orphans.fetch_sub(1, Ordering::Relaxed);
+                slot.abandoned.store(true, Ordering::Relaxed);
+                self.abandoned.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(
+                    "krcu: thread {tid} exited inside an RCU read-side section (a \
+                     leaked guard); the section is never ended: grace periods of \
+                     this instance stall until it is torn down"
                 );
+            } else {
+                self.release_in(free, i);
+            }
+        }
+    }
+
+    /// How many sections were abandoned (see [`Readers::reap_locked`]).
+    pub(crate) fn abandoned(&self) -> usize {
+        self.abandoned.load(Ordering::Relaxed)
+    }
+
+    /// Ends every abandoned section and frees its slot: only at the
+    /// instance's teardown, when no borrow of the instance, hence no
+    /// reference loaded under one of its guards, is left (a leaked guard
+    /// of an instance borrows it for as long as the guard's references
+    /// live, and an instance borrowed for `'static` is never torn down).
+    /// The Release store publishes the end as `read_unlock` would, for
+    /// the grace periods the teardown still runs (the worker finishes its
+    /// queue).
+    pub(crate) fn end_abandoned(&self) {
+        let mut free = self.lock_free();
+        if self.abandoned.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        for i in 0..self.len() {
+            let slot = self.slot(i);
+            if slot.abandoned.load(Ordering::Relaxed) {
+                slot.ctr.store(0, Ordering::Release);
+                self.release_in(&mut free, i);
             }
         }
     }
@@ -644,9 +695,11 @@ impl Readers {
             if slot.tenure.load(Ordering::Relaxed) & 1 == 1 {
                 slot.tenure.fetch_add(1, Ordering::Relaxed);
             }
-            // An orphan was counted out already (under `free`, which the
-            // fork held, so the mark and the count agree).
-            if slot.orphan.swap(false, Ordering::Relaxed) {
+            // An orphan or abandoned slot was counted out already (under
+            // `free`, which the fork held, so the marks and counts agree).
+            if slot.abandoned.swap(false, Ordering::Relaxed) {
+                self.abandoned.fetch_sub(1, Ordering::Relaxed);
+            } else if slot.orphan.swap(false, Ordering::Relaxed) {
                 self.orphans.fetch_sub(1, Ordering::Relaxed);
             } else {
                 self.in_use.fetch_sub(1, Ordering::Relaxed);
@@ -1333,14 +1386,17 @@ mod tests {
     }
 
     #[test]
-    fn a_guard_leaked_during_teardown_is_ended_when_the_thread_ends() {
+    fn a_guard_leaked_during_teardown_is_abandoned_when_the_thread_ends() {
         let rcu = leaked();
         at_teardown(
             move || drop(rcu.read_lock()),
             Box::new(move || core::mem::forget(rcu.read_lock())),
         );
-        // The thread is gone (joined): its leaked section holds nothing up.
-        assert!(gp_ends_within(rcu, Duration::from_secs(10)));
+        // The thread is gone (joined), its section still open: a leaked
+        // guard of a 'static instance may have handed out 'static
+        // references, so the section is abandoned, never ended.
+        assert!(!gp_ends_within(rcu, Duration::from_millis(300)));
+        assert_eq!(rcu.stats().abandoned_sections, 1);
         assert_eq!(rcu.stats().readers, 0);
     }
 
@@ -1507,10 +1563,12 @@ mod tests {
     }
 
     /// A thread that exits inside a section leaves its slot an orphan
-    /// (never ended by the late list's destructor); it is freed, its
-    /// section ended, once the thread is gone, and only then.
+    /// (never ended by the late list's destructor); once the thread is gone
+    /// the section is abandoned, never ended (a leaked guard's references
+    /// may live on), until the instance's teardown ends it. A closed
+    /// orphan of a gone thread is freed.
     #[test]
-    fn an_orphan_is_freed_once_its_thread_is_gone() {
+    fn a_gone_threads_open_section_is_abandoned_until_teardown() {
         let readers = Readers::new(true);
         let r = readers.clone();
         let (tx, rx) = mpsc::channel();
@@ -1537,13 +1595,46 @@ mod tests {
             readers.reap_orphans();
             std::thread::sleep(Duration::from_millis(1));
         }
+        assert!(!readers.has_orphans(), "the gone thread was never noticed");
+        assert_eq!(readers.abandoned(), 1);
         assert!(
-            !readers.has_orphans(),
-            "a dead thread's orphan was never freed"
+            handshake::active(readers.slot(i).ctr.load(Ordering::Relaxed)),
+            "a leaked guard's section was ended while the instance lives"
         );
-        assert_eq!(readers.slot(i).ctr.load(Ordering::Relaxed), 0);
         let (j, _) = readers.acquire_slot();
-        assert_eq!(j, i, "the orphan's slot was not freed");
+        assert_ne!(j, i, "an abandoned slot was handed out again");
+        readers.end_abandoned();
+        assert_eq!(readers.abandoned(), 0);
+        assert_eq!(readers.slot(i).ctr.load(Ordering::Relaxed), 0);
+        let (k, _) = readers.acquire_slot();
+        assert_eq!(k, i, "teardown did not free the abandoned slot");
+    }
+
+    /// A thread that exits with a handle leaked but no section open leaves
+    /// a closed orphan: freed once the thread is gone.
+    #[test]
+    fn a_gone_threads_closed_orphan_is_freed() {
+        let readers = Readers::new(true);
+        let r = readers.clone();
+        let (tx, rx) = mpsc::channel();
+        let t = std::thread::spawn(move || {
+            let (i, _) = r.acquire_slot();
+            let free = r.lock_free();
+            r.mark_orphan(i);
+            drop(free);
+            let _ = tx.send(i);
+        });
+        let i = rx.recv().unwrap();
+        t.join().unwrap();
+        let start = std::time::Instant::now();
+        while readers.has_orphans() && start.elapsed() < Duration::from_secs(10) {
+            readers.reap_orphans();
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(!readers.has_orphans(), "a closed orphan was never freed");
+        assert_eq!(readers.abandoned(), 0);
+        let (j, _) = readers.acquire_slot();
+        assert_eq!(j, i, "the closed orphan's slot was not freed");
     }
 
     /// In the child of a `fork`, another thread's orphan is freed with
