@@ -458,6 +458,26 @@ mod tests {
         NonNull::from(h)
     }
 
+    /// The derive's output names `::krcu`, which resolves inside krcu
+    /// through `extern crate self as krcu`.
+    #[cfg(feature = "derive")]
+    #[test]
+    fn the_derive_works_inside_krcu() {
+        #[derive(crate::rcu::HasRcuHead)]
+        #[repr(C)]
+        struct Inside {
+            value: u64,
+            rcu: RcuHead,
+        }
+        assert_eq!(Inside::RCU_HEAD_OFFSET, core::mem::offset_of!(Inside, rcu));
+        assert_ne!(Inside::RCU_HEAD_OFFSET, 0);
+        let inside = Inside {
+            value: 7,
+            rcu: RcuHead::new(),
+        };
+        assert_eq!(inside.value, 7);
+    }
+
     #[test]
     fn pending_list_takes_fifo() {
         let hs = heads(5);
