@@ -60,13 +60,10 @@
 //! ```
 //! use krcu::rcu::{HasRcuHead, RcuHead};
 //!
+//! #[derive(HasRcuHead)] // finds `rcu` and computes its offset
 //! struct Node {
 //!     value: u64,
 //!     rcu: RcuHead,
-//! }
-//! // SAFETY: `rcu` is an RcuHead field of Node.
-//! unsafe impl HasRcuHead for Node {
-//!     const RCU_HEAD_OFFSET: usize = core::mem::offset_of!(Node, rcu);
 //! }
 //!
 //! let krcu = krcu::Krcu::builder().arena_size(16 << 20).build().unwrap();
@@ -80,6 +77,10 @@
 // Under `--cfg loom` only the models' parts are compiled (kvfree and most
 // of rcu are left out), so much of what is left has no user there.
 #![cfg_attr(loom, allow(dead_code))]
+
+// The derive's output names `::krcu::rcu::HasRcuHead`; this makes that
+// path resolve inside krcu too.
+extern crate self as krcu;
 
 #[cfg(not(loom))]
 pub mod cell;
@@ -120,5 +121,9 @@ pub use instance::{
     BuildError, InNmi, Krcu, KrcuBuilder, SlabChannel, kfree_rcu, kvfree_rcu_barrier,
     kvfree_rcu_mightsleep,
 };
+/// `#[derive(HasRcuHead)]`: implements [`rcu::HasRcuHead`] for a struct
+/// from its `RcuHead` field; see the trait for examples.
+#[cfg(all(feature = "derive", not(loom)))]
+pub use krcu_derive::HasRcuHead;
 #[cfg(not(loom))]
 pub use kvfree::{Assist, KvfreeConfig, KvfreeStats, Policy};

@@ -82,7 +82,45 @@ impl core::fmt::Debug for RcuHead {
 }
 
 /// A type that embeds an [`RcuHead`], so that a `Box` of it can be handed
-/// to [`Rcu::call_rcu_box`](super::Rcu::call_rcu_box).
+/// to [`Rcu::call_rcu_box`](super::Rcu::call_rcu_box) or
+/// [`kfree_rcu`](crate::kfree_rcu).
+///
+/// Derive it (feature `derive`, on by default): `use krcu::rcu::HasRcuHead`
+/// brings both the trait and the derive, which finds the field of type
+/// `RcuHead` and computes its offset with `offset_of!`.
+///
+/// ```
+/// use krcu::rcu::{HasRcuHead, RcuHead};
+///
+/// #[derive(HasRcuHead)]
+/// struct Node {
+///     value: u64,
+///     rcu: RcuHead,
+/// }
+/// assert_eq!(Node::RCU_HEAD_OFFSET, core::mem::offset_of!(Node, rcu));
+///
+/// krcu::kfree_rcu(Box::new(Node { value: 1, rcu: RcuHead::new() })).unwrap();
+/// krcu::kvfree_rcu_barrier(); // the node has been dropped
+/// ```
+///
+/// When the head's type is spelled through an alias, or the struct holds
+/// several heads, mark the one to use with `#[rcu_head]`:
+///
+/// ```
+/// use krcu::rcu::{HasRcuHead, RcuHead};
+///
+/// type Head = RcuHead;
+///
+/// #[derive(HasRcuHead)]
+/// struct Node<T: Send + 'static> {
+///     value: T,
+///     #[rcu_head]
+///     rcu: Head,
+/// }
+/// assert_eq!(Node::<u8>::RCU_HEAD_OFFSET, core::mem::offset_of!(Node<u8>, rcu));
+/// ```
+///
+/// By hand, the offset is yours to get right:
 ///
 /// ```
 /// use krcu::rcu::{HasRcuHead, RcuHead};
@@ -93,6 +131,81 @@ impl core::fmt::Debug for RcuHead {
 /// // SAFETY: the offset is that of the embedded head.
 /// unsafe impl HasRcuHead for Node {
 ///     const RCU_HEAD_OFFSET: usize = core::mem::offset_of!(Node, rcu);
+/// }
+/// ```
+///
+/// # What the derive refuses
+/// Each of these fails to compile, with an error at the offending span.
+///
+/// A struct with no `RcuHead` field:
+///
+/// ```compile_fail
+/// use krcu::rcu::HasRcuHead;
+///
+/// #[derive(HasRcuHead)]
+/// struct Node {
+///     value: u64,
+/// }
+/// ```
+///
+/// Two heads, and no `#[rcu_head]` to say which one:
+///
+/// ```compile_fail
+/// use krcu::rcu::{HasRcuHead, RcuHead};
+///
+/// #[derive(HasRcuHead)]
+/// struct Node {
+///     first: RcuHead,
+///     second: RcuHead,
+/// }
+/// ```
+///
+/// An enum (or a union): no single offset holds the head in every value.
+///
+/// ```compile_fail
+/// use krcu::rcu::{HasRcuHead, RcuHead};
+///
+/// #[derive(HasRcuHead)]
+/// enum Node {
+///     Leaf { rcu: RcuHead },
+/// }
+/// ```
+///
+/// `#[rcu_head]` on a field that is not an `RcuHead`, even one that
+/// dereferences to one: the chosen field's type is checked exactly.
+///
+/// ```compile_fail,E0308
+/// use krcu::rcu::{HasRcuHead, RcuHead};
+///
+/// #[derive(HasRcuHead)]
+/// struct Node {
+///     #[rcu_head]
+///     value: u64,
+///     rcu: RcuHead,
+/// }
+/// ```
+///
+/// ```compile_fail,E0308
+/// use krcu::rcu::{HasRcuHead, RcuHead};
+///
+/// #[derive(HasRcuHead)]
+/// struct Node {
+///     value: u64,
+///     #[rcu_head]
+///     rcu: Box<RcuHead>,
+/// }
+/// ```
+///
+/// A `#[repr(packed)]` struct, whose head could be unaligned:
+///
+/// ```compile_fail
+/// use krcu::rcu::{HasRcuHead, RcuHead};
+///
+/// #[derive(HasRcuHead)]
+/// #[repr(C, packed)]
+/// struct Node {
+///     tag: u8,
+///     rcu: RcuHead,
 /// }
 /// ```
 ///
@@ -343,6 +456,26 @@ mod tests {
 
     fn ptr(h: &RcuHead) -> NonNull<RcuHead> {
         NonNull::from(h)
+    }
+
+    /// The derive's output names `::krcu`, which resolves inside krcu
+    /// through `extern crate self as krcu`.
+    #[cfg(feature = "derive")]
+    #[test]
+    fn the_derive_works_inside_krcu() {
+        #[derive(crate::rcu::HasRcuHead)]
+        #[repr(C)]
+        struct Inside {
+            value: u64,
+            rcu: RcuHead,
+        }
+        assert_eq!(Inside::RCU_HEAD_OFFSET, core::mem::offset_of!(Inside, rcu));
+        assert_ne!(Inside::RCU_HEAD_OFFSET, 0);
+        let inside = Inside {
+            value: 7,
+            rcu: RcuHead::new(),
+        };
+        assert_eq!(inside.value, 7);
     }
 
     #[test]

@@ -115,6 +115,11 @@ pub(crate) use callback::{CbList, PendingList};
 pub use callback::{HasRcuHead, RcuCallbackFn, RcuHead};
 #[cfg(not(loom))]
 pub use instance::*;
+/// `#[derive(HasRcuHead)]`: implements the trait [`HasRcuHead`] for a
+/// struct from its `RcuHead` field. `use krcu::rcu::HasRcuHead;` brings
+/// both the trait and the derive.
+#[cfg(all(feature = "derive", not(loom)))]
+pub use krcu_derive::HasRcuHead;
 #[cfg(not(loom))]
 pub use reader::{ReadGuard, ReaderHandle};
 pub use seq::GpCookie;
