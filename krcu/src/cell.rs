@@ -5,7 +5,7 @@
 
 use crate::context;
 use crate::instance::Krcu;
-use crate::rcu::{HasRcuHead, RcuHead, ReadGuard};
+use crate::rcu::{GlobalReadGuard, HasRcuHead, RcuHead, ReadGuard};
 use core::marker::PhantomData;
 use core::ptr::{self, NonNull};
 use std::sync::Arc;
@@ -81,13 +81,80 @@ impl<T: core::fmt::Debug> core::fmt::Debug for RcuBox<T> {
     }
 }
 
-/// The instance whose grace periods protect a cell's values.
-enum Instance {
-    /// The process-wide instance, through the free functions (which do not
-    /// build it where the caller may not sleep).
-    Global,
-    /// An instance of the user's.
-    Shared(Arc<Krcu>),
+/// The instance whose grace periods protect a cell's values, and the guard
+/// type its readers load with: [`Global`] (the process-wide instance, whose
+/// guards are [`GlobalReadGuard`]s) or `Arc<Krcu>` (one of yours, whose
+/// guards are [`ReadGuard`]s of its [`rcu`](Krcu::rcu)). Sealed.
+pub trait CellInstance: sealed::Sealed + Send + Sync + 'static {
+    /// The read-side guard a cell of this instance takes.
+    type Guard<'a>;
+
+    /// The id of the instance `guard` is a section of, when the type does
+    /// not say it already (`None`: it is this instance by type).
+    #[doc(hidden)]
+    fn guard_instance(guard: &Self::Guard<'_>) -> Option<u64>;
+
+    /// The id of this instance's RCU, when guards must be checked.
+    #[doc(hidden)]
+    fn rcu_id(&self) -> u64;
+
+    /// `kfree_rcu` of a leaked box by pointer on this instance; `false`
+    /// (nothing done) in NMI context.
+    ///
+    /// # Safety
+    /// As `Krcu::kfree_rcu_raw`: `raw` is a leaked `Box` handed over here,
+    /// unqueued, written by no one from now on.
+    #[doc(hidden)]
+    unsafe fn retire<N: HasRcuHead>(&self, raw: NonNull<N>) -> bool;
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for super::Global {}
+    impl Sealed for std::sync::Arc<crate::Krcu> {}
+}
+
+/// The process-wide instance, as a cell's [`CellInstance`]: its cells
+/// ([`RcuCell::new`]) take the guards of
+/// [`krcu::rcu::read_lock`](crate::rcu::read_lock), and the compiler
+/// refuses any other guard.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Global;
+
+impl CellInstance for Global {
+    type Guard<'a> = GlobalReadGuard;
+
+    #[inline(always)]
+    fn guard_instance(_: &GlobalReadGuard) -> Option<u64> {
+        None
+    }
+
+    fn rcu_id(&self) -> u64 {
+        crate::rcu::global().id()
+    }
+
+    unsafe fn retire<N: HasRcuHead>(&self, raw: NonNull<N>) -> bool {
+        // SAFETY: the caller's contract, passed on.
+        unsafe { crate::instance::kfree_rcu_raw_global(raw) }
+    }
+}
+
+impl CellInstance for Arc<Krcu> {
+    type Guard<'a> = ReadGuard<'a>;
+
+    #[inline(always)]
+    fn guard_instance(guard: &ReadGuard<'_>) -> Option<u64> {
+        Some(guard.instance_id())
+    }
+
+    fn rcu_id(&self) -> u64 {
+        self.rcu().id()
+    }
+
+    unsafe fn retire<N: HasRcuHead>(&self, raw: NonNull<N>) -> bool {
+        // SAFETY: the caller's contract, passed on.
+        unsafe { self.kfree_rcu_raw(raw) }
+    }
 }
 
 /// An update of an [`RcuCell`] was refused before the swap: the cell was
@@ -201,11 +268,16 @@ impl<T, V> core::fmt::Debug for CompareExchangeError<'_, T, V> {
 /// with `kfree_rcu`, freed only after every reader that could reach it has
 /// left its section.
 ///
-/// A cell belongs to one instance: the process-wide one ([`new`](Self::new),
-/// whose guards come from [`krcu::rcu::read_lock`](crate::rcu::read_lock) or
-/// `Krcu::global().rcu()`), or one of yours ([`new_in`](Self::new_in)). A
-/// guard of another instance would not hold its values off, so a load or
-/// replace with one **panics** (one compare of the guard's instance id).
+/// A cell belongs to one instance, named by its second type parameter
+/// ([`CellInstance`]): the process-wide one (`RcuCell<T>`, from
+/// [`new`](RcuCell::new)), whose guards are the [`GlobalReadGuard`]s of
+/// [`krcu::rcu::read_lock`](crate::rcu::read_lock), or one of yours
+/// (`RcuCell<T, Arc<Krcu>>`, from [`new_in`](RcuCell::new_in)), whose guards
+/// are the [`ReadGuard`]s of its [`rcu`](Krcu::rcu). A guard of another
+/// instance would not hold the cell's values off: mixing the process-wide
+/// instance with one of yours does not compile, and a guard of another
+/// instance of yours makes a load or update **panic** (one compare of the
+/// guard's instance id).
 ///
 /// Any `T: Send + Sync + 'static` can be stored: the cell boxes it next to
 /// the `RcuHead` that `kfree_rcu` needs, so there is no `HasRcuHead` to
@@ -251,10 +323,11 @@ impl<T, V> core::fmt::Debug for CompareExchangeError<'_, T, V> {
 /// assert_eq!(*r, 1);
 /// ```
 #[doc(alias = "__rcu")]
-pub struct RcuCell<T: Send + Sync + 'static> {
+pub struct RcuCell<T: Send + Sync + 'static, I: CellInstance = Global> {
     ptr: AtomicPtr<Node<T>>,
-    instance: Instance,
-    /// The id of the instance's RCU, compared with each guard's.
+    instance: I,
+    /// The id of the instance's RCU, compared with each guard's whose type
+    /// does not say its instance.
     rcu_id: u64,
     /// The cell owns a `T` (for the drop check and the auto traits: with
     /// `T: Send + Sync`, a `&RcuCell<T>` hands out `&T` on any thread and a
@@ -263,22 +336,21 @@ pub struct RcuCell<T: Send + Sync + 'static> {
 }
 
 impl<T: Send + Sync + 'static> RcuCell<T> {
-    /// A cell holding `value`, protected by the process-wide instance.
-    /// Builds the process-wide RCU if it is not built yet (not the
-    /// `kfree_rcu` workers).
+    /// A cell holding `value`, protected by the process-wide instance: load
+    /// it under [`krcu::rcu::read_lock`](crate::rcu::read_lock). Builds the
+    /// process-wide RCU if it is not built yet (not the `kfree_rcu`
+    /// workers).
     pub fn new(value: T) -> Self {
-        Self::build(
-            Instance::Global,
-            crate::rcu::global().id(),
-            RcuBox::new(value).into_raw(),
-        )
+        Self::build(Global, RcuBox::new(value).into_raw())
     }
 
     /// An empty cell, protected by the process-wide instance.
     pub fn empty() -> Self {
-        Self::build(Instance::Global, crate::rcu::global().id(), ptr::null_mut())
+        Self::build(Global, ptr::null_mut())
     }
+}
 
+impl<T: Send + Sync + 'static> RcuCell<T, Arc<Krcu>> {
     /// A cell holding `value`, protected by `krcu`: load it under a guard of
     /// `krcu.rcu()`. The cell keeps the instance alive; if it holds the
     /// last `Arc`, dropping it drops the instance, which waits for its
@@ -292,22 +364,32 @@ impl<T: Send + Sync + 'static> RcuCell<T> {
     /// let guard = krcu.rcu().read_lock();
     /// assert_eq!(cell.load(&guard).map(String::as_str), Some("a"));
     /// ```
+    ///
+    /// A guard of another instance (here the process-wide one) is refused
+    /// by the compiler when its type says so, and at run time otherwise
+    /// (two instances of yours: a panic):
+    /// ```compile_fail,E0308
+    /// use std::sync::Arc;
+    /// let krcu = Arc::new(krcu::Krcu::builder().arena_size(16 << 20).build().unwrap());
+    /// let cell = krcu::RcuCell::new_in(krcu, 1u32);
+    /// let _ = cell.load(&krcu::rcu::read_lock());
+    /// ```
     pub fn new_in(krcu: Arc<Krcu>, value: T) -> Self {
-        let id = krcu.rcu().id();
-        Self::build(Instance::Shared(krcu), id, RcuBox::new(value).into_raw())
+        Self::build(krcu, RcuBox::new(value).into_raw())
     }
 
     /// An empty cell protected by `krcu`.
     pub fn empty_in(krcu: Arc<Krcu>) -> Self {
-        let id = krcu.rcu().id();
-        Self::build(Instance::Shared(krcu), id, ptr::null_mut())
+        Self::build(krcu, ptr::null_mut())
     }
+}
 
-    fn build(instance: Instance, rcu_id: u64, p: *mut Node<T>) -> Self {
+impl<T: Send + Sync + 'static, I: CellInstance> RcuCell<T, I> {
+    fn build(instance: I, p: *mut Node<T>) -> Self {
         RcuCell {
             ptr: AtomicPtr::new(p),
+            rcu_id: instance.rcu_id(),
             instance,
-            rcu_id,
             _owns: PhantomData,
         }
     }
@@ -315,8 +397,10 @@ impl<T: Send + Sync + 'static> RcuCell<T> {
     /// Panics unless `guard` is a section of this cell's instance.
     #[inline(always)]
     #[track_caller]
-    fn check_guard(&self, guard: &ReadGuard<'_>) {
-        if guard.instance_id() != self.rcu_id {
+    fn check_guard(&self, guard: &I::Guard<'_>) {
+        if let Some(id) = I::guard_instance(guard)
+            && id != self.rcu_id
+        {
             guard_mismatch();
         }
     }
@@ -325,11 +409,13 @@ impl<T: Send + Sync + 'static> RcuCell<T> {
     /// Wait-free: one compare and one acquire load.
     ///
     /// # Panics
-    /// If `guard` is a section of another instance than the cell's.
+    /// If `guard` is a section of another instance of yours than the
+    /// cell's (a cell of the process-wide instance never panics: its guard
+    /// type says its instance).
     #[doc(alias = "rcu_dereference")]
     #[inline]
     #[track_caller]
-    pub fn load<'g>(&'g self, guard: &'g ReadGuard<'_>) -> Option<&'g T> {
+    pub fn load<'g>(&'g self, guard: &'g I::Guard<'_>) -> Option<&'g T> {
         self.check_guard(guard);
         // Acquire pairs with the Release (or AcqRel) of the store that
         // published the box: its initialisation happens before our reads
@@ -413,13 +499,15 @@ impl<T: Send + Sync + 'static> RcuCell<T> {
     /// on a real-time thread and in hardirq context.
     ///
     /// # Panics
-    /// If `guard` is a section of another instance than the cell's.
+    /// If `guard` is a section of another instance of yours than the
+    /// cell's (a cell of the process-wide instance never panics: its guard
+    /// type says its instance).
     #[doc(alias = "rcu_replace_pointer")]
     #[track_caller]
     pub fn replace<'g>(
         &'g self,
         value: T,
-        guard: &'g ReadGuard<'_>,
+        guard: &'g I::Guard<'_>,
     ) -> Result<Option<&'g T>, UpdateError<T>> {
         self.check_guard(guard);
         let value = refuse_alloc(value)?;
@@ -433,13 +521,15 @@ impl<T: Send + Sync + 'static> RcuCell<T> {
     /// In NMI context it refuses before it swaps and hands the box back.
     ///
     /// # Panics
-    /// If `guard` is a section of another instance than the cell's.
+    /// If `guard` is a section of another instance of yours than the
+    /// cell's (a cell of the process-wide instance never panics: its guard
+    /// type says its instance).
     #[doc(alias = "rcu_replace_pointer")]
     #[track_caller]
     pub fn replace_box<'g>(
         &'g self,
         value: RcuBox<T>,
-        guard: &'g ReadGuard<'_>,
+        guard: &'g I::Guard<'_>,
     ) -> Result<Option<&'g T>, UpdateError<RcuBox<T>>> {
         self.check_guard(guard);
         let value = refuse_nmi(value)?;
@@ -488,14 +578,16 @@ impl<T: Send + Sync + 'static> RcuCell<T> {
     /// comparing, as [`store`](Self::store)).
     ///
     /// # Panics
-    /// If `guard` is a section of another instance than the cell's.
+    /// If `guard` is a section of another instance of yours than the
+    /// cell's (a cell of the process-wide instance never panics: its guard
+    /// type says its instance).
     #[doc(alias = "cmpxchg")]
     #[track_caller]
     pub fn compare_exchange<'g>(
         &'g self,
         current: Option<&T>,
         new: T,
-        guard: &'g ReadGuard<'_>,
+        guard: &'g I::Guard<'_>,
     ) -> Result<Option<&'g T>, CompareExchangeError<'g, T>> {
         self.check_guard(guard);
         let new = refuse_alloc(new).map_err(CompareExchangeError::Refused)?;
@@ -522,14 +614,16 @@ impl<T: Send + Sync + 'static> RcuCell<T> {
     /// back.
     ///
     /// # Panics
-    /// If `guard` is a section of another instance than the cell's.
+    /// If `guard` is a section of another instance of yours than the
+    /// cell's (a cell of the process-wide instance never panics: its guard
+    /// type says its instance).
     #[doc(alias = "cmpxchg")]
     #[track_caller]
     pub fn compare_exchange_box<'g>(
         &'g self,
         current: Option<&T>,
         new: RcuBox<T>,
-        guard: &'g ReadGuard<'_>,
+        guard: &'g I::Guard<'_>,
     ) -> Result<Option<&'g T>, CompareExchangeError<'g, T, RcuBox<T>>> {
         self.check_guard(guard);
         let new = refuse_nmi(new).map_err(CompareExchangeError::Refused)?;
@@ -605,18 +699,13 @@ impl<T: Send + Sync + 'static> RcuCell<T> {
         // Box::into_raw of a node the cell owned; it left the cell, so the
         // cell's ownership passes to kfree_rcu here, and nothing writes it
         // again (the cell never writes a published node).
-        let queued = unsafe {
-            match &self.instance {
-                Instance::Global => crate::instance::kfree_rcu_raw_global(old),
-                Instance::Shared(k) => k.kfree_rcu_raw(old),
-            }
-        };
+        let queued = unsafe { self.instance.retire(old) };
         // Not queued (NMI): readers may still reach it, so it is leaked.
         let _ = queued;
     }
 }
 
-impl<T: Send + Sync + 'static> Drop for RcuCell<T> {
+impl<T: Send + Sync + 'static, I: CellInstance> Drop for RcuCell<T, I> {
     /// Retires the value with `kfree_rcu`: it is dropped after a grace
     /// period, never at once. In NMI context (where `kfree_rcu` refuses)
     /// the value is leaked.
@@ -626,7 +715,7 @@ impl<T: Send + Sync + 'static> Drop for RcuCell<T> {
     }
 }
 
-impl<T: Send + Sync + 'static + core::fmt::Debug> core::fmt::Debug for RcuCell<T> {
+impl<T: Send + Sync + 'static, I: CellInstance> core::fmt::Debug for RcuCell<T, I> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("RcuCell")
             .field("instance", &self.rcu_id)

@@ -98,7 +98,7 @@ fn one_process_wide_instance() {
 fn kfree_rcu_waits_for_rcu_read_lock_reader() {
     reader_holds_off(
         "rcu::read_lock + kfree_rcu + kvfree_rcu_barrier",
-        rcu::read_lock,
+        || rcu::read_lock().into(),
         |obj| krcu::kfree_rcu(obj).unwrap(),
         krcu::kvfree_rcu_barrier,
     );
@@ -108,7 +108,7 @@ fn kfree_rcu_waits_for_rcu_read_lock_reader() {
 fn kvfree_rcu_mightsleep_waits_for_rcu_read_lock_reader() {
     reader_holds_off(
         "rcu::read_lock + kvfree_rcu_mightsleep + kvfree_rcu_barrier",
-        rcu::read_lock,
+        || rcu::read_lock().into(),
         |obj| krcu::kvfree_rcu_mightsleep(obj).unwrap(),
         krcu::kvfree_rcu_barrier,
     );
@@ -128,7 +128,7 @@ fn call_rcu_waits_for_global_krcu_reader() {
 fn synchronize_waits_across_entry_points() {
     reader_holds_off(
         "rcu::read_lock + Krcu::global().rcu().synchronize",
-        rcu::read_lock,
+        || rcu::read_lock().into(),
         |obj| {
             Krcu::global().rcu().synchronize();
             drop(obj);

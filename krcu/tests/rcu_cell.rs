@@ -125,35 +125,61 @@ fn readers_never_see_a_retired_value() {
     );
 }
 
-/// A guard of another instance does not hold the cell's values off: the
-/// cell refuses it.
+/// A guard of another instance of yours does not hold the cell's values
+/// off: the cell refuses it at run time (mixing the process-wide instance
+/// with one of yours does not compile: see the doc tests on `RcuCell`).
 #[test]
 #[should_panic(expected = "read guard of another RCU instance")]
 fn guard_of_another_instance_is_refused() {
     let k = instance();
+    let other = instance();
     let cell = RcuCell::new_in(k, 1u64);
-    let g = krcu::rcu::read_lock(); // the process-wide instance's
+    let g = other.rcu().read_lock();
     let _ = cell.load(&g);
 }
 
 #[test]
-fn guard_of_another_instance_is_refused_by_replace_and_global_cells() {
+fn guard_of_another_instance_is_refused_by_replace_and_compare_exchange() {
     let k = instance();
-    let global = RcuCell::new(1u64);
+    let other = instance();
+    let cell = RcuCell::new_in(k.clone(), 1u64);
     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        let g = k.rcu().read_lock();
-        let _ = global.replace(2, &g);
+        let g = other.rcu().read_lock();
+        let _ = cell.replace(2, &g);
     }));
-    assert!(r.is_err(), "a global cell refuses another instance's guard");
-    let g = krcu::rcu::read_lock();
-    assert_eq!(
-        global.load(&g),
-        Some(&1),
-        "the refused replace swapped nothing"
+    assert!(r.is_err(), "replace refuses another instance's guard");
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let g = other.rcu().read_lock();
+        let _ = cell.compare_exchange(None, 3, &g);
+    }));
+    assert!(
+        r.is_err(),
+        "compare_exchange refuses another instance's guard"
     );
-    // The process-wide instance's guard, through Krcu::global(), is the cell's.
-    let g2 = Krcu::global().rcu().read_lock();
-    assert_eq!(global.load(&g2), Some(&1));
+    let g = k.rcu().read_lock();
+    assert_eq!(
+        cell.load(&g),
+        Some(&1),
+        "the refused updates swapped nothing"
+    );
+}
+
+/// The process-wide instance's guard, taken through `Krcu::global()`, is a
+/// global cell's once converted (checked); another instance's is handed
+/// back.
+#[test]
+fn a_plain_guard_of_the_global_instance_converts_and_no_other() {
+    let global = RcuCell::new(1u64);
+    let g = krcu::rcu::GlobalReadGuard::try_from(Krcu::global().rcu().read_lock())
+        .expect("a section of the process-wide instance");
+    assert_eq!(global.load(&g), Some(&1));
+    let k: &'static Krcu = Box::leak(Box::new(
+        Krcu::builder()
+            .arena_size(16 << 20)
+            .build()
+            .expect("instance"),
+    ));
+    assert!(krcu::rcu::GlobalReadGuard::try_from(k.rcu().read_lock()).is_err());
 }
 
 /// In NMI context every update refuses before it swaps: the new value comes

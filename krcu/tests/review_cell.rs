@@ -68,7 +68,7 @@ fn f1_leaked_guard_thread_exit_frees_value_still_referenced() {
             .build()
             .expect("instance"),
     )));
-    let cell: &'static RcuCell<Canary> =
+    let cell: &'static RcuCell<Canary, Arc<Krcu>> =
         Box::leak(Box::new(RcuCell::new_in(k.clone(), Canary(1001))));
     let r: &'static Canary = std::thread::spawn(move || {
         let g: &'static ReadGuard<'static> = Box::leak(Box::new(k.rcu().read_lock()));

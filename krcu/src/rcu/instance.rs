@@ -4,7 +4,7 @@
 use super::callback::{self, HasRcuHead, PendingList, RcuCallbackFn, RcuHead, SegCbList};
 use super::gp::{GpEngine, WaitMode};
 use super::membarrier;
-use super::reader::{self, ReadGuard, ReaderHandle, Readers};
+use super::reader::{self, GlobalReadGuard, ReadGuard, ReaderHandle, Readers};
 use super::seq::{self, GpCookie};
 use super::stall::StallReport;
 use super::worker::{self, Wake};
@@ -601,6 +601,12 @@ static GLOBAL: OnceLock<Arc<Rcu>> = OnceLock::new();
 /// see `adopt_early_for_barrier`).
 static EARLY: PendingList = PendingList::new();
 
+/// The id of the process-wide instance, if it is built (a guard of it
+/// exists only then).
+pub(crate) fn global_id() -> Option<u64> {
+    GLOBAL.get().map(|g| g.id())
+}
+
 /// [`global`] as the `Arc` that the process-wide `kfree_rcu` engine shares.
 #[inline]
 pub(crate) fn global_arc() -> &'static Arc<Rcu> {
@@ -828,10 +834,13 @@ unsafe fn call_rcu_early(head: NonNull<RcuHead>, func: RcuCallbackFn) {
 /// [`Rcu::read_lock`] on the [`global`] instance. The first call builds
 /// the instance (allocating, spawning its worker): to read from a signal
 /// handler, use the instance (e.g. call [`global`]) once before.
+///
+/// The guard's type says its instance: cells of the process-wide instance
+/// ([`RcuCell::new`](crate::RcuCell::new)) take it, and only it.
 #[inline]
 #[doc(alias = "rcu_read_lock")]
-pub fn read_lock() -> ReadGuard<'static> {
-    global().read_lock()
+pub fn read_lock() -> GlobalReadGuard {
+    GlobalReadGuard::new(global().read_lock())
 }
 
 /// [`Rcu::register_thread`] on the [`global`] instance.

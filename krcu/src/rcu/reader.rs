@@ -1260,6 +1260,60 @@ impl Drop for ReadGuard<'_> {
     }
 }
 
+/// A read-side section of the process-wide instance
+/// ([`krcu::rcu::global`](super::global)), from
+/// [`krcu::rcu::read_lock`](super::read_lock): a [`ReadGuard`] whose
+/// instance is known from its type. A [`RcuCell`](crate::cell::RcuCell) of
+/// the process-wide instance takes only this guard, so the compiler refuses
+/// a guard of any other instance with it (and a cell of another instance
+/// refuses this one).
+///
+/// ```compile_fail,E0308
+/// let krcu = krcu::Krcu::builder().arena_size(16 << 20).build().unwrap();
+/// let cell = krcu::RcuCell::new(1u32); // the process-wide instance
+/// let other = krcu.rcu().read_lock(); // a section of another instance
+/// let _ = cell.load(&other);
+/// ```
+#[must_use = "the read-side section ends when the guard is dropped"]
+#[doc(alias = "rcu_read_lock")]
+pub struct GlobalReadGuard(ReadGuard<'static>);
+
+impl GlobalReadGuard {
+    /// Wraps a section of the global instance.
+    pub(crate) fn new(guard: ReadGuard<'static>) -> Self {
+        GlobalReadGuard(guard)
+    }
+}
+
+impl TryFrom<ReadGuard<'static>> for GlobalReadGuard {
+    /// The guard, handed back (its section still open).
+    type Error = ReadGuard<'static>;
+
+    /// A section of the process-wide instance taken as a plain guard (say
+    /// through `Krcu::global().rcu()`), checked: a guard of another
+    /// instance is handed back.
+    fn try_from(guard: ReadGuard<'static>) -> Result<Self, Self::Error> {
+        if super::global_id() == Some(guard.instance) {
+            Ok(GlobalReadGuard(guard))
+        } else {
+            Err(guard)
+        }
+    }
+}
+
+impl From<GlobalReadGuard> for ReadGuard<'static> {
+    /// The section as a plain guard (it stays open).
+    fn from(guard: GlobalReadGuard) -> Self {
+        guard.0
+    }
+}
+
+impl core::fmt::Debug for GlobalReadGuard {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_tuple("GlobalReadGuard").field(&self.0).finish()
+    }
+}
+
 impl core::fmt::Debug for ReadGuard<'_> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("ReadGuard")
