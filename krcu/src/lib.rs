@@ -52,7 +52,10 @@
 //! the child release them, forget the read-side sections and reclaim work
 //! of the threads that are gone, and start new workers; the child can go
 //! on calling `kfree_rcu`, `kvfree_rcu_barrier`, `synchronize` and drop
-//! its instances. `fork` waits for the grace periods in progress, so do not
+//! its instances. Since another thread's sections end in the child, the
+//! child must not use a reference loaded under another thread's guard
+//! (one that thread handed over, or leaked): part of what the caller of
+//! the `unsafe` `fork` answers for. `fork` waits for the grace periods in progress, so do not
 //! fork inside a read-side section (as with liburcu). Locks of the page
 //! allocator and slab caches that another application thread held at the
 //! instant of the fork stay held in the child, as with any library.
