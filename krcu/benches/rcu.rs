@@ -1,7 +1,8 @@
 //! RCU hot paths: `read_lock` + `read_unlock` (target ≤ 2 ns, liburcu memb
 //! class), `synchronize_expedited` with 2 registered threads (target
 //! ≤ 100 µs), `call_rcu` enqueue (target ≤ 20 ns), and callbacks run per
-//! second (queue, grace period, invoke).
+//! second (queue, grace period, invoke); an `RcuCell` load under an open
+//! guard and with its own section, beside crossbeam-epoch's pin + load.
 //!
 //! `cargo bench -p krcu --bench rcu`
 
@@ -187,5 +188,64 @@ fn throughput(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, read_side, grace_periods, enqueue, throughput);
+/// `RcuCell::load`: under a guard already held (the pointer load and, for
+/// an instance of one's own, the instance check), and a whole read
+/// (`read_lock`, load, read the value, unlock); crossbeam-epoch's
+/// `pin` + `Atomic::load` for the same whole read.
+fn cell_load(c: &mut Criterion) {
+    let mut g = c.benchmark_group("rcu_cell");
+    let global = krcu::RcuCell::new(7u64);
+    let held = krcu::rcu::read_lock();
+    g.bench_function("load_held/global", |b| {
+        b.iter(|| black_box(global.load(black_box(&held))).copied())
+    });
+    drop(held);
+    g.bench_function("read_lock_load_unlock/global", |b| {
+        b.iter(|| {
+            let guard = krcu::rcu::read_lock();
+            black_box(global.load(&guard).copied())
+        })
+    });
+    let k = Arc::new(
+        krcu::Krcu::builder()
+            .arena_size(16 << 20)
+            .build()
+            .expect("instance"),
+    );
+    let mine = krcu::RcuCell::new_in(k.clone(), 7u64);
+    let held = k.rcu().read_lock();
+    g.bench_function("load_held/instance", |b| {
+        b.iter(|| black_box(mine.load(black_box(&held))).copied())
+    });
+    drop(held);
+    let handle = k.rcu().register_thread();
+    g.bench_function("read_lock_load_unlock/instance_handle", |b| {
+        b.iter(|| {
+            let guard = handle.read_lock();
+            black_box(mine.load(&guard).copied())
+        })
+    });
+    drop(handle);
+    let atomic = crossbeam_epoch::Atomic::new(7u64);
+    g.bench_function("pin_load_unpin/crossbeam_epoch", |b| {
+        b.iter(|| {
+            let guard = crossbeam_epoch::pin();
+            let shared = atomic.load(std::sync::atomic::Ordering::Acquire, &guard);
+            // SAFETY: the value is never retired while the bench runs.
+            black_box(unsafe { shared.as_ref() }.copied())
+        })
+    });
+    g.finish();
+    // SAFETY: no thread reads `atomic` any more.
+    drop(unsafe { atomic.into_owned() });
+}
+
+criterion_group!(
+    benches,
+    read_side,
+    grace_periods,
+    enqueue,
+    throughput,
+    cell_load
+);
 criterion_main!(benches);
