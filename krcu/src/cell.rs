@@ -536,16 +536,18 @@ impl<T: Send + Sync + 'static, I: CellInstance> RcuCell<T, I> {
         Ok(self.replace_with(value))
     }
 
-    /// Swaps `value` in, retires the old value and returns it, for the
-    /// caller's checked guard's lifetime.
+    /// Swaps `value` in, retires the old value and returns it. Private:
+    /// each caller checked its guard and returns the reference bound to
+    /// that guard's borrow (`'g`), never longer.
     #[track_caller]
-    fn replace_with<'g>(&'g self, value: RcuBox<T>) -> Option<&'g T> {
+    fn replace_with(&self, value: RcuBox<T>) -> Option<&T> {
         let old = self.swap(value.into_raw());
         // SAFETY: `old` left the cell just now and is retired below with
         // kfree_rcu on the cell's instance; the caller's guard, a section
         // of that instance (checked by the caller) opened before the
-        // retire, holds the free off for 'g. The swap's Acquire made its
-        // initialisation visible.
+        // retire, holds the free off while the caller's 'g lasts, and the
+        // caller returns the reference for 'g only. The swap's Acquire made
+        // its initialisation visible.
         let r = unsafe { old.as_ref() }.map(|b| &b.value);
         self.retire(old);
         r
