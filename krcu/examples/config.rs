@@ -133,7 +133,10 @@ fn main() {
     // Dropping the cell retires its value too.
     drop(config);
     krcu::kvfree_rcu_barrier();
-    let (created, dropped) = (CREATED.load(Ordering::Relaxed), DROPPED.load(Ordering::Relaxed));
+    let (created, dropped) = (
+        CREATED.load(Ordering::Relaxed),
+        DROPPED.load(Ordering::Relaxed),
+    );
     if dropped_while_live != retired || dropped != created {
         eprintln!(
             "drop count: {dropped_while_live} of {retired} retired, then {dropped} of {created}"

@@ -124,7 +124,11 @@ fn main() {
         generation += 1;
         // Publishes the new value and retires the old one.
         let guard = epoch::pin();
-        let old = config.swap(Owned::new(Config::new(generation)), Ordering::AcqRel, &guard);
+        let old = config.swap(
+            Owned::new(Config::new(generation)),
+            Ordering::AcqRel,
+            &guard,
+        );
         // SAFETY: `old` left `config` in the swap, so no reader can load it
         // again; readers that still hold it are pinned and hold its
         // destruction off; only this swap retires it.
@@ -156,7 +160,10 @@ fn main() {
     unsafe { guard.defer_destroy(last) };
     drop(guard);
     collect_garbage(retired + 1);
-    let (created, dropped) = (CREATED.load(Ordering::Relaxed), DROPPED.load(Ordering::Relaxed));
+    let (created, dropped) = (
+        CREATED.load(Ordering::Relaxed),
+        DROPPED.load(Ordering::Relaxed),
+    );
     if dropped_while_live != retired || dropped != created {
         eprintln!(
             "drop count: {dropped_while_live} of {retired} retired, then {dropped} of {created}"

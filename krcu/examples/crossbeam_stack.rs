@@ -108,10 +108,13 @@ impl Stack {
             // SAFETY: loaded under `guard`, as in `depth`.
             node.depth = unsafe { head.as_ref() }.map_or(0, |n| n.depth) + 1;
             node.next.store(head, Ordering::Relaxed);
-            match self
-                .head
-                .compare_exchange(head, node, Ordering::Release, Ordering::Relaxed, &guard)
-            {
+            match self.head.compare_exchange(
+                head,
+                node,
+                Ordering::Release,
+                Ordering::Relaxed,
+                &guard,
+            ) {
                 Ok(_) => return,
                 Err(e) => node = e.new,
             }
@@ -241,7 +244,8 @@ fn main() {
         }));
     }
     for id in 0..3u64 {
-        let (stack, stop, pushes, pops) = (stack.clone(), stop.clone(), pushes.clone(), pops.clone());
+        let (stack, stop, pushes, pops) =
+            (stack.clone(), stop.clone(), pushes.clone(), pops.clone());
         threads.push(std::thread::spawn(move || {
             let mut random = 0x2545_F491_4F6C_DD1D ^ (id + 1);
             let (mut pushed, mut popped) = (0u64, 0u64);
@@ -270,7 +274,9 @@ fn main() {
     let (pushed, popped) = (pushes.load(Ordering::Relaxed), pops.load(Ordering::Relaxed));
     let depth = stack.check_all();
     if depth != pushed - popped {
-        bad(format_args!("{depth} nodes left, {pushed} pushed, {popped} popped"));
+        bad(format_args!(
+            "{depth} nodes left, {pushed} pushed, {popped} popped"
+        ));
     }
 
     // Every pop retired one node; the `depth` nodes still linked are live.

@@ -174,7 +174,10 @@ fn audio_thread(
         }
     });
     if report.allocating_periods != 0 {
-        eprintln!("the audio thread called the allocator in period {}", report.periods);
+        eprintln!(
+            "the audio thread called the allocator in period {}",
+            report.periods
+        );
         BAD_CHECKS.fetch_add(1, Ordering::Relaxed);
     }
     std::hint::black_box(block);
@@ -244,8 +247,10 @@ fn main() {
 
     // Every published setting but the cell's is retired and now dropped.
     krcu::kvfree_rcu_barrier();
-    let (created, dropped_while_live) =
-        (CREATED.load(Ordering::Relaxed), DROPPED.load(Ordering::Relaxed));
+    let (created, dropped_while_live) = (
+        CREATED.load(Ordering::Relaxed),
+        DROPPED.load(Ordering::Relaxed),
+    );
     drop(cell);
     krcu::kvfree_rcu_barrier();
     let dropped = DROPPED.load(Ordering::Relaxed);

@@ -257,7 +257,8 @@ fn main() {
         }));
     }
     for id in 0..3u64 {
-        let (stack, stop, pushes, pops) = (stack.clone(), stop.clone(), pushes.clone(), pops.clone());
+        let (stack, stop, pushes, pops) =
+            (stack.clone(), stop.clone(), pushes.clone(), pops.clone());
         threads.push(std::thread::spawn(move || {
             let mut random = 0x2545_F491_4F6C_DD1D ^ (id + 1);
             let (mut pushed, mut popped) = (0u64, 0u64);
@@ -289,7 +290,9 @@ fn main() {
     let (pushed, popped) = (pushes.load(Ordering::Relaxed), pops.load(Ordering::Relaxed));
     let depth = stack.check_all();
     if depth != pushed - popped {
-        bad(format_args!("{depth} nodes left, {pushed} pushed, {popped} popped"));
+        bad(format_args!(
+            "{depth} nodes left, {pushed} pushed, {popped} popped"
+        ));
     }
 
     // Every update retired one `Top`; the one in the cell is live, and so
