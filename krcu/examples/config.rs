@@ -15,6 +15,8 @@
 //! on any bad check. The same program with crossbeam-epoch is
 //! `crossbeam_config.rs`.
 
+#![forbid(unsafe_code)]
+
 use krcu::RcuCell;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -172,8 +172,8 @@ fn main() {
     }
     let bad = BAD_CHECKS.load(Ordering::Relaxed);
     println!(
-        "config: {} reads, {generation} updates, {retired} retired, {dropped} of {created} \
-         created dropped, {bad} bad checks",
+        "crossbeam_config: {} reads, {generation} updates, {retired} retired, {dropped} of \
+         {created} created dropped, {bad} bad checks",
         reads.load(Ordering::Relaxed),
     );
     if bad != 0 {

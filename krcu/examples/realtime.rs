@@ -33,6 +33,8 @@
 //! non-zero on any bad check or any allocation on the audio thread. The
 //! same program with crossbeam-epoch is `crossbeam_realtime.rs`.
 
+#![forbid(unsafe_code)]
+
 use assert_no_alloc::{AllocDisabler, assert_no_alloc, violation_count};
 use krcu::cell::UpdateError;
 use krcu::{RcuBox, RcuCell};

@@ -35,6 +35,8 @@
 //! on any bad check. The same program with crossbeam-epoch is
 //! `crossbeam_stack.rs`.
 
+#![forbid(unsafe_code)]
+
 use krcu::RcuCell;
 use krcu::cell::CompareExchangeError;
 use std::sync::Arc;
