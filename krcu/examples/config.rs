@@ -4,21 +4,33 @@
 //! old one is retired with `kfree_rcu` in the same call.
 //!
 //! Every configuration carries a generation number and a check word derived
-//! from it; readers verify the pair on every look (a torn or freed value
-//! would fail) and that the generation they see never goes backwards.
+//! from it; its `Drop` poisons the check word, so a reader that reached a
+//! freed (or retired and already dropped) value would see a bad pair.
+//! Readers verify the pair on every look and that the generation they see
+//! never goes backwards. At the end, after `kvfree_rcu_barrier`, every
+//! configuration created has been dropped exactly once.
 //!
 //! Run it with `cargo run --release -p krcu --example config` (add a number
-//! of seconds, default 3: `... --example config -- 10`).
+//! of seconds, default 3: `... --example config -- 10`). It exits non-zero
+//! on any bad check. The same program with crossbeam-epoch is
+//! `crossbeam_config.rs`.
+
+#![forbid(unsafe_code)]
 
 use krcu::RcuCell;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+static CREATED: AtomicU64 = AtomicU64::new(0);
+static DROPPED: AtomicU64 = AtomicU64::new(0);
+/// Failed checks: bad pairs seen by readers, values dropped twice.
+static BAD_CHECKS: AtomicU64 = AtomicU64::new(0);
 
 /// The application's configuration: replaced as a whole, never mutated.
 struct Config {
     generation: u64,
-    /// `generation` scrambled: readers check the pair.
+    /// `generation` scrambled: readers check the pair; `Drop` inverts it.
     check: u64,
     servers: Vec<String>,
     timeout: Duration,
@@ -30,6 +42,7 @@ fn check_of(generation: u64) -> u64 {
 
 impl Config {
     fn new(generation: u64) -> Config {
+        CREATED.fetch_add(1, Ordering::Relaxed);
         Config {
             generation,
             check: check_of(generation),
@@ -39,12 +52,24 @@ impl Config {
             timeout: Duration::from_millis(100 + generation % 50),
         }
     }
+
+    /// Whether the value is whole and not dropped.
+    fn is_sound(&self) -> bool {
+        self.check == check_of(self.generation)
+            && !self.servers.is_empty()
+            && self.timeout >= Duration::from_millis(100)
+    }
 }
 
 impl Drop for Config {
     fn drop(&mut self) {
+        if self.check != check_of(self.generation) {
+            eprintln!("config {} dropped twice", self.generation);
+            BAD_CHECKS.fetch_add(1, Ordering::Relaxed);
+        }
         // Poison it: a reader that still reached it would see a bad pair.
         self.check = !self.check;
+        DROPPED.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -67,9 +92,10 @@ fn main() {
                 while !stop.load(Ordering::Relaxed) {
                     let guard = krcu::rcu::read_lock();
                     let c = config.load(&guard).expect("always configured");
-                    assert_eq!(c.check, check_of(c.generation), "torn or freed config");
-                    assert!(c.generation >= last, "generation went backwards");
-                    assert!(!c.servers.is_empty() && c.timeout >= Duration::from_millis(100));
+                    if !c.is_sound() || c.generation < last {
+                        eprintln!("bad config: generation {} after {last}", c.generation);
+                        BAD_CHECKS.fetch_add(1, Ordering::Relaxed);
+                    }
                     last = c.generation;
                     n += 1;
                 }
@@ -79,30 +105,53 @@ fn main() {
         .collect();
 
     let mut generation = 0;
-    let end = std::time::Instant::now() + Duration::from_secs(seconds);
-    while std::time::Instant::now() < end {
+    let end = Instant::now() + Duration::from_secs(seconds);
+    while Instant::now() < end {
         generation += 1;
-        // Publishes the new value; the old one is freed after a grace
-        // period. Refused only in NMI context, which this thread never is.
+        // Publishes the new value; the old one is retired with kfree_rcu and
+        // dropped after a grace period. Refused only in NMI context, on a
+        // real-time thread or in a signal handler: this thread is none.
         config
             .store(Config::new(generation))
-            .expect("refused only in NMI context");
+            .expect("an ordinary thread");
         std::thread::sleep(Duration::from_micros(200));
     }
     stop.store(true, Ordering::Relaxed);
     for r in readers {
-        r.join().expect("a reader failed its check");
+        r.join().expect("a reader panicked");
     }
     let guard = krcu::rcu::read_lock();
     let last = config.load(&guard).map(|c| c.generation);
     drop(guard);
-    assert_eq!(last, Some(generation));
-    println!(
-        "{} configurations published, {} reads checked, last generation {}",
-        generation,
-        reads.load(Ordering::Relaxed),
-        generation
-    );
+    if last != Some(generation) {
+        eprintln!("the cell holds generation {last:?}, not the last stored {generation}");
+        BAD_CHECKS.fetch_add(1, Ordering::Relaxed);
+    }
+
+    // Everything retired so far is dropped; only the cell's value is live.
+    krcu::kvfree_rcu_barrier();
+    let retired = generation;
+    let dropped_while_live = DROPPED.load(Ordering::Relaxed);
+    // Dropping the cell retires its value too.
     drop(config);
     krcu::kvfree_rcu_barrier();
+    let (created, dropped) = (
+        CREATED.load(Ordering::Relaxed),
+        DROPPED.load(Ordering::Relaxed),
+    );
+    if dropped_while_live != retired || dropped != created {
+        eprintln!(
+            "drop count: {dropped_while_live} of {retired} retired, then {dropped} of {created}"
+        );
+        BAD_CHECKS.fetch_add(1, Ordering::Relaxed);
+    }
+    let bad = BAD_CHECKS.load(Ordering::Relaxed);
+    println!(
+        "config: {} reads, {generation} updates, {retired} retired, {dropped} of {created} \
+         created dropped, {bad} bad checks",
+        reads.load(Ordering::Relaxed),
+    );
+    if bad != 0 {
+        std::process::exit(1);
+    }
 }

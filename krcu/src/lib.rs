@@ -44,6 +44,44 @@
 //! loads return references bound to a guard, and a replaced value is
 //! retired with `kfree_rcu`. To run code after a grace period, [`defer`].
 //!
+//! ```
+//! use krcu::{RcuBox, RcuCell};
+//!
+//! struct Config {
+//!     generation: u64,
+//!     servers: Vec<String>,
+//! }
+//!
+//! // Publish: the cell boxes the value (no `unsafe`, no `RcuHead` to embed).
+//! let config = RcuCell::new(Config { generation: 1, servers: vec!["10.0.0.1:80".into()] });
+//!
+//! // Read under a guard, without a lock: the reference cannot outlive it.
+//! {
+//!     let guard = krcu::rcu::read_lock();
+//!     let current = config.load(&guard).expect("configured");
+//!     assert_eq!((current.generation, current.servers.len()), (1, 1));
+//! }
+//!
+//! // Replace: readers see the old value or the new one, whole; the old one
+//! // is retired with kfree_rcu and dropped after a grace period.
+//! config
+//!     .store(Config { generation: 2, servers: vec![] })
+//!     .expect("not on a real-time thread, not in a signal handler");
+//!
+//! // Replace and keep reading the old value: the guard holds its drop off.
+//! let guard = krcu::rcu::read_lock();
+//! let old = config.replace(Config { generation: 3, servers: vec![] }, &guard).expect("task");
+//! assert_eq!(old.map(|c| c.generation), Some(2));
+//! drop(guard);
+//!
+//! // A real-time thread publishes a box prepared beforehand: no allocation.
+//! let prepared = RcuBox::new(Config { generation: 4, servers: vec![] });
+//! config.store_box(prepared).expect("not in NMI context");
+//!
+//! // Wait until everything retired so far has been dropped.
+//! krcu::kvfree_rcu_barrier();
+//! ```
+//!
 //! **`fork()`**: the child of a process that uses krcu has only the forking
 //! thread. `pthread_atfork` handlers (registered when the program loads;
 //! they cost nothing while no instance exists) park every krcu worker at a point where it holds no lock, take
