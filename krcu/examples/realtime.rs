@@ -1,7 +1,7 @@
 //! A real-time thread that publishes and retires values without
 //! allocating, with no `unsafe`.
 //!
-//! The "audio" thread registers with `Krcu::global().register_thread()`,
+//! The "audio" thread registers with `krcu::register_thread()`,
 //! which makes it real-time for krcu and prepares, ahead of time, its RCU
 //! reader and its `kfree_rcu` front block. A control thread prepares each
 //! new `Setting` as an [`RcuBox`] (that is where the allocation happens)
@@ -122,7 +122,7 @@ fn audio_thread(
     stop: &AtomicBool,
 ) -> AudioReport {
     // Before the first period: declare the thread real-time and prepare it.
-    let reader = krcu::Krcu::global().register_thread();
+    let reader = krcu::register_thread();
     match cell.store(Setting::new(u64::MAX)) {
         Err(UpdateError::Realtime(refused)) => {
             println!(

@@ -122,10 +122,10 @@ mod sealed {
 pub struct Global;
 
 impl CellInstance for Global {
-    type Guard<'a> = GlobalReadGuard;
+    type Guard<'a> = GlobalReadGuard<'a>;
 
     #[inline(always)]
-    fn guard_instance(_: &GlobalReadGuard) -> Option<u64> {
+    fn guard_instance(_: &GlobalReadGuard<'_>) -> Option<u64> {
         None
     }
 
@@ -453,6 +453,8 @@ impl<T: Send + Sync + 'static, I: CellInstance> RcuCell<T, I> {
     ///
     /// # Errors
     /// In NMI context it refuses before it swaps and hands the box back.
+    /// Dropping the box there would free it (a call to the allocator):
+    /// keep it (`mem::forget`, or hand it to a thread that may free).
     #[doc(alias = "rcu_assign_pointer")]
     #[track_caller]
     pub fn store_box(&self, value: RcuBox<T>) -> Result<(), UpdateError<RcuBox<T>>> {
@@ -572,6 +574,11 @@ impl<T: Send + Sync + 'static, I: CellInstance> RcuCell<T, I> {
     ///     _ => unreachable!(),
     /// }
     /// ```
+    ///
+    /// A retry loop that calls this boxes `new` at every attempt (and frees
+    /// the box on each failure); [`compare_exchange_box`](Self::compare_exchange_box)
+    /// hands the box back instead, to be changed through `DerefMut` and
+    /// offered again.
     ///
     /// # Errors
     /// [`CompareExchangeError::Changed`] if the cell held another value (the

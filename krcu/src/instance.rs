@@ -617,7 +617,8 @@ impl Krcu {
     /// ([`context::set_realtime`]): on an instance it was not registered
     /// with, its calls take the per-CPU path (trylocks only) instead of
     /// making a front. The exception is [`Policy::Nowait`], kept to show the
-    /// seeds' bug, whose allocation may take the zone lock.
+    /// bug the 2020 lock-free page allocation thread argued about: its
+    /// allocation may take the zone lock.
     ///
     /// Keep the handle for the fastest readers; dropping it unregisters the
     /// reader only (the thread stays real-time; `context::set_realtime(false)`
@@ -837,6 +838,26 @@ unsafe fn kfree_rcu_unbuilt<T: HasRcuHead>(raw: NonNull<T>) -> bool {
     // Never builds the global RCU either: the caller may not sleep.
     unsafe { crate::rcu::call_rcu_global_nobuild(head, drop_box_by_head::<T>) };
     true
+}
+
+/// [`Krcu::register_thread`] on the process-wide instance: makes the
+/// calling thread real-time (see there for the promise) and returns its
+/// reader handle, whose guards are
+/// [`GlobalReadGuard`](crate::rcu::GlobalReadGuard)s (the ones cells of the
+/// process-wide instance take). Builds the instance: call it where the
+/// thread may still allocate, before its real-time work.
+///
+/// ```
+/// let cell = krcu::RcuCell::new(1u32);
+/// let prepared = krcu::RcuBox::new(2u32);
+/// let handle = krcu::register_thread(); // this thread is real-time now
+/// assert!(cell.store(3).is_err()); // would allocate: refused
+/// cell.store_box(prepared).expect("not in NMI context");
+/// assert_eq!(cell.load(&handle.read_lock()), Some(&2));
+/// krcu::context::set_realtime(false);
+/// ```
+pub fn register_thread() -> crate::rcu::GlobalReaderHandle {
+    crate::rcu::GlobalReaderHandle::new(Krcu::global().register_thread())
 }
 
 /// [`Krcu::kvfree_rcu_mightsleep`] on the process-wide instance.

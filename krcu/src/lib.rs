@@ -160,7 +160,7 @@ pub use domain::{Domain, DomainBuilder};
 #[cfg(not(loom))]
 pub use instance::{
     BuildError, InNmi, Krcu, KrcuBuilder, SlabChannel, kfree_rcu, kvfree_rcu_barrier,
-    kvfree_rcu_mightsleep,
+    kvfree_rcu_mightsleep, register_thread,
 };
 /// `#[derive(HasRcuHead)]`: implements [`rcu::HasRcuHead`] for a struct
 /// from its `RcuHead` field; see the trait for examples.

@@ -547,7 +547,7 @@ impl Engine {
         }
         let page = match policy {
             Policy::Prohibit | Policy::Preemptible | Policy::CacheRefill => return None,
-            // The seeds' bug: takes zone->lock under the raw krc lock when
+            // The bug the 2020 thread argued about: takes zone->lock under the raw krc lock when
             // the per-CPU lists are empty.
             Policy::Nowait => self
                 .pages

@@ -4,7 +4,7 @@
 use super::callback::{self, HasRcuHead, PendingList, RcuCallbackFn, RcuHead, SegCbList};
 use super::gp::{GpEngine, WaitMode};
 use super::membarrier;
-use super::reader::{self, GlobalReadGuard, ReadGuard, ReaderHandle, Readers};
+use super::reader::{self, GlobalReadGuard, GlobalReaderHandle, ReadGuard, ReaderHandle, Readers};
 use super::seq::{self, GpCookie};
 use super::stall::StallReport;
 use super::worker::{self, Wake};
@@ -833,19 +833,25 @@ unsafe fn call_rcu_early(head: NonNull<RcuHead>, func: RcuCallbackFn) {
 
 /// [`Rcu::read_lock`] on the [`global`] instance. The first call builds
 /// the instance (allocating, spawning its worker): to read from a signal
-/// handler, use the instance (e.g. call [`global`]) once before.
+/// handler, use the instance (e.g. call [`global`]) once before. A
+/// thread's first call also registers it as a reader (allocating): a
+/// thread that must not allocate takes a handle first
+/// ([`register_thread`], or [`krcu::register_thread`](crate::register_thread)
+/// for a real-time thread) and reads through it.
 ///
 /// The guard's type says its instance: cells of the process-wide instance
 /// ([`RcuCell::new`](crate::RcuCell::new)) take it, and only it.
 #[inline]
 #[doc(alias = "rcu_read_lock")]
-pub fn read_lock() -> GlobalReadGuard {
+pub fn read_lock() -> GlobalReadGuard<'static> {
     GlobalReadGuard::new(global().read_lock())
 }
 
-/// [`Rcu::register_thread`] on the [`global`] instance.
-pub fn register_thread() -> ReaderHandle {
-    global().register_thread()
+/// [`Rcu::register_thread`] on the [`global`] instance: its handle's
+/// guards are [`GlobalReadGuard`]s. (It does not make the thread
+/// real-time: [`krcu::register_thread`](crate::register_thread) does.)
+pub fn register_thread() -> GlobalReaderHandle {
+    GlobalReaderHandle::new(global().register_thread())
 }
 
 /// [`Rcu::synchronize`] on the [`global`] instance.

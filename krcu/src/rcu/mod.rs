@@ -121,7 +121,7 @@ pub use instance::*;
 #[cfg(all(feature = "derive", not(loom)))]
 pub use krcu_derive::HasRcuHead;
 #[cfg(not(loom))]
-pub use reader::{GlobalReadGuard, ReadGuard, ReaderHandle};
+pub use reader::{GlobalReadGuard, GlobalReaderHandle, ReadGuard, ReaderHandle};
 pub use seq::GpCookie;
 #[cfg(not(loom))]
 pub use stall::StallReport;

@@ -1276,23 +1276,23 @@ impl Drop for ReadGuard<'_> {
 /// ```
 #[must_use = "the read-side section ends when the guard is dropped"]
 #[doc(alias = "rcu_read_lock")]
-pub struct GlobalReadGuard(ReadGuard<'static>);
+pub struct GlobalReadGuard<'a>(ReadGuard<'a>);
 
-impl GlobalReadGuard {
+impl<'a> GlobalReadGuard<'a> {
     /// Wraps a section of the global instance.
-    pub(crate) fn new(guard: ReadGuard<'static>) -> Self {
+    pub(crate) fn new(guard: ReadGuard<'a>) -> Self {
         GlobalReadGuard(guard)
     }
 }
 
-impl TryFrom<ReadGuard<'static>> for GlobalReadGuard {
+impl<'a> TryFrom<ReadGuard<'a>> for GlobalReadGuard<'a> {
     /// The guard, handed back (its section still open).
-    type Error = ReadGuard<'static>;
+    type Error = ReadGuard<'a>;
 
     /// A section of the process-wide instance taken as a plain guard (say
     /// through `Krcu::global().rcu()`), checked: a guard of another
     /// instance is handed back.
-    fn try_from(guard: ReadGuard<'static>) -> Result<Self, Self::Error> {
+    fn try_from(guard: ReadGuard<'a>) -> Result<Self, Self::Error> {
         if super::global_id() == Some(guard.instance) {
             Ok(GlobalReadGuard(guard))
         } else {
@@ -1301,14 +1301,67 @@ impl TryFrom<ReadGuard<'static>> for GlobalReadGuard {
     }
 }
 
-impl From<GlobalReadGuard> for ReadGuard<'static> {
+impl<'a> From<GlobalReadGuard<'a>> for ReadGuard<'a> {
     /// The section as a plain guard (it stays open).
-    fn from(guard: GlobalReadGuard) -> Self {
+    fn from(guard: GlobalReadGuard<'a>) -> Self {
         guard.0
     }
 }
 
-impl core::fmt::Debug for GlobalReadGuard {
+/// A [`ReaderHandle`] of the process-wide instance, from
+/// [`krcu::rcu::register_thread`](super::register_thread) or
+/// [`krcu::register_thread`](crate::register_thread): its
+/// [`read_lock`](Self::read_lock) is the fastest way into a section and
+/// gives a [`GlobalReadGuard`], which cells of the process-wide instance
+/// take. Wait-free, no allocation, no system call.
+///
+/// As a [`ReaderHandle`], it cannot be dropped inside a section it opened:
+/// ```compile_fail,E0505
+/// let h = krcu::rcu::register_thread();
+/// let g = h.read_lock();
+/// drop(h);
+/// drop(g);
+/// ```
+pub struct GlobalReaderHandle(ReaderHandle);
+
+impl GlobalReaderHandle {
+    /// Wraps a handle of the global instance.
+    pub(crate) fn new(handle: ReaderHandle) -> Self {
+        debug_assert_eq!(super::global_id(), Some(handle.readers.id));
+        GlobalReaderHandle(handle)
+    }
+
+    /// Enters a read-side section of the process-wide instance
+    /// (`rcu_read_lock`): wait-free, no allocation, no system call.
+    #[inline(always)]
+    #[doc(alias = "rcu_read_lock")]
+    pub fn read_lock(&self) -> GlobalReadGuard<'_> {
+        GlobalReadGuard(self.0.read_lock())
+    }
+}
+
+impl TryFrom<ReaderHandle> for GlobalReaderHandle {
+    /// The handle, handed back.
+    type Error = ReaderHandle;
+
+    /// A handle of the process-wide instance taken as a plain one (say
+    /// from `Krcu::global().register_thread()`), checked.
+    fn try_from(handle: ReaderHandle) -> Result<Self, Self::Error> {
+        if super::global_id() == Some(handle.readers.id) {
+            Ok(GlobalReaderHandle(handle))
+        } else {
+            Err(handle)
+        }
+    }
+}
+
+impl core::fmt::Debug for GlobalReaderHandle {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_tuple("GlobalReaderHandle").field(&self.0).finish()
+    }
+}
+
+impl core::fmt::Debug for GlobalReadGuard<'_> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_tuple("GlobalReadGuard").field(&self.0).finish()
     }
@@ -1339,7 +1392,7 @@ impl core::fmt::Debug for ReadGuard<'_> {
 /// ```
 /// It cannot be dropped inside a section it opened:
 /// ```compile_fail,E0505
-/// let h = krcu::rcu::register_thread();
+/// let h = krcu::rcu::global().register_thread();
 /// let g = h.read_lock();
 /// drop(h);
 /// drop(g);
