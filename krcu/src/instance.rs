@@ -617,7 +617,7 @@ impl Krcu {
     /// ([`context::set_realtime`]): on an instance it was not registered
     /// with, its calls take the per-CPU path (trylocks only) instead of
     /// making a front. The exception is [`Policy::Nowait`], kept to show the
-    /// bug the 2020 lock-free page allocation thread argued about: its
+    /// bug the 2020 kfree_rcu thread showed: its
     /// allocation may take the zone lock.
     ///
     /// Keep the handle for the fastest readers; dropping it unregisters the

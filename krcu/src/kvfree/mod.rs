@@ -37,7 +37,7 @@
 //! not made on the call path (the per-CPU path serves it). With its front
 //! made ahead (`register_thread`) it makes no system call either. The
 //! exception is [`Policy::Nowait`], kept to show the bug the 2020
-//! lock-free page allocation thread argued about (it may take the zone lock).
+//! kfree_rcu thread showed (it may take the zone lock).
 //!
 //! Use it through [`Krcu`](crate::Krcu): [`Krcu::kfree_rcu`](crate::Krcu::kfree_rcu),
 //! [`Krcu::kvfree_rcu_mightsleep`](crate::Krcu::kvfree_rcu_mightsleep),
