@@ -373,13 +373,18 @@ impl Drop for Counted {
     }
 }
 
-/// With the validator in strict mode (`ReportHandler::Panic`), updating a
-/// cell of an instance from inside a read-side section of another instance
-/// only (a legitimate, reported, "suspicious RCU usage") panics in
-/// `retire`, AFTER the swap and BEFORE `kfree_rcu` queued the old value:
-/// the new value is published, the old one is never dropped. The docs
-/// promise every value stored is dropped exactly once (and the panic is
-/// not documented on `store`).
+/// `RcuCell::store` (or `store_box`, `clear`, drop) inside a read-side
+/// section of another instance only is a correct use of the safe API (the
+/// caller gets no reference to the old value), but `retire` goes through
+/// `Krcu::kfree_rcu_raw`, whose `check_reader` reports it as "suspicious
+/// RCU usage: that guard does not hold the object off" (a false positive,
+/// printed with the default handler). With the validator in strict mode
+/// (`ReportHandler::Panic`) that report panics in `retire`, AFTER the swap
+/// and BEFORE `kfree_rcu` queued the old value: the new value is
+/// published, the old one is never dropped (nor freed). The docs promise
+/// every value stored is dropped exactly once, and `store` documents no
+/// panic. (Plain `kfree_rcu` and `defer` lose their object/closure the
+/// same way: `Box::leak` happens before the report.)
 #[test]
 fn review_g_strict_report_after_swap_loses_the_old_value() {
     let dropped = Arc::new(AtomicUsize::new(0));
@@ -410,4 +415,91 @@ fn review_g_strict_report_after_swap_loses_the_old_value() {
         n, 2,
         "a value stored in the cell was never dropped (store panicked: {panicked})"
     );
+}
+
+// ---------------------------------------------------------------------
+// Finding 5: a guard of a ReaderHandle outlives its instance; dropping the
+// instance inside that section deadlocks.
+
+fn drop_instance_inside_handle_section_body() {
+    let k = krcu_instance();
+    let h = k.register_thread();
+    krcu::context::set_realtime(false);
+    let cell = RcuCell::new_in(k.clone(), 1u64);
+    let g = h.read_lock();
+    assert_eq!(cell.load(&g), Some(&1));
+    cell.store(2).unwrap();
+    drop(cell);
+    eprintln!("dropping the Krcu inside a section of its own RCU");
+    // Compiles: the guard borrows the handle, not the instance.
+    drop(k);
+    eprintln!("dropped");
+    drop(g);
+    drop(h);
+}
+
+#[test]
+fn review_g_child_drop_instance_inside_handle_section() {
+    if in_child() {
+        drop_instance_inside_handle_section_body();
+    }
+}
+
+/// `ReadGuard`'s docs: "It cannot outlive its instance" (a compile_fail
+/// doctest with `Rcu::read_lock`). A guard of a `ReaderHandle` borrows the
+/// handle, which holds the registry but not the instance, so safe code can
+/// drop the `Krcu` inside the guard's section. Its teardown (inline: the
+/// drop only hands off to a thread on a worker or in its own reclaim, it
+/// does not check `rcu().is_reading()`) runs the kvfree barrier, whose
+/// `rcu_barrier` panics ("called inside an RCU read-side critical section
+/// of the same instance"): a panic out of `Drop for Krcu` (an abort if it
+/// runs during unwinding), after the workers were joined, so the value
+/// queued by the store is never dropped.
+#[test]
+fn review_g_drop_krcu_inside_own_handle_section_panics() {
+    if in_child() {
+        return;
+    }
+    let (passed, out) = run_isolated(
+        "review_g_child_drop_instance_inside_handle_section",
+        Duration::from_secs(40),
+    );
+    assert!(passed, "{out}");
+}
+
+fn drop_rcu_inside_handle_section_body() {
+    let rcu = Rcu::new(Domain::global(), RcuConfig::default());
+    let h = rcu.register_thread();
+    let g = h.read_lock();
+    rcu.call_rcu_box(Box::new(Obj {
+        head: RcuHead::new(),
+        _v: 1,
+    }));
+    eprintln!("dropping the Rcu inside a section of its own");
+    drop(rcu);
+    eprintln!("dropped");
+    drop(g);
+    drop(h);
+}
+
+#[test]
+fn review_g_child_drop_rcu_inside_handle_section() {
+    if in_child() {
+        drop_rcu_inside_handle_section_body();
+    }
+}
+
+/// The bare `Rcu` form of the same: `drop(rcu)` inside a section of a
+/// guard of its `ReaderHandle` (safe code) joins a worker whose last grace
+/// period waits for that section: the drop hangs.
+#[test]
+fn review_g_drop_rcu_inside_own_handle_section_hangs() {
+    if in_child() {
+        return;
+    }
+    let (passed, out) = run_isolated(
+        "review_g_child_drop_rcu_inside_handle_section",
+        Duration::from_secs(40),
+    );
+    assert!(passed, "{out}");
 }
