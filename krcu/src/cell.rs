@@ -250,6 +250,19 @@ pub enum CompareExchangeError<'g, T, V = T> {
     Refused(UpdateError<V>),
 }
 
+impl<T, V> core::fmt::Display for CompareExchangeError<'_, T, V> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::Changed { .. } => f.write_str(
+                "RcuCell compare_exchange: the cell held another value; the new value is handed back",
+            ),
+            Self::Refused(e) => core::fmt::Display::fmt(e, f),
+        }
+    }
+}
+
+impl<T, V> std::error::Error for CompareExchangeError<'_, T, V> {}
+
 impl<T, V> core::fmt::Debug for CompareExchangeError<'_, T, V> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
@@ -321,6 +334,59 @@ impl<T, V> core::fmt::Debug for CompareExchangeError<'_, T, V> {
 /// let r = cell.load(&guard).unwrap();
 /// drop(cell);
 /// assert_eq!(*r, 1);
+/// ```
+/// nor does an old value `replace` returns, nor the current value a failed
+/// `compare_exchange` shows:
+/// ```compile_fail,E0505
+/// let cell = krcu::RcuCell::new(1u64);
+/// let g = krcu::rcu::read_lock();
+/// let old = cell.replace(2, &g).unwrap().unwrap();
+/// drop(g);
+/// assert_eq!(*old, 1);
+/// ```
+/// ```compile_fail,E0505
+/// let cell = krcu::RcuCell::new(1u64);
+/// let g = krcu::rcu::read_lock();
+/// let e = cell.compare_exchange(None, 3, &g).unwrap_err();
+/// drop(g);
+/// if let krcu::cell::CompareExchangeError::Changed { current, .. } = e {
+///     assert_eq!(current, Some(&1));
+/// }
+/// ```
+/// A reference loaded through a reader handle's guard cannot outlive the
+/// handle, and a leaked guard does not make loads from a local cell
+/// `'static`:
+/// ```compile_fail,E0505
+/// let cell = krcu::RcuCell::new(1u64);
+/// let h = krcu::rcu::register_thread();
+/// let g = h.read_lock();
+/// let r = cell.load(&g).unwrap();
+/// drop(g);
+/// drop(h);
+/// assert_eq!(*r, 1);
+/// ```
+/// ```compile_fail,E0515
+/// fn f() -> &'static u64 {
+///     let cell = krcu::RcuCell::new(1u64);
+///     let g: &'static _ = Box::leak(Box::new(krcu::rcu::read_lock()));
+///     cell.load(g).unwrap()
+/// }
+/// ```
+/// A value that is not `Send + Sync + 'static` cannot be stored (readers on
+/// any thread get `&T`, and it is dropped on another thread):
+/// ```compile_fail,E0277
+/// let _ = krcu::RcuCell::new(std::cell::Cell::new(1u32));
+/// ```
+/// ```compile_fail,E0277
+/// let _ = krcu::RcuCell::new(std::rc::Rc::new(1u32));
+/// ```
+/// ```compile_fail,E0597
+/// let x = 5u32;
+/// let _c = krcu::RcuCell::new(&x);
+/// ```
+/// ```compile_fail,E0277
+/// let b = krcu::cell::RcuBox::new(std::rc::Rc::new(1u32));
+/// std::thread::spawn(move || drop(b));
 /// ```
 #[doc(alias = "__rcu")]
 pub struct RcuCell<T: Send + Sync + 'static, I: CellInstance = Global> {
@@ -435,7 +501,9 @@ impl<T: Send + Sync + 'static, I: CellInstance> RcuCell<T, I> {
 
     /// Publishes `value` (`rcu_assign_pointer`) and retires the old value
     /// with `kfree_rcu`: it is dropped after a grace period, on a reclaimer
-    /// thread (or a caller that assists). Allocates the box for `value`.
+    /// thread (or a caller that assists; on the RCU worker while the
+    /// process-wide `kfree_rcu` instance is not built). Allocates the box
+    /// for `value`.
     ///
     /// # Errors
     /// Refuses before it swaps, handing `value` back: in NMI context, on a
@@ -717,7 +785,10 @@ impl<T: Send + Sync + 'static, I: CellInstance> RcuCell<T, I> {
 impl<T: Send + Sync + 'static, I: CellInstance> Drop for RcuCell<T, I> {
     /// Retires the value with `kfree_rcu`: it is dropped after a grace
     /// period, never at once. In NMI context (where `kfree_rcu` refuses)
-    /// the value is leaked.
+    /// the value is leaked. Allocates nothing, unless the cell holds the
+    /// last `Arc` of its instance: dropping it then tears the instance down
+    /// (joins its threads, frees its arena), which a real-time thread or a
+    /// signal handler must not do.
     fn drop(&mut self) {
         let old = core::mem::replace(self.ptr.get_mut(), ptr::null_mut());
         self.retire(old);

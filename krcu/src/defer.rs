@@ -132,7 +132,12 @@ impl Krcu {
 /// period of [`krcu::rcu::global`](crate::rcu::global) (so a
 /// [`krcu::rcu::read_lock`](crate::rcu::read_lock) holds it off). Where the
 /// instance may not be built (see [`kfree_rcu`](crate::kfree_rcu)) it runs
-/// as an RCU callback on the global RCU's worker instead.
+/// as an RCU callback on the global RCU's worker instead; there it must not
+/// call [`kvfree_rcu_barrier`](crate::kvfree_rcu_barrier) (or any barrier
+/// or grace-period wait of the global RCU): the worker would wait for
+/// itself, which krcu refuses with a panic (caught, and the rest of `f` is
+/// lost). A closure that needs a barrier is deferred from where the
+/// instance can be built (task context, outside any read-side section).
 ///
 /// ```
 /// krcu::defer(|| println!("after a grace period")).expect("task context");

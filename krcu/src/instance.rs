@@ -442,6 +442,9 @@ impl Krcu {
         // SAFETY: a Box the caller handed over: leaked, its head unqueued,
         // ours alone. Not in NMI context (checked above), so it is queued.
         unsafe { self.kfree_rcu_raw(NonNull::from(Box::leak(obj))) };
+        // Checked once the object is queued: a report handler that panics
+        // then loses nothing.
+        self.check_reader("kfree_rcu()");
         Ok(())
     }
 
@@ -450,6 +453,8 @@ impl Krcu {
     /// readers may still be reading through shared references, so it never
     /// makes a `Box` (a unique pointer) of it again until the grace period
     /// has passed. Returns `false`, with nothing done, in NMI context.
+    /// Makes no validator check of the caller's read-side sections: a cell
+    /// knows its instance by construction (the public `kfree_rcu` checks).
     ///
     /// # Safety
     /// `raw` comes from `Box::<T>::into_raw` (or `Box::leak`), no one frees
@@ -460,7 +465,6 @@ impl Krcu {
         if self.engine.refuse_nmi() {
             return false;
         }
-        self.check_reader("kfree_rcu()");
         let ctx = context::kind();
         let raw = raw.as_ptr();
         // SAFETY: HasRcuHead's contract puts the head RCU_HEAD_OFFSET bytes
@@ -493,7 +497,6 @@ impl Krcu {
         if self.engine.refuse_nmi() {
             return Err(InNmi(obj));
         }
-        self.check_reader("kvfree_rcu_mightsleep()");
         self.domain().might_sleep();
         let ctx = context::kind();
         let raw = Box::into_raw(obj);
@@ -512,6 +515,9 @@ impl Krcu {
             // SAFETY: not queued, so still ours; a grace period has passed.
             drop(unsafe { Box::from_raw(raw) });
         }
+        // Checked once the object is handed over: a report handler that
+        // panics then frees nothing early.
+        self.check_reader("kvfree_rcu_mightsleep()");
         Ok(())
     }
 
@@ -534,7 +540,6 @@ impl Krcu {
             "krcu: free_pages_rcu_mightsleep({:p}): not a page of this instance",
             page.as_ptr()
         );
-        self.check_reader("free_pages_rcu_mightsleep()");
         self.domain().might_sleep();
         let ctx = context::kind();
         let entry = channels::page_entry(page.addr(), page.order());
@@ -553,6 +558,8 @@ impl Krcu {
             self.rcu().synchronize();
             self.pages().free(page);
         }
+        // Checked once the page is handed over (see kvfree_rcu_mightsleep).
+        self.check_reader("free_pages_rcu_mightsleep()");
         Ok(())
     }
 
@@ -623,7 +630,7 @@ impl Krcu {
     /// Keep the handle for the fastest readers; dropping it unregisters the
     /// reader only (the thread stays real-time; `context::set_realtime(false)`
     /// withdraws that).
-    pub fn register_thread(&self) -> crate::rcu::ReaderHandle {
+    pub fn register_thread(&self) -> crate::rcu::ReaderHandle<'_> {
         self.engine.prepare_thread();
         context::set_realtime(true);
         self.rcu().register_thread()
@@ -722,6 +729,11 @@ struct Teardown {
 
 impl Teardown {
     fn run(mut self) {
+        // The instance's RCU is its own (only the process-wide instance,
+        // never torn down, shares the global RCU) and nothing borrows the
+        // instance any more: sections left open by gone threads (leaked
+        // guards) end now, so that the barrier below does not stall.
+        self.engine.rcu().begin_teardown();
         self.engine.stop.store(true, Ordering::Release);
         self.engine.kick();
         let Threads {
@@ -924,7 +936,6 @@ impl<T: HasRcuHead> SlabChannel<'_, T> {
         if self.krcu.engine.refuse_nmi() {
             return Err(obj);
         }
-        self.krcu.check_reader("kfree_rcu()");
         let ctx = context::kind();
         // SAFETY: HasRcuHead puts the head inside the object.
         let head = unsafe { obj.byte_add(T::RCU_HEAD_OFFSET) }.cast::<RcuHead>();
@@ -940,6 +951,8 @@ impl<T: HasRcuHead> SlabChannel<'_, T> {
                 ctx,
             );
         }
+        // Checked once the object is queued (see Krcu::kfree_rcu).
+        self.krcu.check_reader("kfree_rcu()");
         Ok(())
     }
 }

@@ -561,8 +561,9 @@ thread_local! {
 
 #[test]
 fn handles_outliving_the_registration_list_release_their_slot_once() {
-    let rcu = Arc::new(instance());
-    let r = rcu.clone();
+    // Leaked: the handles kept in a thread-local borrow it for 'static.
+    let rcu: &'static Rcu = Box::leak(Box::new(instance()));
+    let r = rcu;
     std::thread::spawn(move || {
         KEPT.with(|_| ());
         let (h1, h2) = (r.register_thread(), r.register_thread());
@@ -576,7 +577,7 @@ fn handles_outliving_the_registration_list_release_their_slot_once() {
     // A's section must still be open (B's exit closes only its own slot).
     let (a_in_tx, a_in) = mpsc::channel::<()>();
     let (b_done_tx, b_done) = mpsc::channel::<()>();
-    let (r, a_reading_after) = (rcu.clone(), Arc::new(AtomicBool::new(false)));
+    let (r, a_reading_after) = (rcu, Arc::new(AtomicBool::new(false)));
     let seen = a_reading_after.clone();
     let a = std::thread::spawn(move || {
         let h = r.register_thread();
@@ -588,7 +589,7 @@ fn handles_outliving_the_registration_list_release_their_slot_once() {
     });
     a_in.recv_timeout(PATIENCE)
         .expect("A never entered its section");
-    let r = rcu.clone();
+    let r = rcu;
     std::thread::spawn(move || {
         let h = r.register_thread();
         drop(h.read_lock());

@@ -320,7 +320,7 @@ impl Rcu {
     /// `rcu_register_thread`): after this, neither [`ReaderHandle::read_lock`]
     /// nor [`Rcu::read_lock`] on this thread allocates. Dropping the handle
     /// (the last one, if several) unregisters the thread; so does its exit.
-    pub fn register_thread(&self) -> ReaderHandle {
+    pub fn register_thread(&self) -> ReaderHandle<'_> {
         ReaderHandle::new(&self.shared.gp.readers)
     }
 
@@ -517,6 +517,13 @@ impl Rcu {
         self.shared.on_worker()
     }
 
+    /// The instance is being torn down (see
+    /// `Readers::begin_teardown`): its own drop, or the drop of the
+    /// `Krcu` that owns it alone, once nothing borrows it.
+    pub(crate) fn begin_teardown(&self) {
+        self.shared.gp.readers.begin_teardown();
+    }
+
     /// The instance's counters.
     pub fn stats(&self) -> RcuStats {
         let s = &self.shared;
@@ -547,7 +554,7 @@ impl Drop for Rcu {
         // Nothing borrows the instance any more, so no reference loaded
         // under a leaked guard of it is left: its abandoned sections end
         // here, and the worker's last grace periods do not stall on them.
-        self.shared.gp.readers.end_abandoned();
+        self.begin_teardown();
         self.shared.stop.store(true, Ordering::SeqCst);
         self.shared.wake.kick();
         let worker = self

@@ -221,6 +221,10 @@ pub(crate) struct Readers {
     orphans: AtomicUsize,
     /// Abandoned slots (see [`Slot::abandoned`]). Changed only under `free`.
     abandoned: AtomicUsize,
+    /// Set when the instance is torn down ([`Readers::begin_teardown`]):
+    /// from then on a gone thread's open section is ended, not abandoned.
+    /// Set before, and read under, the `free` mutex, which orders it.
+    torn_down: AtomicBool,
     /// Releases and orphanings refused because they named a tenure the
     /// slot is no longer in (a bug: see [`Slot::tenure`]).
     refused: AtomicUsize,
@@ -241,6 +245,7 @@ impl Readers {
             in_use: AtomicUsize::new(0),
             orphans: AtomicUsize::new(0),
             abandoned: AtomicUsize::new(0),
+            torn_down: AtomicBool::new(false),
             refused: AtomicUsize::new(0),
         })
     }
@@ -433,10 +438,15 @@ impl Readers {
     /// the check keeps succeeding while that thread lives: the orphan is
     /// reaped late, never early.
     ///
+    /// Once the instance is torn down ([`Readers::begin_teardown`]) an open
+    /// section of a gone thread is ended instead: nothing borrows the
+    /// instance any more.
+    ///
     /// Ordering: the dead thread's last `read_unlock` (a Release store of
     /// its word) happened before its exit, which the kernel orders before
     /// the `ESRCH` that the tid lookup (under its own locks and RCU)
-    /// returns here, so the Relaxed load below sees it closed if it was.
+    /// returns here; the Acquire load below pairs with that store anyway,
+    /// so it sees the section closed if it was.
     fn reap_locked(&self, free: &mut Vec<usize>) {
         if self.orphans.load(Ordering::Relaxed) == 0 {
             return;
@@ -461,7 +471,16 @@ impl Readers {
                 // not known to be gone.
                 continue;
             }
-            if handshake::active(slot.ctr.load(Ordering::Relaxed)) {
+            let open = handshake::active(slot.ctr.load(Ordering::Acquire));
+            if open && self.torn_down.load(Ordering::Relaxed) {
+                // Release: publishes the end as `read_unlock` would.
+                slot.ctr.store(0, Ordering::Release);
+                self.release_in(free, i);
+                tracing::warn!(
+                    "krcu: thread {tid} exited inside an RCU read-side section of an \
+                     instance being torn down; the section is ended"
+                );
+            } else if open {
                 slot.orphan.store(false, Ordering::Relaxed);
                 self.orphans.fetch_sub(1, Ordering::Relaxed);
                 slot.abandoned.store(true, Ordering::Relaxed);
@@ -482,16 +501,19 @@ impl Readers {
         self.abandoned.load(Ordering::Relaxed)
     }
 
-    /// Ends every abandoned section and frees its slot: only at the
-    /// instance's teardown, when no borrow of the instance, hence no
-    /// reference loaded under one of its guards, is left (a leaked guard
-    /// of an instance borrows it for as long as the guard's references
-    /// live, and an instance borrowed for `'static` is never torn down).
-    /// The Release store publishes the end as `read_unlock` would, for
-    /// the grace periods the teardown still runs (the worker finishes its
-    /// queue).
-    pub(crate) fn end_abandoned(&self) {
+    /// The instance is being torn down: ends every abandoned section and
+    /// frees its slot, and from now on ends (rather than abandons) the
+    /// open section of any thread found gone, so that the grace periods
+    /// the teardown still runs (the kvfree barrier, the worker finishing
+    /// its queue) do not stall on them. Only at teardown, when no borrow of
+    /// the instance, hence no reference loaded under one of its guards, is
+    /// left: guards and handles borrow their instance, cells hold it, and
+    /// an instance borrowed for `'static` is never torn down. The Release
+    /// stores publish each end as `read_unlock` would.
+    pub(crate) fn begin_teardown(&self) {
+        self.torn_down.store(true, Ordering::Relaxed);
         let mut free = self.lock_free();
+        self.reap_locked(&mut free);
         if self.abandoned.load(Ordering::Relaxed) == 0 {
             return;
         }
@@ -1322,11 +1344,11 @@ impl<'a> From<GlobalReadGuard<'a>> for ReadGuard<'a> {
 /// drop(h);
 /// drop(g);
 /// ```
-pub struct GlobalReaderHandle(ReaderHandle);
+pub struct GlobalReaderHandle(ReaderHandle<'static>);
 
 impl GlobalReaderHandle {
     /// Wraps a handle of the global instance.
-    pub(crate) fn new(handle: ReaderHandle) -> Self {
+    pub(crate) fn new(handle: ReaderHandle<'static>) -> Self {
         debug_assert_eq!(super::global_id(), Some(handle.readers.id));
         GlobalReaderHandle(handle)
     }
@@ -1340,13 +1362,13 @@ impl GlobalReaderHandle {
     }
 }
 
-impl TryFrom<ReaderHandle> for GlobalReaderHandle {
+impl TryFrom<ReaderHandle<'static>> for GlobalReaderHandle {
     /// The handle, handed back.
-    type Error = ReaderHandle;
+    type Error = ReaderHandle<'static>;
 
     /// A handle of the process-wide instance taken as a plain one (say
     /// from `Krcu::global().register_thread()`), checked.
-    fn try_from(handle: ReaderHandle) -> Result<Self, Self::Error> {
+    fn try_from(handle: ReaderHandle<'static>) -> Result<Self, Self::Error> {
         if super::global_id() == Some(handle.readers.id) {
             Ok(GlobalReaderHandle(handle))
         } else {
@@ -1397,15 +1419,28 @@ impl core::fmt::Debug for ReadGuard<'_> {
 /// drop(h);
 /// drop(g);
 /// ```
-pub struct ReaderHandle {
+/// nor outlive its instance (with a section open or not):
+/// ```compile_fail,E0505
+/// use krcu::rcu::{Rcu, RcuConfig};
+/// let rcu = Rcu::new(krcu::Domain::global(), RcuConfig::default());
+/// let h = rcu.register_thread();
+/// let g = h.read_lock();
+/// drop(rcu);
+/// drop(g);
+/// ```
+pub struct ReaderHandle<'a> {
     readers: Arc<Readers>,
     index: usize,
     /// The slot's tenure when the handle's registration took it.
     tenure: u64,
     slot: *const Slot,
+    /// The handle borrows its instance, so that neither it nor a guard it
+    /// opened can outlive the instance (whose drop waits for grace
+    /// periods, which an open section of its own thread would hold up).
+    _instance: PhantomData<&'a super::Rcu>,
 }
 
-impl ReaderHandle {
+impl ReaderHandle<'_> {
     pub(crate) fn new(readers: &Arc<Readers>) -> Self {
         let (index, tenure) = readers.register_current(1);
         let slot: *const Slot = readers.slot(index);
@@ -1415,6 +1450,7 @@ impl ReaderHandle {
             index,
             tenure,
             slot,
+            _instance: PhantomData,
         }
     }
 
@@ -1430,13 +1466,13 @@ impl ReaderHandle {
     }
 }
 
-impl Drop for ReaderHandle {
+impl Drop for ReaderHandle<'_> {
     fn drop(&mut self) {
         self.readers.drop_handle(self.index, self.tenure);
     }
 }
 
-impl core::fmt::Debug for ReaderHandle {
+impl core::fmt::Debug for ReaderHandle<'_> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("ReaderHandle")
             .field("instance", &self.readers.id)
@@ -1710,7 +1746,7 @@ mod tests {
         );
         let (j, _) = readers.acquire_slot();
         assert_ne!(j, i, "an abandoned slot was handed out again");
-        readers.end_abandoned();
+        readers.begin_teardown();
         assert_eq!(readers.abandoned(), 0);
         assert_eq!(readers.slot(i).ctr.load(Ordering::Relaxed), 0);
         let (k, _) = readers.acquire_slot();
