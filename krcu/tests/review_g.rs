@@ -35,18 +35,26 @@ fn note(c: &'static std::thread::LocalKey<Cell<usize>>) {
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, l: Layout) -> *mut u8 {
         note(&ALLOCS);
+        // SAFETY: forwarded with the caller's arguments, which meet
+        // GlobalAlloc's contract for System as they do for us.
         unsafe { System.alloc(l) }
     }
     unsafe fn alloc_zeroed(&self, l: Layout) -> *mut u8 {
         note(&ALLOCS);
+        // SAFETY: forwarded with the caller's arguments, which meet
+        // GlobalAlloc's contract for System as they do for us.
         unsafe { System.alloc_zeroed(l) }
     }
     unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
         note(&ALLOCS);
+        // SAFETY: forwarded with the caller's arguments, which meet
+        // GlobalAlloc's contract for System as they do for us.
         unsafe { System.realloc(p, l, n) }
     }
     unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
         note(&FREES);
+        // SAFETY: forwarded with the caller's arguments, which meet
+        // GlobalAlloc's contract for System as they do for us.
         unsafe { System.dealloc(p, l) }
     }
 }
