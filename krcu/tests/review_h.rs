@@ -347,3 +347,88 @@ fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(5));
     }
 }
+
+// ---------------------------------------------------------------------
+// Finding 5: the free `kvfree_rcu_mightsleep` frees its object at once
+// when building the process-wide instance fails.
+
+fn global_mightsleep_build_failure_body() {
+    // The global RCU exists (a reader uses it); the kfree_rcu instance
+    // does not yet.
+    let _ = krcu::rcu::global();
+    let dropped = Arc::new(AtomicUsize::new(0));
+    let (entered_tx, entered_rx) = mpsc::channel::<()>();
+    let (leave_tx, leave_rx) = mpsc::channel::<()>();
+    let reader = std::thread::spawn(move || {
+        let _g = krcu::rcu::read_lock();
+        entered_tx.send(()).unwrap();
+        let _ = leave_rx.recv_timeout(Duration::from_secs(30));
+    });
+    entered_rx.recv().unwrap();
+    // Address space for small allocations, not for the default 256 MiB
+    // arena: building `Krcu::global()` fails (its `expect` panics).
+    let mut cur = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+    let vm_pages: u64 = statm.split_whitespace().next().unwrap().parse().unwrap();
+    let vm = vm_pages * 4096;
+    // SAFETY: getrlimit/setrlimit with a valid rlimit pointer.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_AS, &mut cur);
+        let lim = libc::rlimit {
+            rlim_cur: vm + (64 << 20),
+            rlim_max: cur.rlim_max,
+        };
+        assert_eq!(libc::setrlimit(libc::RLIMIT_AS, &lim), 0);
+    }
+    let d = dropped.clone();
+    let r = std::panic::catch_unwind(move || krcu::kvfree_rcu_mightsleep(Box::new(Counted(d))));
+    let n = dropped.load(Ordering::SeqCst);
+    // SAFETY: as above; the old limit back.
+    unsafe {
+        libc::setrlimit(libc::RLIMIT_AS, &cur);
+    }
+    leave_tx.send(()).unwrap();
+    reader.join().unwrap();
+    eprintln!(
+        "kvfree_rcu_mightsleep panicked: {}; dropped while a global reader was in its \
+         section: {n}",
+        r.is_err()
+    );
+    assert_eq!(
+        n, 0,
+        "the object was dropped while a reader of the global RCU that began before the \
+         retire was still in its section"
+    );
+}
+
+#[test]
+fn review_h_child_global_mightsleep_build_failure() {
+    if in_child() {
+        global_mightsleep_build_failure_body();
+    }
+}
+
+/// `krcu::kvfree_rcu_mightsleep(obj)` is `Krcu::global().kvfree_rcu_mightsleep(obj)`:
+/// the `Box` stays a local of the free function while `Krcu::global()`
+/// builds the process-wide instance. When that build fails (here: no
+/// address space for the arena; equally no thread), `Krcu::global()`
+/// panics ("cannot build the default instance") and the unwind drops the
+/// `Box`: the object is freed at once while a reader of the global RCU
+/// (which exists, and whose sections hold retired objects off) is still
+/// in a section that began before the retire. `krcu::kfree_rcu`,
+/// `krcu::defer` and the cells leak the box before building (a panic then
+/// leaks, never frees).
+#[test]
+fn review_h_global_mightsleep_build_failure_frees_at_once() {
+    if in_child() {
+        return;
+    }
+    let (passed, out) = run_isolated(
+        "review_h_child_global_mightsleep_build_failure",
+        Duration::from_secs(30),
+    );
+    assert!(passed, "{out}");
+}
