@@ -339,7 +339,6 @@ fn review_h_clear_allocates_on_a_threads_first_retire() {
 // ---------------------------------------------------------------------
 // Helpers kept for the findings below.
 
-#[allow(dead_code)]
 fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
     let start = Instant::now();
     while !f() {
@@ -428,6 +427,95 @@ fn review_h_global_mightsleep_build_failure_frees_at_once() {
     }
     let (passed, out) = run_isolated(
         "review_h_child_global_mightsleep_build_failure",
+        Duration::from_secs(30),
+    );
+    assert!(passed, "{out}");
+}
+
+// ---------------------------------------------------------------------
+// Finding 6: the reaper logs under the registry lock; a tracing
+// subscriber that reads under RCU deadlocks every later registration.
+
+/// A `tracing` subscriber that reads under the process-wide RCU in every
+/// event (as a filter kept in an `RcuCell` would).
+struct ReadsUnderRcu;
+
+/// Set once the global instance is built (building it logs too).
+static ARMED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+impl tracing::Subscriber for ReadsUnderRcu {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, _: &tracing::Event<'_>) {
+        if ARMED.load(Ordering::SeqCst) {
+            let _g = krcu::rcu::read_lock();
+        }
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+fn reaper_logs_under_registry_lock_body() {
+    tracing::subscriber::set_global_default(ReadsUnderRcu).unwrap();
+    let _ = krcu::rcu::global();
+    ARMED.store(true, Ordering::SeqCst);
+    // A thread leaks a guard of the global instance and exits: its section
+    // is to be abandoned (a stall, by design).
+    std::thread::spawn(|| std::mem::forget(krcu::rcu::read_lock()))
+        .join()
+        .unwrap();
+    // A grace period on the worker finds the orphan and abandons it,
+    // logging an error with the registry lock (`free`) held.
+    krcu::rcu::call_rcu_box(obj());
+    wait_for("the section to be abandoned", Duration::from_secs(10), || {
+        krcu::rcu::global().stats().abandoned_sections == 1
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    // Grace periods stall (documented); readers must still work.
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        drop(krcu::rcu::read_lock());
+        let _ = tx.send(());
+    });
+    let ok = rx.recv_timeout(Duration::from_secs(5)).is_ok();
+    eprintln!("a new thread's first read_lock finished: {ok}");
+    assert!(
+        ok,
+        "a new thread's first read_lock blocked: the registry lock is held for good"
+    );
+}
+
+#[test]
+fn review_h_child_reaper_logs_under_registry_lock() {
+    if in_child() {
+        reaper_logs_under_registry_lock_body();
+    }
+}
+
+/// `Readers::reap_locked` runs with the registry lock (`free`) held and
+/// logs there (`tracing::error!` when it abandons a section,
+/// `tracing::warn!` when it ends one at teardown). A `tracing` subscriber
+/// runs on the logging thread, inside that lock: if it reads under the
+/// same RCU instance on a thread not registered yet (the RCU worker, or a
+/// thread in its first `read_lock`, which reaps before growing the
+/// registry), its registration takes `free` again and the thread
+/// deadlocks holding it. From then on every first `read_lock` of a new
+/// thread (and `register_thread`, and a `fork`'s prepare handler) blocks
+/// for good: a documented stall of grace periods becomes a hang of
+/// readers, which krcu promises stay wait-free.
+#[test]
+fn review_h_reaper_logs_under_registry_lock_hangs_readers() {
+    if in_child() {
+        return;
+    }
+    let (passed, out) = run_isolated(
+        "review_h_child_reaper_logs_under_registry_lock",
         Duration::from_secs(30),
     );
     assert!(passed, "{out}");
