@@ -520,3 +520,75 @@ fn review_h_reaper_logs_under_registry_lock_hangs_readers() {
     );
     assert!(passed, "{out}");
 }
+
+// ---------------------------------------------------------------------
+// Finding 1, with the default report handler: a broken stderr.
+
+fn mightsleep_default_handler_broken_stderr_body() {
+    // Default settings: in debug builds the validator is on and reports
+    // are printed (`ReportHandler::PrintOnce`, `eprintln!`).
+    let k = Krcu::builder().arena_size(16 << 20).build().unwrap();
+    // Standard error is a pipe whose reader has gone (say `prog 2>&1 |
+    // head` after `head` exits); Rust ignores SIGPIPE, so a write fails
+    // with EPIPE and `eprintln!` panics.
+    let mut fds = [0; 2];
+    // SAFETY: pipe with a valid two-int array; dup2 and close on the fds
+    // it returned and on fd 2, which this process owns.
+    unsafe {
+        assert_eq!(libc::pipe(fds.as_mut_ptr()), 0);
+        libc::close(fds[0]);
+        assert_eq!(libc::dup2(fds[1], 2), 2);
+        libc::close(fds[1]);
+    }
+    let dropped = Arc::new(AtomicUsize::new(0));
+    let (entered_tx, entered_rx) = mpsc::channel::<()>();
+    let (leave_tx, leave_rx) = mpsc::channel::<()>();
+    let (panicked, n) = std::thread::scope(|s| {
+        let k = &k;
+        s.spawn(move || {
+            let _g = k.rcu().read_lock();
+            entered_tx.send(()).unwrap();
+            let _ = leave_rx.recv_timeout(Duration::from_secs(30));
+        });
+        entered_rx.recv().unwrap();
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _atomic = krcu::context::preempt_disable();
+            k.kvfree_rcu_mightsleep(Box::new(Counted(dropped.clone())))
+        }));
+        let n = dropped.load(Ordering::SeqCst);
+        leave_tx.send(()).unwrap();
+        (r.is_err(), n)
+    });
+    // (Standard error is gone: the verdict goes to standard output.)
+    println!(
+        "VERDICT kvfree_rcu_mightsleep panicked: {panicked}; dropped while the reader was in \
+         its section: {n}"
+    );
+    assert_eq!(n, 0);
+}
+
+#[test]
+fn review_h_child_mightsleep_default_handler_broken_stderr() {
+    if in_child() {
+        mightsleep_default_handler_broken_stderr_body();
+    }
+}
+
+/// Finding 1 needs no strict mode: with the default settings of a debug
+/// build (validator on, `ReportHandler::PrintOnce`), the report is printed
+/// with `eprintln!`, which panics when standard error is a broken pipe
+/// (Rust ignores SIGPIPE). `kvfree_rcu_mightsleep` called with preemption
+/// disabled then frees its object at once, under a reader of the
+/// instance that began before the retire.
+#[test]
+fn review_h_mightsleep_default_handler_broken_stderr_frees_at_once() {
+    if in_child() {
+        return;
+    }
+    let (passed, out) = run_isolated(
+        "review_h_child_mightsleep_default_handler_broken_stderr",
+        Duration::from_secs(30),
+    );
+    let verdict = out.lines().find(|l| l.contains("VERDICT")).unwrap_or("");
+    assert!(passed, "{verdict}\n{out}");
+}
