@@ -253,6 +253,35 @@ fn review_h_child_rcu_drop_after_live_thread_leaks_guard() {
 }
 
 fn krcu_drop_after_live_thread_leaks_guard_body() {
+    let k = Arc::new(Krcu::builder().arena_size(16 << 20).build().unwrap());
+    let (leaked_tx, leaked_rx) = mpsc::channel::<()>();
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+    let k2 = k.clone();
+    // Another thread, alive throughout, leaks a guard of k's RCU and lets
+    // go of its Arc.
+    let t = std::thread::spawn(move || {
+        std::mem::forget(k2.rcu().read_lock());
+        drop(k2);
+        leaked_tx.send(()).unwrap();
+        let _ = done_rx.recv_timeout(Duration::from_secs(60));
+    });
+    leaked_rx.recv().unwrap();
+    k.kfree_rcu(obj()).unwrap();
+    eprintln!("dropping the Krcu");
+    drop(k);
+    eprintln!("Krcu dropped");
+    done_tx.send(()).unwrap();
+    t.join().unwrap();
+}
+
+#[test]
+fn review_h_child_krcu_drop_after_live_thread_leaks_guard() {
+    if in_child() {
+        krcu_drop_after_live_thread_leaks_guard_body();
+    }
+}
+
+fn krcu_drop_after_own_thread_leaks_guard_body() {
     let k = Krcu::builder().arena_size(16 << 20).build().unwrap();
     std::mem::forget(k.rcu().read_lock());
     k.kfree_rcu(obj()).unwrap();
@@ -262,9 +291,9 @@ fn krcu_drop_after_live_thread_leaks_guard_body() {
 }
 
 #[test]
-fn review_h_child_krcu_drop_after_live_thread_leaks_guard() {
+fn review_h_child_krcu_drop_after_own_thread_leaks_guard() {
     if in_child() {
-        krcu_drop_after_live_thread_leaks_guard_body();
+        krcu_drop_after_own_thread_leaks_guard_body();
     }
 }
 
@@ -289,7 +318,8 @@ fn review_h_rcu_drop_after_live_thread_leaks_guard_hangs() {
 }
 
 /// As above, for a `Krcu` (its teardown's kvfree barrier waits for a grace
-/// period of its RCU).
+/// period of its RCU): another thread, alive throughout, leaked a guard of
+/// its RCU and dropped its `Arc`; dropping the last `Arc` hangs.
 #[test]
 fn review_h_krcu_drop_after_live_thread_leaks_guard_hangs() {
     if in_child() {
@@ -300,6 +330,26 @@ fn review_h_krcu_drop_after_live_thread_leaks_guard_hangs() {
         Duration::from_secs(30),
     );
     assert!(passed, "dropping the Krcu did not finish: {out}");
+}
+
+/// The same on the dropping thread itself: the guard it leaked still
+/// counts as its open section, so `Drop for Krcu` runs its teardown inline
+/// and the kvfree barrier's `rcu_barrier` panics ("called inside an RCU
+/// read-side critical section of the same instance") halfway through the
+/// teardown: the workers are already stopped and joined, the queued
+/// objects are never freed, the spare blocks and the shrinker are not
+/// released. No guard can be alive at that point (the drop needs every
+/// borrow over).
+#[test]
+fn review_h_krcu_drop_after_own_thread_leaks_guard_panics() {
+    if in_child() {
+        return;
+    }
+    let (passed, out) = run_isolated(
+        "review_h_child_krcu_drop_after_own_thread_leaks_guard",
+        Duration::from_secs(30),
+    );
+    assert!(passed, "dropping the Krcu did not finish cleanly: {out}");
 }
 
 // ---------------------------------------------------------------------
