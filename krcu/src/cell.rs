@@ -298,8 +298,11 @@ impl<T, V> core::fmt::Debug for CompareExchangeError<'_, T, V> {
 /// [`compare_exchange`](Self::compare_exchange) allocate that box, so they
 /// refuse on a real-time thread and in hardirq context
 /// ([`UpdateError`]); there, publish an [`RcuBox`] prepared beforehand
-/// with the `_box` forms, which allocate nothing. Retiring (every update,
-/// [`clear`](Self::clear), dropping the cell) never allocates.
+/// with the `_box` forms, which allocate nothing there. Retiring (every
+/// update, [`clear`](Self::clear), dropping the cell) allocates nothing on
+/// a real-time thread or in hardirq context; elsewhere a thread's first
+/// retire may set up its per-thread state (and the first in the process
+/// builds the process-wide instance).
 ///
 /// A leaked guard (`Box::leak(Box::new(read_lock()))`) holds its section
 /// open for good, even after its thread exits: references loaded under it
@@ -516,8 +519,9 @@ impl<T: Send + Sync + 'static, I: CellInstance> RcuCell<T, I> {
         Ok(())
     }
 
-    /// [`store`](Self::store) of a value boxed beforehand: no allocation,
-    /// so it may be called on a real-time thread and in hardirq context.
+    /// [`store`](Self::store) of a value boxed beforehand: it boxes
+    /// nothing, so it may be called on a real-time thread and in hardirq
+    /// context, where it allocates nothing.
     ///
     /// # Errors
     /// In NMI context it refuses before it swaps and hands the box back.
@@ -539,7 +543,8 @@ impl<T: Send + Sync + 'static, I: CellInstance> RcuCell<T, I> {
     }
 
     /// Empties the cell, retiring its value with `kfree_rcu`. Allocates
-    /// nothing.
+    /// nothing on a real-time thread or in hardirq context (see the type's
+    /// docs for a thread's first retire elsewhere).
     ///
     /// # Errors
     /// In NMI context it refuses before it swaps (`()` is handed back).

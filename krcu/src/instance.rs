@@ -497,9 +497,11 @@ impl Krcu {
         if self.engine.refuse_nmi() {
             return Err(InNmi(obj));
         }
+        // Ours before any report: a report handler that panics then leaks
+        // the object rather than free it under a reader.
+        let raw = Box::into_raw(obj);
         self.domain().might_sleep();
         let ctx = context::kind();
-        let raw = Box::into_raw(obj);
         // SAFETY: a leaked Box<T> handed over here, on the channel of Box<T>.
         let queued = unsafe {
             self.engine
@@ -875,7 +877,16 @@ pub fn register_thread() -> crate::rcu::GlobalReaderHandle {
 /// [`Krcu::kvfree_rcu_mightsleep`] on the process-wide instance.
 #[track_caller]
 pub fn kvfree_rcu_mightsleep<T: Send + 'static>(obj: Box<T>) -> Result<(), InNmi<T>> {
-    Krcu::global().kvfree_rcu_mightsleep(obj)
+    if context::in_nmi() {
+        return Err(InNmi(obj));
+    }
+    // Leaked while the instance is built: a build that fails (panics)
+    // leaks the object rather than free it under a reader.
+    let raw = Box::into_raw(obj);
+    let krcu = Krcu::global();
+    // SAFETY: `raw` came from Box::into_raw just above and nothing else
+    // took it: it is the caller's Box again.
+    krcu.kvfree_rcu_mightsleep(unsafe { Box::from_raw(raw) })
 }
 
 /// [`Krcu::kvfree_rcu_barrier`] on the process-wide instance. Before the

@@ -256,7 +256,11 @@ impl Validator {
                 if report.dropped > 0
                     || matches!(self.printed.insert(h), Slot::Inserted(_) | Slot::Full)
                 {
-                    eprintln!("{}", report.text);
+                    // Never eprintln!: it panics when stderr is gone (a
+                    // closed pipe), and a report must never unwind into
+                    // the caller it describes.
+                    use std::io::Write as _;
+                    let _ = writeln!(std::io::stderr().lock(), "{}", report.text);
                 }
             }
             ReportHandler::Collect(log) => report::push(log, report),

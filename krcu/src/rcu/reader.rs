@@ -149,6 +149,35 @@ impl ThreadInfo {
     }
 }
 
+/// What a reap did to sections of gone threads, logged once the registry
+/// lock is released.
+#[derive(Default)]
+#[must_use = "log it (emit) once the registry lock is released"]
+struct ReapLog {
+    /// Threads whose open section was abandoned.
+    abandoned: Vec<i32>,
+    /// Threads whose open section was ended (the instance is torn down).
+    ended: Vec<i32>,
+}
+
+impl ReapLog {
+    fn emit(self) {
+        for tid in self.abandoned {
+            tracing::error!(
+                "krcu: thread {tid} exited inside an RCU read-side section (a leaked \
+                 guard); the section is never ended: grace periods of this instance \
+                 stall until it is torn down"
+            );
+        }
+        for tid in self.ended {
+            tracing::warn!(
+                "krcu: thread {tid} left an RCU read-side section open (a leaked guard); \
+                 ended as its instance is torn down"
+            );
+        }
+    }
+}
+
 /// One reader slot: the handshake word and who owns it.
 pub(crate) struct Slot {
     /// The reader's word ([`handshake`]): zero outside read-side sections.
@@ -280,9 +309,10 @@ impl Readers {
     /// Takes a slot for the calling thread: its index and tenure.
     fn acquire_slot(&self) -> (usize, u64) {
         let mut free = self.lock_free();
+        let mut log = ReapLog::default();
         if free.is_empty() && self.orphans.load(Ordering::Relaxed) != 0 {
             // Before growing, free the orphans of threads that are gone.
-            self.reap_locked(&mut free);
+            log = self.reap_locked(&mut free);
         }
         let i = match free.pop() {
             Some(i) => i,
@@ -325,6 +355,7 @@ impl Readers {
         self.slot(i).tenure.store(tenure, Ordering::Relaxed);
         self.in_use.fetch_add(1, Ordering::Relaxed);
         drop(free);
+        log.emit();
         (i, tenure)
     }
 
@@ -417,7 +448,9 @@ impl Readers {
     #[cold]
     pub(crate) fn reap_orphans(&self) {
         let mut free = self.lock_free();
-        self.reap_locked(&mut free);
+        let log = self.reap_locked(&mut free);
+        drop(free);
+        log.emit();
     }
 
     /// With `free` held: each orphan whose owning thread no longer exists
@@ -428,7 +461,10 @@ impl Readers {
     /// by a leaked guard, and references loaded under a leaked guard of a
     /// `'static` instance may live on in other threads (see the module
     /// doc). Grace periods stall on it until the instance is torn down
-    /// ([`Readers::end_abandoned`]); an error says so, once per slot.
+    /// ([`Readers::begin_teardown`]); an error says so, once per slot.
+    /// What it did is returned, to be logged once `free` is released (a
+    /// `tracing` subscriber may read under RCU, and a thread's first read
+    /// takes `free`).
     ///
     /// The check never frees early: `ESRCH` means no thread of this
     /// process has the tid, so the owner (which had it, in this process:
@@ -447,9 +483,10 @@ impl Readers {
     /// the `ESRCH` that the tid lookup (under its own locks and RCU)
     /// returns here; the Acquire load below pairs with that store anyway,
     /// so it sees the section closed if it was.
-    fn reap_locked(&self, free: &mut Vec<usize>) {
+    fn reap_locked(&self, free: &mut Vec<usize>) -> ReapLog {
+        let mut log = ReapLog::default();
         if self.orphans.load(Ordering::Relaxed) == 0 {
-            return;
+            return log;
         }
         // SAFETY: getpid has no preconditions.
         let pid = unsafe { libc::getpid() };
@@ -476,24 +513,18 @@ impl Readers {
                 // Release: publishes the end as `read_unlock` would.
                 slot.ctr.store(0, Ordering::Release);
                 self.release_in(free, i);
-                tracing::warn!(
-                    "krcu: thread {tid} exited inside an RCU read-side section of an \
-                     instance being torn down; the section is ended"
-                );
+                log.ended.push(tid);
             } else if open {
                 slot.orphan.store(false, Ordering::Relaxed);
                 self.orphans.fetch_sub(1, Ordering::Relaxed);
                 slot.abandoned.store(true, Ordering::Relaxed);
                 self.abandoned.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(
-                    "krcu: thread {tid} exited inside an RCU read-side section (a \
-                     leaked guard); the section is never ended: grace periods of \
-                     this instance stall until it is torn down"
-                );
+                log.abandoned.push(tid);
             } else {
                 self.release_in(free, i);
             }
         }
+        log
     }
 
     /// How many sections were abandoned (see [`Readers::reap_locked`]).
@@ -501,29 +532,36 @@ impl Readers {
         self.abandoned.load(Ordering::Relaxed)
     }
 
-    /// The instance is being torn down: ends every abandoned section and
-    /// frees its slot, and from now on ends (rather than abandons) the
-    /// open section of any thread found gone, so that the grace periods
-    /// the teardown still runs (the kvfree barrier, the worker finishing
-    /// its queue) do not stall on them. Only at teardown, when no borrow of
-    /// the instance, hence no reference loaded under one of its guards, is
-    /// left: guards and handles borrow their instance, cells hold it, and
-    /// an instance borrowed for `'static` is never torn down. The Release
-    /// stores publish each end as `read_unlock` would.
+    /// The instance is being torn down: ends every section still open, so
+    /// that the grace periods the teardown still runs (the kvfree barrier,
+    /// the worker finishing its queue) do not stall on them, and from now
+    /// on ends (rather than abandons) the open section of any thread found
+    /// gone. Abandoned slots are freed; the slots of live threads (a guard
+    /// they leaked with `mem::forget`) and of gone threads whose slot a
+    /// leaked handle kept out of the orphan list only have their section
+    /// ended, and are released as usual (or with the registry).
+    ///
+    /// Sound only at teardown: no borrow of the instance is left, hence no
+    /// guard and no reference loaded under one (guards and handles borrow
+    /// their instance, cells hold it, and an instance borrowed for
+    /// `'static` is never torn down), so every section still open was
+    /// leaked. The Release stores publish each end as `read_unlock` would.
     pub(crate) fn begin_teardown(&self) {
         self.torn_down.store(true, Ordering::Relaxed);
         let mut free = self.lock_free();
-        self.reap_locked(&mut free);
-        if self.abandoned.load(Ordering::Relaxed) == 0 {
-            return;
-        }
+        let mut log = self.reap_locked(&mut free);
         for i in 0..self.len() {
             let slot = self.slot(i);
             if slot.abandoned.load(Ordering::Relaxed) {
                 slot.ctr.store(0, Ordering::Release);
                 self.release_in(&mut free, i);
+            } else if handshake::active(slot.ctr.load(Ordering::Relaxed)) {
+                slot.ctr.store(0, Ordering::Release);
+                log.ended.push(slot.tid.load(Ordering::Relaxed));
             }
         }
+        drop(free);
+        log.emit();
     }
 
     /// Makes the calling thread's open slot `i` an orphan: no longer
