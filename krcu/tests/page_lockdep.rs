@@ -3,11 +3,13 @@
 //! the modes that avoid it.
 #![cfg(any(debug_assertions, feature = "lockdep"))]
 
+mod common;
+
 use krcu::Domain;
 use krcu::context::{self, PreemptModel};
 use krcu::lock::RawSpinLock;
 use krcu::lockdep::{ReportHandler, ReportKind, ReportLog};
-use krcu::page::{Gfp, PageAllocator, PageConfig, Watermarks};
+use krcu::page::{Gfp, PageAllocator, Watermarks};
 use std::sync::Arc;
 
 fn setup(model: PreemptModel, nesting_proof: bool) -> (Domain, ReportLog, Arc<PageAllocator>) {
@@ -19,16 +21,7 @@ fn setup(model: PreemptModel, nesting_proof: bool) -> (Domain, ReportLog, Arc<Pa
         .lockdep(true)
         .report_handler(ReportHandler::Collect(log.clone()))
         .build();
-    let pa = PageAllocator::new(
-        &d,
-        PageConfig {
-            arena_size: 4 << 20,
-            watermarks: Some(Watermarks::NONE),
-            kswapd: false,
-            ..PageConfig::default()
-        },
-    )
-    .unwrap();
+    let pa = common::pages::quiet_allocator(&d, 4 << 20, Watermarks::NONE);
     (d, log, pa)
 }
 

@@ -324,19 +324,10 @@ impl Drop for PanicOnDrop {
 
 #[test]
 fn slab_free_with_panicking_destructor_loses_no_object() {
-    use krcu::page::{Gfp, PageAllocator, PageConfig, Watermarks};
+    use krcu::page::{Gfp, Watermarks};
     use krcu::slab::SlabCache;
     let d = Domain::builder().cpus(1).build();
-    let pa = PageAllocator::new(
-        &d,
-        PageConfig {
-            arena_size: 16 << 20,
-            watermarks: Some(Watermarks::NONE),
-            kswapd: false,
-            ..PageConfig::default()
-        },
-    )
-    .unwrap();
+    let pa = common::pages::quiet_allocator(&d, 16 << 20, Watermarks::NONE);
     let cache = SlabCache::<PanicOnDrop>::new(&pa, "boom").unwrap();
     let good = cache
         .alloc(Gfp::KERNEL, PanicOnDrop(1, false))

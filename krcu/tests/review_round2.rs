@@ -4,9 +4,8 @@
 mod common;
 
 use krcu::Domain;
-use krcu::page::{Gfp, PageAllocator, PageConfig, Watermarks};
+use krcu::page::Gfp;
 use krcu::slab::SlabCache;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Runs this test binary's test `name` alone in a new process with
@@ -81,20 +80,6 @@ fn fork_from_a_thread_local_destructor_after_an_earlier_fork() {
     rcu.synchronize();
 }
 
-fn pages() -> Arc<PageAllocator> {
-    let d = Domain::builder().cpus(1).build();
-    PageAllocator::new(
-        &d,
-        PageConfig {
-            arena_size: 4 << 20,
-            watermarks: Some(Watermarks::NONE),
-            kswapd: false,
-            ..PageConfig::default()
-        },
-    )
-    .unwrap()
-}
-
 /// Finding 2: a bad free inside a `free_bulk` batch panics (debug builds)
 /// after the objects before it were marked free and dropped, but before
 /// any of them goes back to its slab: they are lost, and their slab can
@@ -102,7 +87,7 @@ fn pages() -> Arc<PageAllocator> {
 #[test]
 #[cfg(debug_assertions)]
 fn a_bad_free_in_free_bulk_loses_the_good_objects_before_it() {
-    let pa = pages();
+    let pa = common::pages::allocator_on_cpus(1, 4 << 20);
     let cache = SlabCache::<u64>::new(&pa, "bulk-bad").unwrap();
     let a = cache.alloc(Gfp::KERNEL, 1).unwrap();
     let b = cache.alloc(Gfp::KERNEL, 2).unwrap();

@@ -3,9 +3,8 @@
 mod common;
 
 use krcu::Domain;
-use krcu::page::{Gfp, PageAllocator, PageConfig, Watermarks};
+use krcu::page::Gfp;
 use krcu::slab::SlabCache;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Runs this test binary's test `name` alone in a new process with
@@ -21,20 +20,6 @@ fn run_isolated(name: &str, limit: Duration) -> (bool, String) {
 
 fn in_child() -> bool {
     std::env::var_os("REVIEW_ROUND3_CHILD").is_some()
-}
-
-fn pages() -> Arc<PageAllocator> {
-    let d = Domain::builder().cpus(1).build();
-    PageAllocator::new(
-        &d,
-        PageConfig {
-            arena_size: 4 << 20,
-            watermarks: Some(Watermarks::NONE),
-            kswapd: false,
-            ..PageConfig::default()
-        },
-    )
-    .unwrap()
 }
 
 /// A panic payload whose own destructor panics.
@@ -69,7 +54,7 @@ impl Drop for PanicsOnDrop {
 #[test]
 fn free_bulk_with_a_panicking_destructor_and_a_bad_free_does_not_abort() {
     if in_child() {
-        let pa = pages();
+        let pa = common::pages::allocator_on_cpus(1, 4 << 20);
         let cache = SlabCache::<PanicsOnDrop>::new(&pa, "nasty").unwrap();
         let freed = cache.alloc(Gfp::KERNEL, PanicsOnDrop(0)).unwrap();
         let mut forgot = false;

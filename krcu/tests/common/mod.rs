@@ -1,9 +1,11 @@
 //! Shared test machinery: objects that know whether they were freed, once,
 //! and after every reader was done; a pool to hand them out without
-//! allocating (for signal handlers); and a real signal source.
+//! allocating (for signal handlers); and a real signal source. Child
+//! processes are in [`child`], test page allocators in [`pages`].
 #![allow(dead_code)]
 
 pub mod child;
+pub mod pages;
 
 use krcu::Krcu;
 use krcu::rcu::{HasRcuHead, RcuHead};
