@@ -9,6 +9,8 @@
 
 mod common;
 
+use common::counting_alloc::{CountingAlloc, thread_allocs};
+
 use krcu::page::Gfp;
 use krcu::rcu::{HasRcuHead, RcuHead};
 use krcu::{Assist, Krcu};
@@ -17,32 +19,11 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// Counts heap allocations made while the calling thread is inside the
-/// test's signal handler (a const thread-local flag: signal-safe).
-struct Counting;
-
-thread_local! {
-    static IN_HANDLER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-static HANDLER_ALLOCS: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: forwards to the system allocator; only counts.
-unsafe impl std::alloc::GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
-        if IN_HANDLER.try_with(std::cell::Cell::get).unwrap_or(false) {
-            HANDLER_ALLOCS.fetch_add(1, SeqCst);
-        }
-        // SAFETY: forwarded.
-        unsafe { std::alloc::System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
-        // SAFETY: forwarded.
-        unsafe { std::alloc::System.dealloc(ptr, layout) }
-    }
-}
-
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: CountingAlloc = CountingAlloc;
+
+/// Heap allocations the test's signal handler made on its thread.
+static HANDLER_ALLOCS: AtomicUsize = AtomicUsize::new(0);
 
 struct Node {
     freed: Arc<AtomicUsize>,
@@ -453,7 +434,7 @@ static SIG_NODE: std::sync::atomic::AtomicPtr<Node> =
 static SIG_DONE: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn retire_from_handler(_: libc::c_int) {
-    IN_HANDLER.with(|f| f.set(true));
+    let allocs_before = thread_allocs();
     let _hardirq = krcu::context::enter_hardirq();
     let p = SIG_NODE.swap(core::ptr::null_mut(), SeqCst);
     if !p.is_null() {
@@ -462,7 +443,8 @@ extern "C" fn retire_from_handler(_: libc::c_int) {
         let _ = krcu::kfree_rcu(obj);
     }
     SIG_DONE.store(true, SeqCst);
-    IN_HANDLER.with(|f| f.set(false));
+    let made = thread_allocs() - allocs_before;
+    HANDLER_ALLOCS.fetch_add(made as usize, SeqCst);
 }
 
 /// `krcu::kfree_rcu` (the free function) promises what `Krcu::kfree_rcu`

@@ -7,58 +7,17 @@
 
 mod common;
 
+use common::counting_alloc::{CountingAlloc, allocs_during};
+
 use krcu::Krcu;
 use krcu::rcu::{HasRcuHead, RcuHead};
-use std::cell::Cell;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::time::Duration;
 
-/// Counts the heap allocations of the calling thread while its `COUNTING`
-/// flag is set (a const thread-local: no registration, no allocation).
-struct Counting;
-
-thread_local! {
-    static COUNTING: Cell<bool> = const { Cell::new(false) };
-    static ALLOCS: Cell<u64> = const { Cell::new(0) };
-}
-
-fn note_alloc() {
-    if COUNTING.try_with(Cell::get).unwrap_or(false) {
-        let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
-    }
-}
-
-// SAFETY: forwards to the system allocator; only counts.
-unsafe impl std::alloc::GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
-        note_alloc();
-        // SAFETY: forwarded.
-        unsafe { std::alloc::System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
-        // SAFETY: forwarded.
-        unsafe { std::alloc::System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new: usize) -> *mut u8 {
-        note_alloc();
-        // SAFETY: forwarded.
-        unsafe { std::alloc::System.realloc(ptr, layout, new) }
-    }
-}
-
 #[global_allocator]
-static GLOBAL: Counting = Counting;
-
-/// Runs `f` with this thread's allocations counted; returns how many.
-fn count_allocs(f: impl FnOnce()) -> u64 {
-    ALLOCS.with(|c| c.set(0));
-    COUNTING.with(|c| c.set(true));
-    f();
-    COUNTING.with(|c| c.set(false));
-    ALLOCS.with(Cell::get)
-}
+static GLOBAL: CountingAlloc = CountingAlloc;
 
 struct Node {
     freed: Arc<AtomicUsize>,
@@ -128,7 +87,7 @@ fn inner_rt_thread_free_kfree_rcu_builds_nothing() {
     let _reader = k.register_thread();
     assert!(krcu::context::is_realtime());
     let before = threads();
-    let allocs = count_allocs(|| {
+    let allocs = allocs_during(|| {
         krcu::kfree_rcu(obj).unwrap();
     });
     let spawned = threads() - before;
@@ -162,7 +121,7 @@ fn inner_atomic_free_kfree_rcu_builds_nothing() {
     let allocs = {
         let _g = raw.lock();
         assert!(krcu::context::in_atomic());
-        count_allocs(|| {
+        allocs_during(|| {
             krcu::kfree_rcu(obj).unwrap();
         })
     };

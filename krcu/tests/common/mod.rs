@@ -1,10 +1,12 @@
 //! Shared test machinery: objects that know whether they were freed, once,
 //! and after every reader was done; a pool to hand them out without
 //! allocating (for signal handlers); and a real signal source. Child
-//! processes are in [`child`], test page allocators in [`pages`].
+//! processes are in [`child`], test page allocators in [`pages`], the
+//! counting global allocator in [`counting_alloc`].
 #![allow(dead_code)]
 
 pub mod child;
+pub mod counting_alloc;
 pub mod pages;
 
 use krcu::Krcu;
