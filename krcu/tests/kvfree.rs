@@ -12,7 +12,7 @@ use krcu::lockdep::ReportKind;
 use krcu::lockdep::{ReportHandler, ReportLog};
 use krcu::page::FaultSites;
 use krcu::{Krcu, KvfreeConfig, Policy};
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering::*};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU8, AtomicU64, Ordering::*};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
@@ -331,6 +331,30 @@ fn mightsleep_is_reported_where_it_may_not_sleep() {
     assert_eq!(drops.load(SeqCst), 2);
 }
 
+/// [`DropWitness::verdict`]: not dropped yet, dropped while the reader
+/// was inside its section, dropped after it left.
+const NOT_DROPPED: u8 = 0;
+const DROPPED_UNDER_READER: u8 = 1;
+const DROPPED_AFTER_READER: u8 = 2;
+
+/// Records, when dropped, whether the reader it was retired under had
+/// left its section (`reader_left` is set just before it leaves).
+struct DropWitness {
+    reader_left: Arc<AtomicBool>,
+    verdict: Arc<AtomicU8>,
+}
+
+impl Drop for DropWitness {
+    fn drop(&mut self) {
+        let v = if self.reader_left.load(SeqCst) {
+            DROPPED_AFTER_READER
+        } else {
+            DROPPED_UNDER_READER
+        };
+        self.verdict.store(v, SeqCst);
+    }
+}
+
 #[test]
 fn mightsleep_without_any_block_waits_and_frees_inline() {
     let log = ReportLog::new();
@@ -347,6 +371,35 @@ fn mightsleep_without_any_block_waits_and_frees_inline() {
         );
     }
     assert_eq!(k.stats().inline_synchronize, 10);
+
+    // With no reader anywhere, a missing grace period would pass the loop
+    // above. Hold a reader in another thread: the inline free must wait
+    // until it has left its section.
+    let reader_left = Arc::new(AtomicBool::new(false));
+    let verdict = Arc::new(AtomicU8::new(NOT_DROPPED));
+    let inside = Barrier::new(2);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let reader = k.rcu().register_thread();
+            let guard = reader.read_lock();
+            inside.wait();
+            std::thread::sleep(Duration::from_millis(200));
+            reader_left.store(true, SeqCst);
+            drop(guard);
+        });
+        inside.wait();
+        k.kvfree_rcu_mightsleep(Box::new(DropWitness {
+            reader_left: reader_left.clone(),
+            verdict: verdict.clone(),
+        }))
+        .unwrap();
+        assert_eq!(
+            verdict.load(SeqCst),
+            DROPPED_AFTER_READER,
+            "freed inline while a reader was still inside its section"
+        );
+    });
+    assert_eq!(k.stats().inline_synchronize, 11);
     k.pages().faults().clear();
     // With allocations working again it allocates a block outside the lock.
     k.kvfree_rcu_mightsleep(Box::new(Counted(10, drops.clone())))
