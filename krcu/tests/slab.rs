@@ -5,11 +5,11 @@ mod common;
 
 use common::pages::{allocator_on_cpus, assert_all_pages_back};
 use krcu::Domain;
-use krcu::page::{Gfp, PAGE_SIZE, Watermarks};
+use krcu::page::{Gfp, PAGE_SIZE, PageAllocator, Watermarks};
 use krcu::slab::{SlabCache, SlabError};
 use std::ptr::NonNull;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 #[test]
 fn alloc_free_and_empty_slabs_go_back() {
@@ -167,37 +167,89 @@ fn slab_double_free_panics_in_debug_builds() {
     }
 }
 
+/// Which objects are live: one bit per 8 bytes of the arena, set while an
+/// object starting there is handed out. A slot handed out twice, to one
+/// thread or two, finds its bit already set.
+struct LiveObjects {
+    pa: Arc<PageAllocator>,
+    bits: Vec<AtomicU64>,
+}
+
+impl LiveObjects {
+    const GRAIN: usize = 8;
+
+    fn new(pa: &Arc<PageAllocator>) -> LiveObjects {
+        let grains = pa.total_pages() * PAGE_SIZE / Self::GRAIN;
+        LiveObjects {
+            pa: Arc::clone(pa),
+            bits: (0..grains.div_ceil(64))
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+        }
+    }
+
+    fn bit_of(&self, p: *const u8) -> (usize, u64) {
+        let pfn = self.pa.pfn_of(p).expect("an object outside the arena");
+        let grain = (pfn * PAGE_SIZE + p as usize % PAGE_SIZE) / Self::GRAIN;
+        (grain / 64, 1 << (grain % 64))
+    }
+
+    /// `p` was just handed out: no live object may start there.
+    fn claim(&self, p: *const u8) {
+        let (word, bit) = self.bit_of(p);
+        let prev = self.bits[word].fetch_or(bit, Ordering::AcqRel);
+        assert_eq!(prev & bit, 0, "{p:p} handed out while still live");
+    }
+
+    /// `p` is about to be freed: it was live.
+    fn release(&self, p: *const u8) {
+        let (word, bit) = self.bit_of(p);
+        let prev = self.bits[word].fetch_and(!bit, Ordering::AcqRel);
+        assert_ne!(prev & bit, 0, "{p:p} freed but not live");
+    }
+}
+
 #[test]
 fn threads_share_a_cache() {
+    // Every object holds (id, !id), with the id unique per thread and
+    // object; the owner checks it before every free, and the live set
+    // checks no address is handed out twice while live.
     let pa = allocator_on_cpus(2, 16 << 20);
     let cache = Arc::new(SlabCache::<(u64, u64)>::new(&pa, "pairs").unwrap());
+    let live = Arc::new(LiveObjects::new(&pa));
     let workers: Vec<_> = (0..3u64)
         .map(|t| {
-            let cache = Arc::clone(&cache);
+            let (cache, live) = (Arc::clone(&cache), Arc::clone(&live));
             std::thread::spawn(move || {
-                let mut held: Vec<NonNull<(u64, u64)>> = Vec::new();
+                let intact = |&(p, id): &(NonNull<(u64, u64)>, u64)| {
+                    // SAFETY: a live object of this thread's.
+                    let v = unsafe { p.as_ptr().read() };
+                    assert_eq!(v, (id, !id), "object {id:#x} overwritten");
+                    live.release(p.as_ptr().cast());
+                    p
+                };
+                let mut held: Vec<(NonNull<(u64, u64)>, u64)> = Vec::new();
                 for i in 0..20_000u64 {
                     if i % 3 != 2 {
-                        held.push(cache.alloc(Gfp::NOWAIT, (t, i)).unwrap());
-                    } else if let Some(p) = held.pop() {
-                        // SAFETY: ours: read, then freed once.
-                        unsafe {
-                            assert_eq!(p.as_ptr().read().0, t, "object shared between threads");
-                            cache.free(p);
-                        }
+                        let id = t << 32 | i;
+                        let p = cache.alloc(Gfp::NOWAIT, (id, !id)).unwrap();
+                        live.claim(p.as_ptr().cast());
+                        held.push((p, id));
+                    } else if let Some(obj) = held.pop() {
+                        let p = intact(&obj);
+                        // SAFETY: ours, checked, freed once.
+                        unsafe { cache.free(p) };
                     }
                     if held.len() >= 256 {
-                        for p in &held {
-                            // SAFETY: ours.
-                            assert_eq!(unsafe { p.as_ptr().read() }.0, t);
-                        }
-                        // SAFETY: ours, freed once.
-                        unsafe { cache.free_bulk(&mut held) };
+                        let mut batch: Vec<_> = held.iter().map(intact).collect();
+                        // SAFETY: ours, checked, freed once.
+                        unsafe { cache.free_bulk(&mut batch) };
                         held.clear();
                     }
                 }
-                // SAFETY: ours, freed once.
-                unsafe { cache.free_bulk(&mut held) };
+                let mut batch: Vec<_> = held.iter().map(intact).collect();
+                // SAFETY: ours, checked, freed once.
+                unsafe { cache.free_bulk(&mut batch) };
             })
         })
         .collect();
@@ -207,6 +259,7 @@ fn threads_share_a_cache() {
     cache.shrink();
     assert_eq!(cache.stats().slabs, 0, "{:#?}", cache.stats());
     drop(cache);
+    drop(live);
     assert_all_pages_back(&pa);
 }
 
