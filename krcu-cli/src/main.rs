@@ -10,6 +10,7 @@ mod flood;
 mod output;
 mod plot;
 mod policies;
+mod policies_result;
 mod progress;
 mod scale;
 mod signal;
