@@ -7,6 +7,7 @@ mod args;
 mod compare;
 mod demo;
 mod flood;
+mod flood_harness;
 mod output;
 mod plot;
 mod policies;

@@ -6,7 +6,7 @@
 //! ([`plot`](crate::plot)).
 
 use crate::args::{self, CliError, CmdResult};
-use crate::flood::{FloodConfig, run_flood};
+use crate::flood_harness::{FloodConfig, run_flood};
 use crate::output::{emit, round};
 use crate::policies_result::{Cell, PoliciesResult, summarize};
 use crate::progress::Progress;
