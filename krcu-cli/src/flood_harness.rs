@@ -5,7 +5,7 @@
 //! once, per cell).
 
 use crate::progress;
-use crate::signal::{self, Ring, Route};
+use crate::signal::{self, OnSignal, Pace, Ring};
 use crate::workload::{Histogram, Obj24};
 use krcu::Krcu;
 use serde::Serialize;
@@ -67,9 +67,10 @@ impl FloodRun {
     }
 }
 
-/// What the signal handler needs.
-struct IrqCtx {
-    k: *const Krcu,
+/// The hardirq source: each signal retires up to `burst` preallocated
+/// objects.
+struct IrqFlood<'k> {
+    k: &'k Krcu,
     ring: Ring<Obj24>,
     hist: Histogram,
     calls: AtomicU64,
@@ -77,26 +78,20 @@ struct IrqCtx {
     burst: usize,
 }
 
-/// The hardirq source: retire up to `burst` preallocated objects.
-///
-/// # Safety
-/// `ctx` is an `IrqCtx` alive for the route's lifetime.
-unsafe fn irq_flood(ctx: *const ()) {
-    // SAFETY: per the contract.
-    let c = unsafe { &*ctx.cast::<IrqCtx>() };
-    // SAFETY: the instance outlives the route (the flood joins first).
-    let k = unsafe { &*c.k };
-    for _ in 0..c.burst {
-        let Some(obj) = c.ring.pop() else {
-            c.empty.fetch_add(1, Relaxed);
-            return;
-        };
-        let t = Instant::now();
-        let r = k.kfree_rcu(obj);
-        c.hist.record(t.elapsed());
-        c.calls.fetch_add(1, Relaxed);
-        // Never refused outside NMI; were it, free nothing in a handler.
-        std::mem::forget(r);
+impl OnSignal for IrqFlood<'_> {
+    fn on_signal(&self) {
+        for _ in 0..self.burst {
+            let Some(obj) = self.ring.pop() else {
+                self.empty.fetch_add(1, Relaxed);
+                return;
+            };
+            let t = Instant::now();
+            let r = self.k.kfree_rcu(obj);
+            self.hist.record(t.elapsed());
+            self.calls.fetch_add(1, Relaxed);
+            // Never refused outside NMI; were it, free nothing in a handler.
+            std::mem::forget(r);
+        }
     }
 }
 
@@ -129,7 +124,7 @@ pub fn run_flood(k: &Krcu, cfg: &FloodConfig, quiet: bool) -> FloodRun {
         .map(|_| Histogram::default())
         .collect();
     let soft_hist = Histogram::default();
-    let irq = IrqCtx {
+    let irq = IrqFlood {
         k,
         ring: Ring::new(4096),
         hist: Histogram::default(),
@@ -137,11 +132,7 @@ pub fn run_flood(k: &Krcu, cfg: &FloodConfig, quiet: bool) -> FloodRun {
         empty: AtomicU64::new(0),
         burst: cfg.burst,
     };
-    let route = Route {
-        func: irq_flood,
-        ctx: (&irq as *const IrqCtx).cast(),
-    };
-    let _route = cfg.hardirq.then(|| signal::route(&route));
+    let route = cfg.hardirq.then(|| signal::route(&irq));
     let parties = 1 + cfg.task_threads + usize::from(cfg.softirq) + 2 * usize::from(cfg.hardirq);
     let start = Barrier::new(parties);
     let mut signals = 0;
@@ -172,32 +163,20 @@ pub fn run_flood(k: &Krcu, cfg: &FloodConfig, quiet: bool) -> FloodRun {
             // thread holding a lock its kfree_rcu may take (under `nowait`,
             // `zone->lock`, taken under the raw krc lock), where it would
             // spin forever.
-            let (tx, rx) = std::sync::mpsc::channel();
-            let (stop, start) = (&stop, &start);
-            let victim = s.spawn(move || {
-                tx.send(signal::this_thread()).ok();
-                start.wait();
-                while !stop.load(Relaxed) {
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-            });
-            let thread = rx.recv().expect("victim thread");
-            let ring = &irq.ring;
-            let sender = s.spawn(move || {
-                let mut sent = 0u64;
-                let mut v = 0u64;
-                start.wait();
-                while !stop.load(Relaxed) {
-                    for _ in 0..ring.room() {
-                        v += 1;
-                        ring.push(Obj24::boxed(v));
-                    }
-                    signal::interrupt(thread);
-                    sent += 1;
-                    std::thread::yield_now();
-                }
-                sent
-            });
+            let (victim, thread) = signal::spawn_sleeper(s, &start, &stop);
+            let mut v = 0u64;
+            let sender = signal::spawn_sender(
+                s,
+                &start,
+                &stop,
+                &irq.ring,
+                Some(thread),
+                Pace::Yield,
+                move || {
+                    v += 1;
+                    Obj24::boxed(v)
+                },
+            );
             (victim, sender)
         });
         start.wait();
@@ -212,7 +191,7 @@ pub fn run_flood(k: &Krcu, cfg: &FloodConfig, quiet: bool) -> FloodRun {
         }
         elapsed = t0.elapsed();
     });
-    drop(_route);
+    drop(route);
     let task_hist = Histogram::default();
     for h in &task_hists {
         task_hist.merge(h);
