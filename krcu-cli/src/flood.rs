@@ -10,7 +10,7 @@ use crate::args::{self, CliError, CmdResult};
 use crate::flood_harness::{FloodConfig, FloodRun, run_flood};
 use crate::output::{emit, round};
 use crate::progress;
-use crate::table::Table;
+use crate::table::{Column, Table};
 use crate::workload::{Histogram, Obj24, Reports, Setup};
 use krcu::{KvfreeStats, Policy, PreemptModel};
 use serde::Serialize;
@@ -236,32 +236,19 @@ pub fn run(a: &Args) -> CmdResult {
 }
 
 fn render(r: &FloodResult) -> String {
-    let mut t = Table::new([
-        "source",
-        "calls",
-        "M calls/s",
-        "p50",
-        "p99",
-        "p99.9",
-        "max",
-        "fallback %",
-        "peak pending",
-        "reports",
-    ]);
-    for p in &r.phases {
-        t.row([
-            p.source.to_string(),
-            p.calls.to_string(),
-            format!("{:.2}", p.calls_per_s / 1e6),
-            args::show_ns(p.p50_ns),
-            args::show_ns(p.p99_ns),
-            args::show_ns(p.p999_ns),
-            args::show_ns(p.max_ns),
-            format!("{:.3}", p.fallback_pct),
-            args::show_bytes(p.peak_pending_bytes),
-            p.reports.to_string(),
-        ]);
-    }
+    let columns = [
+        Column::<PhaseResult>::new("source", |p| p.source.to_string()),
+        Column::new("calls", |p| p.calls.to_string()),
+        Column::new("M calls/s", |p| args::show_millions(p.calls_per_s)),
+        Column::new("p50", |p| args::show_ns(p.p50_ns)),
+        Column::new("p99", |p| args::show_ns(p.p99_ns)),
+        Column::new("p99.9", |p| args::show_ns(p.p999_ns)),
+        Column::new("max", |p| args::show_ns(p.max_ns)),
+        Column::new("fallback %", |p| format!("{:.3}", p.fallback_pct)),
+        Column::new("peak pending", |p| args::show_bytes(p.peak_pending_bytes)),
+        Column::new("reports", |p| p.reports.to_string()),
+    ];
+    let t = Table::of(&columns, &r.phases);
     let mut out = format!(
         "krcu flood: policy {}, preempt {}, {} task threads; each source alone, then all at once\n\n",
         r.policy, r.preempt, r.task_threads

@@ -8,9 +8,9 @@
 use crate::args::{self, CliError, CmdResult};
 use crate::flood_harness::{FloodConfig, run_flood};
 use crate::output::{emit, round};
-use crate::policies_result::{Cell, PoliciesResult, summarize};
+use crate::policies_result::{Cell, PoliciesResult, Summary, summarize};
 use crate::progress::Progress;
-use crate::table::Table;
+use crate::table::{Column, Table};
 use crate::workload::{Reports, Setup};
 use krcu::{Policy, PreemptModel};
 use std::path::PathBuf;
@@ -153,32 +153,21 @@ pub fn run(a: &Args) -> CmdResult {
 }
 
 pub fn render_cells(r: &PoliciesResult) -> String {
-    let mut t = Table::new([
-        "policy",
-        "preempt",
-        "nesting",
-        "M calls/s",
-        "fallback %",
-        "inline ok/failed",
-        "peak pending",
-        "p99",
-        "worst",
-        "reports",
-    ]);
-    for c in &r.cells {
-        t.row([
-            c.policy.to_string(),
-            c.preempt.to_string(),
-            if c.nesting_proof { "on" } else { "off" }.to_string(),
-            format!("{:.2}", c.calls_per_s / 1e6),
-            format!("{:.3}", c.fallback_pct),
-            format!("{}/{}", c.inline_allocs, c.inline_alloc_failures),
-            args::show_bytes(c.peak_pending_bytes),
-            args::show_ns(c.p99_ns),
-            args::show_ns(c.worst_ns),
-            c.reports.to_string(),
-        ]);
-    }
+    let columns = [
+        Column::<Cell>::new("policy", |c| c.policy.to_string()),
+        Column::new("preempt", |c| c.preempt.to_string()),
+        Column::new("nesting", |c| args::show_on_off(c.nesting_proof)),
+        Column::new("M calls/s", |c| args::show_millions(c.calls_per_s)),
+        Column::new("fallback %", |c| format!("{:.3}", c.fallback_pct)),
+        Column::new("inline ok/failed", |c| {
+            format!("{}/{}", c.inline_allocs, c.inline_alloc_failures)
+        }),
+        Column::new("peak pending", |c| args::show_bytes(c.peak_pending_bytes)),
+        Column::new("p99", |c| args::show_ns(c.p99_ns)),
+        Column::new("worst", |c| args::show_ns(c.worst_ns)),
+        Column::new("reports", |c| c.reports.to_string()),
+    ];
+    let t = Table::of(&columns, &r.cells);
     format!(
         "krcu policies: {} ms flood per cell ({} task threads + softirq worker + signal handler), validator on\n\n{}",
         r.duration_per_cell_ms,
@@ -188,28 +177,25 @@ pub fn render_cells(r: &PoliciesResult) -> String {
 }
 
 pub fn render_summary(r: &PoliciesResult) -> String {
-    let mut t = Table::new([
-        "policy",
-        "M calls/s (median)",
-        "fallback % (max)",
-        "peak pending (max)",
-        "worst call",
-        "reports",
-    ]);
-    for s in &r.summary {
-        t.row([
-            s.policy.to_string(),
-            format!("{:.2}", s.median_calls_per_s / 1e6),
-            format!("{:.3}", s.max_fallback_pct),
-            args::show_bytes(s.max_peak_pending_bytes),
-            args::show_ns(s.worst_ns),
+    let columns = [
+        Column::<Summary>::new("policy", |s| s.policy.to_string()),
+        Column::new("M calls/s (median)", |s| {
+            args::show_millions(s.median_calls_per_s)
+        }),
+        Column::new("fallback % (max)", |s| format!("{:.3}", s.max_fallback_pct)),
+        Column::new("peak pending (max)", |s| {
+            args::show_bytes(s.max_peak_pending_bytes)
+        }),
+        Column::new("worst call", |s| args::show_ns(s.worst_ns)),
+        Column::new("reports", |s| {
             if s.reports == 0 {
                 "0".to_string()
             } else {
                 format!("{} ({})", s.reports, s.reported_in.join(", "))
-            },
-        ]);
-    }
+            }
+        }),
+    ];
+    let t = Table::of(&columns, &r.summary);
     format!(
         "per policy, over every preempt model and nesting setting:\n\n{}",
         t.render()

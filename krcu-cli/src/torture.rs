@@ -590,7 +590,6 @@ pub fn run(a: &Args) -> CmdResult {
 }
 
 fn render(r: &TortureResult) -> String {
-    let mut t = Table::new(["what", "count"]);
     let rows: [(&str, String); 16] = [
         ("reads (read-side sections)", r.reads.to_string()),
         ("objects checked by readers", r.objects_checked.to_string()),
@@ -633,9 +632,7 @@ fn render(r: &TortureResult) -> String {
         ("stall warnings", r.stalls.to_string()),
         ("errors", r.errors.len().to_string()),
     ];
-    for (k, v) in rows {
-        t.row([k.to_string(), v]);
-    }
+    let t = Table::of_pairs(["what", "count"], rows);
     let mut out = format!(
         "krcu torture: policy {}, preempt {}, seed {}, {:.1} s, every {}th page allocation failing\n\n{}",
         r.policy,
