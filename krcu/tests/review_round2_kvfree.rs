@@ -7,6 +7,8 @@
 
 mod common;
 
+use common::CountedNode;
+
 use common::counting_alloc::{CountingAlloc, allocs_during};
 
 use krcu::Krcu;
@@ -18,40 +20,6 @@ use std::time::Duration;
 
 #[global_allocator]
 static GLOBAL: CountingAlloc = CountingAlloc;
-
-struct Node {
-    freed: Arc<AtomicUsize>,
-    head: RcuHead,
-}
-
-// SAFETY: `head` is an RcuHead field of Node.
-unsafe impl HasRcuHead for Node {
-    const RCU_HEAD_OFFSET: usize = core::mem::offset_of!(Node, head);
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        self.freed.fetch_add(1, SeqCst);
-    }
-}
-
-fn node(freed: &Arc<AtomicUsize>) -> Box<Node> {
-    Box::new(Node {
-        freed: freed.clone(),
-        head: RcuHead::new(),
-    })
-}
-
-/// Runs the ignored test `inner` of this binary in a child process; fails
-/// if it does not finish within `timeout` (it is then killed) or fails.
-fn run_isolated(inner: &str, timeout: Duration) {
-    match common::child::run_self(inner, &["--ignored"], None, timeout) {
-        common::child::SelfRun::Exited { passed, output } => {
-            assert!(passed, "{inner}: failed in the child: {output}");
-        }
-        common::child::SelfRun::Hung => panic!("{inner}: hung (killed after {timeout:?})"),
-    }
-}
 
 /// Counts the threads of this process.
 fn threads() -> usize {
@@ -71,7 +39,7 @@ fn threads() -> usize {
 /// the real-time thread's `kfree_rcu`.
 #[test]
 fn rt_thread_free_kfree_rcu_builds_nothing() {
-    run_isolated(
+    common::child::assert_passes_in_child(
         "inner_rt_thread_free_kfree_rcu_builds_nothing",
         Duration::from_secs(20),
     );
@@ -83,7 +51,7 @@ fn inner_rt_thread_free_kfree_rcu_builds_nothing() {
     // A private instance (its own RCU: the global one stays unbuilt).
     let k = Krcu::builder().cpus(1).arena_size(8 << 20).build().unwrap();
     let freed = Arc::new(AtomicUsize::new(0));
-    let obj = node(&freed);
+    let obj = CountedNode::new(&freed);
     let _reader = k.register_thread();
     assert!(krcu::context::is_realtime());
     let before = threads();
@@ -104,7 +72,7 @@ fn inner_rt_thread_free_kfree_rcu_builds_nothing() {
 /// RCU is built under the raw lock.
 #[test]
 fn atomic_free_kfree_rcu_builds_nothing() {
-    run_isolated(
+    common::child::assert_passes_in_child(
         "inner_atomic_free_kfree_rcu_builds_nothing",
         Duration::from_secs(20),
     );
@@ -114,7 +82,7 @@ fn atomic_free_kfree_rcu_builds_nothing() {
 #[ignore = "run by atomic_free_kfree_rcu_builds_nothing in a child process"]
 fn inner_atomic_free_kfree_rcu_builds_nothing() {
     let freed = Arc::new(AtomicUsize::new(0));
-    let obj = node(&freed);
+    let obj = CountedNode::new(&freed);
     let domain = krcu::domain::Domain::builder().cpus(1).build();
     let raw = krcu::lock::RawSpinLock::new_in(&domain, ());
     let before = threads();
@@ -174,7 +142,7 @@ impl Drop for Exploding {
 /// retired after it is never freed.
 #[test]
 fn fallback_payload_panic_kills_the_global_rcu_worker() {
-    run_isolated(
+    common::child::assert_passes_in_child(
         "inner_fallback_payload_panic_kills_the_global_rcu_worker",
         Duration::from_secs(15),
     );
@@ -196,7 +164,7 @@ fn inner_fallback_payload_panic_kills_the_global_rcu_worker() {
             head: RcuHead::new(),
         }))
         .unwrap();
-        krcu::kfree_rcu(node(&freed)).unwrap();
+        krcu::kfree_rcu(CountedNode::new(&freed)).unwrap();
     }
     // Watchdog: the barrier must return.
     let (tx, rx) = std::sync::mpsc::channel();
@@ -286,7 +254,7 @@ impl Drop for Holder {
 /// channel's `kfree_rcu` contract was kept).
 #[test]
 fn slab_channel_drop_in_rcu_callback_frees_cache_under_pending_objects() {
-    run_isolated(
+    common::child::assert_passes_in_child(
         "inner_slab_channel_drop_in_rcu_callback_frees_cache_under_pending_objects",
         Duration::from_secs(20),
     );
