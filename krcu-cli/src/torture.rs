@@ -46,7 +46,8 @@ pub struct Args {
     #[arg(long, default_value_t = 7)]
     fail_every: u64,
     /// Run the lockdep-style validator too (any report is an error, except
-    /// under `nowait`, whose reports are the seeds' bug).
+    /// under `nowait`, whose reports are the 2020 kfree_rcu bug it keeps:
+    /// `zone->lock` taken under a raw spinlock).
     #[arg(long)]
     validator: bool,
     /// No signal handler writer (to tell its effects apart).

@@ -92,7 +92,8 @@ fn torture(k: &Krcu, ledger: &Arc<Ledger>, run_for: Duration, victim_sleeps: boo
                     // SAFETY: unlinked just now, so ours to retire.
                     let old = unsafe { Box::from_raw(old) };
                     if i.is_multiple_of(3) {
-                        // Retire with a raw spinlock held, as the seeds do.
+                        // Retire with a raw spinlock held, as kernel callers
+                        // of kfree_rcu may.
                         let _r = raw.lock();
                         k.kfree_rcu(old).expect("not NMI");
                     } else {
@@ -209,7 +210,8 @@ fn nmi_is_refused_and_the_object_handed_back() {
 
 /// Fills the first block so the next call needs a new one, with the page
 /// allocator's per-CPU lists drained so that `GFP_NOWAIT` must take the
-/// zone lock. All under a raw spinlock, as in the seeds.
+/// zone lock. All under a raw spinlock, as kernel callers of kfree_rcu
+/// may hold one.
 #[cfg(any(debug_assertions, feature = "lockdep"))]
 fn call_needing_a_block(k: &Krcu, ledger: &Arc<Ledger>) {
     let raw = RawSpinLock::named(k.domain(), "caller_raw_lock", ());

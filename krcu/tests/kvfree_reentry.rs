@@ -16,7 +16,8 @@ static IN_HANDLER: AtomicBool = AtomicBool::new(false);
 
 /// With `Policy::Nowait`, a new front block's page is allocated under the
 /// raw `krc` lock, inside the thread's front section; the allocation takes
-/// the zone lock, which the validator reports (the seeds' bug). The report
+/// the zone lock, which the validator reports (the 2020 kfree_rcu bug:
+/// a `spinlock_t` under a raw spinlock). The report
 /// handler retires an object on the same instance, from inside that
 /// section: it must neither clear the section early nor have its block
 /// overwritten by the outer call.
