@@ -119,6 +119,16 @@ pub fn show_ns(ns: u64) -> String {
     }
 }
 
+/// A rate in millions, two decimals (the tables' "M calls/s").
+pub fn show_millions(per_s: f64) -> String {
+    format!("{:.2}", per_s / 1e6)
+}
+
+/// A switch as the tables show it.
+pub fn show_on_off(on: bool) -> String {
+    if on { "on" } else { "off" }.to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

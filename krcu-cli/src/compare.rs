@@ -8,7 +8,7 @@
 use crate::args::{self, CmdResult};
 use crate::output::{emit, round};
 use crate::progress::Progress;
-use crate::table::Table;
+use crate::table::{Column, Table};
 use crate::workload::{Obj24, Reports, Setup, median};
 use crossbeam_utils::CachePadded;
 use krcu::{Krcu, Policy, PreemptModel};
@@ -376,32 +376,31 @@ pub fn run(a: &Args) -> CmdResult {
 }
 
 pub fn render(r: &CompareResult) -> String {
-    let mut t = Table::new([
-        "system",
-        "threads",
-        "M objects/s (min / median / max)",
-        "ns/object/thread",
-        "krcu peak pending",
-        "krcu ÷ this (min / median / max)",
-    ]);
-    for row in &r.rows {
-        let s = row.objects_per_s;
-        t.row([
-            row.system.to_string(),
-            row.threads.to_string(),
+    let columns = [
+        Column::<Row>::new("system", |row| row.system.to_string()),
+        Column::new("threads", |row| row.threads.to_string()),
+        Column::new("M objects/s (min / median / max)", |row| {
+            let s = row.objects_per_s;
             format!(
                 "{:.1} / {:.1} / {:.1}",
                 s.min / 1e6,
                 s.median / 1e6,
                 s.max / 1e6
-            ),
-            format!("{:.1}", row.ns_per_object),
-            row.peak_pending_bytes.map_or("-".into(), args::show_bytes),
+            )
+        }),
+        Column::new("ns/object/thread", |row| {
+            format!("{:.1}", row.ns_per_object)
+        }),
+        Column::new("krcu peak pending", |row| {
+            row.peak_pending_bytes.map_or("-".into(), args::show_bytes)
+        }),
+        Column::new("krcu ÷ this (min / median / max)", |row| {
             row.krcu_ratio.map_or("-".into(), |q| {
                 format!("{:.2} / {:.2} / {:.2}", q.min, q.median, q.max)
-            }),
-        ]);
-    }
+            })
+        }),
+    ];
+    let t = Table::of(&columns, &r.rows);
     let mut out = format!(
         "krcu compare: {} objects of {} bytes per thread, allocated, published, retired and freed; {} rounds, interleaved\n\n",
         r.objects_per_thread, r.object_bytes, r.rounds

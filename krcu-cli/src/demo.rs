@@ -7,7 +7,7 @@
 //! only trylocks it) and shows what the validator says and whether the lock
 //! would sleep.
 
-use crate::table::Table;
+use crate::table::{Column, Table};
 use krcu::Domain;
 use krcu::context::PreemptModel;
 use krcu::lock::{RawSpinLock, SpinLock};
@@ -82,34 +82,35 @@ pub fn run(args: &Args) -> Result<(), String> {
     println!(
         "(the 2020 kfree_rcu thread: why kfree_rcu() may not call the page allocator's slow path)\n"
     );
-    let mut t = Table::new([
-        "preempt model",
-        "nesting proof",
-        "spin_lock: wait context",
-        "spin_lock: might sleep",
-        "zone->lock sleeps",
-        "spin_trylock",
-    ]);
-    for o in &outcomes {
-        t.row([
-            o.model.name().to_string(),
-            if o.nesting_proof { "on" } else { "off" }.to_string(),
-            flag(&o.lock_reports, ReportKind::InvalidWaitContext).to_string(),
-            flag(&o.lock_reports, ReportKind::SleepInInvalidContext).to_string(),
+    let columns = [
+        Column::<Outcome>::new("preempt model", |o| o.model.name().to_string()),
+        Column::new("nesting proof", |o| {
+            crate::args::show_on_off(o.nesting_proof)
+        }),
+        Column::new("spin_lock: wait context", |o| {
+            flag(&o.lock_reports, ReportKind::InvalidWaitContext).to_string()
+        }),
+        Column::new("spin_lock: might sleep", |o| {
+            flag(&o.lock_reports, ReportKind::SleepInInvalidContext).to_string()
+        }),
+        Column::new("zone->lock sleeps", |o| {
             if o.sleeps {
                 "yes: scheduling while atomic"
             } else {
                 "no"
             }
-            .to_string(),
+            .to_string()
+        }),
+        Column::new("spin_trylock", |o| {
             if o.trylock_reports.is_empty() {
                 "ok"
             } else {
                 "FLAGGED"
             }
-            .to_string(),
-        ]);
-    }
+            .to_string()
+        }),
+    ];
+    let t = Table::of(&columns, &outcomes);
     print!("{}", t.render());
     println!();
     println!(

@@ -3,18 +3,17 @@
 //! standing for a device interrupt, and NMI, which `kfree_rcu` refuses.
 //! Each source floods a fresh instance alone, then all flood together;
 //! per source: call latency percentiles, fallback rate, peak pending
-//! memory and validator reports.
+//! memory and validator reports. The flooding itself is
+//! [`flood_harness`](crate::flood_harness), shared with `krcu policies`.
 
 use crate::args::{self, CliError, CmdResult};
+use crate::flood_harness::{FloodConfig, FloodRun, run_flood};
 use crate::output::{emit, round};
 use crate::progress;
-use crate::signal::{self, Ring, Route};
-use crate::table::Table;
+use crate::table::{Column, Table};
 use crate::workload::{Histogram, Obj24, Reports, Setup};
-use krcu::{Krcu, KvfreeStats, Policy, PreemptModel};
+use krcu::{KvfreeStats, Policy, PreemptModel};
 use serde::Serialize;
-use std::sync::Barrier;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::*};
 use std::time::{Duration, Instant};
 
 /// Options of `krcu flood`.
@@ -38,237 +37,6 @@ pub struct Args {
     /// Print JSON instead of tables.
     #[arg(long)]
     json: bool,
-}
-
-/// Which sources flood, and how.
-#[derive(Debug, Clone, Copy)]
-pub struct FloodConfig {
-    pub duration: Duration,
-    pub task_threads: usize,
-    pub softirq: bool,
-    pub hardirq: bool,
-    /// Objects per signal.
-    pub burst: usize,
-    /// Time one task/softirq call in this many.
-    pub sample_every: u64,
-}
-
-/// Latency and count of one source in one run.
-#[derive(Debug, Clone, Serialize)]
-pub struct SourceResult {
-    pub source: &'static str,
-    pub calls: u64,
-    pub timed_calls: u64,
-    pub p50_ns: u64,
-    pub p99_ns: u64,
-    pub p999_ns: u64,
-    pub max_ns: u64,
-}
-
-impl SourceResult {
-    fn new(source: &'static str, calls: u64, h: &Histogram) -> SourceResult {
-        SourceResult {
-            source,
-            calls,
-            timed_calls: h.count(),
-            p50_ns: h.quantile(0.5),
-            p99_ns: h.quantile(0.99),
-            p999_ns: h.quantile(0.999),
-            max_ns: h.max(),
-        }
-    }
-}
-
-/// What one flood run measured.
-pub struct FloodRun {
-    pub elapsed: Duration,
-    pub sources: Vec<SourceResult>,
-    pub merged: Histogram,
-    pub signals: u64,
-    pub ring_empty: u64,
-}
-
-impl FloodRun {
-    pub fn calls(&self) -> u64 {
-        self.sources.iter().map(|s| s.calls).sum()
-    }
-}
-
-/// What the signal handler needs.
-struct IrqCtx {
-    k: *const Krcu,
-    ring: Ring<Obj24>,
-    hist: Histogram,
-    calls: AtomicU64,
-    empty: AtomicU64,
-    burst: usize,
-}
-
-/// The hardirq source: retire up to `burst` preallocated objects.
-///
-/// # Safety
-/// `ctx` is an `IrqCtx` alive for the route's lifetime.
-unsafe fn irq_flood(ctx: *const ()) {
-    // SAFETY: per the contract.
-    let c = unsafe { &*ctx.cast::<IrqCtx>() };
-    // SAFETY: the instance outlives the route (the flood joins first).
-    let k = unsafe { &*c.k };
-    for _ in 0..c.burst {
-        let Some(obj) = c.ring.pop() else {
-            c.empty.fetch_add(1, Relaxed);
-            return;
-        };
-        let t = Instant::now();
-        let r = k.kfree_rcu(obj);
-        c.hist.record(t.elapsed());
-        c.calls.fetch_add(1, Relaxed);
-        // Never refused outside NMI; were it, free nothing in a handler.
-        std::mem::forget(r);
-    }
-}
-
-/// One task or softirq flooder: retire new objects until `stop`.
-fn flood_loop(k: &Krcu, stop: &AtomicBool, hist: &Histogram, sample: u64, seed: u64) -> u64 {
-    let mut n: u64 = 0;
-    while !stop.load(Relaxed) {
-        for _ in 0..256 {
-            n += 1;
-            let obj = Obj24::boxed(n ^ seed);
-            if n.is_multiple_of(sample) {
-                let t = Instant::now();
-                let r = k.kfree_rcu(obj);
-                hist.record(t.elapsed());
-                r.expect("refused only in NMI context, which this thread never enters");
-            } else {
-                k.kfree_rcu(obj)
-                    .expect("refused only in NMI context, which this thread never enters");
-            }
-        }
-    }
-    n
-}
-
-/// Floods `k` from the configured sources for `cfg.duration`; the caller
-/// runs the barrier and reads the stats.
-pub fn run_flood(k: &Krcu, cfg: &FloodConfig, quiet: bool) -> FloodRun {
-    let stop = AtomicBool::new(false);
-    let task_hists: Vec<Histogram> = (0..cfg.task_threads)
-        .map(|_| Histogram::default())
-        .collect();
-    let soft_hist = Histogram::default();
-    let irq = IrqCtx {
-        k,
-        ring: Ring::new(4096),
-        hist: Histogram::default(),
-        calls: AtomicU64::new(0),
-        empty: AtomicU64::new(0),
-        burst: cfg.burst,
-    };
-    let route = Route {
-        func: irq_flood,
-        ctx: (&irq as *const IrqCtx).cast(),
-    };
-    let _route = cfg.hardirq.then(|| signal::route(&route));
-    let parties = 1 + cfg.task_threads + usize::from(cfg.softirq) + 2 * usize::from(cfg.hardirq);
-    let start = Barrier::new(parties);
-    let mut signals = 0;
-    let mut elapsed = Duration::ZERO;
-    let (mut task_calls, mut soft_calls) = (0, 0);
-    std::thread::scope(|s| {
-        let tasks: Vec<_> = task_hists
-            .iter()
-            .enumerate()
-            .map(|(i, h)| {
-                let (stop, start) = (&stop, &start);
-                s.spawn(move || {
-                    start.wait();
-                    flood_loop(k, stop, h, cfg.sample_every, i as u64)
-                })
-            })
-            .collect();
-        let soft = cfg.softirq.then(|| {
-            let (stop, start, h) = (&stop, &start, &soft_hist);
-            s.spawn(move || {
-                let _softirq = krcu::context::enter_softirq();
-                start.wait();
-                flood_loop(k, stop, h, cfg.sample_every, 1 << 40)
-            })
-        });
-        let irq_threads = cfg.hardirq.then(|| {
-            // The interrupted thread sleeps: a handler never lands in a
-            // thread holding a lock its kfree_rcu may take (under `nowait`,
-            // `zone->lock`, taken under the raw krc lock), where it would
-            // spin forever.
-            let (tx, rx) = std::sync::mpsc::channel();
-            let (stop, start) = (&stop, &start);
-            let victim = s.spawn(move || {
-                tx.send(signal::this_thread()).ok();
-                start.wait();
-                while !stop.load(Relaxed) {
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-            });
-            let thread = rx.recv().expect("victim thread");
-            let ring = &irq.ring;
-            let sender = s.spawn(move || {
-                let mut sent = 0u64;
-                let mut v = 0u64;
-                start.wait();
-                while !stop.load(Relaxed) {
-                    for _ in 0..ring.room() {
-                        v += 1;
-                        ring.push(Obj24::boxed(v));
-                    }
-                    signal::interrupt(thread);
-                    sent += 1;
-                    std::thread::yield_now();
-                }
-                sent
-            });
-            (victim, sender)
-        });
-        start.wait();
-        let t0 = Instant::now();
-        progress::wait("flood", cfg.duration, quiet);
-        stop.store(true, Relaxed);
-        task_calls = tasks.into_iter().map(|t| t.join().unwrap_or(0)).sum();
-        soft_calls = soft.map_or(0, |t| t.join().unwrap_or(0));
-        if let Some((victim, sender)) = irq_threads {
-            signals = sender.join().unwrap_or(0);
-            victim.join().ok();
-        }
-        elapsed = t0.elapsed();
-    });
-    drop(_route);
-    let task_hist = Histogram::default();
-    for h in &task_hists {
-        task_hist.merge(h);
-    }
-    let merged = Histogram::default();
-    let mut sources = Vec::new();
-    if cfg.task_threads > 0 {
-        sources.push(SourceResult::new("task", task_calls, &task_hist));
-        merged.merge(&task_hist);
-    }
-    if cfg.softirq {
-        sources.push(SourceResult::new("softirq", soft_calls, &soft_hist));
-        merged.merge(&soft_hist);
-    }
-    if cfg.hardirq {
-        sources.push(SourceResult::new(
-            "hardirq",
-            irq.calls.load(SeqCst),
-            &irq.hist,
-        ));
-        merged.merge(&irq.hist);
-    }
-    FloodRun {
-        elapsed,
-        sources,
-        merged,
-        signals,
-        ring_empty: irq.empty.load(SeqCst),
-    }
 }
 
 /// One row of `krcu flood`.
@@ -468,32 +236,19 @@ pub fn run(a: &Args) -> CmdResult {
 }
 
 fn render(r: &FloodResult) -> String {
-    let mut t = Table::new([
-        "source",
-        "calls",
-        "M calls/s",
-        "p50",
-        "p99",
-        "p99.9",
-        "max",
-        "fallback %",
-        "peak pending",
-        "reports",
-    ]);
-    for p in &r.phases {
-        t.row([
-            p.source.to_string(),
-            p.calls.to_string(),
-            format!("{:.2}", p.calls_per_s / 1e6),
-            args::show_ns(p.p50_ns),
-            args::show_ns(p.p99_ns),
-            args::show_ns(p.p999_ns),
-            args::show_ns(p.max_ns),
-            format!("{:.3}", p.fallback_pct),
-            args::show_bytes(p.peak_pending_bytes),
-            p.reports.to_string(),
-        ]);
-    }
+    let columns = [
+        Column::<PhaseResult>::new("source", |p| p.source.to_string()),
+        Column::new("calls", |p| p.calls.to_string()),
+        Column::new("M calls/s", |p| args::show_millions(p.calls_per_s)),
+        Column::new("p50", |p| args::show_ns(p.p50_ns)),
+        Column::new("p99", |p| args::show_ns(p.p99_ns)),
+        Column::new("p99.9", |p| args::show_ns(p.p999_ns)),
+        Column::new("max", |p| args::show_ns(p.max_ns)),
+        Column::new("fallback %", |p| format!("{:.3}", p.fallback_pct)),
+        Column::new("peak pending", |p| args::show_bytes(p.peak_pending_bytes)),
+        Column::new("reports", |p| p.reports.to_string()),
+    ];
+    let t = Table::of(&columns, &r.phases);
     let mut out = format!(
         "krcu flood: policy {}, preempt {}, {} task threads; each source alone, then all at once\n\n",
         r.policy, r.preempt, r.task_threads

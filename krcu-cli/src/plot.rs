@@ -3,7 +3,7 @@
 //! throughput, fallback rate and worst call latency. SVG only, with
 //! plotters' built-in text estimation: no font libraries needed.
 
-use crate::policies::PoliciesResult;
+use crate::policies_result::{Cell, PoliciesResult};
 use krcu::{Policy, PreemptModel};
 use plotters::prelude::*;
 use std::path::Path;
@@ -18,7 +18,7 @@ const COLORS: [RGBColor; 4] = [
 struct Panel {
     title: &'static str,
     log: bool,
-    value: fn(&crate::policies::Cell) -> f64,
+    value: fn(&Cell) -> f64,
 }
 
 pub fn policies(r: &PoliciesResult, path: &Path) -> Result<(), String> {

@@ -1,16 +1,18 @@
 //! `krcu policies`: every policy × every preempt model × raw-lock nesting
 //! proof on and off, each over the same short flood (task threads, the
 //! softirq worker and a signal handler at once), with the validator on.
-//! One table answers the seeds' debate with numbers; `--plot` draws it.
+//! This module measures and prints them (the types are in
+//! [`policies_result`](crate::policies_result)); `--plot` draws them
+//! ([`plot`](crate::plot)).
 
 use crate::args::{self, CliError, CmdResult};
-use crate::flood::{FloodConfig, run_flood};
+use crate::flood_harness::{FloodConfig, run_flood};
 use crate::output::{emit, round};
+use crate::policies_result::{Cell, PoliciesResult, Summary, summarize};
 use crate::progress::Progress;
-use crate::table::Table;
-use crate::workload::{Reports, Setup, median};
+use crate::table::{Column, Table};
+use crate::workload::{Reports, Setup};
 use krcu::{Policy, PreemptModel};
-use serde::Serialize;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -35,49 +37,6 @@ pub struct Args {
     /// Print JSON instead of tables.
     #[arg(long)]
     pub json: bool,
-}
-
-/// One cell.
-#[derive(Debug, Clone, Serialize)]
-pub struct Cell {
-    pub policy: &'static str,
-    pub preempt: &'static str,
-    pub nesting_proof: bool,
-    pub calls: u64,
-    pub calls_per_s: f64,
-    pub fallback_pct: f64,
-    pub inline_allocs: u64,
-    pub inline_alloc_failures: u64,
-    pub peak_pending_bytes: u64,
-    pub p99_ns: u64,
-    pub worst_ns: u64,
-    pub reports: u64,
-    pub invalid_wait_reports: u64,
-    pub might_sleep_reports: u64,
-}
-
-/// Per policy, over its 8 cells.
-#[derive(Debug, Clone, Serialize)]
-pub struct Summary {
-    pub policy: &'static str,
-    pub median_calls_per_s: f64,
-    pub max_fallback_pct: f64,
-    pub max_peak_pending_bytes: u64,
-    pub worst_ns: u64,
-    pub reports: u64,
-    /// The cells with reports, as `model/nesting`.
-    pub reported_in: Vec<String>,
-}
-
-/// `krcu policies`' result.
-#[derive(Debug, Serialize)]
-pub struct PoliciesResult {
-    pub duration_per_cell_ms: u64,
-    pub task_threads: usize,
-    pub cells: Vec<Cell>,
-    pub summary: Vec<Summary>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub plot: Option<String>,
 }
 
 /// Checks `--plot` before the run: an `.svg` in a directory that exists,
@@ -172,30 +131,6 @@ pub fn measure(a: &Args, quiet: bool) -> Result<PoliciesResult, CliError> {
     })
 }
 
-fn summarize(policy: &'static str, cells: &[Cell]) -> Summary {
-    let mine: Vec<&Cell> = cells.iter().filter(|c| c.policy == policy).collect();
-    let mut tput: Vec<f64> = mine.iter().map(|c| c.calls_per_s).collect();
-    Summary {
-        policy,
-        median_calls_per_s: round(median(&mut tput), 0),
-        max_fallback_pct: mine.iter().map(|c| c.fallback_pct).fold(0.0, f64::max),
-        max_peak_pending_bytes: mine.iter().map(|c| c.peak_pending_bytes).max().unwrap_or(0),
-        worst_ns: mine.iter().map(|c| c.worst_ns).max().unwrap_or(0),
-        reports: mine.iter().map(|c| c.reports).sum(),
-        reported_in: mine
-            .iter()
-            .filter(|c| c.reports > 0)
-            .map(|c| {
-                format!(
-                    "{}/{}",
-                    c.preempt,
-                    if c.nesting_proof { "on" } else { "off" }
-                )
-            })
-            .collect(),
-    }
-}
-
 pub fn run(a: &Args) -> CmdResult {
     if let Some(path) = &a.plot {
         check_plot_path(path)?;
@@ -218,32 +153,21 @@ pub fn run(a: &Args) -> CmdResult {
 }
 
 pub fn render_cells(r: &PoliciesResult) -> String {
-    let mut t = Table::new([
-        "policy",
-        "preempt",
-        "nesting",
-        "M calls/s",
-        "fallback %",
-        "inline ok/failed",
-        "peak pending",
-        "p99",
-        "worst",
-        "reports",
-    ]);
-    for c in &r.cells {
-        t.row([
-            c.policy.to_string(),
-            c.preempt.to_string(),
-            if c.nesting_proof { "on" } else { "off" }.to_string(),
-            format!("{:.2}", c.calls_per_s / 1e6),
-            format!("{:.3}", c.fallback_pct),
-            format!("{}/{}", c.inline_allocs, c.inline_alloc_failures),
-            args::show_bytes(c.peak_pending_bytes),
-            args::show_ns(c.p99_ns),
-            args::show_ns(c.worst_ns),
-            c.reports.to_string(),
-        ]);
-    }
+    let columns = [
+        Column::<Cell>::new("policy", |c| c.policy.to_string()),
+        Column::new("preempt", |c| c.preempt.to_string()),
+        Column::new("nesting", |c| args::show_on_off(c.nesting_proof)),
+        Column::new("M calls/s", |c| args::show_millions(c.calls_per_s)),
+        Column::new("fallback %", |c| format!("{:.3}", c.fallback_pct)),
+        Column::new("inline ok/failed", |c| {
+            format!("{}/{}", c.inline_allocs, c.inline_alloc_failures)
+        }),
+        Column::new("peak pending", |c| args::show_bytes(c.peak_pending_bytes)),
+        Column::new("p99", |c| args::show_ns(c.p99_ns)),
+        Column::new("worst", |c| args::show_ns(c.worst_ns)),
+        Column::new("reports", |c| c.reports.to_string()),
+    ];
+    let t = Table::of(&columns, &r.cells);
     format!(
         "krcu policies: {} ms flood per cell ({} task threads + softirq worker + signal handler), validator on\n\n{}",
         r.duration_per_cell_ms,
@@ -253,28 +177,25 @@ pub fn render_cells(r: &PoliciesResult) -> String {
 }
 
 pub fn render_summary(r: &PoliciesResult) -> String {
-    let mut t = Table::new([
-        "policy",
-        "M calls/s (median)",
-        "fallback % (max)",
-        "peak pending (max)",
-        "worst call",
-        "reports",
-    ]);
-    for s in &r.summary {
-        t.row([
-            s.policy.to_string(),
-            format!("{:.2}", s.median_calls_per_s / 1e6),
-            format!("{:.3}", s.max_fallback_pct),
-            args::show_bytes(s.max_peak_pending_bytes),
-            args::show_ns(s.worst_ns),
+    let columns = [
+        Column::<Summary>::new("policy", |s| s.policy.to_string()),
+        Column::new("M calls/s (median)", |s| {
+            args::show_millions(s.median_calls_per_s)
+        }),
+        Column::new("fallback % (max)", |s| format!("{:.3}", s.max_fallback_pct)),
+        Column::new("peak pending (max)", |s| {
+            args::show_bytes(s.max_peak_pending_bytes)
+        }),
+        Column::new("worst call", |s| args::show_ns(s.worst_ns)),
+        Column::new("reports", |s| {
             if s.reports == 0 {
                 "0".to_string()
             } else {
                 format!("{} ({})", s.reports, s.reported_in.join(", "))
-            },
-        ]);
-    }
+            }
+        }),
+    ];
+    let t = Table::of(&columns, &r.summary);
     format!(
         "per policy, over every preempt model and nesting setting:\n\n{}",
         t.render()

@@ -159,7 +159,6 @@ pub fn run(a: &Args) -> CmdResult {
 }
 
 fn render(r: &ScaleResult) -> String {
-    let mut t = Table::new(["what", "value"]);
     let rows = [
         (
             "objects",
@@ -190,9 +189,7 @@ fn render(r: &ScaleResult) -> String {
         ),
         ("reclaim", format!("{} ns/object", r.reclaim_ns_per_object)),
     ];
-    for (k, v) in rows {
-        t.row([k.to_string(), v]);
-    }
+    let t = Table::of_pairs(["what", "value"], rows);
     format!(
         "krcu scale: rcuscale's kfree test, policy {}, preempt {}\n\n{}",
         r.policy,

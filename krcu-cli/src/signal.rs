@@ -1,15 +1,35 @@
 //! A real hard-interrupt source: SIGUSR1 sent to a chosen thread, whose
-//! handler enters krcu's hardirq context and runs whatever route is
-//! installed. The handler never allocates: objects reach it through a
-//! [`Ring`] a task thread fills ahead.
+//! handler enters krcu's hardirq context and runs whatever [`OnSignal`] is
+//! routed to it. The handler never allocates: objects reach it through a
+//! [`Ring`] a task thread fills ahead. Written once for every command that
+//! floods from a signal handler: the handler and its installation, the
+//! route, the thread that sends the signals and the thread they land on.
 
-use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering::*};
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering::*};
+use std::sync::{Barrier, Mutex, MutexGuard, OnceLock};
+use std::thread::{Scope, ScopedJoinHandle};
+use std::time::Duration;
 
-/// What the handler runs: `func(ctx)`, in hardirq context.
-pub struct Route {
-    pub func: unsafe fn(*const ()),
-    pub ctx: *const (),
+/// What the signal handler runs, in hardirq context, on the interrupted
+/// thread: it must not allocate, nor take a lock that thread may hold.
+pub trait OnSignal: Sync {
+    fn on_signal(&self);
+}
+
+/// The routed handler, type-erased for the static the handler reads.
+struct Route {
+    func: unsafe fn(*const ()),
+    ctx: *const (),
+}
+
+/// Calls `H::on_signal` on `ctx`.
+///
+/// # Safety
+/// `ctx` points to an `H` that outlives the route.
+unsafe fn call_on_signal<H: OnSignal>(ctx: *const ()) {
+    // SAFETY: per the contract; the RouteGuard borrows the `H`.
+    unsafe { &*ctx.cast::<H>() }.on_signal();
 }
 
 static ROUTE: AtomicPtr<Route> = AtomicPtr::new(core::ptr::null_mut());
@@ -23,7 +43,7 @@ extern "C" fn on_sigusr1(_: libc::c_int) {
         // SAFETY: a route is published only while its RouteGuard lives,
         // and the guard waits for running handlers before it goes.
         let r = unsafe { &*r };
-        // SAFETY: the route's owner pairs `func` with a `ctx` it accepts.
+        // SAFETY: `route` pairs `func` with the `ctx` it was made for.
         unsafe { (r.func)(r.ctx) };
     }
     IN_HANDLER.fetch_sub(1, SeqCst);
@@ -45,29 +65,103 @@ fn install() {
     });
 }
 
-/// The installed route, until dropped; one at a time per process.
-pub struct RouteGuard {
+/// The installed route, until dropped; one at a time per process. It
+/// borrows the handler, so the handler outlives it.
+pub struct RouteGuard<'h> {
     _one: MutexGuard<'static, ()>,
+    _route: Box<Route>,
+    _handler: PhantomData<&'h ()>,
 }
 
-/// Installs the handler (once) and routes it to `route` until the guard
-/// drops. The caller must join every thread that signals or is signalled
-/// before `route` goes.
-pub fn route(route: &Route) -> RouteGuard {
+/// Installs the signal handler (once) and routes it to `handler` until the
+/// guard drops. The caller must join every thread that signals or is
+/// signalled before it drops the guard.
+pub fn route<H: OnSignal>(handler: &H) -> RouteGuard<'_> {
     static ONE: Mutex<()> = Mutex::new(());
     let one = ONE.lock().unwrap_or_else(|e| e.into_inner());
     install();
-    ROUTE.store(route as *const Route as *mut Route, SeqCst);
-    RouteGuard { _one: one }
+    let route = Box::new(Route {
+        func: call_on_signal::<H>,
+        ctx: (handler as *const H).cast(),
+    });
+    ROUTE.store(&*route as *const Route as *mut Route, SeqCst);
+    RouteGuard {
+        _one: one,
+        _route: route,
+        _handler: PhantomData,
+    }
 }
 
-impl Drop for RouteGuard {
+impl Drop for RouteGuard<'_> {
     fn drop(&mut self) {
         ROUTE.store(core::ptr::null_mut(), SeqCst);
         while IN_HANDLER.load(SeqCst) != 0 {
             std::hint::spin_loop();
         }
     }
+}
+
+/// Spawns in `s` a thread that, after `start`, only sleeps until `stop`:
+/// a place for the handler to land where no lock is held (a handler that
+/// lands on a thread holding a lock its `kfree_rcu` takes spins forever).
+/// Returns the thread and what to signal it by.
+pub fn spawn_sleeper<'scope>(
+    s: &'scope Scope<'scope, '_>,
+    start: &'scope Barrier,
+    stop: &'scope AtomicBool,
+) -> (ScopedJoinHandle<'scope, ()>, libc::pthread_t) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let sleeper = s.spawn(move || {
+        tx.send(this_thread()).ok();
+        start.wait();
+        while !stop.load(Relaxed) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    });
+    let thread = rx.recv().expect("the sleeper sends its thread first");
+    (sleeper, thread)
+}
+
+/// How the sender thread paces itself between signals.
+#[derive(Clone, Copy)]
+pub enum Pace {
+    /// Yields: signals as fast as the scheduler lets it.
+    Yield,
+    /// Sleeps this long.
+    Sleep(Duration),
+}
+
+/// Spawns in `s` the thread that raises the interrupts: after `start`,
+/// until `stop`, it fills `ring` with `make()`, signals `victim` (with
+/// none, the ring is still filled, for the end to drain), then waits per
+/// `pace`. Returns the number of signals sent.
+pub fn spawn_sender<'scope, T: Send>(
+    s: &'scope Scope<'scope, '_>,
+    start: &'scope Barrier,
+    stop: &'scope AtomicBool,
+    ring: &'scope Ring<T>,
+    victim: Option<libc::pthread_t>,
+    pace: Pace,
+    mut make: impl FnMut() -> Box<T> + Send + 'scope,
+) -> ScopedJoinHandle<'scope, u64> {
+    s.spawn(move || {
+        let mut sent = 0u64;
+        start.wait();
+        while !stop.load(Relaxed) {
+            for _ in 0..ring.room() {
+                ring.push(make());
+            }
+            if let Some(victim) = victim {
+                interrupt(victim);
+                sent += 1;
+            }
+            match pace {
+                Pace::Yield => std::thread::yield_now(),
+                Pace::Sleep(d) => std::thread::sleep(d),
+            }
+        }
+        sent
+    })
 }
 
 /// The calling thread, to be signalled.

@@ -9,7 +9,7 @@
 use crate::args::{self, CliError, CmdResult};
 use crate::output::emit;
 use crate::progress;
-use crate::signal::{self, Ring, Route};
+use crate::signal::{self, OnSignal, Pace, Ring};
 use crate::table::Table;
 use crate::workload::{Reports, Rng, Setup};
 use krcu::lock::RawSpinLock;
@@ -19,6 +19,7 @@ use krcu::{Krcu, Policy, PreemptModel};
 use serde::Serialize;
 use std::sync::Barrier;
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering::*};
+use std::sync::mpsc::Sender;
 use std::time::{Duration, Instant};
 
 /// Options of `krcu torture`.
@@ -45,7 +46,8 @@ pub struct Args {
     #[arg(long, default_value_t = 7)]
     fail_every: u64,
     /// Run the lockdep-style validator too (any report is an error, except
-    /// under `nowait`, whose reports are the seeds' bug).
+    /// under `nowait`, whose reports are the 2020 kfree_rcu bug it keeps:
+    /// `zone->lock` taken under a raw spinlock).
     #[arg(long)]
     validator: bool,
     /// No signal handler writer (to tell its effects apart).
@@ -143,11 +145,18 @@ impl Slots {
         // SAFETY: every slot holds a leaked Box; unlinked just now, so ours.
         unsafe { Box::from_raw(old) }
     }
+
+    /// Puts a new object in a slot `rng` picks; returns the old one.
+    fn replace_any(&self, rng: &mut Rng) -> Box<TObj> {
+        self.replace(rng.below(SLOTS as u64) as usize, TObj::new())
+    }
 }
 
-struct IrqCtx {
-    k: *const Krcu,
-    table: *const Slots,
+/// The signal handler's writer: each signal replaces slots with
+/// preallocated objects and retires the old ones.
+struct IrqWriter<'a> {
+    k: &'a Krcu,
+    table: &'a Slots,
     ring: Ring<TObj>,
     retired: AtomicU64,
     empty: AtomicU64,
@@ -155,31 +164,24 @@ struct IrqCtx {
     next: AtomicU64,
 }
 
-/// The signal handler's writer: replace a slot with a preallocated object
-/// and retire the old one.
-///
-/// # Safety
-/// `ctx` is an `IrqCtx` alive for the route's lifetime.
-unsafe fn irq_writer(ctx: *const ()) {
-    // SAFETY: per the contract.
-    let c = unsafe { &*ctx.cast::<IrqCtx>() };
-    // SAFETY: the instance and table outlive the route.
-    let (k, table) = unsafe { (&*c.k, &*c.table) };
-    for _ in 0..4 {
-        let Some(new) = c.ring.pop() else {
-            c.empty.fetch_add(1, Relaxed);
-            return;
-        };
-        let i = c.next.fetch_add(7, Relaxed) as usize;
-        let old = table.replace(i, new);
-        match k.kfree_rcu(old) {
-            Ok(()) => c.retired.fetch_add(1, Relaxed),
-            Err(e) => {
-                // Never in hardirq; leak rather than free in a handler.
-                std::mem::forget(e);
-                c.refused.fetch_add(1, Relaxed)
-            }
-        };
+impl OnSignal for IrqWriter<'_> {
+    fn on_signal(&self) {
+        for _ in 0..4 {
+            let Some(new) = self.ring.pop() else {
+                self.empty.fetch_add(1, Relaxed);
+                return;
+            };
+            let i = self.next.fetch_add(7, Relaxed) as usize;
+            let old = self.table.replace(i, new);
+            match self.k.kfree_rcu(old) {
+                Ok(()) => self.retired.fetch_add(1, Relaxed),
+                Err(e) => {
+                    // Never in hardirq; leak rather than free in a handler.
+                    std::mem::forget(e);
+                    self.refused.fetch_add(1, Relaxed)
+                }
+            };
+        }
     }
 }
 
@@ -226,7 +228,16 @@ struct Counts {
     nmi_accepted: AtomicU64,
 }
 
-pub fn run(a: &Args) -> CmdResult {
+/// The seed of a run and the choices made from it.
+struct Plan {
+    seed: u64,
+    policy: Policy,
+    model: PreemptModel,
+}
+
+/// The policy and preempt model asked for, or random ones from the seed
+/// (`nowait` only when asked: its validator reports are expected).
+fn plan(a: &Args) -> Plan {
     let seed = a.seed.unwrap_or_else(|| {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -243,48 +254,122 @@ pub fn run(a: &Args) -> CmdResult {
     let model = a
         .preempt
         .unwrap_or(PreemptModel::ALL[rng.below(4) as usize]);
-    let reports = Reports::default();
-    let setup = Setup {
-        validator: a.validator,
-        ..Setup::new(policy, model)
-    };
-    let k = setup.build(&reports)?;
-    if a.fail_every > 0 {
-        k.pages().faults().fail_every(a.fail_every, FaultSites::ALL);
+    Plan {
+        seed,
+        policy,
+        model,
     }
-    if !a.json {
-        eprintln!(
-            "krcu torture: policy {policy}, preempt {model}, seed {seed}, {} readers, {} task writers, fail every {}, validator {}, {}",
-            a.readers,
-            a.threads,
-            a.fail_every,
-            if a.validator { "on" } else { "off" },
-            args::show_duration(a.duration)
-        );
+}
+
+/// The panic message of a retire from task context refused: only NMI
+/// context refuses, and these threads never enter it.
+const NEVER_REFUSED: &str = "refused only in NMI context, which this thread never enters";
+
+/// What the task-context threads of a run share; each kind of thread is a
+/// method.
+struct Threads<'a> {
+    k: &'a Krcu,
+    table: &'a Slots,
+    counts: &'a Counts,
+    raw: RawSpinLock<()>,
+    stop: AtomicBool,
+    start: Barrier,
+    seed: u64,
+}
+
+impl Threads<'_> {
+    /// Walks the table inside read-side sections, checking every object.
+    fn reader(&self) {
+        let reader = self.k.rcu().register_thread();
+        self.start.wait();
+        while !self.stop.load(Relaxed) {
+            let _g = reader.read_lock();
+            let mut bad = 0;
+            for slot in self.table.slots.iter() {
+                let p = slot.load(Acquire);
+                // SAFETY: inside a read-side section every object reachable
+                // from the table stays allocated until a grace period after
+                // it was unlinked.
+                if !unsafe { &*p }.ok() {
+                    bad += 1;
+                }
+            }
+            self.counts.bad_reads.fetch_add(bad, Relaxed);
+            self.counts.checked.fetch_add(SLOTS as u64, Relaxed);
+            self.counts.reads.fetch_add(1, Relaxed);
+        }
     }
-    let gp0 = k.rcu().stats().grace_periods;
-    let table = Slots {
-        slots: (0..SLOTS)
-            .map(|_| AtomicPtr::new(Box::into_raw(TObj::new())))
-            .collect(),
-    };
-    let counts = Counts::default();
-    let stop = AtomicBool::new(false);
-    let irq = IrqCtx {
-        k: &k,
-        table: &table,
-        ring: Ring::new(1024),
-        retired: AtomicU64::new(0),
-        empty: AtomicU64::new(0),
-        refused: AtomicU64::new(0),
-        next: AtomicU64::new(0),
-    };
-    let route = Route {
-        func: irq_writer,
-        ctx: (&irq as *const IrqCtx).cast(),
-    };
-    let raw = RawSpinLock::named(k.domain(), "torture_raw_lock", ());
-    let guard = signal::route(&route);
+
+    /// Task writer `w`: replaces random slots and retires the old object
+    /// with a raw spinlock held (1 in 8), with the single-argument form
+    /// (1 in 8) or plainly. Sends its thread on `victim` first, if given.
+    fn task_writer(&self, w: usize, victim: Option<Sender<libc::pthread_t>>) {
+        if let Some(tx) = victim {
+            tx.send(signal::this_thread()).ok();
+        }
+        let mut rng = Rng::new(self.seed ^ (w as u64 + 11));
+        self.start.wait();
+        while !self.stop.load(Relaxed) {
+            let old = self.table.replace_any(&mut rng);
+            match rng.below(8) {
+                0 => {
+                    let _l = self.raw.lock();
+                    self.k.kfree_rcu(old).expect(NEVER_REFUSED);
+                    self.counts.raw.fetch_add(1, Relaxed);
+                }
+                1 => {
+                    self.k.kvfree_rcu_mightsleep(old).expect(NEVER_REFUSED);
+                    self.counts.mightsleep.fetch_add(1, Relaxed);
+                }
+                _ => {
+                    self.k.kfree_rcu(old).expect(NEVER_REFUSED);
+                    self.counts.task.fetch_add(1, Relaxed);
+                }
+            }
+        }
+    }
+
+    /// The softirq writer: retires from krcu's softirq context.
+    fn softirq_writer(&self) {
+        let _softirq = krcu::context::enter_softirq();
+        let mut rng = Rng::new(self.seed ^ 0x50f7);
+        self.start.wait();
+        while !self.stop.load(Relaxed) {
+            let old = self.table.replace_any(&mut rng);
+            self.k.kfree_rcu(old).expect(NEVER_REFUSED);
+            self.counts.softirq.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// The NMI tryer: every call must be refused, the object handed back
+    /// and then retired from task context.
+    fn nmi_tryer(&self) {
+        let mut rng = Rng::new(self.seed ^ 0x4e4d49);
+        self.start.wait();
+        while !self.stop.load(Relaxed) {
+            let old = self.table.replace_any(&mut rng);
+            let back = {
+                let _nmi = krcu::context::enter_nmi();
+                self.k.kfree_rcu(old)
+            };
+            match back {
+                Err(e) => {
+                    self.counts.nmi_refused.fetch_add(1, Relaxed);
+                    self.k.kfree_rcu(e.0).expect(NEVER_REFUSED);
+                }
+                Ok(()) => {
+                    self.counts.nmi_accepted.fetch_add(1, Relaxed);
+                }
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+}
+
+/// Runs every thread for `a.duration`, the signal handler routed to `irq`;
+/// returns the signals sent.
+fn run_threads(a: &Args, policy: Policy, threads: &Threads, irq: &IrqWriter) -> u64 {
+    let _route = signal::route(irq);
     // The handler interrupts a task writer, maybe inside kfree_rcu. Except
     // under `nowait`, whose handler takes `zone->lock` (a plain lock, under
     // the raw krc lock: the bug the validator's expected reports are about),
@@ -293,156 +378,58 @@ pub fn run(a: &Args) -> CmdResult {
     // are safe in a handler: they are recorded without allocating and
     // delivered later.)
     let interrupt_writer = policy != Policy::Nowait;
-    let start = Barrier::new(a.readers + a.threads + 4 + usize::from(!interrupt_writer));
-    let t0 = Instant::now();
-    let mut signals = 0;
     std::thread::scope(|s| {
         for _ in 0..a.readers {
-            let (k, table, counts, stop, start) = (&k, &table, &counts, &stop, &start);
-            s.spawn(move || {
-                let reader = k.rcu().register_thread();
-                start.wait();
-                while !stop.load(Relaxed) {
-                    let _g = reader.read_lock();
-                    let mut bad = 0;
-                    for slot in table.slots.iter() {
-                        let p = slot.load(Acquire);
-                        // SAFETY: inside a read-side section every object
-                        // reachable from the table stays allocated until a
-                        // grace period after it was unlinked.
-                        if !unsafe { &*p }.ok() {
-                            bad += 1;
-                        }
-                    }
-                    counts.bad_reads.fetch_add(bad, Relaxed);
-                    counts.checked.fetch_add(SLOTS as u64, Relaxed);
-                    counts.reads.fetch_add(1, Relaxed);
-                }
-            });
+            s.spawn(|| threads.reader());
         }
         let (tx, rx) = std::sync::mpsc::channel();
         for w in 0..a.threads {
-            let (k, table, counts, stop, start, raw) = (&k, &table, &counts, &stop, &start, &raw);
-            let tx = (w == 0 && interrupt_writer).then(|| tx.clone());
-            s.spawn(move || {
-                if let Some(tx) = tx {
-                    tx.send(signal::this_thread()).ok();
-                }
-                let mut rng = Rng::new(seed ^ (w as u64 + 11));
-                start.wait();
-                while !stop.load(Relaxed) {
-                    let i = rng.below(SLOTS as u64) as usize;
-                    let old = table.replace(i, TObj::new());
-                    match rng.below(8) {
-                        0 => {
-                            let _l = raw.lock();
-                            k.kfree_rcu(old).expect(
-                                "refused only in NMI context, which this thread never enters",
-                            );
-                            counts.raw.fetch_add(1, Relaxed);
-                        }
-                        1 => {
-                            k.kvfree_rcu_mightsleep(old).expect(
-                                "refused only in NMI context, which this thread never enters",
-                            );
-                            counts.mightsleep.fetch_add(1, Relaxed);
-                        }
-                        _ => {
-                            k.kfree_rcu(old).expect(
-                                "refused only in NMI context, which this thread never enters",
-                            );
-                            counts.task.fetch_add(1, Relaxed);
-                        }
-                    }
-                }
-            });
-        }
-        if !interrupt_writer {
-            let (stop, start) = (&stop, &start);
-            let tx = tx.clone();
-            s.spawn(move || {
-                tx.send(signal::this_thread()).ok();
-                start.wait();
-                while !stop.load(Relaxed) {
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-            });
+            let victim = (w == 0 && interrupt_writer).then(|| tx.clone());
+            s.spawn(move || threads.task_writer(w, victim));
         }
         drop(tx);
-        let victim = rx.recv().expect("a thread to interrupt");
-        {
-            let (k, table, counts, stop, start) = (&k, &table, &counts, &stop, &start);
-            s.spawn(move || {
-                let _softirq = krcu::context::enter_softirq();
-                let mut rng = Rng::new(seed ^ 0x50f7);
-                start.wait();
-                while !stop.load(Relaxed) {
-                    let old = table.replace(rng.below(SLOTS as u64) as usize, TObj::new());
-                    k.kfree_rcu(old)
-                        .expect("refused only in NMI context, which this thread never enters");
-                    counts.softirq.fetch_add(1, Relaxed);
-                }
-            });
-            // NMI: every call refused, the object handed back and retired
-            // from task context.
-            s.spawn(move || {
-                let mut rng = Rng::new(seed ^ 0x4e4d49);
-                start.wait();
-                while !stop.load(Relaxed) {
-                    let old = table.replace(rng.below(SLOTS as u64) as usize, TObj::new());
-                    let back = {
-                        let _nmi = krcu::context::enter_nmi();
-                        k.kfree_rcu(old)
-                    };
-                    match back {
-                        Err(e) => {
-                            counts.nmi_refused.fetch_add(1, Relaxed);
-                            k.kfree_rcu(e.0).expect(
-                                "refused only in NMI context, which this thread never enters",
-                            );
-                        }
-                        Ok(()) => {
-                            counts.nmi_accepted.fetch_add(1, Relaxed);
-                        }
-                    }
-                    std::thread::sleep(Duration::from_micros(200));
-                }
-            });
-        }
-        let (stop, start, ring, no_hardirq) = (&stop, &start, &irq.ring, a.no_hardirq);
-        let sender = s.spawn(move || {
-            let mut sent = 0u64;
-            start.wait();
-            while !stop.load(Relaxed) {
-                for _ in 0..ring.room() {
-                    ring.push(TObj::new());
-                }
-                if !no_hardirq {
-                    signal::interrupt(victim);
-                    sent += 1;
-                }
-                std::thread::sleep(Duration::from_micros(50));
-            }
-            sent
-        });
-        start.wait();
+        let victim = if interrupt_writer {
+            rx.recv().expect("writer 0 sends its thread first")
+        } else {
+            signal::spawn_sleeper(s, &threads.start, &threads.stop).1
+        };
+        s.spawn(|| threads.softirq_writer());
+        s.spawn(|| threads.nmi_tryer());
+        let sender = signal::spawn_sender(
+            s,
+            &threads.start,
+            &threads.stop,
+            &irq.ring,
+            (!a.no_hardirq).then_some(victim),
+            Pace::Sleep(Duration::from_micros(50)),
+            TObj::new,
+        );
+        threads.start.wait();
         progress::wait("torture", a.duration, a.json);
-        stop.store(true, Relaxed);
-        signals = sender.join().unwrap_or(0);
-    });
-    drop(guard);
-    let seconds = t0.elapsed().as_secs_f64();
-    // Everything left: the table's objects and the ring's, then the barrier.
+        threads.stop.store(true, Relaxed);
+        sender.join().unwrap_or(0)
+    })
+}
+
+/// Retires what the threads left in the table.
+fn retire_the_table(k: &Krcu, table: &Slots) {
     for slot in table.slots.iter() {
         // SAFETY: the threads are gone; each slot holds a leaked Box.
         let obj = unsafe { Box::from_raw(slot.swap(core::ptr::null_mut(), AcqRel)) };
-        k.kfree_rcu(obj)
-            .expect("refused only in NMI context, which this thread never enters");
+        k.kfree_rcu(obj).expect(NEVER_REFUSED);
     }
-    drop(irq.ring);
-    k.kvfree_rcu_barrier();
+}
+
+/// Every way the run went wrong, once everything was freed.
+fn find_errors(
+    a: &Args,
+    policy: Policy,
+    k: &Krcu,
+    counts: &Counts,
+    irq: &IrqWriter,
+    reports: &Reports,
+) -> Vec<String> {
     let s = k.stats();
-    let rs = k.rcu().stats();
     let l = ledger();
     let made = l.next.load(SeqCst);
     let freed = l.total_freed.load(SeqCst);
@@ -479,8 +466,7 @@ pub fn run(a: &Args) -> CmdResult {
             s.calls()
         ));
     }
-    let expected_reports = policy == Policy::Nowait && a.validator;
-    if reports.total() > 0 && !expected_reports {
+    if reports.total() > 0 && !reports_expected(a, policy) {
         errors.push(format!(
             "{} validator reports; the first:\n{}",
             reports.total(),
@@ -491,7 +477,79 @@ pub fn run(a: &Args) -> CmdResult {
     if counts.reads.load(SeqCst) == 0 || !irq_ran || counts.softirq.load(SeqCst) == 0 {
         errors.push("a reader, the signal handler or the softirq writer never ran".into());
     }
-    let stalls = k.rcu().stall_reports().len() as u64;
+    errors
+}
+
+/// Validator reports are expected under `nowait` (its bug) only.
+fn reports_expected(a: &Args, policy: Policy) -> bool {
+    policy == Policy::Nowait && a.validator
+}
+
+pub fn run(a: &Args) -> CmdResult {
+    let Plan {
+        seed,
+        policy,
+        model,
+    } = plan(a);
+    let reports = Reports::default();
+    let setup = Setup {
+        validator: a.validator,
+        ..Setup::new(policy, model)
+    };
+    let k = setup.build(&reports)?;
+    if a.fail_every > 0 {
+        k.pages().faults().fail_every(a.fail_every, FaultSites::ALL);
+    }
+    if !a.json {
+        eprintln!(
+            "krcu torture: policy {policy}, preempt {model}, seed {seed}, {} readers, {} task writers, fail every {}, validator {}, {}",
+            a.readers,
+            a.threads,
+            a.fail_every,
+            if a.validator { "on" } else { "off" },
+            args::show_duration(a.duration)
+        );
+    }
+    let gp0 = k.rcu().stats().grace_periods;
+    let table = Slots {
+        slots: (0..SLOTS)
+            .map(|_| AtomicPtr::new(Box::into_raw(TObj::new())))
+            .collect(),
+    };
+    let counts = Counts::default();
+    let irq = IrqWriter {
+        k: &k,
+        table: &table,
+        ring: Ring::new(1024),
+        retired: AtomicU64::new(0),
+        empty: AtomicU64::new(0),
+        refused: AtomicU64::new(0),
+        next: AtomicU64::new(0),
+    };
+    let interrupt_writer = policy != Policy::Nowait;
+    let threads = Threads {
+        k: &k,
+        table: &table,
+        counts: &counts,
+        raw: RawSpinLock::named(k.domain(), "torture_raw_lock", ()),
+        stop: AtomicBool::new(false),
+        // Readers, writers, the softirq writer, the NMI tryer, the sender,
+        // this thread and, when no writer is interrupted, the sleeper.
+        start: Barrier::new(a.readers + a.threads + 4 + usize::from(!interrupt_writer)),
+        seed,
+    };
+    let t0 = Instant::now();
+    let signals = run_threads(a, policy, &threads, &irq);
+    let seconds = t0.elapsed().as_secs_f64();
+    drop(threads);
+    // Everything left: the table's objects and the ring's, then the barrier.
+    retire_the_table(&k, &table);
+    while irq.ring.pop().is_some() {}
+    k.kvfree_rcu_barrier();
+    let errors = find_errors(a, policy, &k, &counts, &irq, &reports);
+    let s = k.stats();
+    let rs = k.rcu().stats();
+    let l = ledger();
     let result = TortureResult {
         policy: policy.to_string(),
         preempt: model.to_string(),
@@ -500,8 +558,8 @@ pub fn run(a: &Args) -> CmdResult {
         fail_every: a.fail_every,
         reads: counts.reads.load(SeqCst),
         objects_checked: counts.checked.load(SeqCst),
-        made,
-        freed,
+        made: l.next.load(SeqCst),
+        freed: l.total_freed.load(SeqCst),
         retired_task: counts.task.load(SeqCst),
         retired_task_raw_lock: counts.raw.load(SeqCst),
         retired_mightsleep: counts.mightsleep.load(SeqCst),
@@ -515,10 +573,11 @@ pub fn run(a: &Args) -> CmdResult {
         grace_periods: rs.grace_periods - gp0,
         validator: a.validator,
         reports: reports.total(),
-        expected_reports,
-        stalls,
+        expected_reports: reports_expected(a, policy),
+        stalls: k.rcu().stall_reports().len() as u64,
         errors,
     };
+    drop(irq);
     drop(k);
     emit(a.json, &result, render);
     if result.errors.is_empty() {
@@ -532,7 +591,6 @@ pub fn run(a: &Args) -> CmdResult {
 }
 
 fn render(r: &TortureResult) -> String {
-    let mut t = Table::new(["what", "count"]);
     let rows: [(&str, String); 16] = [
         ("reads (read-side sections)", r.reads.to_string()),
         ("objects checked by readers", r.objects_checked.to_string()),
@@ -575,9 +633,7 @@ fn render(r: &TortureResult) -> String {
         ("stall warnings", r.stalls.to_string()),
         ("errors", r.errors.len().to_string()),
     ];
-    for (k, v) in rows {
-        t.row([k.to_string(), v]);
-    }
+    let t = Table::of_pairs(["what", "count"], rows);
     let mut out = format!(
         "krcu torture: policy {}, preempt {}, seed {}, {:.1} s, every {}th page allocation failing\n\n{}",
         r.policy,

@@ -4,6 +4,7 @@
 
 use crate::args::CmdResult;
 use crate::output::emit;
+use crate::policies_result::PoliciesResult;
 use crate::{compare, policies};
 use krcu::Policy;
 use serde::Serialize;
@@ -23,7 +24,7 @@ pub struct Args {
 /// The tour's result.
 #[derive(Debug, Serialize)]
 pub struct TourResult {
-    pub policies: policies::PoliciesResult,
+    pub policies: PoliciesResult,
     pub compare: compare::CompareResult,
 }
 

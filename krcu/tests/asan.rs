@@ -11,11 +11,11 @@
 //! die with AddressSanitizer's report.
 #![cfg(krcu_asan)]
 
-use krcu::Domain;
-use krcu::page::{Gfp, PAGE_SIZE, PageAllocator, PageConfig, Watermarks};
+mod common;
+
+use krcu::page::{Gfp, PAGE_SIZE};
 use krcu::slab::SlabCache;
 use std::process::Command;
-use std::sync::Arc;
 
 unsafe extern "C" {
     fn __asan_address_is_poisoned(addr: *const core::ffi::c_void) -> core::ffi::c_int;
@@ -29,20 +29,6 @@ fn poisoned(p: *const u8) -> bool {
 
 /// The environment variable that makes a test commit its use after free.
 const CHILD: &str = "KRCU_ASAN_CHILD";
-
-fn pages() -> Arc<PageAllocator> {
-    let d = Domain::builder().cpus(1).build();
-    PageAllocator::new(
-        &d,
-        PageConfig {
-            arena_size: 4 << 20,
-            watermarks: Some(Watermarks::NONE),
-            kswapd: false,
-            ..PageConfig::default()
-        },
-    )
-    .unwrap()
-}
 
 /// Runs test `name` of this binary in a child with [`CHILD`] set; returns
 /// whether it succeeded and its stderr.
@@ -69,7 +55,7 @@ fn assert_caught(name: &str) {
 
 #[test]
 fn free_pages_and_objects_are_poisoned_and_allocated_ones_are_not() {
-    let pa = pages();
+    let pa = common::pages::allocator_on_cpus(1, 4 << 20);
     let p = pa.alloc_pages(Gfp::KERNEL, 1).unwrap();
     let (a, len) = (p.as_ptr(), p.len());
     assert!(!poisoned(a) && !poisoned(a.wrapping_add(len - 1)));
@@ -104,7 +90,7 @@ fn free_pages_and_objects_are_poisoned_and_allocated_ones_are_not() {
 fn a_use_after_free_of_a_slab_object_is_reported() {
     const NAME: &str = "a_use_after_free_of_a_slab_object_is_reported";
     if std::env::var(CHILD).as_deref() == Ok(NAME) {
-        let pa = pages();
+        let pa = common::pages::allocator_on_cpus(1, 4 << 20);
         let cache = SlabCache::<[u64; 4]>::new(&pa, "uaf").unwrap();
         // Another live object keeps the slab (and its page) allocated: the
         // poison that catches the bug is the slab's own.
@@ -125,7 +111,7 @@ fn a_use_after_free_of_a_slab_object_is_reported() {
 fn a_use_after_free_of_a_page_is_reported() {
     const NAME: &str = "a_use_after_free_of_a_page_is_reported";
     if std::env::var(CHILD).as_deref() == Ok(NAME) {
-        let pa = pages();
+        let pa = common::pages::allocator_on_cpus(1, 4 << 20);
         let p = pa.alloc_page(Gfp::KERNEL).unwrap();
         let a = p.as_ptr();
         pa.free(p);

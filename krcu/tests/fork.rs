@@ -10,35 +10,14 @@
 
 mod common;
 
+use common::CountedNode;
+
 use krcu::Krcu;
-use krcu::rcu::{self, HasRcuHead, RcuHead};
+use krcu::rcu;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
-
-struct Node {
-    freed: Arc<AtomicUsize>,
-    rcu: RcuHead,
-}
-
-// SAFETY: `rcu` is an RcuHead field of Node.
-unsafe impl HasRcuHead for Node {
-    const RCU_HEAD_OFFSET: usize = core::mem::offset_of!(Node, rcu);
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        self.freed.fetch_add(1, SeqCst);
-    }
-}
-
-fn node(freed: &Arc<AtomicUsize>) -> Box<Node> {
-    Box::new(Node {
-        freed: freed.clone(),
-        rcu: RcuHead::new(),
-    })
-}
 
 /// How long the parent waits for a child before it counts as hung.
 const CHILD_TIMEOUT: Duration = Duration::from_secs(20);
@@ -53,12 +32,12 @@ fn retire_and_wait(k: &Krcu) {
     let freed = Arc::new(AtomicUsize::new(0));
     const N: usize = 200;
     for _ in 0..N {
-        krcu::kfree_rcu(node(&freed)).unwrap();
-        k.kfree_rcu(node(&freed)).unwrap();
+        krcu::kfree_rcu(CountedNode::new(&freed)).unwrap();
+        k.kfree_rcu(CountedNode::new(&freed)).unwrap();
     }
-    krcu::kvfree_rcu_mightsleep(node(&freed)).unwrap_or_else(|_| unreachable!());
-    rcu::call_rcu_box(node(&freed));
-    k.rcu().call_rcu_box(node(&freed));
+    krcu::kvfree_rcu_mightsleep(CountedNode::new(&freed)).unwrap_or_else(|_| unreachable!());
+    rcu::call_rcu_box(CountedNode::new(&freed));
+    k.rcu().call_rcu_box(CountedNode::new(&freed));
     krcu::kvfree_rcu_barrier();
     k.kvfree_rcu_barrier();
     rcu::synchronize();
@@ -146,8 +125,8 @@ fn fork_child_retires_and_synchronizes() {
     // The parent uses the process-wide instance and a built one.
     let freed = Arc::new(AtomicUsize::new(0));
     let k = built();
-    krcu::kfree_rcu(node(&freed)).unwrap();
-    k.kfree_rcu(node(&freed)).unwrap();
+    krcu::kfree_rcu(CountedNode::new(&freed)).unwrap();
+    k.kfree_rcu(CountedNode::new(&freed)).unwrap();
     krcu::kvfree_rcu_barrier();
     k.kvfree_rcu_barrier();
     rcu::synchronize();
@@ -189,11 +168,11 @@ fn fork_child_retires_and_synchronizes() {
             while !stop.load(SeqCst) {
                 {
                     let _g = rcu::read_lock();
-                    krcu::kfree_rcu(node(&freed)).unwrap();
+                    krcu::kfree_rcu(CountedNode::new(&freed)).unwrap();
                 }
                 {
                     let _g = k.rcu().read_lock();
-                    k.kfree_rcu(node(&freed)).unwrap();
+                    k.kfree_rcu(CountedNode::new(&freed)).unwrap();
                 }
                 if i.is_multiple_of(64) {
                     rcu::synchronize();

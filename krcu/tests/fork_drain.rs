@@ -8,29 +8,14 @@
 
 mod common;
 
+use common::CountedNode;
+
 use krcu::Domain;
 use krcu::rcu::{HasRcuHead, Rcu, RcuConfig, RcuHead};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::time::{Duration, Instant};
-
-/// Counts its drops.
-struct Node {
-    freed: Arc<AtomicUsize>,
-    rcu: RcuHead,
-}
-
-// SAFETY: `rcu` is an RcuHead field of Node.
-unsafe impl HasRcuHead for Node {
-    const RCU_HEAD_OFFSET: usize = core::mem::offset_of!(Node, rcu);
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        self.freed.fetch_add(1, SeqCst);
-    }
-}
 
 /// Owns the instance it is queued on: its drop (in the instance's own
 /// callback) drops the instance.
@@ -83,10 +68,7 @@ fn fork_child_runs_callbacks_of_an_instance_dropped_by_its_callback() {
     for _ in 0..N {
         // SAFETY: the owner's drop is waiting for `go`: the instance is
         // alive.
-        unsafe { &*rcu }.call_rcu_box(Box::new(Node {
-            freed: freed.clone(),
-            rcu: RcuHead::new(),
-        }));
+        unsafe { &*rcu }.call_rcu_box(CountedNode::new(&freed));
     }
     go.send(()).unwrap();
     // SAFETY: fork has no preconditions; the child only checks the counter

@@ -11,6 +11,7 @@ use krcu::lock::RawSpinLock;
 use krcu::lockdep::ReportKind;
 use krcu::lockdep::{ReportHandler, ReportLog};
 use krcu::page::FaultSites;
+use krcu::rcu::{HasRcuHead, RcuHead};
 use krcu::{Krcu, KvfreeConfig, Policy};
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering::*};
 use std::sync::{Arc, Barrier};
@@ -91,7 +92,8 @@ fn torture(k: &Krcu, ledger: &Arc<Ledger>, run_for: Duration, victim_sleeps: boo
                     // SAFETY: unlinked just now, so ours to retire.
                     let old = unsafe { Box::from_raw(old) };
                     if i.is_multiple_of(3) {
-                        // Retire with a raw spinlock held, as the seeds do.
+                        // Retire with a raw spinlock held, as kernel callers
+                        // of kfree_rcu may.
                         let _r = raw.lock();
                         k.kfree_rcu(old).expect("not NMI");
                     } else {
@@ -208,7 +210,8 @@ fn nmi_is_refused_and_the_object_handed_back() {
 
 /// Fills the first block so the next call needs a new one, with the page
 /// allocator's per-CPU lists drained so that `GFP_NOWAIT` must take the
-/// zone lock. All under a raw spinlock, as in the seeds.
+/// zone lock. All under a raw spinlock, as kernel callers of kfree_rcu
+/// may hold one.
 #[cfg(any(debug_assertions, feature = "lockdep"))]
 fn call_needing_a_block(k: &Krcu, ledger: &Arc<Ledger>) {
     let raw = RawSpinLock::named(k.domain(), "caller_raw_lock", ());
@@ -331,6 +334,72 @@ fn mightsleep_is_reported_where_it_may_not_sleep() {
     assert_eq!(drops.load(SeqCst), 2);
 }
 
+/// How many [`ReaderWitness`]es were dropped while their reader was still
+/// inside its section, and how many after it left.
+#[derive(Default)]
+struct DropTally {
+    under_reader: AtomicU64,
+    after_reader: AtomicU64,
+}
+
+/// An object retired while a reader in another thread sits in its
+/// section: when dropped, it records in its tally whether that reader had
+/// left (`reader_left` is set just before the reader leaves).
+struct ReaderWitness {
+    reader_left: Arc<AtomicBool>,
+    tally: Arc<DropTally>,
+    head: RcuHead,
+}
+
+// SAFETY: `head` is an RcuHead field of ReaderWitness.
+unsafe impl HasRcuHead for ReaderWitness {
+    const RCU_HEAD_OFFSET: usize = core::mem::offset_of!(ReaderWitness, head);
+}
+
+impl Drop for ReaderWitness {
+    fn drop(&mut self) {
+        let counter = if self.reader_left.load(SeqCst) {
+            &self.tally.after_reader
+        } else {
+            &self.tally.under_reader
+        };
+        counter.fetch_add(1, SeqCst);
+    }
+}
+
+/// Runs `work` while a thread registered with `k`'s RCU sits inside a
+/// read-side section for `hold`; `work` gets a witness maker whose
+/// objects tell, when dropped, whether the reader had left. Returns their
+/// tally.
+fn under_a_reader(
+    k: &Krcu,
+    hold: Duration,
+    work: impl FnOnce(&dyn Fn() -> Box<ReaderWitness>),
+) -> Arc<DropTally> {
+    let reader_left = Arc::new(AtomicBool::new(false));
+    let tally = Arc::new(DropTally::default());
+    let inside = Barrier::new(2);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let reader = k.rcu().register_thread();
+            let guard = reader.read_lock();
+            inside.wait();
+            std::thread::sleep(hold);
+            reader_left.store(true, SeqCst);
+            drop(guard);
+        });
+        inside.wait();
+        work(&|| {
+            Box::new(ReaderWitness {
+                reader_left: reader_left.clone(),
+                tally: tally.clone(),
+                head: RcuHead::new(),
+            })
+        });
+    });
+    tally
+}
+
 #[test]
 fn mightsleep_without_any_block_waits_and_frees_inline() {
     let log = ReportLog::new();
@@ -347,6 +416,20 @@ fn mightsleep_without_any_block_waits_and_frees_inline() {
         );
     }
     assert_eq!(k.stats().inline_synchronize, 10);
+
+    // With no reader anywhere, a missing grace period would pass the loop
+    // above. Hold a reader in another thread: the inline free must wait
+    // until it has left its section.
+    let tally = under_a_reader(&k, Duration::from_millis(200), |witness| {
+        k.kvfree_rcu_mightsleep(witness()).unwrap();
+    });
+    assert_eq!(
+        tally.under_reader.load(SeqCst),
+        0,
+        "freed inline while a reader was still inside its section"
+    );
+    assert_eq!(tally.after_reader.load(SeqCst), 1);
+    assert_eq!(k.stats().inline_synchronize, 11);
     k.pages().faults().clear();
     // With allocations working again it allocates a block outside the lock.
     k.kvfree_rcu_mightsleep(Box::new(Counted(10, drops.clone())))
@@ -434,14 +517,38 @@ fn dropping_the_instance_frees_everything_queued() {
 fn a_block_whose_grace_period_passed_is_freed_without_another() {
     let log = ReportLog::new();
     let k = patient(log);
+
+    // Grace period not passed: objects queued while a reader is inside its
+    // section are not drain-ready, and are freed only after it leaves.
+    let tally = under_a_reader(&k, Duration::from_millis(200), |witness| {
+        for _ in 0..10 {
+            k.kfree_rcu(witness()).unwrap();
+        }
+        k.kvfree_rcu_barrier();
+    });
+    assert_eq!(
+        tally.under_reader.load(SeqCst),
+        0,
+        "freed before their grace period: a reader was still inside"
+    );
+    assert_eq!(tally.after_reader.load(SeqCst), 10);
+
+    // Grace period passed: the block is freed at the drain, as drain-ready.
+    let ready_before = k.stats().drain_ready_blocks;
     let ledger = Ledger::new(100);
     for _ in 0..10 {
         k.kfree_rcu(Obj::new(&ledger)).unwrap();
     }
     k.rcu().synchronize();
+    assert_eq!(
+        ledger.dropped.load(SeqCst),
+        0,
+        "nothing hands them over before the barrier: the drain delay is an hour"
+    );
     k.kvfree_rcu_barrier();
     ledger.assert_all_freed_once();
-    assert!(k.stats().drain_ready_blocks >= 1, "{:?}", k.stats());
+    let s = k.stats();
+    assert!(s.drain_ready_blocks > ready_before, "{s:?}");
 }
 
 #[test]

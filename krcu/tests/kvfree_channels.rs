@@ -113,6 +113,15 @@ fn slab_channel_with_failing_block_allocations() {
     let ledger = Ledger::new(100_000);
     slab_torture(&k, &ledger);
     ledger.assert_all_freed_once();
+    // Without faults that fired, this is the default-policy test again:
+    // faults were injected, and block allocations met them.
+    let injected = k.pages().stats().global.injected_failures;
+    let s = k.stats();
+    assert!(injected > 0, "no fault was injected: {s:?}");
+    assert!(
+        s.inline_alloc_failures > 0,
+        "no block allocation failed: {s:?}"
+    );
 }
 
 #[test]

@@ -7,45 +7,16 @@
 
 mod common;
 
+use common::counting_alloc::{CountingAlloc, thread_allocs, thread_frees};
 use common::*;
 use krcu::context;
 use krcu::lock::{RawSpinLock, thread_counters};
 use krcu::lockdep::{ReportHandler, ReportLog};
 use krcu::{Krcu, Policy};
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering::*};
 
-struct Counting;
-
-thread_local! {
-    static ALLOCS: Cell<u64> = const { Cell::new(0) };
-}
-
-// SAFETY: forwards to the system allocator; only counts.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
-        // SAFETY: forwarded.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: forwarded.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new: usize) -> *mut u8 {
-        let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
-        // SAFETY: forwarded.
-        unsafe { System.realloc(ptr, layout, new) }
-    }
-}
-
 #[global_allocator]
-static GLOBAL: Counting = Counting;
-
-fn allocs() -> u64 {
-    ALLOCS.with(|c| c.get())
-}
+static GLOBAL: CountingAlloc = CountingAlloc;
 
 #[test]
 fn with_a_block_available_kfree_rcu_neither_allocates_nor_blocks() {
@@ -81,11 +52,11 @@ fn with_a_block_available_kfree_rcu_neither_allocates_nor_blocks() {
 
         // Statistics are read outside the measured window (they lock).
         let s0 = k.stats();
-        let (a0, c0) = (allocs(), thread_counters());
+        let (a0, c0) = (thread_allocs(), thread_counters());
         for _ in 0..100 {
             k.kfree_rcu(objs.pop().unwrap()).unwrap();
         }
-        let (a1, c1) = (allocs(), thread_counters());
+        let (a1, c1) = (thread_allocs(), thread_counters());
         let s1 = k.stats();
         assert_eq!(a1 - a0, 0, "{policy}: heap allocations on the call path");
         let d = c1 - c0;
@@ -104,11 +75,11 @@ fn with_a_block_available_kfree_rcu_neither_allocates_nor_blocks() {
 
         // With a raw spinlock held.
         let g = raw.lock();
-        let (a0, c0) = (allocs(), thread_counters());
+        let (a0, c0) = (thread_allocs(), thread_counters());
         for _ in 0..100 {
             k.kfree_rcu(objs.pop().unwrap()).unwrap();
         }
-        let (a1, c1) = (allocs(), thread_counters());
+        let (a1, c1) = (thread_allocs(), thread_counters());
         drop(g);
         assert_eq!(
             a1 - a0,
@@ -132,13 +103,13 @@ fn with_a_block_available_kfree_rcu_neither_allocates_nor_blocks() {
             let _l = signal_lock();
             install_handler();
             let _t = set_target(&target);
-            let (a0, c0) = (allocs(), thread_counters());
+            let (a0, c0) = (thread_allocs(), thread_counters());
             for _ in 0..50 {
                 // SAFETY: raise has no preconditions; the handler runs on
                 // this thread before it returns.
                 unsafe { libc::raise(libc::SIGUSR1) };
             }
-            let (a1, c1) = (allocs(), thread_counters());
+            let (a1, c1) = (thread_allocs(), thread_counters());
             assert_eq!(
                 a1 - a0,
                 0,
@@ -170,12 +141,12 @@ fn a_registered_thread_never_allocates_not_even_on_its_first_call() {
     std::thread::scope(|s| {
         s.spawn(|| {
             let reader = k.register_thread();
-            let before = allocs();
+            let before = thread_allocs();
             for o in objs {
                 let _g = reader.read_lock();
                 k.kfree_rcu(o).unwrap();
             }
-            assert_eq!(allocs() - before, 0, "the first calls allocated");
+            assert_eq!(thread_allocs() - before, 0, "the first calls allocated");
         });
     });
     k.kvfree_rcu_barrier();
@@ -194,11 +165,11 @@ fn a_realtime_thread_makes_no_front_on_an_instance_it_did_not_register_with() {
     std::thread::scope(|s| {
         s.spawn(|| {
             context::set_realtime(true);
-            let (a0, c0) = (allocs(), thread_counters());
+            let (a0, c0) = (thread_allocs(), thread_counters());
             for o in objs {
                 k.kfree_rcu(o).unwrap();
             }
-            let (a1, c1) = (allocs(), thread_counters());
+            let (a1, c1) = (thread_allocs(), thread_counters());
             assert_eq!(a1 - a0, 0, "a front was made on the call path");
             assert_eq!((c1 - c0).blocking, 0);
         });
@@ -228,11 +199,11 @@ fn an_unregistered_thread_in_atomic_context_makes_no_front_on_its_first_call() {
                     let _g = (how == "raw spinlock").then(|| raw.lock());
                     let _i = (how == "irqs off").then(context::local_irq_save);
                     let _p = (how == "preemption off").then(context::preempt_disable);
-                    let (a0, c0) = (allocs(), thread_counters());
+                    let (a0, c0) = (thread_allocs(), thread_counters());
                     for _ in 0..2 {
                         k.kfree_rcu(objs.pop().unwrap()).unwrap();
                     }
-                    (allocs() - a0, thread_counters() - c0)
+                    (thread_allocs() - a0, thread_counters() - c0)
                 };
                 assert_eq!(a, 0, "{how}: the first call allocated (made a front)");
                 assert_eq!(c.blocking, 0, "{how}: {c:?}");
@@ -246,4 +217,17 @@ fn an_unregistered_thread_in_atomic_context_makes_no_front_on_its_first_call() {
     k.kvfree_rcu_barrier();
     ledger.assert_all_freed_once();
     assert!(log.is_empty(), "{:?}", log);
+}
+
+/// The positive control for every "no allocation" check in this file: the
+/// counting allocator does see this thread's allocations and frees.
+#[test]
+fn the_counting_allocator_counts_this_threads_heap_calls() {
+    let (a0, f0) = (thread_allocs(), thread_frees());
+    drop(std::hint::black_box(Box::new(7u64)));
+    let mut v: Vec<u64> = Vec::with_capacity(1);
+    v.extend([1, 2, 3]); // a reallocation
+    drop(std::hint::black_box(v));
+    assert_eq!(thread_allocs() - a0, 3, "one box, one vector, one growth");
+    assert_eq!(thread_frees() - f0, 2, "the box and the vector");
 }

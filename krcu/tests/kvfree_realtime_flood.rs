@@ -29,10 +29,12 @@
 //! around it, which runs only as long as the real-time thread does.
 #![cfg(all(target_os = "linux", target_arch = "x86_64"))]
 
+mod common;
+
+use common::counting_alloc::{CountingAlloc, thread_allocs, thread_frees};
 use krcu::Krcu;
 use krcu::lock::{ThreadLockCounters, thread_counters};
 use krcu::rcu::{HasRcuHead, RcuHead};
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::os::unix::thread::JoinHandleExt;
 use std::sync::Mutex;
@@ -53,48 +55,17 @@ const WATCHDOG: Duration = Duration::from_secs(120);
 // Per-thread counts: the global allocator and the objects' destructors
 // ---------------------------------------------------------------------
 
-struct Counting;
+#[global_allocator]
+static GLOBAL: CountingAlloc = CountingAlloc;
 
 thread_local! {
-    // const-initialised, no destructor: touching them never allocates.
-    static ALLOCS: Cell<u64> = const { Cell::new(0) };
-    static FREES: Cell<u64> = const { Cell::new(0) };
+    // const-initialised, no destructor: touching it never allocates.
     static DROPS: Cell<u64> = const { Cell::new(0) };
 }
 
-fn bump(c: &'static std::thread::LocalKey<Cell<u64>>) {
-    let _ = c.try_with(|c| c.set(c.get() + 1));
-}
-
-// SAFETY: forwards every call to the system allocator; only counts.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        bump(&ALLOCS);
-        // SAFETY: forwarded with the caller's layout.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        bump(&ALLOCS);
-        // SAFETY: forwarded with the caller's layout.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        bump(&FREES);
-        // SAFETY: forwarded: `ptr` came from System with `layout`.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new: usize) -> *mut u8 {
-        bump(&ALLOCS);
-        // SAFETY: forwarded: `ptr` came from System with `layout`.
-        unsafe { System.realloc(ptr, layout, new) }
-    }
-}
-
-#[global_allocator]
-static GLOBAL: Counting = Counting;
-
-fn get(c: &'static std::thread::LocalKey<Cell<u64>>) -> u64 {
-    c.with(Cell::get)
+/// Destructors of `Item` the calling thread has run.
+fn thread_drops() -> u64 {
+    DROPS.with(Cell::get)
 }
 
 /// Objects freed anywhere (to check nothing is lost).
@@ -123,7 +94,7 @@ impl Item {
 impl Drop for Item {
     fn drop(&mut self) {
         std::hint::black_box(self.value);
-        bump(&DROPS);
+        let _ = DROPS.try_with(|c| c.set(c.get() + 1));
         DROPPED.fetch_add(1, Relaxed);
     }
 }
@@ -265,7 +236,7 @@ fn realtime_thread(
     while !go.load(Acquire) {
         std::thread::sleep(Duration::from_millis(1));
     }
-    let (a0, f0, d0) = (get(&ALLOCS), get(&FREES), get(&DROPS));
+    let (a0, f0, d0) = (thread_allocs(), thread_frees(), thread_drops());
     let c0: ThreadLockCounters = thread_counters();
     seal_thread();
     // ---- no system call from here on ----
@@ -283,7 +254,7 @@ fn realtime_thread(
         }
         calls += 1;
     }
-    let (a1, f1, d1) = (get(&ALLOCS), get(&FREES), get(&DROPS));
+    let (a1, f1, d1) = (thread_allocs(), thread_frees(), thread_drops());
     let c = thread_counters() - c0;
     r.allocs.store(a1 - a0, Relaxed);
     r.frees.store(f1 - f0, Relaxed);

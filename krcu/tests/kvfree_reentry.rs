@@ -2,26 +2,12 @@
 //! section on the same thread (a lockdep report handler, a tracing
 //! subscriber) loses nothing.
 
-use krcu::rcu::{HasRcuHead, RcuHead};
+mod common;
+
+use common::CountedNode;
 use krcu::{Krcu, Policy};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering::SeqCst};
-
-struct Node {
-    freed: Arc<AtomicUsize>,
-    head: RcuHead,
-}
-
-// SAFETY: `head` is an RcuHead field of Node.
-unsafe impl HasRcuHead for Node {
-    const RCU_HEAD_OFFSET: usize = core::mem::offset_of!(Node, head);
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        self.freed.fetch_add(1, SeqCst);
-    }
-}
 
 static INSTANCE: AtomicPtr<Krcu> = AtomicPtr::new(core::ptr::null_mut());
 static FREED: AtomicPtr<AtomicUsize> = AtomicPtr::new(core::ptr::null_mut());
@@ -30,7 +16,8 @@ static IN_HANDLER: AtomicBool = AtomicBool::new(false);
 
 /// With `Policy::Nowait`, a new front block's page is allocated under the
 /// raw `krc` lock, inside the thread's front section; the allocation takes
-/// the zone lock, which the validator reports (the seeds' bug). The report
+/// the zone lock, which the validator reports (the 2020 kfree_rcu bug:
+/// a `spinlock_t` under a raw spinlock). The report
 /// handler retires an object on the same instance, from inside that
 /// section: it must neither clear the section early nor have its block
 /// overwritten by the outer call.
@@ -48,10 +35,7 @@ fn a_kfree_rcu_from_inside_the_front_section_loses_nothing() {
         // SAFETY: both are set while the test's instance and counter live,
         // and cleared before they go.
         let (k, freed) = unsafe { (&*k, Arc::from_raw(freed)) };
-        let obj = Box::new(Node {
-            freed: freed.clone(),
-            head: RcuHead::new(),
-        });
+        let obj = CountedNode::new(&freed);
         core::mem::forget(freed);
         k.kfree_rcu(obj).unwrap();
         NESTED.fetch_add(1, SeqCst);
@@ -71,11 +55,7 @@ fn a_kfree_rcu_from_inside_the_front_section_loses_nothing() {
     std::thread::scope(|s| {
         s.spawn(|| {
             for _ in 0..N {
-                k.kfree_rcu(Box::new(Node {
-                    freed: freed.clone(),
-                    head: RcuHead::new(),
-                }))
-                .unwrap();
+                k.kfree_rcu(CountedNode::new(&freed)).unwrap();
             }
         });
     });
@@ -110,11 +90,7 @@ fn drain_ready_blocks_are_freed_without_waiting_for_the_reclaimers_timeout() {
     let freed = Arc::new(AtomicUsize::new(0));
     let mut worst = std::time::Duration::ZERO;
     for round in 1..=8 {
-        k.kfree_rcu(Box::new(Node {
-            freed: freed.clone(),
-            head: RcuHead::new(),
-        }))
-        .unwrap();
+        k.kfree_rcu(CountedNode::new(&freed)).unwrap();
         // The object's grace period elapses long before the drain delay.
         k.rcu().synchronize_expedited();
         let start = std::time::Instant::now();

@@ -2,34 +2,16 @@
 //! is reported (suspicious RCU usage) without allocating on that thread:
 //! the report is deferred, as in hardirq context.
 
+mod common;
+
+use common::counting_alloc::{CountingAlloc, thread_allocs};
 use krcu::Krcu;
 use krcu::lockdep::{ReportHandler, ReportKind, ReportLog};
 use krcu::rcu::{HasRcuHead, RcuHead};
-use std::cell::Cell;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 
-struct Counting;
-
-thread_local! {
-    static ALLOCS: Cell<u64> = const { Cell::new(0) };
-}
-
-// SAFETY: forwards to the system allocator; only counts (in a const
-// thread-local without destructor).
-unsafe impl std::alloc::GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
-        let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
-        // SAFETY: forwarded.
-        unsafe { std::alloc::System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
-        // SAFETY: forwarded.
-        unsafe { std::alloc::System.dealloc(ptr, layout) }
-    }
-}
-
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: CountingAlloc = CountingAlloc;
 
 static FREED: AtomicUsize = AtomicUsize::new(0);
 
@@ -70,9 +52,9 @@ fn a_real_time_threads_suspicious_kfree_rcu_is_reported_without_allocating() {
             });
             // A reader of the other instance only: suspicious.
             let g = other.rcu().read_lock();
-            let a0 = ALLOCS.with(Cell::get);
+            let a0 = thread_allocs();
             k.kfree_rcu(obj).unwrap();
-            let a1 = ALLOCS.with(Cell::get);
+            let a1 = thread_allocs();
             drop(g);
             a1 - a0
         })

@@ -63,19 +63,61 @@ fn spinlock_under_raw_spinlock_needs_nesting_proof() {
     }
 }
 
+/// How the nesting scenario below takes its locks.
+#[derive(Clone, Copy, PartialEq)]
+enum Acquire {
+    Try,
+    Blocking,
+}
+
+/// Under a raw spinlock, takes a `spinlock_t` and a mutex; then, in hardirq
+/// context, the `spinlock_t` again; each with `how`. Returns the reports.
+fn nest_under_raw_and_in_hardirq(model: PreemptModel, how: Acquire) -> Vec<krcu::lockdep::Report> {
+    let (d, log) = domain(model, true);
+    let raw = RawSpinLock::new_in(&d, ());
+    let zone = SpinLock::new_in(&d, ());
+    let m = Mutex::new_in(&d, ());
+    let _r = raw.lock();
+    match how {
+        Acquire::Try => {
+            assert!(zone.try_lock().is_some());
+            assert!(m.try_lock().is_some());
+        }
+        Acquire::Blocking => {
+            drop(zone.lock());
+            drop(m.lock());
+        }
+    }
+    let _h = context::enter_hardirq();
+    match how {
+        Acquire::Try => assert!(zone.try_lock().is_some()),
+        Acquire::Blocking => drop(zone.lock()),
+    }
+    log.take()
+}
+
 #[test]
 fn trylock_is_never_flagged() {
     for model in PreemptModel::ALL {
-        let (d, log) = domain(model, true);
-        let raw = RawSpinLock::new_in(&d, ());
-        let zone = SpinLock::new_in(&d, ());
-        let m = Mutex::new_in(&d, ());
-        let _r = raw.lock();
-        assert!(zone.try_lock().is_some());
-        assert!(m.try_lock().is_some());
-        let _h = context::enter_hardirq();
-        assert!(zone.try_lock().is_some());
-        assert!(log.is_empty(), "{model}: {:#?}", log.reports());
+        let reports = nest_under_raw_and_in_hardirq(model, Acquire::Try);
+        assert!(reports.is_empty(), "{model}: {reports:#?}");
+    }
+}
+
+/// The positive control of `trylock_is_never_flagged`: the same nesting
+/// with blocking acquisitions is reported in every preempt model.
+#[test]
+fn the_same_nesting_with_blocking_locks_is_flagged() {
+    for model in PreemptModel::ALL {
+        let reports = nest_under_raw_and_in_hardirq(model, Acquire::Blocking);
+        let kinds: Vec<_> = reports.iter().map(|r| r.kind).collect();
+        // All three acquisitions are reported, the spinlock_t ones as an
+        // invalid wait context, the mutex as a sleep in atomic context.
+        assert!(kinds.len() >= 3, "{model}: {kinds:?}");
+        assert!(
+            kinds.contains(&WAIT) && kinds.contains(&SLEEP),
+            "{model}: {kinds:?}"
+        );
     }
 }
 

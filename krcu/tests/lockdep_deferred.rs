@@ -8,62 +8,20 @@
 //! its domain's handler as a task-context one would.
 #![cfg(any(debug_assertions, feature = "lockdep"))]
 
+mod common;
+
+use common::counting_alloc::{CountingAlloc, thread_heap_calls};
 use krcu::Domain;
 use krcu::context::{self, PreemptModel};
 use krcu::lock::{Mutex, RawSpinLock, SpinLock};
 use krcu::lockdep::{
     DEFERRED_REPORTS, MAX_LOCK_DEPTH, Report, ReportHandler, ReportKind, ReportLog,
 };
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::sync::{Arc, MutexGuard, OnceLock};
 
-/// Counts every heap call (allocation, reallocation and free) the current
-/// thread makes.
-struct Counting;
-
-thread_local! {
-    static HEAP_CALLS: Cell<u64> = const { Cell::new(0) };
-}
-
-fn count() {
-    // `try_with`: the counter may be gone while the thread exits.
-    let _ = HEAP_CALLS.try_with(|c| c.set(c.get() + 1));
-}
-
-fn heap_calls() -> u64 {
-    HEAP_CALLS.with(Cell::get)
-}
-
-// SAFETY: every method forwards to the system allocator with the caller's
-// arguments unchanged, so it keeps all of `GlobalAlloc`'s contracts; the
-// counting touches only a const thread-local cell.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        count();
-        // SAFETY: forwarded unchanged (see the impl).
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        count();
-        // SAFETY: forwarded unchanged (see the impl).
-        unsafe { System.alloc_zeroed(layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        count();
-        // SAFETY: forwarded unchanged (see the impl).
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        count();
-        // SAFETY: forwarded unchanged (see the impl).
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
 #[global_allocator]
-static ALLOC: Counting = Counting;
+static GLOBAL: CountingAlloc = CountingAlloc;
 
 /// The deferred storage is process-wide: the tests in this file take turns
 /// so that one's reports never fill the storage under another.
@@ -176,12 +134,12 @@ fn a_report_in_hardirq_context_makes_no_heap_call_and_arrives_intact() {
         "{task:#?}"
     );
 
-    let before = heap_calls();
+    let before = thread_heap_calls();
     {
         let _irq = context::enter_hardirq();
         offend(&irq_a, &irq_b, &mut guards);
     }
-    let made = heap_calls() - before;
+    let made = thread_heap_calls() - before;
     assert_eq!(
         made, 0,
         "producing reports in hardirq context made {made} heap calls"
@@ -212,13 +170,13 @@ static HANDLER_HEAP_CALLS: AtomicU64 = AtomicU64::new(u64::MAX);
 
 extern "C" fn on_sigusr1(_: libc::c_int) {
     let Some(f) = FIXTURE.get() else { return };
-    let before = heap_calls();
+    let before = thread_heap_calls();
     {
         let _irq = context::enter_hardirq();
         let _r = f.raw.lock();
         drop(f.zone.lock()); // invalid wait context: a report
     }
-    HANDLER_HEAP_CALLS.store(heap_calls() - before, SeqCst);
+    HANDLER_HEAP_CALLS.store(thread_heap_calls() - before, SeqCst);
     HANDLER_RAN.store(true, SeqCst);
 }
 
@@ -274,14 +232,14 @@ fn a_full_deferred_storage_counts_the_drops_and_says_so() {
     let (d, log) = domain();
     let zone = SpinLock::named(&d, "zone->lock", ());
     let extra = 5;
-    let before = heap_calls();
+    let before = thread_heap_calls();
     {
         let _irq = context::enter_hardirq();
         for _ in 0..DEFERRED_REPORTS + extra {
             drop(zone.lock()); // invalid wait context, each time
         }
     }
-    assert_eq!(heap_calls() - before, 0);
+    assert_eq!(thread_heap_calls() - before, 0);
     let reports = log.take();
     assert_eq!(
         reports.len(),

@@ -8,30 +8,33 @@
 //! `RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test -p krcu --release --test loom_pcp`
 #![cfg(loom)]
 
+// Only the page helpers: the rest of `common` needs what loom builds leave
+// out (the RCU head, the instance).
+#[allow(dead_code)]
+#[path = "common/pages.rs"]
+mod pages;
+
 use krcu::Domain;
 use krcu::page::{Gfp, PageAllocator, PageConfig, Watermarks};
 use loom::thread;
+use pages::{assert_all_pages_back, quiet_config};
 
 fn allocator() -> std::sync::Arc<PageAllocator> {
     let d = Domain::builder().cpus(1).lockdep(false).build();
     PageAllocator::new(
         &d,
         PageConfig {
-            arena_size: 8 * 4096,
             pcp_batch: 2,
             pcp_high: 4,
-            watermarks: Some(Watermarks::NONE),
-            kswapd: false,
-            ..PageConfig::default()
+            ..quiet_config(8 * 4096, Watermarks::NONE)
         },
     )
     .unwrap()
 }
 
+/// Every page back, merged into the arena's one order-3 block.
 fn check_all_back(pa: &PageAllocator) {
-    pa.drain_all();
-    let s = pa.stats();
-    assert_eq!(s.free_pages, s.total_pages, "{s:#?}");
+    let s = assert_all_pages_back(pa);
     assert_eq!(s.free_blocks[3], 1, "merged back to one order-3 block");
 }
 

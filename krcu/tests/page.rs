@@ -1,6 +1,9 @@
 //! The page allocator: paths, modes, watermarks, reclaim, bad input, fault
 //! injection and concurrency.
 
+mod common;
+
+use common::pages::{assert_all_pages_back, quiet_allocator, quiet_config};
 use krcu::Domain;
 use krcu::lock::thread_counters;
 use krcu::page::{
@@ -17,23 +20,9 @@ fn one_cpu() -> Domain {
     Domain::builder().cpus(1).build()
 }
 
-fn small(domain: &Domain, mib: usize, wmark: Watermarks) -> Arc<PageAllocator> {
-    PageAllocator::new(
-        domain,
-        PageConfig {
-            arena_size: mib << 20,
-            watermarks: Some(wmark),
-            kswapd: false,
-            ..PageConfig::default()
-        },
-    )
-    .unwrap()
-}
-
+/// Every page back, off the per-CPU lists, merged into max-order blocks.
 fn assert_all_merged(pa: &PageAllocator) {
-    pa.drain_all();
-    let s = pa.stats();
-    assert_eq!(s.free_pages, s.total_pages, "{s:#?}");
+    let s = assert_all_pages_back(pa);
     assert_eq!(s.pcp_pages, 0);
     assert_eq!(
         s.free_blocks[MAX_ORDER as usize] << MAX_ORDER,
@@ -45,7 +34,7 @@ fn assert_all_merged(pa: &PageAllocator) {
 #[test]
 fn every_order_allocates_aligned_and_merges_back() {
     let d = one_cpu();
-    let pa = small(&d, 32, Watermarks::NONE);
+    let pa = quiet_allocator(&d, 32 << 20, Watermarks::NONE);
     let mut pages = Vec::new();
     for order in 0..=MAX_ORDER {
         for gfp in [Gfp::KERNEL, Gfp::NOWAIT, Gfp::ATOMIC] {
@@ -74,7 +63,7 @@ fn every_order_allocates_aligned_and_merges_back() {
 #[test]
 fn zero_flag_zeroes() {
     let d = one_cpu();
-    let pa = small(&d, 4, Watermarks::NONE);
+    let pa = quiet_allocator(&d, 4 << 20, Watermarks::NONE);
     let p = pa.alloc_pages(Gfp::KERNEL, 1).unwrap();
     // SAFETY: ours.
     unsafe { p.as_ptr().write_bytes(0xff, p.len()) };
@@ -92,7 +81,7 @@ fn zero_flag_zeroes() {
 #[test]
 fn bad_frees_name_the_address_and_change_nothing() {
     let d = one_cpu();
-    let pa = small(&d, 4, Watermarks::NONE);
+    let pa = quiet_allocator(&d, 4 << 20, Watermarks::NONE);
     let p = pa.alloc_pages(Gfp::KERNEL, 2).unwrap();
     let a = p.as_ptr() as usize;
     let before = pa.stats();
@@ -159,8 +148,8 @@ fn bad_frees_name_the_address_and_change_nothing() {
 #[test]
 fn a_page_of_another_allocator_is_refused() {
     let d = one_cpu();
-    let pa = small(&d, 4, Watermarks::NONE);
-    let pb = small(&d, 4, Watermarks::NONE);
+    let pa = quiet_allocator(&d, 4 << 20, Watermarks::NONE);
+    let pb = quiet_allocator(&d, 4 << 20, Watermarks::NONE);
     let p = pa.alloc_page(Gfp::KERNEL).unwrap();
     assert!(pa.owns(&p) && !pb.owns(&p));
     let addr = p.as_ptr() as usize;
@@ -173,7 +162,7 @@ fn a_page_of_another_allocator_is_refused() {
 #[should_panic(expected = "double free")]
 fn bad_free_panics_in_debug_builds() {
     let d = one_cpu();
-    let pa = small(&d, 4, Watermarks::NONE);
+    let pa = quiet_allocator(&d, 4 << 20, Watermarks::NONE);
     let p = pa.alloc_page(Gfp::KERNEL).unwrap();
     let addr = p.addr();
     pa.free(p);
@@ -186,7 +175,7 @@ fn bad_free_panics_in_debug_builds() {
 #[test]
 fn bad_free_is_counted_in_release_builds() {
     let d = one_cpu();
-    let pa = small(&d, 4, Watermarks::NONE);
+    let pa = quiet_allocator(&d, 4 << 20, Watermarks::NONE);
     let p = pa.alloc_page(Gfp::KERNEL).unwrap();
     let addr = p.addr();
     pa.free(p);
@@ -267,7 +256,7 @@ fn builder_refuses_bad_configurations() {
 #[test]
 fn no_locks_serves_this_cpus_lists_only_and_never_refills() {
     let d = one_cpu();
-    let pa = small(&d, 4, Watermarks::NONE);
+    let pa = quiet_allocator(&d, 4 << 20, Watermarks::NONE);
     // Fresh: the per-CPU lists are empty, so NO_LOCKS fails fast and
     // refills nothing.
     let before = pa.stats();
@@ -321,9 +310,9 @@ fn no_locks_serves_this_cpus_lists_only_and_never_refills() {
 #[test]
 fn nolock_only_trylocks_and_never_wakes_kswapd() {
     let d = one_cpu();
-    let pa = small(
+    let pa = quiet_allocator(
         &d,
-        4,
+        4 << 20,
         Watermarks {
             min: 8,
             low: 460,
@@ -358,7 +347,7 @@ fn nolock_frees_defer_when_every_lock_is_taken() {
     // drains: some frees find both locks busy and take the deferred list;
     // nothing is lost.
     let d = Domain::builder().cpus(1).build();
-    let pa = small(&d, 8, Watermarks::NONE);
+    let pa = quiet_allocator(&d, 8 << 20, Watermarks::NONE);
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let workers: Vec<_> = (0..2)
         .map(|_| {
@@ -393,12 +382,9 @@ fn per_cpu_lists_refill_in_batches_and_return_batches_over_high() {
     let pa = PageAllocator::new(
         &d,
         PageConfig {
-            arena_size: 8 << 20,
             pcp_batch: 8,
             pcp_high: 24,
-            watermarks: Some(Watermarks::NONE),
-            kswapd: false,
-            ..PageConfig::default()
+            ..quiet_config(8 << 20, Watermarks::NONE)
         },
     )
     .unwrap();
@@ -539,7 +525,7 @@ fn kswapd_wakes_below_low_and_shrinks_to_high() {
 #[test]
 fn below_min_atomic_dips_nowait_fails_kernel_reclaims() {
     let d = one_cpu();
-    let pa = small(&d, 4, TIGHT);
+    let pa = quiet_allocator(&d, 4 << 20, TIGHT);
     let (stash, _h) = Stash::register(&pa);
     // Take everything NOWAIT can get.
     while let Ok(p) = pa.alloc_pages(Gfp::NOWAIT | Gfp::NOWARN, 0) {
@@ -579,7 +565,7 @@ fn below_min_atomic_dips_nowait_fails_kernel_reclaims() {
 #[test]
 fn noretry_gives_up_after_one_round() {
     let d = one_cpu();
-    let pa = small(&d, 4, TIGHT);
+    let pa = quiet_allocator(&d, 4 << 20, TIGHT);
     let mut held = Vec::new();
     while let Ok(p) = pa.alloc_pages(Gfp::NOWAIT | Gfp::NOWARN, 0) {
         held.push(p);
@@ -616,7 +602,7 @@ fn noretry_gives_up_after_one_round() {
 #[test]
 fn fault_injection_fails_the_chosen_sites() {
     let d = one_cpu();
-    let pa = small(&d, 4, Watermarks::NONE);
+    let pa = quiet_allocator(&d, 4 << 20, Watermarks::NONE);
     pa.faults().fail_next(2, FaultSites::ALL);
     assert_eq!(
         pa.alloc_page(Gfp::KERNEL | Gfp::NOWARN),
@@ -654,7 +640,7 @@ fn threads_with_remote_drains_never_share_a_page() {
     // owner would find its bit set) and stamped with its owner (checked on
     // free).
     let d = Domain::builder().cpus(2).build();
-    let pa = small(&d, 16, Watermarks::NONE);
+    let pa = quiet_allocator(&d, 16 << 20, Watermarks::NONE);
     let pages = pa.total_pages();
     let owned: Arc<Vec<AtomicU64>> =
         Arc::new((0..pages.div_ceil(64)).map(|_| AtomicU64::new(0)).collect());
@@ -750,11 +736,8 @@ fn disabled_per_cpu_lists_send_everything_to_the_buddy() {
     let pa = PageAllocator::new(
         &d,
         PageConfig {
-            arena_size: 4 << 20,
-            watermarks: Some(Watermarks::NONE),
-            kswapd: false,
             pcp_lists: false,
-            ..PageConfig::default()
+            ..quiet_config(4 << 20, Watermarks::NONE)
         },
     )
     .unwrap();
@@ -774,7 +757,7 @@ fn disabled_per_cpu_lists_send_everything_to_the_buddy() {
 #[test]
 fn bad_free_in_a_signal_handler_neither_panics_nor_logs_there() {
     let d = one_cpu();
-    let pa = small(&d, 4, Watermarks::NONE);
+    let pa = quiet_allocator(&d, 4 << 20, Watermarks::NONE);
     let p = pa.alloc_page(Gfp::KERNEL).unwrap();
     let raw = p.into_raw();
     // SAFETY: ours, given up here.

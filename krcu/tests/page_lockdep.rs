@@ -1,13 +1,15 @@
-//! The page allocator under the validator: the seeds' bug (a NOWAIT
+//! The page allocator under the validator: the 2020 kfree_rcu bug (a NOWAIT
 //! allocation under a raw spinlock takes `zone->lock`, a `spinlock_t`), and
 //! the modes that avoid it.
 #![cfg(any(debug_assertions, feature = "lockdep"))]
+
+mod common;
 
 use krcu::Domain;
 use krcu::context::{self, PreemptModel};
 use krcu::lock::RawSpinLock;
 use krcu::lockdep::{ReportHandler, ReportKind, ReportLog};
-use krcu::page::{Gfp, PageAllocator, PageConfig, Watermarks};
+use krcu::page::{Gfp, PageAllocator, Watermarks};
 use std::sync::Arc;
 
 fn setup(model: PreemptModel, nesting_proof: bool) -> (Domain, ReportLog, Arc<PageAllocator>) {
@@ -19,21 +21,12 @@ fn setup(model: PreemptModel, nesting_proof: bool) -> (Domain, ReportLog, Arc<Pa
         .lockdep(true)
         .report_handler(ReportHandler::Collect(log.clone()))
         .build();
-    let pa = PageAllocator::new(
-        &d,
-        PageConfig {
-            arena_size: 4 << 20,
-            watermarks: Some(Watermarks::NONE),
-            kswapd: false,
-            ..PageConfig::default()
-        },
-    )
-    .unwrap();
+    let pa = common::pages::quiet_allocator(&d, 4 << 20, Watermarks::NONE);
     (d, log, pa)
 }
 
 #[test]
-fn nowait_under_a_raw_spinlock_is_the_seeds_bug() {
+fn nowait_under_a_raw_spinlock_is_the_2020_kfree_rcu_bug() {
     for model in PreemptModel::ALL {
         for np in [true, false] {
             let (d, log, pa) = setup(model, np);
@@ -48,7 +41,7 @@ fn nowait_under_a_raw_spinlock_is_the_seeds_bug() {
             let wait = log.count(ReportKind::InvalidWaitContext);
             let sleep = log.count(ReportKind::SleepInInvalidContext);
             let reports = log.take();
-            // The lockdep half of the seeds: with nesting proof on, taking
+            // The lockdep half of that bug: with nesting proof on, taking
             // zone->lock under a raw spinlock is an invalid wait context.
             assert_eq!(wait, usize::from(np), "{model}: {reports:#?}");
             // The RT half: there zone->lock sleeps, and sleeping while

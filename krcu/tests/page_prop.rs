@@ -1,6 +1,9 @@
 //! Property test: random sequences of mixed-order allocations and frees
 //! agree with a simple model of the arena (one bit per page).
 
+mod common;
+
+use common::pages::quiet_config;
 use krcu::Domain;
 use krcu::page::{AllocError, Gfp, MAX_ORDER, Page, PageAllocator, PageConfig, Watermarks};
 use proptest::prelude::*;
@@ -45,12 +48,9 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
     let pa = PageAllocator::new(
         &d,
         PageConfig {
-            arena_size: 4 << 20,
             pcp_batch: 7,
             pcp_high: 21,
-            watermarks: Some(Watermarks::NONE),
-            kswapd: false,
-            ..PageConfig::default()
+            ..quiet_config(4 << 20, Watermarks::NONE)
         },
     )
     .unwrap();

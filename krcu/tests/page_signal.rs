@@ -10,10 +10,12 @@
 //! This binary holds this one test: the handler reaches the allocator and
 //! the cache through statics.
 
+mod common;
+
 use krcu::Domain;
 use krcu::context::{self, PreemptModel};
 use krcu::lock::thread_counters;
-use krcu::page::{AllocError, Gfp, Page, PageAllocator, PageConfig, Watermarks};
+use krcu::page::{AllocError, Gfp, Page, PageAllocator, Watermarks};
 use krcu::slab::SlabCache;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering::*};
@@ -71,16 +73,7 @@ fn no_locks_refuses_a_signal_handler_under_rt_and_nolock_frees_defer() {
         .cpus(1)
         .preempt_model(PreemptModel::Rt)
         .build();
-    let pa = PageAllocator::new(
-        &d,
-        PageConfig {
-            arena_size: 4 << 20,
-            watermarks: Some(Watermarks::NONE),
-            kswapd: false,
-            ..PageConfig::default()
-        },
-    )
-    .unwrap();
+    let pa = common::pages::quiet_allocator(&d, 4 << 20, Watermarks::NONE);
     let cache = SlabCache::<u64>::new(&pa, "handler").unwrap();
     // Stock this CPU's page lists and object cache, so that the lock-free
     // modes would find something if they looked.

@@ -4,8 +4,11 @@
 //! top of the same RCU. One test in its own binary, so that nothing else in
 //! the process builds the global instance first.
 
+mod common;
+
+use common::CountedNode;
 use krcu::Krcu;
-use krcu::rcu::{self, HasRcuHead, RcuHead};
+use krcu::rcu;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 
@@ -53,33 +56,12 @@ fn largest_mapping() -> usize {
         .unwrap_or(0)
 }
 
-struct Node {
-    freed: Arc<AtomicUsize>,
-    rcu: RcuHead,
-}
-
-// SAFETY: `rcu` is an RcuHead field of Node.
-unsafe impl HasRcuHead for Node {
-    const RCU_HEAD_OFFSET: usize = core::mem::offset_of!(Node, rcu);
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        self.freed.fetch_add(1, SeqCst);
-    }
-}
-
 const ARENA: usize = 256 << 20;
 
 #[test]
 fn rcu_alone_does_not_start_kvfree_or_pages() {
     let freed = Arc::new(AtomicUsize::new(0));
-    let node = || {
-        Box::new(Node {
-            freed: freed.clone(),
-            rcu: RcuHead::new(),
-        })
-    };
+    let node = || CountedNode::new(&freed);
     assert!(
         largest_mapping() < ARENA,
         "a 256 MiB mapping before krcu ran"

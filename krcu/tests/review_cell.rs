@@ -1,45 +1,18 @@
 //! Adversarial review of `RcuCell`. Every test here failed on the reviewed
 //! code: each demonstrates a finding, and passes since its fix.
 
+mod common;
+
+use common::counting_alloc::{CountingAlloc, thread_allocs};
 use krcu::cell::UpdateError;
 use krcu::rcu::ReadGuard;
 use krcu::{Krcu, RcuBox, RcuCell};
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-struct Counting;
-
-thread_local! {
-    static ALLOCS: Cell<u64> = const { Cell::new(0) };
-}
-
-// SAFETY: forwards every call to the system allocator; only counts.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
-        // SAFETY: forwarded with the caller's layout.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: forwarded; `ptr` came from `System` with `layout`.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new: usize) -> *mut u8 {
-        let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
-        // SAFETY: forwarded; `ptr` came from `System` with `layout`.
-        unsafe { System.realloc(ptr, layout, new) }
-    }
-}
-
 #[global_allocator]
-static GLOBAL: Counting = Counting;
-
-fn allocs() -> u64 {
-    ALLOCS.with(Cell::get)
-}
+static GLOBAL: CountingAlloc = CountingAlloc;
 
 /// The id of the last `Canary` dropped (0: none yet).
 static LAST_DROPPED: AtomicU64 = AtomicU64::new(0);
@@ -107,10 +80,10 @@ fn f2_store_on_realtime_thread_allocates() {
         let prepared = RcuBox::new(8u64);
         krcu::context::set_realtime(true);
         assert!(krcu::defer(|| ()).is_err(), "defer refuses on RT");
-        let before = allocs();
+        let before = thread_allocs();
         let r = cell.store(7);
         let boxed = cell.store_box(prepared);
-        let after = allocs();
+        let after = thread_allocs();
         krcu::context::set_realtime(false);
         assert!(matches!(r, Err(UpdateError::Realtime(7))), "refused: {r:?}");
         boxed.expect("a prepared box is published on a real-time thread");
@@ -141,14 +114,14 @@ fn f3_store_in_hardirq_allocates() {
         let after;
         {
             let _irq = krcu::context::enter_hardirq();
-            before = allocs();
+            before = thread_allocs();
             let r = cell.store(7);
             let g = krcu::rcu::read_lock();
             let rep = cell.replace(10, &g).map(|_| ());
             let d = krcu::defer(|| ()).map_err(|e| matches!(e, krcu::DeferError::InHardirq(_)));
             let boxed = cell.store_box(prepared);
             drop(g);
-            after = allocs();
+            after = thread_allocs();
             assert!(
                 matches!(r, Err(UpdateError::InHardirq(7))),
                 "refused: {r:?}"

@@ -3,6 +3,8 @@
 
 mod common;
 
+use common::counting_alloc::{CountingAlloc, thread_allocs};
+
 use krcu::Domain;
 use krcu::rcu::{Rcu, RcuConfig, ReadGuard};
 use std::cell::RefCell;
@@ -324,19 +326,10 @@ impl Drop for PanicOnDrop {
 
 #[test]
 fn slab_free_with_panicking_destructor_loses_no_object() {
-    use krcu::page::{Gfp, PageAllocator, PageConfig, Watermarks};
+    use krcu::page::{Gfp, Watermarks};
     use krcu::slab::SlabCache;
     let d = Domain::builder().cpus(1).build();
-    let pa = PageAllocator::new(
-        &d,
-        PageConfig {
-            arena_size: 16 << 20,
-            watermarks: Some(Watermarks::NONE),
-            kswapd: false,
-            ..PageConfig::default()
-        },
-    )
-    .unwrap();
+    let pa = common::pages::quiet_allocator(&d, 16 << 20, Watermarks::NONE);
     let cache = SlabCache::<PanicOnDrop>::new(&pa, "boom").unwrap();
     let good = cache
         .alloc(Gfp::KERNEL, PanicOnDrop(1, false))
@@ -365,42 +358,8 @@ fn slab_free_with_panicking_destructor_loses_no_object() {
 //    as callable from a signal handler) builds `rcu::global()` on first use:
 //    inside a signal handler it allocates, takes locks and spawns the worker.
 
-/// Counts the calling thread's allocations (for the signal-safety test).
-struct CountingAlloc;
-
-thread_local! {
-    static ALLOCS: core::cell::Cell<u64> = const { core::cell::Cell::new(0) };
-}
-
-fn count_alloc() {
-    let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
-}
-
-// SAFETY: forwards to the system allocator, only counting.
-unsafe impl std::alloc::GlobalAlloc for CountingAlloc {
-    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
-        count_alloc();
-        // SAFETY: forwarded.
-        unsafe { std::alloc::System.alloc(layout) }
-    }
-    unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
-        count_alloc();
-        // SAFETY: forwarded.
-        unsafe { std::alloc::System.alloc_zeroed(layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new: usize) -> *mut u8 {
-        count_alloc();
-        // SAFETY: forwarded.
-        unsafe { std::alloc::System.realloc(ptr, layout, new) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
-        // SAFETY: forwarded.
-        unsafe { std::alloc::System.dealloc(ptr, layout) }
-    }
-}
-
 #[global_allocator]
-static GLOBAL_ALLOC: CountingAlloc = CountingAlloc;
+static GLOBAL: CountingAlloc = CountingAlloc;
 
 struct SigNode {
     rcu: krcu::rcu::RcuHead,
@@ -421,10 +380,10 @@ extern "C" fn call_rcu_in_handler(_: libc::c_int) {
     if p.is_null() {
         return;
     }
-    let before = ALLOCS.with(core::cell::Cell::get);
+    let before = thread_allocs();
     // SAFETY: `p` came from Box::into_raw and is taken out of SIG_NODE once.
     krcu::rcu::call_rcu_box(unsafe { Box::from_raw(p) });
-    let after = ALLOCS.with(core::cell::Cell::get);
+    let after = thread_allocs();
     SIG_ALLOCS.store(after - before, std::sync::atomic::Ordering::SeqCst);
 }
 

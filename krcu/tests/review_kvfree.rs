@@ -9,6 +9,10 @@
 
 mod common;
 
+use common::CountedNode;
+
+use common::counting_alloc::{CountingAlloc, thread_allocs};
+
 use krcu::page::Gfp;
 use krcu::rcu::{HasRcuHead, RcuHead};
 use krcu::{Assist, Krcu};
@@ -17,66 +21,11 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// Counts heap allocations made while the calling thread is inside the
-/// test's signal handler (a const thread-local flag: signal-safe).
-struct Counting;
-
-thread_local! {
-    static IN_HANDLER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-static HANDLER_ALLOCS: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: forwards to the system allocator; only counts.
-unsafe impl std::alloc::GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
-        if IN_HANDLER.try_with(std::cell::Cell::get).unwrap_or(false) {
-            HANDLER_ALLOCS.fetch_add(1, SeqCst);
-        }
-        // SAFETY: forwarded.
-        unsafe { std::alloc::System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
-        // SAFETY: forwarded.
-        unsafe { std::alloc::System.dealloc(ptr, layout) }
-    }
-}
-
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: CountingAlloc = CountingAlloc;
 
-struct Node {
-    freed: Arc<AtomicUsize>,
-    head: RcuHead,
-}
-
-// SAFETY: `head` is an RcuHead field of Node.
-unsafe impl HasRcuHead for Node {
-    const RCU_HEAD_OFFSET: usize = core::mem::offset_of!(Node, head);
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        self.freed.fetch_add(1, SeqCst);
-    }
-}
-
-fn node(freed: &Arc<AtomicUsize>) -> Box<Node> {
-    Box::new(Node {
-        freed: freed.clone(),
-        head: RcuHead::new(),
-    })
-}
-
-/// Runs the ignored test `inner` of this binary in a child process; fails
-/// if it does not finish within `timeout` (it is then killed) or fails.
-fn run_isolated(inner: &str, timeout: Duration) {
-    match common::child::run_self(inner, &["--ignored"], None, timeout) {
-        common::child::SelfRun::Exited { passed, output } => {
-            assert!(passed, "{inner}: failed in the child: {output}");
-        }
-        common::child::SelfRun::Hung => panic!("{inner}: hung (killed after {timeout:?})"),
-    }
-}
+/// Heap allocations the test's signal handler made on its thread.
+static HANDLER_ALLOCS: AtomicUsize = AtomicUsize::new(0);
 
 // ---------------------------------------------------------------------
 // 1. fork() while another thread is inside its front-block section
@@ -93,7 +42,7 @@ fn run_isolated(inner: &str, timeout: Duration) {
 /// list lock.
 #[test]
 fn fork_while_a_thread_is_inside_its_front_section_does_not_hang_the_child() {
-    run_isolated(
+    common::child::assert_passes_in_child(
         "inner_fork_while_a_thread_is_inside_its_front_section",
         Duration::from_secs(28),
     );
@@ -117,7 +66,7 @@ fn inner_fork_while_a_thread_is_inside_its_front_section() {
         std::thread::spawn(move || {
             while !stop.load(SeqCst) {
                 for _ in 0..64 {
-                    k.kfree_rcu(node(&freed)).unwrap();
+                    k.kfree_rcu(CountedNode::new(&freed)).unwrap();
                 }
             }
         })
@@ -174,7 +123,7 @@ fn inner_fork_while_a_thread_is_inside_its_front_section() {
 /// allocator.
 #[test]
 fn the_last_handle_dropped_by_a_shrinker_does_not_deadlock() {
-    run_isolated(
+    common::child::assert_passes_in_child(
         "inner_the_last_handle_dropped_by_a_shrinker",
         Duration::from_secs(12),
     );
@@ -287,7 +236,7 @@ fn a_blocking_shrinker_in_the_refill_does_not_stop_kfree_rcu_reclaim() {
     let freed = Arc::new(AtomicUsize::new(0));
     let start = Instant::now();
     while !blocked.load(SeqCst) {
-        k.kfree_rcu(node(&freed)).unwrap();
+        k.kfree_rcu(CountedNode::new(&freed)).unwrap();
         assert!(
             start.elapsed() < Duration::from_secs(5),
             "setup: the refill never entered direct reclaim"
@@ -306,7 +255,7 @@ fn a_blocking_shrinker_in_the_refill_does_not_stop_kfree_rcu_reclaim() {
         s.calls_task
     };
     for _ in 0..100 {
-        k.kfree_rcu(node(&freed)).unwrap();
+        k.kfree_rcu(CountedNode::new(&freed)).unwrap();
     }
     let deadline = Instant::now() + Duration::from_millis(1500);
     while freed.load(SeqCst) < retired_before as usize + 100 && Instant::now() < deadline {
@@ -404,7 +353,7 @@ fn a_panic_payload_that_panics_on_drop_loses_no_objects_of_its_block() {
 /// `kvfree_rcu_barrier` waits for it for ever.
 #[test]
 fn a_panic_payload_that_panics_on_drop_does_not_kill_the_reclaimer() {
-    run_isolated(
+    common::child::assert_passes_in_child(
         "inner_a_panic_payload_that_panics_on_drop_on_the_list",
         Duration::from_secs(12),
     );
@@ -448,12 +397,12 @@ fn inner_a_panic_payload_that_panics_on_drop_on_the_list() {
 // 5. The free function's first use from a signal handler
 // ---------------------------------------------------------------------
 
-static SIG_NODE: std::sync::atomic::AtomicPtr<Node> =
+static SIG_NODE: std::sync::atomic::AtomicPtr<CountedNode> =
     std::sync::atomic::AtomicPtr::new(core::ptr::null_mut());
 static SIG_DONE: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn retire_from_handler(_: libc::c_int) {
-    IN_HANDLER.with(|f| f.set(true));
+    let allocs_before = thread_allocs();
     let _hardirq = krcu::context::enter_hardirq();
     let p = SIG_NODE.swap(core::ptr::null_mut(), SeqCst);
     if !p.is_null() {
@@ -462,7 +411,8 @@ extern "C" fn retire_from_handler(_: libc::c_int) {
         let _ = krcu::kfree_rcu(obj);
     }
     SIG_DONE.store(true, SeqCst);
-    IN_HANDLER.with(|f| f.set(false));
+    let made = thread_allocs() - allocs_before;
+    HANDLER_ALLOCS.fetch_add(made as usize, SeqCst);
 }
 
 /// `krcu::kfree_rcu` (the free function) promises what `Krcu::kfree_rcu`
@@ -474,7 +424,7 @@ extern "C" fn retire_from_handler(_: libc::c_int) {
 /// initialisation waits on the `OnceLock` it holds: a deadlock.
 #[test]
 fn the_free_functions_first_use_from_a_signal_handler_does_not_allocate() {
-    run_isolated(
+    common::child::assert_passes_in_child(
         "inner_the_free_functions_first_use_from_a_signal_handler",
         Duration::from_secs(12),
     );
@@ -485,7 +435,7 @@ fn the_free_functions_first_use_from_a_signal_handler_does_not_allocate() {
 fn inner_the_free_functions_first_use_from_a_signal_handler() {
     // A fresh process: nothing of krcu's global state is built yet.
     let freed = Arc::new(AtomicUsize::new(0));
-    SIG_NODE.store(Box::into_raw(node(&freed)), SeqCst);
+    SIG_NODE.store(Box::into_raw(CountedNode::new(&freed)), SeqCst);
     // SAFETY: a zeroed sigaction with a plain handler and an empty mask is
     // valid; raise runs the handler on this thread before it returns.
     unsafe {
@@ -651,7 +601,7 @@ fn alternating_two_types_does_not_take_a_block_per_object() {
     std::thread::scope(|s| {
         s.spawn(|| {
             for _ in 0..PAIRS {
-                k.kfree_rcu(node(&freed)).unwrap();
+                k.kfree_rcu(CountedNode::new(&freed)).unwrap();
                 k.kfree_rcu(Box::new(Other {
                     _pad: [0; 3],
                     freed: freed.clone(),

@@ -4,24 +4,16 @@
 mod common;
 
 use krcu::Domain;
-use krcu::page::{Gfp, PageAllocator, PageConfig, Watermarks};
+use krcu::page::Gfp;
 use krcu::slab::SlabCache;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Runs this test binary's test `name` alone in a new process with
-/// `REVIEW_ROUND2_CHILD` set (so that an abort or a hang there fails the
-/// test here instead of killing the harness); returns whether it passed
-/// within `limit`, and its output.
-fn run_isolated(name: &str, limit: Duration) -> (bool, String) {
-    match common::child::run_self(name, &[], Some("REVIEW_ROUND2_CHILD"), limit) {
-        common::child::SelfRun::Exited { passed, output } => (passed, output),
-        common::child::SelfRun::Hung => (false, "hung".to_owned()),
-    }
-}
+/// Set in the child process a test runs its work in (see
+/// [`common::child::run_with_env`]).
+const CHILD_VAR: &str = "REVIEW_ROUND2_CHILD";
 
 fn in_child() -> bool {
-    std::env::var_os("REVIEW_ROUND2_CHILD").is_some()
+    std::env::var_os(CHILD_VAR).is_some()
 }
 
 /// Forks and waits for the child, which exits at once.
@@ -48,7 +40,8 @@ fn fork_and_reap() {
 #[test]
 fn fork_from_a_thread_local_destructor_after_an_earlier_fork() {
     if !in_child() {
-        let (ok, out) = run_isolated(
+        let (ok, out) = common::child::run_with_env(
+            CHILD_VAR,
             "fork_from_a_thread_local_destructor_after_an_earlier_fork",
             Duration::from_secs(30),
         );
@@ -81,20 +74,6 @@ fn fork_from_a_thread_local_destructor_after_an_earlier_fork() {
     rcu.synchronize();
 }
 
-fn pages() -> Arc<PageAllocator> {
-    let d = Domain::builder().cpus(1).build();
-    PageAllocator::new(
-        &d,
-        PageConfig {
-            arena_size: 4 << 20,
-            watermarks: Some(Watermarks::NONE),
-            kswapd: false,
-            ..PageConfig::default()
-        },
-    )
-    .unwrap()
-}
-
 /// Finding 2: a bad free inside a `free_bulk` batch panics (debug builds)
 /// after the objects before it were marked free and dropped, but before
 /// any of them goes back to its slab: they are lost, and their slab can
@@ -102,7 +81,7 @@ fn pages() -> Arc<PageAllocator> {
 #[test]
 #[cfg(debug_assertions)]
 fn a_bad_free_in_free_bulk_loses_the_good_objects_before_it() {
-    let pa = pages();
+    let pa = common::pages::allocator_on_cpus(1, 4 << 20);
     let cache = SlabCache::<u64>::new(&pa, "bulk-bad").unwrap();
     let a = cache.alloc(Gfp::KERNEL, 1).unwrap();
     let b = cache.alloc(Gfp::KERNEL, 2).unwrap();
@@ -129,7 +108,8 @@ fn a_bad_free_in_free_bulk_loses_the_good_objects_before_it() {
 #[test]
 fn a_first_read_in_a_late_pthread_key_destructor_gives_its_slot_back() {
     if !in_child() {
-        let (ok, out) = run_isolated(
+        let (ok, out) = common::child::run_with_env(
+            CHILD_VAR,
             "a_first_read_in_a_late_pthread_key_destructor_gives_its_slot_back",
             Duration::from_secs(30),
         );

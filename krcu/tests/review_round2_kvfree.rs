@@ -7,92 +7,19 @@
 
 mod common;
 
+use common::CountedNode;
+
+use common::counting_alloc::{CountingAlloc, allocs_during};
+
 use krcu::Krcu;
 use krcu::rcu::{HasRcuHead, RcuHead};
-use std::cell::Cell;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::time::Duration;
 
-/// Counts the heap allocations of the calling thread while its `COUNTING`
-/// flag is set (a const thread-local: no registration, no allocation).
-struct Counting;
-
-thread_local! {
-    static COUNTING: Cell<bool> = const { Cell::new(false) };
-    static ALLOCS: Cell<u64> = const { Cell::new(0) };
-}
-
-fn note_alloc() {
-    if COUNTING.try_with(Cell::get).unwrap_or(false) {
-        let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
-    }
-}
-
-// SAFETY: forwards to the system allocator; only counts.
-unsafe impl std::alloc::GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
-        note_alloc();
-        // SAFETY: forwarded.
-        unsafe { std::alloc::System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
-        // SAFETY: forwarded.
-        unsafe { std::alloc::System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new: usize) -> *mut u8 {
-        note_alloc();
-        // SAFETY: forwarded.
-        unsafe { std::alloc::System.realloc(ptr, layout, new) }
-    }
-}
-
 #[global_allocator]
-static GLOBAL: Counting = Counting;
-
-/// Runs `f` with this thread's allocations counted; returns how many.
-fn count_allocs(f: impl FnOnce()) -> u64 {
-    ALLOCS.with(|c| c.set(0));
-    COUNTING.with(|c| c.set(true));
-    f();
-    COUNTING.with(|c| c.set(false));
-    ALLOCS.with(Cell::get)
-}
-
-struct Node {
-    freed: Arc<AtomicUsize>,
-    head: RcuHead,
-}
-
-// SAFETY: `head` is an RcuHead field of Node.
-unsafe impl HasRcuHead for Node {
-    const RCU_HEAD_OFFSET: usize = core::mem::offset_of!(Node, head);
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        self.freed.fetch_add(1, SeqCst);
-    }
-}
-
-fn node(freed: &Arc<AtomicUsize>) -> Box<Node> {
-    Box::new(Node {
-        freed: freed.clone(),
-        head: RcuHead::new(),
-    })
-}
-
-/// Runs the ignored test `inner` of this binary in a child process; fails
-/// if it does not finish within `timeout` (it is then killed) or fails.
-fn run_isolated(inner: &str, timeout: Duration) {
-    match common::child::run_self(inner, &["--ignored"], None, timeout) {
-        common::child::SelfRun::Exited { passed, output } => {
-            assert!(passed, "{inner}: failed in the child: {output}");
-        }
-        common::child::SelfRun::Hung => panic!("{inner}: hung (killed after {timeout:?})"),
-    }
-}
+static GLOBAL: CountingAlloc = CountingAlloc;
 
 /// Counts the threads of this process.
 fn threads() -> usize {
@@ -112,7 +39,7 @@ fn threads() -> usize {
 /// the real-time thread's `kfree_rcu`.
 #[test]
 fn rt_thread_free_kfree_rcu_builds_nothing() {
-    run_isolated(
+    common::child::assert_passes_in_child(
         "inner_rt_thread_free_kfree_rcu_builds_nothing",
         Duration::from_secs(20),
     );
@@ -124,11 +51,11 @@ fn inner_rt_thread_free_kfree_rcu_builds_nothing() {
     // A private instance (its own RCU: the global one stays unbuilt).
     let k = Krcu::builder().cpus(1).arena_size(8 << 20).build().unwrap();
     let freed = Arc::new(AtomicUsize::new(0));
-    let obj = node(&freed);
+    let obj = CountedNode::new(&freed);
     let _reader = k.register_thread();
     assert!(krcu::context::is_realtime());
     let before = threads();
-    let allocs = count_allocs(|| {
+    let allocs = allocs_during(|| {
         krcu::kfree_rcu(obj).unwrap();
     });
     let spawned = threads() - before;
@@ -145,7 +72,7 @@ fn inner_rt_thread_free_kfree_rcu_builds_nothing() {
 /// RCU is built under the raw lock.
 #[test]
 fn atomic_free_kfree_rcu_builds_nothing() {
-    run_isolated(
+    common::child::assert_passes_in_child(
         "inner_atomic_free_kfree_rcu_builds_nothing",
         Duration::from_secs(20),
     );
@@ -155,14 +82,14 @@ fn atomic_free_kfree_rcu_builds_nothing() {
 #[ignore = "run by atomic_free_kfree_rcu_builds_nothing in a child process"]
 fn inner_atomic_free_kfree_rcu_builds_nothing() {
     let freed = Arc::new(AtomicUsize::new(0));
-    let obj = node(&freed);
+    let obj = CountedNode::new(&freed);
     let domain = krcu::domain::Domain::builder().cpus(1).build();
     let raw = krcu::lock::RawSpinLock::new_in(&domain, ());
     let before = threads();
     let allocs = {
         let _g = raw.lock();
         assert!(krcu::context::in_atomic());
-        count_allocs(|| {
+        allocs_during(|| {
             krcu::kfree_rcu(obj).unwrap();
         })
     };
@@ -215,7 +142,7 @@ impl Drop for Exploding {
 /// retired after it is never freed.
 #[test]
 fn fallback_payload_panic_kills_the_global_rcu_worker() {
-    run_isolated(
+    common::child::assert_passes_in_child(
         "inner_fallback_payload_panic_kills_the_global_rcu_worker",
         Duration::from_secs(15),
     );
@@ -237,7 +164,7 @@ fn inner_fallback_payload_panic_kills_the_global_rcu_worker() {
             head: RcuHead::new(),
         }))
         .unwrap();
-        krcu::kfree_rcu(node(&freed)).unwrap();
+        krcu::kfree_rcu(CountedNode::new(&freed)).unwrap();
     }
     // Watchdog: the barrier must return.
     let (tx, rx) = std::sync::mpsc::channel();
@@ -327,7 +254,7 @@ impl Drop for Holder {
 /// channel's `kfree_rcu` contract was kept).
 #[test]
 fn slab_channel_drop_in_rcu_callback_frees_cache_under_pending_objects() {
-    run_isolated(
+    common::child::assert_passes_in_child(
         "inner_slab_channel_drop_in_rcu_callback_frees_cache_under_pending_objects",
         Duration::from_secs(20),
     );

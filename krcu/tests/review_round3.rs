@@ -3,38 +3,16 @@
 mod common;
 
 use krcu::Domain;
-use krcu::page::{Gfp, PageAllocator, PageConfig, Watermarks};
+use krcu::page::Gfp;
 use krcu::slab::SlabCache;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Runs this test binary's test `name` alone in a new process with
-/// `REVIEW_ROUND3_CHILD` set (so that an abort or a hang there fails the
-/// test here instead of killing the harness); returns whether it passed
-/// within `limit`, and its output.
-fn run_isolated(name: &str, limit: Duration) -> (bool, String) {
-    match common::child::run_self(name, &[], Some("REVIEW_ROUND3_CHILD"), limit) {
-        common::child::SelfRun::Exited { passed, output } => (passed, output),
-        common::child::SelfRun::Hung => (false, "hung".to_owned()),
-    }
-}
+/// Set in the child process a test runs its work in (see
+/// [`common::child::run_with_env`]).
+const CHILD_VAR: &str = "REVIEW_ROUND3_CHILD";
 
 fn in_child() -> bool {
-    std::env::var_os("REVIEW_ROUND3_CHILD").is_some()
-}
-
-fn pages() -> Arc<PageAllocator> {
-    let d = Domain::builder().cpus(1).build();
-    PageAllocator::new(
-        &d,
-        PageConfig {
-            arena_size: 4 << 20,
-            watermarks: Some(Watermarks::NONE),
-            kswapd: false,
-            ..PageConfig::default()
-        },
-    )
-    .unwrap()
+    std::env::var_os(CHILD_VAR).is_some()
 }
 
 /// A panic payload whose own destructor panics.
@@ -69,7 +47,7 @@ impl Drop for PanicsOnDrop {
 #[test]
 fn free_bulk_with_a_panicking_destructor_and_a_bad_free_does_not_abort() {
     if in_child() {
-        let pa = pages();
+        let pa = common::pages::allocator_on_cpus(1, 4 << 20);
         let cache = SlabCache::<PanicsOnDrop>::new(&pa, "nasty").unwrap();
         let freed = cache.alloc(Gfp::KERNEL, PanicsOnDrop(0)).unwrap();
         let mut forgot = false;
@@ -98,7 +76,8 @@ fn free_bulk_with_a_panicking_destructor_and_a_bad_free_does_not_abort() {
         assert!(first, "the first (destructor) panic was not resumed");
         return;
     }
-    let (ok, out) = run_isolated(
+    let (ok, out) = common::child::run_with_env(
+        CHILD_VAR,
         "free_bulk_with_a_panicking_destructor_and_a_bad_free_does_not_abort",
         Duration::from_secs(20),
     );
@@ -115,7 +94,8 @@ fn free_bulk_with_a_panicking_destructor_and_a_bad_free_does_not_abort() {
 fn a_first_read_in_a_second_round_key_destructor_does_not_abort() {
     use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
     if !in_child() {
-        let (ok, out) = run_isolated(
+        let (ok, out) = common::child::run_with_env(
+            CHILD_VAR,
             "a_first_read_in_a_second_round_key_destructor_does_not_abort",
             Duration::from_secs(25),
         );
@@ -264,7 +244,8 @@ fn a_slot_released_twice_never_ends_another_threads_section() {
     use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
     use std::sync::mpsc;
     if !in_child() {
-        let (ok, out) = run_isolated(
+        let (ok, out) = common::child::run_with_env(
+            CHILD_VAR,
             "a_slot_released_twice_never_ends_another_threads_section",
             Duration::from_secs(25),
         );
@@ -322,7 +303,8 @@ fn a_guard_kept_past_the_late_list_is_still_waited_for() {
     use std::cell::RefCell;
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
     if !in_child() {
-        let (ok, out) = run_isolated(
+        let (ok, out) = common::child::run_with_env(
+            CHILD_VAR,
             "a_guard_kept_past_the_late_list_is_still_waited_for",
             Duration::from_secs(25),
         );

@@ -1,36 +1,19 @@
 //! Slab caches: allocation, free, bulk free without touching the objects,
 //! empty slabs back to the page allocator, bad frees, threads.
 
+mod common;
+
+use common::pages::{allocator_on_cpus, assert_all_pages_back};
 use krcu::Domain;
-use krcu::page::{Gfp, PAGE_SIZE, PageAllocator, PageConfig, Watermarks};
+use krcu::page::{Gfp, PAGE_SIZE, PageAllocator, Watermarks};
 use krcu::slab::{SlabCache, SlabError};
 use std::ptr::NonNull;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-
-fn pages(cpus: usize) -> Arc<PageAllocator> {
-    let d = Domain::builder().cpus(cpus).build();
-    PageAllocator::new(
-        &d,
-        PageConfig {
-            arena_size: 16 << 20,
-            watermarks: Some(Watermarks::NONE),
-            kswapd: false,
-            ..PageConfig::default()
-        },
-    )
-    .unwrap()
-}
-
-fn all_pages_back(pa: &PageAllocator) {
-    pa.drain_all();
-    let s = pa.stats();
-    assert_eq!(s.free_pages, s.total_pages, "{s:#?}");
-}
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 #[test]
 fn alloc_free_and_empty_slabs_go_back() {
-    let pa = pages(1);
+    let pa = allocator_on_cpus(1, 16 << 20);
     let cache = SlabCache::<[u64; 3]>::new(&pa, "triples").unwrap();
     assert_eq!(cache.slab_order(), 0);
     assert!(cache.objects_per_slab() >= 100);
@@ -57,7 +40,7 @@ fn alloc_free_and_empty_slabs_go_back() {
     let s = cache.stats();
     assert_eq!(s.slabs, 0, "{s:#?}");
     assert_eq!(s.slabs_freed, s.slabs_allocated);
-    all_pages_back(&pa);
+    assert_all_pages_back(&pa);
 }
 
 #[test]
@@ -70,7 +53,7 @@ fn drops_run_on_free_and_free_bulk() {
             DROPS.fetch_add(1, Ordering::Relaxed);
         }
     }
-    let pa = pages(1);
+    let pa = allocator_on_cpus(1, 16 << 20);
     let cache = SlabCache::<Counted>::new(&pa, "counted").unwrap();
     let a = cache.alloc(Gfp::KERNEL, Counted(1)).unwrap();
     // SAFETY: live, freed once.
@@ -83,7 +66,7 @@ fn drops_run_on_free_and_free_bulk() {
     unsafe { cache.free_bulk(&mut many) };
     assert_eq!(DROPS.load(Ordering::Relaxed), 501);
     drop(cache);
-    all_pages_back(&pa);
+    assert_all_pages_back(&pa);
 }
 
 /// `free_bulk` of a type without drop glue touches only slab headers: the
@@ -92,7 +75,7 @@ fn drops_run_on_free_and_free_bulk() {
 #[test]
 fn free_bulk_never_touches_objects_without_drop_glue() {
     type Obj = [u8; 1024];
-    let pa = pages(1);
+    let pa = allocator_on_cpus(1, 16 << 20);
     let cache = SlabCache::<Obj>::new(&pa, "kib").unwrap();
     let order = cache.slab_order();
     assert!(order >= 1, "objects beyond the header's page");
@@ -131,12 +114,12 @@ fn free_bulk_never_touches_objects_without_drop_glue() {
     }
     cache.shrink();
     assert_eq!(cache.stats().slabs, 0);
-    all_pages_back(&pa);
+    assert_all_pages_back(&pa);
 }
 
 #[test]
 fn bad_frees_are_refused_with_the_address() {
-    let pa = pages(1);
+    let pa = allocator_on_cpus(1, 16 << 20);
     let a = SlabCache::<u64>::with_checks(&pa, "a", true).unwrap();
     let b = SlabCache::<u64>::with_checks(&pa, "b", false).unwrap();
     let p = a.alloc(Gfp::KERNEL, 5).unwrap();
@@ -173,7 +156,7 @@ fn bad_frees_are_refused_with_the_address() {
 #[test]
 #[should_panic(expected = "double free")]
 fn slab_double_free_panics_in_debug_builds() {
-    let pa = pages(1);
+    let pa = allocator_on_cpus(1, 16 << 20);
     let a = SlabCache::<u64>::new(&pa, "a").unwrap();
     let p = a.alloc(Gfp::KERNEL, 5).unwrap();
     // SAFETY: the second free is the bad input under test; it is refused
@@ -184,37 +167,89 @@ fn slab_double_free_panics_in_debug_builds() {
     }
 }
 
+/// Which objects are live: one bit per 8 bytes of the arena, set while an
+/// object starting there is handed out. A slot handed out twice, to one
+/// thread or two, finds its bit already set.
+struct LiveObjects {
+    pa: Arc<PageAllocator>,
+    bits: Vec<AtomicU64>,
+}
+
+impl LiveObjects {
+    const GRAIN: usize = 8;
+
+    fn new(pa: &Arc<PageAllocator>) -> LiveObjects {
+        let grains = pa.total_pages() * PAGE_SIZE / Self::GRAIN;
+        LiveObjects {
+            pa: Arc::clone(pa),
+            bits: (0..grains.div_ceil(64))
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+        }
+    }
+
+    fn bit_of(&self, p: *const u8) -> (usize, u64) {
+        let pfn = self.pa.pfn_of(p).expect("an object outside the arena");
+        let grain = (pfn * PAGE_SIZE + p as usize % PAGE_SIZE) / Self::GRAIN;
+        (grain / 64, 1 << (grain % 64))
+    }
+
+    /// `p` was just handed out: no live object may start there.
+    fn claim(&self, p: *const u8) {
+        let (word, bit) = self.bit_of(p);
+        let prev = self.bits[word].fetch_or(bit, Ordering::AcqRel);
+        assert_eq!(prev & bit, 0, "{p:p} handed out while still live");
+    }
+
+    /// `p` is about to be freed: it was live.
+    fn release(&self, p: *const u8) {
+        let (word, bit) = self.bit_of(p);
+        let prev = self.bits[word].fetch_and(!bit, Ordering::AcqRel);
+        assert_ne!(prev & bit, 0, "{p:p} freed but not live");
+    }
+}
+
 #[test]
 fn threads_share_a_cache() {
-    let pa = pages(2);
+    // Every object holds (id, !id), with the id unique per thread and
+    // object; the owner checks it before every free, and the live set
+    // checks no address is handed out twice while live.
+    let pa = allocator_on_cpus(2, 16 << 20);
     let cache = Arc::new(SlabCache::<(u64, u64)>::new(&pa, "pairs").unwrap());
+    let live = Arc::new(LiveObjects::new(&pa));
     let workers: Vec<_> = (0..3u64)
         .map(|t| {
-            let cache = Arc::clone(&cache);
+            let (cache, live) = (Arc::clone(&cache), Arc::clone(&live));
             std::thread::spawn(move || {
-                let mut held: Vec<NonNull<(u64, u64)>> = Vec::new();
+                let intact = |&(p, id): &(NonNull<(u64, u64)>, u64)| {
+                    // SAFETY: a live object of this thread's.
+                    let v = unsafe { p.as_ptr().read() };
+                    assert_eq!(v, (id, !id), "object {id:#x} overwritten");
+                    live.release(p.as_ptr().cast());
+                    p
+                };
+                let mut held: Vec<(NonNull<(u64, u64)>, u64)> = Vec::new();
                 for i in 0..20_000u64 {
                     if i % 3 != 2 {
-                        held.push(cache.alloc(Gfp::NOWAIT, (t, i)).unwrap());
-                    } else if let Some(p) = held.pop() {
-                        // SAFETY: ours: read, then freed once.
-                        unsafe {
-                            assert_eq!(p.as_ptr().read().0, t, "object shared between threads");
-                            cache.free(p);
-                        }
+                        let id = t << 32 | i;
+                        let p = cache.alloc(Gfp::NOWAIT, (id, !id)).unwrap();
+                        live.claim(p.as_ptr().cast());
+                        held.push((p, id));
+                    } else if let Some(obj) = held.pop() {
+                        let p = intact(&obj);
+                        // SAFETY: ours, checked, freed once.
+                        unsafe { cache.free(p) };
                     }
                     if held.len() >= 256 {
-                        for p in &held {
-                            // SAFETY: ours.
-                            assert_eq!(unsafe { p.as_ptr().read() }.0, t);
-                        }
-                        // SAFETY: ours, freed once.
-                        unsafe { cache.free_bulk(&mut held) };
+                        let mut batch: Vec<_> = held.iter().map(intact).collect();
+                        // SAFETY: ours, checked, freed once.
+                        unsafe { cache.free_bulk(&mut batch) };
                         held.clear();
                     }
                 }
-                // SAFETY: ours, freed once.
-                unsafe { cache.free_bulk(&mut held) };
+                let mut batch: Vec<_> = held.iter().map(intact).collect();
+                // SAFETY: ours, checked, freed once.
+                unsafe { cache.free_bulk(&mut batch) };
             })
         })
         .collect();
@@ -224,7 +259,8 @@ fn threads_share_a_cache() {
     cache.shrink();
     assert_eq!(cache.stats().slabs, 0, "{:#?}", cache.stats());
     drop(cache);
-    all_pages_back(&pa);
+    drop(live);
+    assert_all_pages_back(&pa);
 }
 
 struct MaybePanics(bool, Arc<AtomicUsize>);
@@ -240,7 +276,7 @@ impl Drop for MaybePanics {
 
 #[test]
 fn free_bulk_with_panicking_destructors_frees_every_object() {
-    let pa = pages(1);
+    let pa = allocator_on_cpus(1, 16 << 20);
     let cache = SlabCache::<MaybePanics>::new(&pa, "maybe-panics").unwrap();
     let drops = Arc::new(AtomicUsize::new(0));
     let mut objs: Vec<NonNull<MaybePanics>> = (0..300)
@@ -259,13 +295,13 @@ fn free_bulk_with_panicking_destructors_frees_every_object() {
     let s = cache.stats();
     assert_eq!(s.slabs, 0, "every slot went back: {s:#?}");
     drop(cache);
-    all_pages_back(&pa);
+    assert_all_pages_back(&pa);
 }
 
 #[test]
 fn no_locks_refill_that_loses_the_node_trylock_returns_its_new_slab() {
     use krcu::page::{AllocError, FaultSites};
-    let pa = pages(1);
+    let pa = allocator_on_cpus(1, 16 << 20);
     let cache = SlabCache::<u64>::new(&pa, "nolock-leak").unwrap();
     // Stock this CPU's page lists: a NO_LOCKS slab comes from them only.
     let p = pa.alloc_page(Gfp::KERNEL).unwrap();
@@ -284,7 +320,7 @@ fn no_locks_refill_that_loses_the_node_trylock_returns_its_new_slab() {
     );
     assert_eq!(s.slabs, 0);
     drop(cache);
-    all_pages_back(&pa);
+    assert_all_pages_back(&pa);
     let _ = AllocError::Contended;
 }
 
@@ -296,16 +332,7 @@ fn free_in_a_signal_handler_under_rt_touches_no_lock_and_defers() {
         .cpus(1)
         .preempt_model(PreemptModel::Rt)
         .build();
-    let pa = PageAllocator::new(
-        &d,
-        PageConfig {
-            arena_size: 4 << 20,
-            watermarks: Some(Watermarks::NONE),
-            kswapd: false,
-            ..PageConfig::default()
-        },
-    )
-    .unwrap();
+    let pa = common::pages::quiet_allocator(&d, 4 << 20, Watermarks::NONE);
     let cache = SlabCache::<u64>::new(&pa, "rt-handler").unwrap();
     let objs: Vec<NonNull<u64>> = (0..3)
         .map(|i| cache.alloc(Gfp::KERNEL, i).unwrap())
@@ -330,7 +357,7 @@ fn free_in_a_signal_handler_under_rt_touches_no_lock_and_defers() {
     let s = cache.stats();
     assert_eq!(s.slabs, 0, "{s:#?}");
     drop(cache);
-    all_pages_back(&pa);
+    assert_all_pages_back(&pa);
 }
 
 #[test]
@@ -340,16 +367,7 @@ fn deferred_frees_are_reused_by_later_allocations() {
         .cpus(1)
         .preempt_model(PreemptModel::Rt)
         .build();
-    let pa = PageAllocator::new(
-        &d,
-        PageConfig {
-            arena_size: 4 << 20,
-            watermarks: Some(Watermarks::NONE),
-            kswapd: false,
-            ..PageConfig::default()
-        },
-    )
-    .unwrap();
+    let pa = common::pages::quiet_allocator(&d, 4 << 20, Watermarks::NONE);
     let cache = SlabCache::<u8>::new(&pa, "tiny").unwrap();
     let n = cache.objects_per_slab();
     let objs: Vec<NonNull<u8>> = (0..n)
@@ -378,12 +396,12 @@ fn deferred_frees_are_reused_by_later_allocations() {
     cache.shrink();
     assert_eq!(cache.stats().slabs, 0);
     drop(cache);
-    all_pages_back(&pa);
+    assert_all_pages_back(&pa);
 }
 
 #[test]
 fn bad_free_in_a_signal_handler_is_counted_not_panicked() {
-    let pa = pages(1);
+    let pa = allocator_on_cpus(1, 16 << 20);
     let cache = SlabCache::<u64>::with_checks(&pa, "handler-bad", true).unwrap();
     let o = cache.alloc(Gfp::KERNEL, 1).unwrap();
     // SAFETY: allocated above, freed once.

@@ -109,3 +109,26 @@ pub fn run_self(name: &str, extra: &[&str], env: Option<&str>, limit: Duration) 
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Runs this test binary's test `name` alone in a child process with the
+/// variable `env` set (the test does its work when it sees it, so that an
+/// abort or a hang there fails the test here instead of killing the
+/// harness). Returns whether it passed within `limit` (a hang is killed
+/// and counts as failed) and its output.
+pub fn run_with_env(env: &str, name: &str, limit: Duration) -> (bool, String) {
+    match run_self(name, &[], Some(env), limit) {
+        SelfRun::Exited { passed, output } => (passed, output),
+        SelfRun::Hung => (false, "hung".to_owned()),
+    }
+}
+
+/// Runs this test binary's ignored test `inner` in a child process and
+/// fails unless it passes there within `timeout` (a hang is killed).
+pub fn assert_passes_in_child(inner: &str, timeout: Duration) {
+    match run_self(inner, &["--ignored"], None, timeout) {
+        SelfRun::Exited { passed, output } => {
+            assert!(passed, "{inner}: failed in the child: {output}");
+        }
+        SelfRun::Hung => panic!("{inner}: hung (killed after {timeout:?})"),
+    }
+}

@@ -1,9 +1,14 @@
 //! Shared test machinery: objects that know whether they were freed, once,
 //! and after every reader was done; a pool to hand them out without
-//! allocating (for signal handlers); and a real signal source.
+//! allocating (for signal handlers); a plain object that only counts its
+//! drops; and a real signal source. Child
+//! processes are in [`child`], test page allocators in [`pages`], the
+//! counting global allocator in [`counting_alloc`].
 #![allow(dead_code)]
 
 pub mod child;
+pub mod counting_alloc;
+pub mod pages;
 
 use krcu::Krcu;
 use krcu::rcu::{HasRcuHead, RcuHead};
@@ -107,6 +112,33 @@ impl Drop for Obj {
             ledger.double_frees.fetch_add(1, SeqCst);
         }
         ledger.dropped.fetch_add(1, SeqCst);
+    }
+}
+
+/// The simplest retired object: it counts its drops in a shared counter,
+/// for tests that only ask whether everything was freed, and when.
+pub struct CountedNode {
+    freed: Arc<AtomicUsize>,
+    head: RcuHead,
+}
+
+// SAFETY: `head` is an RcuHead field of CountedNode.
+unsafe impl HasRcuHead for CountedNode {
+    const RCU_HEAD_OFFSET: usize = core::mem::offset_of!(CountedNode, head);
+}
+
+impl CountedNode {
+    pub fn new(freed: &Arc<AtomicUsize>) -> Box<CountedNode> {
+        Box::new(CountedNode {
+            freed: Arc::clone(freed),
+            head: RcuHead::new(),
+        })
+    }
+}
+
+impl Drop for CountedNode {
+    fn drop(&mut self) {
+        self.freed.fetch_add(1, SeqCst);
     }
 }
 

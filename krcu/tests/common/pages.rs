@@ -1,0 +1,44 @@
+//! Page allocators for tests: the configuration they start from (no
+//! watermarks unless a test asks for some, no kswapd thread, so that
+//! nothing reclaims behind a test's back) and the check that every page
+//! came back.
+
+use krcu::Domain;
+use krcu::page::{PageAllocator, PageConfig, PageStats, Watermarks};
+use std::sync::Arc;
+
+/// `arena_size` bytes with `watermarks`, no kswapd thread, the rest
+/// default. Tests that set more fields spread it: `..quiet_config(..)`.
+pub fn quiet_config(arena_size: usize, watermarks: Watermarks) -> PageConfig {
+    PageConfig {
+        arena_size,
+        watermarks: Some(watermarks),
+        kswapd: false,
+        ..PageConfig::default()
+    }
+}
+
+/// A page allocator on `domain` with [`quiet_config`].
+pub fn quiet_allocator(
+    domain: &Domain,
+    arena_size: usize,
+    watermarks: Watermarks,
+) -> Arc<PageAllocator> {
+    PageAllocator::new(domain, quiet_config(arena_size, watermarks)).unwrap()
+}
+
+/// A page allocator of `arena_size` bytes, no watermarks, on a domain of
+/// its own with `cpus` modelled CPUs.
+pub fn allocator_on_cpus(cpus: usize, arena_size: usize) -> Arc<PageAllocator> {
+    let domain = Domain::builder().cpus(cpus).build();
+    quiet_allocator(&domain, arena_size, Watermarks::NONE)
+}
+
+/// Drains every per-CPU list and asserts that every page is free again.
+/// Returns the statistics for the caller's further checks.
+pub fn assert_all_pages_back(pa: &PageAllocator) -> PageStats {
+    pa.drain_all();
+    let s = pa.stats();
+    assert_eq!(s.free_pages, s.total_pages, "pages not back: {s:#?}");
+    s
+}
