@@ -27,9 +27,13 @@
 //!    leaves, nothing is taken under them.
 //!
 //! The `std` mutexes are not the crate's validated locks, each for a reason
-//! given at its field: the wake-ups park on a `Condvar`; the pass lock is
-//! held in softirq context, where the validator refuses a sleeping lock;
-//! the fronts registry is taken on a thread's first call and across fork.
+//! given at its field: the wake-ups park on a `Condvar`; the pass lock and
+//! the fronts registry are held by the monitor in softirq context for
+//! long enough (front steals: `membarrier`, yields) that their waiters
+//! must sleep, and the validator refuses a sleeping lock there (a
+//! `spinlock_t` at most, which would make them spin). `worker.rs`'s
+//! handles mutex is no kvfree lock: only the teardown and the fork handler
+//! take it, holding nothing else.
 //! [`Engine::lock_for_fork`] takes them all in this order.
 //!
 //! # Why a snapshot per object is enough

@@ -9,13 +9,16 @@
 //! `krc` as a full block), `stats.rs`, `block.rs`.
 //!
 //! # The registry's lock
-//! A `std` mutex, not the crate's validated `Mutex`: it is taken where
-//! the validator has no say or would be wrong to look. A thread's first
-//! call registers its front under it (only where sleeping is allowed, see
-//! `call.rs`), and the forking thread's prepare handler holds it across
-//! `fork` (`Engine::lock_for_fork`), where the validator's own state must
-//! not change. Lock order: after the monitor's pass lock, before every
-//! `krc` lock (see `engine.rs`).
+//! A `std` mutex, not one of the crate's validated locks. The monitor
+//! holds it in softirq context for a whole look at the fronts, which
+//! steals blocks (a `membarrier` and up to 64 yields per front whose owner
+//! is in its section): a waiter (a thread's first call registering its
+//! front, `stats`, a barrier's pass) must sleep, not spin, that long, and
+//! the validator rightly refuses a sleeping lock (`Mutex`) in softirq
+//! context, whose level allows a `spinlock_t` at most. The forking
+//! thread also holds it across `fork` (`Engine::lock_for_fork`). Lock
+//! order: after the monitor's pass lock, before every `krc` lock (see
+//! `engine.rs`).
 
 use super::block::{BLOCK_BYTES, Block};
 use super::front::{self, Front};

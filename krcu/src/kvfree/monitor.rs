@@ -48,10 +48,13 @@ pub(super) struct Monitor {
     /// detached batch already handed to RCU. Lock order: first of
     /// kvfree's locks (before the fronts registry and every `krc` lock).
     ///
-    /// A `std` mutex, not the crate's validated `Mutex`: the monitor holds
-    /// it in softirq context (its thread runs there, as the kernel's
-    /// work does in process context), where the validator rightly refuses
-    /// a sleeping lock; and the forking thread holds it across `fork`.
+    /// A `std` mutex, not one of the crate's validated locks: the monitor
+    /// holds it in softirq context (its thread runs there) for a whole
+    /// pass, which steals front blocks (`membarrier`, yields) and frees
+    /// pages, so a barrier waiting for it must sleep, not spin; and the
+    /// validator rightly refuses a sleeping lock (`Mutex`) in softirq
+    /// context, whose level allows a `spinlock_t` at most. The forking
+    /// thread also holds it across `fork`.
     pass_lock: Mutex<()>,
     /// Wakes the monitor thread.
     wake: Wake,

@@ -1,5 +1,9 @@
 //! What `kfree_rcu` did: calls per context, objects per path, blocks,
 //! pending memory and its peak, grace periods, batches and reclaim time.
+//!
+//! Owns: [`KvfreeStats`], the counters kept off the call path
+//! ([`EngineCounters`]) and [`Pending`], the one formula of what waits to
+//! be freed. Uses: `block.rs` (a block's size).
 
 use super::block::BLOCK_BYTES;
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
