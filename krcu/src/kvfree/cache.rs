@@ -206,9 +206,9 @@ impl Cache {
 /// Returns the blocks to free once the lock is dropped.
 pub(super) fn trim_if_idle(s: &Shared, krc: &mut Krc) -> BlockList {
     let mut trimmed = BlockList::new();
-    if krc.idle_passes >= IDLE_PASSES_BEFORE_TRIM {
+    if krc.idle_passes() >= IDLE_PASSES_BEFORE_TRIM {
         krc.cache_target = s.base_cache();
-        if krc.idle_passes == IDLE_PASSES_BEFORE_TRIM {
+        if krc.idle_passes() == IDLE_PASSES_BEFORE_TRIM {
             trimmed.append(&mut krc.cache);
         }
     }

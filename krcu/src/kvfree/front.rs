@@ -46,7 +46,10 @@ use core::ptr;
 use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering::*};
 use std::sync::Arc;
 
-/// One thread's front for one instance.
+/// One thread's front for one instance. Its block and counts are
+/// `pub(super)`: the owner's swap (`call.rs`, inside the owner's section)
+/// and the registry (`fronts.rs`, the monitor's steal and the statistics)
+/// read and write them under the handshake described above.
 pub(super) struct Front {
     engine: u64,
     /// The owner's section and the monitor's steal (membarrier variant:

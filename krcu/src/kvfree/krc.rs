@@ -10,11 +10,13 @@
 //! Owns: [`Krc`], [`KrcCpu`], [`Locked`]. Uses: `batch.rs`, `block.rs`,
 //! `ready.rs`, `stats.rs`, the crate's locks and RCU lists.
 //!
-//! `Krc`'s fields are `pub(super)`: it is the record behind one lock that
-//! the call path (`call.rs`), the monitor (`monitor.rs`) and the cache
-//! (`cache.rs`) each edit under that lock, as the kernel's
-//! `struct kfree_rcu_cpu` is; the edits that more than one of them make
-//! are methods here. `KrcCpu`'s lock-free parts are private, behind methods.
+//! `Krc` is the record behind one lock that the call path (`call.rs`), the
+//! monitor (`monitor.rs`) and the cache (`cache.rs`) each edit under that
+//! lock, as the kernel's `struct kfree_rcu_cpu` is. Its channel slots and
+//! pending counts are private, behind methods; three fields are
+//! `pub(super)`, each with the reason at the field. `KrcCpu`'s lock-free
+//! parts are private, behind methods; its lock, batches and ready queue
+//! are `pub(super)` for the monitor and reclaim, which take them.
 
 use super::batch::Batch;
 use super::block::{BLOCK_BYTES, Block, BlockList, Channel};
@@ -31,7 +33,7 @@ use std::time::{Duration, Instant};
 
 /// Channels a CPU keeps a current block for at once; a fifth evicts the
 /// least recently used.
-pub(super) const CHANNELS: usize = 4;
+const CHANNELS: usize = 4;
 
 /// Counters kept under the `krc` lock (plain integers: no atomic cost on
 /// the call path).
@@ -56,11 +58,11 @@ pub(super) struct KrcCounters {
     pub(super) evictions: u64,
 }
 
-pub(super) struct ChanSlot {
-    pub(super) chan: Option<Channel>,
+struct ChanSlot {
+    chan: Option<Channel>,
     /// The current block first, full ones behind it.
-    pub(super) blocks: BlockList,
-    pub(super) last_use: u64,
+    blocks: BlockList,
+    last_use: u64,
 }
 
 impl ChanSlot {
@@ -73,28 +75,32 @@ impl ChanSlot {
 
 /// The state behind a CPU's raw `krc` lock.
 pub(super) struct Krc {
-    pub(super) slots: [ChanSlot; CHANNELS],
+    slots: [ChanSlot; CHANNELS],
     /// Blocks of evicted channels, for the monitor.
-    pub(super) evicted: BlockList,
-    /// Spare blocks.
+    evicted: BlockList,
+    /// Spare blocks. `pub(super)`: the cache (`cache.rs`) fills, trims and
+    /// shrinks it, and the call path keeps a page it did not need here.
     pub(super) cache: BlockList,
     /// How many spare blocks the refill worker keeps here; grows when calls
     /// come fast enough to empty the cache, shrinks back when they stop.
+    /// `pub(super)`: the cache grows it on a miss and resets it on a trim.
     pub(super) cache_target: usize,
     /// Objects in this CPU's blocks and on its list, not yet handed to RCU.
-    pub(super) pending_objs: usize,
-    pub(super) pending_bytes: usize,
+    pending_objs: usize,
+    pending_bytes: usize,
     /// Blocks holding objects (current and full), not yet handed to RCU.
-    pub(super) blocks_in_use: usize,
+    blocks_in_use: usize,
     /// When the monitor first saw objects pending here (for the drain
     /// delay); set and cleared by the monitor only.
-    pub(super) pending_since: Option<Instant>,
+    pending_since: Option<Instant>,
     use_clock: u64,
+    /// `pub(super)`: each path counts its own events, with plain adds
+    /// under the lock (no atomic cost on the call path).
     pub(super) counters: KrcCounters,
     /// The monitor's count of calls at its last pass, and how many passes
     /// found no new calls (an idle CPU gives its cache back).
-    pub(super) calls_seen: u64,
-    pub(super) idle_passes: u32,
+    calls_seen: u64,
+    idle_passes: u32,
 }
 
 // SAFETY: a Krc owns the blocks in its lists (pages of the instance's
@@ -249,6 +255,26 @@ impl Krc {
         }
         self.pending_since
             .is_some_and(|t| now.duration_since(t) >= drain_delay)
+    }
+
+    /// Whether objects wait in this CPU's blocks.
+    pub(super) fn has_pending(&self) -> bool {
+        self.pending_objs > 0
+    }
+
+    /// Monitor passes in a row that found no new call.
+    pub(super) fn idle_passes(&self) -> u32 {
+        self.idle_passes
+    }
+
+    /// After a hand-over at `now`: what is left (current blocks) waits a
+    /// drain delay from now; nothing left, nothing waits.
+    pub(super) fn restart_drain_clock(&mut self, now: Instant) {
+        self.pending_since = if self.pending_objs > 0 {
+            Some(now)
+        } else {
+            None
+        };
     }
 
     /// Keeps spare blocks from `spare` in the cache, up to its target.

@@ -105,7 +105,7 @@ impl Monitor {
         let mut krc = cpu.krc.lock();
         let aged = krc.monitor_look(now, s.config.drain_delay, list_waiting);
         let pending = cpu.pending(&krc);
-        let busy = krc.pending_objs > 0 || list_waiting || cpu.refill_wanted();
+        let busy = krc.has_pending() || list_waiting || cpu.refill_wanted();
         let mut trimmed = cache::trim_if_idle(s, &mut krc);
         let want = flush || aged || krc.has_full_blocks();
         if !want {
@@ -120,11 +120,7 @@ impl Monitor {
             return (false, busy, pending);
         };
         let (mut blocks, _, _) = krc.detach_blocks(flush || aged);
-        krc.pending_since = if krc.pending_objs > 0 {
-            Some(now)
-        } else {
-            None
-        };
+        krc.restart_drain_clock(now);
         drop(krc);
         s.free_blocks(&mut trimmed);
 

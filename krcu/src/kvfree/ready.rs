@@ -17,7 +17,8 @@ use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering::*};
 use std::sync::Arc;
 
 /// Blocks and an `rcu_head` list handed over together, with the objects
-/// and bytes they hold.
+/// and bytes they hold. A plain carrier, so its fields are `pub(super)`:
+/// the monitor fills one, a ready queue empties it, reclaim frees it.
 pub(super) struct Work {
     pub(super) blocks: BlockList,
     pub(super) list: CbList,
