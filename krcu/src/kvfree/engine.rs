@@ -83,7 +83,7 @@ impl Engine {
         rcu: Arc<Rcu>,
         config: KvfreeConfig,
     ) -> Arc<Engine> {
-        let use_fronts = config.thread_blocks && rcu.stats().membarrier;
+        let use_fronts = config.front_blocks && rcu.stats().membarrier;
         let e = Arc::new(Engine {
             shared: Shared::new(domain, pages, rcu, config),
             fronts: Fronts::new(use_fronts),

@@ -109,10 +109,11 @@ pub struct KvfreeConfig {
     /// With [`Assist::WhenBehind`]: help when more than this many blocks
     /// wait to be freed on the caller's CPU.
     pub assist_above: usize,
-    /// Whether each thread (in task or softirq context) appends to a block
-    /// of its own before the per-CPU state: no atomic operation on the
-    /// common call. Only where membarrier is available.
-    pub thread_blocks: bool,
+    /// Whether each thread (in task or softirq context) appends to a
+    /// *front block* of its own before the per-CPU state: no atomic
+    /// operation on the common call. Only where membarrier is available.
+    /// (Was `thread_blocks`: "front block" is the one name for it.)
+    pub front_blocks: bool,
 }
 
 /// Whether a `kfree_rcu` caller helps free objects whose grace period has
@@ -148,7 +149,7 @@ impl Default for KvfreeConfig {
             active_poll: Duration::from_micros(250),
             assist: Assist::default(),
             assist_above: 16,
-            thread_blocks: true,
+            front_blocks: true,
         }
     }
 }
