@@ -329,6 +329,9 @@ pub(super) struct KrcCpu {
     /// The `rcu_head` list: objects that found no block, or found every
     /// `krc` lock taken. Lock-free, so the fallback can never wait.
     list: PendingList,
+    /// Objects on `list` (Relaxed, as the other counts here: statistics
+    /// and the monitor's "anything waiting?" hint; the objects themselves
+    /// are published by the list's own push and taken by its swap).
     list_objs: AtomicUsize,
     /// The size of the objects last put on the list: list bytes are
     /// estimated as objects times this (exact when one type floods).
@@ -336,7 +339,9 @@ pub(super) struct KrcCpu {
     /// Calls that found every `krc` lock taken (counted here: they never
     /// held a lock).
     lock_busy: AtomicU64,
-    /// The call path asks the worker for spare blocks.
+    /// The call path asks the worker for spare blocks (Relaxed: a flag the
+    /// refill worker polls; no data is handed over with it, the blocks go
+    /// into the cache under the `krc` lock).
     refill_wanted: AtomicBool,
     /// At most two batches in flight per CPU.
     pub(super) batches: [Batch; 2],
