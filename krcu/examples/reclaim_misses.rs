@@ -4,7 +4,7 @@
 //!
 //!   cargo build --release -p krcu --example reclaim_misses
 //!   valgrind --tool=callgrind --cache-sim=yes --collect-atstart=no \
-//!     --toggle-collect='*reclaim_ready*' target/release/examples/reclaim_misses blocks
+//!     --toggle-collect='*Reclaim*reclaim_c*' target/release/examples/reclaim_misses blocks
 //!
 //! and again with `list`. The argument picks the path: `blocks` (the
 //! default policy) or `list` (no block can be had: every object takes the

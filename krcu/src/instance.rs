@@ -9,16 +9,14 @@ use crate::fork;
 use crate::kvfree::block::{Channel, box_channel, drop_box_by_head};
 use crate::kvfree::channels;
 use crate::kvfree::engine::Engine;
-use crate::kvfree::{KvfreeConfig, KvfreeStats, Policy, worker};
+use crate::kvfree::worker::Workers;
+use crate::kvfree::{KvfreeConfig, KvfreeStats, Policy};
 use crate::lockdep::ReportHandler;
 use crate::page::{Page, PageAllocator, PageConfig, ShrinkerHandle};
 use crate::rcu::{HasRcuHead, Rcu, RcuConfig, RcuHead};
 use crate::slab::SlabCache;
 use core::ptr::NonNull;
-use std::any::Any;
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, OnceLock};
-use std::thread::JoinHandle;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 /// Why an instance could not be built.
@@ -180,16 +178,10 @@ impl KrcuBuilder {
             move || weak.upgrade().map_or(0, |e| e.shrink_count()),
             move |n| weak2.upgrade().map_or(0, |e| e.shrink_scan(n)),
         );
-        // Spare blocks are there before the first call: a real-time thread
-        // does not depend on the worker having run.
-        engine.refill_pass();
-        let threads = spawn_workers(&engine)?;
-        let workers = Arc::new(Workers {
-            engine: engine.clone(),
-            threads: Mutex::new(threads),
-        });
-        let weak: std::sync::Weak<dyn fork::Participant> = Arc::downgrade(&workers) as _;
-        fork::register(weak);
+        // Spare blocks are there before the first call (`spawn` fills the
+        // caches first): a real-time thread does not depend on the worker
+        // having run.
+        let workers = Workers::spawn(&engine).map_err(BuildError::Worker)?;
         Ok(Krcu {
             engine,
             workers,
@@ -206,151 +198,10 @@ pub struct Krcu {
     shrinker: Option<ShrinkerHandle>,
 }
 
-/// The instance's worker threads, restarted in the child of a `fork`.
-struct Workers {
-    engine: Arc<Engine>,
-    threads: Mutex<Threads>,
-}
-
-struct Threads {
-    /// The monitor.
-    worker: Option<JoinHandle<()>>,
-    /// The refill thread.
-    refill: Option<JoinHandle<()>>,
-    reclaimers: Vec<JoinHandle<()>>,
-}
-
-impl Workers {
-    /// Takes the handles, to join them.
-    fn take(&self) -> Threads {
-        let mut t = self.threads.lock().unwrap_or_else(|e| e.into_inner());
-        Threads {
-            worker: t.worker.take(),
-            refill: t.refill.take(),
-            reclaimers: core::mem::take(&mut t.reclaimers),
-        }
-    }
-}
-
-impl fork::Participant for Workers {
-    fn lock_before_park(self: Arc<Self>, _: &mut Vec<Box<dyn Any>>) {}
-
-    fn kick(&self) {
-        self.engine.kick();
-        for cpu in 0..self.engine.domain().cpus() {
-            self.engine.wake_reclaimer(cpu);
-        }
-    }
-
-    fn lock_after_park(self: Arc<Self>, phase: usize, held: &mut Vec<Box<dyn Any>>) {
-        if phase < Engine::FORK_LOCK_PHASES {
-            held.push(fork::hold(self.engine.clone(), |e| e.lock_for_fork(phase)));
-        }
-        if phase == 0 {
-            // The threads' handles (a teardown takes them, briefly): the
-            // child's handler takes them again.
-            held.push(fork::hold(self, |w| {
-                w.threads.lock().unwrap_or_else(|e| e.into_inner())
-            }));
-        }
-    }
-
-    fn restart_in_child(self: Arc<Self>) {
-        let mut t = self.threads.lock().unwrap_or_else(|e| e.into_inner());
-        // The old threads do not exist here: their handles can never be
-        // joined (that would wait forever).
-        core::mem::forget(core::mem::take(&mut t.reclaimers));
-        core::mem::forget(t.worker.take());
-        core::mem::forget(t.refill.take());
-        if self.engine.stop.load(Ordering::Acquire) {
-            return; // the instance is being dropped
-        }
-        self.engine.forget_other_threads();
-        match spawn_workers(&self.engine) {
-            Ok(threads) => *t = threads,
-            Err(e) => tracing::error!("krcu: cannot restart the kvfree workers after fork: {e}"),
-        }
-    }
-}
-
-/// Joins `h`, or on a krcu worker thread (which never joins a worker: see
-/// `fork`) detaches it; the thread holds its own Arcs of what it uses.
-fn join_unless_worker(h: JoinHandle<()>) {
-    if !fork::on_worker_thread() {
-        let _ = h.join();
-    }
-}
-
-/// Starts the `kfree_rcu` monitor, its refill thread and one reclaimer per
-/// CPU.
-fn spawn_workers(engine: &Arc<Engine>) -> Result<Threads, BuildError> {
-    // One reclaimer per CPU, on that CPU when the instance models the
-    // machine's CPUs one to one: objects are freed near where they were
-    // used, and reclaim scales with the CPUs as the flood does.
-    let cpus = engine.domain().cpus();
-    let pin = cpus == crate::percpu::num_cpus();
-    let mut reclaimers = Vec::with_capacity(cpus);
-    for cpu in 0..cpus {
-        let e = engine.clone();
-        let token = fork::WorkerToken::new();
-        let spawned = std::thread::Builder::new()
-            .name(format!("krcu-reclaim/{cpu}"))
-            .spawn(move || {
-                token.run(|| {
-                    if pin {
-                        pin_to_cpu(cpu);
-                    }
-                    e.reclaimer(cpu)
-                })
-            });
-        match spawned {
-            Ok(h) => reclaimers.push(h),
-            Err(err) => {
-                engine.stop_reclaimers();
-                reclaimers.into_iter().for_each(join_unless_worker);
-                return Err(BuildError::Worker(err.to_string()));
-            }
-        }
-    }
-    let spawn = |name: &str, body: fn(Arc<Engine>)| {
-        let e = engine.clone();
-        let token = fork::WorkerToken::new();
-        std::thread::Builder::new()
-            .name(name.into())
-            .spawn(move || token.run(|| body(e)))
-    };
-    let mut threads = Threads {
-        worker: None,
-        refill: None,
-        reclaimers,
-    };
-    let started = spawn("krcu-kvmon", worker::run).and_then(|w| {
-        threads.worker = Some(w);
-        spawn("krcu-kvfree", worker::run_refill)
-    });
-    match started {
-        Ok(r) => {
-            threads.refill = Some(r);
-            Ok(threads)
-        }
-        Err(err) => {
-            engine.stop.store(true, Ordering::Release);
-            engine.kick();
-            if let Some(w) = threads.worker.take() {
-                join_unless_worker(w);
-            }
-            engine.stop.store(false, Ordering::Release);
-            engine.stop_reclaimers();
-            threads.reclaimers.into_iter().for_each(join_unless_worker);
-            Err(BuildError::Worker(err.to_string()))
-        }
-    }
-}
-
 impl core::fmt::Debug for Krcu {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("Krcu")
-            .field("policy", &self.engine.config.policy)
+            .field("policy", &self.engine.config().policy)
             .field("preempt_model", &self.domain().preempt_model())
             .finish_non_exhaustive()
     }
@@ -406,7 +257,7 @@ impl Krcu {
 
     /// The `kfree_rcu` settings.
     pub fn kvfree_config(&self) -> &KvfreeConfig {
-        &self.engine.config
+        self.engine.config()
     }
 
     /// Frees `obj` after a grace period (the two-argument form: `T` embeds
@@ -508,10 +359,7 @@ impl Krcu {
                 .queue_mightsleep(raw.cast(), &box_channel::<T>(), ctx)
         };
         if !queued {
-            self.engine
-                .counters
-                .inline_synchronize
-                .fetch_add(1, Ordering::Relaxed);
+            self.engine.note_inline_synchronize();
             tracing::debug!("kvfree_rcu_mightsleep: no block, freeing inline after a grace period");
             self.rcu().synchronize();
             // SAFETY: not queued, so still ours; a grace period has passed.
@@ -553,10 +401,7 @@ impl Krcu {
             // address after the grace period.
             let _ = page.into_raw();
         } else {
-            self.engine
-                .counters
-                .inline_synchronize
-                .fetch_add(1, Ordering::Relaxed);
+            self.engine.note_inline_synchronize();
             self.rcu().synchronize();
             self.pages().free(page);
         }
@@ -655,18 +500,10 @@ impl Krcu {
         self.engine.barrier();
     }
 
-    /// Holds every CPU's `krc` lock until the guard drops, so that tests can
-    /// drive the path where every trylock fails. Not part of the API.
-    #[doc(hidden)]
-    pub fn __hold_krc_locks(&self) -> impl Drop + '_ {
-        struct Held<'a>(Vec<crate::lock::RawSpinLockGuard<'a, crate::kvfree::krc::Krc>>);
-        impl Drop for Held<'_> {
-            fn drop(&mut self) {
-                // Released in reverse order of taking.
-                while self.0.pop().is_some() {}
-            }
-        }
-        Held(self.engine.cpus.iter().map(|(_, c)| c.krc.lock()).collect())
+    /// The `kfree_rcu` engine, for kvfree's unit tests.
+    #[cfg(test)]
+    pub(crate) fn engine(&self) -> &Engine {
+        &self.engine
     }
 
     /// A snapshot of the `kfree_rcu` statistics.
@@ -707,7 +544,7 @@ impl Drop for Krcu {
             teardown.run();
             return;
         }
-        let engine = self.engine.clone();
+        let workers = self.workers.clone();
         let spawned = std::thread::Builder::new()
             .name("krcu-teardown".into())
             .spawn(move || teardown.run());
@@ -715,9 +552,7 @@ impl Drop for Krcu {
             // The closure, and with it the teardown, is gone: stop the
             // workers without waiting. What is still queued is leaked.
             tracing::error!(%err, "krcu: cannot start the teardown thread; queued objects leak");
-            engine.stop.store(true, Ordering::Release);
-            engine.kick();
-            engine.stop_reclaimers();
+            workers.stop_now();
         }
     }
 }
@@ -736,25 +571,9 @@ impl Teardown {
         // instance any more: sections left open by gone threads (leaked
         // guards) end now, so that the barrier below does not stall.
         self.engine.rcu().begin_teardown();
-        self.engine.stop.store(true, Ordering::Release);
-        self.engine.kick();
-        let Threads {
-            worker,
-            refill,
-            reclaimers,
-        } = self.workers.take();
-        for w in [worker, refill].into_iter().flatten() {
-            let _ = w.join();
-        }
         // Nothing is lost: everything queued is freed before the instance
         // goes, and every spare block goes back to the page allocator.
-        self.engine.barrier();
-        self.engine.retire_fronts();
-        self.engine.stop_reclaimers();
-        for r in reclaimers {
-            let _ = r.join();
-        }
-        self.engine.release_caches();
+        self.workers.shutdown();
         self.shrinker.take();
     }
 }
@@ -903,17 +722,6 @@ pub fn kvfree_rcu_barrier() {
         // returned before the call): if this load sees none, everything
         // queued before this call is on the global RCU's lists.
         None => crate::rcu::rcu_barrier(),
-    }
-}
-
-/// Pins the calling thread to `cpu` (best effort: an error leaves it free).
-fn pin_to_cpu(cpu: usize) {
-    // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET writes inside it
-    // for any cpu below CPU_SETSIZE, which sched_getcpu's ids are.
-    unsafe {
-        let mut set: libc::cpu_set_t = core::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set);
     }
 }
 

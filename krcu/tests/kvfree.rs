@@ -698,36 +698,3 @@ fn a_partial_front_block_of_an_idle_thread_is_taken_after_the_drain_delay() {
     });
     ledger.assert_all_freed_once();
 }
-
-#[test]
-fn with_every_krc_lock_taken_calls_go_to_the_lock_free_list() {
-    let log = ReportLog::new();
-    let k = patient(log);
-    let ledger = Ledger::new(100);
-    {
-        let _held = k.__hold_krc_locks();
-        // From a task thread (its front needs a krc lock for its first
-        // block), and from hardirq context (always the per-CPU path).
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                for _ in 0..5 {
-                    k.kfree_rcu(Obj::new(&ledger)).unwrap();
-                }
-            });
-        });
-        let objs: Vec<_> = (0..5).map(|_| Obj::new(&ledger)).collect();
-        let _h = context::enter_hardirq();
-        for o in objs {
-            k.kfree_rcu(o).unwrap();
-        }
-    }
-    let s = k.stats();
-    assert_eq!(s.lock_busy_fallbacks, 10, "{s:?}");
-    assert_eq!(
-        ledger.dropped.load(SeqCst),
-        0,
-        "nothing freed before a grace period"
-    );
-    k.kvfree_rcu_barrier();
-    ledger.assert_all_freed_once();
-}

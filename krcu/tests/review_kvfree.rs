@@ -347,52 +347,6 @@ fn a_panic_payload_that_panics_on_drop_loses_no_objects_of_its_block() {
     );
 }
 
-/// `rcu_head` list path: `reclaim_list` has no outer `catch_unwind`; the
-/// second panic unwinds out of `reclaim_ready` and kills the reclaimer
-/// thread. What is left on its ready list is never freed, and the next
-/// `kvfree_rcu_barrier` waits for it for ever.
-#[test]
-fn a_panic_payload_that_panics_on_drop_does_not_kill_the_reclaimer() {
-    common::child::assert_passes_in_child(
-        "inner_a_panic_payload_that_panics_on_drop_on_the_list",
-        Duration::from_secs(12),
-    );
-}
-
-#[test]
-#[ignore = "run by its outer test in a child process"]
-fn inner_a_panic_payload_that_panics_on_drop_on_the_list() {
-    let k = Krcu::builder()
-        .arena_size(16 << 20)
-        .cpus(1)
-        .build()
-        .unwrap();
-    let freed = Arc::new(AtomicUsize::new(0));
-    // A fresh thread with every krc lock held (so atomic, and without a
-    // front): its calls go to the lock-free rcu_head list.
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            let _held = k.__hold_krc_locks();
-            k.kfree_rcu(bomb(true, &freed)).unwrap();
-            for _ in 0..9 {
-                k.kfree_rcu(bomb(false, &freed)).unwrap();
-            }
-        });
-    });
-    assert_eq!(k.stats().lock_busy_fallbacks, 10);
-    k.kvfree_rcu_barrier();
-    // Later objects, on blocks, after the reclaimer's death.
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            for _ in 0..10 {
-                k.kfree_rcu(bomb(false, &freed)).unwrap();
-            }
-        });
-    });
-    k.kvfree_rcu_barrier();
-    assert_eq!(freed.load(SeqCst), 20);
-}
-
 // ---------------------------------------------------------------------
 // 5. The free function's first use from a signal handler
 // ---------------------------------------------------------------------

@@ -3,76 +3,64 @@
 //! kernel's `struct kfree_rcu_cpu_work`, two per CPU, run by `kfree_rcu_work`
 //! on the CPU's workqueue).
 //!
+//! Owns: [`Batch`] and its RCU callback. Uses: `ready.rs` (a batch points at
+//! its CPU's ready queue, as the kernel's `krwp->krcp`, given when the
+//! batch is made: it never reaches the engine), `stats.rs`, RCU.
+//!
 //! Ownership: a batch is free (`busy` false) or owned by whoever set `busy`
 //! with an `Acquire` compare-exchange: the monitor fills it and hands it to
 //! `call_rcu`; after the grace period the RCU callback moves its contents to
-//! the CPU's ready list (where the reclaimer, or a caller that assists,
+//! the CPU's ready queue (where the reclaimer, or a caller that assists,
 //! frees them block by block) and clears `busy` with a `Release` store, so
 //! the next owner sees it empty.
 
-use super::block::BlockList;
-use super::engine::Engine;
-use crate::rcu::{CbList, RcuHead};
+use super::ready::{ReadyQueue, Work};
+use super::stats::EngineCounters;
+use crate::rcu::{Rcu, RcuHead};
 use core::cell::UnsafeCell;
-use core::ptr::{self, NonNull};
-use core::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
+use core::ptr::NonNull;
+use core::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
-pub(crate) struct BatchWork {
-    pub(crate) blocks: BlockList,
-    pub(crate) list: CbList,
-    pub(crate) objs: usize,
-    pub(crate) bytes: usize,
-}
-
-pub(crate) struct Batch {
+pub(super) struct Batch {
     head: RcuHead,
     busy: AtomicBool,
-    pub(crate) cpu: usize,
-    /// The engine the batch belongs to, set once when the engine is built
-    /// (the engine outlives every callback: it runs `rcu_barrier` before
-    /// it is dropped).
-    engine: AtomicPtr<Engine>,
-    work: UnsafeCell<BatchWork>,
+    /// Where the callback puts the batch's contents. The queue outlives
+    /// every callback: the engine that holds both runs a barrier that waits
+    /// until no batch is busy before it is dropped.
+    ready: Arc<ReadyQueue>,
+    work: UnsafeCell<Work>,
 }
 
 // SAFETY: `work` is only touched by the batch's current owner (see the
-// module comment); the rest is atomics and an RcuHead made for sharing.
+// module comment); the rest is atomics, an RcuHead made for sharing, and
+// a shared ReadyQueue (Sync).
 unsafe impl Sync for Batch {}
 // SAFETY: as for Sync.
 unsafe impl Send for Batch {}
 
 /// Exclusive access to a claimed batch.
-pub(crate) struct Claim<'a> {
+pub(super) struct Claim<'a> {
     batch: &'a Batch,
 }
 
 impl Batch {
-    pub(crate) fn new(cpu: usize) -> Self {
+    pub(super) fn new(ready: Arc<ReadyQueue>) -> Self {
         Batch {
             head: RcuHead::new(),
             busy: AtomicBool::new(false),
-            cpu,
-            engine: AtomicPtr::new(ptr::null_mut()),
-            work: UnsafeCell::new(BatchWork {
-                blocks: BlockList::new(),
-                list: CbList::new(),
-                objs: 0,
-                bytes: 0,
-            }),
+            ready,
+            work: UnsafeCell::new(Work::new()),
         }
     }
 
-    pub(crate) fn set_engine(&self, e: *const Engine) {
-        self.engine.store(e.cast_mut(), Ordering::Release);
-    }
-
     /// Whether the batch is claimed or in flight.
-    pub(crate) fn is_busy(&self) -> bool {
+    pub(super) fn is_busy(&self) -> bool {
         self.busy.load(Ordering::Acquire)
     }
 
     /// Claims the batch if it is free.
-    pub(crate) fn try_claim(&self) -> Option<Claim<'_>> {
+    pub(super) fn try_claim(&self) -> Option<Claim<'_>> {
         self.busy
             .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
             .ok()
@@ -81,32 +69,32 @@ impl Batch {
 }
 
 impl Claim<'_> {
-    pub(crate) fn work(&mut self) -> &mut BatchWork {
+    pub(super) fn work(&mut self) -> &mut Work {
         // SAFETY: the claim is exclusive (busy was set by this claim).
         unsafe { &mut *self.batch.work.get() }
     }
 
-    /// Hands the batch to RCU, or frees it at once if it is empty. Returns
-    /// whether it went to RCU.
-    pub(crate) fn submit(mut self, engine: &Engine) -> bool {
+    /// Hands the batch to `rcu`, or frees it at once if it is empty.
+    /// Returns whether it went to RCU.
+    pub(super) fn submit(mut self, rcu: &Rcu, counters: &EngineCounters) -> bool {
         let w = self.work();
-        if w.blocks.is_empty() && w.list.is_empty() {
+        if w.is_empty() {
             self.batch.busy.store(false, Ordering::Release);
             return false;
         }
-        engine.note_in_flight(w.objs, w.bytes, w.blocks.len);
+        counters.note_in_flight(w.objs, w.bytes, w.blocks.len);
         let head = NonNull::from(&self.batch.head);
         // SAFETY: the head is embedded in a batch that lives as long as the
         // engine, which outlives every callback; it is not queued (the batch
         // was free until this claim); `batch_done` only uses it to find the
         // batch.
-        unsafe { engine.rcu().call_rcu(head, batch_done) };
+        unsafe { rcu.call_rcu(head, batch_done) };
         true
     }
 }
 
 /// The RCU callback of a batch: the grace period has elapsed, so its
-/// contents go to the CPU's ready list, to be freed by the CPU's reclaimer
+/// contents go to the CPU's ready queue, to be freed by the CPU's reclaimer
 /// (or a caller that assists), block by block.
 ///
 /// # Safety
@@ -114,18 +102,16 @@ impl Claim<'_> {
 /// elapsed.
 unsafe fn batch_done(head: NonNull<RcuHead>) {
     let offset = core::mem::offset_of!(Batch, head);
-    // SAFETY: the head is embedded in a Batch at `offset`.
+    // SAFETY: the head is embedded in a Batch at `offset`; the batch lives
+    // as long as its engine, which outlives every callback.
     let batch = unsafe { &*head.as_ptr().byte_sub(offset).cast::<Batch>() };
-    // SAFETY: set before any batch is submitted; the engine outlives
-    // every callback.
-    let engine = unsafe { &*batch.engine.load(Ordering::Acquire) };
     // SAFETY: the callback owns the batch until it clears busy.
     let work = unsafe { &mut *batch.work.get() };
     // SAFETY: the grace period of everything in the batch has elapsed.
-    unsafe { engine.make_ready(batch.cpu, work) };
+    unsafe { batch.ready.make_ready(work) };
     // The reclaimer is woken before `busy` is cleared: a batch in flight
     // keeps the engine alive (its teardown's barrier waits until no batch
     // is busy), so nothing here touches the engine after the clear.
-    engine.wake_reclaimer(batch.cpu);
+    batch.ready.wake_reclaimer();
     batch.busy.store(false, Ordering::Release);
 }

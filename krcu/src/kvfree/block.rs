@@ -6,6 +6,9 @@
 //! says how (a function that frees a slice of pointers in bulk, and its
 //! context). So an entry is one word, not a fat pointer: the type's drop is
 //! monomorphised into the channel's function once per block.
+//!
+//! Owns: [`Block`], [`BlockList`], [`Channel`]. Uses: RCU's grace-period
+//! cookie and the crate's unwind helpers; nothing else in kvfree.
 
 use crate::rcu::GpCookie;
 use core::ptr::{self, NonNull};

@@ -9,6 +9,9 @@
 //! from the page the same way). A page has no field readers leave alone, so
 //! nothing may be written into it before its grace period: pages take the
 //! single-argument form only.
+//!
+//! Owns: the channels of slab caches and of pages. Uses: `block.rs`, the
+//! page allocator and slab caches.
 
 use super::block::Channel;
 use crate::page::{PAGE_SIZE, PageAllocator};

@@ -33,6 +33,10 @@
 //! the monitor cleared before it, never the old one. The handshake itself
 //! is `steal.rs` (with a loom model). Without membarrier there are no
 //! fronts (the fallback would need a full fence on every call).
+//!
+//! Owns: [`Front`] (one thread's front for one instance) and the
+//! thread-locals that find it. Uses: `block.rs`, `steal.rs`, RCU's
+//! snapshot. The registry of every thread's front is `fronts.rs`.
 
 use super::block::{Block, Channel};
 use super::steal::StealGate;
@@ -42,21 +46,24 @@ use core::ptr;
 use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering::*};
 use std::sync::Arc;
 
-/// One thread's front for one instance.
-pub(crate) struct Front {
+/// One thread's front for one instance. Its block and counts are
+/// `pub(super)`: the owner's swap (`call.rs`, inside the owner's section)
+/// and the registry (`fronts.rs`, the monitor's steal and the statistics)
+/// read and write them under the handshake described above.
+pub(super) struct Front {
     engine: u64,
     /// The owner's section and the monitor's steal (membarrier variant:
     /// fronts exist only where membarrier is in use).
     gate: StealGate,
-    pub(crate) block: AtomicPtr<Block>,
+    pub(super) block: AtomicPtr<Block>,
     /// Objects and bytes in `block` (single writer at a time: the owner, or
     /// the monitor while it steals).
-    pub(crate) objs: AtomicUsize,
-    pub(crate) bytes: AtomicUsize,
+    pub(super) objs: AtomicUsize,
+    pub(super) bytes: AtomicUsize,
     /// Calls that queued through this front: task, softirq.
-    pub(crate) calls: [AtomicU64; 2],
+    pub(super) calls: [AtomicU64; 2],
     /// The thread exited: the monitor takes the block and forgets the front.
-    pub(crate) exited: AtomicBool,
+    pub(super) exited: AtomicBool,
     /// The instance is gone: the thread may forget the front.
     dead: AtomicBool,
 }
@@ -89,20 +96,20 @@ impl Front {
 
     /// Enters the owner's section; false (and left) if a steal is asked.
     #[inline]
-    pub(crate) fn begin(&self) -> bool {
+    pub(super) fn begin(&self) -> bool {
         self.gate.begin()
     }
 
     /// Leaves the owner's section.
     #[inline]
-    pub(crate) fn end(&self) {
+    pub(super) fn end(&self) {
         self.gate.end();
     }
 
     /// The owner's fast path: puts `obj` in the front block if it is of
     /// `chan` and has room.
     #[inline]
-    pub(crate) fn try_push(&self, chan: &Channel, obj: *mut u8, rcu: &Rcu, ctx: usize) -> Push {
+    pub(super) fn try_push(&self, chan: &Channel, obj: *mut u8, rcu: &Rcu, ctx: usize) -> Push {
         if !self.begin() {
             return Push::Stolen;
         }
@@ -128,7 +135,7 @@ impl Front {
 
     /// Counts objects put in the block (owner only, inside its section).
     #[inline]
-    pub(crate) fn count(&self, objs: usize, bytes: usize, ctx: usize) {
+    pub(super) fn count(&self, objs: usize, bytes: usize, ctx: usize) {
         bump(&self.objs, objs);
         bump(&self.bytes, bytes);
         let c = &self.calls[ctx];
@@ -138,7 +145,7 @@ impl Front {
     /// Takes the block from its owner (the monitor): `membarrier` must be
     /// in use. None if the owner stays inside its section (preempted
     /// there): the monitor tries again on its next pass.
-    pub(crate) fn steal(&self) -> Option<(*mut Block, usize, usize)> {
+    pub(super) fn steal(&self) -> Option<(*mut Block, usize, usize)> {
         /// Looks at the owner's section before giving up (each a yield).
         const SPINS: usize = 64;
         if !self.gate.try_steal(SPINS) {
@@ -153,35 +160,35 @@ impl Front {
 
     /// The fork prepare handler: asks for the block (step one of the
     /// steal); [`fork_wait`](Self::fork_wait) follows a barrier.
-    pub(crate) fn fork_ask(&self) {
+    pub(super) fn fork_ask(&self) {
         self.gate.ask();
     }
 
     /// The barrier between `fork_ask` and `fork_wait` (one serves every
     /// front).
-    pub(crate) fn fork_barrier(&self) {
+    pub(super) fn fork_barrier(&self) {
         self.gate.barrier();
     }
 
     /// Waits until the owner is out of its section; the gate then stays
     /// closed until [`fork_release`](Self::fork_release).
-    pub(crate) fn fork_wait(&self) {
+    pub(super) fn fork_wait(&self) {
         self.gate.wait_owner();
     }
 
     /// Opens the gate again (in the parent and the child).
-    pub(crate) fn fork_release(&self) {
+    pub(super) fn fork_release(&self) {
         self.gate.release();
     }
 
-    pub(crate) fn set_dead(&self) {
+    pub(super) fn set_dead(&self) {
         self.dead.store(true, Release);
     }
 }
 
 /// What [`Front::try_push`] did.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub(crate) enum Push {
+pub(super) enum Push {
     /// The object is in the front block.
     Done,
     /// No block, or a full one: swap it for a new one.
@@ -212,7 +219,7 @@ impl Drop for Owned {
 
 thread_local! {
     /// Set while this thread is inside a front section that calls out
-    /// (`Engine::swap_front`: the lock validator's report handler, a
+    /// (`CallPath::swap_front` in `call.rs`: the lock validator's report handler, a
     /// tracing subscriber, may run there and retire objects): a nested
     /// call takes the per-CPU path, never a front (const, no destructor).
     static IN_SWAP: Cell<bool> = const { Cell::new(false) };
@@ -225,20 +232,20 @@ thread_local! {
 /// Whether this thread is inside a front section that calls out (see
 /// `IN_SWAP`).
 #[inline]
-pub(crate) fn in_swap() -> bool {
+pub(super) fn in_swap() -> bool {
     IN_SWAP.with(Cell::get)
 }
 
 /// Marks this thread inside (`true`) or out of a front section that calls
 /// out; returns the previous value.
 #[inline]
-pub(crate) fn set_in_swap(on: bool) -> bool {
+pub(super) fn set_in_swap(on: bool) -> bool {
     IN_SWAP.with(|c| c.replace(on))
 }
 
 /// This thread's front for instance `engine`, if it has one.
 #[inline]
-pub(crate) fn current(engine: u64) -> Option<&'static Front> {
+pub(super) fn current(engine: u64) -> Option<&'static Front> {
     let (id, f) = CURRENT.with(Cell::get);
     if id == engine && !f.is_null() {
         // SAFETY: CURRENT is only set (by `get_or_register`) to a front in
@@ -252,7 +259,7 @@ pub(crate) fn current(engine: u64) -> Option<&'static Front> {
 }
 
 /// Whether `f` is one of the calling thread's fronts.
-pub(crate) fn owned_here(f: &Front) -> bool {
+pub(super) fn owned_here(f: &Front) -> bool {
     OWNED
         .try_with(|o| {
             o.0.try_borrow()
@@ -265,7 +272,7 @@ pub(crate) fn owned_here(f: &Front) -> bool {
 /// records it with the instance) if it has none. Allocates and takes the
 /// instance's `std` mutex: only where sleeping is allowed (task context,
 /// not atomic, irqs on, outside RCU readers).
-pub(crate) fn get_or_register(
+pub(super) fn get_or_register(
     engine: u64,
     register: impl FnOnce(Arc<Front>),
 ) -> Option<&'static Front> {

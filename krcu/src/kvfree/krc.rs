@@ -4,50 +4,65 @@
 //! channel (with the full blocks behind it), the cache of spare blocks, the
 //! pending counts and the counters. [`KrcCpu`] wraps it with what is reached
 //! without that lock: the lock-free `rcu_head` list fallback, the refill
-//! request flag and the two batch slots handed to RCU.
+//! request flag, the two batch slots handed to RCU and the CPU's ready
+//! queue.
+//!
+//! Owns: [`Krc`], [`KrcCpu`], [`Locked`]. Uses: `batch.rs`, `block.rs`,
+//! `ready.rs`, `stats.rs`, the crate's locks and RCU lists.
+//!
+//! `Krc` is the record behind one lock that the call path (`call.rs`), the
+//! monitor (`monitor.rs`) and the cache (`cache.rs`) each edit under that
+//! lock, as the kernel's `struct kfree_rcu_cpu` is. Its channel slots and
+//! pending counts are private, behind methods; three fields are
+//! `pub(super)`, each with the reason at the field. `KrcCpu`'s lock-free
+//! parts are private, behind methods; its lock, batches and ready queue
+//! are `pub(super)` for the monitor and reclaim, which take them.
 
 use super::batch::Batch;
-use super::block::{Block, BlockList, Channel};
+use super::block::{BLOCK_BYTES, Block, BlockList, Channel};
+use super::ready::ReadyQueue;
+use super::stats::{KvfreeStats, Pending};
 use crate::context::ContextKind;
 use crate::domain::Domain;
-use crate::lock::RawSpinLock;
-use crate::rcu::{CbList, GpCookie, PendingList};
+use crate::lock::{RawSpinLock, RawSpinLockGuard};
+use crate::rcu::{CbList, GpCookie, PendingList, RcuCallbackFn, RcuHead};
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// Channels a CPU keeps a current block for at once; a fifth evicts the
 /// least recently used.
-pub(crate) const CHANNELS: usize = 4;
+const CHANNELS: usize = 4;
 
 /// Counters kept under the `krc` lock (plain integers: no atomic cost on
 /// the call path).
 #[derive(Debug, Default, Clone, Copy)]
-pub(crate) struct KrcCounters {
+pub(super) struct KrcCounters {
     /// Calls per context: task, softirq, hardirq.
-    pub(crate) calls: [u64; 3],
+    pub(super) calls: [u64; 3],
     /// Objects that went into a block.
-    pub(crate) to_block: u64,
+    pub(super) to_block: u64,
     /// New blocks taken from the cache.
-    pub(crate) from_cache: u64,
+    pub(super) from_cache: u64,
     /// New blocks allocated inline by the policy.
-    pub(crate) inline_alloc: u64,
+    pub(super) inline_alloc: u64,
     /// Inline allocations the policy tried that failed.
-    pub(crate) inline_alloc_failed: u64,
+    pub(super) inline_alloc_failed: u64,
     /// Objects that found no block and went on the `rcu_head` list.
-    pub(crate) list_fallback: u64,
+    pub(super) list_fallback: u64,
     /// Single-argument calls that allocated a block with a sleeping
     /// allocation outside the lock.
-    pub(crate) sleeping_alloc: u64,
+    pub(super) sleeping_alloc: u64,
     /// Channel slots evicted for a new channel.
-    pub(crate) evictions: u64,
+    pub(super) evictions: u64,
 }
 
-pub(crate) struct ChanSlot {
-    pub(crate) chan: Option<Channel>,
+struct ChanSlot {
+    chan: Option<Channel>,
     /// The current block first, full ones behind it.
-    pub(crate) blocks: BlockList,
-    pub(crate) last_use: u64,
+    blocks: BlockList,
+    last_use: u64,
 }
 
 impl ChanSlot {
@@ -59,29 +74,33 @@ impl ChanSlot {
 }
 
 /// The state behind a CPU's raw `krc` lock.
-pub(crate) struct Krc {
-    pub(crate) slots: [ChanSlot; CHANNELS],
+pub(super) struct Krc {
+    slots: [ChanSlot; CHANNELS],
     /// Blocks of evicted channels, for the monitor.
-    pub(crate) evicted: BlockList,
-    /// Spare blocks.
-    pub(crate) cache: BlockList,
+    evicted: BlockList,
+    /// Spare blocks. `pub(super)`: the cache (`cache.rs`) fills, trims and
+    /// shrinks it, and the call path keeps a page it did not need here.
+    pub(super) cache: BlockList,
     /// How many spare blocks the refill worker keeps here; grows when calls
     /// come fast enough to empty the cache, shrinks back when they stop.
-    pub(crate) cache_target: usize,
+    /// `pub(super)`: the cache grows it on a miss and resets it on a trim.
+    pub(super) cache_target: usize,
     /// Objects in this CPU's blocks and on its list, not yet handed to RCU.
-    pub(crate) pending_objs: usize,
-    pub(crate) pending_bytes: usize,
+    pending_objs: usize,
+    pending_bytes: usize,
     /// Blocks holding objects (current and full), not yet handed to RCU.
-    pub(crate) blocks_in_use: usize,
+    blocks_in_use: usize,
     /// When the monitor first saw objects pending here (for the drain
     /// delay); set and cleared by the monitor only.
-    pub(crate) pending_since: Option<Instant>,
+    pending_since: Option<Instant>,
     use_clock: u64,
-    pub(crate) counters: KrcCounters,
+    /// `pub(super)`: each path counts its own events, with plain adds
+    /// under the lock (no atomic cost on the call path).
+    pub(super) counters: KrcCounters,
     /// The monitor's count of calls at its last pass, and how many passes
     /// found no new calls (an idle CPU gives its cache back).
-    pub(crate) calls_seen: u64,
-    pub(crate) idle_passes: u32,
+    calls_seen: u64,
+    idle_passes: u32,
 }
 
 // SAFETY: a Krc owns the blocks in its lists (pages of the instance's
@@ -107,7 +126,7 @@ impl Krc {
     }
 
     #[inline]
-    pub(crate) fn count_call(&mut self, ctx: ContextKind) {
+    pub(super) fn count_call(&mut self, ctx: ContextKind) {
         let i = match ctx {
             ContextKind::Task => 0,
             ContextKind::Softirq => 1,
@@ -117,13 +136,13 @@ impl Krc {
     }
 
     /// All calls seen here.
-    pub(crate) fn calls(&self) -> u64 {
+    pub(super) fn calls(&self) -> u64 {
         self.counters.calls.iter().sum()
     }
 
     /// Adds `obj` to `chan`'s current block if there is one with room.
     #[inline]
-    pub(crate) fn add(&mut self, chan: &Channel, obj: *mut u8, snap: GpCookie) -> bool {
+    pub(super) fn add(&mut self, chan: &Channel, obj: *mut u8, snap: GpCookie) -> bool {
         for slot in &mut self.slots {
             if let Some(c) = &slot.chan
                 && c.same(chan)
@@ -156,7 +175,7 @@ impl Krc {
     /// # Safety
     /// `page` must be a 4 KiB page of the instance's arena owned by the
     /// caller.
-    pub(crate) unsafe fn install(&mut self, chan: &Channel, page: NonNull<u8>) {
+    pub(super) unsafe fn install(&mut self, chan: &Channel, page: NonNull<u8>) {
         // SAFETY: forwarded from the caller.
         let block = unsafe { Block::init(page, *chan) };
         let i = match self
@@ -193,7 +212,7 @@ impl Krc {
     /// # Safety
     /// `b` must be an initialised block of this instance, owned by the
     /// caller, holding `objs` objects of `bytes` bytes.
-    pub(crate) unsafe fn adopt(&mut self, b: NonNull<Block>, objs: usize, bytes: usize) {
+    pub(super) unsafe fn adopt(&mut self, b: NonNull<Block>, objs: usize, bytes: usize) {
         // SAFETY: the caller owns the block.
         unsafe { self.evicted.push(b) };
         self.blocks_in_use += 1;
@@ -203,7 +222,7 @@ impl Krc {
 
     /// A spare block's page, if the cache has one.
     #[inline]
-    pub(crate) fn take_cached(&mut self) -> Option<NonNull<u8>> {
+    pub(super) fn take_cached(&mut self) -> Option<NonNull<u8>> {
         let b = self.cache.pop()?;
         self.counters.from_cache += 1;
         Some(b.cast())
@@ -211,13 +230,65 @@ impl Krc {
 
     /// Whether any slot has full blocks behind its current one, or blocks
     /// were evicted.
-    pub(crate) fn has_full_blocks(&self) -> bool {
+    pub(super) fn has_full_blocks(&self) -> bool {
         !self.evicted.is_empty() || self.slots.iter().any(|s| s.blocks.len > 1)
+    }
+
+    /// The monitor's look at this CPU at `now`: counts an idle pass (no
+    /// call since the last), notes when objects started to wait, and says
+    /// whether they waited `drain_delay`.
+    pub(super) fn monitor_look(
+        &mut self,
+        now: Instant,
+        drain_delay: Duration,
+        list_waiting: bool,
+    ) -> bool {
+        let calls = self.calls();
+        if calls == self.calls_seen {
+            self.idle_passes = self.idle_passes.saturating_add(1);
+        } else {
+            self.calls_seen = calls;
+            self.idle_passes = 0;
+        }
+        if self.pending_objs > 0 || list_waiting {
+            self.pending_since.get_or_insert(now);
+        }
+        self.pending_since
+            .is_some_and(|t| now.duration_since(t) >= drain_delay)
+    }
+
+    /// Whether objects wait in this CPU's blocks.
+    pub(super) fn has_pending(&self) -> bool {
+        self.pending_objs > 0
+    }
+
+    /// Monitor passes in a row that found no new call.
+    pub(super) fn idle_passes(&self) -> u32 {
+        self.idle_passes
+    }
+
+    /// After a hand-over at `now`: what is left (current blocks) waits a
+    /// drain delay from now; nothing left, nothing waits.
+    pub(super) fn restart_drain_clock(&mut self, now: Instant) {
+        self.pending_since = if self.pending_objs > 0 {
+            Some(now)
+        } else {
+            None
+        };
+    }
+
+    /// Keeps spare blocks from `spare` in the cache, up to its target.
+    pub(super) fn keep_spare(&mut self, spare: &mut BlockList) {
+        while self.cache.len < self.cache_target {
+            let Some(b) = spare.pop() else { break };
+            // SAFETY: an emptied block the caller owned, now the cache's.
+            unsafe { self.cache.push(b) };
+        }
     }
 
     /// Takes the blocks ready to hand over: the full ones, and with `all`
     /// the current ones too. Returns them and the objects they hold.
-    pub(crate) fn detach_blocks(&mut self, all: bool) -> (BlockList, usize, usize) {
+    pub(super) fn detach_blocks(&mut self, all: bool) -> (BlockList, usize, usize) {
         let mut out = BlockList::new();
         let (mut objs, mut bytes) = (0, 0);
         let mut take = |b: NonNull<Block>, out: &mut BlockList| {
@@ -248,64 +319,38 @@ impl Krc {
     }
 }
 
-/// What is ready to be freed on a CPU.
-pub(crate) struct Ready {
-    pub(crate) blocks: BlockList,
-    pub(crate) list: CbList,
-    /// Objects and bytes in `blocks` and `list`.
-    pub(crate) objs: usize,
-    pub(crate) bytes: usize,
-}
-
-impl Default for Ready {
-    fn default() -> Self {
-        Ready {
-            blocks: BlockList::new(),
-            list: CbList::new(),
-            objs: 0,
-            bytes: 0,
-        }
-    }
-}
-
-// SAFETY: owns its blocks and heads exclusively; reached only through its
-// lock.
-unsafe impl Send for Ready {}
-
 /// One CPU's `kfree_rcu` state with what is reached without its lock.
-pub(crate) struct KrcCpu {
-    pub(crate) krc: RawSpinLock<Krc>,
+pub(super) struct KrcCpu {
+    /// Lock order: after the fronts registry's lock (the monitor adopts a
+    /// stolen front block into CPU 0's `krc` with it held), before every
+    /// ready lock; two `krc` locks nest only in the fork handler, in CPU
+    /// order (the call path trylocks).
+    pub(super) krc: RawSpinLock<Krc>,
     /// The `rcu_head` list: objects that found no block, or found every
     /// `krc` lock taken. Lock-free, so the fallback can never wait.
-    pub(crate) list: PendingList,
-    pub(crate) list_objs: AtomicUsize,
+    list: PendingList,
+    /// Objects on `list` (Relaxed, as the other counts here: statistics
+    /// and the monitor's "anything waiting?" hint; the objects themselves
+    /// are published by the list's own push and taken by its swap).
+    list_objs: AtomicUsize,
     /// The size of the objects last put on the list: list bytes are
     /// estimated as objects times this (exact when one type floods).
-    pub(crate) list_obj_size: AtomicUsize,
+    list_obj_size: AtomicUsize,
     /// Calls that found every `krc` lock taken (counted here: they never
     /// held a lock).
-    pub(crate) lock_busy: AtomicU64,
-    /// The call path asks the worker for spare blocks.
-    pub(crate) refill_wanted: AtomicBool,
+    lock_busy: AtomicU64,
+    /// The call path asks the worker for spare blocks (Relaxed: a flag the
+    /// refill worker polls; no data is handed over with it, the blocks go
+    /// into the cache under the `krc` lock).
+    refill_wanted: AtomicBool,
     /// At most two batches in flight per CPU.
-    pub(crate) batches: [Batch; 2],
-    /// Objects whose grace period has elapsed, waiting to be freed: taken
-    /// by the reclaimer in chunks, and by assisting callers a block at a
-    /// time with trylock.
-    pub(crate) ready: RawSpinLock<Ready>,
-    /// Blocks on the ready list (read without the lock, for the heuristics).
-    pub(crate) ready_blocks: AtomicUsize,
-    /// Threads freeing blocks they took from the ready list.
-    pub(crate) reclaiming: AtomicUsize,
-    /// Objects freed by assisting callers.
-    pub(crate) assisted: AtomicU64,
-    /// Wakes this CPU's reclaimer.
-    pub(crate) reclaim_wake: std::sync::Mutex<bool>,
-    pub(crate) reclaim_cv: std::sync::Condvar,
+    pub(super) batches: [Batch; 2],
+    /// Objects whose grace period has elapsed, waiting to be freed.
+    pub(super) ready: Arc<ReadyQueue>,
 }
 
 impl KrcCpu {
-    pub(crate) fn new(domain: &Domain, cpu: usize, cache_target: usize) -> Self {
+    pub(super) fn new(domain: &Domain, cache_target: usize, ready: Arc<ReadyQueue>) -> Self {
         KrcCpu {
             krc: RawSpinLock::named(domain, "&krcp->lock", Krc::new(cache_target)),
             list: PendingList::new(),
@@ -313,21 +358,107 @@ impl KrcCpu {
             list_obj_size: AtomicUsize::new(0),
             lock_busy: AtomicU64::new(0),
             refill_wanted: AtomicBool::new(false),
-            batches: [Batch::new(cpu), Batch::new(cpu)],
-            ready: RawSpinLock::named(domain, "&krcp->ready_lock", Ready::default()),
-            ready_blocks: AtomicUsize::new(0),
-            reclaiming: AtomicUsize::new(0),
-            assisted: AtomicU64::new(0),
-            reclaim_wake: std::sync::Mutex::new(false),
-            reclaim_cv: std::sync::Condvar::new(),
+            batches: [Batch::new(ready.clone()), Batch::new(ready.clone())],
+            ready,
         }
     }
 
     /// Asks the worker for a refill (a plain store when not yet asked).
     #[inline]
-    pub(crate) fn want_refill(&self) {
+    pub(super) fn want_refill(&self) {
         if !self.refill_wanted.load(Ordering::Relaxed) {
             self.refill_wanted.store(true, Ordering::Relaxed);
         }
     }
+
+    /// Whether a refill is asked for.
+    pub(super) fn refill_wanted(&self) -> bool {
+        self.refill_wanted.load(Ordering::Relaxed)
+    }
+
+    /// Takes the refill request (the refill worker).
+    pub(super) fn take_refill_request(&self) -> bool {
+        self.refill_wanted.swap(false, Ordering::Relaxed)
+    }
+
+    /// Counts a call that found every `krc` lock taken.
+    pub(super) fn count_lock_busy(&self) {
+        self.lock_busy.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Puts an object on the `rcu_head` list.
+    ///
+    /// # Safety
+    /// `head` is the embedded head of an object handed over by the caller,
+    /// not queued, and `func` frees the object given `head`.
+    #[inline]
+    pub(super) unsafe fn push_list(
+        &self,
+        head: NonNull<RcuHead>,
+        func: RcuCallbackFn,
+        size: usize,
+    ) {
+        self.list_objs.fetch_add(1, Ordering::Relaxed);
+        self.list_obj_size.store(size, Ordering::Relaxed);
+        // SAFETY: forwarded from the caller: the head is not queued and
+        // `func` frees its object.
+        unsafe { self.list.push(head, func) };
+    }
+
+    /// Whether objects wait on the `rcu_head` list.
+    pub(super) fn list_waiting(&self) -> bool {
+        self.list_objs.load(Ordering::Relaxed) > 0
+    }
+
+    /// Takes the `rcu_head` list, with its objects and estimated bytes.
+    pub(super) fn take_list(&self) -> (CbList, usize, usize) {
+        let list = self.list.take();
+        let n = list.len();
+        self.list_objs.fetch_sub(n, Ordering::Relaxed);
+        let bytes = n * self.list_obj_size.load(Ordering::Relaxed);
+        (list, n, bytes)
+    }
+
+    /// What waits on this CPU, not yet handed to RCU: the objects in its
+    /// blocks (whose pages count) and on its list. `krc` is this CPU's
+    /// state, locked.
+    pub(super) fn pending(&self, krc: &Krc) -> Pending {
+        let list_objs = self.list_objs.load(Ordering::Relaxed);
+        Pending {
+            objs: krc.pending_objs + list_objs,
+            bytes: krc.pending_bytes
+                + krc.blocks_in_use * BLOCK_BYTES
+                + list_objs * self.list_obj_size.load(Ordering::Relaxed),
+            blocks: krc.blocks_in_use,
+        }
+    }
+
+    /// Adds this CPU's counts to `s` (takes its `krc` lock).
+    pub(super) fn add_stats(&self, s: &mut KvfreeStats) {
+        let k = self.krc.lock();
+        let kc = &k.counters;
+        s.calls_task += kc.calls[0];
+        s.calls_softirq += kc.calls[1];
+        s.calls_hardirq += kc.calls[2];
+        s.to_block += kc.to_block;
+        s.blocks_from_cache += kc.from_cache;
+        s.inline_allocs += kc.inline_alloc;
+        s.inline_alloc_failures += kc.inline_alloc_failed;
+        s.list_fallbacks += kc.list_fallback;
+        s.sleeping_allocs += kc.sleeping_alloc;
+        s.evictions += kc.evictions;
+        s.blocks_cached += k.cache.len as u64;
+        let p = self.pending(&k);
+        s.blocks_in_use += p.blocks as u64;
+        s.pending_objects += p.objs as u64;
+        s.pending_bytes += p.bytes as u64;
+        s.lock_busy_fallbacks += self.lock_busy.load(Ordering::Relaxed);
+        s.assisted_objects += self.ready.assisted();
+    }
+}
+
+/// A `krc` lock held, and the CPU it belongs to.
+pub(super) struct Locked<'a> {
+    pub(super) cpu: &'a KrcCpu,
+    pub(super) krc: RawSpinLockGuard<'a, Krc>,
 }

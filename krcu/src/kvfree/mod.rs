@@ -19,13 +19,18 @@
 //!   [`RcuHead`](crate::rcu::RcuHead)).
 //! - Where a new block's page comes from with that raw lock held is the
 //!   **policy** ([`Policy`]), the seeds' debate made selectable.
-//! - The **monitor** (`worker.rs`) hands full blocks, and any that waited a
+//! - The **monitor** (`monitor.rs`, run by `worker.rs`) hands full blocks, and any that waited a
 //!   drain delay, to RCU in batches (two per CPU at most), freeing at once
 //!   blocks whose grace period already elapsed; after the grace period an
 //!   RCU callback frees the batch in bulk and returns block pages to the
 //!   cache or the page allocator.
+//!   Each CPU's reclaimer (`reclaim.rs`) frees what the callback put on
+//!   the CPU's **ready queue** (`ready.rs`).
 //! - The **refill worker** tops the caches up outside any raw lock; a
-//!   **shrinker** gives spare blocks back under memory pressure.
+//!   **shrinker** gives spare blocks back under memory pressure
+//!   (`cache.rs`).
+//! - `engine.rs` puts the parts together and writes down kvfree's lock
+//!   order; `worker.rs` starts and stops the threads.
 //!
 //! # Real-time threads
 //! Real-time is a property of a thread, not of an instance. A thread that
@@ -43,15 +48,30 @@
 //! [`Krcu::kvfree_rcu_mightsleep`](crate::Krcu::kvfree_rcu_mightsleep),
 //! [`Krcu::kvfree_rcu_barrier`](crate::Krcu::kvfree_rcu_barrier).
 
-pub(crate) mod batch;
+// The files, each owning one concern (its top comment says what it owns
+// and what it may use); the import graph is acyclic, from the leaves up:
+// block, channels, policy, stats, steal, wake -> ready -> batch -> krc,
+// front -> shared -> fronts, cache, reclaim -> monitor, call -> engine ->
+// worker.
+mod batch;
 pub(crate) mod block;
+mod cache;
+mod call;
 pub(crate) mod channels;
 pub(crate) mod engine;
 mod front;
-pub(crate) mod krc;
+mod fronts;
+mod krc;
+mod monitor;
 mod policy;
+mod ready;
+mod reclaim;
+mod shared;
 mod stats;
 mod steal;
+#[cfg(test)]
+mod tests;
+mod wake;
 pub(crate) mod worker;
 
 pub use policy::Policy;
@@ -89,10 +109,11 @@ pub struct KvfreeConfig {
     /// With [`Assist::WhenBehind`]: help when more than this many blocks
     /// wait to be freed on the caller's CPU.
     pub assist_above: usize,
-    /// Whether each thread (in task or softirq context) appends to a block
-    /// of its own before the per-CPU state: no atomic operation on the
-    /// common call. Only where membarrier is available.
-    pub thread_blocks: bool,
+    /// Whether each thread (in task or softirq context) appends to a
+    /// *front block* of its own before the per-CPU state: no atomic
+    /// operation on the common call. Only where membarrier is available.
+    /// (Was `thread_blocks`: "front block" is the one name for it.)
+    pub front_blocks: bool,
 }
 
 /// Whether a `kfree_rcu` caller helps free objects whose grace period has
@@ -128,7 +149,7 @@ impl Default for KvfreeConfig {
             active_poll: Duration::from_micros(250),
             assist: Assist::default(),
             assist_above: 16,
-            thread_blocks: true,
+            front_blocks: true,
         }
     }
 }

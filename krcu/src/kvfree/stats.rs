@@ -1,6 +1,11 @@
 //! What `kfree_rcu` did: calls per context, objects per path, blocks,
 //! pending memory and its peak, grace periods, batches and reclaim time.
+//!
+//! Owns: [`KvfreeStats`], the counters kept off the call path
+//! ([`EngineCounters`]) and [`Pending`], the one formula of what waits to
+//! be freed. Uses: `block.rs` (a block's size).
 
+use super::block::BLOCK_BYTES;
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 
 /// A snapshot of an instance's `kfree_rcu` statistics.
@@ -141,4 +146,107 @@ impl EngineCounters {
     pub(crate) fn add(c: &AtomicU64, n: u64) {
         c.fetch_add(n, Relaxed);
     }
+
+    /// A batch of `objs` objects in `blocks` blocks went to RCU.
+    pub(crate) fn note_in_flight(&self, objs: usize, bytes: usize, blocks: usize) {
+        self.add_in_flight(objs, bytes, blocks);
+        Self::add(&self.batches, 1);
+        Self::add(&self.batched_objects, objs as u64);
+    }
+
+    /// Objects handed over (to RCU, or ready at once) and not yet freed.
+    pub(crate) fn add_in_flight(&self, objs: usize, bytes: usize, blocks: usize) {
+        self.in_flight_objs.fetch_add(objs, Relaxed);
+        self.in_flight_bytes.fetch_add(bytes, Relaxed);
+        self.in_flight_blocks.fetch_add(blocks, Relaxed);
+    }
+
+    /// Objects taken off a ready queue to be freed.
+    pub(crate) fn sub_in_flight(&self, objs: usize, bytes: usize, blocks: usize) {
+        saturating_sub(&self.in_flight_objs, objs);
+        saturating_sub(&self.in_flight_bytes, bytes);
+        self.in_flight_blocks.fetch_sub(blocks, Relaxed);
+    }
+
+    /// What is in flight: handed over, not yet freed. Its `bytes` are the
+    /// objects' alone: the monitor's peaks have always left the in-flight
+    /// blocks' pages out (kept so, the flood test's bound is measured so);
+    /// the statistics add them ([`Pending::with_block_pages`]).
+    pub(crate) fn in_flight(&self) -> Pending {
+        Pending {
+            objs: self.in_flight_objs.load(Relaxed),
+            bytes: self.in_flight_bytes.load(Relaxed),
+            blocks: self.in_flight_blocks.load(Relaxed),
+        }
+    }
+
+    /// Adds these counters to `s`, whose pending counts are otherwise
+    /// complete (the peaks take them into account).
+    pub(crate) fn add_stats(&self, s: &mut KvfreeStats) {
+        let (t, so) = (
+            self.gone_front_calls[0].load(Relaxed),
+            self.gone_front_calls[1].load(Relaxed),
+        );
+        s.calls_task += t;
+        s.calls_softirq += so;
+        s.to_block += t + so;
+        s.refused_nmi = self.refused_nmi.load(Relaxed);
+        s.inline_synchronize = self.inline_synchronize.load(Relaxed);
+        let f = self.in_flight().with_block_pages();
+        s.blocks_in_use += f.blocks as u64;
+        s.pending_objects += f.objs as u64;
+        s.pending_bytes += f.bytes as u64;
+        s.peak_pending_objects = self.peak_pending_objs.load(Relaxed).max(s.pending_objects);
+        s.peak_pending_bytes = self.peak_pending_bytes.load(Relaxed).max(s.pending_bytes);
+        s.batches = self.batches.load(Relaxed);
+        s.batched_objects = self.batched_objects.load(Relaxed);
+        s.drain_ready_blocks = self.drain_ready_blocks.load(Relaxed);
+        s.reclaimed_objects = self.reclaimed.load(Relaxed);
+        s.reclaim_nanos = self.reclaim_nanos.load(Relaxed);
+        s.destructor_panics = self.destructor_panics.load(Relaxed);
+        s.refills = self.refills.load(Relaxed);
+        s.refill_pages = self.refill_pages.load(Relaxed);
+        s.shrinker_runs = self.shrinker_runs.load(Relaxed);
+        s.shrinker_freed_blocks = self.shrinker_freed.load(Relaxed);
+    }
+
+    /// Records a new total pending, for the peaks.
+    pub(crate) fn note_pending(&self, p: Pending) {
+        self.peak_pending_objs.fetch_max(p.objs as u64, Relaxed);
+        self.peak_pending_bytes.fetch_max(p.bytes as u64, Relaxed);
+    }
+}
+
+/// Objects not yet freed somewhere, the bytes they take (with the pages of
+/// the blocks holding them) and those blocks: the one formula for
+/// "pending", used by the monitor's peaks and by the statistics alike.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Pending {
+    pub(crate) objs: usize,
+    pub(crate) bytes: usize,
+    pub(crate) blocks: usize,
+}
+
+impl Pending {
+    /// With the pages of its blocks added to its bytes.
+    pub(crate) fn with_block_pages(self) -> Pending {
+        Pending {
+            bytes: self.bytes + self.blocks * BLOCK_BYTES,
+            ..self
+        }
+    }
+}
+
+impl core::ops::AddAssign for Pending {
+    fn add_assign(&mut self, o: Pending) {
+        self.objs += o.objs;
+        self.bytes += o.bytes;
+        self.blocks += o.blocks;
+    }
+}
+
+/// Lowers an estimate, never below zero (the list's byte counts are
+/// estimates, so what is taken back can exceed what was added).
+fn saturating_sub(c: &AtomicUsize, n: usize) {
+    let _ = c.fetch_update(Relaxed, Relaxed, |v| Some(v.saturating_sub(n)));
 }

@@ -25,6 +25,9 @@
 //! uses the old block. The monitor's Acquire load of `busy = false` reads
 //! the owner's Release store after its last writes to the data, so it
 //! sees the data whole.
+//!
+//! Owns: [`StealGate`]. Uses: the crate's `sync` switch only (so that
+//! loom can model it).
 
 use crate::sync::atomic::{AtomicBool, Ordering::*, fence};
 use core::sync::atomic::compiler_fence;

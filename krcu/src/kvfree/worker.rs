@@ -1,13 +1,18 @@
-//! The kvfree worker threads, in softirq context, never under a raw lock:
-//! the monitor (the kernel's `kfree_rcu_monitor`), which hands blocks to
-//! RCU, and the refill thread (the kernel's `fill_page_cache_func`), which
-//! tops the block caches up.
+//! The kvfree threads and their life: the monitor (the kernel's
+//! `kfree_rcu_monitor`), which hands blocks to RCU, the refill thread (the
+//! kernel's `fill_page_cache_func`), which tops the block caches up, and one
+//! reclaimer per CPU (`kfree_rcu_work`); started by [`Workers::spawn`],
+//! stopped by [`Workers::shutdown`], restarted in the child of a `fork`.
 //!
-//! They are two threads, as they are two works in the kernel: the refill's
-//! sleeping allocation may enter direct reclaim and run every shrinker,
-//! and a shrinker may block there (on its own lock, on I/O). The monitor
-//! never makes a reclaiming allocation, so `kfree_rcu` reclaim goes on
-//! while memory is short. (The refill thread keeps the name
+//! Owns: [`Workers`] (the threads' handles and their stop flag). Uses:
+//! `engine.rs` (only its interface), `monitor.rs` (what a pass is), the
+//! crate's `fork` and `context`.
+//!
+//! They are separate threads, as they are separate works in the kernel:
+//! the refill's sleeping allocation may enter direct reclaim and run every
+//! shrinker, and a shrinker may block there (on its own lock, on I/O). The
+//! monitor never makes a reclaiming allocation, so `kfree_rcu` reclaim goes
+//! on while memory is short. (The refill thread keeps the name
 //! `krcu-kvfree`; the monitor is `krcu-kvmon`.)
 //!
 //! The call path never wakes them with a system call (that would break the
@@ -18,24 +23,28 @@
 
 use super::engine::Engine;
 use crate::context;
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use crate::fork;
+use core::sync::atomic::{AtomicBool, Ordering};
+use std::any::Any;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 
 /// The monitor thread's body.
-pub(crate) fn run(engine: Arc<Engine>) {
+fn run_monitor(engine: &Engine, stop: &AtomicBool) {
     let _softirq = context::enter_softirq();
     loop {
-        crate::fork::checkpoint();
-        let flush = engine.take_flush_request();
-        let (_, busy) = engine.monitor_pass(flush);
+        fork::checkpoint();
+        let pass = engine.take_flush_request();
+        let outcome = engine.monitor_pass(pass);
         if engine.refill_wanted() {
             engine.kick_refill();
         }
-        if engine.stop.load(Ordering::Acquire) {
+        // Acquire: pairs with the teardown's Release store.
+        if stop.load(Ordering::Acquire) {
             break;
         }
-        let cfg = &engine.config;
-        engine.sleep(if busy {
+        let cfg = engine.config();
+        engine.monitor_sleep(if outcome.busy {
             cfg.active_poll
         } else {
             cfg.drain_delay
@@ -44,19 +53,208 @@ pub(crate) fn run(engine: Arc<Engine>) {
 }
 
 /// The refill thread's body.
-pub(crate) fn run_refill(engine: Arc<Engine>) {
+fn run_refill(engine: &Engine, stop: &AtomicBool) {
     let _softirq = context::enter_softirq();
     loop {
-        crate::fork::checkpoint();
+        fork::checkpoint();
         engine.refill_pass();
-        if engine.stop.load(Ordering::Acquire) {
+        // Acquire: pairs with the teardown's Release store.
+        if stop.load(Ordering::Acquire) {
             break;
         }
-        let cfg = &engine.config;
-        engine.sleep_refill(if engine.refill_wanted() {
+        let cfg = engine.config();
+        engine.refill_sleep(if engine.refill_wanted() {
             cfg.active_poll
         } else {
             cfg.drain_delay
         });
+    }
+}
+
+/// An engine's worker threads.
+pub(crate) struct Workers {
+    engine: Arc<Engine>,
+    /// Tells the monitor and the refill thread to finish (the reclaimers
+    /// have their own, see `reclaim.rs`: they finish after the last
+    /// barrier).
+    stop: Arc<AtomicBool>,
+    /// `std`: the forking thread holds it across `fork` (phase 0), and a
+    /// teardown holds it only to take the handles.
+    threads: Mutex<Threads>,
+}
+
+#[derive(Default)]
+struct Threads {
+    monitor: Option<JoinHandle<()>>,
+    refill: Option<JoinHandle<()>>,
+    reclaimers: Vec<JoinHandle<()>>,
+}
+
+impl Workers {
+    /// Fills the caches (so that a real-time thread does not depend on the
+    /// refill thread having run), starts the threads, and registers them to
+    /// be restarted in the child of a `fork`.
+    pub(crate) fn spawn(engine: &Arc<Engine>) -> Result<Arc<Workers>, String> {
+        engine.refill_pass();
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads = start(engine, &stop)?;
+        let workers = Arc::new(Workers {
+            engine: engine.clone(),
+            stop,
+            threads: Mutex::new(threads),
+        });
+        let weak: std::sync::Weak<dyn fork::Participant> = Arc::downgrade(&workers) as _;
+        fork::register(weak);
+        Ok(workers)
+    }
+
+    /// Frees everything queued, then stops and joins the threads and gives
+    /// every spare block back: nothing is lost, and nothing is left.
+    pub(crate) fn shutdown(&self) {
+        let e = &self.engine;
+        self.stop.store(true, Ordering::Release);
+        e.kick();
+        let Threads {
+            monitor,
+            refill,
+            reclaimers,
+        } = core::mem::take(&mut *self.lock());
+        for w in [monitor, refill].into_iter().flatten() {
+            let _ = w.join();
+        }
+        e.barrier();
+        e.retire_fronts();
+        e.stop_reclaimers();
+        for r in reclaimers {
+            let _ = r.join();
+        }
+        e.release_caches();
+    }
+
+    /// Stops the threads without waiting for them (the teardown could not
+    /// be run): what is still queued leaks.
+    pub(crate) fn stop_now(&self) {
+        self.stop.store(true, Ordering::Release);
+        self.engine.kick();
+        self.engine.stop_reclaimers();
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Threads> {
+        self.threads.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Joins `h`, or on a krcu worker thread (which never joins a worker: see
+/// `fork`) detaches it; the thread holds its own Arcs of what it uses.
+fn join_unless_worker(h: JoinHandle<()>) {
+    if !fork::on_worker_thread() {
+        let _ = h.join();
+    }
+}
+
+/// Starts one reclaimer per CPU, the monitor and the refill thread; on a
+/// failure stops those already started.
+fn start(engine: &Arc<Engine>, stop: &Arc<AtomicBool>) -> Result<Threads, String> {
+    // One reclaimer per CPU, on that CPU when the instance models the
+    // machine's CPUs one to one: objects are freed near where they were
+    // used, and reclaim scales with the CPUs as the flood does.
+    let cpus = engine.homes();
+    let pin = cpus == crate::percpu::num_cpus();
+    let mut t = Threads::default();
+    for cpu in 0..cpus {
+        let e = engine.clone();
+        let token = fork::WorkerToken::new();
+        let spawned = std::thread::Builder::new()
+            .name(format!("krcu-reclaim/{cpu}"))
+            .spawn(move || {
+                token.run(|| {
+                    if pin {
+                        pin_to_cpu(cpu);
+                    }
+                    e.reclaimer(cpu)
+                })
+            });
+        match spawned {
+            Ok(h) => t.reclaimers.push(h),
+            Err(err) => {
+                engine.stop_reclaimers();
+                t.reclaimers.into_iter().for_each(join_unless_worker);
+                return Err(err.to_string());
+            }
+        }
+    }
+    let spawn = |name: &str, body: fn(&Engine, &AtomicBool)| {
+        let (e, stop) = (engine.clone(), stop.clone());
+        let token = fork::WorkerToken::new();
+        std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || token.run(|| body(&e, &stop)))
+    };
+    let started = spawn("krcu-kvmon", run_monitor).and_then(|w| {
+        t.monitor = Some(w);
+        spawn("krcu-kvfree", run_refill)
+    });
+    match started {
+        Ok(r) => {
+            t.refill = Some(r);
+            Ok(t)
+        }
+        Err(err) => {
+            stop.store(true, Ordering::Release);
+            engine.kick();
+            if let Some(w) = t.monitor.take() {
+                join_unless_worker(w);
+            }
+            stop.store(false, Ordering::Release);
+            engine.stop_reclaimers();
+            t.reclaimers.into_iter().for_each(join_unless_worker);
+            Err(err.to_string())
+        }
+    }
+}
+
+/// Pins the calling thread to `cpu` (best effort: an error leaves it free).
+fn pin_to_cpu(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET writes inside it
+    // for any cpu below CPU_SETSIZE, which sched_getcpu's ids are.
+    unsafe {
+        let mut set: libc::cpu_set_t = core::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+impl fork::Participant for Workers {
+    fn lock_before_park(self: Arc<Self>, _: &mut Vec<Box<dyn Any>>) {}
+
+    fn kick(&self) {
+        self.engine.kick();
+        self.engine.wake_reclaimers();
+    }
+
+    fn lock_after_park(self: Arc<Self>, phase: usize, held: &mut Vec<Box<dyn Any>>) {
+        if phase < Engine::FORK_LOCK_PHASES {
+            held.push(fork::hold(self.engine.clone(), |e| e.lock_for_fork(phase)));
+        }
+        if phase == 0 {
+            // The threads' handles (a teardown takes them, briefly): the
+            // child's handler takes them again.
+            held.push(fork::hold(self, |w| w.lock()));
+        }
+    }
+
+    fn restart_in_child(self: Arc<Self>) {
+        let mut t = self.lock();
+        // The old threads do not exist here: their handles can never be
+        // joined (that would wait forever).
+        core::mem::forget(core::mem::take(&mut *t));
+        if self.stop.load(Ordering::Acquire) {
+            return; // the instance is being dropped
+        }
+        self.engine.forget_other_threads();
+        match start(&self.engine, &self.stop) {
+            Ok(threads) => *t = threads,
+            Err(e) => tracing::error!("krcu: cannot restart the kvfree workers after fork: {e}"),
+        }
     }
 }
