@@ -7,69 +7,20 @@ mod common;
 use krcu::cell::{RcuBox, RcuCell};
 use krcu::rcu::{HasRcuHead, Rcu, RcuConfig, RcuHead};
 use krcu::{Domain, Krcu};
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-// ---------------------------------------------------------------------
-// A global allocator that counts the calls made by threads that asked for
-// it (a const thread-local without destructor: it never allocates).
-
-struct Counting;
-
-thread_local! {
-    static COUNTING: Cell<bool> = const { Cell::new(false) };
-    static ALLOCS: Cell<usize> = const { Cell::new(0) };
-    static FREES: Cell<usize> = const { Cell::new(0) };
-}
-
-fn note(c: &'static std::thread::LocalKey<Cell<usize>>) {
-    if COUNTING.try_with(Cell::get).unwrap_or(false) {
-        let _ = c.try_with(|n| n.set(n.get() + 1));
-    }
-}
-
-// SAFETY: forwards to System, only counting.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        note(&ALLOCS);
-        // SAFETY: forwarded with the caller's arguments, which meet
-        // GlobalAlloc's contract for System as they do for us.
-        unsafe { System.alloc(l) }
-    }
-    unsafe fn alloc_zeroed(&self, l: Layout) -> *mut u8 {
-        note(&ALLOCS);
-        // SAFETY: forwarded with the caller's arguments, which meet
-        // GlobalAlloc's contract for System as they do for us.
-        unsafe { System.alloc_zeroed(l) }
-    }
-    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
-        note(&ALLOCS);
-        // SAFETY: forwarded with the caller's arguments, which meet
-        // GlobalAlloc's contract for System as they do for us.
-        unsafe { System.realloc(p, l, n) }
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        note(&FREES);
-        // SAFETY: forwarded with the caller's arguments, which meet
-        // GlobalAlloc's contract for System as they do for us.
-        unsafe { System.dealloc(p, l) }
-    }
-}
-
 #[global_allocator]
-static ALLOC: Counting = Counting;
+static ALLOC: common::counting_alloc::CountingAlloc = common::counting_alloc::CountingAlloc;
 
 /// Runs `f` on the calling thread and returns (allocations, frees) it made.
 fn count<R>(f: impl FnOnce() -> R) -> (R, usize, usize) {
-    ALLOCS.with(|n| n.set(0));
-    FREES.with(|n| n.set(0));
-    COUNTING.with(|c| c.set(true));
+    use common::counting_alloc::{thread_allocs, thread_frees};
+    let (a, fr) = (thread_allocs(), thread_frees());
     let r = f();
-    COUNTING.with(|c| c.set(false));
-    (r, ALLOCS.with(Cell::get), FREES.with(Cell::get))
+    let n = |x: u64| usize::try_from(x).expect("a count");
+    (r, n(thread_allocs() - a), n(thread_frees() - fr))
 }
 
 const CHILD_VAR: &str = "REVIEW_G_CHILD";
@@ -82,10 +33,7 @@ fn in_child() -> bool {
 /// `REVIEW_G_CHILD` set); returns whether it passed within `limit` and its
 /// output ("hung" if it was killed).
 fn run_isolated(name: &str, limit: Duration) -> (bool, String) {
-    match common::child::run_self(name, &[], Some(CHILD_VAR), limit) {
-        common::child::SelfRun::Exited { passed, output } => (passed, output),
-        common::child::SelfRun::Hung => (false, "hung".to_owned()),
-    }
+    common::child::run_with_env(CHILD_VAR, name, limit)
 }
 
 fn krcu_instance() -> Arc<Krcu> {

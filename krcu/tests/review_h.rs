@@ -13,64 +13,20 @@ use krcu::cell::RcuCell;
 use krcu::lockdep::ReportHandler;
 use krcu::rcu::{HasRcuHead, Rcu, RcuConfig, RcuHead};
 use krcu::{Domain, Krcu};
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-// ---------------------------------------------------------------------
-// A global allocator that counts the calls made by threads that asked for
-// it (a const thread-local without destructor: it never allocates).
-
-struct Counting;
-
-thread_local! {
-    static COUNTING: Cell<bool> = const { Cell::new(false) };
-    static ALLOCS: Cell<usize> = const { Cell::new(0) };
-}
-
-fn note() {
-    if COUNTING.try_with(Cell::get).unwrap_or(false) {
-        let _ = ALLOCS.try_with(|n| n.set(n.get() + 1));
-    }
-}
-
-// SAFETY: forwards to System, only counting.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        note();
-        // SAFETY: forwarded with the caller's arguments, which meet
-        // GlobalAlloc's contract for System as they do for us.
-        unsafe { System.alloc(l) }
-    }
-    unsafe fn alloc_zeroed(&self, l: Layout) -> *mut u8 {
-        note();
-        // SAFETY: as in `alloc`.
-        unsafe { System.alloc_zeroed(l) }
-    }
-    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
-        note();
-        // SAFETY: as in `alloc`.
-        unsafe { System.realloc(p, l, n) }
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        // SAFETY: as in `alloc`.
-        unsafe { System.dealloc(p, l) }
-    }
-}
-
 #[global_allocator]
-static ALLOC: Counting = Counting;
+static ALLOC: common::counting_alloc::CountingAlloc = common::counting_alloc::CountingAlloc;
 
 /// Runs `f` on the calling thread and returns the allocations it made.
 fn count_allocs<R>(f: impl FnOnce() -> R) -> (R, usize) {
-    ALLOCS.with(|n| n.set(0));
-    COUNTING.with(|c| c.set(true));
+    let before = common::counting_alloc::thread_allocs();
     let r = f();
-    COUNTING.with(|c| c.set(false));
-    (r, ALLOCS.with(Cell::get))
+    let n = common::counting_alloc::thread_allocs() - before;
+    (r, usize::try_from(n).expect("a count"))
 }
 
 const CHILD_VAR: &str = "REVIEW_H_CHILD";
@@ -83,10 +39,7 @@ fn in_child() -> bool {
 /// `REVIEW_H_CHILD` set); returns whether it passed within `limit` and its
 /// output ("hung" if it was killed).
 fn run_isolated(name: &str, limit: Duration) -> (bool, String) {
-    match common::child::run_self(name, &[], Some(CHILD_VAR), limit) {
-        common::child::SelfRun::Exited { passed, output } => (passed, output),
-        common::child::SelfRun::Hung => (false, "hung".to_owned()),
-    }
+    common::child::run_with_env(CHILD_VAR, name, limit)
 }
 
 struct Counted(Arc<AtomicUsize>);
