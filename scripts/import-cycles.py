@@ -117,6 +117,7 @@ def module_of(rel):
 
 def parse_use_tree(s):
     """Expands `a::{b, c::{d, e}}` into [[a,b],[a,c,d],[a,c,e]]."""
+    s = re.sub(r"\s+as\s+", "@", s)  # `name as alias` -> `name@alias`
     s = re.sub(r"\s+", "", s)
 
     def parse(s, i):
@@ -151,21 +152,11 @@ def parse_use_tree(s):
                 cur += c
                 i += 1
         if cur:
-            cur = cur.split("as")[0] if re.match(r"^\w+as\w+$", cur) and False else cur
             prefix.append(cur)
         return [prefix], i
 
     paths, _ = parse(s, 0)
-    out = []
-    for p in paths:
-        p = [seg for seg in p if seg]
-        # `name as alias`: whitespace was removed, so split on the keyword
-        if p:
-            m = re.match(r"^(\w+?)as(\w+)$", p[-1])
-            if m and (m.group(1) + "as" + m.group(2)) == p[-1] and not p[-1].startswith("as"):
-                pass  # rare; names like `bias` make this ambiguous, keep as is
-        out.append(p)
-    return out
+    return [[seg for seg in p if seg] for p in paths]
 
 
 USE_RE = re.compile(r"(?m)^[ \t]*((?:pub(?:\([\w: ]+\))?[ \t]+)?)use[ \t]+([^;]+);")
@@ -179,6 +170,7 @@ def main():
     no_tests = "--no-tests" in args
 
     texts = read_files()
+    alternatives = {}  # file -> the other files of its cfg-chosen module
     files = {}
     by_mod = {}
     for rel, text in texts.items():
@@ -192,6 +184,17 @@ def main():
             target = os.path.normpath(os.path.join(os.path.dirname(rel), m.group(1))).replace(os.sep, "/")
             if target in files:
                 by_mod.setdefault(f.modpath + (m.group(2),), files[target])
+        # `#[cfg_attr(cfg, path = "a.rs")] #[cfg_attr(not(cfg), path = "b.rs")]
+        # mod imp;`: one module, two files; a use of it uses both.
+        for m in re.finditer(r'((?:#\[cfg_attr\([^\]]*path\s*=\s*"[^"]+"\)\]\s*)+)(?:pub(?:\([\w: ]+\))?\s+)?mod\s+(\w+)', texts[rel]):
+            targets = []
+            for t in re.findall(r'path\s*=\s*"([^"]+)"', m.group(1)):
+                t = os.path.normpath(os.path.join(os.path.dirname(rel), t)).replace(os.sep, "/")
+                if t in files:
+                    targets.append(t)
+            if targets:
+                by_mod.setdefault(f.modpath + (m.group(2),), files[targets[0]])
+                alternatives[targets[0]] = targets[1:]
 
     if no_tests:
         for f in files.values():
@@ -209,9 +212,8 @@ def main():
                 if p[-1] == "*":
                     f.globs.append(p[:-1])
                 else:
-                    name = p[-1]
-                    am = re.match(r"^(\w+)as(\w+)$", name)
-                    f.reexports[name] = p
+                    name, _, alias = p[-1].partition("@")
+                    f.reexports[alias or name] = p[:-1] + [name]
 
     def resolve(base_mod, segs, depth=0):
         """Resolves a path used in module base_mod to a file rel, or None."""
@@ -265,6 +267,8 @@ def main():
                 continue
             base = inline_module_at(code, m.start(), f.modpath)
             for p in parse_use_tree(m.group(2)):
+                if p:
+                    p[-1] = p[-1].split("@")[0]
                 if p and p[-1] in ("*", "self"):
                     p = p[:-1]
                 paths.append((base, p))
@@ -276,9 +280,10 @@ def main():
             paths.append((base, segs))
         for base, p in paths:
             r = resolve(base, p)
-            if r and r != f.rel:
-                edges[f.rel].add(r)
-                why.setdefault((f.rel, r), "::".join(p))
+            for r in [r] + alternatives.get(r, []) if r else []:
+                if r != f.rel:
+                    edges[f.rel].add(r)
+                    why.setdefault((f.rel, r), "::".join(p))
 
     def excluded(rel):
         return any(rel.startswith(e) or e in rel for e in EXCLUDED)
