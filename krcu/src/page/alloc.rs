@@ -1,11 +1,13 @@
 //! The allocation and free paths of [`PageAllocator`].
 
+use super::consts::{MAX_ORDER, PAGE_SIZE};
 use super::error::{AllocError, PageError};
 use super::fault::FaultSites;
 use super::gfp::{Gfp, Migratetype};
+use super::meta::{Kind, State};
 use super::pcp::{PcpLists, PcpSlot};
 use super::stats::{bump, bump_locked};
-use super::zone::{Kind, LockMode, MAX_ORDER, PAGE_SIZE, State};
+use super::zone::LockMode;
 use super::{Page, PageAllocator};
 use crate::context::{self, PreemptModel};
 use core::ptr::NonNull;
