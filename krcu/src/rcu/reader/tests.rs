@@ -1,7 +1,14 @@
 //! Unit tests of the reader slots, registrations and guards.
 
-use super::*;
+use super::super::handshake;
+use super::cache::*;
+use super::exit::*;
+use super::guard::*;
+use super::registry::*;
+use super::slot::*;
 use crate::rcu::{Rcu, RcuConfig};
+use crate::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
+use core::cell::RefCell;
 use std::sync::mpsc;
 use std::time::Duration;
 
