@@ -63,6 +63,7 @@ mod alloc;
 mod consts;
 pub mod error;
 mod fault;
+mod free;
 mod gfp;
 mod meta;
 mod pcp;
