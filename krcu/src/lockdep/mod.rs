@@ -87,7 +87,10 @@ mod imp;
 pub use class::{ClassId, ClassInfo, info as class_info};
 pub use handler::{ReportHandler, ReportLog};
 pub use held::MAX_LOCK_DEPTH;
-pub(crate) use imp::{LockDep, might_sleep_in, note_caller, rcu_suspicious, take_caller};
+pub(crate) use imp::{LockDep, might_sleep_in, note_caller, take_caller};
+// Its one caller, `kfree_rcu`, is not built under loom.
+#[cfg_attr(loom, allow(unused_imports))]
+pub(crate) use imp::rcu_suspicious;
 pub use imp::{flush_deferred_reports, held_locks, might_sleep};
 pub use report::{HeldLockInfo, Report, ReportKind};
 pub(crate) use validator::HasValidator;
