@@ -18,7 +18,7 @@
 //! wait.
 //!
 //! **Might-sleep.** A sleeping lock, or any operation declared sleeping with
-//! [`might_sleep`] or [`Domain::might_sleep`], while atomic, with irqs off,
+//! [`might_sleep`] or [`Domain::might_sleep`](crate::Domain::might_sleep), while atomic, with irqs off,
 //! or inside an RCU reader gives `BUG: sleeping function called from invalid
 //! context`.
 //!
@@ -31,7 +31,7 @@
 //! want a nesting annotation).
 //!
 //! # Reports and handlers
-//! Reports go to the [`ReportHandler`] of the [`Domain`] the offending lock
+//! Reports go to the [`ReportHandler`] of the [`Domain`](crate::Domain) the offending lock
 //! belongs to: print each distinct report once (the default), collect them
 //! ([`ReportLog`], for tests), panic, or a function of your own.
 //!

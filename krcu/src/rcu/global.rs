@@ -12,7 +12,7 @@ use super::reader::{ReadGuard, ReaderHandle};
 use super::seq::GpCookie;
 use core::ptr::NonNull;
 
-/// The process-wide instance: the global domain ([`Domain::global`]),
+/// The process-wide instance: the global domain ([`Domain::global`](crate::Domain::global)),
 /// default settings, built on first use (one worker thread, nothing else).
 ///
 /// It is the one RCU of the process-wide `kfree_rcu` instance too:

@@ -16,7 +16,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-/// Settings of an [`Rcu`] instance.
+/// Settings of an [`Rcu`](super::Rcu) instance.
 #[derive(Debug, Clone)]
 pub struct RcuConfig {
     pub(super) stall_timeout: Duration,

@@ -95,7 +95,7 @@ impl core::fmt::Debug for ReadGuard<'_> {
 }
 
 /// The calling thread's registration with one instance
-/// ([`Rcu::register_thread`](super::Rcu::register_thread)): its
+/// ([`Rcu::register_thread`](crate::rcu::Rcu::register_thread)): its
 /// [`read_lock`](Self::read_lock) goes straight to the thread's slot, and
 /// neither it nor the instance's `read_lock` allocates while the handle
 /// lives. Tied to its thread.
