@@ -19,7 +19,7 @@ use std::sync::{Arc, OnceLock};
 /// The process-wide instance, once built.
 static GLOBAL: OnceLock<Arc<Rcu>> = OnceLock::new();
 
-/// Callbacks queued with [`call_rcu`] / [`call_rcu_box`] from hardirq
+/// Callbacks queued with [`call_rcu`](super::call_rcu) / [`call_rcu_box`](super::call_rcu_box) from hardirq
 /// (signal handler) or NMI context before [`GLOBAL`] was built: building
 /// it there would allocate, take locks, spawn a thread, and deadlock if the
 /// handler interrupted the thread building it. They wait here, lock-free,
@@ -34,7 +34,7 @@ pub(crate) fn global_id() -> Option<u64> {
     GLOBAL.get().map(|g| g.id())
 }
 
-/// [`global`] as the `Arc` that the process-wide `kfree_rcu` engine shares.
+/// [`global`](super::global) as the `Arc` that the process-wide `kfree_rcu` engine shares.
 #[inline]
 pub(crate) fn global_arc() -> &'static Arc<Rcu> {
     match GLOBAL.get() {
@@ -229,7 +229,7 @@ pub(super) unsafe fn call_rcu_global(head: NonNull<RcuHead>, func: RcuCallbackFn
 /// reader, a real-time thread), where building it would allocate, take
 /// locks and spawn its worker. Before the instance exists the callback is
 /// parked on [`EARLY`], adopted when it is built (by any task-context use,
-/// or [`rcu_barrier`]).
+/// or [`rcu_barrier`](super::rcu_barrier)).
 ///
 /// # Safety
 /// As for [`Rcu::call_rcu`].

@@ -13,7 +13,7 @@ use core::cell::{Cell, RefCell};
 use std::sync::{OnceLock, Weak};
 
 /// One registration of this thread with one instance (its live
-/// [`ReaderHandle`]s are counted in the slot).
+/// [`ReaderHandle`](super::ReaderHandle)s are counted in the slot).
 pub(super) struct Registration {
     pub(super) id: u64,
     pub(super) readers: Weak<Readers>,

@@ -44,7 +44,7 @@ impl ThreadInfo {
 
 /// One reader slot: the handshake word and who owns it.
 pub(crate) struct Slot {
-    /// The reader's word ([`handshake`]): zero outside read-side sections.
+    /// The reader's word ([`handshake`](super::super::handshake)): zero outside read-side sections.
     pub(crate) ctr: AtomicUsize,
     /// The instance's fence mode, copied here so that `read_unlock` finds
     /// it on the cache line it touches anyway (and the guard stays one
@@ -53,7 +53,7 @@ pub(crate) struct Slot {
     /// The owning thread; `None` while the slot is free. An orphan keeps
     /// its owner, for stall warnings.
     pub(crate) owner: Mutex<Option<ThreadInfo>>,
-    /// The owner's live [`ReaderHandle`]s for this slot. Here rather than
+    /// The owner's live [`ReaderHandle`](super::ReaderHandle)s for this slot. Here rather than
     /// in the thread's registration list so that it outlives that list:
     /// the last handle releases the slot, once. Only the owning thread
     /// touches it (handles are tied to their thread), so Relaxed is enough;
@@ -83,7 +83,7 @@ pub(crate) struct Slot {
     /// under the `free` mutex, which orders it (Relaxed).
     pub(super) tenure: AtomicU64,
     /// The owning thread's kernel id (0 while free): how an orphan's
-    /// reaper ([`Readers::reap_orphans`]) tells that its thread is gone.
+    /// reaper ([`Readers::reap_orphans`](super::Readers::reap_orphans)) tells that its thread is gone.
     /// Changed only under the `free` mutex (Relaxed).
     pub(super) tid: AtomicI32,
 }
