@@ -19,10 +19,17 @@ directly or around a loop). The script prints each circle with the
 edges inside it, and exits 1 if there is one outside the excluded
 directories.
 
+What it does not see: method calls (`x.f()` names no path), so the
+`impl` blocks of one type spread over several files (`slab/alloc.rs`,
+`slab/free.rs`, ... of `SlabCache`) are not counted as using each other;
+they are one type. A `mod tests;` declaration is not a use either, so a
+unit-test file (`rcu/reader/tests.rs`) may use what uses its parent.
+
   scripts/import-cycles.py                 # circles, kvfree/ excluded
   scripts/import-cycles.py --all           # every circle, kvfree/ too
   scripts/import-cycles.py --edges         # also every file's uses
   scripts/import-cycles.py --no-tests      # ignore `#[cfg(test)]` modules
+  scripts/import-cycles.py --root DIR      # another tree (default krcu/src)
 """
 
 import os
@@ -164,7 +171,10 @@ ITEM_RE = r"\b(?:fn|struct|enum|trait|type|const|static|union|mod|macro_rules!)\
 
 
 def main():
+    global ROOT
     args = sys.argv[1:]
+    if "--root" in args:
+        ROOT = args[args.index("--root") + 1]
     show_all = "--all" in args
     show_edges = "--edges" in args
     no_tests = "--no-tests" in args
