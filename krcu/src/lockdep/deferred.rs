@@ -30,6 +30,9 @@
 //! the mutex and so waits for a delivery in progress elsewhere. That is what
 //! lets a [`ReportLog`](super::ReportLog) query, made after a signal handler's
 //! offence, show the report even if another thread is delivering it.
+//!
+//! Uses the records of `format.rs` and the [`Validator`] that delivers
+//! them; never the code that finds reports.
 
 use super::DEFERRED_REPORTS;
 use super::format::{self, Record};

@@ -13,8 +13,10 @@
 //! for the same effect. `synchronize` callers run their own grace periods
 //! and are not delayed.
 //!
-//!
 //! It sleeps on its wake word (`wake.rs`) when there is nothing to do.
+//!
+//! Uses the state it shares with the instance (`state.rs`), the callback
+//! lists and the grace-period engine; never the instance, which starts it.
 
 use super::callback::{CbList, SegCbList};
 use super::gp::WaitMode;
