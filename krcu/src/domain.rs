@@ -5,9 +5,13 @@
 //! of its locks in it, so that instances with different settings can run
 //! side by side in one process (tests, and the CLI's comparisons). Locks
 //! built without one belong to the process-wide [`Domain::global`].
+//!
+//! Uses `context`, `percpu` and the validator's types; the validator keeps
+//! only its own state, never a domain (locks hold their domain's validator,
+//! not the domain), so it does not use this file.
 
 use crate::context::{self, PreemptModel};
-use crate::lockdep::{self, ReportHandler, Validator};
+use crate::lockdep::{self, HasValidator, ReportHandler, Validator};
 use crate::percpu;
 use core::panic::Location;
 use std::sync::{Arc, OnceLock};
@@ -21,7 +25,7 @@ pub struct Domain(Arc<DomainInner>);
 struct DomainInner {
     model: PreemptModel,
     cpus: usize,
-    validator: Validator,
+    validator: Arc<Validator>,
 }
 
 /// Builds a [`Domain`].
@@ -82,10 +86,19 @@ impl DomainBuilder {
 
     /// Builds the domain.
     pub fn build(self) -> Domain {
+        let validator = Validator::new(
+            self.lockdep,
+            self.prove_raw_lock_nesting,
+            self.handler.clone(),
+        );
+        self.build_with(Arc::new(validator))
+    }
+
+    fn build_with(self, validator: Arc<Validator>) -> Domain {
         Domain(Arc::new(DomainInner {
             model: self.model,
             cpus: self.cpus,
-            validator: Validator::new(self.lockdep, self.prove_raw_lock_nesting, self.handler),
+            validator,
         }))
     }
 }
@@ -103,7 +116,9 @@ impl Domain {
     /// `kfree_rcu` instance built on it (`Krcu::global`).
     pub fn global() -> &'static Domain {
         static GLOBAL: OnceLock<Domain> = OnceLock::new();
-        GLOBAL.get_or_init(|| Domain::builder().build())
+        // The validator with the builder's defaults that locks built
+        // without a domain report to as well.
+        GLOBAL.get_or_init(|| Domain::builder().build_with(lockdep::global_validator().clone()))
     }
 
     /// The preemption model.
@@ -146,5 +161,12 @@ impl Domain {
     /// Whether two handles name the same domain.
     pub fn same(&self, other: &Domain) -> bool {
         Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl HasValidator for Domain {
+    #[inline]
+    fn validator_handle(&self) -> &Arc<Validator> {
+        &self.0.validator
     }
 }

@@ -30,14 +30,17 @@
 //! the mutex and so waits for a delivery in progress elsewhere. That is what
 //! lets a [`ReportLog`](super::ReportLog) query, made after a signal handler's
 //! offence, show the report even if another thread is delivering it.
+//!
+//! Uses the records of `format.rs` and the [`Validator`] that delivers
+//! them; never the code that finds reports.
 
 use super::DEFERRED_REPORTS;
-use super::report::{self, Record};
-use crate::domain::Domain;
+use super::format::{self, Record};
+use super::validator::Validator;
 use core::cell::{Cell, UnsafeCell};
 use core::mem::MaybeUninit;
 use core::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Mutex, TryLockError};
+use std::sync::{Arc, Mutex, TryLockError};
 
 const EMPTY: u8 = 0;
 const WRITING: u8 = 1;
@@ -45,7 +48,7 @@ const READY: u8 = 2;
 
 struct Pending {
     seq: u64,
-    domain: Domain,
+    validator: Arc<Validator>,
     record: Record,
 }
 
@@ -57,7 +60,7 @@ struct Slot {
 // SAFETY: `data` is written only by the thread that moved `state` from
 // EMPTY to WRITING and read only by the flusher that moved it from READY to
 // EMPTY (see the module's protocol), so no two threads touch it at once;
-// `Pending` is `Send` (a `Domain` is an `Arc` of `Send + Sync` state, a
+// `Pending` is `Send` (a validator is an `Arc` of `Send + Sync` state, a
 // `Record` plain data).
 unsafe impl Sync for Slot {}
 
@@ -86,10 +89,10 @@ thread_local! {
     static FLUSHING: Cell<bool> = const { Cell::new(false) };
 }
 
-/// Keeps `record` for later delivery to `domain`'s handler. Neither
+/// Keeps `record` for later delivery to `validator`'s handler. Neither
 /// allocates nor locks nor waits: callable from a signal handler. Returns
 /// false if the storage was full (the record is counted as dropped).
-pub(crate) fn defer(domain: &Domain, record: &Record) -> bool {
+pub(crate) fn defer(validator: &Arc<Validator>, record: &Record) -> bool {
     for slot in &SLOTS {
         if slot
             .state
@@ -100,7 +103,7 @@ pub(crate) fn defer(domain: &Domain, record: &Record) -> bool {
             let pending = Pending {
                 seq: SEQ.fetch_add(1, Ordering::Relaxed),
                 // An `Arc` clone: an atomic increment, no allocation.
-                domain: domain.clone(),
+                validator: validator.clone(),
                 record: *record,
             };
             // SAFETY: this thread moved the slot to WRITING, so it alone may
@@ -184,7 +187,7 @@ pub(crate) fn flush(wait: bool) {
         } else {
             0
         };
-        let report = report::format(&p.record, true, dropped);
-        p.domain.validator().deliver(report);
+        let report = format::format(&p.record, true, dropped);
+        p.validator.deliver(report);
     }
 }

@@ -5,6 +5,8 @@
 //! signal handler. A handler that interrupts a push or pop sees either the
 //! old or the new depth (the entry is written before the depth is raised,
 //! with a compiler fence between), and leaves the stack as it found it.
+//!
+//! Uses the class ids and wait types only.
 
 use super::ClassId;
 use super::WaitType;

@@ -60,15 +60,19 @@
 //! others panic in debug builds and count and report in release builds.
 
 mod alloc;
+mod consts;
 pub mod error;
 mod fault;
+mod free;
 mod gfp;
+mod meta;
 mod pcp;
 mod reclaim;
 mod stats;
 mod watermark;
 mod zone;
 
+pub use consts::{MAX_ORDER, NR_ORDERS, PAGE_SHIFT, PAGE_SIZE};
 pub use error::{AllocError, BuildError, PageError};
 pub use fault::{FaultInjector, FaultSites};
 pub use gfp::{Gfp, Migratetype};
@@ -76,7 +80,6 @@ pub use pcp::PCP_MAX_ORDER;
 pub use reclaim::{SHRINK_BATCH, ShrinkerHandle};
 pub use stats::{GlobalStats, PageStats, PathStats};
 pub use watermark::Watermarks;
-pub use zone::{MAX_ORDER, NR_ORDERS, PAGE_SHIFT, PAGE_SIZE};
 
 use crate::domain::Domain;
 use crate::percpu::PerCpu;

@@ -18,8 +18,9 @@
 //! bulk free takes pages round-robin across the lists, from their heads.
 
 use super::gfp::Migratetype;
+use super::meta::{Kind, NONE, PageMeta, State};
 use super::stats::CpuStats;
-use super::zone::{Buddy, Kind, NONE, PageMeta, State};
+use super::zone::Buddy;
 use crate::domain::Domain;
 use crate::lock::SpinLock;
 use crate::sync::atomic::{AtomicUsize, Ordering::Relaxed};

@@ -12,7 +12,7 @@
 //! Readers sum relaxed loads: a snapshot may be a few events behind a
 //! concurrent writer but never sees a torn or decreasing counter.
 
-use super::zone::NR_ORDERS;
+use super::consts::NR_ORDERS;
 use crate::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 /// Bumps a counter whose writers are serialised by a lock the caller holds.

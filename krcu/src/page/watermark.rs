@@ -16,8 +16,8 @@
 //! kswapd is woken when an allocation leaves fewer than `low` free pages
 //! and reclaims until there are `high`.
 
+use super::consts::PAGE_SIZE;
 use super::error::BuildError;
-use super::zone::PAGE_SIZE;
 
 /// The three watermarks, in pages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -1,149 +1,27 @@
 //! The zone: one mmap'd arena of 4 KiB pages, the side array of page
-//! metadata, and the buddy allocator's free lists behind the zone lock.
-//!
-//! # Page metadata
-//! Each page frame (pfn = page index in the arena) has a [`PageMeta`] in a
-//! side array, never inside the page: a state word (what the block headed
-//! by this page is: free in the buddy, on a per-CPU list, allocated, ...,
-//! with its order and migratetype) and two links (`next`, `prev`, pfn
-//! indices) for the intrusive lists. Only the first page of a block (its
-//! head) carries a state other than [`Kind::Tail`]; merging clears the
-//! absorbed buddy's head, splitting sets the new halves'. So no allocation
-//! or free ever walks the pages of a block.
+//! metadata (`meta.rs`), and the buddy allocator's free lists behind the
+//! zone lock.
 //!
 //! # Ownership and memory ordering
-//! A page's links belong to whoever owns the page: the zone lock while it
-//! is in the buddy, its CPU's pcp lock while on a per-CPU list, nobody while
-//! allocated. The links are atomics accessed `Relaxed`: the lock that hands
-//! the page over (an `Acquire` take after a `Release` drop) orders them.
-//! The state word is also read without a lock by the free path's checks and
-//! changed from `Allocated` to `Freeing` with a compare-exchange, so that of
-//! two racing frees of one block exactly one wins and the other reports a
-//! double free. The deferred-free list (frees by `free_pages_nolock` that
-//! found every lock taken) is a Treiber stack pushed with `Release` CAS and
-//! emptied whole with an `Acquire` swap, so the pushed links are visible to
-//! the thread that drains it; popping the whole list at once has no ABA.
+//! Which lock owns a page's links, and how its state word is changed, is
+//! described in `meta.rs`. The deferred-free list (frees by
+//! `free_pages_nolock` that found every lock taken) is a Treiber stack
+//! pushed with `Release` CAS and emptied whole with an `Acquire` swap, so
+//! the pushed links are visible to the thread that drains it; popping the
+//! whole list at once has no ABA.
+//!
+//! Uses the page sizes, the page metadata, the watermarks and the zone
+//! lock; not the allocator's paths (`alloc.rs`, `pcp.rs`), which use it.
 
+use super::consts::{MAX_ORDER, NR_ORDERS, PAGE_SHIFT, PAGE_SIZE};
 use super::error::{BuildError, IoErrorText};
 use super::gfp::Migratetype;
+use super::meta::{Kind, NONE, PageMeta, State};
 use super::watermark::Watermarks;
 use crate::domain::Domain;
 use crate::lock::{SpinLock, SpinLockGuard};
 use crate::sync::atomic::{AtomicU32, AtomicUsize, Ordering::*};
 use core::ptr::NonNull;
-
-/// log2 of the page size.
-pub const PAGE_SHIFT: usize = 12;
-/// The page size: 4 KiB.
-pub const PAGE_SIZE: usize = 1 << PAGE_SHIFT;
-/// The highest order the buddy allocator serves: blocks of 2^10 pages
-/// (4 MiB), the kernel's `MAX_PAGE_ORDER`.
-#[doc(alias = "MAX_PAGE_ORDER")]
-pub const MAX_ORDER: u32 = 10;
-/// The number of orders (0..=MAX_ORDER), `NR_PAGE_ORDERS`.
-pub const NR_ORDERS: usize = MAX_ORDER as usize + 1;
-
-/// "No page" in a pfn link.
-pub(crate) const NONE: u32 = u32::MAX;
-
-/// What the block headed by a page is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u32)]
-pub(crate) enum Kind {
-    /// Not the head of any block.
-    Tail = 0,
-    /// Head of a free block on a buddy free list (`PageBuddy`).
-    Buddy = 1,
-    /// Head of a free block on a per-CPU list.
-    Pcp = 2,
-    /// Head of an allocated block.
-    Allocated = 3,
-    /// Being freed: won the race against any other free of this block.
-    Freeing = 4,
-    /// On the deferred-free list, waiting for the zone lock.
-    Deferred = 5,
-}
-
-/// A page state word: kind, order and migratetype packed in a `u32`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct State(u32);
-
-impl State {
-    pub(crate) const TAIL: State = State(0);
-
-    #[inline]
-    pub(crate) fn new(kind: Kind, order: u32, mt: Migratetype) -> State {
-        State((kind as u32) << 8 | (mt as u32) << 4 | order)
-    }
-    #[inline]
-    pub(crate) fn kind(self) -> Kind {
-        match self.0 >> 8 {
-            1 => Kind::Buddy,
-            2 => Kind::Pcp,
-            3 => Kind::Allocated,
-            4 => Kind::Freeing,
-            5 => Kind::Deferred,
-            _ => Kind::Tail,
-        }
-    }
-    #[inline]
-    pub(crate) fn order(self) -> u32 {
-        self.0 & 0xf
-    }
-    #[inline]
-    pub(crate) fn mt(self) -> Migratetype {
-        Migratetype::from_index(((self.0 >> 4) & 0xf) as usize)
-    }
-}
-
-/// The metadata of one page frame (the kernel's `struct page`, reduced).
-#[derive(Debug)]
-pub(crate) struct PageMeta {
-    state: AtomicU32,
-    next: AtomicU32,
-    prev: AtomicU32,
-}
-
-impl PageMeta {
-    fn new() -> Self {
-        PageMeta {
-            state: AtomicU32::new(0),
-            next: AtomicU32::new(NONE),
-            prev: AtomicU32::new(NONE),
-        }
-    }
-    #[inline]
-    pub(crate) fn state(&self) -> State {
-        State(self.state.load(Acquire))
-    }
-    #[inline]
-    pub(crate) fn set_state(&self, s: State) {
-        self.state.store(s.0, Release);
-    }
-    /// Moves the state from `from` to `to` if it still is `from`.
-    #[inline]
-    pub(crate) fn transition(&self, from: State, to: State) -> bool {
-        self.state
-            .compare_exchange(from.0, to.0, AcqRel, Acquire)
-            .is_ok()
-    }
-    #[inline]
-    pub(crate) fn next(&self) -> u32 {
-        self.next.load(Relaxed)
-    }
-    #[inline]
-    pub(crate) fn set_next(&self, pfn: u32) {
-        self.next.store(pfn, Relaxed);
-    }
-    #[inline]
-    fn prev(&self) -> u32 {
-        self.prev.load(Relaxed)
-    }
-    #[inline]
-    fn set_prev(&self, pfn: u32) {
-        self.prev.store(pfn, Relaxed);
-    }
-}
 
 /// The arena: one private anonymous mapping, reserved but not committed
 /// (`MAP_NORESERVE`), unmapped on drop.

@@ -95,7 +95,13 @@ mod handshake;
 pub mod seq;
 
 #[cfg(not(loom))]
+mod barrier;
+#[cfg(not(loom))]
 mod callback;
+#[cfg(not(loom))]
+mod early;
+#[cfg(not(loom))]
+mod global;
 #[cfg(not(loom))]
 mod gp;
 #[cfg(not(loom))]
@@ -107,6 +113,10 @@ mod reader;
 #[cfg(not(loom))]
 mod stall;
 #[cfg(not(loom))]
+mod state;
+#[cfg(not(loom))]
+mod wake;
+#[cfg(not(loom))]
 mod worker;
 
 #[cfg(not(loom))]
@@ -114,14 +124,24 @@ pub(crate) use callback::{CbList, PendingList};
 #[cfg(not(loom))]
 pub use callback::{HasRcuHead, RcuCallbackFn, RcuHead};
 #[cfg(not(loom))]
-pub use instance::*;
+pub(crate) use early::{call_rcu_global_nobuild, global_arc};
+#[cfg(not(loom))]
+pub use global::{
+    GlobalReadGuard, GlobalReaderHandle, call_rcu, call_rcu_box, cond_synchronize, get_state,
+    global, poll_state, rcu_barrier, read_lock, register_thread, start_poll, synchronize,
+    synchronize_expedited,
+};
+#[cfg(not(loom))]
+pub use instance::{Rcu, RcuStats};
 /// `#[derive(HasRcuHead)]`: implements the trait [`HasRcuHead`] for a
 /// struct from its `RcuHead` field. `use krcu::rcu::HasRcuHead;` brings
 /// both the trait and the derive.
 #[cfg(all(feature = "derive", not(loom)))]
 pub use krcu_derive::HasRcuHead;
 #[cfg(not(loom))]
-pub use reader::{GlobalReadGuard, GlobalReaderHandle, ReadGuard, ReaderHandle};
+pub use reader::{ReadGuard, ReaderHandle};
 pub use seq::GpCookie;
 #[cfg(not(loom))]
 pub use stall::StallReport;
+#[cfg(not(loom))]
+pub use state::RcuConfig;

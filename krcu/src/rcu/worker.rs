@@ -13,97 +13,21 @@
 //! for the same effect. `synchronize` callers run their own grace periods
 //! and are not delayed.
 //!
-//! # Sleeping and waking
-//! The worker sleeps on a futex word when there is nothing to do; no timer,
-//! no polling. `call_rcu` and `start_poll` wake it with [`Wake::kick`]: one
-//! SeqCst load that finds the worker awake almost always; only when it is
-//! asleep does the kicker swap the word and issue `FUTEX_WAKE`, a system
-//! call, once per sleep (the first kicker to swap it does). A raw futex
-//! wake is async-signal-safe, unlike `Thread::unpark`, so `call_rcu` may
-//! kick from a signal handler.
+//! It sleeps on its wake word (`wake.rs`) when there is nothing to do.
 //!
-//! The store-load handshake: the kicker's push (a SeqCst compare-exchange)
-//! precedes its SeqCst load of the word; the worker's SeqCst store of
-//! "asleep" precedes its SeqCst loads of the pending lists. In the single
-//! total order of SeqCst operations one of the two loads sees the other
-//! side's store: either the worker sees the callback and does not sleep, or
-//! the kicker sees "asleep" and wakes it. `FUTEX_WAIT` itself rechecks the
-//! word, so a wake between the check and the wait is not lost.
+//! Uses the state it shares with the instance (`state.rs`), the callback
+//! lists and the grace-period engine; never the instance, which starts it.
 
 use super::callback::{CbList, SegCbList};
 use super::gp::WaitMode;
-use super::instance::Shared;
 use super::seq::GpCookie;
+use super::state::Shared;
 use crate::context;
 use crate::fork;
-use crate::sync::atomic::{AtomicU32, Ordering};
-use crossbeam_utils::CachePadded;
+use crate::sync::atomic::Ordering;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Instant;
-
-const AWAKE: u32 = 0;
-const ASLEEP: u32 = 1;
-
-/// The worker's sleep word.
-pub(crate) struct Wake {
-    state: CachePadded<AtomicU32>,
-}
-
-impl Wake {
-    pub(crate) fn new() -> Self {
-        Wake {
-            state: CachePadded::new(AtomicU32::new(AWAKE)),
-        }
-    }
-
-    /// Wakes the worker if it sleeps. Async-signal-safe; a system call only
-    /// when the worker is asleep.
-    #[inline]
-    pub(crate) fn kick(&self) {
-        if self.state.load(Ordering::SeqCst) == ASLEEP {
-            self.kick_slow();
-        }
-    }
-
-    #[cold]
-    fn kick_slow(&self) {
-        if self.state.swap(AWAKE, Ordering::SeqCst) == ASLEEP {
-            // SAFETY: FUTEX_WAKE on a live, aligned u32 (the word lives as
-            // long as the instance's shared state, which the caller holds);
-            // it reads no other memory.
-            unsafe {
-                libc::syscall(
-                    libc::SYS_futex,
-                    self.state.as_ptr(),
-                    libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
-                    1 as libc::c_int,
-                );
-            }
-        }
-    }
-
-    /// Sleeps unless `has_work` (checked after announcing the sleep) says
-    /// there is something to do. May return spuriously.
-    fn sleep(&self, has_work: impl FnOnce() -> bool) {
-        self.state.store(ASLEEP, Ordering::SeqCst);
-        if !has_work() {
-            // SAFETY: FUTEX_WAIT on a live, aligned u32 that we own a
-            // reference to, with no timeout: returns when woken, when the
-            // word no longer reads ASLEEP, or on a signal.
-            unsafe {
-                libc::syscall(
-                    libc::SYS_futex,
-                    self.state.as_ptr(),
-                    libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
-                    ASLEEP as libc::c_int,
-                    core::ptr::null::<libc::timespec>(),
-                );
-            }
-        }
-        self.state.store(AWAKE, Ordering::SeqCst);
-    }
-}
 
 thread_local! {
     /// The id of the instance whose worker this thread is (0: none).

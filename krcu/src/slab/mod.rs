@@ -19,8 +19,12 @@
 //! | `kmem_cache_node`, `n->list_lock`, partial slabs | the node lock and partial list |
 //! | `kmem_cache_shrink` | [`SlabCache::shrink`] |
 
+mod alloc;
+mod bulk;
 mod cache;
+mod free;
 mod layout;
+mod node;
 
 pub use cache::SlabCache;
 

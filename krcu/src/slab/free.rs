@@ -1,0 +1,235 @@
+//! Freeing one object: the checks every free makes (the slab is this
+//! cache's, the address a slot, the object allocated), the push onto this
+//! CPU's cache, and the lock-free deferred list where no lock can be had.
+//!
+//! Uses the cache's state (`cache.rs`) and the slab layout.
+
+use super::SlabError;
+use super::cache::{
+    CPU_BATCH, CPU_CAPACITY, Mode, Node, SlabCache, bump_locked, drop_catching, never_block,
+};
+use super::layout::{self, Layout, SlabHeader};
+use crate::sync::atomic::Ordering::*;
+use core::ptr::{self, NonNull};
+
+impl<T> SlabCache<T> {
+    /// Drops the object and frees it (`kmem_cache_free`). Bad input per the
+    /// cache's policy (see the type's documentation).
+    ///
+    /// # Safety
+    /// `obj` must have come from this cache's `alloc`, hold an initialised
+    /// `T`, and not be used after this call.
+    #[track_caller]
+    #[inline]
+    #[doc(alias = "kmem_cache_free")]
+    pub unsafe fn free(&self, obj: NonNull<T>) {
+        // SAFETY: forwarded from the caller.
+        if let Err(e) = unsafe { self.try_free(obj) } {
+            self.bad_free(e);
+        }
+    }
+
+    /// As [`free`](Self::free), but bad input is returned, not reported;
+    /// nothing is dropped or freed then.
+    ///
+    /// # Safety
+    /// As for [`free`](Self::free), except that a pointer this cache did not
+    /// hand out, or already freed, is detected and refused rather than
+    /// undefined behaviour provided it points into the page arena.
+    pub unsafe fn try_free(&self, obj: NonNull<T>) -> Result<(), SlabError> {
+        self.check_and_mark_free(obj)?;
+        // A panicking destructor must not lose the object: it is marked
+        // free already, so unless its slot goes back to the slab here the
+        // slab (and its pages) could never be returned. Catch the panic,
+        // give the slot back, then resume it.
+        // SAFETY: the caller guarantees an initialised, unaliased `T`; we
+        // won the free bit, so no other free of it runs.
+        let panicked = unsafe { drop_catching(obj) };
+        let obj = obj.as_ptr().cast::<u8>();
+        // Before it is anyone's to take again.
+        crate::asan::poison(obj, core::mem::size_of::<T>());
+        self.free_slot(obj);
+        if let Err(payload) = panicked {
+            std::panic::resume_unwind(payload);
+        }
+        Ok(())
+    }
+
+    /// Puts a slot (dropped, marked free) back: on this CPU's cache, else
+    /// in the slabs. In a signal handler (hardirq or NMI context) it never
+    /// waits for a lock, as `free_pages_nolock`: trylocks only, and the
+    /// lock-free deferred list when they fail; under PREEMPT_RT there it
+    /// touches no lock at all (the locks sleep, and even a trylock's unlock
+    /// may wake a sleeper) and defers at once.
+    #[inline]
+    pub(super) fn free_slot(&self, obj: *mut u8) {
+        if self.pages.sleeping_locks_forbidden() {
+            self.defer(obj);
+            return;
+        }
+        let mode = if never_block() {
+            Mode::Try
+        } else {
+            Mode::Block
+        };
+        let (_, cpu) = self.cpu.current();
+        match cpu.try_lock() {
+            Some(mut cc) => {
+                if cc.len == CPU_CAPACITY {
+                    if mode == Mode::Try {
+                        // A flush could wait for the node lock.
+                        drop(cc);
+                        self.return_to_slabs(&mut [obj], Mode::Try);
+                        return;
+                    }
+                    self.flush(&mut cc, CPU_BATCH);
+                }
+                let n = cc.len;
+                cc.objs[n] = obj;
+                cc.len = n + 1;
+                bump_locked(&self.counters.cpu_frees);
+            }
+            None => {
+                self.counters.trylock_failures.fetch_add(1, Relaxed);
+                self.return_to_slabs(&mut [obj], mode);
+            }
+        }
+    }
+
+    /// Pushes a free slot on the deferred list. Lock-free, allocation-free,
+    /// async-signal-safe.
+    #[cold]
+    pub(super) fn defer(&self, obj: *mut u8) {
+        // The link lives in the free slot's first word (slots are at least
+        // a pointer, pointer-aligned: see `Layout::new`).
+        crate::asan::unpoison(obj, core::mem::size_of::<*mut u8>());
+        let link = obj.cast::<*mut u8>();
+        let mut head = self.deferred.load(Relaxed);
+        loop {
+            // SAFETY: the slot is free and ours alone until the
+            // compare-exchange below publishes it; it is big and aligned
+            // enough for a pointer.
+            unsafe { link.write(head) };
+            // Release: the drainer's Acquire swap sees the link written.
+            match self
+                .deferred
+                .compare_exchange_weak(head, obj, Release, Relaxed)
+            {
+                Ok(_) => break,
+                Err(h) => head = h,
+            }
+        }
+        self.counters.deferred_frees.fetch_add(1, Relaxed);
+    }
+
+    /// Gives every deferred slot back to its slab, with the node lock held
+    /// (`node` is its guard's data); slabs that become empty are chained on
+    /// `empty`.
+    pub(super) fn drain_deferred_locked(&self, node: &mut Node, empty: &mut *mut SlabHeader) {
+        // Acquire (here and in the swap): pairs with the pushes' Release,
+        // making each slot's link visible.
+        if self.deferred.load(Acquire).is_null() {
+            return;
+        }
+        let mut p = self.deferred.swap(ptr::null_mut(), Acquire);
+        while !p.is_null() {
+            // SAFETY: `p` was published by `defer` with its link in its
+            // first word; the swap made the chain ours alone.
+            let next = unsafe { p.cast::<*mut u8>().read() };
+            crate::asan::poison(p, core::mem::size_of::<*mut u8>());
+            self.return_locked(node, p, empty);
+            p = next;
+        }
+    }
+
+    /// The slab header and slot of an object this cache handed out (no
+    /// checks: for the allocation path's own objects).
+    #[inline]
+    pub(super) fn slab_of_trusted(&self, obj: *mut u8) -> (*mut SlabHeader, usize) {
+        let base = self.pages.block_base(obj as usize, self.layout.order);
+        let i = (obj as usize - base.as_ptr() as usize - self.layout.first) / self.layout.stride;
+        (base.as_ptr().cast(), i)
+    }
+
+    /// The magic number this cache's slabs carry.
+    pub(crate) fn magic(&self) -> u64 {
+        self.magic
+    }
+
+    /// The magic of the slab holding `obj`, an object of some cache of
+    /// `T`, read from the slab's header. The arena is aligned to its
+    /// largest block, so a slab starts at `obj` rounded down to the slab
+    /// size, which depends on `T` alone.
+    ///
+    /// # Safety
+    /// `obj` must point into an allocated slab of a `SlabCache<T>`.
+    pub(crate) unsafe fn slab_magic_of(obj: *const u8) -> u64 {
+        let layout = Layout::new(core::mem::size_of::<T>(), core::mem::align_of::<T>())
+            .expect("a cache of T exists, so its layout does");
+        let base = obj as usize & !((crate::page::PAGE_SIZE << layout.order) - 1);
+        // SAFETY: by the caller's contract `base` is the start of an
+        // allocated slab, whose header begins with the magic.
+        unsafe { (*(base as *const SlabHeader)).magic.load(Acquire) }
+    }
+
+    /// The slab header and slot of `obj`, checked: inside an allocated
+    /// block of this cache's slab order, whose header has this cache's
+    /// magic, at a slot start.
+    pub(super) fn check(&self, obj: *mut u8) -> Result<(*mut SlabHeader, usize), SlabError> {
+        let addr = obj as usize;
+        let base = self
+            .pages
+            .allocated_block(addr, self.layout.order)
+            .ok_or(SlabError::NotFromCache { addr })?;
+        let hdr = base.as_ptr().cast::<SlabHeader>();
+        // SAFETY: the block is allocated with the slab order; whoever owns
+        // it, its first 8 bytes are mapped and aligned, and reading them
+        // through an atomic is how every slab's magic is read.
+        let magic = unsafe { (*hdr).magic.load(Acquire) };
+        if magic != self.magic {
+            return Err(SlabError::NotFromCache { addr });
+        }
+        let i = self
+            .layout
+            .index_of(base, addr)
+            .ok_or(SlabError::NotAnObject { addr })?;
+        Ok((hdr, i))
+    }
+
+    /// Checks a free (see [`check`](Self::check)) and, with consistency
+    /// checks on, wins the object's free bit or reports a double free.
+    #[inline]
+    pub(super) fn check_and_mark_free(&self, obj: NonNull<T>) -> Result<(), SlabError> {
+        let (hdr, i) = self.check(obj.as_ptr().cast())?;
+        // SAFETY: checked: a slot of a live slab of this cache.
+        if self.checks && !layout::mark_free(unsafe { &*hdr }, i) {
+            return Err(SlabError::DoubleFree {
+                addr: obj.as_ptr() as usize,
+            });
+        }
+        Ok(())
+    }
+
+    #[cold]
+    #[track_caller]
+    pub(super) fn bad_free(&self, e: SlabError) {
+        if cfg!(debug_assertions) && !never_block() {
+            self.counters.bad_frees.fetch_add(1, Relaxed);
+            panic!("slab cache {}: {e}", self.name);
+        }
+        self.note_bad_free(e);
+    }
+
+    /// Counts a bad free and logs it; never panics (for callers that must
+    /// not unwind: a bulk free already resuming a destructor's panic, and
+    /// `kfree_rcu` reclaim).
+    pub(crate) fn note_bad_free(&self, e: SlabError) {
+        self.counters.bad_frees.fetch_add(1, Relaxed);
+        if never_block() {
+            // In a signal handler `tracing` may allocate and lock: counted
+            // only (in `bad_frees`), as the page allocator does.
+            return;
+        }
+        tracing::error!(cache = self.name, "slab cache {}: {e}", self.name);
+    }
+}
