@@ -131,7 +131,7 @@ pub struct ReaderHandle<'a> {
     /// The handle borrows its instance, so that neither it nor a guard it
     /// opened can outlive the instance (whose drop waits for grace
     /// periods, which an open section of its own thread would hold up).
-    pub(super) _instance: PhantomData<&'a super::super::Rcu>,
+    pub(super) _instance: PhantomData<&'a ()>,
 }
 
 impl ReaderHandle<'_> {
