@@ -2,278 +2,29 @@
 //! user. Loads return references bound to a read-side guard, stores publish
 //! with release ordering, and a replaced value is retired with `kfree_rcu`
 //! in the same call.
+//!
+//! The parts: [`RcuBox`] (`boxed.rs`), the instance a cell belongs to
+//! ([`CellInstance`], `instance.rs`), the refusals (`error.rs`); this file
+//! is the cell itself. Uses the instance's `kfree_rcu` (by pointer) and the
+//! `rcu` module's guards. The file is over 500 lines because the type's
+//! documentation carries the misuse the compiler refuses, as `compile_fail`
+//! tests; the code is about 220 lines.
 
-use crate::context;
+mod boxed;
+mod error;
+mod instance;
+
+use boxed::Node;
+pub use boxed::RcuBox;
+pub use error::{CompareExchangeError, UpdateError};
+use error::{refuse_alloc, refuse_nmi};
+pub use instance::{CellInstance, Global};
+
 use crate::instance::Krcu;
-use crate::rcu::{GlobalReadGuard, HasRcuHead, RcuHead, ReadGuard};
 use core::marker::PhantomData;
 use core::ptr::{self, NonNull};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicPtr, Ordering};
-
-/// A value together with the [`RcuHead`] that `kfree_rcu` needs to retire
-/// it. Built only here, so its head offset is correct by construction.
-struct Node<T> {
-    value: T,
-    head: RcuHead,
-}
-
-// SAFETY: `head` is a field of type `RcuHead` of `Node<T>`, and
-// `offset_of!` computes its byte offset for every `T`.
-unsafe impl<T: Send + 'static> HasRcuHead for Node<T> {
-    const RCU_HEAD_OFFSET: usize = core::mem::offset_of!(Node<T>, head);
-}
-
-/// A value boxed for an [`RcuCell`], ready to publish: allocated ahead of
-/// time, so that [`RcuCell::store_box`] (and the other `_box` updates)
-/// make no heap allocation. This is how a real-time thread or a signal
-/// handler updates a cell: another thread (or the same one, at start-up)
-/// prepares the boxes, the real-time code publishes them, and the old
-/// values are retired with `kfree_rcu`, which does not allocate either.
-///
-/// ```
-/// use krcu::cell::{RcuBox, RcuCell};
-/// let cell = RcuCell::new(1u32);
-/// let prepared = RcuBox::new(2u32); // allocates here, not below
-/// krcu::context::set_realtime(true);
-/// cell.store_box(prepared).expect("not in NMI context");
-/// krcu::context::set_realtime(false);
-/// assert_eq!(cell.load(&krcu::rcu::read_lock()), Some(&2));
-/// ```
-pub struct RcuBox<T>(Box<Node<T>>);
-
-impl<T> RcuBox<T> {
-    /// Boxes `value` with its head (one heap allocation).
-    pub fn new(value: T) -> Self {
-        RcuBox(Box::new(Node {
-            value,
-            head: RcuHead::new(),
-        }))
-    }
-
-    /// The value, unboxed (frees the box).
-    pub fn into_inner(self) -> T {
-        self.0.value
-    }
-
-    /// Gives the box up to the cell: a pointer that the cell owns from now.
-    fn into_raw(self) -> *mut Node<T> {
-        Box::into_raw(self.0)
-    }
-}
-
-impl<T> core::ops::Deref for RcuBox<T> {
-    type Target = T;
-    fn deref(&self) -> &T {
-        &self.0.value
-    }
-}
-
-impl<T> core::ops::DerefMut for RcuBox<T> {
-    fn deref_mut(&mut self) -> &mut T {
-        &mut self.0.value
-    }
-}
-
-impl<T: core::fmt::Debug> core::fmt::Debug for RcuBox<T> {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_tuple("RcuBox").field(&self.0.value).finish()
-    }
-}
-
-/// The instance whose grace periods protect a cell's values, and the guard
-/// type its readers load with: [`Global`] (the process-wide instance, whose
-/// guards are [`GlobalReadGuard`]s) or `Arc<Krcu>` (one of yours, whose
-/// guards are [`ReadGuard`]s of its [`rcu`](Krcu::rcu)). Sealed.
-pub trait CellInstance: sealed::Sealed + Send + Sync + 'static {
-    /// The read-side guard a cell of this instance takes.
-    type Guard<'a>;
-
-    /// The id of the instance `guard` is a section of, when the type does
-    /// not say it already (`None`: it is this instance by type).
-    #[doc(hidden)]
-    fn guard_instance(guard: &Self::Guard<'_>) -> Option<u64>;
-
-    /// The id of this instance's RCU, when guards must be checked.
-    #[doc(hidden)]
-    fn rcu_id(&self) -> u64;
-
-    /// `kfree_rcu` of a leaked box by pointer on this instance; `false`
-    /// (nothing done) in NMI context.
-    ///
-    /// # Safety
-    /// As `Krcu::kfree_rcu_raw`: `raw` is a leaked `Box` handed over here,
-    /// unqueued, written by no one from now on.
-    #[doc(hidden)]
-    unsafe fn retire<N: HasRcuHead>(&self, raw: NonNull<N>) -> bool;
-}
-
-mod sealed {
-    pub trait Sealed {}
-    impl Sealed for super::Global {}
-    impl Sealed for std::sync::Arc<crate::Krcu> {}
-}
-
-/// The process-wide instance, as a cell's [`CellInstance`]: its cells
-/// ([`RcuCell::new`]) take the guards of
-/// [`krcu::rcu::read_lock`](crate::rcu::read_lock), and the compiler
-/// refuses any other guard.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Global;
-
-impl CellInstance for Global {
-    type Guard<'a> = GlobalReadGuard<'a>;
-
-    #[inline(always)]
-    fn guard_instance(_: &GlobalReadGuard<'_>) -> Option<u64> {
-        None
-    }
-
-    fn rcu_id(&self) -> u64 {
-        crate::rcu::global().id()
-    }
-
-    unsafe fn retire<N: HasRcuHead>(&self, raw: NonNull<N>) -> bool {
-        // SAFETY: the caller's contract, passed on.
-        unsafe { crate::instance::kfree_rcu_raw_global(raw) }
-    }
-}
-
-impl CellInstance for Arc<Krcu> {
-    type Guard<'a> = ReadGuard<'a>;
-
-    #[inline(always)]
-    fn guard_instance(guard: &ReadGuard<'_>) -> Option<u64> {
-        Some(guard.instance_id())
-    }
-
-    fn rcu_id(&self) -> u64 {
-        self.rcu().id()
-    }
-
-    unsafe fn retire<N: HasRcuHead>(&self, raw: NonNull<N>) -> bool {
-        // SAFETY: the caller's contract, passed on.
-        unsafe { self.kfree_rcu_raw(raw) }
-    }
-}
-
-/// An update of an [`RcuCell`] was refused before the swap: the cell was
-/// left untouched, no value readers may still reach was dropped, and the
-/// new value (a `T` or an [`RcuBox`]) is handed back.
-///
-/// - `InNmi`: in NMI context, where `kfree_rcu` refuses (as the kernel
-///   does), no update can retire the old value.
-/// - `Realtime` and `InHardirq`: the update would allocate (it boxes the
-///   value) on a real-time thread ([`Krcu::register_thread`],
-///   [`context::set_realtime`]) or in a hardirq handler (a signal handler,
-///   where `malloc` is not async-signal-safe). Box the value beforehand
-///   with [`RcuBox::new`] and publish it with the `_box` form
-///   ([`RcuCell::store_box`]), which does not allocate.
-#[derive(thiserror::Error)]
-#[must_use = "the refused new value is handed back; the cell still holds its old value"]
-pub enum UpdateError<V> {
-    /// Called from NMI context.
-    #[error("RcuCell update in NMI context: refused before the swap, the new value is handed back")]
-    InNmi(V),
-    /// Called on a real-time thread, where the update would allocate.
-    #[error(
-        "RcuCell update on a real-time thread would allocate: refused, the new value is \
-         handed back (publish an RcuBox prepared beforehand with store_box)"
-    )]
-    Realtime(V),
-    /// Called in hardirq context (a signal handler), where the update would
-    /// allocate.
-    #[error(
-        "RcuCell update in hardirq (signal-handler) context would allocate: refused, the \
-         new value is handed back (publish an RcuBox prepared beforehand with store_box)"
-    )]
-    InHardirq(V),
-}
-
-impl<V> UpdateError<V> {
-    /// The new value, handed back.
-    pub fn into_inner(self) -> V {
-        match self {
-            Self::InNmi(v) | Self::Realtime(v) | Self::InHardirq(v) => v,
-        }
-    }
-}
-
-impl<V> core::fmt::Debug for UpdateError<V> {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.write_str(match self {
-            Self::InNmi(_) => "InNmi(..)",
-            Self::Realtime(_) => "Realtime(..)",
-            Self::InHardirq(_) => "InHardirq(..)",
-        })
-    }
-}
-
-/// Refuses an update in NMI context (handing `v` back).
-#[inline]
-fn refuse_nmi<V>(v: V) -> Result<V, UpdateError<V>> {
-    if context::in_nmi() {
-        Err(UpdateError::InNmi(v))
-    } else {
-        Ok(v)
-    }
-}
-
-/// Refuses an update that would allocate where it must not: NMI, a
-/// real-time thread, hardirq (handing `v` back).
-#[inline]
-fn refuse_alloc<V>(v: V) -> Result<V, UpdateError<V>> {
-    let v = refuse_nmi(v)?;
-    if context::is_realtime() {
-        Err(UpdateError::Realtime(v))
-    } else if context::in_hardirq() {
-        Err(UpdateError::InHardirq(v))
-    } else {
-        Ok(v)
-    }
-}
-
-/// Why [`RcuCell::compare_exchange`] did not swap. `V` is what was offered:
-/// a `T`, or an [`RcuBox`] for [`RcuCell::compare_exchange_box`].
-#[must_use = "the new value is handed back"]
-pub enum CompareExchangeError<'g, T, V = T> {
-    /// The cell did not hold `current`: `current` is what it held, `new`
-    /// the value handed back.
-    Changed {
-        /// What the cell held when compared, readable under the guard.
-        current: Option<&'g T>,
-        /// The new value, handed back.
-        new: V,
-    },
-    /// Refused before comparing (see [`UpdateError`]); the new value is
-    /// handed back.
-    Refused(UpdateError<V>),
-}
-
-impl<T, V> core::fmt::Display for CompareExchangeError<'_, T, V> {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        match self {
-            Self::Changed { .. } => f.write_str(
-                "RcuCell compare_exchange: the cell held another value; the new value is handed back",
-            ),
-            Self::Refused(e) => core::fmt::Display::fmt(e, f),
-        }
-    }
-}
-
-impl<T, V> std::error::Error for CompareExchangeError<'_, T, V> {}
-
-impl<T, V> core::fmt::Debug for CompareExchangeError<'_, T, V> {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        match self {
-            Self::Changed { current, .. } => f
-                .debug_struct("Changed")
-                .field("current_is_some", &current.is_some())
-                .finish_non_exhaustive(),
-            Self::Refused(e) => f.debug_tuple("Refused").field(e).finish(),
-        }
-    }
-}
 
 /// An RCU-protected pointer to a `T` (or to nothing): readers
 /// [`load`](Self::load) under a read-side guard without any lock, writers
