@@ -11,7 +11,7 @@ use krcu::{Krcu, KvfreeConfig, Policy};
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-/// 24 bytes, as in DESIGN.md's figures: the head and a word.
+/// 24 bytes, as in the README's figures: the head and a word.
 struct Obj {
     head: RcuHead,
     #[allow(dead_code)] // payload: makes the object 24 bytes

@@ -1,6 +1,6 @@
 //! Page allocator and slab cache hot paths.
 //!
-//! `cargo bench -p krcu --bench page`. Targets (DESIGN.md): a per-CPU or
+//! `cargo bench -p krcu --bench page`. Targets (docs/design.md and the README): a per-CPU or
 //! NO_LOCKS order-0 allocation ≤ 15 ns; the per-CPU round trip ≥ 2× faster
 //! than the zone-locked path; SlabCache alloc + free within 1.5× of `Box`.
 

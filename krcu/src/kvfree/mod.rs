@@ -18,7 +18,8 @@
 //!   no block (the two-argument form's fallback: the object embeds an
 //!   [`RcuHead`](crate::rcu::RcuHead)).
 //! - Where a new block's page comes from with that raw lock held is the
-//!   **policy** ([`Policy`]), the seeds' debate made selectable.
+//!   **policy** ([`Policy`]), the 2020 kfree_rcu thread's options made
+//!   selectable (docs/history.md).
 //! - The **monitor** (`monitor.rs`, run by `worker.rs`) hands full blocks, and any that waited a
 //!   drain delay, to RCU in batches (two per CPU at most), freeing at once
 //!   blocks whose grace period already elapsed; after the grace period an

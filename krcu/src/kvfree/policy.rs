@@ -1,5 +1,6 @@
 //! How `kfree_rcu` gets a block page while it holds the raw per-CPU lock:
-//! the options the seeds weigh against each other.
+//! the options the 2020 kfree_rcu thread weighed against each other
+//! (docs/history.md).
 //!
 //! Owns: [`Policy`]. Uses: nothing in kvfree.
 

@@ -1,7 +1,7 @@
 //! The page allocator: a zone of 4 KiB pages over one mmap'd arena, a buddy
 //! allocator behind the zone lock, per-CPU page lists taken with trylock in
-//! front of it, GFP modes (among them the lock-free ones the seeds argue
-//! about), watermarks, a reclaim worker and shrinkers.
+//! front of it, GFP modes (among them the lock-free ones the 2020 kfree_rcu
+//! thread argued about: see docs/history.md), watermarks, a reclaim worker and shrinkers.
 //!
 //! # Design
 //! ```text
@@ -26,7 +26,7 @@
 //! The validator sees every lock: the zone lock is a [`SpinLock`](crate::lock::SpinLock)
 //! (`spinlock_t`, wait type CONFIG), so a `NOWAIT` allocation that refills
 //! under a [`RawSpinLock`](crate::lock::RawSpinLock) with
-//! `prove_raw_lock_nesting` gives the seeds' `BUG: Invalid wait context`;
+//! `prove_raw_lock_nesting` gives the kernel's `BUG: Invalid wait context`;
 //! `NO_LOCKS` and `alloc_pages_nolock` take locks only with trylock, which
 //! the validator exempts, and never sleep. A `KERNEL` allocation calls
 //! [`Domain::might_sleep`] first.
