@@ -1,48 +1,40 @@
 //! # krcu
 //!
-//! The Linux kernel's deferred-free machinery in userspace Rust:
-//! `kvfree_rcu` with per-CPU pointer blocks and bulk free, a page allocator
-//! with per-CPU lists in front of a buddy allocator, RCU grace periods, and
-//! a lockdep-style validator that proves a path never takes a sleeping lock
-//! where it must not.
+//! The Linux kernel's deferred-free machinery in userspace Rust: RCU grace
+//! periods, `kfree_rcu` with per-CPU, page-sized pointer blocks and bulk
+//! free, a page allocator with per-CPU lists in front of a buddy
+//! allocator, slab caches, and a lockdep-style validator.
 //!
-//! The parts, each using only those below it:
+//! ## The problem
+//! Readers of a shared structure should not pay for locks, and a writer
+//! that unlinks an object cannot free it while a reader may still be
+//! looking at it. **RCU** (read-copy-update) splits the two: readers enter
+//! a *read-side section* that costs a few nanoseconds and writes nothing
+//! shared; a writer that unlinked an object waits for a **grace period**,
+//! after which every section that could have seen the object has ended,
+//! and only then frees it.
 //!
-//! ```text
-//! kvfree    kfree_rcu / kvfree_rcu: per-CPU blocks, policies, page cache, refill, shrinker
-//!   rcu     readers, grace periods, polled API, call_rcu, barrier, the grace-period worker
-//!   slab    typed object caches over pages, with bulk free
-//!   page    zone + buddy + per-CPU lists + GFP + watermarks + reclaim + shrinkers
-//!   lock    RawSpinLock, SpinLock, Mutex, LocalLock         lockdep  the validator
-//!   context per-thread context, preempt model               percpu   CPU ids, PerCpu<T>
-//!   domain  CPUs, preempt model and validator settings shared by an instance
-//! ```
+//! Waiting is what much code must never do: a real-time audio thread, a
+//! signal handler, code under a spinlock. **`kfree_rcu`** hands the object
+//! over and returns at once; it is freed after the grace period. To make
+//! that cheap the pointers go into page-sized **blocks** per CPU, and a
+//! whole block is freed at once when its grace period has passed, instead
+//! of walking a list of cold objects. The blocks need pages, and getting a
+//! page without ever blocking, from any context, is what the kernel argued
+//! about from 2020 to 2022: every option it weighed is a [`Policy`] here
+//! (the repository's `docs/history.md` tells the story).
 //!
-//! [`Krcu`] holds one of each, built with [`Krcu::builder`]; the free
-//! functions ([`kfree_rcu`], [`kvfree_rcu_mightsleep`],
-//! [`kvfree_rcu_barrier`]) use the process-wide instance [`Krcu::global`].
-//! There is one process-wide domain ([`Domain::global`]) and one
-//! process-wide RCU ([`rcu::global`]), which [`Krcu::global`] is built on:
-//! a reader entered with [`rcu::read_lock`] holds off [`kfree_rcu`], and
-//! the other way round. It starts lazily, in parts: the RCU (one thread) on
-//! first use of `krcu::rcu::*`, the page allocator and the `kfree_rcu`
-//! workers on first use of a function that needs them, and never where
-//! the caller may not sleep (a signal handler, atomic context, a real-time
-//! thread): there `kfree_rcu` hands the object to the global RCU's
-//! `call_rcu`, which parks it without locks until the RCU exists. A guard
-//! protects only against its own instance's grace periods.
+//! The **real-time promise**: on a thread registered with
+//! [`register_thread`] (or [`Krcu::register_thread`],
+//! [`context::set_realtime`]), `kfree_rcu` never runs a destructor, never
+//! calls the global allocator, never takes a blocking lock and makes no
+//! system call, whatever the other threads do.
 //!
-//! **Real-time threads**: real-time is a property of a thread. A thread
-//! that called [`Krcu::register_thread`] (or
-//! [`context::set_realtime`]) never runs a
-//! destructor, never calls the global allocator and never takes a blocking
-//! lock inside `kfree_rcu`, whatever the instance's flood brake
-//! ([`Assist`]) does on other threads.
-//!
-//! To publish a value to readers with no `unsafe`, use [`RcuCell`]
-//! (`rcu_dereference`, `rcu_assign_pointer`, `rcu_replace_pointer`): its
-//! loads return references bound to a guard, and a replaced value is
-//! retired with `kfree_rcu`. To run code after a grace period, [`defer`].
+//! ## Publish, read, replace, retire
+//! [`RcuCell`] (`rcu_dereference`, `rcu_assign_pointer`,
+//! `rcu_replace_pointer`) does it with no `unsafe`: loads return references
+//! bound to a guard, and a replaced value is retired with `kfree_rcu` in the
+//! same call. To run code after a grace period, [`defer`].
 //!
 //! ```
 //! use krcu::{RcuBox, RcuCell};
@@ -82,21 +74,8 @@
 //! krcu::kvfree_rcu_barrier();
 //! ```
 //!
-//! **`fork()`**: the child of a process that uses krcu has only the forking
-//! thread. `pthread_atfork` handlers (registered when the program loads;
-//! they cost nothing while no instance exists) park every krcu worker at a point where it holds no lock, take
-//! the locks other threads could hold (grace-period, barrier, reader
-//! registry, the `kfree_rcu` monitor, `krc` and ready-list locks), and in
-//! the child release them, forget the read-side sections and reclaim work
-//! of the threads that are gone, and start new workers; the child can go
-//! on calling `kfree_rcu`, `kvfree_rcu_barrier`, `synchronize` and drop
-//! its instances. Since another thread's sections end in the child, the
-//! child must not use a reference loaded under another thread's guard
-//! (one that thread handed over, or leaked): part of what the caller of
-//! the `unsafe` `fork` answers for. `fork` waits for the grace periods in progress, so do not
-//! fork inside a read-side section (as with liburcu). Locks of the page
-//! allocator and slab caches that another application thread held at the
-//! instant of the fork stay held in the child, as with any library.
+//! To retire your own nodes (say, of a list readers traverse), embed an
+//! [`RcuHead`](rcu::RcuHead) and hand the `Box` to [`kfree_rcu`]:
 //!
 //! ```
 //! use krcu::rcu::{HasRcuHead, RcuHead};
@@ -114,6 +93,50 @@
 //! krcu.kvfree_rcu_barrier(); // everything queued so far is freed
 //! assert_eq!(krcu.stats().reclaimed_objects, 1);
 //! ```
+//!
+//! ## The parts
+//! Each uses only those below it (the repository's `docs/design.md` draws
+//! the map and the kernel-to-krcu table):
+//!
+//! ```text
+//! cell, defer  RcuCell, RcuBox, defer: publish, read and retire with no unsafe
+//! kvfree       kfree_rcu / kvfree_rcu: per-CPU blocks, policies, block cache, refill, shrinker
+//!   rcu        readers, grace periods, polled API, call_rcu, barrier, the grace-period worker
+//!   slab       typed object caches over pages, with bulk free
+//!   page       zone + buddy + per-CPU lists + GFP + watermarks + reclaim + shrinkers
+//!   lock       RawSpinLock, SpinLock, Mutex, LocalLock         lockdep  the validator
+//!   context    per-thread context, preempt model               percpu   CPU ids, PerCpu<T>
+//!   domain     CPUs, preempt model and validator settings shared by an instance
+//! ```
+//!
+//! [`Krcu`] holds one of each, built with [`Krcu::builder`]; the free
+//! functions ([`kfree_rcu`], [`kvfree_rcu_mightsleep`],
+//! [`kvfree_rcu_barrier`], [`defer`], `krcu::rcu::*`) use the process-wide
+//! instance [`Krcu::global`], built on the one process-wide RCU
+//! ([`rcu::global`]): a reader entered with [`rcu::read_lock`] holds off
+//! [`kfree_rcu`], and the other way round. It starts lazily, in parts,
+//! and never where the caller may not sleep (a signal handler, atomic
+//! context, a real-time thread): there `kfree_rcu` hands the object to the
+//! global RCU's `call_rcu`, which parks it without locks until the RCU
+//! exists. A guard protects only against its own instance's grace periods.
+//!
+//! ## `fork()`
+//! The child of a process that uses krcu has only the forking thread.
+//! `pthread_atfork` handlers (registered when the program loads; they cost
+//! nothing while no instance exists) park every krcu worker at a point
+//! where it holds no lock, take the locks other threads could hold
+//! (grace-period, barrier, reader registry, the `kfree_rcu` monitor, `krc`
+//! and ready-list locks), and in the child release them, forget the
+//! read-side sections and reclaim work of the threads that are gone, and
+//! start new workers; the child can go on calling `kfree_rcu`,
+//! `kvfree_rcu_barrier`, `synchronize` and drop its instances. Since
+//! another thread's sections end in the child, the child must not use a
+//! reference loaded under another thread's guard (one that thread handed
+//! over, or leaked): part of what the caller of the `unsafe` `fork` answers
+//! for. `fork` waits for the grace periods in progress, so do not fork
+//! inside a read-side section (as with liburcu). Locks of the page
+//! allocator and slab caches that another application thread held at the
+//! instant of the fork stay held in the child, as with any library.
 #![warn(missing_docs)]
 // Under `--cfg loom` only the models' parts are compiled (kvfree and most
 // of rcu are left out), so much of what is left has no user there.

@@ -17,8 +17,8 @@ unsafe impl<T: Send + 'static> HasRcuHead for Node<T> {
     const RCU_HEAD_OFFSET: usize = core::mem::offset_of!(Node<T>, head);
 }
 
-/// A value boxed for an [`RcuCell`], ready to publish: allocated ahead of
-/// time, so that [`RcuCell::store_box`] (and the other `_box` updates)
+/// A value boxed for an [`RcuCell`](super::RcuCell), ready to publish: allocated ahead of
+/// time, so that [`RcuCell::store_box`](super::RcuCell::store_box) (and the other `_box` updates)
 /// make no heap allocation. This is how a real-time thread or a signal
 /// handler updates a cell: another thread (or the same one, at start-up)
 /// prepares the boxes, the real-time code publishes them, and the old

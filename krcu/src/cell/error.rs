@@ -1,21 +1,21 @@
-//! Why an update of an [`RcuCell`](super::RcuCell) was refused
+//! Why an update of an [`RcuCell`](super::RcuCell)(super::RcuCell) was refused
 //! ([`UpdateError`]) or did not swap ([`CompareExchangeError`]), and the
 //! context checks that refuse it. Uses only the thread's context.
 
 use crate::context;
 
-/// An update of an [`RcuCell`] was refused before the swap: the cell was
+/// An update of an [`RcuCell`](super::RcuCell) was refused before the swap: the cell was
 /// left untouched, no value readers may still reach was dropped, and the
-/// new value (a `T` or an [`RcuBox`]) is handed back.
+/// new value (a `T` or an [`RcuBox`](super::RcuBox)) is handed back.
 ///
 /// - `InNmi`: in NMI context, where `kfree_rcu` refuses (as the kernel
 ///   does), no update can retire the old value.
 /// - `Realtime` and `InHardirq`: the update would allocate (it boxes the
-///   value) on a real-time thread ([`Krcu::register_thread`],
+///   value) on a real-time thread ([`Krcu::register_thread`](crate::Krcu::register_thread),
 ///   [`context::set_realtime`]) or in a hardirq handler (a signal handler,
 ///   where `malloc` is not async-signal-safe). Box the value beforehand
-///   with [`RcuBox::new`] and publish it with the `_box` form
-///   ([`RcuCell::store_box`]), which does not allocate.
+///   with [`RcuBox::new`](super::RcuBox::new) and publish it with the `_box` form
+///   ([`RcuCell::store_box`](super::RcuCell::store_box)), which does not allocate.
 #[derive(thiserror::Error)]
 #[must_use = "the refused new value is handed back; the cell still holds its old value"]
 pub enum UpdateError<V> {
@@ -80,8 +80,8 @@ pub(super) fn refuse_alloc<V>(v: V) -> Result<V, UpdateError<V>> {
     }
 }
 
-/// Why [`RcuCell::compare_exchange`] did not swap. `V` is what was offered:
-/// a `T`, or an [`RcuBox`] for [`RcuCell::compare_exchange_box`].
+/// Why [`RcuCell::compare_exchange`](super::RcuCell::compare_exchange) did not swap. `V` is what was offered:
+/// a `T`, or an [`RcuBox`](super::RcuBox) for [`RcuCell::compare_exchange_box`](super::RcuCell::compare_exchange_box).
 #[must_use = "the new value is handed back"]
 pub enum CompareExchangeError<'g, T, V = T> {
     /// The cell did not hold `current`: `current` is what it held, `new`

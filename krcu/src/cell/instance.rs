@@ -41,7 +41,7 @@ mod sealed {
 }
 
 /// The process-wide instance, as a cell's [`CellInstance`]: its cells
-/// ([`RcuCell::new`]) take the guards of
+/// ([`RcuCell::new`](super::RcuCell::new)) take the guards of
 /// [`krcu::rcu::read_lock`](crate::rcu::read_lock), and the compiler
 /// refuses any other guard.
 #[derive(Debug, Clone, Copy, Default)]

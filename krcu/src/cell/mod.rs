@@ -34,10 +34,10 @@ use std::sync::atomic::{AtomicPtr, Ordering};
 ///
 /// A cell belongs to one instance, named by its second type parameter
 /// ([`CellInstance`]): the process-wide one (`RcuCell<T>`, from
-/// [`new`](RcuCell::new)), whose guards are the [`GlobalReadGuard`]s of
+/// [`new`](RcuCell::new)), whose guards are the [`GlobalReadGuard`](crate::rcu::GlobalReadGuard)s of
 /// [`krcu::rcu::read_lock`](crate::rcu::read_lock), or one of yours
 /// (`RcuCell<T, Arc<Krcu>>`, from [`new_in`](RcuCell::new_in)), whose guards
-/// are the [`ReadGuard`]s of its [`rcu`](Krcu::rcu). A guard of another
+/// are the [`ReadGuard`](crate::rcu::ReadGuard)s of its [`rcu`](Krcu::rcu). A guard of another
 /// instance would not hold the cell's values off: mixing the process-wide
 /// instance with one of yours does not compile, and a guard of another
 /// instance of yours makes a load or update **panic** (one compare of the
