@@ -13,6 +13,8 @@
 //! memory itself, and AddressSanitizer is conservative at the edges of a
 //! region that shares an 8-byte granule with live memory (it leaves the
 //! granule addressable): it cannot report a false use-after-poison there.
+//!
+//! Uses nothing else of the crate.
 
 #[cfg(krcu_asan)]
 unsafe extern "C" {

@@ -1,5 +1,7 @@
 //! `defer`: run a closure after a grace period (liburcu's `defer_rcu`,
 //! crossbeam-epoch's `defer`), for what has no `RcuHead` to retire.
+//!
+//! Uses: `context`, `instance`, `rcu`.
 
 use crate::context;
 use crate::instance::{InNmi, Krcu};

@@ -2,6 +2,9 @@
 //! `kfree_rcu`), built with [`KrcuBuilder`], owning its worker threads and
 //! stopping them on drop. A lazily built process-wide instance serves the
 //! free functions ([`kfree_rcu`](crate::kfree_rcu) and friends).
+//!
+//! Uses: `context`, `domain`, `fork`, `kvfree`, `lockdep`, `page`, `rcu`,
+//! `slab`.
 
 use crate::context::{self, PreemptModel};
 use crate::domain::{Domain, DomainBuilder};

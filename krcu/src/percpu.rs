@@ -9,6 +9,8 @@
 //! [`PerCpu<T>`] holds one cache-line-padded `T` per CPU of an instance. An
 //! instance may model fewer CPUs than the machine has; the CPU id is then
 //! folded onto the instance's CPUs.
+//!
+//! Uses nothing else of the crate.
 
 use crossbeam_utils::CachePadded;
 use std::sync::OnceLock;

@@ -7,6 +7,8 @@
 //!
 //! `UnsafeCell` here has loom's closure API (`with`, `with_mut`) under both
 //! configurations so that loom can track every access to shared data.
+//!
+//! Uses nothing else of the crate.
 
 #![allow(dead_code, unused_imports)] // a switch: each part uses what it needs
 

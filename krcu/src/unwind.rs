@@ -2,6 +2,8 @@
 //! free that runs user destructors catches their panics so that one
 //! panicking destructor neither stops the rest nor kills the thread. This
 //! module owns what happens to the caught payload.
+//!
+//! Uses nothing else of the crate.
 
 /// Drops a caught panic payload, catching (and leaking) a panic of its own
 /// destructor: a payload whose `Drop` panics must not unwind out of the

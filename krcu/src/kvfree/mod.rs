@@ -48,6 +48,8 @@
 //! Use it through [`Krcu`](crate::Krcu): [`Krcu::kfree_rcu`](crate::Krcu::kfree_rcu),
 //! [`Krcu::kvfree_rcu_mightsleep`](crate::Krcu::kvfree_rcu_mightsleep),
 //! [`Krcu::kvfree_rcu_barrier`](crate::Krcu::kvfree_rcu_barrier).
+//!
+//! Uses nothing else of the crate.
 
 // The files, each owning one concern (its top comment says what it owns
 // and what it may use); the import graph is acyclic, from the leaves up:

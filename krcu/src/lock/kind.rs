@@ -1,6 +1,8 @@
 //! The kinds of lock: what each waits like and what the validator knows of
 //! it. Each is a zero-sized marker type so that a kind's fixed properties
 //! fold away at compile time.
+//!
+//! Uses: `context`.
 
 use crate::context::PreemptModel;
 use crate::lockdep::WaitType;

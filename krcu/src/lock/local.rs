@@ -7,6 +7,8 @@
 //! a thread migrated while holding it keeps its CPU's data to itself, and a
 //! thread that lands on that CPU meanwhile waits (or, with trylock, goes
 //! elsewhere). Under PREEMPT_RT the lock sleeps, as the kernel's does.
+//!
+//! Uses: `domain`, `percpu`; in this module `kind.rs`, `typed.rs`.
 
 use super::kind::Local;
 use super::typed::{IrqSaveGuard, Lock, LockGuard};

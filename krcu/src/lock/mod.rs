@@ -16,6 +16,8 @@
 //! "Atomic holder" means the thread's atomic depth (its preempt count) is
 //! raised while it holds the lock: sleeping then is a bug the validator
 //! reports.
+//!
+//! Uses nothing else of the crate.
 
 mod kind;
 mod local;

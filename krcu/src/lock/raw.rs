@@ -1,6 +1,9 @@
 //! The raw lock under every krcu lock type: a [`LockWord`], the validator's
 //! map, and the behaviour of its kind (spin or sleep, atomic holder or not),
 //! implementing `lock_api`'s [`RawMutex`] so the guards are `lock_api`'s.
+//!
+//! Uses: `context`, `domain`; in this module `kind.rs`, `stats.rs`,
+//! `word.rs`.
 
 use super::kind::LockKind;
 use super::stats;

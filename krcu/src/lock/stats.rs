@@ -4,6 +4,8 @@
 //! The per-thread counters are plain cells in a thread-local, so keeping
 //! them costs no atomic operation; they let a test prove what a code path
 //! did ("took no lock but trylocks") by reading them before and after.
+//!
+//! Uses nothing else of the crate.
 
 use core::cell::Cell;
 

@@ -1,5 +1,7 @@
 //! The typed lock, `Lock<K, T>`, that every lock type is an alias of, and
 //! the guard of its `_irqsave` forms.
+//!
+//! Uses: `context`, `domain`; in this module `kind.rs`, `raw.rs`, `stats.rs`.
 
 use super::kind::{IrqSaveKind, LockKind};
 use super::raw::RawLock;

@@ -16,6 +16,8 @@
 //! waiter either sees the word change and does not sleep, or is in the queue
 //! when the unparker looks. Woken threads re-read the word and compete
 //! again (no direct hand-off), which keeps the unlock path short.
+//!
+//! Uses: `sync`.
 
 use crate::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use crossbeam_utils::Backoff;

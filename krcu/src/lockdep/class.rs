@@ -6,6 +6,8 @@
 //! looking one up never allocates or blocks. A class is identified by a
 //! small number ([`ClassId`]); id 0 means "no class" (a lock built through
 //! `lock_api`'s `INIT`, which the validator does not track).
+//!
+//! Uses: in this module `table.rs`.
 
 use super::table::{FNV_OFFSET, KeySet, Slot, hash_bytes};
 use core::panic::Location;

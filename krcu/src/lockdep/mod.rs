@@ -57,6 +57,8 @@
 //! Steady-state checks neither allocate nor lock (tables are fixed and
 //! lock-free); only formatting a report allocates, and that never happens
 //! in hardirq or NMI context.
+//!
+//! Uses: `context`.
 
 // The validator's machinery. Without the validator compiled in, most of it
 // is only the public types; the rest is unused by design.

@@ -11,6 +11,8 @@
 //! writer published (with `Release`) *before* inserting a key is visible to
 //! whoever sees the key. Data published *after* the insert (as the class
 //! info is) needs its own synchronisation; see `class.rs`.
+//!
+//! Uses nothing else of the crate.
 
 use core::sync::atomic::{AtomicU64, Ordering};
 

@@ -1,5 +1,9 @@
 //! The allocation paths of [`PageAllocator`]: the per-CPU lists, the
 //! buddy, reclaim and the `NO_LOCKS` path. The free paths are in `free.rs`.
+//!
+//! Uses: `asan`, `context`, `sync`; in this module `consts.rs`, `error.rs`,
+//! `fault.rs`, `gfp.rs`, `meta.rs`, `mod.rs`, `pcp.rs`, `stats.rs`,
+//! `zone.rs`.
 
 use super::consts::{MAX_ORDER, PAGE_SIZE};
 use super::error::AllocError;

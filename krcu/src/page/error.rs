@@ -26,6 +26,8 @@
 //! [`PageAllocator::drain_all`](super::PageAllocator::drain_all) (with
 //! `tracing::error!`, in every build: a panic there would strike an
 //! unrelated caller).
+//!
+//! Uses nothing else of the crate.
 
 use core::fmt;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};

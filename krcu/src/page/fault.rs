@@ -8,6 +8,8 @@
 //!   fails (deterministic, so tests are reproducible).
 //!
 //! Disarmed, the check costs one relaxed load on the allocation path.
+//!
+//! Uses nothing else of the crate.
 
 use bitflags::bitflags;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::*};

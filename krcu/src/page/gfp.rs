@@ -14,6 +14,8 @@
 //! `alloc_pages_nolock` is not a flag but its own entry point
 //! ([`PageAllocator::alloc_pages_nolock`](super::PageAllocator::alloc_pages_nolock)),
 //! as in the kernel.
+//!
+//! Uses nothing else of the crate.
 
 use bitflags::bitflags;
 

@@ -58,6 +58,8 @@
 //! # Bad input
 //! See [`error`] for the policy: `try_*` frees return a [`PageError`]; the
 //! others panic in debug builds and count and report in release builds.
+//!
+//! Uses: `domain`, `fork`, `percpu`, `sync`.
 
 mod alloc;
 mod consts;

@@ -16,6 +16,9 @@
 //! (`free_pcppages_bulk`). Lists are LIFO stacks linked through the side
 //! array, so the most recently freed (cache-hot) page is reused first; the
 //! bulk free takes pages round-robin across the lists, from their heads.
+//!
+//! Uses: `domain`, `lock`, `sync`; in this module `gfp.rs`, `meta.rs`,
+//! `stats.rs`, `zone.rs`.
 
 use super::gfp::Migratetype;
 use super::meta::{Kind, NONE, PageMeta, State};

@@ -23,6 +23,9 @@
 //! before each balancing run and parks only when it found it clear. A wake
 //! between its check and its `park` leaves the thread's unpark token set, so
 //! `park` returns at once: no lost wake-up.
+//!
+//! Uses: `domain`, `fork`, `lock`; in this module `error.rs`, `stats.rs`,
+//! `zone.rs`.
 
 use super::stats::{GlobalCells, bump};
 use super::zone::Zone;

@@ -11,6 +11,8 @@
 //!
 //! Readers sum relaxed loads: a snapshot may be a few events behind a
 //! concurrent writer but never sees a torn or decreasing counter.
+//!
+//! Uses: `sync`; in this module `consts.rs`.
 
 use super::consts::NR_ORDERS;
 use crate::sync::atomic::{AtomicU64, Ordering::Relaxed};

@@ -15,6 +15,8 @@
 //!
 //! kswapd is woken when an allocation leaves fewer than `low` free pages
 //! and reclaims until there are `high`.
+//!
+//! Uses: in this module `consts.rs`, `error.rs`.
 
 use super::consts::PAGE_SIZE;
 use super::error::BuildError;

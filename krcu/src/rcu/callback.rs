@@ -30,6 +30,8 @@
 //! merge; a third distinct cookie merges into the later segment, which only
 //! makes it wait longer. Invocation is FIFO per CPU, which `rcu_barrier`
 //! relies on.
+//!
+//! Uses: `sync`; in this module `seq.rs`.
 
 use super::seq::GpCookie;
 use crate::sync::UnsafeCell;

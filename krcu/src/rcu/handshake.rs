@@ -52,6 +52,8 @@
 //! The flip stores are relaxed and surrounded by SeqCst fences: the writer
 //! side is not the fast path, so it takes the simplest sufficient argument
 //! (liburcu adds the same "not formally required" barrier there).
+//!
+//! Uses: `sync`.
 
 use crate::sync::atomic::{AtomicUsize, Ordering, fence};
 use core::sync::atomic::compiler_fence;

@@ -25,6 +25,8 @@
 //! outside the C++/Rust memory model, which has no notion of a remote
 //! barrier, so the loom model checks the same handshake with a `SeqCst`
 //! fence in the reader instead (the fallback, which is within the model).
+//!
+//! Uses: `sync`.
 
 use std::sync::OnceLock;
 

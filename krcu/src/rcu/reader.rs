@@ -102,6 +102,8 @@
 //!
 //! Instance ids are never reused, so a stale cache entry can never match a
 //! later instance built at the same address.
+//!
+//! Uses nothing else of the crate.
 
 mod cache;
 mod exit;

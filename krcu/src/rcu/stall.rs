@@ -8,6 +8,8 @@
 //! rhythm). Each warning goes to `tracing::warn!`, to standard error, to a
 //! counter, and to a small ring of recent reports that tests and tools
 //! read with [`Rcu::stall_reports`](super::Rcu::stall_reports).
+//!
+//! Uses nothing else of the crate.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;

@@ -14,6 +14,8 @@
 //!   itself (not handed to a per-CPU cache), with `inuse` counting the
 //!   others and the partial-list links. These change only under the
 //!   cache's node lock (`n->list_lock`).
+//!
+//! Uses: `asan`, `page`, `sync`.
 
 use crate::page::{MAX_ORDER, PAGE_SIZE};
 use crate::sync::atomic::{AtomicU64, Ordering};

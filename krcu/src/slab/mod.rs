@@ -18,6 +18,8 @@
 //! | per-CPU sheaves / `array_cache` | a per-CPU stack of 64 free objects |
 //! | `kmem_cache_node`, `n->list_lock`, partial slabs | the node lock and partial list |
 //! | `kmem_cache_shrink` | [`SlabCache::shrink`] |
+//!
+//! Uses nothing else of the crate.
 
 mod alloc;
 mod bulk;
