@@ -169,6 +169,26 @@ fn fork_and_wait(work: impl FnOnce() -> i32) -> i32 {
     common::child::fork_run("fork_and_wait", WATCHDOG * 2, work)
 }
 
+/// Forks on another thread (the grandchild only `_exit`s) and reaps the
+/// grandchild; returns whether `fork()` returned within `limit` (it does
+/// not when its prepare handler deadlocks).
+fn forks_within(limit: Duration) -> bool {
+    let (forked, done) = mpsc::channel();
+    std::thread::spawn(move || {
+        // SAFETY: fork has no preconditions; the grandchild only _exits.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            // SAFETY: ends the grandchild at once.
+            unsafe { libc::_exit(0) }
+        }
+        let mut status = 0;
+        // SAFETY: reaping our own child with a valid status pointer.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        let _ = forked.send(());
+    });
+    done.recv_timeout(limit).is_ok()
+}
+
 #[test]
 fn fork_child_reuses_abandoned_slot_and_grace_periods_ignore_it() {
     let rcu = leaked_rcu();
@@ -241,23 +261,12 @@ fn fork_does_not_deadlock_with_reader_building_an_instance() {
         // A grace period waits for the reader.
         std::thread::spawn(move || a.synchronize());
         std::thread::sleep(Duration::from_millis(50));
-        let (forked, done) = mpsc::channel();
-        std::thread::spawn(move || {
-            // SAFETY: fork has no preconditions; the grandchild only _exits.
-            let pid = unsafe { libc::fork() };
-            if pid == 0 {
-                // SAFETY: ends the grandchild at once.
-                unsafe { libc::_exit(0) }
-            }
-            let mut status = 0;
-            // SAFETY: reaping our own child with a valid status pointer.
-            unsafe { libc::waitpid(pid, &mut status, 0) };
-            let _ = forked.send(());
-        });
-        if done.recv_timeout(Duration::from_secs(8)).is_err() {
-            return 1; // fork() never returned: deadlock
+        // fork() never returning is the deadlock.
+        if forks_within(Duration::from_secs(8)) {
+            0
+        } else {
+            1
         }
-        0
     });
     assert_eq!(
         code, 0,
@@ -495,23 +504,11 @@ fn fork_does_not_deadlock_with_callback_dropping_an_instance() {
             rcu: krcu::rcu::RcuHead::new(),
         }));
         in_callback.recv_timeout(WATCHDOG).unwrap();
-        let (forked, done) = mpsc::channel();
-        std::thread::spawn(move || {
-            // SAFETY: fork has no preconditions; the grandchild only _exits.
-            let pid = unsafe { libc::fork() };
-            if pid == 0 {
-                // SAFETY: ends the grandchild at once.
-                unsafe { libc::_exit(0) }
-            }
-            let mut status = 0;
-            // SAFETY: reaping our own child with a valid status pointer.
-            unsafe { libc::waitpid(pid, &mut status, 0) };
-            let _ = forked.send(());
-        });
-        if done.recv_timeout(Duration::from_secs(8)).is_err() {
-            return 1;
+        if forks_within(Duration::from_secs(8)) {
+            0
+        } else {
+            1
         }
-        0
     });
     assert_eq!(
         code, 0,
