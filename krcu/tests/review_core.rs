@@ -405,18 +405,11 @@ fn global_call_rcu_in_signal_handler_does_not_allocate() {
             rcu: krcu::rcu::RcuHead::new(),
         });
         SIG_NODE.store(Box::into_raw(node), std::sync::atomic::Ordering::SeqCst);
-        // SAFETY: a zeroed sigaction with a plain handler and an empty mask
-        // is valid.
-        unsafe {
-            let mut sa: libc::sigaction = core::mem::zeroed();
-            sa.sa_sigaction = call_rcu_in_handler as *const () as usize;
-            libc::sigemptyset(&mut sa.sa_mask);
-            assert_eq!(
-                libc::sigaction(libc::SIGUSR2, &sa, core::ptr::null_mut()),
-                0
-            );
-            libc::raise(libc::SIGUSR2);
-        }
+        // SAFETY: the handler is run by the raise below, on this thread,
+        // before it returns.
+        unsafe { common::set_handler(libc::SIGUSR2, call_rcu_in_handler, 0) };
+        // SAFETY: raise has no preconditions.
+        unsafe { libc::raise(libc::SIGUSR2) };
         let n = SIG_ALLOCS.load(std::sync::atomic::Ordering::SeqCst);
         if n == 0 { 0 } else { 1 }
     });

@@ -390,18 +390,11 @@ fn inner_the_free_functions_first_use_from_a_signal_handler() {
     // A fresh process: nothing of krcu's global state is built yet.
     let freed = Arc::new(AtomicUsize::new(0));
     SIG_NODE.store(Box::into_raw(CountedNode::new(&freed)), SeqCst);
-    // SAFETY: a zeroed sigaction with a plain handler and an empty mask is
-    // valid; raise runs the handler on this thread before it returns.
-    unsafe {
-        let mut sa: libc::sigaction = core::mem::zeroed();
-        sa.sa_sigaction = retire_from_handler as *const () as usize;
-        libc::sigemptyset(&mut sa.sa_mask);
-        assert_eq!(
-            libc::sigaction(libc::SIGUSR2, &sa, core::ptr::null_mut()),
-            0
-        );
-        libc::raise(libc::SIGUSR2);
-    }
+    // SAFETY: the handler is run by the raise below, on this thread,
+    // before it returns; it retires one node and counts.
+    unsafe { common::set_handler(libc::SIGUSR2, retire_from_handler, 0) };
+    // SAFETY: raise has no preconditions.
+    unsafe { libc::raise(libc::SIGUSR2) };
     assert!(SIG_DONE.load(SeqCst));
     let n = HANDLER_ALLOCS.load(SeqCst);
     krcu::kvfree_rcu_barrier();
