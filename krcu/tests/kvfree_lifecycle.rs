@@ -7,7 +7,7 @@ mod common;
 
 use common::*;
 use krcu::lockdep::{ReportHandler, ReportLog};
-use krcu::page::{Gfp, PageConfig, Watermarks};
+use krcu::page::{Gfp, PageConfig};
 use krcu::rcu::{HasRcuHead, RcuConfig, RcuHead};
 use krcu::{Assist, Krcu, KvfreeConfig, Policy};
 use std::cell::RefCell;
@@ -83,17 +83,11 @@ thread_local! {
 fn a_stalled_caller_never_stamps_an_older_cookie_on_a_newer_object() {
     let k = Arc::new(
         Krcu::builder()
+            // Only direct reclaim runs the shrinkers (no kswapd): A's
+            // allocation.
             .page_config(PageConfig {
-                arena_size: 8 << 20,
-                watermarks: Some(Watermarks {
-                    min: 128,
-                    low: 256,
-                    high: 1024,
-                }),
-                // Only direct reclaim runs the shrinkers: A's allocation.
-                kswapd: false,
                 pcp_lists: false,
-                ..PageConfig::default()
+                ..pages::quiet_config(8 << 20, pages::SHRINK_8MIB)
             })
             .kvfree_config(KvfreeConfig {
                 // No spare blocks, no inline allocation: every new block of
