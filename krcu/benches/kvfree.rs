@@ -5,9 +5,12 @@
 //!
 //!   cargo bench -p krcu --bench kvfree
 
+#[path = "common/cold_reclaim.rs"]
+mod cold_reclaim;
+
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use krcu::Krcu;
 use krcu::rcu::{HasRcuHead, RcuHead};
-use krcu::{Krcu, KvfreeConfig, Policy};
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
@@ -140,19 +143,8 @@ fn reclaim(c: &mut Criterion) {
     const N: u64 = 100_000;
     let mut g = c.benchmark_group("reclaim per object (cold)");
     g.sample_size(10);
-    for (name, policy, cache) in [
-        ("blocks", Policy::CacheRefillNolock, 5),
-        ("rcu_head list", Policy::Prohibit, 0),
-    ] {
-        let k = Krcu::builder()
-            .lockdep(false)
-            .kvfree_config(KvfreeConfig {
-                policy,
-                cache_blocks: cache,
-                refill_mark: cache.min(3),
-                drain_delay: Duration::from_secs(3600),
-                ..KvfreeConfig::default()
-            })
+    for (name, policy, cache) in cold_reclaim::PATHS {
+        let k = cold_reclaim::cold_reclaim(Krcu::builder(), policy, cache)
             .build()
             .unwrap();
         g.bench_function(BenchmarkId::new(name, N), |b| {
