@@ -8,7 +8,7 @@ use krcu::slab::SlabCache;
 use std::time::{Duration, Instant};
 
 /// Set in the child process a test runs its work in (see
-/// [`common::child::run_with_env`]).
+/// [`common::child::in_child_else_run`]).
 const CHILD_VAR: &str = "REVIEW_ROUND3_CHILD";
 
 /// In the child, true: the test `name` does its work. In the parent, runs

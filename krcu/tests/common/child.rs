@@ -143,7 +143,12 @@ pub fn in_child_else_run(env: &str, name: &str, limit: Duration) -> bool {
     if std::env::var_os(env).is_some() {
         return true;
     }
-    let (passed, output) = run_with_env(env, name, limit);
+    // With --include-ignored: an ignored test (run with --ignored here) runs
+    // in the child too.
+    let (passed, output) = match run_self(name, &["--include-ignored"], Some(env), limit) {
+        SelfRun::Exited { passed, output } => (passed, output),
+        SelfRun::Hung => panic!("{name}: hung in the child (killed after {limit:?})"),
+    };
     assert!(passed, "{name}: failed in the child: {output}");
     // A misspelt name runs no test, and passes.
     assert!(
