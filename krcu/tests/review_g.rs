@@ -9,7 +9,7 @@ use krcu::rcu::{HasRcuHead, Rcu, RcuConfig, RcuHead};
 use krcu::{Domain, Krcu};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 #[global_allocator]
 static ALLOC: common::counting_alloc::CountingAlloc = common::counting_alloc::CountingAlloc;
@@ -34,15 +34,6 @@ fn in_child(name: &str, limit: Duration) -> bool {
 
 fn krcu_instance() -> Arc<Krcu> {
     Arc::new(Krcu::builder().arena_size(16 << 20).build().unwrap())
-}
-
-/// Waits (bounded) until `f` holds.
-fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < limit, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
 }
 
 // ---------------------------------------------------------------------
@@ -75,7 +66,7 @@ fn review_g_krcu_drop_with_abandoned_section_hangs() {
     // Something to free: a grace period starts, finds the orphan, and
     // abandons it.
     cell.store(2).unwrap();
-    wait_for(
+    common::wait_for(
         "the section to be abandoned",
         Duration::from_secs(20),
         || krcu.rcu().stats().abandoned_sections == 1,

@@ -16,7 +16,7 @@ use krcu::{Domain, Krcu};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 #[global_allocator]
 static ALLOC: common::counting_alloc::CountingAlloc = common::counting_alloc::CountingAlloc;
@@ -288,17 +288,6 @@ fn review_h_clear_allocates_on_a_threads_first_retire() {
 }
 
 // ---------------------------------------------------------------------
-// Helpers kept for the findings below.
-
-fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < limit, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
-// ---------------------------------------------------------------------
 // Finding 5: the free `kvfree_rcu_mightsleep` frees its object at once
 // when building the process-wide instance fails.
 
@@ -424,7 +413,7 @@ fn review_h_reaper_logs_under_registry_lock_hangs_readers() {
     // A grace period on the worker finds the orphan and abandons it,
     // logging an error with the registry lock (`free`) held.
     krcu::rcu::call_rcu_box(obj());
-    wait_for(
+    common::wait_for(
         "the section to be abandoned",
         Duration::from_secs(10),
         || krcu::rcu::global().stats().abandoned_sections == 1,

@@ -272,6 +272,16 @@ impl Drop for TargetGuard {
     }
 }
 
+/// Waits until `f` holds, checking every 5 ms; fails, naming `what`, after
+/// `limit`.
+pub fn wait_for(what: &str, limit: std::time::Duration, mut f: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !f() {
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
 /// Sends SIGUSR1 to `thread` (a pthread) `n` times, a little apart.
 pub fn flood(thread: libc::pthread_t, n: usize) {
     for _ in 0..n {
