@@ -5,6 +5,8 @@
 
 use crate::policies_result::{Cell, PoliciesResult};
 use krcu::{Policy, PreemptModel};
+use plotters::coord::ranged1d::ValueFormatter;
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 use std::path::Path;
 
@@ -84,14 +86,6 @@ pub fn policies(r: &PoliciesResult, path: &Path) -> Result<(), String> {
             .margin(8)
             .x_label_area_size(28)
             .y_label_area_size(60);
-        let label = |x: &f64| {
-            let i = x.round();
-            if (x - i).abs() < 1e-6 && i >= 0.0 && (i as usize) < policies.len() {
-                policies[i as usize].to_string()
-            } else {
-                String::new()
-            }
-        };
         let bar = |p: usize, m: usize| {
             let x0 = p as f64 - 0.4 + m as f64 * width;
             (x0, x0 + width * 0.9)
@@ -106,13 +100,7 @@ pub fn policies(r: &PoliciesResult, path: &Path) -> Result<(), String> {
             let mut chart = builder
                 .build_cartesian_2d(-0.5..n - 0.5, (low..top * 2.0).log_scale())
                 .map_err(|e| err(&e))?;
-            chart
-                .configure_mesh()
-                .disable_x_mesh()
-                .x_labels(policies.len())
-                .x_label_formatter(&label)
-                .draw()
-                .map_err(|e| err(&e))?;
+            draw_axes(&mut chart, &policies).map_err(|e| err(&e))?;
             for &(p, m, v) in &vals {
                 let (x0, x1) = bar(p, m);
                 chart
@@ -123,13 +111,7 @@ pub fn policies(r: &PoliciesResult, path: &Path) -> Result<(), String> {
             let mut chart = builder
                 .build_cartesian_2d(-0.5..n - 0.5, 0.0..top)
                 .map_err(|e| err(&e))?;
-            chart
-                .configure_mesh()
-                .disable_x_mesh()
-                .x_labels(policies.len())
-                .x_label_formatter(&label)
-                .draw()
-                .map_err(|e| err(&e))?;
+            draw_axes(&mut chart, &policies).map_err(|e| err(&e))?;
             for (i, model) in models.iter().enumerate() {
                 let series = vals.iter().filter(|v| v.1 == i).map(|&(p, m, v)| {
                     let (x0, x1) = bar(p, m);
@@ -154,4 +136,29 @@ pub fn policies(r: &PoliciesResult, path: &Path) -> Result<(), String> {
     }
     root.present().map_err(|e| err(&e))?;
     Ok(())
+}
+
+/// Draws a panel's axes, linear or log on y: no vertical grid lines, the
+/// policy's name under each group of bars.
+fn draw_axes<DB: DrawingBackend, Y>(
+    chart: &mut ChartContext<'_, DB, Cartesian2d<RangedCoordf64, Y>>,
+    policies: &[&str],
+) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>>
+where
+    Y: Ranged + ValueFormatter<Y::ValueType>,
+{
+    let label = |x: &f64| {
+        let i = x.round();
+        if (x - i).abs() < 1e-6 && i >= 0.0 && (i as usize) < policies.len() {
+            policies[i as usize].to_string()
+        } else {
+            String::new()
+        }
+    };
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(policies.len())
+        .x_label_formatter(&label)
+        .draw()
 }

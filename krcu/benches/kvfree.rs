@@ -5,30 +5,16 @@
 //!
 //!   cargo bench -p krcu --bench kvfree
 
+#[path = "common/cold_reclaim.rs"]
+mod cold_reclaim;
+#[path = "common/small.rs"]
+mod small;
+
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use krcu::rcu::{HasRcuHead, RcuHead};
-use krcu::{Krcu, KvfreeConfig, Policy};
+use krcu::Krcu;
+use small::{Small, small};
 use std::hint::black_box;
 use std::time::{Duration, Instant};
-
-/// 24 bytes, as in the README's figures: the head and a word.
-struct Obj {
-    head: RcuHead,
-    #[allow(dead_code)] // payload: makes the object 24 bytes
-    value: u64,
-}
-
-// SAFETY: `head` is an RcuHead field of Obj.
-unsafe impl HasRcuHead for Obj {
-    const RCU_HEAD_OFFSET: usize = core::mem::offset_of!(Obj, head);
-}
-
-fn obj(v: u64) -> Box<Obj> {
-    Box::new(Obj {
-        head: RcuHead::new(),
-        value: v,
-    })
-}
 
 fn krcu() -> Krcu {
     Krcu::builder().lockdep(false).build().unwrap()
@@ -44,7 +30,7 @@ fn call(c: &mut Criterion) {
             let mut left = iters;
             while left > 0 {
                 let n = left.min(4096);
-                let objs: Vec<Box<Obj>> = (0..n).map(obj).collect();
+                let objs: Vec<Box<Small>> = (0..n).map(small).collect();
                 let t = Instant::now();
                 for o in objs {
                     k.kfree_rcu(black_box(o)).unwrap();
@@ -65,7 +51,7 @@ fn e2e_krcu(k: &Krcu, threads: usize) {
         for _ in 0..threads {
             s.spawn(|| {
                 for i in 0..E2E {
-                    k.kfree_rcu(obj(i)).unwrap();
+                    k.kfree_rcu(small(i)).unwrap();
                 }
             });
         }
@@ -78,7 +64,7 @@ fn e2e_crossbeam(threads: usize) {
         for _ in 0..threads {
             s.spawn(|| {
                 for i in 0..E2E {
-                    let p = Box::into_raw(obj(i));
+                    let p = Box::into_raw(small(i));
                     let guard = crossbeam_epoch::pin();
                     // SAFETY: the object is unreachable (never published);
                     // destroyed once, after the epoch advances.
@@ -95,10 +81,10 @@ fn e2e_seize(collector: &seize::Collector, threads: usize) {
         for _ in 0..threads {
             s.spawn(|| {
                 for i in 0..E2E {
-                    let p = Box::into_raw(obj(i));
+                    let p = Box::into_raw(small(i));
                     // SAFETY: unreachable and retired once; boxed frees a
-                    // Box<Obj>.
-                    unsafe { collector.retire(p, seize::reclaim::boxed::<Obj>) };
+                    // Box<Small>.
+                    unsafe { collector.retire(p, seize::reclaim::boxed::<Small>) };
                 }
             });
         }
@@ -110,7 +96,7 @@ fn e2e_drop(threads: usize) {
         for _ in 0..threads {
             s.spawn(|| {
                 for i in 0..E2E {
-                    drop(black_box(obj(i)));
+                    drop(black_box(small(i)));
                 }
             });
         }
@@ -140,19 +126,8 @@ fn reclaim(c: &mut Criterion) {
     const N: u64 = 100_000;
     let mut g = c.benchmark_group("reclaim per object (cold)");
     g.sample_size(10);
-    for (name, policy, cache) in [
-        ("blocks", Policy::CacheRefillNolock, 5),
-        ("rcu_head list", Policy::Prohibit, 0),
-    ] {
-        let k = Krcu::builder()
-            .lockdep(false)
-            .kvfree_config(KvfreeConfig {
-                policy,
-                cache_blocks: cache,
-                refill_mark: cache.min(3),
-                drain_delay: Duration::from_secs(3600),
-                ..KvfreeConfig::default()
-            })
+    for (name, policy, cache) in cold_reclaim::PATHS {
+        let k = cold_reclaim::cold_reclaim(Krcu::builder(), policy, cache)
             .build()
             .unwrap();
         g.bench_function(BenchmarkId::new(name, N), |b| {
@@ -161,10 +136,10 @@ fn reclaim(c: &mut Criterion) {
                 for _ in 0..iters {
                     // Scatter the objects: allocate with garbage between,
                     // and retire them in a shuffled order.
-                    let mut objs: Vec<Box<Obj>> = Vec::with_capacity(N as usize);
+                    let mut objs: Vec<Box<Small>> = Vec::with_capacity(N as usize);
                     let mut spacers = Vec::with_capacity(N as usize);
                     for i in 0..N {
-                        objs.push(obj(i));
+                        objs.push(small(i));
                         spacers.push(vec![0u8; 200]);
                     }
                     let len = objs.len();

@@ -11,11 +11,13 @@
 //! fallback). A third argument `slab` retires slab objects without drop
 //! glue, which `free_bulk` frees without touching.
 
+#[path = "../benches/common/cold_reclaim.rs"]
+mod cold_reclaim;
+
+use krcu::Krcu;
 use krcu::rcu::{HasRcuHead, RcuHead};
 use krcu::slab::SlabCache;
-use krcu::{Krcu, KvfreeConfig, Policy};
 use std::sync::Arc;
-use std::time::Duration;
 
 struct Obj {
     head: RcuHead,
@@ -33,21 +35,8 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let list = args.get(1).map(String::as_str) == Some("list");
     let slab = args.get(2).map(String::as_str) == Some("slab");
-    let (policy, cache) = if list {
-        (Policy::Prohibit, 0)
-    } else {
-        (Policy::CacheRefillNolock, 5)
-    };
-    let k = Krcu::builder()
-        .arena_size(64 << 20)
-        .lockdep(false)
-        .kvfree_config(KvfreeConfig {
-            policy,
-            cache_blocks: cache,
-            refill_mark: cache.min(3),
-            drain_delay: Duration::from_secs(3600),
-            ..KvfreeConfig::default()
-        })
+    let (_, policy, cache) = cold_reclaim::PATHS[usize::from(list)];
+    let k = cold_reclaim::cold_reclaim(Krcu::builder().arena_size(64 << 20), policy, cache)
         .build()
         .unwrap();
     // Scatter the objects and make them cold: garbage between them, a

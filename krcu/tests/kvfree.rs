@@ -609,15 +609,12 @@ fn builder_rejects_impossible_settings() {
 
 #[test]
 fn the_shrinker_gives_spare_blocks_back_under_memory_pressure() {
-    use krcu::page::{Gfp, PageConfig, Watermarks};
+    use krcu::page::{Gfp, PageConfig};
+    // With kswapd, which runs the shrinkers below the low watermark.
     let k = Krcu::builder()
         .page_config(PageConfig {
             arena_size: 8 << 20,
-            watermarks: Some(Watermarks {
-                min: 128,
-                low: 256,
-                high: 1024,
-            }),
+            watermarks: Some(pages::SHRINK_8MIB),
             ..PageConfig::default()
         })
         .kvfree_config(KvfreeConfig {

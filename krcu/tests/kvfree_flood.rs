@@ -3,21 +3,12 @@
 //! under the default policy. Heavy: run in release
 //! (`cargo test --release -p krcu --test kvfree_flood`; CI does).
 
-use krcu::rcu::{HasRcuHead, RcuHead};
+#[path = "../benches/common/small.rs"]
+mod small;
+
 use krcu::{Krcu, Policy};
+use small::{Small, small};
 use std::time::Instant;
-
-/// 24 bytes: the head and a word of payload.
-struct Small {
-    head: RcuHead,
-    #[allow(dead_code)] // payload: makes the object 24 bytes
-    value: u64,
-}
-
-// SAFETY: `head` is an RcuHead field of Small.
-unsafe impl HasRcuHead for Small {
-    const RCU_HEAD_OFFSET: usize = core::mem::offset_of!(Small, head);
-}
 
 const THREADS: usize = 2;
 const PER_THREAD: u64 = 20_000_000;
@@ -34,11 +25,7 @@ fn a_two_thread_flood_stays_bounded_with_few_fallbacks() {
             let k = &k;
             s.spawn(move || {
                 for i in 0..PER_THREAD {
-                    let obj = Box::new(Small {
-                        head: RcuHead::new(),
-                        value: i ^ t as u64,
-                    });
-                    k.kfree_rcu(obj).unwrap();
+                    k.kfree_rcu(small(i ^ t as u64)).unwrap();
                 }
             });
         }

@@ -7,7 +7,7 @@ mod common;
 
 use common::*;
 use krcu::lockdep::{ReportHandler, ReportLog};
-use krcu::page::{Gfp, PageConfig, Watermarks};
+use krcu::page::{Gfp, PageConfig};
 use krcu::rcu::{HasRcuHead, RcuConfig, RcuHead};
 use krcu::{Assist, Krcu, KvfreeConfig, Policy};
 use std::cell::RefCell;
@@ -83,17 +83,11 @@ thread_local! {
 fn a_stalled_caller_never_stamps_an_older_cookie_on_a_newer_object() {
     let k = Arc::new(
         Krcu::builder()
+            // Only direct reclaim runs the shrinkers (no kswapd): A's
+            // allocation.
             .page_config(PageConfig {
-                arena_size: 8 << 20,
-                watermarks: Some(Watermarks {
-                    min: 128,
-                    low: 256,
-                    high: 1024,
-                }),
-                // Only direct reclaim runs the shrinkers: A's allocation.
-                kswapd: false,
                 pcp_lists: false,
-                ..PageConfig::default()
+                ..pages::quiet_config(8 << 20, pages::SHRINK_8MIB)
             })
             .kvfree_config(KvfreeConfig {
                 // No spare blocks, no inline allocation: every new block of
@@ -306,6 +300,20 @@ impl Drop for Bomb {
     }
 }
 
+/// An instance that frees only in barriers (no drain for an hour, no
+/// assisting callers): the test says when destructors run.
+fn frees_only_in_barriers() -> Arc<Krcu> {
+    Arc::new(
+        Krcu::builder()
+            .arena_size(32 << 20)
+            .drain_delay(Duration::from_secs(3600))
+            .assist(Assist::Never)
+            .report_handler(ReportHandler::Collect(ReportLog::new()))
+            .build()
+            .unwrap(),
+    )
+}
+
 fn bomb(explode: bool) -> Box<Bomb> {
     Box::new(Bomb {
         explode,
@@ -316,15 +324,7 @@ fn bomb(explode: bool) -> Box<Bomb> {
 
 #[test]
 fn a_panicking_destructor_neither_wedges_reclaim_nor_unwinds_into_callers() {
-    let k = Arc::new(
-        Krcu::builder()
-            .arena_size(32 << 20)
-            .drain_delay(Duration::from_secs(3600))
-            .assist(Assist::Never)
-            .report_handler(ReportHandler::Collect(ReportLog::new()))
-            .build()
-            .unwrap(),
-    );
+    let k = frees_only_in_barriers();
     let before = BOMBS_DROPPED.load(SeqCst);
     for i in 0..20 {
         k.kfree_rcu(bomb(i % 5 == 0)).unwrap();
@@ -424,40 +424,44 @@ fn last_handle(k: Arc<Krcu>) -> (Box<LastHandle>, Receiver<bool>) {
     (h, rx)
 }
 
-#[test]
-fn the_last_handle_dropped_by_a_reclaimer_tears_the_instance_down() {
-    let k = named("krcu-t-lastrecl", Assist::Never);
+/// An instance whose RCU worker is named `rcu_worker`, with 50 objects
+/// queued, retires (with `retire`) the object that holds its last handle
+/// and lets go of its own: whoever runs that object's destructor (`on`)
+/// drops the instance, which must tear down cleanly there, stop the
+/// worker and free every object.
+fn the_last_handle_dropped(
+    rcu_worker: &str,
+    on: &str,
+    retire: impl FnOnce(&Krcu, Box<LastHandle>),
+) {
+    let k = named(rcu_worker, Assist::Never);
     let ledger = Ledger::new(100);
     for _ in 0..50 {
         k.kfree_rcu(Obj::new(&ledger)).unwrap();
     }
     let (h, rx) = last_handle(k.clone());
-    k.kfree_rcu(h).unwrap();
+    retire(&k, h);
     drop(k);
     let clean = rx
         .recv_timeout(WATCHDOG)
-        .expect("Krcu::drop on its own reclaimer hung");
-    assert!(clean, "Krcu::drop panicked on its own reclaimer");
-    wait_thread_gone("krcu-t-lastrecl");
+        .unwrap_or_else(|_| panic!("Krcu::drop {on} hung"));
+    assert!(clean, "Krcu::drop panicked {on}");
+    wait_thread_gone(rcu_worker);
     ledger.assert_all_freed_once();
 }
 
 #[test]
+fn the_last_handle_dropped_by_a_reclaimer_tears_the_instance_down() {
+    the_last_handle_dropped("krcu-t-lastrecl", "on its own reclaimer", |k, h| {
+        k.kfree_rcu(h).unwrap()
+    });
+}
+
+#[test]
 fn the_last_handle_dropped_by_an_rcu_callback_tears_the_instance_down() {
-    let k = named("krcu-t-lastcb", Assist::Never);
-    let ledger = Ledger::new(100);
-    for _ in 0..50 {
-        k.kfree_rcu(Obj::new(&ledger)).unwrap();
-    }
-    let (h, rx) = last_handle(k.clone());
-    k.rcu().call_rcu_box(h);
-    drop(k);
-    let clean = rx
-        .recv_timeout(WATCHDOG)
-        .expect("Krcu::drop in an RCU callback hung");
-    assert!(clean, "Krcu::drop panicked in an RCU callback");
-    wait_thread_gone("krcu-t-lastcb");
-    ledger.assert_all_freed_once();
+    the_last_handle_dropped("krcu-t-lastcb", "in an RCU callback", |k, h| {
+        k.rcu().call_rcu_box(h)
+    });
 }
 
 /// Waits for its instance's barrier from its destructor.
@@ -520,15 +524,7 @@ fn a_barrier_from_a_destructor_run_by_reclaim_returns() {
 
 #[test]
 fn a_panicking_destructor_on_a_slab_channel_does_not_stop_the_bulk_free() {
-    let k = Arc::new(
-        Krcu::builder()
-            .arena_size(32 << 20)
-            .drain_delay(Duration::from_secs(3600))
-            .assist(Assist::Never)
-            .report_handler(ReportHandler::Collect(ReportLog::new()))
-            .build()
-            .unwrap(),
-    );
+    let k = frees_only_in_barriers();
     let cache = Arc::new(krcu::slab::SlabCache::<Bomb>::new(k.pages(), "bomb").unwrap());
     let (k2, cache2) = (k.clone(), cache.clone());
     within_watchdog("the slab channel's barrier", move || {

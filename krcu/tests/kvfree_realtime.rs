@@ -129,8 +129,10 @@ fn with_a_block_available_kfree_rcu_neither_allocates_nor_blocks() {
     }
 }
 
-#[test]
-fn a_registered_thread_never_allocates_not_even_on_its_first_call() {
+/// Runs `retire` on a fresh thread (nothing of it known to the new
+/// instance it gets) with ten objects to retire into that instance, then
+/// checks that each was freed once.
+fn on_a_fresh_thread(retire: impl FnOnce(&Krcu, Vec<Box<Obj>>) + Send) {
     let ledger = Ledger::new(100);
     let k = Krcu::builder()
         .arena_size(32 << 20)
@@ -139,43 +141,37 @@ fn a_registered_thread_never_allocates_not_even_on_its_first_call() {
         .unwrap();
     let objs: Vec<Box<Obj>> = (0..10).map(|_| Obj::new(&ledger)).collect();
     std::thread::scope(|s| {
-        s.spawn(|| {
-            let reader = k.register_thread();
-            let before = thread_allocs();
-            for o in objs {
-                let _g = reader.read_lock();
-                k.kfree_rcu(o).unwrap();
-            }
-            assert_eq!(thread_allocs() - before, 0, "the first calls allocated");
-        });
+        s.spawn(|| retire(&k, objs));
     });
     k.kvfree_rcu_barrier();
     ledger.assert_all_freed_once();
 }
 
 #[test]
-fn a_realtime_thread_makes_no_front_on_an_instance_it_did_not_register_with() {
-    let ledger = Ledger::new(100);
-    let k = Krcu::builder()
-        .arena_size(32 << 20)
-        .report_handler(ReportHandler::Collect(ReportLog::new()))
-        .build()
-        .unwrap();
-    let objs: Vec<Box<Obj>> = (0..10).map(|_| Obj::new(&ledger)).collect();
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            context::set_realtime(true);
-            let (a0, c0) = (thread_allocs(), thread_counters());
-            for o in objs {
-                k.kfree_rcu(o).unwrap();
-            }
-            let (a1, c1) = (thread_allocs(), thread_counters());
-            assert_eq!(a1 - a0, 0, "a front was made on the call path");
-            assert_eq!((c1 - c0).blocking, 0);
-        });
+fn a_registered_thread_never_allocates_not_even_on_its_first_call() {
+    on_a_fresh_thread(|k, objs| {
+        let reader = k.register_thread();
+        let before = thread_allocs();
+        for o in objs {
+            let _g = reader.read_lock();
+            k.kfree_rcu(o).unwrap();
+        }
+        assert_eq!(thread_allocs() - before, 0, "the first calls allocated");
     });
-    k.kvfree_rcu_barrier();
-    ledger.assert_all_freed_once();
+}
+
+#[test]
+fn a_realtime_thread_makes_no_front_on_an_instance_it_did_not_register_with() {
+    on_a_fresh_thread(|k, objs| {
+        context::set_realtime(true);
+        let (a0, c0) = (thread_allocs(), thread_counters());
+        for o in objs {
+            k.kfree_rcu(o).unwrap();
+        }
+        let (a1, c1) = (thread_allocs(), thread_counters());
+        assert_eq!(a1 - a0, 0, "a front was made on the call path");
+        assert_eq!((c1 - c0).blocking, 0);
+    });
 }
 
 #[test]

@@ -189,22 +189,14 @@ fn a_report_in_a_real_signal_handler_makes_no_heap_call() {
         zone: SpinLock::named(&d, "zone->lock", ()),
     };
     assert!(FIXTURE.set(fixture).is_ok());
-    // SAFETY: a zeroed sigaction is a valid "no flags, empty mask" value;
-    // the handler is an `extern "C" fn(c_int)`, as a handler without
-    // SA_SIGINFO must be, and touches only the fixture (already built),
-    // const thread-locals and atomics besides the code under test.
-    unsafe {
-        let mut sa: libc::sigaction = core::mem::zeroed();
-        sa.sa_sigaction = on_sigusr1 as extern "C" fn(libc::c_int) as libc::sighandler_t;
-        libc::sigemptyset(&mut sa.sa_mask);
-        assert_eq!(
-            libc::sigaction(libc::SIGUSR1, &sa, core::ptr::null_mut()),
-            0
-        );
-        // A signal a thread sends itself is delivered before pthread_kill
-        // returns.
-        assert_eq!(libc::pthread_kill(libc::pthread_self(), libc::SIGUSR1), 0);
-    }
+    // SAFETY: the handler touches only the fixture (already built), const
+    // thread-locals and atomics besides the code under test.
+    unsafe { common::set_handler(libc::SIGUSR1, on_sigusr1, 0) };
+    // A signal a thread sends itself is delivered before pthread_kill
+    // returns.
+    // SAFETY: signalling this thread, which is alive.
+    let r = unsafe { libc::pthread_kill(libc::pthread_self(), libc::SIGUSR1) };
+    assert_eq!(r, 0);
     assert!(HANDLER_RAN.load(SeqCst), "the handler did not run");
     let made = HANDLER_HEAP_CALLS.load(SeqCst);
     assert_eq!(

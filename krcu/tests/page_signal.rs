@@ -90,19 +90,12 @@ fn no_locks_refuses_a_signal_handler_under_rt_and_nolock_frees_defer() {
     );
     PAGES.store(std::sync::Arc::as_ptr(&pa).cast_mut(), Release);
     CACHE.store(core::ptr::from_ref(&cache).cast_mut(), Release);
-    // SAFETY: a zeroed sigaction is a valid initial value; the handler is an
-    // extern "C" fn of the right signature.
-    unsafe {
-        let mut sa: libc::sigaction = core::mem::zeroed();
-        sa.sa_sigaction = on_sigusr1 as extern "C" fn(libc::c_int) as libc::sighandler_t;
-        libc::sigemptyset(&mut sa.sa_mask);
-        assert_eq!(
-            libc::sigaction(libc::SIGUSR1, &sa, core::ptr::null_mut()),
-            0
-        );
-        // Synchronous: the handler has run on this thread when it returns.
-        assert_eq!(libc::raise(libc::SIGUSR1), 0);
-    }
+    // SAFETY: the handler touches only atomics and the page allocator's
+    // and the cache's signal-safe paths.
+    unsafe { common::set_handler(libc::SIGUSR1, on_sigusr1, 0) };
+    // Synchronous: the handler has run on this thread when it returns.
+    // SAFETY: raise has no preconditions.
+    assert_eq!(unsafe { libc::raise(libc::SIGUSR1) }, 0);
     assert_eq!(PAGE_RESULT.load(Relaxed), 1, "NO_LOCKS page: Context");
     assert_eq!(
         SLAB_RESULT.load(Relaxed),

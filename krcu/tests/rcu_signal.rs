@@ -8,6 +8,8 @@
 //! first. This binary holds this one test, and the handler reaches the
 //! instance through a static, so nothing else in the process is disturbed.
 
+mod common;
+
 use krcu::Domain;
 use krcu::context;
 use krcu::lock::RawSpinLock;
@@ -75,19 +77,11 @@ extern "C" fn on_sigusr1(_sig: libc::c_int) {
 }
 
 fn install_handler() {
-    // SAFETY: a zeroed sigaction is a valid initial value; the handler is an
-    // extern "C" fn of the right signature, and SA_RESTART restarts any
-    // interrupted system call (the futex wake, for one).
-    unsafe {
-        let mut sa: libc::sigaction = core::mem::zeroed();
-        sa.sa_sigaction = on_sigusr1 as extern "C" fn(libc::c_int) as libc::sighandler_t;
-        sa.sa_flags = libc::SA_RESTART;
-        libc::sigemptyset(&mut sa.sa_mask);
-        assert_eq!(
-            libc::sigaction(libc::SIGUSR1, &sa, core::ptr::null_mut()),
-            0
-        );
-    }
+    // SAFETY: the handler enters hardirq context, takes its objects from a
+    // preallocated pool by an atomic index and calls `call_rcu`: no
+    // allocation, no lock. SA_RESTART restarts any interrupted system call
+    // (the futex wake, for one).
+    unsafe { common::set_handler(libc::SIGUSR1, on_sigusr1, libc::SA_RESTART) };
 }
 
 #[test]

@@ -106,19 +106,9 @@ extern "C" fn on_sigusr2(_: libc::c_int) {
 }
 
 fn install_sigusr2() {
-    // SAFETY: a zeroed sigaction with a plain handler and an empty mask is
-    // valid; the handler touches only atomics, a lock-free pool and krcu's
-    // signal-safe kfree_rcu path.
-    unsafe {
-        let mut sa: libc::sigaction = core::mem::zeroed();
-        sa.sa_sigaction = on_sigusr2 as *const () as usize;
-        sa.sa_flags = libc::SA_RESTART;
-        libc::sigemptyset(&mut sa.sa_mask);
-        assert_eq!(
-            libc::sigaction(libc::SIGUSR2, &sa, core::ptr::null_mut()),
-            0
-        );
-    }
+    // SAFETY: the handler touches only atomics, a lock-free pool and
+    // krcu's signal-safe kfree_rcu path.
+    unsafe { common::set_handler(libc::SIGUSR2, on_sigusr2, libc::SA_RESTART) };
 }
 
 fn xorshift(s: &mut u64) -> usize {

@@ -31,6 +31,43 @@ fn synchronize_ends_within(rcu: &'static Rcu, within: Duration) -> bool {
 const HOLD: Duration = Duration::from_millis(600);
 const WATCHDOG: Duration = Duration::from_secs(10);
 
+/// A thread-local's destructor's line to the main thread: it says when it
+/// is inside its read-side section, then waits for the main thread's word.
+struct Meet {
+    to_main: Sender<()>,
+    from_main: Receiver<()>,
+}
+
+impl Meet {
+    fn inside_then_wait(&self) {
+        let _ = self.to_main.send(());
+        let _ = self.from_main.recv_timeout(WATCHDOG);
+    }
+}
+
+/// Spawns a thread that runs `start` with its end of a [`Meet`] (to keep
+/// in a thread-local whose destructor reads under `rcu` at the thread's
+/// exit); once that destructor is inside its section, runs `meanwhile`,
+/// then returns whether a grace period of `rcu` ended within `HOLD`
+/// (it must not), after letting the destructor finish.
+fn grace_period_ends_under_a_destructor(
+    rcu: &'static Rcu,
+    start: impl FnOnce(Meet) + Send + 'static,
+    meanwhile: impl FnOnce(),
+) -> bool {
+    let (to_main, from_thread) = mpsc::channel();
+    let (to_thread, from_main) = mpsc::channel();
+    let t = std::thread::spawn(move || start(Meet { to_main, from_main }));
+    from_thread
+        .recv_timeout(WATCHDOG)
+        .expect("the thread-local destructor never ran");
+    meanwhile();
+    let ended = synchronize_ends_within(rcu, HOLD);
+    to_thread.send(()).unwrap();
+    t.join().unwrap();
+    ended
+}
+
 // ---------------------------------------------------------------------------
 // 1. A guard kept in a thread-local that is destroyed after the thread's
 //    registration list: the slot is abandoned while the section is still
@@ -40,8 +77,7 @@ const WATCHDOG: Duration = Duration::from_secs(10);
 /// Held in a thread-local: its destructor runs with the guard still open,
 /// tells the main thread, and waits for its word before closing it.
 struct GuardInTls {
-    to_main: Sender<()>,
-    from_main: Receiver<()>,
+    meet: Meet,
     guard: Option<ReadGuard<'static>>,
 }
 
@@ -49,8 +85,7 @@ impl Drop for GuardInTls {
     fn drop(&mut self) {
         // The section is open here: this destructor may still read what
         // it protects.
-        let _ = self.to_main.send(());
-        let _ = self.from_main.recv_timeout(WATCHDOG);
+        self.meet.inside_then_wait();
         drop(self.guard.take());
     }
 }
@@ -62,29 +97,21 @@ thread_local! {
 #[test]
 fn guard_in_thread_local_is_waited_for_at_thread_exit() {
     let rcu = leaked_rcu();
-    let (to_main, from_thread) = mpsc::channel();
-    let (to_thread, from_main) = mpsc::channel();
-    let t = std::thread::spawn(move || {
+    let start = move |meet| {
         // This thread-local first, so that its destructor is registered
         // before (and so runs after) the reader registration list's.
         GUARD_IN_TLS.with(|_| {});
         let guard = rcu.read_lock();
         GUARD_IN_TLS.with(|g| {
             *g.borrow_mut() = Some(GuardInTls {
-                to_main,
-                from_main,
+                meet,
                 guard: Some(guard),
             })
         });
-    });
-    from_thread
-        .recv_timeout(WATCHDOG)
-        .expect("the thread-local destructor never ran");
+    };
     // The reader is inside its section (in its destructor): a grace period
     // must not end.
-    let ended = synchronize_ends_within(rcu, HOLD);
-    to_thread.send(()).unwrap();
-    t.join().unwrap();
+    let ended = grace_period_ends_under_a_destructor(rcu, start, || {});
     assert!(
         !ended,
         "synchronize() returned while a reader was inside its read-side section \
@@ -101,8 +128,7 @@ fn guard_in_thread_local_is_waited_for_at_thread_exit() {
 
 struct TeardownReader {
     rcu: &'static Rcu,
-    to_main: Sender<()>,
-    from_main: Receiver<()>,
+    meet: Meet,
 }
 
 impl Drop for TeardownReader {
@@ -111,8 +137,7 @@ impl Drop for TeardownReader {
         // and its drop releases it.
         drop(self.rcu.register_thread());
         let guard = self.rcu.read_lock();
-        let _ = self.to_main.send(());
-        let _ = self.from_main.recv_timeout(WATCHDOG);
+        self.meet.inside_then_wait();
         drop(guard);
     }
 }
@@ -124,32 +149,21 @@ thread_local! {
 #[test]
 fn handle_dropped_in_teardown_leaves_no_stale_slot_cache() {
     let rcu = leaked_rcu();
-    let (to_main, from_thread) = mpsc::channel();
-    let (to_thread, from_main) = mpsc::channel();
-    let t = std::thread::spawn(move || {
+    let start = move |meet| {
         TEARDOWN_READER.with(|_| {});
         // Registers this thread (the registration list's destructor comes
         // after the thread-local above's in registration order, so it runs
         // first).
         drop(rcu.read_lock());
-        TEARDOWN_READER.with(|r| {
-            *r.borrow_mut() = Some(TeardownReader {
-                rcu,
-                to_main,
-                from_main,
-            })
-        });
-    });
-    from_thread
-        .recv_timeout(WATCHDOG)
-        .expect("the thread-local destructor never ran");
+        TEARDOWN_READER.with(|r| *r.borrow_mut() = Some(TeardownReader { rcu, meet }));
+    };
     // Another thread reads once and exits.
-    std::thread::spawn(move || drop(rcu.read_lock()))
-        .join()
-        .unwrap();
-    let ended = synchronize_ends_within(rcu, HOLD);
-    to_thread.send(()).unwrap();
-    t.join().unwrap();
+    let another = || {
+        std::thread::spawn(move || drop(rcu.read_lock()))
+            .join()
+            .unwrap()
+    };
+    let ended = grace_period_ends_under_a_destructor(rcu, start, another);
     assert!(
         !ended,
         "synchronize() returned while a reader was inside its read-side section \
@@ -167,6 +181,26 @@ fn handle_dropped_in_teardown_leaves_no_stale_slot_cache() {
 /// (the child is killed after `WATCHDOG`).
 fn fork_and_wait(work: impl FnOnce() -> i32) -> i32 {
     common::child::fork_run("fork_and_wait", WATCHDOG * 2, work)
+}
+
+/// Forks on another thread (the grandchild only `_exit`s) and reaps the
+/// grandchild; returns whether `fork()` returned within `limit` (it does
+/// not when its prepare handler deadlocks).
+fn forks_within(limit: Duration) -> bool {
+    let (forked, done) = mpsc::channel();
+    std::thread::spawn(move || {
+        // SAFETY: fork has no preconditions; the grandchild only _exits.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            // SAFETY: ends the grandchild at once.
+            unsafe { libc::_exit(0) }
+        }
+        let mut status = 0;
+        // SAFETY: reaping our own child with a valid status pointer.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        let _ = forked.send(());
+    });
+    done.recv_timeout(limit).is_ok()
 }
 
 #[test]
@@ -241,23 +275,12 @@ fn fork_does_not_deadlock_with_reader_building_an_instance() {
         // A grace period waits for the reader.
         std::thread::spawn(move || a.synchronize());
         std::thread::sleep(Duration::from_millis(50));
-        let (forked, done) = mpsc::channel();
-        std::thread::spawn(move || {
-            // SAFETY: fork has no preconditions; the grandchild only _exits.
-            let pid = unsafe { libc::fork() };
-            if pid == 0 {
-                // SAFETY: ends the grandchild at once.
-                unsafe { libc::_exit(0) }
-            }
-            let mut status = 0;
-            // SAFETY: reaping our own child with a valid status pointer.
-            unsafe { libc::waitpid(pid, &mut status, 0) };
-            let _ = forked.send(());
-        });
-        if done.recv_timeout(Duration::from_secs(8)).is_err() {
-            return 1; // fork() never returned: deadlock
+        // fork() never returning is the deadlock.
+        if forks_within(Duration::from_secs(8)) {
+            0
+        } else {
+            1
         }
-        0
     });
     assert_eq!(
         code, 0,
@@ -396,18 +419,11 @@ fn global_call_rcu_in_signal_handler_does_not_allocate() {
             rcu: krcu::rcu::RcuHead::new(),
         });
         SIG_NODE.store(Box::into_raw(node), std::sync::atomic::Ordering::SeqCst);
-        // SAFETY: a zeroed sigaction with a plain handler and an empty mask
-        // is valid.
-        unsafe {
-            let mut sa: libc::sigaction = core::mem::zeroed();
-            sa.sa_sigaction = call_rcu_in_handler as *const () as usize;
-            libc::sigemptyset(&mut sa.sa_mask);
-            assert_eq!(
-                libc::sigaction(libc::SIGUSR2, &sa, core::ptr::null_mut()),
-                0
-            );
-            libc::raise(libc::SIGUSR2);
-        }
+        // SAFETY: the handler is run by the raise below, on this thread,
+        // before it returns.
+        unsafe { common::set_handler(libc::SIGUSR2, call_rcu_in_handler, 0) };
+        // SAFETY: raise has no preconditions.
+        unsafe { libc::raise(libc::SIGUSR2) };
         let n = SIG_ALLOCS.load(std::sync::atomic::Ordering::SeqCst);
         if n == 0 { 0 } else { 1 }
     });
@@ -495,23 +511,11 @@ fn fork_does_not_deadlock_with_callback_dropping_an_instance() {
             rcu: krcu::rcu::RcuHead::new(),
         }));
         in_callback.recv_timeout(WATCHDOG).unwrap();
-        let (forked, done) = mpsc::channel();
-        std::thread::spawn(move || {
-            // SAFETY: fork has no preconditions; the grandchild only _exits.
-            let pid = unsafe { libc::fork() };
-            if pid == 0 {
-                // SAFETY: ends the grandchild at once.
-                unsafe { libc::_exit(0) }
-            }
-            let mut status = 0;
-            // SAFETY: reaping our own child with a valid status pointer.
-            unsafe { libc::waitpid(pid, &mut status, 0) };
-            let _ = forked.send(());
-        });
-        if done.recv_timeout(Duration::from_secs(8)).is_err() {
-            return 1;
+        if forks_within(Duration::from_secs(8)) {
+            0
+        } else {
+            1
         }
-        0
     });
     assert_eq!(
         code, 0,

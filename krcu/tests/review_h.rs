@@ -16,7 +16,7 @@ use krcu::{Domain, Krcu};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 #[global_allocator]
 static ALLOC: common::counting_alloc::CountingAlloc = common::counting_alloc::CountingAlloc;
@@ -31,15 +31,47 @@ fn count_allocs<R>(f: impl FnOnce() -> R) -> (R, usize) {
 
 const CHILD_VAR: &str = "REVIEW_H_CHILD";
 
-fn in_child() -> bool {
-    std::env::var_os(CHILD_VAR).is_some()
+/// In the child (`REVIEW_H_CHILD` set), true: the test `name` does its
+/// work. In the parent, runs `name` alone in a fresh process, fails unless
+/// it passed within 30 s, and returns false.
+fn in_child(name: &str) -> bool {
+    common::child::in_child_else_run(CHILD_VAR, name, Duration::from_secs(30))
 }
 
-/// Runs this binary's test `name` alone in a fresh process (with
-/// `REVIEW_H_CHILD` set); returns whether it passed within `limit` and its
-/// output ("hung" if it was killed).
-fn run_isolated(name: &str, limit: Duration) -> (bool, String) {
-    common::child::run_with_env(CHILD_VAR, name, limit)
+/// Drops `x` (an instance), saying so before and after: a hang in the drop
+/// shows in the child's output.
+fn drop_loudly<T>(what: &str, x: T) {
+    eprintln!("dropping the {what}");
+    drop(x);
+    eprintln!("{what} dropped");
+}
+
+/// Retires an object with `kvfree_rcu_mightsleep` into `k` with preemption
+/// disabled (where the validator reports a sleep), while a reader of k's
+/// RCU on another thread is inside a section that began before the
+/// retire. Returns whether the call panicked and how many objects were
+/// dropped while that reader was still in its section.
+fn mightsleep_under_a_reader(k: &Krcu) -> (bool, usize) {
+    let dropped = Arc::new(AtomicUsize::new(0));
+    let (entered_tx, entered_rx) = mpsc::channel::<()>();
+    let (leave_tx, leave_rx) = mpsc::channel::<()>();
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            // A reader of k's RCU, inside its section from before the
+            // retire until after the count below.
+            let _g = k.rcu().read_lock();
+            entered_tx.send(()).unwrap();
+            let _ = leave_rx.recv_timeout(Duration::from_secs(30));
+        });
+        entered_rx.recv().unwrap();
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _atomic = krcu::context::preempt_disable();
+            k.kvfree_rcu_mightsleep(Box::new(Counted(dropped.clone())))
+        }));
+        let n = dropped.load(Ordering::SeqCst);
+        leave_tx.send(()).unwrap();
+        (r.is_err(), n)
+    })
 }
 
 struct Counted(Arc<AtomicUsize>);
@@ -90,32 +122,11 @@ fn review_h_mightsleep_report_panic_frees_the_object_under_a_reader() {
         .report_handler(ReportHandler::Panic)
         .build()
         .unwrap();
-    let dropped = Arc::new(AtomicUsize::new(0));
-    let (entered_tx, entered_rx) = mpsc::channel::<()>();
-    let (leave_tx, leave_rx) = mpsc::channel::<()>();
-    let (panicked, dropped_in_section) = std::thread::scope(|s| {
-        let k = &k;
-        s.spawn(move || {
-            // A reader of k's RCU, inside its section from before the
-            // retire until after the check below.
-            let _g = k.rcu().read_lock();
-            entered_tx.send(()).unwrap();
-            let _ = leave_rx.recv_timeout(Duration::from_secs(30));
-        });
-        entered_rx.recv().unwrap();
-        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            let _atomic = krcu::context::preempt_disable();
-            k.kvfree_rcu_mightsleep(Box::new(Counted(dropped.clone())))
-        }));
-        let n = dropped.load(Ordering::SeqCst);
-        leave_tx.send(()).unwrap();
-        (r.is_err(), n)
-    });
+    let (panicked, dropped_in_section) = mightsleep_under_a_reader(&k);
     k.kvfree_rcu_barrier();
     eprintln!(
         "report panicked: {panicked}; dropped while the reader was in its section: \
-         {dropped_in_section}; dropped in all: {}",
-        dropped.load(Ordering::SeqCst)
+         {dropped_in_section}"
     );
     assert_eq!(
         dropped_in_section, 0,
@@ -129,7 +140,23 @@ fn review_h_mightsleep_report_panic_frees_the_object_under_a_reader() {
 // Finding 2: a leaked ReaderHandle's section on a gone thread is never
 // abandoned, so teardown never ends it.
 
-fn rcu_drop_with_leaked_handle_section_body() {
+/// A thread leaks a `ReaderHandle` and a guard it opened (`mem::forget`
+/// both: safe code, in a scoped thread) and exits. At thread exit the
+/// registration list and the late list keep a slot that a handle still
+/// holds (`handles != 0`) without making it an orphan
+/// (`release_at_exit` returns early), so the reaper never looks at it: the
+/// section is never counted in `abandoned_sections`, and
+/// `Readers::begin_teardown` (which ends only orphans of gone threads and
+/// abandoned slots) never ends it. Dropping the `Rcu` with a callback
+/// queued hangs for good (its worker's last grace period waits for the
+/// section), though the instance is gone and no reference loaded under
+/// the guard can be left. The same program with a leaked plain guard
+/// (review G, finding 1) no longer hangs.
+#[test]
+fn review_h_rcu_drop_with_leaked_handle_section_hangs() {
+    if !in_child("review_h_rcu_drop_with_leaked_handle_section_hangs") {
+        return;
+    }
     let rcu = Rcu::new(Domain::global(), RcuConfig::default());
     std::thread::scope(|s| {
         s.spawn(|| {
@@ -148,64 +175,41 @@ fn rcu_drop_with_leaked_handle_section_body() {
         "after the thread exited: readers {}, abandoned_sections {}",
         st.readers, st.abandoned_sections
     );
-    eprintln!("dropping the Rcu");
-    drop(rcu);
-    eprintln!("Rcu dropped");
-}
-
-#[test]
-fn review_h_child_rcu_drop_with_leaked_handle_section() {
-    if in_child() {
-        rcu_drop_with_leaked_handle_section_body();
-    }
-}
-
-/// A thread leaks a `ReaderHandle` and a guard it opened (`mem::forget`
-/// both: safe code, in a scoped thread) and exits. At thread exit the
-/// registration list and the late list keep a slot that a handle still
-/// holds (`handles != 0`) without making it an orphan
-/// (`release_at_exit` returns early), so the reaper never looks at it: the
-/// section is never counted in `abandoned_sections`, and
-/// `Readers::begin_teardown` (which ends only orphans of gone threads and
-/// abandoned slots) never ends it. Dropping the `Rcu` with a callback
-/// queued hangs for good (its worker's last grace period waits for the
-/// section), though the instance is gone and no reference loaded under
-/// the guard can be left. The same program with a leaked plain guard
-/// (review G, finding 1) no longer hangs.
-#[test]
-fn review_h_rcu_drop_with_leaked_handle_section_hangs() {
-    if in_child() {
-        return;
-    }
-    let (passed, out) = run_isolated(
-        "review_h_child_rcu_drop_with_leaked_handle_section",
-        Duration::from_secs(30),
-    );
-    assert!(passed, "dropping the Rcu did not finish: {out}");
+    drop_loudly("Rcu", rcu);
 }
 
 // ---------------------------------------------------------------------
 // Finding 3: a guard leaked by a live thread hangs the instance's drop.
 
-fn rcu_drop_after_live_thread_leaks_guard_body() {
+/// A live thread leaks a guard (`mem::forget(rcu.read_lock())`) and then
+/// drops the instance. The guard borrowed the instance, so once it can be
+/// dropped no guard and no reference loaded under one is left: the
+/// section is as dead as an abandoned one. But `begin_teardown` ends only
+/// sections of threads that are gone; this thread is alive, so its
+/// section holds up the worker's last grace period (`Rcu`) or the kvfree
+/// barrier (`Krcu`) forever: the drop hangs. (The same in the child of a
+/// `fork` whose forking thread had leaked a guard: its slot is kept.)
+#[test]
+fn review_h_rcu_drop_after_live_thread_leaks_guard_hangs() {
+    if !in_child("review_h_rcu_drop_after_live_thread_leaks_guard_hangs") {
+        return;
+    }
     let rcu = Rcu::new(Domain::global(), RcuConfig::default());
     // This thread (alive throughout) leaks a guard: safe code. Once the
     // borrow ends nothing can reach a reference loaded under it.
     std::mem::forget(rcu.read_lock());
     rcu.call_rcu_box(obj());
-    eprintln!("dropping the Rcu");
-    drop(rcu);
-    eprintln!("Rcu dropped");
+    drop_loudly("Rcu", rcu);
 }
 
+/// As above, for a `Krcu` (its teardown's kvfree barrier waits for a grace
+/// period of its RCU): another thread, alive throughout, leaked a guard of
+/// its RCU and dropped its `Arc`; dropping the last `Arc` hangs.
 #[test]
-fn review_h_child_rcu_drop_after_live_thread_leaks_guard() {
-    if in_child() {
-        rcu_drop_after_live_thread_leaks_guard_body();
+fn review_h_krcu_drop_after_live_thread_leaks_guard_hangs() {
+    if !in_child("review_h_krcu_drop_after_live_thread_leaks_guard_hangs") {
+        return;
     }
-}
-
-fn krcu_drop_after_live_thread_leaks_guard_body() {
     let k = Arc::new(Krcu::builder().arena_size(16 << 20).build().unwrap());
     let (leaked_tx, leaked_rx) = mpsc::channel::<()>();
     let (done_tx, done_rx) = mpsc::channel::<()>();
@@ -220,69 +224,9 @@ fn krcu_drop_after_live_thread_leaks_guard_body() {
     });
     leaked_rx.recv().unwrap();
     k.kfree_rcu(obj()).unwrap();
-    eprintln!("dropping the Krcu");
-    drop(k);
-    eprintln!("Krcu dropped");
+    drop_loudly("Krcu", k);
     done_tx.send(()).unwrap();
     t.join().unwrap();
-}
-
-#[test]
-fn review_h_child_krcu_drop_after_live_thread_leaks_guard() {
-    if in_child() {
-        krcu_drop_after_live_thread_leaks_guard_body();
-    }
-}
-
-fn krcu_drop_after_own_thread_leaks_guard_body() {
-    let k = Krcu::builder().arena_size(16 << 20).build().unwrap();
-    std::mem::forget(k.rcu().read_lock());
-    k.kfree_rcu(obj()).unwrap();
-    eprintln!("dropping the Krcu");
-    drop(k);
-    eprintln!("Krcu dropped");
-}
-
-#[test]
-fn review_h_child_krcu_drop_after_own_thread_leaks_guard() {
-    if in_child() {
-        krcu_drop_after_own_thread_leaks_guard_body();
-    }
-}
-
-/// A live thread leaks a guard (`mem::forget(rcu.read_lock())`) and then
-/// drops the instance. The guard borrowed the instance, so once it can be
-/// dropped no guard and no reference loaded under one is left: the
-/// section is as dead as an abandoned one. But `begin_teardown` ends only
-/// sections of threads that are gone; this thread is alive, so its
-/// section holds up the worker's last grace period (`Rcu`) or the kvfree
-/// barrier (`Krcu`) forever: the drop hangs. (The same in the child of a
-/// `fork` whose forking thread had leaked a guard: its slot is kept.)
-#[test]
-fn review_h_rcu_drop_after_live_thread_leaks_guard_hangs() {
-    if in_child() {
-        return;
-    }
-    let (passed, out) = run_isolated(
-        "review_h_child_rcu_drop_after_live_thread_leaks_guard",
-        Duration::from_secs(30),
-    );
-    assert!(passed, "dropping the Rcu did not finish: {out}");
-}
-
-/// As above, for a `Krcu` (its teardown's kvfree barrier waits for a grace
-/// period of its RCU): another thread, alive throughout, leaked a guard of
-/// its RCU and dropped its `Arc`; dropping the last `Arc` hangs.
-#[test]
-fn review_h_krcu_drop_after_live_thread_leaks_guard_hangs() {
-    if in_child() {
-        return;
-    }
-    let (passed, out) = run_isolated(
-        "review_h_child_krcu_drop_after_live_thread_leaks_guard",
-        Duration::from_secs(30),
-    );
-    assert!(passed, "dropping the Krcu did not finish: {out}");
 }
 
 /// The same on the dropping thread itself: the guard it leaked still
@@ -295,14 +239,13 @@ fn review_h_krcu_drop_after_live_thread_leaks_guard_hangs() {
 /// borrow over).
 #[test]
 fn review_h_krcu_drop_after_own_thread_leaks_guard_panics() {
-    if in_child() {
+    if !in_child("review_h_krcu_drop_after_own_thread_leaks_guard_panics") {
         return;
     }
-    let (passed, out) = run_isolated(
-        "review_h_child_krcu_drop_after_own_thread_leaks_guard",
-        Duration::from_secs(30),
-    );
-    assert!(passed, "dropping the Krcu did not finish cleanly: {out}");
+    let k = Krcu::builder().arena_size(16 << 20).build().unwrap();
+    std::mem::forget(k.rcu().read_lock());
+    k.kfree_rcu(obj()).unwrap();
+    drop_loudly("Krcu", k);
 }
 
 // ---------------------------------------------------------------------
@@ -345,21 +288,24 @@ fn review_h_clear_allocates_on_a_threads_first_retire() {
 }
 
 // ---------------------------------------------------------------------
-// Helpers kept for the findings below.
-
-fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < limit, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
-// ---------------------------------------------------------------------
 // Finding 5: the free `kvfree_rcu_mightsleep` frees its object at once
 // when building the process-wide instance fails.
 
-fn global_mightsleep_build_failure_body() {
+/// `krcu::kvfree_rcu_mightsleep(obj)` is `Krcu::global().kvfree_rcu_mightsleep(obj)`:
+/// the `Box` stays a local of the free function while `Krcu::global()`
+/// builds the process-wide instance. When that build fails (here: no
+/// address space for the arena; equally no thread), `Krcu::global()`
+/// panics ("cannot build the default instance") and the unwind drops the
+/// `Box`: the object is freed at once while a reader of the global RCU
+/// (which exists, and whose sections hold retired objects off) is still
+/// in a section that began before the retire. `krcu::kfree_rcu`,
+/// `krcu::defer` and the cells leak the box before building (a panic then
+/// leaks, never frees).
+#[test]
+fn review_h_global_mightsleep_build_failure_frees_at_once() {
+    if !in_child("review_h_global_mightsleep_build_failure_frees_at_once") {
+        return;
+    }
     // The global RCU exists (a reader uses it); the kfree_rcu instance
     // does not yet.
     let _ = krcu::rcu::global();
@@ -411,35 +357,6 @@ fn global_mightsleep_build_failure_body() {
     );
 }
 
-#[test]
-fn review_h_child_global_mightsleep_build_failure() {
-    if in_child() {
-        global_mightsleep_build_failure_body();
-    }
-}
-
-/// `krcu::kvfree_rcu_mightsleep(obj)` is `Krcu::global().kvfree_rcu_mightsleep(obj)`:
-/// the `Box` stays a local of the free function while `Krcu::global()`
-/// builds the process-wide instance. When that build fails (here: no
-/// address space for the arena; equally no thread), `Krcu::global()`
-/// panics ("cannot build the default instance") and the unwind drops the
-/// `Box`: the object is freed at once while a reader of the global RCU
-/// (which exists, and whose sections hold retired objects off) is still
-/// in a section that began before the retire. `krcu::kfree_rcu`,
-/// `krcu::defer` and the cells leak the box before building (a panic then
-/// leaks, never frees).
-#[test]
-fn review_h_global_mightsleep_build_failure_frees_at_once() {
-    if in_child() {
-        return;
-    }
-    let (passed, out) = run_isolated(
-        "review_h_child_global_mightsleep_build_failure",
-        Duration::from_secs(30),
-    );
-    assert!(passed, "{out}");
-}
-
 // ---------------------------------------------------------------------
 // Finding 6: the reaper logs under the registry lock; a tracing
 // subscriber that reads under RCU deadlocks every later registration.
@@ -469,7 +386,22 @@ impl tracing::Subscriber for ReadsUnderRcu {
     fn exit(&self, _: &tracing::span::Id) {}
 }
 
-fn reaper_logs_under_registry_lock_body() {
+/// `Readers::reap_locked` runs with the registry lock (`free`) held and
+/// logs there (`tracing::error!` when it abandons a section,
+/// `tracing::warn!` when it ends one at teardown). A `tracing` subscriber
+/// runs on the logging thread, inside that lock: if it reads under the
+/// same RCU instance on a thread not registered yet (the RCU worker, or a
+/// thread in its first `read_lock`, which reaps before growing the
+/// registry), its registration takes `free` again and the thread
+/// deadlocks holding it. From then on every first `read_lock` of a new
+/// thread (and `register_thread`, and a `fork`'s prepare handler) blocks
+/// for good: a documented stall of grace periods becomes a hang of
+/// readers, which krcu promises stay wait-free.
+#[test]
+fn review_h_reaper_logs_under_registry_lock_hangs_readers() {
+    if !in_child("review_h_reaper_logs_under_registry_lock_hangs_readers") {
+        return;
+    }
     tracing::subscriber::set_global_default(ReadsUnderRcu).unwrap();
     let _ = krcu::rcu::global();
     ARMED.store(true, Ordering::SeqCst);
@@ -481,7 +413,7 @@ fn reaper_logs_under_registry_lock_body() {
     // A grace period on the worker finds the orphan and abandons it,
     // logging an error with the registry lock (`free`) held.
     krcu::rcu::call_rcu_box(obj());
-    wait_for(
+    common::wait_for(
         "the section to be abandoned",
         Duration::from_secs(10),
         || krcu::rcu::global().stats().abandoned_sections == 1,
@@ -501,40 +433,20 @@ fn reaper_logs_under_registry_lock_body() {
     );
 }
 
-#[test]
-fn review_h_child_reaper_logs_under_registry_lock() {
-    if in_child() {
-        reaper_logs_under_registry_lock_body();
-    }
-}
-
-/// `Readers::reap_locked` runs with the registry lock (`free`) held and
-/// logs there (`tracing::error!` when it abandons a section,
-/// `tracing::warn!` when it ends one at teardown). A `tracing` subscriber
-/// runs on the logging thread, inside that lock: if it reads under the
-/// same RCU instance on a thread not registered yet (the RCU worker, or a
-/// thread in its first `read_lock`, which reaps before growing the
-/// registry), its registration takes `free` again and the thread
-/// deadlocks holding it. From then on every first `read_lock` of a new
-/// thread (and `register_thread`, and a `fork`'s prepare handler) blocks
-/// for good: a documented stall of grace periods becomes a hang of
-/// readers, which krcu promises stay wait-free.
-#[test]
-fn review_h_reaper_logs_under_registry_lock_hangs_readers() {
-    if in_child() {
-        return;
-    }
-    let (passed, out) = run_isolated(
-        "review_h_child_reaper_logs_under_registry_lock",
-        Duration::from_secs(30),
-    );
-    assert!(passed, "{out}");
-}
-
 // ---------------------------------------------------------------------
 // Finding 1, with the default report handler: a broken stderr.
 
-fn mightsleep_default_handler_broken_stderr_body() {
+/// Finding 1 needs no strict mode: with the default settings of a debug
+/// build (validator on, `ReportHandler::PrintOnce`), the report is printed
+/// with `eprintln!`, which panics when standard error is a broken pipe
+/// (Rust ignores SIGPIPE). `kvfree_rcu_mightsleep` called with preemption
+/// disabled then frees its object at once, under a reader of the
+/// instance that began before the retire.
+#[test]
+fn review_h_mightsleep_default_handler_broken_stderr_frees_at_once() {
+    if !in_child("review_h_mightsleep_default_handler_broken_stderr_frees_at_once") {
+        return;
+    }
     // Default settings: in debug builds the validator is on and reports
     // are printed (`ReportHandler::PrintOnce`, `eprintln!`).
     let k = Krcu::builder().arena_size(16 << 20).build().unwrap();
@@ -550,55 +462,11 @@ fn mightsleep_default_handler_broken_stderr_body() {
         assert_eq!(libc::dup2(fds[1], 2), 2);
         libc::close(fds[1]);
     }
-    let dropped = Arc::new(AtomicUsize::new(0));
-    let (entered_tx, entered_rx) = mpsc::channel::<()>();
-    let (leave_tx, leave_rx) = mpsc::channel::<()>();
-    let (panicked, n) = std::thread::scope(|s| {
-        let k = &k;
-        s.spawn(move || {
-            let _g = k.rcu().read_lock();
-            entered_tx.send(()).unwrap();
-            let _ = leave_rx.recv_timeout(Duration::from_secs(30));
-        });
-        entered_rx.recv().unwrap();
-        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            let _atomic = krcu::context::preempt_disable();
-            k.kvfree_rcu_mightsleep(Box::new(Counted(dropped.clone())))
-        }));
-        let n = dropped.load(Ordering::SeqCst);
-        leave_tx.send(()).unwrap();
-        (r.is_err(), n)
-    });
+    let (panicked, n) = mightsleep_under_a_reader(&k);
     // (Standard error is gone: the verdict goes to standard output.)
     println!(
         "VERDICT kvfree_rcu_mightsleep panicked: {panicked}; dropped while the reader was in \
          its section: {n}"
     );
     assert_eq!(n, 0);
-}
-
-#[test]
-fn review_h_child_mightsleep_default_handler_broken_stderr() {
-    if in_child() {
-        mightsleep_default_handler_broken_stderr_body();
-    }
-}
-
-/// Finding 1 needs no strict mode: with the default settings of a debug
-/// build (validator on, `ReportHandler::PrintOnce`), the report is printed
-/// with `eprintln!`, which panics when standard error is a broken pipe
-/// (Rust ignores SIGPIPE). `kvfree_rcu_mightsleep` called with preemption
-/// disabled then frees its object at once, under a reader of the
-/// instance that began before the retire.
-#[test]
-fn review_h_mightsleep_default_handler_broken_stderr_frees_at_once() {
-    if in_child() {
-        return;
-    }
-    let (passed, out) = run_isolated(
-        "review_h_child_mightsleep_default_handler_broken_stderr",
-        Duration::from_secs(30),
-    );
-    let verdict = out.lines().find(|l| l.contains("VERDICT")).unwrap_or("");
-    assert!(passed, "{verdict}\n{out}");
 }

@@ -9,11 +9,14 @@ use krcu::slab::SlabCache;
 use std::time::{Duration, Instant};
 
 /// Set in the child process a test runs its work in (see
-/// [`common::child::run_with_env`]).
+/// [`common::child::in_child_else_run`]).
 const CHILD_VAR: &str = "REVIEW_ROUND2_CHILD";
 
-fn in_child() -> bool {
-    std::env::var_os(CHILD_VAR).is_some()
+/// In the child, true: the test `name` does its work. In the parent, runs
+/// `name` in the child, fails unless it passed within `limit`, and returns
+/// false.
+fn in_child(name: &str, limit: Duration) -> bool {
+    common::child::in_child_else_run(CHILD_VAR, name, limit)
 }
 
 /// Forks and waits for the child, which exits at once.
@@ -39,13 +42,10 @@ fn fork_and_reap() {
 /// teardown, inside an `extern "C"` function.
 #[test]
 fn fork_from_a_thread_local_destructor_after_an_earlier_fork() {
-    if !in_child() {
-        let (ok, out) = common::child::run_with_env(
-            CHILD_VAR,
-            "fork_from_a_thread_local_destructor_after_an_earlier_fork",
-            Duration::from_secs(30),
-        );
-        assert!(ok, "the process forking in teardown died: {out}");
+    if !in_child(
+        "fork_from_a_thread_local_destructor_after_an_earlier_fork",
+        Duration::from_secs(30),
+    ) {
         return;
     }
     struct ForkAtExit;
@@ -107,13 +107,10 @@ fn a_bad_free_in_free_bulk_loses_the_good_objects_before_it() {
 /// given back when the thread is gone.
 #[test]
 fn a_first_read_in_a_late_pthread_key_destructor_gives_its_slot_back() {
-    if !in_child() {
-        let (ok, out) = common::child::run_with_env(
-            CHILD_VAR,
-            "a_first_read_in_a_late_pthread_key_destructor_gives_its_slot_back",
-            Duration::from_secs(30),
-        );
-        assert!(ok, "{out}");
+    if !in_child(
+        "a_first_read_in_a_late_pthread_key_destructor_gives_its_slot_back",
+        Duration::from_secs(30),
+    ) {
         return;
     }
     static RCU: std::sync::OnceLock<krcu::rcu::Rcu> = std::sync::OnceLock::new();

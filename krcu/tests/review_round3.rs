@@ -8,11 +8,14 @@ use krcu::slab::SlabCache;
 use std::time::{Duration, Instant};
 
 /// Set in the child process a test runs its work in (see
-/// [`common::child::run_with_env`]).
+/// [`common::child::in_child_else_run`]).
 const CHILD_VAR: &str = "REVIEW_ROUND3_CHILD";
 
-fn in_child() -> bool {
-    std::env::var_os(CHILD_VAR).is_some()
+/// In the child, true: the test `name` does its work. In the parent, runs
+/// `name` in the child, fails unless it passed within `limit`, and returns
+/// false.
+fn in_child(name: &str, limit: Duration) -> bool {
+    common::child::in_child_else_run(CHILD_VAR, name, limit)
 }
 
 /// A panic payload whose own destructor panics.
@@ -46,42 +49,39 @@ impl Drop for PanicsOnDrop {
 #[cfg(debug_assertions)]
 #[test]
 fn free_bulk_with_a_panicking_destructor_and_a_bad_free_does_not_abort() {
-    if in_child() {
-        let pa = common::pages::allocator_on_cpus(1, 4 << 20);
-        let cache = SlabCache::<PanicsOnDrop>::new(&pa, "nasty").unwrap();
-        let freed = cache.alloc(Gfp::KERNEL, PanicsOnDrop(0)).unwrap();
-        let mut forgot = false;
-        // SAFETY: `freed` came from this cache; its destructor's panic is
-        // caught here. The second free below is the detected bad input.
-        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| unsafe {
-            cache.free(freed)
-        }));
-        if let Err(p) = r {
-            // The payload panics when dropped: keep it.
-            core::mem::forget(p);
-            forgot = true;
-        }
-        assert!(forgot);
-        let live = cache.alloc(Gfp::KERNEL, PanicsOnDrop(1)).unwrap();
-        let mut batch = [live, freed];
-        // SAFETY: `live` is a live object of this cache; `freed` was freed
-        // already, a double free the cache detects (consistency checks are
-        // on in debug builds) and refuses before touching it.
-        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| unsafe {
-            cache.free_bulk(&mut batch)
-        }));
-        let payload = r.expect_err("free_bulk reported nothing");
-        let first = payload.is::<NastyPayload>();
-        core::mem::forget(payload);
-        assert!(first, "the first (destructor) panic was not resumed");
-        return;
-    }
-    let (ok, out) = common::child::run_with_env(
-        CHILD_VAR,
+    if !in_child(
         "free_bulk_with_a_panicking_destructor_and_a_bad_free_does_not_abort",
         Duration::from_secs(20),
-    );
-    assert!(ok, "the child failed or aborted: {out}");
+    ) {
+        return;
+    }
+    let pa = common::pages::allocator_on_cpus(1, 4 << 20);
+    let cache = SlabCache::<PanicsOnDrop>::new(&pa, "nasty").unwrap();
+    let freed = cache.alloc(Gfp::KERNEL, PanicsOnDrop(0)).unwrap();
+    let mut forgot = false;
+    // SAFETY: `freed` came from this cache; its destructor's panic is
+    // caught here. The second free below is the detected bad input.
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| unsafe {
+        cache.free(freed)
+    }));
+    if let Err(p) = r {
+        // The payload panics when dropped: keep it.
+        core::mem::forget(p);
+        forgot = true;
+    }
+    assert!(forgot);
+    let live = cache.alloc(Gfp::KERNEL, PanicsOnDrop(1)).unwrap();
+    let mut batch = [live, freed];
+    // SAFETY: `live` is a live object of this cache; `freed` was freed
+    // already, a double free the cache detects (consistency checks are
+    // on in debug builds) and refuses before touching it.
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| unsafe {
+        cache.free_bulk(&mut batch)
+    }));
+    let payload = r.expect_err("free_bulk reported nothing");
+    let first = payload.is::<NastyPayload>();
+    core::mem::forget(payload);
+    assert!(first, "the first (destructor) panic was not resumed");
 }
 
 /// Finding 2: a thread's first read in a `pthread` key destructor that
@@ -93,13 +93,10 @@ fn free_bulk_with_a_panicking_destructor_and_a_bad_free_does_not_abort() {
 #[test]
 fn a_first_read_in_a_second_round_key_destructor_does_not_abort() {
     use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
-    if !in_child() {
-        let (ok, out) = common::child::run_with_env(
-            CHILD_VAR,
-            "a_first_read_in_a_second_round_key_destructor_does_not_abort",
-            Duration::from_secs(25),
-        );
-        assert!(ok, "{out}");
+    if !in_child(
+        "a_first_read_in_a_second_round_key_destructor_does_not_abort",
+        Duration::from_secs(25),
+    ) {
         return;
     }
     static KEY: std::sync::OnceLock<libc::pthread_key_t> = std::sync::OnceLock::new();
@@ -138,6 +135,58 @@ fn a_first_read_in_a_second_round_key_destructor_does_not_abort() {
     assert_eq!(rcu.stats().readers, 0, "the key destructor's slot leaked");
 }
 
+type Keys = std::sync::OnceLock<(libc::pthread_key_t, libc::pthread_key_t)>;
+
+/// Makes two `pthread` keys of "another library", K1 with `k1_dtor` before
+/// krcu's late key and K2 with `k2_dtor` after it (both after std's key),
+/// keeps them in `keys`, and starts a raw `pthread` running `start`;
+/// returns it, to be joined.
+fn split_keys_then_start(
+    keys: &Keys,
+    k1_dtor: extern "C" fn(*mut libc::c_void),
+    k2_dtor: extern "C" fn(*mut libc::c_void),
+    start: extern "C" fn(*mut libc::c_void) -> *mut libc::c_void,
+) -> libc::pthread_t {
+    let (mut k0, mut k1, mut k2): (
+        libc::pthread_key_t,
+        libc::pthread_key_t,
+        libc::pthread_key_t,
+    ) = (0, 0, 0);
+    // A key without destructor first: it takes any free index below
+    // std's key, so that K1 comes after std's key.
+    // SAFETY: valid out pointer; no destructor.
+    let r = unsafe { libc::pthread_key_create(&mut k0, None) };
+    assert_eq!(r, 0);
+    // SAFETY: valid out pointer; the destructor ignores the value.
+    let r = unsafe { libc::pthread_key_create(&mut k1, Some(k1_dtor)) };
+    assert_eq!(r, 0);
+    // krcu's late key is made at a thread's first registration: here,
+    // between K1 and K2 (another instance, so the test's stays untouched).
+    drop(private_rcu().read_lock());
+    // SAFETY: as above.
+    let r = unsafe { libc::pthread_key_create(&mut k2, Some(k2_dtor)) };
+    assert_eq!(r, 0);
+    keys.set((k1, k2)).unwrap();
+    let mut t: libc::pthread_t = 0;
+    // SAFETY: valid out pointer, default attributes, a start routine that
+    // ignores its argument; the caller joins it.
+    let r =
+        unsafe { libc::pthread_create(&mut t, core::ptr::null(), start, core::ptr::null_mut()) };
+    assert_eq!(r, 0);
+    t
+}
+
+/// On the calling thread, gives both keys in `keys` a value (a non-null
+/// marker), so that their destructors run when it exits.
+fn set_both(keys: &Keys) {
+    let (k1, k2) = *keys.get().unwrap();
+    // SAFETY: live keys; the values are only non-null markers.
+    unsafe {
+        libc::pthread_setspecific(k1, core::ptr::dangling::<u8>().cast());
+        libc::pthread_setspecific(k2, core::ptr::dangling::<u8>().cast());
+    }
+}
+
 fn private_rcu() -> &'static krcu::rcu::Rcu {
     Box::leak(Box::new(krcu::rcu::Rcu::new(
         Domain::global(),
@@ -167,8 +216,7 @@ fn private_rcu() -> &'static krcu::rcu::Rcu {
 fn run_split_key_destructors(rcu: &'static krcu::rcu::Rcu) {
     use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering::SeqCst};
     static RCU: std::sync::OnceLock<&'static krcu::rcu::Rcu> = std::sync::OnceLock::new();
-    static KEYS: std::sync::OnceLock<(libc::pthread_key_t, libc::pthread_key_t)> =
-        std::sync::OnceLock::new();
+    static KEYS: Keys = Keys::new();
     static HANDLE: AtomicPtr<krcu::rcu::ReaderHandle> = AtomicPtr::new(core::ptr::null_mut());
     static DONE: AtomicUsize = AtomicUsize::new(0);
     extern "C" fn k1_dtor(_: *mut libc::c_void) {
@@ -187,41 +235,11 @@ fn run_split_key_destructors(rcu: &'static krcu::rcu::Rcu) {
         DONE.store(1, SeqCst);
     }
     extern "C" fn start(_: *mut libc::c_void) -> *mut libc::c_void {
-        let (k1, k2) = *KEYS.get().unwrap();
-        // SAFETY: live keys; the values are only non-null markers.
-        unsafe {
-            libc::pthread_setspecific(k1, core::ptr::dangling::<u8>().cast());
-            libc::pthread_setspecific(k2, core::ptr::dangling::<u8>().cast());
-        }
+        set_both(&KEYS);
         core::ptr::null_mut()
     }
     RCU.set(rcu).ok().unwrap();
-    let (mut k0, mut k1, mut k2): (
-        libc::pthread_key_t,
-        libc::pthread_key_t,
-        libc::pthread_key_t,
-    ) = (0, 0, 0);
-    // A key without destructor first: it takes any free index below
-    // std's key, so that K1 comes after std's key.
-    // SAFETY: valid out pointer; no destructor.
-    let r = unsafe { libc::pthread_key_create(&mut k0, None) };
-    assert_eq!(r, 0);
-    // SAFETY: valid out pointer; the destructor ignores the value.
-    let r = unsafe { libc::pthread_key_create(&mut k1, Some(k1_dtor)) };
-    assert_eq!(r, 0);
-    // krcu's late key is made at a thread's first registration: here,
-    // between K1 and K2 (another instance, so `rcu` stays untouched).
-    drop(private_rcu().read_lock());
-    // SAFETY: as above.
-    let r = unsafe { libc::pthread_key_create(&mut k2, Some(k2_dtor)) };
-    assert_eq!(r, 0);
-    KEYS.set((k1, k2)).unwrap();
-    let mut t: libc::pthread_t = 0;
-    // SAFETY: valid out pointer, default attributes, a start routine that
-    // ignores its argument; joined below.
-    let r =
-        unsafe { libc::pthread_create(&mut t, core::ptr::null(), start, core::ptr::null_mut()) };
-    assert_eq!(r, 0);
+    let t = split_keys_then_start(&KEYS, k1_dtor, k2_dtor, start);
     // SAFETY: `t` is our joinable thread, joined once.
     let r = unsafe { libc::pthread_join(t, core::ptr::null_mut()) };
     assert_eq!(r, 0);
@@ -243,13 +261,10 @@ fn run_split_key_destructors(rcu: &'static krcu::rcu::Rcu) {
 fn a_slot_released_twice_never_ends_another_threads_section() {
     use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
     use std::sync::mpsc;
-    if !in_child() {
-        let (ok, out) = common::child::run_with_env(
-            CHILD_VAR,
-            "a_slot_released_twice_never_ends_another_threads_section",
-            Duration::from_secs(25),
-        );
-        assert!(ok, "{out}");
+    if !in_child(
+        "a_slot_released_twice_never_ends_another_threads_section",
+        Duration::from_secs(25),
+    ) {
         return;
     }
     let rcu = private_rcu();
@@ -302,18 +317,14 @@ fn a_slot_released_twice_never_ends_another_threads_section() {
 fn a_guard_kept_past_the_late_list_is_still_waited_for() {
     use std::cell::RefCell;
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
-    if !in_child() {
-        let (ok, out) = common::child::run_with_env(
-            CHILD_VAR,
-            "a_guard_kept_past_the_late_list_is_still_waited_for",
-            Duration::from_secs(25),
-        );
-        assert!(ok, "{out}");
+    if !in_child(
+        "a_guard_kept_past_the_late_list_is_still_waited_for",
+        Duration::from_secs(25),
+    ) {
         return;
     }
     static RCU: std::sync::OnceLock<&'static krcu::rcu::Rcu> = std::sync::OnceLock::new();
-    static KEYS: std::sync::OnceLock<(libc::pthread_key_t, libc::pthread_key_t)> =
-        std::sync::OnceLock::new();
+    static KEYS: Keys = Keys::new();
     /// 1: K2 runs, its guard kept; 3: K2 dropped the guard.
     static STATE: AtomicUsize = AtomicUsize::new(0);
     static GO: AtomicBool = AtomicBool::new(false);
@@ -335,42 +346,14 @@ fn a_guard_kept_past_the_late_list_is_still_waited_for() {
         STATE.store(3, SeqCst);
     }
     extern "C" fn start(_: *mut libc::c_void) -> *mut libc::c_void {
-        let (k1, k2) = *KEYS.get().unwrap();
         // Arms the thread's late list (a first registration).
         drop(RCU.get().unwrap().read_lock());
-        // SAFETY: live keys; the values are only non-null markers.
-        unsafe {
-            libc::pthread_setspecific(k1, core::ptr::dangling::<u8>().cast());
-            libc::pthread_setspecific(k2, core::ptr::dangling::<u8>().cast());
-        }
+        set_both(&KEYS);
         core::ptr::null_mut()
     }
     let rcu = private_rcu();
     RCU.set(rcu).ok().unwrap();
-    let (mut k0, mut k1, mut k2): (
-        libc::pthread_key_t,
-        libc::pthread_key_t,
-        libc::pthread_key_t,
-    ) = (0, 0, 0);
-    // As in `run_split_key_destructors`: K1 before krcu's late key, K2
-    // after it.
-    // SAFETY: valid out pointer; no destructor.
-    let r = unsafe { libc::pthread_key_create(&mut k0, None) };
-    assert_eq!(r, 0);
-    // SAFETY: valid out pointer; the destructor ignores the value.
-    let r = unsafe { libc::pthread_key_create(&mut k1, Some(k1_dtor)) };
-    assert_eq!(r, 0);
-    drop(private_rcu().read_lock());
-    // SAFETY: as above.
-    let r = unsafe { libc::pthread_key_create(&mut k2, Some(k2_dtor)) };
-    assert_eq!(r, 0);
-    KEYS.set((k1, k2)).unwrap();
-    let mut t: libc::pthread_t = 0;
-    // SAFETY: valid out pointer, default attributes, a start routine that
-    // ignores its argument; joined below.
-    let r =
-        unsafe { libc::pthread_create(&mut t, core::ptr::null(), start, core::ptr::null_mut()) };
-    assert_eq!(r, 0);
+    let t = split_keys_then_start(&KEYS, k1_dtor, k2_dtor, start);
     let t0 = Instant::now();
     while STATE.load(SeqCst) == 0 && t0.elapsed() < Duration::from_secs(5) {
         std::thread::sleep(Duration::from_millis(5));

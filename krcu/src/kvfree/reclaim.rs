@@ -11,7 +11,7 @@
 
 use super::block::{self, BlockList};
 use super::krc::KrcCpu;
-use super::ready::{List, Locking, ReadyQueue};
+use super::ready::{List, Locking, ReadyQueue, Work};
 use super::shared::Shared;
 use super::stats::EngineCounters;
 use super::wake::Signal;
@@ -118,21 +118,15 @@ impl Reclaim {
         // and recorded on this thread, so that a barrier or a drop of the
         // instance from a destructor run here knows it runs inside reclaim.
         in_reclaim(self, &cpu.ready, || {
-            self.reclaim_counted(s, cpu, max_blocks, list, locking)
+            let Some(work) = cpu.ready.take(max_blocks, list, locking) else {
+                return 0;
+            };
+            self.free_work(s, cpu, work, locking)
         })
     }
 
-    fn reclaim_counted(
-        &self,
-        s: &Shared,
-        cpu: &KrcCpu,
-        max_blocks: usize,
-        list: List,
-        locking: Locking,
-    ) -> usize {
-        let Some(mut work) = cpu.ready.take(max_blocks, list, locking) else {
-            return 0;
-        };
+    /// Frees what [`reclaim`](Self::reclaim) took off `cpu`'s ready queue.
+    fn free_work(&self, s: &Shared, cpu: &KrcCpu, mut work: Work, locking: Locking) -> usize {
         s.counters
             .sub_in_flight(work.objs, work.bytes, work.blocks.len);
         let t0 = Instant::now();

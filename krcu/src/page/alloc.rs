@@ -55,8 +55,7 @@ impl PageAllocator {
         };
         let result = if order > MAX_ORDER {
             Err(AllocError::BadOrder)
-        } else if self.faults.should_fail(site) {
-            bump(&self.shared.stats.injected_failures);
+        } else if self.inject(site) {
             Err(AllocError::Injected)
         } else {
             self.alloc_normal(gfp, order)
@@ -95,11 +94,8 @@ impl PageAllocator {
         let stats = &self.pcp.current().1.stats;
         let result = if order > MAX_ORDER {
             Err(AllocError::BadOrder)
-        } else if self.sleeping_locks_forbidden() {
-            Err(AllocError::Context)
-        } else if self.faults.should_fail(FaultSites::NOLOCK) {
-            bump(&self.shared.stats.injected_failures);
-            Err(AllocError::Injected)
+        } else if let Some(e) = self.nolock_refusal(FaultSites::NOLOCK) {
+            Err(e)
         } else {
             let min = self.zone.wmark.min;
             self.rmqueue(order, Migratetype::Unmovable, LockMode::Try, min)
@@ -110,6 +106,30 @@ impl PageAllocator {
             Err(_) => bump(&stats.nolock_failures),
         }
         result
+    }
+
+    /// Whether a failure is injected at `site` (counted when it is).
+    #[inline]
+    fn inject(&self, site: FaultSites) -> bool {
+        let fail = self.faults.should_fail(site);
+        if fail {
+            bump(&self.shared.stats.injected_failures);
+        }
+        fail
+    }
+
+    /// Why a lock-free path (`alloc_pages_nolock`, `NO_LOCKS`) refuses
+    /// before it looks at any list: a context where even a trylock is not
+    /// safe, else a failure injected at `site`.
+    #[inline]
+    fn nolock_refusal(&self, site: FaultSites) -> Option<AllocError> {
+        if self.sleeping_locks_forbidden() {
+            Some(AllocError::Context)
+        } else if self.inject(site) {
+            Some(AllocError::Injected)
+        } else {
+            None
+        }
     }
 
     /// Whether this context may not touch the allocator's locks even with
@@ -137,11 +157,8 @@ impl PageAllocator {
         let (_, slot) = self.pcp.current();
         let result = if order >= self.pcp_orders {
             Err(AllocError::BadOrder)
-        } else if self.sleeping_locks_forbidden() {
-            Err(AllocError::Context)
-        } else if self.faults.should_fail(FaultSites::NO_LOCKS) {
-            bump(&self.shared.stats.injected_failures);
-            Err(AllocError::Injected)
+        } else if let Some(e) = self.nolock_refusal(FaultSites::NO_LOCKS) {
+            Err(e)
         } else if let Some(mut lists) = slot.lists.try_lock() {
             let meta = &self.zone.meta;
             match lists.pop_any_type(meta, order, gfp.migratetype()) {

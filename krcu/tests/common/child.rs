@@ -132,3 +132,28 @@ pub fn assert_passes_in_child(inner: &str, timeout: Duration) {
         SelfRun::Hung => panic!("{inner}: hung (killed after {timeout:?})"),
     }
 }
+
+/// For a test that does its work in a child process: this test binary run
+/// again for the test `name` alone, with the variable `env` set, so that an
+/// abort or a hang there fails the test instead of taking the harness down.
+/// In the child, returns `true`: the caller does its work. In the parent,
+/// runs the child and fails unless it ran the test and passed within
+/// `limit` (a hang is killed), then returns `false`.
+pub fn in_child_else_run(env: &str, name: &str, limit: Duration) -> bool {
+    if std::env::var_os(env).is_some() {
+        return true;
+    }
+    // With --include-ignored: an ignored test (run with --ignored here) runs
+    // in the child too.
+    let (passed, output) = match run_self(name, &["--include-ignored"], Some(env), limit) {
+        SelfRun::Exited { passed, output } => (passed, output),
+        SelfRun::Hung => panic!("{name}: hung in the child (killed after {limit:?})"),
+    };
+    assert!(passed, "{name}: failed in the child: {output}");
+    // A misspelt name runs no test, and passes.
+    assert!(
+        output.contains(" 1 passed;"),
+        "{name}: the child ran no such test: {output}"
+    );
+    false
+}

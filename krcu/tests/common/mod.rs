@@ -224,23 +224,39 @@ extern "C" fn on_sigusr1(_: libc::c_int) {
     }
 }
 
+/// Installs `handler` for the signal `sig`: a plain handler (no
+/// `SA_SIGINFO`), with `flags` (`0`, or `libc::SA_RESTART`) and an empty
+/// mask.
+///
+/// # Safety
+///
+/// `handler` runs on whatever the signal interrupts: it must do only what
+/// is safe there (atomics, krcu's signal-safe paths, no allocation, no
+/// lock the interrupted code may hold).
+pub unsafe fn set_handler(
+    sig: libc::c_int,
+    handler: extern "C" fn(libc::c_int),
+    flags: libc::c_int,
+) {
+    // SAFETY: a zeroed sigaction with a plain handler of the right
+    // signature, flags without SA_SIGINFO and an empty mask is valid; what
+    // the handler does is the caller's promise.
+    unsafe {
+        let mut sa: libc::sigaction = core::mem::zeroed();
+        sa.sa_sigaction = handler as libc::sighandler_t;
+        sa.sa_flags = flags;
+        libc::sigemptyset(&mut sa.sa_mask);
+        assert_eq!(libc::sigaction(sig, &sa, core::ptr::null_mut()), 0);
+    }
+}
+
 /// Installs the SIGUSR1 handler (once per process).
 pub fn install_handler() {
     static ONCE: OnceLock<()> = OnceLock::new();
     ONCE.get_or_init(|| {
-        // SAFETY: a zeroed sigaction with a plain handler and an empty mask
-        // is valid; the handler only touches atomics and krcu's
-        // signal-safe path.
-        unsafe {
-            let mut sa: libc::sigaction = core::mem::zeroed();
-            sa.sa_sigaction = on_sigusr1 as *const () as usize;
-            sa.sa_flags = libc::SA_RESTART;
-            libc::sigemptyset(&mut sa.sa_mask);
-            assert_eq!(
-                libc::sigaction(libc::SIGUSR1, &sa, core::ptr::null_mut()),
-                0
-            );
-        }
+        // SAFETY: the handler only touches atomics and krcu's signal-safe
+        // path.
+        unsafe { set_handler(libc::SIGUSR1, on_sigusr1, libc::SA_RESTART) };
     });
 }
 
@@ -253,6 +269,16 @@ pub fn set_target(t: &SignalTarget) -> TargetGuard {
 impl Drop for TargetGuard {
     fn drop(&mut self) {
         TARGET.store(core::ptr::null_mut(), Release);
+    }
+}
+
+/// Waits until `f` holds, checking every 5 ms; fails, naming `what`, after
+/// `limit`.
+pub fn wait_for(what: &str, limit: std::time::Duration, mut f: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !f() {
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(std::time::Duration::from_millis(5));
     }
 }
 

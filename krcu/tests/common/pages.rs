@@ -7,6 +7,14 @@ use krcu::Domain;
 use krcu::page::{PageAllocator, PageConfig, PageStats, Watermarks};
 use std::sync::Arc;
 
+/// Watermarks for an 8 MiB arena (2048 pages) that a test drives into
+/// reclaim: below `low` (256 free pages) the shrinkers run.
+pub const SHRINK_8MIB: Watermarks = Watermarks {
+    min: 128,
+    low: 256,
+    high: 1024,
+};
+
 /// `arena_size` bytes with `watermarks`, no kswapd thread, the rest
 /// default. Tests that set more fields spread it: `..quiet_config(..)`.
 pub fn quiet_config(arena_size: usize, watermarks: Watermarks) -> PageConfig {

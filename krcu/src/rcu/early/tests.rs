@@ -72,14 +72,8 @@ fn a_global_barrier_waits_for_callbacks_parked_or_being_adopted() {
     // barrier waits for the adopter.
     // SAFETY: as above.
     unsafe { EARLY.push(node(), callback::box_callback::<Node>) };
-    let tag = adopting_tag();
-    let _ = ADOPTING.fetch_update(Ordering::AcqRel, Ordering::Relaxed, |v| {
-        Some(if v & !0xffff_ffff == tag {
-            v + 1
-        } else {
-            tag | 1
-        })
-    });
+    // Counted as `adopt_early` counts itself, with the same guard.
+    let adopting = Adopting::enter();
     let mut list = EARLY.take();
     let (tx, rx) = mpsc::channel();
     let t = std::thread::spawn(move || {
@@ -94,7 +88,7 @@ fn a_global_barrier_waits_for_callbacks_parked_or_being_adopted() {
         // SAFETY: taken off EARLY, queued there with the contract above.
         unsafe { g.call_rcu(head, func) };
     }
-    ADOPTING.fetch_sub(1, Ordering::AcqRel);
+    drop(adopting);
     let ran = rx.recv_timeout(Duration::from_secs(10)).unwrap();
     t.join().unwrap();
     assert_eq!(ran, before + 2);

@@ -179,14 +179,7 @@ impl Readers {
             }
             // An orphan or abandoned slot was counted out already (under
             // `free`, which the fork held, so the marks and counts agree).
-            if slot.abandoned.swap(false, Ordering::Relaxed) {
-                self.abandoned.fetch_sub(1, Ordering::Relaxed);
-            } else if slot.orphan.swap(false, Ordering::Relaxed) {
-                self.orphans.fetch_sub(1, Ordering::Relaxed);
-            } else {
-                self.in_use.fetch_sub(1, Ordering::Relaxed);
-            }
-            free.push(i);
+            self.count_out_and_free(&mut free, i);
         }
     }
 

@@ -231,6 +231,14 @@ impl Readers {
         *slot.owner.lock().unwrap_or_else(|e| e.into_inner()) = None;
         slot.owner_key.store(0, Ordering::Relaxed);
         slot.tid.store(0, Ordering::Relaxed);
+        self.count_out_and_free(free, i);
+    }
+
+    /// Counts the slot `i` out of the group it was counted in (abandoned,
+    /// orphans, or else in use), clearing its mark, and puts it on the
+    /// locked free list `free`.
+    pub(super) fn count_out_and_free(&self, free: &mut Vec<usize>, i: usize) {
+        let slot = self.slot(i);
         if slot.abandoned.swap(false, Ordering::Relaxed) {
             self.abandoned.fetch_sub(1, Ordering::Relaxed);
         } else if slot.orphan.swap(false, Ordering::Relaxed) {
