@@ -307,8 +307,11 @@ fn review_h_global_mightsleep_build_failure_frees_at_once() {
         return;
     }
     // The global RCU exists (a reader uses it); the kfree_rcu instance
-    // does not yet.
+    // does not yet. The barrier makes sure its worker thread has started:
+    // a thread that starts under the lowered address-space limit below
+    // cannot map its signal stack, and std aborts the process.
     let _ = krcu::rcu::global();
+    krcu::rcu::rcu_barrier();
     let dropped = Arc::new(AtomicUsize::new(0));
     let (entered_tx, entered_rx) = mpsc::channel::<()>();
     let (leave_tx, leave_rx) = mpsc::channel::<()>();
