@@ -143,7 +143,7 @@ pub mod kvfree_steal;
 pub mod lock;
 pub mod lockdep;
 pub mod page;
-pub mod percpu;
+mod percpu;
 pub mod rcu;
 pub mod slab;
 pub(crate) mod sync;

@@ -556,7 +556,7 @@ fn nothing_is_stranded_on_a_cpu_no_thread_uses_any_more() {
     let log = ReportLog::new();
     let k = brisk(log);
     let ledger = Ledger::new(100_000);
-    let cpus = krcu::percpu::num_cpus().min(k.domain().cpus());
+    let cpus = krcu::Domain::global().cpus().min(k.domain().cpus());
     // A thread on each CPU queues a partial block, then exits.
     std::thread::scope(|s| {
         for cpu in 0..cpus {

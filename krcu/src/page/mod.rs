@@ -61,7 +61,7 @@
 
 mod alloc;
 mod consts;
-pub mod error;
+mod error;
 mod fault;
 mod free;
 mod gfp;

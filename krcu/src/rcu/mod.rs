@@ -92,7 +92,7 @@
 //! in place or wake a worker of its own.
 
 mod handshake;
-pub mod seq;
+mod seq;
 
 #[cfg(not(loom))]
 mod barrier;
@@ -107,7 +107,7 @@ mod gp;
 #[cfg(not(loom))]
 mod instance;
 #[cfg(not(loom))]
-pub mod membarrier;
+pub(crate) mod membarrier;
 #[cfg(not(loom))]
 mod reader;
 #[cfg(not(loom))]
