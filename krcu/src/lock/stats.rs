@@ -17,6 +17,7 @@ pub struct LockStats {
 }
 
 /// What the current thread did with krcu's locks.
+#[cfg(any(test, feature = "testing"))]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ThreadLockCounters {
     /// Blocking acquisitions (`lock`, `lock_irqsave`): they may wait.
@@ -31,6 +32,7 @@ pub struct ThreadLockCounters {
     pub parks: u64,
 }
 
+#[cfg(any(test, feature = "testing"))]
 impl core::ops::Sub for ThreadLockCounters {
     type Output = ThreadLockCounters;
     fn sub(self, o: Self) -> Self {
@@ -106,6 +108,7 @@ pub(crate) fn count_wait(parks: u64) {
     });
 }
 
+#[cfg(any(test, feature = "testing"))]
 /// The current thread's counters since it started.
 pub fn thread_counters() -> ThreadLockCounters {
     COUNTERS.with(|c| ThreadLockCounters {
