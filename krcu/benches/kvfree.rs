@@ -6,8 +6,9 @@
 //!   cargo bench -p krcu --bench kvfree
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use krcu::Krcu;
+use krcu::kvfree::{KvfreeConfig, Policy};
 use krcu::rcu::{HasRcuHead, RcuHead};
-use krcu::{Krcu, KvfreeConfig, Policy};
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 

@@ -11,9 +11,10 @@
 //! fallback). A third argument `slab` retires slab objects without drop
 //! glue, which `free_bulk` frees without touching.
 
+use krcu::Krcu;
+use krcu::kvfree::{KvfreeConfig, Policy};
 use krcu::rcu::{HasRcuHead, RcuHead};
 use krcu::slab::SlabCache;
-use krcu::{Krcu, KvfreeConfig, Policy};
 use std::sync::Arc;
 use std::time::Duration;
 

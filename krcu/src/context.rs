@@ -209,7 +209,7 @@ pub fn rcu_read_depth() -> u32 {
 /// [`Krcu::register_thread`](crate::Krcu::register_thread), which declares
 /// the thread real-time too. Without one, the calls take the per-CPU path
 /// (trylocks only) rather than allocate a front. The exception is
-/// [`Policy::Nowait`](crate::Policy::Nowait), kept to show the bug the
+/// [`Policy::Nowait`](crate::kvfree::Policy::Nowait), kept to show the bug the
 /// 2020 kfree_rcu thread showed: its allocation may take the zone lock.
 ///
 /// A plain store to a thread-local: callable from any context.

@@ -106,8 +106,8 @@ impl KrcuBuilder {
         self
     }
     /// Whether task-context callers help free ready objects (default
-    /// [`Assist::WhenBehind`](crate::Assist::WhenBehind)).
-    pub fn assist(mut self, assist: crate::Assist) -> Self {
+    /// [`Assist::WhenBehind`](crate::kvfree::Assist::WhenBehind)).
+    pub fn assist(mut self, assist: crate::kvfree::Assist) -> Self {
         self.kvfree.assist = assist;
         self
     }
@@ -268,7 +268,7 @@ impl Krcu {
     /// spinlock held. With a block available it makes no system call and no
     /// heap allocation and takes no lock but a trylock. On a thread that is
     /// not real-time it may also help free what is ready when reclaim falls
-    /// behind (the flood brake, [`Assist`](crate::Assist)): destructors then
+    /// behind (the flood brake, [`Assist`](crate::kvfree::Assist)): destructors then
     /// run on it; a real-time thread ([`register_thread`](Self::register_thread))
     /// never does. From NMI context it refuses and hands the object back.
     ///
@@ -457,7 +457,7 @@ impl Krcu {
     ///
     /// # The promise
     /// From then on, `kfree_rcu` on this thread (two-argument form, task or
-    /// softirq context), whatever this instance's [`Assist`](crate::Assist)
+    /// softirq context), whatever this instance's [`Assist`](crate::kvfree::Assist)
     /// setting:
     /// - never runs a destructor: the flood brake, which makes callers free
     ///   ready objects when reclaim falls behind, is left to the other

@@ -153,7 +153,6 @@ mod asan;
 
 #[cfg(not(loom))]
 pub use cell::{RcuBox, RcuCell};
-pub use context::{ContextKind, PreemptModel};
 #[cfg(not(loom))]
 pub use defer::{DeferError, defer};
 pub use domain::{Domain, DomainBuilder};
@@ -166,5 +165,8 @@ pub use instance::{
 /// from its `RcuHead` field; see the trait for examples.
 #[cfg(all(feature = "derive", not(loom)))]
 pub use krcu_derive::HasRcuHead;
+// The crate documentation links to `Assist` by its short name; it lives
+// in `kvfree` with the other `kfree_rcu` settings.
 #[cfg(not(loom))]
-pub use kvfree::{Assist, KvfreeConfig, KvfreeStats, Policy};
+#[allow(unused_imports)]
+use kvfree::Assist;

@@ -5,14 +5,15 @@
 mod common;
 
 use common::*;
+use krcu::Krcu;
 use krcu::context::{self, PreemptModel};
+use krcu::kvfree::{KvfreeConfig, Policy};
 use krcu::lock::RawSpinLock;
 #[cfg(any(debug_assertions, feature = "lockdep"))]
 use krcu::lockdep::ReportKind;
 use krcu::lockdep::{ReportHandler, ReportLog};
 use krcu::page::FaultSites;
 use krcu::rcu::{HasRcuHead, RcuHead};
-use krcu::{Krcu, KvfreeConfig, Policy};
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering::*};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};

@@ -4,10 +4,11 @@
 mod common;
 
 use common::*;
+use krcu::Krcu;
+use krcu::kvfree::{KvfreeConfig, Policy};
 use krcu::lockdep::{ReportHandler, ReportLog};
 use krcu::page::{FaultSites, Gfp};
 use krcu::slab::SlabCache;
-use krcu::{Krcu, KvfreeConfig, Policy};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering::*};
 use std::time::Duration;

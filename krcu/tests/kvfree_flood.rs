@@ -3,8 +3,9 @@
 //! under the default policy. Heavy: run in release
 //! (`cargo test --release -p krcu --test kvfree_flood`; CI does).
 
+use krcu::Krcu;
+use krcu::kvfree::Policy;
 use krcu::rcu::{HasRcuHead, RcuHead};
-use krcu::{Krcu, Policy};
 use std::time::Instant;
 
 /// 24 bytes: the head and a word of payload.

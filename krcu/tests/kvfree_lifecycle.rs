@@ -6,10 +6,11 @@
 mod common;
 
 use common::*;
+use krcu::Krcu;
+use krcu::kvfree::{Assist, KvfreeConfig, Policy};
 use krcu::lockdep::{ReportHandler, ReportLog};
 use krcu::page::{Gfp, PageConfig, Watermarks};
 use krcu::rcu::{HasRcuHead, RcuConfig, RcuHead};
-use krcu::{Assist, Krcu, KvfreeConfig, Policy};
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering::*};
 use std::sync::mpsc::{self, Receiver, Sender};
