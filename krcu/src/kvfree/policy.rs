@@ -19,16 +19,20 @@ pub enum Policy {
     /// PREEMPT_RT. Kept to show the bug.
     #[doc(alias = "GFP_NOWAIT")]
     Nowait,
-    /// The 2020 `__GFP_NO_LOCKS` proposal: this CPU's page lists only.
-    #[doc(alias = "__GFP_NO_LOCKS")]
-    NoLocks,
+    /// The 2020 `__GFP_NO_LOCKS` proposal: this CPU's page lists only
+    /// (`no-locks` on the command line). Not to be confused with
+    /// [`AllocPagesNolock`](Policy::AllocPagesNolock).
+    #[doc(alias = "__GFP_NO_LOCKS", alias = "NoLocks")]
+    GfpNoLocks,
     /// Allocate (`GFP_NOWAIT`, with the lock dropped) only when the caller
     /// is `preemptible()`; under `PreemptModel::None` it never can be known,
     /// so it never allocates (the 2020 kfree_rcu thread, option 4).
     Preemptible,
-    /// `alloc_pages_nolock()`: trylock the per-CPU lists, then the zone.
-    #[doc(alias = "alloc_pages_nolock")]
-    Nolock,
+    /// `alloc_pages_nolock()`: trylock the per-CPU lists, then the zone
+    /// (`nolock` on the command line). Not to be confused with
+    /// [`GfpNoLocks`](Policy::GfpNoLocks).
+    #[doc(alias = "alloc_pages_nolock", alias = "Nolock")]
+    AllocPagesNolock,
     /// Mainline's answer (Thomas Gleixner, 2020): a per-CPU cache of spare blocks, refilled
     /// by a worker outside any raw lock when it runs low or calls come fast;
     /// the list fallback for the few calls in between.
@@ -43,9 +47,9 @@ impl Policy {
     pub const ALL: [Policy; 7] = [
         Policy::Prohibit,
         Policy::Nowait,
-        Policy::NoLocks,
+        Policy::GfpNoLocks,
         Policy::Preemptible,
-        Policy::Nolock,
+        Policy::AllocPagesNolock,
         Policy::CacheRefill,
         Policy::CacheRefillNolock,
     ];
@@ -55,9 +59,9 @@ impl Policy {
         match self {
             Policy::Prohibit => "prohibit",
             Policy::Nowait => "nowait",
-            Policy::NoLocks => "no-locks",
+            Policy::GfpNoLocks => "no-locks",
             Policy::Preemptible => "preemptible",
-            Policy::Nolock => "nolock",
+            Policy::AllocPagesNolock => "nolock",
             Policy::CacheRefill => "cache-refill",
             Policy::CacheRefillNolock => "cache-refill+nolock",
         }
