@@ -5,6 +5,7 @@
 
 use crate::context::{self, PreemptModel};
 use crate::domain::{Domain, DomainBuilder};
+use crate::error::BuildError;
 use crate::fork;
 use crate::kvfree::block::{Channel, box_channel, drop_box_by_head};
 use crate::kvfree::channels;
@@ -18,20 +19,6 @@ use crate::slab::SlabCache;
 use core::ptr::NonNull;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
-
-/// Why an instance could not be built.
-#[derive(Debug, thiserror::Error)]
-pub enum BuildError {
-    /// The page allocator refused its settings.
-    #[error(transparent)]
-    Page(#[from] crate::page::BuildError),
-    /// A `kfree_rcu` setting is impossible.
-    #[error("invalid kfree_rcu setting: {0}")]
-    Kvfree(String),
-    /// A worker thread could not be started.
-    #[error("cannot start the kvfree worker: {0}")]
-    Worker(String),
-}
 
 /// `kfree_rcu` was called from NMI context, which it refuses (as the
 /// kernel does): the object is handed back and nothing was freed.
@@ -144,21 +131,19 @@ impl KrcuBuilder {
     fn validate(&self) -> Result<(), BuildError> {
         let k = &self.kvfree;
         if k.cache_blocks > k.max_cache_blocks {
-            return Err(BuildError::Kvfree(format!(
-                "cache_blocks ({}) is above max_cache_blocks ({})",
-                k.cache_blocks, k.max_cache_blocks
-            )));
+            return Err(BuildError::CacheBlocks {
+                cache_blocks: k.cache_blocks,
+                max_cache_blocks: k.max_cache_blocks,
+            });
         }
         if k.refill_mark > k.cache_blocks {
-            return Err(BuildError::Kvfree(format!(
-                "refill_mark ({}) is above cache_blocks ({})",
-                k.refill_mark, k.cache_blocks
-            )));
+            return Err(BuildError::RefillMark {
+                refill_mark: k.refill_mark,
+                cache_blocks: k.cache_blocks,
+            });
         }
         if k.drain_delay.is_zero() || k.active_poll.is_zero() {
-            return Err(BuildError::Kvfree(
-                "drain_delay and active_poll must be above zero".into(),
-            ));
+            return Err(BuildError::ZeroPeriod);
         }
         Ok(())
     }
@@ -181,7 +166,7 @@ impl KrcuBuilder {
         // Spare blocks are there before the first call (`spawn` fills the
         // caches first): a real-time thread does not depend on the worker
         // having run.
-        let workers = Workers::spawn(&engine).map_err(BuildError::Worker)?;
+        let workers = Workers::spawn(&engine).map_err(BuildError::Thread)?;
         Ok(Krcu {
             engine,
             workers,
@@ -440,8 +425,9 @@ impl Krcu {
         &self,
         cache: &Arc<SlabCache<T>>,
     ) -> Result<SlabChannel<'_, T>, BuildError> {
-        let slot = channels::register(cache)
-            .ok_or_else(|| BuildError::Kvfree("too many slab channels at once (256)".into()))?;
+        let slot = channels::register(cache).ok_or(BuildError::TooManySlabChannels {
+            max: channels::REGISTRY_SLOTS,
+        })?;
         Ok(SlabChannel {
             krcu: self,
             chan: channels::slab_channel(cache),

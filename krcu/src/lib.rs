@@ -129,6 +129,7 @@ pub mod context;
 #[cfg(not(loom))]
 mod defer;
 pub mod domain;
+mod error;
 mod fork;
 #[cfg(not(loom))]
 mod instance;
@@ -156,10 +157,11 @@ pub use cell::{RcuBox, RcuCell};
 #[cfg(not(loom))]
 pub use defer::{DeferError, defer};
 pub use domain::{Domain, DomainBuilder};
+pub use error::BuildError;
 #[cfg(not(loom))]
 pub use instance::{
-    BuildError, InNmi, Krcu, KrcuBuilder, SlabChannel, kfree_rcu, kvfree_rcu_barrier,
-    kvfree_rcu_mightsleep, register_thread,
+    InNmi, Krcu, KrcuBuilder, SlabChannel, kfree_rcu, kvfree_rcu_barrier, kvfree_rcu_mightsleep,
+    register_thread,
 };
 /// `#[derive(HasRcuHead)]`: implements [`rcu::HasRcuHead`] for a struct
 /// from its `RcuHead` field; see the trait for examples.

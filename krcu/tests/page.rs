@@ -4,11 +4,12 @@
 mod common;
 
 use common::pages::{assert_all_pages_back, quiet_allocator, quiet_config};
+use krcu::BuildError;
 use krcu::Domain;
 use krcu::lock::thread_counters;
 use krcu::page::{
-    AllocError, BuildError, FaultSites, Gfp, MAX_ORDER, PAGE_SIZE, Page, PageAllocator, PageConfig,
-    PageError, Watermarks,
+    AllocError, FaultSites, Gfp, MAX_ORDER, PAGE_SIZE, Page, PageAllocator, PageConfig, PageError,
+    Watermarks,
 };
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -197,30 +198,30 @@ fn builder_refuses_bad_configurations() {
         kswapd: false,
         ..PageConfig::default()
     };
-    assert_eq!(
-        build(PageConfig {
-            arena_size: 0,
-            ..base.clone()
-        }),
-        Err(BuildError::ArenaSize(0))
-    );
-    assert_eq!(
-        build(PageConfig {
-            arena_size: 4097,
-            ..base.clone()
-        }),
-        Err(BuildError::ArenaSize(4097))
-    );
+    let r = build(PageConfig {
+        arena_size: 0,
+        ..base.clone()
+    });
+    assert!(matches!(r, Err(BuildError::ArenaSize(0))), "{r:?}");
+    let r = build(PageConfig {
+        arena_size: 4097,
+        ..base.clone()
+    });
+    assert!(matches!(r, Err(BuildError::ArenaSize(4097))), "{r:?}");
     // 128 KiB = 32 pages; the formula's high mark is 48 pages.
-    assert_eq!(
-        build(PageConfig {
-            arena_size: 128 << 10,
-            ..base.clone()
-        }),
-        Err(BuildError::ArenaTooSmall {
-            pages: 32,
-            high: 48
-        })
+    let r = build(PageConfig {
+        arena_size: 128 << 10,
+        ..base.clone()
+    });
+    assert!(
+        matches!(
+            r,
+            Err(BuildError::ArenaTooSmall {
+                pages: 32,
+                high: 48
+            })
+        ),
+        "{r:?}"
     );
     assert!(matches!(
         build(PageConfig {
@@ -238,7 +239,11 @@ fn builder_refuses_bad_configurations() {
             }),
             ..base.clone()
         }),
-        Err(BuildError::Watermarks(_))
+        Err(BuildError::Watermarks {
+            min: 10,
+            low: 5,
+            high: 20
+        })
     ));
     // The default: 256 MiB, kernel watermarks, costs nothing untouched.
     let pa = PageAllocator::new(&d, PageConfig::default()).unwrap();

@@ -1,5 +1,6 @@
 //! What can go wrong: bad frees ([`PageError`]), failed allocations
-//! ([`AllocError`]) and bad configurations ([`BuildError`]).
+//! ([`AllocError`]) and bad configurations
+//! ([`BuildError`](crate::BuildError), the crate's one build error).
 //!
 //! # Error policy for bad frees
 //! Freeing a page that is not allocated, with the wrong order, twice, or
@@ -27,7 +28,6 @@
 //! `tracing::error!`, in every build: a panic there would strike an
 //! unrelated caller).
 
-use core::fmt;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 
 /// Bad frees seen in hardirq or NMI context, waiting to be reported from
@@ -149,61 +149,4 @@ pub enum AllocError {
     /// a sleeping spinlock is unsafe).
     #[error("not allowed in this context")]
     Context,
-}
-
-/// A configuration the page allocator cannot be built with.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum BuildError {
-    /// The arena is not a positive multiple of the page size, or too large
-    /// for 32-bit page numbers.
-    #[error("arena size {0} bytes is not a positive multiple of 4096 below 16 TiB")]
-    ArenaSize(usize),
-    /// The watermarks leave too little of the arena usable.
-    #[error(
-        "arena of {pages} pages is too small for its watermarks (high {high} pages; at most half the arena)"
-    )]
-    ArenaTooSmall {
-        /// Pages in the arena.
-        pages: usize,
-        /// The high watermark.
-        high: usize,
-    },
-    /// Watermarks out of order (min ≤ low ≤ high is required).
-    #[error("watermarks out of order: {0}")]
-    Watermarks(String),
-    /// `batch` is zero or `high` is below `batch`.
-    #[error("per-CPU list sizes: batch {batch} must be at least 1 and high {high} at least batch")]
-    PcpSizes {
-        /// The configured batch.
-        batch: u32,
-        /// The configured high mark.
-        high: u32,
-    },
-    /// `mmap` of the arena failed.
-    #[error("mmap of a {size}-byte arena failed: {err}")]
-    Mmap {
-        /// The arena size.
-        size: usize,
-        /// The OS error.
-        err: IoErrorText,
-    },
-    /// The reclaim worker thread could not be started.
-    #[error("could not start the reclaim worker: {0}")]
-    Thread(IoErrorText),
-}
-
-/// An OS error as text (so that [`BuildError`] stays `Clone + Eq`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct IoErrorText(pub String);
-
-impl fmt::Display for IoErrorText {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl From<std::io::Error> for IoErrorText {
-    fn from(e: std::io::Error) -> Self {
-        IoErrorText(e.to_string())
-    }
 }

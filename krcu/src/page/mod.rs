@@ -73,7 +73,7 @@ mod watermark;
 mod zone;
 
 pub use consts::{MAX_ORDER, NR_ORDERS, PAGE_SHIFT, PAGE_SIZE};
-pub use error::{AllocError, BuildError, PageError};
+pub use error::{AllocError, PageError};
 pub use fault::{FaultInjector, FaultSites};
 pub use gfp::{Gfp, Migratetype};
 pub use pcp::PCP_MAX_ORDER;
@@ -82,6 +82,7 @@ pub use stats::{GlobalStats, PageStats, PathStats};
 pub use watermark::Watermarks;
 
 use crate::domain::Domain;
+use crate::error::BuildError;
 use crate::percpu::PerCpu;
 use core::ptr::NonNull;
 use pcp::PcpSlot;
@@ -289,7 +290,7 @@ impl PageAllocator {
             PcpSlot::new(domain, config.pcp_high, config.pcp_batch)
         });
         let worker = if config.kswapd {
-            Some(spawn_kswapd(&zone, &shared).map_err(|e| BuildError::Thread(e.into()))?)
+            Some(spawn_kswapd(&zone, &shared).map_err(BuildError::Thread)?)
         } else {
             None
         };

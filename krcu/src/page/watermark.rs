@@ -17,7 +17,7 @@
 //! and reclaims until there are `high`.
 
 use super::consts::PAGE_SIZE;
-use super::error::BuildError;
+use crate::error::BuildError;
 
 /// The three watermarks, in pages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -58,7 +58,11 @@ impl Watermarks {
     /// high mark at most half the arena.
     pub(crate) fn validate(&self, pages: usize) -> Result<(), BuildError> {
         if !(self.min <= self.low && self.low <= self.high) {
-            return Err(BuildError::Watermarks(format!("{self:?}")));
+            return Err(BuildError::Watermarks {
+                min: self.min,
+                low: self.low,
+                high: self.high,
+            });
         }
         if self.high > pages / 2 {
             return Err(BuildError::ArenaTooSmall {
@@ -110,7 +114,7 @@ mod tests {
                 high: 4
             }
             .validate(100),
-            Err(BuildError::Watermarks(_))
+            Err(BuildError::Watermarks { .. })
         ));
     }
 }
