@@ -147,13 +147,13 @@ fn reclaim(c: &mut Criterion) {
     ] {
         let k = Krcu::builder()
             .lockdep(false)
-            .kvfree_config(KvfreeConfig {
-                policy,
-                cache_blocks: cache,
-                refill_mark: cache.min(3),
-                drain_delay: Duration::from_secs(3600),
-                ..KvfreeConfig::default()
-            })
+            .kvfree_config(
+                KvfreeConfig::default()
+                    .policy(policy)
+                    .cache_blocks(cache)
+                    .refill_mark(cache.min(3))
+                    .drain_delay(Duration::from_secs(3600)),
+            )
             .build()
             .unwrap();
         g.bench_function(BenchmarkId::new(name, N), |b| {

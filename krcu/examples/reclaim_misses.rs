@@ -42,13 +42,13 @@ fn main() {
     let k = Krcu::builder()
         .arena_size(64 << 20)
         .lockdep(false)
-        .kvfree_config(KvfreeConfig {
-            policy,
-            cache_blocks: cache,
-            refill_mark: cache.min(3),
-            drain_delay: Duration::from_secs(3600),
-            ..KvfreeConfig::default()
-        })
+        .kvfree_config(
+            KvfreeConfig::default()
+                .policy(policy)
+                .cache_blocks(cache)
+                .refill_mark(cache.min(3))
+                .drain_delay(Duration::from_secs(3600)),
+        )
         .build()
         .unwrap();
     // Scatter the objects and make them cold: garbage between them, a

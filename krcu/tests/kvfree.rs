@@ -595,11 +595,9 @@ fn pin_to(cpu: usize) {
 
 #[test]
 fn builder_rejects_impossible_settings() {
-    let cfg = KvfreeConfig {
-        cache_blocks: 100,
-        max_cache_blocks: 10,
-        ..KvfreeConfig::default()
-    };
+    let cfg = KvfreeConfig::default()
+        .cache_blocks(100)
+        .max_cache_blocks(10);
     let e = Krcu::builder().kvfree_config(cfg).build().unwrap_err();
     assert!(e.to_string().contains("cache_blocks"), "{e}");
     assert!(
@@ -612,21 +610,21 @@ fn builder_rejects_impossible_settings() {
 fn the_shrinker_gives_spare_blocks_back_under_memory_pressure() {
     use krcu::page::{Gfp, PageConfig, Watermarks};
     let k = Krcu::builder()
-        .page_config(PageConfig {
-            arena_size: 8 << 20,
-            watermarks: Some(Watermarks {
-                min: 128,
-                low: 256,
-                high: 1024,
-            }),
-            ..PageConfig::default()
-        })
-        .kvfree_config(KvfreeConfig {
-            policy: Policy::CacheRefill,
-            cache_blocks: 32,
-            max_cache_blocks: 64,
-            ..KvfreeConfig::default()
-        })
+        .page_config(
+            PageConfig::default()
+                .arena_size(8 << 20)
+                .watermarks(Watermarks {
+                    min: 128,
+                    low: 256,
+                    high: 1024,
+                }),
+        )
+        .kvfree_config(
+            KvfreeConfig::default()
+                .policy(Policy::CacheRefill)
+                .cache_blocks(32)
+                .max_cache_blocks(64),
+        )
         .report_handler(ReportHandler::Collect(ReportLog::new()))
         .build()
         .unwrap();

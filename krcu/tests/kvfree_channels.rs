@@ -17,12 +17,12 @@ fn instance(policy: Policy, cache_blocks: usize) -> Krcu {
     Krcu::builder()
         .arena_size(64 << 20)
         .report_handler(ReportHandler::Collect(ReportLog::new()))
-        .kvfree_config(KvfreeConfig {
-            policy,
-            cache_blocks,
-            refill_mark: cache_blocks.min(3),
-            ..KvfreeConfig::default()
-        })
+        .kvfree_config(
+            KvfreeConfig::default()
+                .policy(policy)
+                .cache_blocks(cache_blocks)
+                .refill_mark(cache_blocks.min(3)),
+        )
         .build()
         .unwrap()
 }

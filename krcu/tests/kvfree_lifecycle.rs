@@ -84,26 +84,26 @@ thread_local! {
 fn a_stalled_caller_never_stamps_an_older_cookie_on_a_newer_object() {
     let k = Arc::new(
         Krcu::builder()
-            .page_config(PageConfig {
-                arena_size: 8 << 20,
-                watermarks: Some(Watermarks {
-                    min: 128,
-                    low: 256,
-                    high: 1024,
-                }),
-                // Only direct reclaim runs the shrinkers: A's allocation.
-                kswapd: false,
-                pcp_lists: false,
-                ..PageConfig::default()
-            })
-            .kvfree_config(KvfreeConfig {
-                // No spare blocks, no inline allocation: every new block of
-                // kvfree_rcu_mightsleep is a sleeping allocation.
-                policy: Policy::Prohibit,
-                drain_delay: Duration::from_secs(3600),
-                assist: Assist::Never,
-                ..KvfreeConfig::default()
-            })
+            .page_config(
+                PageConfig::default()
+                    .arena_size(8 << 20)
+                    .watermarks(Watermarks {
+                        min: 128,
+                        low: 256,
+                        high: 1024,
+                    })
+                    // Only direct reclaim runs the shrinkers: A's allocation.
+                    .kswapd(false)
+                    .pcp_lists(false),
+            )
+            .kvfree_config(
+                KvfreeConfig::default()
+                    // No spare blocks, no inline allocation: every new block of
+                    // kvfree_rcu_mightsleep is a sleeping allocation.
+                    .policy(Policy::Prohibit)
+                    .drain_delay(Duration::from_secs(3600))
+                    .assist(Assist::Never),
+            )
             .report_handler(ReportHandler::Collect(ReportLog::new()))
             .build()
             .unwrap(),

@@ -194,25 +194,13 @@ fn bad_free_is_counted_in_release_builds() {
 fn builder_refuses_bad_configurations() {
     let d = one_cpu();
     let build = |c: PageConfig| PageAllocator::new(&d, c).map(|_| ());
-    let base = PageConfig {
-        kswapd: false,
-        ..PageConfig::default()
-    };
-    let r = build(PageConfig {
-        arena_size: 0,
-        ..base.clone()
-    });
+    let base = PageConfig::default().kswapd(false);
+    let r = build(base.clone().arena_size(0));
     assert!(matches!(r, Err(BuildError::ArenaSize(0))), "{r:?}");
-    let r = build(PageConfig {
-        arena_size: 4097,
-        ..base.clone()
-    });
+    let r = build(base.clone().arena_size(4097));
     assert!(matches!(r, Err(BuildError::ArenaSize(4097))), "{r:?}");
     // 128 KiB = 32 pages; the formula's high mark is 48 pages.
-    let r = build(PageConfig {
-        arena_size: 128 << 10,
-        ..base.clone()
-    });
+    let r = build(base.clone().arena_size(128 << 10));
     assert!(
         matches!(
             r,
@@ -224,21 +212,15 @@ fn builder_refuses_bad_configurations() {
         "{r:?}"
     );
     assert!(matches!(
-        build(PageConfig {
-            pcp_batch: 0,
-            ..base.clone()
-        }),
+        build(base.clone().pcp_batch(0)),
         Err(BuildError::PcpSizes { .. })
     ));
     assert!(matches!(
-        build(PageConfig {
-            watermarks: Some(Watermarks {
-                min: 10,
-                low: 5,
-                high: 20
-            }),
-            ..base.clone()
-        }),
+        build(base.clone().watermarks(Watermarks {
+            min: 10,
+            low: 5,
+            high: 20
+        })),
         Err(BuildError::Watermarks {
             min: 10,
             low: 5,
@@ -386,11 +368,9 @@ fn per_cpu_lists_refill_in_batches_and_return_batches_over_high() {
     let d = one_cpu();
     let pa = PageAllocator::new(
         &d,
-        PageConfig {
-            pcp_batch: 8,
-            pcp_high: 24,
-            ..quiet_config(8 << 20, Watermarks::NONE)
-        },
+        quiet_config(8 << 20, Watermarks::NONE)
+            .pcp_batch(8)
+            .pcp_high(24),
     )
     .unwrap();
     let first = pa.alloc_page(Gfp::KERNEL).unwrap();
@@ -480,15 +460,13 @@ fn kswapd_wakes_below_low_and_shrinks_to_high() {
     let d = one_cpu();
     let pa = PageAllocator::new(
         &d,
-        PageConfig {
-            arena_size: 4 << 20,
-            watermarks: Some(Watermarks {
+        PageConfig::default()
+            .arena_size(4 << 20)
+            .watermarks(Watermarks {
                 min: 64,
                 low: 128,
                 high: 256,
             }),
-            ..PageConfig::default()
-        },
     )
     .unwrap();
     // A shrinker that returns late: its pages are back well before kswapd
@@ -738,14 +716,8 @@ fn threads_with_remote_drains_never_share_a_page() {
 #[test]
 fn disabled_per_cpu_lists_send_everything_to_the_buddy() {
     let d = one_cpu();
-    let pa = PageAllocator::new(
-        &d,
-        PageConfig {
-            pcp_lists: false,
-            ..quiet_config(4 << 20, Watermarks::NONE)
-        },
-    )
-    .unwrap();
+    let pa =
+        PageAllocator::new(&d, quiet_config(4 << 20, Watermarks::NONE).pcp_lists(false)).unwrap();
     let p = pa.alloc_page(Gfp::NOWAIT).unwrap();
     let q = pa.alloc_pages_nolock(0).unwrap();
     pa.free(p);

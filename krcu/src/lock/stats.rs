@@ -9,6 +9,7 @@ use core::cell::Cell;
 
 /// Statistics of one lock.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct LockStats {
     /// Acquisitions that found the lock taken and had to wait.
     pub contended: u64,
@@ -19,6 +20,7 @@ pub struct LockStats {
 /// What the current thread did with krcu's locks.
 #[cfg(any(test, feature = "testing"))]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ThreadLockCounters {
     /// Blocking acquisitions (`lock`, `lock_irqsave`): they may wait.
     pub blocking: u64,

@@ -92,6 +92,7 @@ use zone::Zone;
 
 /// The allocator's configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct PageConfig {
     /// Bytes in the arena: a multiple of [`PAGE_SIZE`] (default 256 MiB).
     pub arena_size: usize,
@@ -123,6 +124,43 @@ impl Default for PageConfig {
             kswapd: true,
             pcp_lists: true,
         }
+    }
+}
+
+/// Setters, one per field, for `PageConfig::default().kswapd(false)...`:
+/// the struct is `#[non_exhaustive]` (fields may be added), so it is built
+/// from its `Default` rather than with a struct expression.
+impl PageConfig {
+    /// Sets [`arena_size`](Self::arena_size).
+    pub fn arena_size(mut self, bytes: usize) -> Self {
+        self.arena_size = bytes;
+        self
+    }
+    /// Sets [`pcp_batch`](Self::pcp_batch).
+    pub fn pcp_batch(mut self, pages: u32) -> Self {
+        self.pcp_batch = pages;
+        self
+    }
+    /// Sets [`pcp_high`](Self::pcp_high).
+    pub fn pcp_high(mut self, pages: u32) -> Self {
+        self.pcp_high = pages;
+        self
+    }
+    /// Sets [`watermarks`](Self::watermarks) (instead of computing them
+    /// from the arena size).
+    pub fn watermarks(mut self, marks: Watermarks) -> Self {
+        self.watermarks = Some(marks);
+        self
+    }
+    /// Sets [`kswapd`](Self::kswapd).
+    pub fn kswapd(mut self, on: bool) -> Self {
+        self.kswapd = on;
+        self
+    }
+    /// Sets [`pcp_lists`](Self::pcp_lists).
+    pub fn pcp_lists(mut self, on: bool) -> Self {
+        self.pcp_lists = on;
+        self
     }
 }
 

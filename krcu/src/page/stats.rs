@@ -39,6 +39,7 @@ macro_rules! counters {
 
         $(#[$sm])*
         #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+        #[non_exhaustive]
         pub struct $snap {
             $($(#[$fm])* pub $field: u64,)*
         }
@@ -121,6 +122,7 @@ counters! {
 
 /// A snapshot of every statistic ([`PageAllocator::stats`](super::PageAllocator::stats)).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct PageStats {
     /// Per-path counts, summed over CPUs.
     pub paths: PathStats,

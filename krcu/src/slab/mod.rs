@@ -54,6 +54,7 @@ pub enum SlabError {
 
 /// A snapshot of a cache's statistics ([`SlabCache::stats`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct SlabStats {
     /// Allocations served by a per-CPU cache.
     pub cpu_allocs: u64,

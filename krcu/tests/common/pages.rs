@@ -10,12 +10,10 @@ use std::sync::Arc;
 /// `arena_size` bytes with `watermarks`, no kswapd thread, the rest
 /// default. Tests that set more fields spread it: `..quiet_config(..)`.
 pub fn quiet_config(arena_size: usize, watermarks: Watermarks) -> PageConfig {
-    PageConfig {
-        arena_size,
-        watermarks: Some(watermarks),
-        kswapd: false,
-        ..PageConfig::default()
-    }
+    PageConfig::default()
+        .arena_size(arena_size)
+        .watermarks(watermarks)
+        .kswapd(false)
 }
 
 /// A page allocator on `domain` with [`quiet_config`].
