@@ -2,31 +2,7 @@
 //! ([`AllocError`]) and bad configurations
 //! ([`BuildError`](crate::BuildError), the crate's one build error).
 //!
-//! # Error policy for bad frees
-//! Freeing a page that is not allocated, with the wrong order, twice, or
-//! outside the arena is never silent corruption: the page allocator checks
-//! every free against its side array before touching any list.
-//! With an owning [`Page`](super::Page) handle safe code can only get a
-//! page of another allocator wrong; the address-based frees are `unsafe`
-//! and also check for the rest.
-//! - [`PageAllocator::try_free`](super::PageAllocator::try_free) and
-//!   [`PageAllocator::try_free_pages`](super::PageAllocator::try_free_pages)
-//!   return the [`PageError`], naming the address, and change nothing.
-//! - [`PageAllocator::free`](super::PageAllocator::free),
-//!   [`PageAllocator::free_pages`](super::PageAllocator::free_pages) (and the
-//!   other non-`try` frees) **panic in debug builds** with that message; in
-//!   release builds they **count** the error
-//!   ([`GlobalStats::bad_frees`](super::GlobalStats::bad_frees)), **report** it
-//!   with `tracing::error!`, and leave the page alone (a leak, never a
-//!   corruption).
-//!
-//! In hardirq (signal handler) or NMI context neither is possible (a panic
-//! there aborts the process; `tracing` may allocate and lock), so a bad
-//! free there is only counted ([`GlobalStats::handler_bad_frees`](super::GlobalStats::handler_bad_frees))
-//! and reported from task context later, by the next
-//! [`PageAllocator::drain_all`](super::PageAllocator::drain_all) (with
-//! `tracing::error!`, in every build: a panic there would strike an
-//! unrelated caller).
+//! The policy for bad frees is on [`PageError`].
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 
@@ -57,6 +33,32 @@ impl DeferredBadFrees {
 }
 
 /// A free that the allocator refused. Every variant names the address.
+///
+/// # Error policy for bad frees
+/// Freeing a page that is not allocated, with the wrong order, twice, or
+/// outside the arena is never silent corruption: the page allocator checks
+/// every free against its side array before touching any list.
+/// With an owning [`Page`](super::Page) handle safe code can only get a
+/// page of another allocator wrong; the address-based frees are `unsafe`
+/// and also check for the rest.
+/// - [`PageAllocator::try_free`](super::PageAllocator::try_free) and
+///   [`PageAllocator::try_free_pages`](super::PageAllocator::try_free_pages)
+///   return the [`PageError`], naming the address, and change nothing.
+/// - [`PageAllocator::free`](super::PageAllocator::free),
+///   [`PageAllocator::free_pages`](super::PageAllocator::free_pages) (and the
+///   other non-`try` frees) **panic in debug builds** with that message; in
+///   release builds they **count** the error
+///   ([`GlobalStats::bad_frees`](super::GlobalStats::bad_frees)), **report** it
+///   with `tracing::error!`, and leave the page alone (a leak, never a
+///   corruption).
+///
+/// In hardirq (signal handler) or NMI context neither is possible (a panic
+/// there aborts the process; `tracing` may allocate and lock), so a bad
+/// free there is only counted ([`GlobalStats::handler_bad_frees`](super::GlobalStats::handler_bad_frees))
+/// and reported from task context later, by the next
+/// [`PageAllocator::drain_all`](super::PageAllocator::drain_all) (with
+/// `tracing::error!`, in every build: a panic there would strike an
+/// unrelated caller).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum PageError {
     /// The address is not inside the arena, or the [`Page`](super::Page)

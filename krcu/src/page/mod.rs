@@ -56,7 +56,7 @@
 //! watermarks from the kernel's `min_free_kbytes` formula ([`Watermarks`]).
 //!
 //! # Bad input
-//! See [`error`] for the policy: `try_*` frees return a [`PageError`]; the
+//! See [`PageError`] for the policy: `try_*` frees return a [`PageError`]; the
 //! others panic in debug builds and count and report in release builds.
 
 mod alloc;
