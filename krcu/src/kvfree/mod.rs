@@ -74,7 +74,7 @@ mod tests;
 mod wake;
 pub(crate) mod worker;
 
-pub use policy::Policy;
+pub use policy::{ParsePolicyError, Policy};
 pub use stats::KvfreeStats;
 
 use std::time::Duration;

@@ -1,7 +1,7 @@
 //! How `kfree_rcu` gets a block page while it holds the raw per-CPU lock:
 //! the options the seeds weigh against each other.
 //!
-//! Owns: [`Policy`]. Uses: nothing in kvfree.
+//! Owns: [`Policy`], [`ParsePolicyError`]. Uses: nothing in kvfree.
 
 use core::fmt;
 use core::str::FromStr;
@@ -86,18 +86,20 @@ impl fmt::Display for Policy {
     }
 }
 
+/// A policy name [`Policy::from_str`](FromStr::from_str) does not know.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown policy '{name}' (expected one of: {})", Policy::ALL.map(Policy::name).join(", "))]
+pub struct ParsePolicyError {
+    /// The name given.
+    pub name: String,
+}
+
 impl FromStr for Policy {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = ParsePolicyError;
+    fn from_str(s: &str) -> Result<Self, ParsePolicyError> {
         Policy::ALL
             .into_iter()
             .find(|p| p.name().eq_ignore_ascii_case(s))
-            .ok_or_else(|| {
-                let names: Vec<_> = Policy::ALL.iter().map(|p| p.name()).collect();
-                format!(
-                    "unknown policy '{s}' (expected one of: {})",
-                    names.join(", ")
-                )
-            })
+            .ok_or_else(|| ParsePolicyError { name: s.into() })
     }
 }
