@@ -136,8 +136,9 @@ mod instance;
 #[cfg(not(loom))]
 pub mod kvfree;
 /// The front-block steal handshake of `kvfree`, alone, for its loom model
-/// (the rest of `kvfree` is not built under loom).
-#[cfg(loom)]
+/// (the rest of `kvfree` is not built under loom). For that test only: the
+/// `testing` feature, which krcu's own tests turn on.
+#[cfg(all(loom, feature = "testing"))]
 #[doc(hidden)]
 #[path = "kvfree/steal.rs"]
 pub mod kvfree_steal;
