@@ -613,11 +613,7 @@ fn the_shrinker_gives_spare_blocks_back_under_memory_pressure() {
         .page_config(
             PageConfig::default()
                 .arena_size(8 << 20)
-                .watermarks(Watermarks {
-                    min: 128,
-                    low: 256,
-                    high: 1024,
-                }),
+                .watermarks(Watermarks::new(128, 256, 1024)),
         )
         .kvfree_config(
             KvfreeConfig::default()

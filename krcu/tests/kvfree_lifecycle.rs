@@ -87,11 +87,7 @@ fn a_stalled_caller_never_stamps_an_older_cookie_on_a_newer_object() {
             .page_config(
                 PageConfig::default()
                     .arena_size(8 << 20)
-                    .watermarks(Watermarks {
-                        min: 128,
-                        low: 256,
-                        high: 1024,
-                    })
+                    .watermarks(Watermarks::new(128, 256, 1024))
                     // Only direct reclaim runs the shrinkers: A's allocation.
                     .kswapd(false)
                     .pcp_lists(false),

@@ -216,11 +216,7 @@ fn builder_refuses_bad_configurations() {
         Err(BuildError::PcpSizes { .. })
     ));
     assert!(matches!(
-        build(base.clone().watermarks(Watermarks {
-            min: 10,
-            low: 5,
-            high: 20
-        })),
+        build(base.clone().watermarks(Watermarks::new(10, 5, 20))),
         Err(BuildError::Watermarks {
             min: 10,
             low: 5,
@@ -230,14 +226,7 @@ fn builder_refuses_bad_configurations() {
     // The default: 256 MiB, kernel watermarks, costs nothing untouched.
     let pa = PageAllocator::new(&d, PageConfig::default()).unwrap();
     assert_eq!(pa.total_pages(), (256 << 20) / PAGE_SIZE);
-    assert_eq!(
-        pa.watermarks(),
-        Watermarks {
-            min: 512,
-            low: 640,
-            high: 768
-        }
-    );
+    assert_eq!(pa.watermarks(), Watermarks::new(512, 640, 768));
 }
 
 #[test]
@@ -297,15 +286,7 @@ fn no_locks_serves_this_cpus_lists_only_and_never_refills() {
 #[test]
 fn nolock_only_trylocks_and_never_wakes_kswapd() {
     let d = one_cpu();
-    let pa = quiet_allocator(
-        &d,
-        4 << 20,
-        Watermarks {
-            min: 8,
-            low: 460,
-            high: 500,
-        },
-    );
+    let pa = quiet_allocator(&d, 4 << 20, Watermarks::new(8, 460, 500));
     let c0 = thread_counters();
     let big = pa.alloc_pages_nolock(9).unwrap();
     let p = pa.alloc_pages_nolock(0).unwrap();
@@ -399,11 +380,7 @@ fn per_cpu_lists_refill_in_batches_and_return_batches_over_high() {
 }
 
 /// Watermarks high enough in a 4 MiB arena to reach quickly.
-const TIGHT: Watermarks = Watermarks {
-    min: 64,
-    low: 96,
-    high: 128,
-};
+const TIGHT: Watermarks = Watermarks::new(64, 96, 128);
 
 /// Pages held by a test "cache" that a shrinker can give back.
 struct Stash {
@@ -462,11 +439,7 @@ fn kswapd_wakes_below_low_and_shrinks_to_high() {
         &d,
         PageConfig::default()
             .arena_size(4 << 20)
-            .watermarks(Watermarks {
-                min: 64,
-                low: 128,
-                high: 256,
-            }),
+            .watermarks(Watermarks::new(64, 128, 256)),
     )
     .unwrap();
     // A shrinker that returns late: its pages are back well before kswapd

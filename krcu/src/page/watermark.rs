@@ -22,6 +22,7 @@ use crate::error::BuildError;
 /// The three watermarks, in pages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[doc(alias = "_watermark")]
+#[non_exhaustive]
 pub struct Watermarks {
     /// Below this only high-priority allocations succeed (`WMARK_MIN`).
     pub min: usize,
@@ -32,6 +33,13 @@ pub struct Watermarks {
 }
 
 impl Watermarks {
+    /// The marks `min`, `low` and `high`, in pages (checked when an
+    /// allocator is built: `min <= low <= high`, high at most half the
+    /// arena).
+    pub const fn new(min: usize, low: usize, high: usize) -> Watermarks {
+        Watermarks { min, low, high }
+    }
+
     /// No watermarks at all: every page may be allocated and kswapd is never
     /// woken. For tests and models that want exact accounting.
     pub const NONE: Watermarks = Watermarks {
