@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
-"""Lists krcu's public API from rustdoc's JSON output (docs/public-api.txt).
+"""Lists and counts krcu's public API from rustdoc's JSON output (the
+counts at the top of docs/public-api.txt; the listing there is
+`cargo +nightly public-api -p krcu -ss`).
 
   cargo +nightly rustdoc -p krcu --lib -- -Z unstable-options --output-format json
-  scripts/public-api.py target/doc/krcu.json > docs/public-api.txt
+  scripts/public-api.py target/doc/krcu.json > /tmp/paths.txt   # counts on stderr
 
 One line per public path: `kind path`. Kinds: mod, struct, enum, trait,
 function, constant, type_alias, field, variant, method (inherent, public),
