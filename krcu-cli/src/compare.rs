@@ -11,7 +11,9 @@ use crate::progress::Progress;
 use crate::table::{Column, Table};
 use crate::workload::{Obj24, Reports, Setup, median};
 use crossbeam_utils::CachePadded;
-use krcu::{Krcu, Policy, PreemptModel};
+use krcu::Krcu;
+use krcu::context::PreemptModel;
+use krcu::kvfree::Policy;
 use serde::Serialize;
 use std::sync::atomic::{AtomicPtr, Ordering::AcqRel};
 use std::time::{Duration, Instant};
@@ -286,7 +288,7 @@ fn run_one(
     let d = match system {
         System::Krcu | System::KrcuAssist => {
             let setup = Setup {
-                assist: (system == System::KrcuAssist).then_some(krcu::Assist::Always),
+                assist: (system == System::KrcuAssist).then_some(krcu::kvfree::Assist::Always),
                 ..*setup
             };
             let k = setup.build(&Reports::default())?;

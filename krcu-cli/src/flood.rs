@@ -12,7 +12,8 @@ use crate::output::{emit, round};
 use crate::progress;
 use crate::table::{Column, Table};
 use crate::workload::{Histogram, Obj24, Reports, Setup};
-use krcu::{KvfreeStats, Policy, PreemptModel};
+use krcu::context::PreemptModel;
+use krcu::kvfree::{KvfreeStats, Policy};
 use serde::Serialize;
 use std::time::{Duration, Instant};
 

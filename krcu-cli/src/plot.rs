@@ -4,7 +4,8 @@
 //! plotters' built-in text estimation: no font libraries needed.
 
 use crate::policies_result::{Cell, PoliciesResult};
-use krcu::{Policy, PreemptModel};
+use krcu::context::PreemptModel;
+use krcu::kvfree::Policy;
 use plotters::coord::ranged1d::ValueFormatter;
 use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;

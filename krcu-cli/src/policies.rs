@@ -12,7 +12,8 @@ use crate::policies_result::{Cell, PoliciesResult, Summary, summarize};
 use crate::progress::Progress;
 use crate::table::{Column, Table};
 use crate::workload::{Reports, Setup};
-use krcu::{Policy, PreemptModel};
+use krcu::context::PreemptModel;
+use krcu::kvfree::Policy;
 use std::path::PathBuf;
 use std::time::Duration;
 

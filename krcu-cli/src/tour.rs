@@ -6,7 +6,7 @@ use crate::args::CmdResult;
 use crate::output::emit;
 use crate::policies_result::PoliciesResult;
 use crate::{compare, policies};
-use krcu::Policy;
+use krcu::kvfree::Policy;
 use serde::Serialize;
 use std::time::Duration;
 

@@ -3,9 +3,11 @@
 //! memory measurements, a validator report counter and the instance
 //! builder.
 
+use krcu::Krcu;
+use krcu::context::PreemptModel;
+use krcu::kvfree::Policy;
 use krcu::lockdep::{Report, ReportHandler, ReportKind};
 use krcu::rcu::{HasRcuHead, RcuHead};
-use krcu::{Krcu, Policy, PreemptModel};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
@@ -196,7 +198,7 @@ pub struct Setup {
     /// The kvfree drain delay (None: the library's default).
     pub drain_delay: Option<std::time::Duration>,
     /// Whether callers help free (None: the library's default).
-    pub assist: Option<krcu::Assist>,
+    pub assist: Option<krcu::kvfree::Assist>,
 }
 
 impl Setup {

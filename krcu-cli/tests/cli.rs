@@ -232,7 +232,7 @@ fn the_tour_has_the_readmes_shape() {
     assert!(o.status.success(), "{}", stderr(&o));
     let out = stdout(&o);
     assert!(out.starts_with("krcu tour:"), "{out}");
-    for policy in krcu::Policy::ALL {
+    for policy in krcu::kvfree::Policy::ALL {
         assert!(
             out.lines()
                 .any(|l| l.starts_with(&format!("{} ", policy.name()))),

@@ -14,13 +14,11 @@ use std::time::{Duration, Instant};
 fn allocator(pcp_lists: bool) -> Arc<PageAllocator> {
     PageAllocator::new(
         &Domain::builder().build(),
-        PageConfig {
-            arena_size: 64 << 20,
-            watermarks: Some(Watermarks::NONE),
-            kswapd: false,
-            pcp_lists,
-            ..PageConfig::default()
-        },
+        PageConfig::default()
+            .arena_size(64 << 20)
+            .watermarks(Watermarks::NONE)
+            .kswapd(false)
+            .pcp_lists(pcp_lists),
     )
     .unwrap()
 }

@@ -120,15 +120,21 @@ impl core::fmt::Display for PreemptModel {
     }
 }
 
+/// A preemption model name [`PreemptModel`]'s `FromStr` does not know.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown preempt model '{name}' (expected none, voluntary, full or rt)")]
+pub struct ParsePreemptModelError {
+    /// The name given.
+    pub name: String,
+}
+
 impl core::str::FromStr for PreemptModel {
-    type Err = String;
+    type Err = ParsePreemptModelError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         PreemptModel::ALL
             .into_iter()
             .find(|m| m.name().eq_ignore_ascii_case(s))
-            .ok_or_else(|| {
-                format!("unknown preempt model '{s}' (expected none, voluntary, full or rt)")
-            })
+            .ok_or_else(|| ParsePreemptModelError { name: s.into() })
     }
 }
 
@@ -209,7 +215,7 @@ pub fn rcu_read_depth() -> u32 {
 /// [`Krcu::register_thread`](crate::Krcu::register_thread), which declares
 /// the thread real-time too. Without one, the calls take the per-CPU path
 /// (trylocks only) rather than allocate a front. The exception is
-/// [`Policy::Nowait`](crate::Policy::Nowait), kept to show the bug the
+/// [`Policy::Nowait`](crate::kvfree::Policy::Nowait), kept to show the bug the
 /// 2020 kfree_rcu thread showed: its allocation may take the zone lock.
 ///
 /// A plain store to a thread-local: callable from any context.

@@ -8,6 +8,7 @@
 
 use crate::context::{self, PreemptModel};
 use crate::domain::{Domain, DomainBuilder};
+use crate::error::BuildError;
 use crate::fork;
 use crate::kvfree::block::{Channel, box_channel, drop_box_by_head};
 use crate::kvfree::channels;
@@ -21,20 +22,6 @@ use crate::slab::SlabCache;
 use core::ptr::NonNull;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
-
-/// Why an instance could not be built.
-#[derive(Debug, thiserror::Error)]
-pub enum BuildError {
-    /// The page allocator refused its settings.
-    #[error(transparent)]
-    Page(#[from] crate::page::BuildError),
-    /// A `kfree_rcu` setting is impossible.
-    #[error("invalid kfree_rcu setting: {0}")]
-    Kvfree(String),
-    /// A worker thread could not be started.
-    #[error("cannot start the kvfree worker: {0}")]
-    Worker(String),
-}
 
 /// `kfree_rcu` was called from NMI context, which it refuses (as the
 /// kernel does): the object is handed back and nothing was freed.
@@ -109,8 +96,8 @@ impl KrcuBuilder {
         self
     }
     /// Whether task-context callers help free ready objects (default
-    /// [`Assist::WhenBehind`](crate::Assist::WhenBehind)).
-    pub fn assist(mut self, assist: crate::Assist) -> Self {
+    /// [`Assist::WhenBehind`](crate::kvfree::Assist::WhenBehind)).
+    pub fn assist(mut self, assist: crate::kvfree::Assist) -> Self {
         self.kvfree.assist = assist;
         self
     }
@@ -147,21 +134,19 @@ impl KrcuBuilder {
     fn validate(&self) -> Result<(), BuildError> {
         let k = &self.kvfree;
         if k.cache_blocks > k.max_cache_blocks {
-            return Err(BuildError::Kvfree(format!(
-                "cache_blocks ({}) is above max_cache_blocks ({})",
-                k.cache_blocks, k.max_cache_blocks
-            )));
+            return Err(BuildError::CacheBlocks {
+                cache_blocks: k.cache_blocks,
+                max_cache_blocks: k.max_cache_blocks,
+            });
         }
         if k.refill_mark > k.cache_blocks {
-            return Err(BuildError::Kvfree(format!(
-                "refill_mark ({}) is above cache_blocks ({})",
-                k.refill_mark, k.cache_blocks
-            )));
+            return Err(BuildError::RefillMark {
+                refill_mark: k.refill_mark,
+                cache_blocks: k.cache_blocks,
+            });
         }
         if k.drain_delay.is_zero() || k.active_poll.is_zero() {
-            return Err(BuildError::Kvfree(
-                "drain_delay and active_poll must be above zero".into(),
-            ));
+            return Err(BuildError::ZeroPeriod);
         }
         Ok(())
     }
@@ -184,7 +169,7 @@ impl KrcuBuilder {
         // Spare blocks are there before the first call (`spawn` fills the
         // caches first): a real-time thread does not depend on the worker
         // having run.
-        let workers = Workers::spawn(&engine).map_err(BuildError::Worker)?;
+        let workers = Workers::spawn(&engine).map_err(BuildError::Thread)?;
         Ok(Krcu {
             engine,
             workers,
@@ -271,7 +256,7 @@ impl Krcu {
     /// spinlock held. With a block available it makes no system call and no
     /// heap allocation and takes no lock but a trylock. On a thread that is
     /// not real-time it may also help free what is ready when reclaim falls
-    /// behind (the flood brake, [`Assist`](crate::Assist)): destructors then
+    /// behind (the flood brake, [`Assist`](crate::kvfree::Assist)): destructors then
     /// run on it; a real-time thread ([`register_thread`](Self::register_thread))
     /// never does. From NMI context it refuses and hands the object back.
     ///
@@ -443,8 +428,9 @@ impl Krcu {
         &self,
         cache: &Arc<SlabCache<T>>,
     ) -> Result<SlabChannel<'_, T>, BuildError> {
-        let slot = channels::register(cache)
-            .ok_or_else(|| BuildError::Kvfree("too many slab channels at once (256)".into()))?;
+        let slot = channels::register(cache).ok_or(BuildError::TooManySlabChannels {
+            max: channels::REGISTRY_SLOTS,
+        })?;
         Ok(SlabChannel {
             krcu: self,
             chan: channels::slab_channel(cache),
@@ -460,7 +446,7 @@ impl Krcu {
     ///
     /// # The promise
     /// From then on, `kfree_rcu` on this thread (two-argument form, task or
-    /// softirq context), whatever this instance's [`Assist`](crate::Assist)
+    /// softirq context), whatever this instance's [`Assist`](crate::kvfree::Assist)
     /// setting:
     /// - never runs a destructor: the flood brake, which makes callers free
     ///   ready objects when reclaim falls behind, is left to the other

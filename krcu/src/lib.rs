@@ -21,7 +21,7 @@
 //! whole block is freed at once when its grace period has passed, instead
 //! of walking a list of cold objects. The blocks need pages, and getting a
 //! page without ever blocking, from any context, is what the kernel argued
-//! about from 2020 to 2022: every option it weighed is a [`Policy`] here
+//! about from 2020 to 2022: every option it weighed is a [`Policy`](kvfree::Policy) here
 //! (the repository's `docs/history.md` tells the story).
 //!
 //! The **real-time promise**: on a thread registered with
@@ -152,21 +152,23 @@ pub mod context;
 #[cfg(not(loom))]
 mod defer;
 pub mod domain;
+mod error;
 mod fork;
 #[cfg(not(loom))]
 mod instance;
 #[cfg(not(loom))]
 pub mod kvfree;
 /// The front-block steal handshake of `kvfree`, alone, for its loom model
-/// (the rest of `kvfree` is not built under loom).
-#[cfg(loom)]
+/// (the rest of `kvfree` is not built under loom). For that test only: the
+/// `testing` feature, which krcu's own tests turn on.
+#[cfg(all(loom, feature = "testing"))]
 #[doc(hidden)]
 #[path = "kvfree/steal.rs"]
 pub mod kvfree_steal;
 pub mod lock;
 pub mod lockdep;
 pub mod page;
-pub mod percpu;
+mod percpu;
 pub mod rcu;
 pub mod slab;
 pub(crate) mod sync;
@@ -176,18 +178,16 @@ mod asan;
 
 #[cfg(not(loom))]
 pub use cell::{RcuBox, RcuCell};
-pub use context::{ContextKind, PreemptModel};
 #[cfg(not(loom))]
 pub use defer::{DeferError, defer};
 pub use domain::{Domain, DomainBuilder};
+pub use error::BuildError;
 #[cfg(not(loom))]
 pub use instance::{
-    BuildError, InNmi, Krcu, KrcuBuilder, SlabChannel, kfree_rcu, kvfree_rcu_barrier,
-    kvfree_rcu_mightsleep, register_thread,
+    InNmi, Krcu, KrcuBuilder, SlabChannel, kfree_rcu, kvfree_rcu_barrier, kvfree_rcu_mightsleep,
+    register_thread,
 };
 /// `#[derive(HasRcuHead)]`: implements [`rcu::HasRcuHead`] for a struct
 /// from its `RcuHead` field; see the trait for examples.
 #[cfg(all(feature = "derive", not(loom)))]
 pub use krcu_derive::HasRcuHead;
-#[cfg(not(loom))]
-pub use kvfree::{Assist, KvfreeConfig, KvfreeStats, Policy};

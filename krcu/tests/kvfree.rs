@@ -5,14 +5,15 @@
 mod common;
 
 use common::*;
+use krcu::Krcu;
 use krcu::context::{self, PreemptModel};
+use krcu::kvfree::{KvfreeConfig, Policy};
 use krcu::lock::RawSpinLock;
 #[cfg(any(debug_assertions, feature = "lockdep"))]
 use krcu::lockdep::ReportKind;
 use krcu::lockdep::{ReportHandler, ReportLog};
 use krcu::page::FaultSites;
 use krcu::rcu::{HasRcuHead, RcuHead};
-use krcu::{Krcu, KvfreeConfig, Policy};
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering::*};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
@@ -556,7 +557,7 @@ fn nothing_is_stranded_on_a_cpu_no_thread_uses_any_more() {
     let log = ReportLog::new();
     let k = brisk(log);
     let ledger = Ledger::new(100_000);
-    let cpus = krcu::percpu::num_cpus().min(k.domain().cpus());
+    let cpus = krcu::Domain::global().cpus().min(k.domain().cpus());
     // A thread on each CPU queues a partial block, then exits.
     std::thread::scope(|s| {
         for cpu in 0..cpus {
@@ -594,11 +595,9 @@ fn pin_to(cpu: usize) {
 
 #[test]
 fn builder_rejects_impossible_settings() {
-    let cfg = KvfreeConfig {
-        cache_blocks: 100,
-        max_cache_blocks: 10,
-        ..KvfreeConfig::default()
-    };
+    let cfg = KvfreeConfig::default()
+        .cache_blocks(100)
+        .max_cache_blocks(10);
     let e = Krcu::builder().kvfree_config(cfg).build().unwrap_err();
     assert!(e.to_string().contains("cache_blocks"), "{e}");
     assert!(
@@ -612,17 +611,17 @@ fn the_shrinker_gives_spare_blocks_back_under_memory_pressure() {
     use krcu::page::{Gfp, PageConfig};
     // With kswapd, which runs the shrinkers below the low watermark.
     let k = Krcu::builder()
-        .page_config(PageConfig {
-            arena_size: 8 << 20,
-            watermarks: Some(pages::SHRINK_8MIB),
-            ..PageConfig::default()
-        })
-        .kvfree_config(KvfreeConfig {
-            policy: Policy::CacheRefill,
-            cache_blocks: 32,
-            max_cache_blocks: 64,
-            ..KvfreeConfig::default()
-        })
+        .page_config(
+            PageConfig::default()
+                .arena_size(8 << 20)
+                .watermarks(pages::SHRINK_8MIB),
+        )
+        .kvfree_config(
+            KvfreeConfig::default()
+                .policy(Policy::CacheRefill)
+                .cache_blocks(32)
+                .max_cache_blocks(64),
+        )
         .report_handler(ReportHandler::Collect(ReportLog::new()))
         .build()
         .unwrap();

@@ -4,10 +4,11 @@
 mod common;
 
 use common::*;
+use krcu::Krcu;
+use krcu::kvfree::{KvfreeConfig, Policy};
 use krcu::lockdep::{ReportHandler, ReportLog};
 use krcu::page::{FaultSites, Gfp};
 use krcu::slab::SlabCache;
-use krcu::{Krcu, KvfreeConfig, Policy};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering::*};
 use std::time::Duration;
@@ -16,12 +17,12 @@ fn instance(policy: Policy, cache_blocks: usize) -> Krcu {
     Krcu::builder()
         .arena_size(64 << 20)
         .report_handler(ReportHandler::Collect(ReportLog::new()))
-        .kvfree_config(KvfreeConfig {
-            policy,
-            cache_blocks,
-            refill_mark: cache_blocks.min(3),
-            ..KvfreeConfig::default()
-        })
+        .kvfree_config(
+            KvfreeConfig::default()
+                .policy(policy)
+                .cache_blocks(cache_blocks)
+                .refill_mark(cache_blocks.min(3)),
+        )
         .build()
         .unwrap()
 }

@@ -6,7 +6,8 @@
 #[path = "../benches/common/small.rs"]
 mod small;
 
-use krcu::{Krcu, Policy};
+use krcu::Krcu;
+use krcu::kvfree::Policy;
 use small::{Small, small};
 use std::time::Instant;
 

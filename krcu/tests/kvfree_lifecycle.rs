@@ -6,10 +6,11 @@
 mod common;
 
 use common::*;
+use krcu::Krcu;
+use krcu::kvfree::{Assist, KvfreeConfig, Policy};
 use krcu::lockdep::{ReportHandler, ReportLog};
-use krcu::page::{Gfp, PageConfig};
+use krcu::page::Gfp;
 use krcu::rcu::{HasRcuHead, RcuConfig, RcuHead};
-use krcu::{Assist, Krcu, KvfreeConfig, Policy};
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering::*};
 use std::sync::mpsc::{self, Receiver, Sender};
@@ -85,18 +86,15 @@ fn a_stalled_caller_never_stamps_an_older_cookie_on_a_newer_object() {
         Krcu::builder()
             // Only direct reclaim runs the shrinkers (no kswapd): A's
             // allocation.
-            .page_config(PageConfig {
-                pcp_lists: false,
-                ..pages::quiet_config(8 << 20, pages::SHRINK_8MIB)
-            })
-            .kvfree_config(KvfreeConfig {
-                // No spare blocks, no inline allocation: every new block of
-                // kvfree_rcu_mightsleep is a sleeping allocation.
-                policy: Policy::Prohibit,
-                drain_delay: Duration::from_secs(3600),
-                assist: Assist::Never,
-                ..KvfreeConfig::default()
-            })
+            .page_config(pages::quiet_config(8 << 20, pages::SHRINK_8MIB).pcp_lists(false))
+            .kvfree_config(
+                KvfreeConfig::default()
+                    // No spare blocks, no inline allocation: every new block of
+                    // kvfree_rcu_mightsleep is a sleeping allocation.
+                    .policy(Policy::Prohibit)
+                    .drain_delay(Duration::from_secs(3600))
+                    .assist(Assist::Never),
+            )
             .report_handler(ReportHandler::Collect(ReportLog::new()))
             .build()
             .unwrap(),

@@ -9,10 +9,11 @@ mod common;
 
 use common::counting_alloc::{CountingAlloc, thread_allocs, thread_frees};
 use common::*;
+use krcu::Krcu;
 use krcu::context;
+use krcu::kvfree::Policy;
 use krcu::lock::{RawSpinLock, thread_counters};
 use krcu::lockdep::{ReportHandler, ReportLog};
-use krcu::{Krcu, Policy};
 use std::sync::atomic::{AtomicU64, Ordering::*};
 
 #[global_allocator]

@@ -5,7 +5,8 @@
 mod common;
 
 use common::CountedNode;
-use krcu::{Krcu, Policy};
+use krcu::Krcu;
+use krcu::kvfree::Policy;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering::SeqCst};
 
@@ -84,7 +85,7 @@ fn drain_ready_blocks_are_freed_without_waiting_for_the_reclaimers_timeout() {
         .arena_size(16 << 20)
         .cpus(1)
         .drain_delay(drain)
-        .assist(krcu::Assist::Never)
+        .assist(krcu::kvfree::Assist::Never)
         .build()
         .unwrap();
     let freed = Arc::new(AtomicUsize::new(0));

@@ -15,7 +15,7 @@
 mod pages;
 
 use krcu::Domain;
-use krcu::page::{Gfp, PageAllocator, PageConfig, Watermarks};
+use krcu::page::{Gfp, PageAllocator, Watermarks};
 use loom::thread;
 use pages::{assert_all_pages_back, quiet_config};
 
@@ -23,11 +23,9 @@ fn allocator() -> std::sync::Arc<PageAllocator> {
     let d = Domain::builder().cpus(1).lockdep(false).build();
     PageAllocator::new(
         &d,
-        PageConfig {
-            pcp_batch: 2,
-            pcp_high: 4,
-            ..quiet_config(8 * 4096, Watermarks::NONE)
-        },
+        quiet_config(8 * 4096, Watermarks::NONE)
+            .pcp_batch(2)
+            .pcp_high(4),
     )
     .unwrap()
 }

@@ -4,11 +4,12 @@
 mod common;
 
 use common::pages::{assert_all_pages_back, quiet_allocator, quiet_config};
+use krcu::BuildError;
 use krcu::Domain;
 use krcu::lock::thread_counters;
 use krcu::page::{
-    AllocError, BuildError, FaultSites, Gfp, MAX_ORDER, PAGE_SIZE, Page, PageAllocator, PageConfig,
-    PageError, Watermarks,
+    AllocError, FaultSites, Gfp, MAX_ORDER, PAGE_SIZE, Page, PageAllocator, PageConfig, PageError,
+    Watermarks,
 };
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -193,64 +194,39 @@ fn bad_free_is_counted_in_release_builds() {
 fn builder_refuses_bad_configurations() {
     let d = one_cpu();
     let build = |c: PageConfig| PageAllocator::new(&d, c).map(|_| ());
-    let base = PageConfig {
-        kswapd: false,
-        ..PageConfig::default()
-    };
-    assert_eq!(
-        build(PageConfig {
-            arena_size: 0,
-            ..base.clone()
-        }),
-        Err(BuildError::ArenaSize(0))
-    );
-    assert_eq!(
-        build(PageConfig {
-            arena_size: 4097,
-            ..base.clone()
-        }),
-        Err(BuildError::ArenaSize(4097))
-    );
+    let base = PageConfig::default().kswapd(false);
+    let r = build(base.clone().arena_size(0));
+    assert!(matches!(r, Err(BuildError::ArenaSize(0))), "{r:?}");
+    let r = build(base.clone().arena_size(4097));
+    assert!(matches!(r, Err(BuildError::ArenaSize(4097))), "{r:?}");
     // 128 KiB = 32 pages; the formula's high mark is 48 pages.
-    assert_eq!(
-        build(PageConfig {
-            arena_size: 128 << 10,
-            ..base.clone()
-        }),
-        Err(BuildError::ArenaTooSmall {
-            pages: 32,
-            high: 48
-        })
+    let r = build(base.clone().arena_size(128 << 10));
+    assert!(
+        matches!(
+            r,
+            Err(BuildError::ArenaTooSmall {
+                pages: 32,
+                high: 48
+            })
+        ),
+        "{r:?}"
     );
     assert!(matches!(
-        build(PageConfig {
-            pcp_batch: 0,
-            ..base.clone()
-        }),
+        build(base.clone().pcp_batch(0)),
         Err(BuildError::PcpSizes { .. })
     ));
     assert!(matches!(
-        build(PageConfig {
-            watermarks: Some(Watermarks {
-                min: 10,
-                low: 5,
-                high: 20
-            }),
-            ..base.clone()
-        }),
-        Err(BuildError::Watermarks(_))
+        build(base.clone().watermarks(Watermarks::new(10, 5, 20))),
+        Err(BuildError::Watermarks {
+            min: 10,
+            low: 5,
+            high: 20
+        })
     ));
     // The default: 256 MiB, kernel watermarks, costs nothing untouched.
     let pa = PageAllocator::new(&d, PageConfig::default()).unwrap();
     assert_eq!(pa.total_pages(), (256 << 20) / PAGE_SIZE);
-    assert_eq!(
-        pa.watermarks(),
-        Watermarks {
-            min: 512,
-            low: 640,
-            high: 768
-        }
-    );
+    assert_eq!(pa.watermarks(), Watermarks::new(512, 640, 768));
 }
 
 #[test]
@@ -310,15 +286,7 @@ fn no_locks_serves_this_cpus_lists_only_and_never_refills() {
 #[test]
 fn nolock_only_trylocks_and_never_wakes_kswapd() {
     let d = one_cpu();
-    let pa = quiet_allocator(
-        &d,
-        4 << 20,
-        Watermarks {
-            min: 8,
-            low: 460,
-            high: 500,
-        },
-    );
+    let pa = quiet_allocator(&d, 4 << 20, Watermarks::new(8, 460, 500));
     let c0 = thread_counters();
     let big = pa.alloc_pages_nolock(9).unwrap();
     let p = pa.alloc_pages_nolock(0).unwrap();
@@ -381,11 +349,9 @@ fn per_cpu_lists_refill_in_batches_and_return_batches_over_high() {
     let d = one_cpu();
     let pa = PageAllocator::new(
         &d,
-        PageConfig {
-            pcp_batch: 8,
-            pcp_high: 24,
-            ..quiet_config(8 << 20, Watermarks::NONE)
-        },
+        quiet_config(8 << 20, Watermarks::NONE)
+            .pcp_batch(8)
+            .pcp_high(24),
     )
     .unwrap();
     let first = pa.alloc_page(Gfp::KERNEL).unwrap();
@@ -414,11 +380,7 @@ fn per_cpu_lists_refill_in_batches_and_return_batches_over_high() {
 }
 
 /// Watermarks high enough in a 4 MiB arena to reach quickly.
-const TIGHT: Watermarks = Watermarks {
-    min: 64,
-    low: 96,
-    high: 128,
-};
+const TIGHT: Watermarks = Watermarks::new(64, 96, 128);
 
 /// Pages held by a test "cache" that a shrinker can give back.
 struct Stash {
@@ -475,15 +437,9 @@ fn kswapd_wakes_below_low_and_shrinks_to_high() {
     let d = one_cpu();
     let pa = PageAllocator::new(
         &d,
-        PageConfig {
-            arena_size: 4 << 20,
-            watermarks: Some(Watermarks {
-                min: 64,
-                low: 128,
-                high: 256,
-            }),
-            ..PageConfig::default()
-        },
+        PageConfig::default()
+            .arena_size(4 << 20)
+            .watermarks(Watermarks::new(64, 128, 256)),
     )
     .unwrap();
     // A shrinker that returns late: its pages are back well before kswapd
@@ -733,14 +689,8 @@ fn threads_with_remote_drains_never_share_a_page() {
 #[test]
 fn disabled_per_cpu_lists_send_everything_to_the_buddy() {
     let d = one_cpu();
-    let pa = PageAllocator::new(
-        &d,
-        PageConfig {
-            pcp_lists: false,
-            ..quiet_config(4 << 20, Watermarks::NONE)
-        },
-    )
-    .unwrap();
+    let pa =
+        PageAllocator::new(&d, quiet_config(4 << 20, Watermarks::NONE).pcp_lists(false)).unwrap();
     let p = pa.alloc_page(Gfp::NOWAIT).unwrap();
     let q = pa.alloc_pages_nolock(0).unwrap();
     pa.free(p);

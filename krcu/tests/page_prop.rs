@@ -5,7 +5,7 @@ mod common;
 
 use common::pages::quiet_config;
 use krcu::Domain;
-use krcu::page::{AllocError, Gfp, MAX_ORDER, Page, PageAllocator, PageConfig, Watermarks};
+use krcu::page::{AllocError, Gfp, MAX_ORDER, Page, PageAllocator, Watermarks};
 use proptest::prelude::*;
 
 #[derive(Debug, Clone)]
@@ -47,11 +47,9 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
     let d = Domain::builder().cpus(1).build();
     let pa = PageAllocator::new(
         &d,
-        PageConfig {
-            pcp_batch: 7,
-            pcp_high: 21,
-            ..quiet_config(4 << 20, Watermarks::NONE)
-        },
+        quiet_config(4 << 20, Watermarks::NONE)
+            .pcp_batch(7)
+            .pcp_high(21),
     )
     .unwrap();
     let total = pa.total_pages();

@@ -13,9 +13,10 @@ use common::CountedNode;
 
 use common::counting_alloc::{CountingAlloc, thread_allocs};
 
+use krcu::Krcu;
+use krcu::kvfree::Assist;
 use krcu::page::Gfp;
 use krcu::rcu::{HasRcuHead, RcuHead};
-use krcu::{Assist, Krcu};
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};

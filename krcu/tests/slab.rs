@@ -148,7 +148,7 @@ fn bad_frees_are_refused_with_the_address() {
     }
     assert!(matches!(
         SlabCache::<[u8; 64 << 10]>::new(&pa, "huge"),
-        Err(SlabError::TooLarge { .. })
+        Err(krcu::BuildError::SlabTooLarge { .. })
     ));
 }
 

@@ -3,7 +3,8 @@
 //! (the same measurement under callgrind's cache simulation), so that the
 //! two measure the same thing.
 
-use krcu::{KrcuBuilder, KvfreeConfig, Policy};
+use krcu::KrcuBuilder;
+use krcu::kvfree::{KvfreeConfig, Policy};
 use std::time::Duration;
 
 /// The two reclaim paths compared: a name, the policy that takes it and
@@ -19,11 +20,11 @@ pub const PATHS: [(&str, Policy, usize); 2] = [
 /// no validator, and no drain until a barrier asks, so that the objects
 /// are cold by the time they are reclaimed.
 pub fn cold_reclaim(builder: KrcuBuilder, policy: Policy, cache: usize) -> KrcuBuilder {
-    builder.lockdep(false).kvfree_config(KvfreeConfig {
-        policy,
-        cache_blocks: cache,
-        refill_mark: cache.min(3),
-        drain_delay: Duration::from_secs(3600),
-        ..KvfreeConfig::default()
-    })
+    builder.lockdep(false).kvfree_config(
+        KvfreeConfig::default()
+            .policy(policy)
+            .cache_blocks(cache)
+            .refill_mark(cache.min(3))
+            .drain_delay(Duration::from_secs(3600)),
+    )
 }

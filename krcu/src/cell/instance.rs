@@ -14,30 +14,31 @@ use std::sync::Arc;
 pub trait CellInstance: sealed::Sealed + Send + Sync + 'static {
     /// The read-side guard a cell of this instance takes.
     type Guard<'a>;
-
-    /// The id of the instance `guard` is a section of, when the type does
-    /// not say it already (`None`: it is this instance by type).
-    #[doc(hidden)]
-    fn guard_instance(guard: &Self::Guard<'_>) -> Option<u64>;
-
-    /// The id of this instance's RCU, when guards must be checked.
-    #[doc(hidden)]
-    fn rcu_id(&self) -> u64;
-
-    /// `kfree_rcu` of a leaked box by pointer on this instance; `false`
-    /// (nothing done) in NMI context.
-    ///
-    /// # Safety
-    /// As `Krcu::kfree_rcu_raw`: `raw` is a leaked `Box` handed over here,
-    /// unqueued, written by no one from now on.
-    #[doc(hidden)]
-    unsafe fn retire<N: HasRcuHead>(&self, raw: NonNull<N>) -> bool;
 }
 
-mod sealed {
-    pub trait Sealed {}
-    impl Sealed for super::Global {}
-    impl Sealed for std::sync::Arc<crate::Krcu> {}
+// What a cell asks of its instance: in the sealed supertrait, so that
+// nothing outside the crate can call it (or implement it).
+pub(super) mod sealed {
+    use super::{CellInstance, HasRcuHead, NonNull};
+
+    pub trait Sealed {
+        /// The id of the instance `guard` is a section of, when the type
+        /// does not say it already (`None`: it is this instance by type).
+        fn guard_instance(guard: &<Self as CellInstance>::Guard<'_>) -> Option<u64>
+        where
+            Self: CellInstance;
+
+        /// The id of this instance's RCU, when guards must be checked.
+        fn rcu_id(&self) -> u64;
+
+        /// `kfree_rcu` of a leaked box by pointer on this instance; `false`
+        /// (nothing done) in NMI context.
+        ///
+        /// # Safety
+        /// As `Krcu::kfree_rcu_raw`: `raw` is a leaked `Box` handed over
+        /// here, unqueued, written by no one from now on.
+        unsafe fn retire<N: HasRcuHead>(&self, raw: NonNull<N>) -> bool;
+    }
 }
 
 /// The process-wide instance, as a cell's [`CellInstance`]: its cells
@@ -49,7 +50,9 @@ pub struct Global;
 
 impl CellInstance for Global {
     type Guard<'a> = GlobalReadGuard<'a>;
+}
 
+impl sealed::Sealed for Global {
     #[inline(always)]
     fn guard_instance(_: &GlobalReadGuard<'_>) -> Option<u64> {
         None
@@ -67,7 +70,9 @@ impl CellInstance for Global {
 
 impl CellInstance for Arc<Krcu> {
     type Guard<'a> = ReadGuard<'a>;
+}
 
+impl sealed::Sealed for Arc<Krcu> {
     #[inline(always)]
     fn guard_instance(guard: &ReadGuard<'_>) -> Option<u64> {
         Some(guard.instance_id())

@@ -78,11 +78,11 @@ impl Cache {
                 .pages
                 .alloc_page(Gfp::NOWAIT | Gfp::NOWARN)
                 .map(|p| p.addr()),
-            Policy::NoLocks => s
+            Policy::GfpNoLocks => s
                 .pages
                 .alloc_page(Gfp::NO_LOCKS | Gfp::NOWARN)
                 .map(|p| p.addr()),
-            Policy::Nolock | Policy::CacheRefillNolock => {
+            Policy::AllocPagesNolock | Policy::CacheRefillNolock => {
                 s.pages.alloc_pages_nolock(0).map(|p| p.addr())
             }
         };

@@ -44,7 +44,7 @@ use core::sync::atomic::{AtomicPtr, AtomicU64, Ordering::*, fence};
 /// Acquire fence, so the second `seq` load sees that odd value (or later)
 /// and the read is retried; if its first load read an even `seq` stored
 /// (Release) by a finished write, its data loads see that write's data.
-const REGISTRY_SLOTS: usize = 256;
+pub(crate) const REGISTRY_SLOTS: usize = 256;
 /// The magic of a claimed slot: no cache's (theirs have `0x51ab` on top).
 const RESERVED: u64 = u64::MAX;
 static MAGICS: [AtomicU64; REGISTRY_SLOTS] = [const { AtomicU64::new(0) }; REGISTRY_SLOTS];

@@ -77,13 +77,14 @@ mod tests;
 mod wake;
 pub(crate) mod worker;
 
-pub use policy::Policy;
+pub use policy::{ParsePolicyError, Policy};
 pub use stats::KvfreeStats;
 
 use std::time::Duration;
 
 /// Settings of the `kfree_rcu` machinery.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct KvfreeConfig {
     /// How a block page is found under the raw lock.
     pub policy: Policy,
@@ -154,5 +155,56 @@ impl Default for KvfreeConfig {
             assist_above: 16,
             front_blocks: true,
         }
+    }
+}
+
+/// Setters, one per field, for `KvfreeConfig::default().policy(..)...`:
+/// the struct is `#[non_exhaustive]` (fields may be added), so it is built
+/// from its `Default` rather than with a struct expression.
+impl KvfreeConfig {
+    /// Sets [`policy`](Self::policy).
+    pub fn policy(mut self, policy: Policy) -> Self {
+        self.policy = policy;
+        self
+    }
+    /// Sets [`cache_blocks`](Self::cache_blocks).
+    pub fn cache_blocks(mut self, n: usize) -> Self {
+        self.cache_blocks = n;
+        self
+    }
+    /// Sets [`refill_mark`](Self::refill_mark).
+    pub fn refill_mark(mut self, n: usize) -> Self {
+        self.refill_mark = n;
+        self
+    }
+    /// Sets [`max_cache_blocks`](Self::max_cache_blocks).
+    pub fn max_cache_blocks(mut self, n: usize) -> Self {
+        self.max_cache_blocks = n;
+        self
+    }
+    /// Sets [`drain_delay`](Self::drain_delay).
+    pub fn drain_delay(mut self, delay: Duration) -> Self {
+        self.drain_delay = delay;
+        self
+    }
+    /// Sets [`active_poll`](Self::active_poll).
+    pub fn active_poll(mut self, period: Duration) -> Self {
+        self.active_poll = period;
+        self
+    }
+    /// Sets [`assist`](Self::assist).
+    pub fn assist(mut self, assist: Assist) -> Self {
+        self.assist = assist;
+        self
+    }
+    /// Sets [`assist_above`](Self::assist_above).
+    pub fn assist_above(mut self, blocks: usize) -> Self {
+        self.assist_above = blocks;
+        self
+    }
+    /// Sets [`front_blocks`](Self::front_blocks).
+    pub fn front_blocks(mut self, on: bool) -> Self {
+        self.front_blocks = on;
+        self
     }
 }

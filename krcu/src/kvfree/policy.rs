@@ -2,7 +2,7 @@
 //! the options the 2020 kfree_rcu thread weighed against each other
 //! (docs/history.md).
 //!
-//! Owns: [`Policy`]. Uses: nothing in kvfree.
+//! Owns: [`Policy`], [`ParsePolicyError`]. Uses: nothing in kvfree.
 
 use core::fmt;
 use core::str::FromStr;
@@ -20,16 +20,20 @@ pub enum Policy {
     /// PREEMPT_RT. Kept to show the bug.
     #[doc(alias = "GFP_NOWAIT")]
     Nowait,
-    /// The 2020 `__GFP_NO_LOCKS` proposal: this CPU's page lists only.
-    #[doc(alias = "__GFP_NO_LOCKS")]
-    NoLocks,
+    /// The 2020 `__GFP_NO_LOCKS` proposal: this CPU's page lists only
+    /// (`no-locks` on the command line). Not to be confused with
+    /// [`AllocPagesNolock`](Policy::AllocPagesNolock).
+    #[doc(alias = "__GFP_NO_LOCKS", alias = "NoLocks")]
+    GfpNoLocks,
     /// Allocate (`GFP_NOWAIT`, with the lock dropped) only when the caller
     /// is `preemptible()`; under `PreemptModel::None` it never can be known,
     /// so it never allocates (the 2020 kfree_rcu thread, option 4).
     Preemptible,
-    /// `alloc_pages_nolock()`: trylock the per-CPU lists, then the zone.
-    #[doc(alias = "alloc_pages_nolock")]
-    Nolock,
+    /// `alloc_pages_nolock()`: trylock the per-CPU lists, then the zone
+    /// (`nolock` on the command line). Not to be confused with
+    /// [`GfpNoLocks`](Policy::GfpNoLocks).
+    #[doc(alias = "alloc_pages_nolock", alias = "Nolock")]
+    AllocPagesNolock,
     /// Mainline's answer (Thomas Gleixner, 2020): a per-CPU cache of spare blocks, refilled
     /// by a worker outside any raw lock when it runs low or calls come fast;
     /// the list fallback for the few calls in between.
@@ -44,9 +48,9 @@ impl Policy {
     pub const ALL: [Policy; 7] = [
         Policy::Prohibit,
         Policy::Nowait,
-        Policy::NoLocks,
+        Policy::GfpNoLocks,
         Policy::Preemptible,
-        Policy::Nolock,
+        Policy::AllocPagesNolock,
         Policy::CacheRefill,
         Policy::CacheRefillNolock,
     ];
@@ -56,9 +60,9 @@ impl Policy {
         match self {
             Policy::Prohibit => "prohibit",
             Policy::Nowait => "nowait",
-            Policy::NoLocks => "no-locks",
+            Policy::GfpNoLocks => "no-locks",
             Policy::Preemptible => "preemptible",
-            Policy::Nolock => "nolock",
+            Policy::AllocPagesNolock => "nolock",
             Policy::CacheRefill => "cache-refill",
             Policy::CacheRefillNolock => "cache-refill+nolock",
         }
@@ -83,18 +87,20 @@ impl fmt::Display for Policy {
     }
 }
 
+/// A policy name [`Policy::from_str`](FromStr::from_str) does not know.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown policy '{name}' (expected one of: {})", Policy::ALL.map(Policy::name).join(", "))]
+pub struct ParsePolicyError {
+    /// The name given.
+    pub name: String,
+}
+
 impl FromStr for Policy {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = ParsePolicyError;
+    fn from_str(s: &str) -> Result<Self, ParsePolicyError> {
         Policy::ALL
             .into_iter()
             .find(|p| p.name().eq_ignore_ascii_case(s))
-            .ok_or_else(|| {
-                let names: Vec<_> = Policy::ALL.iter().map(|p| p.name()).collect();
-                format!(
-                    "unknown policy '{s}' (expected one of: {})",
-                    names.join(", ")
-                )
-            })
+            .ok_or_else(|| ParsePolicyError { name: s.into() })
     }
 }

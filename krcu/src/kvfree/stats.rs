@@ -10,6 +10,7 @@ use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 
 /// A snapshot of an instance's `kfree_rcu` statistics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct KvfreeStats {
     /// Calls from task context. The `calls_*` fields count calls that
     /// reached a front block or a `krc` state; a call that found every

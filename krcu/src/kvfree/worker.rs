@@ -94,7 +94,7 @@ impl Workers {
     /// Fills the caches (so that a real-time thread does not depend on the
     /// refill thread having run), starts the threads, and registers them to
     /// be restarted in the child of a `fork`.
-    pub(crate) fn spawn(engine: &Arc<Engine>) -> Result<Arc<Workers>, String> {
+    pub(crate) fn spawn(engine: &Arc<Engine>) -> Result<Arc<Workers>, std::io::Error> {
         engine.refill_pass();
         let stop = Arc::new(AtomicBool::new(false));
         let threads = start(engine, &stop)?;
@@ -154,7 +154,7 @@ fn join_unless_worker(h: JoinHandle<()>) {
 
 /// Starts one reclaimer per CPU, the monitor and the refill thread; on a
 /// failure stops those already started.
-fn start(engine: &Arc<Engine>, stop: &Arc<AtomicBool>) -> Result<Threads, String> {
+fn start(engine: &Arc<Engine>, stop: &Arc<AtomicBool>) -> Result<Threads, std::io::Error> {
     // One reclaimer per CPU, on that CPU when the instance models the
     // machine's CPUs one to one: objects are freed near where they were
     // used, and reclaim scales with the CPUs as the flood does.
@@ -179,7 +179,7 @@ fn start(engine: &Arc<Engine>, stop: &Arc<AtomicBool>) -> Result<Threads, String
             Err(err) => {
                 engine.stop_reclaimers();
                 t.reclaimers.into_iter().for_each(join_unless_worker);
-                return Err(err.to_string());
+                return Err(err);
             }
         }
     }
@@ -208,7 +208,7 @@ fn start(engine: &Arc<Engine>, stop: &Arc<AtomicBool>) -> Result<Threads, String
             stop.store(false, Ordering::Release);
             engine.stop_reclaimers();
             t.reclaimers.into_iter().for_each(join_unless_worker);
-            Err(err.to_string())
+            Err(err)
         }
     }
 }

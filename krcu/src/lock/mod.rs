@@ -11,7 +11,8 @@
 //! `RawMutex`, so `lock()` returns `lock_api`'s familiar `MutexGuard`.
 //! Sleeping waits park the thread with `parking_lot_core`. Every
 //! acquisition goes through the validator ([`crate::lockdep`]) where it is
-//! compiled in, and is counted in the thread's [`thread_counters`].
+//! compiled in, and is counted per thread (what tests read with the
+//! `testing` feature).
 //!
 //! "Atomic holder" means the thread's atomic depth (its preempt count) is
 //! raised while it holds the lock: sleeping then is a bug the validator
@@ -29,7 +30,11 @@ mod word;
 pub use kind::{IrqSaveKind, Local, LockKind, RawSpin, Sleep, Spin};
 pub use local::{LocalLock, LocalLockGuard, LocalLockIrqGuard};
 pub use raw::RawLock;
-pub use stats::{LockStats, ThreadLockCounters, thread_counters};
+pub use stats::LockStats;
+/// What this thread did with krcu's locks, for tests that prove a path
+/// took no lock but trylocks (the `testing` feature, off by default).
+#[cfg(feature = "testing")]
+pub use stats::{ThreadLockCounters, thread_counters};
 pub use typed::{IrqSaveGuard, Lock, LockGuard};
 
 /// `raw_spinlock_t`: always spins, and its holder is atomic.

@@ -55,10 +55,6 @@ impl<K: LockKind> RawLock<K> {
     pub(crate) fn word(&self) -> &LockWord {
         &self.word
     }
-
-    pub(crate) fn dep(&self) -> &LockDep {
-        &self.dep
-    }
 }
 
 // SAFETY: `lock` and `try_lock` return only once the word's LOCKED bit was

@@ -11,6 +11,7 @@ use core::cell::Cell;
 
 /// Statistics of one lock.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct LockStats {
     /// Acquisitions that found the lock taken and had to wait.
     pub contended: u64,
@@ -19,7 +20,9 @@ pub struct LockStats {
 }
 
 /// What the current thread did with krcu's locks.
+#[cfg(any(test, feature = "testing"))]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ThreadLockCounters {
     /// Blocking acquisitions (`lock`, `lock_irqsave`): they may wait.
     pub blocking: u64,
@@ -33,6 +36,7 @@ pub struct ThreadLockCounters {
     pub parks: u64,
 }
 
+#[cfg(any(test, feature = "testing"))]
 impl core::ops::Sub for ThreadLockCounters {
     type Output = ThreadLockCounters;
     fn sub(self, o: Self) -> Self {
@@ -108,6 +112,7 @@ pub(crate) fn count_wait(parks: u64) {
     });
 }
 
+#[cfg(any(test, feature = "testing"))]
 /// The current thread's counters since it started.
 pub fn thread_counters() -> ThreadLockCounters {
     COUNTERS.with(|c| ThreadLockCounters {

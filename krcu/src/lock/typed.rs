@@ -8,7 +8,7 @@ use super::raw::RawLock;
 use super::stats::LockStats;
 use crate::context;
 use crate::domain::Domain;
-use crate::lockdep::{self, ClassId};
+use crate::lockdep;
 use core::mem::ManuallyDrop;
 use core::ops::{Deref, DerefMut};
 use core::panic::Location;
@@ -116,12 +116,6 @@ impl<K: LockKind, T: ?Sized> Lock<K, T> {
     /// PREEMPT_RT).
     pub fn sleeps(&self) -> bool {
         self.raw().sleeps()
-    }
-
-    /// The validator class (`ClassId::NONE` when the validator is not
-    /// compiled in).
-    pub fn class(&self) -> ClassId {
-        self.raw().dep().class()
     }
 }
 

@@ -31,8 +31,6 @@ impl ClassId {
 pub struct ClassInfo {
     /// The name, as given at construction or `file:line:column`.
     pub name: &'static str,
-    /// Where the class's locks are built.
-    pub defined_at: &'static Location<'static>,
 }
 
 static KEYS: KeySet<MAX_CLASSES> = KeySet::new();
@@ -56,7 +54,6 @@ pub(crate) fn register(name: Option<&'static str>, at: &'static Location<'static
     // would store equal values, and `get_or_init` keeps exactly one.
     INFO[index].get_or_init(|| ClassInfo {
         name: name.unwrap_or_else(|| leak_location_name(at)),
-        defined_at: at,
     });
     ClassId(index as u16 + 1)
 }

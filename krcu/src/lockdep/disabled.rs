@@ -5,7 +5,6 @@
 //!
 //! Uses only the types the signatures name.
 
-use super::class::ClassId;
 use super::report::HeldLockInfo;
 use super::validator::HasValidator;
 use super::wait::WaitType;
@@ -33,12 +32,6 @@ impl LockDep {
         _inner: WaitType,
     ) -> LockDep {
         LockDep
-    }
-
-    /// The lock's class: NONE, the validator not being compiled in.
-    #[inline(always)]
-    pub(crate) fn class(&self) -> ClassId {
-        ClassId::NONE
     }
 
     #[inline(always)]

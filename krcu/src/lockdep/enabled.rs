@@ -92,11 +92,6 @@ impl LockDep {
         }
     }
 
-    /// The lock's class (NONE when the validator is not compiled in).
-    pub(crate) fn class(&self) -> ClassId {
-        self.class
-    }
-
     fn validator(&self) -> &Arc<Validator> {
         self.validator
             .as_ref()

@@ -79,6 +79,10 @@ mod report;
 mod table;
 mod validator;
 mod wait;
+// The rules that need a pretend RCU reader (as the validator sees it);
+// like `tests/lockdep.rs`, only where the validator is compiled in.
+#[cfg(all(test, krcu_lockdep, not(loom)))]
+mod tests;
 
 // The hooks the lock paths call, chosen once, here: the validator, or the
 // same items as inline no-ops (as parking_lot_core picks its thread parker).
@@ -86,7 +90,7 @@ mod wait;
 #[cfg_attr(not(krcu_lockdep), path = "disabled.rs")]
 mod imp;
 
-pub use class::{ClassId, ClassInfo, info as class_info};
+pub(crate) use class::ClassId;
 pub use handler::{ReportHandler, ReportLog};
 pub use held::MAX_LOCK_DEPTH;
 pub(crate) use imp::{LockDep, might_sleep_in, note_caller, take_caller};
@@ -107,27 +111,3 @@ pub const COMPILED: bool = cfg!(krcu_lockdep);
 /// for delivery at once; more are dropped and counted.
 #[doc(alias = "printk_deferred")]
 pub const DEFERRED_REPORTS: usize = 16;
-
-/// Hooks for tests of the validator itself. Not part of the API.
-#[doc(hidden)]
-pub mod testing {
-    use crate::context;
-
-    /// Raises the thread's RCU read-side depth, as a reader does, without
-    /// being a reader (grace periods do not wait for it).
-    pub struct RcuReadDepth(core::marker::PhantomData<*const ()>);
-
-    impl RcuReadDepth {
-        /// Enters the pretend read-side section.
-        pub fn enter() -> Self {
-            context::rcu_read_enter();
-            RcuReadDepth(core::marker::PhantomData)
-        }
-    }
-
-    impl Drop for RcuReadDepth {
-        fn drop(&mut self) {
-            context::rcu_read_exit();
-        }
-    }
-}

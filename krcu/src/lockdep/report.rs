@@ -46,6 +46,7 @@ impl ReportKind {
 
 /// A held lock as a report shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct HeldLockInfo {
     /// The lock's class name.
     pub name: &'static str,
@@ -69,6 +70,7 @@ pub struct HeldLockInfo {
 /// [`flush_deferred_reports`](super::flush_deferred_reports)); it is then
 /// marked [`deferred`](Report::deferred).
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct Report {
     /// What was found.
     pub kind: ReportKind,

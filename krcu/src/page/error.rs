@@ -1,35 +1,11 @@
 //! What can go wrong: bad frees ([`PageError`]), failed allocations
-//! ([`AllocError`]) and bad configurations ([`BuildError`]).
+//! ([`AllocError`]) and bad configurations
+//! ([`BuildError`](crate::BuildError), the crate's one build error).
 //!
-//! # Error policy for bad frees
-//! Freeing a page that is not allocated, with the wrong order, twice, or
-//! outside the arena is never silent corruption: the page allocator checks
-//! every free against its side array before touching any list.
-//! With an owning [`Page`](super::Page) handle safe code can only get a
-//! page of another allocator wrong; the address-based frees are `unsafe`
-//! and also check for the rest.
-//! - [`PageAllocator::try_free`](super::PageAllocator::try_free) and
-//!   [`PageAllocator::try_free_pages`](super::PageAllocator::try_free_pages)
-//!   return the [`PageError`], naming the address, and change nothing.
-//! - [`PageAllocator::free`](super::PageAllocator::free),
-//!   [`PageAllocator::free_pages`](super::PageAllocator::free_pages) (and the
-//!   other non-`try` frees) **panic in debug builds** with that message; in
-//!   release builds they **count** the error
-//!   ([`GlobalStats::bad_frees`](super::GlobalStats::bad_frees)), **report** it
-//!   with `tracing::error!`, and leave the page alone (a leak, never a
-//!   corruption).
-//!
-//! In hardirq (signal handler) or NMI context neither is possible (a panic
-//! there aborts the process; `tracing` may allocate and lock), so a bad
-//! free there is only counted ([`GlobalStats::handler_bad_frees`](super::GlobalStats::handler_bad_frees))
-//! and reported from task context later, by the next
-//! [`PageAllocator::drain_all`](super::PageAllocator::drain_all) (with
-//! `tracing::error!`, in every build: a panic there would strike an
-//! unrelated caller).
+//! The policy for bad frees is on [`PageError`].
 //!
 //! Uses nothing else of the crate.
 
-use core::fmt;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 
 /// Bad frees seen in hardirq or NMI context, waiting to be reported from
@@ -59,6 +35,32 @@ impl DeferredBadFrees {
 }
 
 /// A free that the allocator refused. Every variant names the address.
+///
+/// # Error policy for bad frees
+/// Freeing a page that is not allocated, with the wrong order, twice, or
+/// outside the arena is never silent corruption: the page allocator checks
+/// every free against its side array before touching any list.
+/// With an owning [`Page`](super::Page) handle safe code can only get a
+/// page of another allocator wrong; the address-based frees are `unsafe`
+/// and also check for the rest.
+/// - [`PageAllocator::try_free`](super::PageAllocator::try_free) and
+///   [`PageAllocator::try_free_pages`](super::PageAllocator::try_free_pages)
+///   return the [`PageError`], naming the address, and change nothing.
+/// - [`PageAllocator::free`](super::PageAllocator::free),
+///   [`PageAllocator::free_pages`](super::PageAllocator::free_pages) (and the
+///   other non-`try` frees) **panic in debug builds** with that message; in
+///   release builds they **count** the error
+///   ([`GlobalStats::bad_frees`](super::GlobalStats::bad_frees)), **report** it
+///   with `tracing::error!`, and leave the page alone (a leak, never a
+///   corruption).
+///
+/// In hardirq (signal handler) or NMI context neither is possible (a panic
+/// there aborts the process; `tracing` may allocate and lock), so a bad
+/// free there is only counted ([`GlobalStats::handler_bad_frees`](super::GlobalStats::handler_bad_frees))
+/// and reported from task context later, by the next
+/// [`PageAllocator::drain_all`](super::PageAllocator::drain_all) (with
+/// `tracing::error!`, in every build: a panic there would strike an
+/// unrelated caller).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum PageError {
     /// The address is not inside the arena, or the [`Page`](super::Page)
@@ -151,61 +153,4 @@ pub enum AllocError {
     /// a sleeping spinlock is unsafe).
     #[error("not allowed in this context")]
     Context,
-}
-
-/// A configuration the page allocator cannot be built with.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum BuildError {
-    /// The arena is not a positive multiple of the page size, or too large
-    /// for 32-bit page numbers.
-    #[error("arena size {0} bytes is not a positive multiple of 4096 below 16 TiB")]
-    ArenaSize(usize),
-    /// The watermarks leave too little of the arena usable.
-    #[error(
-        "arena of {pages} pages is too small for its watermarks (high {high} pages; at most half the arena)"
-    )]
-    ArenaTooSmall {
-        /// Pages in the arena.
-        pages: usize,
-        /// The high watermark.
-        high: usize,
-    },
-    /// Watermarks out of order (min ≤ low ≤ high is required).
-    #[error("watermarks out of order: {0}")]
-    Watermarks(String),
-    /// `batch` is zero or `high` is below `batch`.
-    #[error("per-CPU list sizes: batch {batch} must be at least 1 and high {high} at least batch")]
-    PcpSizes {
-        /// The configured batch.
-        batch: u32,
-        /// The configured high mark.
-        high: u32,
-    },
-    /// `mmap` of the arena failed.
-    #[error("mmap of a {size}-byte arena failed: {err}")]
-    Mmap {
-        /// The arena size.
-        size: usize,
-        /// The OS error.
-        err: IoErrorText,
-    },
-    /// The reclaim worker thread could not be started.
-    #[error("could not start the reclaim worker: {0}")]
-    Thread(IoErrorText),
-}
-
-/// An OS error as text (so that [`BuildError`] stays `Clone + Eq`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct IoErrorText(pub String);
-
-impl fmt::Display for IoErrorText {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl From<std::io::Error> for IoErrorText {
-    fn from(e: std::io::Error) -> Self {
-        IoErrorText(e.to_string())
-    }
 }

@@ -17,7 +17,7 @@ use core::ptr::NonNull;
 
 impl PageAllocator {
     /// Frees a block handed out as `page` (`__free_pages`). A `Page` of
-    /// another allocator is bad input (see [`error`](super::error)): it
+    /// another allocator is bad input (see [`PageError`]): it
     /// panics in debug builds and is counted and reported (and leaked) in
     /// release builds.
     #[inline]
@@ -73,7 +73,7 @@ impl PageAllocator {
     }
 
     /// Frees a block by address and order (`__free_pages`). Bad input (see
-    /// [`error`](super::error)) panics in debug builds and is counted and
+    /// [`PageError`]) panics in debug builds and is counted and
     /// reported in release builds.
     ///
     /// # Safety
@@ -265,7 +265,7 @@ impl PageAllocator {
     ///
     /// Also reports (`tracing::error!`) the bad frees made in signal
     /// handlers since the last drain, which could not be reported there
-    /// (see [`error`](super::error)).
+    /// (see [`PageError`]).
     pub fn drain_all(&self) -> usize {
         let moved = (0..self.pcp.cpus()).map(|cpu| self.drain_cpu(cpu)).sum();
         self.zone.flush_deferred();

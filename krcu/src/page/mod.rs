@@ -56,14 +56,14 @@
 //! watermarks from the kernel's `min_free_kbytes` formula ([`Watermarks`]).
 //!
 //! # Bad input
-//! See [`error`] for the policy: `try_*` frees return a [`PageError`]; the
+//! See [`PageError`] for the policy: `try_*` frees return a [`PageError`]; the
 //! others panic in debug builds and count and report in release builds.
 //!
 //! Uses: `domain`, `fork`, `percpu`, `sync`.
 
 mod alloc;
 mod consts;
-pub mod error;
+mod error;
 mod fault;
 mod free;
 mod gfp;
@@ -75,7 +75,7 @@ mod watermark;
 mod zone;
 
 pub use consts::{MAX_ORDER, NR_ORDERS, PAGE_SHIFT, PAGE_SIZE};
-pub use error::{AllocError, BuildError, PageError};
+pub use error::{AllocError, PageError};
 pub use fault::{FaultInjector, FaultSites};
 pub use gfp::{Gfp, Migratetype};
 pub use pcp::PCP_MAX_ORDER;
@@ -84,6 +84,7 @@ pub use stats::{GlobalStats, PageStats, PathStats};
 pub use watermark::Watermarks;
 
 use crate::domain::Domain;
+use crate::error::BuildError;
 use crate::percpu::PerCpu;
 use core::ptr::NonNull;
 use pcp::PcpSlot;
@@ -93,6 +94,7 @@ use zone::Zone;
 
 /// The allocator's configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct PageConfig {
     /// Bytes in the arena: a multiple of [`PAGE_SIZE`] (default 256 MiB).
     pub arena_size: usize,
@@ -124,6 +126,43 @@ impl Default for PageConfig {
             kswapd: true,
             pcp_lists: true,
         }
+    }
+}
+
+/// Setters, one per field, for `PageConfig::default().kswapd(false)...`:
+/// the struct is `#[non_exhaustive]` (fields may be added), so it is built
+/// from its `Default` rather than with a struct expression.
+impl PageConfig {
+    /// Sets [`arena_size`](Self::arena_size).
+    pub fn arena_size(mut self, bytes: usize) -> Self {
+        self.arena_size = bytes;
+        self
+    }
+    /// Sets [`pcp_batch`](Self::pcp_batch).
+    pub fn pcp_batch(mut self, pages: u32) -> Self {
+        self.pcp_batch = pages;
+        self
+    }
+    /// Sets [`pcp_high`](Self::pcp_high).
+    pub fn pcp_high(mut self, pages: u32) -> Self {
+        self.pcp_high = pages;
+        self
+    }
+    /// Sets [`watermarks`](Self::watermarks) (instead of computing them
+    /// from the arena size).
+    pub fn watermarks(mut self, marks: Watermarks) -> Self {
+        self.watermarks = Some(marks);
+        self
+    }
+    /// Sets [`kswapd`](Self::kswapd).
+    pub fn kswapd(mut self, on: bool) -> Self {
+        self.kswapd = on;
+        self
+    }
+    /// Sets [`pcp_lists`](Self::pcp_lists).
+    pub fn pcp_lists(mut self, on: bool) -> Self {
+        self.pcp_lists = on;
+        self
     }
 }
 
@@ -291,7 +330,7 @@ impl PageAllocator {
             PcpSlot::new(domain, config.pcp_high, config.pcp_batch)
         });
         let worker = if config.kswapd {
-            Some(spawn_kswapd(&zone, &shared).map_err(|e| BuildError::Thread(e.into()))?)
+            Some(spawn_kswapd(&zone, &shared).map_err(BuildError::Thread)?)
         } else {
             None
         };

@@ -41,6 +41,7 @@ macro_rules! counters {
 
         $(#[$sm])*
         #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+        #[non_exhaustive]
         pub struct $snap {
             $($(#[$fm])* pub $field: u64,)*
         }
@@ -123,6 +124,7 @@ counters! {
 
 /// A snapshot of every statistic ([`PageAllocator::stats`](super::PageAllocator::stats)).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct PageStats {
     /// Per-path counts, summed over CPUs.
     pub paths: PathStats,

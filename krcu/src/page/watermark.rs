@@ -19,11 +19,12 @@
 //! Uses: in this module `consts.rs`, `error.rs`.
 
 use super::consts::PAGE_SIZE;
-use super::error::BuildError;
+use crate::error::BuildError;
 
 /// The three watermarks, in pages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[doc(alias = "_watermark")]
+#[non_exhaustive]
 pub struct Watermarks {
     /// Below this only high-priority allocations succeed (`WMARK_MIN`).
     pub min: usize,
@@ -34,6 +35,13 @@ pub struct Watermarks {
 }
 
 impl Watermarks {
+    /// The marks `min`, `low` and `high`, in pages (checked when an
+    /// allocator is built: `min <= low <= high`, high at most half the
+    /// arena).
+    pub const fn new(min: usize, low: usize, high: usize) -> Watermarks {
+        Watermarks { min, low, high }
+    }
+
     /// No watermarks at all: every page may be allocated and kswapd is never
     /// woken. For tests and models that want exact accounting.
     pub const NONE: Watermarks = Watermarks {
@@ -60,7 +68,11 @@ impl Watermarks {
     /// high mark at most half the arena.
     pub(crate) fn validate(&self, pages: usize) -> Result<(), BuildError> {
         if !(self.min <= self.low && self.low <= self.high) {
-            return Err(BuildError::Watermarks(format!("{self:?}")));
+            return Err(BuildError::Watermarks {
+                min: self.min,
+                low: self.low,
+                high: self.high,
+            });
         }
         if self.high > pages / 2 {
             return Err(BuildError::ArenaTooSmall {
@@ -112,7 +124,7 @@ mod tests {
                 high: 4
             }
             .validate(100),
-            Err(BuildError::Watermarks(_))
+            Err(BuildError::Watermarks { .. })
         ));
     }
 }

@@ -14,11 +14,11 @@
 //! lock; not the allocator's paths (`alloc.rs`, `pcp.rs`), which use it.
 
 use super::consts::{MAX_ORDER, NR_ORDERS, PAGE_SHIFT, PAGE_SIZE};
-use super::error::{BuildError, IoErrorText};
 use super::gfp::Migratetype;
 use super::meta::{Kind, NONE, PageMeta, State};
 use super::watermark::Watermarks;
 use crate::domain::Domain;
+use crate::error::BuildError;
 use crate::lock::{SpinLock, SpinLockGuard};
 use crate::sync::atomic::{AtomicU32, AtomicUsize, Ordering::*};
 use core::ptr::NonNull;
@@ -64,7 +64,7 @@ impl Arena {
         if p == libc::MAP_FAILED {
             return Err(BuildError::Mmap {
                 size: len,
-                err: IoErrorText::from(std::io::Error::last_os_error()),
+                source: std::io::Error::last_os_error(),
             });
         }
         let start = p as usize;

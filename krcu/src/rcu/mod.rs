@@ -10,9 +10,9 @@
 //! and after flipping the phase twice and waiting, after each flip, for the
 //! slots still in the other phase. Where membarrier is missing (or
 //! [`RcuConfig::force_fallback_fences`] says so) readers and writer use full
-//! fences instead ([`membarrier`]).
+//! fences instead (where `membarrier(2)` is not available).
 //!
-//! Grace periods are numbered with the kernel's `rcu_seq` scheme ([`seq`]):
+//! Grace periods are numbered with the kernel's `rcu_seq` scheme (`rcu/seq.rs`):
 //! [`Rcu::get_state`] returns a [`GpCookie`] that [`Rcu::poll_state`] can
 //! check without waiting, correct across the counter's wrap-around.
 //!
@@ -34,7 +34,7 @@
 //! | `get_completed_synchronize_rcu()` | [`GpCookie::COMPLETED`] |
 //! | `struct rcu_head`, `call_rcu()` | [`RcuHead`], [`Rcu::call_rcu`], [`Rcu::call_rcu_box`] |
 //! | `rcu_barrier()` | [`Rcu::rcu_barrier`] |
-//! | `rcu_state.gp_seq`, `rcu_seq_*` | [`seq`] |
+//! | `rcu_state.gp_seq`, `rcu_seq_*` | `rcu/seq.rs` ([`GpCookie`]) |
 //! | `rcu_segcblist` (done / wait / next-ready / next) | `callback.rs` |
 //! | `rcu_gp_kthread`, `rcu_core` softirq, `rcu_do_batch`, `blimit` | `worker.rs`, [`RcuConfig::batch_limit`], [`RcuConfig::gp_interval`] |
 //! | RCU CPU stall warnings | `stall.rs`, [`RcuConfig::stall_timeout`] |
@@ -92,7 +92,7 @@
 //! in place or wake a worker of its own.
 
 mod handshake;
-pub mod seq;
+mod seq;
 
 #[cfg(not(loom))]
 mod barrier;
@@ -107,7 +107,7 @@ mod gp;
 #[cfg(not(loom))]
 mod instance;
 #[cfg(not(loom))]
-pub mod membarrier;
+pub(crate) mod membarrier;
 #[cfg(not(loom))]
 mod reader;
 #[cfg(not(loom))]

@@ -45,7 +45,8 @@ pub const fn cmp_lt(a: u64, b: u64) -> bool {
     u64::MAX / 2 < a.wrapping_sub(b)
 }
 
-/// The grace-period count in `s` (`rcu_seq_ctr`).
+/// The grace-period count in `s` (`rcu_seq_ctr`). Only the tests read it.
+#[cfg(test)]
 #[inline]
 #[doc(alias = "rcu_seq_ctr")]
 pub const fn seq_ctr(s: u64) -> u64 {

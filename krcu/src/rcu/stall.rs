@@ -23,6 +23,7 @@ const KEEP: usize = 32;
 /// long so far.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[doc(alias = "rcu_cpu_stall")]
+#[non_exhaustive]
 pub struct StallReport {
     /// The stalled reader's thread name, as the kernel knows it (`comm`,
     /// at most 15 bytes), or `<tid N>` if it has none.

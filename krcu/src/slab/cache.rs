@@ -6,8 +6,9 @@
 //!
 //! Uses the slab layout, the page allocator, the lock and per-CPU types.
 
+use super::SlabStats;
 use super::layout::{Layout, SlabHeader};
-use super::{SlabError, SlabStats};
+use crate::error::BuildError;
 use crate::lock::SpinLock;
 use crate::page::PageAllocator;
 use crate::percpu::PerCpu;
@@ -158,7 +159,7 @@ impl<T> SlabCache<T> {
     /// A cache of `T` over `pages` (`kmem_cache_create`), with consistency
     /// checks in debug builds only (see [`with_checks`](Self::with_checks)).
     #[doc(alias = "kmem_cache_create")]
-    pub fn new(pages: &Arc<PageAllocator>, name: &'static str) -> Result<Self, SlabError> {
+    pub fn new(pages: &Arc<PageAllocator>, name: &'static str) -> Result<Self, BuildError> {
         Self::with_checks(pages, name, cfg!(debug_assertions))
     }
 
@@ -176,11 +177,11 @@ impl<T> SlabCache<T> {
         pages: &Arc<PageAllocator>,
         name: &'static str,
         checks: bool,
-    ) -> Result<Self, SlabError> {
+    ) -> Result<Self, BuildError> {
         // A process-wide id source, not shared state of the model: std.
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         let layout = Layout::new(core::mem::size_of::<T>(), core::mem::align_of::<T>()).ok_or(
-            SlabError::TooLarge {
+            BuildError::SlabTooLarge {
                 size: core::mem::size_of::<T>(),
                 align: core::mem::align_of::<T>(),
             },

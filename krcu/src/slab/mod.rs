@@ -52,19 +52,11 @@ pub enum SlabError {
         /// The address passed.
         addr: usize,
     },
-    /// The type cannot be cached: too large (or too aligned) for a slab of
-    /// at most 8 pages.
-    #[error("objects of {size} bytes aligned to {align} do not fit in a slab")]
-    TooLarge {
-        /// `size_of::<T>()`.
-        size: usize,
-        /// `align_of::<T>()`.
-        align: usize,
-    },
 }
 
 /// A snapshot of a cache's statistics ([`SlabCache::stats`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct SlabStats {
     /// Allocations served by a per-CPU cache.
     pub cpu_allocs: u64,

@@ -9,21 +9,15 @@ use std::sync::Arc;
 
 /// Watermarks for an 8 MiB arena (2048 pages) that a test drives into
 /// reclaim: below `low` (256 free pages) the shrinkers run.
-pub const SHRINK_8MIB: Watermarks = Watermarks {
-    min: 128,
-    low: 256,
-    high: 1024,
-};
+pub const SHRINK_8MIB: Watermarks = Watermarks::new(128, 256, 1024);
 
 /// `arena_size` bytes with `watermarks`, no kswapd thread, the rest
-/// default. Tests that set more fields spread it: `..quiet_config(..)`.
+/// default. Tests that set more chain the setters: `quiet_config(..).pcp_lists(false)`.
 pub fn quiet_config(arena_size: usize, watermarks: Watermarks) -> PageConfig {
-    PageConfig {
-        arena_size,
-        watermarks: Some(watermarks),
-        kswapd: false,
-        ..PageConfig::default()
-    }
+    PageConfig::default()
+        .arena_size(arena_size)
+        .watermarks(watermarks)
+        .kswapd(false)
 }
 
 /// A page allocator on `domain` with [`quiet_config`].
