@@ -3,25 +3,36 @@
 //! stopping them on drop. A lazily built process-wide instance serves the
 //! free functions ([`kfree_rcu`](crate::kfree_rcu) and friends).
 //!
+//! The parts: the builder (`builder.rs`), the process-wide instance and
+//! the free functions (`global.rs`), the slab channels
+//! (`slab_channel.rs`); this file is the instance itself and its teardown.
+//!
 //! Uses: `context`, `domain`, `fork`, `kvfree`, `lockdep`, `page`, `rcu`,
 //! `slab`.
 
-use crate::context::{self, PreemptModel};
-use crate::domain::{Domain, DomainBuilder};
+mod builder;
+mod global;
+mod slab_channel;
+
+pub use builder::KrcuBuilder;
+pub(crate) use global::kfree_rcu_raw_global;
+pub use global::{kfree_rcu, kvfree_rcu_barrier, kvfree_rcu_mightsleep, register_thread};
+pub use slab_channel::SlabChannel;
+
+use crate::context::{self};
+use crate::domain::Domain;
 use crate::error::BuildError;
 use crate::fork;
-use crate::kvfree::block::{Channel, box_channel, drop_box_by_head};
+use crate::kvfree::block::{box_channel, drop_box_by_head};
 use crate::kvfree::channels;
 use crate::kvfree::engine::Engine;
 use crate::kvfree::worker::Workers;
-use crate::kvfree::{KvfreeConfig, KvfreeStats, Policy};
-use crate::lockdep::ReportHandler;
-use crate::page::{Page, PageAllocator, PageConfig, ShrinkerHandle};
-use crate::rcu::{HasRcuHead, Rcu, RcuConfig, RcuHead};
+use crate::kvfree::{KvfreeConfig, KvfreeStats};
+use crate::page::{Page, PageAllocator, ShrinkerHandle};
+use crate::rcu::{HasRcuHead, Rcu, RcuHead};
 use crate::slab::SlabCache;
 use core::ptr::NonNull;
-use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::sync::Arc;
 
 /// `kfree_rcu` was called from NMI context, which it refuses (as the
 /// kernel does): the object is handed back and nothing was freed.
@@ -41,140 +52,6 @@ pub struct InNmi<T>(pub Box<T>);
 impl<T> core::fmt::Debug for InNmi<T> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.write_str("InNmi(..)")
-    }
-}
-
-/// Builds a [`Krcu`].
-#[derive(Debug, Clone, Default)]
-pub struct KrcuBuilder {
-    domain: DomainBuilder,
-    page: PageConfig,
-    rcu: RcuConfig,
-    kvfree: KvfreeConfig,
-}
-
-impl KrcuBuilder {
-    /// The page allocator's arena size in bytes (default 256 MiB, reserved
-    /// but not touched until used).
-    pub fn arena_size(mut self, bytes: usize) -> Self {
-        self.page.arena_size = bytes;
-        self
-    }
-    /// CPUs to keep per-CPU state for (default: the machine's).
-    pub fn cpus(mut self, cpus: usize) -> Self {
-        self.domain = self.domain.cpus(cpus);
-        self
-    }
-    /// The preemption model (default `Full`).
-    pub fn preempt_model(mut self, model: PreemptModel) -> Self {
-        self.domain = self.domain.preempt_model(model);
-        self
-    }
-    /// Whether the validator checks this instance (where compiled in).
-    pub fn lockdep(mut self, on: bool) -> Self {
-        self.domain = self.domain.lockdep(on);
-        self
-    }
-    /// `CONFIG_PROVE_RAW_LOCK_NESTING` (default on).
-    pub fn prove_raw_lock_nesting(mut self, on: bool) -> Self {
-        self.domain = self.domain.prove_raw_lock_nesting(on);
-        self
-    }
-    /// Where the validator's reports go.
-    pub fn report_handler(mut self, handler: ReportHandler) -> Self {
-        self.domain = self.domain.report_handler(handler);
-        self
-    }
-    /// How `kfree_rcu` gets block pages under its raw lock.
-    pub fn policy(mut self, policy: Policy) -> Self {
-        self.kvfree.policy = policy;
-        self
-    }
-    /// How long objects may wait in a partly filled block.
-    pub fn drain_delay(mut self, delay: Duration) -> Self {
-        self.kvfree.drain_delay = delay;
-        self
-    }
-    /// Whether task-context callers help free ready objects (default
-    /// [`Assist::WhenBehind`](crate::kvfree::Assist::WhenBehind)).
-    pub fn assist(mut self, assist: crate::kvfree::Assist) -> Self {
-        self.kvfree.assist = assist;
-        self
-    }
-    /// Spare blocks per CPU for the refill policies (default 5).
-    pub fn cache_blocks(mut self, n: usize) -> Self {
-        self.kvfree.cache_blocks = n;
-        self
-    }
-    /// All `kfree_rcu` settings at once.
-    pub fn kvfree_config(mut self, config: KvfreeConfig) -> Self {
-        self.kvfree = config;
-        self
-    }
-    /// All page allocator settings at once.
-    pub fn page_config(mut self, config: PageConfig) -> Self {
-        self.page = config;
-        self
-    }
-    /// All RCU settings at once.
-    pub fn rcu_config(mut self, config: RcuConfig) -> Self {
-        self.rcu = config;
-        self
-    }
-
-    /// Builds the instance (its own domain and RCU) and starts its workers.
-    pub fn build(self) -> Result<Krcu, BuildError> {
-        self.validate()?;
-        let domain = self.domain.clone().build();
-        let rcu = Arc::new(Rcu::new(&domain, self.rcu.clone()));
-        self.build_on(rcu)
-    }
-
-    /// Checks the `kfree_rcu` settings.
-    fn validate(&self) -> Result<(), BuildError> {
-        let k = &self.kvfree;
-        if k.cache_blocks > k.max_cache_blocks {
-            return Err(BuildError::CacheBlocks {
-                cache_blocks: k.cache_blocks,
-                max_cache_blocks: k.max_cache_blocks,
-            });
-        }
-        if k.refill_mark > k.cache_blocks {
-            return Err(BuildError::RefillMark {
-                refill_mark: k.refill_mark,
-                cache_blocks: k.cache_blocks,
-            });
-        }
-        if k.drain_delay.is_zero() || k.active_poll.is_zero() {
-            return Err(BuildError::ZeroPeriod);
-        }
-        Ok(())
-    }
-
-    /// Builds the page allocator and the `kfree_rcu` machinery on `rcu`, in
-    /// its domain (the domain and RCU settings of the builder are not
-    /// used), and starts the workers.
-    fn build_on(self, rcu: Arc<Rcu>) -> Result<Krcu, BuildError> {
-        self.validate()?;
-        let domain = rcu.domain().clone();
-        let pages = PageAllocator::new(&domain, self.page)?;
-        let engine = Engine::new(&domain, pages.clone(), rcu, self.kvfree);
-        let weak = Arc::downgrade(&engine);
-        let weak2 = weak.clone();
-        let shrinker = pages.register_shrinker(
-            "kfree_rcu",
-            move || weak.upgrade().map_or(0, |e| e.shrink_count()),
-            move |n| weak2.upgrade().map_or(0, |e| e.shrink_scan(n)),
-        );
-        // Spare blocks are there before the first call (`spawn` fills the
-        // caches first): a real-time thread does not depend on the worker
-        // having run.
-        let workers = Workers::spawn(&engine).map_err(BuildError::Thread)?;
-        Ok(Krcu {
-            engine,
-            workers,
-            shrinker: Some(shrinker),
-        })
     }
 }
 
@@ -199,33 +76,6 @@ impl Krcu {
     /// A builder with the defaults.
     pub fn builder() -> KrcuBuilder {
         KrcuBuilder::default()
-    }
-
-    /// The process-wide instance behind the free functions
-    /// ([`kfree_rcu`](crate::kfree_rcu) and friends), built on first use with
-    /// the defaults.
-    ///
-    /// It is built on top of the process-wide RCU: its domain is
-    /// [`Domain::global`] and [`rcu`](Self::rcu) is
-    /// [`krcu::rcu::global()`](crate::rcu::global) itself, so one set of
-    /// grace periods serves `krcu::rcu::*` and the `kfree_rcu` free
-    /// functions, and a reader entered through either holds off retires
-    /// made through the other. The page allocator and the `kfree_rcu`
-    /// workers start here, on first use: a program that only uses
-    /// `krcu::rcu::*` never builds them.
-    ///
-    /// # Panics
-    /// If it cannot be built (no memory for the arena's metadata, no
-    /// thread).
-    ///
-    /// The free function [`kfree_rcu`](crate::kfree_rcu) never builds it
-    /// where the caller may not sleep (see there).
-    pub fn global() -> &'static Krcu {
-        fork::init_global(&GLOBAL, || {
-            Krcu::builder()
-                .build_on(crate::rcu::global_arc().clone())
-                .expect("krcu: cannot build the default instance")
-        })
     }
 
     /// The instance's domain.
@@ -459,7 +309,7 @@ impl Krcu {
     /// Real-time is a property of the thread, not of the instance
     /// ([`context::set_realtime`]): on an instance it was not registered
     /// with, its calls take the per-CPU path (trylocks only) instead of
-    /// making a front. The exception is [`Policy::Nowait`], kept to show the
+    /// making a front. The exception is [`Policy::Nowait`](crate::kvfree::Policy::Nowait), kept to show the
     /// bug the 2020 kfree_rcu thread showed: its
     /// allocation may take the zone lock.
     ///
@@ -564,251 +414,5 @@ impl Teardown {
         // goes, and every spare block goes back to the page allocator.
         self.workers.shutdown();
         self.shrinker.take();
-    }
-}
-
-/// The process-wide instance behind [`Krcu::global`].
-static GLOBAL: OnceLock<Krcu> = OnceLock::new();
-
-/// [`Krcu::kfree_rcu`] on the process-wide instance ([`Krcu::global`],
-/// whose RCU is [`krcu::rcu::global()`](crate::rcu::global): readers entered
-/// with `krcu::rcu::read_lock()` hold the object off).
-///
-/// The same promises as [`Krcu::kfree_rcu`], the first call included:
-/// where the caller may not sleep (a signal handler, atomic, irqs off,
-/// inside an RCU read-side section, a real-time thread) and the instance
-/// is not built yet, it is not built there (that maps the arena, allocates
-/// and starts threads, and from a handler that interrupted its own
-/// initialisation would deadlock): the object goes to the global RCU's
-/// `call_rcu` with a callback that drops the `Box`, the kernel's `rcu_head`
-/// fallback. [`kvfree_rcu_barrier`] waits for those too (it runs
-/// `rcu_barrier` on that same RCU). The first call where sleeping is
-/// allowed builds the instance.
-///
-/// If the global RCU does not exist yet either, such objects wait, parked
-/// without locks, until something builds it from a context that may sleep:
-/// any task-context use of `krcu::rcu::*` or of these free functions, or
-/// [`kvfree_rcu_barrier`]. A program whose only callers are real-time
-/// threads or signal handlers should touch the global once at start-up
-/// (`krcu::rcu::global();` or `Krcu::global();`), or nothing is freed.
-#[track_caller]
-#[doc(alias = "kvfree_call_rcu")]
-pub fn kfree_rcu<T: HasRcuHead>(obj: Box<T>) -> Result<(), InNmi<T>> {
-    if let Some(k) = GLOBAL.get() {
-        return k.kfree_rcu(obj);
-    }
-    if context::in_nmi() {
-        return Err(InNmi(obj));
-    }
-    // SAFETY: a Box the caller handed over: leaked, its head unqueued, ours
-    // alone. Not in NMI context (checked above), so it is queued.
-    unsafe { kfree_rcu_raw_global(NonNull::from(Box::leak(obj))) };
-    Ok(())
-}
-
-/// [`kfree_rcu`] of a leaked `Box<T>` given by pointer (see
-/// [`Krcu::kfree_rcu_raw`]). Returns `false`, with nothing done, in NMI
-/// context.
-///
-/// # Safety
-/// As [`Krcu::kfree_rcu_raw`].
-#[track_caller]
-pub(crate) unsafe fn kfree_rcu_raw_global<T: HasRcuHead>(raw: NonNull<T>) -> bool {
-    if let Some(k) = GLOBAL.get() {
-        // SAFETY: the caller's contract, passed on.
-        return unsafe { k.kfree_rcu_raw(raw) };
-    }
-    if !may_build_global() {
-        // SAFETY: the caller's contract, passed on.
-        return unsafe { kfree_rcu_unbuilt(raw) };
-    }
-    // SAFETY: the caller's contract, passed on.
-    unsafe { Krcu::global().kfree_rcu_raw(raw) }
-}
-
-/// Whether the calling context may build the process-wide instance (it
-/// sleeps: locks, allocations, thread starts).
-#[inline]
-fn may_build_global() -> bool {
-    matches!(
-        context::kind(),
-        context::ContextKind::Task | context::ContextKind::Softirq
-    ) && !context::in_atomic()
-        && !context::irqs_disabled()
-        && context::rcu_read_depth() == 0
-        && !context::is_realtime()
-}
-
-/// `kfree_rcu` before the process-wide instance exists, where it may not
-/// be built: the `rcu_head` fallback on the global RCU.
-///
-/// # Safety
-/// As [`Krcu::kfree_rcu_raw`].
-#[cold]
-unsafe fn kfree_rcu_unbuilt<T: HasRcuHead>(raw: NonNull<T>) -> bool {
-    if context::in_nmi() {
-        return false;
-    }
-    let raw = raw.as_ptr();
-    // SAFETY: HasRcuHead's contract puts the head RCU_HEAD_OFFSET bytes
-    // into the object, inside the allocation.
-    let head =
-        unsafe { NonNull::new_unchecked(raw.byte_add(T::RCU_HEAD_OFFSET).cast::<RcuHead>()) };
-    // SAFETY: the head belongs to a leaked Box<T> handed over here (valid,
-    // unmoved, not queued: the Box was the caller's), and
-    // drop_box_by_head::<T> frees exactly that Box after the grace period.
-    // Never builds the global RCU either: the caller may not sleep.
-    unsafe { crate::rcu::call_rcu_global_nobuild(head, drop_box_by_head::<T>) };
-    true
-}
-
-/// [`Krcu::register_thread`] on the process-wide instance: makes the
-/// calling thread real-time (see there for the promise) and returns its
-/// reader handle, whose guards are
-/// [`GlobalReadGuard`](crate::rcu::GlobalReadGuard)s (the ones cells of the
-/// process-wide instance take). Builds the instance: call it where the
-/// thread may still allocate, before its real-time work.
-///
-/// ```
-/// let cell = krcu::RcuCell::new(1u32);
-/// let prepared = krcu::RcuBox::new(2u32);
-/// let handle = krcu::register_thread(); // this thread is real-time now
-/// assert!(cell.store(3).is_err()); // would allocate: refused
-/// cell.store_box(prepared).expect("not in NMI context");
-/// assert_eq!(cell.load(&handle.read_lock()), Some(&2));
-/// krcu::context::set_realtime(false);
-/// ```
-pub fn register_thread() -> crate::rcu::GlobalReaderHandle {
-    crate::rcu::GlobalReaderHandle::new(Krcu::global().register_thread())
-}
-
-/// [`Krcu::kvfree_rcu_mightsleep`] on the process-wide instance.
-#[track_caller]
-pub fn kvfree_rcu_mightsleep<T: Send + 'static>(obj: Box<T>) -> Result<(), InNmi<T>> {
-    if context::in_nmi() {
-        return Err(InNmi(obj));
-    }
-    // Leaked while the instance is built: a build that fails (panics)
-    // leaks the object rather than free it under a reader.
-    let raw = Box::into_raw(obj);
-    let krcu = Krcu::global();
-    // SAFETY: `raw` came from Box::into_raw just above and nothing else
-    // took it: it is the caller's Box again.
-    krcu.kvfree_rcu_mightsleep(unsafe { Box::from_raw(raw) })
-}
-
-/// [`Krcu::kvfree_rcu_barrier`] on the process-wide instance. Before the
-/// instance is built, objects retired with [`kfree_rcu`] went to the global
-/// RCU's `call_rcu` (see there): this is then its `rcu_barrier`, and does
-/// not build the instance.
-#[track_caller]
-pub fn kvfree_rcu_barrier() {
-    match GLOBAL.get() {
-        // Its barrier runs `rcu_barrier` on the global RCU too, so it also
-        // waits for what went to `call_rcu` before the instance was built.
-        Some(k) => k.kvfree_rcu_barrier(),
-        // Whoever queued on the instance built it first (`get_or_init`
-        // returned before the call): if this load sees none, everything
-        // queued before this call is on the global RCU's lists.
-        None => crate::rcu::rcu_barrier(),
-    }
-}
-
-/// `kfree_rcu` for the objects of one [`SlabCache`], from
-/// [`Krcu::slab_channel`].
-pub struct SlabChannel<'k, T: HasRcuHead> {
-    krcu: &'k Krcu,
-    cache: Arc<SlabCache<T>>,
-    chan: Channel,
-    slot: usize,
-}
-
-impl<T: HasRcuHead> SlabChannel<'_, T> {
-    /// The cache.
-    pub fn cache(&self) -> &Arc<SlabCache<T>> {
-        &self.cache
-    }
-
-    /// Frees `obj` after a grace period, in bulk with its block (the
-    /// two-argument form: never sleeps, never fails; the embedded
-    /// [`RcuHead`] is the fallback). From NMI context it refuses and hands
-    /// the object back.
-    ///
-    /// # Safety
-    /// `obj` must be an object allocated from this channel's cache, handed
-    /// over here (unreachable to readers that start from now on), and freed
-    /// no other way.
-    #[doc(alias = "kfree_bulk")]
-    #[track_caller]
-    pub unsafe fn kfree_rcu(&self, obj: NonNull<T>) -> Result<(), NonNull<T>> {
-        if self.krcu.engine.refuse_nmi() {
-            return Err(obj);
-        }
-        let ctx = context::kind();
-        // SAFETY: HasRcuHead puts the head inside the object.
-        let head = unsafe { obj.byte_add(T::RCU_HEAD_OFFSET) }.cast::<RcuHead>();
-        // SAFETY: by the caller's contract the object is this cache's and
-        // handed over; slab_free_by_head::<T> finds the cache, registered
-        // while this channel lives.
-        unsafe {
-            self.krcu.engine.queue(
-                obj.as_ptr().cast(),
-                &self.chan,
-                head,
-                channels::slab_free_by_head::<T>,
-                ctx,
-            );
-        }
-        // Checked once the object is queued (see Krcu::kfree_rcu).
-        self.krcu.check_reader("kfree_rcu()");
-        Ok(())
-    }
-}
-
-impl<T: HasRcuHead> Drop for SlabChannel<'_, T> {
-    fn drop(&mut self) {
-        if self.krcu.rcu().on_worker() {
-            // Inside a callback on this instance's RCU worker the barrier
-            // would wait for that very callback (it panics rather than
-            // hang): objects of this channel may still be queued, so the
-            // cache and its registry slot are kept for good.
-            self.keep_cache("inside an RCU callback of its instance");
-            return;
-        }
-        // Should the barrier unwind (it panics where it would wait for
-        // itself), objects of this channel may still be queued: keep the
-        // cache rather than free it under them.
-        struct KeepOnUnwind<'c, T>(&'c Arc<SlabCache<T>>, bool);
-        impl<T> Drop for KeepOnUnwind<'_, T> {
-            fn drop(&mut self) {
-                if !self.1 {
-                    core::mem::forget(self.0.clone());
-                }
-            }
-        }
-        let mut unwinding = KeepOnUnwind(&self.cache, false);
-        self.krcu.kvfree_rcu_barrier();
-        unwinding.1 = true;
-        if self.krcu.engine.in_own_reclaim() {
-            // Dropped by a destructor that this instance's reclaim runs:
-            // the barrier could not wait for what this thread's reclaim
-            // holds, which may include objects of this channel, freed
-            // through the cache (by pointer, and by the registry for the
-            // list fallback) after the destructor returns. Keep both for
-            // good rather than free the cache under them.
-            self.keep_cache("inside kfree_rcu reclaim");
-            return;
-        }
-        channels::unregister(self.slot);
-    }
-}
-
-impl<T: HasRcuHead> SlabChannel<'_, T> {
-    /// Keeps the cache alive and its registry slot taken for good: objects
-    /// of this channel may be freed through them after the drop returns.
-    #[cold]
-    fn keep_cache(&self, why: &str) {
-        tracing::warn!("krcu: a SlabChannel dropped {why}; its cache is kept alive");
-        core::mem::forget(self.cache.clone());
     }
 }
