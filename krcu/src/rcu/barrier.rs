@@ -4,6 +4,7 @@
 //! Uses the instance and its shared state (`state.rs`: the barrier's
 //! sequence, mutex and heads) and, for the process-wide instance, the
 //! callbacks parked before it was built (`early.rs`).
+#![cfg(not(loom))]
 
 use super::callback::RcuHead;
 use super::early::adopt_early_for_barrier;

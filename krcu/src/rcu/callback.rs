@@ -32,6 +32,7 @@
 //! relies on.
 //!
 //! Uses: `sync`; in this module `seq.rs`.
+#![cfg(not(loom))]
 
 use super::seq::GpCookie;
 use crate::sync::UnsafeCell;

@@ -6,6 +6,7 @@
 //!
 //! Uses the instance (`instance.rs`) and the callback lists; the free
 //! functions of `global.rs` use it.
+#![cfg(not(loom))]
 
 use super::callback::{PendingList, RcuCallbackFn, RcuHead};
 use super::instance::Rcu;

@@ -4,6 +4,7 @@
 //!
 //! Uses the instance, its barrier, the process-wide instance's building and
 //! early callbacks (`early.rs`), and the reader's guards and handles.
+#![cfg(not(loom))]
 
 use super::callback::{self, HasRcuHead, RcuCallbackFn, RcuHead};
 use super::early::{call_rcu_global, global_arc, global_id};

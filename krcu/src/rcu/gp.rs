@@ -26,6 +26,7 @@
 //! ordered before the snapshot and hence before the grace period that
 //! satisfies it begins (the kernel's `smp_mb()` in
 //! `get_state_synchronize_rcu`).
+#![cfg(not(loom))]
 
 use super::handshake;
 use super::membarrier;

@@ -5,6 +5,7 @@
 //! Uses the state it shares with its worker (`state.rs`), the worker
 //! (`worker.rs`, which it starts), the readers, the grace-period engine and
 //! the callback lists.
+#![cfg(not(loom))]
 
 use super::callback::{self, HasRcuHead, PendingList, RcuCallbackFn, RcuHead};
 use super::gp::{GpEngine, WaitMode};

@@ -27,6 +27,7 @@
 //! fence in the reader instead (the fallback, which is within the model).
 //!
 //! Uses: `sync`.
+#![cfg(not(loom))]
 
 use std::sync::OnceLock;
 

@@ -94,29 +94,19 @@
 mod handshake;
 mod seq;
 
-#[cfg(not(loom))]
+// The modules below carry `#![cfg(not(loom))]` themselves: under loom only
+// the handshake and the sequence numbers are modelled.
 mod barrier;
-#[cfg(not(loom))]
 mod callback;
-#[cfg(not(loom))]
 mod early;
-#[cfg(not(loom))]
 mod global;
-#[cfg(not(loom))]
 mod gp;
-#[cfg(not(loom))]
 mod instance;
-#[cfg(not(loom))]
 pub(crate) mod membarrier;
-#[cfg(not(loom))]
 mod reader;
-#[cfg(not(loom))]
 mod stall;
-#[cfg(not(loom))]
 mod state;
-#[cfg(not(loom))]
 mod wake;
-#[cfg(not(loom))]
 mod worker;
 
 #[cfg(not(loom))]

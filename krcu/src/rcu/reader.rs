@@ -104,6 +104,7 @@
 //! later instance built at the same address.
 //!
 //! Uses nothing else of the crate.
+#![cfg(not(loom))]
 
 mod cache;
 mod exit;

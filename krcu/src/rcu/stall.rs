@@ -10,6 +10,7 @@
 //! read with [`Rcu::stall_reports`](super::Rcu::stall_reports).
 //!
 //! Uses nothing else of the crate.
+#![cfg(not(loom))]
 
 use std::collections::VecDeque;
 use std::sync::Mutex;

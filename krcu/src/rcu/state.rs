@@ -5,6 +5,7 @@
 //! Data, with no behaviour of its own: the instance (`instance.rs`) builds
 //! and uses it, the worker (`worker.rs`) runs on it, the barrier
 //! (`barrier.rs`) queues on it; it uses none of them.
+#![cfg(not(loom))]
 
 use super::callback::{PendingList, RcuHead, SegCbList};
 use super::gp::GpEngine;

@@ -19,6 +19,7 @@
 //! word, so a wake between the check and the wait is not lost.
 //!
 //! Uses nothing of krcu.
+#![cfg(not(loom))]
 
 use crate::sync::atomic::{AtomicU32, Ordering};
 use crossbeam_utils::CachePadded;

@@ -17,6 +17,7 @@
 //!
 //! Uses the state it shares with the instance (`state.rs`), the callback
 //! lists and the grace-period engine; never the instance, which starts it.
+#![cfg(not(loom))]
 
 use super::callback::{CbList, SegCbList};
 use super::gp::WaitMode;
