@@ -26,9 +26,11 @@ fn fork_while_the_global_instance_is_built() {
         })
     };
     go.wait();
-    // Fork again and again while the instance is being built.
+    // Fork again and again while the instance is being built (at most 32
+    // children: under valgrind on a loaded machine each child takes a
+    // second or more of CPU, and the wait below is for all of them).
     let mut children = Vec::new();
-    while !built.load(SeqCst) && children.len() < 200 {
+    while !built.load(SeqCst) && children.len() < 32 {
         // SAFETY: fork has no preconditions; the child uses the instance
         // and ends with _exit.
         let pid = unsafe { libc::fork() };
@@ -50,7 +52,7 @@ fn fork_while_the_global_instance_is_built() {
     let start = Instant::now();
     let mut hung = 0;
     for pid in children {
-        match common::child::wait_pid_until(pid, start + Duration::from_secs(20)) {
+        match common::child::wait_pid_until(pid, start + Duration::from_secs(60)) {
             Some(status) => assert!(
                 libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
                 "a child failed: status {status:#x}"
