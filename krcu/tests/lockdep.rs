@@ -466,3 +466,31 @@ fn held_lock_stack_follows_out_of_order_release() {
     assert!(krcu::lockdep::held_locks().is_empty());
     assert_eq!(context::atomic_depth(), 0);
 }
+
+/// An RCU read-side section allows a `spinlock_t` (CONFIG) at most: a
+/// spinlock inside one is fine, a mutex is an invalid wait context and a
+/// sleep in an RCU reader. (A reader of an instance of its own, which no
+/// grace period is asked of.)
+#[test]
+fn rcu_reader_allows_config_at_most() {
+    let (d, log) = domain(PreemptModel::Full, true);
+    let rcu = krcu::rcu::Rcu::new(&d, krcu::rcu::RcuConfig::default());
+    let spin = SpinLock::new_in(&d, ());
+    let m = Mutex::new_in(&d, ());
+    let guard = rcu.read_lock();
+    drop(spin.lock());
+    assert!(log.is_empty());
+    drop(m.lock());
+    drop(guard);
+    assert_eq!(log.count(WAIT), 1);
+    let s = log
+        .take()
+        .into_iter()
+        .find(|r| r.kind == SLEEP)
+        .expect("a sleep in an RCU reader is reported");
+    assert!(
+        s.text.contains("RCU nest depth: 1, expected: 0"),
+        "{}",
+        s.text
+    );
+}

@@ -79,10 +79,6 @@ mod report;
 mod table;
 mod validator;
 mod wait;
-// The rules that need a pretend RCU reader (as the validator sees it);
-// like `tests/lockdep.rs`, only where the validator is compiled in.
-#[cfg(all(test, krcu_lockdep, not(loom)))]
-mod tests;
 
 // The hooks the lock paths call, chosen once, here: the validator, or the
 // same items as inline no-ops (as parking_lot_core picks its thread parker).
