@@ -164,7 +164,7 @@ impl Krcu {
         // caller's contract); its head is not queued; drop_box_by_head::<T>
         // frees exactly it; box_channel::<T> frees Box<T> pointers.
         unsafe {
-            self.engine.queue(
+            self.engine.call().queue(
                 raw.cast(),
                 &box_channel::<T>(),
                 head,
@@ -194,6 +194,7 @@ impl Krcu {
         // SAFETY: a leaked Box<T> handed over here, on the channel of Box<T>.
         let queued = unsafe {
             self.engine
+                .call()
                 .queue_mightsleep(raw.cast(), &box_channel::<T>(), ctx)
         };
         if !queued {
@@ -234,7 +235,7 @@ impl Krcu {
         let chan = channels::page_channel(self.pages());
         // SAFETY: the page is the caller's, handed over here, on the channel
         // of this instance's pages.
-        if unsafe { self.engine.queue_mightsleep(entry, &chan, ctx) } {
+        if unsafe { self.engine.call().queue_mightsleep(entry, &chan, ctx) } {
             // Queued: the pages channel owns the block now and frees it by
             // address after the grace period.
             let _ = page.into_raw();

@@ -48,7 +48,7 @@ impl<T: HasRcuHead> SlabChannel<'_, T> {
         // handed over; slab_free_by_head::<T> finds the cache, registered
         // while this channel lives.
         unsafe {
-            self.krcu.engine.queue(
+            self.krcu.engine.call().queue(
                 obj.as_ptr().cast(),
                 &self.chan,
                 head,

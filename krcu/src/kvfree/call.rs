@@ -37,7 +37,7 @@ use core::ptr::NonNull;
 use core::sync::atomic::Ordering::*;
 
 /// The engine's parts one call uses.
-pub(super) struct CallPath<'a> {
+pub(crate) struct CallPath<'a> {
     pub(super) s: &'a Shared,
     pub(super) fronts: &'a Fronts,
     pub(super) cache: &'a Cache,
@@ -54,7 +54,7 @@ impl CallPath<'_> {
     /// over here; `head` must be its embedded head, not queued, and `func`
     /// must free the object given `head`.
     #[inline]
-    pub(super) unsafe fn queue(
+    pub(crate) unsafe fn queue(
         &self,
         obj: *mut u8,
         chan: &Channel,
@@ -265,7 +265,7 @@ impl CallPath<'_> {
     /// # Safety
     /// `obj` must be an object of `chan`, owned by the caller and handed
     /// over here.
-    pub(super) unsafe fn queue_mightsleep(
+    pub(crate) unsafe fn queue_mightsleep(
         &self,
         obj: *mut u8,
         chan: &Channel,

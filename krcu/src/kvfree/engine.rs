@@ -49,7 +49,6 @@
 //! the object is one that grace period waits for.
 
 use super::KvfreeConfig;
-use super::block::Channel;
 use super::cache::Cache;
 use super::call::CallPath;
 use super::fronts::{Fronts, FrontsForkGuard};
@@ -58,12 +57,11 @@ use super::ready::ReadyForkGuard;
 use super::reclaim::Reclaim;
 use super::shared::Shared;
 use super::stats::KvfreeStats;
-use crate::context::{self, ContextKind};
+use crate::context::{self};
 use crate::domain::Domain;
 use crate::lock::RawSpinLockGuard;
 use crate::page::PageAllocator;
-use crate::rcu::{Rcu, RcuCallbackFn, RcuHead};
-use core::ptr::NonNull;
+use crate::rcu::Rcu;
 use core::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, MutexGuard};
 use std::time::Duration;
@@ -99,8 +97,10 @@ impl Engine {
         e
     }
 
+    /// The call path (`call.rs`): `queue` (the two-argument form) and
+    /// `queue_mightsleep` (the single-argument form), for `instance.rs`.
     #[inline]
-    fn call(&self) -> CallPath<'_> {
+    pub(crate) fn call(&self) -> CallPath<'_> {
         CallPath {
             s: &self.shared,
             fronts: &self.fronts,
@@ -128,43 +128,6 @@ impl Engine {
     // ----------------------------------------------------------------
     // For `instance.rs`: the calls
     // ----------------------------------------------------------------
-
-    /// Queues `obj` for freeing after a grace period (the two-argument
-    /// form; see `call.rs`).
-    ///
-    /// # Safety
-    /// `obj` must be an object of `chan`, owned by the caller and handed
-    /// over here; `head` must be its embedded head, not queued, and `func`
-    /// must free the object given `head`.
-    #[inline]
-    pub(crate) unsafe fn queue(
-        &self,
-        obj: *mut u8,
-        chan: &Channel,
-        head: NonNull<RcuHead>,
-        func: RcuCallbackFn,
-        ctx: ContextKind,
-    ) {
-        // SAFETY: forwarded from the caller.
-        unsafe { self.call().queue(obj, chan, head, func, ctx) }
-    }
-
-    /// The single-argument form: may sleep. False if the object could not
-    /// be queued; the caller then waits for a grace period and frees it
-    /// (and counts it with [`note_inline_synchronize`](Self::note_inline_synchronize)).
-    ///
-    /// # Safety
-    /// `obj` must be an object of `chan`, owned by the caller and handed
-    /// over here.
-    pub(crate) unsafe fn queue_mightsleep(
-        &self,
-        obj: *mut u8,
-        chan: &Channel,
-        ctx: ContextKind,
-    ) -> bool {
-        // SAFETY: forwarded from the caller.
-        unsafe { self.call().queue_mightsleep(obj, chan, ctx) }
-    }
 
     /// Counts a single-argument call that freed inline after a grace period.
     pub(crate) fn note_inline_synchronize(&self) {
