@@ -1,5 +1,5 @@
 //! The `kfree_rcu` engine: one instance's parts, built together, and the
-//! narrow interface the rest of the crate (`instance.rs`) and the worker
+//! narrow interface the rest of the crate (`instance/`) and the worker
 //! threads (`worker.rs`) use. It holds no logic of its own beyond putting
 //! the parts together: each lives in its own file, owns its state, and is
 //! reached through a few methods.
@@ -8,7 +8,7 @@
 //! [`Fronts`] (the front blocks), [`Monitor`] (passes and barrier),
 //! [`Cache`] (spare blocks, refill, shrinker), [`Reclaim`] (reclaimers,
 //! assist). Uses: those parts, `call.rs` (the call paths), `stats.rs`.
-//! Nothing in kvfree uses this file but `worker.rs` (and `instance.rs`
+//! Nothing in kvfree uses this file but `worker.rs` (and `instance/`
 //! outside): the import graph has no cycle.
 //!
 //! # Lock order
@@ -98,7 +98,7 @@ impl Engine {
     }
 
     /// The call path (`call.rs`): `queue` (the two-argument form) and
-    /// `queue_mightsleep` (the single-argument form), for `instance.rs`.
+    /// `queue_mightsleep` (the single-argument form), for `instance/`.
     #[inline]
     pub(crate) fn call(&self) -> CallPath<'_> {
         CallPath {
@@ -126,7 +126,7 @@ impl Engine {
     }
 
     // ----------------------------------------------------------------
-    // For `instance.rs`: the calls
+    // For `instance/`: the calls
     // ----------------------------------------------------------------
 
     /// Counts a single-argument call that freed inline after a grace period.
