@@ -110,7 +110,16 @@ fn readers_never_see_a_retired_value() {
                 }
             });
         }
-        std::thread::sleep(Duration::from_secs(3));
+        // At least 3 s, and on until readers and writers both did real work:
+        // under valgrind, which runs one thread at a time and not fairly,
+        // 3 s may not be enough for the readers to get their turn.
+        let start = std::time::Instant::now();
+        while start.elapsed() < Duration::from_secs(3)
+            || (reads.load(Relaxed) <= 1000 || made.load(Relaxed) <= 100)
+                && start.elapsed() < Duration::from_secs(120)
+        {
+            std::thread::sleep(Duration::from_millis(50));
+        }
         stop.store(true, Relaxed);
     });
     assert!(reads.load(Relaxed) > 1000, "readers ran");
