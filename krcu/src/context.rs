@@ -28,6 +28,21 @@
 //!   irqs-off depths, as a hard interrupt does.
 //! - *NMI*: declared by the caller; `kfree_rcu` refuses it, as the kernel does.
 //!
+//! ```
+//! use krcu::context::{self, ContextKind};
+//! assert_eq!(context::kind(), ContextKind::Task);
+//! {
+//!     let _handler = context::enter_hardirq(); // first thing in a signal handler
+//!     assert_eq!(context::kind(), ContextKind::Hardirq);
+//!     assert!(context::in_atomic() && context::irqs_disabled());
+//! }
+//! {
+//!     let _atomic = context::preempt_disable();
+//!     assert_eq!(context::atomic_depth(), 1);
+//! }
+//! assert!(context::in_task() && !context::in_atomic());
+//! ```
+//!
 //! # Signal safety
 //! The state lives in `const`-initialised thread-locals of types without
 //! destructors, so reading or changing it from a signal handler never

@@ -9,6 +9,23 @@ use crate::rcu::{HasRcuHead, RcuHead};
 
 /// Why [`Krcu::defer`] refused a closure; the closure is handed back, not
 /// run and not dropped.
+///
+/// ```
+/// use krcu::DeferError;
+/// use std::sync::Arc;
+/// use std::sync::atomic::{AtomicBool, Ordering};
+/// let ran = Arc::new(AtomicBool::new(false));
+/// let flag = ran.clone();
+/// let refused = {
+///     let _nmi = krcu::context::enter_nmi();
+///     krcu::defer(move || flag.store(true, Ordering::SeqCst)).unwrap_err()
+/// };
+/// assert!(matches!(refused, DeferError::InNmi(_)));
+/// assert!(!ran.load(Ordering::SeqCst), "not run");
+/// let closure = refused.into_inner(); // handed back, not dropped
+/// closure();
+/// assert!(ran.load(Ordering::SeqCst));
+/// ```
 #[derive(thiserror::Error)]
 #[must_use = "the closure is handed back: dropping it may free what readers can still reach"]
 pub enum DeferError<F> {
@@ -142,8 +159,19 @@ impl Krcu {
 /// instance can be built (task context, outside any read-side section).
 ///
 /// ```
-/// krcu::defer(|| println!("after a grace period")).expect("task context");
+/// use std::sync::Arc;
+/// use std::sync::atomic::{AtomicBool, Ordering};
+/// let old_table = Arc::new(vec![1, 2, 3]); // say, unlinked from a cell
+/// let done = Arc::new(AtomicBool::new(false));
+/// let (table, flag) = (old_table.clone(), done.clone());
+/// krcu::defer(move || {
+///     drop(table); // no reader can reach it any more
+///     flag.store(true, Ordering::SeqCst);
+/// })
+/// .expect("task context");
 /// krcu::kvfree_rcu_barrier();
+/// assert!(done.load(Ordering::SeqCst));
+/// assert_eq!(Arc::strong_count(&old_table), 1);
 /// ```
 ///
 /// # Errors

@@ -18,6 +18,16 @@ use std::sync::{Arc, OnceLock};
 
 /// CPUs, preemption model and validator, shared by everything an instance
 /// builds. Cheap to clone (an `Arc`).
+///
+/// ```
+/// use krcu::context::PreemptModel;
+/// let domain = krcu::Domain::builder().cpus(3).preempt_model(PreemptModel::None).build();
+/// assert_eq!((domain.cpus(), domain.preempt_model()), (3, PreemptModel::None));
+/// assert!(domain.same(&domain.clone()), "clones share one domain");
+/// assert!(!domain.same(krcu::Domain::global()));
+/// // Locks built in it follow its model: no spinlock sleeps without RT.
+/// assert!(!krcu::lock::SpinLock::new_in(&domain, ()).sleeps());
+/// ```
 #[derive(Clone, Debug)]
 pub struct Domain(Arc<DomainInner>);
 
@@ -67,6 +77,13 @@ impl DomainBuilder {
     /// Whether the validator checks this domain's locks (default: on where
     /// it is compiled in, that is in debug builds or with the `lockdep`
     /// feature; asking for it where it is not compiled in has no effect).
+    ///
+    /// ```
+    /// let quiet = krcu::Domain::builder().lockdep(false).build();
+    /// assert!(!quiet.validator().enabled());
+    /// let checked = krcu::Domain::builder().lockdep(true).build();
+    /// assert_eq!(checked.validator().enabled(), krcu::lockdep::COMPILED);
+    /// ```
     pub fn lockdep(mut self, on: bool) -> Self {
         self.lockdep = on;
         self
@@ -147,6 +164,19 @@ impl Domain {
 
     /// Declares that the caller may sleep here: a report to this domain's
     /// handler if it is atomic, has irqs off, or is in an RCU reader.
+    ///
+    /// ```
+    /// use krcu::lockdep::{ReportHandler, ReportKind, ReportLog};
+    /// let log = ReportLog::new();
+    /// let domain = krcu::Domain::builder().report_handler(ReportHandler::Collect(log.clone())).build();
+    /// domain.might_sleep(); // task context: fine
+    /// {
+    ///     let _irqs_off = krcu::context::local_irq_save();
+    ///     domain.might_sleep(); // a bug
+    /// }
+    /// let expected = if krcu::lockdep::COMPILED { 1 } else { 0 };
+    /// assert_eq!(log.count(ReportKind::SleepInInvalidContext), expected);
+    /// ```
     #[track_caller]
     #[inline]
     pub fn might_sleep(&self) {

@@ -5,6 +5,9 @@
 //! free, a page allocator with per-CPU lists in front of a buddy
 //! allocator, slab caches, and a lockdep-style validator.
 //!
+//! **Linux only**: krcu uses `membarrier(2)`, `futex(2)`, `sched_getcpu(3)`
+//! and `gettid(2)`. On another OS the build stops with one error saying so.
+//!
 //! ## The problem
 //! Readers of a shared structure should not pay for locks, and a writer
 //! that unlinks an object cannot free it while a reader may still be
@@ -14,12 +17,22 @@
 //! after which every section that could have seen the object has ended,
 //! and only then frees it.
 //!
+//! A grace period is not a fixed time: it ends when every reader that was
+//! inside a section when it began has left that section (readers that
+//! start later cannot find the unlinked object, so they do not count). A
+//! reader that stays in its section holds every grace period after it
+//! off, and with them every free: keep sections short, and never wait for
+//! a grace period inside one (krcu panics rather than hang).
+//!
 //! Waiting is what much code must never do: a real-time audio thread, a
 //! signal handler, code under a spinlock. **`kfree_rcu`** hands the object
 //! over and returns at once; it is freed after the grace period. To make
 //! that cheap the pointers go into page-sized **blocks** per CPU, and a
 //! whole block is freed at once when its grace period has passed, instead
-//! of walking a list of cold objects. The blocks need pages, and getting a
+//! of walking a list of cold objects. One grace period then serves
+//! hundreds of objects (a block holds 506 pointers), freeing reads the
+//! block's array instead of each object's memory, and the caller's
+//! cost is a store into the block. The blocks need pages, and getting a
 //! page without ever blocking, from any context, is what the kernel argued
 //! about from 2020 to 2022: every option it weighed is a [`Policy`](kvfree::Policy) here
 //! (the repository's `docs/history.md` tells the story).
@@ -28,7 +41,11 @@
 //! [`register_thread`] (or [`Krcu::register_thread`],
 //! [`context::set_realtime`]), `kfree_rcu` never runs a destructor, never
 //! calls the global allocator, never takes a blocking lock and makes no
-//! system call, whatever the other threads do.
+//! system call, whatever the other threads do. What would break the promise
+//! is refused there instead, with the value handed back: an
+//! [`RcuCell::store`] (it boxes the value: publish a prepared [`RcuBox`]
+//! with `store_box`), a [`defer`] (it boxes the closure). The
+//! [guide](guide#real-time-threads) says what is promised and refused.
 //!
 //! ## Publish, read, replace, retire
 //! [`RcuCell`] (`rcu_dereference`, `rcu_assign_pointer`,
@@ -72,6 +89,46 @@
 //!
 //! // Wait until everything retired so far has been dropped.
 //! krcu::kvfree_rcu_barrier();
+//! ```
+//!
+//! What the grace period guarantees, with a reader on another thread: the
+//! value it loaded stays alive, even though the writer replaced and
+//! retired it, until the reader leaves its section.
+//!
+//! ```
+//! use krcu::RcuCell;
+//! use std::sync::atomic::{AtomicUsize, Ordering};
+//! use std::sync::mpsc::channel;
+//!
+//! static DROPPED: AtomicUsize = AtomicUsize::new(0);
+//! struct Version(u32);
+//! impl Drop for Version {
+//!     fn drop(&mut self) {
+//!         DROPPED.fetch_add(1, Ordering::SeqCst);
+//!     }
+//! }
+//!
+//! let cell = RcuCell::new(Version(1)); // publish
+//! let (loaded_tx, loaded_rx) = channel();
+//! let (go_on_tx, go_on_rx) = channel::<()>();
+//! std::thread::scope(|s| {
+//!     let cell = &cell;
+//!     s.spawn(move || {
+//!         let guard = krcu::rcu::read_lock(); // read under a guard
+//!         let v1 = cell.load(&guard).unwrap();
+//!         loaded_tx.send(()).unwrap();
+//!         go_on_rx.recv().unwrap(); // the writer replaces it meanwhile
+//!         assert_eq!(v1.0, 1, "still readable: the guard holds its free off");
+//!         drop(guard);
+//!     });
+//!     loaded_rx.recv().unwrap();
+//!     cell.store(Version(2)).unwrap(); // replace; the old one is retired
+//!     std::thread::sleep(std::time::Duration::from_millis(20));
+//!     assert_eq!(DROPPED.load(Ordering::SeqCst), 0, "the reader may still use it");
+//!     go_on_tx.send(()).unwrap();
+//! });
+//! krcu::kvfree_rcu_barrier(); // wait until what was retired is dropped
+//! assert_eq!(DROPPED.load(Ordering::SeqCst), 1);
 //! ```
 //!
 //! To retire your own nodes (say, of a list readers traverse), embed an
@@ -120,6 +177,14 @@
 //! global RCU's `call_rcu`, which parks it without locks until the RCU
 //! exists. A guard protects only against its own instance's grace periods.
 //!
+//! ## Where to read on
+//! - The [`guide`]: choosing a [`Policy`](kvfree::Policy), real-time
+//!   threads, memory bounds and the flood brake, what each statistic means,
+//!   and how to read a validator report.
+//! - [`RcuCell`], [`Krcu`], [`rcu`] (readers, grace periods, the polled API,
+//!   `call_rcu`), [`page`], [`slab`], [`lock`], [`lockdep`]: each with its
+//!   examples.
+//!
 //! ## `fork()`
 //! The child of a process that uses krcu has only the forking thread.
 //! `pthread_atfork` handlers (registered when the program loads; they cost
@@ -146,6 +211,21 @@
 // path resolve inside krcu too.
 extern crate self as krcu;
 
+// krcu is Linux-only: on another OS the build stops here with one error,
+// rather than a cascade from every `libc` call Linux alone has.
+#[cfg(not(target_os = "linux"))]
+compile_error!(
+    "krcu supports Linux only: it needs membarrier(2), futex(2), sched_getcpu(3) and gettid(2)"
+);
+
+/// Applies `#[cfg(target_os = "linux")]` to every item it wraps: on another
+/// OS the crate is empty but for the `compile_error!` above. (The items
+/// below are not indented, so that adding one stays a one-line change.)
+macro_rules! linux_only {
+    ($($item:item)*) => { $(#[cfg(target_os = "linux")] $item)* };
+}
+
+linux_only! {
 #[cfg(not(loom))]
 pub mod cell;
 pub mod context;
@@ -153,6 +233,8 @@ pub mod context;
 mod defer;
 pub mod domain;
 mod error;
+#[cfg(not(loom))]
+pub mod guide;
 mod fork;
 #[cfg(not(loom))]
 mod instance;
@@ -191,3 +273,5 @@ pub use instance::{
 /// from its `RcuHead` field; see the trait for examples.
 #[cfg(all(feature = "derive", not(loom)))]
 pub use krcu_derive::HasRcuHead;
+
+} // linux_only!

@@ -259,9 +259,30 @@ impl<T: Send + Sync + 'static, I: CellInstance> RcuCell<T, I> {
     /// process-wide `kfree_rcu` instance is not built). Allocates the box
     /// for `value`.
     ///
+    /// ```
+    /// use std::sync::Arc;
+    /// let tracker = Arc::new(());
+    /// let cell = krcu::RcuCell::new(tracker.clone());
+    /// cell.store(Arc::new(())).expect("task context");
+    /// krcu::kvfree_rcu_barrier(); // the old value's grace period is over
+    /// assert_eq!(Arc::strong_count(&tracker), 1, "the old value was dropped");
+    /// ```
+    ///
     /// # Errors
     /// Refuses before it swaps, handing `value` back: in NMI context, on a
     /// real-time thread, and in hardirq context ([`UpdateError`]).
+    ///
+    /// ```
+    /// use krcu::cell::UpdateError;
+    /// let cell = krcu::RcuCell::new(1u32);
+    /// let refused = {
+    ///     let _handler = krcu::context::enter_hardirq(); // a signal handler
+    ///     cell.store(2).unwrap_err()
+    /// };
+    /// assert!(matches!(refused, UpdateError::InHardirq(2)));
+    /// assert_eq!(refused.into_inner(), 2);
+    /// assert_eq!(cell.load(&krcu::rcu::read_lock()), Some(&1), "untouched");
+    /// ```
     #[doc(alias = "rcu_assign_pointer")]
     #[track_caller]
     pub fn store(&self, value: T) -> Result<(), UpdateError<T>> {
@@ -296,6 +317,14 @@ impl<T: Send + Sync + 'static, I: CellInstance> RcuCell<T, I> {
     /// Empties the cell, retiring its value with `kfree_rcu`. Allocates
     /// nothing on a real-time thread or in hardirq context (see the type's
     /// docs for a thread's first retire elsewhere).
+    ///
+    /// ```
+    /// let cell = krcu::RcuCell::new(String::from("configured"));
+    /// cell.clear().expect("not in NMI context");
+    /// assert_eq!(cell.load(&krcu::rcu::read_lock()), None);
+    /// let empty = krcu::RcuCell::<String>::empty();
+    /// assert!(empty.load(&krcu::rcu::read_lock()).is_none());
+    /// ```
     ///
     /// # Errors
     /// In NMI context it refuses before it swaps (`()` is handed back).

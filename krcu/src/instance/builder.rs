@@ -13,7 +13,31 @@ use crate::rcu::{Rcu, RcuConfig};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Builds a [`Krcu`].
+/// Builds a [`Krcu`]: its domain (CPUs, preemption model, validator), its
+/// page allocator, its RCU and its `kfree_rcu` settings. Every setter has a
+/// default; [`build`](Self::build) checks them together.
+///
+/// ```
+/// use krcu::context::PreemptModel;
+/// use krcu::kvfree::{Assist, KvfreeConfig, Policy};
+/// use std::time::Duration;
+///
+/// let krcu = krcu::Krcu::builder()
+///     .cpus(1)
+///     .arena_size(16 << 20)
+///     .preempt_model(PreemptModel::Rt) // spinlocks sleep, as under PREEMPT_RT
+///     .kvfree_config(
+///         KvfreeConfig::default()
+///             .policy(Policy::CacheRefill)
+///             .drain_delay(Duration::from_millis(2))
+///             .assist(Assist::Never),
+///     )
+///     .build()
+///     .expect("valid settings");
+/// assert_eq!(krcu.domain().preempt_model(), PreemptModel::Rt);
+/// assert_eq!(krcu.kvfree_config().drain_delay, Duration::from_millis(2));
+/// assert_eq!(krcu.kvfree_config().assist, Assist::Never);
+/// ```
 #[derive(Debug, Clone, Default)]
 pub struct KrcuBuilder {
     domain: DomainBuilder,
@@ -59,7 +83,9 @@ impl KrcuBuilder {
         self.kvfree.policy = policy;
         self
     }
-    /// How long objects may wait in a partly filled block.
+    /// How long objects may wait in a partly filled block before they are
+    /// handed to RCU (default 5 ms; see
+    /// [`KvfreeConfig::drain_delay`](crate::kvfree::KvfreeConfig::drain_delay)).
     pub fn drain_delay(mut self, delay: Duration) -> Self {
         self.kvfree.drain_delay = delay;
         self
@@ -92,6 +118,28 @@ impl KrcuBuilder {
     }
 
     /// Builds the instance (its own domain and RCU) and starts its workers.
+    ///
+    /// ```
+    /// use krcu::BuildError;
+    /// // 100 spare blocks per CPU, above the default cap of 64: refused.
+    /// let err = krcu::Krcu::builder().cache_blocks(100).build().unwrap_err();
+    /// assert!(matches!(
+    ///     err,
+    ///     BuildError::CacheBlocks { cache_blocks: 100, max_cache_blocks: 64 }
+    /// ));
+    /// let err = krcu::Krcu::builder().arena_size(1000).build().unwrap_err();
+    /// assert!(matches!(err, BuildError::ArenaSize(1000)));
+    /// ```
+    ///
+    /// # Errors
+    /// A [`BuildError`] naming the setting that is wrong: `cache_blocks`
+    /// above `max_cache_blocks` ([`CacheBlocks`](BuildError::CacheBlocks)),
+    /// `refill_mark` above `cache_blocks` ([`RefillMark`](BuildError::RefillMark)),
+    /// a zero `drain_delay` or `active_poll` ([`ZeroPeriod`](BuildError::ZeroPeriod)),
+    /// an arena that is not a positive multiple of the page size, too small
+    /// for its watermarks, or that cannot be mapped (as
+    /// [`PageAllocator::new`](crate::page::PageAllocator::new)), or a worker
+    /// thread that could not be started ([`Thread`](BuildError::Thread)).
     pub fn build(self) -> Result<Krcu, BuildError> {
         self.validate()?;
         let domain = self.domain.clone().build();

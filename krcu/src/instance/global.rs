@@ -27,6 +27,16 @@ impl Krcu {
     /// workers start here, on first use: a program that only uses
     /// `krcu::rcu::*` never builds them.
     ///
+    /// ```
+    /// let krcu = krcu::Krcu::global();
+    /// assert!(std::ptr::eq(krcu.rcu(), krcu::rcu::global()), "one RCU");
+    /// assert!(krcu.domain().same(krcu::Domain::global()));
+    /// // A reader of `krcu::rcu` holds off what the free functions retire.
+    /// let guard = krcu::rcu::read_lock();
+    /// assert!(krcu.rcu().is_reading());
+    /// drop(guard);
+    /// ```
+    ///
     /// # Panics
     /// If it cannot be built (no memory for the arena's metadata, no
     /// thread).
@@ -63,6 +73,32 @@ impl Krcu {
 /// [`kvfree_rcu_barrier`]. A program whose only callers are real-time
 /// threads or signal handlers should touch the global once at start-up
 /// (`krcu::rcu::global();` or `Krcu::global();`), or nothing is freed.
+///
+/// ```
+/// use krcu::rcu::{HasRcuHead, RcuHead};
+/// use std::sync::atomic::{AtomicU64, Ordering};
+///
+/// static FREED: AtomicU64 = AtomicU64::new(0);
+/// #[derive(HasRcuHead)]
+/// struct Node {
+///     value: u64,
+///     rcu: RcuHead,
+/// }
+/// impl Drop for Node {
+///     fn drop(&mut self) {
+///         FREED.fetch_add(self.value, Ordering::SeqCst);
+///     }
+/// }
+///
+/// for value in 1..=3 {
+///     krcu::kfree_rcu(Box::new(Node { value, rcu: RcuHead::new() })).expect("not NMI");
+/// }
+/// krcu::kvfree_rcu_barrier();
+/// assert_eq!(FREED.load(Ordering::SeqCst), 1 + 2 + 3);
+/// ```
+///
+/// # Errors
+/// [`InNmi`] from NMI context, with the object handed back (see there).
 #[track_caller]
 #[doc(alias = "kvfree_call_rcu")]
 pub fn kfree_rcu<T: HasRcuHead>(obj: Box<T>) -> Result<(), InNmi<T>> {
@@ -154,7 +190,20 @@ pub fn register_thread() -> crate::rcu::GlobalReaderHandle {
     crate::rcu::GlobalReaderHandle::new(Krcu::global().register_thread())
 }
 
-/// [`Krcu::kvfree_rcu_mightsleep`] on the process-wide instance.
+/// [`Krcu::kvfree_rcu_mightsleep`] on the process-wide instance: any
+/// `Box<T>`, no `RcuHead` needed; may sleep.
+///
+/// ```
+/// use std::sync::Arc;
+/// let config = Arc::new(String::from("v1"));
+/// // Readers may still hold the old `Arc` clone's box: retire it.
+/// krcu::kvfree_rcu_mightsleep(Box::new(config.clone())).expect("not NMI");
+/// krcu::kvfree_rcu_barrier();
+/// assert_eq!(Arc::strong_count(&config), 1);
+/// ```
+///
+/// # Errors
+/// [`InNmi`] from NMI context, with the object handed back.
 #[track_caller]
 pub fn kvfree_rcu_mightsleep<T: Send + 'static>(obj: Box<T>) -> Result<(), InNmi<T>> {
     if context::in_nmi() {
@@ -173,6 +222,25 @@ pub fn kvfree_rcu_mightsleep<T: Send + 'static>(obj: Box<T>) -> Result<(), InNmi
 /// instance is built, objects retired with [`kfree_rcu`] went to the global
 /// RCU's `call_rcu` (see there): this is then its `rcu_barrier`, and does
 /// not build the instance.
+///
+/// ```
+/// use std::sync::Arc;
+/// use std::sync::atomic::{AtomicUsize, Ordering};
+/// let ran = Arc::new(AtomicUsize::new(0));
+/// for _ in 0..5 {
+///     let ran = ran.clone();
+///     krcu::defer(move || {
+///         ran.fetch_add(1, Ordering::SeqCst);
+///     })
+///     .expect("task context");
+/// }
+/// krcu::kvfree_rcu_barrier(); // everything retired before it has run
+/// assert_eq!(ran.load(Ordering::SeqCst), 5);
+/// ```
+///
+/// # Panics
+/// As [`Krcu::kvfree_rcu_barrier`]: from a callback on the global RCU's
+/// worker.
 #[track_caller]
 pub fn kvfree_rcu_barrier() {
     match GLOBAL.get() {

@@ -44,6 +44,20 @@ use std::sync::Arc;
 /// or leak it with [`std::mem::forget`]. (`kfree_rcu`'s result is a
 /// `Result`, so it is `#[must_use]` too: never `.ok()` it away, which would
 /// drop the object at once.)
+///
+/// ```
+/// let krcu = krcu::Krcu::builder().cpus(1).arena_size(16 << 20).build().unwrap();
+/// let obj = Box::new(String::from("just unlinked"));
+/// let refused = {
+///     let _nmi = krcu::context::enter_nmi(); // say, a signal handler
+///     krcu.kvfree_rcu_mightsleep(obj).unwrap_err()
+/// };
+/// assert_eq!(krcu.stats().refused_nmi, 1);
+/// // Back in task context: retire the same object again.
+/// krcu.kvfree_rcu_mightsleep(refused.0).expect("task context");
+/// krcu.kvfree_rcu_barrier();
+/// assert_eq!(krcu.stats().reclaimed_objects, 1);
+/// ```
 #[derive(thiserror::Error)]
 #[must_use = "the object is handed back and must not be dropped while readers can still reach it"]
 #[error("kfree_rcu() called from NMI context: refused, the object is handed back")]
@@ -57,6 +71,32 @@ impl<T> core::fmt::Debug for InNmi<T> {
 
 /// An instance of krcu: a domain (CPUs, preempt model, validator), a page
 /// allocator, RCU, and the `kfree_rcu` machinery on top.
+///
+/// Build one with [`Krcu::builder`], or use the process-wide one
+/// ([`Krcu::global`], behind the free functions [`kfree_rcu`](crate::kfree_rcu)
+/// and friends). It owns its worker threads (the RCU grace-period worker,
+/// the `kfree_rcu` monitor, refill and reclaimer threads, the page
+/// allocator's reclaim worker); dropping it frees everything still queued,
+/// then stops them.
+///
+/// ```
+/// use std::time::Duration;
+///
+/// let krcu = krcu::Krcu::builder()
+///     .cpus(1)                              // per-CPU state for one CPU
+///     .arena_size(16 << 20)                 // 16 MiB of pages for its blocks
+///     .drain_delay(Duration::from_millis(1))
+///     .build()
+///     .expect("valid settings");
+/// for i in 0..1000u64 {
+///     krcu.kvfree_rcu_mightsleep(Box::new(i)).expect("task context");
+/// }
+/// krcu.kvfree_rcu_barrier(); // all 1000 freed, after a grace period
+/// let stats = krcu.stats();
+/// assert_eq!(stats.calls(), 1000);
+/// assert_eq!(stats.reclaimed_objects, 1000);
+/// assert_eq!(stats.pending_objects, 0);
+/// ```
 pub struct Krcu {
     engine: Arc<Engine>,
     workers: Arc<Workers>,
@@ -73,7 +113,15 @@ impl core::fmt::Debug for Krcu {
 }
 
 impl Krcu {
-    /// A builder with the defaults.
+    /// A builder with the defaults (see [`KrcuBuilder`]).
+    ///
+    /// ```
+    /// use krcu::kvfree::Policy;
+    /// let krcu = krcu::Krcu::builder().cpus(2).policy(Policy::CacheRefill).build().unwrap();
+    /// assert_eq!(krcu.kvfree_config().policy, Policy::CacheRefill);
+    /// assert_eq!(krcu.domain().cpus(), 2);
+    /// assert_eq!(krcu.pages().cpus(), 2);
+    /// ```
     pub fn builder() -> KrcuBuilder {
         KrcuBuilder::default()
     }
@@ -115,6 +163,34 @@ impl Krcu {
     /// validator runs, a call made inside a read-side section of another
     /// instance but not of this one is reported as
     /// [`SuspiciousRcuUsage`](crate::lockdep::ReportKind::SuspiciousRcuUsage).
+    ///
+    /// A reader of this instance holds the object off until it leaves its
+    /// section:
+    /// ```
+    /// use krcu::rcu::{HasRcuHead, RcuHead};
+    /// use std::sync::atomic::{AtomicUsize, Ordering};
+    ///
+    /// static DROPPED: AtomicUsize = AtomicUsize::new(0);
+    /// #[derive(HasRcuHead)]
+    /// struct Node {
+    ///     value: u64,
+    ///     rcu: RcuHead,
+    /// }
+    /// impl Drop for Node {
+    ///     fn drop(&mut self) {
+    ///         DROPPED.fetch_add(1, Ordering::SeqCst);
+    ///     }
+    /// }
+    ///
+    /// let krcu = krcu::Krcu::builder().cpus(1).arena_size(16 << 20).build().unwrap();
+    /// let guard = krcu.rcu().read_lock(); // a reader, as of now
+    /// krcu.kfree_rcu(Box::new(Node { value: 7, rcu: RcuHead::new() })).unwrap();
+    /// std::thread::sleep(std::time::Duration::from_millis(20));
+    /// assert_eq!(DROPPED.load(Ordering::SeqCst), 0, "the reader holds it off");
+    /// drop(guard);
+    /// krcu.kvfree_rcu_barrier();
+    /// assert_eq!(DROPPED.load(Ordering::SeqCst), 1);
+    /// ```
     ///
     /// # Errors
     /// [`InNmi`] from NMI context, with the object handed back. The
@@ -180,6 +256,18 @@ impl Krcu {
     /// one with a sleeping allocation, or waits for a grace period and frees
     /// the object inline. The validator reports a call where sleeping is not
     /// allowed. From NMI context it refuses and hands the object back.
+    ///
+    /// ```
+    /// let krcu = krcu::Krcu::builder().cpus(1).arena_size(16 << 20).build().unwrap();
+    /// // Any `Box<T>`: no `RcuHead` to embed.
+    /// krcu.kvfree_rcu_mightsleep(Box::new(vec![1u8; 100])).expect("task context");
+    /// krcu.kvfree_rcu_barrier();
+    /// assert_eq!(krcu.stats().reclaimed_objects, 1);
+    /// ```
+    ///
+    /// # Errors
+    /// [`InNmi`] from NMI context, with the object handed back (see there
+    /// for an example): do not drop it.
     #[doc(alias = "kfree_rcu_mightsleep")]
     #[track_caller]
     pub fn kvfree_rcu_mightsleep<T: Send + 'static>(&self, obj: Box<T>) -> Result<(), InNmi<T>> {
@@ -216,6 +304,18 @@ impl Krcu {
     /// fallback, so when no block can be had it may sleep (a sleeping block
     /// allocation, or a grace period waited for inline). From NMI context it
     /// refuses and hands the page back.
+    ///
+    /// ```
+    /// use krcu::page::Gfp;
+    /// let krcu = krcu::Krcu::builder().cpus(1).arena_size(16 << 20).build().unwrap();
+    /// let page = krcu.pages().alloc_page(Gfp::KERNEL).unwrap();
+    /// krcu.free_pages_rcu_mightsleep(page).expect("task context");
+    /// krcu.kvfree_rcu_barrier();
+    /// assert_eq!(krcu.stats().reclaimed_objects, 1);
+    /// ```
+    ///
+    /// # Errors
+    /// From NMI context the page is handed back (`Err(page)`), not freed.
     ///
     /// # Panics
     /// If the page is not from this instance's page allocator.
@@ -275,6 +375,34 @@ impl Krcu {
     /// `free_bulk` (the kernel's `kfree_bulk`), which for a type without
     /// drop glue never touches the objects. Dropping the channel waits for
     /// everything queued on it (a `kvfree_rcu_barrier`).
+    ///
+    /// ```
+    /// use krcu::page::Gfp;
+    /// use krcu::rcu::{HasRcuHead, RcuHead};
+    /// use krcu::slab::SlabCache;
+    /// use std::sync::Arc;
+    ///
+    /// #[derive(HasRcuHead)]
+    /// struct Entry {
+    ///     key: u64,
+    ///     rcu: RcuHead,
+    /// }
+    ///
+    /// let krcu = krcu::Krcu::builder().cpus(1).arena_size(16 << 20).build().unwrap();
+    /// let cache = Arc::new(SlabCache::<Entry>::new(krcu.pages(), "entry").unwrap());
+    /// let channel = krcu.slab_channel(&cache).unwrap();
+    /// let obj = cache.alloc(Gfp::KERNEL, Entry { key: 1, rcu: RcuHead::new() }).ok().unwrap();
+    /// // SAFETY: `obj` is from the channel's cache, unreachable to new
+    /// // readers (it was never published), and freed no other way.
+    /// unsafe { channel.kfree_rcu(obj) }.unwrap();
+    /// drop(channel); // waits until it is back in the cache
+    /// assert_eq!(krcu.stats().reclaimed_objects, 1);
+    /// assert!(cache.stats().bulk_frees >= 1, "freed with free_bulk");
+    /// ```
+    ///
+    /// # Errors
+    /// [`BuildError::TooManySlabChannels`] when every slot of the
+    /// process-wide channel registry is taken.
     pub fn slab_channel<T: HasRcuHead>(
         &self,
         cache: &Arc<SlabCache<T>>,
@@ -317,6 +445,24 @@ impl Krcu {
     /// Keep the handle for the fastest readers; dropping it unregisters the
     /// reader only (the thread stays real-time; `context::set_realtime(false)`
     /// withdraws that).
+    ///
+    /// ```
+    /// use krcu::context;
+    /// let krcu = krcu::Krcu::builder().cpus(1).arena_size(16 << 20).build().unwrap();
+    /// std::thread::scope(|s| {
+    ///     s.spawn(|| {
+    ///         let reader = krcu.register_thread(); // where it may still allocate
+    ///         assert!(context::is_realtime());
+    ///         // The real-time loop: read, retire, never allocate or block.
+    ///         let guard = reader.read_lock();
+    ///         assert!(krcu.rcu().is_reading());
+    ///         drop(guard);
+    ///         let refused = krcu.defer(|| ()); // boxes a closure: refused here
+    ///         assert!(matches!(refused, Err(krcu::DeferError::Realtime(_))));
+    ///     });
+    /// });
+    /// assert!(!context::is_realtime(), "a property of that thread only");
+    /// ```
     pub fn register_thread(&self) -> crate::rcu::ReaderHandle<'_> {
         self.engine.prepare_thread();
         context::set_realtime(true);
@@ -334,6 +480,22 @@ impl Krcu {
     /// block among them): they are freed after the destructor returns.
     /// From an RCU callback of this instance's RCU it panics, as
     /// [`Rcu::rcu_barrier`] does: it would wait for itself.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// let krcu = krcu::Krcu::builder().cpus(1).arena_size(16 << 20).build().unwrap();
+    /// let shared = Arc::new(());
+    /// for _ in 0..10 {
+    ///     krcu.kvfree_rcu_mightsleep(Box::new(shared.clone())).unwrap();
+    /// }
+    /// krcu.kvfree_rcu_barrier();
+    /// assert_eq!(Arc::strong_count(&shared), 1, "the ten clones were dropped");
+    /// ```
+    ///
+    /// # Panics
+    /// From a callback on this instance's RCU worker: it would wait for
+    /// itself. (Do not call it inside a read-side section of this instance
+    /// either: it sleeps, which the validator reports.)
     #[track_caller]
     pub fn kvfree_rcu_barrier(&self) {
         self.domain().might_sleep();
@@ -346,7 +508,20 @@ impl Krcu {
         &self.engine
     }
 
-    /// A snapshot of the `kfree_rcu` statistics.
+    /// A snapshot of the `kfree_rcu` statistics (what each field means:
+    /// [`KvfreeStats`], and the [guide](crate::guide#what-each-statistic-means)).
+    ///
+    /// ```
+    /// let krcu = krcu::Krcu::builder().cpus(1).arena_size(16 << 20).build().unwrap();
+    /// assert_eq!(krcu.stats().calls(), 0);
+    /// krcu.kvfree_rcu_mightsleep(Box::new([0u64; 4])).unwrap();
+    /// let queued = krcu.stats();
+    /// assert_eq!((queued.calls_task, queued.to_block), (1, 1));
+    /// krcu.kvfree_rcu_barrier();
+    /// let done = krcu.stats();
+    /// assert_eq!((done.reclaimed_objects, done.pending_objects), (1, 0));
+    /// assert!(done.grace_periods >= 1);
+    /// ```
     pub fn stats(&self) -> KvfreeStats {
         self.engine.stats()
     }

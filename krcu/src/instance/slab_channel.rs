@@ -31,6 +31,12 @@ impl<T: HasRcuHead> SlabChannel<'_, T> {
     /// [`RcuHead`] is the fallback). From NMI context it refuses and hands
     /// the object back.
     ///
+    /// An example: [`Krcu::slab_channel`].
+    ///
+    /// # Errors
+    /// From NMI context the object is handed back (`Err(obj)`), neither
+    /// queued nor freed: do not free it there.
+    ///
     /// # Safety
     /// `obj` must be an object allocated from this channel's cache, handed
     /// over here (unreachable to readers that start from now on), and freed

@@ -82,7 +82,27 @@ pub use stats::KvfreeStats;
 
 use std::time::Duration;
 
-/// Settings of the `kfree_rcu` machinery.
+/// Settings of the `kfree_rcu` machinery (what the limits mean when callers
+/// outrun grace periods: the [guide](crate::guide#memory-bounds-and-the-flood-brake)).
+///
+/// ```
+/// use krcu::kvfree::{Assist, KvfreeConfig, Policy};
+/// use std::time::Duration;
+/// let config = KvfreeConfig::default()
+///     .policy(Policy::CacheRefill)
+///     .cache_blocks(8)
+///     .refill_mark(4)
+///     .assist(Assist::Always)
+///     .drain_delay(Duration::from_millis(1));
+/// let krcu = krcu::Krcu::builder().cpus(1).arena_size(16 << 20).kvfree_config(config).build().unwrap();
+/// assert_eq!(krcu.kvfree_config().cache_blocks, 8);
+/// // The refill worker fills each CPU's cache before the first call.
+/// assert!(krcu.stats().blocks_cached >= 8);
+/// // Settings that contradict each other are refused by `build`.
+/// let bad = KvfreeConfig::default().cache_blocks(2).refill_mark(3);
+/// let err = krcu::Krcu::builder().kvfree_config(bad).build().unwrap_err();
+/// assert!(matches!(err, krcu::BuildError::RefillMark { refill_mark: 3, cache_blocks: 2 }));
+/// ```
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct KvfreeConfig {

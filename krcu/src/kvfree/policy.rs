@@ -9,6 +9,33 @@ use core::str::FromStr;
 
 /// Where a block page comes from when the current one is full and the
 /// per-CPU cache of spare blocks is empty, with the raw `krc` lock held.
+///
+/// What each costs and when to use which: the
+/// [guide](crate::guide#choosing-a-policy).
+///
+/// ```
+/// use krcu::kvfree::Policy;
+/// assert_eq!(Policy::default(), Policy::CacheRefillNolock);
+/// for policy in Policy::ALL {
+///     assert_eq!(policy.name().parse::<Policy>(), Ok(policy)); // as on the command line
+/// }
+/// assert!(Policy::CacheRefill.refills() && !Policy::Prohibit.refills());
+/// let err = "fastest".parse::<Policy>().unwrap_err();
+/// assert!(err.to_string().contains("cache-refill+nolock"), "lists the valid names");
+///
+/// // Prohibit never allocates under the lock: with no spare block, the
+/// // object goes on the rcu_head list instead.
+/// let krcu = krcu::Krcu::builder()
+///     .cpus(1)
+///     .arena_size(16 << 20)
+///     .kvfree_config(krcu::kvfree::KvfreeConfig::default().policy(Policy::Prohibit).front_blocks(false))
+///     .build()
+///     .unwrap();
+/// krcu.kvfree_rcu_mightsleep(Box::new(1u8)).unwrap();
+/// krcu.kvfree_rcu_barrier();
+/// assert_eq!(krcu.stats().inline_allocs, 0, "never allocates under the lock");
+/// assert_eq!(krcu.stats().reclaimed_objects, 1);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Policy {
     /// Never allocate under the lock: the cache, or the list fallback

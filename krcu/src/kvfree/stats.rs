@@ -8,7 +8,30 @@
 use super::block::BLOCK_BYTES;
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 
-/// A snapshot of an instance's `kfree_rcu` statistics.
+/// A snapshot of an instance's `kfree_rcu` statistics ([`Krcu::stats`](crate::Krcu::stats)).
+/// The [guide](crate::guide#what-each-statistic-means) says what to read
+/// from them.
+///
+/// ```
+/// use std::time::Duration;
+/// let krcu = krcu::Krcu::builder()
+///     .cpus(1)
+///     .arena_size(16 << 20)
+///     .drain_delay(Duration::from_millis(1))
+///     .build()
+///     .unwrap();
+/// for i in 0..2000u32 {
+///     krcu.kvfree_rcu_mightsleep(Box::new(i)).unwrap();
+/// }
+/// krcu.kvfree_rcu_barrier();
+/// let s = krcu.stats();
+/// assert_eq!(s.calls(), 2000);
+/// assert_eq!(s.to_block + s.list_fallbacks + s.lock_busy_fallbacks + s.inline_synchronize, 2000);
+/// assert!(s.batches >= 1 && s.mean_batch() > 1.0, "freed in batches");
+/// assert!((0.0..=1.0).contains(&s.fallback_ratio()));
+/// assert_eq!((s.reclaimed_objects, s.pending_objects, s.pending_bytes), (2000, 0, 0));
+/// assert!(s.reclaim_ns_per_object() > 0.0);
+/// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct KvfreeStats {

@@ -19,6 +19,20 @@ use core::ops::{Deref, DerefMut};
 use core::panic::Location;
 
 /// Per-CPU data behind a per-CPU lock.
+///
+/// ```
+/// use krcu::lock::LocalLock;
+/// let domain = krcu::Domain::builder().cpus(4).build();
+/// let counters = LocalLock::new_in(&domain, |cpu| cpu * 100);
+/// assert_eq!(counters.cpus(), 4);
+/// let cpu = {
+///     let mut mine = counters.lock(); // the CPU this thread runs on
+///     *mine += 1;
+///     mine.cpu()
+/// };
+/// assert!(cpu < 4);
+/// assert_eq!(*counters.cpu_lock(cpu).lock(), cpu * 100 + 1);
+/// ```
 #[doc(alias = "local_lock_t")]
 pub struct LocalLock<T> {
     slots: PerCpu<Lock<Local, T>>,

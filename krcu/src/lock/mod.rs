@@ -18,6 +18,22 @@
 //! raised while it holds the lock: sleeping then is a bug the validator
 //! reports.
 //!
+//! ```
+//! use krcu::context::PreemptModel;
+//! use krcu::lock::{Mutex, RawSpinLock, SpinLock};
+//!
+//! let counter = SpinLock::new(0u64);
+//! *counter.lock() += 1;
+//! assert_eq!(*counter.lock(), 1);
+//!
+//! // A lock's kind says how it waits, under its domain's preemption model.
+//! let rt = krcu::Domain::builder().preempt_model(PreemptModel::Rt).build();
+//! assert!(!RawSpinLock::new_in(&rt, ()).sleeps(), "raw spinlocks always spin");
+//! assert!(SpinLock::new_in(&rt, ()).sleeps(), "spinlock_t sleeps under PREEMPT_RT");
+//! assert!(!SpinLock::new(()).sleeps(), "and spins under PREEMPT (the default)");
+//! assert!(Mutex::new(()).sleeps());
+//! ```
+//!
 //! Uses nothing else of the crate.
 
 mod kind;

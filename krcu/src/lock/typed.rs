@@ -86,6 +86,16 @@ impl<K: LockKind, T: ?Sized> Lock<K, T> {
 
     /// Takes the lock if it is free, without waiting. Trylocks are exempt
     /// from the validator's wait-context rule: they cannot wait.
+    ///
+    /// ```
+    /// let lock = krcu::lock::Mutex::new(vec![1, 2]);
+    /// let held = lock.lock();
+    /// assert!(lock.is_locked());
+    /// assert!(lock.try_lock().is_none(), "held: a trylock fails at once");
+    /// drop(held);
+    /// lock.try_lock().expect("free again").push(3);
+    /// assert_eq!(lock.into_inner(), [1, 2, 3]);
+    /// ```
     #[inline]
     #[track_caller]
     #[doc(alias = "spin_trylock")]
@@ -105,6 +115,24 @@ impl<K: LockKind, T: ?Sized> Lock<K, T> {
     }
 
     /// This lock's contention statistics.
+    ///
+    /// ```
+    /// use krcu::lock::SpinLock;
+    /// use std::sync::Arc;
+    /// let lock = Arc::new(SpinLock::new(0u64));
+    /// let held = lock.lock();
+    /// let waiter = {
+    ///     let lock = lock.clone();
+    ///     std::thread::spawn(move || *lock.lock() += 1) // finds it taken
+    /// };
+    /// while lock.stats().contended == 0 {
+    ///     std::thread::yield_now(); // until the waiter has found it taken
+    /// }
+    /// drop(held);
+    /// waiter.join().unwrap();
+    /// assert_eq!(*lock.lock(), 1);
+    /// assert_eq!(lock.stats().contended, 1);
+    /// ```
     pub fn stats(&self) -> LockStats {
         LockStats {
             contended: self.raw().word().contended(),
@@ -123,6 +151,16 @@ impl<K: IrqSaveKind, T: ?Sized> Lock<K, T> {
     /// Declares interrupts off, then takes the lock; the guard releases the
     /// lock, then restores interrupts. Under PREEMPT_RT a sleeping lock's
     /// `_irqsave` form leaves interrupts on, as the kernel's does.
+    ///
+    /// ```
+    /// use krcu::context;
+    /// let lock = krcu::lock::SpinLock::new(());
+    /// {
+    ///     let _guard = lock.lock_irqsave();
+    ///     assert!(context::irqs_disabled());
+    /// }
+    /// assert!(!context::irqs_disabled(), "restored when the guard drops");
+    /// ```
     #[inline]
     #[track_caller]
     #[doc(alias = "spin_lock_irqsave")]

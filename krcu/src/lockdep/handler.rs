@@ -14,6 +14,24 @@ use std::sync::{Arc, Mutex};
 /// context and not delivered yet; see
 /// [`flush_deferred_reports`](super::flush_deferred_reports)), so a log read
 /// after a signal handler's offence shows it.
+///
+/// ```
+/// use krcu::lockdep::{ReportHandler, ReportKind, ReportLog};
+/// let log = ReportLog::new();
+/// let domain = krcu::Domain::builder().report_handler(ReportHandler::Collect(log.clone())).build();
+/// {
+///     let _guard = krcu::context::preempt_disable();
+///     domain.might_sleep();
+/// }
+/// if krcu::lockdep::COMPILED {
+///     assert_eq!(log.len(), 1);
+///     assert_eq!(log.count(ReportKind::SleepInInvalidContext), 1);
+///     let report = log.take().remove(0); // `take` empties the log
+///     assert!(report.text.starts_with("BUG: sleeping function called from invalid context"));
+///     assert!(report.text.contains("in_atomic(): 1"));
+/// }
+/// assert!(log.is_empty());
+/// ```
 #[derive(Debug, Clone, Default)]
 pub struct ReportLog(Arc<Mutex<Vec<Report>>>);
 
@@ -31,6 +49,26 @@ impl ReportLog {
 }
 
 /// What happens to a report.
+///
+/// ```
+/// use krcu::lockdep::{Report, ReportHandler};
+/// use std::sync::Arc;
+/// use std::sync::atomic::{AtomicUsize, Ordering};
+/// let seen = Arc::new(AtomicUsize::new(0));
+/// let counter = seen.clone();
+/// let handler = ReportHandler::Custom(Arc::new(move |report: &Report| {
+///     assert!(!report.text.is_empty());
+///     counter.fetch_add(1, Ordering::SeqCst);
+/// }));
+/// let domain = krcu::Domain::builder().report_handler(handler).build();
+/// let mutex = krcu::lock::Mutex::new_in(&domain, ());
+/// let raw = krcu::lock::RawSpinLock::new_in(&domain, ());
+/// {
+///     let _raw = raw.lock();
+///     let _m = mutex.lock(); // a sleeping lock while atomic
+/// }
+/// assert_eq!(seen.load(Ordering::SeqCst) > 0, krcu::lockdep::COMPILED);
+/// ```
 #[derive(Clone, Default)]
 pub enum ReportHandler {
     /// Print each distinct report once to standard error (the default).

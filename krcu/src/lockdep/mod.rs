@@ -35,6 +35,77 @@
 //! belongs to: print each distinct report once (the default), collect them
 //! ([`ReportLog`], for tests), panic, or a function of your own.
 //!
+//! To get a report in a test, build the locks in a domain that collects,
+//! run the path, and look at the log (the [guide](crate::guide#reading-a-validator-report)
+//! explains each line of the text):
+//! ```
+//! use krcu::lock::{RawSpinLock, SpinLock};
+//! use krcu::lockdep::{ReportHandler, ReportKind, ReportLog};
+//!
+//! let log = ReportLog::new();
+//! let domain = krcu::Domain::builder().report_handler(ReportHandler::Collect(log.clone())).build();
+//! let krcp = RawSpinLock::named(&domain, "krcp->lock", ());
+//! let zone = SpinLock::named(&domain, "zone->lock", ());
+//! {
+//!     let _raw = krcp.lock();
+//!     let _zone = zone.lock(); // spinlock_t under a raw spinlock: sleeps under RT
+//! }
+//! if krcu::lockdep::COMPILED {
+//!     // Debug builds, or the `lockdep` feature.
+//!     let reports = log.take();
+//!     assert_eq!(reports.len(), 1);
+//!     let report = &reports[0];
+//!     assert_eq!(report.kind, ReportKind::InvalidWaitContext);
+//!     assert_eq!(report.class, Some("zone->lock"));
+//!     assert_eq!(report.held[0].name, "krcp->lock");
+//!     assert!(report.text.contains("[ BUG: Invalid wait context ]"));
+//! } else {
+//!     assert!(log.is_empty(), "compiled out: no checks at all");
+//! }
+//! ```
+//!
+//! Lock order is checked across threads and time: the second order below
+//! closes a cycle, reported once, though no deadlock happened:
+//! ```
+//! use krcu::lock::Mutex;
+//! use krcu::lockdep::{ReportHandler, ReportKind, ReportLog};
+//!
+//! let log = ReportLog::new();
+//! let domain = krcu::Domain::builder().report_handler(ReportHandler::Collect(log.clone())).build();
+//! let a = Mutex::named(&domain, "a", ());
+//! let b = Mutex::named(&domain, "b", ());
+//! for _ in 0..2 {
+//!     let _a = a.lock();
+//!     let _b = b.lock(); // a -> b
+//! }
+//! std::thread::scope(|s| {
+//!     s.spawn(|| {
+//!         let _b = b.lock();
+//!         let _a = a.lock(); // b -> a: a circle
+//!     });
+//! });
+//! if krcu::lockdep::COMPILED {
+//!     assert_eq!(log.count(ReportKind::CircularDependency), 1);
+//!     let report = &log.reports()[0];
+//!     assert_eq!(report.headline(), "WARNING: possible circular locking dependency detected");
+//!     assert!(report.text.contains("*** DEADLOCK ***"));
+//! }
+//! ```
+//!
+//! A strict test can make any report a panic instead
+//! ([`ReportHandler::Panic`]):
+//! ```
+//! use krcu::lockdep::ReportHandler;
+//! use std::panic::{AssertUnwindSafe, catch_unwind};
+//! let domain = krcu::Domain::builder().report_handler(ReportHandler::Panic).build();
+//! let outcome = catch_unwind(AssertUnwindSafe(|| {
+//!     let _atomic = krcu::context::preempt_disable();
+//!     domain.might_sleep(); // BUG: sleeping function called from invalid context
+//! }));
+//! assert_eq!(outcome.is_err(), krcu::lockdep::COMPILED);
+//! assert!(!krcu::context::in_atomic(), "the guard was dropped by the unwind");
+//! ```
+//!
 //! **Reports from a signal handler.** In hardirq or NMI context (a signal
 //! handler, which may have interrupted its thread inside `malloc`) a report
 //! is not formatted: what it needs is recorded, without allocating or

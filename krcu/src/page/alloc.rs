@@ -38,6 +38,41 @@ impl PageAllocator {
     /// this CPU's lists only; `NOWAIT`/`ATOMIC` may take the zone lock and
     /// wake kswapd but never sleep; `KERNEL` may sleep in direct reclaim
     /// (and tells the validator so first, with `might_sleep`).
+    ///
+    /// ```
+    /// use krcu::page::{AllocError, Gfp, PageAllocator, PageConfig, MAX_ORDER};
+    /// let domain = krcu::Domain::builder().cpus(1).build();
+    /// let pages = PageAllocator::new(&domain, PageConfig::default().arena_size(4 << 20)).unwrap();
+    /// // NO_LOCKS serves from this CPU's page lists only: empty at first.
+    /// let err = pages.alloc_pages(Gfp::NO_LOCKS | Gfp::NOWARN, 0).unwrap_err();
+    /// assert_eq!(err, AllocError::PcpEmpty);
+    /// // A NOWAIT allocation refills the lists from the buddy allocator...
+    /// let first = pages.alloc_pages(Gfp::NOWAIT, 0).unwrap();
+    /// // ... so now NO_LOCKS finds a page there, taking no lock but a trylock.
+    /// let second = pages.alloc_pages(Gfp::NO_LOCKS, 0).unwrap();
+    /// assert_eq!(pages.stats().paths.no_locks_hits, 1);
+    /// let zeroed = pages.alloc_pages(Gfp::KERNEL | Gfp::ZERO, 1).unwrap();
+    /// // SAFETY: the block is ours and `len()` bytes long.
+    /// let bytes = unsafe { std::slice::from_raw_parts(zeroed.as_ptr(), zeroed.len()) };
+    /// assert!(bytes.iter().all(|&b| b == 0));
+    /// let too_big = pages.alloc_pages(Gfp::KERNEL | Gfp::NOWARN, MAX_ORDER + 1);
+    /// assert_eq!(too_big.unwrap_err(), AllocError::BadOrder);
+    /// for page in [first, second, zeroed] {
+    ///     pages.free(page);
+    /// }
+    /// ```
+    ///
+    /// # Errors
+    /// An [`AllocError`] saying why no block was handed out: the order
+    /// ([`BadOrder`](AllocError::BadOrder)), no memory above the watermark
+    /// these flags may use after the reclaim they allow
+    /// ([`NoMemory`](AllocError::NoMemory)), with `NO_LOCKS` an empty or
+    /// locked per-CPU list ([`PcpEmpty`](AllocError::PcpEmpty),
+    /// [`Contended`](AllocError::Contended)) or a context that forbids it
+    /// ([`Context`](AllocError::Context)), or the fault injector
+    /// ([`Injected`](AllocError::Injected)). Failure is normal, as a NULL
+    /// from the kernel's allocator is: a warning is logged unless `gfp` has
+    /// [`Gfp::NOWARN`].
     #[track_caller]
     #[inline]
     #[doc(alias = "__alloc_pages")]
@@ -73,6 +108,19 @@ impl PageAllocator {
     }
 
     /// Allocates one page (`__get_free_page`).
+    ///
+    /// ```
+    /// use krcu::page::{Gfp, PageAllocator, PageConfig, PAGE_SIZE};
+    /// let pages = PageAllocator::new(krcu::Domain::global(), PageConfig::default().arena_size(4 << 20))
+    ///     .unwrap();
+    /// let page = pages.alloc_page(Gfp::KERNEL).unwrap();
+    /// assert_eq!(page.len(), PAGE_SIZE);
+    /// assert!(pages.owns(&page) && pages.contains(page.as_ptr()));
+    /// pages.free(page);
+    /// ```
+    ///
+    /// # Errors
+    /// As [`alloc_pages`](Self::alloc_pages).
     #[track_caller]
     #[inline]
     #[doc(alias = "__get_free_page")]
@@ -88,6 +136,26 @@ impl PageAllocator {
     /// under PREEMPT_RT it refuses hardirq and NMI context, as the kernel
     /// does, because a sleeping lock's trylock is not safe there. Unlike the
     /// kernel's, it does not zero the pages.
+    ///
+    /// ```
+    /// use krcu::lock::RawSpinLock;
+    /// use krcu::page::{PageAllocator, PageConfig};
+    /// let domain = krcu::Domain::builder().cpus(1).build();
+    /// let pages = PageAllocator::new(&domain, PageConfig::default().arena_size(4 << 20)).unwrap();
+    /// let raw = RawSpinLock::new_in(&domain, ());
+    /// let page = {
+    ///     let _held = raw.lock(); // atomic: no sleeping, no spinlock_t
+    ///     pages.alloc_pages_nolock(0).expect("the locks are free")
+    /// };
+    /// assert_eq!(pages.stats().paths.nolock_allocs, 1);
+    /// pages.free_nolock(page);
+    /// ```
+    ///
+    /// # Errors
+    /// [`AllocError::Contended`] when a lock it needs is taken (it never
+    /// waits), [`AllocError::NoMemory`] below the min watermark,
+    /// [`AllocError::BadOrder`], [`AllocError::Context`] in hardirq or NMI
+    /// context under PREEMPT_RT, and [`AllocError::Injected`].
     #[inline]
     #[doc(alias = "try_alloc_pages")]
     pub fn alloc_pages_nolock(&self, order: u32) -> Result<Page, AllocError> {

@@ -20,6 +20,11 @@ impl PageAllocator {
     /// another allocator is bad input (see [`PageError`]): it
     /// panics in debug builds and is counted and reported (and leaked) in
     /// release builds.
+    ///
+    /// # Panics
+    /// In builds with debug assertions, for a `Page` of another allocator
+    /// (outside a signal handler; [`try_free`](Self::try_free) returns the
+    /// error instead).
     #[inline]
     #[track_caller]
     #[doc(alias = "__free_pages")]
@@ -32,6 +37,20 @@ impl PageAllocator {
 
     /// As [`free`](Self::free), but a `Page` of another allocator is
     /// returned as an error (the page is then leaked, not freed).
+    ///
+    /// ```
+    /// use krcu::page::{Gfp, PageAllocator, PageConfig, PageError};
+    /// let config = PageConfig::default().arena_size(4 << 20).kswapd(false);
+    /// let ours = PageAllocator::new(krcu::Domain::global(), config.clone()).unwrap();
+    /// let theirs = PageAllocator::new(krcu::Domain::global(), config).unwrap();
+    /// let page = theirs.alloc_page(Gfp::KERNEL).unwrap();
+    /// let addr = page.as_ptr() as usize;
+    /// assert_eq!(ours.try_free(page), Err(PageError::OutsideArena { addr }));
+    /// ```
+    ///
+    /// # Errors
+    /// [`PageError::OutsideArena`] for a page of another allocator. (A
+    /// `Page` of this allocator is always freed: the handle is the proof.)
     #[inline]
     pub fn try_free(&self, page: Page) -> Result<(), PageError> {
         self.check_owner(&page)?;
@@ -97,6 +116,12 @@ impl PageAllocator {
     /// Frees a block by address and order, or says why not (changing
     /// nothing). May take the zone lock (to merge, or to return a batch
     /// when this CPU's lists are over `high`).
+    ///
+    /// # Errors
+    /// A [`PageError`] naming the bad input: an address outside the arena,
+    /// misaligned for `order`, an order above the maximum, a block already
+    /// free, not the start of an allocated block, or allocated with another
+    /// order.
     ///
     /// # Safety
     /// As for [`free_pages`](Self::free_pages); bad input is returned

@@ -21,6 +21,17 @@ use bitflags::bitflags;
 
 bitflags! {
     /// Allocation flags (`gfp_t`).
+    ///
+    /// ```
+    /// use krcu::page::{Gfp, Migratetype};
+    /// assert_eq!(Gfp::KERNEL, Gfp::DIRECT_RECLAIM | Gfp::KSWAPD_RECLAIM);
+    /// assert!(Gfp::KERNEL.may_sleep());
+    /// assert!(!Gfp::NOWAIT.may_sleep() && !Gfp::ATOMIC.may_sleep());
+    /// assert!(Gfp::ATOMIC.contains(Gfp::HIGH), "may dip below the min watermark");
+    /// assert!(!(Gfp::KERNEL | Gfp::NO_LOCKS).may_sleep(), "NO_LOCKS never sleeps");
+    /// assert_eq!((Gfp::KERNEL | Gfp::MOVABLE).migratetype(), Migratetype::Movable);
+    /// assert_eq!(Gfp::from_name("NOWAIT"), Some(Gfp::NOWAIT));
+    /// ```
     #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
     #[doc(alias = "gfp_t")]
     pub struct Gfp: u32 {

@@ -208,6 +208,21 @@ impl Page {
 /// The page allocator instance: zone, per-CPU lists, kswapd, shrinkers,
 /// statistics and fault injector. Build it with [`PageAllocator::new`];
 /// dropping it stops and joins kswapd and unmaps the arena.
+///
+/// ```
+/// use krcu::page::{Gfp, PageAllocator, PageConfig, PAGE_SIZE};
+///
+/// let domain = krcu::Domain::builder().cpus(1).build();
+/// let pages = PageAllocator::new(&domain, PageConfig::default().arena_size(4 << 20)).unwrap();
+/// assert_eq!(pages.total_pages(), (4 << 20) / PAGE_SIZE);
+///
+/// let block = pages.alloc_pages(Gfp::KERNEL, 2).expect("4 contiguous pages");
+/// assert_eq!((block.order(), block.len()), (2, 4 * PAGE_SIZE));
+/// assert_eq!(block.as_ptr() as usize % (4 * PAGE_SIZE), 0, "aligned to its size");
+/// assert_eq!(pages.stats().allocated_pages(), 4);
+/// pages.free(block);
+/// assert_eq!(pages.stats().allocated_pages(), 0);
+/// ```
 pub struct PageAllocator {
     domain: Domain,
     config: PageConfig,
@@ -237,6 +252,26 @@ impl core::fmt::Debug for PageAllocator {
 impl PageAllocator {
     /// Builds an allocator in `domain` (its locks are that domain's, so its
     /// validator and preemption model apply).
+    ///
+    /// ```
+    /// use krcu::page::{PageAllocator, PageConfig};
+    /// let domain = krcu::Domain::global();
+    /// let pages = PageAllocator::new(domain, PageConfig::default().arena_size(8 << 20)).unwrap();
+    /// let marks = pages.watermarks(); // computed from the arena size
+    /// assert!(marks.min <= marks.low && marks.low <= marks.high);
+    /// // Not a multiple of the page size: refused, with the value.
+    /// let err = PageAllocator::new(domain, PageConfig::default().arena_size(5000)).unwrap_err();
+    /// assert!(matches!(err, krcu::BuildError::ArenaSize(5000)));
+    /// ```
+    ///
+    /// # Errors
+    /// [`BuildError::ArenaSize`] for an arena that is not a positive
+    /// multiple of [`PAGE_SIZE`] (or too large for 32-bit page numbers),
+    /// [`BuildError::PcpSizes`] for a zero `pcp_batch` or a `pcp_high`
+    /// below it, [`BuildError::Watermarks`] or [`BuildError::ArenaTooSmall`]
+    /// for watermarks out of order or above half the arena,
+    /// [`BuildError::Mmap`] when the arena cannot be mapped, and
+    /// [`BuildError::Thread`] when kswapd cannot be started.
     pub fn new(domain: &Domain, config: PageConfig) -> Result<Arc<PageAllocator>, BuildError> {
         let size = config.arena_size;
         if size == 0 || !size.is_multiple_of(PAGE_SIZE) || size / PAGE_SIZE >= u32::MAX as usize {
@@ -314,7 +349,23 @@ impl PageAllocator {
         self.zone.pfn_of(addr as usize).map(|pfn| pfn as usize)
     }
 
-    /// The fault injector.
+    /// The fault injector: make allocations fail on purpose, to exercise
+    /// the paths that handle it.
+    ///
+    /// ```
+    /// use krcu::page::{AllocError, FaultSites, Gfp, PageAllocator, PageConfig};
+    /// let pages = PageAllocator::new(
+    ///     krcu::Domain::global(),
+    ///     PageConfig::default().arena_size(4 << 20).kswapd(false),
+    /// )
+    /// .unwrap();
+    /// pages.faults().fail_next(1, FaultSites::SLEEPING);
+    /// let failed = pages.alloc_page(Gfp::KERNEL | Gfp::NOWARN);
+    /// assert_eq!(failed.unwrap_err(), AllocError::Injected);
+    /// let page = pages.alloc_page(Gfp::KERNEL).expect("only the next one failed");
+    /// assert_eq!(pages.stats().global.injected_failures, 1);
+    /// pages.free(page);
+    /// ```
     pub fn faults(&self) -> &FaultInjector {
         &self.faults
     }
@@ -325,6 +376,40 @@ impl PageAllocator {
     /// shrinker mutex; they must not register or unregister shrinkers.
     /// Unregistered when the handle drops. A shrinker that needs the
     /// allocator should hold a `Weak` of it, or the allocator never drops.
+    ///
+    /// ```
+    /// use krcu::page::{Gfp, PageAllocator, PageConfig};
+    /// use std::sync::Arc;
+    /// use std::sync::atomic::{AtomicUsize, Ordering};
+    ///
+    /// let pages = PageAllocator::new(
+    ///     krcu::Domain::global(),
+    ///     PageConfig::default().arena_size(4 << 20).kswapd(false),
+    /// )
+    /// .unwrap();
+    /// let cached = Arc::new(AtomicUsize::new(100)); // objects of a cache of ours
+    /// let c = cached.clone();
+    /// let s = cached.clone();
+    /// let handle = pages.register_shrinker(
+    ///     "my-cache",
+    ///     move || c.load(Ordering::Relaxed),
+    ///     move |n| {
+    ///         let freed = n.min(s.load(Ordering::Relaxed));
+    ///         s.fetch_sub(freed, Ordering::Relaxed);
+    ///         freed
+    ///     },
+    /// );
+    /// // Use up the arena: sleeping allocations run direct reclaim, which
+    /// // asks the shrinkers to give memory back before it gives up.
+    /// let mut held = Vec::new();
+    /// while let Ok(page) = pages.alloc_page(Gfp::KERNEL | Gfp::NOWARN) {
+    ///     held.push(page);
+    /// }
+    /// assert!(pages.stats().global.direct_reclaims >= 1);
+    /// assert!(cached.load(Ordering::Relaxed) < 100, "the shrinker was asked");
+    /// drop(handle); // unregistered
+    /// held.into_iter().for_each(|page| pages.free(page));
+    /// ```
     #[doc(alias = "shrinker_register")]
     pub fn register_shrinker(
         &self,

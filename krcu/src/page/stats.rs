@@ -123,6 +123,24 @@ counters! {
 }
 
 /// A snapshot of every statistic ([`PageAllocator::stats`](super::PageAllocator::stats)).
+///
+/// ```
+/// use krcu::page::{Gfp, PageAllocator, PageConfig};
+/// let domain = krcu::Domain::builder().cpus(1).build();
+/// let pages = PageAllocator::new(&domain, PageConfig::default().arena_size(4 << 20)).unwrap();
+/// let a = pages.alloc_page(Gfp::KERNEL).unwrap(); // refills this CPU's list
+/// let b = pages.alloc_page(Gfp::KERNEL).unwrap(); // a hit on it
+/// let s = pages.stats();
+/// assert_eq!((s.paths.refills, s.paths.pcp_hits), (1, 1));
+/// assert_eq!(s.paths.refill_pages, 31, "a batch (PageConfig::pcp_batch)");
+/// assert_eq!(s.allocated_pages(), 2);
+/// assert_eq!(s.free_pages + s.pcp_pages + 2, s.total_pages);
+/// pages.free(a);
+/// pages.free(b);
+/// assert_eq!(pages.stats().paths.pcp_frees, 2, "back on this CPU's list");
+/// pages.drain_all(); // the lists back to the buddy allocator
+/// assert_eq!(pages.stats().pcp_pages, 0);
+/// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct PageStats {

@@ -51,6 +51,14 @@ impl Watermarks {
     };
 
     /// The kernel's formula for an arena of `arena_bytes`.
+    ///
+    /// ```
+    /// use krcu::page::{PAGE_SIZE, Watermarks};
+    /// let marks = Watermarks::for_arena(256 << 20);
+    /// // min_free_kbytes = sqrt(256 MiB in KiB * 16) = 2048 KiB: 512 pages.
+    /// assert_eq!(marks.min, 2048 * 1024 / PAGE_SIZE);
+    /// assert_eq!((marks.low, marks.high), (marks.min * 5 / 4, marks.min * 3 / 2));
+    /// ```
     #[doc(alias = "min_free_kbytes")]
     pub fn for_arena(arena_bytes: usize) -> Watermarks {
         let kib = (arena_bytes / 1024) as u64;

@@ -30,9 +30,12 @@ unsafe fn barrier_callback(head: NonNull<RcuHead>) {
 
 impl Rcu {
     /// Waits until every callback queued (on any thread) before this call
-    /// has run (`rcu_barrier`). Concurrent callers share barriers. Sleeps;
-    /// panics inside a read-side section of this instance or on its worker
-    /// thread (both would wait forever).
+    /// has run (`rcu_barrier`). Concurrent callers share barriers. Sleeps.
+    /// (An example: [`call_rcu_box`](Self::call_rcu_box).)
+    ///
+    /// # Panics
+    /// Inside a read-side section of this instance, or on its worker thread
+    /// (in a callback): both would wait forever.
     #[track_caller]
     pub fn rcu_barrier(&self) {
         self.may_wait("rcu_barrier()");

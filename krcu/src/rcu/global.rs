@@ -22,6 +22,12 @@ use core::ptr::NonNull;
 /// the other free functions, and the other way round. Using only this
 /// module's functions never builds the `kfree_rcu` machinery or the page
 /// allocator: those start on first use of a function that needs them.
+///
+/// ```
+/// let rcu = krcu::rcu::global();
+/// assert!(std::ptr::eq(rcu, krcu::rcu::global()), "one per process");
+/// assert!(rcu.domain().same(krcu::Domain::global()));
+/// ```
 pub fn global() -> &'static Rcu {
     global_arc()
 }
@@ -36,6 +42,20 @@ pub fn global() -> &'static Rcu {
 ///
 /// The guard's type says its instance: cells of the process-wide instance
 /// ([`RcuCell::new`](crate::RcuCell::new)) take it, and only it.
+///
+/// ```
+/// use krcu::context;
+/// assert_eq!(context::rcu_read_depth(), 0);
+/// {
+///     let _guard = krcu::rcu::read_lock();
+///     assert!(krcu::rcu::global().is_reading());
+///     if krcu::lockdep::COMPILED {
+///         // The validator tracks the depth (and caps what a reader may do).
+///         assert_eq!(context::rcu_read_depth(), 1);
+///     }
+/// }
+/// assert!(!krcu::rcu::global().is_reading());
+/// ```
 #[inline]
 #[doc(alias = "rcu_read_lock")]
 pub fn read_lock() -> GlobalReadGuard<'static> {
@@ -45,11 +65,29 @@ pub fn read_lock() -> GlobalReadGuard<'static> {
 /// [`Rcu::register_thread`] on the [`global`] instance: its handle's
 /// guards are [`GlobalReadGuard`]s. (It does not make the thread
 /// real-time: [`krcu::register_thread`](crate::register_thread) does.)
+///
+/// ```
+/// let handle = krcu::rcu::register_thread();
+/// assert!(!krcu::context::is_realtime(), "a reader only, not real-time");
+/// let cell = krcu::RcuCell::new(10u32);
+/// let guard = handle.read_lock(); // a GlobalReadGuard: cells take it
+/// assert_eq!(cell.load(&guard), Some(&10));
+/// ```
 pub fn register_thread() -> GlobalReaderHandle {
     GlobalReaderHandle::new(global().register_thread())
 }
 
 /// [`Rcu::synchronize`] on the [`global`] instance.
+///
+/// ```
+/// let cookie = krcu::rcu::get_state();
+/// krcu::rcu::synchronize();
+/// assert!(krcu::rcu::poll_state(cookie), "a full grace period has passed");
+/// ```
+///
+/// # Panics
+/// Inside a read-side section of the global instance (as
+/// [`Rcu::synchronize`]).
 #[track_caller]
 #[doc(alias = "synchronize_rcu")]
 pub fn synchronize() {
@@ -57,6 +95,9 @@ pub fn synchronize() {
 }
 
 /// [`Rcu::synchronize_expedited`] on the [`global`] instance.
+///
+/// # Panics
+/// As [`synchronize`].
 #[track_caller]
 #[doc(alias = "synchronize_rcu_expedited")]
 pub fn synchronize_expedited() {
@@ -64,6 +105,15 @@ pub fn synchronize_expedited() {
 }
 
 /// [`Rcu::get_state`] on the [`global`] instance.
+///
+/// ```
+/// let guard = krcu::rcu::read_lock();
+/// let cookie = krcu::rcu::get_state();
+/// assert!(!krcu::rcu::poll_state(cookie), "held off by this thread's reader");
+/// drop(guard);
+/// krcu::rcu::cond_synchronize(cookie);
+/// assert!(krcu::rcu::poll_state(cookie));
+/// ```
 #[doc(alias = "get_state_synchronize_rcu")]
 pub fn get_state() -> GpCookie {
     global().get_state()
@@ -82,6 +132,9 @@ pub fn poll_state(cookie: GpCookie) -> bool {
 }
 
 /// [`Rcu::cond_synchronize`] on the [`global`] instance.
+///
+/// # Panics
+/// As [`synchronize`], unless the grace period has elapsed already.
 #[track_caller]
 #[doc(alias = "cond_synchronize_rcu")]
 pub fn cond_synchronize(cookie: GpCookie) {
@@ -113,6 +166,22 @@ pub unsafe fn call_rcu(head: NonNull<RcuHead>, func: RcuCallbackFn) {
 
 /// [`Rcu::call_rcu_box`] on the [`global`] instance; in a signal handler
 /// before the instance exists, as [`call_rcu`].
+///
+/// ```
+/// use krcu::rcu::{HasRcuHead, RcuHead};
+/// use std::sync::Arc;
+///
+/// #[derive(HasRcuHead)]
+/// struct Retired {
+///     owner: Arc<()>,
+///     rcu: RcuHead,
+/// }
+///
+/// let owner = Arc::new(());
+/// krcu::rcu::call_rcu_box(Box::new(Retired { owner: owner.clone(), rcu: RcuHead::new() }));
+/// krcu::rcu::rcu_barrier(); // every callback queued before has run
+/// assert_eq!(Arc::strong_count(&owner), 1, "dropped by its callback");
+/// ```
 #[doc(alias = "call_rcu")]
 pub fn call_rcu_box<T: HasRcuHead>(obj: Box<T>) {
     let raw = Box::into_raw(obj);
@@ -124,7 +193,12 @@ pub fn call_rcu_box<T: HasRcuHead>(obj: Box<T>) {
     unsafe { call_rcu_global(NonNull::new_unchecked(head), callback::box_callback::<T>) }
 }
 
-/// [`Rcu::rcu_barrier`] on the [`global`] instance.
+/// [`Rcu::rcu_barrier`] on the [`global`] instance. (An example:
+/// [`call_rcu_box`].)
+///
+/// # Panics
+/// Inside a read-side section of the global instance, or in a callback on
+/// its worker (as [`Rcu::rcu_barrier`]).
 #[track_caller]
 pub fn rcu_barrier() {
     global().rcu_barrier();
@@ -137,6 +211,16 @@ pub fn rcu_barrier() {
 /// the process-wide instance takes only this guard, so the compiler refuses
 /// a guard of any other instance with it (and a cell of another instance
 /// refuses this one).
+///
+/// A plain guard of the process-wide instance converts; one of another
+/// instance is handed back:
+/// ```
+/// use krcu::rcu::{GlobalReadGuard, Rcu};
+/// let plain = krcu::Krcu::global().rcu().read_lock();
+/// assert!(GlobalReadGuard::try_from(plain).is_ok());
+/// let other = Rcu::new(krcu::Domain::global(), Default::default());
+/// assert!(GlobalReadGuard::try_from(other.read_lock()).is_err());
+/// ```
 ///
 /// ```compile_fail,E0308
 /// let krcu = krcu::Krcu::builder().arena_size(16 << 20).build().unwrap();

@@ -61,6 +61,31 @@ pub struct RcuStats {
 ///
 /// `Send + Sync`; share it by reference or in an `Arc`. Dropping it stops
 /// the worker after every queued callback has run.
+///
+/// A writer unlinks, waits for a grace period, then frees; a reader that
+/// began before the wait is done by the time it returns:
+/// ```
+/// use krcu::rcu::{Rcu, RcuConfig};
+/// use std::sync::atomic::{AtomicBool, Ordering};
+/// use std::time::Duration;
+///
+/// let rcu = Rcu::new(&krcu::Domain::builder().cpus(1).build(), RcuConfig::default());
+/// let reader_done = AtomicBool::new(false);
+/// let (entered_tx, entered_rx) = std::sync::mpsc::channel();
+/// std::thread::scope(|s| {
+///     s.spawn(|| {
+///         let guard = rcu.read_lock();
+///         entered_tx.send(()).unwrap();
+///         std::thread::sleep(Duration::from_millis(50)); // a slow reader
+///         reader_done.store(true, Ordering::SeqCst);
+///         drop(guard);
+///     });
+///     entered_rx.recv().unwrap(); // the reader is in its section
+///     rcu.synchronize(); // waits for it
+///     assert!(reader_done.load(Ordering::SeqCst));
+/// });
+/// assert!(rcu.stats().grace_periods >= 1);
+/// ```
 pub struct Rcu {
     pub(super) shared: Arc<Shared>,
 }
@@ -76,6 +101,18 @@ impl core::fmt::Debug for Rcu {
 
 impl Rcu {
     /// Builds an instance in `domain` and starts its worker thread.
+    ///
+    /// ```
+    /// use krcu::rcu::{Rcu, RcuConfig};
+    /// use std::time::Duration;
+    /// let domain = krcu::Domain::builder().cpus(2).build();
+    /// let config = RcuConfig::default().gp_interval(Duration::ZERO).worker_name("my-rcu");
+    /// let rcu = Rcu::new(&domain, config);
+    /// assert!(rcu.domain().same(&domain));
+    /// assert_eq!(rcu.stats().grace_periods, 0, "none yet");
+    /// rcu.synchronize();
+    /// assert!(rcu.stats().grace_periods >= 1);
+    /// ```
     ///
     /// # Panics
     /// If the worker thread cannot be spawned.
@@ -135,6 +172,20 @@ impl Rcu {
     /// `rcu_register_thread`): after this, neither [`ReaderHandle::read_lock`]
     /// nor [`Rcu::read_lock`] on this thread allocates. Dropping the handle
     /// (the last one, if several) unregisters the thread; so does its exit.
+    ///
+    /// ```
+    /// use krcu::rcu::{Rcu, RcuConfig};
+    /// let rcu = Rcu::new(krcu::Domain::global(), RcuConfig::default());
+    /// assert_eq!(rcu.stats().readers, 0);
+    /// let handle = rcu.register_thread(); // allocates, once
+    /// assert_eq!(rcu.stats().readers, 1);
+    /// {
+    ///     let _guard = handle.read_lock(); // wait-free, no allocation
+    ///     assert!(rcu.is_reading());
+    /// }
+    /// drop(handle);
+    /// assert_eq!(rcu.stats().readers, 0, "unregistered");
+    /// ```
     pub fn register_thread(&self) -> ReaderHandle<'_> {
         ReaderHandle::new(&self.shared.gp.readers)
     }
@@ -151,6 +202,19 @@ impl Rcu {
     /// rely on the miss path, which borrows the thread's registration list
     /// (use a thread that reads under one instance, or hold a
     /// [`ReaderHandle`] and read through it in the thread's own code).
+    ///
+    /// ```
+    /// use krcu::rcu::{Rcu, RcuConfig};
+    /// let rcu = Rcu::new(krcu::Domain::global(), RcuConfig::default());
+    /// assert!(!rcu.is_reading());
+    /// let outer = rcu.read_lock();
+    /// let inner = rcu.read_lock(); // sections nest
+    /// assert!(rcu.is_reading());
+    /// drop(inner);
+    /// assert!(rcu.is_reading(), "the outer section is still open");
+    /// drop(outer);
+    /// assert!(!rcu.is_reading());
+    /// ```
     #[inline]
     #[doc(alias = "rcu_read_lock")]
     #[doc(alias = "rcu_read_unlock")]
@@ -182,7 +246,17 @@ impl Rcu {
     /// Waits for a full grace period (`synchronize_rcu`): every read-side
     /// section that began before the call has ended when it returns.
     /// Concurrent callers share grace periods. Sleeps: see the module doc
-    /// for what is reported, and when it panics.
+    /// for what is reported. (An example: [`Rcu`].)
+    ///
+    /// # Panics
+    /// Inside a read-side section of this instance: it would wait for
+    /// itself forever.
+    ///
+    /// ```should_panic
+    /// let rcu = krcu::rcu::Rcu::new(krcu::Domain::global(), Default::default());
+    /// let _guard = rcu.read_lock();
+    /// rcu.synchronize(); // panics rather than hang
+    /// ```
     #[track_caller]
     #[doc(alias = "synchronize_rcu")]
     pub fn synchronize(&self) {
@@ -194,6 +268,15 @@ impl Rcu {
     /// by spinning before sleeping (`synchronize_rcu_expedited`). The memb
     /// flavour's grace periods are expedited anyway; this trades CPU time
     /// for latency while a reader is still inside its section.
+    ///
+    /// ```
+    /// let rcu = krcu::rcu::Rcu::new(krcu::Domain::global(), Default::default());
+    /// rcu.synchronize_expedited();
+    /// assert!(rcu.stats().expedited_grace_periods >= 1);
+    /// ```
+    ///
+    /// # Panics
+    /// As [`synchronize`](Self::synchronize).
     #[track_caller]
     #[doc(alias = "synchronize_rcu_expedited")]
     pub fn synchronize_expedited(&self) {
@@ -203,6 +286,19 @@ impl Rcu {
 
     /// A cookie for the first grace period that starts after this call
     /// (`get_state_synchronize_rcu`); does not start one.
+    ///
+    /// The polled API, to free a batch without blocking:
+    /// ```
+    /// use krcu::rcu::{GpCookie, Rcu, RcuConfig};
+    /// let rcu = Rcu::new(krcu::Domain::global(), RcuConfig::default());
+    /// let guard = rcu.read_lock(); // a reader that may see the batch
+    /// let cookie: GpCookie = rcu.get_state(); // taken when the batch closes
+    /// assert!(!rcu.poll_state(cookie), "the reader holds the grace period off");
+    /// drop(guard);
+    /// rcu.cond_synchronize(cookie); // waits only if it has not elapsed
+    /// assert!(rcu.poll_state(cookie), "now the batch may be freed");
+    /// assert!(rcu.poll_state(GpCookie::COMPLETED));
+    /// ```
     #[inline]
     #[doc(alias = "get_state_synchronize_rcu")]
     pub fn get_state(&self) -> GpCookie {
@@ -212,6 +308,18 @@ impl Rcu {
     /// [`get_state`](Self::get_state), and makes sure that grace period
     /// will run (the worker starts it) (`start_poll_synchronize_rcu`).
     /// Never blocks; a system call only when the worker sleeps.
+    ///
+    /// ```
+    /// use std::time::{Duration, Instant};
+    /// let rcu = krcu::rcu::Rcu::new(krcu::Domain::global(), Default::default());
+    /// let cookie = rcu.start_poll(); // the worker runs the grace period
+    /// let deadline = Instant::now() + Duration::from_secs(30);
+    /// while !rcu.poll_state(cookie) {
+    ///     assert!(Instant::now() < deadline, "the worker never ran it");
+    ///     std::thread::sleep(Duration::from_millis(1)); // other work here
+    /// }
+    /// assert!(rcu.stats().grace_periods >= 1);
+    /// ```
     #[doc(alias = "start_poll_synchronize_rcu")]
     pub fn start_poll(&self) -> GpCookie {
         let c = self.get_state();
@@ -232,7 +340,12 @@ impl Rcu {
 
     /// Waits for a full grace period since `cookie` was taken, at once if
     /// one has elapsed (`cond_synchronize_rcu`). Sleeps, as
-    /// [`synchronize`](Self::synchronize).
+    /// [`synchronize`](Self::synchronize). (An example:
+    /// [`get_state`](Self::get_state).)
+    ///
+    /// # Panics
+    /// As [`synchronize`](Self::synchronize), unless the grace period has
+    /// elapsed already.
     #[track_caller]
     #[doc(alias = "cond_synchronize_rcu")]
     pub fn cond_synchronize(&self, cookie: GpCookie) {
@@ -252,6 +365,34 @@ impl Rcu {
     /// stay valid and unmoved until `func` has been called with it. `func`
     /// must be safe to call with `head` in the worker thread after the grace
     /// period (typically it frees the object embedding the head).
+    ///
+    /// ```
+    /// use core::ptr::NonNull;
+    /// use krcu::rcu::{Rcu, RcuHead};
+    /// use std::sync::atomic::{AtomicU32, Ordering};
+    ///
+    /// static CALLED: AtomicU32 = AtomicU32::new(0);
+    /// #[repr(C)]
+    /// struct Node {
+    ///     rcu: RcuHead, // first, so a head pointer is a node pointer
+    ///     value: u32,
+    /// }
+    /// /// # Safety
+    /// /// `head` is the head of a leaked `Box<Node>`.
+    /// unsafe fn free_node(head: NonNull<RcuHead>) {
+    ///     // SAFETY: the head is the first field of a leaked Box<Node>.
+    ///     let node = unsafe { Box::from_raw(head.cast::<Node>().as_ptr()) };
+    ///     CALLED.fetch_add(node.value, Ordering::SeqCst);
+    /// }
+    ///
+    /// let rcu = Rcu::new(krcu::Domain::global(), Default::default());
+    /// let node = Box::leak(Box::new(Node { rcu: RcuHead::new(), value: 5 }));
+    /// // SAFETY: the head is not queued and stays put until `free_node`,
+    /// // which frees exactly that node, has run.
+    /// unsafe { rcu.call_rcu(NonNull::from(&mut node.rcu), free_node) };
+    /// rcu.rcu_barrier();
+    /// assert_eq!(CALLED.load(Ordering::SeqCst), 5);
+    /// ```
     #[inline]
     pub unsafe fn call_rcu(&self, head: NonNull<RcuHead>, func: RcuCallbackFn) {
         let (_, list) = self.shared.pending.current();
@@ -264,6 +405,29 @@ impl Rcu {
     /// [`HasRcuHead::rcu_callback`] with it (by default: drops it). The
     /// safe form of [`call_rcu`](Self::call_rcu); the same guarantees
     /// (no allocation, no lock, signal-safe).
+    ///
+    /// ```
+    /// use krcu::rcu::{HasRcuHead, Rcu, RcuHead};
+    /// use std::sync::atomic::{AtomicBool, Ordering};
+    ///
+    /// static DROPPED: AtomicBool = AtomicBool::new(false);
+    /// #[derive(HasRcuHead)]
+    /// struct Node {
+    ///     rcu: RcuHead,
+    /// }
+    /// impl Drop for Node {
+    ///     fn drop(&mut self) {
+    ///         DROPPED.store(true, Ordering::SeqCst);
+    ///     }
+    /// }
+    ///
+    /// let rcu = Rcu::new(krcu::Domain::global(), Default::default());
+    /// rcu.call_rcu_box(Box::new(Node { rcu: RcuHead::new() }));
+    /// rcu.rcu_barrier(); // the callback has run
+    /// assert!(DROPPED.load(Ordering::SeqCst));
+    /// // Counted with the barrier's own callbacks (one per CPU).
+    /// assert!(rcu.stats().callbacks_invoked >= 1);
+    /// ```
     #[inline]
     #[doc(alias = "call_rcu")]
     pub fn call_rcu_box<T: HasRcuHead>(&self, obj: Box<T>) {
@@ -292,7 +456,18 @@ impl Rcu {
         self.shared.gp.readers.begin_teardown();
     }
 
-    /// The instance's counters.
+    /// The instance's counters (see [`RcuStats`] and the
+    /// [guide](crate::guide#what-each-statistic-means)).
+    ///
+    /// ```
+    /// let rcu = krcu::rcu::Rcu::new(krcu::Domain::global(), Default::default());
+    /// let before = rcu.stats();
+    /// rcu.synchronize();
+    /// let after = rcu.stats();
+    /// assert!(after.grace_periods > before.grace_periods);
+    /// assert_ne!(after.gp_seq, before.gp_seq, "the sequence number moved on");
+    /// assert_eq!((after.stalls, after.abandoned_sections), (0, 0));
+    /// ```
     pub fn stats(&self) -> RcuStats {
         let s = &self.shared;
         let (normal, expedited) = s.gp.completed();

@@ -15,6 +15,11 @@ use core::ptr::{self, NonNull};
 impl<T> SlabCache<T> {
     /// Allocates an object and moves `value` into it
     /// (`kmem_cache_alloc`); gives `value` back if no memory could be had.
+    /// (An example: [`SlabCache`].)
+    ///
+    /// # Errors
+    /// `Err(value)` when no object could be had: as
+    /// [`alloc_uninit`](Self::alloc_uninit) fails.
     #[track_caller]
     #[inline]
     #[doc(alias = "kmem_cache_alloc")]
@@ -39,6 +44,33 @@ impl<T> SlabCache<T> {
     /// [`AllocError::Context`], as the page allocator's `NO_LOCKS` does: the
     /// cache's locks sleep there, and even a trylock's unlock may wake a
     /// sleeper, which is not async-signal-safe.
+    ///
+    /// ```
+    /// use krcu::page::{Gfp, PageAllocator, PageConfig};
+    /// use krcu::slab::SlabCache;
+    /// let pages = PageAllocator::new(krcu::Domain::global(), PageConfig::default().arena_size(4 << 20))
+    ///     .unwrap();
+    /// let cache = SlabCache::<[u64; 8]>::new(&pages, "buf").unwrap();
+    /// let mut slot = cache.alloc_uninit(Gfp::KERNEL).unwrap();
+    /// // SAFETY: the slot is ours; it is initialised before it is freed.
+    /// unsafe {
+    ///     slot.as_mut().write([7; 8]);
+    ///     assert_eq!(slot.as_ref().assume_init_ref()[0], 7);
+    ///     cache.free(slot.cast::<[u64; 8]>());
+    /// }
+    /// assert_eq!(cache.stats().slabs_allocated, 1);
+    /// ```
+    ///
+    /// # Errors
+    /// The page allocator's [`AllocError`] when a new slab was needed and
+    /// none could be had under `gfp`, [`AllocError::Contended`] with
+    /// `NO_LOCKS` when the node lock is taken, and
+    /// [`AllocError::Context`] as said above.
+    ///
+    /// # Panics
+    /// With consistency checks on ([`with_checks`](Self::with_checks)), if
+    /// the object is already allocated: the cache's free lists are
+    /// corrupt (a use after free wrote over them).
     #[track_caller]
     #[inline]
     pub fn alloc_uninit(&self, gfp: Gfp) -> Result<NonNull<MaybeUninit<T>>, AllocError> {

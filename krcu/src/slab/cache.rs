@@ -114,6 +114,32 @@ pub(super) fn never_block() -> bool {
 /// let obj = cache.alloc(Gfp::KERNEL, 1).unwrap();
 /// cache.free(obj); // error[E0133]: call to unsafe function
 /// ```
+///
+/// Allocate, free one, free in bulk, shrink:
+/// ```
+/// use krcu::page::{Gfp, PageAllocator, PageConfig};
+/// use krcu::slab::SlabCache;
+/// use std::ptr::NonNull;
+///
+/// let domain = krcu::Domain::builder().cpus(1).build();
+/// let pages = PageAllocator::new(&domain, PageConfig::default().arena_size(4 << 20)).unwrap();
+/// let cache = SlabCache::<u64>::new(&pages, "u64").unwrap();
+/// let one = cache.alloc(Gfp::KERNEL, 41).unwrap();
+/// // SAFETY: `one` is allocated from `cache` and initialised; not used after.
+/// unsafe {
+///     assert_eq!(*one.as_ref() + 1, 42);
+///     cache.free(one);
+/// }
+/// let mut many: Vec<NonNull<u64>> =
+///     (0..1000).map(|i| cache.alloc(Gfp::KERNEL, i).unwrap()).collect();
+/// assert!(cache.stats().slabs >= 2, "1000 objects need more than one slab");
+/// // SAFETY: every pointer is from `cache`, initialised, freed only here.
+/// unsafe { cache.free_bulk(&mut many) };
+/// cache.shrink(); // this CPU's cached objects back, empty slabs to the pages
+/// let stats = cache.stats();
+/// assert_eq!((stats.bulk_frees, stats.slabs), (1, 0));
+/// assert_eq!(pages.stats().allocated_pages(), 0);
+/// ```
 #[doc(alias = "kmem_cache")]
 pub struct SlabCache<T> {
     pub(super) name: &'static str,
@@ -158,6 +184,22 @@ impl<T> core::fmt::Debug for SlabCache<T> {
 impl<T> SlabCache<T> {
     /// A cache of `T` over `pages` (`kmem_cache_create`), with consistency
     /// checks in debug builds only (see [`with_checks`](Self::with_checks)).
+    ///
+    /// ```
+    /// use krcu::page::{PageAllocator, PageConfig};
+    /// use krcu::slab::SlabCache;
+    /// let pages = PageAllocator::new(krcu::Domain::global(), PageConfig::default().arena_size(4 << 20))
+    ///     .unwrap();
+    /// let cache = SlabCache::<u64>::new(&pages, "u64").unwrap();
+    /// assert_eq!(cache.name(), "u64");
+    /// assert!(cache.objects_per_slab() > 400, "a 4 KiB slab holds many");
+    /// let huge = SlabCache::<[u8; 1 << 20]>::new(&pages, "1 MiB");
+    /// assert!(matches!(huge, Err(krcu::BuildError::SlabTooLarge { .. })));
+    /// ```
+    ///
+    /// # Errors
+    /// [`BuildError::SlabTooLarge`] when `T` does not fit a slab of at most
+    /// 8 pages (with its header).
     #[doc(alias = "kmem_cache_create")]
     pub fn new(pages: &Arc<PageAllocator>, name: &'static str) -> Result<Self, BuildError> {
         Self::with_checks(pages, name, cfg!(debug_assertions))
@@ -172,6 +214,9 @@ impl<T> SlabCache<T> {
     /// double free of a valid object goes unnoticed, as in the kernel with
     /// slub_debug off: the atomic costs about as much as the rest of the
     /// fast path.
+    ///
+    /// # Errors
+    /// As [`new`](Self::new).
     #[doc(alias = "SLAB_CONSISTENCY_CHECKS")]
     pub fn with_checks(
         pages: &Arc<PageAllocator>,

@@ -32,6 +32,26 @@ impl<T> SlabCache<T> {
     /// As [`free`](Self::free), but bad input is returned, not reported;
     /// nothing is dropped or freed then.
     ///
+    /// ```
+    /// use krcu::page::{Gfp, PageAllocator, PageConfig};
+    /// use krcu::slab::{SlabCache, SlabError};
+    /// let pages = PageAllocator::new(krcu::Domain::global(), PageConfig::default().arena_size(4 << 20))
+    ///     .unwrap();
+    /// let cache = SlabCache::<u64>::with_checks(&pages, "u64", true).unwrap();
+    /// let obj = cache.alloc(Gfp::KERNEL, 1).unwrap();
+    /// // SAFETY: `obj` is this cache's; the second free is the bug being
+    /// // shown, refused by the consistency checks before anything is read.
+    /// unsafe {
+    ///     assert_eq!(cache.try_free(obj), Ok(()));
+    ///     let again = cache.try_free(obj);
+    ///     assert_eq!(again, Err(SlabError::DoubleFree { addr: obj.as_ptr() as usize }));
+    /// }
+    /// ```
+    ///
+    /// # Errors
+    /// A [`SlabError`] naming the address: not an object of this cache, not
+    /// the start of an object, or (with consistency checks) already free.
+    ///
     /// # Safety
     /// As for [`free`](Self::free), except that a pointer this cache did not
     /// hand out, or already freed, is detected and refused rather than
