@@ -83,6 +83,17 @@ impl ContextKind {
 /// It decides what a [`SpinLock`](crate::lock::SpinLock) is (a spinning lock,
 /// or under [`PreemptModel::Rt`] a sleeping one) and what [`preemptible`]
 /// can know.
+///
+/// ```
+/// use krcu::context::{self, PreemptModel};
+/// assert_eq!(PreemptModel::default(), PreemptModel::Full);
+/// let rt: PreemptModel = "rt".parse().unwrap();
+/// assert!(rt.spinlock_sleeps() && !PreemptModel::Full.spinlock_sleeps());
+/// // Without a preempt count, whether the caller may be preempted is unknown.
+/// assert!(!context::preemptible(PreemptModel::None));
+/// assert!(context::preemptible(PreemptModel::Full), "task context, nothing held");
+/// assert!("fast".parse::<PreemptModel>().is_err());
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 #[doc(alias = "CONFIG_PREEMPT")]
 pub enum PreemptModel {
@@ -234,6 +245,16 @@ pub fn rcu_read_depth() -> u32 {
 /// 2020 kfree_rcu thread showed: its allocation may take the zone lock.
 ///
 /// A plain store to a thread-local: callable from any context.
+///
+/// ```
+/// use krcu::context;
+/// context::set_realtime(true);
+/// assert!(context::is_realtime());
+/// let cell = krcu::RcuCell::new(1u8);
+/// assert!(cell.store(2).is_err(), "would allocate on a real-time thread");
+/// context::set_realtime(false);
+/// assert!(cell.store(2).is_ok());
+/// ```
 pub fn set_realtime(realtime: bool) {
     with(|c| c.realtime.set(realtime));
 }

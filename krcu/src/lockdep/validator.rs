@@ -15,6 +15,26 @@ use std::sync::{Arc, OnceLock};
 
 /// A domain's validator: whether it runs, its nesting-proof switch, and
 /// where its reports go.
+///
+/// ```
+/// use krcu::lock::{RawSpinLock, SpinLock};
+/// use krcu::lockdep::{ReportHandler, ReportLog};
+/// let log = ReportLog::new();
+/// let domain = krcu::Domain::builder().report_handler(ReportHandler::Collect(log.clone())).build();
+/// let validator = domain.validator();
+/// assert_eq!(validator.enabled(), krcu::lockdep::COMPILED);
+/// // Without the nesting proof a spinlock_t counts as a raw spinlock, as on
+/// // a kernel without CONFIG_PROVE_RAW_LOCK_NESTING: no report.
+/// validator.set_prove_raw_lock_nesting(false);
+/// let (raw, spin) = (RawSpinLock::new_in(&domain, ()), SpinLock::new_in(&domain, ()));
+/// {
+///     let _r = raw.lock();
+///     let _s = spin.lock();
+/// }
+/// assert!(log.is_empty());
+/// validator.set_enabled(false); // switched off at run time: one load per lock
+/// assert!(!validator.enabled());
+/// ```
 pub struct Validator {
     enabled: AtomicBool,
     prove_raw_lock_nesting: AtomicBool,

@@ -22,6 +22,28 @@ const KEEP: usize = 32;
 
 /// One stall warning: which reader held up which grace period, for how
 /// long so far.
+///
+/// ```
+/// use krcu::rcu::{Rcu, RcuConfig};
+/// use std::time::{Duration, Instant};
+///
+/// let config = RcuConfig::default().stall_timeout(Duration::from_millis(20));
+/// let rcu = Rcu::new(krcu::Domain::global(), config);
+/// std::thread::scope(|s| {
+///     let guard = rcu.read_lock(); // a reader that stays too long
+///     let writer = s.spawn(|| rcu.synchronize());
+///     let deadline = Instant::now() + Duration::from_secs(60);
+///     while rcu.stats().stalls == 0 {
+///         assert!(Instant::now() < deadline, "no stall warning");
+///         std::thread::sleep(Duration::from_millis(5));
+///     }
+///     drop(guard); // the grace period can end now
+///     writer.join().unwrap();
+/// });
+/// let report = &rcu.stall_reports()[0];
+/// assert!(report.waited >= Duration::from_millis(20));
+/// assert!(report.to_string().starts_with("INFO: rcu detected stall"));
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[doc(alias = "rcu_cpu_stall")]
 #[non_exhaustive]

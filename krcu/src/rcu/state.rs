@@ -17,7 +17,20 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-/// Settings of an [`Rcu`](super::Rcu) instance.
+/// Settings of an [`Rcu`](super::Rcu) instance, built from `Default` with
+/// one setter per setting.
+///
+/// ```
+/// use krcu::rcu::{Rcu, RcuConfig};
+/// use std::time::Duration;
+/// let config = RcuConfig::default()
+///     .gp_interval(Duration::from_millis(5)) // batch callbacks more
+///     .batch_limit(100)
+///     .force_fallback_fences(true); // readers fence instead of membarrier
+/// let rcu = Rcu::new(krcu::Domain::global(), config);
+/// assert!(!rcu.stats().membarrier);
+/// rcu.synchronize();
+/// ```
 #[derive(Debug, Clone)]
 pub struct RcuConfig {
     pub(super) stall_timeout: Duration,

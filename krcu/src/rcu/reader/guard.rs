@@ -36,6 +36,17 @@ pub(crate) fn lock<'a>(readers: &Readers, slot: &'a Slot) -> ReadGuard<'a> {
 /// allocated. Do not sleep inside it (the validator reports it); the guard
 /// is tied to its thread.
 ///
+/// ```
+/// let rcu = krcu::rcu::Rcu::new(krcu::Domain::global(), Default::default());
+/// let guard = rcu.read_lock();
+/// let cookie = rcu.start_poll();
+/// std::thread::sleep(std::time::Duration::from_millis(10));
+/// assert!(!rcu.poll_state(cookie), "an open section holds the grace period off");
+/// drop(guard);
+/// rcu.cond_synchronize(cookie);
+/// assert!(rcu.poll_state(cookie));
+/// ```
+///
 /// # Misuse the compiler refuses
 /// A guard cannot move to another thread, nor be shared with one:
 /// ```compile_fail,E0277
@@ -99,6 +110,18 @@ impl core::fmt::Debug for ReadGuard<'_> {
 /// [`read_lock`](Self::read_lock) goes straight to the thread's slot, and
 /// neither it nor the instance's `read_lock` allocates while the handle
 /// lives. Tied to its thread.
+///
+/// ```
+/// use krcu::rcu::{Rcu, RcuConfig};
+/// let rcu = Rcu::new(krcu::Domain::global(), RcuConfig::default());
+/// let handle = rcu.register_thread();
+/// let outer = handle.read_lock();
+/// let inner = rcu.read_lock(); // the instance's read_lock uses the same slot
+/// assert!(rcu.is_reading());
+/// drop((inner, outer));
+/// assert!(!rcu.is_reading());
+/// assert_eq!(rcu.stats().readers, 1, "registered while the handle lives");
+/// ```
 ///
 /// # Misuse the compiler refuses
 /// A handle cannot move to another thread (its slot is its thread's):
