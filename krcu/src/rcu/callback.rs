@@ -127,14 +127,19 @@ impl core::fmt::Debug for RcuHead {
 ///
 /// ```
 /// use krcu::rcu::{HasRcuHead, RcuHead};
+/// use std::sync::Arc;
 /// struct Node {
-///     value: u64,
+///     owner: Arc<()>,
 ///     rcu: RcuHead,
 /// }
 /// // SAFETY: the offset is that of the embedded head.
 /// unsafe impl HasRcuHead for Node {
 ///     const RCU_HEAD_OFFSET: usize = core::mem::offset_of!(Node, rcu);
 /// }
+/// let owner = Arc::new(());
+/// krcu::rcu::call_rcu_box(Box::new(Node { owner: owner.clone(), rcu: RcuHead::new() }));
+/// krcu::rcu::rcu_barrier();
+/// assert_eq!(Arc::strong_count(&owner), 1, "dropped through the head");
 /// ```
 ///
 /// # What the derive refuses
