@@ -162,6 +162,10 @@ pub(crate) struct CacheCore {
 #[doc(alias = "kmem_cache")]
 pub struct SlabCache<T> {
     pub(super) core: Arc<CacheCore>,
+    /// The page allocator's shrinker that empties this cache's sheaves
+    /// and barn under memory pressure; unregistered (dropped) first, in
+    /// the cache's own drop, never from inside reclaim.
+    pub(super) shrinker: Option<crate::page::ShrinkerHandle>,
     pub(super) _objects: PhantomData<T>,
 }
 
@@ -299,8 +303,16 @@ impl<T> SlabCacheBuilder<T> {
             counters: Counters::default(),
             pages: self.pages,
         };
+        let core = Arc::new(core);
+        let (count, scan) = (Arc::downgrade(&core), Arc::downgrade(&core));
+        let shrinker = core.pages.register_shrinker(
+            "slab-sheaves",
+            move || count.upgrade().map_or(0, |c| c.cached_objects()),
+            move |_| scan.upgrade().map_or(0, |c| c.shrink()),
+        );
         Ok(SlabCache {
-            core: Arc::new(core),
+            core,
+            shrinker: Some(shrinker),
             _objects: PhantomData,
         })
     }
@@ -441,6 +453,18 @@ impl CacheCore {
         moved
     }
 
+    /// Objects held in the barn and the CPUs' sheaves now (what the
+    /// shrinker could give back; threads' own sheaves are not counted).
+    pub(super) fn cached_objects(&self) -> usize {
+        let mut n = 0;
+        for (_, cpu) in self.cpu.iter() {
+            let cs = cpu.lock();
+            n += super::sheaf::len(cs.main) + super::sheaf::len(cs.spare);
+        }
+        let (full, _) = self.barn.counts();
+        n + full * self.sheaf_capacity
+    }
+
     /// The RCU instance of `kfree_rcu_sheaf` (the global one by default).
     #[cfg(not(loom))]
     pub(super) fn rcu(&self) -> &Arc<crate::rcu::Rcu> {
@@ -491,6 +515,7 @@ impl<T> Drop for SlabCache<T> {
     /// them.
     #[doc(alias = "kmem_cache_destroy")]
     fn drop(&mut self) {
+        drop(self.shrinker.take());
         #[cfg(not(loom))]
         {
             // Nobody else holds the cache now: every section has ended.
