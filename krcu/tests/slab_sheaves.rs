@@ -269,7 +269,7 @@ fn every_object_is_freed_once_and_none_handed_out_twice() {
                         unsafe { cache.free(p) };
                     }
                     if held.len() > 300 {
-                        let mut batch: Vec<_> = held.drain(..).collect();
+                        let mut batch = std::mem::take(&mut held);
                         for p in &batch {
                             assert!(live.lock().unwrap().remove(&(p.as_ptr() as usize)));
                         }
@@ -639,6 +639,130 @@ mod rcu_free {
         // SAFETY: handed back, ours; freed once.
         unsafe { cache.free(a) };
         cache.shrink();
+        drop(cache);
+        assert_all_pages_back(&pa);
+    }
+}
+
+mod nolock {
+    use super::*;
+    use krcu::context::{self, PreemptModel};
+    use krcu::slab::NolockError;
+
+    /// In a signal handler whose node trylock always fails, `free_nolock`
+    /// never fails and never waits: the objects it cannot place are
+    /// deferred, and task context gives them back.
+    #[test]
+    fn free_nolock_defers_what_it_cannot_place() {
+        let pa = allocator_on_cpus(1, 8 << 20);
+        let cache = SlabCache::<u64>::builder(&pa)
+            .name("nolock")
+            .sheaf_capacity(2)
+            .build()
+            .unwrap();
+        let objs: Vec<_> = (0..50u64)
+            .map(|i| cache.alloc(Gfp::KERNEL, i).unwrap())
+            .collect();
+        pa.faults().fail_every(1, FaultSites::SLAB_NODE_TRYLOCK);
+        {
+            let _irq = context::enter_hardirq();
+            for &p in &objs {
+                // SAFETY: allocated above, freed once.
+                unsafe { cache.free_nolock(p) };
+            }
+        }
+        pa.faults().clear();
+        let st = cache.stats();
+        assert!(st.deferred_frees > 0, "{st:#?}");
+        cache.shrink();
+        assert_eq!(cache.stats().slabs, 0, "{:#?}", cache.stats());
+        drop(cache);
+        assert_all_pages_back(&pa);
+    }
+
+    #[test]
+    fn alloc_nolock_works_in_a_handler_and_reports_typed_errors() {
+        let pa = allocator_on_cpus(1, 8 << 20);
+        let cache = SlabCache::<u64>::new(&pa, "nolock-alloc").unwrap();
+        // No page to be had: a typed error, the value back.
+        pa.faults().fail_next(1000, FaultSites::ALL);
+        assert_eq!(cache.alloc_nolock(7), Err((7, NolockError::NoMemory)));
+        pa.faults().clear();
+        // Objects in the slabs (one allocated and kept, the rest of the
+        // refill back in the slabs after a shrink).
+        let keep = cache.alloc(Gfp::KERNEL, 1).unwrap();
+        cache.shrink();
+        let got = {
+            let _irq = context::enter_hardirq();
+            let p = cache.alloc_nolock(9).unwrap();
+            // SAFETY: allocated above.
+            assert_eq!(unsafe { p.as_ptr().read() }, 9);
+            // SAFETY: freed once.
+            unsafe { cache.free_nolock(p) };
+            p
+        };
+        assert_ne!(got, keep);
+        // SAFETY: allocated above, freed once.
+        unsafe { cache.free(keep) };
+        cache.shrink();
+        assert_eq!(cache.stats().slabs, 0);
+        drop(cache);
+        assert_all_pages_back(&pa);
+    }
+
+    #[test]
+    fn alloc_nolock_in_a_handler_under_rt_is_refused() {
+        let d = krcu::Domain::builder()
+            .cpus(1)
+            .preempt_model(PreemptModel::Rt)
+            .build();
+        let pa = common::pages::quiet_allocator(&d, 4 << 20, krcu::page::Watermarks::NONE);
+        let cache = SlabCache::<u64>::new(&pa, "nolock-rt").unwrap();
+        let _irq = context::enter_hardirq();
+        assert_eq!(cache.alloc_nolock(3), Err((3, NolockError::Context)));
+    }
+}
+
+mod prefill {
+    use super::*;
+    use krcu::lock::thread_counters;
+
+    #[test]
+    fn a_prefilled_sheaf_cannot_fail_until_empty_and_takes_no_lock() {
+        let pa = allocator_on_cpus(1, 8 << 20);
+        let cache = SlabCache::<[u64; 2]>::builder(&pa)
+            .name("prefill")
+            .sheaf_capacity(16)
+            .build()
+            .unwrap();
+        for n in [5, 16, 40] {
+            let mut sheaf = cache.prefill_sheaf(Gfp::KERNEL, n).unwrap();
+            assert!(sheaf.len() >= n, "{n}: {sheaf:?}");
+            let have = sheaf.len();
+            let c0 = thread_counters();
+            let got: Vec<_> = (0..have as u64)
+                .map(|i| sheaf.alloc([i, !i]).unwrap())
+                .collect();
+            let c = thread_counters() - c0;
+            assert_eq!(c.blocking + c.try_ok + c.try_failed, 0, "no lock taken");
+            assert_eq!(sheaf.alloc([0, 0]), Err([0, 0]), "empty now");
+            sheaf.return_sheaf();
+            let mut addrs: Vec<usize> = got.iter().map(|p| p.as_ptr() as usize).collect();
+            addrs.sort_unstable();
+            addrs.dedup();
+            assert_eq!(addrs.len(), have, "no object handed out twice");
+            for (i, p) in got.into_iter().enumerate() {
+                // SAFETY: allocated above, freed once.
+                assert_eq!(unsafe { p.as_ptr().read() }, [i as u64, !(i as u64)]);
+                // SAFETY: as above.
+                unsafe { cache.free(p) };
+            }
+        }
+        // A sheaf dropped with objects in it gives them back.
+        let sheaf = cache.prefill_sheaf(Gfp::KERNEL, 8).unwrap();
+        drop(sheaf);
+        cache.shrink();
+        assert_eq!(cache.stats().slabs, 0, "{:#?}", cache.stats());
         drop(cache);
         assert_all_pages_back(&pa);
     }

@@ -7,7 +7,9 @@
 //! Uses the cache's state (`cache.rs`), the exchanges (`exchange.rs`), the
 //! thread slots (`thread.rs`); the slab lists' helpers are in `node.rs`.
 
-use super::cache::{CacheCore, Mode, SlabCache, bump_locked, never_block};
+#[cfg(not(loom))]
+use super::cache::never_block;
+use super::cache::{CacheCore, Mode, SlabCache, bump_locked};
 use super::exchange::mode_for;
 use super::layout::{self, SlabHeader};
 use super::sheaf::Sheaf;
@@ -131,6 +133,13 @@ impl CacheCore {
                         self.stash(s, mode);
                     }
                     Ok(obj)
+                }
+                Err((AllocError::Contended, s)) if s.is_null() => {
+                    // No sheaf without allocating one (`NO_LOCKS`): one
+                    // object straight from the slabs.
+                    let mut one = [ptr::null_mut()];
+                    self.take_from_slabs(&mut one, gfp)?;
+                    Ok(one[0])
                 }
                 Err((e, s)) => {
                     if let Err(s) = slot.install(Which::Main, s) {

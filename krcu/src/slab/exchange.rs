@@ -112,8 +112,10 @@ impl CacheCore {
             }
         }
         if s.is_null() {
-            if mode == Mode::Try && never_block() {
-                // No allocation of the sheaf's memory in a signal handler.
+            if mode == Mode::Try {
+                // No allocation of the sheaf's memory in a signal handler
+                // or with `NO_LOCKS` (the global allocator takes locks):
+                // the caller takes one object from the slabs instead.
                 return Err((AllocError::Contended, s));
             }
             s = Sheaf::new_raw(self.sheaf_capacity);
@@ -160,11 +162,11 @@ impl CacheCore {
             }
         }
         if s.is_null() {
-            if mode == Mode::Block || !never_block() {
+            if mode == Mode::Block {
                 return Sheaf::new_raw(self.sheaf_capacity);
             }
-            // A signal handler allocates nothing: the CPU's full `main`
-            // gives way instead (flushed below).
+            // A signal handler (or `free_nolock`) allocates nothing: the
+            // CPU's full `main` gives way instead (flushed below).
             if let Some(mut cs) = self.lock_cpu(mode) {
                 s = core::mem::replace(&mut cs.main, ptr::null_mut());
             }

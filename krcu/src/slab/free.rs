@@ -79,6 +79,15 @@ impl CacheCore {
     /// trylock's unlock may wake a sleeper) and defers at once.
     #[inline(always)]
     pub(super) fn free_slot(&self, obj: *mut u8) {
+        if !self.thread_push(obj) {
+            self.free_slow(obj);
+        }
+    }
+
+    /// The fast path: onto the calling thread's `main` sheaf, if it has
+    /// one with room (and the caller is not a signal handler).
+    #[inline(always)]
+    pub(super) fn thread_push(&self, obj: *mut u8) -> bool {
         #[cfg(not(loom))]
         if let Some(slot) = thread::current(self.id)
             && !never_block()
@@ -94,9 +103,11 @@ impl CacheCore {
             }) == Some(true)
         {
             ThreadSlot::hit(&slot.free_hits);
-            return;
+            return true;
         }
-        self.free_slow(obj);
+        #[cfg(loom)]
+        let _ = obj;
+        false
     }
 
     #[cold]

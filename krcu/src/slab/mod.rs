@@ -16,6 +16,8 @@
 //! |---|---|
 //! | `kmem_cache_create`, `kmem_cache_alloc`, `kmem_cache_free` | [`SlabCache::new`], [`SlabCache::alloc`], [`SlabCache::free`] |
 //! | `kmem_cache_free_bulk` | [`SlabCache::free_bulk`] |
+//! | `kmalloc_nolock`, `kfree_nolock` | [`SlabCache::alloc_nolock`], [`SlabCache::free_nolock`] |
+//! | `kmem_cache_prefill_sheaf`, `kmem_cache_alloc_from_sheaf`, `kmem_cache_return_sheaf` | [`SlabCache::prefill_sheaf`], [`PrefilledSheaf::alloc`], [`PrefilledSheaf::return_sheaf`] |
 //! | `slab_sheaf`, `slub_percpu_sheaves` (`main`, `spare`, `rcu_free`) | a thread's own `main` and `rcu_free` sheaf, and each CPU's three |
 //! | `node_barn` | the cache's barn |
 //! | `kmem_cache_args.sheaf_capacity` | [`SlabCacheBuilder::sheaf_capacity`] |
@@ -27,19 +29,25 @@
 //! `rcu_free` sheaves) an RCU instance.
 
 mod alloc;
+mod builder;
 mod bulk;
 mod cache;
 mod exchange;
 mod free;
 mod layout;
 mod node;
+mod nolock;
+mod prefill;
 mod rcu_free;
 mod sheaf;
 #[cfg(test)]
 mod tests;
 mod thread;
 
-pub use cache::{DEFAULT_SHEAF_CAPACITY, MAX_SHEAF_CAPACITY, SlabCache, SlabCacheBuilder};
+pub use builder::SlabCacheBuilder;
+pub use cache::{DEFAULT_SHEAF_CAPACITY, MAX_SHEAF_CAPACITY, SlabCache};
+pub use nolock::NolockError;
+pub use prefill::PrefilledSheaf;
 
 /// A free the slab cache refused, naming the address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

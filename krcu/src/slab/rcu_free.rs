@@ -147,10 +147,8 @@ impl CacheCore {
             // SAFETY: taken out of the slot: ours.
             if s.is_null() || unsafe { (*s).is_full() } {
                 let Some(e) = self.empty_for_rcu(Mode::Block) else {
-                    if !s.is_null() {
-                        if slot.install(Which::Rcu, s).is_err() {
-                            self.submit_rcu_sheaf(s);
-                        }
+                    if !s.is_null() && slot.install(Which::Rcu, s).is_err() {
+                        self.submit_rcu_sheaf(s);
                     }
                     return false;
                 };
@@ -223,7 +221,7 @@ impl CacheCore {
         unsafe { Arc::increment_strong_count(ptr::from_ref(self)) };
         // SAFETY: ours; the sheaf belongs to RCU from here until its
         // callback.
-        unsafe { (*s).core = ptr::from_ref(self) };
+        unsafe { (*s).core = ptr::from_ref(self).cast() };
         self.counters.rcu_sheaves.fetch_add(1, Relaxed);
         // SAFETY: the head is the sheaf's first field (`repr(C)`), not
         // queued (the sheaf was ours), and stays valid until the callback,
@@ -310,7 +308,7 @@ unsafe fn rcu_sheaf_done(head: NonNull<RcuHead>) {
     let s = head.as_ptr().cast::<Sheaf>();
     // SAFETY: submitted by `submit_rcu_sheaf`, which took a strong count
     // and stored the core; RCU gives the sheaf back to us now.
-    let core = unsafe { Arc::from_raw((*s).core) };
+    let core = unsafe { Arc::from_raw((*s).core.cast::<CacheCore>()) };
     // SAFETY: the sheaf is ours (RCU is done with it).
     let sh = unsafe { &mut *s };
     sh.core = ptr::null();

@@ -29,9 +29,10 @@ pub(crate) struct Sheaf {
     /// field: the callback finds the sheaf at the head's address).
     #[cfg(not(loom))]
     pub(super) head: crate::rcu::RcuHead,
-    /// The core it was submitted for (an `Arc` leaked while in flight).
+    /// The `CacheCore` it was submitted for (an `Arc` leaked while in
+    /// flight; opaque here).
     #[cfg(not(loom))]
-    pub(super) core: *const super::cache::CacheCore,
+    pub(super) core: *const (),
     /// Objects in it: `objs[..len]`.
     pub(super) len: usize,
     /// Its link on a barn list.
@@ -56,6 +57,11 @@ impl Sheaf {
     #[inline(always)]
     pub(super) fn is_full(&self) -> bool {
         self.len == self.objs.len()
+    }
+
+    #[inline(always)]
+    pub(super) fn capacity(&self) -> usize {
+        self.objs.len()
     }
 
     /// Frees an empty sheaf's memory.
