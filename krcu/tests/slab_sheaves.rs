@@ -300,6 +300,31 @@ fn every_object_is_freed_once_and_none_handed_out_twice() {
 }
 
 #[test]
+fn free_bulk_of_objects_from_many_slabs_in_any_order_gives_every_slab_back() {
+    // More slabs than the detached free lists gathered at once (16), the
+    // objects interleaved so that consecutive ones come from different
+    // slabs: every group is applied, every slab emptied.
+    let pa = allocator_on_cpus(1, 16 << 20);
+    let cache = SlabCache::<[u8; 500]>::new(&pa, "bulk-many").unwrap();
+    let mut objs: Vec<_> = (0..2000u32)
+        .map(|i| cache.alloc(Gfp::KERNEL, [i as u8; 500]).unwrap())
+        .collect();
+    assert!(cache.stats().slabs > 100, "{:#?}", cache.stats());
+    // A fixed stride permutation (coprime with the length) scatters them.
+    let n = objs.len();
+    let mut scattered: Vec<_> = (0..n).map(|i| objs[i * 757 % n]).collect();
+    objs.clear();
+    // SAFETY: all allocated above, each freed once.
+    unsafe { cache.free_bulk(&mut scattered) };
+    cache.shrink();
+    let st = cache.stats();
+    assert_eq!(st.slabs, 0, "{st:#?}");
+    assert_eq!(st.slabs_freed, st.slabs_allocated);
+    drop(cache);
+    assert_all_pages_back(&pa);
+}
+
+#[test]
 fn a_failed_refill_reports_its_error_and_leaks_nothing() {
     let pa = allocator_on_cpus(1, 8 << 20);
     let cache = SlabCache::<[u64; 2]>::builder(&pa)
