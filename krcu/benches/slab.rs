@@ -100,6 +100,34 @@ fn pairs(c: &mut Criterion) {
             BatchSize::SmallInput,
         )
     });
+    // The retire alone: objects allocated outside the timed part, then
+    // retired one by one (a sheaf submitted with one call_rcu every
+    // `sheaf_capacity` calls is in the figure).
+    g.bench_function("kfree_rcu_sheaf alone (64 B), per object", |b| {
+        const N: usize = 256;
+        let mut held: Vec<NonNull<Line>> = Vec::with_capacity(N);
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            let mut done = 0;
+            while done < iters {
+                let n = N.min((iters - done) as usize);
+                for _ in 0..n {
+                    held.push(line.alloc(Gfp::KERNEL, [5; 8]).unwrap());
+                }
+                let t = std::time::Instant::now();
+                for p in held.drain(..) {
+                    // SAFETY: allocated above, retired once.
+                    if let Err(p) = unsafe { line.testing_kfree_rcu_sheaf(black_box(p)) } {
+                        // SAFETY: handed back untouched: ours to free.
+                        unsafe { line.free(p) };
+                    }
+                }
+                total += t.elapsed();
+                done += n as u64;
+            }
+            total
+        })
+    });
     g.finish();
     line.testing_submit_rcu_sheaves();
     line.testing_rcu_sheaf_barrier();
