@@ -182,8 +182,9 @@ impl Registry {
     /// Takes the sheaves of every slot (of exited ones only with
     /// `exited_only`) whose owner is out of its section, handing each to
     /// `f`; forgets exited slots once emptied. Returns the sum of `f`'s
-    /// results.
-    /// Only the sheaves `which` selects are taken.
+    /// results. Only the sheaves `which` selects are taken; a slot whose
+    /// owner stays inside its section (64 looks) is left for next time.
+    /// Each slot's steal runs its own barrier (a `membarrier` each).
     pub(super) fn take_where(
         &self,
         exited_only: bool,
