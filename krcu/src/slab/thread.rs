@@ -29,7 +29,8 @@
 //! When a thread exits, `OWNED`'s destructor clears `CURRENT` (so later
 //! destructors that free into the cache take the CPU path) and marks its
 //! slots `exited`; the cache takes their sheaves at its next shrink,
-//! registration, `submit_rcu_sheaves` or drop. Threads whose
+//! registration of another thread, or drop (their `rcu_free` sheaves also
+//! at `submit_rcu_sheaves`). Threads whose
 //! thread-locals are gone use the CPU level.
 //!
 //! Signal handlers (hardirq or NMI context) never use a slot: they may
