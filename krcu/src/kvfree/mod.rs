@@ -71,7 +71,7 @@ mod ready;
 mod reclaim;
 mod shared;
 mod stats;
-mod steal;
+pub(crate) mod steal;
 #[cfg(test)]
 mod tests;
 mod wake;

@@ -1,16 +1,36 @@
-//! Allocation: an object from this CPU's cache, or a batch refilled from
-//! the partial slabs under the node lock, or a new slab from the page
-//! allocator.
+//! Allocation: an object from the calling thread's own sheaf (plain loads
+//! and stores), else from a sheaf exchanged at the CPU or the barn or
+//! refilled from the slabs; in a signal handler (or where thread-locals
+//! are gone) from this CPU's sheaves under a trylock; and the slabs' side
+//! of a refill (partial slabs under the node lock, or a new slab).
 //!
-//! Uses the cache's state (`cache.rs`); the slab lists' helpers it calls
-//! are in `node.rs`.
+//! Uses the cache's state (`cache.rs`), the exchanges (`exchange.rs`), the
+//! thread slots (`thread.rs`); the slab lists' helpers are in `node.rs`.
 
-use super::cache::{CPU_BATCH, CPU_CAPACITY, Mode, Node, SlabCache, bump_locked};
+#[cfg(not(loom))]
+use super::cache::never_block;
+use super::cache::{CacheCore, Mode, SlabCache, bump_locked};
+use super::exchange::mode_for;
 use super::layout::{self, SlabHeader};
+use super::sheaf::Sheaf;
+#[cfg(not(loom))]
+use super::thread::{self, ThreadSlot, Which};
 use crate::page::{AllocError, Gfp};
 use crate::sync::atomic::Ordering::*;
 use core::mem::MaybeUninit;
 use core::ptr::{self, NonNull};
+
+/// Pops an object from a sheaf with at least one.
+///
+/// # Safety
+/// The caller owns `s`, which holds at least one object.
+#[inline(always)]
+pub(super) unsafe fn pop(s: *mut Sheaf) -> *mut u8 {
+    // SAFETY: per the contract.
+    let sh = unsafe { &mut *s };
+    sh.len -= 1;
+    sh.objs[sh.len]
+}
 
 impl<T> SlabCache<T> {
     /// Allocates an object and moves `value` into it
@@ -37,7 +57,7 @@ impl<T> SlabCache<T> {
     }
 
     /// Allocates an uninitialised object. `gfp` decides what a refill may
-    /// do: with `NO_LOCKS` the node lock is only trylocked and a new slab
+    /// do: with `NO_LOCKS` every lock is only trylocked and a new slab
     /// comes from the per-CPU page lists only; with `KERNEL` the caller may
     /// sleep (the validator is told). Under PREEMPT_RT, `NO_LOCKS` refuses
     /// hardirq (signal handler) and NMI context with
@@ -75,30 +95,48 @@ impl<T> SlabCache<T> {
     #[inline]
     pub fn alloc_uninit(&self, gfp: Gfp) -> Result<NonNull<MaybeUninit<T>>, AllocError> {
         if gfp.may_sleep() {
-            self.pages.domain().might_sleep();
+            self.core.pages.domain().might_sleep();
         }
-        if gfp.contains(Gfp::NO_LOCKS) && self.pages.sleeping_locks_forbidden() {
+        if gfp.contains(Gfp::NO_LOCKS) && self.core.pages.sleeping_locks_forbidden() {
             return Err(AllocError::Context);
         }
-        let (_, cpu) = self.cpu.current();
-        let cached = match cpu.try_lock() {
-            Some(mut cc) if cc.len > 0 => {
-                cc.len -= 1;
-                bump_locked(&self.counters.cpu_allocs);
-                Some(cc.objs[cc.len])
-            }
-            Some(_) => None,
-            None => {
-                self.counters.trylock_failures.fetch_add(1, Relaxed);
-                None
-            }
-        };
-        let obj = match cached {
+        let obj = match self.core.thread_pop() {
             Some(obj) => obj,
-            None => self.alloc_slow(gfp)?,
+            None => self.core.alloc_slow(gfp)?,
         };
+        self.core.hand_out(obj);
+        // SAFETY: slots are non-null addresses inside the arena.
+        Ok(unsafe { NonNull::new_unchecked(obj.cast()) })
+    }
+}
+
+impl CacheCore {
+    /// The fast path: an object from the calling thread's `main` sheaf.
+    #[inline(always)]
+    pub(super) fn thread_pop(&self) -> Option<*mut u8> {
+        #[cfg(not(loom))]
+        {
+            let slot = thread::current(self.id)?;
+            if never_block() {
+                return None;
+            }
+            let obj = slot.with(Which::Main, |p| {
+                let s = *p;
+                // SAFETY: the owner's sheaf, inside its section.
+                (!s.is_null() && unsafe { (*s).len } > 0).then(|| unsafe { pop(s) })
+            })??;
+            ThreadSlot::hit(&slot.alloc_hits);
+            Some(obj)
+        }
+        #[cfg(loom)]
+        None
+    }
+
+    /// What every allocation does to the object it hands out.
+    #[inline(always)]
+    pub(super) fn hand_out(&self, obj: *mut u8) {
         // Poisoned while free (see `asan`): accessible while allocated.
-        crate::asan::unpoison(obj, core::mem::size_of::<T>());
+        crate::asan::unpoison(obj, self.obj_size);
         if self.checks {
             let (hdr, i) = self.slab_of_trusted(obj);
             // SAFETY: `hdr` is the header of a live slab of this cache: the
@@ -107,39 +145,107 @@ impl<T> SlabCache<T> {
             let ok = layout::mark_allocated(unsafe { &*hdr }, i);
             assert!(ok, "slab {}: object {obj:p} handed out twice", self.name);
         }
-        // SAFETY: slots are non-null addresses inside the arena.
-        Ok(unsafe { NonNull::new_unchecked(obj.cast()) })
     }
 
-    /// Takes a batch from the slabs (allocating a slab if need be) with no
-    /// per-CPU lock held, since a new slab may need a sleeping allocation;
-    /// keeps one object and puts the rest in this CPU's cache, or back in
-    /// the slabs if the cache is busy or full.
+    /// The slow path: the thread's sheaf exchanged, or the CPU's sheaves.
     #[cold]
     pub(super) fn alloc_slow(&self, gfp: Gfp) -> Result<*mut u8, AllocError> {
-        let mut batch = [ptr::null_mut(); CPU_BATCH];
-        let n = self.take_from_slabs(&mut batch, gfp)?;
-        let (obj, rest) = (batch[n - 1], &mut batch[..n - 1]);
-        let mut kept = 0;
-        if let Some(mut cc) = self.cpu.current().1.try_lock() {
-            kept = rest.len().min(CPU_CAPACITY - cc.len);
-            let len = cc.len;
-            cc.objs[len..len + kept].copy_from_slice(&rest[..kept]);
-            cc.len = len + kept;
-            bump_locked(&self.counters.refills);
-        }
-        if kept < rest.len() {
-            // With `NO_LOCKS`, trylock only: the surplus is deferred if the
-            // node lock is busy (it may be held by the thread a signal
-            // handler interrupted).
-            let mode = if gfp.contains(Gfp::NO_LOCKS) {
-                Mode::Try
-            } else {
-                Mode::Block
+        #[cfg(not(loom))]
+        if !never_block()
+            && let Some(slot) = self.thread_slot()
+        {
+            let mode = mode_for(gfp);
+            let s = slot.take(Which::Main);
+            return match self.get_filled(s, gfp) {
+                Ok(s) => {
+                    // SAFETY: `get_filled` hands back a sheaf with objects,
+                    // ours until installed.
+                    let obj = unsafe { pop(s) };
+                    if let Err(s) = slot.install(Which::Main, s) {
+                        self.stash(s, mode);
+                    }
+                    Ok(obj)
+                }
+                Err((AllocError::Contended, s)) if s.is_null() => {
+                    // No sheaf without allocating one (`NO_LOCKS`): one
+                    // object straight from the slabs.
+                    let mut one = [ptr::null_mut()];
+                    self.take_from_slabs(&mut one, gfp)?;
+                    Ok(one[0])
+                }
+                Err((e, s)) => {
+                    if let Err(s) = slot.install(Which::Main, s) {
+                        self.stash(s, mode);
+                    }
+                    Err(e)
+                }
             };
-            self.return_to_slabs(&mut rest[kept..], mode);
         }
-        Ok(obj)
+        self.cpu_alloc(gfp)
+    }
+
+    /// The calling thread's slot of this cache, registered on first use.
+    #[cfg(not(loom))]
+    #[inline]
+    pub(super) fn thread_slot(&self) -> Option<&'static ThreadSlot> {
+        thread::current(self.id).or_else(|| {
+            thread::find_or_register(self.id, &self.threads, || {
+                self.threads
+                    .take_where(true, |_| true, &mut |s, w| self.reclaim_sheaf(s, w));
+            })
+        })
+    }
+
+    /// Allocation from this CPU's sheaves (signal handlers, threads whose
+    /// thread-locals are gone, `alloc_nolock`); when they are busy (a
+    /// trylock failed) or nothing can be had for them, one object straight
+    /// from the slabs.
+    pub(super) fn cpu_alloc(&self, gfp: Gfp) -> Result<*mut u8, AllocError> {
+        let mode = mode_for(gfp);
+        let mut taken = ptr::null_mut();
+        if let Some(mut cs) = self.lock_cpu(mode) {
+            let cs = &mut *cs;
+            if super::sheaf::len(cs.main) == 0 && super::sheaf::len(cs.spare) > 0 {
+                core::mem::swap(&mut cs.main, &mut cs.spare);
+            }
+            if super::sheaf::len(cs.main) > 0 {
+                bump_locked(&self.counters.cpu_allocs);
+                // SAFETY: the CPU's sheaf, ours under its lock, not empty.
+                return Ok(unsafe { pop(cs.main) });
+            }
+            taken = core::mem::replace(&mut cs.main, ptr::null_mut());
+        }
+        match self.get_filled(taken, gfp) {
+            Ok(s) => {
+                // SAFETY: a sheaf with objects, ours.
+                let obj = unsafe { pop(s) };
+                self.put_cpu_main(s, mode);
+                return Ok(obj);
+            }
+            Err((e, s)) => {
+                self.put_cpu_main(s, mode);
+                if e != AllocError::Contended {
+                    return Err(e);
+                }
+            }
+        }
+        let mut one = [ptr::null_mut()];
+        self.take_from_slabs(&mut one, gfp)?;
+        Ok(one[0])
+    }
+
+    /// Puts back a sheaf taken out of this CPU's `main`.
+    pub(super) fn put_cpu_main(&self, s: *mut Sheaf, mode: Mode) {
+        if s.is_null() {
+            return;
+        }
+        if let Some(mut cs) = self.lock_cpu(mode)
+            && cs.main.is_null()
+        {
+            cs.main = s;
+            return;
+        }
+        self.stash(s, mode);
     }
 
     /// Fills `out` from the partial slabs (at least one object), allocating
@@ -192,7 +298,7 @@ impl<T> SlabCache<T> {
     }
 
     /// Takes available objects from partial slabs into `out`.
-    pub(super) fn take_locked(&self, node: &mut Node, out: &mut [*mut u8]) -> usize {
+    pub(super) fn take_locked(&self, node: &mut super::cache::Node, out: &mut [*mut u8]) -> usize {
         let mut n = 0;
         while n < out.len() && !node.partial.is_null() {
             let hdr = node.partial;

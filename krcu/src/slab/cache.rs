@@ -1,14 +1,19 @@
-//! `SlabCache<T>`: the object cache itself, its per-CPU caches and slab
-//! lists, its construction, counters, shrinking and destruction. Its paths
-//! are in sibling files, each an `impl` block of the cache: allocation
-//! (`alloc.rs`), freeing one object (`free.rs`), bulk free (`bulk.rs`) and
-//! the slab lists behind the node lock (`node.rs`).
+//! `SlabCache<T>` and its shared core: fields, counters, shrinking and
+//! destruction (construction is `builder.rs`). The core ([`CacheCore`]) holds
+//! everything that does not depend on `T` behind an `Arc`, so that an RCU
+//! callback carrying a sheaf can reach the cache's barn and slabs whatever
+//! happened to the `SlabCache` value (moved, or dropped while the sheaf
+//! waited for its grace period). Its paths are in sibling files: sheaves
+//! and the barn (`sheaf.rs`, `exchange.rs`), the thread-owned sheaves
+//! (`thread.rs`), allocation (`alloc.rs`), freeing one object (`free.rs`),
+//! bulk free (`bulk.rs`), `kfree_rcu` into sheaves (`rcu_free.rs`) and the
+//! slab lists behind the node lock (`node.rs`).
 //!
 //! Uses the slab layout, the page allocator, the lock and per-CPU types.
 
 use super::SlabStats;
 use super::layout::{Layout, SlabHeader};
-use crate::error::BuildError;
+use super::sheaf::{Barn, CpuSheaves};
 use crate::lock::SpinLock;
 use crate::page::PageAllocator;
 use crate::percpu::PerCpu;
@@ -17,21 +22,10 @@ use core::marker::PhantomData;
 use core::ptr::{self, NonNull};
 use std::sync::Arc;
 
-/// Objects a per-CPU cache holds.
-pub(super) const CPU_CAPACITY: usize = 64;
-/// Objects moved per refill or flush of a per-CPU cache.
-pub(super) const CPU_BATCH: usize = 32;
-
-/// A CPU's cache of free objects (SLUB's per-CPU sheaf, SLAB's
-/// `array_cache`): a stack of object addresses.
-pub(super) struct CpuCache {
-    pub(super) objs: [*mut u8; CPU_CAPACITY],
-    pub(super) len: usize,
-}
-
-// SAFETY: the pointers are addresses of free slots in slabs owned by the
-// cache; which thread holds the `CpuCache` (under its lock) does not matter.
-unsafe impl Send for CpuCache {}
+/// Objects a sheaf holds unless the builder says otherwise.
+pub const DEFAULT_SHEAF_CAPACITY: usize = 64;
+/// The largest sheaf capacity accepted (larger requests are clamped).
+pub const MAX_SHEAF_CAPACITY: usize = 1024;
 
 /// The cache's shared slab lists (`struct kmem_cache_node`): slabs with
 /// available objects, doubly linked through their headers.
@@ -51,6 +45,11 @@ pub(super) struct Counters {
     pub(super) cpu_frees: AtomicU64,
     pub(super) refills: AtomicU64,
     pub(super) flushes: AtomicU64,
+    pub(super) barn_gets: AtomicU64,
+    pub(super) barn_puts: AtomicU64,
+    pub(super) rcu_sheaves: AtomicU64,
+    pub(super) rcu_sheaves_done: AtomicU64,
+    pub(super) rcu_fallbacks: AtomicU64,
     pub(super) slabs_allocated: AtomicU64,
     pub(super) slabs_freed: AtomicU64,
     pub(super) trylock_failures: AtomicU64,
@@ -60,7 +59,7 @@ pub(super) struct Counters {
 }
 
 /// How a path that gives objects back to the slabs may wait.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(super) enum Mode {
     /// Task context: the node lock is taken for real, empty slabs go back
     /// with `free_pages`.
@@ -78,24 +77,69 @@ pub(super) fn never_block() -> bool {
     crate::context::in_hardirq() || crate::context::in_nmi()
 }
 
+/// Everything of a cache that does not depend on its type, shared (by
+/// `Arc`) between the [`SlabCache`] and the sheaves in flight through RCU.
+pub(crate) struct CacheCore {
+    /// Unique per cache: thread slots are found by it.
+    pub(super) id: u64,
+    pub(super) name: &'static str,
+    pub(super) pages: Arc<PageAllocator>,
+    pub(super) magic: u64,
+    /// Per-object free bits checked on every allocation and free (double
+    /// frees caught): `SLAB_CONSISTENCY_CHECKS`.
+    pub(super) checks: bool,
+    pub(super) layout: Layout,
+    /// `size_of::<T>()`: what is poisoned while free.
+    pub(super) obj_size: usize,
+    /// Drops a `T` in place; None if `T` has no drop glue.
+    pub(super) drop_fn: Option<unsafe fn(*mut u8)>,
+    pub(super) sheaf_capacity: usize,
+    /// The per-CPU level: a `main` and a `spare` sheaf (and an `rcu_free`
+    /// one) per CPU, under a local lock (trylocked in signal handlers).
+    pub(super) cpu: PerCpu<SpinLock<CpuSheaves>>,
+    pub(super) barn: Barn,
+    pub(super) node: SpinLock<Node>,
+    /// Objects freed where no lock could be had (a signal handler whose
+    /// trylocks failed, or any under PREEMPT_RT): a lock-free stack linked
+    /// through each object's first word, given back to the slabs by the
+    /// next node-lock holder. Pushed with a Release compare-exchange, taken
+    /// whole with an Acquire swap (no single pop, so no ABA); the objects
+    /// stay counted in their slab's `inuse`, so their slabs stay allocated
+    /// until they are given back.
+    pub(super) deferred: AtomicPtr<u8>,
+    /// The threads' own sheaves of this cache.
+    #[cfg(not(loom))]
+    pub(super) threads: super::thread::Registry,
+    /// The RCU instance whose grace periods `kfree_rcu_sheaf` waits for
+    /// (the global one unless the builder named one; set on first use).
+    #[cfg(not(loom))]
+    pub(super) rcu: std::sync::OnceLock<Arc<crate::rcu::Rcu>>,
+    pub(super) counters: Counters,
+}
+
 /// A cache of `T` objects carved from page-allocator pages
-/// (`struct kmem_cache`).
+/// (`struct kmem_cache`), with sheaves of free objects in front of the
+/// slabs (Linux 6.18's slab sheaves).
 ///
-/// - `alloc` pops an object from this CPU's cache, taken with trylock;
-///   an empty cache refills a batch from the partial slabs under the node
-///   lock, allocating a new slab from the page allocator when none is left.
-/// - `free` pushes onto this CPU's cache; a full cache flushes a batch back
-///   to the slabs. A failed trylock takes the node lock instead.
-/// - `free_bulk` sorts the pointers, which groups them by slab, and returns
-///   each group under one node-lock acquisition; for a `T` without drop
-///   glue it never touches the objects' memory, only the slab headers.
-/// - Empty slabs go back to the page allocator at once.
+/// - `alloc` pops an object from the calling thread's own `main` sheaf of
+///   this cache: plain loads and stores, no atomic read-modify-write, no
+///   lock. An empty sheaf is exchanged (under this CPU's lock) for a
+///   non-empty `main` or `spare` sheaf of the CPU, else at the barn (under
+///   its lock) for a full one, else refilled from the slabs in bulk.
+/// - `free` pushes onto that sheaf; a full one is exchanged for one with
+///   room at the CPU, else at the barn for an empty one, else flushed to
+///   the slabs in bulk.
+/// - `free_bulk` gives objects back to their slabs, building one detached
+///   list per slab; for a `T` without drop glue it never touches the
+///   objects' memory, only the slab headers.
+/// - Empty slabs go back to the page allocator at once;
+///   [`shrink`](Self::shrink) also takes back every thread's sheaf (idle
+///   and exited threads' too), the CPUs' and the barn's.
 /// - In a signal handler (hardirq or NMI context) and with `NO_LOCKS`, no
-///   path waits for a lock: the node lock is only trylocked, and objects
-///   that cannot go back are pushed on a lock-free deferred list that the
-///   next node-lock holder (a refill, a flush, [`shrink`](Self::shrink))
+///   path waits for a lock: the CPU's sheaves and the barn are trylocked,
+///   the node lock is only trylocked, and objects that cannot go back are
+///   pushed on a lock-free deferred list that the next node-lock holder
 ///   gives back; under PREEMPT_RT a handler's free touches no lock at all.
-///   Empty slabs go back with `free_pages_nolock` there.
 ///
 /// Every free is checked (the slab is this cache's, the address is a slot,
 /// the object is allocated); bad input follows the page allocator's policy:
@@ -142,173 +186,167 @@ pub(super) fn never_block() -> bool {
 /// ```
 #[doc(alias = "kmem_cache")]
 pub struct SlabCache<T> {
-    pub(super) name: &'static str,
-    pub(super) pages: Arc<PageAllocator>,
-    pub(super) magic: u64,
-    /// Per-object free bits checked on every allocation and free (double
-    /// frees caught): `SLAB_CONSISTENCY_CHECKS`.
-    pub(super) checks: bool,
-    pub(super) layout: Layout,
-    pub(super) cpu: PerCpu<SpinLock<CpuCache>>,
-    pub(super) node: SpinLock<Node>,
-    /// Objects freed where no lock could be had (a signal handler whose
-    /// trylocks failed, or any under PREEMPT_RT): a lock-free stack linked
-    /// through each object's first word, given back to the slabs by the
-    /// next node-lock holder. Pushed with a Release compare-exchange, taken
-    /// whole with an Acquire swap (no single pop, so no ABA); the objects
-    /// stay counted in their slab's `inuse`, so their slabs stay allocated
-    /// until they are given back.
-    pub(super) deferred: AtomicPtr<u8>,
-    pub(super) counters: Counters,
+    pub(super) core: Arc<CacheCore>,
+    /// The page allocator's shrinker that empties this cache's sheaves
+    /// and barn under memory pressure; unregistered (dropped) first, in
+    /// the cache's own drop, never from inside reclaim.
+    pub(super) shrinker: Option<crate::page::ShrinkerHandle>,
     pub(super) _objects: PhantomData<T>,
 }
 
 // SAFETY: the cache hands out `T`s to whichever thread asks and drops them
-// (in `free`) on whichever thread frees, so `T: Send` is required; all its
-// own state is behind locks or atomics.
+// (in `free`, or after a grace period on the RCU worker) on whichever
+// thread frees, so `T: Send` is required; all its own state is behind
+// locks, atomics or the thread slots' handshake.
 unsafe impl<T: Send> Send for SlabCache<T> {}
 // SAFETY: as for Send: shared access only goes through locks and atomics.
 unsafe impl<T: Send> Sync for SlabCache<T> {}
+// SAFETY: the core's raw pointers (slab headers, sheaves, deferred objects)
+// are only followed under its locks, atomics or the thread slots'
+// handshake; it holds no `T`.
+unsafe impl Send for CacheCore {}
+// SAFETY: as for Send.
+unsafe impl Sync for CacheCore {}
 
 impl<T> core::fmt::Debug for SlabCache<T> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("SlabCache")
-            .field("name", &self.name)
-            .field("order", &self.layout.order)
-            .field("objects_per_slab", &self.layout.objects)
+            .field("name", &self.core.name)
+            .field("order", &self.core.layout.order)
+            .field("objects_per_slab", &self.core.layout.objects)
+            .field("sheaf_capacity", &self.core.sheaf_capacity)
             .field("stats", &self.stats())
             .finish()
     }
 }
 
 impl<T> SlabCache<T> {
-    /// A cache of `T` over `pages` (`kmem_cache_create`), with consistency
-    /// checks in debug builds only (see [`with_checks`](Self::with_checks)).
-    ///
-    /// ```
-    /// use krcu::page::{PageAllocator, PageConfig};
-    /// use krcu::slab::SlabCache;
-    /// let pages = PageAllocator::new(krcu::Domain::global(), PageConfig::default().arena_size(4 << 20))
-    ///     .unwrap();
-    /// let cache = SlabCache::<u64>::new(&pages, "u64").unwrap();
-    /// assert_eq!(cache.name(), "u64");
-    /// assert!(cache.objects_per_slab() > 400, "a 4 KiB slab holds many");
-    /// let huge = SlabCache::<[u8; 1 << 20]>::new(&pages, "1 MiB");
-    /// assert!(matches!(huge, Err(krcu::BuildError::SlabTooLarge { .. })));
-    /// ```
-    ///
-    /// # Errors
-    /// [`BuildError::SlabTooLarge`] when `T` does not fit a slab of at most
-    /// 8 pages (with its header).
-    #[doc(alias = "kmem_cache_create")]
-    pub fn new(pages: &Arc<PageAllocator>, name: &'static str) -> Result<Self, BuildError> {
-        Self::with_checks(pages, name, cfg!(debug_assertions))
-    }
-
-    /// A cache of `T` over `pages`, choosing whether per-object consistency
-    /// checks run (`SLAB_CONSISTENCY_CHECKS`, slub_debug's `F`). With them,
-    /// every allocation and free flips the object's free bit in its slab
-    /// header with an atomic instruction, so a double free is refused with
-    /// its address. Without them, a free still checks that the pointer is a
-    /// slot of one of this cache's slabs (no atomic instruction), but a
-    /// double free of a valid object goes unnoticed, as in the kernel with
-    /// slub_debug off: the atomic costs about as much as the rest of the
-    /// fast path.
-    ///
-    /// # Errors
-    /// As [`new`](Self::new).
-    #[doc(alias = "SLAB_CONSISTENCY_CHECKS")]
-    pub fn with_checks(
-        pages: &Arc<PageAllocator>,
-        name: &'static str,
-        checks: bool,
-    ) -> Result<Self, BuildError> {
-        // A process-wide id source, not shared state of the model: std.
-        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-        let layout = Layout::new(core::mem::size_of::<T>(), core::mem::align_of::<T>()).ok_or(
-            BuildError::SlabTooLarge {
-                size: core::mem::size_of::<T>(),
-                align: core::mem::align_of::<T>(),
-            },
-        )?;
-        let domain = pages.domain();
-        Ok(SlabCache {
-            name,
-            pages: Arc::clone(pages),
-            magic: 0x51ab_0000_0000_0000 | NEXT.fetch_add(1, Relaxed),
-            checks,
-            layout,
-            cpu: PerCpu::new(domain.cpus(), |_| {
-                SpinLock::named(
-                    domain,
-                    "s->cpu_slab->lock",
-                    CpuCache {
-                        objs: [ptr::null_mut(); CPU_CAPACITY],
-                        len: 0,
-                    },
-                )
-            }),
-            node: SpinLock::named(
-                domain,
-                "n->list_lock",
-                Node {
-                    partial: ptr::null_mut(),
-                    nr_partial: 0,
-                    nr_slabs: 0,
-                },
-            ),
-            deferred: AtomicPtr::new(ptr::null_mut()),
-            counters: Counters::default(),
-            _objects: PhantomData,
-        })
-    }
-
     /// The cache's name.
     pub fn name(&self) -> &'static str {
-        self.name
+        self.core.name
     }
 
     /// Objects per slab.
     pub fn objects_per_slab(&self) -> usize {
-        self.layout.objects
+        self.core.layout.objects
+    }
+
+    /// Objects per sheaf.
+    pub fn sheaf_capacity(&self) -> usize {
+        self.core.sheaf_capacity
     }
 
     /// The page order of each slab.
     pub fn slab_order(&self) -> u32 {
-        self.layout.order
+        self.core.layout.order
     }
 
     /// The page allocator the slabs come from.
     pub fn page_allocator(&self) -> &Arc<PageAllocator> {
-        &self.pages
+        &self.core.pages
     }
 
-    /// Returns every CPU's cached objects to the slabs, and so
-    /// empty slabs to the page allocator (`kmem_cache_shrink`). Returns the
-    /// objects moved.
+    /// The RCU instance this cache's `rcu_free` sheaves wait on (read by
+    /// the instance's `kfree_rcu` of slab objects).
+    #[cfg(not(loom))]
+    #[allow(dead_code)]
+    pub(crate) fn rcu(&self) -> &Arc<crate::rcu::Rcu> {
+        self.core.rcu()
+    }
+
+    /// Returns every sheaf's objects to the slabs (every thread's, idle
+    /// and exited ones included, every CPU's and the barn's), and so empty
+    /// slabs to the page allocator (`kmem_cache_shrink`). A thread caught
+    /// inside its own sheaf section keeps its sheaf. Returns the objects
+    /// moved.
     #[doc(alias = "kmem_cache_shrink")]
     pub fn shrink(&self) -> usize {
+        self.core.shrink()
+    }
+
+    /// A snapshot of the cache's statistics.
+    pub fn stats(&self) -> SlabStats {
+        self.core.stats()
+    }
+}
+
+impl CacheCore {
+    /// See [`SlabCache::shrink`].
+    pub(super) fn shrink(&self) -> usize {
         let mut moved = 0;
-        for (_, cpu) in self.cpu.iter() {
-            let mut cc = cpu.lock();
-            moved += cc.len;
-            let n = cc.len;
-            self.flush(&mut cc, n);
+        #[cfg(not(loom))]
+        {
+            // Every thread's `main` sheaf; exited threads' `rcu_free`
+            // sheaves are submitted.
+            moved +=
+                self.threads
+                    .take_where(false, |w| w == super::thread::Which::Main, &mut |s, w| {
+                        self.reclaim_sheaf(s, w)
+                    });
+            moved += self
+                .threads
+                .take_where(true, |_| true, &mut |s, w| self.reclaim_sheaf(s, w));
         }
+        for (_, cpu) in self.cpu.iter() {
+            let taken = {
+                let mut cs = cpu.lock();
+                [
+                    core::mem::replace(&mut cs.main, ptr::null_mut()),
+                    core::mem::replace(&mut cs.spare, ptr::null_mut()),
+                ]
+            };
+            for s in taken.into_iter().filter(|s| !s.is_null()) {
+                moved += super::sheaf::len(s);
+                self.flush_and_free_sheaf(s, Mode::Block);
+            }
+        }
+        moved += self.barn_shrink();
         // Frees deferred from signal handlers.
         self.return_to_slabs(&mut [], Mode::Block);
         moved
     }
 
-    /// A snapshot of the cache's statistics.
-    pub fn stats(&self) -> SlabStats {
+    /// Objects held in the barn and the CPUs' sheaves now (what the
+    /// shrinker could give back; threads' own sheaves are not counted).
+    pub(super) fn cached_objects(&self) -> usize {
+        let mut n = 0;
+        for (_, cpu) in self.cpu.iter() {
+            let cs = cpu.lock();
+            n += super::sheaf::len(cs.main) + super::sheaf::len(cs.spare);
+        }
+        let (full, _) = self.barn.counts();
+        n + full * self.sheaf_capacity
+    }
+
+    /// The RCU instance of `kfree_rcu_sheaf` (the global one by default).
+    #[cfg(not(loom))]
+    pub(super) fn rcu(&self) -> &Arc<crate::rcu::Rcu> {
+        self.rcu
+            .get_or_init(|| Arc::clone(crate::rcu::global_arc()))
+    }
+
+    pub(super) fn stats(&self) -> SlabStats {
         let c = &self.counters;
+        #[cfg(not(loom))]
+        let (alloc_hits, free_hits) = self.threads.hits();
+        #[cfg(loom)]
+        let (alloc_hits, free_hits) = (0, 0);
+        let (full, empty) = self.barn.counts();
         let node = self.node.lock();
         SlabStats {
             cpu_allocs: c.cpu_allocs.load(Relaxed),
             cpu_frees: c.cpu_frees.load(Relaxed),
+            sheaf_alloc_hits: alloc_hits,
+            sheaf_free_hits: free_hits,
             refills: c.refills.load(Relaxed),
             flushes: c.flushes.load(Relaxed),
+            barn_gets: c.barn_gets.load(Relaxed),
+            barn_puts: c.barn_puts.load(Relaxed),
+            barn_full: full,
+            barn_empty: empty,
+            rcu_sheaves: c.rcu_sheaves.load(Relaxed),
+            rcu_sheaves_done: c.rcu_sheaves_done.load(Relaxed),
+            rcu_fallbacks: c.rcu_fallbacks.load(Relaxed),
             slabs_allocated: c.slabs_allocated.load(Relaxed),
             slabs_freed: c.slabs_freed.load(Relaxed),
             trylock_failures: c.trylock_failures.load(Relaxed),
@@ -319,25 +357,47 @@ impl<T> SlabCache<T> {
             partial_slabs: node.nr_partial,
         }
     }
-
-    // ------------------------------------------------------------------
 }
 
 impl<T> Drop for SlabCache<T> {
-    /// Returns cached objects, and so empty slabs, to the page allocator.
-    /// Slabs with objects still allocated stay allocated (leaked, with a
-    /// warning), as `kmem_cache_destroy` leaves them.
+    /// Takes every thread's sheaves back for good (a thread that uses the
+    /// cache later cannot: the cache is gone), waits for the `rcu_free`
+    /// sheaves in flight, and returns cached objects, and so empty slabs,
+    /// to the page allocator. Slabs with objects still allocated stay
+    /// allocated (leaked, with a warning), as `kmem_cache_destroy` leaves
+    /// them.
     #[doc(alias = "kmem_cache_destroy")]
     fn drop(&mut self) {
-        self.shrink();
-        let slabs = self.node.lock().nr_slabs;
+        drop(self.shrinker.take());
+        #[cfg(not(loom))]
+        {
+            // Nobody else holds the cache now: every section has ended.
+            let core = &*self.core;
+            core.threads.retire(|s, w| {
+                core.reclaim_sheaf(s, w);
+            });
+            core.submit_rcu_sheaves_all();
+            core.rcu_sheaf_barrier_if_safe();
+        }
+        self.core.shrink();
+        let slabs = self.core.node.lock().nr_slabs;
         if slabs > 0 {
             tracing::warn!(
-                cache = self.name,
+                cache = self.core.name,
                 slabs,
                 "slab cache dropped with objects still allocated"
             );
         }
+    }
+}
+
+impl Drop for CacheCore {
+    /// The last `rcu_free` sheaf came back after the `SlabCache` was
+    /// dropped (its drop ran on the RCU worker, which cannot wait for
+    /// itself): whatever the barn holds goes back now.
+    fn drop(&mut self) {
+        self.barn_shrink();
+        self.return_to_slabs(&mut [], Mode::Block);
     }
 }
 
@@ -361,67 +421,4 @@ pub(super) unsafe fn drop_catching<T>(obj: NonNull<T>) -> std::thread::Result<()
 #[inline(always)]
 pub(super) fn bump_locked(c: &AtomicU64) {
     c.store(c.load(Relaxed) + 1, Relaxed);
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::Domain;
-    use crate::page::{Gfp, PageConfig, Watermarks};
-    use std::sync::atomic::AtomicBool;
-    use std::time::{Duration, Instant};
-
-    /// A free in a signal handler whose per-CPU trylock fails must not wait
-    /// for the node lock: the thread it interrupted may hold it (here
-    /// another thread holds both, as long as the free has not returned, or
-    /// 5 s). The object is deferred, and the next task-context node-lock
-    /// holder gives it back.
-    #[test]
-    fn hardirq_free_never_waits_for_the_node_lock() {
-        let d = Domain::builder().cpus(1).build();
-        let pa = PageAllocator::new(
-            &d,
-            PageConfig {
-                arena_size: 4 << 20,
-                watermarks: Some(Watermarks::NONE),
-                kswapd: false,
-                ..PageConfig::default()
-            },
-        )
-        .unwrap();
-        let cache = SlabCache::<u64>::new(&pa, "hardirq").unwrap();
-        let obj = cache.alloc(Gfp::KERNEL, 5).unwrap();
-        let held = AtomicBool::new(false);
-        let done = AtomicBool::new(false);
-        let waited = std::thread::scope(|s| {
-            s.spawn(|| {
-                let _cpu = cache.cpu.get(0).lock();
-                let _node = cache.node.lock();
-                held.store(true, SeqCst);
-                let t = Instant::now();
-                while !done.load(SeqCst) && t.elapsed() < Duration::from_secs(5) {
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-            });
-            while !held.load(SeqCst) {
-                std::thread::yield_now();
-            }
-            let t = Instant::now();
-            {
-                let _hardirq = crate::context::enter_hardirq();
-                // SAFETY: allocated above, freed once, not used again.
-                unsafe { cache.free(obj) };
-            }
-            let waited = t.elapsed();
-            done.store(true, SeqCst);
-            waited
-        });
-        assert!(
-            waited < Duration::from_secs(2),
-            "the handler's free waited {waited:?} for the node lock"
-        );
-        assert_eq!(cache.stats().deferred_frees, 1);
-        cache.shrink();
-        assert_eq!(cache.stats().slabs, 0);
-    }
 }

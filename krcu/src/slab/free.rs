@@ -5,10 +5,11 @@
 //! Uses the cache's state (`cache.rs`) and the slab layout.
 
 use super::SlabError;
-use super::cache::{
-    CPU_BATCH, CPU_CAPACITY, Mode, Node, SlabCache, bump_locked, drop_catching, never_block,
-};
+use super::cache::{CacheCore, Mode, Node, SlabCache, bump_locked, drop_catching, never_block};
 use super::layout::{self, Layout, SlabHeader};
+use super::sheaf::Sheaf;
+#[cfg(not(loom))]
+use super::thread::{self, ThreadSlot, Which};
 use crate::sync::atomic::Ordering::*;
 use core::ptr::{self, NonNull};
 
@@ -25,7 +26,7 @@ impl<T> SlabCache<T> {
     pub unsafe fn free(&self, obj: NonNull<T>) {
         // SAFETY: forwarded from the caller.
         if let Err(e) = unsafe { self.try_free(obj) } {
-            self.bad_free(e);
+            self.core.bad_free(e);
         }
     }
 
@@ -57,7 +58,7 @@ impl<T> SlabCache<T> {
     /// hand out, or already freed, is detected and refused rather than
     /// undefined behaviour provided it points into the page arena.
     pub unsafe fn try_free(&self, obj: NonNull<T>) -> Result<(), SlabError> {
-        self.check_and_mark_free(obj)?;
+        self.core.check_and_mark_free(obj.as_ptr().cast())?;
         // A panicking destructor must not lose the object: it is marked
         // free already, so unless its slot goes back to the slab here the
         // slab (and its pages) could never be returned. Catch the panic,
@@ -68,52 +69,124 @@ impl<T> SlabCache<T> {
         let obj = obj.as_ptr().cast::<u8>();
         // Before it is anyone's to take again.
         crate::asan::poison(obj, core::mem::size_of::<T>());
-        self.free_slot(obj);
+        self.core.free_slot(obj);
         if let Err(payload) = panicked {
             std::panic::resume_unwind(payload);
         }
         Ok(())
     }
+}
 
-    /// Puts a slot (dropped, marked free) back: on this CPU's cache, else
-    /// in the slabs. In a signal handler (hardirq or NMI context) it never
-    /// waits for a lock, as `free_pages_nolock`: trylocks only, and the
-    /// lock-free deferred list when they fail; under PREEMPT_RT there it
-    /// touches no lock at all (the locks sleep, and even a trylock's unlock
-    /// may wake a sleeper) and defers at once.
-    #[inline]
+/// Pushes an object onto a sheaf with room.
+///
+/// # Safety
+/// The caller owns `s`, which is not full.
+#[inline(always)]
+pub(super) unsafe fn push(s: *mut Sheaf, obj: *mut u8) {
+    // SAFETY: per the contract.
+    let sh = unsafe { &mut *s };
+    sh.objs[sh.len] = obj;
+    sh.len += 1;
+}
+
+impl CacheCore {
+    /// Puts a slot (dropped, marked free) back: on the calling thread's
+    /// own sheaf (plain loads and stores), else through an exchange. In a
+    /// signal handler (hardirq or NMI context) it never waits for a lock,
+    /// as `free_pages_nolock`: this CPU's sheaves under a trylock, and the
+    /// lock-free deferred list when the trylocks fail; under PREEMPT_RT
+    /// there it touches no lock at all (the locks sleep, and even a
+    /// trylock's unlock may wake a sleeper) and defers at once.
+    #[inline(always)]
     pub(super) fn free_slot(&self, obj: *mut u8) {
+        if !self.thread_push(obj) {
+            self.free_slow(obj);
+        }
+    }
+
+    /// The fast path: onto the calling thread's `main` sheaf, if it has
+    /// one with room (and the caller is not a signal handler).
+    #[inline(always)]
+    pub(super) fn thread_push(&self, obj: *mut u8) -> bool {
+        #[cfg(not(loom))]
+        if let Some(slot) = thread::current(self.id)
+            && !never_block()
+            && slot.with(Which::Main, |p| {
+                let s = *p;
+                // SAFETY: the owner's sheaf, inside its section.
+                if s.is_null() || unsafe { (*s).is_full() } {
+                    return false;
+                }
+                // SAFETY: as above; it has room.
+                unsafe { push(s, obj) };
+                true
+            }) == Some(true)
+        {
+            ThreadSlot::hit(&slot.free_hits);
+            return true;
+        }
+        #[cfg(loom)]
+        let _ = obj;
+        false
+    }
+
+    #[cold]
+    pub(super) fn free_slow(&self, obj: *mut u8) {
         if self.pages.sleeping_locks_forbidden() {
             self.defer(obj);
             return;
         }
-        let mode = if never_block() {
-            Mode::Try
-        } else {
-            Mode::Block
-        };
-        let (_, cpu) = self.cpu.current();
-        match cpu.try_lock() {
-            Some(mut cc) => {
-                if cc.len == CPU_CAPACITY {
-                    if mode == Mode::Try {
-                        // A flush could wait for the node lock.
-                        drop(cc);
-                        self.return_to_slabs(&mut [obj], Mode::Try);
-                        return;
-                    }
-                    self.flush(&mut cc, CPU_BATCH);
-                }
-                let n = cc.len;
-                cc.objs[n] = obj;
-                cc.len = n + 1;
-                bump_locked(&self.counters.cpu_frees);
-            }
-            None => {
-                self.counters.trylock_failures.fetch_add(1, Relaxed);
-                self.return_to_slabs(&mut [obj], mode);
-            }
+        if never_block() {
+            self.cpu_free(obj, Mode::Try);
+            return;
         }
+        #[cfg(not(loom))]
+        if let Some(slot) = self.thread_slot() {
+            let mut s = slot.take(Which::Main);
+            // SAFETY: taken out of the slot: ours.
+            if s.is_null() || unsafe { (*s).is_full() } {
+                s = self.get_room(s, Mode::Block);
+            }
+            // SAFETY: `get_room` in Block mode hands back a sheaf with room.
+            unsafe { push(s, obj) };
+            if let Err(s) = slot.install(Which::Main, s) {
+                self.stash(s, Mode::Block);
+            }
+            return;
+        }
+        self.cpu_free(obj, Mode::Block);
+    }
+
+    /// A free onto this CPU's sheaves (signal handlers, threads whose
+    /// thread-locals are gone, `free_nolock`); when they are busy, straight
+    /// to the slabs (deferred if the node lock is busy too in `Try` mode).
+    pub(super) fn cpu_free(&self, obj: *mut u8, mode: Mode) {
+        let taken = {
+            let Some(mut cs) = self.lock_cpu(mode) else {
+                self.return_to_slabs(&mut [obj], mode);
+                return;
+            };
+            let cs = &mut *cs;
+            for _ in 0..2 {
+                // SAFETY: the CPU's sheaves are ours under its lock.
+                if !cs.main.is_null() && !unsafe { (*cs.main).is_full() } {
+                    // SAFETY: as above; it has room.
+                    unsafe { push(cs.main, obj) };
+                    bump_locked(&self.counters.cpu_frees);
+                    return;
+                }
+                core::mem::swap(&mut cs.main, &mut cs.spare);
+            }
+            core::mem::replace(&mut cs.main, ptr::null_mut())
+        };
+        let s = self.get_room(taken, mode);
+        if s.is_null() {
+            self.return_to_slabs(&mut [obj], mode);
+            return;
+        }
+        // SAFETY: `get_room` hands back a sheaf with room, ours.
+        unsafe { push(s, obj) };
+        self.put_cpu_main(s, mode);
     }
 
     /// Pushes a free slot on the deferred list. Lock-free, allocation-free,
@@ -167,29 +240,10 @@ impl<T> SlabCache<T> {
     #[inline]
     pub(super) fn slab_of_trusted(&self, obj: *mut u8) -> (*mut SlabHeader, usize) {
         let base = self.pages.block_base(obj as usize, self.layout.order);
-        let i = (obj as usize - base.as_ptr() as usize - self.layout.first) / self.layout.stride;
+        // Inside one slab (at most 32 KiB): a 32-bit division suffices.
+        let off = (obj as usize - base.as_ptr() as usize - self.layout.first) as u32;
+        let i = (off / self.layout.stride as u32) as usize;
         (base.as_ptr().cast(), i)
-    }
-
-    /// The magic number this cache's slabs carry.
-    pub(crate) fn magic(&self) -> u64 {
-        self.magic
-    }
-
-    /// The magic of the slab holding `obj`, an object of some cache of
-    /// `T`, read from the slab's header. The arena is aligned to its
-    /// largest block, so a slab starts at `obj` rounded down to the slab
-    /// size, which depends on `T` alone.
-    ///
-    /// # Safety
-    /// `obj` must point into an allocated slab of a `SlabCache<T>`.
-    pub(crate) unsafe fn slab_magic_of(obj: *const u8) -> u64 {
-        let layout = Layout::new(core::mem::size_of::<T>(), core::mem::align_of::<T>())
-            .expect("a cache of T exists, so its layout does");
-        let base = obj as usize & !((crate::page::PAGE_SIZE << layout.order) - 1);
-        // SAFETY: by the caller's contract `base` is the start of an
-        // allocated slab, whose header begins with the magic.
-        unsafe { (*(base as *const SlabHeader)).magic.load(Acquire) }
     }
 
     /// The slab header and slot of `obj`, checked: inside an allocated
@@ -219,13 +273,11 @@ impl<T> SlabCache<T> {
     /// Checks a free (see [`check`](Self::check)) and, with consistency
     /// checks on, wins the object's free bit or reports a double free.
     #[inline]
-    pub(super) fn check_and_mark_free(&self, obj: NonNull<T>) -> Result<(), SlabError> {
-        let (hdr, i) = self.check(obj.as_ptr().cast())?;
+    pub(super) fn check_and_mark_free(&self, obj: *mut u8) -> Result<(), SlabError> {
+        let (hdr, i) = self.check(obj)?;
         // SAFETY: checked: a slot of a live slab of this cache.
         if self.checks && !layout::mark_free(unsafe { &*hdr }, i) {
-            return Err(SlabError::DoubleFree {
-                addr: obj.as_ptr() as usize,
-            });
+            return Err(SlabError::DoubleFree { addr: obj as usize });
         }
         Ok(())
     }
@@ -251,5 +303,34 @@ impl<T> SlabCache<T> {
             return;
         }
         tracing::error!(cache = self.name, "slab cache {}: {e}", self.name);
+    }
+}
+
+impl<T> SlabCache<T> {
+    /// The magic number this cache's slabs carry.
+    pub(crate) fn magic(&self) -> u64 {
+        self.core.magic
+    }
+
+    /// Counts a bad free and logs it; never panics (see
+    /// `CacheCore::note_bad_free`).
+    pub(crate) fn note_bad_free(&self, e: SlabError) {
+        self.core.note_bad_free(e);
+    }
+
+    /// The magic of the slab holding `obj`, an object of some cache of
+    /// `T`, read from the slab's header. The arena is aligned to its
+    /// largest block, so a slab starts at `obj` rounded down to the slab
+    /// size, which depends on `T` alone.
+    ///
+    /// # Safety
+    /// `obj` must point into an allocated slab of a `SlabCache<T>`.
+    pub(crate) unsafe fn slab_magic_of(obj: *const u8) -> u64 {
+        let layout = Layout::new(core::mem::size_of::<T>(), core::mem::align_of::<T>())
+            .expect("a cache of T exists, so its layout does");
+        let base = obj as usize & !((crate::page::PAGE_SIZE << layout.order) - 1);
+        // SAFETY: by the caller's contract `base` is the start of an
+        // allocated slab, whose header begins with the magic.
+        unsafe { (*(base as *const SlabHeader)).magic.load(Acquire) }
     }
 }

@@ -1,10 +1,11 @@
-//! Typed object caches over the page allocator (`kmem_cache`), with bulk
-//! free.
+//! Typed object caches over the page allocator (`kmem_cache`), with slab
+//! sheaves in front of them, `kfree_rcu` into sheaves, and bulk free.
 //!
 //! A [`SlabCache<T>`] carves slabs (blocks of 1..8 pages from the
 //! [`PageAllocator`](crate::page::PageAllocator)) into slots for `T`.
-//! Allocation and free go through a per-CPU cache of free objects taken
-//! with trylock, as the page allocator's per-CPU lists are; the slabs
+//! Allocation and free go through sheaves (arrays of free objects): the
+//! calling thread's own, then its CPU's `main` and `spare` under a local
+//! lock, then the cache's barn of full and empty sheaves; the slabs
 //! themselves sit behind the cache's node lock. Slab bookkeeping lives in a
 //! header at the start of each slab, never in the objects, so that
 //! [`SlabCache::free_bulk`] frees objects of a type without drop glue
@@ -15,20 +16,38 @@
 //! |---|---|
 //! | `kmem_cache_create`, `kmem_cache_alloc`, `kmem_cache_free` | [`SlabCache::new`], [`SlabCache::alloc`], [`SlabCache::free`] |
 //! | `kmem_cache_free_bulk` | [`SlabCache::free_bulk`] |
-//! | per-CPU sheaves / `array_cache` | a per-CPU stack of 64 free objects |
+//! | `kmalloc_nolock`, `kfree_nolock` | [`SlabCache::alloc_nolock`], [`SlabCache::free_nolock`] |
+//! | `kmem_cache_prefill_sheaf`, `kmem_cache_alloc_from_sheaf`, `kmem_cache_return_sheaf` | [`SlabCache::prefill_sheaf`], [`PrefilledSheaf::alloc`], [`PrefilledSheaf::return_sheaf`] |
+//! | `slab_sheaf`, `slub_percpu_sheaves` (`main`, `spare`, `rcu_free`) | a thread's own `main` and `rcu_free` sheaf, and each CPU's three |
+//! | `node_barn` | the cache's barn |
+//! | `kmem_cache_args.sheaf_capacity` | [`SlabCacheBuilder::sheaf_capacity`] |
+//! | `kfree_rcu_sheaf`, `rcu_free_sheaf` | `SlabCache::kfree_rcu_sheaf` (crate-internal) |
 //! | `kmem_cache_node`, `n->list_lock`, partial slabs | the node lock and partial list |
 //! | `kmem_cache_shrink` | [`SlabCache::shrink`] |
 //!
-//! Uses nothing else of the crate.
+//! Uses the page allocator, the locks, per-CPU data, and (for
+//! `rcu_free` sheaves) an RCU instance.
 
 mod alloc;
+mod builder;
 mod bulk;
 mod cache;
+mod exchange;
 mod free;
 mod layout;
 mod node;
+mod nolock;
+mod prefill;
+mod rcu_free;
+mod sheaf;
+#[cfg(test)]
+mod tests;
+mod thread;
 
-pub use cache::SlabCache;
+pub use builder::SlabCacheBuilder;
+pub use cache::{DEFAULT_SHEAF_CAPACITY, MAX_SHEAF_CAPACITY, SlabCache};
+pub use nolock::NolockError;
+pub use prefill::PrefilledSheaf;
 
 /// A free the slab cache refused, naming the address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -58,14 +77,36 @@ pub enum SlabError {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct SlabStats {
-    /// Allocations served by a per-CPU cache.
+    /// Allocations served by a CPU's sheaves (signal handlers, threads
+    /// without thread-locals, `alloc_nolock`).
     pub cpu_allocs: u64,
-    /// Frees onto a per-CPU cache.
+    /// Frees onto a CPU's sheaves.
     pub cpu_frees: u64,
-    /// Per-CPU cache refills from the slabs.
+    /// Allocations served by the calling thread's own sheaf (the fast
+    /// path: sheaf hits).
+    pub sheaf_alloc_hits: u64,
+    /// Frees onto the calling thread's own sheaf (sheaf hits).
+    pub sheaf_free_hits: u64,
+    /// Sheaves refilled from the slabs.
     pub refills: u64,
-    /// Per-CPU cache flushes to the slabs.
+    /// Sheaves flushed to the slabs.
     pub flushes: u64,
+    /// Sheaves taken from the barn (a full one for an allocation, an empty
+    /// one for a free or `kfree_rcu_sheaf`).
+    pub barn_gets: u64,
+    /// Sheaves given to the barn.
+    pub barn_puts: u64,
+    /// Full sheaves in the barn now.
+    pub barn_full: usize,
+    /// Empty sheaves in the barn now.
+    pub barn_empty: usize,
+    /// `rcu_free` sheaves submitted to RCU.
+    pub rcu_sheaves: u64,
+    /// `rcu_free` sheaves back from their grace period.
+    pub rcu_sheaves_done: u64,
+    /// `kfree_rcu_sheaf` calls that handed the object back (no sheaf
+    /// without blocking, NMI, a failed trylock in a signal handler).
+    pub rcu_fallbacks: u64,
     /// Slabs taken from the page allocator.
     pub slabs_allocated: u64,
     /// Empty slabs given back.

@@ -1,17 +1,16 @@
 //! The cache's slab lists behind the node lock (`kmem_cache_node`): taking
-//! the lock as the context allows, flushing a per-CPU cache into them,
-//! giving objects back to their slabs, and returning empty slabs to the
-//! page allocator.
+//! the lock as the context allows, giving objects back to their slabs, and
+//! returning empty slabs to the page allocator.
 //!
 //! Uses the cache's state (`cache.rs`) and the slab layout.
 
-use super::cache::{CpuCache, Mode, Node, SlabCache};
+use super::cache::{CacheCore, Mode, Node};
 use super::layout::{self, SlabHeader};
 use crate::page::FaultSites;
 use crate::sync::atomic::Ordering::*;
 use core::ptr::{self, NonNull};
 
-impl<T> SlabCache<T> {
+impl CacheCore {
     /// The node lock: a real lock, except in [`Mode::Try`], which only
     /// trylocks (and can be made to fail: [`FaultSites::SLAB_NODE_TRYLOCK`]).
     pub(super) fn lock_node(&self, mode: Mode) -> Option<crate::lock::SpinLockGuard<'_, Node>> {
@@ -27,15 +26,6 @@ impl<T> SlabCache<T> {
             }
             Mode::Try => self.node.try_lock(),
         }
-    }
-
-    /// Flushes `count` objects from the top of a per-CPU cache.
-    pub(super) fn flush(&self, cc: &mut CpuCache, count: usize) {
-        let count = count.min(cc.len);
-        let start = cc.len - count;
-        self.return_to_slabs(&mut cc.objs[start..cc.len], Mode::Block);
-        cc.len = start;
-        self.counters.flushes.fetch_add(1, Relaxed);
     }
 
     /// Gives objects (already marked free) back to their slabs under one
@@ -58,9 +48,7 @@ impl<T> SlabCache<T> {
                 return;
             };
             self.drain_deferred_locked(&mut node, &mut empty);
-            for &obj in objs.iter() {
-                self.return_locked(&mut node, obj, &mut empty);
-            }
+            self.return_grouped_locked(&mut node, objs, &mut empty);
         }
         self.free_slabs(empty, mode);
     }

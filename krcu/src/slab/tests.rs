@@ -1,0 +1,61 @@
+//! Unit tests of the slab cache that reach into its locks.
+
+use super::SlabCache;
+use crate::Domain;
+use crate::page::{Gfp, PageAllocator, PageConfig, Watermarks};
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::time::{Duration, Instant};
+
+/// A free in a signal handler whose per-CPU trylock fails must not wait
+/// for the node lock: the thread it interrupted may hold it (here
+/// another thread holds both, as long as the free has not returned, or
+/// 5 s). The object is deferred, and the next task-context node-lock
+/// holder gives it back.
+#[test]
+fn hardirq_free_never_waits_for_the_node_lock() {
+    let d = Domain::builder().cpus(1).build();
+    let pa = PageAllocator::new(
+        &d,
+        PageConfig {
+            arena_size: 4 << 20,
+            watermarks: Some(Watermarks::NONE),
+            kswapd: false,
+            ..PageConfig::default()
+        },
+    )
+    .unwrap();
+    let cache = SlabCache::<u64>::new(&pa, "hardirq").unwrap();
+    let obj = cache.alloc(Gfp::KERNEL, 5).unwrap();
+    let held = AtomicBool::new(false);
+    let done = AtomicBool::new(false);
+    let waited = std::thread::scope(|s| {
+        s.spawn(|| {
+            let _cpu = cache.core.cpu.get(0).lock();
+            let _node = cache.core.node.lock();
+            held.store(true, SeqCst);
+            let t = Instant::now();
+            while !done.load(SeqCst) && t.elapsed() < Duration::from_secs(5) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        });
+        while !held.load(SeqCst) {
+            std::thread::yield_now();
+        }
+        let t = Instant::now();
+        {
+            let _hardirq = crate::context::enter_hardirq();
+            // SAFETY: allocated above, freed once, not used again.
+            unsafe { cache.free(obj) };
+        }
+        let waited = t.elapsed();
+        done.store(true, SeqCst);
+        waited
+    });
+    assert!(
+        waited < Duration::from_secs(2),
+        "the handler's free waited {waited:?} for the node lock"
+    );
+    assert_eq!(cache.stats().deferred_frees, 1);
+    cache.shrink();
+    assert_eq!(cache.stats().slabs, 0);
+}
