@@ -118,6 +118,16 @@ pub const MAX_ROUNDS: usize = 100;
 /// Objects one signal handler run of `krcu flood` retires.
 pub const MAX_BURST: usize = 4096;
 
+/// `krcu torture --fail-every`: 0 (no fault injection) or a period.
+pub fn fail_every(s: &str) -> Result<u64, String> {
+    if s.trim().replace('_', "").bytes().all(|b| b == b'0') && !s.trim().is_empty() {
+        return Ok(0);
+    }
+    count(s, 1_000_000_000)
+        .map(|n| n as u64)
+        .map_err(|e| e.replace("at least 1", "0 (no faults) or more"))
+}
+
 /// `krcu scale --objects`.
 pub fn scale_objects(s: &str) -> Result<usize, String> {
     count(s, MAX_SCALE_OBJECTS)
@@ -231,5 +241,12 @@ mod tests {
         assert_eq!(count("1_000", 1000), Ok(1000));
         assert!(count("1001", 1000).unwrap_err().contains("at most 1_000"));
         assert!(duration("5").unwrap_err().contains("no unit"));
+        assert_eq!(fail_every("0"), Ok(0));
+        assert_eq!(fail_every("7"), Ok(7));
+        assert!(
+            fail_every("-1")
+                .unwrap_err()
+                .contains("0 (no faults) or more")
+        );
     }
 }

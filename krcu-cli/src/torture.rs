@@ -45,8 +45,9 @@ pub struct Args {
     /// The preempt model [default: a random one].
     #[arg(long)]
     preempt: Option<PreemptModel>,
-    /// Every n-th page allocation fails (0: no fault injection).
-    #[arg(long, default_value_t = 7)]
+    /// Every n-th page allocation fails, 0 to 1_000_000_000 (0: no fault
+    /// injection).
+    #[arg(long, default_value_t = 7, allow_negative_numbers = true, value_parser = args::fail_every)]
     fail_every: u64,
     /// Run the lockdep-style validator too (any report is an error, except
     /// under `nowait`, whose reports are the 2020 kfree_rcu bug it keeps:

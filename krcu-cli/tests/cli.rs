@@ -160,6 +160,8 @@ fn negative_and_zero_threads_say_at_least_one() {
     }
     let err = refused(&["scale", "--objects", "-5"]);
     assert!(err.contains("at least 1"), "{err}");
+    let err = refused(&["torture", "--fail-every", "-1"]);
+    assert!(err.contains("0 (no faults) or more"), "{err}");
 }
 
 #[test]
