@@ -12,6 +12,7 @@ use krcu::Domain;
 use krcu::context::PreemptModel;
 use krcu::lock::{RawSpinLock, SpinLock};
 use krcu::lockdep::{Report, ReportHandler, ReportKind, ReportLog};
+use serde::Serialize;
 
 /// Options of `krcu demo`.
 #[derive(Debug, Default, clap::Args)]
@@ -19,6 +20,75 @@ pub struct Args {
     /// Print the full report of every flagged combination, not only one.
     #[arg(long)]
     all_reports: bool,
+    /// Print JSON instead of the table and the report: every combination,
+    /// and every report in full.
+    #[arg(long)]
+    json: bool,
+}
+
+/// One combination of `krcu demo`, as JSON shows it.
+#[derive(Debug, Serialize)]
+pub struct DemoRow {
+    pub preempt_model: String,
+    pub nesting_proof: bool,
+    /// `spin_lock(&zone->lock)` was reported as an invalid wait context.
+    pub spin_lock_wait_context: bool,
+    /// It was reported as sleeping in atomic context.
+    pub spin_lock_might_sleep: bool,
+    /// `zone->lock` is a sleeping lock under this model (PREEMPT_RT).
+    pub zone_lock_sleeps: bool,
+    /// `spin_trylock(&zone->lock)` was reported (never expected).
+    pub spin_trylock_flagged: bool,
+}
+
+/// One validator report of `krcu demo`, as JSON shows it.
+#[derive(Debug, Serialize)]
+pub struct DemoReport {
+    pub preempt_model: String,
+    pub nesting_proof: bool,
+    /// The headline, as the kernel prints it.
+    pub kind: &'static str,
+    /// The class of the lock being taken.
+    pub class: Option<&'static str>,
+    /// The whole report as the kernel would print it.
+    pub text: String,
+}
+
+/// `krcu demo --json`.
+#[derive(Debug, Serialize)]
+pub struct DemoResult {
+    pub rows: Vec<DemoRow>,
+    pub reports: Vec<DemoReport>,
+}
+
+fn result_of(outcomes: &[Outcome]) -> DemoResult {
+    let rows = outcomes
+        .iter()
+        .map(|o| DemoRow {
+            preempt_model: o.model.name().to_string(),
+            nesting_proof: o.nesting_proof,
+            spin_lock_wait_context: flagged(&o.lock_reports, ReportKind::InvalidWaitContext),
+            spin_lock_might_sleep: flagged(&o.lock_reports, ReportKind::SleepInInvalidContext),
+            zone_lock_sleeps: o.sleeps,
+            spin_trylock_flagged: !o.trylock_reports.is_empty(),
+        })
+        .collect();
+    let reports = outcomes
+        .iter()
+        .flat_map(|o| {
+            o.lock_reports
+                .iter()
+                .chain(&o.trylock_reports)
+                .map(move |r| DemoReport {
+                    preempt_model: o.model.name().to_string(),
+                    nesting_proof: o.nesting_proof,
+                    kind: r.kind.headline(),
+                    class: r.class,
+                    text: r.text.clone(),
+                })
+        })
+        .collect();
+    DemoResult { rows, reports }
 }
 
 /// What one combination produced.
@@ -61,8 +131,12 @@ fn run_one(model: PreemptModel, nesting_proof: bool) -> Outcome {
     }
 }
 
+fn flagged(reports: &[Report], kind: ReportKind) -> bool {
+    reports.iter().any(|r| r.kind == kind)
+}
+
 fn flag(reports: &[Report], kind: ReportKind) -> &'static str {
-    if reports.iter().any(|r| r.kind == kind) {
+    if flagged(reports, kind) {
         "FLAGGED"
     } else {
         "-"
@@ -77,6 +151,10 @@ pub fn run(args: &Args) -> Result<(), String> {
         .into_iter()
         .flat_map(|m| [true, false].map(|np| run_one(m, np)))
         .collect();
+    if args.json {
+        crate::output::emit(true, &result_of(&outcomes), |_| String::new());
+        return Ok(());
+    }
 
     println!("krcu demo: zone->lock (spinlock_t) taken under krcp->lock (raw_spinlock_t)");
     println!(

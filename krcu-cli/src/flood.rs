@@ -20,11 +20,12 @@ use std::time::{Duration, Instant};
 /// Options of `krcu flood`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Total run time, split over the phases (e.g. 4s, 800ms).
+    /// Total run time, split over the phases: a number with a unit (ns,
+    /// us, ms, s, m or h), e.g. 4s or 800ms.
     #[arg(long, default_value = "4s", value_parser = args::duration)]
     duration: Duration,
-    /// Task threads flooding (default: one per CPU).
-    #[arg(long, value_parser = args::threads)]
+    /// Task threads flooding, 1 to 256 [default: one per CPU].
+    #[arg(long, allow_negative_numbers = true, value_parser = args::threads)]
     threads: Option<usize>,
     /// The kfree_rcu policy.
     #[arg(long, default_value_t = Policy::default())]
@@ -32,8 +33,8 @@ pub struct Args {
     /// The preempt model.
     #[arg(long, default_value_t = PreemptModel::Full)]
     preempt: PreemptModel,
-    /// Objects each signal handler run retires.
-    #[arg(long, default_value_t = 8, value_parser = args::positive)]
+    /// Objects each signal handler run retires, 1 to 4096.
+    #[arg(long, default_value_t = 8, allow_negative_numbers = true, value_parser = args::burst)]
     burst: usize,
     /// Print JSON instead of tables.
     #[arg(long)]
@@ -209,7 +210,7 @@ pub fn run(a: &Args) -> CmdResult {
     let mut rows = Vec::new();
     let mut signals = 0;
     let mut ring_empty = 0;
-    let mut p = progress::Progress::new("flood", 5, false);
+    let mut p = progress::Progress::new("flood", 5, a.json);
     for (name, cfg) in phases {
         p.set(rows.len() as u64, name);
         let reports = Reports::default();

@@ -105,12 +105,20 @@ fn usage_error(e: clap::Error) -> ExitCode {
     }
 }
 
+/// clap's first line, with the valid values appended when clap lists them
+/// on a line of their own (`--mix foo`), so that one line says it all.
 fn first_line(e: &clap::Error) -> String {
+    use clap::error::{ContextKind, ContextValue};
     let text = e.render().to_string();
     let line = text
         .lines()
         .find(|l| !l.trim().is_empty())
         .unwrap_or("invalid arguments");
     let line = line.strip_prefix("error: ").unwrap_or(line).trim();
-    format!("{line} (see 'krcu --help')")
+    match e.get(ContextKind::ValidValue) {
+        Some(ContextValue::Strings(values)) if !values.is_empty() => {
+            format!("{line}: expected one of {}", values.join(", "))
+        }
+        _ => format!("{line} (see 'krcu --help')"),
+    }
 }

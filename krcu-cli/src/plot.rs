@@ -1,6 +1,9 @@
 //! `krcu policies --plot FILE.svg`: the policies table as grouped bars,
 //! one group per policy, one bar per preempt model (nesting proof on):
-//! throughput, fallback rate and worst call latency. SVG only, with
+//! throughput, fallback rate, p99 and worst call latency. Cells the
+//! validator reported are hatched in red with a red outline: the figure's
+//! point is that the fastest policy, `nowait`, is also the wrong one. The
+//! legend sits above the panels, outside every plot area. SVG only, with
 //! plotters' built-in text estimation: no font libraries needed.
 
 use crate::policies_result::{Cell, PoliciesResult};
@@ -15,13 +18,48 @@ const COLORS: [RGBColor; 4] = [
     RGBColor(0x4e, 0x79, 0xa7),
     RGBColor(0xf2, 0x8e, 0x2b),
     RGBColor(0x59, 0xa1, 0x4f),
-    RGBColor(0xe1, 0x57, 0x59),
+    RGBColor(0xb0, 0x7a, 0xa1),
 ];
+
+/// The mark of a reported cell.
+const REPORTED: RGBColor = RGBColor(0xd6, 0x27, 0x28);
 
 struct Panel {
     title: &'static str,
     log: bool,
     value: fn(&Cell) -> f64,
+}
+
+const PANELS: [Panel; 4] = [
+    Panel {
+        title: "throughput, M calls/s (higher is better)",
+        log: false,
+        value: |c| c.calls_per_s / 1e6,
+    },
+    Panel {
+        title: "fallbacks, % of calls (lower is better)",
+        log: false,
+        value: |c| c.fallback_pct,
+    },
+    Panel {
+        title: "p99 call latency, ns (lower is better)",
+        log: false,
+        value: |c| c.p99_ns as f64,
+    },
+    Panel {
+        title: "worst call, µs, log scale (mostly preemption: more threads than CPUs)",
+        log: true,
+        value: |c| (c.worst_ns as f64 / 1e3).max(0.01),
+    },
+];
+
+/// One bar: its group (policy), its place in the group (model), its value
+/// and whether the validator reported the cell.
+struct Bar {
+    policy: usize,
+    model: usize,
+    value: f64,
+    reported: bool,
 }
 
 pub fn policies(r: &PoliciesResult, path: &Path) -> Result<(), String> {
@@ -35,107 +73,169 @@ pub fn policies(r: &PoliciesResult, path: &Path) -> Result<(), String> {
         .map(|m| m.name())
         .filter(|m| r.cells.iter().any(|c| c.preempt == *m))
         .collect();
-    let panels = [
-        Panel {
-            title: "throughput, M calls/s (higher is better)",
-            log: false,
-            value: |c| c.calls_per_s / 1e6,
-        },
-        Panel {
-            title: "fallbacks, % of calls (lower is better)",
-            log: false,
-            value: |c| c.fallback_pct,
-        },
-        Panel {
-            title: "worst call, µs, log scale (lower is better)",
-            log: true,
-            value: |c| (c.worst_ns as f64 / 1e3).max(0.01),
-        },
-    ];
-    let root = SVGBackend::new(path, (1100, 1000)).into_drawing_area();
+    let root = SVGBackend::new(path, (1100, 1300)).into_drawing_area();
     let err = |e: &dyn std::fmt::Display| format!("plot {}: {e}", path.display());
     root.fill(&WHITE).map_err(|e| err(&e))?;
-    let (title, body) = root.split_vertically(40);
-    title
-        .draw_text(
-            &format!(
-                "krcu policies: {} ms flood per cell, {} task threads + softirq + signal handler; raw-lock nesting proof on",
-                r.duration_per_cell_ms, r.task_threads
-            ),
-            &("sans-serif", 18).into_text_style(&title),
-            (20, 12),
-        )
-        .map_err(|e| err(&e))?;
-    let areas = body.split_evenly((panels.len(), 1));
-    let n = policies.len() as f64;
-    let width = 0.8 / models.len().max(1) as f64;
-    for (area, panel) in areas.iter().zip(&panels) {
-        let vals: Vec<(usize, usize, f64)> = r
+    let (head, body) = root.split_vertically(90);
+    draw_head(&head, r, &models).map_err(|e| err(&e))?;
+    let areas = body.split_evenly((PANELS.len(), 1));
+    for (area, panel) in areas.iter().zip(&PANELS) {
+        let bars: Vec<Bar> = r
             .cells
             .iter()
             .filter(|c| c.nesting_proof)
             .filter_map(|c| {
-                let p = policies.iter().position(|p| *p == c.policy)?;
-                let m = models.iter().position(|m| *m == c.preempt)?;
-                Some((p, m, (panel.value)(c)))
+                Some(Bar {
+                    policy: policies.iter().position(|p| *p == c.policy)?,
+                    model: models.iter().position(|m| *m == c.preempt)?,
+                    value: (panel.value)(c),
+                    reported: c.reports > 0,
+                })
             })
             .collect();
-        let top = vals.iter().map(|v| v.2).fold(0.0, f64::max).max(1e-3) * 1.15;
-        let mut builder = ChartBuilder::on(area);
-        builder
-            .caption(panel.title, ("sans-serif", 16))
-            .margin(8)
-            .x_label_area_size(28)
-            .y_label_area_size(60);
-        let bar = |p: usize, m: usize| {
-            let x0 = p as f64 - 0.4 + m as f64 * width;
-            (x0, x0 + width * 0.9)
-        };
-        if panel.log {
-            let low = vals
-                .iter()
-                .map(|v| v.2)
-                .fold(f64::MAX, f64::min)
-                .clamp(0.01, 1.0)
-                / 2.0;
-            let mut chart = builder
-                .build_cartesian_2d(-0.5..n - 0.5, (low..top * 2.0).log_scale())
-                .map_err(|e| err(&e))?;
-            draw_axes(&mut chart, &policies).map_err(|e| err(&e))?;
-            for &(p, m, v) in &vals {
-                let (x0, x1) = bar(p, m);
-                chart
-                    .draw_series([Rectangle::new([(x0, low), (x1, v)], COLORS[m % 4].filled())])
-                    .map_err(|e| err(&e))?;
-            }
-        } else {
-            let mut chart = builder
-                .build_cartesian_2d(-0.5..n - 0.5, 0.0..top)
-                .map_err(|e| err(&e))?;
-            draw_axes(&mut chart, &policies).map_err(|e| err(&e))?;
-            for (i, model) in models.iter().enumerate() {
-                let series = vals.iter().filter(|v| v.1 == i).map(|&(p, m, v)| {
-                    let (x0, x1) = bar(p, m);
-                    Rectangle::new([(x0, 0.0), (x1, v)], COLORS[m % 4].filled())
-                });
-                chart
-                    .draw_series(series)
-                    .map_err(|e| err(&e))?
-                    .label(format!("preempt {model}"))
-                    .legend(move |(x, y)| {
-                        Rectangle::new([(x, y - 5), (x + 10, y + 5)], COLORS[i % 4].filled())
-                    });
-            }
-            chart
-                .configure_series_labels()
-                .background_style(WHITE.mix(0.8))
-                .border_style(BLACK)
-                .position(SeriesLabelPosition::UpperRight)
-                .draw()
-                .map_err(|e| err(&e))?;
-        }
+        draw_panel(area, panel, &bars, &policies, models.len()).map_err(|e| err(&e))?;
     }
     root.present().map_err(|e| err(&e))?;
+    Ok(())
+}
+
+/// The title, and the legend on a line of its own under it.
+fn draw_head<DB: DrawingBackend>(
+    head: &DrawingArea<DB, plotters::coord::Shift>,
+    r: &PoliciesResult,
+    models: &[&str],
+) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
+    head.draw_text(
+        &format!(
+            "krcu policies: {} ms flood per cell, {} task threads + softirq + signal handler; raw-lock nesting proof on",
+            r.duration_per_cell_ms, r.task_threads
+        ),
+        &("sans-serif", 18).into_text_style(head),
+        (20, 10),
+    )?;
+    let text = ("sans-serif", 15).into_text_style(head);
+    let mut x = 20;
+    for (i, model) in models.iter().enumerate() {
+        head.draw(&Rectangle::new(
+            [(x, 42), (x + 14, 56)],
+            COLORS[i % 4].filled(),
+        ))?;
+        let label = format!("preempt {model}");
+        head.draw_text(&label, &text, (x + 20, 42))?;
+        x += 30 + 8 * label.len() as i32;
+    }
+    // The mark of a reported cell, on a line of its own.
+    let x = 20;
+    hatch(head, (x, 66), (x + 14, 80))?;
+    head.draw_text(
+        "the validator reported the cell: zone->lock (a sleeping lock under RT) taken under the raw krcp->lock",
+        &text,
+        (x + 20, 66),
+    )?;
+    Ok(())
+}
+
+/// Red diagonal lines and a red outline over the pixel rectangle from
+/// `top_left` to `bottom_right`.
+fn hatch<DB: DrawingBackend>(
+    area: &DrawingArea<DB, plotters::coord::Shift>,
+    top_left: (i32, i32),
+    bottom_right: (i32, i32),
+) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
+    let (x0, y0) = top_left;
+    let (x1, y1) = bottom_right;
+    let h = y1 - y0;
+    let style = REPORTED.stroke_width(2);
+    // Lines rising to the right at 45°, every 7 pixels, clipped to the box.
+    let mut k = -h;
+    while k < x1 - x0 {
+        let (mut sx, mut sy) = (x0 + k, y1);
+        let (mut ex, mut ey) = (x0 + k + h, y0);
+        if sx < x0 {
+            sy -= x0 - sx;
+            sx = x0;
+        }
+        if ex > x1 {
+            ey += ex - x1;
+            ex = x1;
+        }
+        if sx < ex {
+            area.draw(&PathElement::new([(sx, sy), (ex, ey)], style))?;
+        }
+        k += 7;
+    }
+    area.draw(&Rectangle::new([top_left, bottom_right], style))
+}
+
+fn draw_panel<DB: DrawingBackend>(
+    area: &DrawingArea<DB, plotters::coord::Shift>,
+    panel: &Panel,
+    bars: &[Bar],
+    policies: &[&str],
+    models: usize,
+) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
+    let n = policies.len() as f64;
+    let width = 0.8 / models.max(1) as f64;
+    let span = |b: &Bar| {
+        let x0 = b.policy as f64 - 0.4 + b.model as f64 * width;
+        (x0, x0 + width * 0.9)
+    };
+    let top = bars.iter().map(|b| b.value).fold(0.0, f64::max).max(1e-3) * 1.15;
+    let mut builder = ChartBuilder::on(area);
+    builder
+        .caption(panel.title, ("sans-serif", 16))
+        .margin(8)
+        .x_label_area_size(28)
+        .y_label_area_size(60);
+    // Pixel rectangles of the reported bars, hatched once the chart is drawn.
+    let mut marks = Vec::new();
+    if panel.log {
+        let low = bars
+            .iter()
+            .map(|b| b.value)
+            .fold(f64::MAX, f64::min)
+            .clamp(0.01, 1.0)
+            / 2.0;
+        let mut chart = builder.build_cartesian_2d(-0.5..n - 0.5, (low..top * 1.3).log_scale())?;
+        draw_axes(&mut chart, policies)?;
+        for b in bars {
+            let (x0, x1) = span(b);
+            chart.draw_series([Rectangle::new(
+                [(x0, low), (x1, b.value)],
+                COLORS[b.model % 4].filled(),
+            )])?;
+            if b.reported {
+                marks.push((
+                    chart.backend_coord(&(x0, b.value)),
+                    chart.backend_coord(&(x1, low)),
+                ));
+            }
+        }
+    } else {
+        let mut chart = builder.build_cartesian_2d(-0.5..n - 0.5, 0.0..top)?;
+        draw_axes(&mut chart, policies)?;
+        for b in bars {
+            let (x0, x1) = span(b);
+            chart.draw_series([Rectangle::new(
+                [(x0, 0.0), (x1, b.value)],
+                COLORS[b.model % 4].filled(),
+            )])?;
+            if b.reported {
+                marks.push((
+                    chart.backend_coord(&(x0, b.value)),
+                    chart.backend_coord(&(x1, 0.0)),
+                ));
+            }
+        }
+    }
+    // backend_coord gives the backend's pixels; `area` is offset within
+    // them, so shift back to the area's own coordinates.
+    let (dx, dy) = (area.get_base_pixel().0, area.get_base_pixel().1);
+    for ((x0, y0), (x1, y1)) in marks {
+        // A reported cell with a zero value still shows a mark.
+        let y0 = y0.min(y1 - 4);
+        hatch(area, (x0 - dx, y0 - dy), (x1 - dx, y1 - dy))?;
+    }
     Ok(())
 }
 
@@ -146,7 +246,7 @@ fn draw_axes<DB: DrawingBackend, Y>(
     policies: &[&str],
 ) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>>
 where
-    Y: Ranged + ValueFormatter<Y::ValueType>,
+    Y: Ranged<ValueType = f64> + ValueFormatter<f64>,
 {
     let label = |x: &f64| {
         let i = x.round();
@@ -160,6 +260,40 @@ where
         .configure_mesh()
         .disable_x_mesh()
         .x_labels(policies.len())
+        .y_labels(6)
         .x_label_formatter(&label)
+        .y_label_formatter(&|v| tick(*v))
         .draw()
+}
+
+/// A y-axis tick: at most three significant digits, no float noise
+/// (`0.30000000000000004` is `0.3`).
+fn tick(v: f64) -> String {
+    let a = v.abs();
+    let s = if a >= 100.0 || a == 0.0 {
+        format!("{v:.0}")
+    } else if a >= 10.0 {
+        format!("{v:.1}")
+    } else if a >= 1.0 {
+        format!("{v:.2}")
+    } else {
+        format!("{v:.3}")
+    };
+    if s.contains('.') {
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn ticks_have_no_float_noise() {
+        assert_eq!(super::tick(0.30000000000000004), "0.3");
+        assert_eq!(super::tick(100000.0), "100000");
+        assert_eq!(super::tick(2.5), "2.5");
+        assert_eq!(super::tick(0.05), "0.05");
+        assert_eq!(super::tick(0.0), "0");
+    }
 }

@@ -20,11 +20,12 @@ use std::time::Duration;
 /// Options of `krcu policies`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
-    /// Flood time per cell (56 cells unless filtered).
+    /// Flood time per cell (56 cells unless filtered): a number with a
+    /// unit (ns, us, ms, s, m or h), e.g. 250ms.
     #[arg(long, default_value = "250ms", value_parser = args::duration)]
     pub duration: Duration,
-    /// Task threads flooding (default: one per CPU).
-    #[arg(long, value_parser = args::threads)]
+    /// Task threads flooding, 1 to 256 [default: one per CPU].
+    #[arg(long, allow_negative_numbers = true, value_parser = args::threads)]
     pub threads: Option<usize>,
     /// Only this policy.
     #[arg(long)]
@@ -136,7 +137,7 @@ pub fn run(a: &Args) -> CmdResult {
     if let Some(path) = &a.plot {
         check_plot_path(path)?;
     }
-    let mut result = measure(a, false)?;
+    let mut result = measure(a, a.json)?;
     if let Some(path) = &a.plot {
         crate::plot::policies(&result, path).map_err(CliError::Failed)?;
         result.plot = Some(path.display().to_string());

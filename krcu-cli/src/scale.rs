@@ -12,7 +12,8 @@ use krcu::context::PreemptModel;
 use krcu::kvfree::Policy;
 use serde::Serialize;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::time::{Duration, Instant};
+use std::sync::{Condvar, Mutex, PoisonError};
+use std::time::Instant;
 
 /// Which form of kfree_rcu to call (rcuscale's `kfree_rcu_test_single`
 /// and `kfree_rcu_test_double`).
@@ -29,16 +30,18 @@ pub enum Mix {
 /// Options of `krcu scale`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Threads (default: one per CPU; `kfree_nthreads`).
-    #[arg(long, value_parser = args::threads)]
+    /// Threads, 1 to 256 (rcuscale's `kfree_nthreads`) [default: one per
+    /// CPU].
+    #[arg(long, allow_negative_numbers = true, value_parser = args::threads)]
     threads: Option<usize>,
-    /// Objects per loop (`kfree_alloc_num`).
-    #[arg(long, default_value = "8000", value_parser = args::positive)]
+    /// Objects each thread allocates and retires per loop, 1 to 10_000_000
+    /// (rcuscale's `kfree_alloc_num`).
+    #[arg(long, default_value = "8000", allow_negative_numbers = true, value_parser = args::scale_objects)]
     objects: usize,
-    /// Loops per thread (`kfree_loops`).
-    #[arg(long, default_value = "100", value_parser = args::positive)]
+    /// Loops per thread, 1 to 100_000 (rcuscale's `kfree_loops`).
+    #[arg(long, default_value = "100", allow_negative_numbers = true, value_parser = args::loops)]
     loops: usize,
-    /// The forms called.
+    /// Which form of kfree_rcu each call uses.
     #[arg(long, value_enum, default_value_t = Mix::Both)]
     mix: Mix,
     /// The kfree_rcu policy.
@@ -47,8 +50,8 @@ pub struct Args {
     /// The preempt model.
     #[arg(long, default_value_t = PreemptModel::Full)]
     preempt: PreemptModel,
-    /// How long objects may wait in a partly filled block (e.g. 10ms;
-    /// default: the library's).
+    /// How long objects may wait in a partly filled block: a number with a
+    /// unit (ns, us, ms, s, m or h), e.g. 10ms [default: the library's].
     #[arg(long, value_parser = args::duration)]
     drain_delay: Option<std::time::Duration>,
     /// Print JSON instead of a table.
@@ -79,6 +82,60 @@ pub struct ScaleResult {
     pub reclaim_ns_per_object: f64,
 }
 
+/// Loops finished so far and workers still running, and a condition the
+/// main thread waits on to move the progress bar: workers signal it,
+/// nobody polls.
+struct Workers {
+    state: Mutex<(u64, usize)>,
+    changed: Condvar,
+}
+
+impl Workers {
+    fn new(running: usize) -> Workers {
+        Workers {
+            state: Mutex::new((0, running)),
+            changed: Condvar::new(),
+        }
+    }
+
+    fn loop_done(&self) {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner).0 += 1;
+        self.changed.notify_one();
+    }
+
+    /// Shows progress until every worker has ended (done or panicked),
+    /// waking only when a worker finishes a loop or ends.
+    fn show_until_ended(&self, progress: &mut Progress) {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        loop {
+            progress.set(state.0, "");
+            if state.1 == 0 {
+                return;
+            }
+            state = self
+                .changed
+                .wait(state)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+}
+
+/// Counts its worker out when dropped: at the end of the worker, or while
+/// it unwinds from a panic, so the main thread never waits for a worker
+/// that is gone.
+struct Running<'a>(&'a Workers);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .1 -= 1;
+        self.0.changed.notify_one();
+    }
+}
+
 pub fn run(a: &Args) -> CmdResult {
     let threads = a.threads.unwrap_or_else(args::cpus);
     let mut setup = Setup::new(a.policy, a.preempt);
@@ -86,49 +143,53 @@ pub fn run(a: &Args) -> CmdResult {
     let k = setup.build(&Reports::default())?;
     let gp0 = k.rcu().stats().grace_periods;
     let total_loops = (threads * a.loops) as u64;
-    let done = AtomicU64::new(0);
+    let done = Workers::new(threads);
     let singles = AtomicU64::new(0);
-    let mut progress = Progress::new("scale", total_loops, false);
+    let mut progress = Progress::new("scale", total_loops, a.json);
     let t0 = Instant::now();
     std::thread::scope(|s| {
-        for t in 0..threads {
-            let (k, done, singles) = (&k, &done, &singles);
-            s.spawn(move || {
-                let mut rng = Rng::new(t as u64 + 1);
-                let mut single = 0;
-                for _ in 0..a.loops {
-                    for i in 0..a.objects {
-                        let obj = Obj24::boxed(i as u64);
-                        let use_single = match a.mix {
-                            Mix::Double => false,
-                            Mix::Single => true,
-                            Mix::Both => rng.next() & 0x800 != 0,
-                        };
-                        if use_single {
-                            single += 1;
-                            k.kvfree_rcu_mightsleep(obj).expect(
-                                "refused only in NMI context, which this thread never enters",
-                            );
-                        } else {
-                            k.kfree_rcu(obj).expect(
-                                "refused only in NMI context, which this thread never enters",
-                            );
+        let workers: Vec<_> = (0..threads)
+            .map(|t| {
+                let (k, done, singles) = (&k, &done, &singles);
+                s.spawn(move || {
+                    let _running = Running(done);
+                    let mut rng = Rng::new(t as u64 + 1);
+                    let mut single = 0;
+                    for _ in 0..a.loops {
+                        for i in 0..a.objects {
+                            let obj = Obj24::boxed(i as u64);
+                            let use_single = match a.mix {
+                                Mix::Double => false,
+                                Mix::Single => true,
+                                Mix::Both => rng.next() & 0x800 != 0,
+                            };
+                            if use_single {
+                                single += 1;
+                                k.kvfree_rcu_mightsleep(obj).expect(
+                                    "refused only in NMI context, which this thread never enters",
+                                );
+                            } else {
+                                k.kfree_rcu(obj).expect(
+                                    "refused only in NMI context, which this thread never enters",
+                                );
+                            }
                         }
+                        done.loop_done();
                     }
-                    done.fetch_add(1, Relaxed);
-                }
-                singles.fetch_add(single, Relaxed);
-            });
-        }
-        loop {
-            let d = done.load(Relaxed);
-            progress.set(d, "");
-            if d == total_loops {
-                break;
+                    singles.fetch_add(single, Relaxed);
+                })
+            })
+            .collect();
+        done.show_until_ended(&mut progress);
+        // Every worker has counted itself out: joining waits only for the
+        // threads' last instructions, and a worker's panic comes out here.
+        for w in workers {
+            if let Err(panic) = w.join() {
+                std::panic::resume_unwind(panic);
             }
-            std::thread::sleep(Duration::from_millis(100));
         }
     });
+    // The clock stops when the last object is freed: after the barrier.
     k.kvfree_rcu_barrier();
     let elapsed = t0.elapsed();
     progress.finish();
@@ -144,7 +205,7 @@ pub fn run(a: &Args) -> CmdResult {
         preempt: a.preempt.to_string(),
         objects,
         single_form_calls: singles.load(Relaxed),
-        total_s: round(elapsed.as_secs_f64(), 4),
+        total_s: round(elapsed.as_secs_f64(), 6),
         objects_per_s: round(objects as f64 / elapsed.as_secs_f64(), 0),
         grace_periods: k.rcu().stats().grace_periods - gp0,
         batches: s.batches,
@@ -174,7 +235,7 @@ fn render(r: &ScaleResult) -> String {
         ),
         (
             "total time",
-            format!("{:.3} s (until the last object was freed)", r.total_s),
+            format!("{:.6} s (until the last object was freed)", r.total_s),
         ),
         ("objects/s", format!("{:.2} M", r.objects_per_s / 1e6)),
         ("grace periods", r.grace_periods.to_string()),

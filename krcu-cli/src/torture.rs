@@ -27,25 +27,27 @@ use std::time::{Duration, Instant};
 /// Options of `krcu torture`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// How long to run (e.g. 30s).
+    /// How long to run: a number with a unit (ns, us, ms, s, m or h), e.g.
+    /// 30s.
     #[arg(long, default_value = "10s", value_parser = args::duration)]
     duration: Duration,
-    /// Reader threads.
-    #[arg(long, default_value = "2", value_parser = args::threads)]
+    /// Reader threads, 1 to 256.
+    #[arg(long, default_value = "2", allow_negative_numbers = true, value_parser = args::threads)]
     readers: usize,
-    /// Task writer threads (plus one softirq writer, the signal handler and
-    /// an NMI tryer).
-    #[arg(long, default_value = "2", value_parser = args::threads)]
+    /// Task writer threads, 1 to 256 (plus one softirq writer, the signal
+    /// handler and an NMI tryer).
+    #[arg(long, default_value = "2", allow_negative_numbers = true, value_parser = args::threads)]
     threads: usize,
-    /// The policy (default: a random one; `nowait` only when asked, as its
-    /// validator reports are expected).
+    /// The policy; `nowait` runs only when asked, as its validator reports
+    /// are expected [default: a random one].
     #[arg(long)]
     policy: Option<Policy>,
-    /// The preempt model (default: a random one).
+    /// The preempt model [default: a random one].
     #[arg(long)]
     preempt: Option<PreemptModel>,
-    /// Every n-th page allocation fails (0: no fault injection).
-    #[arg(long, default_value_t = 7)]
+    /// Every n-th page allocation fails, 0 to 1_000_000_000 (0: no fault
+    /// injection).
+    #[arg(long, default_value_t = 7, allow_negative_numbers = true, value_parser = args::fail_every)]
     fail_every: u64,
     /// Run the lockdep-style validator too (any report is an error, except
     /// under `nowait`, whose reports are the 2020 kfree_rcu bug it keeps:
@@ -55,7 +57,8 @@ pub struct Args {
     /// No signal handler writer (to tell its effects apart).
     #[arg(long)]
     no_hardirq: bool,
-    /// Seed of the random choices (default: from the clock).
+    /// The number the random choices (policy, preempt model, slots) start
+    /// from, to repeat a run [default: from the clock].
     #[arg(long)]
     seed: Option<u64>,
     /// Print JSON instead of a table.

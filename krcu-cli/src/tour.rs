@@ -54,7 +54,7 @@ pub fn run(a: &Args) -> CmdResult {
         );
         println!("(`krcu demo` shows the validator's report; `krcu --help` lists every command)\n");
     }
-    let policies = policies::measure(&p, false)?;
+    let policies = policies::measure(&p, a.json)?;
     if !a.json {
         print!("{}", policies::render_summary(&policies));
         println!(
@@ -63,7 +63,7 @@ pub fn run(a: &Args) -> CmdResult {
             policies.cells.len()
         );
     }
-    let compare = compare::measure(&c, false)?;
+    let compare = compare::measure(&c, a.json)?;
     let result = TourResult { policies, compare };
     emit(a.json, &result, |r| compare::render(&r.compare));
     Ok(())

@@ -80,6 +80,231 @@ fn bad_flags_and_impossible_settings_are_one_line_and_status_2() {
     let _ = std::fs::remove_file("table.png");
 }
 
+/// Runs `krcu args` and checks the bad-input contract: status 2, nothing
+/// on standard output, one line on standard error starting with `krcu: `,
+/// no panic; returns that line.
+fn refused(args: &[&str]) -> String {
+    let o = krcu(args);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+    assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+    assert!(err.starts_with("krcu: "), "{args:?}: {err}");
+    assert!(
+        !err.contains("panicked") && !err.contains("backtrace"),
+        "{err}"
+    );
+    assert!(stdout(&o).is_empty(), "{args:?}: {}", stdout(&o));
+    err
+}
+
+#[test]
+fn a_bare_number_is_not_a_duration() {
+    for args in [
+        &["scale", "--drain-delay", "5"][..],
+        &["flood", "--duration", "2"],
+        &["policies", "--duration", "250"],
+        &["torture", "--duration", "1"],
+    ] {
+        let err = refused(args);
+        assert!(err.contains("no unit"), "{args:?}: {err}");
+        for unit in ["ns", "us", "ms", "s", "m", "h"] {
+            assert!(err.contains(unit), "{args:?} does not name {unit}: {err}");
+        }
+    }
+}
+
+#[test]
+fn a_count_too_large_names_the_limit() {
+    let err = refused(&["scale", "--objects", "99999999999999999999"]);
+    assert!(
+        err.contains("too large") && err.contains("10_000_000"),
+        "{err}"
+    );
+    let err = refused(&["scale", "--loops", "100001"]);
+    assert!(
+        err.contains("too large") && err.contains("100_000"),
+        "{err}"
+    );
+    let err = refused(&["compare", "--objects", "1000000000000"]);
+    assert!(
+        err.contains("too large") && err.contains("20_000_000"),
+        "{err}"
+    );
+    let err = refused(&["compare", "--rounds", "101"]);
+    assert!(err.contains("too large") && err.contains("100"), "{err}");
+    let err = refused(&["scale", "--threads", "257"]);
+    assert!(err.contains("at most 256"), "{err}");
+}
+
+#[test]
+fn limits_are_in_the_help() {
+    let scale = stdout(&krcu(&["scale", "--help"]));
+    assert!(
+        scale.contains("10_000_000") && scale.contains("100_000"),
+        "{scale}"
+    );
+    let compare = stdout(&krcu(&["compare", "--help"]));
+    assert!(compare.contains("20_000_000"), "{compare}");
+}
+
+#[test]
+fn negative_and_zero_threads_say_at_least_one() {
+    for cmd in ["scale", "flood", "policies", "compare", "torture"] {
+        for n in ["-1", "0"] {
+            let err = refused(&[cmd, "--threads", n]);
+            assert!(
+                err.contains("threads must be at least 1"),
+                "{cmd} --threads {n}: {err}"
+            );
+        }
+    }
+    let err = refused(&["scale", "--objects", "-5"]);
+    assert!(err.contains("at least 1"), "{err}");
+    let err = refused(&["torture", "--fail-every", "-1"]);
+    assert!(err.contains("0 (no faults) or more"), "{err}");
+}
+
+#[test]
+fn an_unknown_choice_lists_the_valid_ones() {
+    let err = refused(&["scale", "--mix", "foo"]);
+    for v in ["double", "single", "both"] {
+        assert!(err.contains(v), "{err}");
+    }
+    let err = refused(&["flood", "--policy", "foo"]);
+    for p in krcu::kvfree::Policy::ALL {
+        assert!(err.contains(p.name()), "{p}: {err}");
+    }
+    let err = refused(&["flood", "--preempt", "sometimes"]);
+    for m in ["none", "voluntary", "full", "rt"] {
+        assert!(err.contains(m), "{m}: {err}");
+    }
+}
+
+#[test]
+fn help_states_each_default_once() {
+    for cmd in [
+        "tour", "scale", "flood", "policies", "compare", "torture", "demo",
+    ] {
+        let help = stdout(&krcu(&[cmd, "--help"]));
+        assert!(!help.contains("(default"), "{cmd}: {help}");
+    }
+}
+
+#[test]
+fn every_command_takes_json_and_prints_nothing_else() {
+    for args in [
+        &["tour", "--quick", "--json"][..],
+        &[
+            "scale",
+            "--threads",
+            "1",
+            "--objects",
+            "100",
+            "--loops",
+            "2",
+            "--json",
+        ],
+        &["flood", "--duration", "100ms", "--threads", "1", "--json"],
+        &[
+            "policies",
+            "--duration",
+            "5ms",
+            "--policy",
+            "nolock",
+            "--json",
+        ],
+        &[
+            "compare",
+            "--objects",
+            "1000",
+            "--rounds",
+            "1",
+            "--threads",
+            "1",
+            "--json",
+        ],
+        &["torture", "--duration", "200ms", "--json"],
+        &["demo", "--json"],
+    ] {
+        let o = krcu(args);
+        assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+        assert!(
+            stderr(&o).is_empty(),
+            "{args:?} wrote to stderr: {}",
+            stderr(&o)
+        );
+        let v: Value = serde_json::from_str(&stdout(&o))
+            .unwrap_or_else(|e| panic!("{args:?}: {e}: {}", stdout(&o)));
+        assert!(v.is_object(), "{args:?}: {v}");
+    }
+}
+
+#[test]
+fn demo_json_has_every_combination_and_its_reports() {
+    let v = json(&["demo", "--json"]);
+    let rows = v["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 8, "{v}");
+    let row = |model: &str, np: bool| {
+        rows.iter()
+            .find(|r| r["preempt_model"] == model && r["nesting_proof"] == np)
+            .unwrap_or_else(|| panic!("no row {model} {np}: {v}"))
+    };
+    assert_eq!(row("full", true)["spin_lock_wait_context"], true);
+    assert_eq!(row("full", false)["spin_lock_wait_context"], false);
+    assert_eq!(row("rt", false)["spin_lock_might_sleep"], true);
+    assert_eq!(row("rt", true)["zone_lock_sleeps"], true);
+    assert_eq!(row("none", true)["zone_lock_sleeps"], false);
+    assert!(
+        rows.iter().all(|r| r["spin_trylock_flagged"] == false),
+        "{v}"
+    );
+    let reports = v["reports"].as_array().unwrap();
+    // One report per FLAGGED cell: wait context in the four nesting-proof
+    // rows, might sleep in the two rt rows.
+    assert_eq!(reports.len(), 6, "{v}");
+    assert!(reports.iter().any(|r| {
+        r["kind"] == "BUG: Invalid wait context"
+            && r["text"]
+                .as_str()
+                .unwrap()
+                .contains("(&zone->lock){....}-{3:3}")
+    }));
+}
+
+#[test]
+fn scale_times_to_the_microsecond() {
+    // Two tiny runs: their times are not multiples of a poll interval.
+    let times: Vec<f64> = (0..2)
+        .map(|_| {
+            let v = json(&[
+                "scale",
+                "--threads",
+                "1",
+                "--objects",
+                "1000",
+                "--loops",
+                "3",
+                "--json",
+            ]);
+            v["total_s"].as_f64().unwrap()
+        })
+        .collect();
+    for t in &times {
+        assert!(*t > 0.0, "{times:?}");
+        let micros = t * 1e6;
+        assert!((micros - micros.round()).abs() < 1e-3, "{times:?}");
+        // Polling every 100 ms gave multiples of 0.1 s (plus the barrier):
+        // microseconds below the millisecond are non-zero almost always,
+        // so at least one of two runs must show some.
+    }
+    assert!(
+        times
+            .iter()
+            .any(|t| !((t * 1e6).round() as u64).is_multiple_of(1000)),
+        "{times:?}"
+    );
+}
+
 #[test]
 fn scale_json() {
     let v = json(&[
