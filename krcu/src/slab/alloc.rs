@@ -11,6 +11,7 @@ use crate::page::{AllocError, Gfp};
 use crate::sync::atomic::Ordering::*;
 use core::mem::MaybeUninit;
 use core::ptr::{self, NonNull};
+use std::sync::Arc;
 
 impl<T> SlabCache<T> {
     /// Allocates an object and moves `value` into it
@@ -156,7 +157,14 @@ impl<T> SlabCache<T> {
         let base = page.into_raw();
         // SAFETY: a block of the slab order just allocated for us; pages are
         // page-aligned, more than a header needs.
-        Ok(unsafe { layout::init_header(base, &self.layout, self.magic) })
+        let hdr = unsafe { layout::init_header(base, &self.layout, self.magic) };
+        let core = Arc::as_ptr(&self.core);
+        // The slab's strong count of the core (dropped in `free_slabs`).
+        // SAFETY: `core` comes from a live Arc (ours).
+        unsafe { Arc::increment_strong_count(core) };
+        // SAFETY: fresh, ours alone; published with the slab (node lock).
+        unsafe { (*hdr).cache = core.cast() };
+        Ok(hdr)
     }
 
     /// Takes available objects from partial slabs into `out`.

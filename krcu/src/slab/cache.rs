@@ -12,7 +12,7 @@ use crate::error::BuildError;
 use crate::lock::SpinLock;
 use crate::page::PageAllocator;
 use crate::percpu::PerCpu;
-use crate::sync::atomic::{AtomicPtr, AtomicU64, Ordering::*};
+use crate::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering::*};
 use core::marker::PhantomData;
 use core::ptr::{self, NonNull};
 use std::sync::Arc;
@@ -114,8 +114,26 @@ pub(super) fn never_block() -> bool {
 /// let obj = cache.alloc(Gfp::KERNEL, 1).unwrap();
 /// cache.free(obj); // error[E0133]: call to unsafe function
 /// ```
+///
+/// # Lifetime of the memory
+/// The cache's state lives in a [`CacheCore`] behind an `Arc`: the handle
+/// holds one strong count and every slab allocated holds one more, taken
+/// when the slab comes from the page allocator and dropped when it goes
+/// back (once per slab, never per object). A [`SlabBox`](super::SlabBox)
+/// finds the core through its slab's header, so a box outlives the handle
+/// safely: dropping the handle shrinks the cache and marks it orphaned;
+/// boxes dropped later still free into the core, which goes (with the
+/// page allocator it holds) when its last slab does.
 #[doc(alias = "kmem_cache")]
 pub struct SlabCache<T> {
+    pub(super) core: Arc<CacheCore<T>>,
+}
+
+/// The state of a [`SlabCache`], reached through it by `Deref` (its
+/// fields are the crate's own). Kept alive by the cache's handle and by
+/// each of its slabs (see the cache's "Lifetime of the memory").
+#[doc(hidden)]
+pub struct CacheCore<T> {
     pub(super) name: &'static str,
     pub(super) pages: Arc<PageAllocator>,
     pub(super) magic: u64,
@@ -134,15 +152,29 @@ pub struct SlabCache<T> {
     /// until they are given back.
     pub(super) deferred: AtomicPtr<u8>,
     pub(super) counters: Counters,
+    /// The RCU whose grace periods objects retired into this cache wait
+    /// for; `None`: the process-wide one.
+    pub(super) rcu: Option<Arc<crate::rcu::Rcu>>,
+    /// Set (SeqCst) when the handle is dropped: a box dropped afterwards
+    /// also shrinks the cache, so that its slabs, and then the core, go.
+    pub(super) orphaned: AtomicBool,
     pub(super) _objects: PhantomData<T>,
 }
 
 // SAFETY: the cache hands out `T`s to whichever thread asks and drops them
 // (in `free`) on whichever thread frees, so `T: Send` is required; all its
 // own state is behind locks or atomics.
-unsafe impl<T: Send> Send for SlabCache<T> {}
+unsafe impl<T: Send> Send for CacheCore<T> {}
 // SAFETY: as for Send: shared access only goes through locks and atomics.
-unsafe impl<T: Send> Sync for SlabCache<T> {}
+unsafe impl<T: Send> Sync for CacheCore<T> {}
+
+impl<T> core::ops::Deref for SlabCache<T> {
+    type Target = CacheCore<T>;
+    #[inline(always)]
+    fn deref(&self) -> &CacheCore<T> {
+        &self.core
+    }
+}
 
 impl<T> core::fmt::Debug for SlabCache<T> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
@@ -187,7 +219,7 @@ impl<T> SlabCache<T> {
             },
         )?;
         let domain = pages.domain();
-        Ok(SlabCache {
+        let core = CacheCore {
             name,
             pages: Arc::clone(pages),
             magic: 0x51ab_0000_0000_0000 | NEXT.fetch_add(1, Relaxed),
@@ -214,7 +246,12 @@ impl<T> SlabCache<T> {
             ),
             deferred: AtomicPtr::new(ptr::null_mut()),
             counters: Counters::default(),
+            rcu: None,
+            orphaned: AtomicBool::new(false),
             _objects: PhantomData,
+        };
+        Ok(SlabCache {
+            core: Arc::new(core),
         })
     }
 
@@ -283,14 +320,20 @@ impl<T> Drop for SlabCache<T> {
     /// Slabs with objects still allocated stay allocated (leaked, with a
     /// warning), as `kmem_cache_destroy` leaves them.
     #[doc(alias = "kmem_cache_destroy")]
+    /// Objects still allocated keep their slabs, and those the core (see
+    /// the type's "Lifetime of the memory"): they stay valid, and freeing
+    /// them later gives the slabs back.
     fn drop(&mut self) {
+        // SeqCst, before the shrink: a box dropped concurrently either sees
+        // the flag (and shrinks itself) or freed before this shrink's locks.
+        self.orphaned.store(true, SeqCst);
         self.shrink();
         let slabs = self.node.lock().nr_slabs;
         if slabs > 0 {
-            tracing::warn!(
+            tracing::debug!(
                 cache = self.name,
                 slabs,
-                "slab cache dropped with objects still allocated"
+                "slab cache dropped with objects still allocated: they keep its memory"
             );
         }
     }

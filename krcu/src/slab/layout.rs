@@ -15,9 +15,10 @@
 //!   others and the partial-list links. These change only under the
 //!   cache's node lock (`n->list_lock`).
 //!
-//! Uses: `asan`, `page`, `sync`.
+//! Uses: `asan`, `page`, `rcu` (the hidden head's type), `sync`.
 
 use crate::page::{MAX_ORDER, PAGE_SIZE};
+use crate::rcu::RcuHead;
 use crate::sync::atomic::{AtomicU64, Ordering};
 use core::ptr::NonNull;
 
@@ -40,6 +41,10 @@ pub(crate) struct SlabHeader {
     pub(crate) on_partial: bool,
     pub(crate) next: *mut SlabHeader,
     pub(crate) prev: *mut SlabHeader,
+    /// The cache's core (`*const CacheCore<T>`), which this slab holds a
+    /// strong count of while it is allocated: how a `SlabBox` finds its
+    /// cache. Written once, before any object of the slab is handed out.
+    pub(crate) cache: *const (),
 }
 
 /// Where objects sit in a slab of some type.
@@ -53,6 +58,9 @@ pub(crate) struct Layout {
     pub(crate) first: usize,
     /// Slots per slab.
     pub(crate) objects: usize,
+    /// Offset in each slot of its hidden [`RcuHead`], after the object:
+    /// the `rcu_head` fallback of a retired `SlabBox` (see `slab/boxed.rs`).
+    pub(crate) head: usize,
 }
 
 impl Layout {
@@ -63,8 +71,14 @@ impl Layout {
         // Slots hold at least a pointer, aligned for one (SLUB's minimum
         // object size): a free deferred from a signal handler links the
         // object into a lock-free list through its first word.
-        let align = align.max(core::mem::align_of::<*mut u8>());
-        let stride = size
+        let align = align
+            .max(core::mem::align_of::<*mut u8>())
+            .max(core::mem::align_of::<RcuHead>());
+        // Each slot ends with a hidden RcuHead (written only when a retired
+        // object takes kfree_rcu's last-resort list, never while readers may
+        // see it otherwise: it is outside the object).
+        let head = size.next_multiple_of(core::mem::align_of::<RcuHead>());
+        let stride = (head + core::mem::size_of::<RcuHead>())
             .max(core::mem::size_of::<*mut u8>())
             .next_multiple_of(align);
         let first = core::mem::size_of::<SlabHeader>().next_multiple_of(align);
@@ -82,6 +96,7 @@ impl Layout {
                     stride,
                     first,
                     objects,
+                    head,
                 });
                 if objects >= MIN_OBJECTS {
                     break;
@@ -140,6 +155,7 @@ pub(crate) unsafe fn init_header(
             on_partial: false,
             next: core::ptr::null_mut(),
             prev: core::ptr::null_mut(),
+            cache: core::ptr::null(),
         });
     }
     // Every slot starts free: poisoned under AddressSanitizer (the header

@@ -22,12 +22,16 @@
 //! Uses nothing else of the crate.
 
 mod alloc;
+mod boxed;
 mod bulk;
 mod cache;
 mod free;
 mod layout;
 mod node;
+mod rcu_free;
 
+pub use boxed::SlabBox;
+pub(crate) use boxed::{Pin, core_of, free_object, hidden_head, object_of_head};
 pub use cache::SlabCache;
 
 /// A free the slab cache refused, naming the address.
