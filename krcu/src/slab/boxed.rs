@@ -244,7 +244,7 @@ impl<T> Drop for Pin<T> {
 /// `obj` must be an allocated object of a `SlabCache<T>` holding an
 /// initialised `T`, owned by the caller, used by nobody afterwards.
 #[inline]
-pub(crate) unsafe fn free_object<T>(obj: NonNull<T>) {
+unsafe fn free_object<T>(obj: NonNull<T>) {
     // SAFETY: per the contract, the object's slab holds its core.
     let core = unsafe { core_of(obj) };
     // SAFETY: alive (the object's slab holds it). Acquire: pairs with the
@@ -298,6 +298,7 @@ impl<T> SlabCache<T> {
     /// The RCU whose grace periods objects retired into this cache wait
     /// for: the process-wide one unless the cache was made by an instance
     /// ([`Krcu::slab_cache`](crate::Krcu::slab_cache)).
+    #[allow(dead_code)] // the seam: read by the sheaves (`rcu_free.rs`)
     pub(crate) fn rcu(&self) -> &Arc<crate::rcu::Rcu> {
         match &self.core.rcu {
             Some(r) => r,
@@ -311,6 +312,18 @@ impl<T> SlabCache<T> {
         Arc::get_mut(&mut self.core)
             .expect("a fresh cache's core is not shared")
             .rcu = Some(rcu);
+    }
+
+    /// Whether the cache's handle is gone (boxes or retired objects keep
+    /// its state).
+    #[inline]
+    pub(crate) fn is_orphaned(&self) -> bool {
+        self.core.orphaned.load(Relaxed)
+    }
+
+    /// Whether the cache waits for the process-wide RCU's grace periods.
+    pub(crate) fn waits_for_global_rcu(&self) -> bool {
+        self.core.rcu.is_none()
     }
 
     /// Whether `rcu` is the cache's RCU, without building the process-wide

@@ -31,7 +31,8 @@ mod node;
 mod rcu_free;
 
 pub use boxed::SlabBox;
-pub(crate) use boxed::{Pin, core_of, free_object, hidden_head, object_of_head};
+pub(crate) use boxed::{Pin, borrow_cache, core_of, hidden_head, object_of_head};
+pub(crate) use cache::CacheCore;
 pub use cache::SlabCache;
 
 /// A free the slab cache refused, naming the address.
