@@ -19,6 +19,7 @@ pub use builder::KrcuBuilder;
 pub(crate) use global::kfree_rcu_raw_global;
 pub use global::{kfree_rcu, kvfree_rcu_barrier, kvfree_rcu_mightsleep, register_thread};
 pub use slab_channel::SlabChannel;
+pub(crate) use slab_retire::kfree_rcu_slab_raw_global;
 pub use slab_retire::{SlabRetireError, kfree_rcu_slab};
 
 use crate::context::{self};

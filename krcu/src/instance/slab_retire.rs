@@ -134,6 +134,30 @@ impl Krcu {
         Ok(())
     }
 
+    /// [`kfree_rcu_slab`](Self::kfree_rcu_slab) of an object given by
+    /// pointer, for [`RcuCell`](crate::RcuCell), which checked the cache's
+    /// instance when the object was stored: readers may hold shared
+    /// references into it. Returns `false`, with nothing done, in NMI
+    /// context.
+    ///
+    /// # Safety
+    /// `obj` is an allocated object of a cache whose RCU is this
+    /// instance's, owned by the caller and handed over here, written by no
+    /// one from now on.
+    #[track_caller]
+    pub(crate) unsafe fn kfree_rcu_slab_raw<T: Send + 'static>(&self, obj: NonNull<T>) -> bool {
+        if self.engine.refuse_nmi() {
+            return false;
+        }
+        // SAFETY: allocated: its slab holds the core; nothing is dropped
+        // through the handle.
+        let cache = unsafe { crate::slab::borrow_cache(core_of(obj)) };
+        debug_assert!(cache.rcu_is(self.rcu()));
+        // SAFETY: the caller's contract.
+        unsafe { self.retire_slab_object(&cache, obj) };
+        true
+    }
+
     /// Retires an object of `cache` (whose RCU is this instance's): into a
     /// sheaf, else on the cache's block channel. Not in NMI context.
     ///
@@ -247,6 +271,32 @@ fn shrink_if_orphaned<T>(cache: &SlabCache<T>) {
     }
 }
 
+/// [`Krcu::kfree_rcu_slab_raw`] on the process-wide instance (building it
+/// only where the caller may sleep; else the global RCU's `call_rcu`
+/// through the hidden head). `false` in NMI context.
+///
+/// # Safety
+/// As [`Krcu::kfree_rcu_slab_raw`], for a cache of the process-wide RCU.
+#[track_caller]
+pub(crate) unsafe fn kfree_rcu_slab_raw_global<T: Send + 'static>(obj: NonNull<T>) -> bool {
+    if let Some(k) = super::global::GLOBAL.get() {
+        // SAFETY: the caller's contract, passed on.
+        return unsafe { k.kfree_rcu_slab_raw(obj) };
+    }
+    if context::in_nmi() {
+        return false;
+    }
+    if super::global::may_build_global() {
+        // SAFETY: the caller's contract, passed on.
+        return unsafe { Krcu::global().kfree_rcu_slab_raw(obj) };
+    }
+    // SAFETY: handed over (the caller's contract): its hidden head is
+    // unqueued, and free_slab_by_head::<T> frees exactly it after the
+    // global RCU's grace period. Never builds the global RCU.
+    unsafe { crate::rcu::call_rcu_global_nobuild(hidden_head(obj), free_slab_by_head::<T>) };
+    true
+}
+
 /// [`Krcu::kfree_rcu_slab`] on the process-wide instance, for a box of a
 /// cache of the process-wide RCU ([`SlabCache::new`]). Where the caller
 /// may not sleep and the instance is not built yet, it is not built there
@@ -270,14 +320,9 @@ pub fn kfree_rcu_slab<T: Send + 'static>(obj: SlabBox<T>) -> Result<(), SlabReti
     if !cache.waits_for_global_rcu() {
         return Err(SlabRetireError::OtherInstance(obj));
     }
-    if super::global::may_build_global() {
-        return Krcu::global().kfree_rcu_slab(obj);
-    }
-    let raw = SlabBox::into_raw(obj);
-    // SAFETY: the box's object, handed over here: its hidden head is
-    // unqueued, and free_slab_by_head::<T> frees exactly it after the
-    // global RCU's grace period (the cache's own). Never builds the global
-    // RCU either: the caller may not sleep.
-    unsafe { crate::rcu::call_rcu_global_nobuild(hidden_head(raw), free_slab_by_head::<T>) };
+    // SAFETY: the box's object, of a cache of the process-wide RCU
+    // (checked), handed over here.
+    let queued = unsafe { kfree_rcu_slab_raw_global(SlabBox::into_raw(obj)) };
+    debug_assert!(queued, "not in NMI context: checked above");
     Ok(())
 }

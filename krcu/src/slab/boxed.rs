@@ -38,7 +38,7 @@ use std::sync::atomic::Ordering::*;
 /// ```
 /// # use krcu::{Domain, page::{PageAllocator, PageConfig}, slab::{SlabBox, SlabCache}};
 /// # let d = Domain::builder().cpus(1).build();
-/// # let config = PageConfig { arena_size: 4 << 20, kswapd: false, ..PageConfig::default() };
+/// # let config = PageConfig::default().arena_size(4 << 20).kswapd(false);
 /// # let pages = PageAllocator::new(&d, config).unwrap();
 /// let cache = SlabCache::<String>::new(&pages, "names").unwrap();
 /// let b = SlabBox::new_in(&cache, String::from("x")).unwrap();
@@ -56,7 +56,7 @@ use std::sync::atomic::Ordering::*;
 /// fn send<S: Send>(_: S) {}
 /// # use krcu::{Domain, page::{PageAllocator, PageConfig}, slab::{SlabBox, SlabCache}};
 /// # let d = Domain::builder().cpus(1).build();
-/// # let config = PageConfig { arena_size: 4 << 20, kswapd: false, ..PageConfig::default() };
+/// # let config = PageConfig::default().arena_size(4 << 20).kswapd(false);
 /// # let pages = PageAllocator::new(&d, config).unwrap();
 /// let cache = SlabCache::<std::rc::Rc<u8>>::new(&pages, "rc").unwrap();
 /// send(SlabBox::new_in(&cache, std::rc::Rc::new(1)).unwrap());
@@ -116,6 +116,18 @@ impl<T> SlabBox<T> {
     /// The object's address.
     pub fn as_ptr(b: &SlabBox<T>) -> *const T {
         b.ptr.as_ptr()
+    }
+
+    /// The id of the RCU its cache's retired objects wait for (`None`: the
+    /// process-wide one, not built yet).
+    pub(crate) fn cache_rcu_id(&self) -> Option<u64> {
+        // SAFETY: the box's object is allocated: its slab holds the core;
+        // nothing is dropped through the handle.
+        let cache = unsafe { borrow_cache(core_of(self.ptr)) };
+        match &cache.core.rcu {
+            Some(r) => Some(r.id()),
+            None => crate::rcu::global_id(),
+        }
     }
 }
 
