@@ -71,6 +71,7 @@ mod gfp;
 mod meta;
 mod pcp;
 mod reclaim;
+mod release;
 mod stats;
 mod watermark;
 mod zone;
@@ -82,6 +83,7 @@ pub use fault::{FaultInjector, FaultSites};
 pub use gfp::{Gfp, Migratetype};
 pub use pcp::PCP_MAX_ORDER;
 pub use reclaim::{SHRINK_BATCH, ShrinkerHandle};
+pub use release::RELEASE_ORDER;
 pub use stats::{GlobalStats, PageStats, PathStats};
 pub use watermark::Watermarks;
 

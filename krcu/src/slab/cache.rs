@@ -78,6 +78,15 @@ pub(super) fn never_block() -> bool {
     crate::context::in_hardirq() || crate::context::in_nmi()
 }
 
+/// Whether the caller may sleep (task context, no lock, no reader).
+fn may_sleep() -> bool {
+    use crate::context;
+    context::kind() == context::ContextKind::Task
+        && !context::in_atomic()
+        && !context::irqs_disabled()
+        && context::rcu_read_depth() == 0
+}
+
 /// A cache of `T` objects carved from page-allocator pages
 /// (`struct kmem_cache`).
 ///
@@ -279,7 +288,12 @@ impl<T> SlabCache<T> {
     /// empty slabs to the page allocator (`kmem_cache_shrink`). Returns the
     /// objects moved.
     #[doc(alias = "kmem_cache_shrink")]
+    ///
+    /// When slabs went back, free memory beyond the page allocator's
+    /// `high` watermark goes back to the OS
+    /// ([`PageAllocator::release_free_memory`]), where sleeping is allowed.
     pub fn shrink(&self) -> usize {
+        let slabs_freed = self.counters.slabs_freed.load(Relaxed);
         let mut moved = 0;
         for (_, cpu) in self.cpu.iter() {
             let mut cc = cpu.lock();
@@ -289,6 +303,9 @@ impl<T> SlabCache<T> {
         }
         // Frees deferred from signal handlers.
         self.return_to_slabs(&mut [], Mode::Block);
+        if self.counters.slabs_freed.load(Relaxed) != slabs_freed && may_sleep() {
+            self.pages.release_free_memory();
+        }
         moved
     }
 
