@@ -14,7 +14,9 @@ use crossbeam_utils::CachePadded;
 use krcu::Krcu;
 use krcu::context::PreemptModel;
 use krcu::kvfree::Policy;
+use krcu::slab::SlabBox;
 use serde::Serialize;
+use std::ptr::NonNull;
 use std::sync::atomic::{AtomicPtr, Ordering::AcqRel};
 use std::time::{Duration, Instant};
 
@@ -43,6 +45,10 @@ enum System {
     Krcu,
     /// krcu with callers freeing what is ready (Assist::Always).
     KrcuAssist,
+    /// krcu's slab path: `SlabBox` from a shared cache, retired with
+    /// `kfree_rcu_slab` (into the thread's `rcu_free` sheaf when the
+    /// sheaves are built; the kvfree blocks otherwise).
+    KrcuSheaves,
     CrossbeamEpoch,
     Seize,
     #[cfg(feature = "liburcu")]
@@ -54,6 +60,7 @@ impl System {
     const ALL: &[System] = &[
         System::Krcu,
         System::KrcuAssist,
+        System::KrcuSheaves,
         System::CrossbeamEpoch,
         System::Seize,
         #[cfg(feature = "liburcu")]
@@ -65,6 +72,7 @@ impl System {
         match self {
             System::Krcu => "krcu kfree_rcu",
             System::KrcuAssist => "krcu, assist always",
+            System::KrcuSheaves => "krcu sheaves (SlabBox)",
             System::CrossbeamEpoch => "crossbeam-epoch",
             System::Seize => "seize",
             #[cfg(feature = "liburcu")]
@@ -167,6 +175,37 @@ fn run_krcu(k: &Krcu, threads: usize, objects: usize) -> Duration {
             k.kfree_rcu(unsafe { Box::from_raw(old) })
                 .expect("refused only in NMI context, which this thread never enters");
         });
+    });
+    k.kvfree_rcu_barrier();
+    t0.elapsed()
+}
+
+/// The slab path: the same workload with objects of a cache shared by the
+/// threads (made off the clock), retired with `kfree_rcu_slab`; the slot
+/// holds the box's object, given up with `into_raw` while published.
+fn run_krcu_sheaves(k: &Krcu, threads: usize, objects: usize) -> Duration {
+    let cache = k
+        .slab_cache::<Obj24>("compare")
+        .expect("a 24-byte object fits a slab");
+    let t0 = timed(threads, objects, |slot, n| {
+        for i in 0..=n {
+            let new = if i < n {
+                let b = cache
+                    .alloc_box(Obj24::new(i as u64))
+                    .unwrap_or_else(|_| panic!("krcu compare: the arena is full"));
+                SlabBox::into_raw(b).as_ptr()
+            } else {
+                core::ptr::null_mut()
+            };
+            if let Some(old) = NonNull::new(slot.swap(new, AcqRel)) {
+                // SAFETY: unlinked from the slot just now: the box given up
+                // with into_raw when it was published, ours again.
+                let old = unsafe { SlabBox::from_raw(old) };
+                if k.kfree_rcu_slab(old).is_err() {
+                    unreachable!("refused only in NMI context or for another instance's cache");
+                }
+            }
+        }
     });
     k.kvfree_rcu_barrier();
     t0.elapsed()
@@ -295,6 +334,11 @@ fn run_one(
             let d = run_krcu(&k, threads, objects);
             return Ok((d, k.stats().peak_pending_bytes));
         }
+        System::KrcuSheaves => {
+            let k = setup.build(&Reports::default())?;
+            let d = run_krcu_sheaves(&k, threads, objects);
+            return Ok((d, k.stats().peak_pending_bytes));
+        }
         System::CrossbeamEpoch => run_crossbeam(threads, objects),
         System::Seize => run_seize(threads, objects),
         #[cfg(feature = "liburcu")]
@@ -355,8 +399,11 @@ pub fn measure(a: &Args, quiet: bool) -> Result<CompareResult, crate::args::CliE
                 threads,
                 objects_per_s: tput,
                 ns_per_object: round(1e9 / tput.median * threads as f64, 1),
-                peak_pending_bytes: matches!(system, System::Krcu | System::KrcuAssist)
-                    .then(|| median(&mut rss[ci][si].clone()) as u64),
+                peak_pending_bytes: matches!(
+                    system,
+                    System::Krcu | System::KrcuAssist | System::KrcuSheaves
+                )
+                .then(|| median(&mut rss[ci][si].clone()) as u64),
                 krcu_ratio: (system != System::Krcu).then(|| Stat::of(&ratios, 2)),
             });
         }
