@@ -28,7 +28,7 @@ fn rss_kib() -> usize {
 
 #[test]
 fn a_shrink_gives_freed_slabs_back_to_the_os() {
-    const MIB: usize = 48;
+    const MIB: usize = 32;
     let pa = allocator_on_cpus(1, 128 << 20);
     let cache = SlabCache::<[u64; 64]>::new(&pa, "half-kib").unwrap();
     let n = (MIB << 20) / 512;

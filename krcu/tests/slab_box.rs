@@ -93,12 +93,8 @@ fn into_raw_and_from_raw_round_trip() {
     let b = cache.alloc_box(obj(&ledger)).ok().unwrap();
     let p = SlabBox::into_raw(b);
     // SAFETY: allocated above and given up once: still an initialised Obj.
-    assert_eq!(
-        unsafe { p.as_ref() }
-            .state
-            .load(std::sync::atomic::Ordering::SeqCst),
-        LIVE
-    );
+    let o = unsafe { p.as_ref() };
+    assert_eq!(o.state.load(std::sync::atomic::Ordering::SeqCst), LIVE);
     assert_eq!(ledger.dropped.load(std::sync::atomic::Ordering::SeqCst), 0);
     // SAFETY: from into_raw above, made a box once.
     drop(unsafe { SlabBox::from_raw(p) });

@@ -14,6 +14,7 @@ mod boxed;
 mod error;
 mod instance;
 mod slab;
+mod tag;
 
 use boxed::Node;
 pub use boxed::RcuBox;
@@ -242,7 +243,7 @@ impl<T: Send + Sync + 'static, I: CellInstance> RcuCell<T, I> {
         // published the box: its initialisation happens before our reads
         // of `value` (the kernel's rcu_dereference is a dependency-ordered
         // load; Rust has no consume, so acquire).
-        let p = slab::untag(self.ptr.load(Ordering::Acquire));
+        let p = tag::untag(self.ptr.load(Ordering::Acquire));
         // SAFETY: a non-null pointer in the cell (its tag masked off) is a
         // leaked Box<Node<T>> or a slab object holding a T (at the same
         // offset: Node is repr(C), value first). It is freed only through
@@ -377,7 +378,7 @@ impl<T: Send + Sync + 'static, I: CellInstance> RcuCell<T, I> {
         // retire, holds the free off while the caller's 'g lasts, and the
         // caller returns the reference for 'g only. The swap's Acquire made
         // its initialisation visible.
-        let r = unsafe { slab::value_of(old) };
+        let r = unsafe { tag::value_of(old) };
         self.retire(old);
         r
     }
@@ -496,7 +497,7 @@ impl<T: Send + Sync + 'static, I: CellInstance> RcuCell<T, I> {
                 .ptr
                 .compare_exchange(expected, new, Ordering::AcqRel, Ordering::Acquire)
             {
-                Err(seen) if seen != expected && slab::untag(seen) == expected => expected = seen,
+                Err(seen) if seen != expected && tag::untag(seen) == expected => expected = seen,
                 r => break r,
             }
         };
@@ -505,7 +506,7 @@ impl<T: Send + Sync + 'static, I: CellInstance> RcuCell<T, I> {
                 // SAFETY: as in `replace_with`: `old` left the cell just
                 // now, is retired below on the cell's instance, and the
                 // caller's guard of that instance holds the free off for 'g.
-                let r = unsafe { slab::value_of(old) };
+                let r = unsafe { tag::value_of(old) };
                 self.retire(old);
                 Ok(r)
             }
@@ -515,7 +516,7 @@ impl<T: Send + Sync + 'static, I: CellInstance> RcuCell<T, I> {
                 let new = RcuBox(unsafe { Box::from_raw(new) });
                 // SAFETY: `seen` was in the cell when compared, under the
                 // caller's guard of the cell's instance: as in `load`.
-                let current = unsafe { slab::value_of(seen) };
+                let current = unsafe { tag::value_of(seen) };
                 Err(CompareExchangeError::Changed { current, new })
             }
         }
@@ -537,7 +538,7 @@ impl<T: Send + Sync + 'static, I: CellInstance> RcuCell<T, I> {
     /// rather than freed while readers may reach it.
     #[track_caller]
     fn retire(&self, old: *mut Node<T>) {
-        if slab::is_slab(old) {
+        if tag::is_slab(old) {
             // SAFETY: a tagged pointer in the cell is a slab object the
             // cell owned (stored by `store_slab`/`replace_slab`); it left
             // the cell, so its ownership passes to kfree_rcu here.

@@ -19,31 +19,7 @@ use crate::slab::SlabBox;
 use core::ptr::NonNull;
 use std::sync::atomic::Ordering;
 
-/// The tag of a slab value in a cell's pointer.
-const SLAB_TAG: usize = 1;
-
-/// The pointer without its tag.
-#[inline(always)]
-pub(super) fn untag<T>(p: *mut Node<T>) -> *mut Node<T> {
-    p.map_addr(|a| a & !SLAB_TAG)
-}
-
-/// Whether the pointer is a slab value.
-#[inline(always)]
-pub(super) fn is_slab<T>(p: *mut Node<T>) -> bool {
-    p.addr() & SLAB_TAG != 0
-}
-
-/// The value at a cell pointer (either storage), or `None` for null.
-///
-/// # Safety
-/// `p` was in the cell (a node or a tagged slab object) and is still
-/// allocated for `'a`.
-#[inline(always)]
-pub(super) unsafe fn value_of<'a, T>(p: *mut Node<T>) -> Option<&'a T> {
-    // SAFETY: per the contract; a node's value is at its address (repr(C)).
-    unsafe { untag(p).cast::<T>().as_ref() }
-}
+use super::tag::{SLAB_TAG, untag, value_of};
 
 impl<T: Send + Sync + 'static, I: CellInstance> RcuCell<T, I> {
     /// Publishes an object of a slab cache (`rcu_assign_pointer`) and

@@ -77,13 +77,12 @@ mod watermark;
 mod zone;
 
 pub use config::PageConfig;
-pub use consts::{MAX_ORDER, NR_ORDERS, PAGE_SHIFT, PAGE_SIZE};
+pub use consts::{MAX_ORDER, NR_ORDERS, PAGE_SHIFT, PAGE_SIZE, RELEASE_ORDER};
 pub use error::{AllocError, PageError};
 pub use fault::{FaultInjector, FaultSites};
 pub use gfp::{Gfp, Migratetype};
 pub use pcp::PCP_MAX_ORDER;
 pub use reclaim::{SHRINK_BATCH, ShrinkerHandle};
-pub use release::RELEASE_ORDER;
 pub use stats::{GlobalStats, PageStats, PathStats};
 pub use watermark::Watermarks;
 

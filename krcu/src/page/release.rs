@@ -14,30 +14,14 @@
 //! Uses the zone (`zone.rs`) and the allocator's counters.
 
 use super::PageAllocator;
-use super::consts::{MAX_ORDER, PAGE_SIZE};
+use super::consts::{MAX_ORDER, PAGE_SIZE, RELEASE_ORDER};
 use super::gfp::Migratetype;
 use super::meta::{Kind, NONE, State};
-use super::zone::{Buddy, LockMode, Zone};
+use super::zone::{Buddy, LockMode, Zone, for_words};
 use crate::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-/// The smallest block order given back: 64 pages (256 KiB). Smaller free
-/// blocks are likely reused soon, and a system call per block would cost
-/// more than it gives.
-pub const RELEASE_ORDER: u32 = 6;
 /// Blocks isolated per zone-lock acquisition.
 const BATCH: usize = 16;
-
-/// Marks the pages of an allocated block in use (not released).
-#[inline]
-pub(super) fn clear_released(bits: &[AtomicU64], pfn: u32, order: u32) {
-    for_words(pfn, order, |w, mask| {
-        // Under the zone lock: a plain load and store are enough.
-        let v = bits[w].load(Relaxed);
-        if v & mask != 0 {
-            bits[w].store(v & !mask, Relaxed);
-        }
-    });
-}
 
 /// Marks the pages of a block released; returns how many were not yet.
 fn set_released(bits: &[AtomicU64], pfn: u32, order: u32) -> usize {
@@ -57,23 +41,6 @@ fn all_released(bits: &[AtomicU64], pfn: u32, order: u32) -> bool {
         all &= bits[w].load(Relaxed) & mask == mask
     });
     all
-}
-
-/// Calls `f(word, mask)` for the bits of pages `pfn..pfn + 2^order`.
-#[inline]
-fn for_words(pfn: u32, order: u32, mut f: impl FnMut(usize, u64)) {
-    let (mut p, end) = (pfn as usize, pfn as usize + (1usize << order));
-    while p < end {
-        let (w, b) = (p / 64, p % 64);
-        let n = (64 - b).min(end - p);
-        let mask = if n == 64 {
-            u64::MAX
-        } else {
-            ((1u64 << n) - 1) << b
-        };
-        f(w, mask);
-        p += n;
-    }
 }
 
 impl Buddy<'_> {

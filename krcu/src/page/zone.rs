@@ -170,7 +170,7 @@ impl Buddy<'_> {
         let pfn = self.take_block(order, mt)?;
         self.meta[pfn as usize].set_state(State::new(Kind::Allocated, order, mt));
         // Its pages are in use again (the OS maps them back on first touch).
-        super::release::clear_released(self.released, pfn, order);
+        clear_released(self.released, pfn, order);
         Some(pfn)
     }
 
@@ -400,5 +400,34 @@ impl Zone {
         if self.deferred.load(Relaxed) != NONE {
             self.with_lock(LockMode::Block, |_| ());
         }
+    }
+}
+
+/// Marks the pages of an allocated block in use (not released).
+#[inline]
+fn clear_released(bits: &[AtomicU64], pfn: u32, order: u32) {
+    for_words(pfn, order, |w, mask| {
+        // Under the zone lock: a plain load and store are enough.
+        let v = bits[w].load(Relaxed);
+        if v & mask != 0 {
+            bits[w].store(v & !mask, Relaxed);
+        }
+    });
+}
+
+/// Calls `f(word, mask)` for the bits of pages `pfn..pfn + 2^order`.
+#[inline]
+pub(super) fn for_words(pfn: u32, order: u32, mut f: impl FnMut(usize, u64)) {
+    let (mut p, end) = (pfn as usize, pfn as usize + (1usize << order));
+    while p < end {
+        let (w, b) = (p / 64, p % 64);
+        let n = (64 - b).min(end - p);
+        let mask = if n == 64 {
+            u64::MAX
+        } else {
+            ((1u64 << n) - 1) << b
+        };
+        f(w, mask);
+        p += n;
     }
 }

@@ -214,10 +214,10 @@ pub(crate) unsafe fn object_of_head<T>(head: NonNull<RcuHead>) -> NonNull<T> {
 #[inline(always)]
 pub(crate) unsafe fn borrow_cache<T>(core: *const CacheCore<T>) -> ManuallyDrop<SlabCache<T>> {
     // SAFETY: `core` came from `Arc::as_ptr` of the core's Arc (the slab
-    // header stores it so); ManuallyDrop never drops the count not taken.
-    ManuallyDrop::new(SlabCache {
-        core: unsafe { Arc::from_raw(core) },
-    })
+    // header stores it so) and is alive (the caller's contract);
+    // ManuallyDrop never drops the count not taken.
+    let core = unsafe { Arc::from_raw(core) };
+    ManuallyDrop::new(SlabCache { core })
 }
 
 /// Holds one strong count of a core for a while (a box dropped after its
