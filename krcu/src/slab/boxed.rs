@@ -184,7 +184,7 @@ pub(crate) unsafe fn core_of<T>(obj: NonNull<T>) -> *const CacheCore<T> {
 /// The slab layout of `T` (as every cache of `T` computes it).
 #[inline]
 pub(crate) fn layout_of<T>() -> Layout {
-    Layout::new(core::mem::size_of::<T>(), core::mem::align_of::<T>())
+    const { Layout::new(core::mem::size_of::<T>(), core::mem::align_of::<T>()) }
         .expect("a cache of T exists, so its layout does")
 }
 

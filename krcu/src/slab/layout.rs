@@ -67,29 +67,44 @@ impl Layout {
     /// The layout for objects of `size` bytes aligned to `align`: the
     /// smallest order up to [`SLAB_MAX_ORDER`] that holds at least
     /// [`MIN_OBJECTS`] (or the largest order that holds one).
-    pub(crate) fn new(size: usize, align: usize) -> Option<Layout> {
+    /// A `const fn`: a box finds its slab's header from the order of `T`'s
+    /// layout, computed once per type (`slab/boxed.rs`).
+    pub(crate) const fn new(size: usize, align: usize) -> Option<Layout> {
+        const fn max(a: usize, b: usize) -> usize {
+            if a > b { a } else { b }
+        }
         // Slots hold at least a pointer, aligned for one (SLUB's minimum
         // object size): a free deferred from a signal handler links the
         // object into a lock-free list through its first word.
-        let align = align
-            .max(core::mem::align_of::<*mut u8>())
-            .max(core::mem::align_of::<RcuHead>());
+        let align = max(
+            max(align, core::mem::align_of::<*mut u8>()),
+            core::mem::align_of::<RcuHead>(),
+        );
         // Each slot ends with a hidden RcuHead (written only when a retired
         // object takes kfree_rcu's last-resort list, never while readers may
         // see it otherwise: it is outside the object).
         let head = size.next_multiple_of(core::mem::align_of::<RcuHead>());
-        let stride = (head + core::mem::size_of::<RcuHead>())
-            .max(core::mem::size_of::<*mut u8>())
-            .next_multiple_of(align);
+        let stride = max(
+            head + core::mem::size_of::<RcuHead>(),
+            core::mem::size_of::<*mut u8>(),
+        )
+        .next_multiple_of(align);
         let first = core::mem::size_of::<SlabHeader>().next_multiple_of(align);
         let mut best = None;
-        for order in 0..=SLAB_MAX_ORDER.min(MAX_ORDER) {
+        let top = if SLAB_MAX_ORDER < MAX_ORDER {
+            SLAB_MAX_ORDER
+        } else {
+            MAX_ORDER
+        };
+        let mut order = 0;
+        while order <= top {
             let bytes = PAGE_SIZE << order;
             if align > bytes {
                 // Slabs are aligned to their own size at most.
                 break;
             }
-            let objects = (bytes.saturating_sub(first) / stride).min(MAX_OBJECTS);
+            let fit = bytes.saturating_sub(first) / stride;
+            let objects = if fit < MAX_OBJECTS { fit } else { MAX_OBJECTS };
             if objects > 0 {
                 best = Some(Layout {
                     order,
@@ -102,6 +117,7 @@ impl Layout {
                     break;
                 }
             }
+            order += 1;
         }
         best
     }
