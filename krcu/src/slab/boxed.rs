@@ -19,6 +19,7 @@
 use super::cache::{CacheCore, SlabCache, never_block};
 use super::layout::{Layout, SlabHeader};
 use crate::page::{Gfp, PAGE_SIZE};
+#[cfg(not(loom))]
 use crate::rcu::RcuHead;
 use core::marker::PhantomData;
 use core::mem::ManuallyDrop;
@@ -118,6 +119,7 @@ impl<T> SlabBox<T> {
         b.ptr.as_ptr()
     }
 
+    #[cfg(not(loom))]
     /// The id of the RCU its cache's retired objects wait for (`None`: the
     /// process-wide one, not built yet).
     pub(crate) fn cache_rcu_id(&self) -> Option<u64> {
@@ -188,6 +190,7 @@ pub(crate) fn layout_of<T>() -> Layout {
         .expect("a cache of T exists, so its layout does")
 }
 
+#[cfg(not(loom))]
 /// The hidden `RcuHead` of the slot holding `obj` (after the object).
 #[inline]
 pub(crate) fn hidden_head<T>(obj: NonNull<T>) -> NonNull<RcuHead> {
@@ -196,6 +199,7 @@ pub(crate) fn hidden_head<T>(obj: NonNull<T>) -> NonNull<RcuHead> {
     unsafe { obj.cast::<u8>().add(layout_of::<T>().head).cast() }
 }
 
+#[cfg(not(loom))]
 /// The object whose hidden head is `head`.
 ///
 /// # Safety
@@ -307,6 +311,7 @@ impl<T> SlabCache<T> {
         SlabBox::new_in(self, value)
     }
 
+    #[cfg(not(loom))]
     /// The RCU whose grace periods objects retired into this cache wait
     /// for: the process-wide one unless the cache was made by an instance
     /// ([`Krcu::slab_cache`](crate::Krcu::slab_cache)).
@@ -318,6 +323,7 @@ impl<T> SlabCache<T> {
         }
     }
 
+    #[cfg(not(loom))]
     /// Makes the cache's retired objects wait for `rcu`'s grace periods.
     /// Only right after construction (the core is not shared yet).
     pub(crate) fn set_rcu(&mut self, rcu: Arc<crate::rcu::Rcu>) {
@@ -333,11 +339,13 @@ impl<T> SlabCache<T> {
         self.core.orphaned.load(Relaxed)
     }
 
+    #[cfg(not(loom))]
     /// Whether the cache waits for the process-wide RCU's grace periods.
     pub(crate) fn waits_for_global_rcu(&self) -> bool {
         self.core.rcu.is_none()
     }
 
+    #[cfg(not(loom))]
     /// Whether `rcu` is the cache's RCU, without building the process-wide
     /// one.
     pub(crate) fn rcu_is(&self, rcu: &crate::rcu::Rcu) -> bool {

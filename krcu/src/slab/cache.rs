@@ -163,6 +163,7 @@ pub struct CacheCore<T> {
     pub(super) counters: Counters,
     /// The RCU whose grace periods objects retired into this cache wait
     /// for; `None`: the process-wide one.
+    #[cfg(not(loom))]
     pub(super) rcu: Option<Arc<crate::rcu::Rcu>>,
     /// Set (SeqCst) when the handle is dropped: a box dropped afterwards
     /// also shrinks the cache, so that its slabs, and then the core, go.
@@ -255,6 +256,7 @@ impl<T> SlabCache<T> {
             ),
             deferred: AtomicPtr::new(ptr::null_mut()),
             counters: Counters::default(),
+            #[cfg(not(loom))]
             rcu: None,
             orphaned: AtomicBool::new(false),
             _objects: PhantomData,

@@ -31,7 +31,9 @@ mod node;
 mod rcu_free;
 
 pub use boxed::SlabBox;
+#[cfg(not(loom))]
 pub(crate) use boxed::{Pin, borrow_cache, core_of, hidden_head, object_of_head};
+#[cfg(not(loom))]
 pub(crate) use cache::CacheCore;
 pub use cache::SlabCache;
 
