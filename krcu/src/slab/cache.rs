@@ -125,7 +125,7 @@ fn may_sleep() -> bool {
 /// ```
 ///
 /// # Lifetime of the memory
-/// The cache's state lives in a [`CacheCore`] behind an `Arc`: the handle
+/// The cache's state lives in a core behind an `Arc`: the handle
 /// holds one strong count and every slab allocated holds one more, taken
 /// when the slab comes from the page allocator and dropped when it goes
 /// back (once per slab, never per object). A [`SlabBox`](super::SlabBox)
