@@ -5,16 +5,18 @@
 //! when every object is freed. Systems run interleaved, in a rotating
 //! order, round after round; ratios are krcu ÷ the other, per round.
 
-use crate::args::{self, CmdResult};
+use crate::args::{self, CliError, CmdResult};
 use crate::output::{emit, round};
 use crate::progress::Progress;
 use crate::table::{Column, Table};
-use crate::workload::{Obj24, Reports, Setup, median};
+use crate::workload::{Obj24, Reports, Setup, median, peak_rss_bytes};
 use crossbeam_utils::CachePadded;
 use krcu::Krcu;
 use krcu::context::PreemptModel;
 use krcu::kvfree::Policy;
+use krcu::slab::SlabBox;
 use serde::Serialize;
+use std::ptr::NonNull;
 use std::sync::atomic::{AtomicPtr, Ordering::AcqRel};
 use std::time::{Duration, Instant};
 
@@ -38,6 +40,15 @@ pub struct Args {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Run every system in this process (the default runs each run in a
+    /// fresh process of its own, so that its peak RSS is its own).
+    #[arg(long)]
+    pub in_process: bool,
+    /// Internal: run the system of this index once at this many threads
+    /// (`INDEX:THREADS`), in this process, and print its result for the
+    /// parent.
+    #[arg(long, hide = true)]
+    pub one: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +56,10 @@ enum System {
     Krcu,
     /// krcu with callers freeing what is ready (Assist::Always).
     KrcuAssist,
+    /// krcu's slab path: `SlabBox` from a shared cache, retired with
+    /// `kfree_rcu_slab` (into the thread's `rcu_free` sheaf when the
+    /// sheaves are built; the kvfree blocks otherwise).
+    KrcuSheaves,
     CrossbeamEpoch,
     Seize,
     #[cfg(feature = "liburcu")]
@@ -56,6 +71,7 @@ impl System {
     const ALL: &[System] = &[
         System::Krcu,
         System::KrcuAssist,
+        System::KrcuSheaves,
         System::CrossbeamEpoch,
         System::Seize,
         #[cfg(feature = "liburcu")]
@@ -67,6 +83,7 @@ impl System {
         match self {
             System::Krcu => "krcu kfree_rcu",
             System::KrcuAssist => "krcu, assist always",
+            System::KrcuSheaves => "krcu sheaves (SlabBox)",
             System::CrossbeamEpoch => "crossbeam-epoch",
             System::Seize => "seize",
             #[cfg(feature = "liburcu")]
@@ -87,6 +104,10 @@ pub struct Row {
     /// block pages), median over the rounds.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub peak_pending_bytes: Option<u64>,
+    /// Peak resident memory of the process that ran it (fresh per run),
+    /// median over the rounds; absent with `--in-process`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peak_rss_bytes: Option<u64>,
     /// krcu's objects/s ÷ this system's, per round (absent for krcu).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub krcu_ratio: Option<Stat>,
@@ -169,6 +190,37 @@ fn run_krcu(k: &Krcu, threads: usize, objects: usize) -> Duration {
             k.kfree_rcu(unsafe { Box::from_raw(old) })
                 .expect("refused only in NMI context, which this thread never enters");
         });
+    });
+    k.kvfree_rcu_barrier();
+    t0.elapsed()
+}
+
+/// The slab path: the same workload with objects of a cache shared by the
+/// threads (made off the clock), retired with `kfree_rcu_slab`; the slot
+/// holds the box's object, given up with `into_raw` while published.
+fn run_krcu_sheaves(k: &Krcu, threads: usize, objects: usize) -> Duration {
+    let cache = k
+        .slab_cache::<Obj24>("compare")
+        .expect("a 24-byte object fits a slab");
+    let t0 = timed(threads, objects, |slot, n| {
+        for i in 0..=n {
+            let new = if i < n {
+                let b = cache
+                    .alloc_box(Obj24::new(i as u64))
+                    .unwrap_or_else(|_| panic!("krcu compare: the arena is full"));
+                SlabBox::into_raw(b).as_ptr()
+            } else {
+                core::ptr::null_mut()
+            };
+            if let Some(old) = NonNull::new(slot.swap(new, AcqRel)) {
+                // SAFETY: unlinked from the slot just now: the box given up
+                // with into_raw when it was published, ours again.
+                let old = unsafe { SlabBox::from_raw(old) };
+                if k.kfree_rcu_slab(old).is_err() {
+                    unreachable!("refused only in NMI context or for another instance's cache");
+                }
+            }
+        }
     });
     k.kvfree_rcu_barrier();
     t0.elapsed()
@@ -297,6 +349,11 @@ fn run_one(
             let d = run_krcu(&k, threads, objects);
             return Ok((d, k.stats().peak_pending_bytes));
         }
+        System::KrcuSheaves => {
+            let k = setup.build(&Reports::default())?;
+            let d = run_krcu_sheaves(&k, threads, objects);
+            return Ok((d, k.stats().peak_pending_bytes));
+        }
         System::CrossbeamEpoch => run_crossbeam(threads, objects),
         System::Seize => run_seize(threads, objects),
         #[cfg(feature = "liburcu")]
@@ -304,6 +361,65 @@ fn run_one(
         System::Drop => run_drop(threads, objects),
     };
     Ok((d, 0))
+}
+
+/// One run's figures.
+struct RunResult {
+    time: Duration,
+    pending: u64,
+    rss: u64,
+}
+
+/// Runs `system` once in a fresh process (this program, `compare --one`),
+/// which warms up and runs it; returns its figures.
+fn run_isolated(a: &Args, si: usize, threads: usize) -> Result<RunResult, CliError> {
+    let exe = std::env::current_exe()
+        .map_err(|e| CliError::Failed(format!("krcu compare: no executable: {e}")))?;
+    let out = std::process::Command::new(exe)
+        .args([
+            "compare",
+            "--one",
+            &format!("{si}:{threads}"),
+            "--objects",
+            &a.objects.to_string(),
+            "--policy",
+            &a.policy.to_string(),
+        ])
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .map_err(|e| CliError::Failed(format!("krcu compare: cannot run a system: {e}")))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let v: Vec<u64> = text
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    if !out.status.success() || v.len() != 3 {
+        return Err(CliError::Failed(format!(
+            "krcu compare: {} failed in its own process ({}): {text}",
+            System::ALL[si].name(),
+            out.status
+        )));
+    }
+    Ok(RunResult {
+        time: Duration::from_nanos(v[0]),
+        pending: v[1],
+        rss: v[2],
+    })
+}
+
+/// `compare --one INDEX:THREADS`: a warm-up and one run of one system in
+/// this process; prints nanoseconds, peak pending bytes, peak RSS bytes.
+fn run_one_here(a: &Args, spec: &str) -> CmdResult {
+    let bad = || CliError::Usage(format!("--one {spec}: expected INDEX:THREADS"));
+    let (si, threads) = spec.split_once(':').ok_or_else(bad)?;
+    let si: usize = si.parse().map_err(|_| bad())?;
+    let threads: usize = threads.parse().map_err(|_| bad())?;
+    let system = *System::ALL.get(si).ok_or_else(bad)?;
+    let setup = Setup::new(a.policy, PreemptModel::Full);
+    run_one(system, &setup, 1, a.objects / 10 + 1)?;
+    let (d, pending) = run_one(system, &setup, threads, a.objects)?;
+    println!("{} {pending} {}", d.as_nanos(), peak_rss_bytes());
+    Ok(())
 }
 
 /// Runs the comparison; used by `krcu compare` and the tour.
@@ -317,15 +433,19 @@ pub fn measure(a: &Args, quiet: bool) -> Result<CompareResult, crate::args::CliE
     let systems = System::ALL;
     // rates[count][system][round], pending likewise.
     let mut rates = vec![vec![Vec::new(); systems.len()]; counts.len()];
+    let mut pending = vec![vec![Vec::new(); systems.len()]; counts.len()];
     let mut rss = vec![vec![Vec::new(); systems.len()]; counts.len()];
     let mut progress = Progress::new(
         "compare",
         (a.rounds * counts.len() * systems.len()) as u64,
         quiet,
     );
-    // A warm-up of each, not measured: page faults, allocator arenas.
-    for &s in systems {
-        run_one(s, &setup, 1, a.objects / 10 + 1)?;
+    // A warm-up of each, not measured: page faults, allocator arenas (a
+    // fresh process warms up itself).
+    if a.in_process {
+        for &s in systems {
+            run_one(s, &setup, 1, a.objects / 10 + 1)?;
+        }
     }
     for round in 0..a.rounds {
         for (ci, &threads) in counts.iter().enumerate() {
@@ -336,9 +456,19 @@ pub fn measure(a: &Args, quiet: bool) -> Result<CompareResult, crate::args::CliE
                     round + 1,
                     systems[si].name()
                 ));
-                let (d, r) = run_one(systems[si], &setup, threads, a.objects)?;
-                rates[ci][si].push((threads * a.objects) as f64 / d.as_secs_f64());
-                rss[ci][si].push(r as f64);
+                let r = if a.in_process {
+                    let (time, p) = run_one(systems[si], &setup, threads, a.objects)?;
+                    RunResult {
+                        time,
+                        pending: p,
+                        rss: 0,
+                    }
+                } else {
+                    run_isolated(a, si, threads)?
+                };
+                rates[ci][si].push((threads * a.objects) as f64 / r.time.as_secs_f64());
+                pending[ci][si].push(r.pending as f64);
+                rss[ci][si].push(r.rss as f64);
             }
         }
     }
@@ -357,8 +487,12 @@ pub fn measure(a: &Args, quiet: bool) -> Result<CompareResult, crate::args::CliE
                 threads,
                 objects_per_s: tput,
                 ns_per_object: round(1e9 / tput.median * threads as f64, 1),
-                peak_pending_bytes: matches!(system, System::Krcu | System::KrcuAssist)
-                    .then(|| median(&mut rss[ci][si].clone()) as u64),
+                peak_pending_bytes: matches!(
+                    system,
+                    System::Krcu | System::KrcuAssist | System::KrcuSheaves
+                )
+                .then(|| median(&mut pending[ci][si].clone()) as u64),
+                peak_rss_bytes: (!a.in_process).then(|| median(&mut rss[ci][si].clone()) as u64),
                 krcu_ratio: (system != System::Krcu).then(|| Stat::of(&ratios, 2)),
             });
         }
@@ -374,6 +508,9 @@ pub fn measure(a: &Args, quiet: bool) -> Result<CompareResult, crate::args::CliE
 }
 
 pub fn run(a: &Args) -> CmdResult {
+    if let Some(spec) = &a.one {
+        return run_one_here(a, spec);
+    }
     let r = measure(a, a.json)?;
     emit(a.json, &r, render);
     Ok(())
@@ -397,6 +534,9 @@ pub fn render(r: &CompareResult) -> String {
         }),
         Column::new("krcu peak pending", |row| {
             row.peak_pending_bytes.map_or("-".into(), args::show_bytes)
+        }),
+        Column::new("peak RSS", |row| {
+            row.peak_rss_bytes.map_or("-".into(), args::show_bytes)
         }),
         Column::new("krcu ÷ this (min / median / max)", |row| {
             row.krcu_ratio.map_or("-".into(), |q| {

@@ -25,6 +25,9 @@ pub enum Mix {
     Single,
     /// Each call picks one at random (rcuscale's default).
     Both,
+    /// The sheaf path: `kfree_rcu_slab` of a `SlabBox` from a cache of the
+    /// instance that the threads share (no rcu_head needed).
+    Sheaf,
 }
 
 /// Options of `krcu scale`.
@@ -141,6 +144,9 @@ pub fn run(a: &Args) -> CmdResult {
     let mut setup = Setup::new(a.policy, a.preempt);
     setup.drain_delay = a.drain_delay;
     let k = setup.build(&Reports::default())?;
+    let cache = k
+        .slab_cache::<Obj24>("scale")
+        .expect("a 24-byte object fits a slab");
     let gp0 = k.rcu().stats().grace_periods;
     let total_loops = (threads * a.loops) as u64;
     let done = Workers::new(threads);
@@ -150,16 +156,27 @@ pub fn run(a: &Args) -> CmdResult {
     std::thread::scope(|s| {
         let workers: Vec<_> = (0..threads)
             .map(|t| {
-                let (k, done, singles) = (&k, &done, &singles);
+                let (k, done, singles, cache) = (&k, &done, &singles, &cache);
                 s.spawn(move || {
                     let _running = Running(done);
                     let mut rng = Rng::new(t as u64 + 1);
                     let mut single = 0;
                     for _ in 0..a.loops {
                         for i in 0..a.objects {
+                            if a.mix == Mix::Sheaf {
+                                let b = cache
+                                    .alloc_box(Obj24::new(i as u64))
+                                    .unwrap_or_else(|_| panic!("krcu scale: the arena is full"));
+                                if k.kfree_rcu_slab(b).is_err() {
+                                    unreachable!(
+                                        "refused only in NMI context or for another instance's cache"
+                                    );
+                                }
+                                continue;
+                            }
                             let obj = Obj24::boxed(i as u64);
                             let use_single = match a.mix {
-                                Mix::Double => false,
+                                Mix::Double | Mix::Sheaf => false,
                                 Mix::Single => true,
                                 Mix::Both => rng.next() & 0x800 != 0,
                             };

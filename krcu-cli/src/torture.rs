@@ -12,13 +12,15 @@ use crate::progress;
 use crate::signal::{self, OnSignal, Pace, Ring};
 use crate::table::Table;
 use crate::workload::{Reports, Rng, Setup};
-use krcu::Krcu;
 use krcu::context::PreemptModel;
 use krcu::kvfree::Policy;
 use krcu::lock::RawSpinLock;
-use krcu::page::FaultSites;
+use krcu::page::{FaultSites, Gfp};
 use krcu::rcu::{HasRcuHead, RcuHead};
+use krcu::slab::{SlabBox, SlabCache};
+use krcu::{Krcu, SlabRetireError};
 use serde::Serialize;
+use std::ptr::NonNull;
 use std::sync::Barrier;
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering::*};
 use std::sync::mpsc::Sender;
@@ -70,6 +72,8 @@ const LIVE: u64 = 0x11FE_11FE_11FE_11FE;
 const POISON: u64 = 0xDEAD_DEAD_DEAD_DEAD;
 const IDS: usize = 1 << 22;
 const SLOTS: usize = 256;
+/// Slots of the slab table.
+const SLAB_SLOTS: usize = 64;
 
 /// Counts per object id (ids wrap): made and freed. Equal at the end for
 /// every id, or something was leaked or freed twice.
@@ -108,15 +112,21 @@ unsafe impl HasRcuHead for TObj {
 
 impl TObj {
     fn new() -> Box<TObj> {
+        Box::new(TObj::value())
+    }
+
+    /// A new object, unboxed (for the slab table). Allocation-free: safe
+    /// in a signal handler.
+    fn value() -> TObj {
         let l = ledger();
         let generation = l.next.fetch_add(1, Relaxed);
         l.made[generation as usize % IDS].fetch_add(1, Relaxed);
-        Box::new(TObj {
+        TObj {
             state: AtomicU64::new(LIVE),
             generation,
             check: !generation,
             head: RcuHead::new(),
-        })
+        }
     }
 
     /// What a reader checks: alive and intact.
@@ -157,13 +167,63 @@ impl Slots {
     }
 }
 
+/// The table of slab objects readers walk too: `SlabBox`es of one cache of
+/// the instance, each given up with `into_raw` while published, retired
+/// with `kfree_rcu_slab` (into the sheaves, or the kvfree blocks).
+struct SlabSlots {
+    cache: SlabCache<TObj>,
+    slots: Box<[AtomicPtr<TObj>]>,
+}
+
+impl SlabSlots {
+    fn new(k: &Krcu) -> SlabSlots {
+        let cache = k
+            .slab_cache::<TObj>("torture")
+            .expect("a torture object fits a slab");
+        let slots = (0..SLAB_SLOTS)
+            .map(|_| {
+                let b = cache
+                    .alloc_box(TObj::value())
+                    .unwrap_or_else(|_| panic!("krcu torture: the arena is full"));
+                AtomicPtr::new(SlabBox::into_raw(b).as_ptr())
+            })
+            .collect();
+        SlabSlots { cache, slots }
+    }
+
+    /// Puts a new object (allocated with `gfp`) in slot `i`; returns the
+    /// old one, unlinked. `None` if no object could be had.
+    fn replace(&self, i: usize, gfp: Gfp) -> Option<SlabBox<TObj>> {
+        let new = SlabBox::new_in_gfp(&self.cache, gfp, TObj::value())
+            .map_err(drop)
+            .ok()?;
+        let old = self.slots[i % SLAB_SLOTS].swap(SlabBox::into_raw(new).as_ptr(), AcqRel);
+        // SAFETY: every slot holds a box given up with into_raw; unlinked
+        // just now, so ours.
+        Some(unsafe { SlabBox::from_raw(NonNull::new(old).expect("slots are never empty")) })
+    }
+}
+
+/// The panic message of a slab retire refused outside NMI context: the
+/// cache is the instance's own.
+const SLAB_NEVER_REFUSED: &str = "refused only in NMI context or for another instance's cache";
+
+/// Retires a slab object from a context that is not NMI.
+fn retire_slab(k: &Krcu, old: SlabBox<TObj>) {
+    if k.kfree_rcu_slab(old).is_err() {
+        panic!("{SLAB_NEVER_REFUSED}");
+    }
+}
+
 /// The signal handler's writer: each signal replaces slots with
 /// preallocated objects and retires the old ones.
 struct IrqWriter<'a> {
     k: &'a Krcu,
     table: &'a Slots,
+    slab: &'a SlabSlots,
     ring: Ring<TObj>,
     retired: AtomicU64,
+    slab_retired: AtomicU64,
     empty: AtomicU64,
     refused: AtomicU64,
     next: AtomicU64,
@@ -171,6 +231,22 @@ struct IrqWriter<'a> {
 
 impl OnSignal for IrqWriter<'_> {
     fn on_signal(&self) {
+        // One slab object, allocated here without waiting for a lock.
+        let i = self.next.fetch_add(5, Relaxed) as usize;
+        match self.slab.replace(i, Gfp::NO_LOCKS) {
+            Some(old) => match self.k.kfree_rcu_slab(old) {
+                Ok(()) => {
+                    self.slab_retired.fetch_add(1, Relaxed);
+                }
+                Err(e) => {
+                    std::mem::forget(e);
+                    self.refused.fetch_add(1, Relaxed);
+                }
+            },
+            None => {
+                self.empty.fetch_add(1, Relaxed);
+            }
+        }
         for _ in 0..4 {
             let Some(new) = self.ring.pop() else {
                 self.empty.fetch_add(1, Relaxed);
@@ -207,6 +283,8 @@ pub struct TortureResult {
     pub retired_mightsleep: u64,
     pub retired_softirq: u64,
     pub retired_hardirq: u64,
+    /// Slab objects retired with `kfree_rcu_slab`, from every context.
+    pub retired_slab: u64,
     pub signals: u64,
     pub nmi_refused: u64,
     pub fallbacks: u64,
@@ -231,6 +309,7 @@ struct Counts {
     softirq: AtomicU64,
     nmi_refused: AtomicU64,
     nmi_accepted: AtomicU64,
+    slab: AtomicU64,
 }
 
 /// The seed of a run and the choices made from it.
@@ -275,6 +354,7 @@ const NEVER_REFUSED: &str = "refused only in NMI context, which this thread neve
 struct Threads<'a> {
     k: &'a Krcu,
     table: &'a Slots,
+    slab: &'a SlabSlots,
     counts: &'a Counts,
     raw: RawSpinLock<()>,
     stop: AtomicBool,
@@ -290,17 +370,19 @@ impl Threads<'_> {
         while !self.stop.load(Relaxed) {
             let _g = reader.read_lock();
             let mut bad = 0;
-            for slot in self.table.slots.iter() {
+            for slot in self.table.slots.iter().chain(self.slab.slots.iter()) {
                 let p = slot.load(Acquire);
                 // SAFETY: inside a read-side section every object reachable
-                // from the table stays allocated until a grace period after
-                // it was unlinked.
+                // from the tables stays allocated until a grace period
+                // after it was unlinked.
                 if !unsafe { &*p }.ok() {
                     bad += 1;
                 }
             }
             self.counts.bad_reads.fetch_add(bad, Relaxed);
-            self.counts.checked.fetch_add(SLOTS as u64, Relaxed);
+            self.counts
+                .checked
+                .fetch_add((SLOTS + SLAB_SLOTS) as u64, Relaxed);
             self.counts.reads.fetch_add(1, Relaxed);
         }
     }
@@ -315,6 +397,15 @@ impl Threads<'_> {
         let mut rng = Rng::new(self.seed ^ (w as u64 + 11));
         self.start.wait();
         while !self.stop.load(Relaxed) {
+            if rng.below(4) == 0 {
+                // A slab object: a quarter of the time with a raw lock held.
+                let i = rng.below(SLAB_SLOTS as u64) as usize;
+                if let Some(old) = self.slab.replace(i, Gfp::KERNEL) {
+                    let _l = (rng.below(4) == 0).then(|| self.raw.lock());
+                    retire_slab(self.k, old);
+                    self.counts.slab.fetch_add(1, Relaxed);
+                }
+            }
             let old = self.table.replace_any(&mut rng);
             match rng.below(8) {
                 0 => {
@@ -343,6 +434,11 @@ impl Threads<'_> {
             let old = self.table.replace_any(&mut rng);
             self.k.kfree_rcu(old).expect(NEVER_REFUSED);
             self.counts.softirq.fetch_add(1, Relaxed);
+            let i = rng.below(SLAB_SLOTS as u64) as usize;
+            if let Some(old) = self.slab.replace(i, Gfp::ATOMIC) {
+                retire_slab(self.k, old);
+                self.counts.slab.fetch_add(1, Relaxed);
+            }
         }
     }
 
@@ -364,6 +460,24 @@ impl Threads<'_> {
                 }
                 Ok(()) => {
                     self.counts.nmi_accepted.fetch_add(1, Relaxed);
+                }
+            }
+            let i = rng.below(SLAB_SLOTS as u64) as usize;
+            if let Some(old) = self.slab.replace(i, Gfp::KERNEL) {
+                let back = {
+                    let _nmi = krcu::context::enter_nmi();
+                    self.k.kfree_rcu_slab(old)
+                };
+                match back {
+                    Err(SlabRetireError::InNmi(old)) => {
+                        self.counts.nmi_refused.fetch_add(1, Relaxed);
+                        retire_slab(self.k, old);
+                        self.counts.slab.fetch_add(1, Relaxed);
+                    }
+                    Err(e) => panic!("{SLAB_NEVER_REFUSED}: {e}"),
+                    Ok(()) => {
+                        self.counts.nmi_accepted.fetch_add(1, Relaxed);
+                    }
                 }
             }
             std::thread::sleep(Duration::from_micros(200));
@@ -414,6 +528,18 @@ fn run_threads(a: &Args, policy: Policy, threads: &Threads, irq: &IrqWriter) -> 
         threads.stop.store(true, Relaxed);
         sender.join().unwrap_or(0)
     })
+}
+
+/// Retires what the threads left in the slab table.
+fn retire_the_slab_table(k: &Krcu, slab: &SlabSlots) {
+    for slot in slab.slots.iter() {
+        let p = slot.swap(core::ptr::null_mut(), AcqRel);
+        // SAFETY: the threads are gone; each slot holds a box given up with
+        // into_raw.
+        retire_slab(k, unsafe {
+            SlabBox::from_raw(NonNull::new(p).expect("never empty"))
+        });
+    }
 }
 
 /// Retires what the threads left in the table.
@@ -521,12 +647,15 @@ pub fn run(a: &Args) -> CmdResult {
             .map(|_| AtomicPtr::new(Box::into_raw(TObj::new())))
             .collect(),
     };
+    let slab = SlabSlots::new(&k);
     let counts = Counts::default();
     let irq = IrqWriter {
         k: &k,
         table: &table,
+        slab: &slab,
         ring: Ring::new(1024),
         retired: AtomicU64::new(0),
+        slab_retired: AtomicU64::new(0),
         empty: AtomicU64::new(0),
         refused: AtomicU64::new(0),
         next: AtomicU64::new(0),
@@ -535,6 +664,7 @@ pub fn run(a: &Args) -> CmdResult {
     let threads = Threads {
         k: &k,
         table: &table,
+        slab: &slab,
         counts: &counts,
         raw: RawSpinLock::named(k.domain(), "torture_raw_lock", ()),
         stop: AtomicBool::new(false),
@@ -549,6 +679,7 @@ pub fn run(a: &Args) -> CmdResult {
     drop(threads);
     // Everything left: the table's objects and the ring's, then the barrier.
     retire_the_table(&k, &table);
+    retire_the_slab_table(&k, &slab);
     while irq.ring.pop().is_some() {}
     k.kvfree_rcu_barrier();
     let errors = find_errors(a, policy, &k, &counts, &irq, &reports);
@@ -570,6 +701,7 @@ pub fn run(a: &Args) -> CmdResult {
         retired_mightsleep: counts.mightsleep.load(SeqCst),
         retired_softirq: counts.softirq.load(SeqCst),
         retired_hardirq: irq.retired.load(SeqCst),
+        retired_slab: counts.slab.load(SeqCst) + irq.slab_retired.load(SeqCst),
         signals,
         nmi_refused: counts.nmi_refused.load(SeqCst),
         fallbacks: s.list_fallbacks + s.lock_busy_fallbacks,
@@ -596,7 +728,7 @@ pub fn run(a: &Args) -> CmdResult {
 }
 
 fn render(r: &TortureResult) -> String {
-    let rows: [(&str, String); 16] = [
+    let rows: [(&str, String); 17] = [
         ("reads (read-side sections)", r.reads.to_string()),
         ("objects checked by readers", r.objects_checked.to_string()),
         ("objects made", r.made.to_string()),
@@ -614,6 +746,10 @@ fn render(r: &TortureResult) -> String {
         (
             "retired: hardirq (signal handler)",
             format!("{} ({} signals)", r.retired_hardirq, r.signals),
+        ),
+        (
+            "retired: slab objects (kfree_rcu_slab, every context)",
+            r.retired_slab.to_string(),
         ),
         ("NMI calls refused", r.nmi_refused.to_string()),
         ("fallbacks (rcu_head list)", r.fallbacks.to_string()),

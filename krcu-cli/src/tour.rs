@@ -47,6 +47,8 @@ pub fn run(a: &Args) -> CmdResult {
         rounds: if a.quick { 1 } else { 3 },
         policy: Policy::default(),
         json: a.json,
+        in_process: false,
+        one: None,
     };
     if !a.json {
         println!(

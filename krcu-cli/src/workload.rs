@@ -29,10 +29,15 @@ const _: () = assert!(size_of::<Obj24>() == 24);
 impl Obj24 {
     #[inline]
     pub fn boxed(value: u64) -> Box<Obj24> {
-        Box::new(Obj24 {
+        Box::new(Obj24::new(value))
+    }
+
+    #[inline]
+    pub fn new(value: u64) -> Obj24 {
+        Obj24 {
             head: RcuHead::new(),
             value,
-        })
+        }
     }
 }
 

@@ -266,8 +266,8 @@ pub use domain::{Domain, DomainBuilder};
 pub use error::BuildError;
 #[cfg(not(loom))]
 pub use instance::{
-    InNmi, Krcu, KrcuBuilder, SlabChannel, kfree_rcu, kvfree_rcu_barrier, kvfree_rcu_mightsleep,
-    register_thread,
+    InNmi, Krcu, KrcuBuilder, SlabChannel, SlabRetireError, kfree_rcu, kfree_rcu_slab,
+    kvfree_rcu_barrier, kvfree_rcu_mightsleep, register_thread,
 };
 /// `#[derive(HasRcuHead)]`: implements [`rcu::HasRcuHead`] for a struct
 /// from its `RcuHead` field; see the trait for examples.

@@ -16,7 +16,9 @@ fn alloc_free_and_empty_slabs_go_back() {
     let pa = allocator_on_cpus(1, 16 << 20);
     let cache = SlabCache::<[u64; 3]>::new(&pa, "triples").unwrap();
     assert_eq!(cache.slab_order(), 0);
-    assert!(cache.objects_per_slab() >= 100);
+    // 24 bytes and the slot's hidden 16-byte RcuHead (for a retired
+    // SlabBox's last-resort list): 40-byte slots, 98 in a page.
+    assert!(cache.objects_per_slab() >= 90);
     let mut objs = Vec::new();
     for i in 0..1000u64 {
         let p = cache.alloc(Gfp::KERNEL, [i, i + 1, i + 2]).unwrap();

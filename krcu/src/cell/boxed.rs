@@ -6,6 +6,9 @@ use crate::rcu::{HasRcuHead, RcuHead};
 
 /// A value together with the [`RcuHead`] that `kfree_rcu` needs to retire
 /// it. Built only here, so its head offset is correct by construction.
+/// `repr(C)`, value first: a pointer to the node is a pointer to its
+/// value, as a cell's slab values are (a cell loads either the same way).
+#[repr(C)]
 pub(super) struct Node<T> {
     pub(super) value: T,
     pub(super) head: RcuHead,

@@ -38,6 +38,13 @@ pub(super) mod sealed {
         /// As `Krcu::kfree_rcu_raw`: `raw` is a leaked `Box` handed over
         /// here, unqueued, written by no one from now on.
         unsafe fn retire<N: HasRcuHead>(&self, raw: NonNull<N>) -> bool;
+
+        /// `kfree_rcu_slab` of a slab object by pointer on this instance;
+        /// `false` (nothing done) in NMI context.
+        ///
+        /// # Safety
+        /// As `Krcu::kfree_rcu_slab_raw`.
+        unsafe fn retire_slab<T: Send + 'static>(&self, obj: NonNull<T>) -> bool;
     }
 }
 
@@ -66,6 +73,11 @@ impl sealed::Sealed for Global {
         // SAFETY: the caller's contract, passed on.
         unsafe { crate::instance::kfree_rcu_raw_global(raw) }
     }
+
+    unsafe fn retire_slab<T: Send + 'static>(&self, obj: NonNull<T>) -> bool {
+        // SAFETY: the caller's contract, passed on.
+        unsafe { crate::instance::kfree_rcu_slab_raw_global(obj) }
+    }
 }
 
 impl CellInstance for Arc<Krcu> {
@@ -85,5 +97,10 @@ impl sealed::Sealed for Arc<Krcu> {
     unsafe fn retire<N: HasRcuHead>(&self, raw: NonNull<N>) -> bool {
         // SAFETY: the caller's contract, passed on.
         unsafe { self.kfree_rcu_raw(raw) }
+    }
+
+    unsafe fn retire_slab<T: Send + 'static>(&self, obj: NonNull<T>) -> bool {
+        // SAFETY: the caller's contract, passed on.
+        unsafe { self.kfree_rcu_slab_raw(obj) }
     }
 }

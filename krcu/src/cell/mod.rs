@@ -13,6 +13,8 @@
 mod boxed;
 mod error;
 mod instance;
+mod slab;
+mod tag;
 
 use boxed::Node;
 pub use boxed::RcuBox;
@@ -241,16 +243,18 @@ impl<T: Send + Sync + 'static, I: CellInstance> RcuCell<T, I> {
         // published the box: its initialisation happens before our reads
         // of `value` (the kernel's rcu_dereference is a dependency-ordered
         // load; Rust has no consume, so acquire).
-        let p = self.ptr.load(Ordering::Acquire);
-        // SAFETY: a non-null pointer in the cell is a leaked
-        // Box<Node<T>>. It is freed only through kfree_rcu on the cell's
+        let p = tag::untag(self.ptr.load(Ordering::Acquire));
+        // SAFETY: a non-null pointer in the cell (its tag masked off) is a
+        // leaked Box<Node<T>> or a slab object holding a T (at the same
+        // offset: Node is repr(C), value first). It is freed only through
+        // kfree_rcu on the cell's
         // instance, called after it left the cell (swap or drop); `guard`
         // is a section of that same instance (checked above), opened before
         // this load saw the pointer, so the grace period that frees it
         // cannot end while `guard` lives, and 'g is within the borrow of
         // `guard`. A box is never written after it is published but for
         // its head, which kfree_rcu uses only after it left the cell.
-        unsafe { p.as_ref() }.map(|b| &b.value)
+        unsafe { p.cast::<T>().as_ref() }
     }
 
     /// Publishes `value` (`rcu_assign_pointer`) and retires the old value
@@ -403,7 +407,7 @@ impl<T: Send + Sync + 'static, I: CellInstance> RcuCell<T, I> {
         // retire, holds the free off while the caller's 'g lasts, and the
         // caller returns the reference for 'g only. The swap's Acquire made
         // its initialisation visible.
-        let r = unsafe { old.as_ref() }.map(|b| &b.value);
+        let r = unsafe { tag::value_of(old) };
         self.retire(old);
         r
     }
@@ -514,15 +518,24 @@ impl<T: Send + Sync + 'static, I: CellInstance> RcuCell<T, I> {
         // loads that see it; Acquire makes the old node's initialisation
         // visible to us (we return a reference into it and kfree_rcu
         // writes its head). Failure: Acquire, as a load, for `current`.
-        match self
-            .ptr
-            .compare_exchange(expected, new, Ordering::AcqRel, Ordering::Acquire)
-        {
+        // A slab value is held tagged: `current` names it untagged, so a
+        // compare that failed only on the tag is made again with it.
+        let mut expected = expected;
+        let result = loop {
+            match self
+                .ptr
+                .compare_exchange(expected, new, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Err(seen) if seen != expected && tag::untag(seen) == expected => expected = seen,
+                r => break r,
+            }
+        };
+        match result {
             Ok(old) => {
                 // SAFETY: as in `replace_with`: `old` left the cell just
                 // now, is retired below on the cell's instance, and the
                 // caller's guard of that instance holds the free off for 'g.
-                let r = unsafe { old.as_ref() }.map(|b| &b.value);
+                let r = unsafe { tag::value_of(old) };
                 self.retire(old);
                 Ok(r)
             }
@@ -532,7 +545,7 @@ impl<T: Send + Sync + 'static, I: CellInstance> RcuCell<T, I> {
                 let new = RcuBox(unsafe { Box::from_raw(new) });
                 // SAFETY: `seen` was in the cell when compared, under the
                 // caller's guard of the cell's instance: as in `load`.
-                let current = unsafe { seen.as_ref() }.map(|b| &b.value);
+                let current = unsafe { tag::value_of(seen) };
                 Err(CompareExchangeError::Changed { current, new })
             }
         }
@@ -554,6 +567,13 @@ impl<T: Send + Sync + 'static, I: CellInstance> RcuCell<T, I> {
     /// rather than freed while readers may reach it.
     #[track_caller]
     fn retire(&self, old: *mut Node<T>) {
+        if tag::is_slab(old) {
+            // SAFETY: a tagged pointer in the cell is a slab object the
+            // cell owned (stored by `store_slab`/`replace_slab`); it left
+            // the cell, so its ownership passes to kfree_rcu here.
+            unsafe { self.retire_slab(old) };
+            return;
+        }
         let Some(old) = NonNull::new(old) else {
             return;
         };

@@ -137,7 +137,7 @@ pub(crate) unsafe fn kfree_rcu_raw_global<T: HasRcuHead>(raw: NonNull<T>) -> boo
 /// Whether the calling context may build the process-wide instance (it
 /// sleeps: locks, allocations, thread starts).
 #[inline]
-fn may_build_global() -> bool {
+pub(super) fn may_build_global() -> bool {
     matches!(
         context::kind(),
         context::ContextKind::Task | context::ContextKind::Softirq

@@ -5,7 +5,7 @@
 //!
 //! The parts: the builder (`builder.rs`), the process-wide instance and
 //! the free functions (`global.rs`), the slab channels
-//! (`slab_channel.rs`); this file is the instance itself and its teardown.
+//! (`slab_channel.rs`), `kfree_rcu` of slab boxes (`slab_retire.rs`); this file is the instance itself and its teardown.
 //!
 //! Uses: `context`, `domain`, `fork`, `kvfree`, `lockdep`, `page`, `rcu`,
 //! `slab`.
@@ -13,11 +13,14 @@
 mod builder;
 mod global;
 mod slab_channel;
+mod slab_retire;
 
 pub use builder::KrcuBuilder;
 pub(crate) use global::kfree_rcu_raw_global;
 pub use global::{kfree_rcu, kvfree_rcu_barrier, kvfree_rcu_mightsleep, register_thread};
 pub use slab_channel::SlabChannel;
+pub(crate) use slab_retire::kfree_rcu_slab_raw_global;
+pub use slab_retire::{SlabRetireError, kfree_rcu_slab};
 
 use crate::context::{self};
 use crate::domain::Domain;

@@ -113,6 +113,11 @@ impl Engine {
         &self.shared.rcu
     }
 
+    /// The RCU as the `Arc` the engine shares (for caches of the instance).
+    pub(crate) fn rcu_arc(&self) -> &Arc<Rcu> {
+        &self.shared.rcu
+    }
+
     pub(crate) fn pages(&self) -> &Arc<PageAllocator> {
         &self.shared.pages
     }

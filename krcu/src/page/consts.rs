@@ -11,3 +11,7 @@ pub const PAGE_SIZE: usize = 1 << PAGE_SHIFT;
 pub const MAX_ORDER: u32 = 10;
 /// The number of orders (0..=MAX_ORDER), `NR_PAGE_ORDERS`.
 pub const NR_ORDERS: usize = MAX_ORDER as usize + 1;
+/// The smallest block order given back: 64 pages (256 KiB). Smaller free
+/// blocks are likely reused soon, and a system call per block would cost
+/// more than it gives.
+pub const RELEASE_ORDER: u32 = 6;

@@ -71,12 +71,13 @@ mod gfp;
 mod meta;
 mod pcp;
 mod reclaim;
+mod release;
 mod stats;
 mod watermark;
 mod zone;
 
 pub use config::PageConfig;
-pub use consts::{MAX_ORDER, NR_ORDERS, PAGE_SHIFT, PAGE_SIZE};
+pub use consts::{MAX_ORDER, NR_ORDERS, PAGE_SHIFT, PAGE_SIZE, RELEASE_ORDER};
 pub use error::{AllocError, PageError};
 pub use fault::{FaultInjector, FaultSites};
 pub use gfp::{Gfp, Migratetype};

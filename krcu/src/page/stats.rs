@@ -119,6 +119,12 @@ counters! {
         /// reported from task context by the next
         /// [`drain_all`](super::PageAllocator::drain_all).
         handler_bad_frees,
+        /// Passes that gave free memory back to the OS
+        /// ([`release_free_memory`](super::PageAllocator::release_free_memory)).
+        release_passes,
+        /// Pages given back to the OS with `madvise` (each counted once
+        /// until it is allocated again).
+        released_pages,
     }
 }
 

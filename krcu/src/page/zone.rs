@@ -20,7 +20,7 @@ use super::watermark::Watermarks;
 use crate::domain::Domain;
 use crate::error::BuildError;
 use crate::lock::{SpinLock, SpinLockGuard};
-use crate::sync::atomic::{AtomicU32, AtomicUsize, Ordering::*};
+use crate::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering::*};
 use core::ptr::NonNull;
 
 /// The arena: one private anonymous mapping, reserved but not committed
@@ -105,16 +105,19 @@ impl Drop for Arena {
 /// protected by the zone lock.
 #[derive(Debug)]
 pub(crate) struct FreeArea {
-    heads: [[u32; Migratetype::COUNT]; NR_ORDERS],
+    pub(super) heads: [[u32; Migratetype::COUNT]; NR_ORDERS],
     nr_free: [usize; NR_ORDERS],
-    free_pages: usize,
+    pub(super) free_pages: usize,
 }
 
 /// The free lists together with the side array: what code under the zone
 /// lock works on.
 pub(crate) struct Buddy<'a> {
-    area: &'a mut FreeArea,
-    meta: &'a [PageMeta],
+    pub(super) area: &'a mut FreeArea,
+    pub(super) meta: &'a [PageMeta],
+    /// One bit per page: given back to the OS and not allocated since
+    /// (`release.rs`).
+    pub(super) released: &'a [AtomicU64],
 }
 
 impl Buddy<'_> {
@@ -132,7 +135,7 @@ impl Buddy<'_> {
         self.area.free_pages += 1 << order;
     }
 
-    fn list_del(&mut self, pfn: u32, order: u32, mt: Migratetype) {
+    pub(super) fn list_del(&mut self, pfn: u32, order: u32, mt: Migratetype) {
         let m = &self.meta[pfn as usize];
         let (next, prev) = (m.next(), m.prev());
         if prev == NONE {
@@ -166,6 +169,8 @@ impl Buddy<'_> {
     pub(crate) fn rmqueue(&mut self, order: u32, mt: Migratetype) -> Option<u32> {
         let pfn = self.take_block(order, mt)?;
         self.meta[pfn as usize].set_state(State::new(Kind::Allocated, order, mt));
+        // Its pages are in use again (the OS maps them back on first touch).
+        clear_released(self.released, pfn, order);
         Some(pfn)
     }
 
@@ -249,6 +254,9 @@ pub(crate) struct Zone {
     /// (`free_pages_nolock`); merged by the next holder of the zone lock.
     deferred: AtomicU32,
     pub(crate) wmark: Watermarks,
+    /// Pages given back to the OS and not allocated since, a bit each
+    /// (`release.rs`); changed under the zone lock.
+    pub(super) released: Box<[AtomicU64]>,
 }
 
 impl Zone {
@@ -263,9 +271,12 @@ impl Zone {
         };
         // Carve the arena into the largest aligned blocks (the kernel's
         // memblock_free_all, in small).
+        let released: Box<[AtomicU64]> =
+            (0..pages.div_ceil(64)).map(|_| AtomicU64::new(0)).collect();
         let mut buddy = Buddy {
             area: &mut area,
             meta: &meta,
+            released: &released,
         };
         let mut pfn = 0usize;
         while pfn < pages {
@@ -284,6 +295,7 @@ impl Zone {
             nr_free: core::array::from_fn(|_| AtomicUsize::new(0)),
             deferred: AtomicU32::new(NONE),
             wmark,
+            released,
         };
         zone.publish(&zone.lock.lock());
         Ok(zone)
@@ -336,6 +348,7 @@ impl Zone {
         let mut buddy = Buddy {
             area: &mut guard,
             meta: &self.meta,
+            released: &self.released,
         };
         self.merge_deferred(&mut buddy);
         let r = f(&mut buddy);
@@ -387,5 +400,34 @@ impl Zone {
         if self.deferred.load(Relaxed) != NONE {
             self.with_lock(LockMode::Block, |_| ());
         }
+    }
+}
+
+/// Marks the pages of an allocated block in use (not released).
+#[inline]
+fn clear_released(bits: &[AtomicU64], pfn: u32, order: u32) {
+    for_words(pfn, order, |w, mask| {
+        // Under the zone lock: a plain load and store are enough.
+        let v = bits[w].load(Relaxed);
+        if v & mask != 0 {
+            bits[w].store(v & !mask, Relaxed);
+        }
+    });
+}
+
+/// Calls `f(word, mask)` for the bits of pages `pfn..pfn + 2^order`.
+#[inline]
+pub(super) fn for_words(pfn: u32, order: u32, mut f: impl FnMut(usize, u64)) {
+    let (mut p, end) = (pfn as usize, pfn as usize + (1usize << order));
+    while p < end {
+        let (w, b) = (p / 64, p % 64);
+        let n = (64 - b).min(end - p);
+        let mask = if n == 64 {
+            u64::MAX
+        } else {
+            ((1u64 << n) - 1) << b
+        };
+        f(w, mask);
+        p += n;
     }
 }

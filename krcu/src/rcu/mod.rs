@@ -114,7 +114,7 @@ pub(crate) use callback::{CbList, PendingList};
 #[cfg(not(loom))]
 pub use callback::{HasRcuHead, RcuCallbackFn, RcuHead};
 #[cfg(not(loom))]
-pub(crate) use early::{call_rcu_global_nobuild, global_arc};
+pub(crate) use early::{call_rcu_global_nobuild, global_arc, global_id};
 #[cfg(not(loom))]
 pub use global::{
     GlobalReadGuard, GlobalReaderHandle, call_rcu, call_rcu_box, cond_synchronize, get_state,

@@ -19,6 +19,7 @@ use crate::page::{AllocError, Gfp};
 use crate::sync::atomic::Ordering::*;
 use core::mem::MaybeUninit;
 use core::ptr::{self, NonNull};
+use std::sync::Arc;
 
 /// Pops an object from a sheaf with at least one.
 ///
@@ -294,7 +295,15 @@ impl CacheCore {
         let base = page.into_raw();
         // SAFETY: a block of the slab order just allocated for us; pages are
         // page-aligned, more than a header needs.
-        Ok(unsafe { layout::init_header(base, &self.layout, self.magic) })
+        let hdr = unsafe { layout::init_header(base, &self.layout, self.magic) };
+        let core: *const CacheCore = self;
+        // The slab's strong count of the core (dropped in `free_slabs`).
+        // SAFETY: a `CacheCore` only ever lives in an `Arc` (the builder
+        // makes it so), alive while `self` is borrowed.
+        unsafe { Arc::increment_strong_count(core) };
+        // SAFETY: fresh, ours alone; published with the slab (node lock).
+        unsafe { (*hdr).cache = core.cast() };
+        Ok(hdr)
     }
 
     /// Takes available objects from partial slabs into `out`.

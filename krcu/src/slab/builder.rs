@@ -14,7 +14,7 @@ use crate::error::BuildError;
 use crate::lock::SpinLock;
 use crate::page::PageAllocator;
 use crate::percpu::PerCpu;
-use crate::sync::atomic::{AtomicPtr, Ordering::*};
+use crate::sync::atomic::{AtomicBool, AtomicPtr, Ordering::*};
 use core::marker::PhantomData;
 use core::ptr;
 use std::sync::Arc;
@@ -129,6 +129,7 @@ impl<T> SlabCacheBuilder<T> {
             #[cfg(not(loom))]
             rcu,
             counters: Counters::default(),
+            orphaned: AtomicBool::new(false),
             pages: self.pages,
         };
         let core = Arc::new(core);

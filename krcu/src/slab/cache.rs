@@ -17,7 +17,7 @@ use super::sheaf::{Barn, CpuSheaves};
 use crate::lock::SpinLock;
 use crate::page::PageAllocator;
 use crate::percpu::PerCpu;
-use crate::sync::atomic::{AtomicPtr, AtomicU64, Ordering::*};
+use crate::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering::*};
 use core::marker::PhantomData;
 use core::ptr::{self, NonNull};
 use std::sync::Arc;
@@ -70,6 +70,15 @@ pub(super) enum Mode {
     Try,
 }
 
+/// Whether the caller may sleep (task context, no lock, no reader).
+fn may_sleep() -> bool {
+    use crate::context;
+    context::kind() == context::ContextKind::Task
+        && !context::in_atomic()
+        && !context::irqs_disabled()
+        && context::rcu_read_depth() == 0
+}
+
 /// Whether the caller runs in hardirq (signal handler) or NMI context, where
 /// a blocking lock self-deadlocks if the interrupted thread holds it.
 #[inline]
@@ -115,6 +124,9 @@ pub(crate) struct CacheCore {
     #[cfg(not(loom))]
     pub(super) rcu: std::sync::OnceLock<Arc<crate::rcu::Rcu>>,
     pub(super) counters: Counters,
+    /// Set (SeqCst) when the handle is dropped: a box dropped afterwards
+    /// also shrinks the cache, so that its slabs, and then the core, go.
+    pub(super) orphaned: AtomicBool,
 }
 
 /// A cache of `T` objects carved from page-allocator pages
@@ -184,6 +196,17 @@ pub(crate) struct CacheCore {
 /// assert_eq!((stats.bulk_frees, stats.slabs), (1, 0));
 /// assert_eq!(pages.stats().allocated_pages(), 0);
 /// ```
+///
+/// # Lifetime of the memory
+/// The cache's state lives in a core behind an `Arc`: the handle
+/// holds one strong count, every slab allocated holds one more, taken
+/// when the slab comes from the page allocator and dropped when it goes
+/// back (once per slab, never per object), and every `rcu_free` sheaf in
+/// flight holds one. A [`SlabBox`](super::SlabBox) finds the core through
+/// its slab's header, so a box outlives the handle safely: dropping the
+/// handle shrinks the cache and marks it orphaned; boxes dropped later
+/// still free into the core, which goes (with the page allocator it
+/// holds) when its last slab does.
 #[doc(alias = "kmem_cache")]
 pub struct SlabCache<T> {
     pub(super) core: Arc<CacheCore>,
@@ -273,6 +296,7 @@ impl<T> SlabCache<T> {
 impl CacheCore {
     /// See [`SlabCache::shrink`].
     pub(super) fn shrink(&self) -> usize {
+        let slabs_freed = self.counters.slabs_freed.load(Relaxed);
         let mut moved = 0;
         #[cfg(not(loom))]
         {
@@ -303,6 +327,11 @@ impl CacheCore {
         moved += self.barn_shrink();
         // Frees deferred from signal handlers.
         self.return_to_slabs(&mut [], Mode::Block);
+        if self.counters.slabs_freed.load(Relaxed) != slabs_freed && may_sleep() {
+            // Slabs went back: free memory beyond the page allocator's
+            // `high` watermark goes back to the OS.
+            self.pages.release_free_memory();
+        }
         moved
     }
 
@@ -365,9 +394,14 @@ impl<T> Drop for SlabCache<T> {
     /// sheaves in flight, and returns cached objects, and so empty slabs,
     /// to the page allocator. Slabs with objects still allocated stay
     /// allocated (leaked, with a warning), as `kmem_cache_destroy` leaves
-    /// them.
+    /// them, and they keep the core (see the type's "Lifetime of the
+    /// memory"): they stay valid, and freeing them later gives the slabs
+    /// back.
     #[doc(alias = "kmem_cache_destroy")]
     fn drop(&mut self) {
+        // SeqCst, before the shrink: a box dropped concurrently either sees
+        // the flag (and shrinks itself) or freed before this shrink's locks.
+        self.core.orphaned.store(true, SeqCst);
         drop(self.shrinker.take());
         #[cfg(not(loom))]
         {
@@ -382,10 +416,10 @@ impl<T> Drop for SlabCache<T> {
         self.core.shrink();
         let slabs = self.core.node.lock().nr_slabs;
         if slabs > 0 {
-            tracing::warn!(
+            tracing::debug!(
                 cache = self.core.name,
                 slabs,
-                "slab cache dropped with objects still allocated"
+                "slab cache dropped with objects still allocated: they keep its memory"
             );
         }
     }

@@ -15,9 +15,15 @@
 //!   others and the partial-list links. These change only under the
 //!   cache's node lock (`n->list_lock`).
 //!
-//! Uses: `asan`, `page`, `sync`.
+//! Uses: `asan`, `page`, `rcu` (the hidden head's type), `sync`.
 
 use crate::page::{MAX_ORDER, PAGE_SIZE};
+#[cfg(not(loom))]
+use crate::rcu::RcuHead;
+/// Under loom the RCU callbacks are not built: a stand-in of the head's
+/// size and alignment keeps the layout the same.
+#[cfg(loom)]
+type RcuHead = [usize; 2];
 use crate::sync::atomic::{AtomicU64, Ordering};
 use core::ptr::NonNull;
 
@@ -40,6 +46,10 @@ pub(crate) struct SlabHeader {
     pub(crate) on_partial: bool,
     pub(crate) next: *mut SlabHeader,
     pub(crate) prev: *mut SlabHeader,
+    /// The cache's core (`*const CacheCore<T>`), which this slab holds a
+    /// strong count of while it is allocated: how a `SlabBox` finds its
+    /// cache. Written once, before any object of the slab is handed out.
+    pub(crate) cache: *const (),
 }
 
 /// Where objects sit in a slab of some type.
@@ -53,40 +63,66 @@ pub(crate) struct Layout {
     pub(crate) first: usize,
     /// Slots per slab.
     pub(crate) objects: usize,
+    /// Offset in each slot of its hidden [`RcuHead`], after the object:
+    /// the `rcu_head` fallback of a retired `SlabBox` (see `slab/boxed.rs`).
+    pub(crate) head: usize,
 }
 
 impl Layout {
     /// The layout for objects of `size` bytes aligned to `align`: the
     /// smallest order up to [`SLAB_MAX_ORDER`] that holds at least
     /// [`MIN_OBJECTS`] (or the largest order that holds one).
-    pub(crate) fn new(size: usize, align: usize) -> Option<Layout> {
+    /// A `const fn`: a box finds its slab's header from the order of `T`'s
+    /// layout, computed once per type (`slab/boxed.rs`).
+    pub(crate) const fn new(size: usize, align: usize) -> Option<Layout> {
+        const fn max(a: usize, b: usize) -> usize {
+            if a > b { a } else { b }
+        }
         // Slots hold at least a pointer, aligned for one (SLUB's minimum
         // object size): a free deferred from a signal handler links the
         // object into a lock-free list through its first word.
-        let align = align.max(core::mem::align_of::<*mut u8>());
-        let stride = size
-            .max(core::mem::size_of::<*mut u8>())
-            .next_multiple_of(align);
+        let align = max(
+            max(align, core::mem::align_of::<*mut u8>()),
+            core::mem::align_of::<RcuHead>(),
+        );
+        // Each slot ends with a hidden RcuHead (written only when a retired
+        // object takes kfree_rcu's last-resort list, never while readers may
+        // see it otherwise: it is outside the object).
+        let head = size.next_multiple_of(core::mem::align_of::<RcuHead>());
+        let stride = max(
+            head + core::mem::size_of::<RcuHead>(),
+            core::mem::size_of::<*mut u8>(),
+        )
+        .next_multiple_of(align);
         let first = core::mem::size_of::<SlabHeader>().next_multiple_of(align);
         let mut best = None;
-        for order in 0..=SLAB_MAX_ORDER.min(MAX_ORDER) {
+        let top = if SLAB_MAX_ORDER < MAX_ORDER {
+            SLAB_MAX_ORDER
+        } else {
+            MAX_ORDER
+        };
+        let mut order = 0;
+        while order <= top {
             let bytes = PAGE_SIZE << order;
             if align > bytes {
                 // Slabs are aligned to their own size at most.
                 break;
             }
-            let objects = (bytes.saturating_sub(first) / stride).min(MAX_OBJECTS);
+            let fit = bytes.saturating_sub(first) / stride;
+            let objects = if fit < MAX_OBJECTS { fit } else { MAX_OBJECTS };
             if objects > 0 {
                 best = Some(Layout {
                     order,
                     stride,
                     first,
                     objects,
+                    head,
                 });
                 if objects >= MIN_OBJECTS {
                     break;
                 }
             }
+            order += 1;
         }
         best
     }
@@ -146,6 +182,7 @@ pub(crate) unsafe fn init_header(
             on_partial: false,
             next: core::ptr::null_mut(),
             prev: core::ptr::null_mut(),
+            cache: core::ptr::null(),
         });
     }
     // Every slot starts free: poisoned under AddressSanitizer (the header

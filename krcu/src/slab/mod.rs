@@ -29,6 +29,7 @@
 //! `rcu_free` sheaves) an RCU instance.
 
 mod alloc;
+mod boxed;
 mod builder;
 mod bulk;
 mod cache;
@@ -44,7 +45,12 @@ mod sheaf;
 mod tests;
 mod thread;
 
+pub use boxed::SlabBox;
+#[cfg(not(loom))]
+pub(crate) use boxed::{Pin, borrow_cache, core_of, hidden_head, object_of_head};
 pub use builder::SlabCacheBuilder;
+#[cfg(not(loom))]
+pub(crate) use cache::CacheCore;
 pub use cache::{DEFAULT_SHEAF_CAPACITY, MAX_SHEAF_CAPACITY, SlabCache};
 pub use nolock::NolockError;
 pub use prefill::PrefilledSheaf;

@@ -9,6 +9,7 @@ use super::layout::{self, SlabHeader};
 use crate::page::FaultSites;
 use crate::sync::atomic::Ordering::*;
 use core::ptr::{self, NonNull};
+use std::sync::Arc;
 
 impl CacheCore {
     /// The node lock: a real lock, except in [`Mode::Try`], which only
@@ -81,7 +82,15 @@ impl CacheCore {
     /// Gives a chain of empty slabs (linked by `next`, off every list) back
     /// to the page allocator: in [`Mode::Try`] with `free_pages_nolock`,
     /// which never waits for the zone lock.
+    ///
+    /// Each slab's strong count of the core is dropped last, after the
+    /// loop: the last one may free the core (after the handle is gone), so
+    /// nothing of the cache is touched after that, here or by the callers
+    /// (a path that gives back the slab of the very object it frees ends
+    /// with this call).
     pub(super) fn free_slabs(&self, mut empty: *mut SlabHeader, mode: Mode) {
+        let core: *const CacheCore = self;
+        let mut freed = 0;
         while !empty.is_null() {
             // SAFETY: an empty slab taken off every list: ours alone.
             let next = unsafe { (*empty).next };
@@ -101,7 +110,14 @@ impl CacheCore {
                 }
             }
             self.counters.slabs_freed.fetch_add(1, Relaxed);
+            freed += 1;
             empty = next;
+        }
+        for _ in 0..freed {
+            // SAFETY: each slab freed held one strong count of the core (a
+            // `CacheCore` only ever lives in an `Arc`), taken in `new_slab`;
+            // `self` is not used after the last.
+            unsafe { Arc::decrement_strong_count(core) };
         }
     }
 
