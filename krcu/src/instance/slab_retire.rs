@@ -76,9 +76,10 @@ impl Krcu {
     /// RCU's.)
     #[doc(alias = "kmem_cache_create")]
     pub fn slab_cache<T>(&self, name: &'static str) -> Result<SlabCache<T>, BuildError> {
-        let mut cache = SlabCache::new(self.pages(), name)?;
-        cache.set_rcu(self.engine.rcu_arc().clone());
-        Ok(cache)
+        SlabCache::builder(self.pages())
+            .name(name)
+            .rcu(self.engine.rcu_arc().clone())
+            .build()
     }
 
     /// Frees `obj` after a grace period of this instance (`kfree_rcu` of a

@@ -75,10 +75,24 @@ impl Monitor {
     /// One pass over the fronts and every CPU.
     pub(super) fn pass(&self, s: &Shared, fronts: &Fronts, pass: Pass) -> PassOutcome {
         let flush = pass == Pass::Flush;
+        // Partly filled `rcu_free` sheaves of the slab caches waiting on
+        // this RCU: all of them on a flush, else those gone quiet (outside
+        // the pass lock: a submit takes the slab's own locks).
+        #[cfg(not(loom))]
+        let sheaves_pending = {
+            if flush {
+                crate::slab::submit_rcu_sheaves_of(&s.rcu);
+            } else {
+                crate::slab::submit_idle_rcu_sheaves_of(&s.rcu);
+            }
+            crate::slab::any_partial_rcu_sheaves(&s.rcu)
+        };
+        #[cfg(loom)]
+        let sheaves_pending = false;
         let _pass = self.lock();
         let now = Instant::now();
         let (mut pending, mut complete) = fronts.monitor(s, flush, now, s.config.drain_delay);
-        let mut busy = pending.objs > 0;
+        let mut busy = pending.objs > 0 || sheaves_pending;
         for (_, cpu) in s.cpus.iter() {
             let (c, b, p) = self.pass_cpu(s, cpu, flush, now);
             complete &= c;
@@ -167,6 +181,11 @@ impl Monitor {
     /// Hands everything queued to RCU and waits until it is all freed
     /// (`kvfree_rcu_barrier`).
     pub(super) fn barrier(&self, s: &Shared, fronts: &Fronts, reclaim: &Reclaim) {
+        // Partly filled `rcu_free` sheaves of the slab caches waiting on
+        // this RCU go to `call_rcu` now: the `rcu_barrier` below waits for
+        // their callbacks too.
+        #[cfg(not(loom))]
+        crate::slab::submit_rcu_sheaves_of(&s.rcu);
         loop {
             let outcome = self.pass(s, fronts, Pass::Flush);
             // Every batch handed over so far is in RCU's lists: wait for

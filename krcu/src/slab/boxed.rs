@@ -315,18 +315,6 @@ impl<T> SlabCache<T> {
         SlabBox::new_in(self, value)
     }
 
-    #[cfg(not(loom))]
-    /// Makes the cache's retired objects wait for `rcu`'s grace periods.
-    /// Only right after construction (the core is not shared yet, and its
-    /// RCU not chosen).
-    pub(crate) fn set_rcu(&mut self, rcu: Arc<crate::rcu::Rcu>) {
-        let set = Arc::get_mut(&mut self.core)
-            .expect("a fresh cache's core is not shared")
-            .rcu
-            .set(rcu);
-        assert!(set.is_ok(), "a fresh cache's RCU is not chosen yet");
-    }
-
     /// The cache's core (its address is the cache's identity for the
     /// block channel of its retired boxes).
     #[inline]

@@ -133,6 +133,8 @@ impl<T> SlabCacheBuilder<T> {
             pages: self.pages,
         };
         let core = Arc::new(core);
+        #[cfg(not(loom))]
+        super::by_rcu::register(&core);
         let (count, scan) = (Arc::downgrade(&core), Arc::downgrade(&core));
         let shrinker = core.pages.register_shrinker(
             "slab-sheaves",

@@ -47,6 +47,9 @@ pub(super) struct Counters {
     pub(super) flushes: AtomicU64,
     pub(super) barn_gets: AtomicU64,
     pub(super) barn_puts: AtomicU64,
+    /// `rcu_free` sheaves that received their first object: with
+    /// `rcu_sheaves`, how many partly filled ones are out there.
+    pub(super) rcu_started: AtomicU64,
     pub(super) rcu_sheaves: AtomicU64,
     pub(super) rcu_sheaves_done: AtomicU64,
     pub(super) rcu_fallbacks: AtomicU64,

@@ -80,6 +80,14 @@ impl CacheCore {
         mut s: *mut Sheaf,
         gfp: Gfp,
     ) -> Result<*mut Sheaf, (AllocError, *mut Sheaf)> {
+        // A sheaf that has objects serves as it is. (A caller whose fast
+        // path failed only because a taker held its slot's gate finds its
+        // sheaf back here with objects in it: filed on the barn's empty
+        // list, its free objects would be retired with the next `rcu_free`
+        // sheaf filled in it, and dropped again.)
+        if sheaf::len(s) > 0 {
+            return Ok(s);
+        }
         let mode = mode_for(gfp);
         if let Some(mut cs) = self.lock_cpu(mode) {
             let cs = &mut *cs;
@@ -131,6 +139,11 @@ impl CacheCore {
     /// resort flushes `s` to the slabs (in `Try` mode objects whose node
     /// lock is busy are deferred).
     pub(super) fn get_room(&self, mut s: *mut Sheaf, mode: Mode) -> *mut Sheaf {
+        // A sheaf with room serves as it is (as in `get_filled`).
+        // SAFETY: the caller owns `s`.
+        if !s.is_null() && !unsafe { (*s).is_full() } {
+            return s;
+        }
         if let Some(mut cs) = self.lock_cpu(mode) {
             let cs = &mut *cs;
             for slot in [&mut cs.main, &mut cs.spare] {

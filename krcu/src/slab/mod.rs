@@ -31,6 +31,7 @@
 mod alloc;
 mod boxed;
 mod builder;
+mod by_rcu;
 mod bulk;
 mod cache;
 mod exchange;
@@ -49,6 +50,8 @@ pub use boxed::SlabBox;
 #[cfg(not(loom))]
 pub(crate) use boxed::{Pin, borrow_cache, core_of, hidden_head, object_of_head};
 pub use builder::SlabCacheBuilder;
+#[cfg(not(loom))]
+pub(crate) use by_rcu::{any_partial as any_partial_rcu_sheaves, submit_all as submit_rcu_sheaves_of, submit_idle as submit_idle_rcu_sheaves_of};
 #[cfg(not(loom))]
 pub(crate) use cache::CacheCore;
 pub use cache::{DEFAULT_SHEAF_CAPACITY, MAX_SHEAF_CAPACITY, SlabCache};

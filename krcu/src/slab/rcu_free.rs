@@ -72,7 +72,7 @@ impl<T> SlabCache<T> {
                     return false;
                 }
                 // SAFETY: as above; it has room.
-                unsafe { push(s, p) };
+                unsafe { core.push_retired(s, p) };
                 true
             }) == Some(true)
         {
@@ -158,7 +158,7 @@ impl CacheCore {
                 s = e;
             }
             // SAFETY: ours, with room.
-            unsafe { push(s, p) };
+            unsafe { self.push_retired(s, p) };
             if let Err(s) = slot.install(Which::Rcu, s) {
                 // A taker holds the slot (a submit or shrink running now):
                 // the sheaf goes to RCU at once.
@@ -187,8 +187,35 @@ impl CacheCore {
             cs.rcu_free = s;
         }
         // SAFETY: ours under the CPU's lock, with room.
-        unsafe { push(s, p) };
+        unsafe { self.push_retired(s, p) };
         true
+    }
+
+    /// Pushes a retired object into an `rcu_free` sheaf, counting the
+    /// sheaf as started when it was empty (one atomic add per sheaf, not
+    /// per object).
+    ///
+    /// # Safety
+    /// `s` is an `rcu_free` sheaf the caller owns (its section, its lock or
+    /// taken out of its slot), with room.
+    #[inline(always)]
+    unsafe fn push_retired(&self, s: *mut Sheaf, p: *mut u8) {
+        if sheaf::len(s) == 0 {
+            self.counters.rcu_started.fetch_add(1, Relaxed);
+        }
+        // SAFETY: per the contract.
+        unsafe { push(s, p) };
+    }
+
+    /// Partly filled `rcu_free` sheaves not yet submitted (racy: a
+    /// hint for the monitor, exact when nobody retires).
+    pub(super) fn partial_rcu_sheaves(&self) -> u64 {
+        let c = &self.counters;
+        // Submitted after started (a sheaf is started before it can be
+        // submitted): read `rcu_sheaves` first so that the difference is
+        // never negative from a race.
+        let submitted = c.rcu_sheaves.load(Relaxed);
+        c.rcu_started.load(Relaxed).saturating_sub(submitted)
     }
 
     /// An empty sheaf for `rcu_free`: from the barn, else a new one where

@@ -59,3 +59,37 @@ fn hardirq_free_never_waits_for_the_node_lock() {
     cache.shrink();
     assert_eq!(cache.stats().slabs, 0);
 }
+
+/// A sheaf that still has objects, handed to the exchange (an owner whose
+/// fast path lost to a taker holding its slot's gate, which then finds its
+/// sheaf back), serves as it is: filed on the barn's empty list, its free
+/// objects were retired with the next `rcu_free` sheaf filled in it and
+/// dropped a second time (seen as double drops once the monitor submitted
+/// partly filled sheaves while their owners allocated).
+#[test]
+fn a_sheaf_with_objects_is_never_filed_as_empty() {
+    use super::cache::Mode;
+    use super::sheaf::{self, Sheaf};
+    let d = Domain::builder().cpus(1).build();
+    let pa = PageAllocator::new(&d, PageConfig::default().arena_size(4 << 20).kswapd(false)).unwrap();
+    let cache = SlabCache::<u64>::new(&pa, "exchange").unwrap();
+    let core = &*cache.core;
+    // A full sheaf in the barn, one with three objects in hand.
+    let full = Sheaf::new_raw(core.sheaf_capacity);
+    core.refill_sheaf(full, Gfp::KERNEL).unwrap();
+    core.barn.lists.lock().put_full(full, usize::MAX).unwrap();
+    let mine = Sheaf::new_raw(4);
+    // SAFETY: ours alone.
+    let sh = unsafe { &mut *mine };
+    sh.len = core.take_from_slabs(&mut sh.objs[..3], Gfp::KERNEL).unwrap();
+    assert_eq!(sh.len, 3);
+    let got = core.get_filled(mine, Gfp::KERNEL).ok().unwrap();
+    assert_eq!(got, mine, "the sheaf with objects came back");
+    assert_eq!(core.barn.counts(), (1, 0), "nothing was filed as empty");
+    // And a sheaf with room serves for a free as it is.
+    assert_eq!(core.get_room(mine, Mode::Block), mine);
+    assert_eq!(sheaf::len(mine), 3);
+    core.flush_and_free_sheaf(mine, Mode::Block);
+    cache.shrink();
+    assert_eq!(cache.stats().slabs, 0);
+}
