@@ -223,3 +223,232 @@ fn the_rcu_free_callback_dropping_the_last_cache_handle_loses_nothing() {
     }
     assert_all_pages_back(&pa);
 }
+
+/// An object that counts its drop.
+struct Counted(Arc<AtomicUsize>);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, SeqCst);
+    }
+}
+
+/// Objects a thread-local destructor frees at thread exit, and the cache
+/// they go back to.
+struct FreeAtExit {
+    cache: Arc<SlabCache<Counted>>,
+    objs: Vec<usize>,
+    drops: Arc<AtomicUsize>,
+}
+
+impl Drop for FreeAtExit {
+    fn drop(&mut self) {
+        for &p in &self.objs {
+            // SAFETY: allocated by this thread, handed to this destructor
+            // alone, freed once.
+            unsafe { self.cache.free(NonNull::new(p as *mut Counted).unwrap()) };
+        }
+        // An allocation and a free of its own, at the same point of the
+        // thread's exit.
+        let p = self
+            .cache
+            .alloc(Gfp::KERNEL, Counted(self.drops.clone()))
+            .ok()
+            .unwrap();
+        // SAFETY: allocated above, freed once.
+        unsafe { self.cache.free(p) };
+    }
+}
+
+thread_local! {
+    static EARLY: std::cell::RefCell<Option<FreeAtExit>> = const { std::cell::RefCell::new(None) };
+    static LATE: std::cell::RefCell<Option<FreeAtExit>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Sound (checked): thread-local destructors that free objects into the
+/// cache (and allocate one) at thread exit, one running before the
+/// thread's slots are marked exited and one after (its destructor was
+/// registered before the slots' list, so it runs after it: the slot is
+/// gone and the CPU path is taken). Every object is dropped once and
+/// every slab comes back on shrink.
+#[test]
+fn thread_local_destructors_freeing_around_the_slot_list_lose_nothing() {
+    let pa = allocator_on_cpus(1, 8 << 20);
+    let cache = Arc::new(
+        SlabCache::<Counted>::builder(&pa)
+            .name("tls-exit")
+            .sheaf_capacity(4)
+            .build()
+            .unwrap(),
+    );
+    let drops = Arc::new(AtomicUsize::new(0));
+    const PER: usize = 10;
+    for round in 0..4 {
+        let (cache2, drops2) = (cache.clone(), drops.clone());
+        std::thread::spawn(move || {
+            let make = || FreeAtExit {
+                cache: cache2.clone(),
+                objs: Vec::new(),
+                drops: drops2.clone(),
+            };
+            // Registered before the slots' list: destroyed after it.
+            LATE.with(|l| *l.borrow_mut() = Some(make()));
+            let objs: Vec<usize> = (0..2 * PER)
+                .map(|_| {
+                    cache2
+                        .alloc(Gfp::KERNEL, Counted(drops2.clone()))
+                        .ok()
+                        .unwrap()
+                        .as_ptr() as usize
+                })
+                .collect();
+            // Registered after the slots' list: destroyed before it.
+            EARLY.with(|e| {
+                let mut f = make();
+                f.objs = objs[..PER].to_vec();
+                *e.borrow_mut() = Some(f);
+            });
+            LATE.with(|l| l.borrow_mut().as_mut().unwrap().objs = objs[PER..].to_vec());
+        })
+        .join()
+        .unwrap();
+        assert_eq!(
+            drops.load(SeqCst),
+            (round + 1) * (2 * PER + 2),
+            "every object dropped once"
+        );
+    }
+    cache.shrink();
+    assert_eq!(cache.stats().slabs, 0, "{:#?}", cache.stats());
+    drop(cache);
+    assert_all_pages_back(&pa);
+}
+
+/// The cache the SIGUSR2 handler of the signal test allocates from.
+static SIG_CACHE: std::sync::atomic::AtomicPtr<SlabCache<u64>> =
+    std::sync::atomic::AtomicPtr::new(core::ptr::null_mut());
+/// Handler runs that got an object, and objects found overwritten.
+static SIG_GOT: AtomicUsize = AtomicUsize::new(0);
+static SIG_BAD: AtomicUsize = AtomicUsize::new(0);
+/// The stamp handler objects carry (never a worker's id).
+const HANDLER_STAMP: u64 = 0x5160_5160_5160_5160;
+
+extern "C" fn on_sigusr2(_: libc::c_int) {
+    let _irq = context::enter_hardirq();
+    let c = SIG_CACHE.load(Acquire);
+    if c.is_null() {
+        return;
+    }
+    // SAFETY: set while the test's worker runs; cleared (and every signal
+    // delivered) before the cache goes.
+    let cache = unsafe { &*c };
+    let mut got = [None; 2];
+    if let Ok(p) = cache.alloc_nolock(HANDLER_STAMP) {
+        got[0] = Some(p);
+    }
+    if let Ok(p) = cache.alloc(Gfp::NO_LOCKS | Gfp::NOWARN, HANDLER_STAMP) {
+        got[1] = Some(p);
+    }
+    for (i, p) in got.into_iter().enumerate() {
+        let Some(p) = p else { continue };
+        SIG_GOT.fetch_add(1, Relaxed);
+        // SAFETY: allocated above, ours until freed below.
+        if unsafe { p.read() } != HANDLER_STAMP {
+            SIG_BAD.fetch_add(1, Relaxed);
+        }
+        // SAFETY: allocated above, freed once; the object retired into
+        // sheaves has no readers (handed back on Err and freed).
+        unsafe {
+            if i == 0 {
+                cache.free_nolock(p);
+            } else if let Err(p) = cache.testing_kfree_rcu_sheaf(p) {
+                cache.free_nolock(p);
+            }
+        }
+    }
+}
+
+/// Sound (checked): a real signal handler (declaring hardirq context)
+/// interrupts a thread at any point of its alloc, free and
+/// `kfree_rcu_sheaf` paths (inside its sheaf sections included) and
+/// allocates and frees into the same cache with `alloc_nolock`,
+/// `alloc(NO_LOCKS)`, `free_nolock` and `kfree_rcu_sheaf`. No object is
+/// handed out twice (every object's whole value is checked before it is
+/// freed; consistency checks are on), nothing is lost (every slab back).
+#[test]
+fn a_signal_handler_sharing_the_cache_with_the_thread_it_interrupts() {
+    use std::sync::atomic::AtomicBool;
+    let pa = allocator_on_cpus(1, 16 << 20);
+    let rcu = rcu_instance();
+    let cache = Arc::new(
+        SlabCache::<u64>::builder(&pa)
+            .name("signals")
+            .sheaf_capacity(4)
+            .checks(true)
+            .rcu(rcu.clone())
+            .build()
+            .unwrap(),
+    );
+    // SAFETY: the handler only uses krcu's signal-safe paths and atomics.
+    unsafe { common::set_handler(libc::SIGUSR2, on_sigusr2, libc::SA_RESTART) };
+    SIG_CACHE.store(Arc::as_ptr(&cache).cast_mut(), Release);
+    let stop = Arc::new(AtomicBool::new(false));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let worker = {
+        let (cache, stop) = (cache.clone(), stop.clone());
+        std::thread::spawn(move || {
+            // SAFETY: pthread_self is always safe.
+            tx.send(unsafe { libc::pthread_self() } as usize).unwrap();
+            let mut live: Vec<(NonNull<u64>, u64)> = Vec::new();
+            let mut id = 1u64;
+            let mut rounds = 0u64;
+            while !stop.load(Relaxed) || rounds < 200 {
+                rounds += 1;
+                for _ in 0..16 {
+                    id += 1;
+                    live.push((cache.alloc(Gfp::KERNEL, id).unwrap(), id));
+                }
+                while live.len() > 8 {
+                    let (p, v) = live.swap_remove((id as usize * 7) % live.len());
+                    // SAFETY: allocated above, ours.
+                    assert_eq!(unsafe { p.read() }, v, "object overwritten");
+                    // SAFETY: freed or retired once, no readers.
+                    unsafe {
+                        if v % 3 == 0 {
+                            if let Err(p) = cache.testing_kfree_rcu_sheaf(p) {
+                                cache.free(p);
+                            }
+                        } else {
+                            cache.free(p);
+                        }
+                    }
+                }
+            }
+            for (p, v) in live {
+                // SAFETY: as above.
+                assert_eq!(unsafe { p.read() }, v, "object overwritten");
+                // SAFETY: as above.
+                unsafe { cache.free(p) };
+            }
+        })
+    };
+    let thread = rx.recv().unwrap() as libc::pthread_t;
+    for _ in 0..5000 {
+        // SAFETY: the worker is alive until joined below (it runs until
+        // `stop`).
+        unsafe { libc::pthread_kill(thread, libc::SIGUSR2) };
+        std::thread::yield_now();
+    }
+    stop.store(true, Relaxed);
+    worker.join().unwrap();
+    SIG_CACHE.store(core::ptr::null_mut(), Release);
+    assert_eq!(SIG_BAD.load(Relaxed), 0, "a handler object overwritten");
+    assert!(SIG_GOT.load(Relaxed) > 0, "the handler allocated");
+    cache.testing_submit_rcu_sheaves();
+    cache.testing_rcu_sheaf_barrier();
+    cache.shrink();
+    let st = cache.stats();
+    assert_eq!(st.slabs, 0, "{st:#?}");
+    drop(cache);
+    assert_all_pages_back(&pa);
+}
