@@ -452,3 +452,48 @@ fn a_signal_handler_sharing_the_cache_with_the_thread_it_interrupts() {
     drop(cache);
     assert_all_pages_back(&pa);
 }
+
+/// Finding 2, the lock half: a real-time thread with its slot registered
+/// ahead and a full `rcu_free` sheaf takes the barn's lock with a blocking
+/// `lock()` in `kfree_rcu_sheaf` (`empty_for_rcu(Mode::Block)`) — a
+/// sleeping lock under PREEMPT_RT — where the crate's real-time promise
+/// is "never takes a blocking lock" (a trylock, handing the object back
+/// when it fails, keeps it).
+#[test]
+#[ignore = "finding 2: kfree_rcu_sheaf on a real-time thread takes the barn lock blocking"]
+fn a_realtime_thread_retiring_into_sheaves_never_blocks() {
+    let pa = allocator_on_cpus(1, 8 << 20);
+    let cache = SlabCache::<u64>::builder(&pa)
+        .name("rt-barn")
+        .sheaf_capacity(4)
+        .rcu(rcu_instance())
+        .build()
+        .unwrap();
+    let objs: Vec<_> = (0..5u64)
+        .map(|i| cache.alloc(Gfp::KERNEL, i).unwrap())
+        .collect();
+    // Fill this thread's `rcu_free` sheaf (made now: not real-time yet).
+    for &p in &objs[..4] {
+        // SAFETY: allocated above, retired once.
+        unsafe { cache.testing_kfree_rcu_sheaf(p) }.unwrap();
+    }
+    context::set_realtime(true);
+    let c0 = thread_counters();
+    // SAFETY: allocated above, retired once (handed back on Err).
+    let r = unsafe { cache.testing_kfree_rcu_sheaf(objs[4]) };
+    let c = thread_counters() - c0;
+    context::set_realtime(false);
+    if let Err(p) = r {
+        // SAFETY: handed back: ours, freed once.
+        unsafe { cache.free(p) };
+    }
+    cache.testing_submit_rcu_sheaves();
+    cache.testing_rcu_sheaf_barrier();
+    cache.shrink();
+    drop(cache);
+    assert_all_pages_back(&pa);
+    assert_eq!(
+        c.blocking, 0,
+        "a blocking lock on a real-time thread ({c:?})"
+    );
+}
