@@ -521,3 +521,88 @@ fn prefill_sheaf_with_a_huge_count_is_an_error() {
         assert_eq!(code, 0, "prefill_sheaf({n}) did not return Err (exit code {code})");
     }
 }
+
+/// Sound (checked): destructors run by the `rcu_free` callback (on the RCU
+/// worker) that allocate into the same cache, free into it, retire into
+/// it with `kfree_rcu_sheaf`, and shrink it. Every object is dropped
+/// exactly once and every slab comes back.
+#[test]
+fn rcu_free_destructors_reentering_the_same_cache_lose_nothing() {
+    struct Node {
+        cache: Arc<SlabCache<Node>>,
+        /// A child to give back when dropped (0: none), and how.
+        child: usize,
+        retire_child: bool,
+        drops: Arc<AtomicUsize>,
+    }
+    impl Drop for Node {
+        fn drop(&mut self) {
+            self.drops.fetch_add(1, SeqCst);
+            if let Some(c) = NonNull::new(self.child as *mut Node) {
+                // SAFETY: the child was allocated from this cache for this
+                // node alone; given back once.
+                unsafe {
+                    if self.retire_child {
+                        if let Err(c) = self.cache.testing_kfree_rcu_sheaf(c) {
+                            self.cache.free(c);
+                        }
+                    } else {
+                        self.cache.free(c);
+                    }
+                }
+                // One allocated and freed here too, and a shrink.
+                let extra = Node {
+                    cache: self.cache.clone(),
+                    child: 0,
+                    retire_child: false,
+                    drops: self.drops.clone(),
+                };
+                let p = self.cache.alloc(Gfp::KERNEL, extra).ok().unwrap();
+                // SAFETY: allocated above, freed once.
+                unsafe { self.cache.free(p) };
+                self.cache.shrink();
+            }
+        }
+    }
+    let pa = allocator_on_cpus(1, 16 << 20);
+    let rcu = rcu_instance();
+    let cache = Arc::new(
+        SlabCache::<Node>::builder(&pa)
+            .name("reentry")
+            .sheaf_capacity(4)
+            .rcu(rcu.clone())
+            .build()
+            .unwrap(),
+    );
+    let drops = Arc::new(AtomicUsize::new(0));
+    let node = |child: usize, retire_child: bool| Node {
+        cache: cache.clone(),
+        child,
+        retire_child,
+        drops: drops.clone(),
+    };
+    const N: usize = 60;
+    for i in 0..N {
+        let child = cache.alloc(Gfp::KERNEL, node(0, false)).ok().unwrap();
+        let parent = cache
+            .alloc(Gfp::KERNEL, node(child.as_ptr() as usize, i % 2 == 0))
+            .ok()
+            .unwrap();
+        // SAFETY: allocated above, retired once (freed if handed back).
+        if let Err(p) = unsafe { cache.testing_kfree_rcu_sheaf(parent) } {
+            // SAFETY: handed back: ours, freed once.
+            unsafe { cache.free(p) };
+        }
+    }
+    for _ in 0..3 {
+        cache.testing_submit_rcu_sheaves();
+        cache.testing_rcu_sheaf_barrier();
+    }
+    // Parents, children, and one extra per parent.
+    assert_eq!(drops.load(SeqCst), 3 * N, "every object dropped once");
+    cache.shrink();
+    assert_eq!(cache.stats().slabs, 0, "{:#?}", cache.stats());
+    assert_eq!(Arc::strong_count(&cache), 1, "no object holds the cache");
+    drop(cache);
+    assert_all_pages_back(&pa);
+}
