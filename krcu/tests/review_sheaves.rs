@@ -606,3 +606,64 @@ fn rcu_free_destructors_reentering_the_same_cache_lose_nothing() {
     drop(cache);
     assert_all_pages_back(&pa);
 }
+
+/// Finding 4. `alloc_uninit`'s documentation: "with `NO_LOCKS` every lock
+/// is only trylocked". But a thread's first `alloc(Gfp::NO_LOCKS)` of a
+/// cache (with an empty CPU level) registers its slot
+/// (`alloc_slow` -> `thread_slot` -> `find_or_register`): it takes the
+/// registry's `std` mutex, allocates the slot, and first reclaims the
+/// sheaves of exited threads with `Mode::Block` (blocking node and barn
+/// locks, `free_pages`, one `membarrier` per slot). Shown by the lock
+/// counters of the calling thread: blocking acquisitions inside a
+/// `NO_LOCKS` allocation.
+#[test]
+#[ignore = "finding 4: a thread's first alloc(NO_LOCKS) registers its slot with blocking locks"]
+fn a_first_no_locks_allocation_takes_no_lock_blocking() {
+    let pa = allocator_on_cpus(1, 8 << 20);
+    let cache = Arc::new(
+        SlabCache::<u64>::builder(&pa)
+            .name("nolocks-register")
+            .sheaf_capacity(4)
+            .build()
+            .unwrap(),
+    );
+    // An exited thread leaves a sheaf with objects in its slot.
+    {
+        let cache = cache.clone();
+        std::thread::spawn(move || {
+            let objs: Vec<_> = (0..6u64)
+                .map(|i| cache.alloc(Gfp::KERNEL, i).unwrap())
+                .collect();
+            for p in objs {
+                // SAFETY: allocated above, freed once.
+                unsafe { cache.free(p) };
+            }
+        })
+        .join()
+        .unwrap();
+    }
+    // A new thread's first allocation takes the slow path and registers.
+    let c = {
+        let cache = cache.clone();
+        std::thread::spawn(move || {
+            let c0 = thread_counters();
+            let r = cache.alloc(Gfp::NO_LOCKS | Gfp::NOWARN, 9);
+            let c = thread_counters() - c0;
+            if let Ok(p) = r {
+                // SAFETY: allocated above, freed once.
+                unsafe { cache.free(p) };
+            }
+            c
+        })
+        .join()
+        .unwrap()
+    };
+    cache.shrink();
+    assert_eq!(cache.stats().slabs, 0, "{:#?}", cache.stats());
+    drop(cache);
+    assert_all_pages_back(&pa);
+    assert_eq!(
+        c.blocking, 0,
+        "a NO_LOCKS allocation took a lock blocking ({c:?})"
+    );
+}
