@@ -763,3 +763,168 @@ fn the_shrinker_reclaims_an_idle_threads_sheaf_under_pressure() {
         "1: nothing held by the idle thread, 2: the shrinker freed nothing, 4: slabs left, 8: pages not back, 16: shrink() found nothing either, 32: no direct reclaim ran"
     );
 }
+
+/// An object whose words all carry its id while alive and a poison word
+/// once dropped.
+struct Guarded {
+    words: [u64; 8],
+    drops: Arc<AtomicUsize>,
+}
+
+const GUARD_POISON: u64 = 0xdead_beef_dead_beef;
+
+impl Guarded {
+    fn new(id: u64, drops: &Arc<AtomicUsize>) -> Guarded {
+        Guarded {
+            words: [id; 8],
+            drops: drops.clone(),
+        }
+    }
+
+    /// The whole object is alive and one object's.
+    fn check(&self) {
+        let id = self.words[0];
+        assert_ne!(id, GUARD_POISON, "read an object after its drop");
+        assert!(
+            self.words.iter().all(|&w| w == id),
+            "object torn: {:x?}",
+            self.words
+        );
+    }
+}
+
+impl Drop for Guarded {
+    fn drop(&mut self) {
+        self.check();
+        self.words = [GUARD_POISON; 8];
+        self.drops.fetch_add(1, SeqCst);
+    }
+}
+
+/// Sound (checked): readers under the cache's RCU read lock check whole
+/// published objects while short-lived writer threads (each exits with
+/// objects left in its `rcu_free` and `main` sheaves) replace and retire
+/// them with `kfree_rcu_sheaf`, and another thread keeps taking sheaves
+/// (`shrink`, `submit_rcu_sheaves`). No reader sees a dropped or reused
+/// object, every object is dropped once, every slab comes back.
+#[test]
+fn readers_against_exiting_writers_and_concurrent_takers() {
+    use std::sync::atomic::{AtomicBool, AtomicPtr};
+    let pa = allocator_on_cpus(2, 32 << 20);
+    let rcu = rcu_instance();
+    let cache = Arc::new(
+        SlabCache::<Guarded>::builder(&pa)
+            .name("exiting-writers")
+            .sheaf_capacity(8)
+            .checks(true)
+            .rcu(rcu.clone())
+            .build()
+            .unwrap(),
+    );
+    let drops = Arc::new(AtomicUsize::new(0));
+    let made = Arc::new(AtomicUsize::new(0));
+    const SLOTS: usize = 16;
+    let slots: Arc<Vec<AtomicPtr<Guarded>>> = Arc::new(
+        (0..SLOTS)
+            .map(|i| {
+                made.fetch_add(1, SeqCst);
+                let p = cache
+                    .alloc(Gfp::KERNEL, Guarded::new(i as u64 + 1, &drops))
+                    .ok()
+                    .unwrap();
+                AtomicPtr::new(p.as_ptr())
+            })
+            .collect(),
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let reads = Arc::new(AtomicUsize::new(0));
+    let mut helpers: Vec<std::thread::JoinHandle<()>> = (0..2)
+        .map(|_| {
+            let (rcu, slots, stop, reads) =
+                (rcu.clone(), slots.clone(), stop.clone(), reads.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Acquire) {
+                    let _g = rcu.read_lock();
+                    for s in slots.iter() {
+                        // SAFETY: published, and not a grace period past
+                        // its retirement while this section lasts.
+                        unsafe { &*s.load(Acquire) }.check();
+                    }
+                    reads.fetch_add(1, Relaxed);
+                }
+            })
+        })
+        .collect();
+    {
+        let (cache, stop) = (cache.clone(), stop.clone());
+        helpers.push(std::thread::spawn(move || {
+            while !stop.load(Acquire) {
+                cache.shrink();
+                cache.testing_submit_rcu_sheaves();
+                std::thread::yield_now();
+            }
+        }));
+    }
+    for round in 0..40u64 {
+        let writers: Vec<_> = (0..2u64)
+            .map(|w| {
+                let (cache, slots, drops, made, rcu) = (
+                    cache.clone(),
+                    slots.clone(),
+                    drops.clone(),
+                    made.clone(),
+                    rcu.clone(),
+                );
+                std::thread::spawn(move || {
+                    for i in 0..150u64 {
+                        let id = (round << 32) | (w << 24) | (i + 1) | 1 << 60;
+                        made.fetch_add(1, SeqCst);
+                        let p = cache
+                            .alloc(Gfp::KERNEL, Guarded::new(id, &drops))
+                            .ok()
+                            .unwrap();
+                        let old =
+                            slots[(i as usize * 5 + w as usize) % SLOTS].swap(p.as_ptr(), AcqRel);
+                        let old = NonNull::new(old).unwrap();
+                        // SAFETY: unpublished above, retired once.
+                        if let Err(old) = unsafe { cache.testing_kfree_rcu_sheaf(old) } {
+                            rcu.synchronize();
+                            // SAFETY: unpublished a grace period ago.
+                            unsafe { cache.free(old) };
+                        }
+                    }
+                })
+            })
+            .collect();
+        for w in writers {
+            w.join().unwrap();
+        }
+    }
+    let t = std::time::Instant::now();
+    while reads.load(Relaxed) < 100 && t.elapsed() < std::time::Duration::from_secs(60) {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    stop.store(true, Release);
+    for h in helpers {
+        h.join().unwrap();
+    }
+    cache.testing_submit_rcu_sheaves();
+    cache.testing_rcu_sheaf_barrier();
+    cache.shrink();
+    cache.testing_submit_rcu_sheaves();
+    cache.testing_rcu_sheaf_barrier();
+    assert_eq!(
+        drops.load(SeqCst) + SLOTS,
+        made.load(SeqCst),
+        "retired objects dropped once"
+    );
+    for s in slots.iter() {
+        // SAFETY: the published objects, freed once at the end.
+        unsafe { cache.free(NonNull::new(s.load(Acquire)).unwrap()) };
+    }
+    assert_eq!(drops.load(SeqCst), made.load(SeqCst));
+    cache.shrink();
+    assert_eq!(cache.stats().slabs, 0, "{:#?}", cache.stats());
+    drop(cache);
+    assert_all_pages_back(&pa);
+}
