@@ -928,3 +928,194 @@ fn readers_against_exiting_writers_and_concurrent_takers() {
     drop(cache);
     assert_all_pages_back(&pa);
 }
+
+/// An object that knows whether it is alive: its destructor counts a drop
+/// of anything but a live object (a second drop, or of a free slot) as
+/// bad, reading only its own word.
+struct Marked {
+    magic: u64,
+}
+
+const MARK_LIVE: u64 = 0x4c49_5645_4c49_5645;
+const MARK_DEAD: u64 = 0xdead_0bad_dead_0bad;
+static MARK_BAD_DROPS: AtomicUsize = AtomicUsize::new(0);
+
+impl Drop for Marked {
+    fn drop(&mut self) {
+        if self.magic != MARK_LIVE {
+            MARK_BAD_DROPS.fetch_add(1, SeqCst);
+        }
+        self.magic = MARK_DEAD;
+    }
+}
+
+/// Finding 6. `alloc_slow` hands the thread's `main` sheaf to
+/// `get_filled`, which assumes it is empty ("Gives the sheaf `s` (empty,
+/// or null for none)"). But `thread_pop` also fails when the sheaf has
+/// objects: the thread's `CURRENT` names another cache (a thread that
+/// alternates between two caches, the common case). Then, with this CPU's
+/// sheaves empty and a full sheaf in the barn, the thread's sheaf of free
+/// objects is filed on the barn's EMPTY list (`put_empty`), or, with that
+/// list at its limit, freed with its objects still in it
+/// (`dispose_empty` -> `Sheaf::free_raw`: a debug assertion, and in
+/// release builds objects lost for good with their slabs). A sheaf of
+/// free objects taken as "empty" is then used as an `rcu_free` sheaf:
+/// after the grace period the callback runs `T`'s destructor on the free
+/// objects in it (a second drop of an already dropped `T`, or a drop of
+/// never-initialised memory: UB), and hands them out again; taken by
+/// `get_room`/`empty_for_rcu` when full, the push indexes past its end.
+/// Shown with a ledger of bad drops.
+#[test]
+#[ignore = "finding 6: a thread alternating caches files a sheaf of free objects on the barn's empty list"]
+fn alternating_caches_never_misfile_a_sheaf_of_free_objects() {
+    let pa = allocator_on_cpus(1, 8 << 20);
+    let rcu = rcu_instance();
+    let a = Arc::new(
+        SlabCache::<Marked>::builder(&pa)
+            .name("alternate-a")
+            .sheaf_capacity(4)
+            .rcu(rcu.clone())
+            .build()
+            .unwrap(),
+    );
+    let b = SlabCache::<u64>::builder(&pa)
+        .name("alternate-b")
+        .build()
+        .unwrap();
+    MARK_BAD_DROPS.store(0, SeqCst);
+    let live = || Marked { magic: MARK_LIVE };
+    // This thread's `main` sheaf of `a`: 3 free (dropped) objects.
+    let mine: Vec<_> = (0..4)
+        .map(|_| a.alloc(Gfp::KERNEL, live()).ok().unwrap())
+        .collect();
+    for &p in &mine[..3] {
+        // SAFETY: allocated above, freed once.
+        unsafe { a.free(p) };
+    }
+    // Then this thread uses `b`: its `CURRENT` names `b`'s slot.
+    let pb = b.alloc(Gfp::KERNEL, 1).unwrap();
+    // Another thread fills this CPU's `main` and `spare` and the barn
+    // with full sheaves; a third empties the CPU's two again.
+    let held = {
+        let filler = a.clone();
+        std::thread::spawn(move || {
+            let objs: Vec<_> = (0..24)
+                .map(|_| {
+                    filler
+                        .alloc(Gfp::KERNEL, Marked { magic: MARK_LIVE })
+                        .ok()
+                        .unwrap()
+                })
+                .collect();
+            for p in objs {
+                // SAFETY: allocated above, freed once.
+                unsafe { filler.free(p) };
+            }
+        })
+        .join()
+        .unwrap();
+        let drainer = a.clone();
+        std::thread::spawn(move || {
+            (0..8)
+                .map(|_| {
+                    drainer
+                        .alloc(Gfp::KERNEL, Marked { magic: MARK_LIVE })
+                        .ok()
+                        .unwrap()
+                        .as_ptr() as usize
+                })
+                .collect::<Vec<_>>()
+        })
+        .join()
+        .unwrap()
+    };
+    let st = a.stats();
+    assert!(
+        st.barn_full >= 1,
+        "set-up: a full sheaf in the barn {st:#?}"
+    );
+    // An allocation of `a` now: the slow path, with the sheaf of 3 free
+    // objects in hand.
+    let x = a.alloc(Gfp::KERNEL, live()).ok().unwrap();
+    // A retirement takes an "empty" sheaf from the barn.
+    // SAFETY: allocated above, retired once (freed if handed back).
+    if let Err(x) = unsafe { a.testing_kfree_rcu_sheaf(x) } {
+        // SAFETY: handed back: ours, freed once.
+        unsafe { a.free(x) };
+    }
+    a.testing_submit_rcu_sheaves();
+    a.testing_rcu_sheaf_barrier();
+    let bad = MARK_BAD_DROPS.load(SeqCst);
+    // Clean up: every object still allocated freed once.
+    // SAFETY: allocated above, freed once.
+    unsafe { a.free(mine[3]) };
+    for p in held {
+        // SAFETY: allocated by the third thread, handed over, freed once.
+        unsafe { a.free(NonNull::new(p as *mut Marked).unwrap()) };
+    }
+    // SAFETY: allocated above, freed once.
+    unsafe { b.free(pb) };
+    assert_eq!(bad, 0, "destructors ran on free objects (double drops)");
+}
+
+/// Finding 6 through the public API alone: the misfiled sheaf is full of
+/// free objects; a later free that exchanges its full sheaf at the barn
+/// for an "empty" one gets it and pushes past its end (a panic inside
+/// `free`, the object marked free but never placed: lost with its slab).
+#[test]
+#[ignore = "finding 6: a full sheaf misfiled as empty makes a later free index past its end"]
+fn alternating_caches_never_break_a_later_free() {
+    let pa = allocator_on_cpus(1, 8 << 20);
+    let a = Arc::new(
+        SlabCache::<u64>::builder(&pa)
+            .name("alternate-full")
+            .sheaf_capacity(4)
+            .build()
+            .unwrap(),
+    );
+    let b = SlabCache::<u64>::builder(&pa)
+        .name("alternate-b2")
+        .build()
+        .unwrap();
+    // This thread's `main` sheaf of `a`: full of free objects.
+    let mine: Vec<_> = (0..4).map(|i| a.alloc(Gfp::KERNEL, i).unwrap()).collect();
+    for &p in &mine {
+        // SAFETY: allocated above, freed once.
+        unsafe { a.free(p) };
+    }
+    let pb = b.alloc(Gfp::KERNEL, 1).unwrap();
+    let run = |n_alloc: usize, n_free: usize| {
+        let a = a.clone();
+        std::thread::spawn(move || {
+            let objs: Vec<_> = (0..n_alloc)
+                .map(|i| a.alloc(Gfp::KERNEL, i as u64).unwrap())
+                .collect();
+            let mut kept = Vec::new();
+            for (i, p) in objs.into_iter().enumerate() {
+                if i < n_free {
+                    // SAFETY: allocated above, freed once.
+                    unsafe { a.free(p) };
+                } else {
+                    kept.push(p.as_ptr() as usize);
+                }
+            }
+            kept
+        })
+        .join()
+    };
+    run(24, 24).unwrap();
+    let held = run(8, 0).unwrap();
+    // The slow path with the full sheaf of free objects in hand.
+    let x = a.alloc(Gfp::KERNEL, 5).unwrap();
+    // Frees that exchange full sheaves at the barn.
+    let later = run(16, 16);
+    // SAFETY: allocated above, freed once.
+    unsafe { a.free(x) };
+    for p in held {
+        // SAFETY: allocated by another thread, handed over, freed once.
+        unsafe { a.free(NonNull::new(p as *mut u64).unwrap()) };
+    }
+    // SAFETY: allocated above, freed once.
+    unsafe { b.free(pb) };
+    assert!(later.is_ok(), "a free panicked");
+}
