@@ -74,7 +74,11 @@ impl Reclaim {
             {
                 return;
             }
-            mine[0].ready.wake().sleep(Duration::from_millis(100));
+            // Every producer of ready work (the RCU callback of a batch,
+            // the monitor's drain-ready blocks, a stop) kicks after it
+            // publishes, and a kick is remembered by the word (`wake.rs`):
+            // the timeout is only a fallback.
+            mine[0].ready.wake().sleep(s.config.idle_poll);
         }
     }
 

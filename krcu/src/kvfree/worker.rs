@@ -15,11 +15,18 @@
 //! on while memory is short. (The refill thread keeps the name
 //! `krcu-kvfree`; the monitor is `krcu-kvmon`.)
 //!
-//! The call path never wakes them with a system call (that would break the
-//! real-time promise): it sets flags that they poll, every `active_poll`
-//! while anything is pending and every drain delay when all is quiet (the
-//! monitor kicks the refill thread when it sees a request). Barriers, the
-//! shrinker and shutdown, which may make system calls, wake them at once.
+//! The call path's fast path never wakes them: it sets flags that they
+//! poll, every `active_poll` while anything is pending (the monitor kicks
+//! the refill thread when it sees a request). When nothing is pending the
+//! monitor sleeps idle, up to `idle_poll`, and the refill thread and the
+//! reclaimers wait for a kick (the monitor's, the RCU callback's) with
+//! `idle_poll` as a fallback: an idle instance wakes a few times a second.
+//! A non-real-time caller rings the monitor's doorbell on a slow path (a
+//! new block, the `rcu_head` list; `monitor.rs`): one futex wake, only
+//! when the monitor sleeps idle. A real-time thread or a signal handler
+//! never makes that system call: what it queued waits for the monitor's
+//! next timed wake-up. Barriers, the shrinker, a fork and shutdown, which
+//! may make system calls, wake them at once.
 
 use super::engine::Engine;
 use crate::context;
@@ -44,11 +51,13 @@ fn run_monitor(engine: &Engine, stop: &AtomicBool) {
             break;
         }
         let cfg = engine.config();
-        engine.monitor_sleep(if outcome.busy {
-            cfg.active_poll
-        } else {
-            cfg.drain_delay
-        });
+        if outcome.busy {
+            engine.monitor_sleep(cfg.active_poll);
+        } else if !engine.monitor_sleep_idle() {
+            // Work came between the pass and the idle re-check (or the
+            // idle trim is still due): poll as before.
+            engine.monitor_sleep(cfg.drain_delay);
+        }
     }
 }
 
@@ -63,10 +72,12 @@ fn run_refill(engine: &Engine, stop: &AtomicBool) {
             break;
         }
         let cfg = engine.config();
+        // Without a request it waits for the monitor's kick (the monitor
+        // sees every request): the timeout is only a fallback.
         engine.refill_sleep(if engine.refill_wanted() {
             cfg.active_poll
         } else {
-            cfg.drain_delay
+            cfg.idle_poll
         });
     }
 }
