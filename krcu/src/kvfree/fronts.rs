@@ -209,7 +209,7 @@ impl Fronts {
     pub(super) fn forget_other_threads(&self) {
         for e in self.lock().iter() {
             if !front::owned_here(&e.front) {
-                e.front.exited.store(true, Release);
+                e.front.forget_owner();
             }
         }
     }
