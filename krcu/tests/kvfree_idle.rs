@@ -238,3 +238,46 @@ fn inner_flush_runs_every_destructor_queued_on_the_global_instance() {
     krcu::flush();
     assert_eq!(freed.load(SeqCst), N, "not every destructor had run");
 }
+
+/// The reclaimer threads start on demand: none at build, all of them once
+/// the monitor first hands work to RCU (no barrier here: the monitor's own
+/// pass starts them). In a child process of its own, so that no other
+/// test's instance has threads of that name.
+#[test]
+fn reclaimer_threads_start_when_there_is_something_to_reclaim() {
+    common::child::assert_passes_in_child("inner_reclaimer_threads_start_on_demand", DEADLINE);
+}
+
+/// How many threads of this process have a name starting with `prefix`.
+fn threads_named(prefix: &str) -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .expect("/proc/self/task")
+        .filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("comm")).ok())
+        .filter(|n| n.starts_with(prefix))
+        .count()
+}
+
+#[test]
+#[ignore = "run by its outer test in a child process"]
+fn inner_reclaimer_threads_start_on_demand() {
+    let k = instance(Duration::from_millis(100));
+    // A moment for the threads started at build to name themselves.
+    wait_for("the monitor names itself", || {
+        threads_named("krcu-kvmon") == 1
+    });
+    assert_eq!(
+        threads_named("krcu-reclaim"),
+        0,
+        "reclaimers started at build"
+    );
+    let freed = Arc::new(AtomicUsize::new(0));
+    for _ in 0..100 {
+        k.kfree_rcu(CountedNode::new(&freed)).unwrap();
+    }
+    wait_for("the objects are freed without a barrier", || {
+        freed.load(SeqCst) == 100
+    });
+    // Both reclaimers (one per CPU of the instance) name themselves a
+    // moment after they start.
+    wait_for("both reclaimers run", || threads_named("krcu-reclaim") == 2);
+}

@@ -345,6 +345,8 @@ impl Krcu {
     #[track_caller]
     pub fn kvfree_rcu_barrier(&self) {
         self.domain().might_sleep();
+        // The reclaimers start on demand: a barrier is such a demand.
+        self.workers.ensure_reclaimers();
         self.engine.barrier();
     }
 

@@ -217,6 +217,11 @@ impl Engine {
         self.monitor.sleep(timeout);
     }
 
+    /// Whether the monitor sleeps idle now (or is about to).
+    pub(super) fn monitor_idle(&self) -> bool {
+        self.monitor.is_idle()
+    }
+
     /// Whether nothing is pending (`Monitor::nothing_pending`): the one
     /// predicate the monitor's idle sleep rests on.
     pub(super) fn nothing_pending(&self) -> bool {
@@ -277,6 +282,28 @@ impl Engine {
         self.reclaim.stop(&self.shared);
     }
 
+    /// Undoes [`stop_reclaimers`](Self::stop_reclaimers) after reclaimers
+    /// that failed to start all were stopped: the next start may succeed.
+    pub(super) fn restart_reclaimers(&self) {
+        self.reclaim.unstop();
+    }
+
+    /// Whether the reclaimer threads run.
+    pub(super) fn reclaimers_started(&self) -> bool {
+        self.reclaim.started()
+    }
+
+    /// The reclaimer threads run from now on.
+    pub(super) fn mark_reclaimers_started(&self) {
+        self.reclaim.mark_started();
+    }
+
+    /// Whether anything was handed to RCU and is not freed yet (what the
+    /// reclaimers are for).
+    pub(super) fn reclaim_wanted(&self) -> bool {
+        self.shared.counters.in_flight().objs > 0
+    }
+
     /// The instance is going away: threads may forget their fronts.
     pub(super) fn retire_fronts(&self) {
         self.fronts.retire(&self.shared.counters);
@@ -326,6 +353,8 @@ impl Engine {
         for (_, c) in self.shared.cpus.iter() {
             c.ready.forget_reclaimers();
         }
+        // No reclaimer exists in the child: they start again on demand.
+        self.reclaim.forget_started();
         self.fronts.forget_other_threads();
     }
 

@@ -84,6 +84,10 @@ pub(super) struct Monitor {
     /// Doorbell kicks that woke the monitor from an idle sleep (Relaxed: a
     /// count).
     doorbell_kicks: AtomicU64,
+    /// The monitor passed its idle re-check and waits (or is about to):
+    /// only a kick or the timeout ends that wait (Relaxed: for tests and
+    /// the refill thread's choice of sleep, nothing hangs on it).
+    idle_waiting: AtomicBool,
     /// Runs between the idle re-check and the wait (tests stall there to
     /// queue work in the window a lost wake-up would hide in).
     #[cfg(feature = "testing")]
@@ -101,6 +105,7 @@ impl Monitor {
             wake: Wake::new(),
             flush_wanted: AtomicBool::new(false),
             doorbell_kicks: AtomicU64::new(0),
+            idle_waiting: AtomicBool::new(false),
             #[cfg(feature = "testing")]
             before_idle_wait: Mutex::new(None),
         }
@@ -238,16 +243,19 @@ impl Monitor {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        self.wake.sleep_idle(
+        let slept = self.wake.sleep_idle(
             timeout,
             || !nothing_pending(),
             || {
+                self.idle_waiting.store(true, Relaxed);
                 #[cfg(feature = "testing")]
                 if let Some(h) = hook {
                     h();
                 }
             },
-        )
+        );
+        self.idle_waiting.store(false, Relaxed);
+        slept
     }
 
     /// Whether nothing is pending that the monitor must hand over or watch:
@@ -298,10 +306,10 @@ impl Monitor {
         self.wake.wakeups()
     }
 
-    #[cfg(any(test, feature = "testing"))]
-    /// Whether the monitor sleeps idle now.
+    /// Whether the monitor sleeps idle now (past its re-check: only a kick
+    /// or the timeout wakes it).
     pub(super) fn is_idle(&self) -> bool {
-        self.wake.is_idle()
+        self.idle_waiting.load(Relaxed)
     }
 
     /// Sets the hook that runs between the idle re-check and the wait.

@@ -95,12 +95,6 @@ impl Wake {
         self.state.load(SeqCst) == IDLE
     }
 
-    #[cfg(any(test, feature = "testing"))]
-    /// Whether the thread sleeps idle now (for tests).
-    pub(super) fn is_idle(&self) -> bool {
-        self.state.load(SeqCst) == IDLE
-    }
-
     /// Sleeps until kicked or `timeout`, then clears the kick.
     pub(super) fn sleep(&self, timeout: Duration) {
         if self

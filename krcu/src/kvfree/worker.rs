@@ -1,8 +1,11 @@
 //! The kvfree threads and their life: the monitor (the kernel's
 //! `kfree_rcu_monitor`), which hands blocks to RCU, the refill thread (the
 //! kernel's `fill_page_cache_func`), which tops the block caches up, and one
-//! reclaimer per CPU (`kfree_rcu_work`); started by [`Workers::spawn`],
-//! stopped by [`Workers::shutdown`], restarted in the child of a `fork`.
+//! reclaimer per CPU (`kfree_rcu_work`); the monitor and the refill thread
+//! started by [`Workers::spawn`], the reclaimers on demand (when the
+//! monitor first hands a batch to RCU, or at the first barrier:
+//! [`Workers::ensure_reclaimers`]), all stopped by [`Workers::shutdown`],
+//! restarted in the child of a `fork`.
 //!
 //! Owns: [`Workers`] (the threads' handles and their stop flag). Uses:
 //! `engine.rs` (only its interface), `monitor.rs` (what a pass is), the
@@ -33,27 +36,39 @@ use crate::context;
 use crate::fork;
 use core::sync::atomic::{AtomicBool, Ordering};
 use std::any::Any;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::thread::JoinHandle;
 
 /// The monitor thread's body.
-fn run_monitor(engine: &Engine, stop: &AtomicBool) {
+fn run_monitor(engine: &Engine, stop: &AtomicBool, workers: &Weak<Workers>) {
     let _softirq = context::enter_softirq();
+    // Whether the last sleep was an idle one: the refill thread sleeps
+    // long too then, and is kicked back to its polling when work comes.
+    let mut was_idle = false;
     loop {
         fork::checkpoint();
         let pass = engine.take_flush_request();
         let outcome = engine.monitor_pass(pass);
-        if engine.refill_wanted() {
+        if engine.refill_wanted() || (was_idle && outcome.busy) {
             engine.kick_refill();
+        }
+        if engine.reclaim_wanted()
+            && !engine.reclaimers_started()
+            && let Some(w) = workers.upgrade()
+        {
+            w.ensure_reclaimers();
         }
         // Acquire: pairs with the teardown's Release store.
         if stop.load(Ordering::Acquire) {
             break;
         }
         let cfg = engine.config();
+        was_idle = false;
         if outcome.busy {
             engine.monitor_sleep(cfg.active_poll);
-        } else if !engine.monitor_sleep_idle() {
+        } else if engine.monitor_sleep_idle() {
+            was_idle = true;
+        } else {
             // Work came between the pass and the idle re-check (or the
             // idle trim is still due): poll as before.
             engine.monitor_sleep(cfg.drain_delay);
@@ -62,7 +77,7 @@ fn run_monitor(engine: &Engine, stop: &AtomicBool) {
 }
 
 /// The refill thread's body.
-fn run_refill(engine: &Engine, stop: &AtomicBool) {
+fn run_refill(engine: &Engine, stop: &AtomicBool, _: &Weak<Workers>) {
     let _softirq = context::enter_softirq();
     loop {
         fork::checkpoint();
@@ -72,12 +87,17 @@ fn run_refill(engine: &Engine, stop: &AtomicBool) {
             break;
         }
         let cfg = engine.config();
-        // Without a request it waits for the monitor's kick (the monitor
-        // sees every request): the timeout is only a fallback.
+        // With a request pending it polls fast; while the instance is in
+        // use, every drain delay (besides the monitor's kicks, which come
+        // only after its passes, and a pass that steals front blocks may
+        // take a while); while the monitor sleeps idle, it sleeps long too
+        // (the monitor kicks it when work comes back).
         engine.refill_sleep(if engine.refill_wanted() {
             cfg.active_poll
-        } else {
+        } else if engine.monitor_idle() {
             cfg.idle_poll
+        } else {
+            cfg.drain_delay
         });
     }
 }
@@ -107,16 +127,36 @@ impl Workers {
     /// be restarted in the child of a `fork`.
     pub(crate) fn spawn(engine: &Arc<Engine>) -> Result<Arc<Workers>, std::io::Error> {
         engine.refill_pass();
-        let stop = Arc::new(AtomicBool::new(false));
-        let threads = start(engine, &stop)?;
         let workers = Arc::new(Workers {
             engine: engine.clone(),
-            stop,
-            threads: Mutex::new(threads),
+            stop: Arc::new(AtomicBool::new(false)),
+            threads: Mutex::new(Threads::default()),
         });
+        *workers.lock() = start(&workers)?;
         let weak: std::sync::Weak<dyn fork::Participant> = Arc::downgrade(&workers) as _;
         fork::register(weak);
         Ok(workers)
+    }
+
+    /// Starts the reclaimers unless they run already: from the monitor
+    /// thread when it first hands work to RCU, and before a barrier. On a
+    /// failure (no thread) they stay unstarted, logged, and barriers free
+    /// what is ready themselves; the next call tries again.
+    pub(crate) fn ensure_reclaimers(&self) {
+        if self.engine.reclaimers_started() {
+            return;
+        }
+        let mut t = self.lock();
+        if self.engine.reclaimers_started() || self.stop.load(Ordering::Acquire) {
+            return;
+        }
+        match start_reclaimers(&self.engine) {
+            Ok(handles) => {
+                t.reclaimers = handles;
+                self.engine.mark_reclaimers_started();
+            }
+            Err(err) => tracing::error!("krcu: cannot start the kvfree reclaimers: {err}"),
+        }
     }
 
     /// Frees everything queued, then stops and joins the threads and gives
@@ -125,17 +165,20 @@ impl Workers {
         let e = &self.engine;
         self.stop.store(true, Ordering::Release);
         e.kick();
-        let Threads {
-            monitor,
-            refill,
-            reclaimers,
-        } = core::mem::take(&mut *self.lock());
+        let (monitor, refill) = {
+            let mut t = self.lock();
+            (t.monitor.take(), t.refill.take())
+        };
         for w in [monitor, refill].into_iter().flatten() {
             let _ = w.join();
         }
+        // The monitor is gone, so no reclaimer starts from now on (and
+        // `stop` keeps barriers from starting any): the barrier frees what
+        // is ready itself where none runs.
         e.barrier();
         e.retire_fronts();
         e.stop_reclaimers();
+        let reclaimers = core::mem::take(&mut self.lock().reclaimers);
         for r in reclaimers {
             let _ = r.join();
         }
@@ -163,15 +206,14 @@ fn join_unless_worker(h: JoinHandle<()>) {
     }
 }
 
-/// Starts one reclaimer per CPU, the monitor and the refill thread; on a
-/// failure stops those already started.
-fn start(engine: &Arc<Engine>, stop: &Arc<AtomicBool>) -> Result<Threads, std::io::Error> {
+/// Starts one reclaimer per CPU; on a failure stops those already started.
+fn start_reclaimers(engine: &Arc<Engine>) -> Result<Vec<JoinHandle<()>>, std::io::Error> {
     // One reclaimer per CPU, on that CPU when the instance models the
     // machine's CPUs one to one: objects are freed near where they were
     // used, and reclaim scales with the CPUs as the flood does.
     let cpus = engine.homes();
     let pin = cpus == crate::percpu::num_cpus();
-    let mut t = Threads::default();
+    let mut handles = Vec::with_capacity(cpus);
     for cpu in 0..cpus {
         let e = engine.clone();
         let token = fork::WorkerToken::new();
@@ -186,20 +228,29 @@ fn start(engine: &Arc<Engine>, stop: &Arc<AtomicBool>) -> Result<Threads, std::i
                 })
             });
         match spawned {
-            Ok(h) => t.reclaimers.push(h),
+            Ok(h) => handles.push(h),
             Err(err) => {
                 engine.stop_reclaimers();
-                t.reclaimers.into_iter().for_each(join_unless_worker);
+                handles.into_iter().for_each(join_unless_worker);
+                engine.restart_reclaimers();
                 return Err(err);
             }
         }
     }
-    let spawn = |name: &str, body: fn(&Engine, &AtomicBool)| {
-        let (e, stop) = (engine.clone(), stop.clone());
+    Ok(handles)
+}
+
+/// Starts the monitor and the refill thread of `workers` (the reclaimers
+/// start on demand); on a failure stops the one already started.
+fn start(workers: &Arc<Workers>) -> Result<Threads, std::io::Error> {
+    let (engine, stop) = (&workers.engine, &workers.stop);
+    let mut t = Threads::default();
+    let spawn = |name: &str, body: fn(&Engine, &AtomicBool, &Weak<Workers>)| {
+        let (e, stop, w) = (engine.clone(), stop.clone(), Arc::downgrade(workers));
         let token = fork::WorkerToken::new();
         std::thread::Builder::new()
             .name(name.into())
-            .spawn(move || token.run(|| body(&e, &stop)))
+            .spawn(move || token.run(|| body(&e, &stop, &w)))
     };
     let started = spawn("krcu-kvmon", run_monitor).and_then(|w| {
         t.monitor = Some(w);
@@ -217,8 +268,6 @@ fn start(engine: &Arc<Engine>, stop: &Arc<AtomicBool>) -> Result<Threads, std::i
                 join_unless_worker(w);
             }
             stop.store(false, Ordering::Release);
-            engine.stop_reclaimers();
-            t.reclaimers.into_iter().for_each(join_unless_worker);
             Err(err)
         }
     }
@@ -262,8 +311,10 @@ impl fork::Participant for Workers {
         if self.stop.load(Ordering::Acquire) {
             return; // the instance is being dropped
         }
+        // The reclaimers start again on demand (the monitor's next pass
+        // starts them if the parent left work in flight).
         self.engine.forget_other_threads();
-        match start(&self.engine, &self.stop) {
+        match start(&self) {
             Ok(threads) => *t = threads,
             Err(e) => tracing::error!("krcu: cannot restart the kvfree workers after fork: {e}"),
         }
