@@ -286,3 +286,36 @@ fn inner_reclaimer_threads_start_on_demand() {
     // moment after they start.
     wait_for("both reclaimers run", || threads_named("krcu-reclaim") == 2);
 }
+
+/// Where the reclaimers cannot be started (fault injection: no thread),
+/// nothing is lost: a barrier frees what is ready itself, and so does the
+/// teardown. In a child process of its own (it counts threads by name).
+#[test]
+fn without_reclaimer_threads_barriers_and_the_teardown_free_everything() {
+    common::child::assert_passes_in_child("inner_without_reclaimer_threads", DEADLINE);
+}
+
+#[test]
+#[ignore = "run by its outer test in a child process"]
+fn inner_without_reclaimer_threads() {
+    let k = instance(Duration::from_millis(100));
+    k.fail_reclaimer_start(true);
+    let freed = Arc::new(AtomicUsize::new(0));
+    for _ in 0..1000 {
+        k.kfree_rcu(CountedNode::new(&freed)).unwrap();
+    }
+    k.kvfree_rcu_barrier();
+    assert_eq!(freed.load(SeqCst), 1000, "the barrier left objects unfreed");
+    // Handed over by the monitor's own passes, then freed by the teardown.
+    for _ in 0..1000 {
+        k.kfree_rcu(CountedNode::new(&freed)).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(threads_named("krcu-reclaim"), 0, "a reclaimer started");
+    drop(k);
+    assert_eq!(
+        freed.load(SeqCst),
+        2000,
+        "the teardown left objects unfreed"
+    );
+}

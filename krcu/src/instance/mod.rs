@@ -370,6 +370,14 @@ impl Krcu {
         self.engine.idle_counters()
     }
 
+    /// For krcu's tests (feature `testing`): makes every later start of
+    /// the reclaimer threads fail, as if no thread could be had.
+    #[cfg(feature = "testing")]
+    #[doc(hidden)]
+    pub fn fail_reclaimer_start(&self, fail: bool) {
+        self.workers.fail_reclaimer_start(fail);
+    }
+
     /// For krcu's tests (feature `testing`): a hook the monitor runs
     /// between its idle re-check and its wait (None removes it).
     #[cfg(feature = "testing")]

@@ -104,7 +104,7 @@ impl Wake {
         {
             self.wait(ASLEEP, timeout);
         }
-        self.state.store(AWAKE, SeqCst);
+        self.clear();
         self.wakeups.fetch_add(1, Relaxed);
     }
 
@@ -132,7 +132,7 @@ impl Wake {
             .is_err()
         {
             // Kicked while awake: go round again at once.
-            self.state.store(AWAKE, SeqCst);
+            self.clear();
             self.wakeups.fetch_add(1, Relaxed);
             return true;
         }
@@ -146,9 +146,17 @@ impl Wake {
         }
         before_wait();
         self.wait(IDLE, timeout);
-        self.state.store(AWAKE, SeqCst);
+        self.clear();
         self.wakeups.fetch_add(1, Relaxed);
         true
+    }
+
+    /// Back to `AWAKE`, consuming any kick. A swap, not a store: a
+    /// read-modify-write reads the latest value, so a kick that came
+    /// meanwhile is read (and its kicker's earlier stores are seen by this
+    /// thread's next look for work) rather than overwritten unseen.
+    fn clear(&self) {
+        self.state.swap(AWAKE, SeqCst);
     }
 
     /// Waits while the word reads `expected`, at most `timeout`.

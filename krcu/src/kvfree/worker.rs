@@ -112,6 +112,12 @@ pub(crate) struct Workers {
     /// `std`: the forking thread holds it across `fork` (phase 0), and a
     /// teardown holds it only to take the handles.
     threads: Mutex<Threads>,
+    /// The reclaimers could not be started once (logged once; Relaxed: a
+    /// flag for the log only).
+    start_failed: AtomicBool,
+    /// Tests make the reclaimers' start fail (fault injection).
+    #[cfg(feature = "testing")]
+    fail_start: AtomicBool,
 }
 
 #[derive(Default)]
@@ -131,6 +137,9 @@ impl Workers {
             engine: engine.clone(),
             stop: Arc::new(AtomicBool::new(false)),
             threads: Mutex::new(Threads::default()),
+            start_failed: AtomicBool::new(false),
+            #[cfg(feature = "testing")]
+            fail_start: AtomicBool::new(false),
         });
         *workers.lock() = start(&workers)?;
         let weak: std::sync::Weak<dyn fork::Participant> = Arc::downgrade(&workers) as _;
@@ -150,13 +159,36 @@ impl Workers {
         if self.engine.reclaimers_started() || self.stop.load(Ordering::Acquire) {
             return;
         }
-        match start_reclaimers(&self.engine) {
+        #[cfg(feature = "testing")]
+        let started = if self.fail_start.load(Ordering::Relaxed) {
+            Err(std::io::Error::other(
+                "thread start failure injected by a test",
+            ))
+        } else {
+            start_reclaimers(&self.engine)
+        };
+        #[cfg(not(feature = "testing"))]
+        let started = start_reclaimers(&self.engine);
+        match started {
             Ok(handles) => {
                 t.reclaimers = handles;
                 self.engine.mark_reclaimers_started();
             }
-            Err(err) => tracing::error!("krcu: cannot start the kvfree reclaimers: {err}"),
+            // Once: the monitor asks again at every pass while work is in
+            // flight.
+            Err(err) if !self.start_failed.swap(true, Ordering::Relaxed) => {
+                tracing::error!(
+                    "krcu: cannot start the kvfree reclaimers (barriers free instead): {err}"
+                );
+            }
+            Err(_) => {}
         }
+    }
+
+    /// Makes every later start of the reclaimers fail (tests).
+    #[cfg(feature = "testing")]
+    pub(crate) fn fail_reclaimer_start(&self, fail: bool) {
+        self.fail_start.store(fail, Ordering::Relaxed);
     }
 
     /// Frees everything queued, then stops and joins the threads and gives
