@@ -177,6 +177,18 @@
 //! global RCU's `call_rcu`, which parks it without locks until the RCU
 //! exists. A guard protects only against its own instance's grace periods.
 //!
+//! ## Idle, and exit
+//! An instance with nothing pending costs next to nothing: its worker
+//! threads sleep until there is work, waking a few times a second at most
+//! ([`KvfreeConfig::idle_poll`](kvfree::KvfreeConfig::idle_poll), which
+//! also bounds how long an object a real-time thread or a signal handler
+//! queues after a quiet spell waits before it is handed to RCU). The
+//! process-wide instance is never torn down: objects still queued on it
+//! when the process exits are not dropped (as with crossbeam-epoch, no
+//! destructor is guaranteed to run at exit); call [`flush`] before exiting
+//! if they must be. Dropping a [`Krcu`] of your own frees everything
+//! queued on it.
+//!
 //! ## Where to read on
 //! - The [`guide`]: choosing a [`Policy`](kvfree::Policy), real-time
 //!   threads, memory bounds and the flood brake, what each statistic means,
@@ -266,7 +278,7 @@ pub use domain::{Domain, DomainBuilder};
 pub use error::BuildError;
 #[cfg(not(loom))]
 pub use instance::{
-    InNmi, Krcu, KrcuBuilder, SlabChannel, SlabRetireError, kfree_rcu, kfree_rcu_slab,
+    InNmi, Krcu, KrcuBuilder, SlabChannel, SlabRetireError, flush, kfree_rcu, kfree_rcu_slab,
     kvfree_rcu_barrier, kvfree_rcu_mightsleep, register_thread,
 };
 /// `#[derive(HasRcuHead)]`: implements [`rcu::HasRcuHead`] for a struct

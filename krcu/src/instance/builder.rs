@@ -90,6 +90,12 @@ impl KrcuBuilder {
         self.kvfree.drain_delay = delay;
         self
     }
+    /// How long the worker threads sleep when nothing is pending (default
+    /// 1 s; see [`KvfreeConfig::idle_poll`] for the delay it bounds).
+    pub fn idle_poll(mut self, period: Duration) -> Self {
+        self.kvfree.idle_poll = period;
+        self
+    }
     /// Whether task-context callers help free ready objects (default
     /// [`Assist::WhenBehind`](crate::kvfree::Assist::WhenBehind)).
     pub fn assist(mut self, assist: crate::kvfree::Assist) -> Self {
@@ -162,7 +168,7 @@ impl KrcuBuilder {
                 cache_blocks: k.cache_blocks,
             });
         }
-        if k.drain_delay.is_zero() || k.active_poll.is_zero() {
+        if k.drain_delay.is_zero() || k.active_poll.is_zero() || k.idle_poll.is_zero() {
             return Err(BuildError::ZeroPeriod);
         }
         Ok(())

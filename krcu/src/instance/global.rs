@@ -1,7 +1,7 @@
 //! The process-wide instance behind [`Krcu::global`], and the free
 //! functions on it ([`kfree_rcu`], [`kvfree_rcu_mightsleep`],
-//! [`kvfree_rcu_barrier`], [`register_thread`]), which never build it where
-//! the caller may not sleep.
+//! [`kvfree_rcu_barrier`], [`flush`], [`register_thread`]), which never
+//! build it where the caller may not sleep.
 
 use super::{InNmi, Krcu};
 use crate::context::{self};
@@ -252,4 +252,58 @@ pub fn kvfree_rcu_barrier() {
         // queued before this call is on the global RCU's lists.
         None => crate::rcu::rcu_barrier(),
     }
+}
+
+/// Runs the destructor of every object queued on the process-wide instance
+/// before the call: waits for a grace period and for every pending free
+/// (a [`kvfree_rcu_barrier`], which includes the global RCU's
+/// [`rcu_barrier`](crate::rcu::rcu_barrier), so `call_rcu` callbacks queued
+/// before it have run too), then once more for what those destructors
+/// retired in turn. Sleeps; leaves the instance working (its threads keep
+/// running: this is no teardown, and `kfree_rcu` works after it as
+/// before).
+///
+/// For programs that need destructors to run before they exit: objects
+/// queued on the process-wide instance are otherwise never dropped at exit
+/// (see [`kfree_rcu`]). Instances of your own ([`Krcu`]) need no such call:
+/// dropping one frees everything queued on it.
+///
+/// It does not promise anything about objects retired while it runs, or
+/// after it returns, by other threads (or by destructors beyond the second
+/// round): call it when the threads that retire objects are done. Not from
+/// a real-time thread's real-time work, which must not sleep, nor from a
+/// signal handler. From an RCU callback of the global RCU it panics, as
+/// [`rcu_barrier`](crate::rcu::rcu_barrier) does (it would wait for
+/// itself). Before the instance exists it builds neither it nor anything
+/// but the global RCU.
+///
+/// ```
+/// use krcu::rcu::{HasRcuHead, RcuHead};
+/// use std::sync::atomic::{AtomicUsize, Ordering};
+///
+/// static DROPPED: AtomicUsize = AtomicUsize::new(0);
+///
+/// #[derive(HasRcuHead)]
+/// struct Node {
+///     rcu: RcuHead,
+/// }
+/// impl Drop for Node {
+///     fn drop(&mut self) {
+///         DROPPED.fetch_add(1, Ordering::Relaxed);
+///     }
+/// }
+///
+/// for _ in 0..10 {
+///     krcu::kfree_rcu(Box::new(Node { rcu: RcuHead::new() })).expect("not in NMI context");
+/// }
+/// krcu::flush(); // before exit: every destructor has run
+/// assert_eq!(DROPPED.load(Ordering::Relaxed), 10);
+/// ```
+#[doc(alias = "shutdown")]
+#[doc(alias = "rcu_barrier")]
+#[track_caller]
+pub fn flush() {
+    kvfree_rcu_barrier();
+    // The destructors that ran may have retired objects in turn.
+    kvfree_rcu_barrier();
 }

@@ -17,7 +17,7 @@ mod slab_retire;
 
 pub use builder::KrcuBuilder;
 pub(crate) use global::kfree_rcu_raw_global;
-pub use global::{kfree_rcu, kvfree_rcu_barrier, kvfree_rcu_mightsleep, register_thread};
+pub use global::{flush, kfree_rcu, kvfree_rcu_barrier, kvfree_rcu_mightsleep, register_thread};
 pub use slab_channel::SlabChannel;
 pub(crate) use slab_retire::kfree_rcu_slab_raw_global;
 pub use slab_retire::{SlabRetireError, kfree_rcu_slab};
@@ -436,6 +436,14 @@ impl Krcu {
     /// - never calls the global allocator (no allocation, no free);
     /// - never takes a blocking lock, and makes no system call.
     ///
+    /// The one cost: it never wakes the `kfree_rcu` monitor either. While
+    /// anything is pending the monitor polls and nothing changes; but what a
+    /// real-time thread (or a signal handler) queues after a quiet spell,
+    /// while the monitor sleeps idle, waits for its next timed wake-up: at
+    /// most [`idle_poll`](crate::kvfree::KvfreeConfig::idle_poll) (default
+    /// 1 s) plus a drain delay before it is handed to RCU. Other threads'
+    /// calls wake the monitor at once.
+    ///
     /// Neither do [`ReaderHandle::read_lock`](crate::rcu::ReaderHandle::read_lock)
     /// and this instance's [`Rcu::read_lock`](crate::rcu::Rcu::read_lock).
     /// Real-time is a property of the thread, not of the instance
@@ -502,6 +510,8 @@ impl Krcu {
     #[track_caller]
     pub fn kvfree_rcu_barrier(&self) {
         self.domain().might_sleep();
+        // The reclaimers start on demand: a barrier is such a demand.
+        self.workers.ensure_reclaimers();
         self.engine.barrier();
     }
 
@@ -527,6 +537,31 @@ impl Krcu {
     /// ```
     pub fn stats(&self) -> KvfreeStats {
         self.engine.stats()
+    }
+
+    /// For krcu's tests (feature `testing`): wake-ups of every `kfree_rcu`
+    /// thread so far, doorbell kicks that woke the monitor from an idle
+    /// sleep, and whether the monitor sleeps idle now.
+    #[cfg(feature = "testing")]
+    #[doc(hidden)]
+    pub fn idle_counters(&self) -> (u64, u64, bool) {
+        self.engine.idle_counters()
+    }
+
+    /// For krcu's tests (feature `testing`): makes every later start of
+    /// the reclaimer threads fail, as if no thread could be had.
+    #[cfg(feature = "testing")]
+    #[doc(hidden)]
+    pub fn fail_reclaimer_start(&self, fail: bool) {
+        self.workers.fail_reclaimer_start(fail);
+    }
+
+    /// For krcu's tests (feature `testing`): a hook the monitor runs
+    /// between its idle re-check and its wait (None removes it).
+    #[cfg(feature = "testing")]
+    #[doc(hidden)]
+    pub fn set_idle_hook(&self, hook: Option<std::sync::Arc<dyn Fn() + Send + Sync>>) {
+        self.engine.set_idle_hook(hook);
     }
 }
 

@@ -16,7 +16,6 @@ use super::wake::Wake;
 use crate::page::Gfp;
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU64, Ordering::*};
-use std::sync::MutexGuard;
 use std::time::{Duration, Instant};
 
 /// The flags of the refill worker's allocation: it may sleep, but gives up
@@ -155,6 +154,12 @@ impl Cache {
         self.wake.sleep(timeout);
     }
 
+    #[cfg(any(test, feature = "testing"))]
+    /// The refill thread's wake-ups so far.
+    pub(super) fn wakeups(&self) -> u64 {
+        self.wake.wakeups()
+    }
+
     /// How many spare blocks the shrinker could free.
     pub(super) fn shrink_count(&self, s: &Shared) -> usize {
         s.cpus.iter().map(|(_, c)| c.krc.lock().cache.len).sum()
@@ -194,11 +199,14 @@ impl Cache {
             s.free_blocks(&mut out);
         }
     }
+}
 
-    /// The refill wake-up's lock, held across a `fork`.
-    pub(super) fn hold_for_fork(&self) -> MutexGuard<'_, bool> {
-        self.wake.hold()
-    }
+/// Whether `krc`'s spare blocks wait for the idle trim (the monitor keeps
+/// passing until it has run, so that an idle instance keeps no more than
+/// the base cache).
+pub(super) fn trim_due(s: &Shared, krc: &Krc) -> bool {
+    krc.idle_passes() < IDLE_PASSES_BEFORE_TRIM
+        && (!krc.cache.is_empty() || krc.cache_target > s.base_cache())
 }
 
 /// An idle CPU gives its spare blocks back (no thread runs there any more,

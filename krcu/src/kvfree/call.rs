@@ -19,7 +19,10 @@
 //!
 //! Nothing on it allocates from the heap, makes a system call, or waits on a
 //! lock: the only lock is trylocked, and asking the worker for spare blocks
-//! is a flag it polls.
+//! is a flag it polls. The one exception is the monitor's doorbell
+//! (`Monitor::note_work`), rung on the slow paths (a new block, the
+//! `rcu_head` list): on a thread that is not real-time, outside signal
+//! handlers, it makes one `FUTEX_WAKE` when the monitor sleeps idle.
 
 use super::Assist;
 use super::block::{Block, Channel};
@@ -27,6 +30,7 @@ use super::cache::Cache;
 use super::front::{self, Front};
 use super::fronts::Fronts;
 use super::krc::{KrcCpu, Locked};
+use super::monitor::Monitor;
 use super::policy::Policy;
 use super::reclaim::Reclaim;
 use super::shared::Shared;
@@ -39,6 +43,8 @@ use core::sync::atomic::Ordering::*;
 /// The engine's parts one call uses.
 pub(crate) struct CallPath<'a> {
     pub(super) s: &'a Shared,
+    /// Only for its doorbell (`Monitor::note_work`).
+    pub(super) monitor: &'a Monitor,
     pub(super) fronts: &'a Fronts,
     pub(super) cache: &'a Cache,
     pub(super) reclaim: &'a Reclaim,
@@ -91,7 +97,12 @@ impl CallPath<'_> {
             if let Some(f) = front {
                 let done = match f.try_push(chan, obj, &s.rcu, ci) {
                     front::Push::Done => true,
-                    front::Push::Swap => self.swap_front(f, chan, obj, ci, ctx),
+                    front::Push::Swap => {
+                        let done = self.swap_front(f, chan, obj, ci, ctx);
+                        // A new block (published by the swap): the doorbell.
+                        self.monitor.note_work(ctx);
+                        done
+                    }
                     front::Push::OtherChannel | front::Push::Stolen => false,
                 };
                 if done {
@@ -105,6 +116,7 @@ impl CallPath<'_> {
                 cpu.count_lock_busy();
                 // SAFETY: forwarded from the caller.
                 unsafe { cpu.push_list(head, func, chan.obj_size) };
+                self.monitor.note_work(ctx);
                 return;
             }
         };
@@ -124,6 +136,8 @@ impl CallPath<'_> {
             debug_assert!(added);
             let cpu = locked.cpu;
             drop(locked);
+            // A new block, published by the unlock: the doorbell.
+            self.monitor.note_work(ctx);
             self.maybe_assist(cpu, ctx);
             return;
         }
@@ -140,11 +154,14 @@ impl CallPath<'_> {
                 let snap = s.rcu.get_state();
                 let added = locked.krc.add(chan, obj, snap);
                 debug_assert!(added);
+                drop(locked);
+                self.monitor.note_work(ctx);
                 return;
             }
             let (_, cpu) = s.cpus.current();
             // SAFETY: forwarded from the caller.
             unsafe { cpu.push_list(head, func, chan.obj_size) };
+            self.monitor.note_work(ctx);
             return;
         }
         locked.krc.counters.list_fallback += 1;
@@ -152,6 +169,7 @@ impl CallPath<'_> {
         drop(locked);
         // SAFETY: forwarded from the caller.
         unsafe { cpu.push_list(head, func, chan.obj_size) };
+        self.monitor.note_work(ctx);
     }
 
     /// The front block is full or missing: under a `krc` trylock, hand the
@@ -288,6 +306,8 @@ impl CallPath<'_> {
                 // SAFETY: a fresh page from our arena.
                 unsafe { l.krc.install(chan, page) };
                 l.krc.add(chan, obj, snap);
+                drop(l);
+                self.monitor.note_work(ctx);
                 return true;
             }
         }
@@ -310,6 +330,8 @@ impl CallPath<'_> {
             unsafe { krc.install(chan, page) };
             krc.add(chan, obj, snap);
         }
+        drop(krc);
+        self.monitor.note_work(ctx);
         true
     }
 

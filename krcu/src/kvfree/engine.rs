@@ -23,11 +23,12 @@
 //! 4. the **ready** raw spinlocks (`ready.rs`, validated class
 //!    `&krcp->ready_lock`), never held with a `krc` lock today, after them
 //!    in the fork handler;
-//! 5. the wake-up mutexes (`wake.rs`, `std`, with condition variables):
-//!    leaves, nothing is taken under them.
+//! 5. the barrier signal's mutex (`wake.rs`, `std`, with a condition
+//!    variable): a leaf, nothing is taken under it. (The threads' own
+//!    wake-ups are futex words, no locks.)
 //!
 //! The `std` mutexes are not the crate's validated locks, each for a reason
-//! given at its field: the wake-ups park on a `Condvar`; the pass lock and
+//! given at its field: the barrier signal parks on a `Condvar`; the pass lock and
 //! the fronts registry are held by the monitor in softirq context for
 //! long enough (front steals: `membarrier`, yields) that their waiters
 //! must sleep, and the validator refuses a sleeping lock there (a
@@ -103,6 +104,7 @@ impl Engine {
     pub(crate) fn call(&self) -> CallPath<'_> {
         CallPath {
             s: &self.shared,
+            monitor: &self.monitor,
             fronts: &self.fronts,
             cache: &self.cache,
             reclaim: &self.reclaim,
@@ -220,6 +222,25 @@ impl Engine {
         self.monitor.sleep(timeout);
     }
 
+    /// Whether the monitor sleeps idle now (or is about to).
+    pub(super) fn monitor_idle(&self) -> bool {
+        self.monitor.is_idle()
+    }
+
+    /// Whether nothing is pending (`Monitor::nothing_pending`): the one
+    /// predicate the monitor's idle sleep rests on.
+    pub(super) fn nothing_pending(&self) -> bool {
+        self.monitor.nothing_pending(&self.shared, &self.fronts)
+    }
+
+    /// The monitor sleeps idle (up to `idle_poll`) unless
+    /// [`nothing_pending`](Self::nothing_pending), checked after the sleep
+    /// is announced, finds work: false then.
+    pub(super) fn monitor_sleep_idle(&self) -> bool {
+        self.monitor
+            .sleep_idle(self.shared.config.idle_poll, || self.nothing_pending())
+    }
+
     /// Tops the caches up (the refill thread's pass).
     pub(super) fn refill_pass(&self) {
         self.cache.refill_pass(&self.shared);
@@ -266,6 +287,28 @@ impl Engine {
         self.reclaim.stop(&self.shared);
     }
 
+    /// Undoes [`stop_reclaimers`](Self::stop_reclaimers) after reclaimers
+    /// that failed to start all were stopped: the next start may succeed.
+    pub(super) fn restart_reclaimers(&self) {
+        self.reclaim.unstop();
+    }
+
+    /// Whether the reclaimer threads run.
+    pub(super) fn reclaimers_started(&self) -> bool {
+        self.reclaim.started()
+    }
+
+    /// The reclaimer threads run from now on.
+    pub(super) fn mark_reclaimers_started(&self) {
+        self.reclaim.mark_started();
+    }
+
+    /// Whether anything was handed to RCU and is not freed yet (what the
+    /// reclaimers are for).
+    pub(super) fn reclaim_wanted(&self) -> bool {
+        self.shared.counters.in_flight().objs > 0
+    }
+
     /// The instance is going away: threads may forget their fronts.
     pub(super) fn retire_fronts(&self) {
         self.fronts.retire(&self.shared.counters);
@@ -289,7 +332,8 @@ impl Engine {
     /// registry and every front's gate (no thread is inside its front
     /// section at the fork, so the child never waits for a section whose
     /// thread it does not have); 1, every `krc` lock; 2, every ready lock;
-    /// 3, the wake-up locks. The engine's workers are parked, holding none.
+    /// 3, the barrier signal's lock. The engine's workers are parked,
+    /// holding none.
     pub(super) fn lock_for_fork(&self, phase: usize) -> ForkLocks<'_> {
         let s = &self.shared;
         ForkLocks(match phase {
@@ -301,15 +345,8 @@ impl Engine {
                     .map(|(_, c)| c.ready.hold_for_fork())
                     .collect(),
             ),
-            _ => ForkGuards::Wake(
-                self.monitor.hold_wake_for_fork(),
-                self.cache.hold_for_fork(),
-                self.reclaim.hold_for_fork(),
-                // One wake-up per home CPU (its overflow state shares it).
-                (0..s.homes)
-                    .map(|h| s.cpus.get(h).ready.wake().hold())
-                    .collect(),
-            ),
+            // The threads' wake-ups are futex words, with no lock to hold.
+            _ => ForkGuards::Signal(self.reclaim.hold_for_fork()),
         })
     }
 
@@ -321,12 +358,37 @@ impl Engine {
         for (_, c) in self.shared.cpus.iter() {
             c.ready.forget_reclaimers();
         }
+        // No reclaimer exists in the child: they start again on demand.
+        self.reclaim.forget_started();
         self.fronts.forget_other_threads();
     }
 
     // ----------------------------------------------------------------
     // Tests
     // ----------------------------------------------------------------
+
+    #[cfg(any(test, feature = "testing"))]
+    /// What the idle sleep costs and does, for tests: (wake-ups of every
+    /// kvfree thread so far, doorbell kicks that woke the monitor, whether
+    /// the monitor sleeps idle now).
+    pub(crate) fn idle_counters(&self) -> (u64, u64, bool) {
+        let s = &self.shared;
+        let reclaimers: u64 = (0..s.homes)
+            .map(|h| s.cpus.get(h).ready.wake().wakeups())
+            .sum();
+        (
+            self.monitor.wakeups() + self.cache.wakeups() + reclaimers,
+            self.monitor.doorbell_kicks(),
+            self.monitor.is_idle(),
+        )
+    }
+
+    /// Sets the hook the monitor runs between its idle re-check and its
+    /// wait.
+    #[cfg(feature = "testing")]
+    pub(crate) fn set_idle_hook(&self, hook: Option<super::monitor::IdleHook>) {
+        self.monitor.set_idle_hook(hook);
+    }
 
     /// Holds every CPU's `krc` lock until the guard drops (released in
     /// reverse order), so that tests drive the path where every trylock
@@ -353,10 +415,5 @@ enum ForkGuards<'a> {
     Monitor(MutexGuard<'a, ()>, FrontsForkGuard<'a>),
     Krc(Vec<RawSpinLockGuard<'a, super::krc::Krc>>),
     Ready(Vec<ReadyForkGuard<'a>>),
-    Wake(
-        MutexGuard<'a, bool>,
-        MutexGuard<'a, bool>,
-        MutexGuard<'a, ()>,
-        Vec<MutexGuard<'a, bool>>,
-    ),
+    Signal(MutexGuard<'a, ()>),
 }

@@ -181,6 +181,13 @@ impl Front {
         self.gate.release();
     }
 
+    /// In the child of a `fork`: the owner does not exist here (see
+    /// `StealGate::forget_owner`).
+    pub(super) fn forget_owner(&self) {
+        self.exited.store(true, Release);
+        self.gate.forget_owner();
+    }
+
     pub(super) fn set_dead(&self) {
         self.dead.store(true, Release);
     }

@@ -160,6 +160,17 @@ impl Fronts {
         (left, complete)
     }
 
+    /// Whether no front holds a block (the monitor's idle predicate: a
+    /// front's block holds at least one object from its install on).
+    /// Relaxed loads: the caller orders them (`Monitor::nothing_pending`).
+    pub(super) fn all_empty(&self) -> bool {
+        !self.enabled
+            || self
+                .lock()
+                .iter()
+                .all(|e| e.front.block.load(Relaxed).is_null())
+    }
+
     /// The instance is going away: threads may forget their fronts.
     pub(super) fn retire(&self, counters: &EngineCounters) {
         for e in self.lock().drain(..) {
@@ -198,7 +209,7 @@ impl Fronts {
     pub(super) fn forget_other_threads(&self) {
         for e in self.lock().iter() {
             if !front::owned_here(&e.front) {
-                e.front.exited.store(true, Release);
+                e.front.forget_owner();
             }
         }
     }

@@ -122,11 +122,28 @@ pub struct KvfreeConfig {
     /// 200 ms (full blocks are handed over at once whatever the delay), and
     /// 5 ms gave the lowest peak pending memory (about 10-12 MiB, against
     /// 16-18 MiB at 10 ms and up to 85 MiB at 200 ms, where everything
-    /// waited in one batch). It is also the worker's poll period when all
-    /// is quiet: 200 short wake-ups a second.
+    /// waited in one batch). While objects wait it is also the monitor's
+    /// poll period; when nothing is pending the workers sleep idle
+    /// ([`idle_poll`](Self::idle_poll)).
     pub drain_delay: Duration,
     /// How often the worker looks for work while anything is pending.
     pub active_poll: Duration,
+    /// How long the worker threads sleep when nothing is pending, unless
+    /// woken (default 1 s): an idle instance wakes a few times a second and
+    /// costs well under a millisecond of CPU per second.
+    ///
+    /// A `kfree_rcu` on a thread that is not real-time, in task or softirq
+    /// context, wakes the monitor when it installs a block after a quiet
+    /// spell (one `FUTEX_WAKE`, only then), so its objects wait a drain
+    /// delay as usual. A real-time thread
+    /// ([`Krcu::register_thread`](crate::Krcu::register_thread)) or a signal
+    /// handler (hardirq context) never makes that system call: what it
+    /// queues after a quiet spell is found by the monitor's next timed
+    /// wake-up, so it waits at most `idle_poll` plus a drain delay before it
+    /// is handed to RCU (and its CPU's refill, if it asked for one, waits as
+    /// long). Shorter values bound that delay tighter at the cost of more
+    /// idle wake-ups.
+    pub idle_poll: Duration,
     /// Whether task-context callers help free what is ready (the flood
     /// brake).
     pub assist: Assist,
@@ -171,6 +188,7 @@ impl Default for KvfreeConfig {
             max_cache_blocks: 64,
             drain_delay: Duration::from_millis(5),
             active_poll: Duration::from_micros(250),
+            idle_poll: Duration::from_secs(1),
             assist: Assist::default(),
             assist_above: 16,
             front_blocks: true,
@@ -210,6 +228,11 @@ impl KvfreeConfig {
     /// Sets [`active_poll`](Self::active_poll).
     pub fn active_poll(mut self, period: Duration) -> Self {
         self.active_poll = period;
+        self
+    }
+    /// Sets [`idle_poll`](Self::idle_poll).
+    pub fn idle_poll(mut self, period: Duration) -> Self {
+        self.idle_poll = period;
         self
     }
     /// Sets [`assist`](Self::assist).

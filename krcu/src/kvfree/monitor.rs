@@ -6,7 +6,26 @@
 //! queued is freed.
 //!
 //! Owns: [`Monitor`] (the pass lock, the monitor thread's wake-up, the
-//! flush request). Uses: `shared.rs`, `fronts.rs`, `krc.rs`, `batch.rs`,
+//! flush request), the idle predicate ([`Monitor::nothing_pending`]) and
+//! the call path's doorbell ([`Monitor::note_work`]).
+//!
+//! # Sleeping idle
+//! While anything is pending the monitor polls (every `active_poll`, or a
+//! drain delay); when a pass finds nothing, it sleeps idle: up to
+//! [`idle_poll`](super::KvfreeConfig::idle_poll) (default 1 s), unless
+//! woken. Every place that puts work where a pass would find it after a
+//! quiet spell is a slow path of the call (a block installed in a CPU's
+//! `krc` or a thread's front, an object pushed on the `rcu_head` list):
+//! there the caller rings the doorbell, [`note_work`](Monitor::note_work),
+//! one SeqCst fence and one load, and a `FUTEX_WAKE` only when the monitor
+//! sleeps idle. Adding to a block already installed needs no doorbell: a
+//! block holding objects is pending, so the monitor is not idle, or the
+//! caller that installed it after the monitor's last look rang. Real-time
+//! threads and signal handlers never make the system call: they only leave
+//! the work, which the monitor's next timed wake-up finds (at most
+//! `idle_poll` later). `wake.rs` states the handshake's memory-ordering
+//! argument; the producers' side is "publish, then `note_work`", the
+//! sleeper's "announce, then [`nothing_pending`](Monitor::nothing_pending)". Uses: `shared.rs`, `fronts.rs`, `krc.rs`, `batch.rs`,
 //! `ready.rs`, `reclaim.rs` (a barrier waits for reclaim), `cache.rs` (the
 //! idle trim), `block.rs`, `wake.rs`, `stats.rs`.
 
@@ -19,7 +38,8 @@ use super::reclaim::Reclaim;
 use super::shared::Shared;
 use super::stats::{EngineCounters, Pending};
 use super::wake::Wake;
-use core::sync::atomic::{AtomicBool, Ordering::*};
+use crate::context::{self, ContextKind};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering::*};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -61,7 +81,22 @@ pub(super) struct Monitor {
     /// A flush was asked for (Release/AcqRel: the asker's earlier calls
     /// are seen by the pass that takes the request).
     flush_wanted: AtomicBool,
+    /// Doorbell kicks that woke the monitor from an idle sleep (Relaxed: a
+    /// count).
+    doorbell_kicks: AtomicU64,
+    /// The monitor passed its idle re-check and waits (or is about to):
+    /// only a kick or the timeout ends that wait (Relaxed: for tests and
+    /// the refill thread's choice of sleep, nothing hangs on it).
+    idle_waiting: AtomicBool,
+    /// Runs between the idle re-check and the wait (tests stall there to
+    /// queue work in the window a lost wake-up would hide in).
+    #[cfg(feature = "testing")]
+    before_idle_wait: Mutex<Option<IdleHook>>,
 }
+
+/// A test's hook into the idle sleep.
+#[cfg(feature = "testing")]
+pub(crate) type IdleHook = std::sync::Arc<dyn Fn() + Send + Sync>;
 
 impl Monitor {
     pub(super) fn new() -> Monitor {
@@ -69,6 +104,10 @@ impl Monitor {
             pass_lock: Mutex::new(()),
             wake: Wake::new(),
             flush_wanted: AtomicBool::new(false),
+            doorbell_kicks: AtomicU64::new(0),
+            idle_waiting: AtomicBool::new(false),
+            #[cfg(feature = "testing")]
+            before_idle_wait: Mutex::new(None),
         }
     }
 
@@ -209,6 +248,99 @@ impl Monitor {
         self.wake.sleep(timeout);
     }
 
+    /// The monitor thread sleeps idle, up to `timeout`, unless
+    /// `nothing_pending` (checked after announcing the sleep) finds work:
+    /// then it returns false and the caller sleeps a short while instead.
+    pub(super) fn sleep_idle(
+        &self,
+        timeout: Duration,
+        nothing_pending: impl FnOnce() -> bool,
+    ) -> bool {
+        #[cfg(feature = "testing")]
+        let hook = self
+            .before_idle_wait
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let slept = self.wake.sleep_idle(
+            timeout,
+            || !nothing_pending(),
+            || {
+                self.idle_waiting.store(true, Relaxed);
+                #[cfg(feature = "testing")]
+                if let Some(h) = hook {
+                    h();
+                }
+            },
+        );
+        self.idle_waiting.store(false, Relaxed);
+        slept
+    }
+
+    /// Whether nothing is pending that the monitor must hand over or watch:
+    /// the one predicate its idle sleep rests on. Called after the sleep is
+    /// announced (`wake.rs`): its loads see whatever a caller published
+    /// before that caller's doorbell found the monitor awake. Whatever else
+    /// comes to hold objects the monitor hands over adds its check here
+    /// (and its producers ring [`note_work`](Self::note_work)).
+    pub(super) fn nothing_pending(&self, s: &Shared, fronts: &Fronts) -> bool {
+        !self.flush_wanted.load(SeqCst)
+            && fronts.all_empty()
+            && s.cpus.iter().all(|(_, cpu)| cpu_quiet(s, cpu))
+            && s.counters.in_flight().objs == 0
+            && !rcu_sheaves_pending(s)
+    }
+
+    /// The call path's doorbell, rung on its slow paths after the work is
+    /// published (module doc). From task or softirq context on a thread
+    /// that is not real-time, wakes the monitor if it sleeps idle (a
+    /// `FUTEX_WAKE`, no lock); a real-time thread or a signal handler
+    /// (hardirq context) does nothing here: the monitor's next timed
+    /// wake-up finds the work.
+    #[inline]
+    pub(super) fn note_work(&self, ctx: ContextKind) {
+        if matches!(ctx, ContextKind::Task | ContextKind::Softirq)
+            && !context::is_realtime()
+            && self.wake.fence_then_idle()
+        {
+            self.ring();
+        }
+    }
+
+    #[cold]
+    fn ring(&self) {
+        if self.wake.kick_if_idle() {
+            self.doorbell_kicks.fetch_add(1, Relaxed);
+        }
+    }
+
+    #[cfg(any(test, feature = "testing"))]
+    /// Doorbell kicks that woke the monitor from an idle sleep.
+    pub(super) fn doorbell_kicks(&self) -> u64 {
+        self.doorbell_kicks.load(Relaxed)
+    }
+
+    #[cfg(any(test, feature = "testing"))]
+    /// The monitor thread's wake-ups so far.
+    pub(super) fn wakeups(&self) -> u64 {
+        self.wake.wakeups()
+    }
+
+    /// Whether the monitor sleeps idle now (past its re-check: only a kick
+    /// or the timeout wakes it).
+    pub(super) fn is_idle(&self) -> bool {
+        self.idle_waiting.load(Relaxed)
+    }
+
+    /// Sets the hook that runs between the idle re-check and the wait.
+    #[cfg(feature = "testing")]
+    pub(super) fn set_idle_hook(&self, hook: Option<IdleHook>) {
+        *self
+            .before_idle_wait
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = hook;
+    }
+
     /// Asks the next pass to hand everything over, and wakes the monitor.
     pub(super) fn request_flush(&self) {
         self.flush_wanted.store(true, Release);
@@ -232,9 +364,34 @@ impl Monitor {
     pub(super) fn hold_for_fork(&self) -> MutexGuard<'_, ()> {
         self.lock()
     }
+}
 
-    /// The monitor's wake-up lock, held across a `fork`.
-    pub(super) fn hold_wake_for_fork(&self) -> MutexGuard<'_, bool> {
-        self.wake.hold()
+/// Whether `cpu` has nothing the monitor must hand over or watch: no
+/// object in its blocks or on its `rcu_head` list, no refill asked for,
+/// no batch in flight or ready, no spare blocks waiting for the idle trim.
+fn cpu_quiet(s: &Shared, cpu: &KrcCpu) -> bool {
+    if cpu.list_waiting()
+        || cpu.refill_wanted()
+        || cpu.batches.iter().any(|b| b.is_busy())
+        || cpu.ready.has_objects()
+    {
+        return false;
+    }
+    let krc = cpu.krc.lock();
+    !krc.has_pending() && !cache::trim_due(s, &krc)
+}
+
+/// Whether a slab cache waiting on this instance's RCU holds a partly
+/// filled `rcu_free` sheaf (the monitor submits it once it goes quiet).
+/// Retiring into a sheaf rings no doorbell (that would put a fence on the
+/// sheaf's fast path): after a quiet spell the monitor finds such a sheaf
+/// at its next timed wake-up, at most `idle_poll` later.
+fn rcu_sheaves_pending(s: &Shared) -> bool {
+    #[cfg(not(loom))]
+    return crate::slab::any_partial_rcu_sheaves(&s.rcu);
+    #[cfg(loom)]
+    {
+        let _ = s;
+        false
     }
 }

@@ -24,6 +24,10 @@ pub(super) struct Reclaim {
     /// Tells the reclaimers to finish once nothing is left (Release/
     /// Acquire: set after the teardown's barrier, whose effects they see).
     stop: AtomicBool,
+    /// The reclaimer threads run (they start on demand, `worker.rs`).
+    /// Until then a barrier frees what is ready itself. Release/Acquire:
+    /// set once they are spawned; a barrier that misses it only helps.
+    started: AtomicBool,
     /// Signalled when a reclaimer finishes a chunk (for barriers).
     idle: Signal,
 }
@@ -36,6 +40,7 @@ impl Reclaim {
     pub(super) fn new() -> Reclaim {
         Reclaim {
             stop: AtomicBool::new(false),
+            started: AtomicBool::new(false),
             idle: Signal::new(),
         }
     }
@@ -74,7 +79,11 @@ impl Reclaim {
             {
                 return;
             }
-            mine[0].ready.wake().sleep(Duration::from_millis(100));
+            // Every producer of ready work (the RCU callback of a batch,
+            // the monitor's drain-ready blocks, a stop) kicks after it
+            // publishes, and a kick is remembered by the word (`wake.rs`):
+            // the timeout is only a fallback.
+            mine[0].ready.wake().sleep(s.config.idle_poll);
         }
     }
 
@@ -84,6 +93,27 @@ impl Reclaim {
         for home in 0..s.homes {
             s.cpus.get(home).ready.wake_reclaimer();
         }
+    }
+
+    /// Undoes [`stop`](Self::stop) (reclaimers that failed to start all
+    /// were stopped; none runs).
+    pub(super) fn unstop(&self) {
+        self.stop.store(false, Release);
+    }
+
+    /// Whether the reclaimer threads run.
+    pub(super) fn started(&self) -> bool {
+        self.started.load(Acquire)
+    }
+
+    /// The reclaimer threads run from now on.
+    pub(super) fn mark_started(&self) {
+        self.started.store(true, Release);
+    }
+
+    /// In the child of a `fork`: no reclaimer thread exists there.
+    pub(super) fn forget_started(&self) {
+        self.started.store(false, Release);
     }
 
     /// Frees up to `max_blocks` ready blocks of `cpu` and its whole
@@ -191,10 +221,14 @@ impl Reclaim {
     /// and does not count its own reclaim among those it waits for (the
     /// objects its callers have in hand, the rest of the destructor's block
     /// among them, are freed once the destructor returns).
+    ///
+    /// Where no reclaimer runs (none started yet, or they could not be
+    /// started) it frees the ready objects itself too.
     pub(super) fn wait_idle(&self, s: &Shared) {
-        let helping = self.in_own_reclaim();
+        let own_reclaim = self.in_own_reclaim();
+        let helping = own_reclaim || !self.started();
         for (_, cpu) in s.cpus.iter() {
-            let own = if helping {
+            let own = if own_reclaim {
                 count_reclaim_frames(|f| core::ptr::eq(f.queue, &*cpu.ready))
             } else {
                 0

@@ -69,6 +69,18 @@ impl StealGate {
         true
     }
 
+    /// In the child of a `fork`, for a front whose owner does not exist
+    /// there: clears `busy`. The fork's gate waited for the owner to leave
+    /// its section, but an owner that tried to enter one afterwards set
+    /// `busy` for the instant before it saw `steal` and left; a fork in that
+    /// instant copies `busy` set, and no thread would ever clear it (the
+    /// child's monitor would wait for it on every pass, and a barrier
+    /// never end).
+    #[cfg_attr(loom, allow(dead_code))]
+    pub fn forget_owner(&self) {
+        self.busy.store(false, Release);
+    }
+
     /// The owner leaves its section.
     #[inline]
     pub fn end(&self) {
