@@ -440,3 +440,37 @@ fn a_value_aligned_beyond_a_page_that_fits_a_slab_is_refused() {
     drop(cache);
     assert_all_pages_back(&pa);
 }
+
+/// Finding 3: the last box of an orphaned cache dropped in a signal
+/// handler (hardirq context). `free_orphaned` pins the core, frees the slot
+/// (straight to its slab in `Try` mode: no sheaf is left after the
+/// handle's shrink), the slab goes back and drops its count, and then the
+/// pin's drop is the last count: `CacheCore::drop` runs in the handler,
+/// freeing the cache's heap state (global allocator: not async-signal-safe;
+/// a deadlock if the handler interrupted malloc) and taking its locks in
+/// `Block` mode (`barn_shrink`, `return_to_slabs(.., Mode::Block)`).
+#[test]
+#[ignore = "finding 3: the last box of an orphaned cache dropped in a signal handler runs CacheCore::drop there (heap frees, blocking locks)"]
+fn last_box_of_an_orphaned_cache_dropped_in_a_signal_handler_frees_the_cache_there() {
+    use common::counting_alloc::{thread_allocs, thread_frees};
+    use krcu::lock::thread_counters;
+    let pa = allocator_on_cpus(2, 16 << 20);
+    let cache = SlabCache::<u64>::new(&pa, "orphan-irq-last").unwrap();
+    let b = SlabBox::new_in(&cache, 7u64).ok().unwrap();
+    drop(cache);
+    let strong_before = Arc::strong_count(&pa);
+    let (heap, blocking, strong_after) = {
+        let _irq = krcu::context::enter_hardirq();
+        let (a0, f0, c0) = (thread_allocs(), thread_frees(), thread_counters());
+        drop(b);
+        let (a1, f1, c1) = (thread_allocs(), thread_frees(), thread_counters());
+        (
+            (a1 - a0) + (f1 - f0),
+            (c1 - c0).blocking,
+            Arc::strong_count(&pa),
+        )
+    };
+    assert!(strong_before > 1, "the box's slab held the core, and it the allocator");
+    assert_eq!(heap, 0, "global-allocator calls in the signal handler (the core freed there: {strong_before} -> {strong_after} counts of the allocator)");
+    assert_eq!(blocking, 0, "blocking locks in the signal handler");
+}
