@@ -474,3 +474,106 @@ fn last_box_of_an_orphaned_cache_dropped_in_a_signal_handler_frees_the_cache_the
     assert_eq!(heap, 0, "global-allocator calls in the signal handler (the core freed there: {strong_before} -> {strong_after} counts of the allocator)");
     assert_eq!(blocking, 0, "blocking locks in the signal handler");
 }
+
+/// Checked sound: a `T::drop` that panics in a box retired through the
+/// last-resort hidden head (no kvfree block can be had: `Policy::Prohibit`
+/// with no cached blocks; a signal handler uses no rcu_free sheaf).
+/// `free_slab_by_head` frees with `cache.free`, which resumes the panic
+/// after giving the slot back; later retires on the instance are still
+/// freed after a grace period.
+#[test]
+fn a_panicking_destructor_on_the_last_resort_path() {
+    use krcu::kvfree::{KvfreeConfig, Policy};
+    let result = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let r2 = result.clone();
+    // On a thread of its own, bounded: a stuck instance must not hang the
+    // binary.
+    std::thread::spawn(move || {
+        let k = krcu::Krcu::builder()
+            .arena_size(32 << 20)
+            .kvfree_config(
+                KvfreeConfig::default()
+                    .policy(Policy::Prohibit)
+                    .cache_blocks(0)
+                    .refill_mark(0),
+            )
+            .build()
+            .unwrap();
+        let cache = k.slab_cache::<PanicOnDrop>("panicky-head").unwrap();
+        let drops = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        // In a signal handler no rcu_free sheaf is used: the hidden head.
+        for _ in 0..10 {
+            let b = cache.alloc_box(PanicOnDrop(drops.clone())).ok().unwrap();
+            let _irq = krcu::context::enter_hardirq();
+            k.kfree_rcu_slab(b).ok().unwrap();
+        }
+        k.kvfree_rcu_barrier();
+        let first = drops.load(SeqCst);
+        let b = cache.alloc_box(PanicOnDrop(drops.clone())).ok().unwrap();
+        k.kfree_rcu_slab(b).ok().unwrap();
+        k.kvfree_rcu_barrier();
+        *r2.lock().unwrap() = Some((first, drops.load(SeqCst), cache.stats().rcu_fallbacks));
+    });
+    wait_for("the instance's barriers", Duration::from_secs(120), || {
+        result.lock().unwrap().is_some()
+    });
+    let (first, all, fallbacks) = result.lock().unwrap().unwrap();
+    assert!(fallbacks > 0, "the sheaf path was not bypassed");
+    assert_eq!((first, all), (10, 11), "every value dropped once");
+}
+
+/// Partly filled rcu_free sheaves taken from their owner by another
+/// thread's `kvfree_rcu_barrier` (which submits every such sheaf) while
+/// the owner keeps retiring into its sheaf, and readers hold what they
+/// loaded across yields: nothing freed under a reader, each value dropped
+/// once, every slab back.
+#[test]
+fn sheaves_submitted_by_barriers_while_their_owner_retires() {
+    use common::{Ledger, Obj};
+    use krcu::{Krcu, RcuCell};
+    use std::sync::atomic::AtomicU64;
+    let k = Arc::new(Krcu::builder().arena_size(64 << 20).build().unwrap());
+    let n = 20_000;
+    let ledger = Ledger::new(n + 10);
+    let cache = k.slab_cache::<Obj>("barrier-race").unwrap();
+    let cells: Vec<RcuCell<Obj, Arc<Krcu>>> = (0..4)
+        .map(|_| RcuCell::new_in(k.clone(), *Obj::new(&ledger)))
+        .collect();
+    let stop = AtomicBool::new(false);
+    let (reads, barriers) = (AtomicU64::new(0), AtomicU64::new(0));
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let reader = k.rcu().register_thread();
+            while !stop.load(Relaxed) {
+                let g = reader.read_lock();
+                let held: Vec<&Obj> = cells.iter().map(|c| c.load(&g).unwrap()).collect();
+                for _ in 0..4 {
+                    std::thread::yield_now();
+                    for o in &held {
+                        o.check();
+                    }
+                }
+                reads.fetch_add(1, Relaxed);
+            }
+        });
+        s.spawn(|| {
+            while !stop.load(Relaxed) {
+                k.kvfree_rcu_barrier();
+                barriers.fetch_add(1, Relaxed);
+            }
+        });
+        for i in 0..n {
+            let b = cache.alloc_box(*Obj::new(&ledger)).ok().unwrap();
+            cells[i % cells.len()].store_slab(b).unwrap();
+        }
+        wait_for("reads and barriers", Duration::from_secs(120), || {
+            reads.load(Relaxed) > 2 && barriers.load(Relaxed) > 2
+        });
+        stop.store(true, Relaxed);
+    });
+    drop(cells);
+    k.kvfree_rcu_barrier();
+    ledger.assert_all_freed_once();
+    cache.shrink();
+    assert_eq!(cache.stats().slabs, 0, "{:?}", cache.stats());
+}
