@@ -728,3 +728,46 @@ fn a_real_time_thread_on_the_last_resort_path() {
     cache.shrink();
     assert_eq!(cache.stats().slabs, 0);
 }
+
+/// Boxes retired into the rcu_free sheaves of a cache of an instance, then
+/// the instance dropped before the cache: the instance's teardown (or the
+/// cache's drop after it) must still drop every value once and give every
+/// slab back, and the cache's drop must not wait forever for an RCU whose
+/// instance is gone.
+#[test]
+fn instance_dropped_while_its_cache_has_retired_boxes_in_sheaves() {
+    use common::{Ledger, Obj};
+    let done = Arc::new(std::sync::Mutex::new(None));
+    let d2 = done.clone();
+    std::thread::spawn(move || {
+        let ledger = Ledger::new(100);
+        let k = krcu::Krcu::builder().arena_size(32 << 20).build().unwrap();
+        let pa = k.pages().clone();
+        let cache = k.slab_cache::<Obj>("outlives-instance").unwrap();
+        for _ in 0..10 {
+            let b = cache.alloc_box(*Obj::new(&ledger)).ok().unwrap();
+            k.kfree_rcu_slab(b).ok().unwrap();
+        }
+        drop(k);
+        let after_instance = ledger.dropped.load(SeqCst);
+        drop(cache);
+        let after_cache = ledger.dropped.load(SeqCst);
+        pa.drain_all();
+        let s = pa.stats();
+        *d2.lock().unwrap() = Some((
+            after_instance,
+            after_cache,
+            ledger.double_frees.load(SeqCst),
+            s.free_pages == s.total_pages,
+            Arc::strong_count(&pa),
+        ));
+    });
+    wait_for("the instance's and the cache's drops", Duration::from_secs(120), || {
+        done.lock().unwrap().is_some()
+    });
+    let (after_instance, after_cache, double, all_back, refs) = done.lock().unwrap().unwrap();
+    assert_eq!(double, 0);
+    assert_eq!(after_cache, 10, "values dropped (after the instance: {after_instance})");
+    assert!(all_back, "pages back");
+    assert_eq!(refs, 1);
+}
