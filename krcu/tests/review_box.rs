@@ -762,12 +762,78 @@ fn instance_dropped_while_its_cache_has_retired_boxes_in_sheaves() {
             Arc::strong_count(&pa),
         ));
     });
-    wait_for("the instance's and the cache's drops", Duration::from_secs(120), || {
-        done.lock().unwrap().is_some()
-    });
+    wait_for(
+        "the instance's and the cache's drops",
+        Duration::from_secs(120),
+        || done.lock().unwrap().is_some(),
+    );
     let (after_instance, after_cache, double, all_back, refs) = done.lock().unwrap().unwrap();
     assert_eq!(double, 0);
-    assert_eq!(after_cache, 10, "values dropped (after the instance: {after_instance})");
+    assert_eq!(
+        after_cache, 10,
+        "values dropped (after the instance: {after_instance})"
+    );
     assert!(all_back, "pages back");
     assert_eq!(refs, 1);
+}
+
+/// The free function `krcu::kfree_rcu_slab` before the process-wide
+/// instance exists, called inside a reader's section (where it may not
+/// build it: the slot's hidden head goes to the global RCU's `call_rcu`).
+/// In a child process, so that the process-wide instance is not built yet.
+/// The value is dropped once, after the reader, and the slab goes back.
+#[test]
+fn free_function_before_the_global_instance_inside_a_reader() {
+    use common::{Ledger, Obj};
+    if !common::child::in_child_else_run(
+        "REVIEW_BOX_GLOBAL_CHILD",
+        "free_function_before_the_global_instance_inside_a_reader",
+        Duration::from_secs(120),
+    ) {
+        return;
+    }
+    let ledger = Ledger::new(10);
+    let pa = allocator_on_cpus(2, 16 << 20);
+    let cache = SlabCache::<Obj>::new(&pa, "before-global").unwrap();
+    let g = krcu::rcu::read_lock();
+    let b = cache.alloc_box(*Obj::new(&ledger)).ok().unwrap();
+    let p = SlabBox::as_ptr(&b);
+    krcu::kfree_rcu_slab(b).ok().unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    // SAFETY: retired under this reader's section, which is still held.
+    unsafe { (*p).check() };
+    assert_eq!(ledger.dropped.load(SeqCst), 0, "freed under the reader");
+    drop(g);
+    krcu::kvfree_rcu_barrier();
+    wait_for("the value's drop", Duration::from_secs(60), || {
+        ledger.dropped.load(SeqCst) == 1
+    });
+    ledger.assert_all_freed_once();
+    cache.shrink();
+    assert_eq!(cache.stats().slabs, 0);
+}
+
+/// Boxes of an orphaned cache dropped on two threads at once (each drop
+/// pins the core and shrinks): each value dropped once, and the last slab,
+/// the core and its hold on the allocator go.
+#[test]
+fn orphaned_boxes_dropped_on_two_threads_at_once() {
+    use common::{Ledger, Obj};
+    for _ in 0..20 {
+        let pa = allocator_on_cpus(2, 16 << 20);
+        let ledger = Ledger::new(2000);
+        let cache = SlabCache::<Obj>::new(&pa, "orphan-pair").unwrap();
+        let mut a: Vec<SlabBox<Obj>> = (0..2000)
+            .map(|_| cache.alloc_box(*Obj::new(&ledger)).ok().unwrap())
+            .collect();
+        let b = a.split_off(1000);
+        drop(cache);
+        std::thread::scope(|s| {
+            s.spawn(move || drop(a));
+            s.spawn(move || drop(b));
+        });
+        ledger.assert_all_freed_once();
+        assert_eq!(Arc::strong_count(&pa), 1, "the orphaned core still lives");
+        assert_all_pages_back(&pa);
+    }
 }
