@@ -297,9 +297,10 @@ impl CacheCore {
     }
 
     /// `rcu_barrier` of the cache's instance, if sheaves are in flight and
-    /// the caller is not that instance's worker (which cannot wait for
-    /// itself: the last sheaf then finds the barn of the core alone, and
-    /// the core's drop flushes it).
+    /// the caller can wait for it: not that instance's worker (which cannot
+    /// wait for itself), not inside one of its read-side sections (which
+    /// would wait for itself forever). Unwaited sheaves come home to an
+    /// orphaned core and are flushed to the slabs (`rcu_sheaf_home`).
     pub(super) fn rcu_sheaf_barrier_if_safe(&self) {
         let Some(rcu) = self.rcu.get() else {
             return;
@@ -314,8 +315,24 @@ impl CacheCore {
     }
 
     /// A sheaf back from its grace period, objects dropped: to the barn as
-    /// a full sheaf, or flushed when the barn is at its limit.
+    /// a full sheaf, or flushed when the barn is at its limit or the
+    /// cache's handle is gone.
+    ///
+    /// An orphaned cache's barn would keep the sheaf's objects, so their
+    /// slabs, so (through the slabs' counts) the core itself, for ever:
+    /// nothing shrinks it any more. So the sheaf is flushed and the cache
+    /// shrunk (a destructor of this very sheaf may have dropped the last
+    /// handle after that handle's shrink ran). The caller holds the
+    /// sheaf's count of the core, so the last slab freed here cannot free
+    /// the core under it.
     fn rcu_sheaf_home(&self, s: *mut Sheaf) {
+        // Acquire: pairs with the handle's SeqCst store; a handle dropped
+        // after this load shrinks after the sheaf is in the barn.
+        if self.orphaned.load(Acquire) {
+            self.flush_and_free_sheaf(s, Mode::Block);
+            self.shrink();
+            return;
+        }
         if let Some(mut barn) = self.lock_barn(Mode::Block)
             && barn.put_full(s, self.barn.limit).is_ok()
         {
