@@ -308,6 +308,7 @@ impl CacheCore {
         let c = &self.counters;
         if c.rcu_sheaves.load(Acquire) != c.rcu_sheaves_done.load(Acquire)
             && !rcu.on_worker()
+            && !rcu.is_reading()
             && !never_block()
         {
             rcu.rcu_barrier();
