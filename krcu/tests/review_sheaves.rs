@@ -52,7 +52,6 @@ fn only_partial_slab(cache: &SlabCache<u64>) -> NonNull<u64> {
 /// in a handler reach the same call. Shown here by the thread's lock
 /// counters: a blocking acquisition inside the handler.
 #[test]
-#[ignore = "finding 1: a signal handler's alloc(Gfp::ATOMIC) takes the node lock blocking"]
 fn a_signal_handler_never_takes_the_node_lock_blocking() {
     let pa = allocator_on_cpus(1, 8 << 20);
     let cache = SlabCache::<u64>::builder(&pa)
@@ -85,7 +84,6 @@ fn a_signal_handler_never_takes_the_node_lock_blocking() {
 /// Finding 1, the same through a prefilled sheaf: topping one up in a
 /// signal handler with `Gfp::ATOMIC` takes the node lock blocking.
 #[test]
-#[ignore = "finding 1: PrefilledSheaf::refill in a signal handler takes the node lock blocking"]
 fn a_signal_handler_refilling_a_prefilled_sheaf_never_blocks() {
     let pa = allocator_on_cpus(1, 8 << 20);
     let cache = SlabCache::<u64>::builder(&pa)
