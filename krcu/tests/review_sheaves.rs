@@ -123,7 +123,6 @@ fn a_signal_handler_refilling_a_prefilled_sheaf_never_blocks() {
 /// freeing sheaf memory and making `membarrier` calls) on the real-time
 /// thread. The counting allocator shows the allocation.
 #[test]
-#[ignore = "finding 2: a real-time thread's first kfree_rcu_sheaf allocates (slot registration)"]
 fn a_realtime_thread_retiring_into_sheaves_never_allocates() {
     let pa = allocator_on_cpus(1, 8 << 20);
     let cache = Arc::new(
@@ -458,7 +457,6 @@ fn a_signal_handler_sharing_the_cache_with_the_thread_it_interrupts() {
 /// is "never takes a blocking lock" (a trylock, handing the object back
 /// when it fails, keeps it).
 #[test]
-#[ignore = "finding 2: kfree_rcu_sheaf on a real-time thread takes the barn lock blocking"]
 fn a_realtime_thread_retiring_into_sheaves_never_blocks() {
     let pa = allocator_on_cpus(1, 8 << 20);
     let cache = SlabCache::<u64>::builder(&pa)

@@ -139,14 +139,32 @@ impl CacheCore {
     /// the object was queued.
     #[cold]
     #[cfg_attr(not(feature = "testing"), allow(dead_code))]
+    ///
+    /// On a real-time thread it keeps the crate's real-time promise (no
+    /// global-allocator call, no blocking lock): the slot is used only if
+    /// it exists (registering one allocates and takes a `std` mutex), the
+    /// CPU's sheaves and the barn are only trylocked, and no sheaf is
+    /// allocated; otherwise the object is handed back, and the caller's
+    /// kvfree blocks keep the promise.
     fn rcu_free_slow(&self, p: *mut u8) -> bool {
-        if !never_block()
-            && let Some(slot) = self.thread_slot()
-        {
+        let realtime = crate::context::is_realtime();
+        let mode = if never_block() || realtime {
+            Mode::Try
+        } else {
+            Mode::Block
+        };
+        let slot = if never_block() {
+            None
+        } else if realtime {
+            thread::current(self.id)
+        } else {
+            self.thread_slot()
+        };
+        if let Some(slot) = slot {
             let mut s = slot.take(Which::Rcu);
             // SAFETY: taken out of the slot: ours.
             if s.is_null() || unsafe { (*s).is_full() } {
-                let Some(e) = self.empty_for_rcu(Mode::Block) else {
+                let Some(e) = self.empty_for_rcu(mode) else {
                     if !s.is_null() && slot.install(Which::Rcu, s).is_err() {
                         self.submit_rcu_sheaf(s);
                     }
@@ -166,11 +184,6 @@ impl CacheCore {
             }
             return true;
         }
-        let mode = if never_block() {
-            Mode::Try
-        } else {
-            Mode::Block
-        };
         let Some(mut cs) = self.lock_cpu(mode) else {
             return false;
         };
