@@ -620,7 +620,6 @@ fn rcu_free_destructors_reentering_the_same_cache_lose_nothing() {
 /// counters of the calling thread: blocking acquisitions inside a
 /// `NO_LOCKS` allocation.
 #[test]
-#[ignore = "finding 4: a thread's first alloc(NO_LOCKS) registers its slot with blocking locks"]
 fn a_first_no_locks_allocation_takes_no_lock_blocking() {
     let pa = allocator_on_cpus(1, 8 << 20);
     let cache = Arc::new(

@@ -153,7 +153,7 @@ impl CacheCore {
     pub(super) fn alloc_slow(&self, gfp: Gfp) -> Result<*mut u8, AllocError> {
         #[cfg(not(loom))]
         if !never_block()
-            && let Some(slot) = self.thread_slot()
+            && let Some(slot) = self.thread_slot_for(gfp)
         {
             let mode = mode_for(gfp);
             let s = slot.take(Which::Main);
@@ -183,6 +183,20 @@ impl CacheCore {
             };
         }
         self.cpu_alloc(gfp)
+    }
+
+    /// The calling thread's slot of this cache for an allocation with
+    /// `gfp`: with `NO_LOCKS` only an existing one (registering allocates,
+    /// takes the registry's mutex and reclaims exited threads' sheaves
+    /// with blocking locks); the caller then uses the CPU's sheaves.
+    #[cfg(not(loom))]
+    #[inline]
+    fn thread_slot_for(&self, gfp: Gfp) -> Option<&'static ThreadSlot> {
+        if gfp.contains(Gfp::NO_LOCKS) {
+            thread::current(self.id)
+        } else {
+            self.thread_slot()
+        }
     }
 
     /// The calling thread's slot of this cache, registered on first use.
