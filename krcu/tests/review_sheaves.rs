@@ -503,7 +503,6 @@ fn a_realtime_thread_retiring_into_sheaves_never_blocks() {
 /// `kmem_cache_prefill_sheaf` returns NULL when the sheaf cannot be
 /// allocated. Run in a forked child, which must see `Err`.
 #[test]
-#[ignore = "finding 3: prefill_sheaf with a huge count aborts or panics instead of Err"]
 fn prefill_sheaf_with_a_huge_count_is_an_error() {
     for n in [1usize << 40, usize::MAX] {
         let code = common::child::fork_run(
