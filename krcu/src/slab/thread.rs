@@ -253,6 +253,11 @@ impl Registry {
         self.lock().push(Entry(slot));
     }
 
+    /// How many slots are registered (each may hold a `main` sheaf).
+    pub(super) fn len(&self) -> usize {
+        self.lock().len()
+    }
+
     /// The fast-path hits of every live slot.
     pub(super) fn hits(&self) -> (u64, u64) {
         let gone = (
