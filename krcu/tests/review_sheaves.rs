@@ -1164,7 +1164,6 @@ fn alternating_caches_never_exhaust_the_arena() {
 /// exchange at the CPU or the barn under their locks). Shown by the
 /// sheaf hit counters of two caches used alternately by one thread.
 #[test]
-#[ignore = "finding 7: a thread alternating between two caches never hits its sheaves"]
 fn alternating_caches_still_hit_their_sheaves() {
     let pa = allocator_on_cpus(1, 8 << 20);
     let a = SlabCache::<u64>::new(&pa, "hits-a").unwrap();
