@@ -961,7 +961,6 @@ impl Drop for Marked {
 /// `get_room`/`empty_for_rcu` when full, the push indexes past its end.
 /// Shown with a ledger of bad drops.
 #[test]
-#[ignore = "finding 6: a thread alternating caches files a sheaf of free objects on the barn's empty list"]
 fn alternating_caches_never_misfile_a_sheaf_of_free_objects() {
     let pa = allocator_on_cpus(1, 8 << 20);
     let rcu = rcu_instance();
@@ -1058,7 +1057,6 @@ fn alternating_caches_never_misfile_a_sheaf_of_free_objects() {
 /// for an "empty" one gets it and pushes past its end (a panic inside
 /// `free`, the object marked free but never placed: lost with its slab).
 #[test]
-#[ignore = "finding 6: a full sheaf misfiled as empty makes a later free index past its end"]
 fn alternating_caches_never_break_a_later_free() {
     let pa = allocator_on_cpus(1, 8 << 20);
     let a = Arc::new(
@@ -1125,7 +1123,6 @@ fn alternating_caches_never_break_a_later_free() {
 /// with no object ever taken) are never given back: not by `shrink`, not
 /// by the cache's drop. The arena's pages are lost.
 #[test]
-#[ignore = "finding 6: alternating between two caches makes refill_sheaf eat the arena (full sheaf refilled)"]
 fn alternating_caches_never_exhaust_the_arena() {
     let pa = allocator_on_cpus(1, 8 << 20);
     let a = SlabCache::<u64>::new(&pa, "exhaust-a").unwrap();
