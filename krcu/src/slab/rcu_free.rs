@@ -55,7 +55,12 @@ impl<T> SlabCache<T> {
     pub(crate) unsafe fn kfree_rcu_sheaf(&self, obj: NonNull<T>) -> Result<(), NonNull<T>> {
         let core = &*self.core;
         let p = obj.as_ptr().cast::<u8>();
-        if crate::context::in_nmi() {
+        if crate::context::in_nmi()
+            || core
+                .pages
+                .faults()
+                .should_fail(crate::page::FaultSites::SLAB_RCU_SHEAF)
+        {
             core.counters.rcu_fallbacks.fetch_add(1, Relaxed);
             return Err(obj);
         }
