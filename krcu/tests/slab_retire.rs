@@ -90,9 +90,7 @@ fn replace_and_retire(k: &Krcu, cache: &SlabCache<Obj>, ledger: &Arc<Ledger>, n:
 fn retired_boxes_are_freed_once_after_their_readers() {
     let k = instance(Policy::default(), 5);
     // The sheaves turn every object away: the blocks carry them.
-    k.pages()
-        .faults()
-        .fail_every(1, FaultSites::SLAB_RCU_SHEAF);
+    k.pages().faults().fail_every(1, FaultSites::SLAB_RCU_SHEAF);
     let ledger = Ledger::new(20_100);
     let cache = k.slab_cache::<Obj>("objs").unwrap();
     replace_and_retire(&k, &cache, &ledger, 20_000);
@@ -113,9 +111,7 @@ fn retired_boxes_are_freed_once_after_their_readers() {
 fn with_no_block_the_hidden_head_carries_the_object() {
     let k = instance(Policy::Prohibit, 0);
     // The sheaves turn every object away, and no block can be had.
-    k.pages()
-        .faults()
-        .fail_every(1, FaultSites::SLAB_RCU_SHEAF);
+    k.pages().faults().fail_every(1, FaultSites::SLAB_RCU_SHEAF);
     let ledger = Ledger::new(5_100);
     let cache = k.slab_cache::<Obj>("objs").unwrap();
     replace_and_retire(&k, &cache, &ledger, 5_000);
