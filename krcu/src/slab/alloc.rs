@@ -85,7 +85,8 @@ impl<T> SlabCache<T> {
     /// # Errors
     /// The page allocator's [`AllocError`] when a new slab was needed and
     /// none could be had under `gfp`, [`AllocError::Contended`] with
-    /// `NO_LOCKS` when the node lock is taken, and
+    /// `NO_LOCKS` or in a signal handler (whatever `gfp` says: there the
+    /// node lock is only trylocked) when the node lock is taken, and
     /// [`AllocError::Context`] as said above.
     ///
     /// # Panics
