@@ -13,6 +13,7 @@ use common::{Ledger, Obj, set_handler, signal_lock, wait_for};
 use krcu::kvfree::{KvfreeConfig, Policy};
 use krcu::lock::thread_counters;
 use krcu::lockdep::{ReportHandler, ReportLog};
+use krcu::page::FaultSites;
 use krcu::slab::{SlabBox, SlabCache};
 use krcu::{Krcu, SlabRetireError};
 use std::ptr::NonNull;
@@ -88,6 +89,8 @@ fn replace_and_retire(k: &Krcu, cache: &SlabCache<Obj>, ledger: &Arc<Ledger>, n:
 #[test]
 fn retired_boxes_are_freed_once_after_their_readers() {
     let k = instance(Policy::default(), 5);
+    // The sheaves turn every object away: the blocks carry them.
+    k.pages().faults().fail_every(1, FaultSites::SLAB_RCU_SHEAF);
     let ledger = Ledger::new(20_100);
     let cache = k.slab_cache::<Obj>("objs").unwrap();
     replace_and_retire(&k, &cache, &ledger, 20_000);
@@ -107,6 +110,8 @@ fn retired_boxes_are_freed_once_after_their_readers() {
 #[test]
 fn with_no_block_the_hidden_head_carries_the_object() {
     let k = instance(Policy::Prohibit, 0);
+    // The sheaves turn every object away, and no block can be had.
+    k.pages().faults().fail_every(1, FaultSites::SLAB_RCU_SHEAF);
     let ledger = Ledger::new(5_100);
     let cache = k.slab_cache::<Obj>("objs").unwrap();
     replace_and_retire(&k, &cache, &ledger, 5_000);

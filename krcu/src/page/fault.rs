@@ -33,6 +33,10 @@ bitflags! {
         /// with `NO_LOCKS` and in signal handlers) fails as if contended.
         /// Not part of `ALL`.
         const SLAB_NODE_TRYLOCK = 1 << 4;
+        /// Not an allocation: a slab cache's `kfree_rcu` into sheaves
+        /// hands the object back as if no sheaf could be had, so that the
+        /// kvfree blocks (or the last resort) carry it. Not part of `ALL`.
+        const SLAB_RCU_SHEAF = 1 << 5;
     }
 }
 

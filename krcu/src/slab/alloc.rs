@@ -85,7 +85,8 @@ impl<T> SlabCache<T> {
     /// # Errors
     /// The page allocator's [`AllocError`] when a new slab was needed and
     /// none could be had under `gfp`, [`AllocError::Contended`] with
-    /// `NO_LOCKS` when the node lock is taken, and
+    /// `NO_LOCKS` or in a signal handler (whatever `gfp` says: there the
+    /// node lock is only trylocked) when the node lock is taken, and
     /// [`AllocError::Context`] as said above.
     ///
     /// # Panics
@@ -153,7 +154,7 @@ impl CacheCore {
     pub(super) fn alloc_slow(&self, gfp: Gfp) -> Result<*mut u8, AllocError> {
         #[cfg(not(loom))]
         if !never_block()
-            && let Some(slot) = self.thread_slot()
+            && let Some(slot) = self.thread_slot_for(gfp)
         {
             let mode = mode_for(gfp);
             let s = slot.take(Which::Main);
@@ -183,6 +184,20 @@ impl CacheCore {
             };
         }
         self.cpu_alloc(gfp)
+    }
+
+    /// The calling thread's slot of this cache for an allocation with
+    /// `gfp`: with `NO_LOCKS` only an existing one (registering allocates,
+    /// takes the registry's mutex and reclaims exited threads' sheaves
+    /// with blocking locks); the caller then uses the CPU's sheaves.
+    #[cfg(not(loom))]
+    #[inline]
+    fn thread_slot_for(&self, gfp: Gfp) -> Option<&'static ThreadSlot> {
+        if gfp.contains(Gfp::NO_LOCKS) {
+            thread::current(self.id)
+        } else {
+            self.thread_slot()
+        }
     }
 
     /// The calling thread's slot of this cache, registered on first use.
@@ -249,18 +264,21 @@ impl CacheCore {
         self.stash(s, mode);
     }
 
-    /// Fills `out` from the partial slabs (at least one object), allocating
-    /// a slab when none has objects. Returns how many were taken.
+    /// Fills `out` from the partial slabs (at least one object unless `out`
+    /// is empty), allocating a slab when none has objects. Returns how many
+    /// were taken. The mode comes from the flags and the context: in a
+    /// signal handler the node lock is only trylocked whatever `gfp` says,
+    /// and a new slab comes from the page allocator's lock-free path.
     pub(super) fn take_from_slabs(
         &self,
         out: &mut [*mut u8],
         gfp: Gfp,
     ) -> Result<usize, AllocError> {
-        let mode = if gfp.contains(Gfp::NO_LOCKS) {
-            Mode::Try
-        } else {
-            Mode::Block
-        };
+        if out.is_empty() {
+            // Nothing asked: no slab for nobody (a full sheaf refilled).
+            return Ok(0);
+        }
+        let mode = mode_for(gfp);
         loop {
             let mut empty = ptr::null_mut();
             let n = {
@@ -288,7 +306,14 @@ impl CacheCore {
         }
     }
 
+    /// A fresh slab from the page allocator; in [`Mode::Try`] (a signal
+    /// handler, or `NO_LOCKS`) through its `NO_LOCKS` path, which waits
+    /// for no lock.
     pub(super) fn new_slab(&self, gfp: Gfp) -> Result<*mut SlabHeader, AllocError> {
+        let gfp = match mode_for(gfp) {
+            Mode::Try => gfp | Gfp::NO_LOCKS,
+            Mode::Block => gfp,
+        };
         let page = self.pages.alloc_pages(gfp - Gfp::ZERO, self.layout.order)?;
         self.counters.slabs_allocated.fetch_add(1, Relaxed);
         // The slab keeps the block by address; `return_to_slabs` frees it.

@@ -338,9 +338,16 @@ impl CacheCore {
         moved
     }
 
-    /// Objects held in the barn and the CPUs' sheaves now (what the
-    /// shrinker could give back; threads' own sheaves are not counted).
+    /// Objects held in the barn and the CPUs' sheaves now, and at most a
+    /// sheaf's worth per registered thread (what the shrinker's `scan`,
+    /// a [`shrink`](Self::shrink), could give back). A thread's own sheaf
+    /// is counted at its capacity: its length is the owner's to read
+    /// (only a steal, with a `membarrier`, could read it), and an idle
+    /// thread's sheaf pins slabs through reclaim unless it is counted.
     pub(super) fn cached_objects(&self) -> usize {
+        #[cfg(not(loom))]
+        let mut n = self.threads.len() * self.sheaf_capacity;
+        #[cfg(loom)]
         let mut n = 0;
         for (_, cpu) in self.cpu.iter() {
             let cs = cpu.lock();

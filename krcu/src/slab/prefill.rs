@@ -43,9 +43,20 @@ impl<T> SlabCache<T> {
     /// enough, else one refilled from the slabs. `n` above the cache's
     /// sheaf capacity makes a sheaf of `n` (flushed and freed when
     /// returned). `gfp` is what the refill may do.
+    ///
+    /// # Errors
+    /// What a refill under `gfp` fails with; [`AllocError::NoMemory`] at
+    /// once, before anything is allocated, when `n` is more objects than
+    /// the whole page allocator could hold
+    /// ([`max_prefill`](Self::max_prefill)).
     #[doc(alias = "kmem_cache_prefill_sheaf")]
     pub fn prefill_sheaf(&self, gfp: Gfp, n: usize) -> Result<PrefilledSheaf<'_, T>, AllocError> {
         let core = &*self.core;
+        if n > self.max_prefill() {
+            // Never satisfiable: refused before the sheaf's array (`n`
+            // pointers) is asked of the global allocator, which would abort.
+            return Err(AllocError::NoMemory);
+        }
         let mode = mode_for(gfp);
         let mut s = ptr::null_mut();
         if n <= core.sheaf_capacity
@@ -65,6 +76,15 @@ impl<T> SlabCache<T> {
         };
         sheaf.refill(gfp, n)?;
         Ok(sheaf)
+    }
+}
+
+impl<T> SlabCache<T> {
+    /// The largest count [`prefill_sheaf`](Self::prefill_sheaf) accepts:
+    /// the objects of as many slabs as the page allocator's arena holds.
+    pub fn max_prefill(&self) -> usize {
+        let core = &*self.core;
+        (core.pages.total_pages() >> core.layout.order).saturating_mul(core.layout.objects)
     }
 }
 

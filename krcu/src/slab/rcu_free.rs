@@ -55,7 +55,12 @@ impl<T> SlabCache<T> {
     pub(crate) unsafe fn kfree_rcu_sheaf(&self, obj: NonNull<T>) -> Result<(), NonNull<T>> {
         let core = &*self.core;
         let p = obj.as_ptr().cast::<u8>();
-        if crate::context::in_nmi() {
+        if crate::context::in_nmi()
+            || core
+                .pages
+                .faults()
+                .should_fail(crate::page::FaultSites::SLAB_RCU_SHEAF)
+        {
             core.counters.rcu_fallbacks.fetch_add(1, Relaxed);
             return Err(obj);
         }
@@ -139,14 +144,32 @@ impl CacheCore {
     /// the object was queued.
     #[cold]
     #[cfg_attr(not(feature = "testing"), allow(dead_code))]
+    ///
+    /// On a real-time thread it keeps the crate's real-time promise (no
+    /// global-allocator call, no blocking lock): the slot is used only if
+    /// it exists (registering one allocates and takes a `std` mutex), the
+    /// CPU's sheaves and the barn are only trylocked, and no sheaf is
+    /// allocated; otherwise the object is handed back, and the caller's
+    /// kvfree blocks keep the promise.
     fn rcu_free_slow(&self, p: *mut u8) -> bool {
-        if !never_block()
-            && let Some(slot) = self.thread_slot()
-        {
+        let realtime = crate::context::is_realtime();
+        let mode = if never_block() || realtime {
+            Mode::Try
+        } else {
+            Mode::Block
+        };
+        let slot = if never_block() {
+            None
+        } else if realtime {
+            thread::current(self.id)
+        } else {
+            self.thread_slot()
+        };
+        if let Some(slot) = slot {
             let mut s = slot.take(Which::Rcu);
             // SAFETY: taken out of the slot: ours.
             if s.is_null() || unsafe { (*s).is_full() } {
-                let Some(e) = self.empty_for_rcu(Mode::Block) else {
+                let Some(e) = self.empty_for_rcu(mode) else {
                     if !s.is_null() && slot.install(Which::Rcu, s).is_err() {
                         self.submit_rcu_sheaf(s);
                     }
@@ -166,11 +189,6 @@ impl CacheCore {
             }
             return true;
         }
-        let mode = if never_block() {
-            Mode::Try
-        } else {
-            Mode::Block
-        };
         let Some(mut cs) = self.lock_cpu(mode) else {
             return false;
         };
@@ -297,9 +315,10 @@ impl CacheCore {
     }
 
     /// `rcu_barrier` of the cache's instance, if sheaves are in flight and
-    /// the caller is not that instance's worker (which cannot wait for
-    /// itself: the last sheaf then finds the barn of the core alone, and
-    /// the core's drop flushes it).
+    /// the caller can wait for it: not that instance's worker (which cannot
+    /// wait for itself), not inside one of its read-side sections (which
+    /// would wait for itself forever). Unwaited sheaves come home to an
+    /// orphaned core and are flushed to the slabs (`rcu_sheaf_home`).
     pub(super) fn rcu_sheaf_barrier_if_safe(&self) {
         let Some(rcu) = self.rcu.get() else {
             return;
@@ -307,6 +326,7 @@ impl CacheCore {
         let c = &self.counters;
         if c.rcu_sheaves.load(Acquire) != c.rcu_sheaves_done.load(Acquire)
             && !rcu.on_worker()
+            && !rcu.is_reading()
             && !never_block()
         {
             rcu.rcu_barrier();
@@ -314,8 +334,24 @@ impl CacheCore {
     }
 
     /// A sheaf back from its grace period, objects dropped: to the barn as
-    /// a full sheaf, or flushed when the barn is at its limit.
+    /// a full sheaf, or flushed when the barn is at its limit or the
+    /// cache's handle is gone.
+    ///
+    /// An orphaned cache's barn would keep the sheaf's objects, so their
+    /// slabs, so (through the slabs' counts) the core itself, for ever:
+    /// nothing shrinks it any more. So the sheaf is flushed and the cache
+    /// shrunk (a destructor of this very sheaf may have dropped the last
+    /// handle after that handle's shrink ran). The caller holds the
+    /// sheaf's count of the core, so the last slab freed here cannot free
+    /// the core under it.
     fn rcu_sheaf_home(&self, s: *mut Sheaf) {
+        // Acquire: pairs with the handle's SeqCst store; a handle dropped
+        // after this load shrinks after the sheaf is in the barn.
+        if self.orphaned.load(Acquire) {
+            self.flush_and_free_sheaf(s, Mode::Block);
+            self.shrink();
+            return;
+        }
         if let Some(mut barn) = self.lock_barn(Mode::Block)
             && barn.put_full(s, self.barn.limit).is_ok()
         {

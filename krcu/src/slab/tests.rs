@@ -93,3 +93,34 @@ fn a_sheaf_with_objects_is_never_filed_as_empty() {
     cache.shrink();
     assert_eq!(cache.stats().slabs, 0);
 }
+
+/// A request for no objects (a full sheaf "refilled") takes nothing and
+/// allocates no slab, even with no partial slab to take from; a full
+/// sheaf refilled stays as it is.
+#[test]
+fn an_empty_request_allocates_no_slab() {
+    use super::cache::Mode;
+    use super::sheaf::{self, Sheaf};
+    let d = Domain::builder().cpus(1).build();
+    let pa = PageAllocator::new(&d, PageConfig::default().arena_size(4 << 20).kswapd(false)).unwrap();
+    let cache = SlabCache::<u64>::new(&pa, "empty-request").unwrap();
+    let core = &*cache.core;
+    assert_eq!(core.take_from_slabs(&mut [], Gfp::KERNEL), Ok(0));
+    assert_eq!(cache.stats().slabs_allocated, 0, "a slab for nobody");
+    let full = Sheaf::new_raw(4);
+    core.refill_sheaf(full, Gfp::KERNEL).unwrap();
+    assert_eq!(sheaf::len(full), 4);
+    let slabs = cache.stats().slabs_allocated;
+    // The slab's other objects are taken: no partial slab is left.
+    let mut rest = vec![core::ptr::null_mut(); core.layout.objects - 4];
+    assert_eq!(
+        core.take_from_slabs(&mut rest, Gfp::KERNEL),
+        Ok(rest.len())
+    );
+    assert_eq!(core.refill_sheaf(full, Gfp::KERNEL), Ok(0));
+    assert_eq!(cache.stats().slabs_allocated, slabs, "a full sheaf refilled took a slab");
+    core.return_to_slabs(&mut rest, Mode::Block);
+    core.flush_and_free_sheaf(full, Mode::Block);
+    cache.shrink();
+    assert_eq!(cache.stats().slabs, 0);
+}

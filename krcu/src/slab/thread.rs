@@ -253,6 +253,11 @@ impl Registry {
         self.lock().push(Entry(slot));
     }
 
+    /// How many slots are registered (each may hold a `main` sheaf).
+    pub(super) fn len(&self) -> usize {
+        self.lock().len()
+    }
+
     /// The fast-path hits of every live slot.
     pub(super) fn hits(&self) -> (u64, u64) {
         let gone = (
@@ -276,32 +281,77 @@ impl Drop for Owned {
         // First forget the slot: destructors that run after this one and
         // free into a cache must not reach a slot the cache may take and
         // forget; they find none and take the CPU path.
-        CURRENT.with(|c| c.set((0, ptr::null())));
+        CURRENT.with(|c| {
+            for e in c {
+                e.set(NO_ENTRY);
+            }
+        });
         for s in self.0.borrow().iter() {
             s.exited.store(true, Release);
         }
     }
 }
 
+/// How many caches' slots a thread finds on its fast path: a thread
+/// alternating between up to this many caches hits its sheaves in each.
+const RECENT: usize = 4;
+
+/// An empty entry of `CURRENT` (cache ids start at 1).
+const NO_ENTRY: (u64, *const ThreadSlot) = (0, ptr::null());
+
 thread_local! {
-    /// The slot last used and its cache's id (no destructor: readable from
-    /// any context).
-    static CURRENT: Cell<(u64, *const ThreadSlot)> = const { Cell::new((0, ptr::null())) };
+    /// The slots used most recently, newest first, with their caches' ids
+    /// (no destructor: readable from any context). Plain loads on the fast
+    /// path; written only on a miss (`find_or_register`).
+    static CURRENT: [Cell<(u64, *const ThreadSlot)>; RECENT] =
+        const { [const { Cell::new(NO_ENTRY) }; RECENT] };
     static OWNED: Owned = const { Owned(RefCell::new(Vec::new())) };
 }
 
-/// This thread's slot for cache `id`, if it was the last one used.
+/// This thread's slot for cache `id`, if it is among the last [`RECENT`]
+/// used.
 #[inline(always)]
 pub(super) fn current(id: u64) -> Option<&'static ThreadSlot> {
-    let (c, s) = CURRENT.with(Cell::get);
-    if c == id {
-        // SAFETY: CURRENT is only set to a slot in this thread's OWNED
-        // list, and cleared before the list drops an Arc (pruning) and by
-        // OWNED's destructor; so while set, OWNED keeps the slot alive.
-        Some(unsafe { &*s })
-    } else {
+    CURRENT.with(|entries| {
+        for e in entries {
+            let (c, s) = e.get();
+            if c == id {
+                // SAFETY: an entry only names a slot in this thread's OWNED
+                // list, and is cleared before the list drops that slot's
+                // Arc (pruning) and by OWNED's destructor; so while set,
+                // OWNED keeps the slot alive.
+                return Some(unsafe { &*s });
+            }
+        }
         None
-    }
+    })
+}
+
+/// Makes `slot` (of cache `id`) the newest entry of `CURRENT`, the oldest
+/// giving way.
+fn remember(id: u64, slot: *const ThreadSlot) {
+    CURRENT.with(|entries| {
+        let mut carry = (id, slot);
+        for e in entries {
+            let old = e.replace(carry);
+            if old.0 == id || old.0 == 0 {
+                // The entry was this cache's (now newer) or empty: stop.
+                break;
+            }
+            carry = old;
+        }
+    });
+}
+
+/// Clears the entry of `CURRENT` naming `slot`, if any.
+fn forget(slot: *const ThreadSlot) {
+    CURRENT.with(|entries| {
+        for e in entries {
+            if e.get().1 == slot {
+                e.set(NO_ENTRY);
+            }
+        }
+    });
 }
 
 /// This thread's slot for cache `id`, found among its slots or made and
@@ -317,9 +367,14 @@ pub(super) fn find_or_register(
     OWNED
         .try_with(|owned| {
             let mut list = owned.0.try_borrow_mut().ok()?;
-            // Pruning may free the slot CURRENT names: forget it first.
-            CURRENT.with(|c| c.set((0, ptr::null())));
-            list.retain(|s| !s.dead.load(Acquire));
+            // Pruning may free slots CURRENT names: forget them first.
+            list.retain(|s| {
+                let dead = s.dead.load(Acquire);
+                if dead {
+                    forget(Arc::as_ptr(s));
+                }
+                !dead
+            });
             let slot = match list.iter().find(|s| s.cache == id) {
                 Some(s) => s.clone(),
                 None => {
@@ -330,7 +385,7 @@ pub(super) fn find_or_register(
                     s
                 }
             };
-            CURRENT.with(|c| c.set((id, Arc::as_ptr(&slot))));
+            remember(id, Arc::as_ptr(&slot));
             // SAFETY: as in `current`: the Arc stays in OWNED.
             Some(unsafe { &*Arc::as_ptr(&slot) })
         })
