@@ -25,7 +25,7 @@ use core::marker::PhantomData;
 use core::mem::ManuallyDrop;
 use core::ptr::NonNull;
 use std::sync::Arc;
-use std::sync::atomic::Ordering::*;
+use std::sync::atomic::{AtomicPtr, Ordering::*};
 
 /// A `T` in an object of a [`SlabCache<T>`], owned as a `Box<T>` is: it
 /// derefs to the `T`, and dropping it drops the `T` and frees the object
@@ -294,6 +294,12 @@ unsafe fn free_object<T>(obj: NonNull<T>) {
 ///
 /// # Safety
 /// As [`free_object`]; `core` is the object's cache's.
+///
+/// In a signal handler (or NMI) the pin is not dropped there: its count may
+/// be the core's last, and the core's drop frees memory and takes blocking
+/// locks. It is parked for the next task-context tending of orphaned
+/// caches (`by_rcu::tend_orphans`, when a cache is built), which drops it
+/// there (the slot itself went straight to its slab, see `free_slow`).
 #[cold]
 unsafe fn free_orphaned<T>(core: *const CacheCore, obj: NonNull<T>) {
     // SAFETY: alive (the object's slab holds it).
@@ -301,10 +307,48 @@ unsafe fn free_orphaned<T>(core: *const CacheCore, obj: NonNull<T>) {
     let cache = pin.cache();
     // SAFETY: per the contract.
     unsafe { cache.free(obj) };
-    if !never_block() {
-        cache.shrink();
+    if never_block() {
+        park_pin(pin);
+        return;
     }
+    cache.shrink();
     drop(pin);
+}
+
+/// Counts of cores taken in signal handlers, to be dropped in task context
+/// (a fixed array: a handler allocates nothing).
+static PARKED: [AtomicPtr<CacheCore>; 64] = [const { AtomicPtr::new(core::ptr::null_mut()) }; 64];
+
+/// Parks `pin`'s count in [`PARKED`] (lock-free: one compare-exchange per
+/// slot tried). With every slot taken the count is leaked, and with it the
+/// cache's memory: 64 orphaned caches whose last box went in a handler
+/// since the last tending.
+fn park_pin<T>(pin: Pin<T>) {
+    let core = ManuallyDrop::new(pin).0.cast_mut();
+    for slot in &PARKED {
+        // AcqRel/Acquire: the tending thread that takes the pointer sees
+        // the count taken before it.
+        if slot
+            .compare_exchange(core::ptr::null_mut(), core, AcqRel, Acquire)
+            .is_ok()
+        {
+            return;
+        }
+    }
+    tracing::debug!("slab: a parked cache count leaked (64 parked already)");
+}
+
+/// Takes every parked count (task context): the caller shrinks the cache
+/// and then drops the count.
+pub(super) fn take_parked(mut f: impl FnMut(Arc<CacheCore>)) {
+    for slot in &PARKED {
+        let p = slot.swap(core::ptr::null_mut(), AcqRel);
+        if !p.is_null() {
+            // SAFETY: a count taken by `Pin::new` (from `Arc::as_ptr` of the
+            // core's Arc) and parked, now handed over once.
+            f(unsafe { Arc::from_raw(p.cast_const()) });
+        }
+    }
 }
 
 impl<T> SlabCache<T> {

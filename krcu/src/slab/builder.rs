@@ -134,7 +134,12 @@ impl<T> SlabCacheBuilder<T> {
         };
         let core = Arc::new(core);
         #[cfg(not(loom))]
-        super::by_rcu::register(&core);
+        {
+            // Task context: what orphaned caches left in sheaves goes back
+            // (with no kfree_rcu monitor running, this is when).
+            super::by_rcu::tend_orphans();
+            super::by_rcu::register(&core);
+        }
         let (count, scan) = (Arc::downgrade(&core), Arc::downgrade(&core));
         let shrinker = core.pages.register_shrinker(
             "slab-sheaves",

@@ -110,3 +110,32 @@ pub(crate) fn submit_idle(rcu: &Rcu) -> usize {
 pub(crate) fn any_partial(rcu: &Rcu) -> bool {
     !collect(rcu, |core, _| core.partial_rcu_sheaves() > 0).is_empty()
 }
+
+/// Gives back what orphaned caches (their handle dropped) still hold in
+/// sheaves: a box freed as its cache's handle was being dropped on another
+/// thread, or the last box of a cache freed in a signal handler, leaves its
+/// object (and so its slab and the cache's memory) in a sheaf nobody would
+/// shrink again. Also drops the counts parked by signal handlers. Task
+/// context: run when a cache is built (so a program that builds caches
+/// gets back what an earlier one left; one that never builds another
+/// keeps that orphaned cache's state, its pages already back).
+pub(super) fn tend_orphans() {
+    let mut orphans = Vec::new();
+    list().retain(|e| match e.core.upgrade() {
+        Some(core) => {
+            if core.orphaned.load(Acquire) {
+                orphans.push(core);
+            }
+            true
+        }
+        None => false,
+    });
+    super::boxed::take_parked(|core| orphans.push(core));
+    for core in &orphans {
+        if core.has_slabs() {
+            core.shrink();
+        }
+    }
+    // The last counts may go here: the cores drop in task context.
+    drop(orphans);
+}

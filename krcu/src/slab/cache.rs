@@ -338,6 +338,11 @@ impl CacheCore {
         moved
     }
 
+    /// Whether any slab is allocated (objects still out, or in sheaves).
+    pub(super) fn has_slabs(&self) -> bool {
+        self.node.lock().nr_slabs > 0
+    }
+
     /// Objects held in the barn and the CPUs' sheaves now, and at most a
     /// sheaf's worth per registered thread (what the shrinker's `scan`,
     /// a [`shrink`](Self::shrink), could give back). A thread's own sheaf

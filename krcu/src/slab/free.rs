@@ -136,6 +136,17 @@ impl CacheCore {
             self.defer(obj);
             return;
         }
+        // The handle is gone (SeqCst: pairs with its store before its
+        // last shrink): no sheaf would be shrunk again, so the object goes
+        // straight to its slab, and with the last one the slab and the
+        // cache's memory. (A free whose check ran just before the handle's
+        // drop and that lands in a sheaf after its shrink is given back
+        // when the next cache is built, `by_rcu::tend_orphans`.)
+        if self.orphaned.load(SeqCst) {
+            let mode = if never_block() { Mode::Try } else { Mode::Block };
+            self.return_to_slabs(&mut [obj], mode);
+            return;
+        }
         if never_block() {
             self.cpu_free(obj, Mode::Try);
             return;

@@ -105,8 +105,10 @@ impl Layout {
         while order <= top {
             let bytes = PAGE_SIZE << order;
             if align > bytes {
-                // Slabs are aligned to their own size at most.
-                break;
+                // Slabs are aligned to their own size (buddy blocks): a
+                // larger slab may hold the object.
+                order += 1;
+                continue;
             }
             let fit = bytes.saturating_sub(first) / stride;
             let objects = if fit < MAX_OBJECTS { fit } else { MAX_OBJECTS };

@@ -165,12 +165,15 @@ pub(super) struct Registry {
     /// Hits of the slots forgotten (exited threads).
     gone_alloc_hits: AtomicU64,
     gone_free_hits: AtomicU64,
+    /// Set by `retire` (under the lock): no more slots.
+    closed: AtomicBool,
 }
 
 impl Registry {
     pub(super) fn new() -> Registry {
         Registry {
             slots: Mutex::new(Vec::new()),
+            closed: AtomicBool::new(false),
             gone_alloc_hits: AtomicU64::new(0),
             gone_free_hits: AtomicU64::new(0),
         }
@@ -234,7 +237,12 @@ impl Registry {
     /// (waiting for owners inside their sections, which never block
     /// there), handing each to `f`.
     pub(super) fn retire(&self, mut f: impl FnMut(*mut Sheaf, Which)) {
-        let slots: Vec<Entry> = self.lock().drain(..).collect();
+        let slots: Vec<Entry> = {
+            let mut list = self.lock();
+            // Under the lock: no slot registers after the drain.
+            self.closed.store(true, Relaxed);
+            list.drain(..).collect()
+        };
         for Entry(slot) in &slots {
             slot.gate.ask();
         }
@@ -249,8 +257,15 @@ impl Registry {
     }
 
     /// Registers `slot` (a thread's first use of the cache).
-    fn add(&self, slot: Arc<ThreadSlot>) {
-        self.lock().push(Entry(slot));
+    /// False (and nothing registered) once the cache is being dropped: a
+    /// slot registered after `retire` would hold a sheaf nobody takes.
+    fn add(&self, slot: Arc<ThreadSlot>) -> bool {
+        let mut list = self.lock();
+        if self.closed.load(Relaxed) {
+            return false;
+        }
+        list.push(Entry(slot));
+        true
     }
 
     /// How many slots are registered (each may hold a `main` sheaf).
@@ -380,7 +395,9 @@ pub(super) fn find_or_register(
                 None => {
                     reclaim();
                     let s = Arc::new(ThreadSlot::new(id));
-                    registry.add(s.clone());
+                    if !registry.add(s.clone()) {
+                        return None;
+                    }
                     list.push(s.clone());
                     s
                 }
