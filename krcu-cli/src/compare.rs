@@ -60,6 +60,10 @@ pub struct Args {
     /// parent.
     #[arg(long, hide = true)]
     pub one: Option<String>,
+    /// Internal, for tests of the ledger: each writer forgets its last
+    /// object instead of retiring it, so every run must fail.
+    #[arg(long, hide = true)]
+    pub leak_last: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -193,11 +197,20 @@ fn churn(slot: &AtomicPtr<Checked>, n: usize, mut retire: impl FnMut(*mut Checke
             core::ptr::null_mut()
         };
         let old = slot.swap(new, AcqRel);
-        if !old.is_null() {
+        let forget = i == n && leak_last();
+        if !old.is_null() && !forget {
             retire(old);
         }
     }
     n as u64
+}
+
+/// Set by `--leak-last` (tests of the ledger): each writer forgets its last
+/// object instead of retiring it.
+static LEAK_LAST: AtomicBool = AtomicBool::new(false);
+
+fn leak_last() -> bool {
+    LEAK_LAST.load(Relaxed)
 }
 
 /// How readers and the clock meet: readers say they are reading before
@@ -330,7 +343,9 @@ fn run_krcu_sheaves(k: &Krcu, threads: usize, readers: usize, objects: usize) ->
                 } else {
                     core::ptr::null_mut()
                 };
-                if let Some(old) = NonNull::new(slot.swap(new, AcqRel)) {
+                if let Some(old) = NonNull::new(slot.swap(new, AcqRel))
+                    && !(i == n && leak_last())
+                {
                     // SAFETY: unlinked from the slot just now: the box given
                     // up with into_raw when it was published, ours again.
                     let old = unsafe { SlabBox::from_raw(old) };
@@ -594,6 +609,7 @@ fn run_isolated(a: &Args, si: usize, threads: usize) -> Result<RunResult, CliErr
             "--policy",
             &a.policy.to_string(),
         ])
+        .args(a.leak_last.then_some("--leak-last"))
         .output()
         .map_err(|e| CliError::Failed(format!("krcu compare: cannot run a system: {e}")))?;
     let text = String::from_utf8_lossy(&out.stdout);
@@ -605,7 +621,10 @@ fn run_isolated(a: &Args, si: usize, threads: usize) -> Result<RunResult, CliErr
         let err = String::from_utf8_lossy(&out.stderr);
         let line = err.lines().rev().find(|l| !l.trim().is_empty());
         return Err(CliError::Failed(match line {
-            Some(l) if l.starts_with("krcu compare:") => l.to_string(),
+            // The child's own line, without the prefix main gives it.
+            Some(l) if l.trim_start_matches("krcu: ").starts_with("krcu compare:") => {
+                l.trim_start_matches("krcu: ").to_string()
+            }
             _ => format!(
                 "krcu compare: {} failed in its own process ({}): {} {}",
                 System::ALL[si].name(),
@@ -757,6 +776,8 @@ pub fn measure(a: &Args, quiet: bool) -> Result<CompareResult, crate::args::CliE
 }
 
 pub fn run(a: &Args) -> CmdResult {
+    // Relaxed: set before any run's threads are spawned (spawning orders it).
+    LEAK_LAST.store(a.leak_last, Relaxed);
     if let Some(spec) = &a.one {
         return run_one_here(a, spec);
     }

@@ -457,6 +457,25 @@ fn compare_ledger_balances_with_readers_for_every_system() {
 }
 
 #[test]
+fn compare_fails_when_the_ledger_does_not_balance() {
+    // Every writer forgets its last object: the first run's ledger is short.
+    let o = krcu(&[
+        "compare",
+        "--objects",
+        "1000",
+        "--rounds",
+        "1",
+        "--leak-last",
+        "--json",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains("failed its ledger"), "{err}");
+    assert!(err.contains("allocated but"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "one clear line: {err}");
+}
+
+#[test]
 fn a_short_torture_passes() {
     let v = json(&["torture", "--duration", "1s", "--json"]);
     assert_eq!(v["errors"].as_array().unwrap().len(), 0, "{v}");
