@@ -100,6 +100,21 @@ for r in rows:
         out.append("%.2fx %s" % (r["krcu_ratio"]["median"], r["system"]))
 print(", ".join(out))' "$1" <<<"$compare_json"
 }
+# The sheaf path ÷ other (median) per thread count; with rss, its peak RSS ÷ the peers'.
+sheaves() {
+  python3 -c '
+import json, sys
+rows = [r for r in json.load(sys.stdin)["rows"] if r["threads"] == int(sys.argv[1])]
+sheaf = next(r for r in rows if r["system"] == "krcu sheaves (SlabBox)")
+out = []
+for r in rows:
+    if r["system"] in ("crossbeam-epoch", "seize", "drop at once"):
+        if sys.argv[2] == "rss":
+            out.append("%.2fx %s" % (sheaf["peak_rss_bytes"] / r["peak_rss_bytes"], r["system"]))
+        else:
+            out.append("%.2fx %s" % (r["sheaves_ratio"]["median"], r["system"]))
+print(", ".join(out))' "$1" "${2:-speed}" <<<"$compare_json"
+}
 policies_json=$($krcu policies --duration "$cell" --json)
 fallback_default=$(python3 -c '
 import json, sys
@@ -114,6 +129,9 @@ cat <<EOF
 | \`kfree_rcu\` call, room in the block | ≤ 10 ns | $(m 'kfree_rcu/call (room in the block)') | \`cargo bench -p krcu --bench kvfree -- call\` |
 | end to end, 1 thread: krcu ÷ other | ≥ 3× crossbeam-epoch and seize, ≥ 0.5× drop | $(ratio 1) | \`krcu compare ${compare[*]}\` |
 | end to end, 2 threads: krcu ÷ other | as above | $(ratio 2) | \`krcu compare ${compare[*]}\` |
+| end to end with sheaves, 1 thread: sheaves ÷ other | ≥ 1.0× drop at once, ≥ 3× crossbeam-epoch and seize | $(sheaves 1) | \`krcu compare ${compare[*]}\` |
+| end to end with sheaves, 2 threads: sheaves ÷ other | as above | $(sheaves 2) | \`krcu compare ${compare[*]}\` |
+| peak RSS of the sheaf path ÷ other (1 / 2 threads) | ≤ 2× the peers' | $(sheaves 1 rss) / $(sheaves 2 rss) | \`krcu compare ${compare[*]}\` |
 | reclaim per object, cold: blocks vs \`rcu_head\` list | faster | ${reclaim:-n/a} | \`cargo bench -p krcu --bench kvfree -- reclaim\` |
 | peak pending, 2-thread flood of 20 M | ≤ 23 MiB | ${peak} | \`cargo test --release -p krcu --test kvfree_flood -- --nocapture\` |
 | page from a per-CPU list | ≤ 15 ns | $(m 'page/pcp order-0 alloc only (NOWAIT)') | \`cargo bench -p krcu --bench page\` |

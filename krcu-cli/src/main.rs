@@ -4,6 +4,7 @@
 //! line and turns bad input into one clear line and exit status 2.
 
 mod args;
+mod checked;
 mod compare;
 mod demo;
 mod flood;

@@ -49,6 +49,7 @@ pub fn run(a: &Args) -> CmdResult {
         json: a.json,
         in_process: false,
         one: None,
+        leak_last: false,
     };
     if !a.json {
         println!(

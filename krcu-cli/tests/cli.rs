@@ -435,6 +435,47 @@ fn compare_json_has_ratios() {
 }
 
 #[test]
+fn compare_ledger_balances_with_readers_for_every_system() {
+    let v = json(&["compare", "--objects", "20000", "--rounds", "1", "--json"]);
+    let rows = v["rows"].as_array().unwrap();
+    assert!(rows.len() >= 12, "every system at 1 and 2 threads: {v}");
+    for r in rows {
+        let l = &r["ledger"];
+        let n = |k: &str| {
+            l[k].as_u64()
+                .unwrap_or_else(|| panic!("no ledger.{k} in {r}"))
+        };
+        let threads = r["threads"].as_u64().unwrap();
+        assert_eq!(n("allocated"), 20000 * threads, "{r}");
+        assert_eq!(n("dropped"), n("allocated"), "every destructor ran: {r}");
+        assert_eq!(n("double_drops"), 0, "{r}");
+        assert_eq!(n("violations"), 0, "{r}");
+        // Readers run for every system but the one that frees at once.
+        let unsafe_reference = r["system"] == "drop at once";
+        assert_eq!(n("readers") == 0, unsafe_reference, "{r}");
+    }
+}
+
+#[test]
+fn compare_fails_when_the_ledger_does_not_balance() {
+    // Every writer forgets its last object: the first run's ledger is short.
+    let o = krcu(&[
+        "compare",
+        "--objects",
+        "1000",
+        "--rounds",
+        "1",
+        "--leak-last",
+        "--json",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains("failed its ledger"), "{err}");
+    assert!(err.contains("allocated but"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "one clear line: {err}");
+}
+
+#[test]
 fn a_short_torture_passes() {
     let v = json(&["torture", "--duration", "1s", "--json"]);
     assert_eq!(v["errors"].as_array().unwrap().len(), 0, "{v}");
