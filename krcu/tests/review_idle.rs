@@ -152,6 +152,7 @@ fn list_fallback_after_a_quiet_spell_is_freed_without_the_timeout() {
     let k = Arc::new(instance_with(LONG_IDLE, Policy::Prohibit));
     work_then_idle(&k, 100);
     let freed = Arc::new(AtomicUsize::new(0));
+    let list0 = k.stats().list_fallbacks;
     let (k2, f2) = (k.clone(), freed.clone());
     std::thread::spawn(move || {
         let _softirq = context::enter_softirq();
@@ -159,6 +160,11 @@ fn list_fallback_after_a_quiet_spell_is_freed_without_the_timeout() {
     })
     .join()
     .unwrap();
+    assert_eq!(
+        k.stats().list_fallbacks,
+        list0 + 1,
+        "the call took the rcu_head list"
+    );
     wait_for("the list fallback's object is freed", || {
         freed.load(SeqCst) == 1
     });
@@ -303,7 +309,10 @@ fn signal_handler_kfree_rcu_after_a_quiet_spell_makes_no_futex_call() {
         let mut sa: libc::sigaction = core::mem::zeroed();
         sa.sa_sigaction = on_sigusr2 as *const () as usize;
         libc::sigemptyset(&mut sa.sa_mask);
-        assert_eq!(libc::sigaction(libc::SIGUSR2, &sa, core::ptr::null_mut()), 0);
+        assert_eq!(
+            libc::sigaction(libc::SIGUSR2, &sa, core::ptr::null_mut()),
+            0
+        );
         let mut sa: libc::sigaction = core::mem::zeroed();
         sa.sa_sigaction = on_sigsys as *const () as usize;
         sa.sa_flags = libc::SA_SIGINFO;
@@ -330,7 +339,9 @@ fn signal_handler_kfree_rcu_after_a_quiet_spell_makes_no_futex_call() {
         // SAFETY: ends this thread only.
         unsafe { libc::syscall(libc::SYS_exit, 0) };
     });
-    wait_for("the filtered thread is done", || FILTERED_DONE.load(Acquire));
+    wait_for("the filtered thread is done", || {
+        FILTERED_DONE.load(Acquire)
+    });
     assert_eq!(
         TRAPPED.load(SeqCst),
         -1,
@@ -342,4 +353,103 @@ fn signal_handler_kfree_rcu_after_a_quiet_spell_makes_no_futex_call() {
     SIG_TARGET.store(core::ptr::null_mut(), Release);
     // SAFETY: from Box::into_raw above; the handler is done with it.
     drop(unsafe { Box::from_raw(target) });
+}
+
+// ---------------------------------------------------------------------
+// Sound checks: barriers from destructors without reclaimer threads
+// ---------------------------------------------------------------------
+
+/// An object whose destructor waits for a barrier of its own instance.
+struct BarrierOnDrop {
+    krcu: Arc<Krcu>,
+    freed: Arc<AtomicUsize>,
+    head: krcu::rcu::RcuHead,
+}
+// SAFETY: `head` is an RcuHead field of BarrierOnDrop.
+unsafe impl krcu::rcu::HasRcuHead for BarrierOnDrop {
+    const RCU_HEAD_OFFSET: usize = core::mem::offset_of!(BarrierOnDrop, head);
+}
+impl Drop for BarrierOnDrop {
+    fn drop(&mut self) {
+        self.krcu.kvfree_rcu_barrier();
+        self.freed.fetch_add(1, SeqCst);
+    }
+}
+
+/// Where no reclaimer can start (fault injection), a barrier frees what is
+/// ready itself; a destructor it runs that waits for a barrier of the same
+/// instance (nested: it runs inside the outer barrier's own reclaim) must
+/// neither deadlock nor leave objects queued before it unfreed.
+#[test]
+fn a_barrier_inside_a_destructor_run_by_a_helping_barrier_finishes() {
+    let k = Arc::new(instance(LONG_IDLE));
+    k.fail_reclaimer_start(true);
+    let freed = Arc::new(AtomicUsize::new(0));
+    for _ in 0..50 {
+        k.kfree_rcu(CountedNode::new(&freed)).unwrap();
+        k.kfree_rcu(Box::new(BarrierOnDrop {
+            krcu: k.clone(),
+            freed: freed.clone(),
+            head: krcu::rcu::RcuHead::new(),
+        }))
+        .unwrap();
+    }
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let k2 = k.clone();
+    std::thread::spawn(move || {
+        k2.kvfree_rcu_barrier();
+        let _ = done_tx.send(());
+    });
+    done_rx
+        .recv_timeout(DEADLINE)
+        .expect("the barrier whose destructors wait for barriers finished");
+    assert_eq!(freed.load(SeqCst), 100, "objects queued before it unfreed");
+}
+
+/// `krcu::flush` from a destructor of an object on the process-wide
+/// instance (run by a reclaimer, or by the helping barrier of the outer
+/// flush) finishes and leaves nothing queued before it. In a child process
+/// (it uses the process-wide instance).
+#[test]
+fn flush_from_a_global_destructor_finishes() {
+    common::child::assert_passes_in_child("inner_flush_from_a_global_destructor", DEADLINE);
+}
+
+#[test]
+#[ignore = "run by its outer test in a child process"]
+fn inner_flush_from_a_global_destructor() {
+    struct FlushOnDrop(Arc<AtomicUsize>, krcu::rcu::RcuHead);
+    // SAFETY: field 1 is an RcuHead.
+    unsafe impl krcu::rcu::HasRcuHead for FlushOnDrop {
+        const RCU_HEAD_OFFSET: usize = core::mem::offset_of!(FlushOnDrop, 1);
+    }
+    impl Drop for FlushOnDrop {
+        fn drop(&mut self) {
+            krcu::flush();
+            self.0.fetch_add(1, SeqCst);
+        }
+    }
+    let freed = Arc::new(AtomicUsize::new(0));
+    for _ in 0..20 {
+        krcu::kfree_rcu(CountedNode::new(&freed)).unwrap();
+        krcu::kfree_rcu(Box::new(FlushOnDrop(
+            freed.clone(),
+            krcu::rcu::RcuHead::new(),
+        )))
+        .unwrap();
+    }
+    // Without a barrier first: the monitor starts the reclaimers, which
+    // run the destructors (a flush on a reclaimer).
+    wait_for("the reclaimers ran the flushing destructors", || {
+        freed.load(SeqCst) == 40
+    });
+    for _ in 0..20 {
+        krcu::kfree_rcu(Box::new(FlushOnDrop(
+            freed.clone(),
+            krcu::rcu::RcuHead::new(),
+        )))
+        .unwrap();
+    }
+    krcu::flush();
+    assert_eq!(freed.load(SeqCst), 60, "flush left destructors unrun");
 }
