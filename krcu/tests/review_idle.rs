@@ -82,7 +82,6 @@ impl Drop for Counted {
 /// change the monitor polled every drain delay and submitted a quiet sheaf
 /// within about two passes (~10 ms).
 #[test]
-#[ignore = "finding 1: a task-context kfree_rcu_slab after a quiet spell waits the whole idle_poll (no doorbell on the rcu_free sheaf path)"]
 fn finding1_task_kfree_rcu_slab_after_a_quiet_spell_waits_the_idle_poll() {
     let k = instance(LONG_IDLE);
     let cache = k.slab_cache::<Counted>("review-idle").unwrap();

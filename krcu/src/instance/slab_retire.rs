@@ -172,11 +172,19 @@ impl Krcu {
         cache: &SlabCache<T>,
         obj: NonNull<T>,
     ) {
-        // SAFETY: the caller's contract.
-        let Err(obj) = (unsafe { cache.kfree_rcu_sheaf(obj) }) else {
-            return;
-        };
         let ctx = context::kind();
+        // SAFETY: the caller's contract.
+        let obj = match unsafe { cache.kfree_rcu_sheaf(obj) } {
+            Ok(slow_path) => {
+                if slow_path {
+                    // A sheaf may have been started: wake an idle monitor
+                    // (nothing on a real-time thread or in a handler).
+                    self.engine.note_work(ctx);
+                }
+                return;
+            }
+            Err(obj) => obj,
+        };
         let chan = slab_box_channel::<T>(core_of_cache(cache));
         // SAFETY: the object is handed over (the caller's contract), on the
         // channel of its cache; its hidden head is its slot's own, unqueued

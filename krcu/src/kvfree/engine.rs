@@ -155,6 +155,12 @@ impl Engine {
         }
     }
 
+    /// The monitor's doorbell, for work queued outside the engine's own
+    /// call path (`rcu_free` sheaves started by `kfree_rcu_slab`).
+    pub(crate) fn note_work(&self, ctx: crate::context::ContextKind) {
+        self.monitor.note_work(ctx);
+    }
+
     /// Makes the calling thread's front ahead of its first call (it
     /// allocates; the first call then does not).
     pub(crate) fn prepare_thread(&self) {

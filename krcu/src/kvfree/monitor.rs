@@ -383,9 +383,10 @@ fn cpu_quiet(s: &Shared, cpu: &KrcCpu) -> bool {
 
 /// Whether a slab cache waiting on this instance's RCU holds a partly
 /// filled `rcu_free` sheaf (the monitor submits it once it goes quiet).
-/// Retiring into a sheaf rings no doorbell (that would put a fence on the
-/// sheaf's fast path): after a quiet spell the monitor finds such a sheaf
-/// at its next timed wake-up, at most `idle_poll` later.
+/// A sheaf is started only on `kfree_rcu_slab`'s slow path, which rings
+/// the doorbell (`Engine::note_work`, nothing on a real-time thread or in
+/// a handler); its fast path pushes into a sheaf that already holds an
+/// object, so the monitor is not idle then.
 fn rcu_sheaves_pending(s: &Shared) -> bool {
     #[cfg(not(loom))]
     return crate::slab::any_partial_rcu_sheaves(&s.rcu);

@@ -38,7 +38,10 @@ impl<T> SlabCache<T> {
     /// `rcu_free` sheaf of this cache (`kfree_rcu` of a sheaf-backed
     /// object).
     ///
-    /// Ok(()): queued; after a grace period of the cache's RCU instance,
+    /// Ok: queued (`Ok(true)` when it went by the slow path, where a new
+    /// sheaf is started: the caller rings kfree_rcu's monitor then, so a
+    /// sheaf started after a quiet spell is submitted without waiting for
+    /// the monitor's idle poll; the fast path rings nothing); after a grace period of the cache's RCU instance,
     /// `T`'s destructor runs (if `T` needs drop) and the slot becomes
     /// allocatable again. Err(obj): no sheaf could be had without blocking
     /// (or in NMI, or a trylock failed in a signal handler): the object is
@@ -52,7 +55,7 @@ impl<T> SlabCache<T> {
     /// and the caller gives up ownership when Ok is returned.
     #[doc(alias = "__kfree_rcu_sheaf")]
     #[cfg_attr(not(feature = "testing"), allow(dead_code))]
-    pub(crate) unsafe fn kfree_rcu_sheaf(&self, obj: NonNull<T>) -> Result<(), NonNull<T>> {
+    pub(crate) unsafe fn kfree_rcu_sheaf(&self, obj: NonNull<T>) -> Result<bool, NonNull<T>> {
         let core = &*self.core;
         let p = obj.as_ptr().cast::<u8>();
         if crate::context::in_nmi()
@@ -66,7 +69,7 @@ impl<T> SlabCache<T> {
         }
         if let Err(e) = core.check_and_mark_free(p) {
             core.bad_free(e);
-            return Ok(());
+            return Ok(false);
         }
         if let Some(slot) = thread::current(core.id)
             && !never_block()
@@ -81,10 +84,10 @@ impl<T> SlabCache<T> {
                 true
             }) == Some(true)
         {
-            return Ok(());
+            return Ok(false);
         }
         if core.rcu_free_slow(p) {
-            return Ok(());
+            return Ok(true);
         }
         if core.checks {
             let (hdr, i) = core.slab_of_trusted(p);
@@ -124,7 +127,7 @@ impl<T> SlabCache<T> {
     /// As for `kfree_rcu_sheaf`.
     pub unsafe fn testing_kfree_rcu_sheaf(&self, obj: NonNull<T>) -> Result<(), NonNull<T>> {
         // SAFETY: forwarded.
-        unsafe { self.kfree_rcu_sheaf(obj) }
+        unsafe { self.kfree_rcu_sheaf(obj) }.map(|_| ())
     }
 
     /// [`submit_rcu_sheaves`](Self::submit_rcu_sheaves).
