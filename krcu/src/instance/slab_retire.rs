@@ -74,6 +74,10 @@ impl Krcu {
     /// [`SlabBox`]es from with [`kfree_rcu_slab`](Self::kfree_rcu_slab).
     /// (A cache made with [`SlabCache::new`] waits for the process-wide
     /// RCU's.)
+    ///
+    /// # Errors
+    /// [`BuildError::SlabTooLarge`] when `T` does not fit a slab of at most
+    /// 8 pages (with its header).
     #[doc(alias = "kmem_cache_create")]
     pub fn slab_cache<T>(&self, name: &'static str) -> Result<SlabCache<T>, BuildError> {
         SlabCache::builder(self.pages())

@@ -78,6 +78,10 @@ impl<T> SlabBox<T> {
     /// Allocates an object of `cache` and moves `value` into it (may sleep
     /// for memory, as `Gfp::KERNEL`); gives `value` back if no memory could
     /// be had.
+    ///
+    /// # Errors
+    /// `Err(value)` when no object could be had (as
+    /// [`SlabCache::alloc`] fails: the arena is full).
     #[track_caller]
     #[inline]
     pub fn new_in(cache: &SlabCache<T>, value: T) -> Result<SlabBox<T>, T> {
@@ -86,6 +90,9 @@ impl<T> SlabBox<T> {
 
     /// As [`new_in`](Self::new_in) with the allocation flags `gfp`
     /// (`Gfp::NO_LOCKS` from a signal handler or under a raw lock).
+    ///
+    /// # Errors
+    /// `Err(value)` when no object could be had under `gfp`.
     #[track_caller]
     #[inline]
     pub fn new_in_gfp(cache: &SlabCache<T>, gfp: Gfp, value: T) -> Result<SlabBox<T>, T> {
@@ -353,6 +360,9 @@ pub(super) fn take_parked(mut f: impl FnMut(Arc<CacheCore>)) {
 
 impl<T> SlabCache<T> {
     /// [`SlabBox::new_in`]: allocates an object and moves `value` into it.
+    ///
+    /// # Errors
+    /// `Err(value)` when no object could be had (the arena is full).
     #[track_caller]
     #[inline]
     pub fn alloc_box(&self, value: T) -> Result<SlabBox<T>, T> {

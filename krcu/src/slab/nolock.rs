@@ -47,6 +47,12 @@ impl<T> SlabCache<T> {
     /// The calling thread's own sheaf first (not in a signal handler),
     /// then this CPU's sheaves and the barn under trylocks, then the slabs
     /// under a trylock with a new slab from this CPU's page lists only.
+    ///
+    /// # Errors
+    /// The value back with a [`NolockError`]: a lock was taken
+    /// (`Contended`), no object or page could be had without one
+    /// (`NoMemory`), or the context forbids even trylocks (`Context`, a
+    /// signal handler under PREEMPT_RT).
     #[doc(alias = "kmalloc_nolock")]
     #[doc(alias = "kmem_cache_alloc_nolock")]
     pub fn alloc_nolock(&self, value: T) -> Result<NonNull<T>, (T, NolockError)> {
@@ -62,6 +68,9 @@ impl<T> SlabCache<T> {
     }
 
     /// As [`alloc_nolock`](Self::alloc_nolock), uninitialised.
+    ///
+    /// # Errors
+    /// As [`alloc_nolock`](Self::alloc_nolock).
     pub fn alloc_uninit_nolock(&self) -> Result<NonNull<MaybeUninit<T>>, NolockError> {
         let core = &*self.core;
         if never_block() && core.pages.sleeping_locks_forbidden() {

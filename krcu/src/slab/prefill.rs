@@ -101,6 +101,10 @@ impl<'c, T> PrefilledSheaf<'c, T> {
 
     /// Tops the sheaf up to at least `n` objects (`kmem_cache_refill_sheaf`;
     /// at most its capacity).
+    ///
+    /// # Errors
+    /// The page allocator's [`AllocError`] when a new slab was needed and
+    /// none could be had under `gfp`; the sheaf keeps what it got.
     #[doc(alias = "kmem_cache_refill_sheaf")]
     pub fn refill(&mut self, gfp: Gfp, n: usize) -> Result<(), AllocError> {
         let core = &*self.cache.core;
@@ -115,6 +119,9 @@ impl<'c, T> PrefilledSheaf<'c, T> {
     /// Allocates an object from the sheaf and moves `value` into it
     /// (`kmem_cache_alloc_from_sheaf`); gives `value` back only when the
     /// sheaf is empty. Takes no lock and makes no system call.
+    ///
+    /// # Errors
+    /// `Err(value)` when the sheaf is empty.
     #[doc(alias = "kmem_cache_alloc_from_sheaf")]
     #[inline]
     pub fn alloc(&mut self, value: T) -> Result<NonNull<T>, T> {
