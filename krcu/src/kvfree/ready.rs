@@ -76,6 +76,12 @@ pub(super) struct ReadyQueue {
     /// Threads freeing blocks they took from here (SeqCst: a barrier that
     /// reads 0 after seeing the queue empty knows nothing is in hand).
     reclaiming: AtomicUsize,
+    /// Of those, the ones whose destructor is waiting in a barrier of this
+    /// instance (`Reclaim::wait_idle`): what they hold is freed only once
+    /// that destructor returns, so no barrier waits for them (two
+    /// reclaimers each running a destructor that calls a barrier would
+    /// otherwise wait for each other for ever).
+    parked: AtomicUsize,
     /// Objects freed by assisting callers.
     assisted: AtomicU64,
     /// The reclaimer that serves this queue (a home CPU's and its
@@ -89,6 +95,7 @@ impl ReadyQueue {
             ready: RawSpinLock::named(domain, "&krcp->ready_lock", Ready(Work::new())),
             blocks: AtomicUsize::new(0),
             reclaiming: AtomicUsize::new(0),
+            parked: AtomicUsize::new(0),
             assisted: AtomicU64::new(0),
             wake,
         }
@@ -175,13 +182,28 @@ impl ReadyQueue {
         self.reclaiming.fetch_sub(1, SeqCst);
     }
 
-    pub(super) fn reclaiming(&self) -> usize {
-        self.reclaiming.load(SeqCst)
+    /// A reclaim on this queue waits in a barrier (see `parked`).
+    pub(super) fn park(&self) {
+        self.parked.fetch_add(1, SeqCst);
+    }
+
+    pub(super) fn unpark(&self) {
+        self.parked.fetch_sub(1, SeqCst);
+    }
+
+    /// Threads freeing from here that are not waiting in a barrier.
+    pub(super) fn reclaiming_unparked(&self) -> usize {
+        // `parked` first: a reclaim parks after it entered and unparks
+        // before it leaves, so reading it first never counts more parked
+        // than entered (saturating all the same).
+        let parked = self.parked.load(SeqCst);
+        self.reclaiming.load(SeqCst).saturating_sub(parked)
     }
 
     /// In the child of a `fork`: the threads that were freeing are gone.
     pub(super) fn forget_reclaimers(&self) {
         self.reclaiming.store(0, SeqCst);
+        self.parked.store(0, SeqCst);
     }
 
     pub(super) fn count_assisted(&self, n: usize) {

@@ -224,22 +224,23 @@ impl Reclaim {
     ///
     /// Where no reclaimer runs (none started yet, or they could not be
     /// started) it frees the ready objects itself too.
+    ///
+    /// Its own reclaims (and every other thread's reclaim that waits in a
+    /// barrier the same way) are parked meanwhile: a barrier does not wait
+    /// for them, or two reclaimers whose destructors both call a barrier
+    /// would wait for each other for ever.
     pub(super) fn wait_idle(&self, s: &Shared) {
         let own_reclaim = self.in_own_reclaim();
         let helping = own_reclaim || !self.started();
+        let _parked = Parked::new(self);
         for (_, cpu) in s.cpus.iter() {
-            let own = if own_reclaim {
-                count_reclaim_frames(|f| core::ptr::eq(f.queue, &*cpu.ready))
-            } else {
-                0
-            };
             loop {
                 if helping {
                     self.reclaim_chunk(s, cpu, usize::MAX);
                 }
                 let busy = cpu.batches.iter().any(|b| b.is_busy())
                     || cpu.ready.has_objects()
-                    || cpu.ready.reclaiming() > own;
+                    || cpu.ready.reclaiming_unparked() > 0;
                 if !busy {
                     break;
                 }
@@ -252,6 +253,36 @@ impl Reclaim {
     /// The barrier signal's lock, held across a `fork`.
     pub(super) fn hold_for_fork(&self) -> std::sync::MutexGuard<'_, ()> {
         self.idle.hold()
+    }
+}
+
+/// This thread's reclaims of one instance, parked for the length of a
+/// barrier it waits in (see `ReadyQueue::parked`); unparked on drop.
+struct Parked<'a> {
+    reclaim: &'a Reclaim,
+}
+
+impl<'a> Parked<'a> {
+    fn new(reclaim: &'a Reclaim) -> Self {
+        for_each_frame(|f| {
+            if core::ptr::eq(f.reclaim, reclaim) {
+                // SAFETY: a frame on this thread's stack names a queue of
+                // the engine that is running it.
+                unsafe { (*f.queue).park() };
+            }
+        });
+        Parked { reclaim }
+    }
+}
+
+impl Drop for Parked<'_> {
+    fn drop(&mut self) {
+        for_each_frame(|f| {
+            if core::ptr::eq(f.reclaim, self.reclaim) {
+                // SAFETY: as in `new`: the same frames, still on the stack.
+                unsafe { (*f.queue).unpark() };
+            }
+        });
     }
 }
 
@@ -315,6 +346,14 @@ fn count_reclaim_frames(mut f: impl FnMut(&ReclaimFrame) -> bool) -> usize {
         p = frame.prev;
     }
     n
+}
+
+/// Runs `f` on each of this thread's reclaim frames, innermost first.
+fn for_each_frame(mut f: impl FnMut(&ReclaimFrame)) {
+    count_reclaim_frames(|frame| {
+        f(frame);
+        false
+    });
 }
 
 /// Runs every callback of a list: the `rcu_head` path, one object at a
