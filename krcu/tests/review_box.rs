@@ -258,7 +258,6 @@ fn two_writers_two_caches_long_readers() {
 /// real-time locking in `kfree_rcu_sheaf`, fixed by another helper): not a
 /// new finding, kept as the regression test of that fix.
 #[test]
-#[ignore = "known, not a new finding: one-entry thread sheaf lookup + a blocking lock in kfree_rcu_sheaf on a real-time thread"]
 fn a_real_time_thread_retiring_boxes_of_several_caches() {
     use common::counting_alloc::{thread_allocs, thread_frees};
     use common::{Ledger, Obj};
@@ -611,7 +610,6 @@ fn sheaves_submitted_by_barriers_while_their_owner_retires() {
 /// The barn's objects keep their slabs, the slabs the core, the core the
 /// page allocator: leaked for good (either half alone fails the same way).
 #[test]
-#[ignore = "finding 4: boxes retired after their cache's handle dropped come back in rcu_free sheaves to the orphaned cache's barn, never shrunk: slabs, core and page allocator leak"]
 fn boxes_retired_after_their_cache_handle_dropped() {
     use common::{Ledger, Obj};
     let k = krcu::Krcu::builder().arena_size(64 << 20).build().unwrap();
@@ -685,7 +683,6 @@ fn cell_with_the_last_instance_arc_drops_its_slab_value() {
 /// locking in `kfree_rcu_sheaf`, fixed by another helper): not a new
 /// finding, kept as the regression test of that fix.
 #[test]
-#[ignore = "known, not a new finding: kfree_rcu_sheaf's slow path takes a blocking lock on a real-time thread"]
 fn a_real_time_thread_on_the_last_resort_path() {
     use common::counting_alloc::{thread_allocs, thread_frees};
     use common::{Ledger, Obj};
