@@ -27,6 +27,7 @@ use super::cache::{CacheCore, Mode, SlabCache, never_block};
 use super::free::push;
 use super::sheaf::{self, Sheaf};
 use super::thread::{self, Which};
+use crate::context::PreemptModel;
 use crate::rcu::RcuHead;
 use crate::sync::atomic::Ordering::*;
 use core::ptr::{self, NonNull};
@@ -154,16 +155,21 @@ impl CacheCore {
     /// CPU's sheaves and the barn are only trylocked, and no sheaf is
     /// allocated; otherwise the object is handed back, and the caller's
     /// kvfree blocks keep the promise.
+    ///
+    /// In atomic context (a raw lock held, or interrupts off) it is as
+    /// constrained as on a real-time thread, and under PREEMPT_RT, where
+    /// the cache's locks sleep, it takes none of them, not even by trylock
+    /// (an invalid wait context): only the thread's own sheaf.
     fn rcu_free_slow(&self, p: *mut u8) -> bool {
-        let realtime = crate::context::is_realtime();
-        let mode = if never_block() || realtime {
-            Mode::Try
-        } else {
-            Mode::Block
-        };
+        let atomic = crate::context::in_atomic() || crate::context::irqs_disabled();
+        let constrained = never_block() || atomic || crate::context::is_realtime();
+        if (never_block() || atomic) && self.pages.domain().preempt_model() == PreemptModel::Rt {
+            return self.rcu_free_own_sheaf(p);
+        }
+        let mode = if constrained { Mode::Try } else { Mode::Block };
         let slot = if never_block() {
             None
-        } else if realtime {
+        } else if constrained {
             thread::current(self.id)
         } else {
             self.thread_slot()
@@ -212,6 +218,29 @@ impl CacheCore {
         true
     }
 
+    /// The slow path where no lock of the cache may be taken (PREEMPT_RT
+    /// in atomic context or a handler): the thread's own sheaf if it has
+    /// one with room (a handler never uses it: it may have interrupted its
+    /// owner), else nothing (the caller falls back to kvfree's blocks).
+    fn rcu_free_own_sheaf(&self, p: *mut u8) -> bool {
+        if never_block() {
+            return false;
+        }
+        let Some(slot) = thread::current(self.id) else {
+            return false;
+        };
+        slot.with(Which::Rcu, |s| {
+            let s = *s;
+            // SAFETY: the owner's sheaf, inside its section.
+            if s.is_null() || unsafe { (*s).is_full() } {
+                return false;
+            }
+            // SAFETY: as above; it has room.
+            unsafe { self.push_retired(s, p) };
+            true
+        }) == Some(true)
+    }
+
     /// Pushes a retired object into an `rcu_free` sheaf, counting the
     /// sheaf as started when it was empty (one atomic add per sheaf, not
     /// per object).
@@ -244,13 +273,14 @@ impl CacheCore {
     /// thread).
     #[cfg_attr(not(feature = "testing"), allow(dead_code))]
     fn empty_for_rcu(&self, mode: Mode) -> Option<*mut Sheaf> {
+        let atomic = crate::context::in_atomic() || crate::context::irqs_disabled();
         if let Some(mut barn) = self.lock_barn(mode)
             && let Some(e) = barn.take_empty()
         {
             self.counters.barn_gets.fetch_add(1, Relaxed);
             return Some(e);
         }
-        if never_block() || crate::context::is_realtime() {
+        if never_block() || atomic || crate::context::is_realtime() {
             return None;
         }
         Some(Sheaf::new_raw(self.sheaf_capacity))
