@@ -398,3 +398,41 @@ fn retiring_under_a_raw_lock_on_preempt_rt_takes_no_sleeping_lock() {
         reports.first().map(|r| r.text.as_str()).unwrap_or("")
     );
 }
+
+/// As above, for boxes dropped (freed at once, never published) under a
+/// raw lock on PREEMPT_RT: the free takes no sleeping lock of the cache.
+#[cfg(any(debug_assertions, feature = "lockdep"))]
+#[test]
+fn dropping_boxes_under_a_raw_lock_on_preempt_rt_takes_no_sleeping_lock() {
+    use krcu::context::PreemptModel;
+    use krcu::lock::RawSpinLock;
+    let log = ReportLog::new();
+    let k = Krcu::builder()
+        .arena_size(64 << 20)
+        .cpus(1)
+        .preempt_model(PreemptModel::Rt)
+        .prove_raw_lock_nesting(true)
+        .report_handler(ReportHandler::Collect(log.clone()))
+        .build()
+        .unwrap();
+    let ledger = Ledger::new(2000);
+    let cache = k.slab_cache::<Obj>("dropped under raw").unwrap();
+    let boxes: Vec<_> = (0..2000)
+        .map(|_| cache.alloc_box(obj(&ledger)).ok().unwrap())
+        .collect();
+    let raw = RawSpinLock::named(k.domain(), "caller_raw_lock", ());
+    {
+        let _g = raw.lock();
+        drop(boxes);
+    }
+    ledger.assert_all_freed_once();
+    cache.shrink();
+    assert_eq!(cache.stats().slabs, 0);
+    let reports = log.take();
+    assert!(
+        reports.is_empty(),
+        "{} reports, the first:\n{}",
+        reports.len(),
+        reports.first().map(|r| r.text.as_str()).unwrap_or("")
+    );
+}

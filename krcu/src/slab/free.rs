@@ -132,7 +132,13 @@ impl CacheCore {
 
     #[cold]
     pub(super) fn free_slow(&self, obj: *mut u8) {
-        if self.pages.sleeping_locks_forbidden() {
+        // Under PREEMPT_RT the cache's locks sleep: in a handler, or in
+        // atomic context (a raw lock held, interrupts off), not even a
+        // trylock of them is allowed (an invalid wait context).
+        let atomic = crate::context::in_atomic() || crate::context::irqs_disabled();
+        if self.pages.sleeping_locks_forbidden()
+            || atomic && self.pages.domain().preempt_model() == crate::context::PreemptModel::Rt
+        {
             self.defer(obj);
             return;
         }
@@ -143,11 +149,18 @@ impl CacheCore {
         // drop and that lands in a sheaf after its shrink is given back
         // when the next cache is built, `by_rcu::tend_orphans`.)
         if self.orphaned.load(SeqCst) {
-            let mode = if never_block() { Mode::Try } else { Mode::Block };
+            let mode = if never_block() || atomic {
+                Mode::Try
+            } else {
+                Mode::Block
+            };
             self.return_to_slabs(&mut [obj], mode);
             return;
         }
-        if never_block() {
+        if never_block() || atomic {
+            // No sleeping lock (a raw spinlock's holder may not wait for a
+            // lock another thread holds while preempted) and no allocation:
+            // this CPU's sheaves under trylocks, else the lock-free list.
             self.cpu_free(obj, Mode::Try);
             return;
         }
