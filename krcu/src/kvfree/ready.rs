@@ -191,6 +191,11 @@ impl ReadyQueue {
         self.parked.fetch_sub(1, SeqCst);
     }
 
+    /// Threads freeing from here, waiting in a barrier or not.
+    pub(super) fn reclaiming(&self) -> usize {
+        self.reclaiming.load(SeqCst)
+    }
+
     /// Threads freeing from here that are not waiting in a barrier.
     pub(super) fn reclaiming_unparked(&self) -> usize {
         // `parked` first: a reclaim parks after it entered and unparks

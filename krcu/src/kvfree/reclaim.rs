@@ -226,11 +226,16 @@ impl Reclaim {
     /// started) it frees the ready objects itself too.
     ///
     /// Its own reclaims (and every other thread's reclaim that waits in a
-    /// barrier the same way) are parked meanwhile: a barrier does not wait
-    /// for them, or two reclaimers whose destructors both call a barrier
-    /// would wait for each other for ever.
+    /// barrier the same way) are parked meanwhile: a barrier called from a
+    /// destructor does not wait for them, or two reclaimers whose
+    /// destructors both call a barrier would wait for each other for ever.
+    /// A barrier called outside every reclaim waits for parked reclaims
+    /// too (theirs wait for no parked one, so they finish): what was
+    /// queued before it, the objects whose destructors are running now
+    /// among them, is freed when it returns.
     pub(super) fn wait_idle(&self, s: &Shared) {
         let own_reclaim = self.in_own_reclaim();
+        let in_any_reclaim = count_reclaim_frames(|_| true) > 0;
         let helping = own_reclaim || !self.started();
         let _parked = Parked::new(self);
         for (_, cpu) in s.cpus.iter() {
@@ -240,7 +245,11 @@ impl Reclaim {
                 }
                 let busy = cpu.batches.iter().any(|b| b.is_busy())
                     || cpu.ready.has_objects()
-                    || cpu.ready.reclaiming_unparked() > 0;
+                    || if in_any_reclaim {
+                        cpu.ready.reclaiming_unparked() > 0
+                    } else {
+                        cpu.ready.reclaiming() > 0
+                    };
                 if !busy {
                     break;
                 }
