@@ -220,10 +220,16 @@ pub(crate) fn note_caller() {
     held::set_caller(Location::caller());
 }
 
+#[inline(always)]
 fn check_might_sleep(v: &Arc<Validator>, at: Option<&'static Location<'static>>) {
-    if !v.enabled() {
-        return;
+    // Inline: a validator compiled in but switched off costs one load.
+    if v.enabled() {
+        check_might_sleep_on(v, at);
     }
+}
+
+#[inline(never)]
+fn check_might_sleep_on(v: &Arc<Validator>, at: Option<&'static Location<'static>>) {
     let state = SleepState {
         atomic_depth: context::atomic_depth(),
         irqs_disabled: context::irqs_disabled(),
