@@ -178,7 +178,7 @@ impl Krcu {
     ) {
         let ctx = context::kind();
         // SAFETY: the caller's contract.
-        let obj = match unsafe { cache.kfree_rcu_sheaf(obj) } {
+        let obj = match unsafe { cache.kfree_rcu_sheaf_owned(obj) } {
             Ok(slow_path) => {
                 if slow_path {
                     // A sheaf may have been started: wake an idle monitor

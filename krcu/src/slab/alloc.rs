@@ -156,6 +156,21 @@ impl CacheCore {
         if !never_block()
             && let Some(slot) = self.thread_slot_for(gfp)
         {
+            // A spare with objects (a sheaf the thread recycled, see
+            // `recycle.rs`) becomes `main`; the empty `main` becomes the
+            // spare, for the thread's next `rcu_free` sheaf.
+            let swapped = slot.with_all(|sh| {
+                if super::sheaf::len(*sh.main) > 0 || super::sheaf::len(sh.recycle.spare) == 0 {
+                    return None;
+                }
+                core::mem::swap(sh.main, &mut sh.recycle.spare);
+                // SAFETY: the owner's sheaf, inside its section, not empty.
+                Some(unsafe { pop(*sh.main) })
+            });
+            if let Some(Some(obj)) = swapped {
+                ThreadSlot::hit(&slot.alloc_hits);
+                return Ok(obj);
+            }
             let mode = mode_for(gfp);
             let s = slot.take(Which::Main);
             return match self.get_filled(s, gfp) {
@@ -207,7 +222,9 @@ impl CacheCore {
         thread::current(self.id).or_else(|| {
             thread::find_or_register(self.id, &self.threads, || {
                 self.threads
-                    .take_where(true, |_| true, &mut |s, w| self.reclaim_sheaf(s, w));
+                    .take_where(true, |_| true, thread::Chains::All, &mut |s, w| {
+                        self.reclaim_sheaf(s, w)
+                    });
             })
         })
     }

@@ -292,7 +292,7 @@ unsafe fn free_object<T>(obj: NonNull<T>) {
     // handle is not used after that (see above).
     let cache = unsafe { borrow_cache(core) };
     // SAFETY: per the contract: an object of this cache, freed once.
-    unsafe { cache.free(obj) };
+    unsafe { cache.free_owned(obj) };
 }
 
 /// [`free_object`] for a cache whose handle is gone: pinned for the free

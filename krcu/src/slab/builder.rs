@@ -113,7 +113,7 @@ impl<T> SlabCacheBuilder<T> {
             cpu: PerCpu::new(domain.cpus(), |_| {
                 SpinLock::named(domain, "s->cpu_sheaves->lock", CpuSheaves::default())
             }),
-            barn: Barn::new(domain, (2 * domain.cpus()).max(10)),
+            barn: Barn::new(domain, barn_limit(domain.cpus(), &layout, self.sheaf_capacity)),
             node: SpinLock::named(
                 domain,
                 "n->list_lock",
@@ -152,6 +152,19 @@ impl<T> SlabCacheBuilder<T> {
             _objects: PhantomData,
         })
     }
+}
+
+/// The barn's limit per list (`MAX_FULL_SHEAVES`, `MAX_EMPTY_SHEAVES`):
+/// the kernel's 10, or two per CPU, or as many sheaves as hold 1 MiB of
+/// objects, whichever is most. Sheaves back from a grace period beyond it
+/// are flushed to the slabs, and allocations then refill from them one
+/// object at a time: with grace periods of a few milliseconds a busy
+/// cache has hundreds of sheaves in flight, so 10 would flush nearly all.
+/// The shrinker and `shrink` empty the barn.
+fn barn_limit(cpus: usize, layout: &Layout, capacity: usize) -> usize {
+    const BARN_BYTES: usize = 1 << 20;
+    let by_bytes = BARN_BYTES / (layout.stride * capacity).max(1);
+    (2 * cpus).max(10).max(by_bytes)
 }
 
 /// Drops the `T` at `p` (a `drop_fn`).

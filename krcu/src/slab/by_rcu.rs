@@ -14,6 +14,7 @@
 #![cfg(not(loom))]
 
 use super::cache::CacheCore;
+use super::thread::Chains;
 use crate::rcu::Rcu;
 use crate::sync::atomic::Ordering::*;
 use std::sync::{Arc, Mutex, Weak};
@@ -80,7 +81,7 @@ fn collect(rcu: &Rcu, mut pick: impl FnMut(&CacheCore, &mut Entry) -> bool) -> V
 /// them). Returns how many sheaves went.
 pub(crate) fn submit_all(rcu: &Rcu) -> usize {
     let caches = collect(rcu, |core, _| core.partial_rcu_sheaves() > 0);
-    caches.iter().map(|c| c.submit_rcu_sheaves_all()).sum()
+    caches.iter().map(|c| c.submit_rcu_sheaves_all(Chains::All)).sum()
 }
 
 /// The monitor's pass: submits the partly filled `rcu_free` sheaves of
@@ -102,7 +103,7 @@ pub(crate) fn submit_idle(rcu: &Rcu) -> usize {
             false
         }
     });
-    caches.iter().map(|c| c.submit_rcu_sheaves_all()).sum()
+    caches.iter().map(|c| c.submit_rcu_sheaves_all(Chains::Idle)).sum()
 }
 
 /// Whether any cache of `rcu` holds a partly filled `rcu_free` sheaf (the

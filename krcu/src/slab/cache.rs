@@ -52,6 +52,11 @@ pub(super) struct Counters {
     pub(super) rcu_started: AtomicU64,
     pub(super) rcu_sheaves: AtomicU64,
     pub(super) rcu_sheaves_done: AtomicU64,
+    /// Sheaves a thread recycled itself after their grace period
+    /// (`recycle.rs`), never submitted.
+    pub(super) rcu_recycled: AtomicU64,
+    /// Destructors that panicked while a thread recycled a sheaf.
+    pub(super) destructor_panics: AtomicU64,
     pub(super) rcu_fallbacks: AtomicU64,
     pub(super) slabs_allocated: AtomicU64,
     pub(super) slabs_freed: AtomicU64,
@@ -307,12 +312,12 @@ impl CacheCore {
             // sheaves are submitted.
             moved +=
                 self.threads
-                    .take_where(false, |w| w == super::thread::Which::Main, &mut |s, w| {
+                    .take_where(false, |w| w == super::thread::Which::Main, super::thread::Chains::Keep, &mut |s, w| {
                         self.reclaim_sheaf(s, w)
                     });
             moved += self
                 .threads
-                .take_where(true, |_| true, &mut |s, w| self.reclaim_sheaf(s, w));
+                .take_where(true, |_| true, super::thread::Chains::All, &mut |s, w| self.reclaim_sheaf(s, w));
         }
         for (_, cpu) in self.cpu.iter() {
             let taken = {
@@ -390,6 +395,8 @@ impl CacheCore {
             barn_empty: empty,
             rcu_sheaves: c.rcu_sheaves.load(Relaxed),
             rcu_sheaves_done: c.rcu_sheaves_done.load(Relaxed),
+            rcu_sheaves_recycled: c.rcu_recycled.load(Relaxed),
+            destructor_panics: c.destructor_panics.load(Relaxed),
             rcu_fallbacks: c.rcu_fallbacks.load(Relaxed),
             slabs_allocated: c.slabs_allocated.load(Relaxed),
             slabs_freed: c.slabs_freed.load(Relaxed),
@@ -425,7 +432,7 @@ impl<T> Drop for SlabCache<T> {
             core.threads.retire(|s, w| {
                 core.reclaim_sheaf(s, w);
             });
-            core.submit_rcu_sheaves_all();
+            core.submit_rcu_sheaves_all(super::thread::Chains::All);
             core.rcu_sheaf_barrier_if_safe();
         }
         self.core.shrink();

@@ -59,6 +59,35 @@ impl<T> SlabCache<T> {
     /// undefined behaviour provided it points into the page arena.
     pub unsafe fn try_free(&self, obj: NonNull<T>) -> Result<(), SlabError> {
         self.core.check_and_mark_free(obj.as_ptr().cast())?;
+        // SAFETY: the caller's contract; checked and marked free just now.
+        unsafe { self.drop_and_free_slot(obj) };
+        Ok(())
+    }
+
+    /// [`free`](Self::free) of an object a [`SlabBox`](super::SlabBox)
+    /// owned: its type proves it an allocated object of this cache, so
+    /// only consistency checks (when on) look at its slab.
+    ///
+    /// # Safety
+    /// As for `free`, and `obj` is an allocated object of this cache.
+    #[inline]
+    pub(crate) unsafe fn free_owned(&self, obj: NonNull<T>) {
+        if self.core.checks {
+            // SAFETY: forwarded.
+            unsafe { self.free(obj) };
+        } else {
+            // SAFETY: the caller's contract.
+            unsafe { self.drop_and_free_slot(obj) };
+        }
+    }
+
+    /// Drops the `T` and puts its slot back.
+    ///
+    /// # Safety
+    /// `obj` is an allocated object of this cache holding an initialised,
+    /// unaliased `T`, checked (or owned), freed by no one else.
+    #[inline]
+    unsafe fn drop_and_free_slot(&self, obj: NonNull<T>) {
         // A panicking destructor must not lose the object: it is marked
         // free already, so unless its slot goes back to the slab here the
         // slab (and its pages) could never be returned. Catch the panic,
@@ -73,7 +102,6 @@ impl<T> SlabCache<T> {
         if let Err(payload) = panicked {
             std::panic::resume_unwind(payload);
         }
-        Ok(())
     }
 }
 

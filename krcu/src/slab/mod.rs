@@ -41,6 +41,7 @@ mod node;
 mod nolock;
 mod prefill;
 mod rcu_free;
+mod recycle;
 mod sheaf;
 #[cfg(test)]
 mod tests;
@@ -113,6 +114,14 @@ pub struct SlabStats {
     pub rcu_sheaves: u64,
     /// `rcu_free` sheaves back from their grace period.
     pub rcu_sheaves_done: u64,
+    /// `rcu_free` sheaves their own thread recycled once their grace
+    /// period had ended: destructors run on that thread, the sheaf kept
+    /// as its spare for the next allocation (never submitted to
+    /// `call_rcu`).
+    pub rcu_sheaves_recycled: u64,
+    /// Destructors that panicked while their thread recycled a sheaf
+    /// (caught; the other objects were dropped and freed).
+    pub destructor_panics: u64,
     /// `kfree_rcu_sheaf` calls that handed the object back (no sheaf
     /// without blocking, NMI, a failed trylock in a signal handler).
     pub rcu_fallbacks: u64,

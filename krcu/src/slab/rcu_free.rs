@@ -26,7 +26,7 @@
 use super::cache::{CacheCore, Mode, SlabCache, never_block};
 use super::free::push;
 use super::sheaf::{self, Sheaf};
-use super::thread::{self, Which};
+use super::thread::{self, Chains, Which};
 use crate::context::PreemptModel;
 use crate::rcu::RcuHead;
 use crate::sync::atomic::Ordering::*;
@@ -57,6 +57,29 @@ impl<T> SlabCache<T> {
     #[doc(alias = "__kfree_rcu_sheaf")]
     #[cfg_attr(not(feature = "testing"), allow(dead_code))]
     pub(crate) unsafe fn kfree_rcu_sheaf(&self, obj: NonNull<T>) -> Result<bool, NonNull<T>> {
+        // SAFETY: forwarded.
+        unsafe { self.kfree_rcu_sheaf_inner(obj, true) }
+    }
+
+    /// [`kfree_rcu_sheaf`](Self::kfree_rcu_sheaf) of an object a
+    /// [`SlabBox`](super::SlabBox) owned: its type proves it an allocated
+    /// object of this cache, so only consistency checks (when on) look at
+    /// its slab.
+    ///
+    /// # Safety
+    /// As for `kfree_rcu_sheaf`, and `obj` is an allocated object of this
+    /// cache.
+    #[inline]
+    pub(crate) unsafe fn kfree_rcu_sheaf_owned(&self, obj: NonNull<T>) -> Result<bool, NonNull<T>> {
+        // SAFETY: forwarded.
+        unsafe { self.kfree_rcu_sheaf_inner(obj, self.core.checks) }
+    }
+
+    /// # Safety
+    /// As for `kfree_rcu_sheaf`; with `check` false, `obj` is an allocated
+    /// object of this cache.
+    #[inline]
+    unsafe fn kfree_rcu_sheaf_inner(&self, obj: NonNull<T>, check: bool) -> Result<bool, NonNull<T>> {
         let core = &*self.core;
         let p = obj.as_ptr().cast::<u8>();
         if crate::context::in_nmi()
@@ -68,7 +91,7 @@ impl<T> SlabCache<T> {
             core.counters.rcu_fallbacks.fetch_add(1, Relaxed);
             return Err(obj);
         }
-        if let Err(e) = core.check_and_mark_free(p) {
+        if check && let Err(e) = core.check_and_mark_free(p) {
             core.bad_free(e);
             return Ok(false);
         }
@@ -105,7 +128,7 @@ impl<T> SlabCache<T> {
     /// next call. Returns how many sheaves it submitted.
     #[cfg_attr(not(feature = "testing"), allow(dead_code))]
     pub(crate) fn submit_rcu_sheaves(&self) -> usize {
-        self.core.submit_rcu_sheaves_all()
+        self.core.submit_rcu_sheaves_all(Chains::All)
     }
 
     /// Waits until every sheaf submitted so far has gone back to the barn
@@ -175,6 +198,9 @@ impl CacheCore {
             self.thread_slot()
         };
         if let Some(slot) = slot {
+            if !constrained && self.rcu_free_recycling(slot, p) {
+                return true;
+            }
             let mut s = slot.take(Which::Rcu);
             // SAFETY: taken out of the slot: ours.
             if s.is_null() || unsafe { (*s).is_full() } {
@@ -249,7 +275,7 @@ impl CacheCore {
     /// `s` is an `rcu_free` sheaf the caller owns (its section, its lock or
     /// taken out of its slot), with room.
     #[inline(always)]
-    unsafe fn push_retired(&self, s: *mut Sheaf, p: *mut u8) {
+    pub(super) unsafe fn push_retired(&self, s: *mut Sheaf, p: *mut u8) {
         if sheaf::len(s) == 0 {
             self.counters.rcu_started.fetch_add(1, Relaxed);
         }
@@ -264,7 +290,7 @@ impl CacheCore {
         // Submitted after started (a sheaf is started before it can be
         // submitted): read `rcu_sheaves` first so that the difference is
         // never negative from a race.
-        let submitted = c.rcu_sheaves.load(Relaxed);
+        let submitted = c.rcu_sheaves.load(Relaxed) + c.rcu_recycled.load(Relaxed);
         c.rcu_started.load(Relaxed).saturating_sub(submitted)
     }
 
@@ -311,11 +337,12 @@ impl CacheCore {
     }
 
     /// Submits every partly filled `rcu_free` sheaf (see
-    /// `SlabCache::submit_rcu_sheaves`).
-    pub(super) fn submit_rcu_sheaves_all(&self) -> usize {
+    /// `SlabCache::submit_rcu_sheaves`), and the waiting lists (of sheaves
+    /// their threads would recycle, `recycle.rs`) that `chains` selects.
+    pub(super) fn submit_rcu_sheaves_all(&self, chains: Chains) -> usize {
         let mut n = self
             .threads
-            .take_where(false, |w| w == Which::Rcu, &mut |s, _| {
+            .take_where(false, |w| w == Which::Rcu, chains, &mut |s, _| {
                 let one = usize::from(sheaf::len(s) > 0);
                 self.submit_rcu_sheaf(s);
                 one
@@ -377,7 +404,7 @@ impl CacheCore {
     /// handle after that handle's shrink ran). The caller holds the
     /// sheaf's count of the core, so the last slab freed here cannot free
     /// the core under it.
-    fn rcu_sheaf_home(&self, s: *mut Sheaf) {
+    pub(super) fn rcu_sheaf_home(&self, s: *mut Sheaf) {
         // Acquire: pairs with the handle's SeqCst store; a handle dropped
         // after this load shrinks after the sheaf is in the barn.
         if self.orphaned.load(Acquire) {
@@ -423,10 +450,8 @@ unsafe fn rcu_sheaf_done(head: NonNull<RcuHead>) {
             }
         }
     }
-    for &obj in &sh.objs[..sh.len] {
-        // Free from here on: poisoned until handed out again.
-        crate::asan::poison(obj, core.obj_size);
-    }
+    // Free from here on: poisoned until handed out again.
+    core.poison_objects(s);
     core.rcu_sheaf_home(s);
     core.counters.rcu_sheaves_done.fetch_add(1, Release);
     drop(core);

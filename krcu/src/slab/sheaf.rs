@@ -14,7 +14,10 @@
 //! empty one, and so whole sheaves move between threads without touching
 //! the slabs.
 //!
-//! Owns: [`Sheaf`], [`CpuSheaves`], [`Barn`]. Uses: the lock type, the RCU
+//! A thread's spare sheaf and its list of `rcu_free` sheaves waiting for
+//! their grace period ([`Recycle`], used by `recycle.rs`) are here too.
+//!
+//! Owns: [`Sheaf`], [`CpuSheaves`], [`Barn`], [`Recycle`]. Uses: the lock type, the RCU
 //! head.
 
 use crate::domain::Domain;
@@ -33,6 +36,10 @@ pub(crate) struct Sheaf {
     /// flight; opaque here).
     #[cfg(not(loom))]
     pub(super) core: *const (),
+    /// The grace period its objects wait for while it waits on its
+    /// thread's list of sheaves to recycle (`recycle.rs`).
+    #[cfg(not(loom))]
+    pub(super) gp: crate::rcu::GpCookie,
     /// Objects in it: `objs[..len]`.
     pub(super) len: usize,
     /// Its link on a barn list.
@@ -48,6 +55,8 @@ impl Sheaf {
             head: crate::rcu::RcuHead::new(),
             #[cfg(not(loom))]
             core: ptr::null(),
+            #[cfg(not(loom))]
+            gp: crate::rcu::GpCookie::COMPLETED,
             len: 0,
             next: ptr::null_mut(),
             objs: vec![ptr::null_mut(); capacity].into_boxed_slice(),
@@ -213,5 +222,78 @@ impl BarnLists {
         // SAFETY: the caller owns `s`; the list takes it.
         unsafe { self.empty.push(s) };
         Ok(())
+    }
+}
+
+#[cfg(not(loom))]
+/// A thread's spare sheaf and its `rcu_free` sheaves waiting for their
+/// grace periods (`recycle.rs` says how they are used).
+pub(super) struct Recycle {
+    /// A sheaf of free objects (a recycled one, for the next allocation
+    /// that finds `main` empty) or an empty one (for the next `rcu_free`
+    /// sheaf), or null.
+    pub(super) spare: *mut Sheaf,
+    /// Full `rcu_free` sheaves, oldest first, each stamped with its grace
+    /// period.
+    pub(super) waiting: Fifo,
+}
+
+#[cfg(not(loom))]
+impl Recycle {
+    pub(super) const fn new() -> Recycle {
+        Recycle {
+            spare: ptr::null_mut(),
+            waiting: Fifo {
+                head: ptr::null_mut(),
+                tail: ptr::null_mut(),
+                len: 0,
+            },
+        }
+    }
+}
+
+/// Sheaves in order, linked through `next`.
+#[cfg(not(loom))]
+pub(super) struct Fifo {
+    head: *mut Sheaf,
+    tail: *mut Sheaf,
+    pub(super) len: usize,
+}
+
+#[cfg(not(loom))]
+impl Fifo {
+    /// Appends `s`.
+    ///
+    /// # Safety
+    /// `s` is owned by the caller and on no list; the list takes it.
+    pub(super) unsafe fn push_back(&mut self, s: *mut Sheaf) {
+        // SAFETY: per the contract; the tail is the list's.
+        unsafe {
+            (*s).next = ptr::null_mut();
+            if self.tail.is_null() {
+                self.head = s;
+            } else {
+                (*self.tail).next = s;
+            }
+        }
+        self.tail = s;
+        self.len += 1;
+    }
+
+    /// The oldest sheaf, still on the list.
+    pub(super) fn front(&self) -> Option<*mut Sheaf> {
+        (!self.head.is_null()).then_some(self.head)
+    }
+
+    /// Takes the oldest sheaf off.
+    pub(super) fn pop_front(&mut self) -> Option<*mut Sheaf> {
+        let s = self.front()?;
+        // SAFETY: sheaves on the list are the list's; `s` leaves it.
+        self.head = unsafe { core::mem::replace(&mut (*s).next, ptr::null_mut()) };
+        if self.head.is_null() {
+            self.tail = ptr::null_mut();
+        }
+        self.len -= 1;
+        Some(s)
     }
 }

@@ -1,7 +1,10 @@
 //! Thread-owned sheaves: a thread's `main` and `rcu_free` sheaf of a cache
 //! are its own, so that the allocation, free and `kfree_rcu` fast paths
 //! are plain loads and stores: no atomic read-modify-write and no lock.
-//! Only exchanges (once per sheaf) go to the CPU level or the barn.
+//! Only exchanges (once per sheaf) go to the CPU level or the barn. A slot
+//! also holds the thread's spare sheaf and its `rcu_free` sheaves waiting
+//! for their grace period, which the thread recycles itself
+//! (`recycle.rs`); a taker submits waiting sheaves to `call_rcu`.
 //!
 //! # Taking a thread's sheaves without its cooperation
 //! [`shrink`](super::SlabCache::shrink), `submit_rcu_sheaves` and the
@@ -40,7 +43,7 @@
 //! slot. Uses: the steal gate, `sheaf.rs`.
 #![cfg(not(loom))]
 
-use super::sheaf::Sheaf;
+use super::sheaf::{Recycle, Sheaf};
 use crate::kvfree::steal::StealGate;
 use crate::sync::UnsafeCell;
 use core::cell::{Cell, RefCell};
@@ -56,9 +59,16 @@ pub(super) struct ThreadSlot {
     /// owner's inside a section, the taker's while it holds the gate.
     main: UnsafeCell<*mut Sheaf>,
     rcu: UnsafeCell<*mut Sheaf>,
+    /// The owner's spare sheaf and its `rcu_free` sheaves waiting for
+    /// their grace period (`recycle.rs`), as `main` and `rcu`.
+    recycle: UnsafeCell<Recycle>,
     /// Fast-path hits (single writer: the owner; load + store).
     pub(super) alloc_hits: AtomicU64,
     pub(super) free_hits: AtomicU64,
+    /// Sheaves the owner added to its waiting list (single writer: the
+    /// owner; load + store), and that count at a taker's last look.
+    pub(super) waiting_added: AtomicU64,
+    waiting_seen: AtomicU64,
     exited: AtomicBool,
     /// The cache is gone: the gate stays closed for good.
     dead: AtomicBool,
@@ -69,6 +79,18 @@ pub(super) struct ThreadSlot {
 unsafe impl Send for ThreadSlot {}
 // SAFETY: as for Send.
 unsafe impl Sync for ThreadSlot {}
+
+/// Which threads' waiting lists (`recycle.rs`) a taker takes.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(super) enum Chains {
+    /// None: left to their owners.
+    Keep,
+    /// Those whose owner added none since the previous such look (an
+    /// idle thread's: nothing else would ever free them).
+    Idle,
+    /// Every one.
+    All,
+}
 
 /// Which of a slot's sheaves.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -84,8 +106,11 @@ impl ThreadSlot {
             gate: StealGate::new(!crate::rcu::membarrier::available()),
             main: UnsafeCell::new(ptr::null_mut()),
             rcu: UnsafeCell::new(ptr::null_mut()),
+            recycle: UnsafeCell::new(Recycle::new()),
             alloc_hits: AtomicU64::new(0),
             free_hits: AtomicU64::new(0),
+            waiting_added: AtomicU64::new(0),
+            waiting_seen: AtomicU64::new(0),
             exited: AtomicBool::new(false),
             dead: AtomicBool::new(false),
         }
@@ -109,6 +134,33 @@ impl ThreadSlot {
         // SAFETY: inside the owner's section with no steal asked, the
         // pointer (and the sheaf it names) is the owner's (module doc).
         let r = self.cell(which).with_mut(|p| f(unsafe { &mut *p }));
+        self.gate.end();
+        Some(r)
+    }
+
+    /// The owner runs `f` on all its sheaves inside one section; None if a
+    /// taker holds the gate. `f` must not call into the cache (a nested
+    /// section would end this one early): no destructor runs in it.
+    #[inline]
+    pub(super) fn with_all<R>(&self, f: impl FnOnce(Sheaves<'_>) -> R) -> Option<R> {
+        if !self.gate.begin() {
+            return None;
+        }
+        // SAFETY: inside the owner's section with no steal asked, the
+        // pointers (and the sheaves they name) are the owner's (module
+        // doc); the three cells are distinct.
+        let r = self.main.with_mut(|m| {
+            self.rcu.with_mut(|r| {
+                // SAFETY: see above.
+                self.recycle.with_mut(|x| unsafe {
+                    f(Sheaves {
+                        main: &mut *m,
+                        rcu: &mut *r,
+                        recycle: &mut *x,
+                    })
+                })
+            })
+        });
         self.gate.end();
         Some(r)
     }
@@ -140,18 +192,68 @@ impl ThreadSlot {
         c.store(c.load(Relaxed) + 1, Relaxed);
     }
 
-    /// A taker's: with the gate held, runs `f` on both sheaves (taken out).
-    fn take_both(&self, f: &mut impl FnMut(*mut Sheaf, Which)) {
-        for which in [Which::Main, Which::Rcu] {
+    /// A taker's: with the gate held, takes out the sheaves of the kinds
+    /// `which` selects and runs `f` on each: `main` and the spare as
+    /// [`Which::Main`] (objects free to hand out, or none), `rcu_free` and
+    /// each sheaf waiting for its grace period as [`Which::Rcu`] (objects
+    /// readers may still reach: submitted to `call_rcu`, whose grace period
+    /// starts later than the one they waited for). Returns whether it left
+    /// any sheaf in place.
+    fn take_all(
+        &self,
+        which: &impl Fn(Which) -> bool,
+        chains: Chains,
+        f: &mut impl FnMut(*mut Sheaf, Which),
+    ) -> bool {
+        let mut kept = false;
+        for w in [Which::Main, Which::Rcu] {
             // SAFETY: the caller holds the gate: the pointers are ours.
-            let s = self
-                .cell(which)
-                .with_mut(|p| unsafe { core::mem::replace(&mut *p, ptr::null_mut()) });
-            if !s.is_null() {
-                f(s, which);
+            let p = self.cell(w).with_mut(|p| unsafe { &mut *p });
+            if p.is_null() {
+                continue;
+            }
+            if which(w) {
+                f(core::mem::replace(p, ptr::null_mut()), w);
+            } else {
+                kept = true;
             }
         }
+        // SAFETY: as above.
+        let x = self.recycle.with_mut(|x| unsafe { &mut *x });
+        if !x.spare.is_null() {
+            if which(Which::Main) {
+                f(core::mem::replace(&mut x.spare, ptr::null_mut()), Which::Main);
+            } else {
+                kept = true;
+            }
+        }
+        if x.waiting.len > 0 {
+            let take = match chains {
+                Chains::Keep => false,
+                Chains::All => true,
+                Chains::Idle => {
+                    // Only takers (under the registry's lock) write `seen`.
+                    let added = self.waiting_added.load(Relaxed);
+                    self.waiting_seen.swap(added, Relaxed) == added
+                }
+            };
+            if take {
+                while let Some(s) = x.waiting.pop_front() {
+                    f(s, Which::Rcu);
+                }
+            } else {
+                kept = true;
+            }
+        }
+        kept
     }
+}
+
+/// The owner's view of all its sheaves in one section ([`ThreadSlot::with_all`]).
+pub(super) struct Sheaves<'a> {
+    pub(super) main: &'a mut *mut Sheaf,
+    pub(super) rcu: &'a mut *mut Sheaf,
+    pub(super) recycle: &'a mut Recycle,
 }
 
 struct Entry(Arc<ThreadSlot>);
@@ -193,6 +295,7 @@ impl Registry {
         &self,
         exited_only: bool,
         which: impl Fn(Which) -> bool,
+        chains: Chains,
         f: &mut impl FnMut(*mut Sheaf, Which) -> usize,
     ) -> usize {
         /// Looks at an owner inside its section before giving up.
@@ -207,19 +310,7 @@ impl Registry {
             if !slot.gate.try_steal(SPINS) {
                 return true;
             }
-            let mut kept = false;
-            slot.take_both(&mut |s, w| {
-                if which(w) {
-                    sum += f(s, w);
-                } else {
-                    // Not asked for: put back (the gate is held).
-                    slot.cell(w).with_mut(|p| {
-                        // SAFETY: the gate is held: the pointer is ours.
-                        unsafe { *p = s }
-                    });
-                    kept = true;
-                }
-            });
+            let kept = slot.take_all(&which, chains, &mut |s, w| sum += f(s, w));
             slot.gate.release();
             let forget = exited && !kept;
             if forget {
@@ -251,7 +342,7 @@ impl Registry {
         }
         for Entry(slot) in &slots {
             slot.gate.wait_owner();
-            slot.take_both(&mut f);
+            slot.take_all(&|_| true, Chains::All, &mut f);
             slot.dead.store(true, Release);
         }
     }

@@ -1,0 +1,213 @@
+//! A thread recycles its own `rcu_free` sheaves: when its `rcu_free` sheaf
+//! of a cache fills, the thread keeps it on its slot's list of sheaves
+//! waiting for their grace period (stamped with a polled grace-period
+//! cookie, `start_poll_synchronize_rcu`) instead of handing it to
+//! `call_rcu`; at a later fill, once the oldest one's grace period has
+//! ended (`poll_state_synchronize_rcu`), the thread runs its objects'
+//! destructors (nothing for a `T` without drop glue) and keeps it as its
+//! spare, a sheaf of free objects that the next allocation finding its
+//! `main` empty swaps in. The empty `main` becomes the next `rcu_free`
+//! sheaf. So a thread that allocates and retires in a loop takes no lock,
+//! leaves nothing to the RCU callback thread, and reuses objects still in
+//! its own cache; and its retired objects never outgrow the bound below,
+//! whatever CPU the callback thread gets (the list's oldest sheaf goes to
+//! `call_rcu` beyond it).
+//!
+//! Only a thread in task context that may run destructors recycles: not
+//! a real-time thread, not in a signal handler, not atomic, not inside a
+//! read-side section of the cache's RCU (for a `T` with drop glue), not
+//! from inside a destructor this path runs. Elsewhere the `rcu_free`
+//! path of `rcu_free.rs` runs as before. The destructors run outside the
+//! slot's section (a destructor may use the cache), each under
+//! `catch_unwind`; a panic is counted in the cache's statistics
+//! (`destructor_panics`) and its payload dropped, as kvfree's reclaim does.
+//!
+//! Nothing is stranded: the list counts as partly filled `rcu_free`
+//! sheaves (`rcu_started` less submitted and recycled ones), so
+//! `kvfree_rcu_barrier` and the monitor's passes take it from idle or
+//! exited threads and submit each sheaf to `call_rcu`, whose grace period
+//! starts after the one the sheaf waited for.
+//!
+//! Owns: the recycling path. Uses: the thread slots (`thread.rs`), the
+//! `rcu_free` path (`rcu_free.rs`), the RCU instance's polled grace
+//! periods.
+#![cfg(not(loom))]
+
+use super::cache::CacheCore;
+use super::sheaf::{self, Sheaf};
+use super::thread::ThreadSlot;
+use crate::sync::atomic::Ordering::*;
+use core::cell::Cell;
+use core::ptr;
+use std::sync::Arc;
+
+/// The most memory (in object slots) a thread's waiting list of one cache
+/// holds: beyond it the oldest sheaf goes to `call_rcu`.
+const WAITING_BYTES: usize = 4 << 20;
+/// The fewest sheaves the list may hold, whatever their size.
+const MIN_WAITING: usize = 4;
+
+thread_local! {
+    /// Set while this thread runs destructors of a recycled sheaf: a
+    /// destructor that retires into a cache does not recycle again.
+    static RECYCLING: Cell<bool> = const { Cell::new(false) };
+}
+
+impl CacheCore {
+    /// How many sheaves a thread's waiting list of this cache may hold.
+    pub(super) fn max_waiting(&self) -> usize {
+        let sheaf_bytes = self.layout.stride * self.sheaf_capacity;
+        (WAITING_BYTES / sheaf_bytes.max(1)).max(MIN_WAITING)
+    }
+
+    /// Whether the calling thread may recycle here: it may run this
+    /// cache's destructors (the caller has checked task context: not a
+    /// handler, not atomic, not real-time).
+    fn may_recycle(&self) -> bool {
+        if RECYCLING.with(Cell::get) {
+            return false;
+        }
+        self.drop_fn.is_none() || !self.rcu().is_reading()
+    }
+
+    /// The `rcu_free` slow path of a task-context thread that has a slot:
+    /// a full `rcu_free` sheaf joins the waiting list, the spare (if empty)
+    /// becomes the new `rcu_free` sheaf, and the oldest waiting sheaf whose
+    /// grace period has ended is recycled into the spare. True if `p` was
+    /// queued; false leaves it to the general path (the slot's `rcu_free`
+    /// sheaf is then null or has room).
+    pub(super) fn rcu_free_recycling(&self, slot: &ThreadSlot, p: *mut u8) -> bool {
+        let rcu = self.rcu();
+        // Taken before the section, after every push into the full sheaf
+        // (earlier calls of this thread): its grace period covers them all
+        // (see `GpState::snapshot` for the ordering against the unlinks).
+        let cookie = rcu.start_poll();
+        let recycle = self.may_recycle();
+        let max = self.max_waiting();
+        let mut overflow = ptr::null_mut();
+        let mut ready = ptr::null_mut();
+        let queued = slot.with_all(|sh| {
+            let s = *sh.rcu;
+            if !s.is_null() {
+                // SAFETY: the owner's sheaf, inside its section.
+                if unsafe { !(*s).is_full() } {
+                    // SAFETY: as above; it has room.
+                    unsafe { self.push_retired(s, p) };
+                    return true;
+                }
+                // SAFETY: as above; it leaves the slot for the list.
+                unsafe {
+                    (*s).gp = cookie;
+                    sh.recycle.waiting.push_back(s);
+                }
+                *sh.rcu = ptr::null_mut();
+                ThreadSlot::hit(&slot.waiting_added);
+                if sh.recycle.waiting.len > max {
+                    overflow = sh.recycle.waiting.pop_front().unwrap_or(ptr::null_mut());
+                }
+            }
+            let mut queued = false;
+            let spare = sh.recycle.spare;
+            if !spare.is_null() && sheaf::len(spare) == 0 {
+                sh.recycle.spare = ptr::null_mut();
+                // SAFETY: the owner's empty sheaf.
+                unsafe { self.push_retired(spare, p) };
+                *sh.rcu = spare;
+                queued = true;
+            }
+            if recycle
+                && sh.recycle.spare.is_null()
+                && let Some(oldest) = sh.recycle.waiting.front()
+                // SAFETY: on the owner's list.
+                && rcu.poll_state(unsafe { (*oldest).gp })
+            {
+                // The grace period has ended (the poll's fence orders the
+                // destructors after it): ours to recycle.
+                ready = sh.recycle.waiting.pop_front().unwrap_or(ptr::null_mut());
+            }
+            queued
+        });
+        let Some(queued) = queued else {
+            // A taker holds the slot: the general path.
+            return false;
+        };
+        if !overflow.is_null() {
+            self.submit_rcu_sheaf(overflow);
+        }
+        if !ready.is_null() {
+            self.recycle(slot, ready);
+        }
+        queued
+    }
+
+    /// Runs the destructors of `s` (a waiting sheaf whose grace period has
+    /// ended, taken off the list) and keeps it as the slot's spare, or
+    /// files it like a sheaf back from `call_rcu` when the slot is taken.
+    #[cold]
+    fn recycle(&self, slot: &ThreadSlot, s: *mut Sheaf) {
+        // A count of our own while destructors run and the sheaf is filed:
+        // a destructor may drop the cache's last handle, and filing an
+        // orphaned cache's sheaf frees slabs, each of which held a count.
+        // SAFETY: a `CacheCore` only ever lives in an `Arc` (built in
+        // `SlabCacheBuilder::build`); the count is given back by `_hold`.
+        let _hold = unsafe {
+            Arc::increment_strong_count(ptr::from_ref(self));
+            Arc::from_raw(ptr::from_ref(self))
+        };
+        if self.drop_fn.is_some() {
+            RECYCLING.with(|r| r.set(true));
+            // SAFETY: ours (off the list), its objects past their grace
+            // period, each retired once with an initialised `T`.
+            let panics = unsafe { self.drop_objects(s) };
+            RECYCLING.with(|r| r.set(false));
+            self.counters
+                .destructor_panics
+                .fetch_add(panics as u64, Relaxed);
+        }
+        self.poison_objects(s);
+        self.counters.rcu_recycled.fetch_add(1, Relaxed);
+        let kept = slot.with_all(|sh| {
+            if sh.recycle.spare.is_null() {
+                sh.recycle.spare = s;
+                true
+            } else {
+                false
+            }
+        });
+        if kept != Some(true) {
+            self.rcu_sheaf_home(s);
+        }
+    }
+
+    /// Runs `T`'s destructor on each object of `s`, each under
+    /// `catch_unwind` (a panicking one does not stop the others); returns
+    /// the panics, their payloads dropped.
+    ///
+    /// # Safety
+    /// `s` is the caller's, each object in it holds an initialised `T`
+    /// that nobody reaches any more, and is dropped only here.
+    pub(super) unsafe fn drop_objects(&self, s: *mut Sheaf) -> usize {
+        let Some(drop_fn) = self.drop_fn else {
+            return 0;
+        };
+        // SAFETY: the caller's sheaf.
+        let sh = unsafe { &*s };
+        let mut panics = 0;
+        for &obj in &sh.objs[..sh.len] {
+            // SAFETY: per the contract.
+            let r = crate::kvfree::block::catch_destructor(|| unsafe { drop_fn(obj) });
+            panics += usize::from(r.is_err());
+        }
+        panics
+    }
+
+    /// Marks the objects of `s` free for the address sanitizer: poisoned
+    /// until handed out again.
+    pub(super) fn poison_objects(&self, s: *mut Sheaf) {
+        // SAFETY: the caller's sheaf.
+        let sh = unsafe { &*s };
+        for &obj in &sh.objs[..sh.len] {
+            crate::asan::poison(obj, self.obj_size);
+        }
+    }
+}
