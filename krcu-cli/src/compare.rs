@@ -39,7 +39,11 @@ pub struct Args {
     /// The most writer threads, 1 to 256: every system runs with 1 writer
     /// and with this many, plus reader threads checking published objects
     /// during the timed part (one per two writers, at least one); "drop at
-    /// once" runs without readers (it frees with no deferral).
+    /// once" runs without readers (it frees with no deferral), and "drop at
+    /// once, readers on the slots" with readers that only load each slot's
+    /// pointer and count it, never reading the object (it checks no object:
+    /// its violations are 0 by construction), the floor any system with
+    /// readers pays here.
     #[arg(long, default_value = "2", allow_negative_numbers = true, value_parser = args::threads)]
     pub threads: usize,
     /// Rounds, 1 to 100 (each runs every system once per thread count).
@@ -80,6 +84,9 @@ enum System {
     #[cfg(feature = "liburcu")]
     Liburcu,
     Drop,
+    /// Drop at once with readers that load every slot's pointer and never
+    /// dereference it: what the readers' presence alone costs the writers.
+    DropReaders,
 }
 
 impl System {
@@ -92,6 +99,7 @@ impl System {
         #[cfg(feature = "liburcu")]
         System::Liburcu,
         System::Drop,
+        System::DropReaders,
     ];
 
     fn name(self) -> &'static str {
@@ -104,6 +112,7 @@ impl System {
             #[cfg(feature = "liburcu")]
             System::Liburcu => "liburcu call_rcu",
             System::Drop => "drop at once",
+            System::DropReaders => "drop at once, readers on the slots",
         }
     }
 }
@@ -417,22 +426,37 @@ fn run_seize(threads: usize, readers: usize, objects: usize) -> (Duration, Timed
     (t.start.elapsed(), t)
 }
 
-/// No deferral: nothing may read what a writer frees at once, so this
-/// system runs without readers (the speed reference, not a safe system).
-fn run_drop(threads: usize, objects: usize) -> (Duration, Timed) {
+/// No deferral: nothing may read what a writer frees at once. With no
+/// readers, the speed reference (not a safe system); with `readers`, each
+/// only loads every slot's pointer (acquire, as the other systems' readers
+/// do) and counts the non-null ones, never dereferencing one, which is
+/// safe with no deferral: the slots' cache lines move between the writers'
+/// swaps and the readers' loads as in every other system, so this is the
+/// floor any system with readers pays in this workload. It checks no
+/// object: its violations are 0 by construction.
+fn run_drop(threads: usize, readers: usize, objects: usize) -> (Duration, Timed) {
     let t = timed(
         threads,
-        0,
+        readers,
         objects,
         |slot, n| {
             churn(slot, n, |old| {
-                // SAFETY: unlinked; nobody else can reach it.
+                // SAFETY: unlinked; readers never dereference a slot's
+                // pointer here, so nobody else can reach it.
                 drop(unsafe { Box::from_raw(old) });
             })
         },
-        |_, _| unreachable!("drop at once runs no readers"),
+        |slots, phase| read_until(phase, || (count_slots(slots), 0)),
     );
     (t.start.elapsed(), t)
+}
+
+/// A pass of the reader of "drop at once, readers on the slots": the
+/// non-null pointers among the slots, each loaded with acquire (as
+/// `load_acquire`) and never dereferenced.
+#[inline]
+fn count_slots(slots: &Slots) -> u64 {
+    slots.iter().filter(|s| !load_acquire(s).is_null()).count() as u64
 }
 
 /// A raw pointer moved into a deferred closure.
@@ -561,7 +585,8 @@ fn run_one(
         System::Seize => (run_seize(threads, readers, objects), 0),
         #[cfg(feature = "liburcu")]
         System::Liburcu => (urcu::run(threads, readers, objects), 0),
-        System::Drop => (run_drop(threads, objects), 0),
+        System::Drop => (run_drop(threads, 0, objects), 0),
+        System::DropReaders => (run_drop(threads, readers, objects), 0),
     };
     let (drops1, doubles1) = drops();
     let ledger = Ledger {
@@ -822,7 +847,13 @@ pub fn render(r: &CompareResult) -> String {
             n => n.to_string(),
         }),
         Column::new("checked / violations", |row| {
-            format!("{} / {}", row.ledger.checked, row.ledger.violations)
+            let l = row.ledger;
+            if row.system == System::DropReaders.name() {
+                // Pointers seen, not objects checked: none is read.
+                format!("{} seen / {} (none read)", l.checked, l.violations)
+            } else {
+                format!("{} / {}", l.checked, l.violations)
+            }
         }),
         Column::new("dropped / allocated", |row| {
             format!("{} / {}", row.ledger.dropped, row.ledger.allocated)
@@ -836,7 +867,11 @@ pub fn render(r: &CompareResult) -> String {
          protection during the timed part and check its LIVE/POISON word; the clock stops when everything \
          retired is freed (kvfree_rcu_barrier, the collector dropped, rcu_barrier), and every object's \
          destructor must have run once (the ledger)\n\
-         drop at once frees with no deferral, so it runs without readers: the speed reference, not a safe system\n\n",
+         drop at once frees with no deferral, so it runs without readers: the speed reference, not a safe system; \
+         \"drop at once, readers on the slots\" frees the same way while the same readers only load each slot's pointer \
+         and count it (checked = pointers seen), never reading the object: it checks no object (violations 0 by \
+         construction), and is the floor any system with readers pays here (the writer's swap takes the slot's cache \
+         line back from the readers)\n\n",
         r.objects_per_thread, r.object_bytes, r.rounds
     );
     out.push_str(&t.render());
@@ -844,4 +879,37 @@ pub fn render(r: &CompareResult) -> String {
         out.push_str("(liburcu's call_rcu joins with `--features liburcu`, given liburcu-dev)\n");
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_floor_readers_count_published_pointers_without_reading_them() {
+        let mut live = Checked::new();
+        // Dangling on purpose: the pass must not read through a pointer.
+        let dangling = NonNull::<Checked>::dangling().as_ptr();
+        let slots: Box<Slots> = [&raw mut live, core::ptr::null_mut(), dangling]
+            .into_iter()
+            .map(|p| CachePadded::new(AtomicPtr::new(p)))
+            .collect();
+        assert_eq!(count_slots(&slots), 2);
+        slots[0].store(core::ptr::null_mut(), Relaxed);
+        assert_eq!(count_slots(&slots), 1);
+    }
+
+    #[test]
+    fn drop_at_once_runs_readers_only_when_asked() {
+        let (_, plain) = run_drop(2, 0, 1000);
+        assert_eq!(
+            (plain.allocated, plain.readers, plain.checked),
+            (2000, 0, 0)
+        );
+        let (_, floor) = run_drop(2, 1, 1000);
+        assert_eq!(
+            (floor.allocated, floor.readers, floor.violations),
+            (2000, 1, 0)
+        );
+    }
 }

@@ -7,7 +7,7 @@
 //! [`flood_harness`](crate::flood_harness), shared with `krcu policies`.
 
 use crate::args::{self, CliError, CmdResult};
-use crate::flood_harness::{FloodConfig, FloodRun, run_flood};
+use crate::flood_harness::{FloodConfig, FloodRun, RetirePath, run_flood};
 use crate::output::{emit, round};
 use crate::progress;
 use crate::table::{Column, Table};
@@ -168,6 +168,7 @@ pub fn run(a: &Args) -> CmdResult {
     setup.validator = true;
     let phase = a.duration / 4;
     let base = FloodConfig {
+        path: RetirePath::Box,
         duration: phase,
         task_threads: 0,
         softirq: false,

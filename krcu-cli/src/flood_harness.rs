@@ -1,21 +1,46 @@
 //! The flood harness: floods one instance with `kfree_rcu` calls from the
 //! sources a [`FloodConfig`] picks (task threads, the softirq worker, a
-//! real signal handler) for a while, timing a sample of the calls. Used by
-//! `krcu flood` (each source alone, then all) and `krcu policies` (all at
-//! once, per cell).
+//! real signal handler) for a while, timing a sample of the calls, on one
+//! of two paths ([`RetirePath`]): `Box`es by `kfree_rcu`, or `SlabBox`es
+//! by `kfree_rcu_slab` into sheaves. Used by `krcu flood` (each source
+//! alone, then all) and `krcu policies` (all at once, per cell).
 
 use crate::progress;
-use crate::signal::{self, OnSignal, Pace, Ring};
+use crate::signal::{self, OnSignal, Owned, Pace, Ring};
 use crate::workload::{Histogram, Obj24};
 use krcu::Krcu;
+use krcu::page::Gfp;
+use krcu::slab::{SlabBox, SlabCache, SlabStats};
 use serde::Serialize;
 use std::sync::Barrier;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::*};
 use std::time::{Duration, Instant};
 
+/// What a flood retires, and by which call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum RetirePath {
+    /// `Box`es by `kfree_rcu` (the kvfree blocks, under the policy).
+    #[default]
+    Box,
+    /// `SlabBox`es of a cache of the instance by `kfree_rcu_slab`: into the
+    /// thread's `rcu_free` sheaf (a CPU's from the signal handler, which
+    /// takes only trylocks), the kvfree blocks when no sheaf can be had.
+    Sheaf,
+}
+
+impl RetirePath {
+    pub fn name(self) -> &'static str {
+        match self {
+            RetirePath::Box => "box",
+            RetirePath::Sheaf => "sheaf",
+        }
+    }
+}
+
 /// Which sources flood, and how.
 #[derive(Debug, Clone, Copy)]
 pub struct FloodConfig {
+    pub path: RetirePath,
     pub duration: Duration,
     pub task_threads: usize,
     pub softirq: bool,
@@ -59,6 +84,11 @@ pub struct FloodRun {
     pub merged: Histogram,
     pub signals: u64,
     pub ring_empty: u64,
+    /// The sheaf path: the cache's statistics when the flood stopped.
+    pub sheaf: Option<SlabStats>,
+    /// The sheaf path: objects the softirq worker could not allocate
+    /// without sleeping (`Gfp::ATOMIC`), so did not retire.
+    pub alloc_failures: u64,
 }
 
 impl FloodRun {
@@ -67,18 +97,61 @@ impl FloodRun {
     }
 }
 
+/// The objects of one path: how one is made and how it is retired.
+trait Objects: Sync {
+    type Owned: Owned<Target = Obj24>;
+    /// A new object holding `value`, allocated under `gfp`; `None` when
+    /// none could be had under it.
+    fn make(&self, value: u64, gfp: Gfp) -> Option<Self::Owned>;
+    /// Retires `obj` on `k`; gives it back when refused (only in NMI
+    /// context, which no flooder enters).
+    fn retire(&self, k: &Krcu, obj: Self::Owned) -> Result<(), Self::Owned>;
+}
+
+/// The `Box` path.
+struct Boxes;
+
+impl Objects for Boxes {
+    type Owned = Box<Obj24>;
+    fn make(&self, value: u64, _: Gfp) -> Option<Box<Obj24>> {
+        Some(Obj24::boxed(value))
+    }
+    #[inline]
+    fn retire(&self, k: &Krcu, obj: Box<Obj24>) -> Result<(), Box<Obj24>> {
+        k.kfree_rcu(obj).map_err(|e| e.0)
+    }
+}
+
+/// The sheaf path: objects of one cache of the instance, shared by every
+/// source.
+struct Sheaves(SlabCache<Obj24>);
+
+impl Objects for Sheaves {
+    type Owned = SlabBox<Obj24>;
+    fn make(&self, value: u64, gfp: Gfp) -> Option<SlabBox<Obj24>> {
+        SlabBox::new_in_gfp(&self.0, gfp, Obj24::new(value)).ok()
+    }
+    #[inline]
+    fn retire(&self, k: &Krcu, obj: SlabBox<Obj24>) -> Result<(), SlabBox<Obj24>> {
+        k.kfree_rcu_slab(obj).map_err(|e| e.into_inner())
+    }
+}
+
+const NEVER_REFUSED: &str = "refused only in NMI context, which this thread never enters";
+
 /// The hardirq source: each signal retires up to `burst` preallocated
 /// objects.
-struct IrqFlood<'k> {
+struct IrqFlood<'k, O: Objects> {
     k: &'k Krcu,
-    ring: Ring<Obj24>,
+    objects: &'k O,
+    ring: Ring<O::Owned>,
     hist: Histogram,
     calls: AtomicU64,
     empty: AtomicU64,
     burst: usize,
 }
 
-impl OnSignal for IrqFlood<'_> {
+impl<O: Objects> OnSignal for IrqFlood<'_, O> {
     fn on_signal(&self) {
         for _ in 0..self.burst {
             let Some(obj) = self.ring.pop() else {
@@ -86,7 +159,7 @@ impl OnSignal for IrqFlood<'_> {
                 return;
             };
             let t = Instant::now();
-            let r = self.k.kfree_rcu(obj);
+            let r = self.objects.retire(self.k, obj);
             self.hist.record(t.elapsed());
             self.calls.fetch_add(1, Relaxed);
             // Never refused outside NMI; were it, free nothing in a handler.
@@ -95,37 +168,68 @@ impl OnSignal for IrqFlood<'_> {
     }
 }
 
-/// One task or softirq flooder: retire new objects until `stop`.
-fn flood_loop(k: &Krcu, stop: &AtomicBool, hist: &Histogram, sample: u64, seed: u64) -> u64 {
+/// One task or softirq flooder: retire new objects, allocated under `gfp`,
+/// until `stop`; an object that could not be had under `gfp` counts in
+/// `failures`.
+#[allow(clippy::too_many_arguments)]
+fn flood_loop<O: Objects>(
+    k: &Krcu,
+    objects: &O,
+    gfp: Gfp,
+    stop: &AtomicBool,
+    hist: &Histogram,
+    failures: &AtomicU64,
+    sample: u64,
+    seed: u64,
+) -> u64 {
     let mut n: u64 = 0;
     while !stop.load(Relaxed) {
         for _ in 0..256 {
+            let Some(obj) = objects.make(n ^ seed, gfp) else {
+                failures.fetch_add(1, Relaxed);
+                continue;
+            };
             n += 1;
-            let obj = Obj24::boxed(n ^ seed);
             if n.is_multiple_of(sample) {
                 let t = Instant::now();
-                let r = k.kfree_rcu(obj);
+                let r = objects.retire(k, obj);
                 hist.record(t.elapsed());
-                r.expect("refused only in NMI context, which this thread never enters");
+                assert!(r.is_ok(), "{NEVER_REFUSED}");
             } else {
-                k.kfree_rcu(obj)
-                    .expect("refused only in NMI context, which this thread never enters");
+                assert!(objects.retire(k, obj).is_ok(), "{NEVER_REFUSED}");
             }
         }
     }
     n
 }
 
-/// Floods `k` from the configured sources for `cfg.duration`; the caller
-/// runs the barrier and reads the stats.
+/// Floods `k` from the configured sources for `cfg.duration`, on the
+/// configured path; the caller runs the barrier and reads the stats.
 pub fn run_flood(k: &Krcu, cfg: &FloodConfig, quiet: bool) -> FloodRun {
+    match cfg.path {
+        RetirePath::Box => flood_with(k, &Boxes, cfg, quiet),
+        RetirePath::Sheaf => {
+            let sheaves = Sheaves(
+                k.slab_cache::<Obj24>("flood")
+                    .expect("a 24-byte object fits a slab"),
+            );
+            let mut run = flood_with(k, &sheaves, cfg, quiet);
+            run.sheaf = Some(sheaves.0.stats());
+            run
+        }
+    }
+}
+
+fn flood_with<O: Objects>(k: &Krcu, objects: &O, cfg: &FloodConfig, quiet: bool) -> FloodRun {
     let stop = AtomicBool::new(false);
+    let failures = AtomicU64::new(0);
     let task_hists: Vec<Histogram> = (0..cfg.task_threads)
         .map(|_| Histogram::default())
         .collect();
     let soft_hist = Histogram::default();
     let irq = IrqFlood {
         k,
+        objects,
         ring: Ring::new(4096),
         hist: Histogram::default(),
         calls: AtomicU64::new(0),
@@ -143,19 +247,22 @@ pub fn run_flood(k: &Krcu, cfg: &FloodConfig, quiet: bool) -> FloodRun {
             .iter()
             .enumerate()
             .map(|(i, h)| {
-                let (stop, start) = (&stop, &start);
+                let (stop, start, failures) = (&stop, &start, &failures);
                 s.spawn(move || {
                     start.wait();
-                    flood_loop(k, stop, h, cfg.sample_every, i as u64)
+                    let sample = cfg.sample_every;
+                    flood_loop(k, objects, Gfp::KERNEL, stop, h, failures, sample, i as u64)
                 })
             })
             .collect();
         let soft = cfg.softirq.then(|| {
-            let (stop, start, h) = (&stop, &start, &soft_hist);
+            let (stop, start, h, failures) = (&stop, &start, &soft_hist, &failures);
             s.spawn(move || {
                 let _softirq = krcu::context::enter_softirq();
                 start.wait();
-                flood_loop(k, stop, h, cfg.sample_every, 1 << 40)
+                // No sleeping for memory in softirq context.
+                let sample = cfg.sample_every;
+                flood_loop(k, objects, Gfp::ATOMIC, stop, h, failures, sample, 1 << 40)
             })
         });
         let irq_threads = cfg.hardirq.then(|| {
@@ -174,7 +281,10 @@ pub fn run_flood(k: &Krcu, cfg: &FloodConfig, quiet: bool) -> FloodRun {
                 Pace::Yield,
                 move || {
                     v += 1;
-                    Obj24::boxed(v)
+                    // The sender is a task thread: it may wait for memory.
+                    objects
+                        .make(v, Gfp::KERNEL)
+                        .unwrap_or_else(|| panic!("krcu: the arena is full"))
                 },
             );
             (victim, sender)
@@ -220,5 +330,7 @@ pub fn run_flood(k: &Krcu, cfg: &FloodConfig, quiet: bool) -> FloodRun {
         merged,
         signals,
         ring_empty: irq.empty.load(SeqCst),
+        sheaf: None,
+        alloc_failures: failures.load(SeqCst),
     }
 }

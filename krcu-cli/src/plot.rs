@@ -1,5 +1,6 @@
 //! `krcu policies --plot FILE.svg`: the policies table as grouped bars,
-//! one group per policy, one bar per preempt model (nesting proof on):
+//! one group per policy (and path, with `--path sheaf`), one bar per
+//! preempt model (nesting proof on):
 //! throughput, fallback rate, p99 and worst call latency. Cells the
 //! validator reported are hatched in red with a red outline: the figure's
 //! point is that the fastest policy, `nowait`, is also the wrong one. The
@@ -8,7 +9,6 @@
 
 use crate::policies_result::{Cell, PoliciesResult};
 use krcu::context::PreemptModel;
-use krcu::kvfree::Policy;
 use plotters::coord::ranged1d::ValueFormatter;
 use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
@@ -63,11 +63,14 @@ struct Bar {
 }
 
 pub fn policies(r: &PoliciesResult, path: &Path) -> Result<(), String> {
-    let policies: Vec<&str> = Policy::ALL
-        .iter()
-        .map(|p| p.name())
-        .filter(|p| r.cells.iter().any(|c| c.policy == *p))
-        .collect();
+    // One group per path and policy, in the cells' order.
+    let mut groups: Vec<String> = Vec::new();
+    for c in &r.cells {
+        if !groups.contains(&c.group()) {
+            groups.push(c.group());
+        }
+    }
+    let policies: Vec<&str> = groups.iter().map(String::as_str).collect();
     let models: Vec<&str> = PreemptModel::ALL
         .iter()
         .map(|m| m.name())
@@ -86,7 +89,7 @@ pub fn policies(r: &PoliciesResult, path: &Path) -> Result<(), String> {
             .filter(|c| c.nesting_proof)
             .filter_map(|c| {
                 Some(Bar {
-                    policy: policies.iter().position(|p| *p == c.policy)?,
+                    policy: policies.iter().position(|p| *p == c.group())?,
                     model: models.iter().position(|m| *m == c.preempt)?,
                     value: (panel.value)(c),
                     reported: c.reports > 0,

@@ -1,5 +1,5 @@
-//! What `krcu policies` measures: one [`Cell`] per policy × preempt model
-//! × nesting proof, and a [`Summary`] per policy. Its own module because
+//! What `krcu policies` measures: one [`Cell`] per retire path × policy ×
+//! preempt model × nesting proof, and a [`Summary`] per path and policy. Its own module because
 //! three others read it: `policies` (which measures and prints it), `plot`
 //! (which draws it) and `tour` (which prints the summary).
 
@@ -10,10 +10,15 @@ use serde::Serialize;
 /// One cell.
 #[derive(Debug, Clone, Serialize)]
 pub struct Cell {
+    /// `box` (`kfree_rcu` of `Box`es) or `sheaf` (`kfree_rcu_slab` of
+    /// `SlabBox`es, into sheaves).
+    pub path: &'static str,
     pub policy: &'static str,
     pub preempt: &'static str,
     pub nesting_proof: bool,
     pub calls: u64,
+    /// Of the calls, those the signal handler made (hardirq context).
+    pub hardirq_calls: u64,
     pub calls_per_s: f64,
     pub fallback_pct: f64,
     pub inline_allocs: u64,
@@ -24,11 +29,41 @@ pub struct Cell {
     pub reports: u64,
     pub invalid_wait_reports: u64,
     pub might_sleep_reports: u64,
+    /// The sheaf path: objects `kfree_rcu_slab` sent to the kvfree blocks
+    /// (no sheaf to be had without waiting, a trylock that failed in the
+    /// signal handler), % of calls; the policy governs only these.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub to_blocks_pct: Option<f64>,
+    /// The sheaf path: `rcu_free` sheaves submitted to RCU (by the time the
+    /// flood stopped).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rcu_sheaves: Option<u64>,
+    /// The sheaf path: objects a flooder could not allocate under its flags
+    /// (the softirq worker does not sleep for memory), so did not retire.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alloc_failures: Option<u64>,
 }
 
-/// Per policy, over its 8 cells.
+impl Cell {
+    /// The cell's group in a chart: the policy, and the path unless `box`.
+    pub fn group(&self) -> String {
+        group(self.path, self.policy)
+    }
+}
+
+/// A chart's group of a path and policy: `nolock`, `nolock + sheaves`.
+pub fn group(path: &str, policy: &str) -> String {
+    if path == "box" {
+        policy.to_string()
+    } else {
+        format!("{policy} + sheaves")
+    }
+}
+
+/// Per path and policy, over its 8 cells.
 #[derive(Debug, Clone, Serialize)]
 pub struct Summary {
+    pub path: &'static str,
     pub policy: &'static str,
     pub median_calls_per_s: f64,
     pub max_fallback_pct: f64,
@@ -37,6 +72,10 @@ pub struct Summary {
     pub reports: u64,
     /// The cells with reports, as `model/nesting`.
     pub reported_in: Vec<String>,
+    /// The sheaf path: the most objects sent to the kvfree blocks, % of
+    /// calls.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_to_blocks_pct: Option<f64>,
 }
 
 /// `krcu policies`' result.
@@ -50,11 +89,15 @@ pub struct PoliciesResult {
     pub plot: Option<String>,
 }
 
-/// The per-policy summary of `cells`.
-pub fn summarize(policy: &'static str, cells: &[Cell]) -> Summary {
-    let mine: Vec<&Cell> = cells.iter().filter(|c| c.policy == policy).collect();
+/// The summary of `cells` on `path` under `policy`.
+pub fn summarize(path: &'static str, policy: &'static str, cells: &[Cell]) -> Summary {
+    let mine: Vec<&Cell> = cells
+        .iter()
+        .filter(|c| c.policy == policy && c.path == path)
+        .collect();
     let mut tput: Vec<f64> = mine.iter().map(|c| c.calls_per_s).collect();
     Summary {
+        path,
         policy,
         median_calls_per_s: round(median(&mut tput), 0),
         max_fallback_pct: mine.iter().map(|c| c.fallback_pct).fold(0.0, f64::max),
@@ -72,5 +115,6 @@ pub fn summarize(policy: &'static str, cells: &[Cell]) -> Summary {
                 )
             })
             .collect(),
+        max_to_blocks_pct: mine.iter().filter_map(|c| c.to_blocks_pct).reduce(f64::max),
     }
 }

@@ -1,11 +1,14 @@
 //! A real hard-interrupt source: SIGUSR1 sent to a chosen thread, whose
 //! handler enters krcu's hardirq context and runs whatever [`OnSignal`] is
 //! routed to it. The handler never allocates: objects reach it through a
-//! [`Ring`] a task thread fills ahead. Written once for every command that
-//! floods from a signal handler: the handler and its installation, the
-//! route, the thread that sends the signals and the thread they land on.
+//! [`Ring`] a task thread fills ahead (of `Box`es or `SlabBox`es: any
+//! [`Owned`] pointer). Written once for every command that floods from a
+//! signal handler: the handler and its installation, the route, the thread
+//! that sends the signals and the thread they land on.
 
+use krcu::slab::SlabBox;
 use std::marker::PhantomData;
+use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering::*};
 use std::sync::{Barrier, Mutex, MutexGuard, OnceLock};
 use std::thread::{Scope, ScopedJoinHandle};
@@ -135,14 +138,14 @@ pub enum Pace {
 /// until `stop`, it fills `ring` with `make()`, signals `victim` (with
 /// none, the ring is still filled, for the end to drain), then waits per
 /// `pace`. Returns the number of signals sent.
-pub fn spawn_sender<'scope, T: Send>(
+pub fn spawn_sender<'scope, P: Owned>(
     s: &'scope Scope<'scope, '_>,
     start: &'scope Barrier,
     stop: &'scope AtomicBool,
-    ring: &'scope Ring<T>,
+    ring: &'scope Ring<P>,
     victim: Option<libc::pthread_t>,
     pace: Pace,
-    mut make: impl FnMut() -> Box<T> + Send + 'scope,
+    mut make: impl FnMut() -> P + Send + 'scope,
 ) -> ScopedJoinHandle<'scope, u64> {
     s.spawn(move || {
         let mut sent = 0u64;
@@ -177,16 +180,49 @@ pub fn interrupt(thread: libc::pthread_t) {
     unsafe { libc::pthread_kill(thread, libc::SIGUSR1) };
 }
 
-/// A single-producer, single-consumer ring of boxes: a task thread fills
-/// it (allocating), the signal handler empties it (not allocating).
-pub struct Ring<T> {
-    slots: Box<[AtomicPtr<T>]>,
+/// An owning pointer that crosses a [`Ring`] as a raw pointer: a `Box`
+/// or a `SlabBox`.
+pub trait Owned: Send {
+    type Target;
+    fn into_raw(self) -> NonNull<Self::Target>;
+    /// # Safety
+    /// `p` came from `into_raw` of this type and is taken back once.
+    unsafe fn from_raw(p: NonNull<Self::Target>) -> Self;
+}
+
+impl<T: Send> Owned for Box<T> {
+    type Target = T;
+    fn into_raw(self) -> NonNull<T> {
+        NonNull::from(Box::leak(self))
+    }
+    unsafe fn from_raw(p: NonNull<T>) -> Self {
+        // SAFETY: the caller's contract: leaked by into_raw above, once.
+        unsafe { Box::from_raw(p.as_ptr()) }
+    }
+}
+
+impl<T: Send> Owned for SlabBox<T> {
+    type Target = T;
+    fn into_raw(self) -> NonNull<T> {
+        SlabBox::into_raw(self)
+    }
+    unsafe fn from_raw(p: NonNull<T>) -> Self {
+        // SAFETY: the caller's contract: given up by into_raw above, once.
+        unsafe { SlabBox::from_raw(p) }
+    }
+}
+
+/// A single-producer, single-consumer ring of owned pointers: a task
+/// thread fills it (allocating), the signal handler empties it (not
+/// allocating).
+pub struct Ring<P: Owned> {
+    slots: Box<[AtomicPtr<P::Target>]>,
     head: AtomicUsize,
     tail: AtomicUsize,
 }
 
-impl<T> Ring<T> {
-    pub fn new(capacity: usize) -> Ring<T> {
+impl<P: Owned> Ring<P> {
+    pub fn new(capacity: usize) -> Ring<P> {
         Ring {
             slots: (0..capacity)
                 .map(|_| AtomicPtr::new(core::ptr::null_mut()))
@@ -202,28 +238,29 @@ impl<T> Ring<T> {
     }
 
     /// Producer side: adds `b` (there must be room).
-    pub fn push(&self, b: Box<T>) {
+    pub fn push(&self, b: P) {
         let t = self.tail.load(Relaxed);
         debug_assert!(t - self.head.load(Acquire) < self.slots.len());
-        self.slots[t % self.slots.len()].store(Box::into_raw(b), Relaxed);
+        self.slots[t % self.slots.len()].store(b.into_raw().as_ptr(), Relaxed);
         self.tail.store(t + 1, Release);
     }
 
-    /// Consumer side: the oldest box, if any. Lock-free, allocation-free.
-    pub fn pop(&self) -> Option<Box<T>> {
+    /// Consumer side: the oldest pointer, if any. Lock-free,
+    /// allocation-free.
+    pub fn pop(&self) -> Option<P> {
         let h = self.head.load(Relaxed);
         if h == self.tail.load(Acquire) {
             return None;
         }
         let p = self.slots[h % self.slots.len()].swap(core::ptr::null_mut(), Relaxed);
         self.head.store(h + 1, Release);
-        // SAFETY: slots between head and tail hold boxes leaked by push,
-        // each taken once (single consumer).
-        (!p.is_null()).then(|| unsafe { Box::from_raw(p) })
+        // SAFETY: slots between head and tail hold pointers given up by
+        // push, each taken once (single consumer).
+        NonNull::new(p).map(|p| unsafe { P::from_raw(p) })
     }
 }
 
-impl<T> Drop for Ring<T> {
+impl<P: Owned> Drop for Ring<P> {
     fn drop(&mut self) {
         while self.pop().is_some() {}
     }

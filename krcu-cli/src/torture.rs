@@ -221,7 +221,7 @@ struct IrqWriter<'a> {
     k: &'a Krcu,
     table: &'a Slots,
     slab: &'a SlabSlots,
-    ring: Ring<TObj>,
+    ring: Ring<Box<TObj>>,
     retired: AtomicU64,
     slab_retired: AtomicU64,
     empty: AtomicU64,

@@ -178,6 +178,10 @@ fn an_unknown_choice_lists_the_valid_ones() {
     for m in ["none", "voluntary", "full", "rt"] {
         assert!(err.contains(m), "{m}: {err}");
     }
+    let err = refused(&["policies", "--path", "slab"]);
+    for p in ["box", "sheaf"] {
+        assert!(err.contains(p), "{p}: {err}");
+    }
 }
 
 #[test]
@@ -403,6 +407,101 @@ fn policies_json_and_plot() {
 }
 
 #[test]
+fn policies_run_the_sheaf_path_from_every_source_with_no_reports() {
+    let v = json(&[
+        "policies",
+        "--path",
+        "sheaf",
+        "--duration",
+        "20ms",
+        "--preempt",
+        "rt",
+        "--threads",
+        "1",
+        "--json",
+    ]);
+    let cells = v["cells"].as_array().unwrap();
+    assert_eq!(cells.len(), 7 * 2, "{v}");
+    for c in cells {
+        assert_eq!(c["path"], "sheaf", "{c}");
+        assert!(c["calls"].as_u64().unwrap() > 0, "{c}");
+        let to_blocks = c["to_blocks_pct"].as_f64().unwrap();
+        assert!((0.0..=100.0).contains(&to_blocks), "{c}");
+        assert!(
+            c["rcu_sheaves"].is_u64() && c["alloc_failures"].is_u64(),
+            "{c}"
+        );
+        // The validator watched every source retire into sheaves.
+        assert_eq!(
+            c["reports"], 0,
+            "the validator reported the sheaf path: {c}"
+        );
+    }
+    // The signal handler retired slab objects too.
+    let irq: u64 = cells
+        .iter()
+        .map(|c| c["hardirq_calls"].as_u64().unwrap())
+        .sum();
+    assert!(irq > 0, "{v}");
+    let summary = v["summary"].as_array().unwrap();
+    assert_eq!(summary.len(), 7, "{v}");
+    assert!(
+        summary
+            .iter()
+            .all(|s| s["path"] == "sheaf" && s["reports"] == 0),
+        "{v}"
+    );
+}
+
+#[test]
+fn policies_show_both_paths_side_by_side() {
+    let o = krcu(&[
+        "policies",
+        "--path",
+        "box,sheaf",
+        "--policy",
+        "nolock",
+        "--preempt",
+        "full",
+        "--duration",
+        "10ms",
+        "--threads",
+        "1",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    for path in ["box", "sheaf"] {
+        // Two cells (nesting on and off) and a summary row per path.
+        let rows = out
+            .lines()
+            .filter(|l| l.split_whitespace().take(2).eq([path, "nolock"]))
+            .count();
+        assert_eq!(rows, 3, "{path}: {out}");
+    }
+    assert!(out.contains("to blocks %"), "{out}");
+    // The default stays the Box path alone, with no path column.
+    let v = json(&[
+        "policies",
+        "--policy",
+        "nolock",
+        "--preempt",
+        "full",
+        "--duration",
+        "5ms",
+        "--threads",
+        "1",
+        "--json",
+    ]);
+    let cells = v["cells"].as_array().unwrap();
+    assert!(
+        cells
+            .iter()
+            .all(|c| c["path"] == "box" && c.get("to_blocks_pct").is_none()),
+        "{v}"
+    );
+}
+
+#[test]
 fn compare_json_has_ratios() {
     let v = json(&["compare", "--objects", "10000", "--rounds", "2", "--json"]);
     let rows = v["rows"].as_array().unwrap();
@@ -438,7 +537,7 @@ fn compare_json_has_ratios() {
 fn compare_ledger_balances_with_readers_for_every_system() {
     let v = json(&["compare", "--objects", "20000", "--rounds", "1", "--json"]);
     let rows = v["rows"].as_array().unwrap();
-    assert!(rows.len() >= 12, "every system at 1 and 2 threads: {v}");
+    assert!(rows.len() >= 14, "every system at 1 and 2 threads: {v}");
     for r in rows {
         let l = &r["ledger"];
         let n = |k: &str| {
@@ -454,6 +553,39 @@ fn compare_ledger_balances_with_readers_for_every_system() {
         let unsafe_reference = r["system"] == "drop at once";
         assert_eq!(n("readers") == 0, unsafe_reference, "{r}");
     }
+}
+
+#[test]
+fn compare_shows_drop_at_once_with_readers_on_the_slots() {
+    let v = json(&["compare", "--objects", "5000", "--rounds", "1", "--json"]);
+    let rows = v["rows"].as_array().unwrap();
+    let floor: Vec<&Value> = rows
+        .iter()
+        .filter(|r| r["system"] == "drop at once, readers on the slots")
+        .collect();
+    let threads: Vec<u64> = floor
+        .iter()
+        .map(|r| r["threads"].as_u64().unwrap())
+        .collect();
+    assert_eq!(threads, [1, 2], "one row per thread count: {v}");
+    for r in floor {
+        let l = &r["ledger"];
+        assert!(l["readers"].as_u64().unwrap() > 0, "{r}");
+        assert_eq!(l["violations"], 0, "{r}");
+        assert_eq!(l["double_drops"], 0, "{r}");
+        assert_eq!(l["dropped"], l["allocated"], "{r}");
+        assert!(r["sheaves_ratio"]["median"].as_f64().unwrap() > 0.0, "{r}");
+        assert!(r["krcu_ratio"]["median"].as_f64().unwrap() > 0.0, "{r}");
+    }
+    // The plain reference stays, without readers.
+    let plain = rows.iter().filter(|r| r["system"] == "drop at once");
+    assert!(plain.clone().count() == 2 && plain.into_iter().all(|r| r["ledger"]["readers"] == 0));
+    // Its help says what it checks: no object.
+    let help = stdout(&krcu(&["compare", "--help"]));
+    assert!(
+        help.contains("readers on the slots") && help.contains("checks no object"),
+        "{help}"
+    );
 }
 
 #[test]
@@ -498,21 +630,38 @@ fn the_tour_has_the_readmes_shape() {
     assert!(o.status.success(), "{}", stderr(&o));
     let out = stdout(&o);
     assert!(out.starts_with("krcu tour:"), "{out}");
+    let summary_row = |path: &str, policy: &str| {
+        out.lines()
+            .any(|l| l.split_whitespace().take(2).eq([path, policy]))
+    };
     for policy in krcu::kvfree::Policy::ALL {
-        assert!(
-            out.lines()
-                .any(|l| l.starts_with(&format!("{} ", policy.name()))),
-            "{policy}: {out}"
-        );
+        assert!(summary_row("box", policy.name()), "{policy}: {out}");
     }
+    // The sheaf path, under the default policy.
+    let default = krcu::kvfree::Policy::default();
+    assert!(summary_row("sheaf", default.name()), "{out}");
     assert!(out.contains("M calls/s (median)"), "{out}");
-    for system in ["krcu kfree_rcu", "crossbeam-epoch", "seize", "drop at once"] {
+    for system in [
+        "krcu kfree_rcu",
+        "krcu sheaves (SlabBox)",
+        "crossbeam-epoch",
+        "seize",
+        "drop at once ",
+        "drop at once, readers on the slots",
+    ] {
         assert!(
             out.lines().any(|l| l.starts_with(system)),
             "{system}: {out}"
         );
     }
     assert!(out.contains("krcu ÷ this (min / median / max)"), "{out}");
+    assert!(out.contains("sheaves ÷ this"), "{out}");
+    // The closing words name the sheaf path and the floor row.
+    let end = out.rsplit("\n\n").next().unwrap_or_default();
+    assert!(
+        end.contains("kfree_rcu_slab") && end.contains("the floor"),
+        "{end}"
+    );
 }
 
 #[test]
