@@ -104,6 +104,17 @@ impl Krcu {
     /// ([`register_thread`](Self::register_thread)) it makes no system
     /// call, no global-allocator call and takes no blocking lock.
     ///
+    /// A full `rcu_free` sheaf waits on the calling thread for its grace
+    /// period, and a later call of the same thread (in task context, not
+    /// real-time, not atomic, not inside a read-side section of the
+    /// cache's instance) recycles the oldest one whose grace period has
+    /// ended: **the destructors of objects this thread retired earlier run
+    /// inside that call**, as with kvfree's [`Assist`](crate::kvfree::Assist),
+    /// and the sheaf becomes the thread's next allocation sheaf. A
+    /// destructor must therefore not take a lock the caller of
+    /// `kfree_rcu_slab` holds. A destructor's panic is caught and counted
+    /// ([`SlabStats::destructor_panics`](crate::slab::SlabStats::destructor_panics)).
+    ///
     /// # Errors
     /// [`SlabRetireError::InNmi`] from NMI context;
     /// [`SlabRetireError::OtherInstance`] if the box's cache waits for
