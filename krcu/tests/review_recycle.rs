@@ -1,0 +1,521 @@
+//! Adversarial review of a thread recycling its own `rcu_free` sheaves
+//! (`slab/recycle.rs`): where the destructors of recycled objects run
+//! (inside the caller's `kfree_rcu_slab`, so under whatever the caller
+//! holds), and whether a barrier on another thread waits for a recycle in
+//! progress. The failing ones are `#[ignore]`d with their finding.
+
+mod common;
+
+use common::wait_for;
+use krcu::Krcu;
+use krcu::slab::SlabCache;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::*};
+use std::sync::{Mutex, TryLockError};
+use std::time::{Duration, Instant};
+
+fn instance() -> Krcu {
+    Krcu::builder().arena_size(64 << 20).build().unwrap()
+}
+
+/// Retires objects made by `make` on the calling thread, with a grace
+/// period now and then so that older sheaves are ready when later ones
+/// fill, until `done` says so (or `limit` objects); `around` wraps each
+/// retire. Returns how many were retired.
+fn retire_until<T: Send + 'static>(
+    k: &Krcu,
+    cache: &SlabCache<T>,
+    limit: usize,
+    mut make: impl FnMut() -> T,
+    mut around: impl FnMut(&mut dyn FnMut()),
+    done: impl Fn() -> bool,
+) -> usize {
+    for i in 0..limit {
+        if done() {
+            return i;
+        }
+        let b = cache.alloc_box(make()).ok().unwrap();
+        let mut b = Some(b);
+        around(&mut || k.kfree_rcu_slab(b.take().unwrap()).unwrap());
+        if i % 500 == 499 {
+            k.rcu().synchronize();
+        }
+    }
+    limit
+}
+
+// ---------------------------------------------------------------------
+// Finding 1: a barrier on another thread returns while the writer is still
+// running the destructors of a sheaf it recycled (objects retired before
+// the barrier, not yet dropped when it returns).
+
+static F1_ARMED: AtomicBool = AtomicBool::new(true);
+static F1_IN_DTOR: AtomicBool = AtomicBool::new(false);
+static F1_DONE: AtomicBool = AtomicBool::new(false);
+static F1_RELEASE: AtomicBool = AtomicBool::new(false);
+
+/// The first one dropped on the writer thread (by recycling) holds its
+/// destructor until released (or 5 s, so that a barrier that waits for
+/// it returns).
+struct Slow {
+    writer: std::thread::ThreadId,
+}
+
+impl Drop for Slow {
+    fn drop(&mut self) {
+        if std::thread::current().id() != self.writer || !F1_ARMED.swap(false, SeqCst) {
+            return;
+        }
+        F1_IN_DTOR.store(true, SeqCst);
+        let start = Instant::now();
+        while !F1_RELEASE.load(SeqCst) && start.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        F1_DONE.store(true, SeqCst);
+    }
+}
+
+#[test]
+#[ignore = "finding 1: kvfree_rcu_barrier on another thread returns while the writer runs a recycled sheaf's destructors"]
+fn a_barrier_waits_for_a_recycle_in_progress_on_another_thread() {
+    let k = instance();
+    let cache = k.slab_cache::<Slow>("slow").unwrap();
+    let done_at_barrier = std::thread::scope(|s| {
+        let writer = s.spawn(|| {
+            let me = std::thread::current().id();
+            retire_until(
+                &k,
+                &cache,
+                1_000_000,
+                || Slow { writer: me },
+                |f| f(),
+                || F1_DONE.load(SeqCst),
+            )
+        });
+        wait_for(
+            "a destructor run by recycling on the writer",
+            Duration::from_secs(120),
+            || F1_IN_DTOR.load(SeqCst) || writer.is_finished(),
+        );
+        assert!(F1_IN_DTOR.load(SeqCst), "the writer never recycled");
+        // Everything the writer retired so far was queued before this
+        // barrier, the object whose destructor is running among them.
+        k.kvfree_rcu_barrier();
+        let done = F1_DONE.load(SeqCst);
+        F1_RELEASE.store(true, SeqCst);
+        writer.join().unwrap();
+        done
+    });
+    k.kvfree_rcu_barrier();
+    assert!(
+        done_at_barrier,
+        "kvfree_rcu_barrier returned while an object retired before it was still being dropped"
+    );
+}
+
+// ---------------------------------------------------------------------
+// Finding 2: the destructors of earlier retired objects run inside the
+// caller's `kfree_rcu_slab`, under whatever lock the caller holds. The
+// usual RCU writer retires under its update lock; a destructor that takes
+// that lock (a registry it leaves, a count it gives back) deadlocks.
+
+static F2_LOCK: Mutex<u64> = Mutex::new(0);
+static F2_WOULD_DEADLOCK: AtomicUsize = AtomicUsize::new(0);
+static F2_DROPPED: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    static F2_HOLDING: core::cell::Cell<bool> = const { core::cell::Cell::new(false) };
+}
+
+/// Its destructor takes the writers' lock (with a trylock, counting the
+/// calls that would have deadlocked: the lock held by this very thread).
+struct Registered;
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        match F2_LOCK.try_lock() {
+            Ok(mut n) => *n += 1,
+            Err(TryLockError::WouldBlock) if F2_HOLDING.with(|h| h.get()) => {
+                F2_WOULD_DEADLOCK.fetch_add(1, SeqCst);
+            }
+            // Held by another thread: `lock()` would just wait.
+            Err(_) => *F2_LOCK.lock().unwrap_or_else(|e| e.into_inner()) += 1,
+        }
+        F2_DROPPED.fetch_add(1, SeqCst);
+    }
+}
+
+#[test]
+#[ignore = "finding 2: kfree_rcu_slab runs earlier objects' destructors under the caller's update lock (self-deadlock)"]
+fn a_writer_retiring_under_its_lock_never_runs_destructors_that_take_it() {
+    let k = instance();
+    let cache = k.slab_cache::<Registered>("registered").unwrap();
+    let n = 20_000;
+    retire_until(
+        &k,
+        &cache,
+        n,
+        || Registered,
+        |retire| {
+            let _g = F2_LOCK.lock().unwrap();
+            F2_HOLDING.with(|h| h.set(true));
+            retire();
+            F2_HOLDING.with(|h| h.set(false));
+        },
+        || false,
+    );
+    k.kvfree_rcu_barrier();
+    assert_eq!(F2_DROPPED.load(SeqCst), n);
+    let st = cache.stats();
+    assert_eq!(
+        F2_WOULD_DEADLOCK.load(SeqCst),
+        0,
+        "destructors ran inside kfree_rcu_slab with the caller's lock held ({} sheaves recycled)",
+        st.rcu_sheaves_recycled
+    );
+}
+
+// ---------------------------------------------------------------------
+// Finding 3: `may_recycle` checks only the cache's own RCU: a writer inside
+// a read-side section of another RCU (another instance, the global one)
+// runs destructors inside that section; one that waits for that RCU's
+// grace period panics (or, unchecked, waits for itself).
+
+static F3_IN_OTHER_READER: AtomicUsize = AtomicUsize::new(0);
+static F3_DROPPED: AtomicUsize = AtomicUsize::new(0);
+
+struct Watches {
+    other: *const krcu::rcu::Rcu,
+}
+
+// SAFETY: the other instance outlives every object (the test waits for all
+// before it drops it).
+unsafe impl Send for Watches {}
+
+impl Drop for Watches {
+    fn drop(&mut self) {
+        // SAFETY: see Send.
+        if unsafe { &*self.other }.is_reading() {
+            F3_IN_OTHER_READER.fetch_add(1, SeqCst);
+        }
+        F3_DROPPED.fetch_add(1, SeqCst);
+    }
+}
+
+#[test]
+#[ignore = "finding 3: destructors run inside the caller's read-side section of another RCU instance"]
+fn no_destructor_runs_inside_a_read_section_of_another_rcu() {
+    let k = instance();
+    let other = instance();
+    let cache = k.slab_cache::<Watches>("watches").unwrap();
+    let n = 20_000;
+    retire_until(
+        &k,
+        &cache,
+        n,
+        || Watches { other: other.rcu() },
+        |retire| {
+            let _g = other.rcu().read_lock();
+            retire();
+        },
+        || false,
+    );
+    k.kvfree_rcu_barrier();
+    assert_eq!(F3_DROPPED.load(SeqCst), n);
+    assert!(
+        cache.stats().rcu_sheaves_recycled > 0,
+        "{:?}",
+        cache.stats()
+    );
+    assert_eq!(
+        F3_IN_OTHER_READER.load(SeqCst),
+        0,
+        "destructors ran inside a read-side section of another instance"
+    );
+}
+
+// ---------------------------------------------------------------------
+// Finding 4: a thread-local's destructor on an exiting thread that retires
+// boxes recycles there, and runs other objects' destructors while the
+// thread's other thread-locals are already gone: a destructor that uses
+// one panics (caught and counted: its `Drop` left unfinished), where it
+// ran fine on the RCU worker before.
+
+static F4_TLS_GONE: AtomicUsize = AtomicUsize::new(0);
+static F4_DROPPED: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    /// A thread-local with a destructor, used by `UsesTls`'s destructor.
+    static F4_SCRATCH: core::cell::RefCell<Vec<u8>> = const { core::cell::RefCell::new(Vec::new()) };
+}
+
+struct UsesTls;
+
+impl Drop for UsesTls {
+    fn drop(&mut self) {
+        F4_DROPPED.fetch_add(1, SeqCst);
+        if F4_SCRATCH.try_with(|s| s.borrow_mut().push(1)).is_err() {
+            // `with` would panic here (the panic is caught and counted by
+            // recycling); counted without the noise.
+            F4_TLS_GONE.fetch_add(1, SeqCst);
+        }
+    }
+}
+
+/// Allocates and retires boxes at thread exit, from a thread-local's
+/// destructor (as a writer's own state would when its thread ends).
+struct RetireAtExit {
+    k: *const Krcu,
+    cache: *const SlabCache<UsesTls>,
+    n: usize,
+    first: Option<krcu::slab::SlabBox<UsesTls>>,
+}
+
+impl Drop for RetireAtExit {
+    fn drop(&mut self) {
+        // SAFETY: the instance and cache outlive the thread (joined before
+        // they drop).
+        let (k, cache) = unsafe { (&*self.k, &*self.cache) };
+        for i in 0..self.n {
+            k.kfree_rcu_slab(cache.alloc_box(UsesTls).ok().unwrap())
+                .unwrap();
+            if i % 500 == 499 {
+                k.rcu().synchronize();
+            }
+        }
+        k.kfree_rcu_slab(self.first.take().unwrap()).unwrap();
+    }
+}
+
+thread_local! {
+    static F4_AT_EXIT: core::cell::RefCell<Option<RetireAtExit>> = const { core::cell::RefCell::new(None) };
+}
+
+#[test]
+#[ignore = "finding 4: recycling in an exiting thread's TLS destructor runs destructors after the thread's other thread-locals are gone"]
+fn destructors_recycled_at_thread_exit_can_use_thread_locals() {
+    let k = std::sync::Arc::new(instance());
+    let cache = std::sync::Arc::new(k.slab_cache::<UsesTls>("uses-tls").unwrap());
+    let n = 20_000;
+    // A plain thread: `join` returns after its thread-locals' destructors
+    // (a scoped thread's join does not wait for them).
+    let t = {
+        let (k, cache) = (k.clone(), cache.clone());
+        std::thread::spawn(move || {
+            // The slab's thread state first (destroyed last), then the
+            // retiring thread-local, then the scratch one (destroyed first).
+            let first = cache.alloc_box(UsesTls).ok().unwrap();
+            F4_AT_EXIT.with(|r| {
+                *r.borrow_mut() = Some(RetireAtExit {
+                    k: std::sync::Arc::as_ptr(&k),
+                    cache: std::sync::Arc::as_ptr(&cache),
+                    n,
+                    first: Some(first),
+                });
+            });
+            F4_SCRATCH.with(|s| s.borrow_mut().clear());
+        })
+    };
+    t.join().unwrap();
+    k.kvfree_rcu_barrier();
+    k.kvfree_rcu_barrier();
+    assert_eq!(F4_DROPPED.load(SeqCst), n + 1);
+    let st = cache.stats();
+    assert_eq!(
+        F4_TLS_GONE.load(SeqCst),
+        0,
+        "destructors ran on the exiting thread after its thread-locals ({} sheaves recycled)",
+        st.rcu_sheaves_recycled
+    );
+}
+
+// ---------------------------------------------------------------------
+// Checked sound: a real-time thread never runs a recycled destructor.
+
+static RT_ON_RT: AtomicUsize = AtomicUsize::new(0);
+static RT_DROPPED: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    static RT_THREAD: core::cell::Cell<bool> = const { core::cell::Cell::new(false) };
+}
+
+struct RtSpy;
+
+impl Drop for RtSpy {
+    fn drop(&mut self) {
+        if RT_THREAD.with(|t| t.get()) {
+            RT_ON_RT.fetch_add(1, SeqCst);
+        }
+        RT_DROPPED.fetch_add(1, SeqCst);
+    }
+}
+
+#[test]
+fn a_real_time_thread_never_runs_recycled_destructors() {
+    let k = instance();
+    let cache = k.slab_cache::<RtSpy>("rt-spies").unwrap();
+    let n = 20_000;
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let _rt = k.register_thread();
+            RT_THREAD.with(|t| t.set(true));
+            for i in 0..n {
+                let b = cache.alloc_box(RtSpy).ok().unwrap();
+                k.kfree_rcu_slab(b).unwrap();
+                if i % 500 == 499 {
+                    // Let grace periods end (no synchronize on a real-time
+                    // thread).
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            }
+            RT_THREAD.with(|t| t.set(false));
+        });
+    });
+    k.kvfree_rcu_barrier();
+    assert_eq!(RT_DROPPED.load(SeqCst), n);
+    assert_eq!(RT_ON_RT.load(SeqCst), 0, "{:?}", cache.stats());
+}
+
+// ---------------------------------------------------------------------
+// Checked sound: the validator reports nothing on the recycling paths
+// (allocation swapping the spare in, retire, recycle, with destructors that
+// use the cache), and the cache is empty after barrier and shrink.
+
+struct UsesCache {
+    cache: *const SlabCache<UsesCache>,
+    k: *const Krcu,
+    child: bool,
+}
+
+// SAFETY: the cache and instance outlive every object (barrier before drop).
+unsafe impl Send for UsesCache {}
+
+impl Drop for UsesCache {
+    fn drop(&mut self) {
+        if self.child {
+            return;
+        }
+        // SAFETY: see Send.
+        let (cache, k) = unsafe { (&*self.cache, &*self.k) };
+        // Allocate from and retire into the same cache.
+        let c = cache
+            .alloc_box(UsesCache {
+                cache: self.cache,
+                k: self.k,
+                child: true,
+            })
+            .ok()
+            .unwrap();
+        k.kfree_rcu_slab(c).unwrap();
+    }
+}
+
+#[test]
+fn the_validator_reports_nothing_on_the_recycling_paths() {
+    if !krcu::lockdep::COMPILED {
+        return;
+    }
+    let log = krcu::lockdep::ReportLog::new();
+    let k = Krcu::builder()
+        .arena_size(64 << 20)
+        .lockdep(true)
+        .report_handler(krcu::lockdep::ReportHandler::Collect(log.clone()))
+        .build()
+        .unwrap();
+    let cache = k.slab_cache::<UsesCache>("uses-cache").unwrap();
+    retire_until(
+        &k,
+        &cache,
+        20_000,
+        || UsesCache {
+            cache: &cache,
+            k: &k,
+            child: false,
+        },
+        |f| f(),
+        || false,
+    );
+    k.kvfree_rcu_barrier();
+    k.kvfree_rcu_barrier();
+    krcu::lockdep::flush_deferred_reports();
+    let st = cache.stats();
+    assert!(st.rcu_sheaves_recycled > 0, "{st:?}");
+    assert!(log.reports().is_empty(), "{:?}", log.reports());
+    cache.shrink();
+    assert_eq!(cache.stats().slabs, 0, "{:?}", cache.stats());
+}
+
+// ---------------------------------------------------------------------
+// Finding 5: a thread that retires objects but allocates none from the
+// cache (a consumer retiring what a producer allocated) recycles one sheaf
+// into its spare, which then stays full (only an allocation swaps it out),
+// so it never recycles again: every later sheaf waits on its list until
+// the list's 4 MiB bound pushes it to `call_rcu`, long after its grace
+// period ended, while the thread keeps retiring (so the monitor never
+// sees it idle). Before, each full sheaf went to `call_rcu` at once.
+
+struct Numbered {
+    id: usize,
+    dropped: &'static [AtomicBool],
+}
+
+impl Drop for Numbered {
+    fn drop(&mut self) {
+        self.dropped[self.id].store(true, SeqCst);
+    }
+}
+
+#[test]
+#[ignore = "finding 5: a retire-only thread stops recycling after one sheaf; objects wait far past their grace period"]
+fn a_retire_only_threads_objects_are_dropped_after_their_grace_period() {
+    let k = instance();
+    let cache = k.slab_cache::<Numbered>("numbered").unwrap();
+    let n = 60_000;
+    let measured = 20_000;
+    let dropped: &'static [AtomicBool] =
+        Box::leak((0..n).map(|_| AtomicBool::new(false)).collect());
+    // Allocated here: the consumer below never allocates from the cache.
+    let boxes: Vec<_> = (0..n)
+        .map(|id| cache.alloc_box(Numbered { id, dropped }).ok().unwrap())
+        .collect();
+    let retired = AtomicUsize::new(0);
+    let stop = AtomicBool::new(false);
+    let cap = cache.sheaf_capacity();
+    let late = std::thread::scope(|s| {
+        s.spawn(|| {
+            for (i, b) in boxes.into_iter().enumerate() {
+                if stop.load(SeqCst) {
+                    // Left to be retired after the measurement.
+                    k.kfree_rcu_slab(b).unwrap();
+                    continue;
+                }
+                k.kfree_rcu_slab(b).unwrap();
+                retired.store(i + 1, SeqCst);
+                if i % 500 == 499 {
+                    k.rcu().synchronize();
+                }
+            }
+        });
+        // The first `measured` objects are in full sheaves the consumer
+        // has moved past (it retired two sheaves more, and keeps retiring).
+        wait_for("the consumer", Duration::from_secs(120), || {
+            retired.load(SeqCst) >= measured + 2 * cap
+        });
+        k.rcu().synchronize();
+        k.rcu().rcu_barrier();
+        let late = dropped[..measured]
+            .iter()
+            .filter(|d| !d.load(SeqCst))
+            .count();
+        stop.store(true, SeqCst);
+        late
+    });
+    k.kvfree_rcu_barrier();
+    assert!(dropped.iter().all(|d| d.load(SeqCst)));
+    assert_eq!(
+        late,
+        0,
+        "{late} of {measured} objects not dropped a grace period (and rcu_barrier) after \
+         their sheaf was full: {:?}",
+        cache.stats()
+    );
+}
