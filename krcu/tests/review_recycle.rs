@@ -442,6 +442,30 @@ fn the_validator_reports_nothing_on_the_recycling_paths() {
     assert!(log.reports().is_empty(), "{:?}", log.reports());
     cache.shrink();
     assert_eq!(cache.stats().slabs, 0, "{:?}", cache.stats());
+    // A `T` without drop glue recycles inside the writer's own read-side
+    // section (nothing runs there but the sheaf moves): nothing reported.
+    let plain = k.slab_cache::<[u64; 4]>("plain").unwrap();
+    retire_until(
+        &k,
+        &plain,
+        20_000,
+        || [7; 4],
+        |f| {
+            let _g = k.rcu().read_lock();
+            f();
+        },
+        || false,
+    );
+    k.kvfree_rcu_barrier();
+    krcu::lockdep::flush_deferred_reports();
+    assert!(
+        plain.stats().rcu_sheaves_recycled > 0,
+        "{:?}",
+        plain.stats()
+    );
+    assert!(log.reports().is_empty(), "{:?}", log.reports());
+    plain.shrink();
+    assert_eq!(plain.stats().slabs, 0, "{:?}", plain.stats());
 }
 
 // ---------------------------------------------------------------------
@@ -518,4 +542,406 @@ fn a_retire_only_threads_objects_are_dropped_after_their_grace_period() {
          their sheaf was full: {:?}",
         cache.stats()
     );
+}
+
+// ---------------------------------------------------------------------
+// Checked sound: a SIGUSR1 handler retiring boxes of the same cache with
+// `kfree_rcu_slab` while it interrupts a writer that recycles (inside its
+// slot sections and its destructors included); readers check the poison
+// word and the whole object; every object dropped once; nothing left
+// after barrier and shrink.
+
+struct SigTarget {
+    k: *const Krcu,
+    boxes: Vec<std::sync::atomic::AtomicPtr<common::Obj>>,
+    next: AtomicUsize,
+    queued: AtomicUsize,
+    refused: AtomicUsize,
+}
+
+static SIG_TARGET: std::sync::atomic::AtomicPtr<SigTarget> =
+    std::sync::atomic::AtomicPtr::new(core::ptr::null_mut());
+
+extern "C" fn retire_in_handler(_: libc::c_int) {
+    let _irq = krcu::context::enter_hardirq();
+    let t = SIG_TARGET.load(Acquire);
+    if t.is_null() {
+        return;
+    }
+    // SAFETY: published only while the test runs; cleared (every signal
+    // delivered) before it goes.
+    let t = unsafe { &*t };
+    let i = t.next.fetch_add(1, Relaxed);
+    let Some(slot) = t.boxes.get(i) else { return };
+    let p = slot.swap(core::ptr::null_mut(), AcqRel);
+    let Some(p) = core::ptr::NonNull::new(p) else {
+        return;
+    };
+    // SAFETY: from `SlabBox::into_raw`, taken once (the swap).
+    let b = unsafe { krcu::slab::SlabBox::from_raw(p) };
+    // SAFETY: see above.
+    match unsafe { &*t.k }.kfree_rcu_slab(b) {
+        Ok(()) => t.queued.fetch_add(1, Relaxed),
+        Err(e) => {
+            // Handed back: keep it for the test to retire.
+            slot.store(
+                krcu::slab::SlabBox::into_raw(e.into_inner()).as_ptr(),
+                Release,
+            );
+            t.refused.fetch_add(1, Relaxed)
+        }
+    };
+}
+
+#[test]
+fn a_signal_handler_retiring_into_the_cache_of_a_recycling_writer() {
+    use common::{Ledger, Obj};
+    use krcu::slab::SlabBox;
+    use std::sync::atomic::AtomicPtr;
+    let _serial = common::signal_lock();
+    let k = instance();
+    let cache = k.slab_cache::<Obj>("signalled").unwrap();
+    let handler_boxes = 20_000;
+    let writes = 200_000;
+    let ledger = Ledger::new(handler_boxes + writes + 64);
+    let target = SigTarget {
+        k: &k,
+        boxes: (0..handler_boxes)
+            .map(|_| {
+                let b = cache.alloc_box(*Obj::new(&ledger)).ok().unwrap();
+                AtomicPtr::new(SlabBox::into_raw(b).as_ptr())
+            })
+            .collect(),
+        next: AtomicUsize::new(0),
+        queued: AtomicUsize::new(0),
+        refused: AtomicUsize::new(0),
+    };
+    // SAFETY: the handler uses atomics and kfree_rcu_slab's handler path.
+    unsafe { common::set_handler(libc::SIGUSR1, retire_in_handler, libc::SA_RESTART) };
+    SIG_TARGET.store(core::ptr::from_ref(&target).cast_mut(), Release);
+    let slots: Vec<AtomicPtr<Obj>> = (0..32)
+        .map(|_| AtomicPtr::new(core::ptr::null_mut()))
+        .collect();
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let (k, cache, ledger, slots, stop) = (&k, &cache, &ledger, &slots, &stop);
+        for _ in 0..2 {
+            s.spawn(|| {
+                let reader = k.rcu().register_thread();
+                while !stop.load(Relaxed) {
+                    let _g = reader.read_lock();
+                    for slot in slots.iter() {
+                        let p = slot.load(Acquire);
+                        if !p.is_null() {
+                            // SAFETY: published objects live until a grace
+                            // period after they are unlinked.
+                            unsafe { (*p).check() };
+                        }
+                    }
+                }
+            });
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        let writer = s.spawn(move || {
+            // SAFETY: pthread_self is always safe.
+            tx.send(unsafe { libc::pthread_self() } as usize).unwrap();
+            let mut owned: Vec<Option<SlabBox<Obj>>> = (0..slots.len()).map(|_| None).collect();
+            for i in 0..writes {
+                let new = cache.alloc_box(*Obj::new(&ledger)).ok().unwrap();
+                let j = i % slots.len();
+                slots[j].store(SlabBox::as_ptr(&new).cast_mut(), Release);
+                if let Some(old) = owned[j].replace(new) {
+                    k.kfree_rcu_slab(old).unwrap();
+                }
+                if i % 5_000 == 4_999 {
+                    k.rcu().synchronize();
+                }
+            }
+            for (j, b) in owned.into_iter().enumerate() {
+                slots[j].store(core::ptr::null_mut(), Release);
+                k.kfree_rcu_slab(b.unwrap()).unwrap();
+            }
+        });
+        let thread = rx.recv().unwrap() as libc::pthread_t;
+        while !writer.is_finished() {
+            // SAFETY: the writer is alive until joined below (the scope).
+            unsafe { libc::pthread_kill(thread, libc::SIGUSR1) };
+            std::thread::sleep(Duration::from_micros(50));
+        }
+        stop.store(true, Relaxed);
+    });
+    SIG_TARGET.store(core::ptr::null_mut(), Release);
+    // Whatever the handler did not take (or handed back) goes now.
+    for slot in &target.boxes {
+        let p = slot.swap(core::ptr::null_mut(), AcqRel);
+        if let Some(p) = core::ptr::NonNull::new(p) {
+            // SAFETY: as in the handler.
+            k.kfree_rcu_slab(unsafe { SlabBox::from_raw(p) }).unwrap();
+        }
+    }
+    k.kvfree_rcu_barrier();
+    ledger.assert_all_freed_once();
+    let st = cache.stats();
+    assert!(
+        target.queued.load(Relaxed) > 0,
+        "no handler retired: {st:?}"
+    );
+    assert!(st.rcu_sheaves_recycled > 0, "{st:?}");
+    assert_eq!((st.bad_frees, st.destructor_panics), (0, 0), "{st:?}");
+    cache.shrink();
+    assert_eq!(cache.stats().slabs, 0, "{:?}", cache.stats());
+}
+
+// ---------------------------------------------------------------------
+// Checked sound: a destructor run by recycling drops the cache's last
+// handle (the cache is retired under the recycling thread, between its
+// two sections), and the thread goes on retiring into the orphaned cache;
+// every object dropped once, no deadlock.
+
+thread_local! {
+    static HOLDS_WRITER: core::cell::Cell<bool> = const { core::cell::Cell::new(false) };
+}
+
+struct HoldsCache {
+    cache: Option<std::sync::Arc<SlabCache<HoldsCache>>>,
+    dropped: &'static AtomicUsize,
+    last_handle_dropped: &'static AtomicBool,
+}
+
+impl Drop for HoldsCache {
+    fn drop(&mut self) {
+        if let Some(c) = self.cache.take() {
+            let last = std::sync::Arc::strong_count(&c) == 1;
+            drop(c);
+            let on_writer = HOLDS_WRITER.with(|w| w.get());
+            self.last_handle_dropped.store(last && on_writer, SeqCst);
+        }
+        self.dropped.fetch_add(1, SeqCst);
+    }
+}
+
+#[test]
+fn a_recycled_destructor_drops_the_caches_last_handle() {
+    static DROPPED: AtomicUsize = AtomicUsize::new(0);
+    static LAST: AtomicBool = AtomicBool::new(false);
+    let k = instance();
+    let n = 20_000;
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            HOLDS_WRITER.with(|w| w.set(true));
+            let cache = std::sync::Arc::new(k.slab_cache::<HoldsCache>("holds").unwrap());
+            let mut boxes: Vec<_> = (0..n)
+                .map(|_| {
+                    cache
+                        .alloc_box(HoldsCache {
+                            cache: None,
+                            dropped: &DROPPED,
+                            last_handle_dropped: &LAST,
+                        })
+                        .ok()
+                        .unwrap()
+                })
+                .collect();
+            boxes[0].cache = Some(cache.clone());
+            drop(cache);
+            for (i, b) in boxes.into_iter().enumerate() {
+                k.kfree_rcu_slab(b).unwrap();
+                if i % 500 == 499 {
+                    k.rcu().synchronize();
+                }
+            }
+        });
+    });
+    k.kvfree_rcu_barrier();
+    k.kvfree_rcu_barrier();
+    assert_eq!(DROPPED.load(SeqCst), n);
+    assert!(
+        LAST.load(SeqCst),
+        "the last handle was not dropped by recycling on the writer"
+    );
+}
+
+// ---------------------------------------------------------------------
+// Checked sound: destructors run by recycling that wait (a
+// `kvfree_rcu_barrier` of the same instance, a `synchronize`) on the
+// writer thread: no deadlock, everything dropped once.
+
+struct Waits {
+    k: *const Krcu,
+    kind: u8,
+    dropped: &'static AtomicUsize,
+    waited_on_writer: &'static AtomicUsize,
+}
+
+// SAFETY: the instance outlives every object (barrier before it drops).
+unsafe impl Send for Waits {}
+
+thread_local! {
+    static WAITS_WRITER: core::cell::Cell<bool> = const { core::cell::Cell::new(false) };
+}
+
+impl Drop for Waits {
+    fn drop(&mut self) {
+        // SAFETY: see Send.
+        let k = unsafe { &*self.k };
+        if WAITS_WRITER.with(|w| w.get()) {
+            match self.kind {
+                1 => k.kvfree_rcu_barrier(),
+                2 => k.rcu().synchronize(),
+                _ => {}
+            }
+            if self.kind != 0 {
+                self.waited_on_writer.fetch_add(1, SeqCst);
+            }
+        }
+        self.dropped.fetch_add(1, SeqCst);
+    }
+}
+
+#[test]
+fn recycled_destructors_that_wait_for_the_instance_do_not_deadlock() {
+    static DROPPED: AtomicUsize = AtomicUsize::new(0);
+    static WAITED: AtomicUsize = AtomicUsize::new(0);
+    let k = std::sync::Arc::new(instance());
+    let cache = std::sync::Arc::new(k.slab_cache::<Waits>("waits").unwrap());
+    let n = 20_000;
+    let writer = {
+        let (k, cache) = (k.clone(), cache.clone());
+        std::thread::spawn(move || {
+            WAITS_WRITER.with(|w| w.set(true));
+            retire_until(
+                &k,
+                &cache,
+                n,
+                {
+                    let mut i = 0u32;
+                    let kp = std::sync::Arc::as_ptr(&k);
+                    move || {
+                        i += 1;
+                        Waits {
+                            k: kp,
+                            kind: if i % 997 == 0 {
+                                1
+                            } else if i % 991 == 0 {
+                                2
+                            } else {
+                                0
+                            },
+                            dropped: &DROPPED,
+                            waited_on_writer: &WAITED,
+                        }
+                    }
+                },
+                |f| f(),
+                || false,
+            );
+        })
+    };
+    wait_for("the writer (deadlocked?)", Duration::from_secs(120), || {
+        writer.is_finished()
+    });
+    writer.join().unwrap();
+    k.kvfree_rcu_barrier();
+    k.kvfree_rcu_barrier();
+    assert_eq!(DROPPED.load(SeqCst), n);
+    assert!(
+        WAITED.load(SeqCst) > 0,
+        "no waiting destructor ran on the writer"
+    );
+    assert_eq!(cache.stats().destructor_panics, 0, "{:?}", cache.stats());
+}
+
+// ---------------------------------------------------------------------
+// Checked sound: takers (shrink, kvfree_rcu_barrier, the monitor) racing a
+// recycling writer, readers checking every published object's poison word
+// and payload: every object dropped once, nothing left after barrier and
+// shrink.
+
+#[test]
+fn takers_racing_a_recycling_writer_under_readers() {
+    use common::{Ledger, Obj};
+    use krcu::slab::SlabBox;
+    use std::sync::atomic::AtomicPtr;
+    let k = instance();
+    let cache = k.slab_cache::<Obj>("raced").unwrap();
+    let writes = 300_000;
+    let ledger = Ledger::new(writes + 64);
+    let slots: Vec<AtomicPtr<Obj>> = (0..64)
+        .map(|_| AtomicPtr::new(core::ptr::null_mut()))
+        .collect();
+    let stop = AtomicBool::new(false);
+    let takes = AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        for _ in 0..2 {
+            s.spawn(|| {
+                let reader = k.rcu().register_thread();
+                while !stop.load(Relaxed) {
+                    let _g = reader.read_lock();
+                    for slot in &slots {
+                        let p = slot.load(Acquire);
+                        if !p.is_null() {
+                            // SAFETY: published objects live until a grace
+                            // period after they are unlinked.
+                            unsafe { (*p).check() };
+                        }
+                    }
+                }
+            });
+        }
+        s.spawn(|| {
+            while !stop.load(Relaxed) {
+                cache.shrink();
+                k.kvfree_rcu_barrier();
+                takes.fetch_add(1, Relaxed);
+            }
+        });
+        let mut owned: Vec<Option<SlabBox<Obj>>> = (0..slots.len()).map(|_| None).collect();
+        for i in 0..writes {
+            let new = cache.alloc_box(*Obj::new(&ledger)).ok().unwrap();
+            let j = (i * 7) % slots.len();
+            slots[j].store(SlabBox::as_ptr(&new).cast_mut(), Release);
+            if let Some(old) = owned[j].replace(new) {
+                k.kfree_rcu_slab(old).unwrap();
+            }
+        }
+        for (j, b) in owned.into_iter().enumerate() {
+            slots[j].store(core::ptr::null_mut(), Release);
+            k.kfree_rcu_slab(b.unwrap()).unwrap();
+        }
+        wait_for("a few takes", Duration::from_secs(120), || {
+            takes.load(Relaxed) >= 3
+        });
+        stop.store(true, Relaxed);
+    });
+    k.kvfree_rcu_barrier();
+    ledger.assert_all_freed_once();
+    let st = cache.stats();
+    assert_eq!((st.bad_frees, st.destructor_panics), (0, 0), "{st:?}");
+    cache.shrink();
+    assert_eq!(cache.stats().slabs, 0, "{:?}", cache.stats());
+}
+
+// ---------------------------------------------------------------------
+// Checked sound: an exited writer's spare (recycled free objects), main
+// and waiting sheaves all come back: every object dropped once and no
+// slab left after barrier and shrink.
+
+#[test]
+fn an_exited_writers_sheaves_all_come_back() {
+    use common::{Ledger, Obj};
+    let k = instance();
+    let cache = k.slab_cache::<Obj>("exited").unwrap();
+    let n = 50_000;
+    let ledger = Ledger::new(n);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            retire_until(&k, &cache, n, || *Obj::new(&ledger), |f| f(), || false);
+        });
+    });
+    let st = cache.stats();
+    assert!(st.rcu_sheaves_recycled > 0, "{st:?}");
+    k.kvfree_rcu_barrier();
+    ledger.assert_all_freed_once();
+    cache.shrink();
+    assert_eq!(cache.stats().slabs, 0, "{:?}", cache.stats());
 }
