@@ -491,36 +491,52 @@ impl Drop for Numbered {
 #[test]
 #[ignore = "finding 5: a retire-only thread stops recycling after one sheaf; objects wait far past their grace period"]
 fn a_retire_only_threads_objects_are_dropped_after_their_grace_period() {
-    let k = instance();
+    // The monitor's passes 2 s apart: under load the consumer below may
+    // pause long enough for two 250 us passes to find it idle and submit
+    // its list, which would hide the finding.
+    let k = Krcu::builder()
+        .arena_size(64 << 20)
+        .kvfree_config({
+            let mut c = krcu::kvfree::KvfreeConfig::default();
+            c.active_poll = Duration::from_secs(2);
+            c
+        })
+        .build()
+        .unwrap();
     let cache = k.slab_cache::<Numbered>("numbered").unwrap();
-    let n = 60_000;
+    let most = 2_000_000;
     let measured = 20_000;
     let dropped: &'static [AtomicBool] =
-        Box::leak((0..n).map(|_| AtomicBool::new(false)).collect());
-    // Allocated here: the consumer below never allocates from the cache.
-    let boxes: Vec<_> = (0..n)
-        .map(|id| cache.alloc_box(Numbered { id, dropped }).ok().unwrap())
-        .collect();
+        Box::leak((0..most).map(|_| AtomicBool::new(false)).collect());
+    let issued = AtomicUsize::new(0);
     let retired = AtomicUsize::new(0);
     let stop = AtomicBool::new(false);
     let cap = cache.sheaf_capacity();
     let late = std::thread::scope(|s| {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1024);
+        // The producer allocates; the consumer only retires, without a
+        // pause (so the monitor never finds it idle).
         s.spawn(|| {
-            for (i, b) in boxes.into_iter().enumerate() {
+            let tx = tx;
+            for id in 0..most {
                 if stop.load(SeqCst) {
-                    // Left to be retired after the measurement.
-                    k.kfree_rcu_slab(b).unwrap();
-                    continue;
+                    break;
                 }
-                k.kfree_rcu_slab(b).unwrap();
-                retired.store(i + 1, SeqCst);
-                if i % 500 == 499 {
-                    k.rcu().synchronize();
+                let b = cache.alloc_box(Numbered { id, dropped }).ok().unwrap();
+                issued.store(id + 1, SeqCst);
+                if tx.send(b).is_err() {
+                    break;
                 }
             }
         });
+        s.spawn(|| {
+            for b in rx {
+                k.kfree_rcu_slab(b).unwrap();
+                retired.fetch_add(1, SeqCst);
+            }
+        });
         // The first `measured` objects are in full sheaves the consumer
-        // has moved past (it retired two sheaves more, and keeps retiring).
+        // has moved past (two sheaves more, and it keeps retiring).
         wait_for("the consumer", Duration::from_secs(120), || {
             retired.load(SeqCst) >= measured + 2 * cap
         });
@@ -534,7 +550,8 @@ fn a_retire_only_threads_objects_are_dropped_after_their_grace_period() {
         late
     });
     k.kvfree_rcu_barrier();
-    assert!(dropped.iter().all(|d| d.load(SeqCst)));
+    let issued = issued.load(SeqCst);
+    assert!(dropped[..issued].iter().all(|d| d.load(SeqCst)));
     assert_eq!(
         late,
         0,
@@ -647,7 +664,7 @@ fn a_signal_handler_retiring_into_the_cache_of_a_recycling_writer() {
             tx.send(unsafe { libc::pthread_self() } as usize).unwrap();
             let mut owned: Vec<Option<SlabBox<Obj>>> = (0..slots.len()).map(|_| None).collect();
             for i in 0..writes {
-                let new = cache.alloc_box(*Obj::new(&ledger)).ok().unwrap();
+                let new = cache.alloc_box(*Obj::new(ledger)).ok().unwrap();
                 let j = i % slots.len();
                 slots[j].store(SlabBox::as_ptr(&new).cast_mut(), Release);
                 if let Some(old) = owned[j].replace(new) {
@@ -820,9 +837,9 @@ fn recycled_destructors_that_wait_for_the_instance_do_not_deadlock() {
                         i += 1;
                         Waits {
                             k: kp,
-                            kind: if i % 997 == 0 {
+                            kind: if i.is_multiple_of(997) {
                                 1
-                            } else if i % 991 == 0 {
+                            } else if i.is_multiple_of(991) {
                                 2
                             } else {
                                 0
