@@ -962,3 +962,78 @@ fn an_exited_writers_sheaves_all_come_back() {
     cache.shrink();
     assert_eq!(cache.stats().slabs, 0, "{:?}", cache.stats());
 }
+
+// ---------------------------------------------------------------------
+// Finding 6: the waiting list of a live thread is out of reach of memory
+// pressure: after a reader held the grace period off (the list filled to
+// its 4 MiB bound), and then ended, a writer that pauses keeps every
+// object of its list, grace period long over, through `shrink` (what the
+// page allocator's shrinker runs) and `rcu_barrier`; only its next
+// retires (one sheaf each) or the monitor's idle passes free them.
+// Before, full sheaves went to `call_rcu` and were freed after the reader.
+
+#[test]
+#[ignore = "finding 6: shrink (memory pressure) does not reclaim a live writer's waiting list of objects past their grace period"]
+fn shrink_reclaims_a_paused_writers_objects_past_their_grace_period() {
+    use common::{Ledger, Obj};
+    // The monitor's passes 2 s apart (as in finding 5).
+    let k = std::sync::Arc::new(
+        Krcu::builder()
+            .arena_size(64 << 20)
+            .kvfree_config({
+                let mut c = krcu::kvfree::KvfreeConfig::default();
+                c.active_poll = Duration::from_secs(2);
+                c
+            })
+            .build()
+            .unwrap(),
+    );
+    let cache = std::sync::Arc::new(k.slab_cache::<Obj>("paused").unwrap());
+    let n = 100_000;
+    let ledger = Ledger::new(n);
+    let held = std::sync::Arc::new(std::sync::Barrier::new(2));
+    let paused = std::sync::Arc::new(std::sync::Barrier::new(2));
+    let resume = std::sync::Arc::new(std::sync::Barrier::new(2));
+    let writer = {
+        let (k, cache, ledger, held, paused, resume) = (
+            k.clone(),
+            cache.clone(),
+            ledger.clone(),
+            held.clone(),
+            paused.clone(),
+            resume.clone(),
+        );
+        std::thread::spawn(move || {
+            held.wait();
+            for _ in 0..n {
+                let b = cache.alloc_box(*Obj::new(&ledger)).ok().unwrap();
+                k.kfree_rcu_slab(b).unwrap();
+            }
+            held.wait();
+            paused.wait(); // alive, idle, until measured
+            resume.wait();
+        })
+    };
+    {
+        let _g = k.rcu().read_lock();
+        held.wait();
+        held.wait();
+    }
+    paused.wait();
+    // The reader is gone: a grace period, callbacks done, memory pressure.
+    k.rcu().synchronize();
+    k.rcu().rcu_barrier();
+    cache.shrink();
+    k.rcu().rcu_barrier();
+    let kept = n as u64 - ledger.dropped.load(SeqCst);
+    let st = cache.stats();
+    resume.wait();
+    writer.join().unwrap();
+    k.kvfree_rcu_barrier();
+    ledger.assert_all_freed_once();
+    // At most the writer's partly filled sheaf.
+    assert!(
+        kept <= cache.sheaf_capacity() as u64,
+        "{kept} objects past their grace period kept through shrink: {st:?}"
+    );
+}
