@@ -1122,3 +1122,61 @@ fn with_consistency_checks_nothing_is_handed_out_or_freed_twice() {
     drop(cache);
     common::pages::assert_all_pages_back(&pa);
 }
+
+// ---------------------------------------------------------------------
+// Checked sound: fork while this thread and another (alive, paused)
+// hold waiting lists and spares: in the child this thread goes on
+// recycling, and a barrier takes the other thread's list; every object
+// dropped once, no slab left after shrink.
+
+#[test]
+fn fork_with_waiting_lists_on_two_threads() {
+    use common::{Ledger, Obj};
+    let k = std::sync::Arc::new(instance());
+    let cache = std::sync::Arc::new(k.slab_cache::<Obj>("forked").unwrap());
+    let n = 20_000;
+    let ledger = Ledger::new(4 * n);
+    let (ready, done) = (
+        std::sync::Arc::new(std::sync::Barrier::new(2)),
+        std::sync::Arc::new(std::sync::Barrier::new(2)),
+    );
+    let other = {
+        let (k, cache, ledger, ready, done) = (
+            k.clone(),
+            cache.clone(),
+            ledger.clone(),
+            ready.clone(),
+            done.clone(),
+        );
+        std::thread::spawn(move || {
+            retire_until(&k, &cache, n, || *Obj::new(&ledger), |f| f(), || false);
+            ready.wait();
+            done.wait();
+        })
+    };
+    retire_until(&k, &cache, n, || *Obj::new(&ledger), |f| f(), || false);
+    ready.wait();
+    let code = common::child::fork_run("child", Duration::from_secs(120), || {
+        retire_until(&k, &cache, n, || *Obj::new(&ledger), |f| f(), || false);
+        k.kvfree_rcu_barrier();
+        k.kvfree_rcu_barrier();
+        let issued = ledger.issued() as u64;
+        let dropped = ledger.dropped.load(SeqCst);
+        let twice = ledger.double_frees.load(SeqCst);
+        let st = cache.stats();
+        cache.shrink();
+        let slabs = cache.stats().slabs;
+        if dropped != issued || twice != 0 || st.rcu_sheaves_recycled == 0 || slabs != 0 {
+            eprintln!(
+                "child: issued {issued} dropped {dropped} twice {twice} slabs {slabs} {st:?}"
+            );
+            return 1;
+        }
+        0
+    });
+    done.wait();
+    other.join().unwrap();
+    k.kvfree_rcu_barrier();
+    ledger.assert_all_freed_once();
+    assert_eq!(code, 0, "the child found objects lost or slabs left");
+}
