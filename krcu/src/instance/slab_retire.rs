@@ -22,9 +22,12 @@
 use super::Krcu;
 use crate::context;
 use crate::error::BuildError;
+use crate::kvfree::Assist;
 use crate::kvfree::block::{Channel, catch_destructor};
 use crate::rcu::RcuHead;
-use crate::slab::{CacheCore, Pin, SlabBox, SlabCache, core_of, hidden_head, object_of_head};
+use crate::slab::{
+    CacheCore, Helping, Pin, SlabBox, SlabCache, core_of, hidden_head, object_of_head,
+};
 use core::ptr::{self, NonNull};
 use std::sync::Arc;
 
@@ -175,6 +178,23 @@ impl Krcu {
         true
     }
 
+    /// How far a thread retiring into `cache` helps run destructors of its
+    /// ready objects: as kvfree's [`Assist`](crate::kvfree::Assist) says,
+    /// "behind" meaning more sheaves of the cache in flight through
+    /// `call_rcu` than `assist_above` blocks' worth of objects.
+    #[inline]
+    fn slab_helping<T>(&self, cache: &SlabCache<T>) -> Helping {
+        let c = self.engine.config();
+        match c.assist {
+            Assist::Never => Helping::Never,
+            Assist::Always => Helping::Always,
+            Assist::WhenBehind => Helping::WhenBehind {
+                sheaves: (c.assist_above * crate::kvfree::block::ENTRIES)
+                    / cache.sheaf_capacity().max(1),
+            },
+        }
+    }
+
     /// Retires an object of `cache` (whose RCU is this instance's): into a
     /// sheaf, else on the cache's block channel. Not in NMI context.
     ///
@@ -189,7 +209,7 @@ impl Krcu {
     ) {
         let ctx = context::kind();
         // SAFETY: the caller's contract.
-        let obj = match unsafe { cache.kfree_rcu_sheaf_owned(obj) } {
+        let obj = match unsafe { cache.kfree_rcu_sheaf_owned(obj, self.slab_helping(cache)) } {
             Ok(slow_path) => {
                 if slow_path {
                     // A sheaf may have been started: wake an idle monitor

@@ -119,10 +119,13 @@ impl Monitor {
         // the pass lock: a submit takes the slab's own locks).
         #[cfg(not(loom))]
         let sheaves_pending = {
+            // Sheaves a real-time thread queued without waking the RCU
+            // worker (it makes no system call).
+            s.rcu.kick_if_pending();
             if flush {
                 crate::slab::submit_rcu_sheaves_of(&s.rcu);
             } else {
-                crate::slab::submit_idle_rcu_sheaves_of(&s.rcu);
+                crate::slab::submit_idle_rcu_sheaves_of(&s.rcu, s.config.drain_delay);
             }
             crate::slab::any_partial_rcu_sheaves(&s.rcu)
         };
@@ -231,6 +234,13 @@ impl Monitor {
             // its grace period, then for the reclaimers to free it.
             s.rcu.rcu_barrier();
             reclaim.wait_idle(s);
+            // Objects a thread is recycling now (slab sheaves taken off its
+            // waiting list, which no submit finds): dropped once this
+            // returns. Not from a destructor krcu runs (see there).
+            #[cfg(not(loom))]
+            if !reclaim.in_any_reclaim() {
+                crate::slab::wait_slab_recycles_of(&s.rcu);
+            }
             if outcome.complete {
                 break;
             }

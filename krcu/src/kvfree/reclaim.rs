@@ -213,6 +213,17 @@ impl Reclaim {
         count_reclaim_frames(|f| core::ptr::eq(f.reclaim, self)) > 0
     }
 
+    /// Whether the calling thread runs inside a destructor that krcu runs:
+    /// any instance's reclaim, or a slab sheaf's recycle (a barrier called
+    /// there waits for no reclaim or recycle that may be waiting for it).
+    pub(super) fn in_any_reclaim(&self) -> bool {
+        #[cfg(not(loom))]
+        if crate::slab::in_recycle() {
+            return true;
+        }
+        count_reclaim_frames(|_| true) > 0
+    }
+
     /// Waits until no batch is in flight and every ready object is freed.
     ///
     /// Called from a destructor that this instance's reclaim runs (on a
@@ -235,7 +246,7 @@ impl Reclaim {
     /// among them, is freed when it returns.
     pub(super) fn wait_idle(&self, s: &Shared) {
         let own_reclaim = self.in_own_reclaim();
-        let in_any_reclaim = count_reclaim_frames(|_| true) > 0;
+        let in_any_reclaim = self.in_any_reclaim();
         let helping = own_reclaim || !self.started();
         let _parked = Parked::new(self);
         for (_, cpu) in s.cpus.iter() {

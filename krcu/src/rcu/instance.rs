@@ -395,10 +395,32 @@ impl Rcu {
     /// ```
     #[inline]
     pub unsafe fn call_rcu(&self, head: NonNull<RcuHead>, func: RcuCallbackFn) {
+        // SAFETY: forwarded from the caller.
+        unsafe { self.call_rcu_nowake(head, func) };
+        self.shared.wake.kick();
+    }
+
+    /// [`call_rcu`](Self::call_rcu) without waking a sleeping worker: no
+    /// system call at all, for real-time threads. The callback waits until
+    /// something wakes the worker (another `call_rcu`, a poller, or
+    /// [`kick_if_pending`](Self::kick_if_pending), which kvfree's monitor
+    /// runs on every pass).
+    ///
+    /// # Safety
+    /// As for `call_rcu`.
+    #[inline]
+    pub(crate) unsafe fn call_rcu_nowake(&self, head: NonNull<RcuHead>, func: RcuCallbackFn) {
         let (_, list) = self.shared.pending.current();
         // SAFETY: forwarded from the caller.
         unsafe { list.push(head, func) };
-        self.shared.wake.kick();
+    }
+
+    /// Wakes a sleeping worker if callbacks are queued (those queued by
+    /// [`call_rcu_nowake`](Self::call_rcu_nowake)).
+    pub(crate) fn kick_if_pending(&self) {
+        if self.shared.pending.iter().any(|(_, l)| !l.is_empty()) {
+            self.shared.wake.kick();
+        }
     }
 
     /// Hands `obj` to RCU: after a full grace period the worker calls

@@ -23,8 +23,10 @@ use std::time::{Duration, Instant};
 /// A cache's entry: its core, and what the monitor saw of it last.
 struct Entry {
     core: Weak<CacheCore>,
-    /// `rcu_started` at the monitor's last look.
+    /// `rcu_started` at the monitor's last look, and when it last saw it
+    /// change.
     seen: u64,
+    changed_at: Instant,
     /// When the monitor last submitted every partly filled sheaf.
     last_sweep: Instant,
 }
@@ -48,6 +50,7 @@ pub(super) fn register(core: &Arc<CacheCore>) {
     list().push(Entry {
         core: Arc::downgrade(core),
         seen: 0,
+        changed_at: Instant::now(),
         last_sweep: Instant::now(),
     });
 }
@@ -84,17 +87,44 @@ pub(crate) fn submit_all(rcu: &Rcu) -> usize {
     caches.iter().map(|c| c.submit_rcu_sheaves_all(Chains::All)).sum()
 }
 
+/// Waits until no thread is recycling a sheaf of a cache of `rcu` (part
+/// of `kvfree_rcu_barrier`: an object retired before the barrier may be
+/// in a sheaf its thread took off its waiting list to recycle, which no
+/// submit finds; its destructor has run when the recycle ends). The
+/// caller is outside every destructor krcu runs: a barrier called from one
+/// does not wait here, or two recycles whose destructors call barriers
+/// would wait for each other.
+pub(crate) fn wait_recycles(rcu: &Rcu) {
+    if super::recycle::in_recycle() {
+        return;
+    }
+    let caches = collect(rcu, |core, _| core.recycling.load(SeqCst) > 0);
+    for core in caches {
+        // SeqCst: pairs with the recycler's increment inside its section
+        // (before a taker could find its list without the sheaf) and its
+        // decrement after the sheaf is filed.
+        while core.recycling.load(SeqCst) > 0 {
+            std::thread::sleep(Duration::from_micros(50));
+        }
+    }
+}
+
 /// The monitor's pass: submits the partly filled `rcu_free` sheaves of
-/// the caches of `rcu` where no sheaf was started since the previous pass
-/// (so a trickle of retires waits at most about two passes), and of every
-/// cache at least once per [`MAX_SWEEP_INTERVAL`]. Returns how many
-/// sheaves went.
-pub(crate) fn submit_idle(rcu: &Rcu) -> usize {
+/// the caches of `rcu` where no sheaf was started for `quiet_for` (the
+/// drain delay: a trickle of retires waits about that long, and a writer
+/// descheduled for a moment keeps its sheaves), and of every cache at
+/// least once per [`MAX_SWEEP_INTERVAL`]; with them the waiting lists of
+/// threads that added none since the previous such submit. Returns how
+/// many sheaves went.
+pub(crate) fn submit_idle(rcu: &Rcu, quiet_for: Duration) -> usize {
     let now = Instant::now();
     let caches = collect(rcu, |core, e| {
         let started = core.counters.rcu_started.load(Relaxed);
-        let quiet = started == e.seen;
-        e.seen = started;
+        if started != e.seen {
+            e.seen = started;
+            e.changed_at = now;
+        }
+        let quiet = now.duration_since(e.changed_at) >= quiet_for;
         let due = quiet || now.duration_since(e.last_sweep) >= MAX_SWEEP_INTERVAL;
         if due && core.partial_rcu_sheaves() > 0 {
             e.last_sweep = now;

@@ -124,6 +124,10 @@ pub(crate) struct CacheCore {
     /// stay counted in their slab's `inuse`, so their slabs stay allocated
     /// until they are given back.
     pub(super) deferred: AtomicPtr<u8>,
+    /// Threads running the destructors of a sheaf they recycle now
+    /// (`recycle.rs`): a barrier waits for them.
+    #[cfg(not(loom))]
+    pub(super) recycling: std::sync::atomic::AtomicUsize,
     /// The threads' own sheaves of this cache.
     #[cfg(not(loom))]
     pub(super) threads: super::thread::Registry,
@@ -288,8 +292,10 @@ impl<T> SlabCache<T> {
     /// Returns every sheaf's objects to the slabs (every thread's, idle
     /// and exited ones included, every CPU's and the barn's), and so empty
     /// slabs to the page allocator (`kmem_cache_shrink`). A thread caught
-    /// inside its own sheaf section keeps its sheaf. Returns the objects
-    /// moved.
+    /// inside its own sheaf section keeps its sheaf. Retired objects a
+    /// thread keeps waiting for their grace period (to recycle them
+    /// itself) go to `call_rcu`, and come back to the cache after it.
+    /// Returns the objects moved.
     #[doc(alias = "kmem_cache_shrink")]
     pub fn shrink(&self) -> usize {
         self.core.shrink()
@@ -312,7 +318,7 @@ impl CacheCore {
             // sheaves are submitted.
             moved +=
                 self.threads
-                    .take_where(false, |w| w == super::thread::Which::Main, super::thread::Chains::Keep, &mut |s, w| {
+                    .take_where(false, |w| w == super::thread::Which::Main, super::thread::Chains::All, &mut |s, w| {
                         self.reclaim_sheaf(s, w)
                     });
             moved += self

@@ -52,9 +52,11 @@ pub use boxed::SlabBox;
 pub(crate) use boxed::{Pin, borrow_cache, core_of, hidden_head, object_of_head};
 pub use builder::SlabCacheBuilder;
 #[cfg(not(loom))]
-pub(crate) use by_rcu::{any_partial as any_partial_rcu_sheaves, submit_all as submit_rcu_sheaves_of, submit_idle as submit_idle_rcu_sheaves_of};
+pub(crate) use by_rcu::{any_partial as any_partial_rcu_sheaves, submit_all as submit_rcu_sheaves_of, submit_idle as submit_idle_rcu_sheaves_of, wait_recycles as wait_slab_recycles_of};
 #[cfg(not(loom))]
 pub(crate) use cache::CacheCore;
+#[cfg(not(loom))]
+pub(crate) use recycle::{Helping, in_recycle};
 pub use cache::{DEFAULT_SHEAF_CAPACITY, MAX_SHEAF_CAPACITY, SlabCache};
 pub use nolock::NolockError;
 pub use prefill::PrefilledSheaf;

@@ -25,6 +25,7 @@
 
 use super::cache::{CacheCore, Mode, SlabCache, never_block};
 use super::free::push;
+use super::recycle::Helping;
 use super::sheaf::{self, Sheaf};
 use super::thread::{self, Chains, Which};
 use crate::context::PreemptModel;
@@ -58,7 +59,7 @@ impl<T> SlabCache<T> {
     #[cfg_attr(not(feature = "testing"), allow(dead_code))]
     pub(crate) unsafe fn kfree_rcu_sheaf(&self, obj: NonNull<T>) -> Result<bool, NonNull<T>> {
         // SAFETY: forwarded.
-        unsafe { self.kfree_rcu_sheaf_inner(obj, true) }
+        unsafe { self.kfree_rcu_sheaf_inner(obj, true, Helping::WhenBehind { sheaves: 0 }) }
     }
 
     /// [`kfree_rcu_sheaf`](Self::kfree_rcu_sheaf) of an object a
@@ -66,20 +67,32 @@ impl<T> SlabCache<T> {
     /// object of this cache, so only consistency checks (when on) look at
     /// its slab.
     ///
+    /// `helping` says whether destructors of ready objects may run on the
+    /// calling thread (`recycle.rs`).
+    ///
     /// # Safety
     /// As for `kfree_rcu_sheaf`, and `obj` is an allocated object of this
     /// cache.
     #[inline]
-    pub(crate) unsafe fn kfree_rcu_sheaf_owned(&self, obj: NonNull<T>) -> Result<bool, NonNull<T>> {
+    pub(crate) unsafe fn kfree_rcu_sheaf_owned(
+        &self,
+        obj: NonNull<T>,
+        helping: Helping,
+    ) -> Result<bool, NonNull<T>> {
         // SAFETY: forwarded.
-        unsafe { self.kfree_rcu_sheaf_inner(obj, self.core.checks) }
+        unsafe { self.kfree_rcu_sheaf_inner(obj, self.core.checks, helping) }
     }
 
     /// # Safety
     /// As for `kfree_rcu_sheaf`; with `check` false, `obj` is an allocated
     /// object of this cache.
     #[inline]
-    unsafe fn kfree_rcu_sheaf_inner(&self, obj: NonNull<T>, check: bool) -> Result<bool, NonNull<T>> {
+    unsafe fn kfree_rcu_sheaf_inner(
+        &self,
+        obj: NonNull<T>,
+        check: bool,
+        helping: Helping,
+    ) -> Result<bool, NonNull<T>> {
         let core = &*self.core;
         let p = obj.as_ptr().cast::<u8>();
         if crate::context::in_nmi()
@@ -110,7 +123,7 @@ impl<T> SlabCache<T> {
         {
             return Ok(false);
         }
-        if core.rcu_free_slow(p) {
+        if core.rcu_free_slow(p, helping) {
             return Ok(true);
         }
         if core.checks {
@@ -183,7 +196,7 @@ impl CacheCore {
     /// constrained as on a real-time thread, and under PREEMPT_RT, where
     /// the cache's locks sleep, it takes none of them, not even by trylock
     /// (an invalid wait context): only the thread's own sheaf.
-    fn rcu_free_slow(&self, p: *mut u8) -> bool {
+    fn rcu_free_slow(&self, p: *mut u8, helping: Helping) -> bool {
         let atomic = crate::context::in_atomic() || crate::context::irqs_disabled();
         let constrained = never_block() || atomic || crate::context::is_realtime();
         if (never_block() || atomic) && self.pages.domain().preempt_model() == PreemptModel::Rt {
@@ -198,7 +211,7 @@ impl CacheCore {
             self.thread_slot()
         };
         if let Some(slot) = slot {
-            if !constrained && self.rcu_free_recycling(slot, p) {
+            if !constrained && self.rcu_free_recycling(slot, p, helping) {
                 return true;
             }
             let mut s = slot.take(Which::Rcu);
@@ -332,7 +345,14 @@ impl CacheCore {
         // which takes the sheaf back.
         unsafe {
             let head = NonNull::new_unchecked(s.cast::<RcuHead>());
-            self.rcu().call_rcu(head, rcu_sheaf_done);
+            if crate::context::is_realtime() {
+                // No system call on a real-time thread (not even the
+                // worker's futex wake-up): kvfree's monitor wakes the
+                // worker on its next pass (within `idle_poll`).
+                self.rcu().call_rcu_nowake(head, rcu_sheaf_done);
+            } else {
+                self.rcu().call_rcu(head, rcu_sheaf_done);
+            }
         }
     }
 

@@ -34,7 +34,7 @@
 #![cfg(not(loom))]
 
 use super::cache::CacheCore;
-use super::sheaf::{self, Sheaf};
+use super::sheaf::{self, Fifo, Sheaf};
 use super::thread::ThreadSlot;
 use crate::sync::atomic::Ordering::*;
 use core::cell::Cell;
@@ -49,8 +49,41 @@ const MIN_WAITING: usize = 4;
 
 thread_local! {
     /// Set while this thread runs destructors of a recycled sheaf: a
-    /// destructor that retires into a cache does not recycle again.
+    /// destructor that retires into a cache does not recycle again, and a
+    /// barrier it calls does not wait for recycles (its own among them).
     static RECYCLING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether the calling thread is running destructors of a recycled sheaf.
+pub(crate) fn in_recycle() -> bool {
+    RECYCLING.with(Cell::get)
+}
+
+/// What a thread may do with its full `rcu_free` sheaves now.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Recycling {
+    /// Keep them waiting, and recycle them once ready.
+    Yes,
+    /// As `Yes` while its waiting list is not empty, else `No`.
+    WhileWaiting,
+    /// Hand them (and any still waiting) to `call_rcu`.
+    No,
+}
+
+/// Whether a thread recycling for `kfree_rcu_slab` may run destructors of
+/// the objects it recycles (kvfree's [`Assist`](crate::kvfree::Assist) of
+/// the instance): a cache of a `T` with drop glue recycles on the retiring
+/// thread only as allowed; otherwise its sheaves go to `call_rcu` and the
+/// RCU thread runs the destructors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Helping {
+    /// Never (destructors run on the RCU thread).
+    Never,
+    /// When more than `sheaves` of the cache's sheaves are in flight
+    /// through `call_rcu` (the RCU thread falls behind).
+    WhenBehind { sheaves: usize },
+    /// Whenever a sheaf's grace period has ended.
+    Always,
 }
 
 impl CacheCore {
@@ -60,33 +93,67 @@ impl CacheCore {
         (WAITING_BYTES / sheaf_bytes.max(1)).max(MIN_WAITING)
     }
 
-    /// Whether the calling thread may recycle here: it may run this
-    /// cache's destructors (the caller has checked task context: not a
-    /// handler, not atomic, not real-time).
-    fn may_recycle(&self) -> bool {
-        if RECYCLING.with(Cell::get) {
-            return false;
+    /// Whether the calling thread may run this cache's destructors here
+    /// (the caller has checked task context: not a handler, not atomic,
+    /// not real-time): not inside any RCU read-side section (a destructor
+    /// may wait for a grace period), not inside a destructor this path
+    /// runs, not while the thread's thread-locals are being destroyed,
+    /// and as `helping` (the instance's kvfree `Assist`) allows. A cache
+    /// of a `T` without drop glue runs nothing: always.
+    fn may_run_destructors(&self, helping: Helping) -> Recycling {
+        if self.drop_fn.is_none() {
+            return Recycling::Yes;
         }
-        self.drop_fn.is_none() || !self.rcu().is_reading()
+        if RECYCLING.with(Cell::get)
+            || crate::context::rcu_read_depth() > 0
+            || super::thread::exiting()
+        {
+            return Recycling::No;
+        }
+        let yes = match helping {
+            Helping::Never => return Recycling::No,
+            Helping::Always => true,
+            Helping::WhenBehind { sheaves } => {
+                let c = &self.counters;
+                // Done first: never more done than submitted.
+                let done = c.rcu_sheaves_done.load(Relaxed);
+                c.rcu_sheaves.load(Relaxed).saturating_sub(done) > sheaves as u64
+            }
+        };
+        // Once helping, a thread goes on until its waiting list is empty
+        // (its sheaves then go to `call_rcu` again): were it to stop as
+        // soon as the RCU thread caught up, each switch would hand the
+        // whole list to the thread it was helping.
+        if yes { Recycling::Yes } else { Recycling::WhileWaiting }
     }
 
-    /// The `rcu_free` slow path of a task-context thread that has a slot:
-    /// a full `rcu_free` sheaf joins the waiting list, the spare (if empty)
-    /// becomes the new `rcu_free` sheaf, and the oldest waiting sheaf whose
-    /// grace period has ended is recycled into the spare. True if `p` was
+    /// The `rcu_free` slow path of a task-context thread that has a slot.
+    /// Where the thread may run destructors (see `may_run_destructors`),
+    /// a full `rcu_free` sheaf joins the waiting list, and up to two of
+    /// the oldest waiting sheaves whose grace period has ended are
+    /// recycled (into the spare, else the barn). Elsewhere the full sheaf,
+    /// and any sheaves still waiting, go to `call_rcu`. Either way an
+    /// empty spare becomes the new `rcu_free` sheaf. True if `p` was
     /// queued; false leaves it to the general path (the slot's `rcu_free`
     /// sheaf is then null or has room).
-    pub(super) fn rcu_free_recycling(&self, slot: &ThreadSlot, p: *mut u8) -> bool {
+    pub(super) fn rcu_free_recycling(&self, slot: &ThreadSlot, p: *mut u8, helping: Helping) -> bool {
         let rcu = self.rcu();
         // Taken before the section, after every push into the full sheaf
         // (earlier calls of this thread): its grace period covers them all
         // (see `GpState::snapshot` for the ordering against the unlinks).
         let cookie = rcu.start_poll();
-        let recycle = self.may_recycle();
+        let may = self.may_run_destructors(helping);
         let max = self.max_waiting();
-        let mut overflow = ptr::null_mut();
-        let mut ready = ptr::null_mut();
+        // Sheaves for `call_rcu` (the overflow, or everything when the
+        // thread may not recycle), and sheaves to recycle.
+        let mut submit = Fifo::new();
+        let mut ready = [ptr::null_mut(); 2];
         let queued = slot.with_all(|sh| {
+            let recycle = match may {
+                Recycling::Yes => true,
+                Recycling::WhileWaiting => sh.recycle.waiting.len > 0,
+                Recycling::No => false,
+            };
             let s = *sh.rcu;
             if !s.is_null() {
                 // SAFETY: the owner's sheaf, inside its section.
@@ -95,47 +162,60 @@ impl CacheCore {
                     unsafe { self.push_retired(s, p) };
                     return true;
                 }
-                // SAFETY: as above; it leaves the slot for the list.
+                *sh.rcu = ptr::null_mut();
+                // SAFETY: as above; it leaves the slot for a list.
                 unsafe {
                     (*s).gp = cookie;
                     sh.recycle.waiting.push_back(s);
                 }
-                *sh.rcu = ptr::null_mut();
                 ThreadSlot::hit(&slot.waiting_added);
-                if sh.recycle.waiting.len > max {
-                    overflow = sh.recycle.waiting.pop_front().unwrap_or(ptr::null_mut());
-                }
             }
-            let mut queued = false;
+            if recycle {
+                if sh.recycle.waiting.len > max
+                    && let Some(oldest) = sh.recycle.waiting.pop_front()
+                {
+                    // SAFETY: off the owner's list: ours.
+                    unsafe { submit.push_back(oldest) };
+                }
+                for r in &mut ready {
+                    let Some(oldest) = sh.recycle.waiting.front() else {
+                        break;
+                    };
+                    // SAFETY: on the owner's list.
+                    if !rcu.poll_state(unsafe { (*oldest).gp }) {
+                        break;
+                    }
+                    // The grace period has ended (the poll's fence orders
+                    // the destructors after it): ours to recycle. Counted
+                    // before the section ends, so that a barrier that
+                    // finds the list without it waits for the recycle.
+                    self.recycling.fetch_add(1, SeqCst);
+                    *r = sh.recycle.waiting.pop_front().unwrap_or(ptr::null_mut());
+                }
+            } else {
+                core::mem::swap(&mut submit, &mut sh.recycle.waiting);
+            }
             let spare = sh.recycle.spare;
             if !spare.is_null() && sheaf::len(spare) == 0 {
                 sh.recycle.spare = ptr::null_mut();
                 // SAFETY: the owner's empty sheaf.
                 unsafe { self.push_retired(spare, p) };
                 *sh.rcu = spare;
-                queued = true;
+                return true;
             }
-            if recycle
-                && sh.recycle.spare.is_null()
-                && let Some(oldest) = sh.recycle.waiting.front()
-                // SAFETY: on the owner's list.
-                && rcu.poll_state(unsafe { (*oldest).gp })
-            {
-                // The grace period has ended (the poll's fence orders the
-                // destructors after it): ours to recycle.
-                ready = sh.recycle.waiting.pop_front().unwrap_or(ptr::null_mut());
-            }
-            queued
+            false
         });
         let Some(queued) = queued else {
             // A taker holds the slot: the general path.
             return false;
         };
-        if !overflow.is_null() {
-            self.submit_rcu_sheaf(overflow);
+        while let Some(s) = submit.pop_front() {
+            self.submit_rcu_sheaf(s);
         }
-        if !ready.is_null() {
-            self.recycle(slot, ready);
+        for r in ready {
+            if !r.is_null() {
+                self.recycle(slot, r);
+            }
         }
         queued
     }
@@ -177,6 +257,9 @@ impl CacheCore {
         if kept != Some(true) {
             self.rcu_sheaf_home(s);
         }
+        // After the sheaf is filed: a barrier waiting for this recycle
+        // finds the objects dropped and the sheaf home.
+        self.recycling.fetch_sub(1, SeqCst);
     }
 
     /// Runs `T`'s destructor on each object of `s`, each under

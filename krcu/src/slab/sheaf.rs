@@ -243,11 +243,7 @@ impl Recycle {
     pub(super) const fn new() -> Recycle {
         Recycle {
             spare: ptr::null_mut(),
-            waiting: Fifo {
-                head: ptr::null_mut(),
-                tail: ptr::null_mut(),
-                len: 0,
-            },
+            waiting: Fifo::new(),
         }
     }
 }
@@ -262,6 +258,15 @@ pub(super) struct Fifo {
 
 #[cfg(not(loom))]
 impl Fifo {
+    /// An empty list.
+    pub(super) const fn new() -> Fifo {
+        Fifo {
+            head: ptr::null_mut(),
+            tail: ptr::null_mut(),
+            len: 0,
+        }
+    }
+
     /// Appends `s`.
     ///
     /// # Safety

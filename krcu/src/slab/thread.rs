@@ -83,8 +83,6 @@ unsafe impl Sync for ThreadSlot {}
 /// Which threads' waiting lists (`recycle.rs`) a taker takes.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(super) enum Chains {
-    /// None: left to their owners.
-    Keep,
     /// Those whose owner added none since the previous such look (an
     /// idle thread's: nothing else would ever free them).
     Idle,
@@ -229,7 +227,6 @@ impl ThreadSlot {
         }
         if x.waiting.len > 0 {
             let take = match chains {
-                Chains::Keep => false,
                 Chains::All => true,
                 Chains::Idle => {
                     // Only takers (under the registry's lock) write `seen`.
@@ -392,6 +389,7 @@ impl Drop for Owned {
                 e.set(NO_ENTRY);
             }
         });
+        EXITING.with(|e| e.set(true));
         for s in self.0.borrow().iter() {
             s.exited.store(true, Release);
         }
@@ -412,6 +410,16 @@ thread_local! {
     static CURRENT: [Cell<(u64, *const ThreadSlot)>; RECENT] =
         const { [const { Cell::new(NO_ENTRY) }; RECENT] };
     static OWNED: Owned = const { Owned(RefCell::new(Vec::new())) };
+    /// Set when `OWNED`'s destructor runs: the thread's thread-locals are
+    /// being destroyed (no destructor of a retired object runs inline
+    /// from then on, see `recycle.rs`).
+    static EXITING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether the calling thread has begun destroying its thread-locals (as
+/// far as this module can tell: from the destructor of its slot list on).
+pub(super) fn exiting() -> bool {
+    EXITING.with(Cell::get)
 }
 
 /// This thread's slot for cache `id`, if it is among the last [`RECENT`]
