@@ -9,6 +9,7 @@
 pub mod child;
 pub mod counting_alloc;
 pub mod pages;
+pub mod seal;
 
 use krcu::Krcu;
 use krcu::rcu::{HasRcuHead, RcuHead};
