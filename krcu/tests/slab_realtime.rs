@@ -282,8 +282,8 @@ fn realtime_thread(env: &Env) -> ! {
         while !sheaf.is_empty() {
             let item = env.ledger.item();
             let id = item.id;
-            let p = match sheaf.alloc(item) {
-                Ok(p) => p,
+            let b = match sheaf.alloc_box(item) {
+                Ok(b) => b,
                 Err(item) => {
                     // Not reached (the sheaf is not empty). Not dropped:
                     // it would count in the ledger.
@@ -292,11 +292,6 @@ fn realtime_thread(env: &Env) -> ! {
                     break;
                 }
             };
-            // SAFETY: an object of `env.cache` allocated just now from the
-            // prefilled sheaf and initialised: what a box owns (the
-            // pointer `SlabBox::into_raw` gives is such an object); made a
-            // box once.
-            let b = unsafe { SlabBox::from_raw(p) };
             let r = if id.is_multiple_of(PUBLISH_EVERY) {
                 published += 1;
                 env.cell.store_slab(b)
@@ -383,9 +378,6 @@ fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
 /// The proof with the filter on (not under valgrind, which makes system
 /// calls for the thread itself).
 #[test]
-#[ignore = "finding 1: submitting a full rcu_free sheaf from a real-time thread (rcu_free_slow -> \
-            submit_rcu_sheaf -> Rcu::call_rcu -> Wake::kick) makes a FUTEX_WAKE system call when the \
-            RCU worker sleeps"]
 fn a_sealed_realtime_thread_allocating_from_prefilled_sheaves_and_retiring_into_sheaves_makes_no_system_call()
  {
     if seal::under_valgrind() {

@@ -103,6 +103,18 @@ impl<T> SlabBox<T> {
         })
     }
 
+    /// A box owning `ptr`.
+    ///
+    /// # Safety
+    /// `ptr` is an allocated object of a `SlabCache<T>` holding an
+    /// initialised `T`, owned by nobody else.
+    pub(crate) unsafe fn from_allocated(ptr: NonNull<T>) -> SlabBox<T> {
+        SlabBox {
+            ptr,
+            _owns: PhantomData,
+        }
+    }
+
     /// Gives up the box: the object stays allocated, to be made a box
     /// again with [`from_raw`](Self::from_raw).
     #[must_use = "the object leaks unless made a box again"]

@@ -138,6 +138,34 @@ impl<'c, T> PrefilledSheaf<'c, T> {
         Ok(unsafe { NonNull::new_unchecked(p) })
     }
 
+    /// [`alloc`](Self::alloc) into an owning [`SlabBox`](super::SlabBox):
+    /// what a real-time thread publishes and later retires with
+    /// [`Krcu::kfree_rcu_slab`](crate::Krcu::kfree_rcu_slab), with no
+    /// `unsafe`. Takes no lock and makes no system call.
+    ///
+    /// ```
+    /// let krcu = krcu::Krcu::builder().arena_size(16 << 20).build().unwrap();
+    /// let cache = krcu.slab_cache::<[u64; 2]>("rt").unwrap();
+    /// // Before the deadline-critical section:
+    /// let mut sheaf = cache.prefill_sheaf(krcu::page::Gfp::KERNEL, 8).unwrap();
+    /// // Inside it: cannot fail until the sheaf is empty.
+    /// let b = sheaf.alloc_box([1, 2]).unwrap();
+    /// assert_eq!(*b, [1, 2]);
+    /// krcu.kfree_rcu_slab(b).unwrap();
+    /// sheaf.return_sheaf();
+    /// krcu.kvfree_rcu_barrier();
+    /// ```
+    ///
+    /// # Errors
+    /// `Err(value)` when the sheaf is empty.
+    #[inline]
+    pub fn alloc_box(&mut self, value: T) -> Result<super::SlabBox<T>, T> {
+        let ptr = self.alloc(value)?;
+        // SAFETY: an object of this cache just allocated and initialised,
+        // owned by nobody else: the box is its only owner.
+        Ok(unsafe { super::SlabBox::from_allocated(ptr) })
+    }
+
     /// Gives the sheaf back to the cache (`kmem_cache_return_sheaf`); what
     /// dropping it does too.
     #[doc(alias = "kmem_cache_return_sheaf")]
