@@ -3,12 +3,18 @@
 //! allocating (for signal handlers); a plain object that only counts its
 //! drops; and a real signal source. Child
 //! processes are in [`child`], test page allocators in [`pages`], the
-//! counting global allocator in [`counting_alloc`].
+//! counting global allocator in [`counting_alloc`], Krcu instances in
+//! [`instances`], slab caches in [`slabs`], seccomp filters that prove a
+//! thread makes no system call in [`seccomp`].
 #![allow(dead_code)]
 
 pub mod child;
 pub mod counting_alloc;
+pub mod instances;
 pub mod pages;
+#[cfg(target_os = "linux")]
+pub mod seccomp;
+pub mod slabs;
 
 use krcu::Krcu;
 use krcu::rcu::{HasRcuHead, RcuHead};
@@ -94,6 +100,11 @@ impl Obj {
         })
     }
 
+    /// A new object by value, for a slab cache (which holds it in place).
+    pub fn value(ledger: &Arc<Ledger>) -> Obj {
+        *Obj::new(ledger)
+    }
+
     /// What a reader checks: the object is alive and intact.
     pub fn check(&self) {
         assert_eq!(self.state.load(Acquire), LIVE, "use after free");
@@ -112,6 +123,32 @@ impl Drop for Obj {
             ledger.double_frees.fetch_add(1, SeqCst);
         }
         ledger.dropped.fetch_add(1, SeqCst);
+    }
+}
+
+/// A reader of `k`'s RCU: until `stop`, checks every object `slots`
+/// publish (its poison word and payload), each pass inside one read-side
+/// section, and counts its passes in `passes`.
+///
+/// # Safety
+/// Every pointer in `slots` is, while the reader runs, an `Obj` that its
+/// writer frees only a grace period of `k` after unlinking it.
+pub unsafe fn check_published(
+    k: &Krcu,
+    slots: &[AtomicPtr<Obj>],
+    stop: &std::sync::atomic::AtomicBool,
+    passes: &AtomicU64,
+) {
+    let reader = k.rcu().register_thread();
+    while !stop.load(Relaxed) {
+        let _g = reader.read_lock();
+        for slot in slots {
+            // SAFETY: a published object lives until a grace period after
+            // it is unlinked (the caller's promise); this section began
+            // before that.
+            unsafe { (*slot.load(Acquire)).check() };
+        }
+        passes.fetch_add(1, Relaxed);
     }
 }
 
