@@ -3,29 +3,16 @@
 
 mod common;
 
+use common::instances::collecting_instance;
 use common::*;
 use krcu::Krcu;
-use krcu::kvfree::{KvfreeConfig, Policy};
+use krcu::kvfree::Policy;
 use krcu::lockdep::{ReportHandler, ReportLog};
 use krcu::page::{FaultSites, Gfp};
 use krcu::slab::SlabCache;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering::*};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering::*};
 use std::time::Duration;
-
-fn instance(policy: Policy, cache_blocks: usize) -> Krcu {
-    Krcu::builder()
-        .arena_size(64 << 20)
-        .report_handler(ReportHandler::Collect(ReportLog::new()))
-        .kvfree_config(
-            KvfreeConfig::default()
-                .policy(policy)
-                .cache_blocks(cache_blocks)
-                .refill_mark(cache_blocks.min(3)),
-        )
-        .build()
-        .unwrap()
-}
 
 /// Readers check slab objects while a writer replaces them and retires the
 /// old ones on the slab channel.
@@ -33,28 +20,18 @@ fn slab_torture(k: &Krcu, ledger: &Arc<Ledger>) -> krcu::slab::SlabStats {
     let cache = Arc::new(SlabCache::<Obj>::new(k.pages(), "obj").unwrap());
     let chan = k.slab_channel(&cache).unwrap();
     let alloc = |ledger: &Arc<Ledger>| {
-        // Obj::new boxes; move the value into the slab instead.
-        let v = *Obj::new(ledger);
         cache
-            .alloc(Gfp::KERNEL, v)
+            .alloc(Gfp::KERNEL, Obj::value(ledger))
             .unwrap_or_else(|_| panic!("slab allocation"))
     };
     let slots: Vec<AtomicPtr<Obj>> = (0..32)
         .map(|_| AtomicPtr::new(alloc(ledger).as_ptr()))
         .collect();
-    let stop = AtomicBool::new(false);
+    let (stop, reads) = (AtomicBool::new(false), AtomicU64::new(0));
     std::thread::scope(|s| {
-        s.spawn(|| {
-            let reader = k.rcu().register_thread();
-            while !stop.load(Relaxed) {
-                let _g = reader.read_lock();
-                for slot in &slots {
-                    // SAFETY: reachable objects live until a grace period
-                    // after they are unlinked.
-                    unsafe { (*slot.load(Acquire)).check() };
-                }
-            }
-        });
+        // SAFETY: the writer below retires every object it unlinks on the
+        // slab channel, freed a grace period of `k` later.
+        s.spawn(|| unsafe { check_published(k, &slots, &stop, &reads) });
         for i in 0..20_000 {
             let new = alloc(ledger);
             let old = slots[i % slots.len()].swap(new.as_ptr(), AcqRel);
@@ -81,7 +58,7 @@ fn slab_torture(k: &Krcu, ledger: &Arc<Ledger>) -> krcu::slab::SlabStats {
 
 #[test]
 fn slab_objects_are_freed_once_in_bulk_after_their_grace_period() {
-    let k = instance(Policy::default(), 5);
+    let k = collecting_instance(Policy::default(), 5);
     let ledger = Ledger::new(100_000);
     let st = slab_torture(&k, &ledger);
     ledger.assert_all_freed_once();
@@ -93,7 +70,7 @@ fn slab_objects_are_freed_once_in_bulk_after_their_grace_period() {
 #[test]
 fn slab_objects_on_the_rcu_head_list_find_their_cache() {
     // No block can ever be had: every object takes the list fallback.
-    let k = instance(Policy::Prohibit, 0);
+    let k = collecting_instance(Policy::Prohibit, 0);
     let ledger = Ledger::new(100_000);
     slab_torture(&k, &ledger);
     ledger.assert_all_freed_once();
@@ -104,7 +81,7 @@ fn slab_objects_on_the_rcu_head_list_find_their_cache() {
 
 #[test]
 fn slab_channel_with_failing_block_allocations() {
-    let k = instance(Policy::CacheRefillNolock, 2);
+    let k = collecting_instance(Policy::CacheRefillNolock, 2);
     // The sites a block comes from without sleeping (the slab itself allocates
     // with GFP_KERNEL and must succeed for the test to go on).
     k.pages().faults().fail_every(

@@ -14,44 +14,16 @@
 
 mod common;
 
-use common::CountedNode;
+use common::instances::{IDLE_DEADLINE, idle_instance, work_then_idle};
+use common::{CountedNode, wait_for};
 use krcu::Krcu;
+use krcu::kvfree::Policy;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
-/// How long a test waits for progress before it fails.
-const DEADLINE: Duration = Duration::from_secs(60);
-
 fn instance(idle_poll: Duration) -> Krcu {
-    Krcu::builder()
-        .arena_size(32 << 20)
-        .cpus(2)
-        .idle_poll(idle_poll)
-        .build()
-        .unwrap()
-}
-
-/// Waits (bounded) until `cond` holds; fails naming `what` otherwise.
-fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(start.elapsed() < DEADLINE, "{what}: not after {DEADLINE:?}");
-        std::thread::sleep(Duration::from_millis(2));
-    }
-}
-
-/// Queues `n` objects on `k`, waits until they are freed and the monitor
-/// sleeps idle (which it does only once nothing is pending and the idle
-/// trim has run).
-fn work_then_idle(k: &Krcu, n: usize) {
-    let freed = Arc::new(AtomicUsize::new(0));
-    for _ in 0..n {
-        k.kfree_rcu(CountedNode::new(&freed)).unwrap();
-    }
-    k.kvfree_rcu_barrier();
-    assert_eq!(freed.load(SeqCst), n);
-    wait_for("the monitor sleeps idle", || k.idle_counters().2);
+    idle_instance(idle_poll, Policy::default())
 }
 
 #[test]
@@ -100,7 +72,7 @@ fn work_queued_as_the_monitor_decides_to_sleep_is_not_left_until_the_timeout() {
     k.set_idle_hook(Some(Arc::new(move || {
         if hook_armed.swap(false, SeqCst) {
             let _ = at_gap.send(());
-            let _ = released.lock().unwrap().recv_timeout(DEADLINE);
+            let _ = released.lock().unwrap().recv_timeout(IDLE_DEADLINE);
         }
     })));
     // The monitor sleeps idle (10 minutes) now: wake it with some work (a
@@ -110,7 +82,7 @@ fn work_queued_as_the_monitor_decides_to_sleep_is_not_left_until_the_timeout() {
     let first = Arc::new(AtomicUsize::new(0));
     k.kfree_rcu(CountedNode::new(&first)).unwrap();
     gap_reached
-        .recv_timeout(DEADLINE)
+        .recv_timeout(IDLE_DEADLINE)
         .expect("the monitor reached its idle wait");
     let (_, kicks_before, _) = k.idle_counters();
     let freed = Arc::new(AtomicUsize::new(0));
@@ -128,9 +100,11 @@ fn work_queued_as_the_monitor_decides_to_sleep_is_not_left_until_the_timeout() {
         "the monitor went idle with work left"
     );
     // Freed after a drain delay and a grace period, not after 10 minutes.
-    wait_for("the object queued in the gap is freed", || {
-        freed.load(SeqCst) == 1
-    });
+    wait_for(
+        "the object queued in the gap is freed",
+        IDLE_DEADLINE,
+        || freed.load(SeqCst) == 1,
+    );
     k.set_idle_hook(None);
 }
 
@@ -152,9 +126,11 @@ fn a_real_time_thread_after_a_quiet_spell_leaves_its_work_for_the_timed_wakeup()
     })
     .join()
     .unwrap();
-    wait_for("the real-time thread's object is freed", || {
-        freed.load(SeqCst) == 1
-    });
+    wait_for(
+        "the real-time thread's object is freed",
+        IDLE_DEADLINE,
+        || freed.load(SeqCst) == 1,
+    );
     let (_, kicks_after, _) = k.idle_counters();
     assert_eq!(
         kicks_after, kicks_before,
@@ -171,7 +147,9 @@ fn a_task_caller_after_a_quiet_spell_wakes_the_monitor() {
     let (_, kicks_before, _) = k.idle_counters();
     let freed = Arc::new(AtomicUsize::new(0));
     k.kfree_rcu(CountedNode::new(&freed)).unwrap();
-    wait_for("the object is freed", || freed.load(SeqCst) == 1);
+    wait_for("the object is freed", IDLE_DEADLINE, || {
+        freed.load(SeqCst) == 1
+    });
     let (_, kicks_after, _) = k.idle_counters();
     assert!(kicks_after > kicks_before, "no doorbell kick");
 }
@@ -188,7 +166,7 @@ fn dropping_an_idle_instance_does_not_wait_for_the_idle_timeout() {
         let _ = done.send(());
     });
     finished
-        .recv_timeout(DEADLINE)
+        .recv_timeout(IDLE_DEADLINE)
         .expect("the drop of an idle instance finished");
 }
 
@@ -198,7 +176,7 @@ fn dropping_an_idle_instance_does_not_wait_for_the_idle_timeout() {
 /// fork.
 #[test]
 fn fork_while_the_threads_sleep_idle_does_not_wait_for_their_timeout() {
-    common::child::assert_passes_in_child("inner_fork_while_the_threads_sleep_idle", DEADLINE);
+    common::child::assert_passes_in_child("inner_fork_while_the_threads_sleep_idle", IDLE_DEADLINE);
 }
 
 #[test]
@@ -208,7 +186,7 @@ fn inner_fork_while_the_threads_sleep_idle() {
     work_then_idle(&k, 100);
     // The forking thread is in no read-side section and the child uses
     // only its own instance, then exits with _exit.
-    let code = common::child::fork_run("fork while idle", DEADLINE, || {
+    let code = common::child::fork_run("fork while idle", IDLE_DEADLINE, || {
         let freed = Arc::new(AtomicUsize::new(0));
         for _ in 0..100 {
             k.kfree_rcu(CountedNode::new(&freed)).unwrap();
@@ -228,7 +206,7 @@ fn inner_fork_while_the_threads_sleep_idle() {
 fn flush_runs_every_destructor_queued_on_the_global_instance() {
     common::child::assert_passes_in_child(
         "inner_flush_runs_every_destructor_queued_on_the_global_instance",
-        DEADLINE,
+        IDLE_DEADLINE,
     );
 }
 
@@ -250,7 +228,7 @@ fn inner_flush_runs_every_destructor_queued_on_the_global_instance() {
 /// test's instance has threads of that name.
 #[test]
 fn reclaimer_threads_start_when_there_is_something_to_reclaim() {
-    common::child::assert_passes_in_child("inner_reclaimer_threads_start_on_demand", DEADLINE);
+    common::child::assert_passes_in_child("inner_reclaimer_threads_start_on_demand", IDLE_DEADLINE);
 }
 
 /// How many threads of this process have a name starting with `prefix`.
@@ -267,7 +245,7 @@ fn threads_named(prefix: &str) -> usize {
 fn inner_reclaimer_threads_start_on_demand() {
     let k = instance(Duration::from_millis(100));
     // A moment for the threads started at build to name themselves.
-    wait_for("the monitor names itself", || {
+    wait_for("the monitor names itself", IDLE_DEADLINE, || {
         threads_named("krcu-kvmon") == 1
     });
     assert_eq!(
@@ -279,12 +257,16 @@ fn inner_reclaimer_threads_start_on_demand() {
     for _ in 0..100 {
         k.kfree_rcu(CountedNode::new(&freed)).unwrap();
     }
-    wait_for("the objects are freed without a barrier", || {
-        freed.load(SeqCst) == 100
-    });
+    wait_for(
+        "the objects are freed without a barrier",
+        IDLE_DEADLINE,
+        || freed.load(SeqCst) == 100,
+    );
     // Both reclaimers (one per CPU of the instance) name themselves a
     // moment after they start.
-    wait_for("both reclaimers run", || threads_named("krcu-reclaim") == 2);
+    wait_for("both reclaimers run", IDLE_DEADLINE, || {
+        threads_named("krcu-reclaim") == 2
+    });
 }
 
 /// Where the reclaimers cannot be started (fault injection: no thread),
@@ -292,7 +274,7 @@ fn inner_reclaimer_threads_start_on_demand() {
 /// teardown. In a child process of its own (it counts threads by name).
 #[test]
 fn without_reclaimer_threads_barriers_and_the_teardown_free_everything() {
-    common::child::assert_passes_in_child("inner_without_reclaimer_threads", DEADLINE);
+    common::child::assert_passes_in_child("inner_without_reclaimer_threads", IDLE_DEADLINE);
 }
 
 #[test]

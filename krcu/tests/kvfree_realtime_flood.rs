@@ -32,13 +32,14 @@
 mod common;
 
 use common::counting_alloc::{CountingAlloc, thread_allocs, thread_frees};
+use common::seccomp::{FILTERED_DONE, TRAPPED, install_sigsys_handler, seal_thread};
 use krcu::Krcu;
 use krcu::lock::{ThreadLockCounters, thread_counters};
 use krcu::rcu::{HasRcuHead, RcuHead};
 use std::cell::Cell;
 use std::os::unix::thread::JoinHandleExt;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::*};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::*};
 use std::time::{Duration, Instant};
 
 /// `kfree_rcu` calls the real-time thread makes.
@@ -96,108 +97,6 @@ impl Drop for Item {
         std::hint::black_box(self.value);
         let _ = DROPS.try_with(|c| c.set(c.get() + 1));
         DROPPED.fetch_add(1, Relaxed);
-    }
-}
-
-// ---------------------------------------------------------------------
-// The seccomp filter
-// ---------------------------------------------------------------------
-
-/// `AUDIT_ARCH_X86_64`: `EM_X86_64` (62) | `__AUDIT_ARCH_64BIT` |
-/// `__AUDIT_ARCH_LE` (linux/audit.h).
-const AUDIT_ARCH_X86_64: u32 = 62 | 0x8000_0000 | 0x4000_0000;
-/// `offsetof(struct seccomp_data, nr)` and `arch`.
-const NR_OFFSET: u32 = core::mem::offset_of!(libc::seccomp_data, nr) as u32;
-const ARCH_OFFSET: u32 = core::mem::offset_of!(libc::seccomp_data, arch) as u32;
-
-/// The system call the real-time thread was caught making (-1: none).
-static TRAPPED: AtomicI64 = AtomicI64::new(-1);
-/// Set (Release) by the real-time thread, or its SIGSYS handler, when it
-/// has published everything and is about to exit.
-static RT_DONE: AtomicBool = AtomicBool::new(false);
-
-/// SIGSYS: a trapped system call on the filtered thread. Records it and
-/// ends the thread (the only thing it may still do), failing the test.
-extern "C" fn on_sigsys(_sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
-    // SAFETY: for SIGSYS the kernel fills `_sigsys` in the union at offset
-    // 16 of siginfo_t on 64-bit: `_call_addr` (8 bytes), then `_syscall`
-    // (an int) at offset 24; siginfo_t is 128 bytes.
-    let nr = unsafe { info.cast::<u8>().add(24).cast::<i32>().read() };
-    TRAPPED.store(i64::from(nr), SeqCst);
-    RT_DONE.store(true, Release);
-    // SAFETY: `exit` ends this thread only; it is allowed by the filter.
-    unsafe { libc::syscall(libc::SYS_exit, 0) };
-    // The thread is gone; nothing runs here.
-    loop {
-        core::hint::spin_loop();
-    }
-}
-
-fn install_sigsys_handler() {
-    // SAFETY: a zeroed sigaction with an SA_SIGINFO handler and an empty
-    // mask is valid; the handler touches atomics and makes `exit` only.
-    unsafe {
-        let mut sa: libc::sigaction = core::mem::zeroed();
-        sa.sa_sigaction = on_sigsys as *const () as usize;
-        sa.sa_flags = libc::SA_SIGINFO;
-        libc::sigemptyset(&mut sa.sa_mask);
-        assert_eq!(libc::sigaction(libc::SIGSYS, &sa, core::ptr::null_mut()), 0);
-    }
-}
-
-fn stmt(code: u32, k: u32) -> libc::sock_filter {
-    libc::sock_filter {
-        code: code as u16,
-        jt: 0,
-        jf: 0,
-        k,
-    }
-}
-
-fn jeq(k: u32, jt: u8, jf: u8) -> libc::sock_filter {
-    libc::sock_filter {
-        code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
-        jt,
-        jf,
-        k,
-    }
-}
-
-/// From here on, every system call of the calling thread but `exit` and
-/// `rt_sigreturn` traps (SIGSYS). Only this thread: no TSYNC.
-fn seal_thread() {
-    let ld = libc::BPF_LD | libc::BPF_W | libc::BPF_ABS;
-    let ret = libc::BPF_RET | libc::BPF_K;
-    let filter = [
-        // A foreign ABI (i386 `int 0x80`): trap.
-        stmt(ld, ARCH_OFFSET),
-        jeq(AUDIT_ARCH_X86_64, 1, 0),
-        stmt(ret, libc::SECCOMP_RET_TRAP),
-        stmt(ld, NR_OFFSET),
-        jeq(libc::SYS_exit as u32, 2, 0),
-        jeq(libc::SYS_rt_sigreturn as u32, 1, 0),
-        stmt(ret, libc::SECCOMP_RET_TRAP),
-        stmt(ret, libc::SECCOMP_RET_ALLOW),
-    ];
-    let prog = libc::sock_fprog {
-        len: filter.len() as u16,
-        filter: filter.as_ptr().cast_mut(),
-    };
-    // SAFETY: prctl and seccomp with valid arguments; `prog` and `filter`
-    // outlive the calls (the kernel copies the program).
-    unsafe {
-        assert_eq!(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), 0);
-        assert_eq!(
-            libc::syscall(
-                libc::SYS_seccomp,
-                libc::SECCOMP_SET_MODE_FILTER,
-                0,
-                &prog as *const libc::sock_fprog,
-            ),
-            0,
-            "seccomp: {}",
-            std::io::Error::last_os_error()
-        );
     }
 }
 
@@ -265,7 +164,7 @@ fn realtime_thread(
     r.refused.store(refused, Relaxed);
     r.calls.store(calls, Relaxed);
     // Release: the stores above happen-before the joiner's Acquire load.
-    RT_DONE.store(true, Release);
+    FILTERED_DONE.store(true, Release);
     // SAFETY: `exit` ends this thread only (the filter allows it). Nothing
     // of it is dropped: its reader handle and thread-locals stay as they
     // are, which leaks them and nothing else.
@@ -278,8 +177,6 @@ fn realtime_thread(
 fn prove(k: &Krcu, global: bool) {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     install_sigsys_handler();
-    TRAPPED.store(-1, SeqCst);
-    RT_DONE.store(false, SeqCst);
     let dropped0 = DROPPED.load(SeqCst);
     let mut objs: Vec<Box<Item>> = (0..CALLS as u64).map(Item::new).collect();
     let results = Results::default();
@@ -338,7 +235,7 @@ fn prove(k: &Krcu, global: bool) {
         };
         go.store(true, Release);
         let t0 = Instant::now();
-        while !RT_DONE.load(Acquire) {
+        while !FILTERED_DONE.load(Acquire) {
             if t0.elapsed() > WATCHDOG {
                 stop.store(true, Relaxed);
                 panic!("the real-time thread hung (>{WATCHDOG:?})");
@@ -416,14 +313,12 @@ fn a_realtime_thread_on_the_global_instance_neither_allocates_frees_nor_blocks_u
 fn the_filter_catches_a_system_call_of_the_sealed_thread_only() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     install_sigsys_handler();
-    TRAPPED.store(-1, SeqCst);
-    RT_DONE.store(false, SeqCst);
     let t = std::thread::spawn(|| {
         seal_thread();
         // SAFETY: getppid has no preconditions (trapped here).
         unsafe { libc::getppid() };
         // Not reached: the handler ended the thread.
-        RT_DONE.store(true, Release);
+        FILTERED_DONE.store(true, Release);
         // SAFETY: as in the real-time thread.
         unsafe { libc::syscall(libc::SYS_exit, 0) };
         loop {
@@ -432,7 +327,7 @@ fn the_filter_catches_a_system_call_of_the_sealed_thread_only() {
     })
     .into_pthread_t();
     let t0 = Instant::now();
-    while !RT_DONE.load(Acquire) {
+    while !FILTERED_DONE.load(Acquire) {
         assert!(t0.elapsed() < WATCHDOG, "the sealed thread hung");
         std::thread::sleep(Duration::from_millis(1));
     }

@@ -14,21 +14,9 @@
 #[path = "common/pages.rs"]
 mod pages;
 
-use krcu::Domain;
-use krcu::page::{Gfp, PageAllocator, Watermarks};
+use krcu::page::{Gfp, PageAllocator};
 use loom::thread;
-use pages::{assert_all_pages_back, quiet_config};
-
-fn allocator() -> std::sync::Arc<PageAllocator> {
-    let d = Domain::builder().cpus(1).lockdep(false).build();
-    PageAllocator::new(
-        &d,
-        quiet_config(8 * 4096, Watermarks::NONE)
-            .pcp_batch(2)
-            .pcp_high(4),
-    )
-    .unwrap()
-}
+use pages::{assert_all_pages_back, tiny_allocator};
 
 /// Every page back, merged into the arena's one order-3 block.
 fn check_all_back(pa: &PageAllocator) {
@@ -39,7 +27,7 @@ fn check_all_back(pa: &PageAllocator) {
 #[test]
 fn pcp_trylock_falls_back_to_the_buddy() {
     loom::model(|| {
-        let pa = allocator();
+        let pa = tiny_allocator();
         let t = {
             let pa = pa.clone();
             thread::spawn(move || {
@@ -60,7 +48,7 @@ fn pcp_trylock_falls_back_to_the_buddy() {
 #[test]
 fn nolock_and_no_locks_never_wait() {
     loom::model(|| {
-        let pa = allocator();
+        let pa = tiny_allocator();
         // Seed this CPU's lists with the pages NO_LOCKS will look for.
         let seed = pa.alloc_page(Gfp::NOWAIT).unwrap();
         pa.free(seed);

@@ -16,23 +16,11 @@
 #[path = "common/pages.rs"]
 mod pages;
 
-use krcu::Domain;
-use krcu::page::{Gfp, PageAllocator, Watermarks};
+use krcu::page::Gfp;
 use krcu::slab::SlabCache;
 use loom::sync::Arc;
 use loom::thread;
-use pages::{assert_all_pages_back, quiet_config};
-
-fn allocator() -> std::sync::Arc<PageAllocator> {
-    let d = Domain::builder().cpus(1).lockdep(false).build();
-    PageAllocator::new(
-        &d,
-        quiet_config(8 * 4096, Watermarks::NONE)
-            .pcp_batch(2)
-            .pcp_high(4),
-    )
-    .unwrap()
-}
+use pages::{assert_all_pages_back, tiny_allocator};
 
 #[test]
 fn sheaves_are_exchanged_at_the_cpu_and_the_barn_without_loss() {
@@ -41,7 +29,7 @@ fn sheaves_are_exchanged_at_the_cpu_and_the_barn_without_loss() {
     // barn's; more makes the model run for hours.
     model.preemption_bound = Some(2);
     model.check(|| {
-        let pa = allocator();
+        let pa = tiny_allocator();
         let cache = Arc::new(
             SlabCache::<u64>::builder(&pa)
                 .name("loom")

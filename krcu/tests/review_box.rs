@@ -5,7 +5,9 @@
 mod common;
 
 use common::pages::{allocator_on_cpus, assert_all_pages_back};
+use common::slabs::assert_shrinks_to_no_slab;
 use common::wait_for;
+use krcu::page::PageAllocator;
 use krcu::slab::{SlabBox, SlabCache};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::*};
@@ -70,15 +72,22 @@ fn box_dropped_while_its_cache_handle_drops_leaks_the_cache() {
     assert_all_pages_back(&pa);
 }
 
+/// A page allocator and the one box of a cache of it whose handle is
+/// dropped already (an orphaned cache).
+fn box_of_an_orphaned_cache(name: &'static str) -> (Arc<PageAllocator>, SlabBox<u64>) {
+    let pa = allocator_on_cpus(2, 16 << 20);
+    let cache = SlabCache::<u64>::new(&pa, name).unwrap();
+    let b = SlabBox::new_in(&cache, 7u64).ok().unwrap();
+    drop(cache);
+    (pa, b)
+}
+
 /// Checked sound: a box of an orphaned cache dropped in a signal handler
 /// (hardirq context), where `free_orphaned` skips its shrink
 /// (`never_block`): its slab, the core and the page allocator still go.
 #[test]
 fn box_of_an_orphaned_cache_dropped_in_a_signal_handler_gives_all_back() {
-    let pa = allocator_on_cpus(2, 16 << 20);
-    let cache = SlabCache::<u64>::new(&pa, "orphan-irq").unwrap();
-    let b = SlabBox::new_in(&cache, 7u64).ok().unwrap();
-    drop(cache);
+    let (pa, b) = box_of_an_orphaned_cache("orphan-irq");
     {
         let _irq = krcu::context::enter_hardirq();
         drop(b);
@@ -177,7 +186,7 @@ fn two_writers_two_caches_long_readers() {
         k.slab_cache::<Obj>("b").unwrap(),
     ];
     let cells: Vec<RcuCell<Obj, Arc<Krcu>>> = (0..4)
-        .map(|_| RcuCell::new_in(k.clone(), *Obj::new(&ledger)))
+        .map(|_| RcuCell::new_in(k.clone(), Obj::value(&ledger)))
         .collect();
     let stop = AtomicBool::new(false);
     let reads = AtomicU64::new(0);
@@ -206,13 +215,13 @@ fn two_writers_two_caches_long_readers() {
                         let c = &cells[(i + w) % cells.len()];
                         let cache = &caches[(i / 3 + w) % 2];
                         match i % 5 {
-                            0 => c.store(*Obj::new(ledger)).ok().unwrap(),
+                            0 => c.store(Obj::value(ledger)).ok().unwrap(),
                             1 | 2 => c
-                                .store_slab(cache.alloc_box(*Obj::new(ledger)).ok().unwrap())
+                                .store_slab(cache.alloc_box(Obj::value(ledger)).ok().unwrap())
                                 .unwrap(),
                             3 => {
                                 let g = k.rcu().read_lock();
-                                let b = cache.alloc_box(*Obj::new(ledger)).ok().unwrap();
+                                let b = cache.alloc_box(Obj::value(ledger)).ok().unwrap();
                                 if let Some(old) = c.replace_slab(b, &g).unwrap() {
                                     old.check();
                                 }
@@ -222,7 +231,7 @@ fn two_writers_two_caches_long_readers() {
                                 let cur = c.load(&g);
                                 // May lose to the other writer: the new
                                 // value comes back and is dropped here.
-                                let _ = c.compare_exchange(cur, *Obj::new(ledger), &g);
+                                let _ = c.compare_exchange(cur, Obj::value(ledger), &g);
                             }
                         }
                     }
@@ -241,8 +250,7 @@ fn two_writers_two_caches_long_readers() {
     k.kvfree_rcu_barrier();
     ledger.assert_all_freed_once();
     for c in &caches {
-        c.shrink();
-        assert_eq!(c.stats().slabs, 0, "{:?}", c.stats());
+        assert_shrinks_to_no_slab(c);
     }
 }
 
@@ -269,14 +277,14 @@ fn a_real_time_thread_retiring_boxes_of_several_caches() {
         .into_iter()
         .map(|n| k.slab_cache::<Obj>(n).unwrap())
         .collect();
-    let cell = RcuCell::new_in(k.clone(), *Obj::new(&ledger));
+    let cell = RcuCell::new_in(k.clone(), Obj::value(&ledger));
     let (allocs, frees, blocking) = std::thread::scope(|s| {
         s.spawn(|| {
             let mut boxes: Vec<Vec<SlabBox<Obj>>> = caches
                 .iter()
                 .map(|c| {
                     (0..300)
-                        .map(|_| c.alloc_box(*Obj::new(&ledger)).ok().unwrap())
+                        .map(|_| c.alloc_box(Obj::value(&ledger)).ok().unwrap())
                         .collect()
                 })
                 .collect();
@@ -411,8 +419,7 @@ fn zero_sized_and_large_alignment_values() {
         }
         k.kvfree_rcu_barrier();
         assert_eq!(ZST_DROPS.load(SeqCst) - before, 1000);
-        zc.shrink();
-        assert_eq!(zc.stats().slabs, 0);
+        assert_shrinks_to_no_slab(&zc);
 
         let bc = k.slab_cache::<Big>("big").unwrap();
         let bs: Vec<SlabBox<Big>> = (0..50u64)
@@ -427,8 +434,7 @@ fn zero_sized_and_large_alignment_values() {
             k.kfree_rcu_slab(b).ok().unwrap();
         }
         k.kvfree_rcu_barrier();
-        bc.shrink();
-        assert_eq!(bc.stats().slabs, 0);
+        assert_shrinks_to_no_slab(&bc);
         drop((zc, bc));
     }
 }
@@ -468,10 +474,7 @@ fn a_value_aligned_beyond_a_page_that_fits_a_slab_is_refused() {
 fn last_box_of_an_orphaned_cache_dropped_in_a_signal_handler_frees_the_cache_there() {
     use common::counting_alloc::{thread_allocs, thread_frees};
     use krcu::lock::thread_counters;
-    let pa = allocator_on_cpus(2, 16 << 20);
-    let cache = SlabCache::<u64>::new(&pa, "orphan-irq-last").unwrap();
-    let b = SlabBox::new_in(&cache, 7u64).ok().unwrap();
-    drop(cache);
+    let (pa, b) = box_of_an_orphaned_cache("orphan-irq-last");
     let strong_before = Arc::strong_count(&pa);
     let (heap, blocking, strong_after) = {
         let _irq = krcu::context::enter_hardirq();
@@ -557,7 +560,7 @@ fn sheaves_submitted_by_barriers_while_their_owner_retires() {
     let ledger = Ledger::new(n + 10);
     let cache = k.slab_cache::<Obj>("barrier-race").unwrap();
     let cells: Vec<RcuCell<Obj, Arc<Krcu>>> = (0..4)
-        .map(|_| RcuCell::new_in(k.clone(), *Obj::new(&ledger)))
+        .map(|_| RcuCell::new_in(k.clone(), Obj::value(&ledger)))
         .collect();
     let stop = AtomicBool::new(false);
     let (reads, barriers) = (AtomicU64::new(0), AtomicU64::new(0));
@@ -583,7 +586,7 @@ fn sheaves_submitted_by_barriers_while_their_owner_retires() {
             }
         });
         for i in 0..n {
-            let b = cache.alloc_box(*Obj::new(&ledger)).ok().unwrap();
+            let b = cache.alloc_box(Obj::value(&ledger)).ok().unwrap();
             cells[i % cells.len()].store_slab(b).unwrap();
         }
         wait_for("reads and barriers", Duration::from_secs(120), || {
@@ -594,8 +597,7 @@ fn sheaves_submitted_by_barriers_while_their_owner_retires() {
     drop(cells);
     k.kvfree_rcu_barrier();
     ledger.assert_all_freed_once();
-    cache.shrink();
-    assert_eq!(cache.stats().slabs, 0, "{:?}", cache.stats());
+    assert_shrinks_to_no_slab(&cache);
 }
 
 /// Finding 4: boxes retired with `kfree_rcu_slab` after their cache's
@@ -617,7 +619,7 @@ fn boxes_retired_after_their_cache_handle_dropped() {
     let ledger = Ledger::new(3000);
     let cache = k.slab_cache::<Obj>("retire-after-drop").unwrap();
     let mut boxes: Vec<SlabBox<Obj>> = (0..3000)
-        .map(|_| cache.alloc_box(*Obj::new(&ledger)).ok().unwrap())
+        .map(|_| cache.alloc_box(Obj::value(&ledger)).ok().unwrap())
         .collect();
     drop(cache);
     let other = boxes.split_off(1500);
@@ -654,8 +656,8 @@ fn cell_with_the_last_instance_arc_drops_its_slab_value() {
     let k = Arc::new(Krcu::builder().arena_size(32 << 20).build().unwrap());
     let pa = k.pages().clone();
     let cache = k.slab_cache::<Obj>("last-arc").unwrap();
-    let cell = RcuCell::new_in(k.clone(), *Obj::new(&ledger));
-    cell.store_slab(cache.alloc_box(*Obj::new(&ledger)).ok().unwrap())
+    let cell = RcuCell::new_in(k.clone(), Obj::value(&ledger));
+    cell.store_slab(cache.alloc_box(Obj::value(&ledger)).ok().unwrap())
         .unwrap();
     drop(k);
     drop(cell);
@@ -663,8 +665,7 @@ fn cell_with_the_last_instance_arc_drops_its_slab_value() {
         ledger.dropped.load(SeqCst) == 2
     });
     ledger.assert_all_freed_once();
-    cache.shrink();
-    assert_eq!(cache.stats().slabs, 0, "{:?}", cache.stats());
+    assert_shrinks_to_no_slab(&cache);
     drop(cache);
     assert_eq!(Arc::strong_count(&pa), 1);
     assert_all_pages_back(&pa);
@@ -703,7 +704,7 @@ fn a_real_time_thread_on_the_last_resort_path() {
     let (allocs, frees, blocking, fallbacks) = std::thread::scope(|s| {
         s.spawn(|| {
             let mut boxes: Vec<SlabBox<Obj>> = (0..3000)
-                .map(|_| cache.alloc_box(*Obj::new(&ledger)).ok().unwrap())
+                .map(|_| cache.alloc_box(Obj::value(&ledger)).ok().unwrap())
                 .collect();
             let _h = k.register_thread();
             k.kfree_rcu_slab(boxes.pop().unwrap()).unwrap();
@@ -729,8 +730,7 @@ fn a_real_time_thread_on_the_last_resort_path() {
         blocking, 0,
         "blocking locks ({fallbacks} retires past the sheaves)"
     );
-    cache.shrink();
-    assert_eq!(cache.stats().slabs, 0);
+    assert_shrinks_to_no_slab(&cache);
 }
 
 /// Boxes retired into the rcu_free sheaves of a cache of an instance, then
@@ -749,7 +749,7 @@ fn instance_dropped_while_its_cache_has_retired_boxes_in_sheaves() {
         let pa = k.pages().clone();
         let cache = k.slab_cache::<Obj>("outlives-instance").unwrap();
         for _ in 0..10 {
-            let b = cache.alloc_box(*Obj::new(&ledger)).ok().unwrap();
+            let b = cache.alloc_box(Obj::value(&ledger)).ok().unwrap();
             k.kfree_rcu_slab(b).ok().unwrap();
         }
         drop(k);
@@ -800,7 +800,7 @@ fn free_function_before_the_global_instance_inside_a_reader() {
     let pa = allocator_on_cpus(2, 16 << 20);
     let cache = SlabCache::<Obj>::new(&pa, "before-global").unwrap();
     let g = krcu::rcu::read_lock();
-    let b = cache.alloc_box(*Obj::new(&ledger)).ok().unwrap();
+    let b = cache.alloc_box(Obj::value(&ledger)).ok().unwrap();
     let p = SlabBox::as_ptr(&b);
     krcu::kfree_rcu_slab(b).ok().unwrap();
     std::thread::sleep(Duration::from_millis(50));
@@ -813,8 +813,7 @@ fn free_function_before_the_global_instance_inside_a_reader() {
         ledger.dropped.load(SeqCst) == 1
     });
     ledger.assert_all_freed_once();
-    cache.shrink();
-    assert_eq!(cache.stats().slabs, 0);
+    assert_shrinks_to_no_slab(&cache);
 }
 
 /// Boxes of an orphaned cache dropped on two threads at once (each drop
@@ -828,7 +827,7 @@ fn orphaned_boxes_dropped_on_two_threads_at_once() {
         let ledger = Ledger::new(2000);
         let cache = SlabCache::<Obj>::new(&pa, "orphan-pair").unwrap();
         let mut a: Vec<SlabBox<Obj>> = (0..2000)
-            .map(|_| cache.alloc_box(*Obj::new(&ledger)).ok().unwrap())
+            .map(|_| cache.alloc_box(Obj::value(&ledger)).ok().unwrap())
             .collect();
         let b = a.split_off(1000);
         drop(cache);

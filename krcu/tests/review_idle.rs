@@ -10,53 +10,21 @@
 
 mod common;
 
-use common::CountedNode;
+use common::instances::{IDLE_DEADLINE, idle_instance, work_then_idle};
+use common::seccomp::{FILTERED_DONE, TRAPPED, install_sigsys_handler, trap_futex_on_this_thread};
+use common::{CountedNode, wait_for};
 use krcu::Krcu;
 use krcu::context;
 use krcu::kvfree::Policy;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering::*};
+use std::sync::atomic::{AtomicUsize, Ordering::*};
 use std::time::{Duration, Instant};
 
-/// How long a test waits for progress before it fails: far below the idle
-/// polls the tests set, far above a drain delay plus a grace period.
-const DEADLINE: Duration = Duration::from_secs(60);
 /// An idle poll no test outlives.
 const LONG_IDLE: Duration = Duration::from_secs(600);
 
-fn instance_with(idle_poll: Duration, policy: Policy) -> Krcu {
-    Krcu::builder()
-        .arena_size(32 << 20)
-        .cpus(2)
-        .policy(policy)
-        .idle_poll(idle_poll)
-        .build()
-        .unwrap()
-}
-
 fn instance(idle_poll: Duration) -> Krcu {
-    instance_with(idle_poll, Policy::default())
-}
-
-/// Waits (bounded) until `cond` holds; fails naming `what` otherwise.
-fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(start.elapsed() < DEADLINE, "{what}: not after {DEADLINE:?}");
-        std::thread::sleep(Duration::from_millis(2));
-    }
-}
-
-/// Queues `n` objects, waits until they are freed, then until the monitor
-/// sleeps idle.
-fn work_then_idle(k: &Krcu, n: usize) {
-    let freed = Arc::new(AtomicUsize::new(0));
-    for _ in 0..n {
-        k.kfree_rcu(CountedNode::new(&freed)).unwrap();
-    }
-    k.kvfree_rcu_barrier();
-    assert_eq!(freed.load(SeqCst), n);
-    wait_for("the monitor sleeps idle", || k.idle_counters().2);
+    idle_instance(idle_poll, Policy::default())
 }
 
 /// A slab object that counts its drops.
@@ -99,14 +67,14 @@ fn finding1_task_kfree_rcu_slab_after_a_quiet_spell_waits_the_idle_poll() {
         .unwrap();
     let via_block = k.stats().to_block > to_block0;
     let start = Instant::now();
-    while freed.load(SeqCst) == 0 && start.elapsed() < DEADLINE {
+    while freed.load(SeqCst) == 0 && start.elapsed() < IDLE_DEADLINE {
         std::thread::sleep(Duration::from_millis(5));
     }
     let (_, kicks, idle) = k.idle_counters();
     assert_eq!(
         freed.load(SeqCst),
         1,
-        "a task-context kfree_rcu_slab after a quiet spell was not freed after {DEADLINE:?} \
+        "a task-context kfree_rcu_slab after a quiet spell was not freed after {IDLE_DEADLINE:?} \
          (went to a block: {via_block}; doorbell kicks {kicks}; monitor still idle: {idle})"
     );
 }
@@ -126,9 +94,11 @@ fn softirq_kfree_rcu_after_a_quiet_spell_is_freed_without_the_timeout() {
         let _softirq = context::enter_softirq();
         k.kfree_rcu(CountedNode::new(&freed)).unwrap();
     }
-    wait_for("the softirq caller's object is freed", || {
-        freed.load(SeqCst) == 1
-    });
+    wait_for(
+        "the softirq caller's object is freed",
+        IDLE_DEADLINE,
+        || freed.load(SeqCst) == 1,
+    );
 }
 
 /// The single-argument form (its own block install path).
@@ -138,7 +108,9 @@ fn mightsleep_after_a_quiet_spell_is_freed_without_the_timeout() {
     work_then_idle(&k, 100);
     let freed = Arc::new(AtomicUsize::new(0));
     k.kvfree_rcu_mightsleep(CountedNode::new(&freed)).unwrap();
-    wait_for("the mightsleep object is freed", || freed.load(SeqCst) == 1);
+    wait_for("the mightsleep object is freed", IDLE_DEADLINE, || {
+        freed.load(SeqCst) == 1
+    });
 }
 
 /// `Policy::Prohibit` keeps no spare block and never allocates under the
@@ -148,7 +120,7 @@ fn mightsleep_after_a_quiet_spell_is_freed_without_the_timeout() {
 /// path.
 #[test]
 fn list_fallback_after_a_quiet_spell_is_freed_without_the_timeout() {
-    let k = Arc::new(instance_with(LONG_IDLE, Policy::Prohibit));
+    let k = Arc::new(idle_instance(LONG_IDLE, Policy::Prohibit));
     work_then_idle(&k, 100);
     let freed = Arc::new(AtomicUsize::new(0));
     let list0 = k.stats().list_fallbacks;
@@ -164,7 +136,7 @@ fn list_fallback_after_a_quiet_spell_is_freed_without_the_timeout() {
         list0 + 1,
         "the call took the rcu_head list"
     );
-    wait_for("the list fallback's object is freed", || {
+    wait_for("the list fallback's object is freed", IDLE_DEADLINE, || {
         freed.load(SeqCst) == 1
     });
 }
@@ -201,19 +173,17 @@ fn tls_destructor_kfree_rcu_after_a_quiet_spell_is_freed_without_the_timeout() {
     work_then_idle(&k, 100);
     go_tx.send(()).unwrap();
     t.join().unwrap();
-    wait_for("the object retired at thread exit is freed", || {
-        freed.load(SeqCst) == 1
-    });
+    wait_for(
+        "the object retired at thread exit is freed",
+        IDLE_DEADLINE,
+        || freed.load(SeqCst) == 1,
+    );
 }
 
 // ---------------------------------------------------------------------
 // Sound check: a signal handler after a quiet spell makes no system call
 // ---------------------------------------------------------------------
 
-/// The system call the seccomp filter trapped (-1: none).
-static TRAPPED: AtomicI64 = AtomicI64::new(-1);
-/// Set by the filtered thread when it is done (or trapped).
-static FILTERED_DONE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 /// The instance and the counter the SIGUSR2 handler retires into.
 static SIG_TARGET: std::sync::atomic::AtomicPtr<(Arc<Krcu>, Arc<AtomicUsize>)> =
     std::sync::atomic::AtomicPtr::new(core::ptr::null_mut());
@@ -238,60 +208,6 @@ extern "C" fn on_sigusr2(_: libc::c_int) {
     }
 }
 
-extern "C" fn on_sigsys(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
-    // SAFETY: for SIGSYS the kernel fills `_sigsys`: the system call number
-    // is the int at offset 24 of siginfo_t on 64-bit Linux.
-    let nr = unsafe { info.cast::<u8>().add(24).cast::<i32>().read() };
-    TRAPPED.store(i64::from(nr), SeqCst);
-    FILTERED_DONE.store(true, Release);
-    // SAFETY: ends this thread only (allowed by the filter).
-    unsafe { libc::syscall(libc::SYS_exit, 0) };
-    loop {
-        core::hint::spin_loop();
-    }
-}
-
-/// Traps `futex` on the calling thread (SIGSYS); everything else passes.
-fn trap_futex_on_this_thread() {
-    fn stmt(code: u32, k: u32) -> libc::sock_filter {
-        libc::sock_filter {
-            code: code as u16,
-            jt: 0,
-            jf: 0,
-            k,
-        }
-    }
-    let filter = [
-        stmt(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, 0), // seccomp_data.nr
-        libc::sock_filter {
-            code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
-            jt: 0,
-            jf: 1,
-            k: libc::SYS_futex as u32,
-        },
-        stmt(libc::BPF_RET | libc::BPF_K, libc::SECCOMP_RET_TRAP),
-        stmt(libc::BPF_RET | libc::BPF_K, libc::SECCOMP_RET_ALLOW),
-    ];
-    let prog = libc::sock_fprog {
-        len: filter.len() as u16,
-        filter: filter.as_ptr() as *mut libc::sock_filter,
-    };
-    // SAFETY: prctl and seccomp with valid arguments; the kernel copies the
-    // program.
-    unsafe {
-        assert_eq!(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), 0);
-        assert_eq!(
-            libc::syscall(
-                libc::SYS_seccomp,
-                libc::SECCOMP_SET_MODE_FILTER,
-                0,
-                &prog as *const libc::sock_fprog,
-            ),
-            0
-        );
-    }
-}
-
 /// A signal handler (hardirq context) that retires an object while the
 /// monitor sleeps idle makes no `futex` call (seccomp traps it), and the
 /// object is found by the monitor's timed wake-up (200 ms here).
@@ -303,7 +219,7 @@ fn signal_handler_kfree_rcu_after_a_quiet_spell_makes_no_futex_call() {
     let target = Box::into_raw(Box::new((k.clone(), freed.clone())));
     SIG_TARGET.store(target, Release);
     SIG_OBJ.store(Box::into_raw(CountedNode::new(&freed)), Release);
-    // SAFETY: zeroed sigactions with valid handlers and empty masks.
+    // SAFETY: a zeroed sigaction with a valid handler and an empty mask.
     unsafe {
         let mut sa: libc::sigaction = core::mem::zeroed();
         sa.sa_sigaction = on_sigusr2 as *const () as usize;
@@ -312,12 +228,8 @@ fn signal_handler_kfree_rcu_after_a_quiet_spell_makes_no_futex_call() {
             libc::sigaction(libc::SIGUSR2, &sa, core::ptr::null_mut()),
             0
         );
-        let mut sa: libc::sigaction = core::mem::zeroed();
-        sa.sa_sigaction = on_sigsys as *const () as usize;
-        sa.sa_flags = libc::SA_SIGINFO;
-        libc::sigemptyset(&mut sa.sa_mask);
-        assert_eq!(libc::sigaction(libc::SIGSYS, &sa, core::ptr::null_mut()), 0);
     }
+    install_sigsys_handler();
     assert!(k.idle_counters().2, "the monitor sleeps idle");
     let (_, kicks0, _) = k.idle_counters();
     // The filtered thread: seccomp, then the signal (tgkill is allowed),
@@ -338,7 +250,7 @@ fn signal_handler_kfree_rcu_after_a_quiet_spell_makes_no_futex_call() {
         // SAFETY: ends this thread only.
         unsafe { libc::syscall(libc::SYS_exit, 0) };
     });
-    wait_for("the filtered thread is done", || {
+    wait_for("the filtered thread is done", IDLE_DEADLINE, || {
         FILTERED_DONE.load(Acquire)
     });
     assert_eq!(
@@ -346,7 +258,9 @@ fn signal_handler_kfree_rcu_after_a_quiet_spell_makes_no_futex_call() {
         -1,
         "the signal handler made a trapped system call"
     );
-    wait_for("the handler's object is freed", || freed.load(SeqCst) == 1);
+    wait_for("the handler's object is freed", IDLE_DEADLINE, || {
+        freed.load(SeqCst) == 1
+    });
     let (_, kicks1, _) = k.idle_counters();
     assert_eq!(kicks1, kicks0, "the handler rang the doorbell");
     SIG_TARGET.store(core::ptr::null_mut(), Release);
@@ -400,7 +314,7 @@ fn a_barrier_inside_a_destructor_run_by_a_helping_barrier_finishes() {
         let _ = done_tx.send(());
     });
     done_rx
-        .recv_timeout(DEADLINE)
+        .recv_timeout(IDLE_DEADLINE)
         .expect("the barrier whose destructors wait for barriers finished");
     assert_eq!(freed.load(SeqCst), 100, "objects queued before it unfreed");
 }
@@ -411,7 +325,7 @@ fn a_barrier_inside_a_destructor_run_by_a_helping_barrier_finishes() {
 /// (it uses the process-wide instance).
 #[test]
 fn flush_from_a_global_destructor_finishes() {
-    common::child::assert_passes_in_child("inner_flush_from_a_global_destructor", DEADLINE);
+    common::child::assert_passes_in_child("inner_flush_from_a_global_destructor", IDLE_DEADLINE);
 }
 
 #[test]
@@ -439,9 +353,11 @@ fn inner_flush_from_a_global_destructor() {
     }
     // Without a barrier first: the monitor starts the reclaimers, which
     // run the destructors (a flush on a reclaimer).
-    wait_for("the reclaimers ran the flushing destructors", || {
-        freed.load(SeqCst) == 40
-    });
+    wait_for(
+        "the reclaimers ran the flushing destructors",
+        IDLE_DEADLINE,
+        || freed.load(SeqCst) == 40,
+    );
     for _ in 0..20 {
         krcu::kfree_rcu(Box::new(FlushOnDrop(
             freed.clone(),

@@ -6,21 +6,17 @@ mod common;
 
 use common::counting_alloc::{CountingAlloc, allocs_during};
 use common::pages::{allocator_on_cpus, assert_all_pages_back};
+use common::slabs::{assert_shrinks_to_no_slab, rcu_instance, rcu_sheaf_cache, sheaf_cache};
 use krcu::context;
 use krcu::lock::thread_counters;
 use krcu::page::Gfp;
-use krcu::rcu::{Rcu, RcuConfig};
-use krcu::slab::SlabCache;
+use krcu::slab::{DEFAULT_SHEAF_CAPACITY, SlabCache};
 use std::ptr::NonNull;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering::*};
 
 #[global_allocator]
 static GLOBAL: CountingAlloc = CountingAlloc;
-
-fn rcu_instance() -> Arc<Rcu> {
-    Arc::new(Rcu::new(krcu::Domain::global(), RcuConfig::default()))
-}
 
 /// A cache whose objects sit only in a partial slab: nothing in any
 /// thread's, CPU's or the barn's sheaves (so an allocation has to go to
@@ -54,11 +50,7 @@ fn only_partial_slab(cache: &SlabCache<u64>) -> NonNull<u64> {
 #[test]
 fn a_signal_handler_never_takes_the_node_lock_blocking() {
     let pa = allocator_on_cpus(1, 8 << 20);
-    let cache = SlabCache::<u64>::builder(&pa)
-        .name("hardirq-atomic")
-        .sheaf_capacity(4)
-        .build()
-        .unwrap();
+    let cache = sheaf_cache::<u64>(&pa, "hardirq-atomic", 4);
     let keep = only_partial_slab(&cache);
     let c0 = thread_counters();
     let r = {
@@ -86,11 +78,7 @@ fn a_signal_handler_never_takes_the_node_lock_blocking() {
 #[test]
 fn a_signal_handler_refilling_a_prefilled_sheaf_never_blocks() {
     let pa = allocator_on_cpus(1, 8 << 20);
-    let cache = SlabCache::<u64>::builder(&pa)
-        .name("hardirq-prefill")
-        .sheaf_capacity(4)
-        .build()
-        .unwrap();
+    let cache = sheaf_cache::<u64>(&pa, "hardirq-prefill", 4);
     let mut sheaf = cache.prefill_sheaf(Gfp::KERNEL, 0).unwrap();
     let keep = only_partial_slab(&cache);
     let c0 = thread_counters();
@@ -125,13 +113,12 @@ fn a_signal_handler_refilling_a_prefilled_sheaf_never_blocks() {
 #[test]
 fn a_realtime_thread_retiring_into_sheaves_never_allocates() {
     let pa = allocator_on_cpus(1, 8 << 20);
-    let cache = Arc::new(
-        SlabCache::<u64>::builder(&pa)
-            .name("rt-retire")
-            .rcu(rcu_instance())
-            .build()
-            .unwrap(),
-    );
+    let cache = Arc::new(rcu_sheaf_cache::<u64>(
+        &pa,
+        "rt-retire",
+        DEFAULT_SHEAF_CAPACITY,
+        rcu_instance(),
+    ));
     let obj = cache.alloc(Gfp::KERNEL, 5).unwrap().as_ptr() as usize;
     let (allocs, handed_back) = {
         let cache = cache.clone();
@@ -184,14 +171,7 @@ fn the_rcu_free_callback_dropping_the_last_cache_handle_loses_nothing() {
     let pa = allocator_on_cpus(1, 8 << 20);
     let rcu = rcu_instance();
     let drops = Arc::new(AtomicUsize::new(0));
-    let cache = Arc::new(
-        SlabCache::<Node>::builder(&pa)
-            .name("last-handle")
-            .sheaf_capacity(4)
-            .rcu(rcu.clone())
-            .build()
-            .unwrap(),
-    );
+    let cache = Arc::new(rcu_sheaf_cache::<Node>(&pa, "last-handle", 4, rcu.clone()));
     const N: usize = 40;
     for i in 0..N {
         let node = Node {
@@ -271,13 +251,7 @@ thread_local! {
 #[test]
 fn thread_local_destructors_freeing_around_the_slot_list_lose_nothing() {
     let pa = allocator_on_cpus(1, 8 << 20);
-    let cache = Arc::new(
-        SlabCache::<Counted>::builder(&pa)
-            .name("tls-exit")
-            .sheaf_capacity(4)
-            .build()
-            .unwrap(),
-    );
+    let cache = Arc::new(sheaf_cache::<Counted>(&pa, "tls-exit", 4));
     let drops = Arc::new(AtomicUsize::new(0));
     const PER: usize = 10;
     for round in 0..4 {
@@ -315,8 +289,7 @@ fn thread_local_destructors_freeing_around_the_slot_list_lose_nothing() {
             "every object dropped once"
         );
     }
-    cache.shrink();
-    assert_eq!(cache.stats().slabs, 0, "{:#?}", cache.stats());
+    assert_shrinks_to_no_slab(&cache);
     drop(cache);
     assert_all_pages_back(&pa);
 }
@@ -459,12 +432,7 @@ fn a_signal_handler_sharing_the_cache_with_the_thread_it_interrupts() {
 #[test]
 fn a_realtime_thread_retiring_into_sheaves_never_blocks() {
     let pa = allocator_on_cpus(1, 8 << 20);
-    let cache = SlabCache::<u64>::builder(&pa)
-        .name("rt-barn")
-        .sheaf_capacity(4)
-        .rcu(rcu_instance())
-        .build()
-        .unwrap();
+    let cache = rcu_sheaf_cache::<u64>(&pa, "rt-barn", 4, rcu_instance());
     let objs: Vec<_> = (0..5u64)
         .map(|i| cache.alloc(Gfp::KERNEL, i).unwrap())
         .collect();
@@ -568,14 +536,7 @@ fn rcu_free_destructors_reentering_the_same_cache_lose_nothing() {
     }
     let pa = allocator_on_cpus(1, 16 << 20);
     let rcu = rcu_instance();
-    let cache = Arc::new(
-        SlabCache::<Node>::builder(&pa)
-            .name("reentry")
-            .sheaf_capacity(4)
-            .rcu(rcu.clone())
-            .build()
-            .unwrap(),
-    );
+    let cache = Arc::new(rcu_sheaf_cache::<Node>(&pa, "reentry", 4, rcu.clone()));
     let drops = Arc::new(AtomicUsize::new(0));
     let node = |child: usize, retire_child: bool| Node {
         cache: cache.clone(),
@@ -602,8 +563,7 @@ fn rcu_free_destructors_reentering_the_same_cache_lose_nothing() {
     }
     // Parents, children, and one extra per parent.
     assert_eq!(drops.load(SeqCst), 3 * N, "every object dropped once");
-    cache.shrink();
-    assert_eq!(cache.stats().slabs, 0, "{:#?}", cache.stats());
+    assert_shrinks_to_no_slab(&cache);
     assert_eq!(Arc::strong_count(&cache), 1, "no object holds the cache");
     drop(cache);
     assert_all_pages_back(&pa);
@@ -621,13 +581,7 @@ fn rcu_free_destructors_reentering_the_same_cache_lose_nothing() {
 #[test]
 fn a_first_no_locks_allocation_takes_no_lock_blocking() {
     let pa = allocator_on_cpus(1, 8 << 20);
-    let cache = Arc::new(
-        SlabCache::<u64>::builder(&pa)
-            .name("nolocks-register")
-            .sheaf_capacity(4)
-            .build()
-            .unwrap(),
-    );
+    let cache = Arc::new(sheaf_cache::<u64>(&pa, "nolocks-register", 4));
     // An exited thread leaves a sheaf with objects in its slot.
     {
         let cache = cache.clone();
@@ -659,8 +613,7 @@ fn a_first_no_locks_allocation_takes_no_lock_blocking() {
         .join()
         .unwrap()
     };
-    cache.shrink();
-    assert_eq!(cache.stats().slabs, 0, "{:#?}", cache.stats());
+    assert_shrinks_to_no_slab(&cache);
     drop(cache);
     assert_all_pages_back(&pa);
     assert_eq!(
@@ -693,13 +646,7 @@ fn the_shrinker_reclaims_an_idle_threads_sheaf_under_pressure() {
             use common::pages::{SHRINK_8MIB, quiet_allocator};
             let d = krcu::Domain::builder().cpus(1).build();
             let pa = quiet_allocator(&d, 8 << 20, SHRINK_8MIB);
-            let cache = Arc::new(
-                SlabCache::<[u64; 32]>::builder(&pa)
-                    .name("reclaim-refill")
-                    .sheaf_capacity(1024)
-                    .build()
-                    .unwrap(),
-            );
+            let cache = Arc::new(sheaf_cache::<[u64; 32]>(&pa, "reclaim-refill", 1024));
             // An idle thread holds ~1000 objects (whole slabs) in its own
             // `main` sheaf.
             let (tx, rx) = std::sync::mpsc::channel::<()>();
@@ -918,8 +865,7 @@ fn readers_against_exiting_writers_and_concurrent_takers() {
         unsafe { cache.free(NonNull::new(s.load(Acquire)).unwrap()) };
     }
     assert_eq!(drops.load(SeqCst), made.load(SeqCst));
-    cache.shrink();
-    assert_eq!(cache.stats().slabs, 0, "{:#?}", cache.stats());
+    assert_shrinks_to_no_slab(&cache);
     drop(cache);
     assert_all_pages_back(&pa);
 }
@@ -964,14 +910,12 @@ impl Drop for Marked {
 fn alternating_caches_never_misfile_a_sheaf_of_free_objects() {
     let pa = allocator_on_cpus(1, 8 << 20);
     let rcu = rcu_instance();
-    let a = Arc::new(
-        SlabCache::<Marked>::builder(&pa)
-            .name("alternate-a")
-            .sheaf_capacity(4)
-            .rcu(rcu.clone())
-            .build()
-            .unwrap(),
-    );
+    let a = Arc::new(rcu_sheaf_cache::<Marked>(
+        &pa,
+        "alternate-a",
+        4,
+        rcu.clone(),
+    ));
     let b = SlabCache::<u64>::builder(&pa)
         .name("alternate-b")
         .build()
@@ -1059,13 +1003,7 @@ fn alternating_caches_never_misfile_a_sheaf_of_free_objects() {
 #[test]
 fn alternating_caches_never_break_a_later_free() {
     let pa = allocator_on_cpus(1, 8 << 20);
-    let a = Arc::new(
-        SlabCache::<u64>::builder(&pa)
-            .name("alternate-full")
-            .sheaf_capacity(4)
-            .build()
-            .unwrap(),
-    );
+    let a = Arc::new(sheaf_cache::<u64>(&pa, "alternate-full", 4));
     let b = SlabCache::<u64>::builder(&pa)
         .name("alternate-b2")
         .build()

@@ -4,6 +4,7 @@
 mod common;
 
 use common::pages::{allocator_on_cpus, assert_all_pages_back};
+use common::slabs::assert_shrinks_to_no_slab;
 use krcu::Domain;
 use krcu::page::{Gfp, PAGE_SIZE, PageAllocator, Watermarks};
 use krcu::slab::{SlabCache, SlabError};
@@ -114,8 +115,7 @@ fn free_bulk_never_touches_objects_without_drop_glue() {
         // SAFETY: live, freed once.
         unsafe { cache.free(p) };
     }
-    cache.shrink();
-    assert_eq!(cache.stats().slabs, 0);
+    assert_shrinks_to_no_slab(&cache);
     assert_all_pages_back(&pa);
 }
 
@@ -258,8 +258,7 @@ fn threads_share_a_cache() {
     for w in workers {
         w.join().unwrap();
     }
-    cache.shrink();
-    assert_eq!(cache.stats().slabs, 0, "{:#?}", cache.stats());
+    assert_shrinks_to_no_slab(&cache);
     drop(cache);
     drop(live);
     assert_all_pages_back(&pa);
@@ -395,8 +394,7 @@ fn deferred_frees_are_reused_by_later_allocations() {
         // SAFETY: allocated above, freed once.
         unsafe { cache.free(o) };
     }
-    cache.shrink();
-    assert_eq!(cache.stats().slabs, 0);
+    assert_shrinks_to_no_slab(&cache);
     drop(cache);
     assert_all_pages_back(&pa);
 }

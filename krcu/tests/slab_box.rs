@@ -6,22 +6,19 @@
 mod common;
 
 use common::pages::{allocator_on_cpus, assert_all_pages_back};
+use common::slabs::assert_shrinks_to_no_slab;
 use common::{LIVE, Ledger, Obj};
 use krcu::slab::{SlabBox, SlabCache};
 use std::sync::Arc;
 
 /// An `Obj` moved out of its `Box` into the cache.
-fn obj(ledger: &Arc<Ledger>) -> Obj {
-    *Obj::new(ledger)
-}
-
 #[test]
 fn every_value_is_dropped_once_and_every_slab_goes_back() {
     let pa = allocator_on_cpus(2, 16 << 20);
     let ledger = Ledger::new(5000);
     let cache = SlabCache::<Obj>::new(&pa, "objs").unwrap();
     let mut boxes: Vec<SlabBox<Obj>> = (0..5000)
-        .map(|_| cache.alloc_box(obj(&ledger)).ok().unwrap())
+        .map(|_| cache.alloc_box(Obj::value(&ledger)).ok().unwrap())
         .collect();
     for b in &boxes {
         b.check();
@@ -43,8 +40,7 @@ fn every_value_is_dropped_once_and_every_slab_goes_back() {
         drop(b);
     }
     ledger.assert_all_freed_once();
-    cache.shrink();
-    assert_eq!(cache.stats().slabs, 0);
+    assert_shrinks_to_no_slab(&cache);
     assert_all_pages_back(&pa);
 }
 
@@ -56,7 +52,7 @@ fn boxes_dropped_on_other_threads() {
     let batches: Vec<Vec<SlabBox<Obj>>> = (0..4)
         .map(|_| {
             (0..1000)
-                .map(|_| SlabBox::new_in(&cache, obj(&ledger)).ok().unwrap())
+                .map(|_| SlabBox::new_in(&cache, Obj::value(&ledger)).ok().unwrap())
                 .collect()
         })
         .collect();
@@ -80,8 +76,7 @@ fn boxes_dropped_on_other_threads() {
         t.join().unwrap();
     }
     ledger.assert_all_freed_once();
-    cache.shrink();
-    assert_eq!(cache.stats().slabs, 0);
+    assert_shrinks_to_no_slab(&cache);
     assert_all_pages_back(&pa);
 }
 
@@ -90,7 +85,7 @@ fn into_raw_and_from_raw_round_trip() {
     let pa = allocator_on_cpus(1, 8 << 20);
     let ledger = Ledger::new(1);
     let cache = SlabCache::<Obj>::new(&pa, "raw").unwrap();
-    let b = cache.alloc_box(obj(&ledger)).ok().unwrap();
+    let b = cache.alloc_box(Obj::value(&ledger)).ok().unwrap();
     let p = SlabBox::into_raw(b);
     // SAFETY: allocated above and given up once: still an initialised Obj.
     let o = unsafe { p.as_ref() };
@@ -111,7 +106,7 @@ fn cache_dropped_while_boxes_live() {
     let ledger = Ledger::new(3000);
     let cache = SlabCache::<Obj>::new(&pa, "orphan").unwrap();
     let boxes: Vec<SlabBox<Obj>> = (0..3000)
-        .map(|_| cache.alloc_box(obj(&ledger)).ok().unwrap())
+        .map(|_| cache.alloc_box(Obj::value(&ledger)).ok().unwrap())
         .collect();
     // Some freed while the cache lives: they sit in per-CPU caches.
     let (early, late) = {

@@ -7,9 +7,10 @@
 
 mod common;
 
+use common::instances::collecting_instance;
+use common::slabs::assert_shrinks_to_no_slab;
 use common::{Ledger, Obj, wait_for};
-use krcu::kvfree::{KvfreeConfig, Policy};
-use krcu::lockdep::{ReportHandler, ReportLog};
+use krcu::kvfree::Policy;
 use krcu::slab::SlabCache;
 use krcu::{Krcu, RcuCell, SlabRetireError};
 use std::sync::Arc;
@@ -17,23 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::*};
 use std::time::Duration;
 
 fn instance(policy: Policy, cache_blocks: usize) -> Arc<Krcu> {
-    Arc::new(
-        Krcu::builder()
-            .arena_size(64 << 20)
-            .report_handler(ReportHandler::Collect(ReportLog::new()))
-            .kvfree_config(
-                KvfreeConfig::default()
-                    .policy(policy)
-                    .cache_blocks(cache_blocks)
-                    .refill_mark(cache_blocks.min(3)),
-            )
-            .build()
-            .unwrap(),
-    )
-}
-
-fn obj(ledger: &Arc<Ledger>) -> Obj {
-    *Obj::new(ledger)
+    Arc::new(collecting_instance(policy, cache_blocks))
 }
 
 fn readers_and_writer(policy: Policy, cache_blocks: usize, n: usize) {
@@ -41,8 +26,8 @@ fn readers_and_writer(policy: Policy, cache_blocks: usize, n: usize) {
     // Every fourth update makes two values.
     let ledger = Ledger::new(2 * n + 100);
     let cache = k.slab_cache::<Obj>("cell values").unwrap();
-    let cells: Vec<RcuCell<Obj, Arc<Krcu>>> = (0..8)
-        .map(|_| RcuCell::new_in(k.clone(), obj(&ledger)))
+    let cells: Vec<Cell> = (0..8)
+        .map(|_| RcuCell::new_in(k.clone(), Obj::value(&ledger)))
         .collect();
     let stop = AtomicBool::new(false);
     let reads = AtomicU64::new(0);
@@ -71,14 +56,14 @@ fn readers_and_writer(policy: Policy, cache_blocks: usize, n: usize) {
         for i in 0..n {
             let c = &cells[i % cells.len()];
             match i % 4 {
-                0 => c.store(obj(&ledger)).ok().unwrap(),
+                0 => c.store(Obj::value(&ledger)).ok().unwrap(),
                 1 => c
-                    .store_slab(cache.alloc_box(obj(&ledger)).ok().unwrap())
+                    .store_slab(cache.alloc_box(Obj::value(&ledger)).ok().unwrap())
                     .unwrap(),
                 2 => {
                     let g = k.rcu().read_lock();
                     let old = c
-                        .replace_slab(cache.alloc_box(obj(&ledger)).ok().unwrap(), &g)
+                        .replace_slab(cache.alloc_box(Obj::value(&ledger)).ok().unwrap(), &g)
                         .unwrap()
                         .unwrap();
                     old.check();
@@ -86,12 +71,12 @@ fn readers_and_writer(policy: Policy, cache_blocks: usize, n: usize) {
                 _ => {
                     let g = k.rcu().read_lock();
                     let cur = c.load(&g);
-                    let new = cache.alloc_box(obj(&ledger)).ok().unwrap();
+                    let new = cache.alloc_box(Obj::value(&ledger)).ok().unwrap();
                     // The cell may hold a slab value: the compare still
                     // finds it by its untagged address.
                     c.store_slab(new).unwrap();
                     let cur2 = c.load(&g);
-                    let r = c.compare_exchange(cur2, obj(&ledger), &g);
+                    let r = c.compare_exchange(cur2, Obj::value(&ledger), &g);
                     assert!(r.is_ok(), "compare-exchange on a slab value failed");
                     let _ = cur;
                 }
@@ -104,8 +89,7 @@ fn readers_and_writer(policy: Policy, cache_blocks: usize, n: usize) {
     drop(cells);
     k.kvfree_rcu_barrier();
     ledger.assert_all_freed_once();
-    cache.shrink();
-    assert_eq!(cache.stats().slabs, 0, "{:?}", cache.stats());
+    assert_shrinks_to_no_slab(&cache);
 }
 
 #[test]
@@ -118,14 +102,24 @@ fn slab_values_on_the_last_resort_list() {
     readers_and_writer(Policy::Prohibit, 0, 4_000);
 }
 
-#[test]
-fn dropping_the_cell_retires_its_slab_value() {
+/// A cell of an instance of this test's.
+type Cell = RcuCell<Obj, Arc<Krcu>>;
+
+/// A cell holding one slab value, with its instance, its ledger and the
+/// value's cache.
+fn cell_holding_a_slab_value() -> (Arc<Krcu>, Arc<Ledger>, SlabCache<Obj>, Cell) {
     let k = instance(Policy::default(), 5);
     let ledger = Ledger::new(1);
     let cache = k.slab_cache::<Obj>("v").unwrap();
     let cell = RcuCell::empty_in(k.clone());
-    cell.store_slab(cache.alloc_box(obj(&ledger)).ok().unwrap())
+    cell.store_slab(cache.alloc_box(Obj::value(&ledger)).ok().unwrap())
         .unwrap();
+    (k, ledger, cache, cell)
+}
+
+#[test]
+fn dropping_the_cell_retires_its_slab_value() {
+    let (k, ledger, _cache, cell) = cell_holding_a_slab_value();
     let g = k.rcu().read_lock();
     let v: &Obj = cell.load(&g).unwrap();
     v.check();
@@ -137,12 +131,7 @@ fn dropping_the_cell_retires_its_slab_value() {
 
 #[test]
 fn clear_retires_a_slab_value() {
-    let k = instance(Policy::default(), 5);
-    let ledger = Ledger::new(1);
-    let cache = k.slab_cache::<Obj>("v").unwrap();
-    let cell = RcuCell::empty_in(k.clone());
-    cell.store_slab(cache.alloc_box(obj(&ledger)).ok().unwrap())
-        .unwrap();
+    let (k, ledger, _cache, cell) = cell_holding_a_slab_value();
     cell.clear().unwrap();
     assert!(cell.load(&k.rcu().read_lock()).is_none());
     k.kvfree_rcu_barrier();
@@ -155,8 +144,8 @@ fn a_box_of_another_instance_or_in_nmi_is_handed_back() {
     let b = instance(Policy::default(), 5);
     let ledger = Ledger::new(4);
     let cache_b = b.slab_cache::<Obj>("b").unwrap();
-    let cell = RcuCell::new_in(a.clone(), obj(&ledger));
-    let x = match cell.store_slab(cache_b.alloc_box(obj(&ledger)).ok().unwrap()) {
+    let cell = RcuCell::new_in(a.clone(), Obj::value(&ledger));
+    let x = match cell.store_slab(cache_b.alloc_box(Obj::value(&ledger)).ok().unwrap()) {
         Err(SlabRetireError::OtherInstance(x)) => x,
         other => panic!("not refused: {other:?}"),
     };
@@ -164,14 +153,14 @@ fn a_box_of_another_instance_or_in_nmi_is_handed_back() {
     drop(x);
     // A cell of the process-wide instance and a cache of an instance.
     let global_cell = RcuCell::<Obj>::empty();
-    let y = cache_b.alloc_box(obj(&ledger)).ok().unwrap();
+    let y = cache_b.alloc_box(Obj::value(&ledger)).ok().unwrap();
     assert!(matches!(
         global_cell.store_slab(y),
         Err(SlabRetireError::OtherInstance(_))
     ));
     // NMI context.
     let cache_a = a.slab_cache::<Obj>("a").unwrap();
-    let z = cache_a.alloc_box(obj(&ledger)).ok().unwrap();
+    let z = cache_a.alloc_box(Obj::value(&ledger)).ok().unwrap();
     let z = {
         let _nmi = krcu::context::enter_nmi();
         match cell.store_slab(z) {
@@ -191,9 +180,9 @@ fn a_box_of_another_instance_or_in_nmi_is_handed_back() {
 fn a_global_cell_takes_a_global_cache() {
     let ledger = Ledger::new(200);
     let cache = SlabCache::<Obj>::new(Krcu::global().pages(), "global").unwrap();
-    let cell = RcuCell::new(obj(&ledger));
+    let cell = RcuCell::new(Obj::value(&ledger));
     for _ in 0..199 {
-        cell.store_slab(cache.alloc_box(obj(&ledger)).ok().unwrap())
+        cell.store_slab(cache.alloc_box(Obj::value(&ledger)).ok().unwrap())
             .unwrap();
         cell.load(&krcu::rcu::read_lock()).unwrap().check();
     }

@@ -12,7 +12,7 @@
 //!   allocator, counted per thread);
 //! - no blocking lock (krcu's per-thread lock counters);
 //! - no system call at all: a seccomp filter on that thread alone traps
-//!   every system call but `exit` and `rt_sigreturn` (`common::seal`);
+//!   every system call but `exit` and `rt_sigreturn` (`common::seccomp`);
 //! - and runs no destructor (each object counts its drops per thread).
 //!
 //! The fallback is taken for sure in the first round (the barn holds no
@@ -34,7 +34,7 @@
 mod common;
 
 use common::counting_alloc::{CountingAlloc, thread_allocs, thread_frees};
-use common::seal;
+use common::seccomp;
 use core::cell::{Cell, UnsafeCell};
 use krcu::lock::thread_counters;
 use krcu::page::{FaultSites, Gfp};
@@ -257,7 +257,7 @@ fn realtime_thread(env: &Env) -> ! {
     env.ready.store(true, Release);
     while !env.go.load(Acquire) {
         if env.abort.load(Relaxed) {
-            seal::exit_thread();
+            seccomp::exit_thread();
         }
         std::thread::sleep(Duration::from_millis(1));
     }
@@ -265,7 +265,7 @@ fn realtime_thread(env: &Env) -> ! {
     let (a0, f0, d0) = (thread_allocs(), thread_frees(), thread_drops());
     let c0 = thread_counters();
     if env.seal {
-        seal::seal_thread();
+        seccomp::seal_thread();
     }
     // ---- no system call from here on ----
     let (mut calls, mut published, mut refused) = (0u64, 0u64, 0u64);
@@ -322,7 +322,7 @@ fn realtime_thread(env: &Env) -> ! {
     r.calls.store(calls, Relaxed);
     r.published.store(published, Relaxed);
     r.refused.store(refused, Relaxed);
-    seal::exit_thread()
+    seccomp::exit_thread()
 }
 
 /// Sets every flag it holds when dropped: the control thread's end, or
@@ -350,7 +350,7 @@ impl Drop for JoinOnDrop<'_> {
     fn drop(&mut self) {
         self.abort.store(true, SeqCst);
         let t0 = Instant::now();
-        while !seal::DONE.load(Acquire) {
+        while !seccomp::FILTERED_DONE.load(Acquire) {
             if t0.elapsed() > WATCHDOG {
                 eprintln!("the real-time thread did not end; it borrows the test's state: abort");
                 std::process::abort();
@@ -380,7 +380,7 @@ fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
 #[test]
 fn a_sealed_realtime_thread_allocating_from_prefilled_sheaves_and_retiring_into_sheaves_makes_no_system_call()
  {
-    if seal::under_valgrind() {
+    if seccomp::under_valgrind() {
         println!("under valgrind: skipped (valgrind makes system calls for the sealed thread)");
         return;
     }
@@ -402,8 +402,7 @@ static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn prove(seal: bool) {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    seal::install_sigsys_handler();
-    seal::reset();
+    seccomp::install_sigsys_handler();
     // 'static, as retired objects are (it leaks: a few kilobytes).
     let ledger: &'static Ledger = Box::leak(Box::new(Ledger::new(
         ROUNDS * krcu::slab::MAX_SHEAF_CAPACITY + 16,
@@ -484,7 +483,7 @@ fn prove(seal: bool) {
             let mut drained = None;
             wait_for("a drained sheaf", || {
                 drained = env.mailbox.take(CONTROL);
-                drained.is_some() || seal::DONE.load(Acquire)
+                drained.is_some() || seccomp::FILTERED_DONE.load(Acquire)
             });
             let Some(drained) = drained else {
                 break; // the thread ended early (trapped): checked below
@@ -499,19 +498,21 @@ fn prove(seal: bool) {
                 env.mailbox.put(next, REALTIME);
             }
         }
-        wait_for("the real-time thread's end", || seal::DONE.load(Acquire));
+        wait_for("the real-time thread's end", || {
+            seccomp::FILTERED_DONE.load(Acquire)
+        });
         drop(rt);
         faults.clear();
         stop.store(true, Relaxed);
     });
 
-    let trapped = seal::TRAPPED.load(SeqCst);
+    let trapped = seccomp::TRAPPED.load(SeqCst);
     if trapped != -1 {
         // The trapped call never happened: if it was the wake-up of a
         // sleeping worker, that worker now sleeps for good with work
         // queued, and a barrier (the cache's drop among them) would wait
         // for ever. Leave everything to the process's end.
-        let at = seal::TRAPPED_AT.load(SeqCst);
+        let at = seccomp::TRAPPED_AT.load(SeqCst);
         std::mem::forget(env);
         std::mem::forget(cell);
         std::mem::forget(cache);

@@ -9,8 +9,10 @@
 mod common;
 
 use common::counting_alloc::{CountingAlloc, thread_allocs, thread_frees};
-use common::{Ledger, Obj, set_handler, signal_lock, wait_for};
-use krcu::kvfree::{KvfreeConfig, Policy};
+use common::instances::{assert_no_reports, collecting_instance};
+use common::slabs::assert_shrinks_to_no_slab;
+use common::{Ledger, Obj, check_published, set_handler, signal_lock, wait_for};
+use krcu::kvfree::Policy;
 use krcu::lock::thread_counters;
 use krcu::lockdep::{ReportHandler, ReportLog};
 use krcu::page::FaultSites;
@@ -24,30 +26,12 @@ use std::time::Duration;
 #[global_allocator]
 static GLOBAL: CountingAlloc = CountingAlloc;
 
-fn instance(policy: Policy, cache_blocks: usize) -> Krcu {
-    Krcu::builder()
-        .arena_size(64 << 20)
-        .report_handler(ReportHandler::Collect(ReportLog::new()))
-        .kvfree_config(
-            KvfreeConfig::default()
-                .policy(policy)
-                .cache_blocks(cache_blocks)
-                .refill_mark(cache_blocks.min(3)),
-        )
-        .build()
-        .unwrap()
-}
-
-fn obj(ledger: &Arc<Ledger>) -> Obj {
-    *Obj::new(ledger)
-}
-
 /// Readers check every published object (its poison word and payload)
 /// while a writer replaces them with new boxes and retires the old ones
 /// with `kfree_rcu_slab`.
 fn replace_and_retire(k: &Krcu, cache: &SlabCache<Obj>, ledger: &Arc<Ledger>, n: usize) {
     let mut owned: Vec<SlabBox<Obj>> = (0..32)
-        .map(|_| cache.alloc_box(obj(ledger)).ok().unwrap())
+        .map(|_| cache.alloc_box(Obj::value(ledger)).ok().unwrap())
         .collect();
     let slots: Vec<AtomicPtr<Obj>> = owned
         .iter()
@@ -56,20 +40,11 @@ fn replace_and_retire(k: &Krcu, cache: &SlabCache<Obj>, ledger: &Arc<Ledger>, n:
     let stop = AtomicBool::new(false);
     let reads = AtomicU64::new(0);
     std::thread::scope(|s| {
-        s.spawn(|| {
-            let reader = k.rcu().register_thread();
-            while !stop.load(Relaxed) {
-                let _g = reader.read_lock();
-                for slot in &slots {
-                    // SAFETY: a published object lives until a grace period
-                    // after it is unlinked; this section began before.
-                    unsafe { (*slot.load(Acquire)).check() };
-                }
-                reads.fetch_add(1, Relaxed);
-            }
-        });
+        // SAFETY: the writer below retires every object it unlinks with
+        // kfree_rcu_slab, freed a grace period of `k` later.
+        s.spawn(|| unsafe { check_published(k, &slots, &stop, &reads) });
         for i in 0..n {
-            let new = cache.alloc_box(obj(ledger)).ok().unwrap();
+            let new = cache.alloc_box(Obj::value(ledger)).ok().unwrap();
             let j = i % slots.len();
             slots[j].store(SlabBox::as_ptr(&new).cast_mut(), Release);
             let old = std::mem::replace(&mut owned[j], new);
@@ -88,7 +63,7 @@ fn replace_and_retire(k: &Krcu, cache: &SlabCache<Obj>, ledger: &Arc<Ledger>, n:
 
 #[test]
 fn retired_boxes_are_freed_once_after_their_readers() {
-    let k = instance(Policy::default(), 5);
+    let k = collecting_instance(Policy::default(), 5);
     // The sheaves turn every object away: the blocks carry them.
     k.pages().faults().fail_every(1, FaultSites::SLAB_RCU_SHEAF);
     let ledger = Ledger::new(20_100);
@@ -101,15 +76,14 @@ fn retired_boxes_are_freed_once_after_their_readers() {
     let st = cache.stats();
     assert!(st.bulk_frees > 0, "freed in bulk: {st:?}");
     assert_eq!(st.bad_frees, 0);
-    cache.shrink();
-    assert_eq!(cache.stats().slabs, 0);
+    assert_shrinks_to_no_slab(&cache);
 }
 
 /// No block can ever be had: every object takes the last resort, the
 /// lock-free `rcu_head` list, through its slot's hidden head.
 #[test]
 fn with_no_block_the_hidden_head_carries_the_object() {
-    let k = instance(Policy::Prohibit, 0);
+    let k = collecting_instance(Policy::Prohibit, 0);
     // The sheaves turn every object away, and no block can be had.
     k.pages().faults().fail_every(1, FaultSites::SLAB_RCU_SHEAF);
     let ledger = Ledger::new(5_100);
@@ -120,8 +94,7 @@ fn with_no_block_the_hidden_head_carries_the_object() {
     let s = k.stats();
     assert_eq!(s.to_block, 0, "{s:?}");
     assert!(s.list_fallbacks > 0, "{s:?}");
-    cache.shrink();
-    assert_eq!(cache.stats().slabs, 0);
+    assert_shrinks_to_no_slab(&cache);
 }
 
 /// A cache whose grace periods are another instance's is refused, the box
@@ -129,11 +102,11 @@ fn with_no_block_the_hidden_head_carries_the_object() {
 /// instance of its own.
 #[test]
 fn a_cache_of_another_instance_is_refused() {
-    let a = instance(Policy::default(), 5);
-    let b = instance(Policy::default(), 5);
+    let a = collecting_instance(Policy::default(), 5);
+    let b = collecting_instance(Policy::default(), 5);
     let ledger = Ledger::new(3);
     let cache_a = a.slab_cache::<Obj>("a").unwrap();
-    let x = cache_a.alloc_box(obj(&ledger)).ok().unwrap();
+    let x = cache_a.alloc_box(Obj::value(&ledger)).ok().unwrap();
     let x = match b.kfree_rcu_slab(x) {
         Err(SlabRetireError::OtherInstance(x)) => x,
         other => panic!("not refused: {other:?}"),
@@ -141,7 +114,10 @@ fn a_cache_of_another_instance_is_refused() {
     x.check();
     a.kfree_rcu_slab(x).unwrap();
     let global_rcu_cache = SlabCache::<Obj>::new(a.pages(), "global rcu").unwrap();
-    let y = global_rcu_cache.alloc_box(obj(&ledger)).ok().unwrap();
+    let y = global_rcu_cache
+        .alloc_box(Obj::value(&ledger))
+        .ok()
+        .unwrap();
     let e = a.kfree_rcu_slab(y).unwrap_err();
     assert!(e.to_string().contains("another RCU instance"), "{e}");
     let y = e.into_inner();
@@ -153,10 +129,10 @@ fn a_cache_of_another_instance_is_refused() {
 
 #[test]
 fn nmi_context_hands_the_box_back() {
-    let k = instance(Policy::default(), 5);
+    let k = collecting_instance(Policy::default(), 5);
     let ledger = Ledger::new(1);
     let cache = k.slab_cache::<Obj>("nmi").unwrap();
-    let x = cache.alloc_box(obj(&ledger)).ok().unwrap();
+    let x = cache.alloc_box(Obj::value(&ledger)).ok().unwrap();
     let back = {
         let _nmi = krcu::context::enter_nmi();
         match k.kfree_rcu_slab(x) {
@@ -176,12 +152,12 @@ fn nmi_context_hands_the_box_back() {
 /// cache's state go.
 #[test]
 fn cache_dropped_while_its_objects_wait() {
-    let k = instance(Policy::default(), 5);
+    let k = collecting_instance(Policy::default(), 5);
     let ledger = Ledger::new(2000);
     let cache = k.slab_cache::<Obj>("orphan").unwrap();
     let pages_refs = Arc::strong_count(k.pages());
     let boxes: Vec<_> = (0..2000)
-        .map(|_| cache.alloc_box(obj(&ledger)).ok().unwrap())
+        .map(|_| cache.alloc_box(Obj::value(&ledger)).ok().unwrap())
         .collect();
     let g = k.rcu().read_lock();
     for b in boxes {
@@ -207,15 +183,15 @@ fn the_free_function_retires_on_the_process_wide_instance() {
     let ledger = Ledger::new(1000);
     let cache = SlabCache::<Obj>::new(Krcu::global().pages(), "global").unwrap();
     for _ in 0..1000 {
-        let b = cache.alloc_box(obj(&ledger)).ok().unwrap();
+        let b = cache.alloc_box(Obj::value(&ledger)).ok().unwrap();
         krcu::kfree_rcu_slab(b).unwrap();
     }
     krcu::kvfree_rcu_barrier();
     ledger.assert_all_freed_once();
-    let other = instance(Policy::default(), 5);
+    let other = collecting_instance(Policy::default(), 5);
     let theirs = other.slab_cache::<Obj>("theirs").unwrap();
     let ledger2 = Ledger::new(1);
-    let b = theirs.alloc_box(obj(&ledger2)).ok().unwrap();
+    let b = theirs.alloc_box(Obj::value(&ledger2)).ok().unwrap();
     assert!(matches!(
         krcu::kfree_rcu_slab(b),
         Err(SlabRetireError::OtherInstance(_))
@@ -225,7 +201,7 @@ fn the_free_function_retires_on_the_process_wide_instance() {
 /// A `T` that is neither `HasRcuHead` nor `Sync`: retired all the same.
 #[test]
 fn any_send_type_can_be_retired() {
-    let k = instance(Policy::Prohibit, 0);
+    let k = collecting_instance(Policy::Prohibit, 0);
     let cache = k.slab_cache::<std::cell::Cell<Vec<u8>>>("cells").unwrap();
     for i in 0..100u8 {
         let b = cache
@@ -234,21 +210,20 @@ fn any_send_type_can_be_retired() {
         k.kfree_rcu_slab(b).unwrap();
     }
     k.kvfree_rcu_barrier();
-    cache.shrink();
-    assert_eq!(cache.stats().slabs, 0);
+    assert_shrinks_to_no_slab(&cache);
 }
 
 /// A real-time thread retires boxes with no global-allocator call (alloc
 /// or free) and no blocking lock.
 #[test]
 fn a_real_time_thread_retires_without_allocating_or_blocking() {
-    let k = instance(Policy::default(), 5);
+    let k = collecting_instance(Policy::default(), 5);
     let ledger = Ledger::new(300);
     let cache = k.slab_cache::<Obj>("rt").unwrap();
     std::thread::scope(|s| {
         s.spawn(|| {
             let mut boxes: Vec<SlabBox<Obj>> = (0..300)
-                .map(|_| cache.alloc_box(obj(&ledger)).ok().unwrap())
+                .map(|_| cache.alloc_box(Obj::value(&ledger)).ok().unwrap())
                 .collect();
             let _h = k.register_thread();
             // A first retire sets up what the thread's later ones use.
@@ -308,11 +283,11 @@ extern "C" fn retire_in_handler(_: libc::c_int) {
 #[test]
 fn retired_from_a_signal_handler() {
     let _l = signal_lock();
-    let k = instance(Policy::default(), 5);
+    let k = collecting_instance(Policy::default(), 5);
     let ledger = Ledger::new(64);
     let cache = k.slab_cache::<Obj>("signal").unwrap();
     for slot in &SIG_POOL {
-        let b = cache.alloc_box(obj(&ledger)).ok().unwrap();
+        let b = cache.alloc_box(Obj::value(&ledger)).ok().unwrap();
         slot.store(SlabBox::into_raw(b).as_ptr(), Release);
     }
     SIG_NEXT.store(0, SeqCst);
@@ -335,24 +310,53 @@ fn retired_from_a_signal_handler() {
     );
     k.kvfree_rcu_barrier();
     ledger.assert_all_freed_once();
-    cache.shrink();
-    assert_eq!(cache.stats().slabs, 0);
+    assert_shrinks_to_no_slab(&cache);
     drop(cache);
     drop(k);
 }
 
 #[test]
 fn every_slab_goes_back_after_a_barrier() {
-    let k = instance(Policy::default(), 5);
+    let k = collecting_instance(Policy::default(), 5);
     let cache = k.slab_cache::<[u64; 8]>("arrays").unwrap();
     for i in 0..10_000u64 {
         let b = cache.alloc_box([i; 8]).unwrap();
         k.kfree_rcu_slab(b).unwrap();
     }
     k.kvfree_rcu_barrier();
-    cache.shrink();
-    assert_eq!(cache.stats().slabs, 0);
+    assert_shrinks_to_no_slab(&cache);
     assert_eq!(cache.stats().slabs_freed, cache.stats().slabs_allocated);
+}
+
+/// A one-CPU PREEMPT_RT instance that proves raw-lock nesting, its
+/// validator reports collected in `log`.
+#[cfg(any(debug_assertions, feature = "lockdep"))]
+fn rt_instance(log: &ReportLog) -> Krcu {
+    Krcu::builder()
+        .arena_size(64 << 20)
+        .cpus(1)
+        .preempt_model(krcu::context::PreemptModel::Rt)
+        .prove_raw_lock_nesting(true)
+        .report_handler(ReportHandler::Collect(log.clone()))
+        .build()
+        .unwrap()
+}
+
+/// 2 000 boxes of `cache` (many sheaves' worth), allocated outside any
+/// lock, and the raw lock the test frees them under.
+#[cfg(any(debug_assertions, feature = "lockdep"))]
+fn boxes_and_raw_lock(
+    k: &Krcu,
+    cache: &SlabCache<Obj>,
+    ledger: &Arc<Ledger>,
+) -> (Vec<SlabBox<Obj>>, krcu::lock::RawSpinLock<()>) {
+    let boxes = (0..2000)
+        .map(|_| cache.alloc_box(Obj::value(ledger)).ok().unwrap())
+        .collect();
+    (
+        boxes,
+        krcu::lock::RawSpinLock::named(k.domain(), "caller_raw_lock", ()),
+    )
 }
 
 /// Under PREEMPT_RT the cache's own locks sleep: a `kfree_rcu_slab` under
@@ -364,24 +368,12 @@ fn every_slab_goes_back_after_a_barrier() {
 #[cfg(any(debug_assertions, feature = "lockdep"))]
 #[test]
 fn retiring_under_a_raw_lock_on_preempt_rt_takes_no_sleeping_lock() {
-    use krcu::context::PreemptModel;
-    use krcu::lock::RawSpinLock;
     let log = ReportLog::new();
-    let k = Krcu::builder()
-        .arena_size(64 << 20)
-        .cpus(1)
-        .preempt_model(PreemptModel::Rt)
-        .prove_raw_lock_nesting(true)
-        .report_handler(ReportHandler::Collect(log.clone()))
-        .build()
-        .unwrap();
+    let k = rt_instance(&log);
     let ledger = Ledger::new(2000);
     let cache = k.slab_cache::<Obj>("under raw").unwrap();
     // Allocated outside the lock; retired under it, many sheaves' worth.
-    let boxes: Vec<_> = (0..2000)
-        .map(|_| cache.alloc_box(obj(&ledger)).ok().unwrap())
-        .collect();
-    let raw = RawSpinLock::named(k.domain(), "caller_raw_lock", ());
+    let (boxes, raw) = boxes_and_raw_lock(&k, &cache, &ledger);
     {
         let _g = raw.lock();
         for b in boxes {
@@ -390,13 +382,7 @@ fn retiring_under_a_raw_lock_on_preempt_rt_takes_no_sleeping_lock() {
     }
     k.kvfree_rcu_barrier();
     ledger.assert_all_freed_once();
-    let reports = log.take();
-    assert!(
-        reports.is_empty(),
-        "{} reports, the first:\n{}",
-        reports.len(),
-        reports.first().map(|r| r.text.as_str()).unwrap_or("")
-    );
+    assert_no_reports(&log);
 }
 
 /// As above, for boxes dropped (freed at once, never published) under a
@@ -404,35 +390,16 @@ fn retiring_under_a_raw_lock_on_preempt_rt_takes_no_sleeping_lock() {
 #[cfg(any(debug_assertions, feature = "lockdep"))]
 #[test]
 fn dropping_boxes_under_a_raw_lock_on_preempt_rt_takes_no_sleeping_lock() {
-    use krcu::context::PreemptModel;
-    use krcu::lock::RawSpinLock;
     let log = ReportLog::new();
-    let k = Krcu::builder()
-        .arena_size(64 << 20)
-        .cpus(1)
-        .preempt_model(PreemptModel::Rt)
-        .prove_raw_lock_nesting(true)
-        .report_handler(ReportHandler::Collect(log.clone()))
-        .build()
-        .unwrap();
+    let k = rt_instance(&log);
     let ledger = Ledger::new(2000);
     let cache = k.slab_cache::<Obj>("dropped under raw").unwrap();
-    let boxes: Vec<_> = (0..2000)
-        .map(|_| cache.alloc_box(obj(&ledger)).ok().unwrap())
-        .collect();
-    let raw = RawSpinLock::named(k.domain(), "caller_raw_lock", ());
+    let (boxes, raw) = boxes_and_raw_lock(&k, &cache, &ledger);
     {
         let _g = raw.lock();
         drop(boxes);
     }
     ledger.assert_all_freed_once();
-    cache.shrink();
-    assert_eq!(cache.stats().slabs, 0);
-    let reports = log.take();
-    assert!(
-        reports.is_empty(),
-        "{} reports, the first:\n{}",
-        reports.len(),
-        reports.first().map(|r| r.text.as_str()).unwrap_or("")
-    );
+    assert_shrinks_to_no_slab(&cache);
+    assert_no_reports(&log);
 }

@@ -7,6 +7,7 @@
 mod common;
 
 use common::pages::{allocator_on_cpus, assert_all_pages_back};
+use common::slabs::{assert_shrinks_to_no_slab, sheaf_cache};
 use krcu::page::{AllocError, FaultSites, Gfp};
 use krcu::slab::SlabCache;
 use std::ptr::NonNull;
@@ -71,13 +72,7 @@ fn the_barn_moves_whole_sheaves_between_two_threads() {
     // empty and the consumer's fill, so whole sheaves travel through the
     // barn (full ones to the producer, empty ones back).
     let pa = allocator_on_cpus(2, 32 << 20);
-    let cache = Arc::new(
-        SlabCache::<Stamped>::builder(&pa)
-            .name("barn")
-            .sheaf_capacity(8)
-            .build()
-            .unwrap(),
-    );
+    let cache = Arc::new(sheaf_cache::<Stamped>(&pa, "barn", 8));
     let ledger = Arc::new(Ledger::default());
     let (tx, rx) = mpsc::sync_channel::<usize>(64);
     const N: u64 = 20_000;
@@ -107,8 +102,7 @@ fn the_barn_moves_whole_sheaves_between_two_threads() {
     assert_eq!(ledger.dropped.load(Relaxed), N as usize);
     assert!(st.barn_gets > 0 && st.barn_puts > 0, "{st:#?}");
     assert!(st.sheaf_alloc_hits + st.sheaf_free_hits > N, "{st:#?}");
-    cache.shrink();
-    assert_eq!(cache.stats().slabs, 0, "{:#?}", cache.stats());
+    assert_shrinks_to_no_slab(&cache);
     drop(cache);
     assert_all_pages_back(&pa);
 }
@@ -162,11 +156,7 @@ fn shrink_gives_the_pages_of_sheaves_back() {
     // With sheaves holding every object of its slabs, shrink gives the
     // pages back (the page allocator's per-CPU lists drained too).
     let pa = allocator_on_cpus(1, 8 << 20);
-    let cache = SlabCache::<[u8; 200]>::builder(&pa)
-        .name("pages")
-        .sheaf_capacity(128)
-        .build()
-        .unwrap();
+    let cache = sheaf_cache::<[u8; 200]>(&pa, "pages", 128);
     let v: Vec<_> = (0..2000)
         .map(|_| cache.alloc(Gfp::KERNEL, [5; 200]).unwrap())
         .collect();
@@ -194,11 +184,7 @@ fn the_page_allocators_shrinker_empties_sheaves_under_memory_pressure() {
             .watermarks(common::pages::SHRINK_8MIB),
     )
     .unwrap();
-    let cache = SlabCache::<[u8; 200]>::builder(&pa)
-        .name("shrinker")
-        .sheaf_capacity(8)
-        .build()
-        .unwrap();
+    let cache = sheaf_cache::<[u8; 200]>(&pa, "shrinker", 8);
     let v: Vec<_> = (0..3000)
         .map(|_| cache.alloc(Gfp::KERNEL, [1; 200]).unwrap())
         .collect();
@@ -240,13 +226,7 @@ fn the_page_allocators_shrinker_empties_sheaves_under_memory_pressure() {
 #[test]
 fn every_object_is_freed_once_and_none_handed_out_twice() {
     let pa = allocator_on_cpus(2, 32 << 20);
-    let cache = Arc::new(
-        SlabCache::<Stamped>::builder(&pa)
-            .name("ledger")
-            .sheaf_capacity(16)
-            .build()
-            .unwrap(),
-    );
+    let cache = Arc::new(sheaf_cache::<Stamped>(&pa, "ledger", 16));
     let ledger = Arc::new(Ledger::default());
     let live = Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
     let threads: Vec<_> = (0..3u64)
@@ -293,8 +273,7 @@ fn every_object_is_freed_once_and_none_handed_out_twice() {
         ledger.dropped.load(Relaxed),
         "every object dropped exactly once"
     );
-    cache.shrink();
-    assert_eq!(cache.stats().slabs, 0);
+    assert_shrinks_to_no_slab(&cache);
     drop(cache);
     assert_all_pages_back(&pa);
 }
@@ -327,11 +306,7 @@ fn free_bulk_of_objects_from_many_slabs_in_any_order_gives_every_slab_back() {
 #[test]
 fn a_failed_refill_reports_its_error_and_leaks_nothing() {
     let pa = allocator_on_cpus(1, 8 << 20);
-    let cache = SlabCache::<[u64; 2]>::builder(&pa)
-        .name("faults")
-        .sheaf_capacity(4)
-        .build()
-        .unwrap();
+    let cache = sheaf_cache::<[u64; 2]>(&pa, "faults", 4);
     // The first refill needs a slab: fail every page allocation.
     pa.faults().fail_next(1000, FaultSites::ALL);
     let r = cache.alloc_uninit(Gfp::KERNEL | Gfp::NOWARN);
@@ -418,19 +393,15 @@ fn frees_from_thread_local_destructors_after_the_slots_are_gone() {
     })
     .join()
     .unwrap();
-    cache.shrink();
-    assert_eq!(cache.stats().slabs, 0, "{:#?}", cache.stats());
+    assert_shrinks_to_no_slab(&cache);
     drop(cache);
     assert_all_pages_back(&pa);
 }
 
 mod rcu_free {
     use super::*;
-    use krcu::rcu::{Rcu, RcuConfig};
-
-    fn rcu_instance() -> Arc<Rcu> {
-        Arc::new(Rcu::new(krcu::Domain::global(), RcuConfig::default()))
-    }
+    use common::slabs::{rcu_instance, rcu_sheaf_cache};
+    use krcu::slab::DEFAULT_SHEAF_CAPACITY;
 
     /// Readers under the cache's RCU read lock traverse published objects
     /// and check their poison word while writers replace and retire them
@@ -440,14 +411,7 @@ mod rcu_free {
     fn readers_never_see_an_object_retired_into_a_sheaf_dropped() {
         let pa = allocator_on_cpus(2, 32 << 20);
         let rcu = rcu_instance();
-        let cache = Arc::new(
-            SlabCache::<Stamped>::builder(&pa)
-                .name("rcu-free")
-                .sheaf_capacity(16)
-                .rcu(rcu.clone())
-                .build()
-                .unwrap(),
-        );
+        let cache = Arc::new(rcu_sheaf_cache::<Stamped>(&pa, "rcu-free", 16, rcu.clone()));
         let ledger = Arc::new(Ledger::default());
         const SLOTS: usize = 32;
         let slots: Arc<Vec<AtomicPtr<Stamped>>> = Arc::new(
@@ -543,8 +507,7 @@ mod rcu_free {
             unsafe { cache.free(NonNull::new(s.load(Acquire)).unwrap()) };
         }
         assert_eq!(ledger.dropped.load(Relaxed), ledger.made.load(Relaxed));
-        cache.shrink();
-        assert_eq!(cache.stats().slabs, 0, "{:#?}", cache.stats());
+        assert_shrinks_to_no_slab(&cache);
         drop(cache);
         assert_all_pages_back(&pa);
     }
@@ -555,12 +518,7 @@ mod rcu_free {
     fn sheaves_back_from_rcu_are_allocated_from() {
         let pa = allocator_on_cpus(1, 8 << 20);
         let rcu = rcu_instance();
-        let cache = SlabCache::<u64>::builder(&pa)
-            .name("recycle")
-            .sheaf_capacity(8)
-            .rcu(rcu)
-            .build()
-            .unwrap();
+        let cache = rcu_sheaf_cache::<u64>(&pa, "recycle", 8, rcu);
         let v: Vec<_> = (0..64u64)
             .map(|i| cache.alloc(Gfp::KERNEL, i).unwrap())
             .collect();
@@ -581,8 +539,7 @@ mod rcu_free {
             // SAFETY: allocated above, freed once.
             unsafe { cache.free(p) };
         }
-        cache.shrink();
-        assert_eq!(cache.stats().slabs, 0);
+        assert_shrinks_to_no_slab(&cache);
         drop(cache);
         assert_all_pages_back(&pa);
     }
@@ -602,12 +559,7 @@ mod rcu_free {
         }
         let pa = allocator_on_cpus(1, 8 << 20);
         let rcu = rcu_instance();
-        let cache = SlabCache::<MaybePanics>::builder(&pa)
-            .name("panics")
-            .sheaf_capacity(16)
-            .rcu(rcu.clone())
-            .build()
-            .unwrap();
+        let cache = rcu_sheaf_cache::<MaybePanics>(&pa, "panics", 16, rcu.clone());
         let drops = Arc::new(AtomicUsize::new(0));
         for i in 0..100 {
             let p = cache
@@ -621,8 +573,7 @@ mod rcu_free {
         cache.testing_rcu_sheaf_barrier();
         assert_eq!(drops.load(Relaxed), 100, "every object dropped");
         assert!(rcu.stats().callback_panics > 0, "the panics were resumed");
-        cache.shrink();
-        assert_eq!(cache.stats().slabs, 0, "{:#?}", cache.stats());
+        assert_shrinks_to_no_slab(&cache);
         drop(cache);
         assert_all_pages_back(&pa);
     }
@@ -633,11 +584,7 @@ mod rcu_free {
     fn nmi_is_refused_and_a_handler_only_trylocks() {
         use krcu::context;
         let pa = allocator_on_cpus(1, 8 << 20);
-        let cache = SlabCache::<u64>::builder(&pa)
-            .name("contexts")
-            .rcu(rcu_instance())
-            .build()
-            .unwrap();
+        let cache = rcu_sheaf_cache::<u64>(&pa, "contexts", DEFAULT_SHEAF_CAPACITY, rcu_instance());
         // Prime the barn with an empty sheaf for the handler (it allocates
         // none itself).
         let p = cache.alloc(Gfp::KERNEL, 0).unwrap();
@@ -680,11 +627,7 @@ mod nolock {
     #[test]
     fn free_nolock_defers_what_it_cannot_place() {
         let pa = allocator_on_cpus(1, 8 << 20);
-        let cache = SlabCache::<u64>::builder(&pa)
-            .name("nolock")
-            .sheaf_capacity(2)
-            .build()
-            .unwrap();
+        let cache = sheaf_cache::<u64>(&pa, "nolock", 2);
         let objs: Vec<_> = (0..50u64)
             .map(|i| cache.alloc(Gfp::KERNEL, i).unwrap())
             .collect();
@@ -699,8 +642,7 @@ mod nolock {
         pa.faults().clear();
         let st = cache.stats();
         assert!(st.deferred_frees > 0, "{st:#?}");
-        cache.shrink();
-        assert_eq!(cache.stats().slabs, 0, "{:#?}", cache.stats());
+        assert_shrinks_to_no_slab(&cache);
         drop(cache);
         assert_all_pages_back(&pa);
     }
@@ -729,8 +671,7 @@ mod nolock {
         assert_ne!(got, keep);
         // SAFETY: allocated above, freed once.
         unsafe { cache.free(keep) };
-        cache.shrink();
-        assert_eq!(cache.stats().slabs, 0);
+        assert_shrinks_to_no_slab(&cache);
         drop(cache);
         assert_all_pages_back(&pa);
     }
@@ -755,11 +696,7 @@ mod prefill {
     #[test]
     fn a_prefilled_sheaf_cannot_fail_until_empty_and_takes_no_lock() {
         let pa = allocator_on_cpus(1, 8 << 20);
-        let cache = SlabCache::<[u64; 2]>::builder(&pa)
-            .name("prefill")
-            .sheaf_capacity(16)
-            .build()
-            .unwrap();
+        let cache = sheaf_cache::<[u64; 2]>(&pa, "prefill", 16);
         for n in [5, 16, 40] {
             let mut sheaf = cache.prefill_sheaf(Gfp::KERNEL, n).unwrap();
             assert!(sheaf.len() >= n, "{n}: {sheaf:?}");
@@ -786,8 +723,7 @@ mod prefill {
         // A sheaf dropped with objects in it gives them back.
         let sheaf = cache.prefill_sheaf(Gfp::KERNEL, 8).unwrap();
         drop(sheaf);
-        cache.shrink();
-        assert_eq!(cache.stats().slabs, 0, "{:#?}", cache.stats());
+        assert_shrinks_to_no_slab(&cache);
         drop(cache);
         assert_all_pages_back(&pa);
     }

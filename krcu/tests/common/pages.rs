@@ -36,6 +36,20 @@ pub fn allocator_on_cpus(cpus: usize, arena_size: usize) -> Arc<PageAllocator> {
     quiet_allocator(&domain, arena_size, Watermarks::NONE)
 }
 
+/// An allocator small enough for loom's models: 8 pages on one modelled
+/// CPU without the validator, its per-CPU list moving 2 pages at a time
+/// and holding at most 4.
+pub fn tiny_allocator() -> Arc<PageAllocator> {
+    let domain = Domain::builder().cpus(1).lockdep(false).build();
+    PageAllocator::new(
+        &domain,
+        quiet_config(8 * 4096, Watermarks::NONE)
+            .pcp_batch(2)
+            .pcp_high(4),
+    )
+    .unwrap()
+}
+
 /// Drains every per-CPU list and asserts that every page is free again.
 /// Returns the statistics for the caller's further checks.
 pub fn assert_all_pages_back(pa: &PageAllocator) -> PageStats {
