@@ -271,6 +271,7 @@ impl CallPath<'_> {
                 // SAFETY: the order-0 page just allocated above, never
                 // shared: ours to free.
                 unsafe { s.pages.free_pages(page, 0) };
+                s.counters.inline_allocs_returned.fetch_add(1, Relaxed);
                 None
             }
         }

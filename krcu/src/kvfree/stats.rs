@@ -55,6 +55,9 @@ pub struct KvfreeStats {
     pub inline_allocs: u64,
     /// Inline allocations the policy tried that failed.
     pub inline_alloc_failures: u64,
+    /// Pages allocated inline (with no lock held) and given back because
+    /// no `krc` lock could be had afterwards: the object took the list.
+    pub inline_allocs_returned: u64,
     /// Objects that found no block and went on the `rcu_head` list.
     pub list_fallbacks: u64,
     /// Objects that found every `krc` lock taken and went on the list.
@@ -161,6 +164,7 @@ pub(crate) struct EngineCounters {
     pub(crate) refill_pages: AtomicU64,
     pub(crate) shrinker_runs: AtomicU64,
     pub(crate) shrinker_freed: AtomicU64,
+    pub(crate) inline_allocs_returned: AtomicU64,
     /// Calls through fronts the monitor has forgotten (threads that
     /// exited): task, softirq.
     pub(crate) gone_front_calls: [AtomicU64; 2],
@@ -232,6 +236,7 @@ impl EngineCounters {
         s.refill_pages = self.refill_pages.load(Relaxed);
         s.shrinker_runs = self.shrinker_runs.load(Relaxed);
         s.shrinker_freed_blocks = self.shrinker_freed.load(Relaxed);
+        s.inline_allocs_returned = self.inline_allocs_returned.load(Relaxed);
     }
 
     /// Records a new total pending, for the peaks.
