@@ -12,11 +12,12 @@
 
 mod common;
 
+use common::slabs::replace_and_retire;
 use common::{Ledger, Obj, wait_for};
 use krcu::Krcu;
 use krcu::kvfree::Assist;
 use krcu::slab::{SlabBox, SlabCache};
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering::*};
+use std::sync::atomic::{AtomicUsize, Ordering::*};
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
@@ -35,48 +36,6 @@ fn default_instance() -> Krcu {
     Krcu::builder().arena_size(64 << 20).build().unwrap()
 }
 
-/// A writer replaces objects in 32 published slots and retires the old
-/// ones, `n` times, while a reader checks every published object.
-fn churn(k: &Krcu, cache: &SlabCache<Obj>, ledger: &Arc<Ledger>, n: usize) {
-    let mut owned: Vec<SlabBox<Obj>> = (0..32)
-        .map(|_| cache.alloc_box(*Obj::new(ledger)).ok().unwrap())
-        .collect();
-    let slots: Vec<AtomicPtr<Obj>> = owned
-        .iter()
-        .map(|b| AtomicPtr::new(SlabBox::as_ptr(b).cast_mut()))
-        .collect();
-    let stop = AtomicBool::new(false);
-    let reads = AtomicU64::new(0);
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            let reader = k.rcu().register_thread();
-            while !stop.load(Relaxed) {
-                let _g = reader.read_lock();
-                for slot in &slots {
-                    // SAFETY: a published object lives until a grace period
-                    // after it is unlinked; this section began before.
-                    unsafe { (*slot.load(Acquire)).check() };
-                }
-                reads.fetch_add(1, Relaxed);
-            }
-        });
-        for i in 0..n {
-            let new = cache.alloc_box(*Obj::new(ledger)).ok().unwrap();
-            let j = i % slots.len();
-            slots[j].store(SlabBox::as_ptr(&new).cast_mut(), Release);
-            let old = std::mem::replace(&mut owned[j], new);
-            k.kfree_rcu_slab(old).unwrap();
-        }
-        wait_for("a reader pass", Duration::from_secs(120), || {
-            reads.load(Relaxed) > 0
-        });
-        stop.store(true, Relaxed);
-    });
-    for b in owned {
-        k.kfree_rcu_slab(b).unwrap();
-    }
-}
-
 #[test]
 fn a_writer_recycles_its_own_sheaves_after_their_readers() {
     let k = instance();
@@ -87,7 +46,7 @@ fn a_writer_recycles_its_own_sheaves_after_their_readers() {
     // (under valgrind or a loaded machine one round may not see one).
     let mut rounds = 0;
     while cache.stats().rcu_sheaves_recycled == 0 && rounds < 10 {
-        churn(&k, &cache, &ledger, n / 10);
+        replace_and_retire(&k, &cache, &ledger, n / 10);
         rounds += 1;
     }
     k.kvfree_rcu_barrier();

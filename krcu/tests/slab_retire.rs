@@ -10,8 +10,8 @@ mod common;
 
 use common::counting_alloc::{CountingAlloc, thread_allocs, thread_frees};
 use common::instances::{assert_no_reports, collecting_instance};
-use common::slabs::assert_shrinks_to_no_slab;
-use common::{Ledger, Obj, check_published, set_handler, signal_lock, wait_for};
+use common::slabs::{assert_shrinks_to_no_slab, replace_and_retire};
+use common::{Ledger, Obj, set_handler, signal_lock};
 use krcu::kvfree::Policy;
 use krcu::lock::thread_counters;
 use krcu::lockdep::{ReportHandler, ReportLog};
@@ -20,46 +20,10 @@ use krcu::slab::{SlabBox, SlabCache};
 use krcu::{Krcu, SlabRetireError};
 use std::ptr::NonNull;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering::*};
-use std::time::Duration;
+use std::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering::*};
 
 #[global_allocator]
 static GLOBAL: CountingAlloc = CountingAlloc;
-
-/// Readers check every published object (its poison word and payload)
-/// while a writer replaces them with new boxes and retires the old ones
-/// with `kfree_rcu_slab`.
-fn replace_and_retire(k: &Krcu, cache: &SlabCache<Obj>, ledger: &Arc<Ledger>, n: usize) {
-    let mut owned: Vec<SlabBox<Obj>> = (0..32)
-        .map(|_| cache.alloc_box(Obj::value(ledger)).ok().unwrap())
-        .collect();
-    let slots: Vec<AtomicPtr<Obj>> = owned
-        .iter()
-        .map(|b| AtomicPtr::new(SlabBox::as_ptr(b).cast_mut()))
-        .collect();
-    let stop = AtomicBool::new(false);
-    let reads = AtomicU64::new(0);
-    std::thread::scope(|s| {
-        // SAFETY: the writer below retires every object it unlinks with
-        // kfree_rcu_slab, freed a grace period of `k` later.
-        s.spawn(|| unsafe { check_published(k, &slots, &stop, &reads) });
-        for i in 0..n {
-            let new = cache.alloc_box(Obj::value(ledger)).ok().unwrap();
-            let j = i % slots.len();
-            slots[j].store(SlabBox::as_ptr(&new).cast_mut(), Release);
-            let old = std::mem::replace(&mut owned[j], new);
-            k.kfree_rcu_slab(old).unwrap();
-        }
-        // The readers overlapped the retires.
-        wait_for("a reader pass", Duration::from_secs(120), || {
-            reads.load(Relaxed) > 0
-        });
-        stop.store(true, Relaxed);
-    });
-    for b in owned {
-        k.kfree_rcu_slab(b).unwrap();
-    }
-}
 
 #[test]
 fn retired_boxes_are_freed_once_after_their_readers() {
