@@ -90,7 +90,7 @@
 
 use std::any::Any;
 use std::cell::UnsafeCell;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Once, OnceLock, Weak};
 use std::time::Duration;
 
@@ -479,7 +479,18 @@ extern "C" fn parent() {
     drop(parts);
 }
 
+/// Forks this process has been through (as a child): raised in each
+/// child, so that state a thread of the parent left in progress (a slab
+/// sheaf being recycled) is known to be nobody's.
+static FORKS: AtomicU64 = AtomicU64::new(0);
+
+/// How many forks made this process (0 in the original one).
+pub(crate) fn generation() -> u64 {
+    FORKS.load(Ordering::SeqCst)
+}
+
 extern "C" fn child() {
+    FORKS.fetch_add(1, Ordering::SeqCst);
     let parts = release();
     // Only this thread exists: no worker is parked or alive.
     PARKED.store(0, Ordering::SeqCst);

@@ -236,6 +236,10 @@ pub(super) unsafe fn call_rcu_global(head: NonNull<RcuHead>, func: RcuCallbackFn
 /// As for [`Rcu::call_rcu`].
 pub(crate) unsafe fn call_rcu_global_nobuild(head: NonNull<RcuHead>, func: RcuCallbackFn) {
     match GLOBAL.get() {
+        // A real-time thread makes no system call, not even the worker's
+        // wake-up: the worker finds the callback within its idle check.
+        // SAFETY: forwarded from the caller.
+        Some(g) if crate::context::is_realtime() => unsafe { g.call_rcu_nowake(head, func) },
         // SAFETY: forwarded from the caller.
         Some(g) => unsafe { g.call_rcu(head, func) },
         // SAFETY: forwarded from the caller.

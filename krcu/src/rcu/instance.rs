@@ -402,9 +402,9 @@ impl Rcu {
 
     /// [`call_rcu`](Self::call_rcu) without waking a sleeping worker: no
     /// system call at all, for real-time threads. The callback waits until
-    /// something wakes the worker (another `call_rcu`, a poller, or
+    /// something wakes the worker (another `call_rcu`, a poller,
     /// [`kick_if_pending`](Self::kick_if_pending), which kvfree's monitor
-    /// runs on every pass).
+    /// runs on every pass) or its idle check (at most a second).
     ///
     /// # Safety
     /// As for `call_rcu`.

@@ -27,6 +27,10 @@ use crossbeam_utils::CachePadded;
 const AWAKE: u32 = 0;
 const ASLEEP: u32 = 1;
 
+/// The longest an idle worker sleeps before it looks for callbacks
+/// queued without a wake-up.
+pub(crate) const IDLE_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The worker's sleep word.
 pub(crate) struct Wake {
     state: CachePadded<AtomicU32>,
@@ -67,19 +71,28 @@ impl Wake {
 
     /// Sleeps unless `has_work` (checked after announcing the sleep) says
     /// there is something to do. May return spuriously.
+    ///
+    /// It sleeps at most [`IDLE_CHECK`]: callbacks queued by a real-time
+    /// thread, which makes no system call and so wakes nobody
+    /// (`Rcu::call_rcu_nowake`), are found within that.
     pub(super) fn sleep(&self, has_work: impl FnOnce() -> bool) {
         self.state.store(ASLEEP, Ordering::SeqCst);
         if !has_work() {
+            let timeout = libc::timespec {
+                tv_sec: IDLE_CHECK.as_secs() as libc::time_t,
+                tv_nsec: IDLE_CHECK.subsec_nanos() as libc::c_long,
+            };
             // SAFETY: FUTEX_WAIT on a live, aligned u32 that we own a
-            // reference to, with no timeout: returns when woken, when the
-            // word no longer reads ASLEEP, or on a signal.
+            // reference to, with a relative timeout that outlives the
+            // call: returns when woken, when the word no longer reads
+            // ASLEEP, on the timeout or on a signal.
             unsafe {
                 libc::syscall(
                     libc::SYS_futex,
                     self.state.as_ptr(),
                     libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
                     ASLEEP as libc::c_int,
-                    core::ptr::null::<libc::timespec>(),
+                    &timeout as *const libc::timespec,
                 );
             }
         }

@@ -125,8 +125,6 @@ impl<T> SlabCacheBuilder<T> {
             ),
             deferred: AtomicPtr::new(ptr::null_mut()),
             #[cfg(not(loom))]
-            recycling: std::sync::atomic::AtomicUsize::new(0),
-            #[cfg(not(loom))]
             threads: super::thread::Registry::new(),
             #[cfg(not(loom))]
             rcu,

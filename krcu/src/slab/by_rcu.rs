@@ -87,23 +87,27 @@ pub(crate) fn submit_all(rcu: &Rcu) -> usize {
     caches.iter().map(|c| c.submit_rcu_sheaves_all(Chains::All)).sum()
 }
 
-/// Waits until no thread is recycling a sheaf of a cache of `rcu` (part
-/// of `kvfree_rcu_barrier`: an object retired before the barrier may be
-/// in a sheaf its thread took off its waiting list to recycle, which no
-/// submit finds; its destructor has run when the recycle ends). The
-/// caller is outside every destructor krcu runs: a barrier called from one
-/// does not wait here, or two recycles whose destructors call barriers
-/// would wait for each other.
+/// Waits for the recycles under way when it is called on caches of `rcu`
+/// (part of `kvfree_rcu_barrier`: an object retired before the barrier may
+/// be in a sheaf its thread took off its waiting list to recycle, which no
+/// submit finds; its destructor has run once the recycle ends). Recycles
+/// that begin later are not waited for, so writers that keep recycling do
+/// not hold the barrier up. Not from a destructor krcu runs (a recycle's,
+/// or a callback on an RCU worker): two of them calling barriers would
+/// wait for each other.
 pub(crate) fn wait_recycles(rcu: &Rcu) {
-    if super::recycle::in_recycle() {
+    if super::recycle::in_recycle() || crate::fork::on_worker_thread() {
         return;
     }
-    let caches = collect(rcu, |core, _| core.recycling.load(SeqCst) > 0);
-    for core in caches {
-        // SeqCst: pairs with the recycler's increment inside its section
-        // (before a taker could find its list without the sheaf) and its
-        // decrement after the sheaf is filed.
-        while core.recycling.load(SeqCst) > 0 {
+    let caches = collect(rcu, |_, _| true);
+    let running: Vec<_> = caches.iter().flat_map(|c| c.threads.recycling()).collect();
+    // The cores are dropped outside the list's lock (as in `submit_all`).
+    drop(caches);
+    for (slot, seq) in running {
+        // SeqCst: pairs with the owner's raise inside its section (before
+        // a taker could find its list without the sheaves) and its raise
+        // once they are filed.
+        while slot.recycle_seq.load(SeqCst) == seq {
             std::thread::sleep(Duration::from_micros(50));
         }
     }

@@ -124,10 +124,6 @@ pub(crate) struct CacheCore {
     /// stay counted in their slab's `inuse`, so their slabs stay allocated
     /// until they are given back.
     pub(super) deferred: AtomicPtr<u8>,
-    /// Threads running the destructors of a sheaf they recycle now
-    /// (`recycle.rs`): a barrier waits for them.
-    #[cfg(not(loom))]
-    pub(super) recycling: std::sync::atomic::AtomicUsize,
     /// The threads' own sheaves of this cache.
     #[cfg(not(loom))]
     pub(super) threads: super::thread::Registry,

@@ -147,7 +147,7 @@ impl CacheCore {
         // Sheaves for `call_rcu` (the overflow, or everything when the
         // thread may not recycle), and sheaves to recycle.
         let mut submit = Fifo::new();
-        let mut ready = [ptr::null_mut(); 2];
+        let mut ready: [*mut Sheaf; 2] = [ptr::null_mut(); 2];
         let queued = slot.with_all(|sh| {
             let recycle = match may {
                 Recycling::Yes => true,
@@ -177,6 +177,7 @@ impl CacheCore {
                     // SAFETY: off the owner's list: ours.
                     unsafe { submit.push_back(oldest) };
                 }
+                let mut marked = false;
                 for r in &mut ready {
                     let Some(oldest) = sh.recycle.waiting.front() else {
                         break;
@@ -186,10 +187,14 @@ impl CacheCore {
                         break;
                     }
                     // The grace period has ended (the poll's fence orders
-                    // the destructors after it): ours to recycle. Counted
+                    // the destructors after it): ours to recycle. Marked
                     // before the section ends, so that a barrier that
                     // finds the list without it waits for the recycle.
-                    self.recycling.fetch_add(1, SeqCst);
+                    if !marked {
+                        slot.recycle_fork.store(crate::fork::generation(), SeqCst);
+                        slot.recycle_seq.fetch_add(1, SeqCst);
+                        marked = true;
+                    }
                     *r = sh.recycle.waiting.pop_front().unwrap_or(ptr::null_mut());
                 }
             } else {
@@ -212,9 +217,20 @@ impl CacheCore {
         while let Some(s) = submit.pop_front() {
             self.submit_rcu_sheaf(s);
         }
-        for r in ready {
-            if !r.is_null() {
-                self.recycle(slot, r);
+        if !ready[0].is_null() {
+            // Ends the recycle (even should filing a sheaf unwind): a
+            // barrier waiting for it goes on.
+            struct End<'a>(&'a ThreadSlot);
+            impl Drop for End<'_> {
+                fn drop(&mut self) {
+                    self.0.recycle_seq.fetch_add(1, SeqCst);
+                }
+            }
+            let _end = End(slot);
+            for r in ready {
+                if !r.is_null() {
+                    self.recycle(slot, r);
+                }
             }
         }
         queued
@@ -257,9 +273,6 @@ impl CacheCore {
         if kept != Some(true) {
             self.rcu_sheaf_home(s);
         }
-        // After the sheaf is filed: a barrier waiting for this recycle
-        // finds the objects dropped and the sheaf home.
-        self.recycling.fetch_sub(1, SeqCst);
     }
 
     /// Runs `T`'s destructor on each object of `s`, each under

@@ -69,6 +69,13 @@ pub(super) struct ThreadSlot {
     /// owner; load + store), and that count at a taker's last look.
     pub(super) waiting_added: AtomicU64,
     waiting_seen: AtomicU64,
+    /// Odd while the owner recycles sheaves it took off its waiting list
+    /// (which no taker can find then), raised (SeqCst) inside its section
+    /// and again once they are filed; and the fork generation it was
+    /// raised in (a recycle of a thread of the parent is nobody's in a
+    /// child).
+    pub(super) recycle_seq: AtomicU64,
+    pub(super) recycle_fork: AtomicU64,
     exited: AtomicBool,
     /// The cache is gone: the gate stays closed for good.
     dead: AtomicBool,
@@ -109,6 +116,8 @@ impl ThreadSlot {
             free_hits: AtomicU64::new(0),
             waiting_added: AtomicU64::new(0),
             waiting_seen: AtomicU64::new(0),
+            recycle_seq: AtomicU64::new(0),
+            recycle_fork: AtomicU64::new(0),
             exited: AtomicBool::new(false),
             dead: AtomicBool::new(false),
         }
@@ -354,6 +363,20 @@ impl Registry {
         }
         list.push(Entry(slot));
         true
+    }
+
+    /// The slots whose owner is recycling now (in this process, not a
+    /// parent's thread), with their sequence then: a barrier waits until
+    /// each has moved on.
+    pub(super) fn recycling(&self) -> Vec<(Arc<ThreadSlot>, u64)> {
+        let fork = crate::fork::generation();
+        self.lock()
+            .iter()
+            .filter_map(|Entry(s)| {
+                let seq = s.recycle_seq.load(SeqCst);
+                (seq % 2 == 1 && s.recycle_fork.load(SeqCst) == fork).then(|| (s.clone(), seq))
+            })
+            .collect()
     }
 
     /// How many slots are registered (each may hold a `main` sheaf).
