@@ -158,7 +158,7 @@ fn global_kfree_rcu_slab_on_a_realtime_thread_makes_no_system_call() {
     seal::install_sigsys_handler();
     seal::reset();
     let pages = common::pages::quiet_allocator(
-        &krcu::Domain::global(),
+        krcu::Domain::global(),
         16 << 20,
         krcu::page::Watermarks::NONE,
     );
@@ -300,7 +300,7 @@ fn a_barrier_in_an_rcu_callback_and_a_recycle_that_waits_for_its_worker_do_not_d
                 .ok()
                 .unwrap();
             i += 1;
-            if i % 500 == 0 {
+            if i.is_multiple_of(500) {
                 k2.rcu().synchronize();
             }
         }
@@ -397,7 +397,7 @@ fn a_barrier_in_a_child_forked_during_a_recycle_returns() {
                     .ok()
                     .unwrap();
                 i += 1;
-                if i % 500 == 0 {
+                if i.is_multiple_of(500) {
                     k.rcu().synchronize();
                 }
             }
