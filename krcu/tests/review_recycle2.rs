@@ -54,7 +54,6 @@ impl Drop for SlowDrop {
 /// The writers run for up to `WRITERS_FOR` and stop as soon as the
 /// barrier has returned; the barrier must return while they still run.
 #[test]
-#[ignore = "finding 1: kvfree_rcu_barrier starves while writers keep recycling (waits for a moment with no recycle at all)"]
 fn a_barrier_returns_while_writers_keep_recycling() {
     let (took, still, stats) = barrier_under_busy_writers(krcu::kvfree::Assist::Always);
     assert!(
@@ -157,17 +156,15 @@ fn barrier_under_busy_writers(
 /// then retires one box.
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 #[test]
-#[ignore = "finding 2: krcu::kfree_rcu_slab on a real-time thread before the global instance is built makes FUTEX_WAKE (call_rcu)"]
 fn global_kfree_rcu_slab_on_a_realtime_thread_makes_no_system_call() {
-    use common::seal;
+    use common::seccomp;
     use std::os::unix::thread::JoinHandleExt;
-    if seal::under_valgrind() {
+    if seccomp::under_valgrind() {
         println!("under valgrind: skipped (valgrind makes system calls for the sealed thread)");
         return;
     }
     // Nothing in this file builds the process-wide `Krcu`.
-    seal::install_sigsys_handler();
-    seal::reset();
+    seccomp::install_sigsys_handler();
     let pages = common::pages::quiet_allocator(
         krcu::Domain::global(),
         16 << 20,
@@ -185,14 +182,14 @@ fn global_kfree_rcu_slab_on_a_realtime_thread_makes_no_system_call() {
         let b = cache.alloc_box(2).ok().unwrap();
         // The worker runs the warm-up callback, then sleeps again.
         std::thread::sleep(Duration::from_millis(300));
-        seal::seal_thread();
+        seccomp::seal_thread();
         krcu::kfree_rcu_slab(b).ok().unwrap();
         RETIRED.store(1, SeqCst);
-        seal::exit_thread()
+        seccomp::exit_thread()
     })
     .into_pthread_t();
     let t0 = Instant::now();
-    while !seal::DONE.load(Acquire) {
+    while !seccomp::FILTERED_DONE.load(Acquire) {
         assert!(
             t0.elapsed() < Duration::from_secs(60),
             "the thread never ended"
@@ -201,12 +198,12 @@ fn global_kfree_rcu_slab_on_a_realtime_thread_makes_no_system_call() {
     }
     // SAFETY: the joinable thread spawned above, joined once.
     assert_eq!(unsafe { libc::pthread_join(rt, core::ptr::null_mut()) }, 0);
-    let trapped = seal::TRAPPED.load(SeqCst);
+    let trapped = seccomp::TRAPPED.load(SeqCst);
     assert_eq!(
         trapped,
         -1,
         "the real-time thread made system call {trapped} (202 = futex) at {:#x}",
-        seal::TRAPPED_AT.load(SeqCst)
+        seccomp::TRAPPED_AT.load(SeqCst)
     );
     assert_eq!(RETIRED.load(SeqCst), 1);
     krcu::rcu::rcu_barrier();
@@ -286,7 +283,6 @@ impl Drop for Y {
 /// `k`'s worker: both hang for ever. Fails after 30 s (the two threads
 /// stay stuck; the instances are leaked).
 #[test]
-#[ignore = "finding 3: a barrier from a slab sheaf's RCU callback waits for a recycle that waits for that RCU worker (deadlock)"]
 fn a_barrier_in_an_rcu_callback_and_a_recycle_that_waits_for_its_worker_do_not_deadlock() {
     let k = F3_K.get_or_init(|| Krcu::builder().arena_size(32 << 20).build().unwrap());
     let k2 = F3_K2.get_or_init(|| {
@@ -386,7 +382,6 @@ impl Drop for ReleaseOnDrop {
 /// 30 s). The kvfree reclaimers' own counts are handled around a fork
 /// (`fork.rs`); this one is not.
 #[test]
-#[ignore = "finding 4: after a fork during another thread's recycle, kvfree_rcu_barrier in the child hangs (recycling count never lowered)"]
 fn a_barrier_in_a_child_forked_during_a_recycle_returns() {
     let _release = ReleaseOnDrop;
     let k = std::sync::Arc::new(

@@ -107,15 +107,20 @@ impl Krcu {
     /// ([`register_thread`](Self::register_thread)) it makes no system
     /// call, no global-allocator call and takes no blocking lock.
     ///
-    /// A full `rcu_free` sheaf waits on the calling thread for its grace
+    /// A full `rcu_free` sheaf may wait on the calling thread for its grace
     /// period, and a later call of the same thread (in task context, not
-    /// real-time, not atomic, not inside a read-side section of the
-    /// cache's instance) recycles the oldest one whose grace period has
-    /// ended: **the destructors of objects this thread retired earlier run
-    /// inside that call**, as with kvfree's [`Assist`](crate::kvfree::Assist),
-    /// and the sheaf becomes the thread's next allocation sheaf. A
-    /// destructor must therefore not take a lock the caller of
-    /// `kfree_rcu_slab` holds. A destructor's panic is caught and counted
+    /// real-time, not atomic, not inside any read-side section) recycle it
+    /// once that has ended, as the sheaf the thread allocates from next.
+    /// For a `T` without drop glue that is always so (nothing runs). For a
+    /// `T` with drop glue it runs **the destructors of objects this thread
+    /// retired earlier inside that call**, so it follows kvfree's
+    /// [`Assist`](crate::kvfree::Assist): by default (`WhenBehind`) only
+    /// while the RCU thread falls behind (more than `assist_above` blocks'
+    /// worth of the cache's sheaves in flight), with `Always` whenever a
+    /// grace period has ended, with `Never` never (destructors then always
+    /// run on the RCU thread). Where destructors may run here, a destructor
+    /// must not take a lock the caller of `kfree_rcu_slab` holds. A
+    /// destructor's panic is caught and counted
     /// ([`SlabStats::destructor_panics`](crate::slab::SlabStats::destructor_panics)).
     ///
     /// # Errors
