@@ -11,7 +11,7 @@
 //!    raised: its barrier hangs.
 //!
 //! Checked sound (passing): the barrier with no recycling under the same
-//! flood (the control for 1), and the `WhenBehind` hysteresis switching
+//! flood (the control for 1), and recycling while barriers take lists
 //! mid-list under readers and barriers.
 
 mod common;
@@ -425,26 +425,23 @@ fn a_barrier_in_a_child_forked_during_a_recycle_returns() {
 }
 
 // ---------------------------------------------------------------------
-// Checked sound: the WhenBehind hysteresis switching mid-list.
+// Checked sound: recycling while barriers take waiting lists mid-list.
 
-/// `Assist::WhenBehind` with a low `assist_above`, so that the writer
-/// keeps switching between recycling (behind), recycling until its list
-/// is empty (caught up), and handing everything to `call_rcu`; readers
-/// check every published object (poisoned when freed), a taker takes
-/// waiting lists meanwhile. Every object is dropped once, never under a
-/// reader, and both ways were taken.
+/// `Assist::Always`: the writer recycles its sheaves while a barrier every
+/// 3 ms takes its waiting list and hands it to `call_rcu`; bursts and
+/// pauses in between; readers check every published object (poisoned when
+/// freed). Every object is dropped once, never under a reader, and both
+/// ways were taken. (This checked the `WhenBehind` hysteresis when the
+/// default recycled while behind; a `T` with drop glue now recycles only
+/// with `Always`.)
 #[test]
-fn when_behind_switching_mid_list_frees_nothing_early_or_twice() {
+fn recycling_while_barriers_take_lists_frees_nothing_early_or_twice() {
     use common::{Ledger, Obj};
     use krcu::slab::SlabBox;
     use std::sync::atomic::AtomicPtr;
     let k = Krcu::builder()
         .arena_size(64 << 20)
-        .kvfree_config(
-            krcu::kvfree::KvfreeConfig::default()
-                .assist(krcu::kvfree::Assist::WhenBehind)
-                .assist_above(1),
-        )
+        .kvfree_config(krcu::kvfree::KvfreeConfig::default().assist(krcu::kvfree::Assist::Always))
         .build()
         .unwrap();
     let cache = k.slab_cache::<Obj>("hysteresis").unwrap();

@@ -107,20 +107,19 @@ impl Krcu {
     /// ([`register_thread`](Self::register_thread)) it makes no system
     /// call, no global-allocator call and takes no blocking lock.
     ///
-    /// A full `rcu_free` sheaf may wait on the calling thread for its grace
-    /// period, and a later call of the same thread (in task context, not
-    /// real-time, not atomic, not inside any read-side section) recycle it
-    /// once that has ended, as the sheaf the thread allocates from next.
-    /// For a `T` without drop glue that is always so (nothing runs). For a
-    /// `T` with drop glue it runs **the destructors of objects this thread
-    /// retired earlier inside that call**, so it follows kvfree's
-    /// [`Assist`](crate::kvfree::Assist): by default (`WhenBehind`) only
-    /// while the RCU thread falls behind (more than `assist_above` blocks'
-    /// worth of the cache's sheaves in flight), with `Always` whenever a
-    /// grace period has ended, with `Never` never (destructors then always
-    /// run on the RCU thread). Where destructors may run here, a destructor
-    /// must not take a lock the caller of `kfree_rcu_slab` holds. A
-    /// destructor's panic is caught and counted
+    /// For a `T` without drop glue, a full `rcu_free` sheaf waits on the
+    /// calling thread for its grace period, and a later call of the same
+    /// thread (in task context, not real-time, not atomic) recycles it once
+    /// that has ended, as the sheaf the thread allocates from next: no
+    /// lock, no RCU callback, nothing run per object. For a `T` with drop
+    /// glue that would run **the destructors of objects this thread retired
+    /// earlier inside that call**, under whatever the caller holds, so it
+    /// is done only with kvfree's [`Assist::Always`](crate::kvfree::Assist)
+    /// (and never inside a read-side section of the cache's instance, or of
+    /// any instance where the validator is compiled in); by default such
+    /// sheaves go to `call_rcu` and the RCU thread runs their destructors.
+    /// With `Always`, a destructor must not take a lock the caller of
+    /// `kfree_rcu_slab` holds; its panic is caught and counted
     /// ([`SlabStats::destructor_panics`](crate::slab::SlabStats::destructor_panics)).
     ///
     /// # Errors
@@ -183,20 +182,16 @@ impl Krcu {
         true
     }
 
-    /// How far a thread retiring into `cache` helps run destructors of its
-    /// ready objects: as kvfree's [`Assist`](crate::kvfree::Assist) says,
-    /// "behind" meaning more sheaves of the cache in flight through
-    /// `call_rcu` than `assist_above` blocks' worth of objects.
+    /// Whether a thread retiring into a cache may recycle sheaves of a `T`
+    /// with drop glue, running their destructors inline: only with
+    /// kvfree's [`Assist::Always`] (a `T` without drop glue always
+    /// recycles: nothing runs).
     #[inline]
-    fn slab_helping<T>(&self, cache: &SlabCache<T>) -> Helping {
-        let c = self.engine.config();
-        match c.assist {
-            Assist::Never => Helping::Never,
-            Assist::Always => Helping::Always,
-            Assist::WhenBehind => Helping::WhenBehind {
-                sheaves: (c.assist_above * crate::kvfree::block::ENTRIES)
-                    / cache.sheaf_capacity().max(1),
-            },
+    fn slab_helping(&self) -> Helping {
+        if self.engine.config().assist == Assist::Always {
+            Helping::Always
+        } else {
+            Helping::Never
         }
     }
 
@@ -214,7 +209,7 @@ impl Krcu {
     ) {
         let ctx = context::kind();
         // SAFETY: the caller's contract.
-        let obj = match unsafe { cache.kfree_rcu_sheaf_owned(obj, self.slab_helping(cache)) } {
+        let obj = match unsafe { cache.kfree_rcu_sheaf_owned(obj, self.slab_helping()) } {
             Ok(slow_path) => {
                 if slow_path {
                     // A sheaf may have been started: wake an idle monitor

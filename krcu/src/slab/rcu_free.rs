@@ -58,8 +58,10 @@ impl<T> SlabCache<T> {
     #[doc(alias = "__kfree_rcu_sheaf")]
     #[cfg_attr(not(feature = "testing"), allow(dead_code))]
     pub(crate) unsafe fn kfree_rcu_sheaf(&self, obj: NonNull<T>) -> Result<bool, NonNull<T>> {
+        // The crate-internal entry (its tests): recycles as with
+        // `Assist::Always`, so that they reach the recycling paths.
         // SAFETY: forwarded.
-        unsafe { self.kfree_rcu_sheaf_inner(obj, true, Helping::WhenBehind { sheaves: 0 }) }
+        unsafe { self.kfree_rcu_sheaf_inner(obj, true, Helping::Always) }
     }
 
     /// [`kfree_rcu_sheaf`](Self::kfree_rcu_sheaf) of an object a

@@ -13,10 +13,11 @@
 //! whatever CPU the callback thread gets (the list's oldest sheaf goes to
 //! `call_rcu` beyond it).
 //!
-//! Only a thread in task context that may run destructors recycles: not
-//! a real-time thread, not in a signal handler, not atomic, not inside a
-//! read-side section of the cache's RCU (for a `T` with drop glue), not
-//! from inside a destructor this path runs. Elsewhere the `rcu_free`
+//! Only a thread in task context recycles: not a real-time thread, not in
+//! a signal handler, not atomic. For a `T` with drop glue (whose
+//! destructors would run inside the caller's `kfree_rcu_slab`) only with
+//! kvfree's `Assist::Always`, and not inside a read-side section, a
+//! destructor this path runs, or the thread's thread-local teardown. Elsewhere the `rcu_free`
 //! path of `rcu_free.rs` runs as before. The destructors run outside the
 //! slot's section (a destructor may use the cache), each under
 //! `catch_unwind`; a panic is counted in the cache's statistics
@@ -59,29 +60,17 @@ pub(crate) fn in_recycle() -> bool {
     RECYCLING.with(Cell::get)
 }
 
-/// What a thread may do with its full `rcu_free` sheaves now.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Recycling {
-    /// Keep them waiting, and recycle them once ready.
-    Yes,
-    /// As `Yes` while its waiting list is not empty, else `No`.
-    WhileWaiting,
-    /// Hand them (and any still waiting) to `call_rcu`.
-    No,
-}
-
 /// Whether a thread recycling for `kfree_rcu_slab` may run destructors of
-/// the objects it recycles (kvfree's [`Assist`](crate::kvfree::Assist) of
-/// the instance): a cache of a `T` with drop glue recycles on the retiring
-/// thread only as allowed; otherwise its sheaves go to `call_rcu` and the
-/// RCU thread runs the destructors.
+/// the objects it recycles (from kvfree's [`Assist`](crate::kvfree::Assist)
+/// of the instance): a cache of a `T` with drop glue recycles on the
+/// retiring thread only with `Assist::Always`, the explicit opt-in (its
+/// destructors then run inside `kfree_rcu_slab`, under whatever the caller
+/// holds); otherwise its sheaves go to `call_rcu` and the RCU thread runs
+/// the destructors.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Helping {
     /// Never (destructors run on the RCU thread).
     Never,
-    /// When more than `sheaves` of the cache's sheaves are in flight
-    /// through `call_rcu` (the RCU thread falls behind).
-    WhenBehind { sheaves: usize },
     /// Whenever a sheaf's grace period has ended.
     Always,
 }
@@ -93,38 +82,23 @@ impl CacheCore {
         (WAITING_BYTES / sheaf_bytes.max(1)).max(MIN_WAITING)
     }
 
-    /// Whether the calling thread may run this cache's destructors here
-    /// (the caller has checked task context: not a handler, not atomic,
-    /// not real-time): not inside any RCU read-side section (a destructor
+    /// Whether the calling thread may recycle here, running this cache's
+    /// destructors if it has any (the caller has checked task context:
+    /// not a handler, not atomic, not real-time): only as `helping` allows,
+    /// and not inside a read-side section (of the cache's instance always;
+    /// of any instance where the validator tracks the depth: a destructor
     /// may wait for a grace period), not inside a destructor this path
-    /// runs, not while the thread's thread-locals are being destroyed,
-    /// and as `helping` (the instance's kvfree `Assist`) allows. A cache
-    /// of a `T` without drop glue runs nothing: always.
-    fn may_run_destructors(&self, helping: Helping) -> Recycling {
+    /// runs, not while the thread's thread-locals are being destroyed. A
+    /// cache of a `T` without drop glue runs nothing: always.
+    fn may_recycle(&self, helping: Helping) -> bool {
         if self.drop_fn.is_none() {
-            return Recycling::Yes;
+            return true;
         }
-        if RECYCLING.with(Cell::get)
-            || crate::context::rcu_read_depth() > 0
-            || super::thread::exiting()
-        {
-            return Recycling::No;
-        }
-        let yes = match helping {
-            Helping::Never => return Recycling::No,
-            Helping::Always => true,
-            Helping::WhenBehind { sheaves } => {
-                let c = &self.counters;
-                // Done first: never more done than submitted.
-                let done = c.rcu_sheaves_done.load(Relaxed);
-                c.rcu_sheaves.load(Relaxed).saturating_sub(done) > sheaves as u64
-            }
-        };
-        // Once helping, a thread goes on until its waiting list is empty
-        // (its sheaves then go to `call_rcu` again): were it to stop as
-        // soon as the RCU thread caught up, each switch would hand the
-        // whole list to the thread it was helping.
-        if yes { Recycling::Yes } else { Recycling::WhileWaiting }
+        helping == Helping::Always
+            && !RECYCLING.with(Cell::get)
+            && crate::context::rcu_read_depth() == 0
+            && !self.rcu().is_reading()
+            && !super::thread::exiting()
     }
 
     /// The `rcu_free` slow path of a task-context thread that has a slot.
@@ -142,18 +116,13 @@ impl CacheCore {
         // (earlier calls of this thread): its grace period covers them all
         // (see `GpState::snapshot` for the ordering against the unlinks).
         let cookie = rcu.start_poll();
-        let may = self.may_run_destructors(helping);
+        let recycle = self.may_recycle(helping);
         let max = self.max_waiting();
         // Sheaves for `call_rcu` (the overflow, or everything when the
         // thread may not recycle), and sheaves to recycle.
         let mut submit = Fifo::new();
         let mut ready: [*mut Sheaf; 2] = [ptr::null_mut(); 2];
         let queued = slot.with_all(|sh| {
-            let recycle = match may {
-                Recycling::Yes => true,
-                Recycling::WhileWaiting => sh.recycle.waiting.len > 0,
-                Recycling::No => false,
-            };
             let s = *sh.rcu;
             if !s.is_null() {
                 // SAFETY: the owner's sheaf, inside its section.
