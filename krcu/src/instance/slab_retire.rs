@@ -207,19 +207,20 @@ impl Krcu {
         cache: &SlabCache<T>,
         obj: NonNull<T>,
     ) {
-        let ctx = context::kind();
         // SAFETY: the caller's contract.
         let obj = match unsafe { cache.kfree_rcu_sheaf_owned(obj, self.slab_helping()) } {
             Ok(slow_path) => {
                 if slow_path {
                     // A sheaf may have been started: wake an idle monitor
                     // (nothing on a real-time thread or in a handler).
-                    self.engine.note_work(ctx);
+                    self.engine.note_work(context::kind());
                 }
                 return;
             }
             Err(obj) => obj,
         };
+        // The context is read here, off the fast path (which needs none).
+        let ctx = context::kind();
         let chan = slab_box_channel::<T>(core_of_cache(cache));
         // SAFETY: the object is handed over (the caller's contract), on the
         // channel of its cache; its hidden head is its slot's own, unqueued

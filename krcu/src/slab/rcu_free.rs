@@ -458,20 +458,14 @@ unsafe fn rcu_sheaf_done(head: NonNull<RcuHead>) {
     let sh = unsafe { &mut *s };
     sh.core = ptr::null();
     let mut first_panic = None;
-    if let Some(drop_fn) = core.drop_fn {
-        for &obj in &sh.objs[..sh.len] {
-            // SAFETY: each object was retired once with an initialised `T`
-            // that nobody reaches after the grace period.
-            let r =
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| unsafe { drop_fn(obj) }));
-            if let Err(payload) = r {
-                match first_panic {
-                    None => first_panic = Some(payload),
-                    Some(_) => crate::unwind::drop_panic_payload(payload),
-                }
-            }
-        }
-    }
+    // SAFETY: each object was retired once with an initialised `T` that
+    // nobody reaches after the grace period; the sheaf is ours.
+    unsafe {
+        core.drop_objects(s, |payload| match first_panic {
+            None => first_panic = Some(payload),
+            Some(_) => crate::unwind::drop_panic_payload(payload),
+        })
+    };
     // Free from here on: poisoned until handed out again.
     core.poison_objects(s);
     core.rcu_sheaf_home(s);

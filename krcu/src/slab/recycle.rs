@@ -112,11 +112,17 @@ impl CacheCore {
     /// sheaf is then null or has room).
     pub(super) fn rcu_free_recycling(&self, slot: &ThreadSlot, p: *mut u8, helping: Helping) -> bool {
         let rcu = self.rcu();
+        let recycle = self.may_recycle(helping);
         // Taken before the section, after every push into the full sheaf
         // (earlier calls of this thread): its grace period covers them all
         // (see `GpState::snapshot` for the ordering against the unlinks).
-        let cookie = rcu.start_poll();
-        let recycle = self.may_recycle(helping);
+        // Only for a sheaf that will wait here: one that goes to `call_rcu`
+        // needs no cookie (nor a grace period requested for it).
+        let cookie = if recycle {
+            rcu.start_poll()
+        } else {
+            crate::rcu::GpCookie::COMPLETED
+        };
         let max = self.max_waiting();
         // Sheaves for `call_rcu` (the overflow, or everything when the
         // thread may not recycle), and sheaves to recycle.
@@ -221,9 +227,15 @@ impl CacheCore {
         };
         if self.drop_fn.is_some() {
             RECYCLING.with(|r| r.set(true));
+            let mut panics = 0;
             // SAFETY: ours (off the list), its objects past their grace
             // period, each retired once with an initialised `T`.
-            let panics = unsafe { self.drop_objects(s) };
+            unsafe {
+                self.drop_objects(s, |payload| {
+                    panics += 1;
+                    crate::unwind::drop_panic_payload(payload);
+                })
+            };
             RECYCLING.with(|r| r.set(false));
             self.counters
                 .destructor_panics
@@ -244,26 +256,31 @@ impl CacheCore {
         }
     }
 
-    /// Runs `T`'s destructor on each object of `s`, each under
-    /// `catch_unwind` (a panicking one does not stop the others); returns
-    /// the panics, their payloads dropped.
+    /// Runs `T`'s destructor (if it has one) on each object of `s`, each
+    /// under `catch_unwind` (a panicking one does not stop the others),
+    /// handing each panic's payload to `on_panic`. What a recycle and the
+    /// RCU callback of a submitted sheaf both run.
     ///
     /// # Safety
     /// `s` is the caller's, each object in it holds an initialised `T`
     /// that nobody reaches any more, and is dropped only here.
-    pub(super) unsafe fn drop_objects(&self, s: *mut Sheaf) -> usize {
+    pub(super) unsafe fn drop_objects(
+        &self,
+        s: *mut Sheaf,
+        mut on_panic: impl FnMut(Box<dyn core::any::Any + Send>),
+    ) {
         let Some(drop_fn) = self.drop_fn else {
-            return 0;
+            return;
         };
         // SAFETY: the caller's sheaf.
         let sh = unsafe { &*s };
-        let mut panics = 0;
         for &obj in &sh.objs[..sh.len] {
             // SAFETY: per the contract.
-            let r = crate::kvfree::block::catch_destructor(|| unsafe { drop_fn(obj) });
-            panics += usize::from(r.is_err());
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| unsafe { drop_fn(obj) }));
+            if let Err(payload) = r {
+                on_panic(payload);
+            }
         }
-        panics
     }
 
     /// Marks the objects of `s` free for the address sanitizer: poisoned
