@@ -431,11 +431,19 @@ fn policies_run_the_sheaf_path_from_every_source_with_no_reports() {
             c["rcu_sheaves"].is_u64() && c["alloc_failures"].is_u64(),
             "{c}"
         );
-        // The validator watched every source retire into sheaves.
-        assert_eq!(
-            c["reports"], 0,
-            "the validator reported the sheaf path: {c}"
-        );
+        // The validator watched every source retire into sheaves: nothing
+        // to report, but for `nowait`, the policy kept to show the 5.9
+        // bug, whose allocation under the raw lock is reported whenever an
+        // object finds no sheaf and its block needs one (an inline
+        // allocation: CI saw 2 reports with 4 of them).
+        if c["policy"] == "nowait" && c["reports"] != 0 {
+            assert!(c["inline_allocs"].as_u64().unwrap() > 0, "{c}");
+        } else {
+            assert_eq!(
+                c["reports"], 0,
+                "the validator reported the sheaf path: {c}"
+            );
+        }
     }
     // The signal handler retired slab objects too.
     let irq: u64 = cells

@@ -508,3 +508,62 @@ fn recycling_while_barriers_take_lists_frees_nothing_early_or_twice() {
     cache.shrink();
     assert_eq!(cache.stats().slabs, 0, "{:?}", cache.stats());
 }
+
+// ---------------------------------------------------------------------
+// The fix of finding 2 queues a real-time thread's callback without
+// waking the RCU worker: the worker's idle check (a timed sleep) must find
+// it with nothing else to wake it.
+
+static IDLE_CHECK_RAN: AtomicBool = AtomicBool::new(false);
+
+/// Marks its drop.
+struct MarksDrop;
+
+impl Drop for MarksDrop {
+    fn drop(&mut self) {
+        IDLE_CHECK_RAN.store(true, SeqCst);
+    }
+}
+
+/// In a child process (the process-wide RCU, with nothing else of krcu in
+/// it that could wake its worker: no `Krcu`, so no monitor).
+#[test]
+fn a_real_time_threads_callback_runs_with_nothing_to_wake_the_worker() {
+    common::child::assert_passes_in_child(
+        "inner_a_real_time_threads_callback_runs_with_nothing_to_wake_the_worker",
+        Duration::from_secs(120),
+    );
+}
+
+#[test]
+#[ignore = "run by its outer test in a child process"]
+fn inner_a_real_time_threads_callback_runs_with_nothing_to_wake_the_worker() {
+    let pages = common::pages::quiet_allocator(
+        krcu::Domain::global(),
+        16 << 20,
+        krcu::page::Watermarks::NONE,
+    );
+    let cache: &'static krcu::slab::SlabCache<MarksDrop> = Box::leak(Box::new(
+        krcu::slab::SlabCache::new(&pages, "rt-idle-check").unwrap(),
+    ));
+    krcu::rcu::rcu_barrier(); // builds the global RCU
+    // Its worker goes idle (a timed sleep since the fix).
+    std::thread::sleep(Duration::from_millis(300));
+    std::thread::spawn(move || {
+        krcu::context::set_realtime(true);
+        let b = cache.alloc_box(MarksDrop).ok().unwrap();
+        // Queued without waking the worker (no system call here).
+        krcu::kfree_rcu_slab(b).ok().unwrap();
+    })
+    .join()
+    .unwrap();
+    // No krcu call from here on: only the worker's idle check can run it.
+    let start = Instant::now();
+    while !IDLE_CHECK_RAN.load(SeqCst) {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the object a real-time thread retired was never dropped"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
