@@ -544,8 +544,9 @@ mod rcu_free {
         assert_all_pages_back(&pa);
     }
 
-    /// A destructor that panics in a sheaf's callback loses none of the
-    /// other objects: all dropped, all slots back.
+    /// A destructor that panics in a sheaf's callback (or, where this
+    /// thread recycled the sheaf after its grace period, in the recycle)
+    /// loses none of the other objects: all dropped, all slots back.
     #[test]
     fn a_panicking_destructor_loses_no_object_of_its_sheaf() {
         struct MaybePanics(bool, Arc<AtomicUsize>);
@@ -572,7 +573,11 @@ mod rcu_free {
         cache.testing_submit_rcu_sheaves();
         cache.testing_rcu_sheaf_barrier();
         assert_eq!(drops.load(Relaxed), 100, "every object dropped");
-        assert!(rcu.stats().callback_panics > 0, "the panics were resumed");
+        // Resumed to the RCU worker (which counts it) from a callback,
+        // counted by the cache from a recycle: which one ran depends on
+        // when grace periods ended (under valgrind, between fills).
+        let caught = rcu.stats().callback_panics + cache.stats().destructor_panics;
+        assert!(caught > 0, "the panics were caught and counted");
         assert_shrinks_to_no_slab(&cache);
         drop(cache);
         assert_all_pages_back(&pa);
