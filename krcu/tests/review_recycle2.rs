@@ -482,6 +482,13 @@ fn recycling_while_barriers_take_lists_frees_nothing_early_or_twice() {
             if let Some(old) = owned[j].replace(new) {
                 k.kfree_rcu_slab(old).unwrap();
             }
+            // A grace period now and then while the list holds sheaves:
+            // the next fills find them ready and recycle them (in a
+            // release build a burst is over before one ends on its own,
+            // and the barriers took every list: nothing was recycled).
+            if i % 2_000 == 1_999 {
+                k.rcu().synchronize();
+            }
             // Bursts and pauses: the RCU thread falls behind, then
             // catches up.
             if i % 20_000 == 19_999 {
